@@ -1,0 +1,67 @@
+"""Event ingestion: store each event, start one run per function it triggers.
+
+Two round trips per send, however many events and functions: one to route the names, one pipeline
+that stores the events and creates the runs (each creation an atomic script with its own dedupe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from runtime import keys
+from runtime.codec import pack
+from runtime.registry import Registry
+from runtime.store import RunStore, now_ms
+from sdk.event import Event
+from sdk.ids import new_ulid
+
+#: Names that only stepq itself may send.
+RESERVED_PREFIXES = ("inngest/", "stepq/")
+
+
+class Ingest:
+    def __init__(self, redis: Redis, store: RunStore, registry: Registry) -> None:
+        self.redis = redis
+        self.store = store
+        self.registry = registry
+
+    async def send(self, events: Sequence[Event], *, internal: bool = False) -> list[str]:
+        """Store validated events and start the runs they trigger; return the stored events' ids.
+
+        Each event gets a fresh id (a ULID); its own ``id``, when set, is the idempotency key: a
+        function starts at most once per key within the dedupe window. When unset, ``event.id``
+        becomes the stored id.
+        """
+        from sdk.errors import InvalidEventError
+
+        if not internal:
+            for i, event in enumerate(events):
+                if event.name.startswith(RESERVED_PREFIXES):
+                    where = f"events[{i}]" if len(events) > 1 else "event"
+                    raise InvalidEventError(f"{where}.name: names starting with 'inngest/' or 'stepq/' are reserved")
+        at = now_ms()
+        ids = [new_ulid(at) for _ in events]
+        stored = [
+            Event(e.name, e.data, e.id or event_id, e.ts or at, e.v, e.user) for e, event_id in zip(events, ids, strict=True)
+        ]
+        routes = await self.registry.route(e.name for e in stored)
+        retention = self.store.limits.retention_s
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event_id, event in zip(ids, stored, strict=True):
+                pipe.set(keys.event(event_id), pack(event.to_dict()), ex=retention)
+                pipe.zadd(keys.EVENTS, {event_id: at})
+            pipe.zremrangebyscore(keys.EVENTS, "-inf", at - retention * 1000)
+            for original, event in zip(events, stored, strict=True):
+                for fn in routes.get(event.name, []):
+                    await self.store.create_run(
+                        run_id=new_ulid(at),
+                        fn_slug=fn.slug,
+                        app_id=fn.app_id,
+                        events=[event],
+                        dedupe_key=original.id or None,
+                        pipe=pipe,
+                    )
+            await pipe.execute()
+        return ids

@@ -1,0 +1,80 @@
+"""Queue jobs: one job advances one run by one invocation.
+
+Jobs are written by our Lua scripts in arq's format (``{t, f, a, k, et}``, msgpack), so that a
+step's commit and the next job's enqueue happen in one atomic round trip. Job ids derive from
+(run, position, kind, attempt): a duplicate enqueue collapses onto the job already queued.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from typing import Any
+
+import msgpack
+
+from runtime import keys
+
+#: The arq function name every stepq job calls.
+ADVANCE = "stepq.advance"
+
+
+class JobKind(enum.StrEnum):
+    STEP = "step"  # re-enter the function at a position (first run, next step, retry)
+    WAKE = "wake"  # a sleep is over: memoize null for the step, then re-enter
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What a job asks: advance ``run_id``, expected at ``position`` (steps done), ``attempt`` of it."""
+
+    run_id: str
+    position: int
+    attempt: int = 0
+    kind: JobKind = JobKind.STEP
+    step_key: str | None = None
+
+    @property
+    def job_id(self) -> str:
+        if self.kind is JobKind.WAKE:
+            return f"{self.run_id}:p{self.position}:wake"
+        return f"{self.run_id}:p{self.position}:a{self.attempt}"
+
+    def to_payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"r": self.run_id, "p": self.position, "a": self.attempt, "k": self.kind.value}
+        if self.step_key is not None:
+            out["s"] = self.step_key
+        return out
+
+    @classmethod
+    def from_payload(cls, raw: Any) -> JobSpec:
+        """Parse a job's argument; raises ValueError naming what is wrong."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"job payload must be a map, got {type(raw).__name__}")
+        try:
+            run_id, position, attempt = raw["r"], raw["p"], raw.get("a", 0)
+            kind = JobKind(raw.get("k", "step"))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"job payload {raw!r} is malformed: {exc}") from None
+        if not isinstance(run_id, str) or not isinstance(position, int) or not isinstance(attempt, int):
+            raise ValueError(f"job payload {raw!r} has fields of the wrong type")
+        step_key = raw.get("s")
+        return cls(run_id, position, attempt, kind, step_key if isinstance(step_key, str) else None)
+
+    def encode(self, now_ms: int | None = None) -> bytes:
+        """The job's bytes as arq stores them under ``arq:job:<id>``."""
+        return msgpack.packb(
+            {
+                "t": None,
+                "f": ADVANCE,
+                "a": [self.to_payload()],
+                "k": {},
+                "et": now_ms if now_ms is not None else int(time.time() * 1000),
+            }
+        )
+
+
+def enqueue_keys(job: JobSpec, app_id: str) -> list[str]:
+    """The KEYS an enqueue needs, in the order the Lua ``enqueue`` helper expects."""
+    return [keys.ARQ_JOB + job.job_id, keys.ARQ_RESULT + job.job_id, keys.queue(app_id)]

@@ -1,0 +1,29 @@
+-- Memoize a step's result (first writer wins), then enqueue the next job, atomically.
+-- KEYS: run, memo, stack, steps, job, result, queue
+-- ARGV: fence_field, fence, key, value, name, attempts, duration_ms, now_ms, position,
+--       payload, score, ttl_ms, max_steps, max_state_bytes
+local why = refuse(KEYS[1], ARGV[1], ARGV[2])
+if why then
+  return why
+end
+local len = redis.call('LLEN', KEYS[3])
+if len ~= tonumber(ARGV[9]) then
+  return 'stale'
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
+  return 'duplicate'
+end
+if len >= tonumber(ARGV[13]) then
+  return 'too_many_steps'
+end
+local size = tonumber(redis.call('HGET', KEYS[1], 'state_bytes') or '0') + string.len(ARGV[4])
+if size > tonumber(ARGV[14]) then
+  return 'state_too_large'
+end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'state_bytes', size)
+redis.call('HSET', KEYS[4], ARGV[3] .. ':name', ARGV[5], ARGV[3] .. ':attempts', ARGV[6],
+  ARGV[3] .. ':ms', ARGV[7], ARGV[3] .. ':at', ARGV[8])
+enqueue(KEYS[5], KEYS[6], KEYS[7], ARGV[10], ARGV[11], ARGV[12])
+return 'ok'

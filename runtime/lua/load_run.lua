@@ -1,0 +1,57 @@
+-- Claim a run for one invocation and return what the worker does not have cached.
+-- KEYS: run, events, memo, stack, steps, timers
+-- ARGV: position, known_len (-1: send the events too), fence_field, now_ms, kind, step_key
+-- Returns {code, fence, fn, app, events|false, stack_len, key1..keyN, value1..valueN}
+local run = KEYS[1]
+local status = redis.call('HGET', run, 'status')
+if not status then
+  return {'missing'}
+end
+if TERMINAL[status] then
+  return {'done', status}
+end
+local position = tonumber(ARGV[1])
+local len = redis.call('LLEN', KEYS[4])
+if ARGV[5] == 'wake' then
+  if len ~= position or redis.call('HEXISTS', KEYS[3], ARGV[6]) == 1 then
+    return {'stale', len}
+  end
+  -- a finished sleep memoizes null (msgpack 0xc0)
+  redis.call('HSET', KEYS[3], ARGV[6], '\192')
+  redis.call('RPUSH', KEYS[4], ARGV[6])
+  redis.call('HSET', KEYS[5], ARGV[6] .. ':at', ARGV[4])
+  local timer = redis.call('HGET', run, 'timer')
+  if timer then
+    redis.call('ZREM', KEYS[6], timer)
+  end
+  redis.call('HDEL', run, 'wake_at', 'timer')
+  len = len + 1
+elseif len ~= position then
+  return {'stale', len}
+end
+local fence = redis.call('HINCRBY', run, ARGV[3], 1)
+if status ~= 'running' then
+  redis.call('HSET', run, 'status', 'running')
+end
+redis.call('HSETNX', run, 'started', ARGV[4])
+local ids = redis.call('HMGET', run, 'fn', 'app')
+local out = {'ok', fence, ids[1], ids[2]}
+local known = tonumber(ARGV[2])
+if known < 0 then
+  out[5] = redis.call('GET', KEYS[2])
+  known = 0
+else
+  out[5] = false
+end
+out[6] = len
+if known < len then
+  local new_keys = redis.call('LRANGE', KEYS[4], known, -1)
+  local values = redis.call('HMGET', KEYS[3], unpack(new_keys))
+  for i = 1, #new_keys do
+    out[#out + 1] = new_keys[i]
+  end
+  for i = 1, #values do
+    out[#out + 1] = values[i]
+  end
+end
+return out

@@ -1,0 +1,24 @@
+-- Park a run until a later job: a retry after backoff, or the end of a sleep.
+-- KEYS: run, stack, steps, job, result, queue, timers
+-- ARGV: fence_field, fence, position, key, name, attempts, error_message, status, payload, score,
+--       ttl_ms, timer_member ('' = none), now_ms
+local why = refuse(KEYS[1], ARGV[1], ARGV[2])
+if why then
+  return why
+end
+if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[3]) then
+  return 'stale'
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[4] .. ':name', ARGV[5], ARGV[4] .. ':attempts', ARGV[6])
+  if ARGV[7] ~= '' then
+    redis.call('HSET', KEYS[3], ARGV[4] .. ':error', ARGV[7])
+  end
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[8])
+if ARGV[12] ~= '' then
+  redis.call('HSET', KEYS[1], 'wake_at', ARGV[10], 'timer', ARGV[12])
+  redis.call('ZADD', KEYS[7], ARGV[10], ARGV[12])
+end
+enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[9], ARGV[10], ARGV[11])
+return 'ok'

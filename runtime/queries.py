@@ -1,0 +1,133 @@
+"""Read-only views of runs, for the CLI and the HTTP API."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from redis.asyncio import Redis
+
+from runtime import keys
+from runtime.codec import unpack
+
+
+@dataclasses.dataclass(slots=True)
+class StepView:
+    key: str
+    name: str
+    attempts: int
+    duration_ms: int | None
+    finished_ms: int | None
+    error: str | None
+    memo: Any
+    done: bool
+
+
+@dataclasses.dataclass(slots=True)
+class RunView:
+    run_id: str
+    function: str
+    app_id: str
+    status: str
+    created_ms: int
+    started_ms: int | None
+    ended_ms: int | None
+    wake_at_ms: int | None
+    output: Any = None
+    error: Any = None
+    event_ids: list[str] = dataclasses.field(default_factory=list)
+    steps: list[StepView] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _int(raw: bytes | None) -> int | None:
+    return int(raw) if raw is not None else None
+
+
+def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
+    def text(field: str) -> str:
+        value = raw.get(field.encode())
+        return value.decode() if value is not None else ""
+
+    return RunView(
+        run_id=run_id,
+        function=text("fn"),
+        app_id=text("app"),
+        status=text("status"),
+        created_ms=_int(raw.get(b"created")) or 0,
+        started_ms=_int(raw.get(b"started")),
+        ended_ms=_int(raw.get(b"ended")),
+        wake_at_ms=_int(raw.get(b"wake_at")),
+        output=unpack(raw[b"output"]) if b"output" in raw else None,
+        error=unpack(raw[b"error"]) if b"error" in raw else None,
+        event_ids=[e for e in text("event_ids").split(",") if e],
+    )
+
+
+async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunView | None:
+    """One run with its steps in completion order (then pending ones), or None if unknown or expired."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.run(run_id))
+        pipe.lrange(keys.stack(run_id), 0, -1)
+        pipe.hgetall(keys.steps(run_id))
+        pipe.hgetall(keys.memo(run_id))
+        raw, stack, meta, memo = await pipe.execute()
+    if not raw:
+        return None
+    view = _run_view(run_id, raw)
+    if not with_steps:
+        return view
+    fields = {k.decode(): v.decode() for k, v in meta.items()}
+    order = [k.decode() for k in stack]
+    pending = sorted({f.split(":", 1)[0] for f in fields} - set(order))
+    for key in order + pending:
+        view.steps.append(
+            StepView(
+                key=key,
+                name=fields.get(f"{key}:name", key),
+                attempts=int(fields.get(f"{key}:attempts", "1" if key in order else "0")),
+                duration_ms=int(fields[f"{key}:ms"]) if f"{key}:ms" in fields else None,
+                finished_ms=int(fields[f"{key}:at"]) if f"{key}:at" in fields else None,
+                error=fields.get(f"{key}:error"),
+                memo=unpack(memo[key.encode()]) if key.encode() in memo else None,
+                done=key in order,
+            )
+        )
+    return view
+
+
+async def list_runs(
+    redis: Redis, *, function: str | None = None, status: str | None = None, limit: int = 20
+) -> list[RunView]:
+    """The newest runs first, active and finished, optionally filtered by function and status."""
+    found: list[RunView] = []
+    for index in (keys.RUNS_ACTIVE, keys.RUNS_DONE):
+        if status in ("completed", "failed", "cancelled") and index == keys.RUNS_ACTIVE:
+            continue
+        if status in ("queued", "running", "sleeping") and index == keys.RUNS_DONE:
+            continue
+        offset, page = 0, max(50, limit)
+        while True:
+            ids = await redis.zrevrange(index, offset, offset + page - 1)
+            if not ids:
+                break
+            async with redis.pipeline(transaction=False) as pipe:
+                for run_id in ids:
+                    pipe.hgetall(keys.run(run_id.decode()))
+                records = await pipe.execute()
+            for run_id, raw in zip(ids, records, strict=True):
+                if not raw:
+                    continue
+                view = _run_view(run_id.decode(), raw)
+                if function and function not in (view.function, view.function.removeprefix(view.app_id + "-")):
+                    continue
+                if status and view.status != status:
+                    continue
+                found.append(view)
+            if len(found) >= limit * 2 or len(ids) < page:
+                break
+            offset += page
+    found.sort(key=lambda v: v.created_ms, reverse=True)
+    return found[:limit]

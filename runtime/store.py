@@ -1,0 +1,306 @@
+"""Run state on Redis: create, load, commit, schedule, finish. Each write is one atomic Lua script.
+
+A run's truth is its record, its events, its memo (step key -> msgpack wire value) and its stack
+(step keys in completion order). The memo and the stack only ever grow, each entry written once, so
+a worker may cache them and ask Redis only for what is new.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from runtime import keys
+from runtime.codec import pack, unpack
+from runtime.jobs import JobKind, JobSpec, enqueue_keys
+from runtime.limits import Limits
+from runtime.scripts import Scripts
+from sdk.event import Event
+
+FENCE = "fence"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Outcome(enum.StrEnum):
+    """What a write script reports."""
+
+    OK = "ok"
+    MISSING = "missing"  # no such run (expired, or never created)
+    DONE = "done"  # the run already ended
+    FENCED = "fenced"  # a newer attempt holds the run: this one's write is refused
+    STALE = "stale"  # the run moved past the position this job expected
+    DUPLICATE = "duplicate"  # the step was already memoized: first writer won
+    TOO_MANY_STEPS = "too_many_steps"
+    STATE_TOO_LARGE = "state_too_large"
+
+
+@dataclasses.dataclass(slots=True)
+class CachedRun:
+    events: list[Event]
+    memo: dict[str, Any]
+    stack: list[str]
+
+
+@dataclasses.dataclass(slots=True)
+class LoadedRun:
+    """A run claimed for one invocation."""
+
+    run_id: str
+    fn_slug: str
+    app_id: str
+    fence: str
+    position: int
+    events: list[Event]
+    memo: dict[str, Any]
+    stack: list[str]
+
+
+class RunCache:
+    """A bounded LRU of runs' events and memo, so each invocation reads only new memo entries."""
+
+    def __init__(self, max_runs: int = 1024) -> None:
+        self._runs: OrderedDict[str, CachedRun] = OrderedDict()
+        self._max = max_runs
+
+    def get(self, run_id: str) -> CachedRun | None:
+        found = self._runs.get(run_id)
+        if found is not None:
+            self._runs.move_to_end(run_id)
+        return found
+
+    def put(self, run_id: str, run: CachedRun) -> None:
+        self._runs[run_id] = run
+        self._runs.move_to_end(run_id)
+        while len(self._runs) > self._max:
+            self._runs.popitem(last=False)
+
+    def drop(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LoadRefused:
+    outcome: Outcome
+    detail: str = ""
+
+
+class RunStore:
+    """Every read and write of run state."""
+
+    def __init__(self, redis: Redis, limits: Limits | None = None) -> None:
+        self.redis = redis
+        self.limits = limits or Limits()
+        self.scripts = Scripts(redis)
+
+    # -- creation ---------------------------------------------------------------------------------
+
+    async def create_run(
+        self,
+        *,
+        run_id: str,
+        fn_slug: str,
+        app_id: str,
+        events: Sequence[Event],
+        dedupe_key: str | None,
+        pipe: Any = None,
+    ) -> Any:
+        """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on ``pipe``)."""
+        at = now_ms()
+        job = JobSpec(run_id, 0)
+        blob = pack([e.to_dict() for e in events])
+        return await self.scripts.call(
+            "create_run",
+            [
+                keys.run(run_id),
+                keys.events(run_id),
+                keys.dedupe(fn_slug, dedupe_key) if dedupe_key else keys.run(run_id),
+                *enqueue_keys(job, app_id),
+                keys.RUNS_ACTIVE,
+            ],
+            [
+                run_id,
+                fn_slug,
+                app_id,
+                blob,
+                at,
+                job.encode(at),
+                self.limits.job_grace_ms,
+                self.limits.dedupe_s if dedupe_key else 0,
+                ",".join(e.id for e in events),
+            ],
+            client=pipe,
+        )
+
+    # -- one invocation ----------------------------------------------------------------------------
+
+    async def load(self, job: JobSpec, cache: RunCache | None = None) -> LoadedRun | LoadRefused:
+        """Claim the run for this job and return its state, or why the job has nothing to do."""
+        cached = cache.get(job.run_id) if cache is not None else None
+        known = len(cached.stack) if cached is not None else -1
+        at = now_ms()
+        reply = await self.scripts.call(
+            "load_run",
+            [
+                keys.run(job.run_id),
+                keys.events(job.run_id),
+                keys.memo(job.run_id),
+                keys.stack(job.run_id),
+                keys.steps(job.run_id),
+                keys.TIMERS,
+            ],
+            [
+                job.position,
+                known,
+                FENCE,
+                at,
+                job.kind.value,
+                job.step_key or "",
+            ],
+        )
+        code = reply[0].decode()
+        if code != "ok":
+            detail = reply[1].decode() if len(reply) > 1 and isinstance(reply[1], bytes) else str(reply[1:])
+            return LoadRefused(Outcome(code), detail)
+        fence, fn_slug, app_id = reply[1], reply[2].decode(), reply[3].decode()
+        events_blob, length = reply[4], int(reply[5])
+        new = reply[6:]
+        half = len(new) // 2
+        new_keys = [k.decode() for k in new[:half]]
+        new_values = [unpack(v) if v is not None else None for v in new[half:]]
+        if cached is None or events_blob:
+            raw_events = unpack(events_blob) if events_blob else []
+            cached = CachedRun([Event(**e) for e in raw_events], {}, [])
+        cached.stack.extend(new_keys)
+        cached.memo.update(zip(new_keys, new_values, strict=True))
+        if len(cached.stack) != length:  # cache out of step with Redis: start over without it
+            if cache is not None:
+                cache.drop(job.run_id)
+            return await self.load(dataclasses.replace(job, kind=JobKind.STEP, position=length), None)
+        if cache is not None:
+            cache.put(job.run_id, cached)
+        return LoadedRun(
+            run_id=job.run_id,
+            fn_slug=fn_slug,
+            app_id=app_id,
+            fence=str(fence),
+            position=length,
+            events=cached.events,
+            memo=cached.memo,
+            stack=cached.stack,
+        )
+
+    async def commit_step(
+        self,
+        run: LoadedRun,
+        *,
+        key: str,
+        value: Any,
+        name: str,
+        attempts: int,
+        duration_ms: int,
+    ) -> Outcome:
+        """Memoize ``value`` for step ``key`` and enqueue the job for the next position."""
+        at = now_ms()
+        nxt = JobSpec(run.run_id, run.position + 1)
+        reply = await self.scripts.call(
+            "commit_step",
+            [
+                keys.run(run.run_id),
+                keys.memo(run.run_id),
+                keys.stack(run.run_id),
+                keys.steps(run.run_id),
+                *enqueue_keys(nxt, run.app_id),
+            ],
+            [
+                FENCE,
+                run.fence,
+                key,
+                pack(value),
+                name,
+                attempts,
+                duration_ms,
+                at,
+                run.position,
+                nxt.encode(at),
+                at,
+                self.limits.job_grace_ms,
+                self.limits.max_steps,
+                self.limits.max_state_bytes,
+            ],
+        )
+        return Outcome(reply.decode())
+
+    async def schedule(
+        self,
+        run: LoadedRun,
+        job: JobSpec,
+        *,
+        due_ms: int,
+        status: str,
+        key: str = "",
+        name: str = "",
+        attempts: int = 0,
+        error_message: str = "",
+    ) -> Outcome:
+        """Park the run until ``job`` runs at ``due_ms`` (a retry after backoff, or a sleep's end)."""
+        at = now_ms()
+        member = timer_member(job, run.app_id) if job.kind is JobKind.WAKE else ""
+        reply = await self.scripts.call(
+            "schedule",
+            [
+                keys.run(run.run_id),
+                keys.stack(run.run_id),
+                keys.steps(run.run_id),
+                *enqueue_keys(job, run.app_id),
+                keys.TIMERS,
+            ],
+            [
+                FENCE,
+                run.fence,
+                run.position,
+                key,
+                name,
+                attempts,
+                error_message[:2000],
+                status,
+                job.encode(at),
+                due_ms,
+                max(0, due_ms - at) + self.limits.job_grace_ms,
+                member,
+                at,
+            ],
+        )
+        return Outcome(reply.decode())
+
+    async def finish(
+        self, run_id: str, fence: str, *, status: str, output: Any = None, error: Any = None
+    ) -> Outcome:
+        """End the run as ``completed`` (with ``output``) or ``failed``/``cancelled`` (with ``error``)."""
+        field, blob = ("output", pack(output)) if status == "completed" else ("error", pack(error))
+        reply = await self.scripts.call(
+            "finish_run",
+            [*keys.run_keys(run_id), keys.RUNS_ACTIVE, keys.RUNS_DONE, keys.TIMERS],
+            [FENCE, fence, status, field, blob, now_ms(), self.limits.retention_s],
+        )
+        return Outcome(reply.decode())
+
+    async def step_names(self, run_id: str, step_keys: Sequence[str]) -> dict[str, str]:
+        """The user-facing ids of the given steps, for error messages."""
+        if not step_keys:
+            return {}
+        names = await self.redis.hmget(keys.steps(run_id), [f"{k}:name" for k in step_keys])
+        return {k: n.decode() for k, n in zip(step_keys, names, strict=True) if n is not None}
+
+
+def timer_member(job: JobSpec, app_id: str) -> str:
+    """The timers-zset member of a sleep's wake job, from which the reconciler can rebuild it."""
+    return f"{app_id}|{job.run_id}|{job.position}|{job.step_key or ''}"

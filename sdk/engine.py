@@ -1,0 +1,287 @@
+"""The pure step engine: a function, its events, its memo and a request context in; a result out.
+
+No Redis, no queue, no network. One call re-enters the function from the top: memoized steps return
+their stored result, the first new step stops the function (running it first when it may run right
+away), and the result says what the runtime must do next. This module holds the request and result
+types and the replay bookkeeping; ``sdk.step`` holds the step tools that drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sdk.errors import (
+    NonDeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    StepError,
+    error_payload,
+)
+from sdk.event import Event
+from sdk.jsonvalue import JSON, NotJSONError, check_json
+from sdk.opcodes import Opcode, hash_step_id
+
+if TYPE_CHECKING:
+    from sdk.function import Function
+
+DEFAULT_MAX_OUTPUT_BYTES = 4 * 1024 * 1024
+
+
+@dataclasses.dataclass(slots=True)
+class ExecutionRequest:
+    """Everything one invocation needs. ``steps`` maps step keys to memo values (wire shapes)."""
+
+    event: Event
+    events: Sequence[Event]
+    steps: Mapping[str, Any]
+    run_id: str
+    attempt: int = 0
+    #: Step keys in the order they completed; ``steps`` holds exactly these.
+    stack: Sequence[str] = ()
+    #: The user-facing ids of memoized steps, keyed by step key, for clearer errors.
+    step_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Run only this planned step (its key); other new steps are skipped.
+    target_step: str | None = None
+    #: Report every new step as planned instead of running it in this invocation.
+    disable_immediate_execution: bool = False
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+
+
+@dataclasses.dataclass(slots=True)
+class FunctionReturned:
+    """The function returned: the run is complete."""
+
+    value: JSON
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(slots=True)
+class FunctionFailed:
+    """The function raised outside a step (or let a StepError escape)."""
+
+    error: dict[str, Any]
+    retriable: bool
+    retry_after: dt.timedelta | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(slots=True)
+class StepsReported:
+    """The function stopped at new steps; ``opcodes`` says what each needs."""
+
+    opcodes: list[Opcode]
+    retry_after: dt.timedelta | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+
+ExecutionResult = FunctionReturned | FunctionFailed | StepsReported
+
+
+class Interrupt(BaseException):
+    """Stops user code at new steps. A BaseException so that ``except Exception`` lets it through."""
+
+    def __init__(self, opcodes: list[Opcode], retry_after: dt.timedelta | None = None) -> None:
+        super().__init__(f"{len(opcodes)} step opcode(s)")
+        self.opcodes = opcodes
+        self.retry_after = retry_after
+
+
+class Skip(BaseException):
+    """A parallel branch reached a new step that is not the targeted one: this branch ends here."""
+
+
+class Replay:
+    """The bookkeeping of one invocation: which memo entries were used, how step ids repeat."""
+
+    def __init__(self, request: ExecutionRequest, max_attempts: int) -> None:
+        self.request = request
+        self.max_attempts = max_attempts
+        self._seen: dict[str, int] = {}
+        self._keys_used: set[str] = set()
+        self._visited_keys: set[str] = set()
+        self.visited = 0
+        self.parallel_depth = 0
+
+    @property
+    def replaying(self) -> bool:
+        """True while memoized steps remain to be visited: code outside steps has run before."""
+        return self.visited < len(self.request.steps)
+
+    def key_for(self, step_id: str) -> tuple[str, int | None]:
+        """The step key for this occurrence of ``step_id``: ``id``, then ``id:1``, ``id:2``...
+
+        As in Inngest's JS SDK, an index a user has already taken by name (a step literally called
+        ``id:1``) is skipped, so two different steps never share a key.
+        """
+        if not isinstance(step_id, str) or not step_id:
+            raise ValueError(f"step id must be a non-empty string, got {step_id!r}")
+        count = self._seen.get(step_id, 0)
+        self._seen[step_id] = count + 1
+        if count == 0 and step_id not in self._keys_used:
+            self._keys_used.add(step_id)
+            return hash_step_id(step_id), None
+        index = max(count, 1)
+        while f"{step_id}:{index}" in self._keys_used:
+            index += 1
+        self._seen[step_id] = index + 1
+        name = f"{step_id}:{index}"
+        self._keys_used.add(name)
+        return hash_step_id(name), index
+
+    def memo(self, key: str) -> tuple[bool, Any]:
+        """(True, value) when the step is memoized; marks it visited."""
+        steps = self.request.steps
+        if key in steps:
+            if key not in self._visited_keys:
+                self._visited_keys.add(key)
+                self.visited += 1
+            return True, steps[key]
+        return False, None
+
+    def may_run_now(self, key: str) -> bool:
+        """Whether a new step may run in this invocation; raises Skip/Interrupt-worthy errors otherwise."""
+        target = self.request.target_step
+        if target is not None:
+            if key == target:
+                return True
+            if self.parallel_depth:
+                raise Skip()
+            raise NonDeterminismError(
+                f"planned step {target} was not reached: the function asked for another new step first"
+            )
+        return not (self.parallel_depth or self.request.disable_immediate_execution)
+
+    def check_output(self, step_id: str, value: Any) -> JSON:
+        """The value as stored, or a StepOutputError naming the step and the problem."""
+        from sdk.errors import StepOutputError
+
+        try:
+            checked = check_json(value, "output")
+        except NotJSONError as exc:
+            raise StepOutputError(
+                f"step {step_id!r} returned a value that cannot be stored: {exc.path}: {exc.reason}"
+            ) from None
+        size = _encoded_size(checked)
+        if size > self.request.max_output_bytes:
+            raise StepOutputError(
+                f"step {step_id!r} returned {size} bytes, over the limit of "
+                f"{self.request.max_output_bytes} bytes per step output"
+            )
+        return checked
+
+    def divergence(self) -> str | None:
+        """Describe memoized steps the function did not reach, or None when history was followed."""
+        if self.visited >= len(self.request.steps):
+            return None
+        missing = [k for k in self.request.stack if k not in self._visited_keys]
+        if not missing:
+            return None
+        first = missing[0]
+        position = list(self.request.stack).index(first)
+        name = self.request.step_names.get(first, first)
+        return (
+            f"step {name!r} (position {position + 1} of {len(self.request.stack)} in the run's history) "
+            f"was not reached on re-entry; {len(missing)} memoized step(s) went unused"
+        )
+
+
+def _encoded_size(value: JSON) -> int:
+    import msgpack
+
+    return len(msgpack.packb(value))
+
+
+def unwrap_memo(step_id: str, memo: Any) -> Any:
+    """The value a memoized step returns to user code (or the StepError it raises)."""
+    if isinstance(memo, dict) and len(memo) == 1:
+        if "data" in memo:
+            return memo["data"]
+        if "error" in memo:
+            err = memo["error"] if isinstance(memo["error"], dict) else {"message": str(memo["error"])}
+            raise StepError(
+                str(err.get("name") or "Error"),
+                str(err.get("message") or ""),
+                err.get("stack"),
+                step_id=step_id,
+            )
+    return memo
+
+
+def classify_step_exception(exc: BaseException, attempt: int, max_attempts: int) -> tuple[bool, bool]:
+    """(reraise_at_function_level, final) for an exception raised inside a step."""
+    if isinstance(exc, NonRetriableError):
+        return True, True
+    return False, attempt + 1 >= max_attempts
+
+
+async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
+    """Re-enter ``fn`` once with ``request`` and report what happened. Never raises for user errors."""
+    from sdk.context import make_context
+
+    replay = Replay(request, fn.max_attempts)
+    ctx = make_context(fn, request, replay)
+    try:
+        if fn.is_async:
+            value = await fn.handler(ctx)
+        else:
+            value = await asyncio.to_thread(fn.handler, ctx)
+            if inspect.isawaitable(value):
+                raise TypeError(f"function {fn.id!r} is a plain def but returned an awaitable")
+    except Interrupt as stop:
+        warning = None if request.target_step else replay.divergence()
+        if warning is not None:
+            return FunctionFailed(
+                error_payload(NonDeterminismError(_divergence_message(fn, request, warning, stop.opcodes))),
+                retriable=False,
+            )
+        return StepsReported(stop.opcodes, retry_after=stop.retry_after)
+    except Skip:
+        return FunctionFailed(
+            error_payload(NonDeterminismError(f"planned step {request.target_step} was not reached")),
+            retriable=False,
+        )
+    except (StepError, NonRetriableError, NonDeterminismError) as exc:
+        return FunctionFailed(error_payload(exc), retriable=False)
+    except RetryAfterError as exc:
+        return FunctionFailed(error_payload(exc), retriable=True, retry_after=exc.retry_after)
+    except Exception as exc:
+        return FunctionFailed(error_payload(exc), retriable=True)
+
+    if request.target_step is not None:
+        return FunctionFailed(
+            error_payload(
+                NonDeterminismError(
+                    f"planned step {request.target_step} was not reached: the function returned first"
+                )
+            ),
+            retriable=False,
+        )
+    warnings = []
+    warning = replay.divergence()
+    if warning is not None:
+        warnings.append(f"function {fn.id!r} returned, but {warning}")
+    try:
+        checked = check_json(value, "return value")
+    except NotJSONError as exc:
+        return FunctionFailed(
+            error_payload(
+                NonRetriableError(f"function {fn.id!r} returned a value that cannot be stored: {exc}")
+            ),
+            retriable=False,
+        )
+    return FunctionReturned(checked, warnings)
+
+
+def _divergence_message(fn: Function, request: ExecutionRequest, detail: str, opcodes: list[Opcode]) -> str:
+    asked = ", ".join(repr(op.step_id) for op in opcodes) or "no step"
+    return (
+        f"run {request.run_id} of function {fn.id!r} diverged from its history: it now asks for new "
+        f"step {asked}, but {detail}. Step ids must be the same on every re-entry: build them from "
+        f"the event or from step results, never from random numbers, the clock or unordered data; "
+        f"a function whose code changed mid-run may also cause this."
+    )

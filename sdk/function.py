@@ -1,0 +1,97 @@
+"""Function definitions: a handler, its triggers and its retry policy."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sdk.errors import FunctionConfigError
+from sdk.retry import Backoff
+from sdk.triggers import Trigger, TriggerCron, TriggerEvent
+
+MAX_RETRIES = 20
+MAX_TRIGGERS = 10
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Function:
+    """A durable function: made by ``Client.create_function``, run by workers."""
+
+    id: str
+    app_id: str
+    handler: Callable[..., Any]
+    triggers: tuple[Trigger, ...]
+    name: str
+    retries: int = 4
+    backoff: Backoff = dataclasses.field(default_factory=Backoff)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not _ID.match(self.id):
+            raise FunctionConfigError(
+                f"function id {self.id!r}: use letters, digits and - _ . : / (not starting with a symbol)"
+            )
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int):
+            raise FunctionConfigError(f"function {self.id!r}: retries must be an int, got {self.retries!r}")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise FunctionConfigError(
+                f"function {self.id!r}: retries must be between 0 and {MAX_RETRIES}, got {self.retries}"
+            )
+        if len(self.triggers) > MAX_TRIGGERS:
+            raise FunctionConfigError(f"function {self.id!r}: at most {MAX_TRIGGERS} triggers")
+        for trigger in self.triggers:
+            if not isinstance(trigger, TriggerEvent | TriggerCron):
+                raise FunctionConfigError(
+                    f"function {self.id!r}: trigger {trigger!r} is not a TriggerEvent or TriggerCron"
+                )
+        if not callable(self.handler):
+            raise FunctionConfigError(f"function {self.id!r}: handler is not callable")
+
+    @property
+    def slug(self) -> str:
+        """The app-qualified id Inngest uses on the wire: ``<app_id>-<id>``."""
+        return f"{self.app_id}-{self.id}"
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+    @property
+    def max_attempts(self) -> int:
+        return self.retries + 1
+
+    @property
+    def event_names(self) -> list[str]:
+        return [t.event for t in self.triggers if isinstance(t, TriggerEvent)]
+
+    def config(self) -> dict[str, Any]:
+        """The function's registration record (Inngest's config shape, plus stepq's backoff)."""
+        return {
+            "id": self.slug,
+            "fn_id": self.id,
+            "app_id": self.app_id,
+            "name": self.name,
+            "triggers": [t.to_dict() for t in self.triggers],
+            "retries": self.retries,
+            "backoff": {
+                "initial": self.backoff.initial.total_seconds(),
+                "factor": self.backoff.factor,
+                "maximum": self.backoff.maximum.total_seconds(),
+                "jitter": self.backoff.jitter,
+            },
+        }
+
+
+def normalize_triggers(trigger: Trigger | Sequence[Trigger] | None) -> tuple[Trigger, ...]:
+    if trigger is None:
+        return ()
+    if isinstance(trigger, TriggerEvent | TriggerCron):
+        return (trigger,)
+    if isinstance(trigger, list | tuple):
+        return tuple(trigger)
+    raise FunctionConfigError(
+        f"trigger must be a TriggerEvent, a TriggerCron or a list of them, got {trigger!r}"
+    )

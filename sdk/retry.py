@@ -1,0 +1,51 @@
+"""How long to wait before the next attempt of a failed step."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import random
+
+from sdk.durations import DurationLike, to_timedelta
+from sdk.errors import FunctionConfigError
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter: ``initial * factor**(attempt-1)``, capped at ``maximum``.
+
+    ``jitter`` is the fraction of the delay drawn at random (0.2 spreads a 10 s delay over 8-10 s), so
+    that steps failing together do not retry together.
+    """
+
+    initial: dt.timedelta = dt.timedelta(seconds=1)
+    factor: float = 2.0
+    maximum: dt.timedelta = dt.timedelta(minutes=10)
+    jitter: float = 0.2
+
+    @classmethod
+    def of(
+        cls,
+        initial: DurationLike = 1.0,
+        *,
+        factor: float = 2.0,
+        maximum: DurationLike = 600.0,
+        jitter: float = 0.2,
+    ) -> Backoff:
+        """Build a policy from durations in any accepted form (seconds, "500ms", timedelta)."""
+        if factor < 1:
+            raise FunctionConfigError(f"Backoff.factor: must be at least 1, got {factor}")
+        if not 0 <= jitter <= 1:
+            raise FunctionConfigError(f"Backoff.jitter: must be between 0 and 1, got {jitter}")
+        return cls(
+            initial=to_timedelta(initial, what="Backoff.initial"),
+            factor=factor,
+            maximum=to_timedelta(maximum, what="Backoff.maximum"),
+            jitter=jitter,
+        )
+
+    def delay(self, failures: int) -> dt.timedelta:
+        """The wait after the ``failures``-th failed attempt (1 for the first failure)."""
+        base = self.initial.total_seconds() * self.factor ** max(0, failures - 1)
+        base = min(base, self.maximum.total_seconds())
+        return dt.timedelta(seconds=base * (1 - self.jitter * random.random()))

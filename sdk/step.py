@@ -1,0 +1,148 @@
+"""The step tools user code calls: ``ctx.step.run``, ``ctx.step.sleep``, ``ctx.step.sleep_until``.
+
+``Step`` serves ``async def`` functions, ``SyncStep`` plain ``def`` functions (run in a thread). Both
+share ``_StepCore``: the memo lookup before a step, the opcode after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+from sdk.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
+from sdk.engine import Interrupt, Replay, Skip, unwrap_memo
+from sdk.errors import NonRetriableError, RetryAfterError, StepOutputError, error_payload
+from sdk.opcodes import Op, Opcode
+
+T = TypeVar("T")
+
+#: Sleeps and waits longer than this are refused, as in Inngest.
+MAX_SLEEP = dt.timedelta(days=366)
+
+_MISSING = object()
+
+
+class _StepCore:
+    def __init__(self, replay: Replay) -> None:
+        self._replay = replay
+
+    def _lookup(self, step_id: str) -> tuple[str, int | None, Any]:
+        """The step's key and index, and its memo (or _MISSING)."""
+        key, index = self._replay.key_for(step_id)
+        found, memo = self._replay.memo(key)
+        return key, index, memo if found else _MISSING
+
+    def _plan_or_run(self, step_id: str, key: str, index: int | None) -> None:
+        """Return when the new step may run now; otherwise stop user code with a StepPlanned."""
+        if not self._replay.may_run_now(key):
+            raise Interrupt([Opcode(Op.STEP_PLANNED, key, step_id, index, opts={"type": "step.run"})])
+
+    def _ran(self, step_id: str, key: str, index: int | None, result: Any) -> NoReturn:
+        try:
+            data = self._replay.check_output(step_id, result)
+        except StepOutputError as exc:
+            self._failed(step_id, key, index, exc)
+        raise Interrupt([Opcode(Op.STEP_RUN, key, step_id, index, data=data)])
+
+    def _failed(self, step_id: str, key: str, index: int | None, exc: BaseException) -> NoReturn:
+        if isinstance(exc, Interrupt | Skip):
+            raise NonRetriableError(
+                f"step {step_id!r} called another step inside its handler; steps cannot nest"
+            )
+        if isinstance(exc, NonRetriableError):
+            raise exc  # fails the run at once, as in Inngest's Python SDK
+        request = self._replay.request
+        final = isinstance(exc, StepOutputError) or request.attempt + 1 >= self._replay.max_attempts
+        op = Op.STEP_FAILED if final else Op.STEP_ERROR
+        retry_after = exc.retry_after if isinstance(exc, RetryAfterError) and not final else None
+        raise Interrupt([Opcode(op, key, step_id, index, error=error_payload(exc))], retry_after)
+
+    def _sleep_op(self, step_id: str, until: dt.datetime | None, delta: dt.timedelta | None) -> Any:
+        key, index, memo = self._lookup(step_id)
+        if memo is not _MISSING:
+            return None
+        self._replay.may_run_now(key)  # enforces targeting rules; a sleep is never run inline
+        if delta is not None:
+            if delta > MAX_SLEEP:
+                raise NonRetriableError(f"step {step_id!r}: sleeps are limited to {MAX_SLEEP.days} days")
+            name = to_duration_str(delta)
+        else:
+            assert until is not None
+            name = to_iso(until)
+        raise Interrupt([Opcode(Op.SLEEP, key, step_id, index, name=name, opts={"duration": name})])
+
+
+def _until(step_id: str, until: dt.datetime | str) -> dt.datetime:
+    moment = parse_iso(until) if isinstance(until, str) else until
+    if not isinstance(moment, dt.datetime) or moment.tzinfo is None:
+        raise ValueError(f"step {step_id!r}: sleep_until needs a timezone-aware datetime, got {until!r}")
+    return moment
+
+
+class Step(_StepCore):
+    """Step tools for ``async def`` functions."""
+
+    async def run(self, step_id: str, handler: Callable[..., Any], *args: Any) -> Any:
+        """Run ``handler(*args)`` once for the run; later re-entries return its stored result.
+
+        The handler may be sync (it runs in a thread, so the worker stays responsive) or async. Its
+        result must be JSON-compatible. After the last attempt fails, this raises ``StepError``.
+        """
+        key, index, memo = self._lookup(step_id)
+        if memo is not _MISSING:
+            return unwrap_memo(step_id, memo)
+        self._plan_or_run(step_id, key, index)
+        try:
+            if inspect.iscoroutinefunction(handler):
+                result = await handler(*args)
+            else:
+                result = await asyncio.to_thread(handler, *args)
+                if inspect.isawaitable(result):
+                    result = await result
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+                raise
+            self._failed(step_id, key, index, exc)
+        self._ran(step_id, key, index, result)
+
+    async def sleep(self, step_id: str, duration: DurationLike) -> None:
+        """Pause the run for ``duration`` (seconds, a timedelta, or "30s", "5m", "2h", "7d"). No worker waits."""
+        delta = to_timedelta(duration, what=f"step {step_id!r} sleep duration")
+        self._sleep_op(step_id, None, delta)
+
+    async def sleep_until(self, step_id: str, until: dt.datetime | str) -> None:
+        """Pause the run until a timezone-aware datetime (or an ISO 8601 string)."""
+        self._sleep_op(step_id, _until(step_id, until), None)
+
+
+class SyncStep(_StepCore):
+    """Step tools for plain ``def`` functions; the same semantics, without ``await``."""
+
+    def run(self, step_id: str, handler: Callable[..., T], *args: Any) -> T:
+        """Run ``handler(*args)`` once for the run; see ``Step.run``."""
+        key, index, memo = self._lookup(step_id)
+        if memo is not _MISSING:
+            return unwrap_memo(step_id, memo)  # type: ignore[no-any-return]
+        self._plan_or_run(step_id, key, index)
+        try:
+            result = handler(*args)
+            if inspect.isawaitable(result):
+                raise TypeError(
+                    f"step {step_id!r} returned an awaitable in a plain def function; make the function async"
+                )
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            self._failed(step_id, key, index, exc)
+        self._ran(step_id, key, index, result)
+
+    def sleep(self, step_id: str, duration: DurationLike) -> None:
+        """Pause the run for ``duration``; see ``Step.sleep``."""
+        self._sleep_op(step_id, None, to_timedelta(duration, what=f"step {step_id!r} sleep duration"))
+
+    def sleep_until(self, step_id: str, until: dt.datetime | str) -> None:
+        """Pause the run until a timezone-aware datetime; see ``Step.sleep_until``."""
+        self._sleep_op(step_id, _until(step_id, until), None)

@@ -1,0 +1,1 @@
+"""stepq's worker processes: arq workers that advance runs, and the ``stepq`` command."""
