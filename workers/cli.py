@@ -1,0 +1,219 @@
+"""The ``stepq`` command: run workers, send events, inspect runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from sdk.client import default_redis_url
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except CliError as exc:
+        print(f"stepq {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+class CliError(Exception):
+    """A user error, printed without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stepq", description="Durable functions on Redis.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def redis_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--redis-url", help="Redis to use (default: STEPQ_REDIS_URL, else redis://localhost:6379/0)")
+
+    p = sub.add_parser("worker", help="run a worker process for an app's functions")
+    p.add_argument("app", metavar="MODULE:CLIENT", help="where the app's sdk.Client lives, e.g. myapp.jobs:client")
+    redis_option(p)
+    p.add_argument("--concurrency", type=int, help="steps run at once by this process (default 100)")
+    p.add_argument("--poll-delay", type=float, help="seconds between queue polls (default 0.005)")
+    p.set_defaults(handler=_worker)
+
+    p = sub.add_parser("dev", help="a worker, with a private Redis when none is configured")
+    p.add_argument("app", metavar="MODULE:CLIENT")
+    redis_option(p)
+    p.add_argument("--concurrency", type=int)
+    p.set_defaults(handler=_dev)
+
+    p = sub.add_parser("send", help="send an event")
+    p.add_argument("name", help="the event name, e.g. shop/import.requested")
+    p.add_argument("--data", default="{}", help="the event data as a JSON object")
+    p.add_argument("--id", default="", help="an idempotency key: functions start once per id within 24 h")
+    redis_option(p)
+    p.set_defaults(handler=_send)
+
+    p = sub.add_parser("runs", help="list recent runs")
+    p.add_argument("--function", help="only runs of this function id")
+    p.add_argument("--status", choices=["queued", "running", "sleeping", "completed", "failed", "cancelled"])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    redis_option(p)
+    p.set_defaults(handler=_runs)
+
+    p = sub.add_parser("run", help="show one run: status, output or error, and each step")
+    p.add_argument("run_id")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    redis_option(p)
+    p.set_defaults(handler=_run)
+    return parser
+
+
+def _url(args: argparse.Namespace) -> str:
+    return str(args.redis_url or default_redis_url())
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.app import AppLoadError, load_client
+    from workers.logs import configure
+    from workers.worker import WorkerOptions, build_worker
+
+    configure()
+    try:
+        client = load_client(args.app)
+        options = WorkerOptions.from_env(concurrency=args.concurrency, poll_delay_s=args.poll_delay)
+    except (AppLoadError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    worker = build_worker(client, _url(args), options)
+    worker.run()
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    import os
+
+    from workers.embedded import EmbeddedRedis
+
+    if args.redis_url or os.environ.get("STEPQ_REDIS_URL"):
+        return _worker(argparse.Namespace(**{**vars(args), "poll_delay": None}))
+    with EmbeddedRedis() as redis:
+        print(f"stepq dev: private Redis at {redis.url}", file=sys.stderr)
+        print(f"stepq dev: to send events from another shell: export STEPQ_REDIS_URL={redis.url}", file=sys.stderr)
+        return _worker(argparse.Namespace(**{**vars(args), "redis_url": redis.url, "poll_delay": None}))
+
+
+def _parse_data(raw: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--data is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"--data must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _send(args: argparse.Namespace) -> int:
+    from runtime.transport import RedisTransport
+    from sdk.errors import StepqError
+    from sdk.event import Event
+
+    event = Event(name=args.name, data=_parse_data(args.data), id=args.id)
+    transport = RedisTransport(_url(args))
+    try:
+        ids = transport.send_sync([event.validated()])
+    except StepqError as exc:
+        raise CliError(str(exc)) from None
+    print(json.dumps({"ids": ids}))
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from runtime.connection import connect
+    from runtime.queries import list_runs
+
+    async def fetch() -> list[Any]:
+        redis = connect(_url(args))
+        try:
+            return await list_runs(redis, function=args.function, status=args.status, limit=args.limit)
+        finally:
+            await redis.aclose()
+
+    runs = asyncio.run(fetch())
+    if args.json:
+        for view in runs:
+            print(json.dumps(view.to_dict(), default=str))
+        return 0
+    print(f"{'RUN':<28} {'FUNCTION':<32} {'STATUS':<10} {'CREATED':<20} DURATION")
+    for view in runs:
+        print(
+            f"{view.run_id:<28} {view.function:<32} {view.status:<10} "
+            f"{_time(view.created_ms):<20} {_duration(view.started_ms or view.created_ms, view.ended_ms)}"
+        )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from runtime.connection import connect
+    from runtime.queries import get_run
+
+    async def fetch() -> Any:
+        redis = connect(_url(args))
+        try:
+            return await get_run(redis, args.run_id)
+        finally:
+            await redis.aclose()
+
+    view = asyncio.run(fetch())
+    if view is None:
+        raise CliError(f"no run {args.run_id!r} (unknown, or expired after the retention period)")
+    if args.json:
+        print(json.dumps(view.to_dict(), default=str, indent=2))
+        return 0
+    print(f"run       {view.run_id}")
+    print(f"function  {view.function}")
+    print(f"status    {view.status}")
+    print(f"created   {_time(view.created_ms)}")
+    if view.ended_ms:
+        print(f"ended     {_time(view.ended_ms)} ({_duration(view.started_ms or view.created_ms, view.ended_ms)})")
+    if view.wake_at_ms:
+        print(f"wakes at  {_time(view.wake_at_ms)}")
+    if view.status == "completed":
+        print(f"output    {json.dumps(view.output)}")
+    if view.error is not None:
+        error = view.error
+        print(f"error     {error.get('name')}: {error.get('message')}" if isinstance(error, dict) else error)
+    print(f"steps     {len([s for s in view.steps if s.done])} done")
+    for i, step in enumerate(view.steps, 1):
+        state = "done" if step.done else "pending"
+        took = f"{step.duration_ms} ms" if step.duration_ms is not None else "-"
+        line = f"  {i:>3}. {step.name:<30} {state:<8} attempts={step.attempts:<3} {took}"
+        if step.error:
+            line += f"  last error: {step.error}"
+        print(line)
+    return 0
+
+
+def _time(ms: int | None) -> str:
+    import datetime as dt
+
+    if not ms:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(start_ms: int | None, end_ms: int | None) -> str:
+    if not start_ms or not end_ms:
+        return "-"
+    seconds = (end_ms - start_ms) / 1000
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
