@@ -44,7 +44,8 @@ class Ingest:
         at = now_ms()
         ids = [new_ulid(at) for _ in events]
         stored = [
-            Event(e.name, e.data, e.id or event_id, e.ts or at, e.v, e.user) for e, event_id in zip(events, ids, strict=True)
+            Event(e.name, e.data, e.id or event_id, e.ts or at, e.v, e.user)
+            for e, event_id in zip(events, ids, strict=True)
         ]
         routes = await self.registry.route(e.name for e in stored)
         retention = self.store.limits.retention_s

@@ -54,7 +54,7 @@ class Registry:
 
     async def functions(self) -> list[FunctionRecord]:
         """Every registered function."""
-        raw = await self.redis.hgetall(keys.FUNCTIONS)
+        raw: dict[bytes, bytes] = await self.redis.hgetall(keys.FUNCTIONS)  # type: ignore[misc]
         records = []
         for slug, blob in raw.items():
             config = unpack(blob)

@@ -9,7 +9,16 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-_NAMES = ("create_run", "load_run", "commit_step", "schedule", "finish_run", "route_events", "register_app")
+_NAMES = (
+    "create_run",
+    "load_run",
+    "commit_step",
+    "schedule",
+    "finish_run",
+    "route_events",
+    "register_app",
+    "revive_timer",
+)
 
 
 @cache

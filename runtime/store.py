@@ -281,9 +281,7 @@ class RunStore:
         )
         return Outcome(reply.decode())
 
-    async def finish(
-        self, run_id: str, fence: str, *, status: str, output: Any = None, error: Any = None
-    ) -> Outcome:
+    async def finish(self, run_id: str, fence: str, *, status: str, output: Any = None, error: Any = None) -> Outcome:
         """End the run as ``completed`` (with ``output``) or ``failed``/``cancelled`` (with ``error``)."""
         field, blob = ("output", pack(output)) if status == "completed" else ("error", pack(error))
         reply = await self.scripts.call(
@@ -297,7 +295,9 @@ class RunStore:
         """The user-facing ids of the given steps, for error messages."""
         if not step_keys:
             return {}
-        names = await self.redis.hmget(keys.steps(run_id), [f"{k}:name" for k in step_keys])
+        names: list[bytes | None] = await self.redis.hmget(  # type: ignore[misc]
+            keys.steps(run_id), [f"{k}:name" for k in step_keys]
+        )
         return {k: n.decode() for k, n in zip(step_keys, names, strict=True) if n is not None}
 
 

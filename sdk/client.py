@@ -112,6 +112,4 @@ def _validated(events: Event | Sequence[Event]) -> list[Event]:
     batch = [events] if isinstance(events, Event | dict) else list(events)
     if not batch:
         raise InvalidEventError("send: no events given")
-    return [
-        Event.from_dict(e, where=f"events[{i}]" if len(batch) > 1 else "event") for i, e in enumerate(batch)
-    ]
+    return [Event.from_dict(e, where=f"events[{i}]" if len(batch) > 1 else "event") for i, e in enumerate(batch)]

@@ -255,9 +255,7 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
     if request.target_step is not None:
         return FunctionFailed(
             error_payload(
-                NonDeterminismError(
-                    f"planned step {request.target_step} was not reached: the function returned first"
-                )
+                NonDeterminismError(f"planned step {request.target_step} was not reached: the function returned first")
             ),
             retriable=False,
         )
@@ -269,9 +267,7 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
         checked = check_json(value, "return value")
     except NotJSONError as exc:
         return FunctionFailed(
-            error_payload(
-                NonRetriableError(f"function {fn.id!r} returned a value that cannot be stored: {exc}")
-            ),
+            error_payload(NonRetriableError(f"function {fn.id!r} returned a value that cannot be stored: {exc}")),
             retriable=False,
         )
     return FunctionReturned(checked, warnings)

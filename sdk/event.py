@@ -48,7 +48,7 @@ class Event:
             raise InvalidEventError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         return cls(
             name=raw.get("name"),  # type: ignore[arg-type]  # validated below
-            data=raw.get("data") if raw.get("data") is not None else {},
+            data=raw["data"] if raw.get("data") is not None else {},
             id=raw.get("id") or "",
             ts=raw.get("ts") or 0,
             v=raw.get("v"),

@@ -92,6 +92,4 @@ def normalize_triggers(trigger: Trigger | Sequence[Trigger] | None) -> tuple[Tri
         return (trigger,)
     if isinstance(trigger, list | tuple):
         return tuple(trigger)
-    raise FunctionConfigError(
-        f"trigger must be a TriggerEvent, a TriggerCron or a list of them, got {trigger!r}"
-    )
+    raise FunctionConfigError(f"trigger must be a TriggerEvent, a TriggerCron or a list of them, got {trigger!r}")

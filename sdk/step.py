@@ -49,9 +49,7 @@ class _StepCore:
 
     def _failed(self, step_id: str, key: str, index: int | None, exc: BaseException) -> NoReturn:
         if isinstance(exc, Interrupt | Skip):
-            raise NonRetriableError(
-                f"step {step_id!r} called another step inside its handler; steps cannot nest"
-            )
+            raise NonRetriableError(f"step {step_id!r} called another step inside its handler; steps cannot nest")
         if isinstance(exc, NonRetriableError):
             raise exc  # fails the run at once, as in Inngest's Python SDK
         request = self._replay.request

@@ -11,6 +11,9 @@ import time
 from typing import Any
 
 import structlog
+from arq.worker import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime.jobs import JobKind, JobSpec
 from runtime.store import LoadedRun, LoadRefused, Outcome, RunCache, RunStore, now_ms
@@ -23,6 +26,9 @@ from workers.invoker import Invoker
 
 log = structlog.get_logger("stepq.worker")
 
+#: A job that hits an unexpected internal error is retried this many times before its run fails.
+INTERNAL_RETRIES = 5
+
 
 class Executor:
     """Advances runs of one app's functions."""
@@ -34,7 +40,29 @@ class Executor:
         self.cache = RunCache()
 
     async def advance(self, ctx: dict[str, Any], payload: Any) -> None:
-        """arq job entry point: ``payload`` is a JobSpec payload."""
+        """arq job entry point: ``payload`` is a JobSpec payload.
+
+        Redis outages and internal errors never drop the job: it goes back to the queue (arq's
+        ``Retry``) and runs again once Redis answers.
+        """
+        try:
+            await self._advance(ctx, payload)
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
+            log.warning("job.redis_unavailable", job_id=ctx.get("job_id"), error=str(exc))
+            raise Retry(defer=1.0) from exc
+        except Exception as exc:
+            tries = int(ctx.get("job_try", 1))
+            log.exception("job.internal_error", job_id=ctx.get("job_id"), job_try=tries)
+            if tries < INTERNAL_RETRIES:
+                raise Retry(defer=min(2.0**tries, 30.0)) from exc
+            await self._give_up(payload, exc)
+
+    async def _give_up(self, payload: Any, exc: Exception) -> None:
+        job = JobSpec.from_payload(payload)
+        error = {"name": "InternalError", "message": f"stepq failed to advance the run: {exc!r}", "stack": ""}
+        await self.store.finish(job.run_id, "", status="failed", error=error)
+
+    async def _advance(self, ctx: dict[str, Any], payload: Any) -> None:
         started = time.perf_counter()
         try:
             job = JobSpec.from_payload(payload)
@@ -98,7 +126,10 @@ class Executor:
                 delay = result.retry_after or fn.backoff.delay(failures)
                 retry = JobSpec(run.run_id, run.position, job.attempt + 1)
                 outcome = await self.store.schedule(
-                    run, retry, due_ms=now_ms() + _ms(delay), status="running",
+                    run,
+                    retry,
+                    due_ms=now_ms() + _ms(delay),
+                    status="running",
                 )
                 return None, f"function-error-retry:{outcome.value}"
             return None, await self._finish(run, "failed", error=result.error)

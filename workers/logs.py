@@ -15,11 +15,10 @@ def configure(level: str | None = None) -> None:
     numeric = logging.getLevelName(name)
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {name!r}; use debug, info, warning or error")
-    renderer: structlog.typing.Processor
-    if sys.stderr.isatty():
-        renderer = structlog.dev.ConsoleRenderer()
-    else:
-        renderer = structlog.processors.JSONRenderer()
+    # JSON lines for log collectors; colours only for a person at a terminal.
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -1,17 +1,32 @@
-"""The arq worker that runs stepq jobs for one app."""
+"""The arq worker that runs stepq jobs for one app, with leases, draining and reconnects.
+
+arq alone locks a running job for ``job_timeout + 10 s`` and never renews the lock, so a killed
+worker's step waits minutes before another worker may take it; a Redis blip kills its poll loop;
+SIGTERM cancels running steps at once. ``StepqWorker`` changes those three behaviours:
+
+- a short lease (``lease_s``, 10 s) renewed by a heartbeat while the job runs;
+- SIGTERM/SIGINT drain (stop taking jobs, let running steps finish within ``drain_grace_s``, then
+  hand back the rest so another worker retries them at once); a second SIGINT forces;
+- Redis errors in the poll loop are logged and retried with backoff instead of ending the process.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import signal
 from typing import Any
 
 import msgpack
 import structlog
 from arq.connections import ArqRedis
 from arq.worker import Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime import keys
+from runtime import keys, timers
 from runtime.connection import make_pool
 from runtime.jobs import ADVANCE
 from runtime.limits import Limits
@@ -23,33 +38,143 @@ from workers.invoker import InProcessInvoker, Invoker
 
 log = structlog.get_logger("stepq.worker")
 
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerOptions:
     """How a worker process runs; each has an environment variable for containers."""
 
-    #: Jobs (step invocations) run at once by this process.
+    #: Jobs (step invocations) run at once by this process (STEPQ_CONCURRENCY).
     concurrency: int = 100
     #: arq polls the queue this often; arq's 0.5 s default would put half a second between steps.
     poll_delay_s: float = 0.005
-    #: How long one invocation (one step) may run.
+    #: How long one invocation (one step) may run (STEPQ_STEP_TIMEOUT).
     step_timeout_s: float = 2 * 3600
+    #: A running job's lock; renewed every third of it while the job runs (STEPQ_LEASE).
+    lease_s: float = 10.0
+    #: On SIGTERM, how long running steps may take to finish before they are handed back (STEPQ_DRAIN_GRACE).
+    drain_grace_s: float = 30.0
+    #: How often a worker checks for sleeping runs whose wake-up job vanished (STEPQ_TIMER_SWEEP).
+    timer_sweep_s: float = 30.0
+    #: A wake-up this late with no job is re-enqueued (STEPQ_TIMER_OVERDUE).
+    timer_overdue_s: float = 60.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> WorkerOptions:
-        base = cls()
-        values = {
-            "concurrency": int(os.environ.get("STEPQ_CONCURRENCY", base.concurrency)),
-            "poll_delay_s": float(os.environ.get("STEPQ_POLL_DELAY", base.poll_delay_s)),
-            "step_timeout_s": float(os.environ.get("STEPQ_STEP_TIMEOUT", base.step_timeout_s)),
-        }
+        """Defaults, then environment variables, then explicit ``overrides`` (None means unset)."""
+        values: dict[str, Any] = {}
+        for field, (variable, kind) in _ENV.items():
+            raw = os.environ.get(variable)
+            if raw:
+                try:
+                    values[field] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"{variable} must be a {kind.__name__}, got {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         options = cls(**values)
-        if options.concurrency < 1:
-            raise ValueError(f"concurrency must be at least 1, got {options.concurrency}")
-        if options.poll_delay_s <= 0:
-            raise ValueError(f"poll delay must be positive, got {options.poll_delay_s}")
+        options.check()
         return options
+
+    def check(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
+        for name in ("poll_delay_s", "step_timeout_s", "lease_s", "timer_sweep_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.drain_grace_s < 0:
+            raise ValueError(f"drain grace must not be negative, got {self.drain_grace_s}")
+
+
+_ENV: dict[str, tuple[str, type[int] | type[float]]] = {
+    "concurrency": ("STEPQ_CONCURRENCY", int),
+    "poll_delay_s": ("STEPQ_POLL_DELAY", float),
+    "step_timeout_s": ("STEPQ_STEP_TIMEOUT", float),
+    "lease_s": ("STEPQ_LEASE", float),
+    "drain_grace_s": ("STEPQ_DRAIN_GRACE", float),
+    "timer_sweep_s": ("STEPQ_TIMER_SWEEP", float),
+    "timer_overdue_s": ("STEPQ_TIMER_OVERDUE", float),
+}
+
+
+class StepqWorker(Worker):
+    """arq's Worker with leases, draining and reconnects (see the module docstring)."""
+
+    def __init__(self, *args: Any, options: WorkerOptions, store: RunStore, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options = options
+        self.store = store
+        # arq sizes the lock from the longest job timeout; ours is short and kept alive by heartbeats.
+        self.in_progress_timeout_s = options.lease_s
+        self._draining = False
+        self._backoff = 0.0
+        self._background: list[asyncio.Task[None]] = []
+
+    async def main(self) -> None:
+        self._background = [
+            asyncio.create_task(self._renew_leases(), name="stepq-leases"),
+            asyncio.create_task(self._sweep_timers(), name="stepq-timers"),
+        ]
+        try:
+            await super().main()
+        finally:
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except REDIS_DOWN as exc:
+            self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
+            log.warning("redis.unavailable", error=str(exc), retry_in_s=self._backoff)
+            await asyncio.sleep(self._backoff)
+        else:
+            if self._backoff:
+                log.info("redis.reconnected")
+                self._backoff = 0.0
+
+    async def _renew_leases(self) -> None:
+        """Extend the lock of every job this process runs, every third of the lease."""
+        lease_ms = int(self.options.lease_s * 1000)
+        while True:
+            await asyncio.sleep(self.options.lease_s / 3)
+            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            if not running:
+                continue
+            try:
+                async with self.pool.pipeline(transaction=False) as pipe:
+                    for job_id in running:
+                        pipe.pexpire(keys.ARQ_IN_PROGRESS + job_id, lease_ms)
+                    renewed = await pipe.execute()
+            except REDIS_DOWN as exc:
+                log.warning("lease.renew_failed", jobs=len(running), error=str(exc))
+                continue
+            for job_id, ok in zip(running, renewed, strict=True):
+                if not ok:
+                    # Another worker may run this job now; our commit will be fenced off.
+                    log.warning("lease.lost", job_id=job_id)
+
+    async def _sweep_timers(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.timer_sweep_s)
+            try:
+                await timers.revive_overdue(
+                    self.pool, self.store.scripts, overdue_ms=int(self.options.timer_overdue_s * 1000)
+                )
+            except RedisError as exc:
+                log.warning("timers.sweep_failed", error=str(exc))
+
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        """First SIGTERM/SIGINT drains; a second SIGINT hands back running steps at once."""
+        if self._draining:
+            if signum == signal.SIGINT:
+                log.warning("worker.forced", running=len(self.tasks))
+                self.handle_sig(signum)
+            return
+        self._draining = True
+        log.info("worker.draining", running=len(self.tasks), grace_s=self.options.drain_grace_s)
+        super().handle_sig_wait_for_completion(signum)
 
 
 def _deserialize(blob: bytes) -> Any:
@@ -64,8 +189,8 @@ def build_worker(
     limits: Limits | None = None,
     invoker: Invoker | None = None,
     handle_signals: bool = True,
-) -> Worker:
-    """An arq Worker serving ``client``'s functions from the app's queue."""
+) -> StepqWorker:
+    """A worker serving ``client``'s functions from the app's queue."""
     options = options or WorkerOptions.from_env()
     pool = ArqRedis(
         connection_pool=make_pool(redis_url),
@@ -78,12 +203,20 @@ def build_worker(
     executor = Executor(functions, store, invoker or InProcessInvoker())
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        count = await Registry(pool, store.scripts).register_app(
-            client.app_id, [fn.config() for fn in functions.values()]
-        )
-        log.info("worker.started", app=client.app_id, functions=count, redis=_redact(redis_url))
+        delay = 0.1
+        while True:  # a worker that starts before Redis waits for it
+            try:
+                count = await Registry(pool, store.scripts).register_app(
+                    client.app_id, [fn.config() for fn in functions.values()]
+                )
+                break
+            except REDIS_DOWN as exc:
+                log.warning("redis.unavailable", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        log.info("worker.started", app=client.app_id, functions=count, redis=_redact(redis_url), pid=os.getpid())
 
-    return Worker(
+    return StepqWorker(
         functions=[func(executor.advance, name=ADVANCE, timeout=options.step_timeout_s, max_tries=10**9)],
         queue_name=keys.queue(client.app_id),
         redis_pool=pool,
@@ -97,7 +230,12 @@ def build_worker(
         job_serializer=msgpack.packb,
         job_deserializer=_deserialize,
         handle_signals=handle_signals,
+        # arq cancels running jobs at once on SIGTERM unless given a grace period to wait for them.
+        job_completion_wait=max(options.drain_grace_s, 0.001),
+        health_check_interval=30,
         log_results=False,
+        options=options,
+        store=store,
     )
 
 
@@ -106,5 +244,3 @@ def _redact(url: str) -> str:
         scheme, _, rest = url.partition("://")
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
-
-

@@ -1,0 +1,57 @@
+"""The timer reconciler: no sleeping run depends on arq's job key living until its wake-up.
+
+Every sleep is recorded in a zset (``stepq:timers``, scored by due time) beside its delayed arq job.
+If the job vanished — its key expired after arq's grace, or Redis evicted it under memory pressure —
+the reconciler re-enqueues it from the timer. One worker at a time sweeps, under a short lock.
+"""
+
+from __future__ import annotations
+
+import structlog
+from redis.asyncio import Redis
+
+from runtime import keys
+from runtime.jobs import JobKind, JobSpec, enqueue_keys
+from runtime.scripts import Scripts
+from runtime.store import now_ms
+
+log = structlog.get_logger("stepq.timers")
+
+LOCK = f"{keys.PREFIX}:lock:timers"
+
+
+def parse_member(member: str) -> tuple[str, JobSpec]:
+    """(app_id, wake job) from a timers-zset member ``app|run|position|step_key``."""
+    app_id, run_id, position, step_key = member.split("|", 3)
+    return app_id, JobSpec(run_id, int(position), kind=JobKind.WAKE, step_key=step_key or None)
+
+
+async def revive_overdue(
+    redis: Redis, scripts: Scripts, *, overdue_ms: int = 60_000, batch: int = 200, lock_ms: int = 30_000
+) -> int:
+    """Re-enqueue wake jobs overdue by ``overdue_ms`` whose job is gone; returns how many were revived."""
+    if not await redis.set(LOCK, b"1", px=lock_ms, nx=True):
+        return 0
+    revived = 0
+    try:
+        at = now_ms()
+        members = await redis.zrangebyscore(keys.TIMERS, "-inf", at - overdue_ms, start=0, num=batch)
+        for raw in members:
+            member = raw.decode()
+            try:
+                app_id, job = parse_member(member)
+            except ValueError:
+                log.error("timer.malformed", member=member)
+                await redis.zrem(keys.TIMERS, raw)
+                continue
+            outcome = await scripts.call(
+                "revive_timer",
+                [keys.run(job.run_id), *enqueue_keys(job, app_id), keys.TIMERS],
+                [member, job.encode(at), at, 30 * 86400 * 1000],
+            )
+            if outcome == b"revived":
+                revived += 1
+                log.warning("timer.revived", run_id=job.run_id, job_id=job.job_id)
+    finally:
+        await redis.delete(LOCK)
+    return revived
