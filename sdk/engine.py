@@ -24,7 +24,7 @@ from sdk.errors import (
 )
 from sdk.event import Event
 from sdk.jsonvalue import JSON, NotJSONError, check_json
-from sdk.opcodes import Opcode, hash_step_id
+from sdk.opcodes import Opcode, _hash_cache, hash_step_id
 
 if TYPE_CHECKING:
     from sdk.function import Function
@@ -102,8 +102,8 @@ class Replay:
         self.request = request
         self.max_attempts = max_attempts
         self._seen: dict[str, int] = {}
+        #: Every step name (``id`` or ``id:n``) used in this invocation, for unique keys.
         self._keys_used: set[str] = set()
-        self._visited_keys: set[str] = set()
         self.visited = 0
         self.parallel_depth = 0
 
@@ -112,36 +112,34 @@ class Replay:
         """True while memoized steps remain to be visited: code outside steps has run before."""
         return self.visited < len(self.request.steps)
 
-    def key_for(self, step_id: str) -> tuple[str, int | None]:
-        """The step key for this occurrence of ``step_id``: ``id``, then ``id:1``, ``id:2``...
+    def lookup(self, step_id: str) -> tuple[str, int | None, bool, Any]:
+        """(key, index, memoized, memo) for this occurrence of ``step_id``.
 
-        As in Inngest's JS SDK, an index a user has already taken by name (a step literally called
-        ``id:1``) is skipped, so two different steps never share a key.
+        The hot path of every replay, so it is one method. Keys follow Inngest: ``id``, then
+        ``id:1``, ``id:2``... As in Inngest's JS SDK, an index a user already took by name (a step
+        literally called ``id:1``) is skipped, so two different steps never share a key.
         """
-        if not isinstance(step_id, str) or not step_id:
-            raise ValueError(f"step id must be a non-empty string, got {step_id!r}")
-        count = self._seen.get(step_id, 0)
-        self._seen[step_id] = count + 1
-        if count == 0 and step_id not in self._keys_used:
-            self._keys_used.add(step_id)
-            return hash_step_id(step_id), None
-        index = max(count, 1)
-        while f"{step_id}:{index}" in self._keys_used:
-            index += 1
-        self._seen[step_id] = index + 1
-        name = f"{step_id}:{index}"
-        self._keys_used.add(name)
-        return hash_step_id(name), index
-
-    def memo(self, key: str) -> tuple[bool, Any]:
-        """(True, value) when the step is memoized; marks it visited."""
+        used = self._keys_used
+        if step_id not in self._seen and step_id not in used:
+            if type(step_id) is not str or not step_id:
+                raise ValueError(f"step id must be a non-empty string, got {step_id!r}")
+            self._seen[step_id] = 1
+            used.add(step_id)
+            key = _hash_cache.get(step_id) or hash_step_id(step_id)
+            index = None
+        else:
+            index = max(self._seen.get(step_id, 0), 1)
+            while f"{step_id}:{index}" in used:
+                index += 1
+            self._seen[step_id] = index + 1
+            name = f"{step_id}:{index}"
+            used.add(name)
+            key = hash_step_id(name)
         steps = self.request.steps
         if key in steps:
-            if key not in self._visited_keys:
-                self._visited_keys.add(key)
-                self.visited += 1
-            return True, steps[key]
-        return False, None
+            self.visited += 1
+            return key, index, True, steps[key]
+        return key, index, False, None
 
     def may_run_now(self, key: str) -> bool:
         """Whether a new step may run in this invocation; raises Skip/Interrupt-worthy errors otherwise."""
@@ -178,7 +176,8 @@ class Replay:
         """Describe memoized steps the function did not reach, or None when history was followed."""
         if self.visited >= len(self.request.steps):
             return None
-        missing = [k for k in self.request.stack if k not in self._visited_keys]
+        visited = {hash_step_id(name) for name in self._keys_used}
+        missing = [k for k in self.request.stack if k not in visited]
         if not missing:
             return None
         first = missing[0]
@@ -198,7 +197,7 @@ def _encoded_size(value: JSON) -> int:
 
 def unwrap_memo(step_id: str, memo: Any) -> Any:
     """The value a memoized step returns to user code (or the StepError it raises)."""
-    if isinstance(memo, dict) and len(memo) == 1:
+    if type(memo) is dict and len(memo) == 1:
         if "data" in memo:
             return memo["data"]
         if "error" in memo:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -38,6 +39,8 @@ class Executor:
         self.store = store
         self.invoker = invoker
         self.cache = RunCache()
+        #: Called after a commit enqueued the run's next job, due now (the worker polls at once).
+        self.on_next_job: Callable[[], None] = lambda: None
 
     async def advance(self, ctx: dict[str, Any], payload: Any) -> None:
         """arq job entry point: ``payload`` is a JobSpec payload.
@@ -181,6 +184,7 @@ class Executor:
 
     async def _after_commit(self, run: LoadedRun, op: Opcode, outcome: Outcome) -> None:
         if outcome is Outcome.OK:
+            self.on_next_job()
             return
         if outcome in (Outcome.TOO_MANY_STEPS, Outcome.STATE_TOO_LARGE):
             limits = self.store.limits

@@ -13,6 +13,7 @@ SIGTERM cancels running steps at once. ``StepqWorker`` changes those three behav
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
@@ -109,18 +110,58 @@ class StepqWorker(Worker):
         self._draining = False
         self._backoff = 0.0
         self._background: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
 
     async def main(self) -> None:
+        """arq's main loop, with two changes: it waits for Redis instead of exiting, and a poll
+        happens as soon as this worker enqueues a job that is due now (``wake``), so a step's
+        next job starts without waiting for the next poll tick."""
+        await self._wait_for_redis()
         self._background = [
             asyncio.create_task(self._renew_leases(), name="stepq-leases"),
             asyncio.create_task(self._sweep_timers(), name="stepq-timers"),
         ]
         try:
-            await super().main()
+            self.ctx["redis"] = self.pool
+            if self.on_startup:
+                await self.on_startup(self.ctx)
+            loop = asyncio.get_running_loop()
+            while True:
+                began = loop.time()
+                await self._poll_iteration()
+                if self.burst and await self._burst_done():
+                    return
+                wait = self.poll_delay_s - (loop.time() - began)
+                if wait > 0 and not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                self._wake.clear()
         finally:
             for task in self._background:
                 task.cancel()
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    def wake(self) -> None:
+        """Poll now: a job due now was just enqueued."""
+        self._wake.set()
+
+    async def _burst_done(self) -> bool:
+        if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
+            await asyncio.gather(*self.tasks.values())
+            return True
+        return False
+
+    async def _wait_for_redis(self) -> None:
+        """A worker that starts before Redis (or during a restart) waits for it rather than exiting."""
+        delay = 0.1
+        while True:
+            try:
+                await self.pool.ping()
+                return
+            except REDIS_DOWN as exc:
+                log.warning("redis.unavailable", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _poll_iteration(self) -> None:
         try:
@@ -151,7 +192,8 @@ class StepqWorker(Worker):
                 log.warning("lease.renew_failed", jobs=len(running), error=str(exc))
                 continue
             for job_id, ok in zip(running, renewed, strict=True):
-                if not ok:
+                task = self.tasks.get(job_id)
+                if not ok and task is not None and not task.done():
                     # Another worker may run this job now; our commit will be fenced off.
                     log.warning("lease.lost", job_id=job_id)
 
@@ -216,7 +258,7 @@ def build_worker(
                 delay = min(delay * 2, 5.0)
         log.info("worker.started", app=client.app_id, functions=count, redis=_redact(redis_url), pid=os.getpid())
 
-    return StepqWorker(
+    worker = StepqWorker(
         functions=[func(executor.advance, name=ADVANCE, timeout=options.step_timeout_s, max_tries=10**9)],
         queue_name=keys.queue(client.app_id),
         redis_pool=pool,
@@ -237,6 +279,8 @@ def build_worker(
         options=options,
         store=store,
     )
+    executor.on_next_job = worker.wake
+    return worker
 
 
 def _redact(url: str) -> str:
