@@ -1,0 +1,63 @@
+"""Fixtures: a real Redis (the test database, flushed before each test) and real worker processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+import sdk
+from runtime.connection import connect
+from tests.helpers import REDIS_URL, StartWorkers, WorkerProcess
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """A connection to the test database, flushed before the test."""
+    client = connect(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as exc:  # pragma: no cover - environment problem, not a test result
+        await client.aclose()
+        pytest.fail(f"no Redis answers at {REDIS_URL} (set STEPQ_TEST_REDIS_URL, or run scripts/test): {exc}")
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def sender(redis: Redis) -> AsyncIterator[sdk.Client]:
+    """A client that sends events to the test database (sending does not depend on the app)."""
+    client = sdk.Client("test-sender", redis_url=REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def start_workers(redis: Redis, tmp_path: Path) -> Iterator[StartWorkers]:
+    """``start_workers("loops", n=2, env={...})``: start n workers serving ``tests.apps.<module>:client``.
+
+    Each is ready (its app registered) when this returns; all are stopped at teardown.
+    """
+    started: list[WorkerProcess] = []
+
+    def start(app: str, n: int = 1, env: dict[str, str] | None = None) -> list[WorkerProcess]:
+        full_env = {
+            **os.environ,
+            "STEPQ_LOG_LEVEL": "info",
+            "PYTHONUNBUFFERED": "1",
+            "STEPQ_REDIS_URL": REDIS_URL,
+            **(env or {}),
+        }
+        batch = [WorkerProcess(app, len(started) + i, tmp_path, full_env) for i in range(n)]
+        started.extend(batch)
+        for worker in batch:
+            worker.wait_ready()
+        return batch
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,131 @@
+"""Test helpers: worker processes, waiting for runs, finding the runs an event started.
+
+Function code runs in the worker subprocesses, so tests observe it through files (paths passed in
+the event data), the workers' stdout, their structured logs on stderr, and the run state in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+import sdk
+from runtime.queries import RunView, get_run, list_runs
+
+REDIS_URL = os.environ.get("STEPQ_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+class WorkerProcess:
+    """One ``stepq worker`` subprocess with its stdout and stderr captured to files."""
+
+    def __init__(self, app: str, index: int, directory: Path, env: dict[str, str]) -> None:
+        self.app = app
+        self.stdout_path = directory / f"worker-{app}-{index}.stdout"
+        self.stderr_path = directory / f"worker-{app}-{index}.stderr"
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workers.cli", "worker", f"tests.apps.{app}:client", "--redis-url", REDIS_URL],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The structured (JSON) log lines this worker wrote to stderr."""
+        out = []
+        for line in self.stderr().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    out.append(json.loads(line))
+        return out
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Block until the worker has registered its app (its ``worker.started`` line)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(entry.get("event") == "worker.started" for entry in self.logs()):
+                return
+            if not self.alive():
+                raise AssertionError(f"worker for {self.app} exited with {self.proc.returncode}:\n{self.stderr()}")
+            time.sleep(0.02)
+        raise AssertionError(f"worker for {self.app} did not start within {timeout} s:\n{self.stderr()}")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+StartWorkers = Callable[..., list[WorkerProcess]]
+
+
+async def wait_for_run(redis: Redis, run_id: str, statuses: Sequence[str] = TERMINAL, timeout: float = 30.0) -> RunView:
+    """Poll the run until its status is one of ``statuses``; fail with its last state otherwise."""
+    deadline = time.monotonic() + timeout
+    view = None
+    while time.monotonic() < deadline:
+        view = await get_run(redis, run_id)
+        if view is not None and view.status in statuses:
+            return view
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"run {run_id} did not reach {statuses} within {timeout} s; last seen: {view}")
+
+
+async def runs_of(redis: Redis, function: str, limit: int = 1000) -> list[RunView]:
+    """Every run of ``function`` (its id, not the slug), newest first."""
+    return await list_runs(redis, function=function, limit=limit)
+
+
+async def run_ids_for_event(redis: Redis, function: str, event_id: str) -> list[str]:
+    """The ids of the runs of ``function`` that the event ``event_id`` started."""
+    return [view.run_id for view in await runs_of(redis, function) if event_id in view.event_ids]
+
+
+async def start_run(sender: sdk.Client, redis: Redis, function: str, name: str, data: dict[str, Any]) -> str:
+    """Send one event and return the id of the single run of ``function`` it started."""
+    [event_id] = await sender.send(sdk.Event(name=name, data=data))
+    run_ids = await run_ids_for_event(redis, function, event_id)
+    assert len(run_ids) == 1, f"event {name} started {len(run_ids)} runs of {function}, expected 1"
+    return run_ids[0]
+
+
+def invocations(worker_logs: Sequence[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    """The worker's ``invocation`` log lines for one run, in order."""
+    return [e for e in worker_logs if e.get("event") == "invocation" and e.get("run_id") == run_id]
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
