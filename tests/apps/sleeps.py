@@ -1,0 +1,39 @@
+"""Functions that sleep. Each appends to the file named by ``event.data["log"]``: ``sleep-call <t>``
+every time the function reaches its sleep (memoized or not), then ``after <t>`` when the step after
+the sleep runs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import sdk as inngest
+
+client = inngest.Client("t-sleeps")
+
+
+def _note(path: str, what: str) -> float:
+    now = time.time()
+    with open(path, "a") as f:
+        f.write(f"{what} {now!r}\n")
+    return now
+
+
+@client.create_function(id="nap", trigger=inngest.TriggerEvent(event="test/nap"))
+async def nap(ctx: inngest.Context) -> dict[str, float]:
+    path = ctx.event.data["log"]
+    before = await ctx.step.run("before", time.time)
+    _note(path, "sleep-call")
+    await ctx.step.sleep("nap", "2s")
+    after = await ctx.step.run("after", _note, path, "after")
+    return {"before": before, "after": after}
+
+
+@client.create_function(id="nap-until", trigger=inngest.TriggerEvent(event="test/nap.until"))
+async def nap_until(ctx: inngest.Context) -> dict[str, float]:
+    path = ctx.event.data["log"]
+    until = dt.datetime.fromisoformat(ctx.event.data["until"])
+    _note(path, "sleep-call")
+    await ctx.step.sleep_until("wait", until)
+    after = await ctx.step.run("after", _note, path, "after")
+    return {"after": after}
