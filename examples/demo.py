@@ -128,7 +128,7 @@ def pick_redis(stack: contextlib.ExitStack) -> str:
     if configured:
         print(f"Redis: nothing answers at {configured} (STEPQ_REDIS_URL); starting a private redis-server")
     embedded = stack.enter_context(EmbeddedRedis())
-    print(f"Redis: private redis-server at {embedded.url}, stopped when the demo ends")
+    print(f"Redis: private redis-server at {embedded.url} ({embedded.executable}), stopped when the demo ends")
     return embedded.url
 
 

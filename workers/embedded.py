@@ -134,6 +134,8 @@ class EmbeddedRedis:
         self._dir: Path | None = Path(data_dir) if data_dir is not None else None
         self._own_dir = False
         self._process: subprocess.Popen[bytes] | None = None
+        #: The redis-server binary in use, once started.
+        self.executable: str | None = None
         self._lock = threading.Lock()
 
     # -- what callers read ---------------------------------------------------------------------
@@ -184,6 +186,7 @@ class EmbeddedRedis:
             if self.running:
                 return self
             binary = find_redis_server()
+            self.executable = binary
             if self._dir is None:
                 self._dir = Path(tempfile.mkdtemp(prefix="stepq-redis-"))
                 self._own_dir = True
