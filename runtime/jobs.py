@@ -23,6 +23,8 @@ ADVANCE = "stepq.advance"
 class JobKind(enum.StrEnum):
     STEP = "step"  # re-enter the function at a position (first run, next step, retry)
     WAKE = "wake"  # a sleep is over: memoize null for the step, then re-enter
+    PLANNED = "planned"  # run one planned (parallel) step
+    TIMER = "timer"  # resolve a pending step with a value: a wait's or invoke's timeout, a parallel sleep
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,17 +36,25 @@ class JobSpec:
     attempt: int = 0
     kind: JobKind = JobKind.STEP
     step_key: str | None = None
+    #: A TIMER job's value for the step (null for a timeout or a sleep, an error for an invoke).
+    value: Any = None
 
     @property
     def job_id(self) -> str:
         if self.kind is JobKind.WAKE:
             return f"{self.run_id}:p{self.position}:wake"
+        if self.kind is JobKind.PLANNED:
+            return f"{self.run_id}:s{self.step_key}:a{self.attempt}"
+        if self.kind is JobKind.TIMER:
+            return f"{self.run_id}:s{self.step_key}:timer"
         return f"{self.run_id}:p{self.position}:a{self.attempt}"
 
     def to_payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {"r": self.run_id, "p": self.position, "a": self.attempt, "k": self.kind.value}
         if self.step_key is not None:
             out["s"] = self.step_key
+        if self.value is not None:
+            out["v"] = self.value
         return out
 
     @classmethod
@@ -60,7 +70,9 @@ class JobSpec:
         if not isinstance(run_id, str) or not isinstance(position, int) or not isinstance(attempt, int):
             raise ValueError(f"job payload {raw!r} has fields of the wrong type")
         step_key = raw.get("s")
-        return cls(run_id, position, attempt, kind, step_key if isinstance(step_key, str) else None)
+        if kind in (JobKind.WAKE, JobKind.PLANNED, JobKind.TIMER) and not isinstance(step_key, str):
+            raise ValueError(f"job payload {raw!r} needs a step key for a {kind.value} job")
+        return cls(run_id, position, attempt, kind, step_key if isinstance(step_key, str) else None, raw.get("v"))
 
     def encode(self, now_ms: int | None = None) -> bytes:
         """The job's bytes as arq stores them under ``arq:job:<id>``."""

@@ -35,6 +35,16 @@ def steps(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:steps"
 
 
+def pending(run_id: str) -> str:
+    """Step keys reported together and not yet resolved (parallel steps, waits, invokes)."""
+    return f"{PREFIX}:{{{run_id}}}:pending"
+
+
+def jobs(run_id: str) -> str:
+    """Ids of the run's delayed jobs (retries, wake-ups, timeouts), dropped when the run ends."""
+    return f"{PREFIX}:{{{run_id}}}:jobs"
+
+
 def run_keys(run_id: str) -> list[str]:
     return [run(run_id), events(run_id), memo(run_id), stack(run_id), steps(run_id)]
 

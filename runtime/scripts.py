@@ -18,6 +18,9 @@ _NAMES = (
     "route_events",
     "register_app",
     "revive_timer",
+    "fan_out",
+    "resolve_step",
+    "cancel_run",
 )
 
 

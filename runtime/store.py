@@ -21,6 +21,7 @@ from runtime.codec import pack, unpack
 from runtime.jobs import JobKind, JobSpec, enqueue_keys
 from runtime.limits import Limits
 from runtime.scripts import Scripts
+from runtime.waits import Registration, registration_args
 from sdk.event import Event
 
 FENCE = "fence"
@@ -62,6 +63,8 @@ class LoadedRun:
     events: list[Event]
     memo: dict[str, Any]
     stack: list[str]
+    #: The run-record field this invocation's fence lives in (one per planned step, else one per run).
+    fence_field: str = "fence"
 
 
 class RunCache:
@@ -111,6 +114,8 @@ class RunStore:
         app_id: str,
         events: Sequence[Event],
         dedupe_key: str | None,
+        parent: str = "",
+        rules: Sequence[Registration] = (),
         pipe: Any = None,
     ) -> Any:
         """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on ``pipe``)."""
@@ -136,6 +141,9 @@ class RunStore:
                 self.limits.job_grace_ms,
                 self.limits.dedupe_s if dedupe_key else 0,
                 ",".join(e.id for e in events),
+                parent,
+                len(rules),
+                *registration_args(rules),
             ],
             client=pipe,
         )
@@ -146,6 +154,7 @@ class RunStore:
         """Claim the run for this job and return its state, or why the job has nothing to do."""
         cached = cache.get(job.run_id) if cache is not None else None
         known = len(cached.stack) if cached is not None else -1
+        fence_field = f"fence:{job.step_key}" if job.kind is JobKind.PLANNED else FENCE
         at = now_ms()
         reply = await self.scripts.call(
             "load_run",
@@ -156,11 +165,12 @@ class RunStore:
                 keys.stack(job.run_id),
                 keys.steps(job.run_id),
                 keys.TIMERS,
+                keys.pending(job.run_id),
             ],
             [
                 job.position,
                 known,
-                FENCE,
+                fence_field,
                 at,
                 job.kind.value,
                 job.step_key or "",
@@ -185,6 +195,7 @@ class RunStore:
             if cache is not None:
                 cache.drop(job.run_id)
             return await self.load(dataclasses.replace(job, kind=JobKind.STEP, position=length), None)
+
         if cache is not None:
             cache.put(job.run_id, cached)
         return LoadedRun(
@@ -196,6 +207,7 @@ class RunStore:
             events=cached.events,
             memo=cached.memo,
             stack=cached.stack,
+            fence_field=fence_field,
         )
 
     async def commit_step(
@@ -221,7 +233,7 @@ class RunStore:
                 *enqueue_keys(nxt, run.app_id),
             ],
             [
-                FENCE,
+                run.fence_field,
                 run.fence,
                 key,
                 pack(value),
@@ -262,11 +274,13 @@ class RunStore:
                 keys.steps(run.run_id),
                 *enqueue_keys(job, run.app_id),
                 keys.TIMERS,
+                keys.jobs(run.run_id),
+                keys.pending(run.run_id),
             ],
             [
-                FENCE,
+                run.fence_field,
                 run.fence,
-                run.position,
+                -1 if job.kind is JobKind.PLANNED else run.position,
                 key,
                 name,
                 attempts,
@@ -281,13 +295,22 @@ class RunStore:
         )
         return Outcome(reply.decode())
 
-    async def finish(self, run_id: str, fence: str, *, status: str, output: Any = None, error: Any = None) -> Outcome:
+    async def finish(
+        self,
+        run_id: str,
+        fence: str,
+        *,
+        status: str,
+        output: Any = None,
+        error: Any = None,
+        fence_field: str = FENCE,
+    ) -> Outcome:
         """End the run as ``completed`` (with ``output``) or ``failed``/``cancelled`` (with ``error``)."""
         field, blob = ("output", pack(output)) if status == "completed" else ("error", pack(error))
         reply = await self.scripts.call(
             "finish_run",
-            [*keys.run_keys(run_id), keys.RUNS_ACTIVE, keys.RUNS_DONE, keys.TIMERS],
-            [FENCE, fence, status, field, blob, now_ms(), self.limits.retention_s],
+            [keys.run(run_id)],
+            [run_id, fence_field, fence, status, field, blob, now_ms(), self.limits.retention_s],
         )
         return Outcome(reply.decode())
 

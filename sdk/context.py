@@ -101,7 +101,7 @@ class Context(_ContextBase):
 
     def __init__(self, fn: Function, request: ExecutionRequest, replay: Replay) -> None:
         super().__init__(fn, request, replay)
-        self.step = Step(replay)
+        self.step = Step(replay, fn.client.send if fn.client is not None else None)
 
 
 class ContextSync(_ContextBase):
@@ -109,7 +109,7 @@ class ContextSync(_ContextBase):
 
     def __init__(self, fn: Function, request: ExecutionRequest, replay: Replay) -> None:
         super().__init__(fn, request, replay)
-        self.step = SyncStep(replay)
+        self.step = SyncStep(replay, fn.client.send if fn.client is not None else None)
 
 
 def make_context(fn: Function, request: ExecutionRequest, replay: Replay) -> Context | ContextSync:

@@ -98,9 +98,10 @@ class Skip(BaseException):
 class Replay:
     """The bookkeeping of one invocation: which memo entries were used, how step ids repeat."""
 
-    def __init__(self, request: ExecutionRequest, max_attempts: int) -> None:
+    def __init__(self, request: ExecutionRequest, max_attempts: int, app_id: str = "") -> None:
         self.request = request
         self.max_attempts = max_attempts
+        self.app_id = app_id
         self._seen: dict[str, int] = {}
         #: Every step name (``id`` or ``id:n``) used in this invocation, for unique keys.
         self._keys_used: set[str] = set()
@@ -222,7 +223,7 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
     """Re-enter ``fn`` once with ``request`` and report what happened. Never raises for user errors."""
     from sdk.context import make_context
 
-    replay = Replay(request, fn.max_attempts)
+    replay = Replay(request, fn.max_attempts, fn.app_id)
     ctx = make_context(fn, request, replay)
     try:
         if fn.is_async:

@@ -28,6 +28,8 @@ class Function:
     name: str
     retries: int = 4
     backoff: Backoff = dataclasses.field(default_factory=Backoff)
+    #: The client that defined it: ``step.send_event`` sends through it.
+    client: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _ID.match(self.id):

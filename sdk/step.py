@@ -1,4 +1,5 @@
-"""The step tools user code calls: ``ctx.step.run``, ``ctx.step.sleep``, ``ctx.step.sleep_until``.
+"""The step tools user code calls: ``ctx.step.run``, ``sleep``, ``sleep_until``, ``wait_for_event``,
+``invoke``, ``invoke_by_id`` and ``send_event``.
 
 ``Step`` serves ``async def`` functions, ``SyncStep`` plain ``def`` functions (run in a thread). Both
 share ``_StepCore``: the memo lookup before a step, the opcode after it.
@@ -9,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from sdk.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
 from sdk.engine import Interrupt, Replay, Skip, unwrap_memo
 from sdk.errors import NonRetriableError, RetryAfterError, StepOutputError, error_payload
+from sdk.event import Event
 from sdk.opcodes import Op, Opcode
+
+if TYPE_CHECKING:
+    from sdk.function import Function
+
+#: Sends events for ``step.send_event``; the client's ``send``.
+Sender = Callable[[Sequence[Event]], Awaitable[list[str]]]
 
 T = TypeVar("T")
 
@@ -26,8 +34,9 @@ _MISSING = object()
 
 
 class _StepCore:
-    def __init__(self, replay: Replay) -> None:
+    def __init__(self, replay: Replay, sender: Sender | None = None) -> None:
         self._replay = replay
+        self._sender = sender
 
     def _lookup(self, step_id: str) -> tuple[str, int | None, Any]:
         """The step's key and index, and its memo (or _MISSING)."""
@@ -70,6 +79,68 @@ class _StepCore:
             assert until is not None
             name = to_iso(until)
         raise Interrupt([Opcode(Op.SLEEP, key, step_id, index, name=name, opts={"duration": name})])
+
+
+    def _wait_op(
+        self, step_id: str, event: str, timeout: DurationLike, if_exp: str | None
+    ) -> tuple[bool, Event | None]:
+        key, index, memo = self._lookup(step_id)
+        if memo is not _MISSING:
+            return True, _event_or_none(memo)
+        if not isinstance(event, str) or not event:
+            raise ValueError(f"step {step_id!r}: wait_for_event needs an event name")
+        delta = to_timedelta(timeout, what=f"step {step_id!r} wait_for_event timeout")
+        if delta > MAX_SLEEP:
+            raise NonRetriableError(f"step {step_id!r}: waits are limited to {MAX_SLEEP.days} days")
+        self._replay.may_run_now(key)
+        opts: dict[str, Any] = {"event": event, "timeout": to_duration_str(delta)}
+        if if_exp:
+            opts["if"] = if_exp
+        raise Interrupt([Opcode(Op.WAIT_FOR_EVENT, key, step_id, index, name=event, opts=opts)])
+
+    def _invoke_op(
+        self,
+        step_id: str,
+        function_id: str,
+        data: dict[str, Any] | None,
+        timeout: DurationLike | None,
+        v: str | None,
+    ) -> Any:
+        key, index, memo = self._lookup(step_id)
+        if memo is not _MISSING:
+            return unwrap_memo(step_id, memo)
+        self._replay.may_run_now(key)
+        payload: dict[str, Any] = {"data": data or {}}
+        if v is not None:
+            payload["v"] = v
+        opts: dict[str, Any] = {"function_id": function_id, "payload": payload}
+        if timeout is not None:
+            opts["timeout"] = to_duration_str(to_timedelta(timeout, what=f"step {step_id!r} invoke timeout"))
+        raise Interrupt([Opcode(Op.INVOKE_FUNCTION, key, step_id, index, opts=opts)])
+
+    def _sender_or_fail(self, step_id: str) -> Sender:
+        if self._sender is None:
+            raise NonRetriableError(f"step {step_id!r}: send_event needs a function created by a Client")
+        return self._sender
+
+
+def _event_or_none(memo: Any) -> Event | None:
+    """A wait's memo: the matching event (unwrapped, as Inngest stores it) or null on timeout."""
+    if not isinstance(memo, dict):
+        return None
+    fields = {k: memo[k] for k in ("name", "data", "id", "ts", "v", "user") if k in memo}
+    fields["data"] = fields.get("data") or {}
+    fields["user"] = fields.get("user") or {}
+    fields["id"] = fields.get("id") or ""
+    fields["ts"] = fields.get("ts") or 0
+    return Event(**fields)
+
+
+def _function_id(function: Function | str, app_id: str | None = None) -> str:
+    """The app-qualified id an invoke names: a Function's slug, or ``app_id-function_id``."""
+    if isinstance(function, str):
+        return f"{app_id}-{function}" if app_id else function
+    return function.slug
 
 
 def _until(step_id: str, until: dt.datetime | str) -> dt.datetime:
@@ -116,6 +187,49 @@ class Step(_StepCore):
         """Pause the run until a timezone-aware datetime (or an ISO 8601 string)."""
         self._sleep_op(step_id, _until(step_id, until), None)
 
+    async def wait_for_event(
+        self, step_id: str, *, event: str, timeout: DurationLike, if_exp: str | None = None
+    ) -> Event | None:
+        """Pause until an event named ``event`` arrives (and ``if_exp`` holds), or ``timeout`` passes.
+
+        Returns the event, or None on timeout. ``if_exp`` is CEL over ``event`` (this run's
+        triggering event) and ``async`` (the candidate), e.g.
+        ``"async.data.request_id == event.data.request_id"``.
+        """
+        return self._wait_op(step_id, event, timeout, if_exp)[1]
+
+    async def invoke(
+        self,
+        step_id: str,
+        *,
+        function: Function,
+        data: dict[str, Any] | None = None,
+        timeout: DurationLike | None = None,
+        v: str | None = None,
+    ) -> Any:
+        """Start ``function`` as a child run and return its output; its error raises ``StepError``."""
+        return self._invoke_op(step_id, _function_id(function), data, timeout, v)
+
+    async def invoke_by_id(
+        self,
+        step_id: str,
+        *,
+        function_id: str,
+        app_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        timeout: DurationLike | None = None,
+        v: str | None = None,
+    ) -> Any:
+        """``invoke`` by id: ``app_id`` defaults to this run's app."""
+        return self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+
+    async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
+        """Send event(s) once for the run (a step): re-entries return the ids without sending again."""
+        sender = self._sender_or_fail(step_id)
+        batch = [events] if isinstance(events, Event) else list(events)
+        result: list[str] = await self.run(step_id, sender, batch)
+        return result
+
 
 class SyncStep(_StepCore):
     """Step tools for plain ``def`` functions; the same semantics, without ``await``."""
@@ -145,3 +259,21 @@ class SyncStep(_StepCore):
     def sleep_until(self, step_id: str, until: dt.datetime | str) -> None:
         """Pause the run until a timezone-aware datetime; see ``Step.sleep_until``."""
         self._sleep_op(step_id, _until(step_id, until), None)
+
+    def wait_for_event(
+        self, step_id: str, *, event: str, timeout: DurationLike, if_exp: str | None = None
+    ) -> Event | None:
+        """See ``Step.wait_for_event``."""
+        return self._wait_op(step_id, event, timeout, if_exp)[1]
+
+    def invoke(
+        self,
+        step_id: str,
+        *,
+        function: Function,
+        data: dict[str, Any] | None = None,
+        timeout: DurationLike | None = None,
+        v: str | None = None,
+    ) -> Any:
+        """See ``Step.invoke``."""
+        return self._invoke_op(step_id, _function_id(function), data, timeout, v)

@@ -3,7 +3,11 @@
 -- ARGV: fence_field, fence, key, value, name, attempts, duration_ms, now_ms, position,
 --       payload, score, ttl_ms, max_steps, max_state_bytes
 local why = refuse(KEYS[1], ARGV[1], ARGV[2])
-if why then
+local cancelled = false
+if why == 'done' and redis.call('HGET', KEYS[1], 'status') == 'cancelled' then
+  -- a step that was running when its run was cancelled: record its result, run nothing after it
+  cancelled = true
+elseif why then
   return why
 end
 local len = redis.call('LLEN', KEYS[3])
@@ -25,5 +29,11 @@ redis.call('RPUSH', KEYS[3], ARGV[3])
 redis.call('HSET', KEYS[1], 'state_bytes', size)
 redis.call('HSET', KEYS[4], ARGV[3] .. ':name', ARGV[5], ARGV[3] .. ':attempts', ARGV[6],
   ARGV[3] .. ':ms', ARGV[7], ARGV[3] .. ':at', ARGV[8])
+if cancelled then
+  for _, k in ipairs({KEYS[2], KEYS[3], KEYS[4]}) do
+    redis.call('EXPIRE', k, redis.call('TTL', KEYS[1]))
+  end
+  return 'cancelled'
+end
 enqueue(KEYS[5], KEYS[6], KEYS[7], ARGV[10], ARGV[11], ARGV[12])
 return 'ok'

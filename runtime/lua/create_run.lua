@@ -1,6 +1,8 @@
 -- Create a run and enqueue its first job, at most once per dedupe key.
 -- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active
--- ARGV: run_id, fn, app, events_blob, now_ms, payload, ttl_ms, dedupe_ttl_s (0 = none), event_ids
+-- ARGV: run_id, fn, app, events_blob, now_ms, payload, ttl_ms, dedupe_ttl_s (0 = none), event_ids,
+--       parent ('<run_id>|<step key>' of an invoking run, or ''), n_rules,
+--       then per cancellation rule (6): field, wait_hash, wait_set, member, record, 'paths_key\npath' or ''
 if ARGV[8] ~= '0' then
   local existing = redis.call('GET', KEYS[3])
   if existing then
@@ -11,6 +13,18 @@ end
 redis.call('HSET', KEYS[1], 'fn', ARGV[2], 'app', ARGV[3], 'status', 'queued', 'created', ARGV[5],
   'event_ids', ARGV[9], 'fence', '0', 'state_bytes', string.len(ARGV[4]))
 redis.call('SET', KEYS[2], ARGV[4])
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'parent', ARGV[10])
+end
+local i = 12
+for _ = 1, tonumber(ARGV[11] or '0') do
+  local paths_key, path = '', ''
+  if ARGV[i + 5] ~= '' then
+    paths_key, path = string.match(ARGV[i + 5], '^(.-)\n(.*)$')
+  end
+  register_wait(KEYS[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], paths_key, path)
+  i = i + 6
+end
 redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
 enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[5], ARGV[7])
 return {1, ARGV[1]}

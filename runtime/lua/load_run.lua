@@ -1,5 +1,5 @@
 -- Claim a run for one invocation and return what the worker does not have cached.
--- KEYS: run, events, memo, stack, steps, timers
+-- KEYS: run, events, memo, stack, steps, timers, pending
 -- ARGV: position, known_len (-1: send the events too), fence_field, now_ms, kind, step_key
 -- Returns {code, fence, fn, app, events|false, stack_len, key1..keyN, value1..valueN}
 local run = KEYS[1]
@@ -26,11 +26,16 @@ if ARGV[5] == 'wake' then
   end
   redis.call('HDEL', run, 'wake_at', 'timer')
   len = len + 1
+elseif ARGV[5] == 'planned' then
+  -- a planned (parallel) step: run only while it is pending and unresolved
+  if redis.call('SISMEMBER', KEYS[7], ARGV[6]) == 0 or redis.call('HEXISTS', KEYS[3], ARGV[6]) == 1 then
+    return {'stale', len}
+  end
 elseif len ~= position then
   return {'stale', len}
 end
 local fence = redis.call('HINCRBY', run, ARGV[3], 1)
-if status ~= 'running' then
+if status == 'queued' or status == 'sleeping' then
   redis.call('HSET', run, 'status', 'running')
 end
 redis.call('HSETNX', run, 'started', ARGV[4])

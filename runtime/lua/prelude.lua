@@ -27,3 +27,109 @@ local function refuse(run_key, fence_field, fence)
   end
   return nil
 end
+
+local JOB_TTL_MS = 30 * 86400 * 1000
+
+local function run_part(run_id, part)
+  return 'stepq:{' .. run_id .. '}:' .. part
+end
+
+-- A wait (or cancellation rule) is a record in the event name's hash plus a member of one lookup set
+-- (an equality index or the scan set); the run remembers where, under the field 'wait:<key>'.
+local function register_wait(run_key, field, hash_key, set_key, member, record, paths_key, path)
+  redis.call('HSET', hash_key, member, record)
+  redis.call('SADD', set_key, member)
+  if paths_key ~= '' then
+    redis.call('SADD', paths_key, path)
+  end
+  redis.call('HSET', run_key, field, hash_key .. '\n' .. set_key .. '\n' .. member)
+end
+
+local function drop_wait(run_key, field, where)
+  local hash_key, set_key, member = string.match(where, '^(.-)\n(.-)\n(.*)$')
+  if hash_key then
+    redis.call('HDEL', hash_key, member)
+    redis.call('SREM', set_key, member)
+  end
+  redis.call('HDEL', run_key, field)
+end
+
+local function drop_all_waits(run_key)
+  local fields = redis.call('HGETALL', run_key)
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 5) == 'wait:' then
+      drop_wait(run_key, fields[i], fields[i + 1])
+    end
+  end
+end
+
+-- Everything a run's end shares: no waits, no timers, no pending jobs; indexed as done; expiring.
+local function close_run(run_id, now, retention_s)
+  local run = run_part(run_id, 'run')
+  drop_all_waits(run)
+  local timer = redis.call('HGET', run, 'timer')
+  if timer then
+    redis.call('ZREM', 'stepq:timers', timer)
+  end
+  local queue = 'stepq:queue:' .. (redis.call('HGET', run, 'app') or '')
+  for _, job_id in ipairs(redis.call('SMEMBERS', run_part(run_id, 'jobs'))) do
+    -- delayed jobs of a run that ended would only find it ended; drop them now
+    if redis.call('EXISTS', 'arq:in-progress:' .. job_id) == 0 then
+      redis.call('ZREM', queue, job_id)
+      redis.call('DEL', 'arq:job:' .. job_id)
+    end
+  end
+  redis.call('DEL', run_part(run_id, 'jobs'), run_part(run_id, 'pending'))
+  redis.call('HDEL', run, 'wake_at', 'timer', 'join_id', 'join_job')
+  for _, part in ipairs({'run', 'events', 'memo', 'stack', 'steps'}) do
+    redis.call('EXPIRE', run_part(run_id, part), retention_s)
+  end
+  redis.call('ZREM', 'stepq:runs:active', run_id)
+  redis.call('ZADD', 'stepq:runs:done', now, run_id)
+  redis.call('ZREMRANGEBYSCORE', 'stepq:runs:done', '-inf', now - retention_s * 1000)
+end
+
+-- Memoize the value of a pending step (a planned step's result, a wait's event or timeout, an
+-- invoked child's result, a sleep inside a fan-out). First writer wins; the last pending step to
+-- resolve enqueues the run's next job (prepared when the steps were reported).
+local function resolve_pending(run_id, key, value, name, now, fence_field, fence)
+  local run = run_part(run_id, 'run')
+  local status = redis.call('HGET', run, 'status')
+  if not status then
+    return 'missing'
+  end
+  if TERMINAL[status] then
+    return 'done'
+  end
+  if fence_field ~= '' and redis.call('HGET', run, fence_field) ~= fence then
+    return 'fenced'
+  end
+  local pending = run_part(run_id, 'pending')
+  if redis.call('SISMEMBER', pending, key) == 0 then
+    return 'stale'
+  end
+  if redis.call('HSETNX', run_part(run_id, 'memo'), key, value) == 0 then
+    return 'duplicate'
+  end
+  redis.call('RPUSH', run_part(run_id, 'stack'), key)
+  redis.call('HSET', run_part(run_id, 'steps'), key .. ':at', now)
+  if name ~= '' then
+    redis.call('HSET', run_part(run_id, 'steps'), key .. ':name', name)
+  end
+  redis.call('HINCRBY', run, 'state_bytes', string.len(value))
+  redis.call('SREM', pending, key)
+  local where = redis.call('HGET', run, 'wait:' .. key)
+  if where then
+    drop_wait(run, 'wait:' .. key, where)
+  end
+  if redis.call('SCARD', pending) == 0 then
+    local join = redis.call('HMGET', run, 'join_id', 'join_job', 'app')
+    if join[1] then
+      enqueue('arq:job:' .. join[1], 'arq:result:' .. join[1], 'stepq:queue:' .. join[3], join[2], now, JOB_TTL_MS)
+      redis.call('HDEL', run, 'join_id', 'join_job')
+    end
+    redis.call('HSET', run, 'status', 'running')
+    return 'joined'
+  end
+  return 'ok'
+end

@@ -1,12 +1,16 @@
 -- Park a run until a later job: a retry after backoff, or the end of a sleep.
--- KEYS: run, stack, steps, job, result, queue, timers
--- ARGV: fence_field, fence, position, key, name, attempts, error_message, status, payload, score,
---       ttl_ms, timer_member ('' = none), now_ms
+-- KEYS: run, stack, steps, job, result, queue, timers, jobs, pending
+-- ARGV: fence_field, fence, position (-1: a planned step, which must still be pending), key, name,
+--       attempts, error_message, status, payload, score, ttl_ms, timer_member ('' = none), now_ms
 local why = refuse(KEYS[1], ARGV[1], ARGV[2])
 if why then
   return why
 end
-if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[3]) then
+if ARGV[3] == '-1' then
+  if redis.call('SISMEMBER', KEYS[9], ARGV[4]) == 0 then
+    return 'stale'
+  end
+elseif redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[3]) then
   return 'stale'
 end
 if ARGV[4] ~= '' then
@@ -15,7 +19,10 @@ if ARGV[4] ~= '' then
     redis.call('HSET', KEYS[3], ARGV[4] .. ':error', ARGV[7])
   end
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[8])
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[8])
+end
+redis.call('SADD', KEYS[8], string.sub(KEYS[4], 9))
 if ARGV[12] ~= '' then
   redis.call('HSET', KEYS[1], 'wake_at', ARGV[10], 'timer', ARGV[12])
   redis.call('ZADD', KEYS[7], ARGV[10], ARGV[12])

@@ -1,0 +1,160 @@
+"""Waits for events: ``step.wait_for_event`` and cancellation rules, indexed by event name.
+
+A wait is a record in ``stepq:waits:<name>`` (member ``<run>|<key>``) and a member of one lookup
+set: when its condition has the shape ``async.<path> == <value>`` (after the run's own ``event.*``
+values are filled in), the equality index ``stepq:waitidx:<name>:<path>:<value>``; otherwise the
+scan set ``stepq:waitscan:<name>``. An incoming event therefore meets only its candidates: the
+members of the index entries its own values point at, and the scan set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from runtime import keys
+from runtime.codec import pack, unpack
+
+KIND_WAIT = "wait"
+KIND_CANCEL = "cancel"
+
+
+def _waits(name: str) -> str:
+    return f"{keys.PREFIX}:waits:{name}"
+
+
+def _scan(name: str) -> str:
+    return f"{keys.PREFIX}:waitscan:{name}"
+
+
+def _paths(name: str) -> str:
+    return f"{keys.PREFIX}:waitpaths:{name}"
+
+
+def _index(name: str, path: str, value: Any) -> str:
+    return f"{keys.PREFIX}:waitidx:{name}:{path}:{json.dumps(value, sort_keys=True)}"
+
+
+def recent(name: str) -> str:
+    """Recently received events of a name, for the look-back of a newly registered wait."""
+    return f"{keys.PREFIX}:recent:{name}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WaitRecord:
+    run_id: str
+    key: str
+    kind: str
+    event: str
+    expression: str | None
+    expires_ms: int
+    reason: str = ""
+
+    @property
+    def member(self) -> str:
+        return f"{self.run_id}|{self.key}"
+
+    def encode(self) -> bytes:
+        return pack(dataclasses.asdict(self))
+
+    @classmethod
+    def decode(cls, blob: bytes) -> WaitRecord:
+        return cls(**unpack(blob))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Registration:
+    """What the Lua ``register_wait`` helper needs for one wait."""
+
+    field: str
+    hash_key: str
+    set_key: str
+    member: str
+    record: bytes
+    paths_spec: str
+
+    def args(self) -> list[Any]:
+        return [self.hash_key, self.set_key, self.member, self.record, self.paths_spec]
+
+
+def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord, Registration]:
+    """Fill the run's ``event.*`` values into the condition and choose the lookup set."""
+    from sdk.expressions import equality_key, interpolate
+
+    expression = interpolate(record.expression, trigger_event) if record.expression else None
+    record = dataclasses.replace(record, expression=expression)
+    indexed = equality_key(expression) if expression else None
+    if indexed is not None:
+        path, value = indexed
+        path = path.removeprefix("async.")
+        set_key, paths_spec = _index(record.event, path, value), f"{_paths(record.event)}\n{path}"
+    else:
+        set_key, paths_spec = _scan(record.event), ""
+    return record, Registration(
+        field=f"wait:{record.key}",
+        hash_key=_waits(record.event),
+        set_key=set_key,
+        member=record.member,
+        record=record.encode(),
+        paths_spec=paths_spec,
+    )
+
+
+def _lookup_path(event: dict[str, Any], path: str) -> Any:
+    value: Any = event
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+async def candidates(redis: Any, event: dict[str, Any]) -> list[WaitRecord]:
+    """The waits an incoming event may satisfy (their conditions not yet evaluated)."""
+    name = event["name"]
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.smembers(_scan(name))
+        pipe.smembers(_paths(name))
+        scan, paths = await pipe.execute()
+    members = set(scan)
+    lookups = []
+    for raw_path in paths:
+        path = raw_path.decode()
+        value = _lookup_path(event, path)
+        if value is None or isinstance(value, dict | list):
+            continue
+        lookups.append(_index(name, path, value))
+    if lookups:
+        async with redis.pipeline(transaction=False) as pipe:
+            for key in lookups:
+                pipe.smembers(key)
+            for found in await pipe.execute():
+                members |= found
+    if not members:
+        return []
+    ordered = sorted(members)
+    blobs = await redis.hmget(_waits(name), ordered)
+    return [WaitRecord.decode(b) for b in blobs if b is not None]
+
+
+def matches(record: WaitRecord, event: dict[str, Any], now_ms: int) -> bool:
+    """Whether ``event`` satisfies the wait (and the wait has not expired)."""
+    if record.expires_ms and record.expires_ms < now_ms:
+        return False
+    if not record.expression:
+        return True
+    from sdk.expressions import compile_expression
+
+    return compile_expression(record.expression, variables={"async", "event"}).matches(
+        **{"async": event, "event": {}}
+    )
+
+
+def registration_args(registrations: Sequence[Registration]) -> list[Any]:
+    """Flatten registrations for a Lua script's ARGV (field first)."""
+    out: list[Any] = []
+    for reg in registrations:
+        out += [reg.field, *reg.args()]
+    return out
