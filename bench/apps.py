@@ -1,0 +1,120 @@
+"""The stepq app the benchmarks run: ``stepq worker bench.apps:client``.
+
+Functions record what the benchmark measures (a timestamp, a lateness) with one RPUSH into the
+marks database (``$STEPQ_BENCH_MARKS_URL``, db 1 of the benchmark's private Redis). The raw arq
+baseline jobs in ``bench/arq_worker.py`` record theirs the same way, so both pay the same round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+import sdk
+from bench.common import APP_ID, MARKS_ENV
+
+client = sdk.Client(APP_ID)
+
+_marks: Redis | None = None
+
+
+def marks() -> Redis:
+    """This process's connection to the marks database."""
+    global _marks
+    if _marks is None:
+        url = os.environ.get(MARKS_ENV)
+        if not url:
+            raise RuntimeError(f"{MARKS_ENV} is not set: the benchmark functions need a database for their marks")
+        _marks = Redis.from_url(url)
+    return _marks
+
+
+async def stamp(key: str) -> None:
+    """Record the time now."""
+    await marks().rpush(key, repr(time.time()))  # type: ignore[misc]
+
+
+def noop() -> None:
+    return None
+
+
+@client.create_function(id="chain", trigger=sdk.TriggerEvent(event="bench/chain"))
+async def chain(ctx: sdk.Context) -> int:
+    """``n`` steps in a row, each recording when it started: per-step latency."""
+    n, key = int(ctx.event.data["n"]), str(ctx.event.data["key"])
+    for _ in range(n):
+        await ctx.step.run("s", stamp, key)
+    return n
+
+
+@client.create_function(id="steps", trigger=sdk.TriggerEvent(event="bench/steps"))
+async def steps(ctx: sdk.Context) -> int:
+    """``n`` no-op steps: throughput."""
+    n = int(ctx.event.data.get("n", 10))
+    for _ in range(n):
+        await ctx.step.run("s", noop)
+    return n
+
+
+@client.create_function(id="loop", trigger=sdk.TriggerEvent(event="bench/loop"))
+async def loop(ctx: sdk.Context) -> int:
+    """``n`` no-op steps; the first records its start, the final invocation its end: replay cost."""
+    n, key = int(ctx.event.data["n"]), str(ctx.event.data["key"])
+    for i in range(n):
+        await ctx.step.run("s", stamp if i == 0 else noop, *((key,) if i == 0 else ()))
+    await stamp(key)  # only the last invocation gets past the loop
+    return n
+
+
+async def _since(key: str, sent: float) -> None:
+    await marks().rpush(key, repr(time.time() - sent))  # type: ignore[misc]
+
+
+@client.create_function(id="first", trigger=sdk.TriggerEvent(event="bench/first"))
+async def first(ctx: sdk.Context) -> None:
+    """One step recording the time since the event was sent: event -> first step latency."""
+    await ctx.step.run("first", _since, str(ctx.event.data["key"]), float(ctx.event.data["t"]))
+
+
+async def _lateness(key: str, run_id: str, seconds: float) -> None:
+    now = time.time()
+    asked = await marks().get(f"{key}:t0:{run_id}")
+    if asked is not None:
+        await marks().rpush(key, repr(now - float(asked) - seconds))  # type: ignore[misc]
+
+
+@client.create_function(id="nap", trigger=sdk.TriggerEvent(event="bench/nap"))
+async def nap(ctx: sdk.Context) -> None:
+    """Sleep, then record how late the step after the sleep started: sleep lateness.
+
+    The time the sleep was asked for is taken just before ``step.sleep`` on the first invocation
+    (SET NX keeps the first); the worker computes the wake-up time a little later, so the lateness
+    recorded errs high by well under a millisecond.
+    """
+    key, seconds = str(ctx.event.data["key"]), float(ctx.event.data["seconds"])
+    asked = time.time()
+    await marks().set(f"{key}:t0:{ctx.run_id}", repr(asked), nx=True)
+    await ctx.step.sleep("nap", seconds)
+    await ctx.step.run("after", _lateness, key, ctx.run_id, seconds)
+
+
+async def _long(key: str, seconds: float) -> None:
+    await marks().rpush(key, f"{os.getpid()} {time.time()!r}")  # type: ignore[misc]
+    await asyncio.sleep(seconds)
+
+
+@client.create_function(id="crash", trigger=sdk.TriggerEvent(event="bench/crash"))
+async def crash(ctx: sdk.Context) -> None:
+    """One long step recording which worker started it and when: crash recovery."""
+    await ctx.step.run("long", _long, str(ctx.event.data["key"]), float(ctx.event.data["seconds"]))
+
+
+@client.create_function(id="sleeper", trigger=sdk.TriggerEvent(event="bench/sleeper"))
+async def sleeper(ctx: sdk.Context) -> Any:
+    """Sleep an hour: Redis memory per sleeping run."""
+    await ctx.step.sleep("nap", "1h")
+    return None

@@ -1,0 +1,122 @@
+"""py-spy profiles of worker processes, and a summary of where their CPU time went.
+
+``--profile`` attaches ``py-spy record`` to a stepq worker for an extra pass of the latency and
+throughput cases (after their measured rounds, so sampling cannot skew a figure), writes the raw
+collapsed stacks under ``bench/results/profiles/`` and summarizes them: the functions that use the
+most CPU themselves (self), the functions under which most CPU is spent (inclusive), and CPU by area
+(stepq's packages, arq, redis-py, asyncio, ...). Only samples on CPU are kept (py-spy's default).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO_ROOT, BenchError, Proc
+
+
+def pyspy_binary() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(found).exists():
+        raise BenchError("--profile needs py-spy: pip install py-spy")
+    return found
+
+
+class PySpy:
+    """``py-spy record`` attached to a running process until ``stop()``."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 250) -> None:
+        self.out = out
+        argv = [
+            pyspy_binary(), "record", "--pid", str(pid), "--rate", str(rate),
+            "--format", "raw", "--full-filenames", "--output", str(out),
+        ]  # fmt: skip
+        self.proc = Proc(f"py-spy-{pid}", argv, out.with_suffix(".log"))
+
+    def stop(self) -> None:
+        self.proc.send(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.popen.wait(30)
+        self.proc.stop()
+
+
+def _area(path: str) -> str:
+    root = str(REPO_ROOT)
+    for package, label in (("sdk", "stepq sdk"), ("runtime", "stepq runtime"), ("workers", "stepq workers")):
+        if path.startswith(f"{root}/{package}/"):
+            return label
+    if path.startswith(f"{root}/bench/"):
+        return "bench app"
+    for package in ("arq", "redis", "structlog", "msgpack", "hiredis"):
+        if f"site-packages/{package}/" in path:
+            return "redis-py" if package == "redis" else package
+    if "/asyncio/" in path:
+        return "asyncio"
+    if "site-packages" in path:
+        return "other packages"
+    return "python stdlib"
+
+
+def _short(frame: str) -> str:
+    """``func (path:line)`` -> ``func (pkg/module.py)``, without the line (lines split one function)."""
+    name, _, where = frame.partition(" (")
+    path = where.rsplit(":", 1)[0].rstrip(")")
+    if path.startswith(str(REPO_ROOT) + "/"):
+        path = path[len(str(REPO_ROOT)) + 1 :]
+    elif "site-packages/" in path:
+        path = path.split("site-packages/", 1)[1]
+    elif "/lib/python" in path:
+        path = path.split("/lib/python", 1)[1].split("/", 1)[-1]
+    return f"{name} ({path})"
+
+
+def _path(frame: str) -> str:
+    return frame.partition(" (")[2].rsplit(":", 1)[0]
+
+
+def analyse(raw: Path, top: int = 15) -> dict[str, Any]:
+    """Self and inclusive CPU share per function, and self share per area, from py-spy raw output."""
+    self_counts: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    areas: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
+        if not frames:
+            continue
+        total += count
+        self_counts[_short(frames[-1])] += count
+        areas[_area(_path(frames[-1]))] += count
+        for name in {_short(f) for f in frames}:
+            inclusive[name] += count
+
+    def share(counter: collections.Counter[str], n: int) -> list[list[Any]]:
+        return [[name, round(100 * c / total, 1)] for name, c in counter.most_common(n)] if total else []
+
+    return {
+        "samples": total,
+        "self_pct": share(self_counts, top),
+        "inclusive_pct": share(inclusive, top * 2),
+        "area_self_pct": share(areas, 20),
+        "file": str(raw),
+    }
+
+
+def format_summary(title: str, summary: dict[str, Any], top: int = 12) -> str:
+    lines = [f"== profile: {title} ({summary['samples']} on-CPU samples; {summary['file']})"]
+    lines.append("  CPU by area (self): " + ", ".join(f"{a} {p}%" for a, p in summary["area_self_pct"]))
+    lines.append("  top self:")
+    lines += [f"    {p:5.1f}%  {name}" for name, p in summary["self_pct"][:top]]
+    lines.append("  top inclusive:")
+    lines += [f"    {p:5.1f}%  {name}" for name, p in summary["inclusive_pct"][: top * 2]]
+    return "\n".join(lines)
