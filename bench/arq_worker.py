@@ -71,7 +71,9 @@ def build(redis_url: str, poll_delay: float, max_jobs: int, queue: str) -> Worke
         print(f"arq-baseline ready pid={os.getpid()}", flush=True)
 
     return Worker(
-        functions=[func(f, name=f.__name__, timeout=JOB_TIMEOUT_S, max_tries=10**9) for f in (noop, hop, first, late, long)],
+        functions=[
+            func(f, name=f.__name__, timeout=JOB_TIMEOUT_S, max_tries=10**9) for f in (noop, hop, first, late, long)
+        ],
         queue_name=queue,
         redis_pool=pool,
         on_startup=on_startup,

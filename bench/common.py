@@ -11,10 +11,10 @@ import asyncio
 import atexit
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -91,9 +91,9 @@ class Target:
 
     def text(self, unit: str) -> str:
         if self.kind == "ratio<=":
-            return f"≤ {self.limit:g}× base"
+            return f"≤ {self.limit:g}x base"
         if self.kind == "ratio>=":
-            return f"≥ {self.limit:g}× base"
+            return f"≥ {self.limit:g}x base"
         return f"≤ {self.limit:g} {unit}"
 
     def check(self, value: float | None, ratio: float | None) -> bool | None:
@@ -468,7 +468,7 @@ async def floats(redis: Redis, key: str) -> list[float]:
 
 def gaps(timestamps: Sequence[float]) -> list[float]:
     """Differences between consecutive timestamps, in milliseconds."""
-    return [(b - a) * 1000 for a, b in zip(timestamps, timestamps[1:], strict=False)]
+    return [(b - a) * 1000 for a, b in itertools.pairwise(timestamps)]
 
 
 async def redis_cpu(redis: Redis) -> float:

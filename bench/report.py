@@ -15,8 +15,8 @@ def value(number: float | None, unit: str, censored: bool = False) -> str:
         text = f"{number:.2f} ms" if number < 100 else f"{number:,.0f} ms"
     elif unit == "s":
         text = f"{number:.2f} s" if number < 100 else f"{number:,.0f} s"
-    elif unit == "×":
-        text = f"{number:.2f}×"
+    elif unit == "x":
+        text = f"{number:.2f}x"
     elif number >= 100:
         text = f"{number:,.0f} {unit}"
     else:
@@ -47,7 +47,7 @@ def rows(results: Sequence[BenchResult]) -> list[tuple[str, ...]]:
                     m.name,
                     value(m.stepq, m.unit, m.censored),
                     value(m.baseline, m.unit) if m.baseline is not None else "—",
-                    f"{m.ratio:.2f}×" if m.ratio is not None else "—",
+                    f"{m.ratio:.2f}x" if m.ratio is not None else "—",
                     m.target.text(m.unit) if m.target else "—",
                     verdict(m),
                 )
@@ -61,11 +61,15 @@ def table(results: Sequence[BenchResult]) -> str:
     right = {2, 3, 4}
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
 
     out = [line(HEADERS), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in body]
-    baselines = sorted({f"{m.name.split(' (')[0]}: {m.baseline_label}" for r in results for m in r.metrics if m.baseline_label})
+    baselines = sorted(
+        {f"{m.name.split(' (')[0]}: {m.baseline_label}" for r in results for m in r.metrics if m.baseline_label}
+    )
     notes = [f"{r.name}/{m.name}: {m.note}" for r in results for m in r.metrics if m.note]
     if baselines:
         out += ["", "baselines (measured in this run):", *[f"  {b}" for b in baselines]]

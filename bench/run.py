@@ -88,7 +88,9 @@ def run_at_revision(args: argparse.Namespace, argv: list[str]) -> int:
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(tmp, filter="data")
         shutil.rmtree(Path(tmp) / "bench", ignore_errors=True)
-        shutil.copytree(REPO_ROOT / "bench", Path(tmp) / "bench", ignore=shutil.ignore_patterns("results", "__pycache__"))
+        shutil.copytree(
+            REPO_ROOT / "bench", Path(tmp) / "bench", ignore=shutil.ignore_patterns("results", "__pycache__")
+        )
         out = Path(args.out) if Path(args.out).is_absolute() else Path.cwd() / args.out
         rest = _without_source(argv)
         rest = [a for i, a in enumerate(rest) if a != "--out" and (i == 0 or rest[i - 1] != "--out")]
@@ -115,7 +117,9 @@ def _without_source(argv: list[str]) -> list[str]:
 def meta(args: argparse.Namespace, redis_binary: str) -> dict[str, Any]:
     def git(*cmd: str) -> str:
         try:
-            return subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(
+                ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
