@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 import sdk
+from runtime import keys
 from runtime.queries import RunView, get_run, list_runs
 
 REDIS_URL = os.environ.get("STEPQ_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
@@ -129,3 +131,20 @@ def invocations(worker_logs: Sequence[dict[str, Any]], run_id: str) -> list[dict
 
 def read_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+def sha1(text: str) -> str:
+    """A step key as Inngest computes it."""
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+async def run_stack(redis: Redis, run_id: str) -> list[str]:
+    """The run's step keys in completion order, as stored."""
+    raw: list[bytes] = await redis.lrange(keys.stack(run_id), 0, -1)  # type: ignore[misc]
+    return [key.decode() for key in raw]
+
+
+async def run_memo(redis: Redis, run_id: str) -> dict[str, bytes]:
+    """The run's memo hash as stored: step key -> msgpack bytes."""
+    raw: dict[bytes, bytes] = await redis.hgetall(keys.memo(run_id))  # type: ignore[misc]
+    return {key.decode(): value for key, value in raw.items()}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import warnings
 from collections import defaultdict
@@ -12,11 +11,10 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 import sdk
-from runtime import keys
 from runtime.codec import unpack
 from runtime.queries import RunView
 from tests.apps.fleet import STEPS, expected_values
-from tests.helpers import StartWorkers, read_lines, runs_of
+from tests.helpers import StartWorkers, read_lines, run_memo, run_stack, runs_of, sha1
 
 RUNS = 200
 
@@ -48,7 +46,7 @@ async def test_two_workers_share_200_runs_and_commit_each_step_once(
     for line in read_lines(log):
         run_id, step, token = line.split()
         executions[run_id, step].append(token)
-    step_keys = [hashlib.sha1(f"step-{i}".encode()).hexdigest() for i in range(1, STEPS + 1)]
+    step_keys = [sha1(f"step-{i}") for i in range(1, STEPS + 1)]
     seen_inputs = set()
     for view in views:
         assert view.status == "completed", (view.run_id, view.error)
@@ -56,9 +54,8 @@ async def test_two_workers_share_200_runs_and_commit_each_step_once(
         n = n_of_event[event_id]
         seen_inputs.add(n)
         assert view.output["values"] == expected_values(n)
-        stack = [k.decode() for k in await redis.lrange(keys.stack(view.run_id), 0, -1)]
-        assert stack == step_keys
-        memo = {k.decode(): unpack(v) for k, v in (await redis.hgetall(keys.memo(view.run_id))).items()}
+        assert await run_stack(redis, view.run_id) == step_keys
+        memo = {key: unpack(value) for key, value in (await run_memo(redis, view.run_id)).items()}
         assert set(memo) == set(step_keys)
         committed = [memo[key]["data"]["token"] for key in step_keys]
         # Every re-entry saw the same committed result of each step...

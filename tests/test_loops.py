@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections import Counter
@@ -14,15 +13,10 @@ import pytest
 from redis.asyncio import Redis
 
 import sdk
-from runtime import keys
-from tests.helpers import StartWorkers, invocations, start_run, wait_for_run
+from tests.helpers import StartWorkers, invocations, run_memo, run_stack, sha1, start_run, wait_for_run
 
 TOTAL_PRODUCTS = 237
 PAGE_SIZE = 50
-
-
-def sha1(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
 
 
 class ProductServer:
@@ -148,8 +142,6 @@ async def test_paginated_import_with_a_constant_step_id_indexes_the_repeats(
     assert dict(shop.hits) == {0: 1, 50: 1, 100: 2, 150: 1, 200: 1}
     names = ["fetch-page", "fetch-page:1", "fetch-page:2", "fetch-page:3", "fetch-page:4"]
     expected_keys = [sha1(n) for n in names]
-    stack = [k.decode() for k in await redis.lrange(keys.stack(run_id), 0, -1)]
-    assert stack == expected_keys
-    memo_keys = {k.decode() for k in await redis.hkeys(keys.memo(run_id))}
-    assert memo_keys == set(expected_keys)
+    assert await run_stack(redis, run_id) == expected_keys
+    assert set(await run_memo(redis, run_id)) == set(expected_keys)
     assert [s.key for s in view.steps] == expected_keys

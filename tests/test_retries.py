@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from redis.asyncio import Redis
 
 import sdk
-from runtime import keys
 from runtime.codec import unpack
-from tests.helpers import StartWorkers, read_lines, start_run, wait_for_run
+from tests.helpers import StartWorkers, read_lines, run_memo, sha1, start_run, wait_for_run
 
 
 def attempt_times(path: Path) -> list[float]:
@@ -64,9 +62,7 @@ async def test_caught_step_error_lets_the_run_complete_with_a_fallback(
     assert view.output == {"fallback": True, "name": "KeyError", "message": "'no such customer'"}
     assert len(attempt_times(log)) == 1
     # The step's memo is the error, in Inngest's shape.
-    blob = await redis.hget(keys.memo(run_id), hashlib.sha1(b"lookup").hexdigest())
-    assert blob is not None
-    memo = unpack(blob)
+    memo = unpack((await run_memo(redis, run_id))[sha1("lookup")])
     assert set(memo) == {"error"}
     assert set(memo["error"]) == {"name", "message", "stack"}
     assert memo["error"]["name"] == "KeyError"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from redis.asyncio import Redis
 import sdk
 from runtime import keys
 from runtime.queries import get_run
-from tests.helpers import StartWorkers, invocations, read_lines, start_run, wait_for_run
+from tests.helpers import StartWorkers, invocations, read_lines, run_memo, sha1, start_run, wait_for_run
 
 APP = "t-sleeps"
 
@@ -67,8 +66,7 @@ async def test_sleep_parks_the_run_with_no_job_running_and_resumes_after_the_dur
     assert done.output is not None and done.output["after"] == after
     assert done.output["before"] <= sleep_started
     # A finished sleep is memoized as null.
-    memo = await redis.hget(keys.memo(run_id), hashlib.sha1(b"nap").hexdigest())
-    assert memo == b"\xc0"
+    assert (await run_memo(redis, run_id))[sha1("nap")] == b"\xc0"
     assert [s.name for s in done.steps] == ["before", "nap", "after"]
 
 
