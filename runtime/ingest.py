@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from runtime import keys
+from runtime import keys, matching
 from runtime.codec import pack
 from runtime.registry import Registry
 from runtime.store import RunStore, now_ms
@@ -53,6 +53,8 @@ class Ingest:
             for event_id, event in zip(ids, stored, strict=True):
                 pipe.set(keys.event(event_id), pack(event.to_dict()), ex=retention)
                 pipe.zadd(keys.EVENTS, {event_id: at})
+                # before matching waits, so a wait registered meanwhile finds it by looking back
+                await matching.record_recent(pipe, event.name, event_id, at)
             pipe.zremrangebyscore(keys.EVENTS, "-inf", at - retention * 1000)
             for original, event in zip(events, stored, strict=True):
                 for fn in routes.get(event.name, []):
@@ -65,4 +67,5 @@ class Ingest:
                         pipe=pipe,
                     )
             await pipe.execute()
+        await matching.deliver(self.store, [e.to_dict() for e in stored])
         return ids

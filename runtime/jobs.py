@@ -25,6 +25,7 @@ class JobKind(enum.StrEnum):
     WAKE = "wake"  # a sleep is over: memoize null for the step, then re-enter
     PLANNED = "planned"  # run one planned (parallel) step
     TIMER = "timer"  # resolve a pending step with a value: a wait's or invoke's timeout, a parallel sleep
+    DEADLINE = "deadline"  # cancel the run if it has not finished (Timeouts.finish)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,6 +48,8 @@ class JobSpec:
             return f"{self.run_id}:s{self.step_key}:a{self.attempt}"
         if self.kind is JobKind.TIMER:
             return f"{self.run_id}:s{self.step_key}:timer"
+        if self.kind is JobKind.DEADLINE:
+            return f"{self.run_id}:deadline"
         return f"{self.run_id}:p{self.position}:a{self.attempt}"
 
     def to_payload(self) -> dict[str, Any]:

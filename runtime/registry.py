@@ -52,6 +52,14 @@ class Registry:
             out[name] = records
         return out
 
+    async def get(self, slug: str) -> FunctionRecord | None:
+        """One registered function by its app-qualified id."""
+        blob = await self.redis.hget(keys.FUNCTIONS, slug)  # type: ignore[misc]
+        if blob is None:
+            return None
+        config = unpack(blob)
+        return FunctionRecord(slug, config["app_id"], config)
+
     async def functions(self) -> list[FunctionRecord]:
         """Every registered function."""
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.FUNCTIONS)  # type: ignore[misc]

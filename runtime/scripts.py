@@ -21,6 +21,7 @@ _NAMES = (
     "fan_out",
     "resolve_step",
     "cancel_run",
+    "enqueue_job",
 )
 
 

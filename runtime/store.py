@@ -40,6 +40,7 @@ class Outcome(enum.StrEnum):
     FENCED = "fenced"  # a newer attempt holds the run: this one's write is refused
     STALE = "stale"  # the run moved past the position this job expected
     DUPLICATE = "duplicate"  # the step was already memoized: first writer won
+    CANCELLED = "cancelled"  # the run was cancelled while this step ran: recorded, nothing follows
     TOO_MANY_STEPS = "too_many_steps"
     STATE_TOO_LARGE = "state_too_large"
 
@@ -65,6 +66,9 @@ class LoadedRun:
     stack: list[str]
     #: The run-record field this invocation's fence lives in (one per planned step, else one per run).
     fence_field: str = "fence"
+    created_ms: int = 0
+    #: True when this invocation is the run's first.
+    first_start: bool = False
 
 
 class RunCache:
@@ -182,7 +186,8 @@ class RunStore:
             return LoadRefused(Outcome(code), detail)
         fence, fn_slug, app_id = reply[1], reply[2].decode(), reply[3].decode()
         events_blob, length = reply[4], int(reply[5])
-        new = reply[6:]
+        created_ms, first_start = int(reply[6]), bool(reply[7])
+        new = reply[8:]
         half = len(new) // 2
         new_keys = [k.decode() for k in new[:half]]
         new_values = [unpack(v) if v is not None else None for v in new[half:]]
@@ -208,6 +213,8 @@ class RunStore:
             memo=cached.memo,
             stack=cached.stack,
             fence_field=fence_field,
+            created_ms=created_ms,
+            first_start=first_start,
         )
 
     async def commit_step(
@@ -327,3 +334,90 @@ class RunStore:
 def timer_member(job: JobSpec, app_id: str) -> str:
     """The timers-zset member of a sleep's wake job, from which the reconciler can rebuild it."""
     return f"{app_id}|{job.run_id}|{job.position}|{job.step_key or ''}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingStep:
+    """One step of a fan-out: the job that will resolve it (if any) and its wait (if any)."""
+
+    key: str
+    name: str
+    job: JobSpec | None = None
+    due_ms: int = 0
+    wait: Registration | None = None
+
+
+async def fan_out(
+    store: RunStore, run: LoadedRun, steps: Sequence[PendingStep], *, join: JobSpec, status: str
+) -> Outcome:
+    """Record steps reported together and enqueue their jobs; ``join`` runs once all are resolved."""
+    at = now_ms()
+    args: list[Any] = [
+        run.fence_field,
+        run.fence,
+        run.position,
+        join.job_id,
+        join.encode(at),
+        keys.queue(run.app_id),
+        at,
+        status,
+        len(steps),
+    ]
+    for step in steps:
+        job = step.job
+        wait = step.wait
+        args += [
+            step.key,
+            step.name,
+            job.job_id if job else "",
+            job.encode(at) if job else "",
+            step.due_ms or at,
+            *(wait.args() if wait else ["", "", "", "", ""]),
+        ]
+    reply = await store.scripts.call(
+        "fan_out",
+        [
+            keys.run(run.run_id),
+            keys.stack(run.run_id),
+            keys.pending(run.run_id),
+            keys.steps(run.run_id),
+            keys.jobs(run.run_id),
+        ],
+        args,
+    )
+    return Outcome(reply.decode())
+
+
+async def resolve(
+    store: RunStore,
+    run_id: str,
+    key: str,
+    value: Any,
+    *,
+    name: str = "",
+    fence_field: str = "",
+    fence: str = "",
+    pipe: Any = None,
+) -> str:
+    """Memoize ``value`` for a pending step; ``joined`` when it was the last one (the run goes on)."""
+    reply = await store.scripts.call(
+        "resolve_step", [], [run_id, key, pack(value), name, now_ms(), fence_field, fence], client=pipe
+    )
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+async def enqueue_for_run(store: RunStore, run_id: str, app_id: str, job: JobSpec, due_ms: int) -> None:
+    """Enqueue a delayed job of the run; it is dropped if the run ends first."""
+    at = now_ms()
+    await store.scripts.call(
+        "enqueue_job",
+        [*enqueue_keys(job, app_id), keys.jobs(run_id)],
+        [job.encode(at), due_ms, max(0, due_ms - at) + store.limits.job_grace_ms],
+    )
+
+
+async def cancel(store: RunStore, run_id: str, reason: str) -> Outcome:
+    """Cancel a run: status ``cancelled``, no further steps, its delayed jobs and waits dropped."""
+    error = {"name": "Cancelled", "message": reason, "stack": ""}
+    reply = await store.scripts.call("cancel_run", [], [run_id, now_ms(), store.limits.retention_s, pack(error)])
+    return Outcome(reply.decode())

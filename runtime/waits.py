@@ -81,11 +81,12 @@ class Registration:
 
 def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord, Registration]:
     """Fill the run's ``event.*`` values into the condition and choose the lookup set."""
-    from sdk.expressions import equality_key, interpolate
+    indexed = None
+    if record.expression:
+        from sdk.expressions import equality_key, interpolate
 
-    expression = interpolate(record.expression, trigger_event) if record.expression else None
-    record = dataclasses.replace(record, expression=expression)
-    indexed = equality_key(expression) if expression else None
+        record = dataclasses.replace(record, expression=interpolate(record.expression, trigger_event))
+        indexed = equality_key(record.expression) if record.expression else None
     if indexed is not None:
         path, value = indexed
         path = path.removeprefix("async.")
@@ -147,9 +148,8 @@ def matches(record: WaitRecord, event: dict[str, Any], now_ms: int) -> bool:
         return True
     from sdk.expressions import compile_expression
 
-    return compile_expression(record.expression, variables={"async", "event"}).matches(
-        **{"async": event, "event": {}}
-    )
+    expression = compile_expression(record.expression, variables={"async", "event"})
+    return bool(expression.matches(**{"async": event, "event": {}}))
 
 
 def registration_args(registrations: Sequence[Registration]) -> list[Any]:

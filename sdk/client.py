@@ -8,10 +8,15 @@ from typing import Any
 
 from sdk.errors import FunctionConfigError, InvalidEventError
 from sdk.event import Event
-from sdk.function import Function, normalize_triggers
+from sdk.function import Cancel, Function, Timeouts, normalize_triggers
 from sdk.retry import Backoff
 from sdk.transport import EventTransport, load_transport
-from sdk.triggers import Trigger
+from sdk.triggers import Trigger, TriggerEvent
+
+#: Emitted when a run fails for good (``data``: function_id, run_id, error, event).
+FUNCTION_FAILED = "stepq/function.failed"
+#: Emitted when a run ends, whatever the outcome (``data`` adds ``result`` or ``error``).
+FUNCTION_FINISHED = "stepq/function.finished"
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
@@ -21,10 +26,19 @@ def default_redis_url() -> str:
     return os.environ.get("STEPQ_REDIS_URL") or DEFAULT_REDIS_URL
 
 
+#: The key sent when none is configured: a dev-mode API accepts it, any other answers 401.
+NO_EVENT_KEY = "NO_EVENT_KEY_SET"
+
+
 class Client:
     """An app's handle on stepq: ``Client("shop")``, then ``@client.create_function(...)``.
 
     ``redis_url`` defaults to ``STEPQ_REDIS_URL``, else ``redis://localhost:6379/0``.
+
+    Events go straight into Redis unless ``event_api_url`` (default: ``STEPQ_EVENT_API_URL``) names
+    an event API (``stepq api``, e.g. ``http://127.0.0.1:8288``); then ``send`` posts them there with
+    ``event_key`` (default: ``STEPQ_EVENT_KEY``), retrying network errors and 5xx answers without
+    starting any function twice (see ``sdk.http_transport``).
     """
 
     def __init__(
@@ -33,11 +47,17 @@ class Client:
         *,
         redis_url: str | None = None,
         transport: EventTransport | None = None,
+        event_api_url: str | None = None,
+        event_key: str | None = None,
     ) -> None:
         if not isinstance(app_id, str) or not app_id.strip():
             raise FunctionConfigError("Client: app_id must be a non-empty string")
         self.app_id = app_id
         self.redis_url = redis_url or default_redis_url()
+        self.event_api_url = event_api_url or os.environ.get("STEPQ_EVENT_API_URL") or None
+        self.event_key = event_key or os.environ.get("STEPQ_EVENT_KEY") or NO_EVENT_KEY
+        if self.event_api_url is not None and not self.event_api_url.startswith(("http://", "https://")):
+            raise FunctionConfigError(f"Client: event_api_url must be an http(s) URL, got {self.event_api_url!r}")
         self._transport = transport
         self._functions: dict[str, Function] = {}
 
@@ -55,11 +75,18 @@ class Client:
         name: str | None = None,
         retries: int = 4,
         backoff: Backoff | None = None,
+        cancel: Sequence[Cancel] | None = None,
+        timeouts: Timeouts | None = None,
+        on_failure: Callable[..., Any] | None = None,
     ) -> Callable[[Callable[..., Any]], Function]:
         """Declare a function. ``fn_id`` is accepted as an alias of ``id``; ``trigger`` may be a list.
 
         ``retries`` counts retries after the first attempt (4 means up to 5 attempts per step).
         ``backoff`` sets the wait between attempts (default: 1 s doubling to 10 min, with jitter).
+        ``cancel`` lists events that cancel a run; ``timeouts`` bounds its start and its duration.
+        ``on_failure`` is a handler run once when a run fails for good: a function of its own
+        (``<id>-failure``) triggered by the ``stepq/function.failed`` event, whose data holds
+        ``function_id``, ``run_id``, ``error`` and the original ``event``.
         """
         if id is not None and fn_id is not None and id != fn_id:
             raise FunctionConfigError(f"create_function: id={id!r} and fn_id={fn_id!r} disagree; pass one")
@@ -77,18 +104,44 @@ class Client:
                 name=name or function_id,
                 retries=retries,
                 backoff=backoff or Backoff(),
+                cancel=tuple(cancel or ()),
+                timeouts=timeouts,
+                client=self,
             )
             if fn.id in self._functions:
                 raise FunctionConfigError(f"function id {fn.id!r} is defined twice in app {self.app_id!r}")
             self._functions[fn.id] = fn
+            if on_failure is not None:
+                self._add_failure_handler(fn, on_failure)
             return fn
 
         return decorator
 
+    def _add_failure_handler(self, fn: Function, handler: Callable[..., Any]) -> None:
+        failure = Function(
+            id=f"{fn.id}-failure",
+            app_id=self.app_id,
+            handler=handler,
+            triggers=(
+                TriggerEvent(event=FUNCTION_FAILED, expression=f"event.data.function_id == '{fn.slug}'"),
+            ),
+            name=f"{fn.name} (failure handler)",
+            retries=0,
+            client=self,
+        )
+        if failure.id in self._functions:
+            raise FunctionConfigError(f"function id {failure.id!r} is defined twice in app {self.app_id!r}")
+        self._functions[failure.id] = failure
+
     @property
     def transport(self) -> EventTransport:
         if self._transport is None:
-            self._transport = load_transport("redis", self.redis_url)
+            if self.event_api_url is not None:
+                from sdk.http_transport import HttpTransport
+
+                self._transport = HttpTransport(self.event_api_url, self.event_key)
+            else:
+                self._transport = load_transport("redis", self.redis_url)
         return self._transport
 
     async def send(self, events: Event | Sequence[Event]) -> list[str]:

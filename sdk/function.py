@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sdk.durations import DurationLike, to_duration_str, to_timedelta
 from sdk.errors import FunctionConfigError
 from sdk.retry import Backoff
 from sdk.triggers import Trigger, TriggerCron, TriggerEvent
@@ -15,6 +16,47 @@ from sdk.triggers import Trigger, TriggerCron, TriggerEvent
 MAX_RETRIES = 20
 MAX_TRIGGERS = 10
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+
+
+MAX_CANCELS = 5
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cancel:
+    """Cancel a run when an event named ``event`` arrives (and ``if_exp`` holds) within ``timeout``.
+
+    ``if_exp`` is CEL over ``event`` (the run's trigger) and ``async`` (the arriving event), e.g.
+    ``"async.data.order_id == event.data.order_id"``.
+    """
+
+    event: str
+    if_exp: str | None = None
+    timeout: DurationLike | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": self.event}
+        if self.if_exp:
+            out["if"] = self.if_exp
+        if self.timeout is not None:
+            out["timeout"] = to_duration_str(to_timedelta(self.timeout, what="Cancel.timeout"))
+        return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Cancel a run not started within ``start`` of its creation, or not finished within ``finish``
+    of its first start."""
+
+    start: DurationLike | None = None
+    finish: DurationLike | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        out = {}
+        if self.start is not None:
+            out["start"] = to_duration_str(to_timedelta(self.start, what="Timeouts.start"))
+        if self.finish is not None:
+            out["finish"] = to_duration_str(to_timedelta(self.finish, what="Timeouts.finish"))
+        return out
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -28,6 +70,8 @@ class Function:
     name: str
     retries: int = 4
     backoff: Backoff = dataclasses.field(default_factory=Backoff)
+    cancel: tuple[Cancel, ...] = ()
+    timeouts: Timeouts | None = None
     #: The client that defined it: ``step.send_event`` sends through it.
     client: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -51,6 +95,20 @@ class Function:
                 )
         if not callable(self.handler):
             raise FunctionConfigError(f"function {self.id!r}: handler is not callable")
+        if len(self.cancel) > MAX_CANCELS:
+            raise FunctionConfigError(f"function {self.id!r}: at most {MAX_CANCELS} cancellation rules")
+        for rule in self.cancel:
+            if not isinstance(rule, Cancel) or not isinstance(rule.event, str) or not rule.event:
+                raise FunctionConfigError(f"function {self.id!r}: cancel rule {rule!r} needs an event name")
+            try:
+                rule.to_dict()
+            except ValueError as exc:
+                raise FunctionConfigError(f"function {self.id!r}: {exc}") from None
+        if self.timeouts is not None:
+            try:
+                self.timeouts.to_dict()
+            except ValueError as exc:
+                raise FunctionConfigError(f"function {self.id!r}: {exc}") from None
 
     @property
     def slug(self) -> str:
@@ -78,6 +136,8 @@ class Function:
             "name": self.name,
             "triggers": [t.to_dict() for t in self.triggers],
             "retries": self.retries,
+            "cancel": [c.to_dict() for c in self.cancel],
+            "timeouts": self.timeouts.to_dict() if self.timeouts else {},
             "backoff": {
                 "initial": self.backoff.initial.total_seconds(),
                 "factor": self.backoff.factor,

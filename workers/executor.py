@@ -1,11 +1,13 @@
 """The job every worker runs: advance one run by one invocation, then apply what the function asked.
 
-load (claim + memo) -> invoke (engine) -> apply (commit / schedule / finish), each write one Lua
-script. Nothing here raises into arq: every failure is recorded on the run or logged.
+load (claim + memo) -> invoke (engine) -> apply (commit / schedule / fan out / finish), each write
+one Lua script. Nothing here raises into arq: every failure is recorded on the run or logged, and a
+Redis outage sends the job back to the queue.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -16,11 +18,16 @@ from arq.worker import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from runtime import matching, store, waits
+from runtime.ingest import Ingest
 from runtime.jobs import JobKind, JobSpec
-from runtime.store import LoadedRun, LoadRefused, Outcome, RunCache, RunStore, now_ms
+from runtime.registry import Registry
+from runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, now_ms
+from sdk.client import FUNCTION_FAILED, FUNCTION_FINISHED
 from sdk.durations import parse_iso, to_timedelta
 from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from sdk.errors import NonDeterminismError
+from sdk.event import Event
 from sdk.function import Function
 from sdk.opcodes import Op, Opcode, memo_data, memo_error
 from workers.invoker import Invoker
@@ -29,6 +36,13 @@ log = structlog.get_logger("stepq.worker")
 
 #: A job that hits an unexpected internal error is retried this many times before its run fails.
 INTERNAL_RETRIES = 5
+#: Inngest's default for an invoke without a timeout.
+DEFAULT_INVOKE_TIMEOUT = dt.timedelta(days=366)
+INVOKE_TIMEOUT_ERROR = {
+    "name": "InngestInvokeTimeoutError",
+    "message": "Timed out waiting for invoked function to complete",
+    "stack": "",
+}
 
 
 class Executor:
@@ -39,7 +53,9 @@ class Executor:
         self.store = store
         self.invoker = invoker
         self.cache = RunCache()
-        #: Called after a commit enqueued the run's next job, due now (the worker polls at once).
+        self.registry = Registry(store.redis, store.scripts)
+        self.ingest = Ingest(store.redis, store, self.registry)
+        #: Called when this worker enqueued a job due now (the worker then polls at once).
         self.on_next_job: Callable[[], None] = lambda: None
 
     async def advance(self, ctx: dict[str, Any], payload: Any) -> None:
@@ -63,7 +79,7 @@ class Executor:
     async def _give_up(self, payload: Any, exc: Exception) -> None:
         job = JobSpec.from_payload(payload)
         error = {"name": "InternalError", "message": f"stepq failed to advance the run: {exc!r}", "stack": ""}
-        await self.store.finish(job.run_id, "", status="failed", error=error)
+        await self.store.finish(job.run_id, "", status="failed", error=error, fence_field="")
 
     async def _advance(self, ctx: dict[str, Any], payload: Any) -> None:
         started = time.perf_counter()
@@ -71,6 +87,13 @@ class Executor:
             job = JobSpec.from_payload(payload)
         except ValueError as exc:
             log.error("job.malformed", job_id=ctx.get("job_id"), error=str(exc))
+            return
+        if job.kind is JobKind.TIMER:
+            await self._fire_timer(job)
+            return
+        if job.kind is JobKind.DEADLINE:
+            cancelled = await store.cancel(self.store, job.run_id, "the run did not finish within its finish timeout")
+            log.info("run.deadline", run_id=job.run_id, outcome=cancelled.value)
             return
         loaded = await self.store.load(job, self.cache)
         if isinstance(loaded, LoadRefused):
@@ -80,6 +103,8 @@ class Executor:
         if fn is None:
             await self._unknown_function(loaded)
             return
+        if loaded.first_start and fn.timeouts is not None and not await self._within_timeouts(fn, loaded):
+            return
         request = ExecutionRequest(
             event=loaded.events[0],
             events=loaded.events,
@@ -87,6 +112,7 @@ class Executor:
             run_id=loaded.run_id,
             attempt=job.attempt,
             stack=loaded.stack,
+            target_step=job.step_key if job.kind is JobKind.PLANNED else None,
             max_output_bytes=self.store.limits.max_output_bytes,
         )
         result = await self.invoker.invoke(fn, request)
@@ -106,6 +132,32 @@ class Executor:
             duration_ms=elapsed_ms,
         )
 
+    async def _within_timeouts(self, fn: Function, run: LoadedRun) -> bool:
+        """On a run's first start: cancel it if it started too late; set its finish deadline."""
+        timeouts = fn.timeouts
+        assert timeouts is not None
+        if timeouts.start is not None:
+            limit = to_timedelta(timeouts.start)
+            if now_ms() - run.created_ms > limit.total_seconds() * 1000:
+                await store.cancel(
+                    self.store, run.run_id, f"the run did not start within {timeouts.to_dict()['start']}"
+                )
+                return False
+        if timeouts.finish is not None:
+            due = now_ms() + _ms(to_timedelta(timeouts.finish))
+            await store.enqueue_for_run(
+                self.store, run.run_id, run.app_id, JobSpec(run.run_id, 0, kind=JobKind.DEADLINE), due
+            )
+        return True
+
+    async def _fire_timer(self, job: JobSpec) -> None:
+        """A pending step's timer: a wait or invoke timed out, or a sleep inside a fan-out ended."""
+        assert job.step_key is not None
+        outcome = await store.resolve(self.store, job.run_id, job.step_key, job.value)
+        if outcome == "joined":
+            self.on_next_job()
+        log.info("timer", run_id=job.run_id, step_key=job.step_key, outcome=outcome)
+
     async def _unknown_function(self, run: LoadedRun) -> None:
         message = (
             f"function {run.fn_slug!r} is not defined in this worker's app "
@@ -113,7 +165,7 @@ class Executor:
         )
         log.error("function.unknown", run_id=run.run_id, function=run.fn_slug)
         error = {"name": "FunctionNotFound", "message": message, "stack": ""}
-        await self.store.finish(run.run_id, run.fence, status="failed", error=error)
+        await self._finish(run, "failed", error=error)
 
     async def _apply(
         self, job: JobSpec, run: LoadedRun, fn: Function, result: ExecutionResult, elapsed_ms: int
@@ -127,60 +179,142 @@ class Executor:
             failures = job.attempt + 1
             if result.retriable and failures < fn.max_attempts:
                 delay = result.retry_after or fn.backoff.delay(failures)
-                retry = JobSpec(run.run_id, run.position, job.attempt + 1)
-                outcome = await self.store.schedule(
-                    run,
-                    retry,
-                    due_ms=now_ms() + _ms(delay),
-                    status="running",
-                )
-                return None, f"function-error-retry:{outcome.value}"
+                retry = dataclasses.replace(job, attempt=job.attempt + 1)
+                outcome = await self.store.schedule(run, retry, due_ms=now_ms() + _ms(delay), status="")
+                return None, "function-error-retry" + _suffix(outcome)
             return None, await self._finish(run, "failed", error=result.error)
-        return await self._apply_opcodes(job, run, fn, result, elapsed_ms)
+        ops = result.opcodes
+        if len(ops) == 1 and ops[0].op in (Op.STEP_RUN, Op.STEP_FAILED, Op.STEP_ERROR):
+            return ops[0].step_id, await self._step_result(job, run, fn, ops[0], result, elapsed_ms)
+        if len(ops) == 1 and ops[0].op is Op.SLEEP and job.kind is JobKind.STEP:
+            return ops[0].step_id, await self._sleep(run, ops[0])
+        return ",".join(op.step_id for op in ops), await self._fan_out(run, ops)
 
-    async def _apply_opcodes(
-        self, job: JobSpec, run: LoadedRun, fn: Function, result: StepsReported, elapsed_ms: int
-    ) -> tuple[str | None, str]:
-        if len(result.opcodes) != 1:
-            error = {
-                "name": "UnsupportedOpcode",
-                "message": f"{len(result.opcodes)} steps were reported at once; parallel steps are not supported yet",
-                "stack": "",
-            }
-            return None, await self._finish(run, "failed", error=error)
-        op = result.opcodes[0]
-        if op.op in (Op.STEP_RUN, Op.STEP_FAILED):
-            value = memo_data(op.data) if op.op is Op.STEP_RUN else memo_error(op.error or {})
-            outcome = await self.store.commit_step(
-                run, key=op.id, value=value, name=op.step_id, attempts=job.attempt + 1, duration_ms=elapsed_ms
-            )
-            await self._after_commit(run, op, outcome)
-            return op.step_id, ("step-ok" if op.op is Op.STEP_RUN else "step-failed") + _suffix(outcome)
+    async def _step_result(
+        self, job: JobSpec, run: LoadedRun, fn: Function, op: Opcode, result: StepsReported, elapsed_ms: int
+    ) -> str:
         if op.op is Op.STEP_ERROR:
             failures = job.attempt + 1
             delay = result.retry_after or fn.backoff.delay(failures)
-            retry = JobSpec(run.run_id, run.position, job.attempt + 1)
-            message = (op.error or {}).get("message", "")
+            retry = dataclasses.replace(job, attempt=job.attempt + 1)
+            error = op.error or {}
             outcome = await self.store.schedule(
                 run,
                 retry,
                 due_ms=now_ms() + _ms(delay),
-                status="running",
+                status="",
                 key=op.id,
                 name=op.step_id,
                 attempts=failures,
-                error_message=f"{(op.error or {}).get('name', 'Error')}: {message}",
+                error_message=f"{error.get('name', 'Error')}: {error.get('message', '')}",
             )
-            return op.step_id, "step-error-retry" + _suffix(outcome)
-        if op.op is Op.SLEEP:
-            due = _wake_time(op)
-            wake = JobSpec(run.run_id, run.position, kind=JobKind.WAKE, step_key=op.id)
-            outcome = await self.store.schedule(
-                run, wake, due_ms=int(due.timestamp() * 1000), status="sleeping", key=op.id, name=op.step_id
+            return "step-error-retry" + _suffix(outcome)
+        value = memo_data(op.data) if op.op is Op.STEP_RUN else memo_error(op.error or {})
+        label = "step-ok" if op.op is Op.STEP_RUN else "step-failed"
+        if job.kind is JobKind.PLANNED:
+            resolved = await store.resolve(
+                self.store, run.run_id, op.id, value, name=op.step_id, fence_field=run.fence_field, fence=run.fence
             )
-            return op.step_id, "sleep" + _suffix(outcome)
-        error = {"name": "UnsupportedOpcode", "message": f"opcode {op.op.value} is not supported yet", "stack": ""}
-        return op.step_id, await self._finish(run, "failed", error=error)
+            if resolved == "joined":
+                self.on_next_job()
+            elif resolved != "ok":
+                log.warning("commit.refused", run_id=run.run_id, step=op.step_id, reason=resolved)
+            return label + ("" if resolved in ("ok", "joined") else f"-refused:{resolved}")
+        outcome = await self.store.commit_step(
+            run, key=op.id, value=value, name=op.step_id, attempts=job.attempt + 1, duration_ms=elapsed_ms
+        )
+        await self._after_commit(run, op, outcome)
+        return label + _suffix(outcome)
+
+    async def _sleep(self, run: LoadedRun, op: Opcode) -> str:
+        due = _wake_time(op)
+        wake = JobSpec(run.run_id, run.position, kind=JobKind.WAKE, step_key=op.id)
+        outcome = await self.store.schedule(
+            run, wake, due_ms=int(due.timestamp() * 1000), status="sleeping", key=op.id, name=op.step_id
+        )
+        return "sleep" + _suffix(outcome)
+
+    async def _fan_out(self, run: LoadedRun, ops: list[Opcode]) -> str:
+        """Steps reported together: plan each, then re-enter once when all are resolved."""
+        at = now_ms()
+        trigger = run.events[0].to_dict()
+        pending: list[PendingStep] = []
+        wait_records: list[waits.WaitRecord] = []
+        invokes: list[Opcode] = []
+        for op in ops:
+            if op.op is Op.STEP_PLANNED:
+                job = JobSpec(run.run_id, run.position, kind=JobKind.PLANNED, step_key=op.id)
+                pending.append(PendingStep(op.id, op.step_id, job, at))
+            elif op.op is Op.SLEEP:
+                job = JobSpec(run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id)
+                pending.append(PendingStep(op.id, op.step_id, job, int(_wake_time(op).timestamp() * 1000)))
+            elif op.op is Op.WAIT_FOR_EVENT:
+                opts = op.opts or {}
+                due = at + _ms(to_timedelta(opts.get("timeout") or "0s"))
+                record = waits.WaitRecord(
+                    run.run_id, op.id, waits.KIND_WAIT, str(opts.get("event") or op.name), opts.get("if"), due
+                )
+                record, registration = waits.plan(record, trigger)
+                wait_records.append(record)
+                job = JobSpec(run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id)
+                pending.append(PendingStep(op.id, op.step_id, job, due, registration))
+            elif op.op is Op.INVOKE_FUNCTION:
+                opts = op.opts or {}
+                timeout = to_timedelta(opts["timeout"]) if opts.get("timeout") else DEFAULT_INVOKE_TIMEOUT
+                job = JobSpec(
+                    run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id, value=memo_error(INVOKE_TIMEOUT_ERROR)
+                )
+                pending.append(PendingStep(op.id, op.step_id, job, at + _ms(timeout)))
+                invokes.append(op)
+            else:
+                error = {"name": "UnsupportedOpcode", "message": f"opcode {op.op.value} cannot be planned", "stack": ""}
+                return await self._finish(run, "failed", error=error)
+        status = (
+            "waiting" if wait_records or invokes else ("sleeping" if all(o.op is Op.SLEEP for o in ops) else "running")
+        )
+        join = JobSpec(run.run_id, run.position + len(ops))
+        outcome = await store.fan_out(self.store, run, pending, join=join, status=status)
+        if outcome is not Outcome.OK:
+            log.warning("fan_out.refused", run_id=run.run_id, reason=outcome.value)
+            return "fan-out" + _suffix(outcome)
+        if any(op.op is Op.STEP_PLANNED for op in ops):
+            self.on_next_job()
+        for op in invokes:
+            await self._start_child(run, op)
+        for record in wait_records:
+            # An event that arrived after this invocation began but before the wait was registered
+            # was not matched at ingest: look back for it now.
+            if await matching.look_back(self.store, record, since_ms=at - 2_000):
+                self.on_next_job()
+        return f"fan-out:{len(ops)}"
+
+    async def _start_child(self, run: LoadedRun, op: Opcode) -> None:
+        opts = op.opts or {}
+        slug = str(opts.get("function_id", ""))
+        record = await self.registry.get(slug)
+        if record is None:
+            error = {"name": "FunctionNotFound", "message": f"invoke: no function {slug!r} is registered", "stack": ""}
+            await store.resolve(self.store, run.run_id, op.id, memo_error(error), name=op.step_id)
+            self.on_next_job()
+            return
+        payload = opts.get("payload") or {}
+        event = Event(
+            name="inngest/function.invoked",
+            data=dict(payload.get("data") or {}),
+            id=f"{run.run_id}.{op.id}",
+            ts=now_ms(),
+            v=payload.get("v"),
+        )
+        from sdk.ids import new_ulid
+
+        await self.store.create_run(
+            run_id=new_ulid(),
+            fn_slug=record.slug,
+            app_id=record.app_id,
+            events=[event],
+            dedupe_key=event.id,
+            parent=f"{run.run_id}|{op.id}",
+        )
 
     async def _after_commit(self, run: LoadedRun, op: Opcode, outcome: Outcome) -> None:
         if outcome is Outcome.OK:
@@ -199,12 +333,39 @@ class Executor:
         log.warning("commit.refused", run_id=run.run_id, step=op.step_id, reason=outcome.value)
 
     async def _finish(self, run: LoadedRun, status: str, *, output: Any = None, error: Any = None) -> str:
-        outcome = await self.store.finish(run.run_id, run.fence, status=status, output=output, error=error)
-        if outcome is Outcome.OK:
-            self.cache.drop(run.run_id)
-        else:
+        outcome = await self.store.finish(
+            run.run_id, run.fence, status=status, output=output, error=error, fence_field=run.fence_field
+        )
+        if outcome is not Outcome.OK:
             log.warning("finish.refused", run_id=run.run_id, status=status, reason=outcome.value)
-        return status + _suffix(outcome)
+            return status + _suffix(outcome)
+        self.cache.drop(run.run_id)
+        self.on_next_job()  # an invoking parent may have been resumed
+        await self._emit_finished(run, status, output, error)
+        return status
+
+    async def _emit_finished(self, run: LoadedRun, status: str, output: Any, error: Any) -> None:
+        """``stepq/function.finished`` for every end, ``stepq/function.failed`` for failures.
+
+        The event ids derive from the run id, so a duplicate emission starts no handler twice.
+        """
+        data: dict[str, Any] = {
+            "function_id": run.fn_slug,
+            "run_id": run.run_id,
+            "status": status,
+            "event": run.events[0].to_dict(),
+        }
+        if status == "completed":
+            data["result"] = output
+        else:
+            data["error"] = error
+        events = [Event(name=FUNCTION_FINISHED, data=data, id=f"finished:{run.run_id}")]
+        if status == "failed":
+            events.append(Event(name=FUNCTION_FAILED, data=data, id=f"failed:{run.run_id}"))
+        try:
+            await self.ingest.send(events, internal=True)
+        except Exception:  # the run's end is recorded; its notification is best effort
+            log.exception("run.notify_failed", run_id=run.run_id)
 
 
 def _is_divergence(result: ExecutionResult) -> bool:

@@ -1,7 +1,8 @@
 -- Claim a run for one invocation and return what the worker does not have cached.
 -- KEYS: run, events, memo, stack, steps, timers, pending
 -- ARGV: position, known_len (-1: send the events too), fence_field, now_ms, kind, step_key
--- Returns {code, fence, fn, app, events|false, stack_len, key1..keyN, value1..valueN}
+-- Returns {code, fence, fn, app, events|false, stack_len, created, first_start, key1..keyN, value1..valueN}
+-- (first_start is 1 when this invocation is the run's first)
 local run = KEYS[1]
 local status = redis.call('HGET', run, 'status')
 if not status then
@@ -38,8 +39,8 @@ local fence = redis.call('HINCRBY', run, ARGV[3], 1)
 if status == 'queued' or status == 'sleeping' then
   redis.call('HSET', run, 'status', 'running')
 end
-redis.call('HSETNX', run, 'started', ARGV[4])
-local ids = redis.call('HMGET', run, 'fn', 'app')
+local first = redis.call('HSETNX', run, 'started', ARGV[4])
+local ids = redis.call('HMGET', run, 'fn', 'app', 'created')
 local out = {'ok', fence, ids[1], ids[2]}
 local known = tonumber(ARGV[2])
 if known < 0 then
@@ -49,6 +50,8 @@ else
   out[5] = false
 end
 out[6] = len
+out[7] = ids[3]
+out[8] = first
 if known < len then
   local new_keys = redis.call('LRANGE', KEYS[4], known, -1)
   local values = redis.call('HMGET', KEYS[3], unpack(new_keys))

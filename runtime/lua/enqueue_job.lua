@@ -1,0 +1,6 @@
+-- Enqueue a delayed job that belongs to a run (dropped if the run ends first).
+-- KEYS: job, result, queue, jobs
+-- ARGV: payload, score, ttl_ms
+local added = enqueue(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[4], string.sub(KEYS[1], 9))
+return added
