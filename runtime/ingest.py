@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from runtime import keys, matching
+from runtime import keys, matching, waits
 from runtime.codec import pack
 from runtime.registry import Registry
 from runtime.store import RunStore, now_ms
@@ -58,12 +58,14 @@ class Ingest:
             pipe.zremrangebyscore(keys.EVENTS, "-inf", at - retention * 1000)
             for original, event in zip(events, stored, strict=True):
                 for fn in routes.get(event.name, []):
+                    run_id = new_ulid(at)
                     await self.store.create_run(
-                        run_id=new_ulid(at),
+                        run_id=run_id,
                         fn_slug=fn.slug,
                         app_id=fn.app_id,
                         events=[event],
                         dedupe_key=original.id or None,
+                        rules=waits.cancel_registrations(run_id, fn.config, event.to_dict(), at),
                         pipe=pipe,
                     )
             await pipe.execute()

@@ -57,6 +57,15 @@ class RedisTransport:
             assert self._sync_ingest is not None
             return self._sync_loop.run_until_complete(_send(self._sync_ingest, events, self.url))
 
+    async def cancel(self, run_id: str, reason: str) -> bool:
+        """Cancel a run; False when it had already ended (or does not exist)."""
+        from runtime import store
+
+        if self._ingest is None:
+            self._ingest = self._make_ingest()
+        outcome = await store.cancel(self._ingest.store, run_id, reason)
+        return outcome is store.Outcome.OK
+
     async def aclose(self) -> None:
         if self._ingest is not None:
             await self._ingest.redis.aclose()

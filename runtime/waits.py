@@ -158,3 +158,25 @@ def registration_args(registrations: Sequence[Registration]) -> list[Any]:
     for reg in registrations:
         out += [reg.field, *reg.args()]
     return out
+
+
+#: A cancellation rule without a timeout holds for this long (Inngest: a year).
+DEFAULT_CANCEL_WINDOW_MS = 366 * 86400 * 1000
+
+
+def cancel_registrations(
+    run_id: str, config: dict[str, Any], trigger_event: dict[str, Any], now_ms: int
+) -> list[Registration]:
+    """The waits that implement a function's ``cancel`` rules for a new run."""
+    from sdk.durations import to_timedelta
+
+    out = []
+    for i, rule in enumerate(config.get("cancel") or []):
+        window = (
+            int(to_timedelta(rule["timeout"]).total_seconds() * 1000)
+            if rule.get("timeout")
+            else DEFAULT_CANCEL_WINDOW_MS
+        )
+        record = WaitRecord(run_id, f"cancel{i}", KIND_CANCEL, rule["event"], rule.get("if"), now_ms + window)
+        out.append(plan(record, trigger_event)[1])
+    return out

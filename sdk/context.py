@@ -109,7 +109,8 @@ class ContextSync(_ContextBase):
 
     def __init__(self, fn: Function, request: ExecutionRequest, replay: Replay) -> None:
         super().__init__(fn, request, replay)
-        self.step = SyncStep(replay, fn.client.send if fn.client is not None else None)
+        client = fn.client
+        self.step = SyncStep(replay, client.send if client else None, client.send_sync if client else None)
 
 
 def make_context(fn: Function, request: ExecutionRequest, replay: Replay) -> Context | ContextSync:

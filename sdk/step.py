@@ -234,6 +234,12 @@ class Step(_StepCore):
 class SyncStep(_StepCore):
     """Step tools for plain ``def`` functions; the same semantics, without ``await``."""
 
+    def __init__(
+        self, replay: Replay, sender: Sender | None = None, sync_sender: Callable[..., list[str]] | None = None
+    ) -> None:
+        super().__init__(replay, sender)
+        self._sync_sender = sync_sender
+
     def run(self, step_id: str, handler: Callable[..., T], *args: Any) -> T:
         """Run ``handler(*args)`` once for the run; see ``Step.run``."""
         key, index, memo = self._lookup(step_id)
@@ -277,3 +283,11 @@ class SyncStep(_StepCore):
     ) -> Any:
         """See ``Step.invoke``."""
         return self._invoke_op(step_id, _function_id(function), data, timeout, v)
+
+    def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
+        """See ``Step.send_event``."""
+        sender = self._sync_sender
+        if sender is None:
+            raise NonRetriableError(f"step {step_id!r}: send_event needs a function created by a Client")
+        batch = [events] if isinstance(events, Event) else list(events)
+        return self.run(step_id, sender, batch)
