@@ -1,0 +1,340 @@
+"""The HTTP event API (``stepq api``): Inngest's ``POST /e/{event_key}`` on stepq's ingest.
+
+Routes:
+
+- ``POST /e/{key}``: one event (a JSON object) or a list of up to 5,000. Answers
+  ``{"ids": [...], "status": 200}`` with the stored events' ids. Errors answer
+  ``{"ids": [], "status": N, "error": "..."}`` and store nothing: 400 for a body that is not JSON or
+  an event that is malformed (the message names the field, e.g. ``events[3].data``), too many
+  events or a reserved name (``inngest/``, ``stepq/``); 401 for an unknown key; 413 for an event
+  over ``max_event_bytes`` or a body over ``max_request_bytes``; 503 when Redis does not answer.
+- ``GET /health``: 200 when Redis answers a PING, else 503.
+- ``GET /v0/runs/{run_id}``: one run as JSON (``runtime.queries.get_run``), 404 if unknown or
+  expired. Outside dev mode it needs ``Authorization: Bearer <event key>``: run outputs are data.
+
+Keys come from ``STEPQ_EVENT_KEYS`` (comma-separated). In dev mode (``STEPQ_DEV=1`` or
+``stepq api --dev``) any key is accepted; outside it, at least one key must be configured.
+
+Retries and duplicates: the API stores what each request carries, so a request that is retried
+after a lost answer stores its events twice (as Inngest's event store does). Runs are not
+duplicated when the events carry an ``id``: the ingest starts each function at most once per event
+id within 24 h. ``sdk.http_transport.HttpTransport`` gives every event without an id a ULID before
+its first attempt and keeps it across retries for exactly that reason.
+
+Why Starlette + uvicorn: this is one JSON endpoint and two reads on an asyncio Redis client.
+Starlette is a thin, typed ASGI toolkit (routing, requests, lifespan) whose only dependency is
+anyio, which httpx already brings; uvicorn is the reference ASGI server, with no required C
+extensions (it speeds up when uvloop/httptools are installed). FastAPI would add pydantic and a
+validation layer that would duplicate ``sdk.event.Event.from_dict``, whose messages name the bad
+field; aiohttp would bring its own HTTP client and stack alongside httpx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hmac
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from runtime.connection import connect
+from runtime.ingest import RESERVED_PREFIXES, Ingest
+from runtime.limits import Limits, MiB
+from runtime.queries import get_run
+from runtime.registry import Registry
+from runtime.store import RunStore
+from sdk.errors import InvalidEventError
+from sdk.event import Event
+
+#: Inngest's ``MaxEvents``: events per request.
+MAX_EVENTS = 5000
+#: Inngest's ``DefaultMaxEventSize``.
+DEFAULT_MAX_EVENT_BYTES = 512 * 1024
+#: Cap on a whole request body (a batch of events), read before any parsing.
+DEFAULT_MAX_REQUEST_BYTES = 32 * MiB
+DEFAULT_PORT = 8288
+
+log = structlog.get_logger("stepq.api")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """What ``create_app`` needs; ``from_env`` reads it from ``STEPQ_*`` variables."""
+
+    event_keys: tuple[str, ...] = ()
+    dev: bool = False
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+    @classmethod
+    def from_env(cls, *, dev: bool | None = None) -> ApiSettings:
+        """``STEPQ_EVENT_KEYS`` (comma-separated), ``STEPQ_DEV`` (1/true/yes),
+        ``STEPQ_MAX_EVENT_BYTES``, ``STEPQ_MAX_REQUEST_BYTES``; ``dev=True`` overrides ``STEPQ_DEV``."""
+        keys = tuple(k.strip() for k in os.environ.get("STEPQ_EVENT_KEYS", "").split(",") if k.strip())
+        env_dev = os.environ.get("STEPQ_DEV", "").strip().lower() in ("1", "true", "yes", "on")
+        return cls(
+            event_keys=keys,
+            dev=bool(dev) or env_dev,
+            max_event_bytes=_positive_env("STEPQ_MAX_EVENT_BYTES", DEFAULT_MAX_EVENT_BYTES),
+            max_request_bytes=_positive_env("STEPQ_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
+        )
+
+
+def _positive_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer number of bytes, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+class _Refused(Exception):
+    """A request the event endpoint answers with an error status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def create_app(
+    redis_url: str,
+    *,
+    event_keys: Iterable[str] = (),
+    dev: bool = False,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    max_request_bytes: int | None = None,
+    limits: Limits | None = None,
+) -> Starlette:
+    """The event API as an ASGI app; its lifespan opens and closes the Redis connection.
+
+    Raises ``ValueError`` when not in dev mode and no event key is configured: such a server
+    could only ever answer 401.
+    """
+    keys = tuple(k for k in event_keys if k)
+    if not dev and not keys:
+        raise ValueError("no event keys configured: set STEPQ_EVENT_KEYS=key1,key2 or run in dev mode (--dev)")
+    if max_event_bytes <= 0:
+        raise ValueError(f"max_event_bytes must be positive, got {max_event_bytes}")
+    request_cap = max(max_request_bytes or DEFAULT_MAX_REQUEST_BYTES, max_event_bytes)
+    encoded_keys = tuple(k.encode() for k in keys)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = connect(redis_url)
+        store = RunStore(redis, limits or Limits.from_env())
+        app.state.redis = redis
+        app.state.ingest = Ingest(redis, store, Registry(redis, store.scripts))
+        try:
+            yield
+        finally:
+            await redis.aclose()
+
+    def known_key(key: str) -> bool:
+        given = key.encode()
+        # Compare against every key so the time taken does not say which one nearly matched.
+        return bool(given) and any([hmac.compare_digest(given, k) for k in encoded_keys])
+
+    async def receive_events(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            if not dev and not known_key(request.path_params["key"]):
+                raise _Refused(401, "event key not recognised: use one of STEPQ_EVENT_KEYS (or run the API with --dev)")
+            body = await _read_body(request, request_cap)
+            events = _parse_events(body, max_event_bytes)
+            ingest: Ingest = request.app.state.ingest
+            try:
+                ids = await ingest.send(events)
+            except InvalidEventError as exc:
+                raise _Refused(400, str(exc)) from None
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("api.redis_unavailable", error=str(exc))
+                raise _Refused(503, f"Redis did not answer; nothing was confirmed stored, retry ({exc})") from None
+        except _Refused as refused:
+            return JSONResponse({"ids": [], "status": refused.status, "error": refused.message}, refused.status)
+        log.debug("api.events", count=len(ids), ms=round((time.perf_counter() - started) * 1000, 2))
+        return JSONResponse({"ids": ids, "status": 200})
+
+    async def health(request: Request) -> Response:
+        try:
+            await request.app.state.redis.ping()
+        except Exception as exc:
+            return JSONResponse({"status": 503, "redis": "unavailable", "error": str(exc)}, 503)
+        return JSONResponse({"status": 200, "redis": "ok"})
+
+    async def run(request: Request) -> Response:
+        if not dev:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not known_key(token.strip()):
+                return JSONResponse({"status": 401, "error": "send Authorization: Bearer <event key>"}, 401)
+        run_id = request.path_params["run_id"]
+        view = await get_run(request.app.state.redis, run_id)
+        if view is None:
+            return JSONResponse({"status": 404, "error": f"no run {run_id!r} (unknown, or expired)"}, 404)
+        return Response(json.dumps(view.to_dict(), default=str), media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/e/{key}", receive_events, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/v0/runs/{run_id}", run, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _read_body(request: Request, cap: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``cap`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise _Refused(413, f"request body is {int(declared)} bytes; the limit is {cap} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise _Refused(413, f"request body is over the limit of {cap} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise _Refused(400, "the client disconnected before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_events(body: bytes, max_event_bytes: int) -> list[Event]:
+    """Decode and validate a body of one event or a list; any problem refuses the whole request."""
+    try:
+        raw = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Refused(400, f"body: not valid JSON ({exc})") from None
+    if isinstance(raw, dict):
+        items: Sequence[Any] = [raw]
+        where = ["event"]
+    elif isinstance(raw, list):
+        items = raw
+        where = [f"events[{i}]" for i in range(len(items))]
+    else:
+        raise _Refused(400, f"body: expected an event object or a list of events, got {_json_type(raw)}")
+    if not items:
+        raise _Refused(400, "body: the list of events is empty")
+    if len(items) > MAX_EVENTS:
+        raise _Refused(400, f"body: {len(items)} events; at most {MAX_EVENTS} per request")
+    if len(body) > max_event_bytes:
+        # Only a body over the limit can hold an event over it; measure each event then.
+        for label, item in zip(where, items, strict=True):
+            size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
+            if size > max_event_bytes:
+                raise _Refused(413, f"{label}: {size} bytes; an event may be at most {max_event_bytes} bytes")
+    events = []
+    for label, item in zip(where, items, strict=True):
+        if isinstance(item, dict) and item.get("user") is not None and not isinstance(item["user"], dict):
+            # Checked here because Event.from_dict lets a non-object ``user`` through to an assert.
+            raise _Refused(400, f"{label}.user: expected an object, got {_json_type(item['user'])}")
+        try:
+            event = Event.from_dict(item, where=label)
+        except InvalidEventError as exc:
+            raise _Refused(400, str(exc)) from None
+        except Exception as exc:  # a validation gap in Event.from_dict must not become a 500
+            raise _Refused(400, f"{label}: not a valid event ({type(exc).__name__}: {exc})") from None
+        if event.name.startswith(RESERVED_PREFIXES):
+            raise _Refused(400, f"{label}.name: names starting with 'inngest/' or 'stepq/' are reserved")
+        events.append(event)
+    return events
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
+
+
+class ApiServer:
+    """Runs the API under uvicorn in a background thread (for ``stepq dev`` and tests).
+
+    ``start()`` returns once the server accepts connections; ``url`` is its origin. Port 0 picks a
+    free port.
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        settings: ApiSettings | None = None,
+        app: Any = None,
+    ) -> None:
+        import uvicorn
+
+        settings = settings or ApiSettings.from_env()
+        self.app = app or create_app(
+            redis_url,
+            event_keys=settings.event_keys,
+            dev=settings.dev,
+            max_event_bytes=settings.max_event_bytes,
+            max_request_bytes=settings.max_request_bytes,
+        )
+        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.host = host
+        self.port: int = self._socket.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> ApiServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the event API server stopped while starting (see its log)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the event API server did not start within {timeout} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._socket.close()
+
+    def __enter__(self) -> ApiServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
