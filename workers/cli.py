@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int)
     p.set_defaults(handler=_dev)
 
+    p = sub.add_parser("api", help="serve the HTTP event API (POST /e/{event_key}) on Redis")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8288, help="port to listen on (default 8288, as Inngest's)")
+    redis_option(p)
+    p.add_argument("--dev", action="store_true", help="accept any event key (also STEPQ_DEV=1)")
+    p.set_defaults(handler=_api)
+
     p = sub.add_parser("send", help="send an event")
     p.add_argument("name", help="the event name, e.g. shop/import.requested")
     p.add_argument("--data", default="{}", help="the event data as a JSON object")
@@ -67,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON lines")
     redis_option(p)
     p.set_defaults(handler=_runs)
+
+    p = sub.add_parser("cancel", help="cancel a run: it takes no further steps")
+    p.add_argument("run_id")
+    p.add_argument("--reason", default="cancelled from the command line")
+    redis_option(p)
+    p.set_defaults(handler=_cancel)
 
     p = sub.add_parser("run", help="show one run: status, output or error, and each step")
     p.add_argument("run_id")
@@ -107,6 +120,30 @@ def _dev(args: argparse.Namespace) -> int:
         print(f"stepq dev: private Redis at {redis.url}", file=sys.stderr)
         print(f"stepq dev: to send events from another shell: export STEPQ_REDIS_URL={redis.url}", file=sys.stderr)
         return _worker(argparse.Namespace(**{**vars(args), "redis_url": redis.url, "poll_delay": None}))
+
+
+def _api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from runtime.api import ApiSettings, create_app
+    from workers.logs import configure
+
+    configure()
+    try:
+        settings = ApiSettings.from_env(dev=args.dev)
+        app = create_app(
+            _url(args),
+            event_keys=settings.event_keys,
+            dev=settings.dev,
+            max_event_bytes=settings.max_event_bytes,
+            max_request_bytes=settings.max_request_bytes,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    mode = "dev mode: any event key is accepted" if settings.dev else f"{len(settings.event_keys)} event key(s)"
+    print(f"stepq api: http://{args.host}:{args.port}/e/<event key> ({mode})", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    return 0
 
 
 def _parse_data(raw: str) -> dict[str, Any]:
@@ -156,6 +193,22 @@ def _runs(args: argparse.Namespace) -> int:
             f"{view.run_id:<28} {view.function:<32} {view.status:<10} "
             f"{_time(view.created_ms):<20} {_duration(view.started_ms or view.created_ms, view.ended_ms)}"
         )
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from runtime.transport import RedisTransport
+
+    async def go() -> bool:
+        transport = RedisTransport(_url(args))
+        try:
+            return await transport.cancel(args.run_id, args.reason)
+        finally:
+            await transport.aclose()
+
+    if not asyncio.run(go()):
+        raise CliError(f"run {args.run_id!r} was not cancelled: it has ended already, or does not exist")
+    print(json.dumps({"cancelled": args.run_id}))
     return 0
 
 
