@@ -80,26 +80,24 @@ async def first(ctx: sdk.Context) -> None:
     await ctx.step.run("first", _since, str(ctx.event.data["key"]), float(ctx.event.data["t"]))
 
 
-async def _lateness(key: str, run_id: str, seconds: float) -> None:
+async def _woke(key: str, run_id: str) -> None:
     now = time.time()
     asked = await marks().get(f"{key}:t0:{run_id}")
-    if asked is not None:
-        await marks().rpush(key, repr(now - float(asked) - seconds))  # type: ignore[misc]
+    await marks().rpush(key, f"{run_id} {now!r} {float(asked or 'nan')!r}")  # type: ignore[misc]
 
 
 @client.create_function(id="nap", trigger=sdk.TriggerEvent(event="bench/nap"))
 async def nap(ctx: sdk.Context) -> None:
-    """Sleep, then record how late the step after the sleep started: sleep lateness.
+    """Sleep, then record when the step after the sleep started: sleep lateness.
 
-    The time the sleep was asked for is taken just before ``step.sleep`` on the first invocation
-    (SET NX keeps the first); the worker computes the wake-up time a little later, so the lateness
-    recorded errs high by well under a millisecond.
+    Also records the time the sleep was asked for, taken just before ``step.sleep`` on the first
+    invocation (SET NX keeps the first one), for the lateness as user code sees it.
     """
     key, seconds = str(ctx.event.data["key"]), float(ctx.event.data["seconds"])
     asked = time.time()
     await marks().set(f"{key}:t0:{ctx.run_id}", repr(asked), nx=True)
     await ctx.step.sleep("nap", seconds)
-    await ctx.step.run("after", _lateness, key, ctx.run_id, seconds)
+    await ctx.step.run("after", _woke, key, ctx.run_id)
 
 
 async def _long(key: str, seconds: float) -> None:

@@ -35,8 +35,9 @@ async def noop(ctx: dict[str, Any]) -> None:
 
 
 async def hop(ctx: dict[str, Any], key: str, i: int, last: int, stamp_all: bool) -> None:
-    """One link of a chain: record the start (all links, or only the first and last), enqueue the next."""
-    if stamp_all or i in (0, last):
+    """One link of a chain: record the start (all links, or only the first and last; none without a key),
+    then enqueue the next link."""
+    if key and (stamp_all or i in (0, last)):
         await ctx["marks"].rpush(key, repr(time.time()))
     if i < last:
         await ctx["redis"].enqueue_job("hop", key, i + 1, last, stamp_all)

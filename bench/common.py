@@ -94,7 +94,7 @@ class Target:
             return f"≤ {self.limit:g}x base"
         if self.kind == "ratio>=":
             return f"≥ {self.limit:g}x base"
-        return f"≤ {self.limit:g} {unit}"
+        return f"≤ {self.limit:g}{unit}" if unit == "x" else f"≤ {self.limit:g} {unit}"
 
     def check(self, value: float | None, ratio: float | None) -> bool | None:
         if self.kind == "<=":

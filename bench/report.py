@@ -24,6 +24,12 @@ def value(number: float | None, unit: str, censored: bool = False) -> str:
     return (">" if censored else "") + text
 
 
+def _ratio(ratio: float | None) -> str:
+    if ratio is None:
+        return "—"
+    return f"{ratio:.2f}x" if ratio >= 0.01 else f"{ratio:.1e}x"
+
+
 def verdict(metric: Metric) -> str:
     if metric.target is None:
         return "info"
@@ -47,7 +53,7 @@ def rows(results: Sequence[BenchResult]) -> list[tuple[str, ...]]:
                     m.name,
                     value(m.stepq, m.unit, m.censored),
                     value(m.baseline, m.unit) if m.baseline is not None else "—",
-                    f"{m.ratio:.2f}x" if m.ratio is not None else "—",
+                    _ratio(m.ratio),
                     m.target.text(m.unit) if m.target else "—",
                     verdict(m),
                 )

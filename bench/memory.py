@@ -1,0 +1,96 @@
+"""Redis memory per sleeping run: 1,000 runs sleeping an hour, INFO memory before and after.
+
+Events carry empty data, so what is measured is stepq's own overhead per run (the "plus payloads"
+of the target is zero here). Client connection buffers are subtracted (``mem_clients_normal``): a
+worker opens more connections as more jobs run at once, which is not memory a run holds. One run's
+keys are measured with MEMORY USAGE for a breakdown. Baseline: raw arq jobs deferred an hour, with a
+similar small argument, measured in the same server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.common import BenchResult, Clients, Env, Metric, Proc, Target, clients, wait_until
+
+NAME = "memory"
+
+
+async def _memory(c: Clients) -> dict[str, int]:
+    info = await c.redis.info("memory")
+    used = int(info["used_memory"])
+    client_buffers = int(info.get("mem_clients_normal", 0))
+    return {"used_memory": used, "mem_clients_normal": client_buffers, "used_minus_clients": used - client_buffers}
+
+
+async def _sleepers(c: Clients, n: int, total: int, watch: list[Proc]) -> None:
+    """Start ``n`` sleeper runs and wait until ``total`` runs sleep (one timer each, no job due)."""
+    from runtime import keys
+
+    for start in range(0, n, 100):
+        await c.send("bench/sleeper", [{}] * min(100, n - start))
+
+    async def asleep() -> bool:
+        return int(await c.redis.zcard(keys.TIMERS)) >= total
+
+    await wait_until(asleep, 60 + n / 20, f"{total} runs to sleep", interval=0.05, watch=watch)
+
+
+async def _breakdown(c: Clients) -> dict[str, Any]:
+    """MEMORY USAGE of each key of one sleeping run (its own keys, its event, its wake-up job)."""
+    from runtime.queries import list_runs
+
+    views = await list_runs(c.redis, function="sleeper", status="sleeping", limit=1)
+    if not views:
+        return {}
+    view = views[0]
+    names = [k async for k in c.redis.scan_iter(match=f"*{view.run_id}*", count=1000)]
+    names += [f"stepq:event:{e}".encode() for e in view.event_ids]
+    sizes: dict[str, int] = {}
+    for name in names:
+        usage = await c.redis.memory_usage(name, samples=0)
+        if usage is not None:
+            sizes[name.decode().replace(view.run_id, "<run>")] = int(usage)
+    return {"status": view.status, "keys": sizes, "keys_total": sum(sizes.values())}
+
+
+async def run(env: Env) -> BenchResult:
+    result = BenchResult(NAME)
+    runs = env.size(1000, 200)
+    warm = env.size(100, 20)
+    async with env.redis(NAME) as server, clients(server) as c:
+        workers = await env.stepq_workers(server)
+        await _sleepers(c, warm, warm, workers)  # connections, scripts and indexes exist before the reading
+        before = await _memory(c)
+        await _sleepers(c, runs, warm + runs, workers)
+        after = await _memory(c)
+        breakdown = await _breakdown(c)
+        for w in workers:
+            w.stop()
+        arq_before = await _memory(c)
+        for _ in range(runs):
+            await c.arq.enqueue_job("late", "memory-baseline", _defer_by=3600)
+        arq_after = await _memory(c)
+    per_run = (after["used_minus_clients"] - before["used_minus_clients"]) / runs
+    per_job = (arq_after["used_minus_clients"] - arq_before["used_minus_clients"]) / runs
+    result.details = {
+        "runs": runs,
+        "warm_runs": warm,
+        "stepq_before": before,
+        "stepq_after": after,
+        "stepq_bytes_per_run_used_memory": round((after["used_memory"] - before["used_memory"]) / runs, 1),
+        "arq_before": arq_before,
+        "arq_after": arq_after,
+        "one_run": breakdown,
+    }
+    result.metrics = [
+        Metric(
+            f"Redis memory per sleeping run ({runs} runs, empty payload)",
+            "B",
+            per_run,
+            per_job,
+            "raw arq job deferred 1 h",
+            Target("<=", 2048),
+        )
+    ]
+    return result
