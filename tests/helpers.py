@@ -129,6 +129,19 @@ def invocations(worker_logs: Sequence[dict[str, Any]], run_id: str) -> list[dict
     return [e for e in worker_logs if e.get("event") == "invocation" and e.get("run_id") == run_id]
 
 
+async def all_invocations(worker: WorkerProcess, run_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The invocation lines of a finished run, once the line of the invocation that ended it is written
+    (a worker logs an invocation after the run's state changed, so it may lag the run's status)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        calls = invocations(worker.logs(), run_id)
+        if any(str(c.get("outcome")).startswith(TERMINAL) for c in calls):
+            return calls
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no invocation ended run {run_id} in the worker's log:\n{worker.stderr()}")
+        await asyncio.sleep(0.01)
+
+
 def read_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -148,3 +161,58 @@ async def run_memo(redis: Redis, run_id: str) -> dict[str, bytes]:
     """The run's memo hash as stored: step key -> msgpack bytes."""
     raw: dict[bytes, bytes] = await redis.hgetall(keys.memo(run_id))  # type: ignore[misc]
     return {key.decode(): value for key, value in raw.items()}
+
+
+async def run_statuses(redis: Redis, run_ids: Sequence[str]) -> dict[str, str]:
+    """Each run's status, read in one round trip ('' for a run that does not exist)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.hget(keys.run(run_id), "status")
+        raw = await pipe.execute()
+    return {run_id: (s.decode() if s is not None else "") for run_id, s in zip(run_ids, raw, strict=True)}
+
+
+async def wait_for_runs(
+    redis: Redis, run_ids: Sequence[str], statuses: Sequence[str] = TERMINAL, timeout: float = 60.0
+) -> None:
+    """Poll many runs until every one's status is one of ``statuses``; fail naming the laggards."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = await run_statuses(redis, run_ids)
+        behind = {run_id: s for run_id, s in found.items() if s not in statuses}
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            sample = dict(list(behind.items())[:5])
+            raise AssertionError(f"{len(behind)} of {len(run_ids)} runs did not reach {statuses}: {sample}")
+        await asyncio.sleep(0.05)
+
+
+async def start_runs(
+    sender: sdk.Client, redis: Redis, function: str, events: Sequence[sdk.Event], batch: int = 100
+) -> list[str]:
+    """Send events in batches; return the id of the single run of ``function`` each started, in order."""
+    event_ids: list[str] = []
+    for i in range(0, len(events), batch):
+        event_ids += await sender.send(list(events[i : i + batch]))
+    by_event: dict[str, list[str]] = {}
+    for view in await runs_of(redis, function, limit=len(events) + 100):
+        for event_id in view.event_ids:
+            by_event.setdefault(event_id, []).append(view.run_id)
+    run_ids = []
+    for event_id in event_ids:
+        found = by_event.get(event_id, [])
+        assert len(found) == 1, f"event {event_id} started {len(found)} runs of {function}, expected 1"
+        run_ids.append(found[0])
+    return run_ids
+
+
+async def queued_jobs(redis: Redis, app_id: str, run_id: str) -> list[str]:
+    """The ids of the run's jobs in its app's queue (due now or later)."""
+    members: list[bytes] = await redis.zrange(keys.queue(app_id), 0, -1)
+    return [m.decode() for m in members if m.decode().startswith(run_id + ":")]
+
+
+def all_logs(workers: Sequence[WorkerProcess]) -> list[dict[str, Any]]:
+    """The structured log lines of several workers, concatenated."""
+    return [entry for worker in workers for entry in worker.logs()]

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 import sdk
-from tests.helpers import StartWorkers, invocations, run_memo, run_stack, sha1, start_run, wait_for_run
+from tests.helpers import StartWorkers, all_invocations, run_memo, run_stack, sha1, start_run, wait_for_run
 
 TOTAL_PRODUCTS = 237
 PAGE_SIZE = 50
@@ -86,7 +86,7 @@ async def test_simple_function_runs_outside_code_on_every_invocation(
     assert view.status == "completed", view.error
     # (hello, a) (hello, b) (hello, c) (hello, return): code outside steps runs once per invocation.
     assert worker.stdout().splitlines() == ["hello", "a", "hello", "b", "hello", "c", "hello"]
-    calls = invocations(worker.logs(), run_id)
+    calls = await all_invocations(worker, run_id)
     assert len(calls) == 4, calls
     assert [c["step"] for c in calls] == ["a", "b", "c", None]
     assert [s.name for s in view.steps] == ["a", "b", "c"]
@@ -103,7 +103,7 @@ async def test_simple_function_fixed_prints_hello_once(
 
     assert view.status == "completed", view.error
     assert worker.stdout().splitlines() == ["hello", "a", "b", "c"]
-    assert [c["step"] for c in invocations(worker.logs(), run_id)] == ["hello", "a", "b", "c", None]
+    assert [c["step"] for c in await all_invocations(worker, run_id)] == ["hello", "a", "b", "c", None]
 
 
 async def test_paginated_import_collects_every_page_and_retries_only_the_failed_one(
