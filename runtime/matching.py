@@ -28,11 +28,11 @@ async def deliver(run_store: RunStore, events: Sequence[dict[str, Any]]) -> int:
     """Resolve the waits and fire the cancellation rules these events satisfy; returns how many."""
     delivered = 0
     at = now_ms()
-    for event in events:
-        for record in await waits.candidates(run_store.redis, event):
-            if not waits.matches(record, event, at):
-                continue
-            delivered += await apply(run_store, record, event)
+    found = await waits.candidates(run_store.redis, events)
+    for event, records in zip(events, found, strict=True):
+        for record in records:
+            if waits.matches(record, event, at):
+                delivered += await apply(run_store, record, event)
     return delivered
 
 

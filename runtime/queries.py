@@ -129,5 +129,6 @@ async def list_runs(
             if len(found) >= limit * 2 or len(ids) < page:
                 break
             offset += page
-    found.sort(key=lambda v: v.created_ms, reverse=True)
-    return found[:limit]
+    # A run that ended while we read both indexes appears in each: keep its newest view.
+    unique = {view.run_id: view for view in found}
+    return sorted(unique.values(), key=lambda v: v.created_ms, reverse=True)[:limit]

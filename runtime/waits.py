@@ -112,32 +112,45 @@ def _lookup_path(event: dict[str, Any], path: str) -> Any:
     return value
 
 
-async def candidates(redis: Any, event: dict[str, Any]) -> list[WaitRecord]:
-    """The waits an incoming event may satisfy (their conditions not yet evaluated)."""
-    name = event["name"]
+async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[WaitRecord]]:
+    """For each incoming event, the waits it may satisfy (conditions not yet evaluated).
+
+    Three round trips at most for any number of events, one when no wait listens to their names.
+    """
+    names = sorted({e["name"] for e in events})
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.smembers(_scan(name))
-        pipe.smembers(_paths(name))
-        scan, paths = await pipe.execute()
-    members = set(scan)
-    lookups = []
-    for raw_path in paths:
-        path = raw_path.decode()
-        value = _lookup_path(event, path)
-        if value is None or isinstance(value, dict | list):
-            continue
-        lookups.append(_index(name, path, value))
-    if lookups:
+        for name in names:
+            pipe.smembers(_scan(name))
+            pipe.smembers(_paths(name))
+        replies = await pipe.execute()
+    scans = {name: replies[2 * i] for i, name in enumerate(names)}
+    paths = {name: [p.decode() for p in replies[2 * i + 1]] for i, name in enumerate(names)}
+    lookups: list[list[str]] = []
+    for event in events:
+        index_keys = []
+        for path in paths[event["name"]]:
+            value = _lookup_path(event, path)
+            if value is not None and not isinstance(value, dict | list):
+                index_keys.append(_index(event["name"], path, value))
+        lookups.append(index_keys)
+    members: list[set[bytes]] = [set(scans[e["name"]]) for e in events]
+    if any(lookups):
         async with redis.pipeline(transaction=False) as pipe:
-            for key in lookups:
-                pipe.smembers(key)
-            for found in await pipe.execute():
-                members |= found
-    if not members:
-        return []
-    ordered = sorted(members)
-    blobs = await redis.hmget(_waits(name), ordered)
-    return [WaitRecord.decode(b) for b in blobs if b is not None]
+            for index_keys in lookups:
+                for key in index_keys:
+                    pipe.smembers(key)
+            found = iter(await pipe.execute())
+        for i, index_keys in enumerate(lookups):
+            for _ in index_keys:
+                members[i] |= next(found)
+    if not any(members):
+        return [[] for _ in events]
+    async with redis.pipeline(transaction=False) as pipe:
+        for event, wanted in zip(events, members, strict=True):
+            if wanted:
+                pipe.hmget(_waits(event["name"]), sorted(wanted))
+        blobs = iter(await pipe.execute())
+    return [[WaitRecord.decode(b) for b in next(blobs) if b is not None] if wanted else [] for wanted in members]
 
 
 def matches(record: WaitRecord, event: dict[str, Any], now_ms: int) -> bool:

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sdk.errors import FunctionConfigError, InvalidEventError
+from sdk.errors import FunctionConfigError, InvalidEventError, StepqError
 from sdk.event import Event
 from sdk.function import Cancel, Function, Timeouts, normalize_triggers
 from sdk.retry import Backoff
@@ -154,6 +154,13 @@ class Client:
     def send_sync(self, events: Event | Sequence[Event]) -> list[str]:
         """``send`` for synchronous code."""
         return self.transport.send_sync(_validated(events))
+
+    async def cancel(self, run_id: str, *, reason: str = "cancelled by the API") -> bool:
+        """Cancel a run: it takes no further steps (a running step may finish). False if it had ended."""
+        cancel = getattr(self.transport, "cancel", None)
+        if cancel is None:
+            raise StepqError("this client's transport cannot cancel runs")
+        return bool(await cancel(run_id, reason))
 
     async def aclose(self) -> None:
         """Release the client's connections."""

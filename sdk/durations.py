@@ -59,8 +59,12 @@ def to_duration_str(delta: dt.timedelta) -> str:
 
 
 def to_iso(moment: dt.datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and a Z, as Inngest's SDKs write dates."""
+    """ISO 8601 in UTC with milliseconds and a Z, as Inngest's SDKs write dates.
+
+    Sub-millisecond parts round up, so a wake-up time never moves earlier than asked."""
     utc = moment.astimezone(dt.UTC)
+    if utc.microsecond % 1000:
+        utc += dt.timedelta(microseconds=1000 - utc.microsecond % 1000)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 

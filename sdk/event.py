@@ -67,6 +67,8 @@ class Event:
             raise InvalidEventError(f"{where}.id: expected a string, got {type(self.id).__name__}")
         if isinstance(self.ts, bool) or not isinstance(self.ts, int) or self.ts < 0:
             raise InvalidEventError(f"{where}.ts: expected milliseconds since the epoch, got {self.ts!r}")
+        if not isinstance(self.user, dict):
+            raise InvalidEventError(f"{where}.user: expected an object, got {type(self.user).__name__}")
         if self.v is not None and not isinstance(self.v, str):
             raise InvalidEventError(f"{where}.v: expected a string, got {type(self.v).__name__}")
         try:

@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("app", metavar="MODULE:CLIENT")
     redis_option(p)
     p.add_argument("--concurrency", type=int)
+    p.add_argument("--api-port", type=int, default=8288, help="port of the event API (default 8288)")
     p.set_defaults(handler=_dev)
 
     p = sub.add_parser("api", help="serve the HTTP event API (POST /e/{event_key}) on Redis")
@@ -110,16 +111,24 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    """A worker and the event API (any key accepted), on a private Redis unless one is configured."""
+    import contextlib
     import os
 
+    from runtime.api import ApiServer, ApiSettings
     from workers.embedded import EmbeddedRedis
 
-    if args.redis_url or os.environ.get("STEPQ_REDIS_URL"):
-        return _worker(argparse.Namespace(**{**vars(args), "poll_delay": None}))
-    with EmbeddedRedis() as redis:
-        print(f"stepq dev: private Redis at {redis.url}", file=sys.stderr)
-        print(f"stepq dev: to send events from another shell: export STEPQ_REDIS_URL={redis.url}", file=sys.stderr)
-        return _worker(argparse.Namespace(**{**vars(args), "redis_url": redis.url, "poll_delay": None}))
+    with contextlib.ExitStack() as stack:
+        url = args.redis_url or os.environ.get("STEPQ_REDIS_URL")
+        if not url:
+            url = stack.enter_context(EmbeddedRedis()).url
+            print(f"stepq dev: private Redis at {url}", file=sys.stderr)
+            print(f"stepq dev: to use it from another shell: export STEPQ_REDIS_URL={url}", file=sys.stderr)
+        api = ApiServer(url, port=args.api_port, settings=ApiSettings.from_env(dev=True)).start()
+        stack.callback(api.stop)
+        print(f"stepq dev: event API at {api.url} (POST /e/<any key>)", file=sys.stderr)
+        return _worker(argparse.Namespace(**{**vars(args), "redis_url": url, "poll_delay": None}))
+    return 0
 
 
 def _api(args: argparse.Namespace) -> int:

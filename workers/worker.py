@@ -98,11 +98,20 @@ _ENV: dict[str, tuple[str, type[int] | type[float]]] = {
 }
 
 
+class _Functions(dict[str, Any]):
+    """arq's function table: a job naming a function no stepq worker has is logged as an error."""
+
+    def __missing__(self, name: str) -> Any:
+        log.error("job.unknown_function", function=name, detail=f"function {name!r} not found; job dropped")
+        raise KeyError(name)
+
+
 class StepqWorker(Worker):
     """arq's Worker with leases, draining and reconnects (see the module docstring)."""
 
     def __init__(self, *args: Any, options: WorkerOptions, store: RunStore, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.functions = _Functions(self.functions)
         self.options = options
         self.store = store
         # arq sizes the lock from the longest job timeout; ours is short and kept alive by heartbeats.
