@@ -6,24 +6,53 @@ import dataclasses
 from typing import Any
 
 from sdk.errors import FunctionConfigError
+from sdk.expressions import Expression, ExpressionError, compile_expression
+
+#: The variables a trigger's expression can use: the event that would start the run.
+TRIGGER_VARIABLES = frozenset({"event"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TriggerEvent:
-    """Start a run for every event named ``event`` (whose ``expression`` holds, when given)."""
+    """Start a run for every event named ``event`` (whose ``expression`` holds, when given).
+
+    ``expression`` is CEL over ``event`` (the event as the function would see it: ``name``,
+    ``data``, ``id``, ``ts``, ``user``), e.g. ``"event.data.plan == 'pro'"``. It is compiled here,
+    so an invalid one fails at definition. An event for which it is not ``true`` (a missing field,
+    an evaluation error) starts no run.
+    """
 
     event: str
     expression: str | None = None
+    _compiled: Expression | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.event, str) or not self.event.strip():
             raise FunctionConfigError("TriggerEvent.event: needs a non-empty event name")
         if self.expression is not None and not isinstance(self.expression, str):
-            raise FunctionConfigError("TriggerEvent.expression: expected a string")
+            raise FunctionConfigError(
+                f"TriggerEvent(event={self.event!r}).expression: expected a string, "
+                f"got {type(self.expression).__name__}"
+            )
+        if self.expression and self.expression.strip():
+            try:
+                compiled = compile_expression(self.expression, variables=TRIGGER_VARIABLES)
+            except ExpressionError as exc:
+                raise ExpressionError(f"TriggerEvent(event={self.event!r}).expression: {exc}") from None
+            object.__setattr__(self, "_compiled", compiled)
+
+    @property
+    def compiled(self) -> Expression | None:
+        """The compiled expression; None when the trigger has no filter."""
+        return self._compiled
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        """Whether an event (its dict shape) passes this trigger's filter; always True without one."""
+        return self._compiled is None or self._compiled.matches(event=event)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"event": self.event}
-        if self.expression:
+        if self.expression and self.expression.strip():
             out["expression"] = self.expression
         return out
 
