@@ -8,17 +8,45 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import structlog
 from redis.asyncio import Redis
 
 from runtime import keys, matching, waits
 from runtime.codec import pack
-from runtime.registry import Registry
+from runtime.registry import FunctionRecord, Registry
 from runtime.store import RunStore, now_ms
 from sdk.event import Event
+from sdk.expressions import Bindings, ExpressionError, compile_expression
 from sdk.ids import new_ulid
+from sdk.triggers import TRIGGER_VARIABLES
+
+log = structlog.get_logger("stepq.ingest")
 
 #: Names that only stepq itself may send.
 RESERVED_PREFIXES = ("inngest/", "stepq/")
+
+
+def triggered(fn: FunctionRecord, name: str, bindings: Bindings) -> bool:
+    """Whether an event named ``name`` starts ``fn``: one of its triggers for that name has no
+    expression, or an expression that holds for the event (``bindings`` holds ``event``).
+
+    An expression that does not compile (registered by an app that skipped the SDK's checks)
+    matches nothing and is logged.
+    """
+    expressions = [t.get("expression") for t in fn.config.get("triggers", []) if t.get("event") == name]
+    if not expressions:
+        return True  # routed here by name alone
+    for text in expressions:
+        if not text or not str(text).strip():
+            return True
+        try:
+            expression = compile_expression(text, variables=TRIGGER_VARIABLES)
+        except ExpressionError as exc:
+            log.warning("trigger.invalid_expression", function=fn.slug, event_name=name, error=str(exc))
+            continue
+        if expression.matches(bindings):
+            return True
+    return False
 
 
 class Ingest:
@@ -56,16 +84,22 @@ class Ingest:
                 # before matching waits, so a wait registered meanwhile finds it by looking back
                 await matching.record_recent(pipe, event.name, event_id, at)
             pipe.zremrangebyscore(keys.EVENTS, "-inf", at - retention * 1000)
-            for original, event in zip(events, stored, strict=True):
+            for event_id, original, event in zip(ids, events, stored, strict=True):
+                event_dict = event.to_dict()
+                bindings = Bindings(event=event_dict)  # converted once, on the first filter
                 for fn in routes.get(event.name, []):
+                    if not triggered(fn, event.name, bindings):
+                        continue
                     run_id = new_ulid(at)
                     await self.store.create_run(
                         run_id=run_id,
                         fn_slug=fn.slug,
                         app_id=fn.app_id,
+                        queue_id=fn.config.get("queue") or fn.app_id,
                         events=[event],
+                        event_ids=[event_id],
                         dedupe_key=original.id or None,
-                        rules=waits.cancel_registrations(run_id, fn.config, event.to_dict(), at),
+                        rules=waits.cancel_registrations(run_id, fn.config, event_dict, at),
                         pipe=pipe,
                     )
             await pipe.execute()
