@@ -90,6 +90,9 @@ class JobSpec:
         )
 
 
-def enqueue_keys(job: JobSpec, app_id: str) -> list[str]:
-    """The KEYS an enqueue needs, in the order the Lua ``enqueue`` helper expects."""
-    return [keys.ARQ_JOB + job.job_id, keys.ARQ_RESULT + job.job_id, keys.queue(app_id)]
+def enqueue_keys(job: JobSpec, queue_id: str) -> list[str]:
+    """The KEYS an enqueue needs, in the order the Lua ``enqueue`` helper expects.
+
+    ``queue_id`` names the arq queue (``stepq:queue:<queue_id>``): the app's id for functions its
+    workers import, ``@http`` for functions served over HTTP."""
+    return [keys.ARQ_JOB + job.job_id, keys.ARQ_RESULT + job.job_id, keys.queue(queue_id)]

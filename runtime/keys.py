@@ -76,6 +76,10 @@ def dedupe(slug: str, event_key: str) -> str:
     return f"{PREFIX}:dedupe:{slug}:{event_key}"
 
 
+#: The queue of functions served over HTTP: any `stepq worker --http` process takes their jobs.
+HTTP_QUEUE_ID = "@http"
+
+
 def queue(app_id: str) -> str:
     """The arq queue (a zset) that an app's workers poll."""
     return f"{PREFIX}:queue:{app_id}"

@@ -58,7 +58,8 @@ class LoadedRun:
 
     run_id: str
     fn_slug: str
-    app_id: str
+    #: The run's queue (its app's id, or ``@http``): every job of the run goes there.
+    queue_id: str
     fence: str
     position: int
     events: list[Event]
@@ -118,6 +119,7 @@ class RunStore:
         app_id: str,
         events: Sequence[Event],
         dedupe_key: str | None,
+        queue_id: str | None = None,
         event_ids: Sequence[str] = (),
         parent: str = "",
         rules: Sequence[Registration] = (),
@@ -133,7 +135,7 @@ class RunStore:
                 keys.run(run_id),
                 keys.events(run_id),
                 keys.dedupe(fn_slug, dedupe_key) if dedupe_key else keys.run(run_id),
-                *enqueue_keys(job, app_id),
+                *enqueue_keys(job, queue_id or app_id),
                 keys.RUNS_ACTIVE,
             ],
             [
@@ -185,7 +187,7 @@ class RunStore:
         if code != "ok":
             detail = reply[1].decode() if len(reply) > 1 and isinstance(reply[1], bytes) else str(reply[1:])
             return LoadRefused(Outcome(code), detail)
-        fence, fn_slug, app_id = reply[1], reply[2].decode(), reply[3].decode()
+        fence, fn_slug, queue_id = reply[1], reply[2].decode(), reply[3].decode()
         events_blob, length = reply[4], int(reply[5])
         created_ms, first_start = int(reply[6]), bool(reply[7])
         new = reply[8:]
@@ -207,7 +209,7 @@ class RunStore:
         return LoadedRun(
             run_id=job.run_id,
             fn_slug=fn_slug,
-            app_id=app_id,
+            queue_id=queue_id,
             fence=str(fence),
             position=length,
             events=cached.events,
@@ -238,7 +240,7 @@ class RunStore:
                 keys.memo(run.run_id),
                 keys.stack(run.run_id),
                 keys.steps(run.run_id),
-                *enqueue_keys(nxt, run.app_id),
+                *enqueue_keys(nxt, run.queue_id),
             ],
             [
                 run.fence_field,
@@ -273,14 +275,14 @@ class RunStore:
     ) -> Outcome:
         """Park the run until ``job`` runs at ``due_ms`` (a retry after backoff, or a sleep's end)."""
         at = now_ms()
-        member = timer_member(job, run.app_id) if job.kind is JobKind.WAKE else ""
+        member = timer_member(job, run.queue_id) if job.kind is JobKind.WAKE else ""
         reply = await self.scripts.call(
             "schedule",
             [
                 keys.run(run.run_id),
                 keys.stack(run.run_id),
                 keys.steps(run.run_id),
-                *enqueue_keys(job, run.app_id),
+                *enqueue_keys(job, run.queue_id),
                 keys.TIMERS,
                 keys.jobs(run.run_id),
                 keys.pending(run.run_id),
@@ -332,9 +334,9 @@ class RunStore:
         return {k: n.decode() for k, n in zip(step_keys, names, strict=True) if n is not None}
 
 
-def timer_member(job: JobSpec, app_id: str) -> str:
+def timer_member(job: JobSpec, queue_id: str) -> str:
     """The timers-zset member of a sleep's wake job, from which the reconciler can rebuild it."""
-    return f"{app_id}|{job.run_id}|{job.position}|{job.step_key or ''}"
+    return f"{queue_id}|{job.run_id}|{job.position}|{job.step_key or ''}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -359,7 +361,7 @@ async def fan_out(
         run.position,
         join.job_id,
         join.encode(at),
-        keys.queue(run.app_id),
+        keys.queue(run.queue_id),
         at,
         status,
         len(steps),
@@ -407,12 +409,12 @@ async def resolve(
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
-async def enqueue_for_run(store: RunStore, run_id: str, app_id: str, job: JobSpec, due_ms: int) -> None:
+async def enqueue_for_run(store: RunStore, run_id: str, queue_id: str, job: JobSpec, due_ms: int) -> None:
     """Enqueue a delayed job of the run; it is dropped if the run ends first."""
     at = now_ms()
     await store.scripts.call(
         "enqueue_job",
-        [*enqueue_keys(job, app_id), keys.jobs(run_id)],
+        [*enqueue_keys(job, queue_id), keys.jobs(run_id)],
         [job.encode(at), due_ms, max(0, due_ms - at) + store.limits.job_grace_ms],
     )
 

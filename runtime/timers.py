@@ -21,9 +21,9 @@ LOCK = f"{keys.PREFIX}:lock:timers"
 
 
 def parse_member(member: str) -> tuple[str, JobSpec]:
-    """(app_id, wake job) from a timers-zset member ``app|run|position|step_key``."""
-    app_id, run_id, position, step_key = member.split("|", 3)
-    return app_id, JobSpec(run_id, int(position), kind=JobKind.WAKE, step_key=step_key or None)
+    """(queue_id, wake job) from a timers-zset member ``queue|run|position|step_key``."""
+    queue_id, run_id, position, step_key = member.split("|", 3)
+    return queue_id, JobSpec(run_id, int(position), kind=JobKind.WAKE, step_key=step_key or None)
 
 
 async def revive_overdue(

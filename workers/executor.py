@@ -146,7 +146,7 @@ class Executor:
         if timeouts.finish is not None:
             due = now_ms() + _ms(to_timedelta(timeouts.finish))
             await store.enqueue_for_run(
-                self.store, run.run_id, run.app_id, JobSpec(run.run_id, 0, kind=JobKind.DEADLINE), due
+                self.store, run.run_id, run.queue_id, JobSpec(run.run_id, 0, kind=JobKind.DEADLINE), due
             )
         return True
 
@@ -311,6 +311,7 @@ class Executor:
             run_id=new_ulid(),
             fn_slug=record.slug,
             app_id=record.app_id,
+            queue_id=record.config.get("queue") or record.app_id,
             events=[event],
             dedupe_key=event.id,
             parent=f"{run.run_id}|{op.id}",

@@ -1,7 +1,7 @@
 -- Claim a run for one invocation and return what the worker does not have cached.
 -- KEYS: run, events, memo, stack, steps, timers, pending
 -- ARGV: position, known_len (-1: send the events too), fence_field, now_ms, kind, step_key
--- Returns {code, fence, fn, app, events|false, stack_len, created, first_start, key1..keyN, value1..valueN}
+-- Returns {code, fence, fn, queue_id, events|false, stack_len, created, first_start, key1..keyN, value1..valueN}
 -- (first_start is 1 when this invocation is the run's first)
 local run = KEYS[1]
 local status = redis.call('HGET', run, 'status')
@@ -40,7 +40,7 @@ if status == 'queued' or status == 'sleeping' then
   redis.call('HSET', run, 'status', 'running')
 end
 local first = redis.call('HSETNX', run, 'started', ARGV[4])
-local ids = redis.call('HMGET', run, 'fn', 'app', 'created')
+local ids = redis.call('HMGET', run, 'fn', 'q', 'created')
 local out = {'ok', fence, ids[1], ids[2]}
 local known = tonumber(ARGV[2])
 if known < 0 then

@@ -71,7 +71,7 @@ local function close_run(run_id, now, retention_s)
   if timer then
     redis.call('ZREM', 'stepq:timers', timer)
   end
-  local queue = 'stepq:queue:' .. (redis.call('HGET', run, 'app') or '')
+  local queue = 'stepq:queue:' .. (redis.call('HGET', run, 'q') or '')
   for _, job_id in ipairs(redis.call('SMEMBERS', run_part(run_id, 'jobs'))) do
     -- delayed jobs of a run that ended would only find it ended; drop them now
     if redis.call('EXISTS', 'arq:in-progress:' .. job_id) == 0 then
@@ -123,7 +123,7 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
     drop_wait(run, 'wait:' .. key, where)
   end
   if redis.call('SCARD', pending) == 0 then
-    local join = redis.call('HMGET', run, 'join_id', 'join_job', 'app')
+    local join = redis.call('HMGET', run, 'join_id', 'join_job', 'q')
     if join[1] then
       enqueue('arq:job:' .. join[1], 'arq:result:' .. join[1], 'stepq:queue:' .. join[3], join[2], now, JOB_TTL_MS)
       redis.call('HDEL', run, 'join_id', 'join_job')
