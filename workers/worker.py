@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 import signal
 from typing import Any
@@ -29,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime import keys, timers
 from runtime.connection import make_pool
+from runtime.cron import CronScheduler, cron_functions
 from runtime.jobs import ADVANCE
 from runtime.limits import Limits
 from runtime.registry import Registry
@@ -40,6 +42,8 @@ from workers.invoker import InProcessInvoker, Invoker
 log = structlog.get_logger("stepq.worker")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: How often a worker looks for due cron ticks (checks between ticks cost no Redis call).
+CRON_CHECK_S = 0.1
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,6 +64,8 @@ class WorkerOptions:
     timer_sweep_s: float = 30.0
     #: A wake-up this late with no job is re-enqueued (STEPQ_TIMER_OVERDUE).
     timer_overdue_s: float = 60.0
+    #: After an outage, the newest missed cron tick still fires if at most this old (STEPQ_CRON_CATCH_UP).
+    cron_catch_up_s: float = 600.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> WorkerOptions:
@@ -95,6 +101,7 @@ _ENV: dict[str, tuple[str, type[int] | type[float]]] = {
     "drain_grace_s": ("STEPQ_DRAIN_GRACE", float),
     "timer_sweep_s": ("STEPQ_TIMER_SWEEP", float),
     "timer_overdue_s": ("STEPQ_TIMER_OVERDUE", float),
+    "cron_catch_up_s": ("STEPQ_CRON_CATCH_UP", float),
 }
 
 
@@ -109,8 +116,11 @@ class _Functions(dict[str, Any]):
 class StepqWorker(Worker):
     """arq's Worker with leases, draining and reconnects (see the module docstring)."""
 
-    def __init__(self, *args: Any, options: WorkerOptions, store: RunStore, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, options: WorkerOptions, store: RunStore, cron: CronScheduler | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.cron = cron
         self.functions = _Functions(self.functions)
         self.options = options
         self.store = store
@@ -130,6 +140,8 @@ class StepqWorker(Worker):
             asyncio.create_task(self._renew_leases(), name="stepq-leases"),
             asyncio.create_task(self._sweep_timers(), name="stepq-timers"),
         ]
+        if self.cron is not None and self.cron.functions:
+            self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
         try:
             self.ctx["redis"] = self.pool
             if self.on_startup:
@@ -216,6 +228,19 @@ class StepqWorker(Worker):
             except RedisError as exc:
                 log.warning("timers.sweep_failed", error=str(exc))
 
+    async def _fire_cron(self) -> None:
+        """Start the runs of due cron ticks; every worker does, and each tick's claim admits one run."""
+        assert self.cron is not None
+        while True:
+            await asyncio.sleep(CRON_CHECK_S)
+            try:
+                if await self.cron.fire_due():
+                    self.wake()
+            except RedisError as exc:
+                log.warning("cron.check_failed", error=str(exc))
+            except Exception:
+                log.exception("cron.check_crashed")
+
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """First SIGTERM/SIGINT drains; a second SIGINT hands back running steps at once."""
         if self._draining:
@@ -287,6 +312,12 @@ def build_worker(
         log_results=False,
         options=options,
         store=store,
+        # a bad cron expression fails here, at worker start, naming the function
+        cron=CronScheduler(
+            store,
+            cron_functions(functions.values()),
+            catch_up=dt.timedelta(seconds=options.cron_catch_up_s),
+        ),
     )
     executor.on_next_job = worker.wake
     return worker
