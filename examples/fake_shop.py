@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import threading
 from collections import Counter
 from collections.abc import Iterable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -135,6 +136,10 @@ def _handler_for(shop: FakeShop) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve the fake shop in the foreground (for docker-compose or a second terminal)."""
     parser = argparse.ArgumentParser(description="A fake shop API serving products page by page.")
@@ -142,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--total", type=int, default=237)
     args = parser.parse_args(argv)
+    # As PID 1 in a container, SIGTERM's default action is ignored; make `docker stop` end it at once.
+    signal.signal(signal.SIGTERM, _interrupt)
     shop = FakeShop(args.total, host=args.host, port=args.port)
     print(f"fake shop: {args.total} products at {shop.url}/products.json", flush=True)
     shop.serve_forever()
