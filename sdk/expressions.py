@@ -57,6 +57,7 @@ _BUILTIN_IDENTIFIERS = frozenset(
 )
 #: Macros that bind a variable: ``list.exists(x, x > 1)``.
 _BINDING_MACROS = frozenset({"all", "exists", "exists_one", "existsOne", "map", "filter", "transformList", "sortBy"})
+_MACRO_CALL = re.compile(r"\.\s*(?:" + "|".join(sorted(_BINDING_MACROS)) + r")\s*\(")
 _INT64_MIN, _INT64_MAX, _UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 _CACHE_SIZE = 4096
 
@@ -170,7 +171,7 @@ def _compile(text: str, variables: frozenset[str]) -> Expression:
         raise ExpressionError(f"expression {text!r}: is empty")
     program = _parse(text)
     used = set(program.variables())
-    bound = _macro_variables(_tokenize(text))
+    bound = _macro_variables(_tokenize(text)) if _MACRO_CALL.search(text) else set()
     shadowing = sorted(bound & variables)
     if shadowing:
         names = ", ".join(repr(n) for n in shadowing)
@@ -227,64 +228,53 @@ class _Token:
     end: int
 
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+[uU]?|[0-9]*\.[0-9]+(?:[eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+|[0-9]+[uU]?")
-_STRING_START = re.compile(r"(?:[rR][bB]?|[bB][rR]?)?('''|\"\"\"|'|\")")
-_OPERATORS = ("==", "!=", "<=", ">=", "&&", "||")
-_SPACE = " \t\n\r\f"
+_Q3 = "'" * 3  # ''' (spelled out to keep this pattern readable)
+_D3 = '"' * 3
+_TOKEN = re.compile(
+    "|".join(
+        [
+            r"(?P<space>[ \t\n\r\f]+|//[^\n]*)",
+            # raw strings (no escapes), then the others; a single-quoted string stays on its line
+            r"(?P<string>(?:[rR][bB]?|[bB][rR])(?:"
+            + _Q3
+            + r"[\s\S]*?"
+            + _Q3
+            + "|"
+            + _D3
+            + r"[\s\S]*?"
+            + _D3
+            + r"""|'[^'\r\n]*'|"[^"\r\n]*")"""
+            + r"|[bB]?(?:"
+            + _Q3
+            + r"(?:\\[\s\S]|[^\\])*?"
+            + _Q3
+            + "|"
+            + _D3
+            + r"(?:\\[\s\S]|[^\\])*?"
+            + _D3
+            + r"""|'(?:\\[^\r\n]|[^'\\\r\n])*'|"(?:\\[^\r\n]|[^"\\\r\n])*"))""",
+            r"""(?P<unterminated>[rRbB]{0,2}['"][\s\S]*)""",
+            r"(?P<number>0[xX][0-9a-fA-F]+[uU]?|[0-9]+\.[0-9]+(?:[eE][+-]?[0-9]+)?|[0-9]+[eE][+-]?[0-9]+|[0-9]+[uU]?)",
+            r"(?P<ident>[A-Za-z_][A-Za-z0-9_]*)",
+            r"(?P<op>==|!=|<=|>=|&&|\|\||[()\[\]{}.,:?!<>+\-*/%])",
+            r"(?P<other>[\s\S])",
+        ]
+    )
+)
 
 
 def _tokenize(text: str) -> list[_Token]:
+    """CEL tokens, whitespace and comments dropped. An unterminated string swallows the rest."""
     tokens: list[_Token] = []
-    i, n = 0, len(text)
-    while i < n:
-        c = text[i]
-        if c in _SPACE:
-            i += 1
+    for match in _TOKEN.finditer(text):
+        kind = match.lastgroup
+        if kind == "space":
             continue
-        if text.startswith("//", i):
-            newline = text.find("\n", i)
-            i = n if newline < 0 else newline + 1
-            continue
-        string = _STRING_START.match(text, i)
-        if string:
-            end = _string_end(text, string.end(), string.group(1), raw="r" in _string_prefix(string.group()))
-            tokens.append(_Token("string" if end > 0 else "other", text[i : abs(end)], i, abs(end)))
-            i = abs(end)
-            continue
-        number = _NUMBER.match(text, i)
-        if number and (c != "." or not tokens or tokens[-1].kind not in ("ident", "number", "string")):
-            tokens.append(_Token("number", number.group(), i, number.end()))
-            i = number.end()
-            continue
-        ident = _IDENT.match(text, i)
-        if ident:
-            tokens.append(_Token("ident", ident.group(), i, ident.end()))
-            i = ident.end()
-            continue
-        op = next((o for o in _OPERATORS if text.startswith(o, i)), None)
-        if op is not None:
-            tokens.append(_Token("op", op, i, i + 2))
-            i += 2
-            continue
-        tokens.append(_Token("op" if c in "()[]{}.,:?!<>+-*/%" else "other", c, i, i + 1))
-        i += 1
+        if kind == "unterminated":
+            kind = "other"
+        assert kind is not None
+        tokens.append(_Token(kind, match.group(), match.start(), match.end()))
     return tokens
-
-
-def _string_end(text: str, j: int, quote: str, *, raw: bool) -> int:
-    """The end of a string literal whose body starts at ``j``; negative if it is unterminated."""
-    n = len(text)
-    while j < n:
-        if text.startswith(quote, j):
-            return j + len(quote)
-        if text[j] == "\\" and not raw:
-            j += 2
-            continue
-        if len(quote) == 1 and text[j] in "\r\n":
-            return -j
-        j += 1
-    return -n
 
 
 def _string_prefix(text: str) -> str:
@@ -405,6 +395,9 @@ def _literal_value(tokens: list[_Token]) -> tuple[bool, Any]:
             value = int(text)
         return True, -value if negative else value
     if token.kind == "string" and not negative and "b" not in _string_prefix(token.text):
+        text = token.text
+        if text[0] in "'\"" and text[:3] not in (_Q3, _D3) and "\\" not in text:
+            return True, text[1:-1]  # the common case: no escapes to decode
         try:
             value = _cel().evaluate(token.text)
         except Exception:
