@@ -11,6 +11,11 @@ Routes:
 - ``GET /health``: 200 when Redis answers a PING, else 503.
 - ``GET /v0/runs/{run_id}``: one run as JSON (``runtime.queries.get_run``), 404 if unknown or
   expired. Outside dev mode it needs ``Authorization: Bearer <event key>``: run outputs are data.
+- ``POST /fn/register``: an app serving its functions over HTTP syncs them (Inngest's register
+  payload); answers ``{"ok": true, "modified": bool}``, 400 naming the bad field.
+- ``GET /v0/runs/{run_id}/batch`` and ``/actions``: a run's events and step memo, for an SDK told
+  ``use_api`` because the state was too large to send.
+  These three need ``Authorization: Bearer <hashed signing key>`` outside dev mode.
 
 Keys come from ``STEPQ_EVENT_KEYS`` (comma-separated). In dev mode (``STEPQ_DEV=1`` or
 ``stepq api --dev``) any key is accepted; outside it, at least one key must be configured.
@@ -50,13 +55,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from runtime.codec import unpack
 from runtime.connection import connect
 from runtime.ingest import RESERVED_PREFIXES, Ingest
+from runtime.inngest_config import checksum, parse_register
+from runtime.keys import events as run_events_key
+from runtime.keys import memo as run_memo_key
 from runtime.limits import Limits, MiB
 from runtime.queries import get_run
 from runtime.registry import Registry
 from runtime.store import RunStore
-from sdk.errors import InvalidEventError
+from sdk.errors import FunctionConfigError, InvalidEventError
 from sdk.event import Event
 
 #: Inngest's ``MaxEvents``: events per request.
@@ -78,6 +87,8 @@ class ApiSettings:
     dev: bool = False
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    #: Authenticates SDK calls (register, use_api reads) outside dev mode.
+    signing_key: str | None = None
 
     @classmethod
     def from_env(cls, *, dev: bool | None = None) -> ApiSettings:
@@ -90,7 +101,19 @@ class ApiSettings:
             dev=bool(dev) or env_dev,
             max_event_bytes=_positive_env("STEPQ_MAX_EVENT_BYTES", DEFAULT_MAX_EVENT_BYTES),
             max_request_bytes=_positive_env("STEPQ_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
+            signing_key=os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None,
         )
+
+
+def sdk_bearer_matches(token: str, signing_key: str) -> bool:
+    """An SDK's ``Bearer`` token: the hashed signing key, with (JS) or without (Python) its prefix."""
+    from sdk.signing import hash_signing_key
+
+    hashed = hash_signing_key(signing_key)
+    prefix = (
+        signing_key[: len(signing_key) - len(signing_key.split("-")[-1])] if signing_key.startswith("signkey-") else ""
+    )
+    return any([hmac.compare_digest(token.encode(), c.encode()) for c in (hashed, prefix + hashed)])
 
 
 def _positive_env(name: str, default: int) -> int:
@@ -123,6 +146,7 @@ def create_app(
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     max_request_bytes: int | None = None,
     limits: Limits | None = None,
+    signing_key: str | None = None,
 ) -> Starlette:
     """The event API as an ASGI app; its lifespan opens and closes the Redis connection.
 
@@ -191,10 +215,52 @@ def create_app(
             return JSONResponse({"status": 404, "error": f"no run {run_id!r} (unknown, or expired)"}, 404)
         return Response(json.dumps(view.to_dict(), default=str), media_type="application/json")
 
+    def signed_in(request: Request) -> bool:
+        if dev:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and signing_key is not None and sdk_bearer_matches(token.strip(), signing_key)
+
+    def unauthorized() -> Response:
+        return JSONResponse({"error": "send Authorization: Bearer <hashed signing key>"}, 401)
+
+    async def register(request: Request) -> Response:
+        if not signed_in(request):
+            return unauthorized()
+        try:
+            payload = json.loads(await _read_body(request, request_cap))
+            app_id, configs = parse_register(payload)
+        except (ValueError, FunctionConfigError, _Refused) as exc:
+            return JSONResponse({"ok": False, "error": f"invalid app config: {exc}"}, 400)
+        redis = request.app.state.redis
+        digest = checksum(payload)
+        previous = await redis.getset(f"stepq:app:{app_id}:checksum", digest)
+        await Registry(redis).register_app(app_id, configs)
+        modified = previous is None or previous.decode() != digest
+        log.info("api.registered", app=app_id, functions=len(configs), modified=modified)
+        return JSONResponse({"ok": True, "modified": modified, "app_id": app_id})
+
+    async def run_batch(request: Request) -> Response:
+        if not signed_in(request):
+            return unauthorized()
+        blob = await request.app.state.redis.get(run_events_key(request.path_params["run_id"]))
+        if blob is None:
+            return JSONResponse({"error": "no such run"}, 404)
+        return JSONResponse(unpack(blob))
+
+    async def run_actions(request: Request) -> Response:
+        if not signed_in(request):
+            return unauthorized()
+        memo = await request.app.state.redis.hgetall(run_memo_key(request.path_params["run_id"]))
+        return JSONResponse({k.decode(): unpack(v) for k, v in memo.items()})
+
     return Starlette(
         routes=[
             Route("/e/{key}", receive_events, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            Route("/fn/register", register, methods=["POST"]),
+            Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
+            Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
             Route("/v0/runs/{run_id}", run, methods=["GET"]),
         ],
         lifespan=lifespan,
@@ -301,6 +367,7 @@ class ApiServer:
             dev=settings.dev,
             max_event_bytes=settings.max_event_bytes,
             max_request_bytes=settings.max_request_bytes,
+            signing_key=settings.signing_key,
         )
         self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

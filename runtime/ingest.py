@@ -55,12 +55,15 @@ class Ingest:
         self.store = store
         self.registry = registry
 
-    async def send(self, events: Sequence[Event], *, internal: bool = False) -> list[str]:
+    async def send(
+        self, events: Sequence[Event], *, internal: bool = False, only_if_wanted: bool = False
+    ) -> list[str]:
         """Store validated events and start the runs they trigger; return the stored events' ids.
 
         Each event gets a fresh id (a ULID); its own ``id``, when set, is the idempotency key: a
         function starts at most once per key within the dedupe window. When unset, ``event.id``
-        becomes the stored id.
+        becomes the stored id. ``internal`` allows reserved names; ``only_if_wanted`` drops events
+        that no function and no wait listens to (runs' lifecycle events, sent on every run's end).
         """
         from sdk.errors import InvalidEventError
 
@@ -76,6 +79,12 @@ class Ingest:
             for e, event_id in zip(events, ids, strict=True)
         ]
         routes = await self.registry.route(e.name for e in stored)
+        if only_if_wanted:
+            waited = await waits.waited_names(self.redis, {e.name for e in stored})
+            keep = [i for i, e in enumerate(stored) if routes.get(e.name) or e.name in waited]
+            events, stored, ids = [events[i] for i in keep], [stored[i] for i in keep], [ids[i] for i in keep]
+            if not stored:
+                return []
         retention = self.store.limits.retention_s
         async with self.redis.pipeline(transaction=False) as pipe:
             for event_id, event in zip(ids, stored, strict=True):

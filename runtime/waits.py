@@ -103,6 +103,16 @@ def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord,
     )
 
 
+async def waited_names(redis: Any, names: set[str]) -> set[str]:
+    """Which of these event names some run is waiting for (or would be cancelled by)."""
+    ordered = sorted(names)
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in ordered:
+            pipe.exists(_waits(name))
+        found = await pipe.execute()
+    return {name for name, count in zip(ordered, found, strict=True) if count}
+
+
 def _lookup_path(event: dict[str, Any], path: str) -> Any:
     value: Any = event
     for part in path.split("."):

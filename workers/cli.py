@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -41,14 +42,19 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--redis-url", help="Redis to use (default: STEPQ_REDIS_URL, else redis://localhost:6379/0)")
 
     p = sub.add_parser("worker", help="run a worker process for an app's functions")
-    p.add_argument("app", metavar="MODULE:CLIENT", help="where the app's sdk.Client lives, e.g. myapp.jobs:client")
+    p.add_argument(
+        "app", metavar="MODULE:CLIENT", nargs="?", help="where the app's sdk.Client lives, e.g. myapp.jobs:client"
+    )
+    p.add_argument(
+        "--http", action="store_true", help="invoke the functions apps registered over HTTP (POST /fn/register)"
+    )
     redis_option(p)
     p.add_argument("--concurrency", type=int, help="steps run at once by this process (default 100)")
     p.add_argument("--poll-delay", type=float, help="seconds between queue polls (default 0.005)")
     p.set_defaults(handler=_worker)
 
-    p = sub.add_parser("dev", help="a worker, with a private Redis when none is configured")
-    p.add_argument("app", metavar="MODULE:CLIENT")
+    p = sub.add_parser("dev", help="a worker and the event API, with a private Redis when none is configured")
+    p.add_argument("app", metavar="MODULE:CLIENT", nargs="?", help="omit to run functions served over HTTP")
     redis_option(p)
     p.add_argument("--concurrency", type=int)
     p.add_argument("--api-port", type=int, default=8288, help="port of the event API (default 8288)")
@@ -97,15 +103,21 @@ def _url(args: argparse.Namespace) -> str:
 def _worker(args: argparse.Namespace) -> int:
     from workers.app import AppLoadError, load_client
     from workers.logs import configure
-    from workers.worker import WorkerOptions, build_worker
+    from workers.worker import WorkerOptions, build_http_worker, build_worker
 
     configure()
+    http = bool(getattr(args, "http", False)) or (args.command == "dev" and not args.app)
+    if http == bool(args.app):
+        raise CliError("give MODULE:CLIENT to run an app's functions, or --http for functions served over HTTP")
     try:
-        client = load_client(args.app)
         options = WorkerOptions.from_env(concurrency=args.concurrency, poll_delay_s=args.poll_delay)
+        if args.app:
+            worker = build_worker(load_client(args.app), _url(args), options)
+        else:
+            signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
+            worker = build_http_worker(_url(args), options, signing_key=signing_key)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    worker = build_worker(client, _url(args), options)
     worker.run()
     return 0
 
@@ -113,7 +125,6 @@ def _worker(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     """A worker and the event API (any key accepted), on a private Redis unless one is configured."""
     import contextlib
-    import os
 
     from runtime.api import ApiServer, ApiSettings
     from workers.embedded import EmbeddedRedis
@@ -146,6 +157,7 @@ def _api(args: argparse.Namespace) -> int:
             dev=settings.dev,
             max_event_bytes=settings.max_event_bytes,
             max_request_bytes=settings.max_request_bytes,
+            signing_key=settings.signing_key,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None

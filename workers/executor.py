@@ -28,9 +28,9 @@ from sdk.durations import parse_iso, to_timedelta
 from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from sdk.errors import NonDeterminismError
 from sdk.event import Event
-from sdk.function import Function
 from sdk.opcodes import Op, Opcode, memo_data, memo_error
 from workers.invoker import Invoker
+from workers.remote import FunctionSource, Runnable
 
 log = structlog.get_logger("stepq.worker")
 
@@ -48,8 +48,8 @@ INVOKE_TIMEOUT_ERROR = {
 class Executor:
     """Advances runs of one app's functions."""
 
-    def __init__(self, functions: dict[str, Function], store: RunStore, invoker: Invoker) -> None:
-        self.functions = functions  # by slug
+    def __init__(self, functions: FunctionSource, store: RunStore, invoker: Invoker) -> None:
+        self.functions = functions
         self.store = store
         self.invoker = invoker
         self.cache = RunCache()
@@ -99,7 +99,7 @@ class Executor:
         if isinstance(loaded, LoadRefused):
             log.debug("job.skipped", run_id=job.run_id, reason=loaded.outcome.value, detail=loaded.detail)
             return
-        fn = self.functions.get(loaded.fn_slug)
+        fn = await self.functions.get(loaded.fn_slug)
         if fn is None:
             await self._unknown_function(loaded)
             return
@@ -132,7 +132,7 @@ class Executor:
             duration_ms=elapsed_ms,
         )
 
-    async def _within_timeouts(self, fn: Function, run: LoadedRun) -> bool:
+    async def _within_timeouts(self, fn: Runnable, run: LoadedRun) -> bool:
         """On a run's first start: cancel it if it started too late; set its finish deadline."""
         timeouts = fn.timeouts
         assert timeouts is not None
@@ -161,14 +161,14 @@ class Executor:
     async def _unknown_function(self, run: LoadedRun) -> None:
         message = (
             f"function {run.fn_slug!r} is not defined in this worker's app "
-            f"(it serves {', '.join(sorted(self.functions)) or 'nothing'})"
+            f"(it serves {self.functions.describe()})"
         )
         log.error("function.unknown", run_id=run.run_id, function=run.fn_slug)
         error = {"name": "FunctionNotFound", "message": message, "stack": ""}
         await self._finish(run, "failed", error=error)
 
     async def _apply(
-        self, job: JobSpec, run: LoadedRun, fn: Function, result: ExecutionResult, elapsed_ms: int
+        self, job: JobSpec, run: LoadedRun, fn: Runnable, result: ExecutionResult, elapsed_ms: int
     ) -> tuple[str | None, str]:
         """Make the run reflect ``result``; returns (step id, outcome) for the log line."""
         if isinstance(result, FunctionReturned):
@@ -191,7 +191,7 @@ class Executor:
         return ",".join(op.step_id for op in ops), await self._fan_out(run, ops)
 
     async def _step_result(
-        self, job: JobSpec, run: LoadedRun, fn: Function, op: Opcode, result: StepsReported, elapsed_ms: int
+        self, job: JobSpec, run: LoadedRun, fn: Runnable, op: Opcode, result: StepsReported, elapsed_ms: int
     ) -> str:
         if op.op is Op.STEP_ERROR:
             failures = job.attempt + 1
@@ -360,11 +360,13 @@ class Executor:
             data["result"] = output
         else:
             data["error"] = error
-        events = [Event(name=FUNCTION_FINISHED, data=data, id=f"finished:{run.run_id}")]
+        # Inngest's names too: failure handlers of apps written with Inngest's SDKs trigger on them.
+        names = [FUNCTION_FINISHED, "inngest/function.finished"]
         if status == "failed":
-            events.append(Event(name=FUNCTION_FAILED, data=data, id=f"failed:{run.run_id}"))
+            names += [FUNCTION_FAILED, "inngest/function.failed"]
+        events = [Event(name=name, data=data, id=f"{name}:{run.run_id}") for name in names]
         try:
-            await self.ingest.send(events, internal=True)
+            await self.ingest.send(events, internal=True, only_if_wanted=True)
         except Exception:  # the run's end is recorded; its notification is best effort
             log.exception("run.notify_failed", run_id=run.run_id)
 

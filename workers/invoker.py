@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from sdk.engine import ExecutionRequest, ExecutionResult, execute
 from sdk.function import Function
 
 
 class Invoker(Protocol):
-    async def invoke(self, fn: Function, request: ExecutionRequest) -> ExecutionResult: ...
+    async def invoke(self, fn: Any, request: ExecutionRequest) -> ExecutionResult: ...
 
 
 class InProcessInvoker:
     """Runs the engine in this process: the function's code is imported by the worker."""
 
-    async def invoke(self, fn: Function, request: ExecutionRequest) -> ExecutionResult:
+    async def invoke(self, fn: Any, request: ExecutionRequest) -> ExecutionResult:
+        assert isinstance(fn, Function), "the in-process invoker runs functions the worker imported"
         return await execute(fn, request)

@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -37,7 +38,9 @@ from runtime.registry import Registry
 from runtime.store import RunStore
 from sdk.client import Client
 from workers.executor import Executor
+from workers.http_invoker import HttpInvoker
 from workers.invoker import InProcessInvoker, Invoker
+from workers.remote import FunctionSource, LocalFunctions, RegisteredFunctions
 
 log = structlog.get_logger("stepq.worker")
 
@@ -266,35 +269,89 @@ def build_worker(
     invoker: Invoker | None = None,
     handle_signals: bool = True,
 ) -> StepqWorker:
-    """A worker serving ``client``'s functions from the app's queue."""
+    """A worker running ``client``'s functions in this process, from the app's queue."""
+    functions = {fn.slug: fn for fn in client.functions.values()}
+
+    async def register(registry: Registry) -> str:
+        count = await registry.register_app(client.app_id, [fn.config() for fn in functions.values()])
+        return f"{client.app_id} ({count} functions)"
+
+    return _build(
+        client.app_id,
+        LocalFunctions(functions),
+        invoker or InProcessInvoker(),
+        redis_url,
+        options,
+        limits=limits,
+        register=register,
+        crons=cron_functions(functions.values()),  # a bad cron expression fails here, naming the function
+        handle_signals=handle_signals,
+    )
+
+
+def build_http_worker(
+    redis_url: str,
+    options: WorkerOptions | None = None,
+    *,
+    signing_key: str | None = None,
+    limits: Limits | None = None,
+    handle_signals: bool = True,
+) -> StepqWorker:
+    """A worker invoking, over HTTP, the functions apps registered with ``POST /fn/register``."""
+    options = options or WorkerOptions.from_env()
+    return _build(
+        keys.HTTP_QUEUE_ID,
+        None,
+        HttpInvoker(signing_key=signing_key, timeout_s=options.step_timeout_s),
+        redis_url,
+        options,
+        limits=limits,
+        register=None,
+        crons=[],
+        handle_signals=handle_signals,
+    )
+
+
+def _build(
+    queue_id: str,
+    source: FunctionSource | None,
+    invoker: Invoker,
+    redis_url: str,
+    options: WorkerOptions | None,
+    *,
+    limits: Limits | None,
+    register: Callable[[Registry], Awaitable[str]] | None,
+    crons: list[tuple[str, str, str]],
+    handle_signals: bool,
+) -> StepqWorker:
     options = options or WorkerOptions.from_env()
     pool = ArqRedis(
         connection_pool=make_pool(redis_url),
         job_serializer=msgpack.packb,
         job_deserializer=_deserialize,
-        default_queue_name=keys.queue(client.app_id),
+        default_queue_name=keys.queue(queue_id),
     )
     store = RunStore(pool, limits or Limits.from_env())
-    functions = {fn.slug: fn for fn in client.functions.values()}
-    executor = Executor(functions, store, invoker or InProcessInvoker())
+    registry = Registry(pool, store.scripts)
+    executor = Executor(source or RegisteredFunctions(registry), store, invoker)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        delay = 0.1
-        while True:  # a worker that starts before Redis waits for it
-            try:
-                count = await Registry(pool, store.scripts).register_app(
-                    client.app_id, [fn.config() for fn in functions.values()]
-                )
-                break
-            except REDIS_DOWN as exc:
-                log.warning("redis.unavailable", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        log.info("worker.started", app=client.app_id, functions=count, redis=_redact(redis_url), pid=os.getpid())
+        serves = "functions registered over HTTP"
+        if register is not None:
+            delay = 0.1
+            while True:  # a worker that starts before Redis waits for it
+                try:
+                    serves = await register(registry)
+                    break
+                except REDIS_DOWN as exc:
+                    log.warning("redis.unavailable", error=str(exc), retry_in_s=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        log.info("worker.started", queue=queue_id, serves=serves, redis=_redact(redis_url), pid=os.getpid())
 
     worker = StepqWorker(
         functions=[func(executor.advance, name=ADVANCE, timeout=options.step_timeout_s, max_tries=10**9)],
-        queue_name=keys.queue(client.app_id),
+        queue_name=keys.queue(queue_id),
         redis_pool=pool,
         on_startup=on_startup,
         max_jobs=options.concurrency,
@@ -312,12 +369,7 @@ def build_worker(
         log_results=False,
         options=options,
         store=store,
-        # a bad cron expression fails here, at worker start, naming the function
-        cron=CronScheduler(
-            store,
-            cron_functions(functions.values()),
-            catch_up=dt.timedelta(seconds=options.cron_catch_up_s),
-        ),
+        cron=CronScheduler(store, crons, catch_up=dt.timedelta(seconds=options.cron_catch_up_s)) if crons else None,
     )
     executor.on_next_job = worker.wake
     return worker
