@@ -10,7 +10,6 @@ members of the index entries its own values point at, and the scan set.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,8 +32,9 @@ def _paths(name: str) -> str:
     return f"{keys.PREFIX}:waitpaths:{name}"
 
 
-def _index(name: str, path: str, value: Any) -> str:
-    return f"{keys.PREFIX}:waitidx:{name}:{path}:{json.dumps(value, sort_keys=True)}"
+def _index(name: str, path: str, token: str) -> str:
+    """The equality-index set of waits on ``name`` whose condition needs ``path`` to equal ``token``."""
+    return f"{keys.PREFIX}:waitidx:{name}:{path}:{token}"
 
 
 def recent(name: str) -> str:
@@ -87,10 +87,15 @@ def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord,
 
         record = dataclasses.replace(record, expression=interpolate(record.expression, trigger_event))
         indexed = equality_key(record.expression) if record.expression else None
+    token = None
     if indexed is not None:
+        from sdk.expressions import index_token
+
         path, value = indexed
         path = path.removeprefix("async.")
-        set_key, paths_spec = _index(record.event, path, value), f"{_paths(record.event)}\n{path}"
+        token = index_token(value)
+    if indexed is not None and token is not None:
+        set_key, paths_spec = _index(record.event, path, token), f"{_paths(record.event)}\n{path}"
     else:
         set_key, paths_spec = _scan(record.event), ""
     return record, Registration(
@@ -113,15 +118,6 @@ async def waited_names(redis: Any, names: set[str]) -> set[str]:
     return {name for name, count in zip(ordered, found, strict=True) if count}
 
 
-def _lookup_path(event: dict[str, Any], path: str) -> Any:
-    value: Any = event
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
 async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[WaitRecord]]:
     """For each incoming event, the waits it may satisfy (conditions not yet evaluated).
 
@@ -135,13 +131,15 @@ async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[
         replies = await pipe.execute()
     scans = {name: replies[2 * i] for i, name in enumerate(names)}
     paths = {name: [p.decode() for p in replies[2 * i + 1]] for i, name in enumerate(names)}
+    from sdk.expressions import index_token_at
+
     lookups: list[list[str]] = []
     for event in events:
         index_keys = []
         for path in paths[event["name"]]:
-            value = _lookup_path(event, path)
-            if value is not None and not isinstance(value, dict | list):
-                index_keys.append(_index(event["name"], path, value))
+            token = index_token_at(event, path)
+            if token is not None:
+                index_keys.append(_index(event["name"], path, token))
         lookups.append(index_keys)
     members: list[set[bytes]] = [set(scans[e["name"]]) for e in events]
     if any(lookups):
@@ -169,10 +167,13 @@ def matches(record: WaitRecord, event: dict[str, Any], now_ms: int) -> bool:
         return False
     if not record.expression:
         return True
-    from sdk.expressions import compile_expression
+    from sdk.expressions import ExpressionError, compile_expression
 
-    expression = compile_expression(record.expression, variables={"async", "event"})
-    return bool(expression.matches(**{"async": event, "event": {}}))
+    try:
+        expression = compile_expression(record.expression, variables={"async", "event"})
+    except ExpressionError:
+        return False  # refused at registration; a record stored by older code matches nothing
+    return bool(expression.matches({"async": event, "event": {}}))
 
 
 def registration_args(registrations: Sequence[Registration]) -> list[Any]:

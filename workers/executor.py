@@ -28,6 +28,7 @@ from sdk.durations import parse_iso, to_timedelta
 from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from sdk.errors import NonDeterminismError
 from sdk.event import Event
+from sdk.expressions import ExpressionError, compile_expression
 from sdk.opcodes import Op, Opcode, memo_data, memo_error
 from workers.invoker import Invoker
 from workers.remote import FunctionSource, Runnable
@@ -250,6 +251,12 @@ class Executor:
                 pending.append(PendingStep(op.id, op.step_id, job, int(_wake_time(op).timestamp() * 1000)))
             elif op.op is Op.WAIT_FOR_EVENT:
                 opts = op.opts or {}
+                if opts.get("if"):
+                    try:
+                        compile_expression(str(opts["if"]), variables={"event", "async"})
+                    except ExpressionError as exc:
+                        error = {"name": "InvalidExpression", "message": f"step {op.step_id!r}: {exc}", "stack": ""}
+                        return await self._finish(run, "failed", error=error)
                 due = at + _ms(to_timedelta(opts.get("timeout") or "0s"))
                 record = waits.WaitRecord(
                     run.run_id, op.id, waits.KIND_WAIT, str(opts.get("event") or op.name), opts.get("if"), due
