@@ -231,7 +231,7 @@ class Executor:
         due = _wake_time(op)
         wake = JobSpec(run.run_id, run.position, kind=JobKind.WAKE, step_key=op.id)
         outcome = await self.store.schedule(
-            run, wake, due_ms=int(due.timestamp() * 1000), status="sleeping", key=op.id, name=op.step_id
+            run, wake, due_ms=int(due.timestamp() * 1000), status="sleeping", key=op.id, name=op.step_id, attempts=1
         )
         return "sleep" + _suffix(outcome)
 
