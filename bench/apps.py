@@ -42,6 +42,10 @@ def noop() -> None:
     return None
 
 
+async def anoop() -> None:
+    return None
+
+
 @client.create_function(id="chain", trigger=sdk.TriggerEvent(event="bench/chain"))
 async def chain(ctx: sdk.Context) -> int:
     """``n`` steps in a row, each recording when it started: per-step latency."""
@@ -53,10 +57,11 @@ async def chain(ctx: sdk.Context) -> int:
 
 @client.create_function(id="steps", trigger=sdk.TriggerEvent(event="bench/steps"))
 async def steps(ctx: sdk.Context) -> int:
-    """``n`` no-op steps: throughput."""
+    """``n`` no-op steps: throughput. Plain ``def`` handlers (as ``lambda: ...`` is), or async ones."""
     n = int(ctx.event.data.get("n", 10))
+    handler = anoop if ctx.event.data.get("async") else noop
     for _ in range(n):
-        await ctx.step.run("s", noop)
+        await ctx.step.run("s", handler)
     return n
 
 

@@ -566,3 +566,24 @@ async def queues_idle(redis: Redis) -> bool:
         pipe.zcount(ARQ_QUEUE, "-inf", now_ms)
         due = await pipe.execute()
     return sum(due) == 0
+
+
+IO_COUNTERS = ("total_reads_processed", "total_net_input_bytes", "total_net_output_bytes", "total_commands_processed")
+
+
+async def io_stats(redis: Redis) -> dict[str, int]:
+    """Redis's I/O counters: reads (about one per client round trip), bytes in and out, commands
+    (commands called by Lua scripts included)."""
+    info = await redis.info("stats")
+    return {name: int(info.get(name, 0)) for name in IO_COUNTERS}
+
+
+def io_per(before: dict[str, int], after: dict[str, int], units: float) -> dict[str, float]:
+    """The counters' growth per unit of work (step, job, ...), named shortly."""
+    short = {
+        "total_reads_processed": "round_trips",
+        "total_net_input_bytes": "bytes_in",
+        "total_net_output_bytes": "bytes_out",
+        "total_commands_processed": "commands",
+    }
+    return {short[k]: round((after[k] - before[k]) / units, 2) for k in IO_COUNTERS}

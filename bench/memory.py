@@ -1,10 +1,11 @@
 """Redis memory per sleeping run: 1,000 runs sleeping an hour, INFO memory before and after.
 
 Events carry empty data, so what is measured is stepq's own overhead per run (the "plus payloads"
-of the target is zero here). Client connection buffers are subtracted (``mem_clients_normal``): a
-worker opens more connections as more jobs run at once, which is not memory a run holds. One run's
-keys are measured with MEMORY USAGE for a breakdown. Baseline: raw arq jobs deferred an hour, with a
-similar small argument, measured in the same server.
+of the target is zero here). Both readings are taken with no worker connected (a worker opens more
+connections, with their buffers, as more jobs run at once: not memory a run holds), after a warm-up
+batch of runs has created the indexes and loaded the scripts. One run's keys are measured with
+MEMORY USAGE for a breakdown. Baseline: raw arq jobs deferred an hour, with a similar small
+argument, measured in the same server.
 """
 
 from __future__ import annotations
@@ -60,25 +61,30 @@ async def run(env: Env) -> BenchResult:
     warm = env.size(100, 20)
     async with env.redis(NAME) as server, clients(server) as c:
         workers = await env.stepq_workers(server)
-        await _sleepers(c, warm, warm, workers)  # connections, scripts and indexes exist before the reading
-        before = await _memory(c)
-        await _sleepers(c, runs, warm + runs, workers)
-        after = await _memory(c)
-        breakdown = await _breakdown(c)
+        await _sleepers(c, warm, warm, workers)  # scripts and indexes exist before the first reading
         for w in workers:
             w.stop()
+        before = await _memory(c)
+        workers = await env.stepq_workers(server)
+        await _sleepers(c, runs, warm + runs, workers)
+        for w in workers:
+            w.stop()
+        after = await _memory(c)
+        breakdown = await _breakdown(c)
         arq_before = await _memory(c)
         for _ in range(runs):
             await c.arq.enqueue_job("late", "memory-baseline", _defer_by=3600)
         arq_after = await _memory(c)
-    per_run = (after["used_minus_clients"] - before["used_minus_clients"]) / runs
-    per_job = (arq_after["used_minus_clients"] - arq_before["used_minus_clients"]) / runs
+    per_run = (after["used_memory"] - before["used_memory"]) / runs
+    per_job = (arq_after["used_memory"] - arq_before["used_memory"]) / runs
     result.details = {
         "runs": runs,
         "warm_runs": warm,
         "stepq_before": before,
         "stepq_after": after,
-        "stepq_bytes_per_run_used_memory": round((after["used_memory"] - before["used_memory"]) / runs, 1),
+        "stepq_bytes_per_run_minus_client_buffers": round(
+            (after["used_minus_clients"] - before["used_minus_clients"]) / runs, 1
+        ),
         "arq_before": arq_before,
         "arq_after": arq_after,
         "one_run": breakdown,

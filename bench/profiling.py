@@ -4,7 +4,7 @@
 throughput cases (after their measured rounds, so sampling cannot skew a figure), writes the raw
 collapsed stacks under ``bench/results/profiles/`` and summarizes them: the functions that use the
 most CPU themselves (self), the functions under which most CPU is spent (inclusive), and CPU by area
-(stepq's packages, arq, redis-py, asyncio, ...). Only samples on CPU are kept (py-spy's default).
+(stepq's packages, arq, redis-py, asyncio, ...). Samples of waiting threads are left out.
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ def _short(frame: str) -> str:
     """``func (path:line)`` -> ``func (pkg/module.py)``, without the line (lines split one function)."""
     name, _, where = frame.partition(" (")
     path = where.rsplit(":", 1)[0].rstrip(")")
-    if path.startswith(str(REPO_ROOT) + "/"):
-        path = path[len(str(REPO_ROOT)) + 1 :]
-    elif "site-packages/" in path:
+    if "site-packages/" in path:
         path = path.split("site-packages/", 1)[1]
+    elif path.startswith(str(REPO_ROOT) + "/"):
+        path = path[len(str(REPO_ROOT)) + 1 :]
     elif "/lib/python" in path:
         path = path.split("/lib/python", 1)[1].split("/", 1)[-1]
     return f"{name} ({path})"
@@ -80,12 +80,28 @@ def _path(frame: str) -> str:
     return frame.partition(" (")[2].rsplit(":", 1)[0]
 
 
+#: Leaf frames that mean "waiting", whatever py-spy's own idle detection said (it keeps them here).
+IDLE_LEAVES = (
+    ("EpollSelector.select", "selectors.py"),  # the event loop waiting for I/O or a timer
+    ("_worker", "concurrent/futures/thread.py"),  # an idle thread of the default executor
+    ("Condition.wait", "threading.py"),
+)
+
+
+def _idle(frame: str) -> bool:
+    name, path = frame.partition(" (")[0], _path(frame)
+    return any(name == n and path.endswith(p) for n, p in IDLE_LEAVES)
+
+
 def analyse(raw: Path, top: int = 15) -> dict[str, Any]:
-    """Self and inclusive CPU share per function, and self share per area, from py-spy raw output."""
+    """Self and inclusive CPU share per function, and self share per area, from py-spy raw output.
+
+    Samples whose leaf is a wait (IDLE_LEAVES) are counted apart and left out of the shares.
+    """
     self_counts: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     areas: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = idle = in_threads = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -94,7 +110,12 @@ def analyse(raw: Path, top: int = 15) -> dict[str, Any]:
         frames = [f for f in stack.split(";") if f and not f.startswith("process ") and not f.startswith("thread ")]
         if not frames:
             continue
+        if _idle(frames[-1]):
+            idle += count
+            continue
         total += count
+        if any(_path(f).endswith("threading.py") for f in frames[:3]):
+            in_threads += count
         self_counts[_short(frames[-1])] += count
         areas[_area(_path(frames[-1]))] += count
         for name in {_short(f) for f in frames}:
@@ -105,6 +126,8 @@ def analyse(raw: Path, top: int = 15) -> dict[str, Any]:
 
     return {
         "samples": total,
+        "idle_samples_left_out": idle,
+        "pct_in_executor_threads": round(100 * in_threads / total, 1) if total else 0.0,
         "self_pct": share(self_counts, top),
         "inclusive_pct": share(inclusive, top * 2),
         "area_self_pct": share(areas, 20),
@@ -113,7 +136,10 @@ def analyse(raw: Path, top: int = 15) -> dict[str, Any]:
 
 
 def format_summary(title: str, summary: dict[str, Any], top: int = 12) -> str:
-    lines = [f"== profile: {title} ({summary['samples']} on-CPU samples; {summary['file']})"]
+    lines = [
+        f"== profile: {title}: {summary['samples']} busy samples ({summary['idle_samples_left_out']} idle ones left "
+        f"out; {summary['pct_in_executor_threads']}% in executor threads) from {summary['file']}"
+    ]
     lines.append("  CPU by area (self): " + ", ".join(f"{a} {p}%" for a, p in summary["area_self_pct"]))
     lines.append("  top self:")
     lines += [f"    {p:5.1f}%  {name}" for name, p in summary["self_pct"][:top]]

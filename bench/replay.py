@@ -18,6 +18,8 @@ from bench.common import (
     Target,
     clients,
     floats,
+    io_per,
+    io_stats,
     median,
     queues_idle,
     wait_until,
@@ -30,22 +32,26 @@ async def _has(c: Clients, key: str, n: int) -> bool:
     return int(await c.marks.llen(key)) >= n  # type: ignore[misc]
 
 
-async def stepq_loop(c: Clients, key: str, n: int, watch: list[Proc]) -> float:
-    """Seconds from the first step's start to the final invocation of an n-step loop."""
+async def stepq_loop(c: Clients, key: str, n: int, watch: list[Proc]) -> tuple[float, dict[str, float]]:
+    """Seconds from the first step's start to the final invocation of an n-step loop; Redis I/O per step."""
+    before = await io_stats(c.redis)
     await c.send("bench/loop", {"n": n, "key": key})
-    await wait_until(lambda: _has(c, key, 2), 60 + n * 0.2, f"a {n}-step loop", interval=0.02, watch=watch)
+    await wait_until(lambda: _has(c, key, 2), 60 + n * 0.2, f"a {n}-step loop", interval=0.05, watch=watch)
     await wait_until(lambda: queues_idle(c.redis), 30, "the run to finish", watch=watch)
+    io = io_per(before, await io_stats(c.redis), n)
     start, end = await floats(c.marks, key)
-    return end - start
+    return end - start, io
 
 
-async def arq_chain(c: Clients, key: str, n: int, watch: list[Proc]) -> float:
-    """Seconds from the first to the last start of a chain of n+1 raw arq jobs."""
+async def arq_chain(c: Clients, key: str, n: int, watch: list[Proc]) -> tuple[float, dict[str, float]]:
+    """Seconds from the first to the last start of a chain of n+1 raw arq jobs; Redis I/O per hop."""
+    before = await io_stats(c.redis)
     await c.arq.enqueue_job("hop", key, 0, n, False)
-    await wait_until(lambda: _has(c, key, 2), 60 + n * 0.2, f"a {n}-hop arq chain", interval=0.02, watch=watch)
+    await wait_until(lambda: _has(c, key, 2), 60 + n * 0.2, f"a {n}-hop arq chain", interval=0.05, watch=watch)
     await wait_until(lambda: queues_idle(c.redis), 30, "the chain to finish", watch=watch)
+    io = io_per(before, await io_stats(c.redis), n)
     start, end = await floats(c.marks, key)
-    return end - start
+    return end - start, io
 
 
 async def run(env: Env) -> BenchResult:
@@ -53,6 +59,7 @@ async def run(env: Env) -> BenchResult:
     small, big = env.size(100, 20), env.size(1000, 200)
     rounds = {small: env.size(3, 2), big: env.size(2, 1)}
     seconds: dict[str, dict[int, list[float]]] = {"stepq": {small: [], big: []}, "arq": {small: [], big: []}}
+    io: dict[str, dict[int, dict[str, float]]] = {"stepq": {}, "arq": {}}
     async with env.redis(NAME) as server, clients(server) as c:
         watch = await env.arq_workers(server) + await env.stepq_workers(server)
         await stepq_loop(c, "warm:stepq", 5, watch)
@@ -63,7 +70,8 @@ async def run(env: Env) -> BenchResult:
                     continue
                 for system in ("stepq", "arq") if r % 2 == 0 else ("arq", "stepq"):
                     measure = stepq_loop if system == "stepq" else arq_chain
-                    seconds[system][n].append(await measure(c, f"{system}:{n}:{r}", n, watch))
+                    took, io[system][n] = await measure(c, f"{system}:{n}:{r}", n, watch)
+                    seconds[system][n].append(took)
         if env.profile_dir is not None:
             from bench.profiling import PySpy, analyse
 
@@ -81,6 +89,7 @@ async def run(env: Env) -> BenchResult:
         "rounds": {str(n): r for n, r in rounds.items()},
         "seconds": {s: {str(n): [round(x, 4) for x in v] for n, v in by_n.items()} for s, by_n in seconds.items()},
         "ms_per_step": {s: {str(n): round(1000 * med[s][n] / n, 3) for n in (small, big)} for s in med},
+        "redis_io_per_step_last_round": {s: {str(n): v for n, v in by_n.items()} for s, by_n in io.items()},
         "stepq_extra_ms_per_step_at_big": round(1000 * (med["stepq"][big] / big - med["stepq"][small] / small), 3),
     }
     result.metrics = [

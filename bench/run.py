@@ -163,6 +163,7 @@ async def suite(args: argparse.Namespace) -> tuple[list[BenchResult], dict[str, 
     for name in args.names:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         began = time.monotonic()
+        load_before = os.getloadavg()[0]
         limit = BENCHMARKS[name] / (2 if args.quick else 1)
         module = importlib.import_module(f"bench.{name}")
         try:
@@ -174,6 +175,7 @@ async def suite(args: argparse.Namespace) -> tuple[list[BenchResult], dict[str, 
         except Exception as exc:
             result = BenchResult(name, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
         result.seconds = time.monotonic() - began
+        result.details["loadavg_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         failed |= result.error is not None
         results.append(result)
         status = "ERROR: " + result.error if result.error else "ok"
