@@ -1,13 +1,18 @@
-"""step.invoke: the parent gets the child's output, the child's failure as a StepError, or the
-invoke's timeout as a StepError named InngestInvokeTimeoutError."""
+"""One function starting another: step.invoke (the parent gets the child's output, the child's
+failure as a StepError, or the invoke's timeout as a StepError named InngestInvokeTimeoutError), and
+step.send_event (the event it sends starts the other function once)."""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
 
 from redis.asyncio import Redis
 
 import sdk
 from runtime.codec import unpack
-from tests.helpers import StartWorkers, run_memo, runs_of, sha1, start_run, wait_for_run
+from tests.helpers import StartWorkers, read_lines, run_memo, runs_of, sha1, start_run, wait_for_run
 
 CALL_KEY = sha1("call")
 
@@ -82,3 +87,29 @@ async def test_invoke_timeout_raises_step_error_in_the_parent(
     # Its late result does not overwrite the parent's memo.
     memo = unpack((await run_memo(redis, run_id))[CALL_KEY])
     assert memo["error"]["name"] == "InngestInvokeTimeoutError"
+
+
+async def test_send_event_starts_the_other_function_once(
+    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """``announcer`` sends ``app/ping`` in a step, then re-enters twice for two more steps: the send
+    is memoized, so ``pinged`` runs exactly once."""
+    start_workers("senders")
+    log = tmp_path / "pings.log"
+    run_id = await start_run(sender, redis, "announcer", "test/announce", {"log": str(log)})
+
+    done = await wait_for_run(redis, run_id)
+
+    assert done.status == "completed", done.error
+    assert done.output is not None and done.output["two"] == 2
+    [sent_id] = done.output["ids"]
+    deadline = time.monotonic() + 15
+    while not (pinged := await runs_of(redis, "pinged")) or pinged[0].status != "completed":
+        assert time.monotonic() < deadline, f"pinged did not complete: {pinged}"
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(1.0)  # a resent event would have started another run by now
+    [ping] = await runs_of(redis, "pinged")
+    assert ping.event_ids == [sent_id]
+    assert ping.output == sent_id
+    assert read_lines(log) == [f"{ping.run_id} {sent_id}"]
+    assert [s.name for s in done.steps] == ["ping", "one", "two"]
