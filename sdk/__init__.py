@@ -28,6 +28,7 @@ from sdk.event import Event
 from sdk.function import Function
 from sdk.opcodes import Op, Opcode, hash_step_id
 from sdk.retry import Backoff
+from sdk.serve import serve as serve
 from sdk.triggers import TriggerCron, TriggerEvent
 
 __all__ = [
