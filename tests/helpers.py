@@ -142,6 +142,27 @@ async def all_invocations(worker: WorkerProcess, run_id: str, timeout: float = 1
         await asyncio.sleep(0.01)
 
 
+async def running_jobs(redis: Redis) -> list[bytes]:
+    """arq's in-progress locks: one per job a worker is running."""
+    return [key async for key in redis.scan_iter(match=keys.ARQ_IN_PROGRESS + "*")]
+
+
+async def wait_until_idle(redis: Redis, timeout: float = 5.0) -> None:
+    """Wait until no worker runs a job (a run's status changes inside the job that changes it)."""
+    deadline = time.monotonic() + timeout
+    while await running_jobs(redis):
+        assert time.monotonic() < deadline, f"jobs still running after {timeout} s: {await running_jobs(redis)}"
+        await asyncio.sleep(0.01)
+
+
+async def wait_for_empty_queue(redis: Redis, app_id: str, timeout: float = 5.0) -> None:
+    """Wait until the app's queue holds no job; fail with what it holds."""
+    deadline = time.monotonic() + timeout
+    while queued := await redis.zrange(keys.queue(app_id), 0, -1, withscores=True):
+        assert time.monotonic() < deadline, f"{keys.queue(app_id)} still holds {queued} after {timeout} s"
+        await asyncio.sleep(0.01)
+
+
 def read_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 

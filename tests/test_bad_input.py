@@ -15,7 +15,7 @@ from runtime import keys
 from runtime.queries import get_run, list_runs
 from runtime.registry import Registry
 from tests.apps import bad
-from tests.helpers import StartWorkers, WorkerProcess, start_run, wait_for_run
+from tests.helpers import StartWorkers, WorkerProcess, start_run, wait_for_empty_queue, wait_for_run
 
 APP = "t-bad"
 
@@ -146,7 +146,7 @@ async def test_raw_job_naming_an_unknown_function_is_dropped_with_an_error_log(
     view = await wait_for_run(redis, echo_run)
     assert (view.status, view.output) == ("completed", {"said": "still here"})
     assert worker.alive()
-    assert await redis.zcard(keys.queue(APP)) == 0
+    await wait_for_empty_queue(redis, APP)
     assert await redis.exists(keys.ARQ_JOB + "stray-1") == 0
     # Logged as the worker logs everything else: a JSON line, at error level.
     assert isinstance(logged, dict), f"not a structured log line: {logged!r}"
@@ -175,5 +175,5 @@ async def test_job_for_a_function_the_worker_does_not_serve_is_dropped_with_an_e
     view = await wait_for_run(redis, echo_run)
     assert (view.status, view.output) == ("completed", {"said": "still here"})
     assert worker.alive()
-    assert await redis.zcard(keys.queue(APP)) == 0
+    await wait_for_empty_queue(redis, APP)
     print(f"the unserved run after its job was dropped: {await get_run(redis, ghost_run, with_steps=False)}")

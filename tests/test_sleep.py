@@ -12,21 +12,19 @@ from redis.asyncio import Redis
 import sdk
 from runtime import keys
 from runtime.queries import get_run
-from tests.helpers import StartWorkers, invocations, read_lines, run_memo, sha1, start_run, wait_for_run
+from tests.helpers import (
+    StartWorkers,
+    invocations,
+    read_lines,
+    run_memo,
+    running_jobs,
+    sha1,
+    start_run,
+    wait_for_run,
+    wait_until_idle,
+)
 
 APP = "t-sleeps"
-
-
-async def running_jobs(redis: Redis) -> list[bytes]:
-    """arq's in-progress locks: one per job a worker is running."""
-    return [key async for key in redis.scan_iter(match=keys.ARQ_IN_PROGRESS + "*")]
-
-
-async def wait_until_idle(redis: Redis, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while await running_jobs(redis):
-        assert time.monotonic() < deadline, f"jobs still running after {timeout} s: {await running_jobs(redis)}"
-        await asyncio.sleep(0.01)
 
 
 def times(lines: list[str], what: str) -> list[float]:
