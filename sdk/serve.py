@@ -341,7 +341,7 @@ class ServeHandler:
                     401,
                     "unauthorized",
                     f"Unauthorized: {exc.message}",
-                    body={"message": "Unauthorized", "error": exc.message},
+                    name="UnauthorizedError",
                 ) from None
             return None
 

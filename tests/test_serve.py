@@ -458,16 +458,19 @@ async def test_production_mode_refuses_missing_bad_and_stale_signatures() -> Non
     cases = {
         "missing": {},
         "malformed": {"X-Inngest-Signature": "garbage"},
-        "wrong key": {"X-Inngest-Signature": sign(body, OTHER, now)},
-        "other body": {"X-Inngest-Signature": sign(body + b" ", KEY, now)},
-        "stale": {"X-Inngest-Signature": sign(body, KEY, now - 301)},
-        "future": {"X-Inngest-Signature": sign(body, KEY, now + 301)},
+        "does not match": {"X-Inngest-Signature": sign(body, OTHER, now)},
+        "does not match ": {"X-Inngest-Signature": sign(body + b"x", KEY, now)},
+        "s old": {"X-Inngest-Signature": sign(body, KEY, now - 301)},
+        "in the future": {"X-Inngest-Signature": sign(body, KEY, now + 301)},
     }
     async with asgi_client(prod_app()) as http:
         for name, headers in cases.items():
             response = await http.post(url("two-steps"), content=body, headers=headers)
+            assert name.strip() in response.json()["message"], response.json()
+            response = await http.post(url("two-steps"), content=body, headers=headers)
             assert response.status_code == 401, name
-            assert response.json()["message"] == "Unauthorized"
+            assert response.json()["name"] == "UnauthorizedError"
+            assert response.json()["message"].startswith("Unauthorized: "), name
             assert "x-inngest-signature" not in response.headers
             assert response.headers["x-inngest-sdk"] == SDK_NAME
 
