@@ -105,17 +105,6 @@ class ApiSettings:
         )
 
 
-def sdk_bearer_matches(token: str, signing_key: str) -> bool:
-    """An SDK's ``Bearer`` token: the hashed signing key, with (JS) or without (Python) its prefix."""
-    from sdk.signing import hash_signing_key
-
-    hashed = hash_signing_key(signing_key)
-    prefix = (
-        signing_key[: len(signing_key) - len(signing_key.split("-")[-1])] if signing_key.startswith("signkey-") else ""
-    )
-    return any([hmac.compare_digest(token.encode(), c.encode()) for c in (hashed, prefix + hashed)])
-
-
 def _positive_env(name: str, default: int) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -218,8 +207,9 @@ def create_app(
     def signed_in(request: Request) -> bool:
         if dev:
             return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and signing_key is not None and sdk_bearer_matches(token.strip(), signing_key)
+        from sdk.signing import bearer_matches
+
+        return signing_key is not None and bearer_matches(request.headers.get("authorization"), [signing_key])
 
     def unauthorized() -> Response:
         return JSONResponse({"error": "send Authorization: Bearer <hashed signing key>"}, 401)

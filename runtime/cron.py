@@ -255,6 +255,8 @@ class _CronFunction:
     slug: str
     app_id: str
     schedules: list[Schedule]
+    #: The queue its runs go to: the app's own, or ``@http`` for functions served over HTTP.
+    queue_id: str = ""
 
     def latest(self, now_ms: int) -> tuple[int, Schedule] | None:
         """The newest tick of any of the function's schedules at or before ``now_ms``."""
@@ -269,7 +271,8 @@ class _CronFunction:
 class CronScheduler:
     """Fires the due ticks of a set of cron functions; one per worker process, called every second.
 
-    ``functions`` are ``(slug, app_id, cron_text)``; a function with several cron triggers fires on
+    ``functions`` are ``(slug, app_id, cron_text)``, or ``(slug, app_id, cron_text, queue_id)`` for
+    functions whose runs do not go to their app's queue; a function with several cron triggers fires on
     the union of their ticks (a tick shared by two fires once). When no tick is new since the last
     call, ``fire_due`` does not touch Redis; when one is, it reads ``last`` (one round trip) and, if
     the tick is due, claims it and records it (two pipelines), once per tick per process.
@@ -278,7 +281,7 @@ class CronScheduler:
     def __init__(
         self,
         store: RunStore,
-        functions: Sequence[tuple[str, str, str]],
+        functions: Sequence[tuple[str, ...]],
         *,
         catch_up: dt.timedelta = DEFAULT_CATCH_UP,
         first_seen_grace: dt.timedelta = FIRST_SEEN_GRACE,
@@ -288,11 +291,12 @@ class CronScheduler:
             raise ValueError(f"cron catch-up must not be negative, got {catch_up}")
         self.store = store
         self.redis = redis if redis is not None else store.redis
+        self.catch_up = catch_up
         self.catch_up_ms = int(catch_up.total_seconds() * 1000)
         self.first_seen_grace_ms = int(first_seen_grace.total_seconds() * 1000)
         grouped: dict[str, _CronFunction] = {}
-        for slug, app_id, text in functions:
-            entry = grouped.setdefault(slug, _CronFunction(slug, app_id, []))
+        for slug, app_id, text, *queue in functions:
+            entry = grouped.setdefault(slug, _CronFunction(slug, app_id, [], queue[0] if queue else app_id))
             schedule = parse_schedule(text)
             if schedule not in entry.schedules:
                 entry.schedules.append(schedule)
@@ -352,6 +356,7 @@ class CronScheduler:
                     run_id=new_ulid(now_ms),
                     fn_slug=fn.slug,
                     app_id=fn.app_id,
+                    queue_id=fn.queue_id,
                     events=[events[fn.slug]],
                     dedupe_key=tick_event_id(fn.slug, tick),
                     pipe=pipe,

@@ -98,9 +98,31 @@ def _function(app_id: str, raw: Any, where: str) -> dict[str, Any]:
         "url": url,
         "flow": {k: raw[k] for k in FLOW_CONTROL if raw.get(k) is not None},
     }
+    if isinstance(raw.get("backoff"), dict):  # stepq's SDK says how long to wait between attempts
+        config["backoff"] = _backoff(raw["backoff"], f"{where}.backoff")
     if len(config["cancel"]) > MAX_CANCELS:
         raise FunctionConfigError(f"{where}.cancel: at most {MAX_CANCELS} rules")
     return config
+
+
+def _backoff(raw: dict[str, Any], where: str) -> dict[str, float]:
+    from sdk.retry import Backoff
+
+    try:
+        policy = Backoff.of(
+            raw.get("initial", 1.0),
+            factor=float(raw.get("factor", 2.0)),
+            maximum=raw.get("maximum", 600.0),
+            jitter=float(raw.get("jitter", 0.2)),
+        )
+    except (ValueError, TypeError) as exc:
+        raise FunctionConfigError(f"{where}: {exc}") from None
+    return {
+        "initial": policy.initial.total_seconds(),
+        "factor": policy.factor,
+        "maximum": policy.maximum.total_seconds(),
+        "jitter": policy.jitter,
+    }
 
 
 def _list(raw: dict[str, Any], field: str, where: str) -> list[Any]:

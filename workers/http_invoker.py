@@ -22,6 +22,7 @@ import structlog
 from sdk.durations import parse_iso
 from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from sdk.opcodes import Opcode
+from sdk.signing import canonical_json, sign
 from workers.remote import RemoteFunction
 
 log = structlog.get_logger("stepq.http")
@@ -69,8 +70,6 @@ class HttpInvoker:
             "X-Inngest-Server-Kind": "cloud" if self.signing_key else "dev",
         }
         if self.signing_key:
-            from sdk.signing import sign
-
             headers["X-Inngest-Signature"] = sign(body, self.signing_key, int(time.time()))
         try:
             async with self._client.stream("POST", url, content=body, headers=headers) as response:
@@ -103,14 +102,15 @@ class HttpInvoker:
             "version": 2,
             "use_api": False,
         }
-        encoded = json.dumps(payload, separators=(",", ":")).encode()
+        # Canonical JSON (RFC 8785), as Inngest's executor sends: SDKs verify signatures over it.
+        encoded = canonical_json(payload)
         if len(encoded) > self.max_request_bytes:
             payload["steps"] = {}
             payload["use_api"] = ctx["use_api"] = True
-            encoded = json.dumps(payload, separators=(",", ":")).encode()
+            encoded = canonical_json(payload)
             if len(encoded) > self.max_request_bytes:
                 payload["events"] = []
-                encoded = json.dumps(payload, separators=(",", ":")).encode()
+                encoded = canonical_json(payload)
         return encoded
 
     async def _read(self, response: httpx.Response) -> bytes:

@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,6 +48,8 @@ log = structlog.get_logger("stepq.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 #: How often a worker looks for due cron ticks (checks between ticks cost no Redis call).
 CRON_CHECK_S = 0.1
+#: How often a worker serving HTTP functions re-reads which of them have cron triggers.
+CRON_REFRESH_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -120,10 +123,18 @@ class StepqWorker(Worker):
     """arq's Worker with leases, draining and reconnects (see the module docstring)."""
 
     def __init__(
-        self, *args: Any, options: WorkerOptions, store: RunStore, cron: CronScheduler | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        options: WorkerOptions,
+        store: RunStore,
+        cron: CronScheduler | None = None,
+        cron_source: Callable[[], Awaitable[list[tuple[str, ...]]]] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.cron = cron
+        #: Re-reads the cron functions now and then (functions served over HTTP).
+        self.cron_source = cron_source
         self.functions = _Functions(self.functions)
         self.options = options
         self.store = store
@@ -143,7 +154,7 @@ class StepqWorker(Worker):
             asyncio.create_task(self._renew_leases(), name="stepq-leases"),
             asyncio.create_task(self._sweep_timers(), name="stepq-timers"),
         ]
-        if self.cron is not None and self.cron.functions:
+        if self.cron is not None and (self.cron.functions or self.cron_source is not None):
             self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
         try:
             self.ctx["redis"] = self.pool
@@ -234,9 +245,14 @@ class StepqWorker(Worker):
     async def _fire_cron(self) -> None:
         """Start the runs of due cron ticks; every worker does, and each tick's claim admits one run."""
         assert self.cron is not None
+        refreshed = 0.0
         while True:
             await asyncio.sleep(CRON_CHECK_S)
             try:
+                if self.cron_source is not None and time.monotonic() - refreshed > CRON_REFRESH_S:
+                    # functions served over HTTP come and go with their apps' syncs
+                    self.cron = CronScheduler(self.store, await self.cron_source(), catch_up=self.cron.catch_up)
+                    refreshed = time.monotonic()
                 if await self.cron.fire_due():
                     self.wake()
             except RedisError as exc:
@@ -307,7 +323,7 @@ def build_http_worker(
         options,
         limits=limits,
         register=None,
-        crons=[],
+        crons=None,
         handle_signals=handle_signals,
     )
 
@@ -321,9 +337,10 @@ def _build(
     *,
     limits: Limits | None,
     register: Callable[[Registry], Awaitable[str]] | None,
-    crons: list[tuple[str, str, str]],
+    crons: list[tuple[str, str, str]] | None,
     handle_signals: bool,
 ) -> StepqWorker:
+    """``crons``: the cron triggers of imported functions; None reads those of HTTP-served ones."""
     options = options or WorkerOptions.from_env()
     pool = ArqRedis(
         connection_pool=make_pool(redis_url),
@@ -369,10 +386,23 @@ def _build(
         log_results=False,
         options=options,
         store=store,
-        cron=CronScheduler(store, crons, catch_up=dt.timedelta(seconds=options.cron_catch_up_s)) if crons else None,
+        cron=CronScheduler(store, crons or [], catch_up=dt.timedelta(seconds=options.cron_catch_up_s)),
+        cron_source=(lambda: http_crons(registry)) if crons is None else None,
     )
     executor.on_next_job = worker.wake
     return worker
+
+
+async def http_crons(registry: Registry) -> list[tuple[str, ...]]:
+    """``(slug, app_id, cron, queue)`` for the cron triggers of functions served over HTTP."""
+    out: list[tuple[str, ...]] = []
+    for record in await registry.functions():
+        if record.config.get("queue") != keys.HTTP_QUEUE_ID:
+            continue
+        for trigger in record.config.get("triggers", []):
+            if trigger.get("cron"):
+                out.append((record.slug, record.app_id, trigger["cron"], keys.HTTP_QUEUE_ID))
+    return out
 
 
 def _redact(url: str) -> str:
