@@ -1,0 +1,198 @@
+"""Processes for the tests of functions served over HTTP: ``stepq api``, ``stepq worker --http`` and
+apps under uvicorn, each a subprocess on a free loopback port with its output captured to files.
+
+These stacks are shared by a module's (or a class's) tests, so they do not use the ``redis`` fixture
+(which flushes the database before every test and would drop the apps' registrations): a stack
+flushes the test database once, when it starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis as sync_redis
+
+from tests.helpers import REDIS_URL, ROOT
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the kernel's choice, released at once)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flush_test_db() -> None:
+    client = sync_redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+#: Settings a developer's shell may carry that would change what these processes do.
+_LEAKY = ("STEPQ_DEV", "STEPQ_SIGNING_KEY", "STEPQ_EVENT_KEYS", "STEPQ_STEP_TIMEOUT", "STEPQ_REDIS_URL")
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without Inngest's settings and stepq's mode/key settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_") and k not in _LEAKY}
+
+
+class Service:
+    """One subprocess (an API, a worker, an app), stdout and stderr captured to files."""
+
+    def __init__(self, name: str, argv: list[str], directory: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.stdout_path = directory / f"{name}.stdout"
+        self.stderr_path = directory / f"{name}.stderr"
+        full_env = {**clean_environ(), "PYTHONUNBUFFERED": "1", "STEPQ_LOG_LEVEL": "info", **(env or {})}
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The structured (JSON) lines this process wrote to stderr."""
+        out = []
+        for line in self.stderr().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    out.append(json.loads(line))
+        return out
+
+    def output(self) -> str:
+        out, err = self.stdout()[-4000:], self.stderr()[-6000:]
+        return f"--- {self.name} stdout ---\n{out}\n--- {self.name} stderr ---\n{err}"
+
+    def _check_alive(self) -> None:
+        if not self.alive():
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
+
+    def wait_http(self, url: str, timeout: float = 30.0) -> httpx.Response:
+        """Block until ``url`` answers a GET (any status)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            try:
+                return httpx.get(url, timeout=2.0)
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    message = f"{self.name} did not answer {url} within {timeout} s:\n{self.output()}"
+                    raise AssertionError(message) from None
+                time.sleep(0.05)
+
+    def wait_log(self, event: str, timeout: float = 30.0) -> None:
+        """Block until a structured log line with this ``event`` appears."""
+        deadline = time.monotonic() + timeout
+        while not any(entry.get("event") == event for entry in self.logs()):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name} logged no {event!r} within {timeout} s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def start_api(directory: Path, *, dev: bool = True, env: dict[str, str] | None = None, name: str = "api") -> Service:
+    """``stepq api`` on a free port; ``.url`` is its origin. Ready when ``/health`` answers 200."""
+    port = free_port()
+    argv = [sys.executable, "-m", "workers.cli", "api", "--port", str(port), "--redis-url", REDIS_URL]
+    if dev:
+        argv.append("--dev")
+    service = Service(name, argv, directory, env)
+    service.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    response = service.wait_http(f"{service.url}/health")  # type: ignore[attr-defined]
+    assert response.status_code == 200, f"stepq api is not healthy: {response.text}\n{service.output()}"
+    return service
+
+
+def start_http_worker(directory: Path, *, env: dict[str, str] | None = None, name: str = "http-worker") -> Service:
+    """``stepq worker --http``, ready once it logged ``worker.started``."""
+    argv = [sys.executable, "-m", "workers.cli", "worker", "--http", "--redis-url", REDIS_URL]
+    service = Service(name, argv, directory, env)
+    service.wait_log("worker.started")
+    return service
+
+
+def start_asgi_app(
+    target: str, directory: Path, *, env: dict[str, str] | None = None, path: str = "/api/inngest", name: str = "app"
+) -> Service:
+    """``uvicorn <module:attr>`` on a free port; ``.url`` is the serve URL (origin + ``path``)."""
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "uvicorn", target,
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    service = Service(name, argv, directory, env)
+    service.origin = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    service.url = f"{service.origin}{path}"  # type: ignore[attr-defined]
+    service.wait_http(service.url)  # type: ignore[attr-defined]
+    return service
+
+
+def sync_app(app_url: str) -> httpx.Response:
+    """What a deploy hook does: ``PUT`` the serve URL, so that the app registers with the API."""
+    return httpx.put(app_url, timeout=30.0)
+
+
+@dataclasses.dataclass
+class Stack:
+    """An API, an HTTP worker and an app, started together and stopped together."""
+
+    api: Service
+    worker: Service
+    app: Service
+    directory: Path
+
+    @property
+    def api_url(self) -> str:
+        return str(self.api.url)  # type: ignore[attr-defined]
+
+    def services(self) -> list[Service]:
+        return [self.app, self.worker, self.api]
+
+    def output(self) -> str:
+        return "\n".join(s.output() for s in self.services())
+
+    def stop(self) -> None:
+        for service in self.services():
+            service.stop()
+
+
+def stepq_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``stepq <args>`` against the test database."""
+    return subprocess.run(
+        [sys.executable, "-m", "workers.cli", *args, "--redis-url", REDIS_URL],
+        cwd=ROOT,
+        env={**clean_environ(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
