@@ -1,12 +1,9 @@
 -- Cancel a run: no further steps; its delayed jobs, waits and timers are dropped.
 -- ARGV: run_id, now_ms, retention_s, error_blob
 local run = run_part(ARGV[1], 'run')
-local status = redis.call('HGET', run, 'status')
-if not status then
-  return 'missing'
-end
-if TERMINAL[status] then
-  return 'done'
+local why = refuse(run, 'fence', '')
+if why then
+  return why
 end
 redis.call('HSET', run, 'status', 'cancelled', 'error', ARGV[4], 'ended', ARGV[2])
 close_run(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))

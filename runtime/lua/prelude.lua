@@ -94,15 +94,9 @@ end
 -- resolve enqueues the run's next job (prepared when the steps were reported).
 local function resolve_pending(run_id, key, value, name, now, fence_field, fence)
   local run = run_part(run_id, 'run')
-  local status = redis.call('HGET', run, 'status')
-  if not status then
-    return 'missing'
-  end
-  if TERMINAL[status] then
-    return 'done'
-  end
-  if fence_field ~= '' and redis.call('HGET', run, fence_field) ~= fence then
-    return 'fenced'
+  local why = refuse(run, fence_field, fence)
+  if why then
+    return why
   end
   local pending = run_part(run_id, 'pending')
   if redis.call('SISMEMBER', pending, key) == 0 then
