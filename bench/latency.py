@@ -99,7 +99,7 @@ async def run(env: Env) -> BenchResult:
 
             spy = PySpy(stepq_workers[0].pid, env.profile_dir / "latency-stepq-worker.txt")
             try:
-                for r in range(3):
+                for r in range(10):
                     await stepq_chain(c, f"profile:{r}", steps, watch)
             finally:
                 spy.stop()

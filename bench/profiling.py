@@ -4,7 +4,13 @@
 throughput cases (after their measured rounds, so sampling cannot skew a figure), writes the raw
 collapsed stacks under ``bench/results/profiles/`` and summarizes them: the functions that use the
 most CPU themselves (self), the functions under which most CPU is spent (inclusive), and CPU by area
-(stepq's packages, arq, redis-py, asyncio, ...). Samples of waiting threads are left out.
+(stepq's packages, arq, redis-py, asyncio, ...).
+
+Only samples of a thread holding the GIL are taken (``--gil``): on a busy machine a process that
+wakes Redis with a socket write is often preempted inside that write, and py-spy would count the
+time it then waits for a CPU as time spent writing. So the profile shows Python's own CPU work; the
+cost of round trips to Redis is counted separately (Redis reads and bytes per step in the JSON).
+Samples whose leaf is a wait are left out as well.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ class PySpy:
         self.out = out
         argv = [
             pyspy_binary(), "record", "--pid", str(pid), "--rate", str(rate),
-            "--format", "raw", "--full-filenames", "--output", str(out),
+            "--format", "raw", "--full-filenames", "--gil", "--output", str(out),
         ]  # fmt: skip
         self.proc = Proc(f"py-spy-{pid}", argv, out.with_suffix(".log"))
 

@@ -215,7 +215,14 @@ def main(argv: list[str] | None = None) -> int:
             for key, summary in r.details.get("profiles", {}).items():
                 print()
                 print(format_summary(f"{r.name}: {key}", summary))
-    print(f"\n{info['mode']} run, {info['seconds']} s, {info['cpus']} CPUs, redis {info['redis_server']}; wrote {out}")
+    loads = [x for r in results for x in r.details.get("loadavg_1min_before_after", [])]
+    load = f"load average {min(loads):.1f}-{max(loads):.1f}" if loads else "load average unknown"
+    print(
+        f"\n{info['mode']} run of {info['source']}: {info['seconds']} s, {info['cpus']} CPUs ({load}), "
+        f"redis {info['redis_server']}; wrote {out}"
+    )
+    if loads and max(loads) > (info["cpus"] or 1):
+        print("the machine was busy with other work: compare the ratios, not the absolute figures")
     return 1 if any(r.error for r in results) else 0
 
 
