@@ -48,11 +48,31 @@ async def _breakdown(c: Clients) -> dict[str, Any]:
     names = [k async for k in c.redis.scan_iter(match=f"*{view.run_id}*", count=1000)]
     names += [f"stepq:event:{e}".encode() for e in view.event_ids]
     sizes: dict[str, int] = {}
+    fields: dict[str, dict[str, int]] = {}
     for name in names:
         usage = await c.redis.memory_usage(name, samples=0)
-        if usage is not None:
-            sizes[name.decode().replace(view.run_id, "<run>")] = int(usage)
-    return {"status": view.status, "keys": sizes, "keys_total": sum(sizes.values())}
+        if usage is None:
+            continue
+        label = name.decode().replace(view.run_id, "<run>")
+        sizes[label] = int(usage)
+        kind = (await c.redis.type(name)).decode()
+        encoding = (await c.redis.object("encoding", name)).decode()
+        label_kind = f"{label} ({kind}, {encoding})"
+        if kind == "hash":
+            raw = await c.redis.hgetall(name)  # type: ignore[misc]
+            fields[label_kind] = {k.decode(): len(v) for k, v in raw.items()}
+        else:
+            fields[label_kind] = {"value_bytes": int(await c.redis.strlen(name)) if kind == "string" else -1}
+    zsets: dict[str, int] = {}
+    async for key in c.redis.scan_iter(_type="zset"):
+        zsets[key.decode()] = int(await c.redis.zcard(key))
+    return {
+        "status": view.status,
+        "keys": sizes,
+        "keys_total": sum(sizes.values()),
+        "fields_and_value_lengths": fields,
+        "zsets_with_one_entry_per_run": zsets,
+    }
 
 
 async def run(env: Env) -> BenchResult:
