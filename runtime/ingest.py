@@ -112,5 +112,5 @@ class Ingest:
                         pipe=pipe,
                     )
             await pipe.execute()
-        await matching.deliver(self.store, [e.to_dict() for e in stored])
+        await matching.deliver(self, [e.to_dict() for e in stored])
         return ids

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from runtime import keys, store, waits
+from runtime import keys, lifecycle, store, waits
 from runtime.codec import unpack
-from runtime.store import RunStore, now_ms
+from runtime.store import now_ms
+
+if TYPE_CHECKING:
+    from runtime.ingest import Ingest
 
 log = structlog.get_logger("stepq.matching")
 
@@ -24,32 +27,33 @@ async def record_recent(pipe: Any, name: str, event_id: str, at_ms: int) -> None
     pipe.pexpire(waits.recent(name), LOOK_BACK_MS * 2)
 
 
-async def deliver(run_store: RunStore, events: Sequence[dict[str, Any]]) -> int:
+async def deliver(ingest: Ingest, events: Sequence[dict[str, Any]]) -> int:
     """Resolve the waits and fire the cancellation rules these events satisfy; returns how many."""
     delivered = 0
     at = now_ms()
-    found = await waits.candidates(run_store.redis, events)
+    found = await waits.candidates(ingest.redis, events)
     for event, records in zip(events, found, strict=True):
         for record in records:
             if waits.matches(record, event, at):
-                delivered += await apply(run_store, record, event)
+                delivered += await apply(ingest, record, event)
     return delivered
 
 
-async def apply(run_store: RunStore, record: waits.WaitRecord, event: dict[str, Any]) -> int:
+async def apply(ingest: Ingest, record: waits.WaitRecord, event: dict[str, Any]) -> int:
     """Act on one matched wait: resolve the step with the event, or cancel the run."""
     if record.kind == waits.KIND_CANCEL:
-        outcome = await store.cancel(run_store, record.run_id, f"cancelled by event {event['name']!r} ({event['id']})")
-        log.info("run.cancelled", run_id=record.run_id, event=event["name"], outcome=outcome.value)
+        reason = f"cancelled by event {event['name']!r} ({event['id']})"
+        outcome = await lifecycle.cancel(ingest, record.run_id, reason)
+        log.info("run.cancelled", run_id=record.run_id, event_name=event["name"], outcome=outcome.value)
         return int(outcome is store.Outcome.OK)
-    outcome_text = await store.resolve(run_store, record.run_id, record.key, event, name="")
+    outcome_text = await store.resolve(ingest.store, record.run_id, record.key, event, name="")
     log.debug("wait.resolved", run_id=record.run_id, key=record.key, outcome=outcome_text)
     return int(outcome_text in ("ok", "joined"))
 
 
-async def look_back(run_store: RunStore, record: waits.WaitRecord, since_ms: int) -> bool:
+async def look_back(ingest: Ingest, record: waits.WaitRecord, since_ms: int) -> bool:
     """Match a just-registered wait against events of its name received since ``since_ms``."""
-    redis = run_store.redis
+    redis = ingest.redis
     ids = await redis.zrangebyscore(waits.recent(record.event), since_ms, "+inf")
     if not ids:
         return False
@@ -60,5 +64,5 @@ async def look_back(run_store: RunStore, record: waits.WaitRecord, since_ms: int
             continue
         event = unpack(blob)
         if waits.matches(record, event, at):
-            return await apply(run_store, record, event) > 0
+            return await apply(ingest, record, event) > 0
     return False

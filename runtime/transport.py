@@ -59,11 +59,11 @@ class RedisTransport:
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run; False when it had already ended (or does not exist)."""
-        from runtime import store
+        from runtime import lifecycle, store
 
         if self._ingest is None:
             self._ingest = self._make_ingest()
-        outcome = await store.cancel(self._ingest.store, run_id, reason)
+        outcome = await lifecycle.cancel(self._ingest, run_id, reason)
         return outcome is store.Outcome.OK
 
     async def aclose(self) -> None:

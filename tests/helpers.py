@@ -229,9 +229,14 @@ async def start_runs(
 
 
 async def queued_jobs(redis: Redis, app_id: str, run_id: str) -> list[str]:
-    """The ids of the run's jobs in its app's queue (due now or later)."""
+    """The ids of the run's jobs waiting in its app's queue (due now or later).
+
+    A job a worker is running right now is left out: arq keeps it in the queue until it returns.
+    """
     members: list[bytes] = await redis.zrange(keys.queue(app_id), 0, -1)
-    return [m.decode() for m in members if m.decode().startswith(run_id + ":")]
+    ours = [m.decode() for m in members if m.decode().startswith(run_id + ":")]
+    running = [await redis.exists(keys.ARQ_IN_PROGRESS + job_id) for job_id in ours]
+    return [job_id for job_id, busy in zip(ours, running, strict=True) if not busy]
 
 
 def all_logs(workers: Sequence[WorkerProcess]) -> list[dict[str, Any]]:

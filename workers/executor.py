@@ -18,12 +18,11 @@ from arq.worker import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime import matching, store, waits
+from runtime import lifecycle, matching, store, waits
 from runtime.ingest import Ingest
 from runtime.jobs import JobKind, JobSpec
 from runtime.registry import Registry
 from runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, now_ms
-from sdk.client import FUNCTION_FAILED, FUNCTION_FINISHED
 from sdk.durations import parse_iso, to_timedelta
 from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from sdk.errors import NonDeterminismError
@@ -93,7 +92,9 @@ class Executor:
             await self._fire_timer(job)
             return
         if job.kind is JobKind.DEADLINE:
-            cancelled = await store.cancel(self.store, job.run_id, "the run did not finish within its finish timeout")
+            cancelled = await lifecycle.cancel(
+                self.ingest, job.run_id, "the run did not finish within its finish timeout"
+            )
             log.info("run.deadline", run_id=job.run_id, outcome=cancelled.value)
             return
         loaded = await self.store.load(job, self.cache)
@@ -161,8 +162,7 @@ class Executor:
 
     async def _unknown_function(self, run: LoadedRun) -> None:
         message = (
-            f"function {run.fn_slug!r} is not defined in this worker's app "
-            f"(it serves {self.functions.describe()})"
+            f"function {run.fn_slug!r} is not defined in this worker's app (it serves {self.functions.describe()})"
         )
         log.error("function.unknown", run_id=run.run_id, function=run.fn_slug)
         error = {"name": "FunctionNotFound", "message": message, "stack": ""}
@@ -291,7 +291,7 @@ class Executor:
         for record in wait_records:
             # An event that arrived after this invocation began but before the wait was registered
             # was not matched at ingest: look back for it now.
-            if await matching.look_back(self.store, record, since_ms=at - 2_000):
+            if await matching.look_back(self.ingest, record, since_ms=at - 2_000):
                 self.on_next_job()
         return f"fan-out:{len(ops)}"
 
@@ -349,33 +349,16 @@ class Executor:
             return status + _suffix(outcome)
         self.cache.drop(run.run_id)
         self.on_next_job()  # an invoking parent may have been resumed
-        await self._emit_finished(run, status, output, error)
+        await lifecycle.run_ended(
+            self.ingest,
+            run.run_id,
+            status,
+            fn_slug=run.fn_slug,
+            event=run.events[0].to_dict(),
+            output=output,
+            error=error,
+        )
         return status
-
-    async def _emit_finished(self, run: LoadedRun, status: str, output: Any, error: Any) -> None:
-        """``stepq/function.finished`` for every end, ``stepq/function.failed`` for failures.
-
-        The event ids derive from the run id, so a duplicate emission starts no handler twice.
-        """
-        data: dict[str, Any] = {
-            "function_id": run.fn_slug,
-            "run_id": run.run_id,
-            "status": status,
-            "event": run.events[0].to_dict(),
-        }
-        if status == "completed":
-            data["result"] = output
-        else:
-            data["error"] = error
-        # Inngest's names too: failure handlers of apps written with Inngest's SDKs trigger on them.
-        names = [FUNCTION_FINISHED, "inngest/function.finished"]
-        if status == "failed":
-            names += [FUNCTION_FAILED, "inngest/function.failed"]
-        events = [Event(name=name, data=data, id=f"{name}:{run.run_id}") for name in names]
-        try:
-            await self.ingest.send(events, internal=True, only_if_wanted=True)
-        except Exception:  # the run's end is recorded; its notification is best effort
-            log.exception("run.notify_failed", run_id=run.run_id)
 
 
 def _is_divergence(result: ExecutionResult) -> bool:

@@ -7,4 +7,5 @@ if why then
 end
 redis.call('HSET', run, 'status', 'cancelled', 'error', ARGV[4], 'ended', ARGV[2])
 close_run(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+notify_parent(run, 'error', ARGV[4], tonumber(ARGV[2]))
 return 'ok'

@@ -27,4 +27,5 @@ for _ = 1, tonumber(ARGV[11] or '0') do
 end
 redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
 enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[5], ARGV[7])
+redis.call('HSET', KEYS[1], 'next_job', string.sub(KEYS[4], 9))
 return {1, ARGV[1]}

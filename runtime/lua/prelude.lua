@@ -79,8 +79,13 @@ local function close_run(run_id, now, retention_s)
       redis.call('DEL', 'arq:job:' .. job_id)
     end
   end
+  local next_job = redis.call('HGET', run, 'next_job')
+  if next_job and redis.call('EXISTS', 'arq:in-progress:' .. next_job) == 0 then
+    redis.call('ZREM', queue, next_job)
+    redis.call('DEL', 'arq:job:' .. next_job)
+  end
   redis.call('DEL', run_part(run_id, 'jobs'), run_part(run_id, 'pending'))
-  redis.call('HDEL', run, 'wake_at', 'timer', 'join_id', 'join_job')
+  redis.call('HDEL', run, 'wake_at', 'timer', 'join_id', 'join_job', 'next_job')
   for _, part in ipairs({'run', 'events', 'memo', 'stack', 'steps'}) do
     redis.call('EXPIRE', run_part(run_id, part), retention_s)
   end
@@ -120,10 +125,28 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
     local join = redis.call('HMGET', run, 'join_id', 'join_job', 'q')
     if join[1] then
       enqueue('arq:job:' .. join[1], 'arq:result:' .. join[1], 'stepq:queue:' .. join[3], join[2], now, JOB_TTL_MS)
+      redis.call('HSET', run, 'next_job', join[1])
       redis.call('HDEL', run, 'join_id', 'join_job')
     end
     redis.call('HSET', run, 'status', 'running')
     return 'joined'
   end
   return 'ok'
+end
+
+-- An invoked run's end resumes its parent: the parent's memo is {"data": output} or {"error": error},
+-- written as a one-entry msgpack map around the already-packed value.
+local function notify_parent(run_key, result_field, result_blob, now)
+  local parent = redis.call('HGET', run_key, 'parent')
+  if not parent then
+    return
+  end
+  local parent_id, key = string.match(parent, '^(.-)|(.*)$')
+  local wrapped
+  if result_field == 'output' then
+    wrapped = '\129\164data' .. result_blob
+  else
+    wrapped = '\129\165error' .. result_blob
+  end
+  resolve_pending(parent_id, key, wrapped, '', now, '', '')
 end

@@ -1,0 +1,68 @@
+"""Events about runs themselves: ``stepq/function.finished`` on every end, ``.failed`` on failure.
+
+Inngest's names (``inngest/function.*``) are sent too, so failure handlers of apps written with
+Inngest's SDKs run on stepq. Each event's id derives from the run id, so a repeated emission starts
+no handler twice; and lifecycle events that no function or wait listens to are not stored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from runtime import keys, store
+from runtime.codec import unpack
+from sdk.client import FUNCTION_FAILED, FUNCTION_FINISHED
+from sdk.event import Event
+
+if TYPE_CHECKING:
+    from runtime.ingest import Ingest
+
+log = structlog.get_logger("stepq.lifecycle")
+
+
+async def run_ended(
+    ingest: Ingest,
+    run_id: str,
+    status: str,
+    *,
+    fn_slug: str | None = None,
+    event: dict[str, Any] | None = None,
+    output: Any = None,
+    error: Any = None,
+) -> None:
+    """Emit the events of a run's end (best effort: the end itself is already recorded)."""
+    try:
+        if fn_slug is None or event is None:
+            fn_slug, event = await _describe(ingest, run_id)
+        data: dict[str, Any] = {"function_id": fn_slug, "run_id": run_id, "status": status, "event": event}
+        if status == "completed":
+            data["result"] = output
+        else:
+            data["error"] = error
+        names = [FUNCTION_FINISHED, "inngest/function.finished"]
+        if status == "failed":
+            names += [FUNCTION_FAILED, "inngest/function.failed"]
+        events = [Event(name=name, data=data, id=f"{name}:{run_id}") for name in names]
+        await ingest.send(events, internal=True, only_if_wanted=True)
+    except Exception:
+        log.exception("run.notify_failed", run_id=run_id)
+
+
+async def cancel(ingest: Ingest, run_id: str, reason: str) -> store.Outcome:
+    """Cancel a run (see ``runtime.store.cancel``) and emit its end."""
+    outcome = await store.cancel(ingest.store, run_id, reason)
+    if outcome is store.Outcome.OK:
+        error = {"name": "Cancelled", "message": reason, "stack": ""}
+        await run_ended(ingest, run_id, "cancelled", error=error)
+    return outcome
+
+
+async def _describe(ingest: Ingest, run_id: str) -> tuple[str, dict[str, Any]]:
+    async with ingest.redis.pipeline(transaction=False) as pipe:
+        pipe.hget(keys.run(run_id), "fn")
+        pipe.get(keys.events(run_id))
+        fn, blob = await pipe.execute()
+    events = unpack(blob) if blob else []
+    return (fn.decode() if fn else ""), (events[0] if events else {})
