@@ -26,7 +26,7 @@ import pytest
 from redis.asyncio import Redis
 
 from runtime.connection import connect
-from runtime.queries import RunView
+from runtime.queries import RunView, get_run
 from runtime.registry import Registry
 from tests.helpers import REDIS_URL, read_lines, run_ids_for_event, runs_of, sha1, wait_for_run
 from tests.http_fixtures import (
@@ -48,7 +48,7 @@ SLUGS = {
     f"{APP_ID}-{name}"
     for name in (
         "seq", "loop", "sleeper", "waiter", "child", "parent", "emitter", "receiver",
-        "flaky", "declined", "fanout", "doomed", "doomed-failure",
+        "flaky", "declined", "fanout", "doomed", "doomed-failure", "bigstate", "cancellable",
     )
 }  # fmt: skip
 RUN_TIMEOUT = 60.0
@@ -339,6 +339,39 @@ class TestOfficialSdkInDevMode:
         assert read_lines(log) == ["doomed attempt 0", "doomed attempt 1", "on_failure"]
         assert len(await runs_of(db, fn("doomed-failure"))) == 1
 
+    async def test_state_over_4_mib_is_fetched_by_the_sdk_from_the_api(
+        self, dev: Stack, db: Redis, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "big.log"
+        event_id = await post_event(dev.api_url, "compat/bigstate", {"tag": "big", "log": str(log)})
+        view = await finished(db, await the_run(db, fn("bigstate"), event_id), dev)
+
+        assert view.status == "completed", view.error
+        assert view.output == {"sizes": [1536 * 1024] * 3, "last": "tail", "tag": "big"}
+        assert step_names(view) == ["blob0", "blob1", "blob2", "tail"]
+        lines = read_lines(log)
+        assert lines.count("tail") == 1, lines
+        # The calls after the third blob were over 4 MiB: they came without the memo, and the SDK
+        # fetched it (the run could not have completed otherwise).
+        assert lines[0] == "use_api steps=0", lines
+        assert all(line == "use_api steps=0" for line in lines if line != "tail"), lines
+
+    async def test_a_cancel_rule_cancels_the_matching_run_only(self, dev: Stack, db: Redis, tmp_path: Path) -> None:
+        log = tmp_path / "orders.log"
+        kept = await the_run(db, fn("cancellable"), await post_event(dev.api_url, "compat/order.placed", {"order": 1}))
+        doomed = await the_run(
+            db, fn("cancellable"), await post_event(dev.api_url, "compat/order.placed", {"order": 2, "log": str(log)})
+        )
+        await wait_status(db, doomed, "sleeping", dev)
+        await wait_status(db, kept, "sleeping", dev)
+
+        await post_event(dev.api_url, "compat/order.cancelled", {"order": 2})
+        view = await wait_status(db, doomed, "cancelled", dev)
+        assert view.status == "cancelled"
+        still = await get_run(db, kept, with_steps=False)
+        assert still is not None and still.status == "sleeping", still
+        assert read_lines(log) == []
+
 
 # --------------------------------------------------------------------------------------------------
 # Production mode: signed calls
@@ -476,6 +509,22 @@ class TestOfficialSdkInProductionMode:
         [sent_id] = emitted.output["ids"]
         received = await finished(db, await the_run(db, fn("receiver"), sent_id), prod)
         assert received.output == {"tag": "prod"}
+
+    async def test_the_sdk_fetches_large_state_from_the_api_with_its_hashed_key(
+        self, prod: Stack, db: Redis, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "big.log"
+        event_id = await post_event(prod.api_url, "compat/bigstate", {"tag": "p", "log": str(log)}, key=EVENT_KEY)
+        view = await finished(db, await the_run(db, fn("bigstate"), event_id), prod)
+
+        assert view.status == "completed", view.error
+        assert view.output == {"sizes": [1536 * 1024] * 3, "last": "tail", "tag": "p"}
+        assert "use_api steps=0" in read_lines(log)
+        # Without the key, the same reads are refused.
+        async with httpx.AsyncClient(timeout=30) as http:
+            for what in ("batch", "actions"):
+                refused = await http.get(f"{prod.api_url}/v0/runs/{view.run_id}/{what}")
+                assert refused.status_code == 401, refused.text
 
     async def test_a_worker_signing_with_the_wrong_key_is_refused_and_the_run_fails_clearly(
         self, prod: Stack, db: Redis, tmp_path: Path, wrong_key_worker: Service

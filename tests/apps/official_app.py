@@ -12,6 +12,7 @@ has a ``log`` path, steps append a line to it each time their code actually runs
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,47 @@ async def doomed(ctx: inngest.Context) -> None:
     raise RuntimeError("doomed from the start")
 
 
+@client.create_function(fn_id="bigstate", trigger=inngest.TriggerEvent(event="compat/bigstate"), retries=1)
+async def bigstate(ctx: inngest.Context) -> dict[str, Any]:
+    """Three 1.5 MiB step outputs: the call after them is over 4 MiB, so the executor says ``use_api``
+    and the SDK fetches the memo and the events from the API (``/v0/runs/{id}/actions|batch``)."""
+    sizes = []
+    for i in range(3):
+
+        async def blob(i: int = i) -> str:
+            return chr(ord("a") + i) * (1536 * 1024)
+
+        value = await ctx.step.run(f"blob{i}", blob)
+        assert value == chr(ord("a") + i) * (1536 * 1024)
+        sizes.append(len(value))
+
+    async def tail() -> str:
+        note(ctx, "tail")
+        return "tail"
+
+    last = await ctx.step.run("tail", tail)
+    return {"sizes": sizes, "last": last, "tag": ctx.event.data.get("tag")}
+
+
+@client.create_function(
+    fn_id="cancellable",
+    trigger=inngest.TriggerEvent(event="compat/order.placed"),
+    cancel=[inngest.Cancel(event="compat/order.cancelled", if_exp="async.data.order == event.data.order")],
+    retries=1,
+)
+async def cancellable(ctx: inngest.Context) -> str:
+    await ctx.step.sleep("cool-off", dt.timedelta(seconds=30))
+
+    async def ship() -> str:
+        note(ctx, "shipped")
+        return "shipped"
+
+    return await ctx.step.run("ship", ship)
+
+
 FUNCTIONS: list[inngest.Function[Any]] = [
+    bigstate,
+    cancellable,
     seq,
     loop,
     sleeper,
@@ -203,5 +244,42 @@ FUNCTIONS: list[inngest.Function[Any]] = [
     doomed,
 ]
 
-app = fastapi.FastAPI()
-inngest.fast_api.serve(app, client, FUNCTIONS)
+
+class UseApiProbe:
+    """ASGI middleware that notes (in the event's ``log`` file) each call that said ``use_api``, so a
+    test can tell that the SDK had to fetch the state from the API."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.inner(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+
+        async def tap() -> Any:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self.inspect(b"".join(chunks))
+            return message
+
+        await self.inner(scope, tap, send)
+
+    @staticmethod
+    def inspect(body: bytes) -> None:
+        try:
+            payload = json.loads(body)
+            path = payload["event"]["data"]["log"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if payload.get("use_api") and isinstance(path, str):
+            with Path(path).open("a") as f:
+                f.write(f"use_api steps={len(payload.get('steps') or {})}\n")
+
+
+api = fastapi.FastAPI()
+inngest.fast_api.serve(api, client, FUNCTIONS)
+app = UseApiProbe(api)
