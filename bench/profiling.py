@@ -52,13 +52,23 @@ class PySpy:
         self.proc.stop()
 
 
+_OURS = {"sdk": "stepq sdk", "runtime": "stepq runtime", "workers": "stepq workers", "bench": "bench app"}
+
+
+def _ours(path: str) -> str | None:
+    """``pkg/module.py`` when ``path`` is in one of this repository's packages (any checkout of it)."""
+    if "site-packages/" in path:
+        return None
+    if path.startswith(str(REPO_ROOT) + "/"):
+        return path[len(str(REPO_ROOT)) + 1 :]
+    found = max((path.rfind(f"/{package}/"), package) for package in _OURS)
+    return path[found[0] + 1 :] if found[0] >= 0 else None
+
+
 def _area(path: str) -> str:
-    root = str(REPO_ROOT)
-    for package, label in (("sdk", "stepq sdk"), ("runtime", "stepq runtime"), ("workers", "stepq workers")):
-        if path.startswith(f"{root}/{package}/"):
-            return label
-    if path.startswith(f"{root}/bench/"):
-        return "bench app"
+    ours = _ours(path)
+    if ours is not None and ours.split("/", 1)[0] in _OURS:
+        return _OURS[ours.split("/", 1)[0]]
     for package in ("arq", "redis", "structlog", "msgpack", "hiredis"):
         if f"site-packages/{package}/" in path:
             return "redis-py" if package == "redis" else package
@@ -73,10 +83,11 @@ def _short(frame: str) -> str:
     """``func (path:line)`` -> ``func (pkg/module.py)``, without the line (lines split one function)."""
     name, _, where = frame.partition(" (")
     path = where.rsplit(":", 1)[0].rstrip(")")
-    if "site-packages/" in path:
+    ours = _ours(path)
+    if ours is not None:
+        path = ours
+    elif "site-packages/" in path:
         path = path.split("site-packages/", 1)[1]
-    elif path.startswith(str(REPO_ROOT) + "/"):
-        path = path[len(str(REPO_ROOT)) + 1 :]
     elif "/lib/python" in path:
         path = path.split("/lib/python", 1)[1].split("/", 1)[-1]
     return f"{name} ({path})"
@@ -99,6 +110,27 @@ def _idle(frame: str) -> bool:
     return any(name == n and path.endswith(p) for n, p in IDLE_LEAVES)
 
 
+#: Where a worker's time goes, as inclusive shares: a sample counts for a pattern when any of its
+#: frames (``func (path)``) contains the pattern.
+FOCUS = (
+    "Worker._poll_iteration (arq/",
+    "Worker.start_jobs (arq/",
+    "Worker.run_job (arq/",
+    "Worker.finish_job (arq/",
+    "Executor._advance (workers/",
+    "RunStore.load (runtime/",
+    "RunStore.commit_step (runtime/",
+    "RunStore.finish (runtime/",
+    "Scripts.call (runtime/",
+    "execute (sdk/engine.py)",
+    "make_context (sdk/",
+    "to_thread (asyncio/",
+    "(structlog/",
+    "(msgpack/",
+    "(redis/",
+)
+
+
 def analyse(raw: Path, top: int = 15) -> dict[str, Any]:
     """Self and inclusive CPU share per function, and self share per area, from py-spy raw output.
 
@@ -107,6 +139,7 @@ def analyse(raw: Path, top: int = 15) -> dict[str, Any]:
     self_counts: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     areas: collections.Counter[str] = collections.Counter()
+    focus: collections.Counter[str] = collections.Counter()
     total = idle = in_threads = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -124,8 +157,12 @@ def analyse(raw: Path, top: int = 15) -> dict[str, Any]:
             in_threads += count
         self_counts[_short(frames[-1])] += count
         areas[_area(_path(frames[-1]))] += count
-        for name in {_short(f) for f in frames}:
+        names = {_short(f) for f in frames}
+        for name in names:
             inclusive[name] += count
+        for pattern in FOCUS:
+            if any(pattern in name for name in names):
+                focus[pattern] += count
 
     def share(counter: collections.Counter[str], n: int) -> list[list[Any]]:
         return [[name, round(100 * c / total, 1)] for name, c in counter.most_common(n)] if total else []
@@ -137,8 +174,13 @@ def analyse(raw: Path, top: int = 15) -> dict[str, Any]:
         "self_pct": share(self_counts, top),
         "inclusive_pct": share(inclusive, top * 2),
         "area_self_pct": share(areas, 20),
+        "focus_inclusive_pct": {p: round(100 * focus[p] / total, 1) for p in FOCUS} if total else {},
         "file": str(raw),
     }
+
+
+def _label(pattern: str) -> str:
+    return pattern.strip("(/)") + " (all)" if pattern.startswith("(") else pattern.split(" (")[0]
 
 
 def format_summary(title: str, summary: dict[str, Any], top: int = 12) -> str:
@@ -147,6 +189,9 @@ def format_summary(title: str, summary: dict[str, Any], top: int = 12) -> str:
         f"out; {summary['pct_in_executor_threads']}% in executor threads) from {summary['file']}"
     ]
     lines.append("  CPU by area (self): " + ", ".join(f"{a} {p}%" for a, p in summary["area_self_pct"]))
+    lines.append(
+        "  inclusive: " + ", ".join(f"{_label(p)} {v}%" for p, v in summary.get("focus_inclusive_pct", {}).items())
+    )
     lines.append("  top self:")
     lines += [f"    {p:5.1f}%  {name}" for name, p in summary["self_pct"][:top]]
     lines.append("  top inclusive:")

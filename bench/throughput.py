@@ -188,13 +188,13 @@ def _total(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def run(env: Env) -> BenchResult:
     result = BenchResult(NAME)
-    runs = env.size(1000, 200)
+    runs = env.size(1000, 100)
     n_rounds = env.size(4, 1)
     per_round = runs // n_rounds * STEPS  # steps (stepq) or jobs (arq) per case per round
     result.details = {"runs": runs, "steps_per_run": STEPS, "rounds": n_rounds, "units_per_case_per_round": per_round}
     for n_workers in (1, 2):
         cases: dict[str, Case] = {"stepq": stepq_sync, "arq_noop": arq_noop, "arq_chained": arq_chained}
-        if n_workers == 1:
+        if n_workers == 1 and not env.quick:
             cases["stepq_async_steps"] = stepq_async
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
         async with env.redis(f"{NAME}-{n_workers}") as server, clients(server) as c:
