@@ -27,6 +27,8 @@ def pool_options() -> dict[str, Any]:
 def make_pool(url: str, *, max_connections: int | None = None) -> ConnectionPool:
     """A connection pool for ``url``; replies stay bytes (msgpack)."""
     options = pool_options()
+    if url.startswith("unix://"):
+        options.pop("socket_keepalive")  # TCP only
     if max_connections is not None:
         options["max_connections"] = max_connections
     return ConnectionPool.from_url(url, decode_responses=False, **options)

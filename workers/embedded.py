@@ -296,6 +296,8 @@ class EmbeddedRedis:
         try:
             # redis-py types the sync and async clients alike; this sync call returns a dict.
             info = cast(dict[str, Any], client.info("server"))
+            # INFO answers while an AOF still loads; PING waits for the data (LOADING error).
+            client.ping()
         except (RedisError, OSError):
             return False
         finally:

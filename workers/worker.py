@@ -199,9 +199,15 @@ class StepqWorker(Worker):
                 delay = min(delay * 2, 5.0)
 
     async def _poll_iteration(self) -> None:
+        # arq re-raises a finished job task's exception from its poll loop; a job that failed while
+        # Redis was down would then look like a fresh outage for every poll after Redis is back.
+        self._reap_finished_jobs()
         try:
             await super()._poll_iteration()
         except REDIS_DOWN as exc:
+            if await self._redis_answers():
+                log.warning("job.finish_failed", error=str(exc))  # a leftover of an outage: go on
+                return
             self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
             log.warning("redis.unavailable", error=str(exc), retry_in_s=self._backoff)
             await asyncio.sleep(self._backoff)
@@ -209,6 +215,21 @@ class StepqWorker(Worker):
             if self._backoff:
                 log.info("redis.reconnected")
                 self._backoff = 0.0
+
+    def _reap_finished_jobs(self) -> None:
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                if not task.cancelled() and task.exception() is not None:
+                    # The job stays queued (arq could not record its end): it runs again after the lease.
+                    log.warning("job.ended_with_error", job_id=job_id, error=repr(task.exception()))
+
+    async def _redis_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self.pool.ping(), 2.0)
+        except Exception:
+            return False
+        return True
 
     async def _renew_leases(self) -> None:
         """Extend the lock of every job this process runs, every third of the lease."""
