@@ -61,6 +61,34 @@ class FunctionReturned:
 
 
 @dataclasses.dataclass(slots=True)
+class Divergence:
+    """A re-entry that left the run's history: a memoized step was not reached, new steps were."""
+
+    expected_key: str
+    position: int  # 1-based, in the run's history
+    total: int
+    unused: int
+    asked: list[str]
+
+    def describe(self, names: Mapping[str, str]) -> str:
+        name = names.get(self.expected_key, self.expected_key)
+        return (
+            f"step {name!r} (position {self.position} of {self.total} in the run's history) was not "
+            f"reached on re-entry; {self.unused} memoized step(s) went unused"
+        )
+
+    def message(self, fn_id: str, run_id: str, names: Mapping[str, str]) -> str:
+        """The NonDeterminismError's message, naming steps by the ids users wrote (``names``)."""
+        asked = ", ".join(repr(step_id) for step_id in self.asked) or "no step"
+        return (
+            f"run {run_id} of function {fn_id!r} diverged from its history: it now asks for new "
+            f"step {asked}, but {self.describe(names)}. Step ids must be the same on every re-entry: "
+            f"build them from the event or from step results, never from random numbers, the clock or "
+            f"unordered data; a function whose code changed mid-run may also cause this."
+        )
+
+
+@dataclasses.dataclass(slots=True)
 class FunctionFailed:
     """The function raised outside a step (or let a StepError escape)."""
 
@@ -68,6 +96,8 @@ class FunctionFailed:
     retriable: bool
     retry_after: dt.timedelta | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: Set when the failure is a divergence from the run's history (the runtime names its steps).
+    divergence: Divergence | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -93,6 +123,15 @@ class Interrupt(BaseException):
 
 class Skip(BaseException):
     """A parallel branch reached a new step that is not the targeted one: this branch ends here."""
+
+
+class Diverged(BaseException):
+    """Sequential code reached a new step while memoized steps were left unvisited: the function
+    left its history, so the new step must not run (its side effects would be wrong)."""
+
+    def __init__(self, step_id: str) -> None:
+        super().__init__(step_id)
+        self.step_id = step_id
 
 
 class Replay:
@@ -142,8 +181,9 @@ class Replay:
             return key, index, True, steps[key]
         return key, index, False, None
 
-    def may_run_now(self, key: str) -> bool:
-        """Whether a new step may run in this invocation; raises Skip/Interrupt-worthy errors otherwise."""
+    def may_run_now(self, key: str, step_id: str = "") -> bool:
+        """Whether a new step may run in this invocation; raises Skip/Diverged/NonDeterminismError
+        when it must not be reached at all."""
         target = self.request.target_step
         if target is not None:
             if key == target:
@@ -153,6 +193,8 @@ class Replay:
             raise NonDeterminismError(
                 f"planned step {target} was not reached: the function asked for another new step first"
             )
+        if not self.parallel_depth and self.visited < len(self.request.steps):
+            raise Diverged(step_id)
         return not (self.parallel_depth or self.request.disable_immediate_execution)
 
     def check_output(self, step_id: str, value: Any) -> JSON:
@@ -173,21 +215,16 @@ class Replay:
             )
         return checked
 
-    def divergence(self) -> str | None:
-        """Describe memoized steps the function did not reach, or None when history was followed."""
+    def divergence(self, asked: list[str]) -> Divergence | None:
+        """The memoized steps the function did not reach, or None when it followed its history."""
         if self.visited >= len(self.request.steps):
             return None
         visited = {hash_step_id(name) for name in self._keys_used}
-        missing = [k for k in self.request.stack if k not in visited]
+        stack = list(self.request.stack)
+        missing = [k for k in stack if k not in visited]
         if not missing:
             return None
-        first = missing[0]
-        position = list(self.request.stack).index(first)
-        name = self.request.step_names.get(first, first)
-        return (
-            f"step {name!r} (position {position + 1} of {len(self.request.stack)} in the run's history) "
-            f"was not reached on re-entry; {len(missing)} memoized step(s) went unused"
-        )
+        return Divergence(missing[0], stack.index(missing[0]) + 1, len(stack), len(missing), asked)
 
 
 def _encoded_size(value: JSON) -> int:
@@ -233,13 +270,14 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
             if inspect.isawaitable(value):
                 raise TypeError(f"function {fn.id!r} is a plain def but returned an awaitable")
     except Interrupt as stop:
-        warning = None if request.target_step else replay.divergence()
-        if warning is not None:
-            return FunctionFailed(
-                error_payload(NonDeterminismError(_divergence_message(fn, request, warning, stop.opcodes))),
-                retriable=False,
-            )
+        diverged = None if request.target_step else replay.divergence([op.step_id for op in stop.opcodes])
+        if diverged is not None:
+            return _diverged(fn, request, diverged)
         return StepsReported(stop.opcodes, retry_after=stop.retry_after)
+    except Diverged as stop:
+        diverged = replay.divergence([stop.step_id])
+        assert diverged is not None
+        return _diverged(fn, request, diverged)
     except Skip:
         return FunctionFailed(
             error_payload(NonDeterminismError(f"planned step {request.target_step} was not reached")),
@@ -260,9 +298,9 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
             retriable=False,
         )
     warnings = []
-    warning = replay.divergence()
-    if warning is not None:
-        warnings.append(f"function {fn.id!r} returned, but {warning}")
+    diverged = replay.divergence([])
+    if diverged is not None:
+        warnings.append(f"function {fn.id!r} returned, but {diverged.describe(request.step_names)}")
     try:
         checked = check_json(value, "return value")
     except NotJSONError as exc:
@@ -273,11 +311,6 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
     return FunctionReturned(checked, warnings)
 
 
-def _divergence_message(fn: Function, request: ExecutionRequest, detail: str, opcodes: list[Opcode]) -> str:
-    asked = ", ".join(repr(op.step_id) for op in opcodes) or "no step"
-    return (
-        f"run {request.run_id} of function {fn.id!r} diverged from its history: it now asks for new "
-        f"step {asked}, but {detail}. Step ids must be the same on every re-entry: build them from "
-        f"the event or from step results, never from random numbers, the clock or unordered data; "
-        f"a function whose code changed mid-run may also cause this."
-    )
+def _diverged(fn: Function, request: ExecutionRequest, divergence: Divergence) -> FunctionFailed:
+    message = divergence.message(fn.id, request.run_id, request.step_names)
+    return FunctionFailed(error_payload(NonDeterminismError(message)), retriable=False, divergence=divergence)

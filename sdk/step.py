@@ -45,7 +45,7 @@ class _StepCore:
 
     def _plan_or_run(self, step_id: str, key: str, index: int | None) -> None:
         """Return when the new step may run now; otherwise stop user code with a StepPlanned."""
-        if not self._replay.may_run_now(key):
+        if not self._replay.may_run_now(key, step_id):
             raise Interrupt([Opcode(Op.STEP_PLANNED, key, step_id, index, opts={"type": "step.run"})])
 
     def _ran(self, step_id: str, key: str, index: int | None, result: Any) -> NoReturn:
@@ -70,7 +70,7 @@ class _StepCore:
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
             return None
-        self._replay.may_run_now(key)  # enforces targeting rules; a sleep is never run inline
+        self._replay.may_run_now(key, step_id)  # enforces targeting and history; a sleep never runs inline
         if delta is not None:
             if delta > MAX_SLEEP:
                 raise NonRetriableError(f"step {step_id!r}: sleeps are limited to {MAX_SLEEP.days} days")
@@ -92,7 +92,7 @@ class _StepCore:
         delta = to_timedelta(timeout, what=f"step {step_id!r} wait_for_event timeout")
         if delta > MAX_SLEEP:
             raise NonRetriableError(f"step {step_id!r}: waits are limited to {MAX_SLEEP.days} days")
-        self._replay.may_run_now(key)
+        self._replay.may_run_now(key, step_id)
         opts: dict[str, Any] = {"event": event, "timeout": to_duration_str(delta)}
         if if_exp:
             opts["if"] = if_exp
@@ -109,7 +109,7 @@ class _StepCore:
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
             return unwrap_memo(step_id, memo)
-        self._replay.may_run_now(key)
+        self._replay.may_run_now(key, step_id)
         payload: dict[str, Any] = {"data": data or {}}
         if v is not None:
             payload["v"] = v

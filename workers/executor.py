@@ -25,7 +25,6 @@ from runtime.registry import Registry
 from runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, now_ms
 from sdk.durations import parse_iso, to_timedelta
 from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
-from sdk.errors import NonDeterminismError
 from sdk.event import Event
 from sdk.expressions import ExpressionError, compile_expression
 from sdk.opcodes import Op, Opcode, memo_data, memo_error
@@ -118,10 +117,10 @@ class Executor:
             max_output_bytes=self.store.limits.max_output_bytes,
         )
         result = await self.invoker.invoke(fn, request)
-        if _is_divergence(result):
-            # Re-enter once with the steps' names, so the error names steps as the user wrote them.
-            request.step_names = await self.store.step_names(loaded.run_id, loaded.stack)
-            result = await self.invoker.invoke(fn, request)
+        if isinstance(result, FunctionFailed) and result.divergence is not None:
+            # Name the steps as the user wrote them (the engine knows only their keys).
+            names = await self.store.step_names(loaded.run_id, [result.divergence.expected_key])
+            result.error["message"] = result.divergence.message(fn.id, loaded.run_id, names)
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         step, outcome = await self._apply(job, loaded, fn, result, elapsed_ms)
         log.info(
@@ -359,10 +358,6 @@ class Executor:
             error=error,
         )
         return status
-
-
-def _is_divergence(result: ExecutionResult) -> bool:
-    return isinstance(result, FunctionFailed) and result.error.get("name") == NonDeterminismError.__name__
 
 
 def _suffix(outcome: Outcome) -> str:
