@@ -17,14 +17,16 @@ if TYPE_CHECKING:
 log = structlog.get_logger("stepq.matching")
 
 #: How far back a newly registered wait looks for events that arrived while it was being set up.
-LOOK_BACK_MS = 60_000
+LOOK_BACK_MS = 10_000
+#: The look-back keeps at most this many recent events per name (a list, cheaper than a zset).
+RECENT_MAX = 1000
 
 
 async def record_recent(pipe: Any, name: str, event_id: str, at_ms: int) -> None:
     """Remember an event for the look-back (called in the ingest pipeline, before matching)."""
-    pipe.zadd(waits.recent(name), {event_id: at_ms})
-    pipe.zremrangebyscore(waits.recent(name), "-inf", at_ms - LOOK_BACK_MS)
-    pipe.pexpire(waits.recent(name), LOOK_BACK_MS * 2)
+    pipe.lpush(waits.recent(name), f"{at_ms}:{event_id}")
+    pipe.ltrim(waits.recent(name), 0, RECENT_MAX - 1)
+    pipe.pexpire(waits.recent(name), LOOK_BACK_MS)
 
 
 async def deliver(ingest: Ingest, events: Sequence[dict[str, Any]]) -> int:
@@ -54,10 +56,16 @@ async def apply(ingest: Ingest, record: waits.WaitRecord, event: dict[str, Any])
 async def look_back(ingest: Ingest, record: waits.WaitRecord, since_ms: int) -> bool:
     """Match a just-registered wait against events of its name received since ``since_ms``."""
     redis = ingest.redis
-    ids = await redis.zrangebyscore(waits.recent(record.event), since_ms, "+inf")
+    ids = []
+    recent: list[bytes] = await redis.lrange(waits.recent(record.event), 0, -1)  # type: ignore[misc]
+    for entry in recent:
+        at_ms, _, event_id = entry.decode().partition(":")
+        if int(at_ms) < since_ms:
+            break  # newest first
+        ids.append(event_id)
     if not ids:
         return False
-    blobs = await redis.mget([keys.event(i.decode()) for i in ids])
+    blobs = await redis.mget([keys.event(i) for i in ids])
     at = now_ms()
     for blob in blobs:
         if blob is None:

@@ -335,8 +335,11 @@ class RunStore:
 
 
 def timer_member(job: JobSpec, queue_id: str) -> str:
-    """The timers-zset member of a sleep's wake job, from which the reconciler can rebuild it."""
-    return f"{queue_id}|{job.run_id}|{job.position}|{job.step_key or ''}"
+    """The timers-zset member of a sleep's wake job: ``queue|run|position``.
+
+    Kept under 64 bytes so that the run's record stays a compact listpack hash in Redis; the step key
+    that completes the wake job is the run's ``sleep_key`` field."""
+    return f"{queue_id}|{job.run_id}|{job.position}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -20,10 +20,10 @@ log = structlog.get_logger("stepq.timers")
 LOCK = f"{keys.PREFIX}:lock:timers"
 
 
-def parse_member(member: str) -> tuple[str, JobSpec]:
-    """(queue_id, wake job) from a timers-zset member ``queue|run|position|step_key``."""
-    queue_id, run_id, position, step_key = member.split("|", 3)
-    return queue_id, JobSpec(run_id, int(position), kind=JobKind.WAKE, step_key=step_key or None)
+def parse_member(member: str) -> tuple[str, str, int]:
+    """(queue_id, run_id, position) from a timers-zset member ``queue|run|position``."""
+    queue_id, run_id, position = member.split("|")
+    return queue_id, run_id, int(position)
 
 
 async def revive_overdue(
@@ -39,14 +39,19 @@ async def revive_overdue(
         for raw in members:
             member = raw.decode()
             try:
-                app_id, job = parse_member(member)
+                queue_id, run_id, position = parse_member(member)
             except ValueError:
                 log.error("timer.malformed", member=member)
                 await redis.zrem(keys.TIMERS, raw)
                 continue
+            step_key: bytes | None = await redis.hget(keys.run(run_id), "sleep_key")  # type: ignore[misc]
+            if step_key is None:  # the run ended or woke meanwhile
+                await redis.zrem(keys.TIMERS, raw)
+                continue
+            job = JobSpec(run_id, position, kind=JobKind.WAKE, step_key=step_key.decode())
             outcome = await scripts.call(
                 "revive_timer",
-                [keys.run(job.run_id), *enqueue_keys(job, app_id), keys.TIMERS],
+                [keys.run(job.run_id), *enqueue_keys(job, queue_id), keys.TIMERS],
                 [member, job.encode(at), at, 30 * 86400 * 1000],
             )
             if outcome == b"revived":

@@ -25,7 +25,7 @@ if ARGV[5] == 'wake' then
   if timer then
     redis.call('ZREM', KEYS[6], timer)
   end
-  redis.call('HDEL', run, 'wake_at', 'timer')
+  redis.call('HDEL', run, 'wake_at', 'timer', 'sleep_key')
   len = len + 1
 elseif ARGV[5] == 'planned' then
   -- a planned (parallel) step: run only while it is pending and unresolved

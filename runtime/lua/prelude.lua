@@ -67,11 +67,17 @@ end
 local function close_run(run_id, now, retention_s)
   local run = run_part(run_id, 'run')
   drop_all_waits(run)
+  local queue = 'stepq:queue:' .. (redis.call('HGET', run, 'q') or '')
   local timer = redis.call('HGET', run, 'timer')
   if timer then
     redis.call('ZREM', 'stepq:timers', timer)
+    local position = string.match(timer, '|([^|]*)$')
+    local wake_job = run_id .. ':p' .. position .. ':wake'
+    if redis.call('EXISTS', 'arq:in-progress:' .. wake_job) == 0 then
+      redis.call('ZREM', queue, wake_job)
+      redis.call('DEL', 'arq:job:' .. wake_job)
+    end
   end
-  local queue = 'stepq:queue:' .. (redis.call('HGET', run, 'q') or '')
   for _, job_id in ipairs(redis.call('SMEMBERS', run_part(run_id, 'jobs'))) do
     -- delayed jobs of a run that ended would only find it ended; drop them now
     if redis.call('EXISTS', 'arq:in-progress:' .. job_id) == 0 then
@@ -85,7 +91,7 @@ local function close_run(run_id, now, retention_s)
     redis.call('DEL', 'arq:job:' .. next_job)
   end
   redis.call('DEL', run_part(run_id, 'jobs'), run_part(run_id, 'pending'))
-  redis.call('HDEL', run, 'wake_at', 'timer', 'join_id', 'join_job', 'next_job')
+  redis.call('HDEL', run, 'wake_at', 'timer', 'sleep_key', 'join_id', 'join_job', 'next_job')
   for _, part in ipairs({'run', 'events', 'memo', 'stack', 'steps'}) do
     redis.call('EXPIRE', run_part(run_id, part), retention_s)
   end

@@ -22,10 +22,13 @@ end
 if ARGV[8] ~= '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[8])
 end
-redis.call('SADD', KEYS[8], string.sub(KEYS[4], 9))
 if ARGV[12] ~= '' then
-  redis.call('HSET', KEYS[1], 'wake_at', ARGV[10], 'timer', ARGV[12])
+  -- a sleep: its wake job is known by the timer (the run's 'timer' and 'sleep_key' rebuild it)
+  redis.call('HSET', KEYS[1], 'wake_at', ARGV[10], 'timer', ARGV[12], 'sleep_key', ARGV[4])
   redis.call('ZADD', KEYS[7], ARGV[10], ARGV[12])
+else
+  redis.call('SADD', KEYS[8], string.sub(KEYS[4], 9))
 end
+redis.call('HDEL', KEYS[1], 'next_job')
 enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[9], ARGV[10], ARGV[11])
 return 'ok'
