@@ -55,9 +55,7 @@ class Ingest:
         self.store = store
         self.registry = registry
 
-    async def send(
-        self, events: Sequence[Event], *, internal: bool = False, only_if_wanted: bool = False
-    ) -> list[str]:
+    async def send(self, events: Sequence[Event], *, internal: bool = False, only_if_wanted: bool = False) -> list[str]:
         """Store validated events and start the runs they trigger; return the stored events' ids.
 
         Each event gets a fresh id (a ULID); its own ``id``, when set, is the idempotency key: a

@@ -133,14 +133,12 @@ def _list(raw: dict[str, Any], field: str, where: str) -> list[Any]:
 
 
 def _trigger(raw: Any, where: str) -> dict[str, Any]:
-    from sdk.expressions import compile_expression
-
     if not isinstance(raw, dict):
         raise FunctionConfigError(f"{where}: expected an object")
     if isinstance(raw.get("event"), str) and raw["event"]:
         out: dict[str, Any] = {"event": raw["event"]}
         if raw.get("expression"):
-            compile_expression(str(raw["expression"]), variables={"event"})
+            _compiles(str(raw["expression"]), {"event"}, f"{where}.expression")
             out["expression"] = raw["expression"]
         return out
     if isinstance(raw.get("cron"), str) and raw["cron"]:
@@ -155,13 +153,11 @@ def _trigger(raw: Any, where: str) -> dict[str, Any]:
 
 
 def _cancel(raw: Any, where: str) -> dict[str, Any]:
-    from sdk.expressions import compile_expression
-
     if not isinstance(raw, dict) or not isinstance(raw.get("event"), str) or not raw["event"]:
         raise FunctionConfigError(f"{where}: needs an event name")
     out: dict[str, Any] = {"event": raw["event"]}
     if raw.get("if"):
-        compile_expression(str(raw["if"]), variables={"event", "async"})
+        _compiles(str(raw["if"]), {"event", "async"}, f"{where}.if")
         out["if"] = raw["if"]
     if raw.get("timeout"):
         _duration(raw["timeout"], f"{where}.timeout")
@@ -180,6 +176,15 @@ def _timeouts(raw: Any, where: str) -> dict[str, str]:
             _duration(raw[field], f"{where}.{field}")
             out[field] = raw[field]
     return out
+
+
+def _compiles(text: str, variables: set[str], where: str) -> None:
+    from sdk.expressions import ExpressionError, compile_expression
+
+    try:
+        compile_expression(text, variables=variables)
+    except ExpressionError as exc:
+        raise FunctionConfigError(f"{where}: {exc}") from None
 
 
 def _duration(value: Any, where: str) -> None:

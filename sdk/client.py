@@ -122,9 +122,7 @@ class Client:
             id=f"{fn.id}-failure",
             app_id=self.app_id,
             handler=handler,
-            triggers=(
-                TriggerEvent(event=FUNCTION_FAILED, expression=f"event.data.function_id == '{fn.slug}'"),
-            ),
+            triggers=(TriggerEvent(event=FUNCTION_FAILED, expression=f"event.data.function_id == '{fn.slug}'"),),
             name=f"{fn.name} (failure handler)",
             retries=0,
             client=self,

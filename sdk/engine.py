@@ -107,6 +107,8 @@ class StepsReported:
     opcodes: list[Opcode]
     retry_after: dt.timedelta | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: A step error here must not be retried (an SDK's ``X-Inngest-No-Retry: true``).
+    no_retry: bool = False
 
 
 ExecutionResult = FunctionReturned | FunctionFailed | StepsReported

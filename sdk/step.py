@@ -80,7 +80,6 @@ class _StepCore:
             name = to_iso(until)
         raise Interrupt([Opcode(Op.SLEEP, key, step_id, index, name=name, opts={"duration": name})])
 
-
     def _wait_op(
         self, step_id: str, event: str, timeout: DurationLike, if_exp: str | None
     ) -> tuple[bool, Event | None]:

@@ -7,6 +7,7 @@ Redis outage sends the job back to the queue.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import time
@@ -47,8 +48,13 @@ INVOKE_TIMEOUT_ERROR = {
 class Executor:
     """Advances runs of one app's functions."""
 
-    def __init__(self, functions: FunctionSource, store: RunStore, invoker: Invoker) -> None:
+    def __init__(
+        self, functions: FunctionSource, store: RunStore, invoker: Invoker, *, step_timeout_s: float = 2 * 3600
+    ) -> None:
         self.functions = functions
+        #: One invocation's limit, enforced here so that a timeout is a retriable step failure
+        #: (arq's own job timeout, set longer, would fail the job for good and strand the run).
+        self.step_timeout_s = step_timeout_s
         self.store = store
         self.invoker = invoker
         self.cache = RunCache()
@@ -116,7 +122,11 @@ class Executor:
             target_step=job.step_key if job.kind is JobKind.PLANNED else None,
             max_output_bytes=self.store.limits.max_output_bytes,
         )
-        result = await self.invoker.invoke(fn, request)
+        try:
+            result = await asyncio.wait_for(self.invoker.invoke(fn, request), self.step_timeout_s)
+        except TimeoutError:
+            message = f"the invocation of {fn.slug} took longer than {self.step_timeout_s:g} s (STEPQ_STEP_TIMEOUT)"
+            result = FunctionFailed({"name": "StepTimeout", "message": message, "stack": ""}, retriable=True)
         if isinstance(result, FunctionFailed) and result.divergence is not None:
             # Name the steps as the user wrote them (the engine knows only their keys).
             names = await self.store.step_names(loaded.run_id, [result.divergence.expected_key])
@@ -193,6 +203,10 @@ class Executor:
     async def _step_result(
         self, job: JobSpec, run: LoadedRun, fn: Runnable, op: Opcode, result: StepsReported, elapsed_ms: int
     ) -> str:
+        if op.op is Op.STEP_ERROR and (result.no_retry or job.attempt + 1 >= fn.max_attempts):
+            # The SDK asked for no retry, or the attempts are spent (an SDK may not have noticed):
+            # the step failed for good, and its error is memoized like a StepFailed.
+            op = dataclasses.replace(op, op=Op.STEP_FAILED)
         if op.op is Op.STEP_ERROR:
             failures = job.attempt + 1
             delay = result.retry_after or fn.backoff.delay(failures)

@@ -159,8 +159,13 @@ class HttpInvoker:
                 opcodes = [Opcode.from_dict(item) for item in items]
             except (ValueError, TypeError, AttributeError) as exc:
                 return _failed("InvalidResponse", f"{fn.slug}: unreadable opcode in a 206 answer: {exc}")
-            return StepsReported(opcodes, retry_after=retry_after)
+            return StepsReported(opcodes, retry_after=retry_after, no_retry=no_retry)
         if not from_sdk:
+            if headers.get("x-inngest-sdk-handled"):  # an SDK refused the call (e.g. a bad signature)
+                detail = raw[:300].decode(errors="replace")
+                return _failed(
+                    "RequestRefused", f"{fn.slug}: the SDK at {fn.url} refused the call with {status}: {detail}"
+                )
             return _failed(
                 "UpstreamError", f"{fn.slug}: {fn.url} answered {status} (not from an SDK)", retry_after=retry_after
             )

@@ -48,6 +48,8 @@ log = structlog.get_logger("stepq.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 #: How often a worker looks for due cron ticks (checks between ticks cost no Redis call).
 CRON_CHECK_S = 0.1
+#: The executor's limit on an invocation is the step timeout plus this (the HTTP client's comes first).
+STEP_TIMEOUT_MARGIN_S = 5.0
 #: How often a worker serving HTTP functions re-reads which of them have cron triggers.
 CRON_REFRESH_S = 10.0
 
@@ -339,7 +341,7 @@ def build_http_worker(
     return _build(
         keys.HTTP_QUEUE_ID,
         None,
-        HttpInvoker(signing_key=signing_key, timeout_s=options.step_timeout_s),
+        HttpInvoker(signing_key=signing_key, timeout_s=options.step_timeout_s),  # the executor adds a margin
         redis_url,
         options,
         limits=limits,
@@ -371,7 +373,12 @@ def _build(
     )
     store = RunStore(pool, limits or Limits.from_env())
     registry = Registry(pool, store.scripts)
-    executor = Executor(source or RegisteredFunctions(registry), store, invoker)
+    executor = Executor(
+        source or RegisteredFunctions(registry),
+        store,
+        invoker,
+        step_timeout_s=options.step_timeout_s + STEP_TIMEOUT_MARGIN_S,
+    )
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         serves = "functions registered over HTTP"
@@ -388,7 +395,15 @@ def _build(
         log.info("worker.started", queue=queue_id, serves=serves, redis=_redact(redis_url), pid=os.getpid())
 
     worker = StepqWorker(
-        functions=[func(executor.advance, name=ADVANCE, timeout=options.step_timeout_s, max_tries=10**9)],
+        # arq's timeout is a last resort, after the executor's own (a timed-out arq job is never retried)
+        functions=[
+            func(
+                executor.advance,
+                name=ADVANCE,
+                timeout=options.step_timeout_s + 6 * STEP_TIMEOUT_MARGIN_S,
+                max_tries=10**9,
+            )
+        ],
         queue_name=keys.queue(queue_id),
         redis_pool=pool,
         on_startup=on_startup,
