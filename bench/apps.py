@@ -86,21 +86,14 @@ async def first(ctx: sdk.Context) -> None:
 
 
 async def _woke(key: str, run_id: str) -> None:
-    now = time.time()
-    asked = await marks().get(f"{key}:t0:{run_id}")
-    await marks().rpush(key, f"{run_id} {now!r} {float(asked or 'nan')!r}")  # type: ignore[misc]
+    await marks().rpush(key, f"{run_id} {time.time()!r}")  # type: ignore[misc]
 
 
 @client.create_function(id="nap", trigger=sdk.TriggerEvent(event="bench/nap"))
 async def nap(ctx: sdk.Context) -> None:
-    """Sleep, then record when the step after the sleep started: sleep lateness.
-
-    Also records the time the sleep was asked for, taken just before ``step.sleep`` on the first
-    invocation (SET NX keeps the first one), for the lateness as user code sees it.
-    """
+    """Sleep, then record when the step after the sleep started: sleep lateness (the benchmark
+    reads the wake-up time stepq scheduled from its timers)."""
     key, seconds = str(ctx.event.data["key"]), float(ctx.event.data["seconds"])
-    asked = time.time()
-    await marks().set(f"{key}:t0:{ctx.run_id}", repr(asked), nx=True)
     await ctx.step.sleep("nap", seconds)
     await ctx.step.run("after", _woke, key, ctx.run_id)
 

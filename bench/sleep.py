@@ -6,16 +6,12 @@ sleep). That covers the wake-up job's queue wait, loading the run and replaying 
 Baseline: raw arq jobs enqueued with ``_defer_by=1``, lateness = start - due time (arq's score).
 Sends alternate between the two with random gaps, so wake-ups are spread out as in an app (about
 50 sleeps/s of each kind).
-
-Also reported: the lateness as user code sees it, from the moment it asked for the sleep (taken in
-the function just before ``step.sleep``) + 1 s, which adds the time stepq takes to schedule it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 
 from bench.common import BenchResult, Clients, Env, Metric, Target, clients, percentile, summarize, wait_until
@@ -64,14 +60,12 @@ async def run(env: Env) -> BenchResult:
             await watcher
         woke = [v.decode().split() for v in await c.marks.lrange("stepq", 0, -1)]  # type: ignore[misc]
         arq_ms = [1000 * float(v) for v in await c.marks.lrange("arq", 0, -1)]  # type: ignore[misc]
-    stepq_ms = [1000 * (float(now) - due[run_id]) for run_id, now, _ in woke if run_id in due]
-    asked_ms = [1000 * (float(now) - float(asked) - seconds) for _, now, asked in woke if not math.isnan(float(asked))]
+    stepq_ms = [1000 * (float(now) - due[run_id]) for run_id, now in woke if run_id in due]
     result.details = {
         "runs": runs,
         "sleep_s": seconds,
         "gap_ms": gap_ms,
         "stepq_lateness_ms": summarize(stepq_ms),
-        "stepq_lateness_from_ask_ms": summarize(asked_ms),
         "arq_lateness_ms": summarize(arq_ms),
         "stepq_early": sum(1 for x in stepq_ms if x < 0),
         "stepq_wakeups_without_timer_seen": len(woke) - len(stepq_ms),
@@ -86,14 +80,6 @@ async def run(env: Env) -> BenchResult:
             percentile(arq_ms, 99),
             label,
             Target("<=", 20),
-        ),
-        Metric(
-            "sleep lateness p99 from the moment asked",
-            "ms",
-            percentile(asked_ms, 99),
-            percentile(arq_ms, 99),
-            label,
-            note="now - (time the function called step.sleep + 1 s): adds scheduling the sleep",
         ),
     ]
     return result
