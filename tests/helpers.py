@@ -236,7 +236,9 @@ async def queued_jobs(redis: Redis, app_id: str, run_id: str) -> list[str]:
     members: list[bytes] = await redis.zrange(keys.queue(app_id), 0, -1)
     ours = [m.decode() for m in members if m.decode().startswith(run_id + ":")]
     running = [await redis.exists(keys.ARQ_IN_PROGRESS + job_id) for job_id in ours]
-    return [job_id for job_id, busy in zip(ours, running, strict=True) if not busy]
+    idle = [job_id for job_id, busy in zip(ours, running, strict=True) if not busy]
+    # A job that finished between the two reads has left the queue by now: only count those still in it.
+    return [job_id for job_id in idle if await redis.zscore(keys.queue(app_id), job_id) is not None]
 
 
 def all_logs(workers: Sequence[WorkerProcess]) -> list[dict[str, Any]]:
