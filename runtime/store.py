@@ -70,6 +70,8 @@ class LoadedRun:
     created_ms: int = 0
     #: True when this invocation is the run's first.
     first_start: bool = False
+    #: Steps ran in parallel just before: an SDK should plan its next step, not run it.
+    force_plan: bool = False
 
 
 class RunCache:
@@ -189,8 +191,8 @@ class RunStore:
             return LoadRefused(Outcome(code), detail)
         fence, fn_slug, queue_id = reply[1], reply[2].decode(), reply[3].decode()
         events_blob, length = reply[4], int(reply[5])
-        created_ms, first_start = int(reply[6]), bool(reply[7])
-        new = reply[8:]
+        created_ms, first_start, force_plan = int(reply[6]), bool(reply[7]), reply[8] == b"1"
+        new = reply[9:]
         half = len(new) // 2
         new_keys = [k.decode() for k in new[:half]]
         new_values = [unpack(v) if v is not None else None for v in new[half:]]
@@ -218,6 +220,7 @@ class RunStore:
             fence_field=fence_field,
             created_ms=created_ms,
             first_start=first_start,
+            force_plan=force_plan,
         )
 
     async def commit_step(

@@ -30,7 +30,7 @@ from sdk.event import Event
 from sdk.expressions import ExpressionError, compile_expression
 from sdk.opcodes import Op, Opcode, memo_data, memo_error
 from workers.invoker import Invoker
-from workers.remote import FunctionSource, Runnable
+from workers.remote import FunctionSource, RemoteFunction, Runnable
 
 log = structlog.get_logger("stepq.worker")
 
@@ -120,6 +120,8 @@ class Executor:
             attempt=job.attempt,
             stack=loaded.stack,
             target_step=job.step_key if job.kind is JobKind.PLANNED else None,
+            # Inngest's protocol: after a fan-out, a served function plans its next step.
+            disable_immediate_execution=loaded.force_plan and isinstance(fn, RemoteFunction),
             max_output_bytes=self.store.limits.max_output_bytes,
         )
         try:

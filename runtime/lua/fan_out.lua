@@ -14,6 +14,13 @@ end
 local now = tonumber(ARGV[7])
 redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[1], 'join_id', ARGV[4], 'join_job', ARGV[5], 'status', ARGV[8])
+-- After steps ran in parallel, the next call asks the SDK to plan rather than run (Inngest's
+-- ForceStepPlan); one planned step at a time lifts it.
+if tonumber(ARGV[9]) > 1 then
+  redis.call('HSET', KEYS[1], 'force_plan', '1')
+else
+  redis.call('HDEL', KEYS[1], 'force_plan')
+end
 local i = 10
 for _ = 1, tonumber(ARGV[9]) do
   local key, name, job_id = ARGV[i], ARGV[i + 1], ARGV[i + 2]

@@ -1,7 +1,8 @@
 -- Claim a run for one invocation and return what the worker does not have cached.
 -- KEYS: run, events, memo, stack, steps, timers, pending
 -- ARGV: position, known_len (-1: send the events too), fence_field, now_ms, kind, step_key
--- Returns {code, fence, fn, queue_id, events|false, stack_len, created, first_start, key1..keyN, value1..valueN}
+-- Returns {code, fence, fn, queue_id, events|false, stack_len, created, first_start, force_plan,
+--          key1..keyN, value1..valueN}
 -- (first_start is 1 when this invocation is the run's first)
 local run = KEYS[1]
 local status = redis.call('HGET', run, 'status')
@@ -40,7 +41,7 @@ if status == 'queued' or status == 'sleeping' then
   redis.call('HSET', run, 'status', 'running')
 end
 local first = redis.call('HSETNX', run, 'started', ARGV[4])
-local ids = redis.call('HMGET', run, 'fn', 'q', 'created')
+local ids = redis.call('HMGET', run, 'fn', 'q', 'created', 'force_plan')
 local out = {'ok', fence, ids[1], ids[2]}
 local known = tonumber(ARGV[2])
 if known < 0 then
@@ -52,6 +53,7 @@ end
 out[6] = len
 out[7] = ids[3]
 out[8] = first
+out[9] = ids[4] or '0'
 if known < len then
   local new_keys = redis.call('LRANGE', KEYS[4], known, -1)
   local values = redis.call('HMGET', KEYS[3], unpack(new_keys))
