@@ -199,3 +199,30 @@ async def test_a_drain_past_its_grace_hands_the_job_back_to_another_worker(
     assert await run_stack(redis, run_id) == [SLOW, AFTER]
     assert (await committed(redis, run_id))[SLOW] == {"data": {"token": again.token, "pid": other.pid}}
     assert code == 0, draining.stderr()[-3000:]
+
+
+async def test_a_second_sigint_hands_the_running_step_back_at_once(
+    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    # The default 30 s grace and a 60 s lease: only the forced hand-back lets the other worker run
+    # the step within this test's waits.
+    workers = start_workers("crash", n=2, env={"STEPQ_LEASE": "60"})
+    log = tmp_path / "slow.log"
+    run_id = await start_run(sender, redis, "slow-async", "test/slow.async", {"log": str(log), "first_s": 20})
+
+    [start] = await wait_for_marks(log, "start", 1, timeout=15, workers=workers)
+    forced = worker_with_pid(workers, start.pid)
+    [other] = [w for w in workers if w is not forced]
+    forced.proc.send_signal(signal.SIGINT)  # drain...
+    await asyncio.sleep(0.5)
+    forced.proc.send_signal(signal.SIGINT)  # ...then force
+
+    assert await wait_exit(forced, timeout=15) == 0, forced.stderr()[-3000:]
+    assert any(e.get("event") == "worker.forced" for e in forced.logs())
+    _, again = await wait_for_marks(log, "start", 2, timeout=15, workers=[other])
+    assert again.pid == other.pid
+    done = await wait_for_run(redis, run_id, timeout=30)
+    assert done.status == "completed", done.error
+    # The forced execution never finished; the other worker's result is the one committed.
+    assert [m.token for m in marks(log, "end")] == [again.token]
+    assert done.output["slow"] == {"token": again.token, "pid": other.pid}
