@@ -565,7 +565,7 @@ async def queues_idle(redis: Redis) -> bool:
         pipe.zcount(stepq_queue(), "-inf", now_ms)
         pipe.zcount(ARQ_QUEUE, "-inf", now_ms)
         due = await pipe.execute()
-    return sum(due) == 0
+    return sum(int(n) for n in due) == 0
 
 
 IO_COUNTERS = ("total_reads_processed", "total_net_input_bytes", "total_net_output_bytes", "total_commands_processed")
