@@ -22,6 +22,7 @@ _NAMES = (
     "resolve_step",
     "cancel_run",
     "enqueue_job",
+    "claim_jobs",
 )
 
 

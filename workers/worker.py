@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 import structlog
 from arq.connections import ArqRedis
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -187,6 +188,28 @@ class StepqWorker(Worker):
             await asyncio.gather(*self.tasks.values())
             return True
         return False
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim the due jobs among ``job_ids`` in one Lua call, then run them as arq would.
+
+        Same semantics as arq's ``start_jobs`` (a job runs only where its in-progress lock was set,
+        and only while it is due), at one round trip per poll instead of four per id.
+        """
+        free = self.max_jobs - self.job_counter
+        if free <= 0 or not job_ids:
+            return
+        claimed = await self.store.scripts.call(
+            "claim_jobs",
+            [self.queue_name],
+            [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, *job_ids],
+        )
+        for i in range(0, len(claimed), 2):
+            await self.sem.acquire()
+            self.job_counter += 1
+            job_id = claimed[i].decode()
+            task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     async def _wait_for_redis(self) -> None:
         """A worker that starts before Redis (or during a restart) waits for it rather than exiting."""
@@ -366,7 +389,7 @@ def _build(
     """``crons``: the cron triggers of imported functions; None reads those of HTTP-served ones."""
     options = options or WorkerOptions.from_env()
     pool = ArqRedis(
-        connection_pool=make_pool(redis_url),
+        connection_pool=make_pool(redis_url, hot_path=True),
         job_serializer=msgpack.packb,
         job_deserializer=_deserialize,
         default_queue_name=keys.queue(queue_id),

@@ -1,0 +1,23 @@
+-- Claim due jobs for one worker in one round trip (arq claims each with WATCH/MULTI, four round
+-- trips per id, including ids that other workers are running).
+-- KEYS: queue
+-- ARGV: now_ms, lease_ms, limit, job ids...
+-- Returns {id1, score1, id2, score2, ...} of the jobs claimed (their arq in-progress lock is set).
+local now, lease, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV do
+  if #out >= 2 * limit then
+    break
+  end
+  local id = ARGV[i]
+  local lock = 'arq:in-progress:' .. id
+  if redis.call('EXISTS', lock) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= now then
+      redis.call('SET', lock, '1', 'PX', lease)
+      out[#out + 1] = id
+      out[#out + 1] = score
+    end
+  end
+end
+return out
