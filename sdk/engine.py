@@ -143,9 +143,12 @@ class Replay:
         self.request = request
         self.max_attempts = max_attempts
         self.app_id = app_id
+        #: Per step id: the index its next repeat gets (1 after the first occurrence).
         self._seen: dict[str, int] = {}
-        #: Every step name (``id`` or ``id:n``) used in this invocation, for unique keys.
-        self._keys_used: set[str] = set()
+        #: Step ids users wrote with a colon (``x:1``): repeats of ``x`` skip these indexes.
+        self._colon_ids: set[str] = set()
+        #: Keys of the memoized steps reached, for divergence reports.
+        self._hits: list[str] = []
         self.visited = 0
         self.parallel_depth = 0
 
@@ -157,31 +160,38 @@ class Replay:
     def lookup(self, step_id: str) -> tuple[str, int | None, bool, Any]:
         """(key, index, memoized, memo) for this occurrence of ``step_id``.
 
-        The hot path of every replay, so it is one method. Keys follow Inngest: ``id``, then
-        ``id:1``, ``id:2``... As in Inngest's JS SDK, an index a user already took by name (a step
-        literally called ``id:1``) is skipped, so two different steps never share a key.
+        The hot path of every replay (about a microsecond a step), so it is one method. Keys follow
+        Inngest: ``id``, then ``id:1``, ``id:2``... As in Inngest's JS SDK, an index a user already
+        took by name (a step literally called ``id:1``) is skipped, so two steps never share a key.
         """
-        used = self._keys_used
-        if step_id not in self._seen and step_id not in used:
-            if type(step_id) is not str or not step_id:
-                raise ValueError(f"step id must be a non-empty string, got {step_id!r}")
-            self._seen[step_id] = 1
-            used.add(step_id)
+        seen = self._seen
+        following = seen.get(step_id)
+        if following is None and (type(step_id) is not str or not step_id):
+            raise ValueError(f"step id must be a non-empty string, got {step_id!r}")
+        if following is None and not (":" in step_id and self._generated(step_id)):
+            seen[step_id] = 1
+            if ":" in step_id:
+                self._colon_ids.add(step_id)
             key = _hash_cache.get(step_id) or hash_step_id(step_id)
             index = None
         else:
-            index = max(self._seen.get(step_id, 0), 1)
-            while f"{step_id}:{index}" in used:
-                index += 1
-            self._seen[step_id] = index + 1
-            name = f"{step_id}:{index}"
-            used.add(name)
-            key = hash_step_id(name)
+            index = following or 1
+            if self._colon_ids:
+                while f"{step_id}:{index}" in self._colon_ids:
+                    index += 1
+            seen[step_id] = index + 1
+            key = _indexed_cache.get((step_id, index)) or _indexed_key(step_id, index)
         steps = self.request.steps
         if key in steps:
             self.visited += 1
+            self._hits.append(key)
             return key, index, True, steps[key]
         return key, index, False, None
+
+    def _generated(self, step_id: str) -> bool:
+        """Whether ``step_id`` (``base:n``) is a key name this invocation already gave a repeat."""
+        base, _, number = step_id.rpartition(":")
+        return number.isdigit() and 1 <= int(number) < self._seen.get(base, 0)
 
     def may_run_now(self, key: str, step_id: str = "") -> bool:
         """Whether a new step may run in this invocation; raises Skip/Diverged/NonDeterminismError
@@ -221,12 +231,23 @@ class Replay:
         """The memoized steps the function did not reach, or None when it followed its history."""
         if self.visited >= len(self.request.steps):
             return None
-        visited = {hash_step_id(name) for name in self._keys_used}
+        visited = set(self._hits)
         stack = list(self.request.stack)
         missing = [k for k in stack if k not in visited]
         if not missing:
             return None
         return Divergence(missing[0], stack.index(missing[0]) + 1, len(stack), len(missing), asked)
+
+
+_indexed_cache: dict[tuple[str, int], str] = {}
+
+
+def _indexed_key(step_id: str, index: int) -> str:
+    """The key of the ``index``-th repeat of ``step_id``; cached, since replays ask again."""
+    key = hash_step_id(f"{step_id}:{index}")
+    if len(_indexed_cache) < 100_000:
+        _indexed_cache[(step_id, index)] = key
+    return key
 
 
 def _encoded_size(value: JSON) -> int:
