@@ -80,6 +80,8 @@ async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunV
     if not with_steps:
         return view
     fields = {k.decode(): v.decode() for k, v in meta.items()}
+    if b"sleep_key" in raw:  # a sleeping run keeps its sleep's name in its record
+        fields[f"{raw[b'sleep_key'].decode()}:name"] = raw.get(b"sleep_name", b"").decode()
     order = [k.decode() for k in stack]
     pending = sorted({f.split(":", 1)[0] for f in fields} - set(order))
     for key in order + pending:

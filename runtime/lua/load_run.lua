@@ -21,12 +21,13 @@ if ARGV[5] == 'wake' then
   -- a finished sleep memoizes null (msgpack 0xc0)
   redis.call('HSET', KEYS[3], ARGV[6], '\192')
   redis.call('RPUSH', KEYS[4], ARGV[6])
-  redis.call('HSET', KEYS[5], ARGV[6] .. ':at', ARGV[4])
+  local name = redis.call('HGET', run, 'sleep_name') or ''
+  redis.call('HSET', KEYS[5], ARGV[6] .. ':at', ARGV[4], ARGV[6] .. ':name', name, ARGV[6] .. ':attempts', 1)
   local timer = redis.call('HGET', run, 'timer')
   if timer then
     redis.call('ZREM', KEYS[6], timer)
   end
-  redis.call('HDEL', run, 'wake_at', 'timer', 'sleep_key')
+  redis.call('HDEL', run, 'wake_at', 'timer', 'sleep_key', 'sleep_name')
   len = len + 1
 elseif ARGV[5] == 'planned' then
   -- a planned (parallel) step: run only while it is pending and unresolved

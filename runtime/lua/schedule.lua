@@ -13,7 +13,7 @@ if ARGV[3] == '-1' then
 elseif redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[3]) then
   return 'stale'
 end
-if ARGV[4] ~= '' then
+if ARGV[4] ~= '' and ARGV[12] == '' then
   redis.call('HSET', KEYS[3], ARGV[4] .. ':name', ARGV[5], ARGV[4] .. ':attempts', ARGV[6])
   if ARGV[7] ~= '' then
     redis.call('HSET', KEYS[3], ARGV[4] .. ':error', ARGV[7])
@@ -23,8 +23,9 @@ if ARGV[8] ~= '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[8])
 end
 if ARGV[12] ~= '' then
-  -- a sleep: its wake job is known by the timer (the run's 'timer' and 'sleep_key' rebuild it)
-  redis.call('HSET', KEYS[1], 'wake_at', ARGV[10], 'timer', ARGV[12], 'sleep_key', ARGV[4])
+  -- a sleep: its wake job is known by the timer (the run's 'timer' and 'sleep_key' rebuild it);
+  -- the step's name waits in the run record too, so a sleeping run needs no steps hash
+  redis.call('HSET', KEYS[1], 'wake_at', ARGV[10], 'timer', ARGV[12], 'sleep_key', ARGV[4], 'sleep_name', ARGV[5])
   redis.call('ZADD', KEYS[7], ARGV[10], ARGV[12])
 else
   redis.call('SADD', KEYS[8], string.sub(KEYS[4], 9))
