@@ -30,22 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = ("completed", "failed", "cancelled")
 
 
-class WorkerProcess:
-    """One ``stepq worker`` subprocess with its stdout and stderr captured to files."""
+class LoggedProcess:
+    """A subprocess whose stdout and stderr go to files, read back as text or structured lines."""
 
-    def __init__(self, app: str, index: int, directory: Path, env: dict[str, str]) -> None:
-        self.app = app
-        self.stdout_path = directory / f"worker-{app}-{index}.stdout"
-        self.stderr_path = directory / f"worker-{app}-{index}.stderr"
+    def __init__(self, name: str, argv: list[str], directory: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.stdout_path = directory / f"{name}.stdout"
+        self.stderr_path = directory / f"{name}.stderr"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.cli", "worker", f"tests.apps.{app}:client", "--redis-url", REDIS_URL],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-            )
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
     @property
     def pid(self) -> int:
@@ -61,13 +54,22 @@ class WorkerProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def logs(self) -> list[dict[str, Any]]:
-        """The structured (JSON) log lines this worker wrote to stderr."""
+        """The structured (JSON) log lines this process wrote to stderr."""
         out = []
         for line in self.stderr().splitlines():
             if line.startswith("{"):
                 with contextlib.suppress(json.JSONDecodeError):
                     out.append(json.loads(line))
         return out
+
+
+class WorkerProcess(LoggedProcess):
+    """One ``stepq worker`` subprocess with its stdout and stderr captured to files."""
+
+    def __init__(self, app: str, index: int, directory: Path, env: dict[str, str]) -> None:
+        self.app = app
+        argv = [sys.executable, "-m", "workers.cli", "worker", f"tests.apps.{app}:client", "--redis-url", REDIS_URL]
+        super().__init__(f"worker-{app}-{index}", argv, directory, env)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Block until the worker has registered its app (its ``worker.started`` line)."""

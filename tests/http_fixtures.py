@@ -8,9 +8,7 @@ flushes the test database once, when it starts.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
 import signal
 import socket
@@ -18,12 +16,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import redis as sync_redis
 
-from tests.helpers import REDIS_URL, ROOT
+from tests.helpers import REDIS_URL, ROOT, LoggedProcess
 
 
 def free_port() -> int:
@@ -50,34 +47,12 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("INNGEST_") and k not in _LEAKY}
 
 
-class Service:
+class Service(LoggedProcess):
     """One subprocess (an API, a worker, an app), stdout and stderr captured to files."""
 
     def __init__(self, name: str, argv: list[str], directory: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.stdout_path = directory / f"{name}.stdout"
-        self.stderr_path = directory / f"{name}.stderr"
         full_env = {**clean_environ(), "PYTHONUNBUFFERED": "1", "STEPQ_LOG_LEVEL": "info", **(env or {})}
-        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stdout(self) -> str:
-        return self.stdout_path.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def logs(self) -> list[dict[str, Any]]:
-        """The structured (JSON) lines this process wrote to stderr."""
-        out = []
-        for line in self.stderr().splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(json.JSONDecodeError):
-                    out.append(json.loads(line))
-        return out
+        super().__init__(name, argv, directory, full_env)
 
     def output(self) -> str:
         out, err = self.stdout()[-4000:], self.stderr()[-6000:]
