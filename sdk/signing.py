@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import re
 from collections.abc import Iterable
 from typing import Any
+
+import jcs
 
 from sdk.errors import StepqError
 
@@ -178,10 +179,11 @@ def bearer_matches(authorization: str | None, keys: Iterable[str | None]) -> boo
 
 
 def canonical_json(value: Any) -> bytes:
-    """RFC 8785 (JCS) bytes of a JSON value: sorted keys, no whitespace, ECMAScript numbers."""
-    out: list[str] = []
-    _encode(value, out)
-    return "".join(out).encode("utf-8")
+    """RFC 8785 (JCS) bytes of a JSON value: sorted keys, no whitespace, ECMAScript numbers.
+
+    The ``jcs`` package, as Inngest's Python SDK uses to check signatures: both sides must write
+    the same bytes (integers beyond 2**53 become doubles, as JCS says)."""
+    return bytes(jcs.canonicalize(value))
 
 
 def _canonical_or_none(body: bytes) -> bytes | None:
@@ -193,71 +195,3 @@ def _canonical_or_none(body: bytes) -> bytes | None:
         return None
 
 
-def _encode(value: Any, out: list[str]) -> None:
-    if value is None:
-        out.append("null")
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False))
-    elif isinstance(value, int):
-        out.append(str(value))
-    elif isinstance(value, float):
-        out.append(_es_number(value))
-    elif isinstance(value, dict):
-        out.append("{")
-        for i, key in enumerate(sorted(value, key=_utf16_key)):
-            if not isinstance(key, str):
-                raise TypeError(f"JSON object keys must be strings, got {type(key).__name__}")
-            if i:
-                out.append(",")
-            out.append(json.dumps(key, ensure_ascii=False))
-            out.append(":")
-            _encode(value[key], out)
-        out.append("}")
-    elif isinstance(value, list | tuple):
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
-    else:
-        raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _utf16_key(key: Any) -> bytes:
-    return str(key).encode("utf-16-be", "surrogatepass")
-
-
-def _es_number(value: float) -> str:
-    """A float as ECMAScript's Number.prototype.toString writes it (JCS §3.2.2.3)."""
-    if not math.isfinite(value):
-        raise ValueError(f"{value!r} is not a JSON number")
-    if value == 0:
-        return "0"
-    text = repr(value)
-    sign = ""
-    if text.startswith("-"):
-        sign, text = "-", text[1:]
-    mantissa, _, exp_text = text.partition("e")
-    int_part, _, frac = mantissa.partition(".")
-    digits = int_part + frac
-    leading = len(digits) - len(digits.lstrip("0"))
-    s = digits.strip("0")
-    k = len(s)
-    # value = 0.s * 10**n, i.e. s * 10**(n - k), as in the ECMAScript algorithm.
-    n = len(int_part) - leading + (int(exp_text) if exp_text else 0)
-    if k <= n <= 21:
-        body = s + "0" * (n - k)
-    elif 0 < n <= 21:
-        body = s[:n] + "." + s[n:]
-    elif -6 < n <= 0:
-        body = "0." + "0" * (-n) + s
-    else:
-        exponent = n - 1
-        e = f"e{'+' if exponent >= 0 else '-'}{abs(exponent)}"
-        body = (s if k == 1 else s[0] + "." + s[1:]) + e
-    return sign + body
