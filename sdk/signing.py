@@ -193,5 +193,3 @@ def _canonical_or_none(body: bytes) -> bytes | None:
         return canonical_json(json.loads(body))
     except (ValueError, TypeError, RecursionError):
         return None
-
-
