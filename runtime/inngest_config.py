@@ -109,20 +109,9 @@ def _backoff(raw: dict[str, Any], where: str) -> dict[str, float]:
     from sdk.retry import Backoff
 
     try:
-        policy = Backoff.of(
-            raw.get("initial", 1.0),
-            factor=float(raw.get("factor", 2.0)),
-            maximum=raw.get("maximum", 600.0),
-            jitter=float(raw.get("jitter", 0.2)),
-        )
+        return Backoff.from_dict(raw).to_dict()
     except (ValueError, TypeError) as exc:
         raise FunctionConfigError(f"{where}: {exc}") from None
-    return {
-        "initial": policy.initial.total_seconds(),
-        "factor": policy.factor,
-        "maximum": policy.maximum.total_seconds(),
-        "jitter": policy.jitter,
-    }
 
 
 def _list(raw: dict[str, Any], field: str, where: str) -> list[Any]:

@@ -138,12 +138,7 @@ class Function:
             "retries": self.retries,
             "cancel": [c.to_dict() for c in self.cancel],
             "timeouts": self.timeouts.to_dict() if self.timeouts else {},
-            "backoff": {
-                "initial": self.backoff.initial.total_seconds(),
-                "factor": self.backoff.factor,
-                "maximum": self.backoff.maximum.total_seconds(),
-                "jitter": self.backoff.jitter,
-            },
+            "backoff": self.backoff.to_dict(),
         }
 
 

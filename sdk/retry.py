@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import random
+from typing import Any
 
 from sdk.durations import DurationLike, to_timedelta
 from sdk.errors import FunctionConfigError
@@ -42,6 +43,25 @@ class Backoff:
             factor=factor,
             maximum=to_timedelta(maximum, what="Backoff.maximum"),
             jitter=jitter,
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        """Seconds and factors, as function configs and opcodes carry them."""
+        return {
+            "initial": self.initial.total_seconds(),
+            "factor": self.factor,
+            "maximum": self.maximum.total_seconds(),
+            "jitter": self.jitter,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Backoff:
+        """The inverse of ``to_dict``; missing fields take the defaults."""
+        return cls.of(
+            raw.get("initial", 1.0),
+            factor=float(raw.get("factor", 2.0)),
+            maximum=raw.get("maximum", 600.0),
+            jitter=float(raw.get("jitter", 0.2)),
         )
 
     def delay(self, failures: int) -> dt.timedelta:

@@ -8,6 +8,7 @@ share ``_StepCore``: the memo lookup before a step, the opcode after it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +19,7 @@ from sdk.engine import Interrupt, Replay, Skip, unwrap_memo
 from sdk.errors import NonRetriableError, RetryAfterError, StepOutputError, error_payload
 from sdk.event import Event
 from sdk.opcodes import Op, Opcode
+from sdk.retry import Backoff
 
 if TYPE_CHECKING:
     from sdk.function import Function
@@ -55,16 +57,22 @@ class _StepCore:
             self._failed(step_id, key, index, exc)
         raise Interrupt([Opcode(Op.STEP_RUN, key, step_id, index, data=data)])
 
-    def _failed(self, step_id: str, key: str, index: int | None, exc: BaseException) -> NoReturn:
+    def _failed(
+        self, step_id: str, key: str, index: int | None, exc: BaseException, policy: StepPolicy | None = None
+    ) -> NoReturn:
         if isinstance(exc, Interrupt | Skip):
             raise NonRetriableError(f"step {step_id!r} called another step inside its handler; steps cannot nest")
         if isinstance(exc, NonRetriableError):
             raise exc  # fails the run at once, as in Inngest's Python SDK
         request = self._replay.request
-        final = isinstance(exc, StepOutputError) or request.attempt + 1 >= self._replay.max_attempts
+        max_attempts = self._replay.max_attempts
+        if policy is not None and policy.retries is not None:
+            max_attempts = policy.retries + 1
+        final = isinstance(exc, StepOutputError) or request.attempt + 1 >= max_attempts
         op = Op.STEP_FAILED if final else Op.STEP_ERROR
         retry_after = exc.retry_after if isinstance(exc, RetryAfterError) and not final else None
-        raise Interrupt([Opcode(op, key, step_id, index, error=error_payload(exc))], retry_after)
+        opts = policy.to_opts() if policy is not None else None
+        raise Interrupt([Opcode(op, key, step_id, index, error=error_payload(exc), opts=opts)], retry_after)
 
     def _sleep_op(self, step_id: str, until: dt.datetime | None, delta: dt.timedelta | None) -> Any:
         key, index, memo = self._lookup(step_id)
@@ -123,6 +131,34 @@ class _StepCore:
         return self._sender
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepPolicy:
+    """A step's own retry policy (``step.run(..., retries=, backoff=)``), carried on its opcodes so
+    that the runtime retries it by these rules rather than the function's."""
+
+    retries: int | None
+    backoff: Backoff | None
+
+    @classmethod
+    def of(cls, step_id: str, retries: int | None, backoff: Backoff | None) -> StepPolicy | None:
+        if retries is None and backoff is None:
+            return None
+        valid = isinstance(retries, int) and not isinstance(retries, bool) and 0 <= retries <= 20
+        if retries is not None and not valid:
+            raise NonRetriableError(f"step {step_id!r}: retries must be an int from 0 to 20, got {retries!r}")
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise NonRetriableError(f"step {step_id!r}: backoff must be an sdk.Backoff, got {backoff!r}")
+        return cls(retries, backoff)
+
+    def to_opts(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"type": "step.run"}
+        if self.retries is not None:
+            opts["retries"] = self.retries
+        if self.backoff is not None:
+            opts["backoff"] = self.backoff.to_dict()
+        return opts
+
+
 def _event_or_none(memo: Any) -> Event | None:
     """A wait's memo: the matching event (unwrapped, as Inngest stores it) or null on timeout."""
     if not isinstance(memo, dict):
@@ -152,12 +188,21 @@ def _until(step_id: str, until: dt.datetime | str) -> dt.datetime:
 class Step(_StepCore):
     """Step tools for ``async def`` functions."""
 
-    async def run(self, step_id: str, handler: Callable[..., Any], *args: Any) -> Any:
+    async def run(
+        self,
+        step_id: str,
+        handler: Callable[..., Any],
+        *args: Any,
+        retries: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> Any:
         """Run ``handler(*args)`` once for the run; later re-entries return its stored result.
 
         The handler may be sync (it runs in a thread, so the worker stays responsive) or async. Its
         result must be JSON-compatible. After the last attempt fails, this raises ``StepError``.
+        ``retries`` and ``backoff`` override the function's policy for this step alone.
         """
+        policy = StepPolicy.of(step_id, retries, backoff)
         key, index, found, memo = self._replay.lookup(step_id)
         if found:
             if type(memo) is dict and len(memo) == 1 and "data" in memo:
@@ -174,7 +219,7 @@ class Step(_StepCore):
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
-            self._failed(step_id, key, index, exc)
+            self._failed(step_id, key, index, exc, policy)
         self._ran(step_id, key, index, result)
 
     async def sleep(self, step_id: str, duration: DurationLike) -> None:
@@ -239,8 +284,16 @@ class SyncStep(_StepCore):
         super().__init__(replay, sender)
         self._sync_sender = sync_sender
 
-    def run(self, step_id: str, handler: Callable[..., T], *args: Any) -> T:
+    def run(
+        self,
+        step_id: str,
+        handler: Callable[..., T],
+        *args: Any,
+        retries: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> T:
         """Run ``handler(*args)`` once for the run; see ``Step.run``."""
+        policy = StepPolicy.of(step_id, retries, backoff)
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
             return unwrap_memo(step_id, memo)  # type: ignore[no-any-return]
@@ -254,7 +307,7 @@ class SyncStep(_StepCore):
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
-            self._failed(step_id, key, index, exc)
+            self._failed(step_id, key, index, exc, policy)
         self._ran(step_id, key, index, result)
 
     def sleep(self, step_id: str, duration: DurationLike) -> None:

@@ -376,3 +376,25 @@ def test_the_engine_imports_no_redis_or_arq() -> None:
     code = "import sys, sdk; print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'arq', 'runtime')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_a_step_retry_policy_decides_error_or_failed_and_travels_in_the_opcode() -> None:
+    client = inngest.Client("engine-policy")
+
+    @client.create_function(id="policy", trigger=inngest.TriggerEvent(event="test/policy"), retries=4)
+    async def policy(ctx: inngest.Context) -> None:
+        def boom() -> None:
+            raise ValueError("boom")
+
+        await ctx.step.run("boom", boom, retries=1, backoff=inngest.Backoff.of("2s"))
+
+    event = inngest.Event(name="test/policy").validated()
+    ops = []
+    for attempt in (0, 1):
+        request = inngest.ExecutionRequest(event=event, events=[event], steps={}, run_id="r", attempt=attempt)
+        result = await inngest.execute(policy, request)
+        assert isinstance(result, inngest.StepsReported)
+        ops.append(result.opcodes[0])
+    assert [op.op for op in ops] == [inngest.Op.STEP_ERROR, inngest.Op.STEP_FAILED]
+    assert ops[0].opts is not None and ops[0].opts["retries"] == 1
+    assert ops[0].opts["backoff"]["initial"] == 2.0

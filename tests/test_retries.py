@@ -82,3 +82,26 @@ async def test_retry_after_error_delays_the_next_attempt(
     assert view.output == 2
     first, second = attempt_times(log)
     assert second - first >= 1.5
+
+
+async def test_a_step_retry_policy_overrides_the_functions(
+    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    start_workers("retries")
+    once, patient, shaky = tmp_path / "once.log", tmp_path / "patient.log", tmp_path / "shaky.log"
+    per_step = await start_run(sender, redis, "per-step", "test/per-step", {"once": str(once), "patient": str(patient)})
+    strict = await start_run(sender, redis, "strict", "test/strict", {"log": str(shaky)})
+
+    view = await wait_for_run(redis, per_step)
+    assert view.status == "completed", view.error
+    # retries=0 on a function allowing 4: one attempt, then a catchable StepError.
+    assert len(attempt_times(once)) == 1
+    assert view.output["once"] == "no retries for me"
+    # retries=3: the fourth attempt succeeds.
+    assert view.output["patient"] == "ok after 4"
+    assert len(attempt_times(patient)) == 4
+
+    view = await wait_for_run(redis, strict)
+    # The function allows no retry, its step asks for two: three attempts.
+    assert (view.status, view.output) == ("completed", "ok after 3"), view.error
+    assert len(attempt_times(shaky)) == 3

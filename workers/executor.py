@@ -29,6 +29,7 @@ from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, Functi
 from sdk.event import Event
 from sdk.expressions import ExpressionError, compile_expression
 from sdk.opcodes import Op, Opcode, memo_data, memo_error
+from sdk.retry import Backoff
 from workers.invoker import Invoker
 from workers.remote import FunctionSource, RemoteFunction, Runnable
 
@@ -205,13 +206,14 @@ class Executor:
     async def _step_result(
         self, job: JobSpec, run: LoadedRun, fn: Runnable, op: Opcode, result: StepsReported, elapsed_ms: int
     ) -> str:
-        if op.op is Op.STEP_ERROR and (result.no_retry or job.attempt + 1 >= fn.max_attempts):
+        max_attempts, backoff = _step_policy(op, fn)
+        if op.op is Op.STEP_ERROR and (result.no_retry or job.attempt + 1 >= max_attempts):
             # The SDK asked for no retry, or the attempts are spent (an SDK may not have noticed):
             # the step failed for good, and its error is memoized like a StepFailed.
             op = dataclasses.replace(op, op=Op.STEP_FAILED)
         if op.op is Op.STEP_ERROR:
             failures = job.attempt + 1
-            delay = result.retry_after or fn.backoff.delay(failures)
+            delay = result.retry_after or backoff.delay(failures)
             retry = dataclasses.replace(job, attempt=job.attempt + 1)
             error = op.error or {}
             outcome = await self.store.schedule(
@@ -374,6 +376,20 @@ class Executor:
             error=error,
         )
         return status
+
+
+def _step_policy(op: Opcode, fn: Runnable) -> tuple[int, Backoff]:
+    """(max attempts, backoff) for a failed step: its own policy when it set one (``step.run(...,
+    retries=, backoff=)``, carried in the opcode's opts), else the function's."""
+    opts = op.opts or {}
+    retries = opts.get("retries")
+    max_attempts = retries + 1 if isinstance(retries, int) and not isinstance(retries, bool) else fn.max_attempts
+    raw = opts.get("backoff")
+    try:
+        backoff = Backoff.from_dict(raw) if isinstance(raw, dict) else fn.backoff
+    except (ValueError, TypeError):
+        backoff = fn.backoff
+    return max_attempts, backoff
 
 
 def _suffix(outcome: Outcome) -> str:

@@ -40,14 +40,7 @@ class RemoteFunction:
             name=config.get("name", config["id"]),
             url=config["url"],
             retries=int(config.get("retries", 4)),
-            backoff=Backoff.of(
-                backoff.get("initial", 1.0),
-                factor=backoff.get("factor", 2.0),
-                maximum=backoff.get("maximum", 600.0),
-                jitter=backoff.get("jitter", 0.2),
-            )
-            if backoff
-            else Backoff(),
+            backoff=Backoff.from_dict(backoff) if backoff else Backoff(),
             timeouts=Timeouts(start=timeouts.get("start"), finish=timeouts.get("finish")) if timeouts else None,
         )
 

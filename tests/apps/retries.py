@@ -66,3 +66,39 @@ async def slow_down(ctx: inngest.Context) -> int:
 
     attempts: int = await ctx.step.run("rate-limited", call_rate_limited)
     return attempts
+
+
+@client.create_function(id="per-step", trigger=inngest.TriggerEvent(event="test/per-step"), retries=4, backoff=FAST)
+async def per_step(ctx: inngest.Context) -> dict[str, Any]:
+    """Two steps with their own policies: one never retried, one retried more than the function."""
+
+    def once() -> None:
+        _attempt(ctx.event.data["once"])
+        raise ConnectionError("no retries for me")
+
+    def patient() -> str:
+        n = _attempt(ctx.event.data["patient"])
+        if n <= 3:
+            raise ConnectionError(f"not yet ({n})")
+        return f"ok after {n}"
+
+    try:
+        await ctx.step.run("once", once, retries=0)
+    except inngest.StepError as err:
+        first = err.message
+    second = await ctx.step.run("patient", patient, retries=3, backoff=inngest.Backoff.of("20ms"))
+    return {"once": first, "patient": second}
+
+
+@client.create_function(id="strict", trigger=inngest.TriggerEvent(event="test/strict"), retries=0, backoff=FAST)
+async def strict(ctx: inngest.Context) -> str:
+    """The function allows no retry; its one step asks for two."""
+
+    def shaky() -> str:
+        n = _attempt(ctx.event.data["log"])
+        if n <= 2:
+            raise ConnectionError(f"shaky ({n})")
+        return f"ok after {n}"
+
+    result: str = await ctx.step.run("shaky", shaky, retries=2)
+    return result
