@@ -217,11 +217,6 @@ def _bad_field(detail: str, parts: list[str]) -> str | None:
     return None
 
 
-def validate_cron(text: str) -> None:
-    """Raise ``InvalidCronError`` if ``text`` is not a valid cron trigger expression."""
-    parse_schedule(text)
-
-
 def cron_functions(functions: Iterable[Any]) -> list[tuple[str, str, str]]:
     """``(slug, app_id, cron_text)`` for every cron trigger of ``functions`` (``sdk.Function``s),
     validated: an invalid one raises ``InvalidCronError`` naming the function."""

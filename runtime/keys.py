@@ -11,7 +11,6 @@ PREFIX = "stepq"
 ARQ_JOB = "arq:job:"
 ARQ_RESULT = "arq:result:"
 ARQ_IN_PROGRESS = "arq:in-progress:"
-ARQ_RETRY = "arq:retry:"
 
 
 def run(run_id: str) -> str:
@@ -45,10 +44,6 @@ def jobs(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:jobs"
 
 
-def run_keys(run_id: str) -> list[str]:
-    return [run(run_id), events(run_id), memo(run_id), stack(run_id), steps(run_id)]
-
-
 RUNS_ACTIVE = f"{PREFIX}:runs:active"  # zset run_id -> created ms
 RUNS_DONE = f"{PREFIX}:runs:done"  # zset run_id -> ended ms, trimmed to the retention period
 EVENTS = f"{PREFIX}:events"  # zset event id -> received ms, trimmed to the retention period
@@ -64,12 +59,29 @@ def trigger(event_name: str) -> str:
     return f"{PREFIX}:trigger:{event_name}"
 
 
-def app_functions(app_id: str) -> str:
-    return f"{PREFIX}:app:{app_id}:functions"
+def waits(event_name: str) -> str:
+    """Waits (and cancellation rules) on an event name: member ``<run>|<key>`` -> record."""
+    return f"{PREFIX}:waits:{event_name}"
 
 
-def function_events(slug: str) -> str:
-    return f"{PREFIX}:fn:{slug}:events"
+def wait_scan(event_name: str) -> str:
+    """Waits on ``event_name`` whose condition no index covers: every such event checks them."""
+    return f"{PREFIX}:waitscan:{event_name}"
+
+
+def wait_paths(event_name: str) -> str:
+    """The event paths the equality indexes of ``event_name`` use."""
+    return f"{PREFIX}:waitpaths:{event_name}"
+
+
+def wait_index(event_name: str, path: str, token: str) -> str:
+    """Waits on ``event_name`` whose condition needs ``path`` to equal ``token``."""
+    return f"{PREFIX}:waitidx:{event_name}:{path}:{token}"
+
+
+def recent_events(event_name: str) -> str:
+    """Recently received events of a name, for the look-back of a newly registered wait."""
+    return f"{PREFIX}:recent:{event_name}"
 
 
 def dedupe(slug: str, event_key: str) -> str:

@@ -24,9 +24,9 @@ RECENT_MAX = 1000
 
 async def record_recent(pipe: Any, name: str, event_id: str, at_ms: int) -> None:
     """Remember an event for the look-back (called in the ingest pipeline, before matching)."""
-    pipe.lpush(waits.recent(name), f"{at_ms}:{event_id}")
-    pipe.ltrim(waits.recent(name), 0, RECENT_MAX - 1)
-    pipe.pexpire(waits.recent(name), LOOK_BACK_MS)
+    pipe.lpush(keys.recent_events(name), f"{at_ms}:{event_id}")
+    pipe.ltrim(keys.recent_events(name), 0, RECENT_MAX - 1)
+    pipe.pexpire(keys.recent_events(name), LOOK_BACK_MS)
 
 
 async def deliver(ingest: Ingest, events: Sequence[dict[str, Any]]) -> int:
@@ -57,7 +57,7 @@ async def look_back(ingest: Ingest, record: waits.WaitRecord, since_ms: int) -> 
     """Match a just-registered wait against events of its name received since ``since_ms``."""
     redis = ingest.redis
     ids = []
-    recent: list[bytes] = await redis.lrange(waits.recent(record.event), 0, -1)  # type: ignore[misc]
+    recent: list[bytes] = await redis.lrange(keys.recent_events(record.event), 0, -1)  # type: ignore[misc]
     for entry in recent:
         at_ms, _, event_id = entry.decode().partition(":")
         if int(at_ms) < since_ms:

@@ -20,28 +20,6 @@ KIND_WAIT = "wait"
 KIND_CANCEL = "cancel"
 
 
-def _waits(name: str) -> str:
-    return f"{keys.PREFIX}:waits:{name}"
-
-
-def _scan(name: str) -> str:
-    return f"{keys.PREFIX}:waitscan:{name}"
-
-
-def _paths(name: str) -> str:
-    return f"{keys.PREFIX}:waitpaths:{name}"
-
-
-def _index(name: str, path: str, token: str) -> str:
-    """The equality-index set of waits on ``name`` whose condition needs ``path`` to equal ``token``."""
-    return f"{keys.PREFIX}:waitidx:{name}:{path}:{token}"
-
-
-def recent(name: str) -> str:
-    """Recently received events of a name, for the look-back of a newly registered wait."""
-    return f"{keys.PREFIX}:recent:{name}"
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class WaitRecord:
     run_id: str
@@ -95,12 +73,12 @@ def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord,
         path = path.removeprefix("async.")
         token = index_token(value)
     if indexed is not None and token is not None:
-        set_key, paths_spec = _index(record.event, path, token), f"{_paths(record.event)}\n{path}"
+        set_key, paths_spec = keys.wait_index(record.event, path, token), f"{keys.wait_paths(record.event)}\n{path}"
     else:
-        set_key, paths_spec = _scan(record.event), ""
+        set_key, paths_spec = keys.wait_scan(record.event), ""
     return record, Registration(
         field=f"wait:{record.key}",
-        hash_key=_waits(record.event),
+        hash_key=keys.waits(record.event),
         set_key=set_key,
         member=record.member,
         record=record.encode(),
@@ -113,7 +91,7 @@ async def waited_names(redis: Any, names: set[str]) -> set[str]:
     ordered = sorted(names)
     async with redis.pipeline(transaction=False) as pipe:
         for name in ordered:
-            pipe.exists(_waits(name))
+            pipe.exists(keys.waits(name))
         found = await pipe.execute()
     return {name for name, count in zip(ordered, found, strict=True) if count}
 
@@ -126,8 +104,8 @@ async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[
     names = sorted({e["name"] for e in events})
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.smembers(_scan(name))
-            pipe.smembers(_paths(name))
+            pipe.smembers(keys.wait_scan(name))
+            pipe.smembers(keys.wait_paths(name))
         replies = await pipe.execute()
     scans = {name: replies[2 * i] for i, name in enumerate(names)}
     paths = {name: [p.decode() for p in replies[2 * i + 1]] for i, name in enumerate(names)}
@@ -139,7 +117,7 @@ async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[
         for path in paths[event["name"]]:
             token = index_token_at(event, path)
             if token is not None:
-                index_keys.append(_index(event["name"], path, token))
+                index_keys.append(keys.wait_index(event["name"], path, token))
         lookups.append(index_keys)
     members: list[set[bytes]] = [set(scans[e["name"]]) for e in events]
     if any(lookups):
@@ -156,7 +134,7 @@ async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[
     async with redis.pipeline(transaction=False) as pipe:
         for event, wanted in zip(events, members, strict=True):
             if wanted:
-                pipe.hmget(_waits(event["name"]), sorted(wanted))
+                pipe.hmget(keys.waits(event["name"]), sorted(wanted))
         blobs = iter(await pipe.execute())
     return [[WaitRecord.decode(b) for b in next(blobs) if b is not None] if wanted else [] for wanted in members]
 

@@ -272,13 +272,6 @@ def unwrap_memo(step_id: str, memo: Any) -> Any:
     return memo
 
 
-def classify_step_exception(exc: BaseException, attempt: int, max_attempts: int) -> tuple[bool, bool]:
-    """(reraise_at_function_level, final) for an exception raised inside a step."""
-    if isinstance(exc, NonRetriableError):
-        return True, True
-    return False, attempt + 1 >= max_attempts
-
-
 async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
     """Re-enter ``fn`` once with ``request`` and report what happened. Never raises for user errors."""
     from sdk.context import make_context
