@@ -59,7 +59,7 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         created_ms=_int(raw.get(b"created")) or 0,
         started_ms=_int(raw.get(b"started")),
         ended_ms=_int(raw.get(b"ended")),
-        wake_at_ms=_int(raw.get(b"wake_at")),
+        wake_at_ms=None,
         output=unpack(raw[b"output"]) if b"output" in raw else None,
         error=unpack(raw[b"error"]) if b"error" in raw else None,
         event_ids=[e for e in text("event_ids").split(",") if e],
@@ -77,6 +77,9 @@ async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunV
     if not raw:
         return None
     view = _run_view(run_id, raw)
+    if b"timer" in raw:  # sleeping: its wake-up time is the timer's score
+        score = await redis.zscore(keys.TIMERS, raw[b"timer"])
+        view.wake_at_ms = int(score) if score is not None else None
     if not with_steps:
         return view
     fields = {k.decode(): v.decode() for k, v in meta.items()}

@@ -27,7 +27,7 @@ if ARGV[5] == 'wake' then
   if timer then
     redis.call('ZREM', KEYS[6], timer)
   end
-  redis.call('HDEL', run, 'wake_at', 'timer', 'sleep_key', 'sleep_name')
+  redis.call('HDEL', run, 'timer', 'sleep_key', 'sleep_name')
   len = len + 1
 elseif ARGV[5] == 'planned' then
   -- a planned (parallel) step: run only while it is pending and unresolved

@@ -91,7 +91,7 @@ local function close_run(run_id, now, retention_s)
     redis.call('DEL', 'arq:job:' .. next_job)
   end
   redis.call('DEL', run_part(run_id, 'jobs'), run_part(run_id, 'pending'))
-  redis.call('HDEL', run, 'wake_at', 'timer', 'sleep_key', 'sleep_name', 'join_id', 'join_job', 'next_job')
+  redis.call('HDEL', run, 'timer', 'sleep_key', 'sleep_name', 'join_id', 'join_job', 'next_job')
   for _, part in ipairs({'run', 'events', 'memo', 'stack', 'steps'}) do
     redis.call('EXPIRE', run_part(run_id, part), retention_s)
   end

@@ -25,7 +25,7 @@ end
 if ARGV[12] ~= '' then
   -- a sleep: its wake job is known by the timer (the run's 'timer' and 'sleep_key' rebuild it);
   -- the step's name waits in the run record too, so a sleeping run needs no steps hash
-  redis.call('HSET', KEYS[1], 'wake_at', ARGV[10], 'timer', ARGV[12], 'sleep_key', ARGV[4], 'sleep_name', ARGV[5])
+  redis.call('HSET', KEYS[1], 'timer', ARGV[12], 'sleep_key', ARGV[4], 'sleep_name', ARGV[5])
   redis.call('ZADD', KEYS[7], ARGV[10], ARGV[12])
 else
   redis.call('SADD', KEYS[8], string.sub(KEYS[4], 9))
