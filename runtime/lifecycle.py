@@ -51,8 +51,8 @@ async def run_ended(
 
 
 async def cancel(ingest: Ingest, run_id: str, reason: str) -> store.Outcome:
-    """Cancel a run (see ``runtime.store.cancel``) and emit its end."""
-    outcome = await store.cancel(ingest.store, run_id, reason)
+    """Cancel a run (see ``RunStore.cancel``) and emit its end."""
+    outcome = await ingest.store.cancel(run_id, reason)
     if outcome is store.Outcome.OK:
         error = {"name": "Cancelled", "message": reason, "stack": ""}
         await run_ended(ingest, run_id, "cancelled", error=error)

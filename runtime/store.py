@@ -103,6 +103,17 @@ class LoadRefused:
     detail: str = ""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PendingStep:
+    """One step of a fan-out: the job that will resolve it (if any) and its wait (if any)."""
+
+    key: str
+    name: str
+    job: JobSpec | None = None
+    due_ms: int = 0
+    wait: Registration | None = None
+
+
 class RunStore:
     """Every read and write of run state."""
 
@@ -336,6 +347,76 @@ class RunStore:
         )
         return {k: n.decode() for k, n in zip(step_keys, names, strict=True) if n is not None}
 
+    async def fan_out(self, run: LoadedRun, steps: Sequence[PendingStep], *, join: JobSpec, status: str) -> Outcome:
+        """Record steps reported together and enqueue their jobs; ``join`` runs once all are resolved."""
+        at = now_ms()
+        args: list[Any] = [
+            run.fence_field,
+            run.fence,
+            run.position,
+            join.job_id,
+            join.encode(at),
+            keys.queue(run.queue_id),
+            at,
+            status,
+            len(steps),
+        ]
+        for step in steps:
+            job = step.job
+            wait = step.wait
+            args += [
+                step.key,
+                step.name,
+                job.job_id if job else "",
+                job.encode(at) if job else "",
+                step.due_ms or at,
+                *(wait.args() if wait else ["", "", "", "", ""]),
+            ]
+        reply = await self.scripts.call(
+            "fan_out",
+            [
+                keys.run(run.run_id),
+                keys.stack(run.run_id),
+                keys.pending(run.run_id),
+                keys.steps(run.run_id),
+                keys.jobs(run.run_id),
+            ],
+            args,
+        )
+        return Outcome(reply.decode())
+
+    async def resolve(
+        self,
+        run_id: str,
+        key: str,
+        value: Any,
+        *,
+        name: str = "",
+        fence_field: str = "",
+        fence: str = "",
+        pipe: Any = None,
+    ) -> str:
+        """Memoize ``value`` for a pending step; ``joined`` when it was the last one (the run goes on)."""
+        reply = await self.scripts.call(
+            "resolve_step", [], [run_id, key, pack(value), name, now_ms(), fence_field, fence], client=pipe
+        )
+        return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+    async def enqueue_for_run(self, run_id: str, queue_id: str, job: JobSpec, due_ms: int) -> None:
+        """Enqueue a delayed job of the run; it is dropped if the run ends first."""
+        at = now_ms()
+        await self.scripts.call(
+            "enqueue_job",
+            [*enqueue_keys(job, queue_id), keys.jobs(run_id)],
+            [job.encode(at), due_ms, max(0, due_ms - at) + self.limits.job_grace_ms],
+        )
+
+    async def cancel(self, run_id: str, reason: str) -> Outcome:
+        """Cancel a run: status ``cancelled``, no further steps, its delayed jobs and waits dropped."""
+        error = {"name": "Cancelled", "message": reason, "stack": ""}
+        reply = await self.scripts.call("cancel_run", [], [run_id, now_ms(), self.limits.retention_s, pack(error)])
+        return Outcome(reply.decode())
+
 
 def timer_member(job: JobSpec, queue_id: str) -> str:
     """The timers-zset member of a sleep's wake job: ``queue|run|position``.
@@ -343,90 +424,3 @@ def timer_member(job: JobSpec, queue_id: str) -> str:
     Kept under 64 bytes so that the run's record stays a compact listpack hash in Redis; the step key
     that completes the wake job is the run's ``sleep_key`` field."""
     return f"{queue_id}|{job.run_id}|{job.position}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PendingStep:
-    """One step of a fan-out: the job that will resolve it (if any) and its wait (if any)."""
-
-    key: str
-    name: str
-    job: JobSpec | None = None
-    due_ms: int = 0
-    wait: Registration | None = None
-
-
-async def fan_out(
-    store: RunStore, run: LoadedRun, steps: Sequence[PendingStep], *, join: JobSpec, status: str
-) -> Outcome:
-    """Record steps reported together and enqueue their jobs; ``join`` runs once all are resolved."""
-    at = now_ms()
-    args: list[Any] = [
-        run.fence_field,
-        run.fence,
-        run.position,
-        join.job_id,
-        join.encode(at),
-        keys.queue(run.queue_id),
-        at,
-        status,
-        len(steps),
-    ]
-    for step in steps:
-        job = step.job
-        wait = step.wait
-        args += [
-            step.key,
-            step.name,
-            job.job_id if job else "",
-            job.encode(at) if job else "",
-            step.due_ms or at,
-            *(wait.args() if wait else ["", "", "", "", ""]),
-        ]
-    reply = await store.scripts.call(
-        "fan_out",
-        [
-            keys.run(run.run_id),
-            keys.stack(run.run_id),
-            keys.pending(run.run_id),
-            keys.steps(run.run_id),
-            keys.jobs(run.run_id),
-        ],
-        args,
-    )
-    return Outcome(reply.decode())
-
-
-async def resolve(
-    store: RunStore,
-    run_id: str,
-    key: str,
-    value: Any,
-    *,
-    name: str = "",
-    fence_field: str = "",
-    fence: str = "",
-    pipe: Any = None,
-) -> str:
-    """Memoize ``value`` for a pending step; ``joined`` when it was the last one (the run goes on)."""
-    reply = await store.scripts.call(
-        "resolve_step", [], [run_id, key, pack(value), name, now_ms(), fence_field, fence], client=pipe
-    )
-    return reply.decode() if isinstance(reply, bytes) else str(reply)
-
-
-async def enqueue_for_run(store: RunStore, run_id: str, queue_id: str, job: JobSpec, due_ms: int) -> None:
-    """Enqueue a delayed job of the run; it is dropped if the run ends first."""
-    at = now_ms()
-    await store.scripts.call(
-        "enqueue_job",
-        [*enqueue_keys(job, queue_id), keys.jobs(run_id)],
-        [job.encode(at), due_ms, max(0, due_ms - at) + store.limits.job_grace_ms],
-    )
-
-
-async def cancel(store: RunStore, run_id: str, reason: str) -> Outcome:
-    """Cancel a run: status ``cancelled``, no further steps, its delayed jobs and waits dropped."""
-    error = {"name": "Cancelled", "message": reason, "stack": ""}
-    reply = await store.scripts.call("cancel_run", [], [run_id, now_ms(), store.limits.retention_s, pack(error)])
-    return Outcome(reply.decode())

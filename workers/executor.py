@@ -19,7 +19,7 @@ from arq.worker import Retry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from runtime import lifecycle, matching, store, waits
+from runtime import lifecycle, matching, waits
 from runtime.ingest import Ingest
 from runtime.jobs import JobKind, JobSpec
 from runtime.registry import Registry
@@ -153,21 +153,20 @@ class Executor:
         if timeouts.start is not None:
             limit = to_timedelta(timeouts.start)
             if now_ms() - run.created_ms > limit.total_seconds() * 1000:
-                await store.cancel(
-                    self.store, run.run_id, f"the run did not start within {timeouts.to_dict()['start']}"
-                )
+                reason = f"the run did not start within {timeouts.to_dict()['start']}"
+                await lifecycle.cancel(self.ingest, run.run_id, reason)
                 return False
         if timeouts.finish is not None:
             due = now_ms() + _ms(to_timedelta(timeouts.finish))
-            await store.enqueue_for_run(
-                self.store, run.run_id, run.queue_id, JobSpec(run.run_id, 0, kind=JobKind.DEADLINE), due
+            await self.store.enqueue_for_run(
+                run.run_id, run.queue_id, JobSpec(run.run_id, 0, kind=JobKind.DEADLINE), due
             )
         return True
 
     async def _fire_timer(self, job: JobSpec) -> None:
         """A pending step's timer: a wait or invoke timed out, or a sleep inside a fan-out ended."""
         assert job.step_key is not None
-        outcome = await store.resolve(self.store, job.run_id, job.step_key, job.value)
+        outcome = await self.store.resolve(job.run_id, job.step_key, job.value)
         if outcome == "joined":
             self.on_next_job()
         log.info("timer", run_id=job.run_id, step_key=job.step_key, outcome=outcome)
@@ -230,8 +229,8 @@ class Executor:
         value = memo_data(op.data) if op.op is Op.STEP_RUN else memo_error(op.error or {})
         label = "step-ok" if op.op is Op.STEP_RUN else "step-failed"
         if job.kind is JobKind.PLANNED:
-            resolved = await store.resolve(
-                self.store, run.run_id, op.id, value, name=op.step_id, fence_field=run.fence_field, fence=run.fence
+            resolved = await self.store.resolve(
+                run.run_id, op.id, value, name=op.step_id, fence_field=run.fence_field, fence=run.fence
             )
             if resolved == "joined":
                 self.on_next_job()
@@ -297,7 +296,7 @@ class Executor:
             "waiting" if wait_records or invokes else ("sleeping" if all(o.op is Op.SLEEP for o in ops) else "running")
         )
         join = JobSpec(run.run_id, run.position + len(ops))
-        outcome = await store.fan_out(self.store, run, pending, join=join, status=status)
+        outcome = await self.store.fan_out(run, pending, join=join, status=status)
         if outcome is not Outcome.OK:
             log.warning("fan_out.refused", run_id=run.run_id, reason=outcome.value)
             return "fan-out" + _suffix(outcome)
@@ -318,7 +317,7 @@ class Executor:
         record = await self.registry.get(slug)
         if record is None:
             error = {"name": "FunctionNotFound", "message": f"invoke: no function {slug!r} is registered", "stack": ""}
-            await store.resolve(self.store, run.run_id, op.id, memo_error(error), name=op.step_id)
+            await self.store.resolve(run.run_id, op.id, memo_error(error), name=op.step_id)
             self.on_next_job()
             return
         payload = opts.get("payload") or {}
