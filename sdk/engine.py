@@ -15,11 +15,14 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from sdk.errors import (
     NonDeterminismError,
     NonRetriableError,
     RetryAfterError,
     StepError,
+    StepOutputError,
     error_payload,
 )
 from sdk.event import Event
@@ -211,8 +214,6 @@ class Replay:
 
     def check_output(self, step_id: str, value: Any) -> JSON:
         """The value as stored, or a StepOutputError naming the step and the problem."""
-        from sdk.errors import StepOutputError
-
         try:
             checked = check_json(value, "output")
         except NotJSONError as exc:
@@ -251,8 +252,6 @@ def _indexed_key(step_id: str, index: int) -> str:
 
 
 def _encoded_size(value: JSON) -> int:
-    import msgpack
-
     return len(msgpack.packb(value))
 
 
