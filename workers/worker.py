@@ -20,7 +20,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import structlog
@@ -112,6 +112,21 @@ _ENV: dict[str, tuple[str, type[int] | type[float]]] = {
     "timer_overdue_s": ("STEPQ_TIMER_OVERDUE", float),
     "cron_catch_up_s": ("STEPQ_CRON_CATCH_UP", float),
 }
+
+
+R = TypeVar("R")
+
+
+async def until_redis_answers(action: Callable[[], Awaitable[R]]) -> R:
+    """Run ``action``, retrying with backoff (up to 5 s apart) while Redis does not answer."""
+    delay = 0.1
+    while True:
+        try:
+            return await action()
+        except REDIS_DOWN as exc:
+            log.warning("redis.unavailable", error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 class _Functions(dict[str, Any]):
@@ -213,15 +228,7 @@ class StepqWorker(Worker):
 
     async def _wait_for_redis(self) -> None:
         """A worker that starts before Redis (or during a restart) waits for it rather than exiting."""
-        delay = 0.1
-        while True:
-            try:
-                await self.pool.ping()
-                return
-            except REDIS_DOWN as exc:
-                log.warning("redis.unavailable", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await until_redis_answers(self.pool.ping)
 
     async def _poll_iteration(self) -> None:
         # arq re-raises a finished job task's exception from its poll loop; a job that failed while
@@ -406,15 +413,7 @@ def _build(
     async def on_startup(ctx: dict[str, Any]) -> None:
         serves = "functions registered over HTTP"
         if register is not None:
-            delay = 0.1
-            while True:  # a worker that starts before Redis waits for it
-                try:
-                    serves = await register(registry)
-                    break
-                except REDIS_DOWN as exc:
-                    log.warning("redis.unavailable", error=str(exc), retry_in_s=delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            serves = await until_redis_answers(lambda: register(registry))
         log.info("worker.started", queue=queue_id, serves=serves, redis=_redact(redis_url), pid=os.getpid())
 
     worker = StepqWorker(
