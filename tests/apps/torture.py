@@ -1,0 +1,10 @@
+"""The torture test's app, run by ``stepq worker tests.apps.torture:client``: the program interpreter
+(``tests/torture/interpreter.py``) as ``torture`` (event ``torture/run``) and ``torture-child``."""
+
+from __future__ import annotations
+
+import sdk
+from tests.torture.interpreter import define
+
+client = sdk.Client("t-torture")
+torture, torture_child = define(client, "torture")
