@@ -184,6 +184,8 @@ class Torture:
         self.http: sdk.Client | None = None
         self._seen_done_ms = 0
         self._logs: dict[str, list[tuple[str, str, dict[str, Any]]]] | None = None
+        #: Runs that never ended: what they hold is not counted again as leftovers.
+        self.stranded: set[str] = set()
 
     # -- setup --------------------------------------------------------------------------------------
 
@@ -228,8 +230,10 @@ class Torture:
                 )
             await self._quiesce()
             await self._check()
-            if self.config.check_memory and not self.config.only:
+            if self.config.check_memory and not self.config.only and not self.stranded:
                 await self._memory(baseline)
+            elif self.stranded:
+                self.report.memory = f"memory not checked: {len(self.stranded)} runs never ended"
         finally:
             self.report.elapsed_s = time.monotonic() - began
             self.report.notable = self._notable()
@@ -460,7 +464,7 @@ class Torture:
         )
 
     async def _stragglers(self) -> None:
-        """Runs that never ended: say where each is stuck."""
+        """Runs that never ended: say where each is stuck, and the likeliest reason."""
         assert self.redis is not None
         for track in self.tracks.values():
             if track.top and track.run_id is None:
@@ -469,25 +473,56 @@ class Torture:
                 )
             if track.run_id is None or track.ended:
                 continue
-            raw = {k.decode(): v for k, v in track.last_raw.items() if not k.startswith((b"output", b"error"))}
+            self.stranded.add(track.run_id)
+            names = {sha1(n): n for n in Model(track.program).expect().all_steps}
+            raw = {k.decode(): v.decode(errors="replace") for k, v in track.last_raw.items()}
             fields = {
-                k: v.decode(errors="replace")[:60]
+                k: names.get(v, v)[:60]
                 for k, v in raw.items()
-                if k not in ("event_ids", "join_job", "fn", "app", "q")
+                if k not in ("event_ids", "join_job", "fn", "app", "q", "created", "started", "output", "error")
+                and not k.startswith(("fence:", "wait:cancel"))
             }
             jobs = await self._jobs_of(track.run_id)
-            names = {sha1(n): n for n in Model(track.program).expect().all_steps}
-            pending = [names.get(p.decode(), p.decode()) for p in await self.redis.smembers(keys.pending(track.run_id))]  # type: ignore[misc]
-            stack = await self.redis.llen(keys.stack(track.run_id))  # type: ignore[misc]
+            pending_keys: set[bytes] = await self.redis.smembers(keys.pending(track.run_id))  # type: ignore[misc]
+            stack_keys: list[bytes] = await self.redis.lrange(keys.stack(track.run_id), 0, -1)  # type: ignore[misc]
+            pending = [names.get(p.decode(), p.decode()) for p in pending_keys]
+            stack = [names.get(k.decode(), k.decode()) for k in stack_keys]
+            logs = self._log_lines(track.run_id)
+            why = self._diagnose(track, raw, names, pending, stack, jobs, logs)
             self.report.violations.append(
                 Violation(
                     "ended",
                     track.pid,
                     track.run_id,
-                    f"never ended: status {track.status or '?'}; record {fields}; {stack} steps in the stack; "
-                    f"pending steps {sorted(pending)}; queued jobs {jobs}; {self._log_lines(track.run_id)}",
+                    f"never ended, {why}: status {track.status or '?'}; record {fields}; stack {stack[-6:]} "
+                    f"({len(stack)} steps); pending {sorted(pending)}; queued jobs {jobs}; {logs}",
                 )
             )
+
+    def _diagnose(
+        self,
+        track: Track,
+        raw: dict[str, str],
+        names: dict[str, str],
+        pending: list[str],
+        stack: list[str],
+        jobs: list[str],
+        logs: str,
+    ) -> str:
+        """The likeliest reason a run is stuck, from what it left (a guess to sort failures by)."""
+        if pending and "refused:fenced" in logs:
+            return "a parallel step's result was refused as fenced, so the step stays pending"
+        if "sleep_key" in raw and not names.get(raw["sleep_key"], "s").startswith("s"):
+            step = names.get(raw["sleep_key"], raw["sleep_key"]) or "(the function itself)"
+            return f"a retry scheduled by a sleep's wake-up job took the sleep's place (its timer now names {step})"
+        children = [self.tracks.get(f"{track.pid}/{p}") for p in pending if p.startswith("i")]
+        if any(c is not None and c.run_id is not None and not c.ended for c in children):
+            return "it waits for an invoked child that never ended"
+        if not pending and not jobs and "timer" not in raw and stack and stack[-1].startswith("s"):
+            return "the step after a sleep was lost (its wake-up job ran again and found the sleep done: stale)"
+        if not pending and not jobs and "timer" not in raw:
+            return "nothing is queued, pending or sleeping for it"
+        return "cause unknown"
 
     async def _jobs_of(self, run_id: str) -> list[str]:
         assert self.redis is not None
@@ -605,26 +640,37 @@ class Torture:
         await self._global_leftovers()
 
     async def _global_leftovers(self) -> None:
-        """Once every run ended: no job queued, no timer, no wait, no active run."""
+        """Once every run ended: no job queued, no timer, no wait, no active run (what runs that never
+        ended hold is theirs, already reported)."""
         assert self.redis is not None
+
+        def others(members: list[str]) -> list[str]:
+            return [m for m in members if not any(m.startswith(r) or f"|{r}|" in m for r in self.stranded)]
+
         problems = []
         for queue in await self._queues():
-            members = await self.redis.zrange(queue, 0, -1)
+            members = others([m.decode() for m in await self.redis.zrange(queue, 0, -1)])
             if members:
-                problems.append(f"{queue.decode()} holds {len(members)} jobs: {[m.decode() for m in members[:5]]}")
-        arq_jobs = [k.decode() async for k in self.redis.scan_iter(match=keys.ARQ_JOB + "*")]
+                problems.append(f"{queue.decode()} holds {len(members)} jobs: {members[:5]}")
+        arq_jobs = others(
+            [k.decode().removeprefix(keys.ARQ_JOB) async for k in self.redis.scan_iter(match=keys.ARQ_JOB + "*")]
+        )
         if arq_jobs:
             problems.append(f"{len(arq_jobs)} arq job keys remain: {arq_jobs[:5]}")
-        if timers := await self.redis.zrange(keys.TIMERS, 0, -1):
-            problems.append(f"{keys.TIMERS} holds {[t.decode() for t in timers[:5]]}")
-        for pattern in (keys.waits("*"), keys.wait_scan("*"), keys.wait_index("*", "*", "*")):
-            found = [k.decode() async for k in self.redis.scan_iter(match=pattern)]
-            if found:
-                problems.append(f"wait keys remain: {found[:5]}")
-        if active := await self.redis.zrange(keys.RUNS_ACTIVE, 0, -1):
-            unfinished = [a.decode() for a in active if a.decode() not in self.by_run or self.by_run[a.decode()].ended]
-            if unfinished:
-                problems.append(f"{keys.RUNS_ACTIVE} lists ended or unknown runs: {unfinished[:5]}")
+        if timers := others([t.decode() for t in await self.redis.zrange(keys.TIMERS, 0, -1)]):
+            problems.append(f"{keys.TIMERS} holds {timers[:5]}")
+        async for key in self.redis.scan_iter(match=keys.waits("*")):
+            members = others([m.decode() for m in await self.redis.hkeys(key)])  # type: ignore[misc]
+            if members:
+                problems.append(f"{key.decode()} still holds waits of ended runs: {members[:5]}")
+        for pattern in (keys.wait_scan("*"), keys.wait_index("*", "*", "*")):
+            async for key in self.redis.scan_iter(match=pattern):
+                members = others([m.decode() for m in await self.redis.smembers(key)])  # type: ignore[misc]
+                if members:
+                    problems.append(f"{key.decode()} still indexes waits of ended runs: {members[:5]}")
+        active = others([a.decode() for a in await self.redis.zrange(keys.RUNS_ACTIVE, 0, -1)])
+        if active:
+            problems.append(f"{keys.RUNS_ACTIVE} lists runs that ended or are unknown: {active[:5]}")
         for problem in problems:
             self.report.violations.append(Violation("leftovers", "-", "-", problem))
 
