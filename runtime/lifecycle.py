@@ -7,6 +7,7 @@ no handler twice; and lifecycle events that no function or wait listens to are n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -52,11 +53,19 @@ async def run_ended(
 
 async def cancel(ingest: Ingest, run_id: str, reason: str) -> store.Outcome:
     """Cancel a run (see ``RunStore.cancel``) and emit its end."""
-    outcome = await ingest.store.cancel(run_id, reason)
-    if outcome is store.Outcome.OK:
+    written = await ingest.store.cancel(run_id, reason)
+    if written.outcome is store.Outcome.OK:
         error = {"name": "Cancelled", "message": reason, "stack": ""}
         await run_ended(ingest, run_id, "cancelled", error=error)
-    return outcome
+    await runs_failed(ingest, written.ended)
+    return written.outcome
+
+
+async def runs_failed(ingest: Ingest, run_ids: Sequence[str]) -> None:
+    """Emit the ends of runs a write failed on its own (a value broke a run's state limit)."""
+    for run_id in run_ids:
+        raw = await ingest.redis.hget(keys.run(run_id), "error")  # type: ignore[misc]
+        await run_ended(ingest, run_id, "failed", error=unpack(raw) if raw else None)
 
 
 async def _describe(ingest: Ingest, run_id: str) -> tuple[str, dict[str, Any]]:

@@ -48,9 +48,10 @@ async def apply(ingest: Ingest, record: waits.WaitRecord, event: dict[str, Any])
         outcome = await lifecycle.cancel(ingest, record.run_id, reason)
         log.info("run.cancelled", run_id=record.run_id, event_name=event["name"], outcome=outcome.value)
         return int(outcome is store.Outcome.OK)
-    outcome_text = await ingest.store.resolve(record.run_id, record.key, event, name="")
-    log.debug("wait.resolved", run_id=record.run_id, key=record.key, outcome=outcome_text)
-    return int(outcome_text in ("ok", "joined"))
+    written = await ingest.store.resolve(record.run_id, record.key, event, name="")
+    log.debug("wait.resolved", run_id=record.run_id, key=record.key, outcome=written.outcome.value)
+    await lifecycle.runs_failed(ingest, written.ended)
+    return int(written.outcome in (store.Outcome.OK, store.Outcome.JOINED))
 
 
 async def look_back(ingest: Ingest, record: waits.WaitRecord, since_ms: int) -> bool:

@@ -15,7 +15,11 @@ from runtime.codec import unpack
 class StepView:
     key: str
     name: str
+    #: Retry attempts: 1 for a step that succeeded at once, n after n - 1 failures.
     attempts: int
+    #: Times the step's code ran, committed or not: more than ``attempts`` means duplicate
+    #: executions (a worker lost its lease and another ran the step again; at least once delivery).
+    executions: int
     duration_ms: int | None
     finished_ms: int | None
     error: str | None
@@ -38,8 +42,13 @@ class RunView:
     event_ids: list[str] = dataclasses.field(default_factory=list)
     steps: list[StepView] = dataclasses.field(default_factory=list)
 
+    @property
+    def duplicate_executions(self) -> int:
+        """Executions beyond each step's attempts, over the whole run."""
+        return sum(max(0, step.executions - step.attempts) for step in self.steps)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "duplicate_executions": self.duplicate_executions}
 
 
 def _int(raw: bytes | None) -> int | None:
@@ -86,13 +95,14 @@ async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunV
     if b"sleep_key" in raw:  # a sleeping run keeps its sleep's name in its record
         fields[f"{raw[b'sleep_key'].decode()}:name"] = raw.get(b"sleep_name", b"").decode()
     order = [k.decode() for k in stack]
-    pending = sorted({f.split(":", 1)[0] for f in fields} - set(order))
+    pending = sorted({f.split(":", 1)[0] for f in fields} - set(order))  # reported, not yet resolved
     for key in order + pending:
         view.steps.append(
             StepView(
                 key=key,
                 name=fields.get(f"{key}:name", key),
                 attempts=int(fields.get(f"{key}:attempts", "1" if key in order else "0")),
+                executions=int(fields.get(f"{key}:execs", "0")),
                 duration_ms=int(fields[f"{key}:ms"]) if f"{key}:ms" in fields else None,
                 finished_ms=int(fields[f"{key}:at"]) if f"{key}:at" in fields else None,
                 error=fields.get(f"{key}:error"),

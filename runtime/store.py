@@ -41,15 +41,34 @@ class Outcome(enum.StrEnum):
     STALE = "stale"  # the run moved past the position this job expected
     DUPLICATE = "duplicate"  # the step was already memoized: first writer won
     CANCELLED = "cancelled"  # the run was cancelled while this step ran: recorded, nothing follows
-    TOO_MANY_STEPS = "too_many_steps"
-    STATE_TOO_LARGE = "state_too_large"
+    JOINED = "joined"  # the last pending step resolved: the run's next job is queued
+    STATE_TOO_LARGE = "state_too_large"  # the value would take the run past its state limit: it failed
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Written:
+    """What a write that stores a step's value (or ends a run) did."""
+
+    outcome: Outcome
+    #: Runs this write ended for good: the run itself when a value broke its state limit, and any
+    #: parent that an invoked run's result failed the same way. Their ends are to be announced.
+    ended: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, reply: Any) -> Written:
+        return cls(Outcome(reply[0].decode()), tuple(r.decode() for r in reply[1:]))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class CachedRun:
+    """What a worker knows of a run: its events and the first ``len(stack)`` memo entries.
+
+    Never changed once built: concurrent invocations of one run (its parallel steps) each take a
+    snapshot and build a new one from it, so no load sees entries another load appended."""
+
     events: list[Event]
     memo: dict[str, Any]
-    stack: list[str]
+    stack: tuple[str, ...]
 
 
 @dataclasses.dataclass(slots=True)
@@ -64,7 +83,7 @@ class LoadedRun:
     position: int
     events: list[Event]
     memo: dict[str, Any]
-    stack: list[str]
+    stack: tuple[str, ...]
     #: The run-record field this invocation's fence lives in (one per planned step, else one per run).
     fence_field: str = "fence"
     created_ms: int = 0
@@ -88,7 +107,10 @@ class RunCache:
         return found
 
     def put(self, run_id: str, run: CachedRun) -> None:
-        self._runs[run_id] = run
+        """Keep ``run`` unless a concurrent load already cached a longer history of it."""
+        current = self._runs.get(run_id)
+        if current is None or len(current.stack) <= len(run.stack):
+            self._runs[run_id] = run
         self._runs.move_to_end(run_id)
         while len(self._runs) > self._max:
             self._runs.popitem(last=False)
@@ -207,32 +229,45 @@ class RunStore:
         half = len(new) // 2
         new_keys = [k.decode() for k in new[:half]]
         new_values = [unpack(v) if v is not None else None for v in new[half:]]
-        if cached is None or events_blob:
-            raw_events = unpack(events_blob) if events_blob else []
-            cached = CachedRun([Event(**e) for e in raw_events], {}, [])
-        cached.stack.extend(new_keys)
-        cached.memo.update(zip(new_keys, new_values, strict=True))
-        if len(cached.stack) != length:  # cache out of step with Redis: start over without it
-            if cache is not None:
-                cache.drop(job.run_id)
-            return await self.load(dataclasses.replace(job, kind=JobKind.STEP, position=length), None)
-
+        if cached is None:
+            events = [Event(**e) for e in unpack(events_blob)] if events_blob else []
+            state = CachedRun(events, dict(zip(new_keys, new_values, strict=True)), tuple(new_keys))
+        else:
+            memo = dict(cached.memo)  # a copy: the snapshot may be in use by a concurrent invocation
+            memo.update(zip(new_keys, new_values, strict=True))
+            state = CachedRun(cached.events, memo, cached.stack + tuple(new_keys))
+        if len(state.stack) != length:
+            # Redis holds a shorter history than this worker saw (a restart that lost writes): the
+            # claim stands, only the cached history is wrong; read the run's history afresh.
+            state = await self._read_history(job.run_id, length)
         if cache is not None:
-            cache.put(job.run_id, cached)
+            cache.put(job.run_id, state)
         return LoadedRun(
             run_id=job.run_id,
             fn_slug=fn_slug,
             queue_id=queue_id,
             fence=str(fence),
             position=length,
-            events=cached.events,
-            memo=cached.memo,
-            stack=cached.stack,
+            events=state.events,
+            memo=state.memo,
+            stack=state.stack,
             fence_field=fence_field,
             created_ms=created_ms,
             first_start=first_start,
             force_plan=force_plan,
         )
+
+    async def _read_history(self, run_id: str, length: int) -> CachedRun:
+        """The run's events and its first ``length`` steps, read without claiming anything."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.events(run_id))
+            pipe.lrange(keys.stack(run_id), 0, length - 1)
+            pipe.hgetall(keys.memo(run_id))
+            events_blob, raw_stack, raw_memo = await pipe.execute()
+        stack = tuple(k.decode() for k in raw_stack)
+        memo = {k: unpack(raw_memo[k.encode()]) if k.encode() in raw_memo else None for k in stack}
+        events = [Event(**e) for e in unpack(events_blob)] if events_blob else []
+        return CachedRun(events, memo, stack)
 
     async def commit_step(
         self,
@@ -243,7 +278,7 @@ class RunStore:
         name: str,
         attempts: int,
         duration_ms: int,
-    ) -> Outcome:
+    ) -> Written:
         """Memoize ``value`` for step ``key`` and enqueue the job for the next position."""
         at = now_ms()
         nxt = JobSpec(run.run_id, run.position + 1)
@@ -269,11 +304,11 @@ class RunStore:
                 nxt.encode(at),
                 at,
                 self.limits.job_grace_ms,
-                self.limits.max_steps,
                 self.limits.max_state_bytes,
+                self.limits.retention_s,
             ],
         )
-        return Outcome(reply.decode())
+        return Written.of(reply)
 
     async def schedule(
         self,
@@ -286,8 +321,12 @@ class RunStore:
         name: str = "",
         attempts: int = 0,
         error_message: str = "",
+        executed: bool = False,
     ) -> Outcome:
-        """Park the run until ``job`` runs at ``due_ms`` (a retry after backoff, or a sleep's end)."""
+        """Park the run until ``job`` runs at ``due_ms`` (a retry after backoff, or a sleep's end).
+
+        ``key``: the step the retry is for (a planned step's job must name it); ``executed``: the
+        step's code ran and failed (counted as an execution)."""
         at = now_ms()
         member = timer_member(job, run.queue_id) if job.kind is JobKind.WAKE else ""
         reply = await self.scripts.call(
@@ -315,6 +354,7 @@ class RunStore:
                 max(0, due_ms - at) + self.limits.job_grace_ms,
                 member,
                 at,
+                int(executed),
             ],
         )
         return Outcome(reply.decode())
@@ -328,15 +368,16 @@ class RunStore:
         output: Any = None,
         error: Any = None,
         fence_field: str = FENCE,
-    ) -> Outcome:
+    ) -> Written:
         """End the run as ``completed`` (with ``output``) or ``failed``/``cancelled`` (with ``error``)."""
         field, blob = ("output", pack(output)) if status == "completed" else ("error", pack(error))
+        limits = self.limits
         reply = await self.scripts.call(
             "finish_run",
             [keys.run(run_id)],
-            [run_id, fence_field, fence, status, field, blob, now_ms(), self.limits.retention_s],
+            [run_id, fence_field, fence, status, field, blob, now_ms(), limits.retention_s, limits.max_state_bytes],
         )
-        return Outcome(reply.decode())
+        return Written.of(reply)
 
     async def step_names(self, run_id: str, step_keys: Sequence[str]) -> dict[str, str]:
         """The user-facing ids of the given steps, for error messages."""
@@ -394,13 +435,43 @@ class RunStore:
         name: str = "",
         fence_field: str = "",
         fence: str = "",
-        pipe: Any = None,
-    ) -> str:
-        """Memoize ``value`` for a pending step; ``joined`` when it was the last one (the run goes on)."""
+        executed: tuple[int, int] | None = None,
+    ) -> Written:
+        """Memoize ``value`` for a pending step; ``joined`` when it was the last one (the run goes on).
+
+        ``executed``: (attempts, duration ms) when the value is what the step's code just returned."""
+        limits = self.limits
+        attempts, duration_ms = executed if executed is not None else ("", "")
         reply = await self.scripts.call(
-            "resolve_step", [], [run_id, key, pack(value), name, now_ms(), fence_field, fence], client=pipe
+            "resolve_step",
+            [],
+            [
+                run_id,
+                key,
+                pack(value),
+                name,
+                now_ms(),
+                fence_field,
+                fence,
+                limits.max_state_bytes,
+                limits.retention_s,
+                attempts,
+                duration_ms,
+            ],
         )
-        return reply.decode() if isinstance(reply, bytes) else str(reply)
+        return Written.of(reply)
+
+    async def nudge(self, run: LoadedRun, job: JobSpec) -> str:
+        """Make sure a run that refused ``job``'s write is still moving (see nudge_run.lua)."""
+        position = await self.redis.llen(keys.stack(run.run_id))  # type: ignore[misc]
+        nxt = JobSpec(run.run_id, position)
+        at = now_ms()
+        reply = await self.scripts.call(
+            "nudge_run",
+            [keys.run(run.run_id), keys.stack(run.run_id), keys.pending(run.run_id), *enqueue_keys(nxt, run.queue_id)],
+            [position, nxt.encode(at), at, self.limits.job_grace_ms, job.job_id],
+        )
+        return str(reply.decode())
 
     async def enqueue_for_run(self, run_id: str, queue_id: str, job: JobSpec, due_ms: int) -> None:
         """Enqueue a delayed job of the run; it is dropped if the run ends first."""
@@ -411,11 +482,14 @@ class RunStore:
             [job.encode(at), due_ms, max(0, due_ms - at) + self.limits.job_grace_ms],
         )
 
-    async def cancel(self, run_id: str, reason: str) -> Outcome:
+    async def cancel(self, run_id: str, reason: str) -> Written:
         """Cancel a run: status ``cancelled``, no further steps, its delayed jobs and waits dropped."""
         error = {"name": "Cancelled", "message": reason, "stack": ""}
-        reply = await self.scripts.call("cancel_run", [], [run_id, now_ms(), self.limits.retention_s, pack(error)])
-        return Outcome(reply.decode())
+        limits = self.limits
+        reply = await self.scripts.call(
+            "cancel_run", [], [run_id, now_ms(), limits.retention_s, pack(error), limits.max_state_bytes]
+        )
+        return Written.of(reply)
 
 
 def timer_member(job: JobSpec, queue_id: str) -> str:

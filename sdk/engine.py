@@ -20,6 +20,7 @@ import msgpack
 from sdk.errors import (
     NonDeterminismError,
     NonRetriableError,
+    OutputTooLarge,
     RetryAfterError,
     StepError,
     StepOutputError,
@@ -214,19 +215,7 @@ class Replay:
 
     def check_output(self, step_id: str, value: Any) -> JSON:
         """The value as stored, or a StepOutputError naming the step and the problem."""
-        try:
-            checked = check_json(value, "output")
-        except NotJSONError as exc:
-            raise StepOutputError(
-                f"step {step_id!r} returned a value that cannot be stored: {exc.path}: {exc.reason}"
-            ) from None
-        size = _encoded_size(checked)
-        if size > self.request.max_output_bytes:
-            raise StepOutputError(
-                f"step {step_id!r} returned {size} bytes, over the limit of "
-                f"{self.request.max_output_bytes} bytes per step output"
-            )
-        return checked
+        return check_output(value, self.request.max_output_bytes, f"step {step_id!r} returned")
 
     def divergence(self, asked: list[str]) -> Divergence | None:
         """The memoized steps the function did not reach, or None when it followed its history."""
@@ -251,8 +240,25 @@ def _indexed_key(step_id: str, index: int) -> str:
     return key
 
 
-def _encoded_size(value: JSON) -> int:
-    return len(msgpack.packb(value))
+def check_output(value: Any, max_bytes: int, what: str) -> JSON:
+    """``value`` as stored (tuples as lists), or a StepOutputError saying why it cannot be stored:
+    not JSON-compatible, nested too deeply, or over ``max_bytes`` once encoded. ``what`` begins the
+    message: ``"step 'charge' returned"``."""
+    try:
+        checked = check_json(value, "output")
+    except NotJSONError as exc:
+        raise StepOutputError(f"{what} a value that cannot be stored: {exc.path}: {exc.reason}") from None
+    except RecursionError:
+        raise StepOutputError(f"{what} a value nested too deeply to store") from None
+    try:
+        size = len(msgpack.packb(checked))
+    except ValueError:  # msgpack's own nesting limit (511 levels)
+        raise StepOutputError(f"{what} a value nested too deeply to store") from None
+    if size > max_bytes:
+        raise OutputTooLarge(
+            f"{what} {size} bytes, over the limit of {max_bytes} bytes per output (STEPQ_MAX_OUTPUT_BYTES)"
+        )
+    return checked
 
 
 def unwrap_memo(step_id: str, memo: Any) -> Any:

@@ -59,6 +59,10 @@ class StepOutputError(StepqError):
     """A step returned a value stepq cannot store: not JSON-compatible, or too large."""
 
 
+class OutputTooLarge(StepOutputError):
+    """A step (or function) returned more bytes than one output may hold (STEPQ_MAX_OUTPUT_BYTES)."""
+
+
 class InvalidEventError(StepqError, ValueError):
     """An event failed validation; the message names the field."""
 

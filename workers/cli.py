@@ -263,11 +263,14 @@ def _run(args: argparse.Namespace) -> int:
     if view.error is not None:
         error = view.error
         print(f"error     {error.get('name')}: {error.get('message')}" if isinstance(error, dict) else error)
-    print(f"steps     {len([s for s in view.steps if s.done])} done")
+    duplicates = view.duplicate_executions
+    extra = f", {duplicates} duplicate execution{'s' if duplicates != 1 else ''}" if duplicates else ""
+    print(f"steps     {len([s for s in view.steps if s.done])} done{extra}")
     for i, step in enumerate(view.steps, 1):
         state = "done" if step.done else "pending"
         took = f"{step.duration_ms} ms" if step.duration_ms is not None else "-"
-        line = f"  {i:>3}. {step.name:<30} {state:<8} attempts={step.attempts:<3} {took}"
+        runs = f"executions={step.executions:<3} " if step.executions else ""
+        line = f"  {i:>3}. {step.name:<30} {state:<8} attempts={step.attempts:<3} {runs}{took}"
         if step.error:
             line += f"  last error: {step.error}"
         print(line)

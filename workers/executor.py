@@ -1,8 +1,13 @@
 """The job every worker runs: advance one run by one invocation, then apply what the function asked.
 
-load (claim + memo) -> invoke (engine) -> apply (commit / schedule / fan out / finish), each write
-one Lua script. Nothing here raises into arq: every failure is recorded on the run or logged, and a
-Redis outage sends the job back to the queue.
+load (claim + memo) -> invoke (engine) -> check the answer -> apply (commit / schedule / fan out /
+finish), each write one Lua script. Nothing here raises into arq but a request to try the job again
+later: every failure is recorded on the run or logged, and while Redis is unreachable or in a
+passing state (full, read-only, busy, loading) the job goes back to the queue and waits.
+
+Every write that is refused leaves the run in someone's hands: a newer attempt holds it (``fenced``),
+it ended (``done``), or, when the refusal says the run moved in a way this job did not expect
+(``stale``, ``duplicate``), the run is nudged (``RunStore.nudge``) so that it has a job to go on.
 """
 
 from __future__ import annotations
@@ -11,23 +16,23 @@ import asyncio
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 from arq.worker import Retry
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runtime import lifecycle, matching, waits
+from runtime.answers import check_answer, wake_time
 from runtime.ingest import Ingest
 from runtime.jobs import JobKind, JobSpec
+from runtime.redis_errors import is_passing
 from runtime.registry import Registry
-from runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, now_ms
-from sdk.durations import parse_iso, to_timedelta
+from runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, Written, now_ms
+from sdk.durations import to_timedelta
 from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from sdk.event import Event
-from sdk.expressions import ExpressionError, compile_expression
+from sdk.ids import new_ulid
 from sdk.opcodes import Op, Opcode, memo_data, memo_error
 from sdk.retry import Backoff
 from workers.invoker import Invoker
@@ -37,6 +42,8 @@ log = structlog.get_logger("stepq.worker")
 
 #: A job that hits an unexpected internal error is retried this many times before its run fails.
 INTERNAL_RETRIES = 5
+#: Longest wait before a job that met a passing Redis state is tried again.
+MAX_REDIS_BACKOFF_S = 5.0
 #: Inngest's default for an invoke without a timeout.
 DEFAULT_INVOKE_TIMEOUT = dt.timedelta(days=366)
 INVOKE_TIMEOUT_ERROR = {
@@ -44,6 +51,8 @@ INVOKE_TIMEOUT_ERROR = {
     "message": "Timed out waiting for invoked function to complete",
     "stack": "",
 }
+#: Refusals that mean someone else has the run in hand (a newer attempt) or it is over.
+OWNED_ELSEWHERE = (Outcome.FENCED, Outcome.DONE, Outcome.MISSING, Outcome.CANCELLED)
 
 
 class Executor:
@@ -67,25 +76,36 @@ class Executor:
     async def advance(self, ctx: dict[str, Any], payload: Any) -> None:
         """arq job entry point: ``payload`` is a JobSpec payload.
 
-        Redis outages and internal errors never drop the job: it goes back to the queue (arq's
-        ``Retry``) and runs again once Redis answers.
+        A job never ends with its work undone: while Redis is unreachable or in a passing state it
+        goes back to the queue (arq's ``Retry``) as often as needed; an unexpected error is retried
+        a few times, then fails the run with an ``InternalError`` naming it.
         """
+        tries = int(ctx.get("job_try", 1))
         try:
             await self._advance(ctx, payload)
-        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
-            log.warning("job.redis_unavailable", job_id=ctx.get("job_id"), error=str(exc))
-            raise Retry(defer=1.0) from exc
         except Exception as exc:
-            tries = int(ctx.get("job_try", 1))
-            log.exception("job.internal_error", job_id=ctx.get("job_id"), job_try=tries)
+            if is_passing(exc):
+                delay = min(0.25 * 2 ** min(tries, 8), MAX_REDIS_BACKOFF_S)
+                log.warning("job.redis_unavailable", job_id=ctx.get("job_id"), error=str(exc), retry_in_s=delay)
+                raise Retry(defer=delay) from exc
+            log.error(
+                "job.internal_error", job_id=ctx.get("job_id"), job_try=tries, error=f"{type(exc).__name__}: {exc}"
+            )
             if tries < INTERNAL_RETRIES:
                 raise Retry(defer=min(2.0**tries, 30.0)) from exc
-            await self._give_up(payload, exc)
+            try:
+                await self._give_up(payload, exc)
+            except Exception as again:
+                log.error("job.give_up_failed", job_id=ctx.get("job_id"), error=f"{type(again).__name__}: {again}")
+                raise Retry(defer=30.0) from again
 
     async def _give_up(self, payload: Any, exc: Exception) -> None:
         job = JobSpec.from_payload(payload)
         error = {"name": "InternalError", "message": f"stepq failed to advance the run: {exc!r}", "stack": ""}
-        await self.store.finish(job.run_id, "", status="failed", error=error, fence_field="")
+        written = await self.store.finish(job.run_id, "", status="failed", error=error, fence_field="")
+        if written.outcome is Outcome.OK:
+            await lifecycle.run_ended(self.ingest, job.run_id, "failed", error=error)
+        await lifecycle.runs_failed(self.ingest, written.ended)
 
     async def _advance(self, ctx: dict[str, Any], payload: Any) -> None:
         started = time.perf_counter()
@@ -113,6 +133,7 @@ class Executor:
             return
         if loaded.first_start and fn.timeouts is not None and not await self._within_timeouts(fn, loaded):
             return
+        limits = self.store.limits
         request = ExecutionRequest(
             event=loaded.events[0],
             events=loaded.events,
@@ -123,7 +144,7 @@ class Executor:
             target_step=job.step_key if job.kind is JobKind.PLANNED else None,
             # Inngest's protocol: after a fan-out, a served function plans its next step.
             disable_immediate_execution=loaded.force_plan and isinstance(fn, RemoteFunction),
-            max_output_bytes=self.store.limits.max_output_bytes,
+            max_output_bytes=limits.max_output_bytes,
         )
         try:
             result = await asyncio.wait_for(self.invoker.invoke(fn, request), self.step_timeout_s)
@@ -134,6 +155,7 @@ class Executor:
             # Name the steps as the user wrote them (the engine knows only their keys).
             names = await self.store.step_names(loaded.run_id, [result.divergence.expected_key])
             result.error["message"] = result.divergence.message(fn.id, loaded.run_id, names)
+        result = check_answer(result, job=job, memoized=loaded.memo, position=loaded.position, limits=limits)
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         step, outcome = await self._apply(job, loaded, fn, result, elapsed_ms)
         log.info(
@@ -166,10 +188,15 @@ class Executor:
     async def _fire_timer(self, job: JobSpec) -> None:
         """A pending step's timer: a wait or invoke timed out, or a sleep inside a fan-out ended."""
         assert job.step_key is not None
-        outcome = await self.store.resolve(job.run_id, job.step_key, job.value)
-        if outcome == "joined":
+        written = await self.store.resolve(job.run_id, job.step_key, job.value)
+        await self._resolved(written)
+        log.info("timer", run_id=job.run_id, step_key=job.step_key, outcome=written.outcome.value)
+
+    async def _resolved(self, written: Written) -> None:
+        """After a pending step's value was offered: start the joined run, announce failed ones."""
+        if written.outcome is Outcome.JOINED:
             self.on_next_job()
-        log.info("timer", run_id=job.run_id, step_key=job.step_key, outcome=outcome)
+        await lifecycle.runs_failed(self.ingest, written.ended)
 
     async def _unknown_function(self, run: LoadedRun) -> None:
         message = (
@@ -182,7 +209,8 @@ class Executor:
     async def _apply(
         self, job: JobSpec, run: LoadedRun, fn: Runnable, result: ExecutionResult, elapsed_ms: int
     ) -> tuple[str | None, str]:
-        """Make the run reflect ``result``; returns (step id, outcome) for the log line."""
+        """Make the run reflect ``result`` (already checked against the job); returns (step id,
+        outcome) for the log line."""
         if isinstance(result, FunctionReturned):
             for warning in result.warnings:
                 log.warning("run.diverged", run_id=run.run_id, function=fn.slug, detail=warning)
@@ -192,15 +220,24 @@ class Executor:
             if result.retriable and failures < fn.max_attempts:
                 delay = result.retry_after or fn.backoff.delay(failures)
                 retry = dataclasses.replace(job, attempt=job.attempt + 1)
-                outcome = await self.store.schedule(run, retry, due_ms=now_ms() + _ms(delay), status="")
-                return None, "function-error-retry" + _suffix(outcome)
+                outcome = await self.store.schedule(
+                    run,
+                    retry,
+                    due_ms=now_ms() + _ms(delay),
+                    status="",
+                    # a planned step's retry is that step's: it must still be pending
+                    key=job.step_key or "",
+                    attempts=failures,
+                    error_message=_describe(result.error),
+                )
+                return None, await self._settle(job, run, "function-error-retry", outcome)
             return None, await self._finish(run, "failed", error=result.error)
         ops = result.opcodes
         if len(ops) == 1 and ops[0].op in (Op.STEP_RUN, Op.STEP_FAILED, Op.STEP_ERROR):
             return ops[0].step_id, await self._step_result(job, run, fn, ops[0], result, elapsed_ms)
-        if len(ops) == 1 and ops[0].op is Op.SLEEP and job.kind is JobKind.STEP:
-            return ops[0].step_id, await self._sleep(run, ops[0])
-        return ",".join(op.step_id for op in ops), await self._fan_out(run, ops)
+        if len(ops) == 1 and ops[0].op is Op.SLEEP:
+            return ops[0].step_id, await self._sleep(job, run, ops[0])
+        return ",".join(op.step_id for op in ops), await self._fan_out(job, run, ops)
 
     async def _step_result(
         self, job: JobSpec, run: LoadedRun, fn: Runnable, op: Opcode, result: StepsReported, elapsed_ms: int
@@ -214,7 +251,6 @@ class Executor:
             failures = job.attempt + 1
             delay = result.retry_after or backoff.delay(failures)
             retry = dataclasses.replace(job, attempt=job.attempt + 1)
-            error = op.error or {}
             outcome = await self.store.schedule(
                 run,
                 retry,
@@ -223,83 +259,99 @@ class Executor:
                 key=op.id,
                 name=op.step_id,
                 attempts=failures,
-                error_message=f"{error.get('name', 'Error')}: {error.get('message', '')}",
+                error_message=_describe(op.error or {}),
+                executed=True,
             )
-            return "step-error-retry" + _suffix(outcome)
+            return await self._settle(job, run, "step-error-retry", outcome)
         value = memo_data(op.data) if op.op is Op.STEP_RUN else memo_error(op.error or {})
         label = "step-ok" if op.op is Op.STEP_RUN else "step-failed"
         if job.kind is JobKind.PLANNED:
-            resolved = await self.store.resolve(
-                run.run_id, op.id, value, name=op.step_id, fence_field=run.fence_field, fence=run.fence
+            written = await self.store.resolve(
+                run.run_id,
+                op.id,
+                value,
+                name=op.step_id,
+                fence_field=run.fence_field,
+                fence=run.fence,
+                executed=(job.attempt + 1, elapsed_ms),
             )
-            if resolved == "joined":
+            await self._resolved(written)
+            if written.outcome is Outcome.JOINED:
+                return label
+        else:
+            written = await self.store.commit_step(
+                run, key=op.id, value=value, name=op.step_id, attempts=job.attempt + 1, duration_ms=elapsed_ms
+            )
+            if written.outcome is Outcome.OK:
                 self.on_next_job()
-            elif resolved != "ok":
-                log.warning("commit.refused", run_id=run.run_id, step=op.step_id, reason=resolved)
-            return label + ("" if resolved in ("ok", "joined") else f"-refused:{resolved}")
-        outcome = await self.store.commit_step(
-            run, key=op.id, value=value, name=op.step_id, attempts=job.attempt + 1, duration_ms=elapsed_ms
-        )
-        await self._after_commit(run, op, outcome)
-        return label + _suffix(outcome)
+            await lifecycle.runs_failed(self.ingest, written.ended)
+        return await self._settle(job, run, label, written.outcome)
 
-    async def _sleep(self, run: LoadedRun, op: Opcode) -> str:
-        due = _wake_time(op)
+    async def _settle(self, job: JobSpec, run: LoadedRun, label: str, outcome: Outcome) -> str:
+        """The log label of a write's outcome; a refusal that may have left the run with nothing to
+        move it on nudges it (see the module docstring)."""
+        if outcome in (Outcome.OK, Outcome.JOINED):
+            return label
+        if outcome is Outcome.STATE_TOO_LARGE:
+            return f"{label}-failed:state_too_large"
+        if outcome in OWNED_ELSEWHERE:
+            log.info("write.refused", run_id=run.run_id, job=job.job_id, reason=outcome.value)
+            return f"{label}-refused:{outcome.value}"
+        nudged = await self.store.nudge(run, job)
+        log.warning("write.refused", run_id=run.run_id, job=job.job_id, reason=outcome.value, run_state=nudged)
+        if nudged == "nudged":
+            self.on_next_job()
+        return f"{label}-refused:{outcome.value}"
+
+    async def _sleep(self, job: JobSpec, run: LoadedRun, op: Opcode) -> str:
+        due = wake_time(op, dt.datetime.now(dt.UTC))
         wake = JobSpec(run.run_id, run.position, kind=JobKind.WAKE, step_key=op.id)
         outcome = await self.store.schedule(
-            run, wake, due_ms=int(due.timestamp() * 1000), status="sleeping", key=op.id, name=op.step_id, attempts=1
+            run, wake, due_ms=_epoch_ms(due), status="sleeping", key=op.id, name=op.step_id, attempts=1
         )
-        return "sleep" + _suffix(outcome)
+        return await self._settle(job, run, "sleep", outcome)
 
-    async def _fan_out(self, run: LoadedRun, ops: list[Opcode]) -> str:
+    async def _fan_out(self, job: JobSpec, run: LoadedRun, ops: Sequence[Opcode]) -> str:
         """Steps reported together: plan each, then re-enter once when all are resolved."""
         at = now_ms()
+        now = dt.datetime.now(dt.UTC)
         trigger = run.events[0].to_dict()
         pending: list[PendingStep] = []
         wait_records: list[waits.WaitRecord] = []
         invokes: list[Opcode] = []
         for op in ops:
+            # runtime.answers let through only these kinds here
             if op.op is Op.STEP_PLANNED:
-                job = JobSpec(run.run_id, run.position, kind=JobKind.PLANNED, step_key=op.id)
-                pending.append(PendingStep(op.id, op.step_id, job, at))
+                planned = JobSpec(run.run_id, run.position, kind=JobKind.PLANNED, step_key=op.id)
+                pending.append(PendingStep(op.id, op.step_id, planned, at))
             elif op.op is Op.SLEEP:
-                job = JobSpec(run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id)
-                pending.append(PendingStep(op.id, op.step_id, job, int(_wake_time(op).timestamp() * 1000)))
+                timer = JobSpec(run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id)
+                pending.append(PendingStep(op.id, op.step_id, timer, _epoch_ms(wake_time(op, now))))
             elif op.op is Op.WAIT_FOR_EVENT:
                 opts = op.opts or {}
-                if opts.get("if"):
-                    try:
-                        compile_expression(str(opts["if"]), variables={"event", "async"})
-                    except ExpressionError as exc:
-                        error = {"name": "InvalidExpression", "message": f"step {op.step_id!r}: {exc}", "stack": ""}
-                        return await self._finish(run, "failed", error=error)
                 due = at + _ms(to_timedelta(opts.get("timeout") or "0s"))
                 record = waits.WaitRecord(
                     run.run_id, op.id, waits.KIND_WAIT, str(opts.get("event") or op.name), opts.get("if"), due
                 )
                 record, registration = waits.plan(record, trigger)
                 wait_records.append(record)
-                job = JobSpec(run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id)
-                pending.append(PendingStep(op.id, op.step_id, job, due, registration))
+                timer = JobSpec(run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id)
+                pending.append(PendingStep(op.id, op.step_id, timer, due, registration))
             elif op.op is Op.INVOKE_FUNCTION:
                 opts = op.opts or {}
                 timeout = to_timedelta(opts["timeout"]) if opts.get("timeout") else DEFAULT_INVOKE_TIMEOUT
-                job = JobSpec(
+                timer = JobSpec(
                     run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id, value=memo_error(INVOKE_TIMEOUT_ERROR)
                 )
-                pending.append(PendingStep(op.id, op.step_id, job, at + _ms(timeout)))
+                pending.append(PendingStep(op.id, op.step_id, timer, at + _ms(timeout)))
                 invokes.append(op)
-            else:
-                error = {"name": "UnsupportedOpcode", "message": f"opcode {op.op.value} cannot be planned", "stack": ""}
-                return await self._finish(run, "failed", error=error)
         status = (
             "waiting" if wait_records or invokes else ("sleeping" if all(o.op is Op.SLEEP for o in ops) else "running")
         )
         join = JobSpec(run.run_id, run.position + len(ops))
         outcome = await self.store.fan_out(run, pending, join=join, status=status)
         if outcome is not Outcome.OK:
-            log.warning("fan_out.refused", run_id=run.run_id, reason=outcome.value)
-            return "fan-out" + _suffix(outcome)
+            return await self._settle(job, run, "fan-out", outcome)
         if any(op.op is Op.STEP_PLANNED for op in ops):
             self.on_next_job()
         for op in invokes:
@@ -317,8 +369,7 @@ class Executor:
         record = await self.registry.get(slug)
         if record is None:
             error = {"name": "FunctionNotFound", "message": f"invoke: no function {slug!r} is registered", "stack": ""}
-            await self.store.resolve(run.run_id, op.id, memo_error(error), name=op.step_id)
-            self.on_next_job()
+            await self._resolved(await self.store.resolve(run.run_id, op.id, memo_error(error), name=op.step_id))
             return
         payload = opts.get("payload") or {}
         event = Event(
@@ -328,8 +379,6 @@ class Executor:
             ts=now_ms(),
             v=payload.get("v"),
         )
-        from sdk.ids import new_ulid
-
         await self.store.create_run(
             run_id=new_ulid(),
             fn_slug=record.slug,
@@ -340,29 +389,13 @@ class Executor:
             parent=f"{run.run_id}|{op.id}",
         )
 
-    async def _after_commit(self, run: LoadedRun, op: Opcode, outcome: Outcome) -> None:
-        if outcome is Outcome.OK:
-            self.on_next_job()
-            return
-        if outcome in (Outcome.TOO_MANY_STEPS, Outcome.STATE_TOO_LARGE):
-            limits = self.store.limits
-            message = (
-                f"run reached the limit of {limits.max_steps} steps (STEPQ_MAX_STEPS) at step {op.step_id!r}"
-                if outcome is Outcome.TOO_MANY_STEPS
-                else f"run state would exceed {limits.max_state_bytes} bytes (STEPQ_MAX_STATE_BYTES) "
-                f"at step {op.step_id!r}"
-            )
-            await self._finish(run, "failed", error={"name": "LimitExceeded", "message": message, "stack": ""})
-            return
-        log.warning("commit.refused", run_id=run.run_id, step=op.step_id, reason=outcome.value)
-
     async def _finish(self, run: LoadedRun, status: str, *, output: Any = None, error: Any = None) -> str:
-        outcome = await self.store.finish(
+        written = await self.store.finish(
             run.run_id, run.fence, status=status, output=output, error=error, fence_field=run.fence_field
         )
-        if outcome is not Outcome.OK:
-            log.warning("finish.refused", run_id=run.run_id, status=status, reason=outcome.value)
-            return status + _suffix(outcome)
+        if written.outcome is not Outcome.OK:
+            log.info("finish.refused", run_id=run.run_id, status=status, reason=written.outcome.value)
+            return f"{status}-refused:{written.outcome.value}"
         self.cache.drop(run.run_id)
         self.on_next_job()  # an invoking parent may have been resumed
         await lifecycle.run_ended(
@@ -374,34 +407,28 @@ class Executor:
             output=output,
             error=error,
         )
+        await lifecycle.runs_failed(self.ingest, written.ended)
         return status
 
 
 def _step_policy(op: Opcode, fn: Runnable) -> tuple[int, Backoff]:
     """(max attempts, backoff) for a failed step: its own policy when it set one (``step.run(...,
-    retries=, backoff=)``, carried in the opcode's opts), else the function's."""
+    retries=, backoff=)``, carried in the opcode's opts and checked by ``runtime.answers``), else
+    the function's."""
     opts = op.opts or {}
     retries = opts.get("retries")
     max_attempts = retries + 1 if isinstance(retries, int) and not isinstance(retries, bool) else fn.max_attempts
     raw = opts.get("backoff")
-    try:
-        backoff = Backoff.from_dict(raw) if isinstance(raw, dict) else fn.backoff
-    except (ValueError, TypeError):
-        backoff = fn.backoff
-    return max_attempts, backoff
+    return max_attempts, Backoff.from_dict(raw) if isinstance(raw, dict) else fn.backoff
 
 
-def _suffix(outcome: Outcome) -> str:
-    return "" if outcome is Outcome.OK else f"-refused:{outcome.value}"
+def _describe(error: dict[str, Any]) -> str:
+    return f"{error.get('name', 'Error')}: {error.get('message', '')}"
 
 
 def _ms(delta: dt.timedelta) -> int:
     return int(delta.total_seconds() * 1000)
 
 
-def _wake_time(op: Opcode) -> dt.datetime:
-    """A Sleep opcode's wake-up time: its duration from now, or its ISO date."""
-    spec = (op.opts or {}).get("duration") or op.name or ""
-    if isinstance(spec, str) and spec[:1].isdigit() and ("T" in spec or "-" in spec):
-        return parse_iso(spec)
-    return dt.datetime.now(dt.UTC) + to_timedelta(spec, what=f"sleep of step {op.step_id!r}")
+def _epoch_ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)

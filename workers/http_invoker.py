@@ -144,7 +144,7 @@ class HttpInvoker:
             return _failed("NotAnSDKResponse", f"{fn.slug}: {fn.url} answered {status} without an X-Inngest-SDK header")
         try:
             value = json.loads(raw) if raw.strip() else None
-        except ValueError:
+        except (ValueError, RecursionError):
             snippet = raw[:200].decode(errors="replace")
             return _failed(
                 "InvalidResponse", f"{fn.slug}: {fn.url} answered {status} with a body that is not JSON: {snippet!r}"

@@ -100,11 +100,67 @@ local function close_run(run_id, now, retention_s)
   redis.call('ZREMRANGEBYSCORE', 'stepq:runs:done', '-inf', now - retention_s * 1000)
 end
 
+-- Runs a script ended besides the one it was called for (a parent failed by its child's result):
+-- scripts return them after their outcome, so that the worker emits those runs' ends too.
+local ENDED = {}
+
+local notify_parent -- defined below; fail_run and resolve_pending call each other through it
+
+-- The id inside a run key ('stepq:{<id>}:run').
+local function run_id_of(run_key)
+  return string.match(run_key, '^stepq:{(.*)}:run$')
+end
+
+-- Count one execution of a step's code (a step that ran, whether or not its result is committed),
+-- apart from its retry attempts, so that duplicate executions show. An ended run's steps hash is
+-- expiring; a run without one yet gets one (the run's own expiry covers it when it ends).
+local function count_execution(run_key, steps_key, key)
+  if redis.call('EXISTS', run_key) == 1 then
+    redis.call('HINCRBY', steps_key, key .. ':execs', 1)
+    local ttl = redis.call('TTL', run_key)
+    if ttl > 0 then
+      redis.call('EXPIRE', steps_key, ttl)
+    end
+  end
+end
+
+-- msgpack of the error a run fails with when a write would take it past one of its limits.
+local function limit_error(message)
+  return cmsgpack.pack({name = 'LimitExceeded', message = message, stack = ''})
+end
+
+-- The step's name as users wrote it, for messages.
+local function step_name(run_id, key, name)
+  if name and name ~= '' then
+    return name
+  end
+  return redis.call('HGET', run_part(run_id, 'steps'), key .. ':name') or key
+end
+
+-- A step's value would take the run's state over its limit: the run fails (as Inngest fails it),
+-- whichever path the value came by. Returns the refusal.
+local function fail_for_state(run_id, key, name, size, limits, now)
+  local message = string.format('run state would exceed %d bytes (STEPQ_MAX_STATE_BYTES) at step %s: %d bytes',
+    limits.max_state, step_name(run_id, key, name), size)
+  local run = run_part(run_id, 'run')
+  local blob = limit_error(message)
+  redis.call('HSET', run, 'status', 'failed', 'error', blob, 'ended', now)
+  close_run(run_id, now, limits.retention)
+  ENDED[#ENDED + 1] = run_id
+  notify_parent(run, 'error', blob, now, limits)
+  return 'state_too_large'
+end
+
 -- Memoize the value of a pending step (a planned step's result, a wait's event or timeout, an
 -- invoked child's result, a sleep inside a fan-out). First writer wins; the last pending step to
--- resolve enqueues the run's next job (prepared when the steps were reported).
-local function resolve_pending(run_id, key, value, name, now, fence_field, fence)
+-- resolve enqueues the run's next job (prepared when the steps were reported). A value that would
+-- take the run's state over its limit fails the run instead. ``executed`` ({attempts, ms}, or nil)
+-- says the value is what the step's code just returned.
+local function resolve_pending(run_id, key, value, name, now, fence_field, fence, limits, executed)
   local run = run_part(run_id, 'run')
+  if executed then
+    count_execution(run, run_part(run_id, 'steps'), key)
+  end
   local why = refuse(run, fence_field, fence)
   if why then
     return why
@@ -113,15 +169,23 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
   if redis.call('SISMEMBER', pending, key) == 0 then
     return 'stale'
   end
-  if redis.call('HSETNX', run_part(run_id, 'memo'), key, value) == 0 then
+  if redis.call('HEXISTS', run_part(run_id, 'memo'), key) == 1 then
     return 'duplicate'
   end
+  local size = tonumber(redis.call('HGET', run, 'state_bytes') or '0') + string.len(value)
+  if size > limits.max_state then
+    return fail_for_state(run_id, key, name, size, limits, now)
+  end
+  redis.call('HSET', run_part(run_id, 'memo'), key, value)
   redis.call('RPUSH', run_part(run_id, 'stack'), key)
   redis.call('HSET', run_part(run_id, 'steps'), key .. ':at', now)
   if name ~= '' then
     redis.call('HSET', run_part(run_id, 'steps'), key .. ':name', name)
   end
-  redis.call('HINCRBY', run, 'state_bytes', string.len(value))
+  if executed then
+    redis.call('HSET', run_part(run_id, 'steps'), key .. ':attempts', executed.attempts, key .. ':ms', executed.ms)
+  end
+  redis.call('HSET', run, 'state_bytes', size)
   redis.call('SREM', pending, key)
   local where = redis.call('HGET', run, 'wait:' .. key)
   if where then
@@ -142,7 +206,7 @@ end
 
 -- An invoked run's end resumes its parent: the parent's memo is {"data": output} or {"error": error},
 -- written as a one-entry msgpack map around the already-packed value.
-local function notify_parent(run_key, result_field, result_blob, now)
+notify_parent = function(run_key, result_field, result_blob, now, limits)
   local parent = redis.call('HGET', run_key, 'parent')
   if not parent then
     return
@@ -154,5 +218,15 @@ local function notify_parent(run_key, result_field, result_blob, now)
   else
     wrapped = '\129\165error' .. result_blob
   end
-  resolve_pending(parent_id, key, wrapped, '', now, '', '')
+  resolve_pending(parent_id, key, wrapped, '', now, '', '', limits, nil)
+end
+
+-- The limits scripts that write step values enforce: ARGV entries of the calling script.
+local function limits_of(max_state, retention)
+  return {max_state = tonumber(max_state), retention = tonumber(retention)}
+end
+
+-- A script's reply: its outcome, then the runs it ended besides its own (see ENDED).
+local function reply(outcome)
+  return {outcome, unpack(ENDED)}
 end

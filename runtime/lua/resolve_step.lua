@@ -1,3 +1,11 @@
 -- Resolve one pending step of a run (see resolve_pending in the prelude).
--- ARGV: run_id, key, value, name, now_ms, fence_field ('' = unfenced), fence
-return resolve_pending(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7])
+-- ARGV: run_id, key, value, name, now_ms, fence_field ('' = unfenced), fence, max_state_bytes,
+--       retention_s, attempts, duration_ms (both '' unless the value is what the step's code just
+--       returned: a planned step's result)
+-- Returns reply(outcome): 'ok', 'joined', a refusal, or 'state_too_large' (the run failed).
+local executed = nil
+if ARGV[10] ~= '' then
+  executed = {attempts = ARGV[10], ms = ARGV[11]}
+end
+return reply(resolve_pending(ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7],
+  limits_of(ARGV[8], ARGV[9]), executed))

@@ -40,3 +40,16 @@ async def fan(ctx: inngest.Context) -> list[Any]:
     results = await ctx.group.parallel(tuple(branch(i) for i in range(N)))
     _note(path, "joined")
     return list(results)
+
+
+@client.create_function(id="fan-fast", trigger=inngest.TriggerEvent(event="test/fan.fast"))
+async def fan_fast(ctx: inngest.Context) -> list[Any]:
+    """``event.data.n`` no-op steps in parallel: many loads of one run at once on one worker."""
+
+    async def work(i: int) -> int:
+        return i * i
+
+    def branch(i: int) -> Callable[[], Awaitable[Any]]:
+        return lambda: ctx.step.run(f"f{i}", work, i)
+
+    return list(await ctx.group.parallel(tuple(branch(i) for i in range(ctx.event.data["n"]))))

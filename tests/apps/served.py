@@ -1,4 +1,4 @@
-"""stepq's own SDK served over HTTP: the step-engine test apps (loops, sleeps, retries), unchanged,
+"""stepq's own SDK served over HTTP: the step-engine test apps (loops, sleeps, retries, parallel), unchanged,
 each behind ``sdk.serve(client)`` at ``/<name>/api/inngest`` of one Starlette app under uvicorn.
 
 Dev mode or production mode, and the API to sync with, come from the environment
@@ -11,9 +11,14 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 import sdk
-from tests.apps import loops, retries, sleeps
+from tests.apps import loops, parallel, retries, sleeps
 
-CLIENTS = {"loops": loops.client, "sleeps": sleeps.client, "retries": retries.client}
+CLIENTS = {
+    "loops": loops.client,
+    "sleeps": sleeps.client,
+    "retries": retries.client,
+    "parallel": parallel.client,
+}
 
 
 def path(name: str) -> str:

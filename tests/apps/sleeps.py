@@ -37,3 +37,13 @@ async def nap_until(ctx: inngest.Context) -> dict[str, float]:
     await ctx.step.sleep_until("wait", until)
     after = await ctx.step.run("after", _note, path, "after")
     return {"after": after}
+
+
+@client.create_function(id="nap-twice", trigger=inngest.TriggerEvent(event="test/nap.twice"))
+async def nap_twice(ctx: inngest.Context) -> dict[str, float]:
+    """Two sleeps back to back: the second is reached by the re-entry of the first one's wake-up."""
+    before = await ctx.step.run("before", time.time)
+    await ctx.step.sleep("first", ctx.event.data.get("first", "1s"))
+    await ctx.step.sleep("second", ctx.event.data.get("second", "2s"))
+    after = await ctx.step.run("after", time.time)
+    return {"before": before, "after": after}
