@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import shutil
 import sys
@@ -43,6 +44,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-faults", action="store_true", help="no kills, pauses or restarts (to tell faults from load)"
     )
     parser.add_argument("--only", help="comma-separated program ids of the seed to run alone, e.g. p17,p40")
+    parser.add_argument(
+        "--program",
+        action="append",
+        help="a program's ops as JSON, run in-process and over HTTP instead of generated ones (repeatable)",
+    )
     parser.add_argument("--retention", type=int, default=30, help="STEPQ_RETENTION_S of the cluster (default 30)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (process logs, violations.txt)")
     return parser.parse_args(argv)
@@ -58,14 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         faults = FaultPlan.repeating(args.minutes, kill_every_s=args.kill_every, hard=args.hard_restarts)
     only = tuple(p.strip() for p in args.only.split(",")) if args.only else ()
+    focused = bool(only or args.program)  # a few programs, sent at once
     config = Config(
         seed=seed,
-        runs=max(1, int(span * args.rate)) if not only else max(int(p.split("/")[0][1:]) for p in only) + 1,
-        send_over_s=span if not only else 1.0,
+        runs=max(int(p.split("/")[0][1:]) for p in only) + 1 if only else max(1, int(span * args.rate)),
+        send_over_s=1.0 if focused else span,
         settings=Settings(retention_s=args.retention),
         faults=faults,
-        faults_until_s=span + 5,
+        faults_until_s=30.0 if focused else span + 5,
         only=only,
+        explicit=tuple(json.loads(p) for p in args.program or ()),
     )
     directory = Path(tempfile.mkdtemp(prefix=f"stepq-torture-{seed}-"))
     print(f"torture: seed {seed}, {args.minutes:g} min at {args.rate:g} programs/s; logs in {directory}", flush=True)
