@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
 import random
 import time
@@ -167,7 +168,8 @@ class Report:
 
     def write(self) -> None:
         with (self.directory / "violations.txt").open("w") as f:
-            f.write(self.figures() + "\n\n")
+            f.write(self.figures() + "\n\nfaults:\n")
+            f.write("\n".join(self.faults.around(0, float("inf"))) + "\n\n")
             for v in self.violations:
                 f.write(v.render(self.programs.get(v.pid)) + "\n\n")
 
@@ -220,6 +222,7 @@ class Torture:
             programs = self._programs()
             stop = asyncio.Event()
             faults = Faults(self.cluster, self.config.seed ^ 0xFA17, self.config.faults)
+            self.report.faults = faults.log
             fault_task = asyncio.create_task(faults.run(self.config.faults_until_s, stop))
             sender = asyncio.create_task(self._send_all(programs))
             try:
@@ -229,7 +232,6 @@ class Torture:
                 await fault_task
                 await sender
             faults.reap()
-            self.report.faults = faults.log
             for at, name, tail in faults.log.deaths:
                 self.report.violations.append(
                     Violation("worker-death", "-", "-", f"{name} exited on its own at {at} s: {tail[-800:]}")
@@ -495,6 +497,11 @@ class Torture:
             stack = [names.get(k.decode(), k.decode()) for k in stack_keys]
             logs = self._log_lines(track.run_id)
             why = self._diagnose(track, raw, names, pending, stack, jobs, logs)
+            last = self._last_log_time(track.run_id)
+            if last is not None:
+                lease = self.config.settings.lease_s
+                faults = self.report.faults.around(last - 2, last + lease + 3)
+                logs += f"; faults around its last line: {faults or 'none'}"
             self.report.violations.append(
                 Violation(
                     "ended",
@@ -543,6 +550,14 @@ class Torture:
                     job = await self.redis.exists(keys.ARQ_JOB + member.decode())
                     out.append(f"{member.decode()} (due {late:+.1f} s ago, job key {'present' if job else 'missing'})")
         return out
+
+    def _last_log_time(self, run_id: str) -> float | None:
+        self._log_lines(run_id)  # builds the index
+        assert self._logs is not None
+        stamps = [t for t, _, _ in self._logs.get(run_id, []) if t]
+        if not stamps:
+            return None
+        return dt.datetime.fromisoformat(max(stamps).replace("Z", "+00:00")).timestamp()
 
     async def _queues(self) -> list[bytes]:
         """The queue zsets (arq keeps a health-check string under the same prefix)."""

@@ -58,11 +58,24 @@ class FaultLog:
     restarts: list[tuple[float, str]] = dataclasses.field(default_factory=list)
     #: Workers that died on their own: (time, name, the tail of their log).
     deaths: list[tuple[float, str, str]] = dataclasses.field(default_factory=list)
+    #: Every fault with its wall-clock time (seconds since the epoch), to set beside a run's log.
+    timeline: list[tuple[float, str]] = dataclasses.field(default_factory=list)
+
+    def note(self, what: str) -> None:
+        self.timeline.append((time.time(), what))
+
+    def around(self, begin: float, end: float) -> list[str]:
+        """The faults between two wall-clock times, as ``HH:MM:SS.mmm what``."""
+        return [f"{_clock(at)} {what}" for at, what in self.timeline if begin <= at <= end]
 
     def summary(self) -> str:
         return f"{len(self.kills)} SIGKILLs, {len(self.pauses)} pauses, {len(self.restarts)} Redis restarts" + (
             f", {len(self.deaths)} workers died on their own" if self.deaths else ""
         )
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}"
 
 
 class Faults:
@@ -107,6 +120,7 @@ class Faults:
         for worker in list(self.cluster.workers):
             if not worker.alive() and not worker.killed:
                 self.log.deaths.append((self._at(), worker.name, worker.stderr()[-4000:]))
+                self.log.note(f"{worker.name} died on its own")
                 self.cluster.retire(worker)
                 self.cluster.add_worker(http=worker.http)
 
@@ -119,6 +133,7 @@ class Faults:
         victim.proc.kill()
         victim.proc.wait(timeout=10)
         self.log.kills.append((self._at(), victim.name))
+        self.log.note(f"SIGKILL {victim.name}")
         self.cluster.retire(victim)
         self.cluster.add_worker(http=victim.http)  # not waited for: the next kill comes on schedule
         return victim
@@ -131,16 +146,19 @@ class Faults:
         victim.paused = True
         os.kill(victim.pid, signal.SIGSTOP)
         self.log.pauses.append((self._at(), victim.name))
+        self.log.note(f"SIGSTOP {victim.name}")
         try:
             await asyncio.sleep(self.plan.pause_s)
         finally:
             if victim.alive():
                 os.kill(victim.pid, signal.SIGCONT)
             victim.paused = False
+            self.log.note(f"SIGCONT {victim.name}")
 
     async def restart_redis(self) -> None:
         how = "SIGKILL after appendfsync always" if self.plan.hard_restarts else "SIGTERM"
         began = time.monotonic()
+        self.log.note(f"Redis stops ({how})")
         # In the main thread (the driver waits a second or two): the new Redis then dies with this
         # process however it ends, which Linux ties to the thread that started it.
         if self.plan.hard_restarts:
@@ -148,3 +166,4 @@ class Faults:
         else:
             self.cluster.restart_redis()
         self.log.restarts.append((self._at(), f"{how}, down {time.monotonic() - began:.1f} s"))
+        self.log.note("Redis is back")
