@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from tests.torture.cluster import Settings
 from tests.torture.driver import Config, Torture
 from tests.torture.faults import FaultPlan
+from tests.torture.program import KINDS, Mix
 from workers.logs import configure
 
 
@@ -48,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--program",
         action="append",
         help="a program's ops as JSON, run in-process and over HTTP instead of generated ones (repeatable)",
+    )
+    parser.add_argument(
+        "--without",
+        help=f"comma-separated kinds the generator leaves out, from: {', '.join(KINDS)} (to tell what a failure needs)",
     )
     parser.add_argument("--retention", type=int, default=30, help="STEPQ_RETENTION_S of the cluster (default 30)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (process logs, violations.txt)")
@@ -74,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         faults_until_s=30.0 if focused else span + 5,
         only=only,
         explicit=tuple(json.loads(p) for p in args.program or ()),
+        mix=Mix(without=frozenset(k.strip() for k in args.without.split(","))) if args.without else Mix(),
     )
     directory = Path(tempfile.mkdtemp(prefix=f"stepq-torture-{seed}-"))
     print(f"torture: seed {seed}, {args.minutes:g} min at {args.rate:g} programs/s; logs in {directory}", flush=True)

@@ -150,6 +150,10 @@ def describe(ops: list[Op]) -> str:
     return " ".join(parts)
 
 
+#: Op kinds a generator can leave out (``Mix.without``): every op kind, and ``fail`` for failing steps.
+KINDS = ("run", "sleep", "wait", "par", "try", "invoke", "send", "loop", "cancel", "raise", "fail", "http")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Mix:
     """How often the generator picks each thing (the defaults keep programs small on average)."""
@@ -161,6 +165,19 @@ class Mix:
     cancel_share: float = 0.08
     raise_share: float = 0.05
     wide_share: float = 0.04
+    #: Kinds never generated (see ``KINDS``), to tell which kind a failure needs.
+    without: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.without) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown op kinds {sorted(unknown)}; known: {', '.join(KINDS)}")
+
+
+#: Relative weights of the ops of a sequence, of a parallel branch, and of a try's body.
+SEQUENCE = {"run": 40, "sleep": 12, "wait": 12, "par": 12, "try": 8, "invoke": 5, "send": 5, "loop": 6}
+BRANCH = {"run": 55, "sleep": 13, "wait": 10, "try": 12, "invoke": 5, "par": 5}
+BODY = {"run": 75, "sleep": 15, "invoke": 10}
 
 
 class Generator:
@@ -170,61 +187,72 @@ class Generator:
         self.rng = random.Random(seed)
         self.mix = mix or Mix()
         self._tokens = 0
+        self._pid = ""
 
     def programs(self, n: int) -> list[Program]:
         return [self.program(f"p{i}") for i in range(n)]
 
+    def _allowed(self, kind: str) -> bool:
+        return kind not in self.mix.without
+
+    def _pick(self, weights: dict[str, int], *, not_: tuple[str, ...] = ()) -> str:
+        kinds = [k for k in weights if self._allowed(k) and k not in not_]
+        if not kinds:
+            return "run"
+        return self.rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
+
     def program(self, pid: str) -> Program:
         rng, mix = self.rng, self.mix
         self._pid = pid
-        ops = self._sequence(rng.randint(mix.min_ops, mix.max_ops), depth=0, top=True)
-        if rng.random() < mix.cancel_share:
+        ops = self._sequence(rng.randint(mix.min_ops, mix.max_ops), depth=0)
+        if rng.random() < mix.cancel_share and self._allowed("cancel"):
             at = rng.randint(0, len(ops))
-            cancel = {"op": "cancel", "at": rng.choice(["wait", "sleep", "step"]), "via": rng.choice(["api", "event"])}
+            holds = [h for h in ("wait", "sleep", "step") if self._allowed("run" if h == "step" else h)] or ["wait"]
+            cancel = {"op": "cancel", "at": rng.choice(holds), "via": rng.choice(["api", "event"])}
             ops.insert(at, cancel)
             if at == len(ops) - 1:  # something after it, which must never run
                 ops.append(self._run())
-        elif rng.random() < mix.raise_share:
-            ops.append(
-                {"op": "raise", "kind": "nonret"}
-                if rng.random() < 0.3
-                else {"op": "raise", "kind": "retry", "n": rng.randint(1, 3)}
-            )
-        app = "http" if rng.random() < mix.http_share else "local"
+        elif rng.random() < mix.raise_share and self._allowed("raise"):
+            if rng.random() < 0.3:
+                ops.append({"op": "raise", "kind": "nonret"})
+            else:
+                ops.append({"op": "raise", "kind": "retry", "n": rng.randint(1, 3)})
+        app = "http" if rng.random() < mix.http_share and self._allowed("http") else "local"
         return {"pid": pid, "app": app, "ops": ops}
 
     def _tok(self) -> str:
         self._tokens += 1
         return f"{self._pid}-t{self._tokens}"
 
-    def _sequence(self, n: int, depth: int, top: bool = False, child: bool = False) -> list[Op]:
+    def _sequence(self, n: int, depth: int, child: bool = False) -> list[Op]:
         ops: list[Op] = []
         while len(ops) < n:
-            ops += self._op(depth, top, child)
+            ops += self._op(depth, child)
         return ops
 
-    def _op(self, depth: int, top: bool, child: bool) -> list[Op]:
+    def _op(self, depth: int, child: bool) -> list[Op]:
         """One op (two for back-to-back sleeps and for an early event's send and wait)."""
         rng = self.rng
-        roll = rng.random()
-        if roll < 0.40:
-            return [self._run()]
-        if roll < 0.52:
+        excluded = (("wait", "invoke") if child else ()) + (("par", "invoke") if depth >= 2 else ())
+        kind = self._pick(SEQUENCE, not_=excluded)
+        if kind == "sleep":
             sleeps = [{"op": "sleep", "ms": rng.choice([100, 200, 400, 800, 1500])}]
             if rng.random() < 0.35:  # back to back
                 sleeps.append({"op": "sleep", "ms": rng.choice([100, 300, 700])})
             return sleeps
-        if roll < 0.64 and not child:
+        if kind == "wait":
             return self._wait()
-        if roll < 0.76 and depth < 2:
+        if kind == "par":
             return [self._par(depth, child)]
-        if roll < 0.84:
+        if kind == "try":
             return [self._try(depth, child)]
-        if roll < 0.89 and not child and depth < 2:
+        if kind == "invoke":
             return [{"op": "invoke", "child": self._sequence(rng.randint(1, 3), depth + 1, child=True)}]
-        if roll < 0.94:
+        if kind == "send":
             return [{"op": "send", "tok": self._tok(), "v": rng.randint(1, 1000)}]
-        return [{"op": "loop", "n": rng.randint(2, 4), "mode": rng.choice(["sync", "async"])}]
+        if kind == "loop":
+            return [{"op": "loop", "n": rng.randint(2, 4), "mode": rng.choice(["sync", "async"])}]
+        return [self._run()]
 
     def _run(self, *, failing: bool = False) -> Op:
         rng = self.rng
@@ -239,6 +267,8 @@ class Generator:
         if rng.random() < 0.04:
             op["ms"] = rng.choice([600, 1200])  # long enough that kills land inside it
         roll = rng.random()
+        if not self._allowed("fail"):
+            return op
         if failing or roll < 0.04:  # fails for good: a StepError at this step
             op["retries"] = rng.randint(0, 2)
             op["fail"] = op["retries"] + 1
@@ -258,8 +288,10 @@ class Generator:
         tok = self._tok()
         ms = MATCH_TIMEOUT_MS if outcome == "match" else rng.choice([500, 1000, 1500])
         wait = {"op": "wait", "outcome": outcome, "tok": tok, "ms": ms}
-        if outcome == "early":
+        if outcome == "early" and self._allowed("send"):
             return [{"op": "send", "tok": tok, "v": signal_value(tok)}, wait]
+        if outcome == "early":
+            wait["outcome"] = "timeout"
         return [wait]
 
     def _par(self, depth: int, child: bool) -> Op:
@@ -275,22 +307,21 @@ class Generator:
     def _branch(self, depth: int, child: bool) -> list[Op]:
         """A parallel branch: steps in sequence, sometimes a wait, a try, an invoke or a nested par."""
         rng = self.rng
+        excluded = (("wait",) if child else ()) + (("invoke", "par") if depth > 0 or child else ())
         ops: list[Op] = []
         for _ in range(rng.randint(1, 3)):
-            roll = rng.random()
-            if roll < 0.55:
-                ops.append(self._run())
-            elif roll < 0.68:
+            kind = self._pick(BRANCH, not_=excluded)
+            if kind == "sleep":
                 ops.append({"op": "sleep", "ms": rng.choice([100, 300, 600])})
-            elif roll < 0.78 and not child:
+            elif kind == "wait":
                 outcome = rng.choice(["match", "timeout"])
                 ms = MATCH_TIMEOUT_MS if outcome == "match" else rng.choice([300, 800])
                 ops.append({"op": "wait", "outcome": outcome, "tok": self._tok(), "ms": ms})
-            elif roll < 0.90:
+            elif kind == "try":
                 ops.append(self._try(depth + 1, child, sequential_only=True))
-            elif roll < 0.95 and not child and depth == 0:
+            elif kind == "invoke":
                 ops.append({"op": "invoke", "child": self._sequence(rng.randint(1, 2), depth + 2, child=True)})
-            elif depth == 0:
+            elif kind == "par":
                 ops.append(self._par(depth + 1, child))
             else:
                 ops.append(self._run())
@@ -303,16 +334,17 @@ class Generator:
         the other branches' memoized steps unvisited, which the engine reports as a divergence.
         """
         rng = self.rng
+        excluded = ("invoke",) if child or sequential_only or depth >= 2 else ()
         body: list[Op] = []
         for _ in range(rng.randint(1, 2)):
-            roll = rng.random()
-            if roll < 0.15:
+            kind = self._pick(BODY, not_=excluded)
+            if kind == "sleep":
                 body.append({"op": "sleep", "ms": rng.choice([100, 300])})
-            elif roll < 0.25 and not child and not sequential_only and depth < 2:
+            elif kind == "invoke":
                 body.append({"op": "invoke", "child": self._sequence(rng.randint(1, 2), depth + 1, child=True)})
             else:
                 body.append(self._run())
-        if rng.random() < 0.7:
+        if rng.random() < 0.7 and self._allowed("fail"):
             failing = self._run(failing=True)
             body.insert(rng.randint(0, len(body)), failing)
         return {"op": "try", "body": body}
