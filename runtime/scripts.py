@@ -23,6 +23,7 @@ _NAMES = (
     "cancel_run",
     "enqueue_job",
     "claim_jobs",
+    "dead_letter",
 )
 
 
