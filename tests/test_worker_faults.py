@@ -104,6 +104,7 @@ async def test_poison_queue_members_go_to_the_dead_letters_and_the_worker_keeps_
     await redis.zadd(queue, {not_utf8: now_ms, minus_inf: float("-inf"), bad_job: now_ms})
 
     async def moved_aside() -> bool:
+        assert_alive(worker)
         left: list[bytes] = await redis.zrange(queue, 0, -1)
         return not {not_utf8, minus_inf, bad_job} & set(left)
 
@@ -146,6 +147,7 @@ async def test_a_queue_key_of_the_wrong_type_is_renamed_aside_and_the_worker_ser
     await redis.hset(queue, mapping={"someone": "wrote a hash here"})  # type: ignore[misc]
 
     async def renamed() -> bool:
+        assert_alive(worker)
         return await redis.type(queue) != b"hash"
 
     await wait_until(renamed, 10, "the wrong-typed queue key being renamed aside")

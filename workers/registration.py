@@ -67,6 +67,7 @@ class RegistrationKeeper:
         seconds, micros = await self.redis.time()
         self.stamp = int(seconds) * 1_000_000 + int(micros)
         await self._register()
+        self._due.clear()  # the watchdog may have found no marker before this first registration
         return self.describe()
 
     def refresh_soon(self) -> None:
