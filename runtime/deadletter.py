@@ -6,6 +6,7 @@ after every restart). Workers move such an entry out of the queue, and record it
 ``stepq:dead`` (a list, newest first, at most ``MAX_DEAD_LETTERS`` records) in the same Lua call;
 ``stepq dead-letters`` lists them. A queue key of the wrong type is renamed to
 ``stepq:dead:queue:<name>:<ms>`` with its content intact, and the worker serves from a fresh queue.
+The timer reconciler sets malformed members of ``stepq:timers`` aside the same way.
 """
 
 from __future__ import annotations
