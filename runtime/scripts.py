@@ -24,6 +24,7 @@ _NAMES = (
     "enqueue_job",
     "claim_jobs",
     "nudge_run",
+    "dead_letter",
 )
 
 
