@@ -1,49 +1,65 @@
-"""Which Redis errors pass by themselves (the server is full, read-only, busy, loading, failing over)
-and which say something is wrong with the data or the code (a wrong type, a script error).
+"""What a Redis error means: Redis unreachable, a state it comes out of by itself, or something wrong
+with the data or the code.
 
-Both are answered without losing anything: a passing error sends the work back to wait and try again
-later, for as long as it lasts; a lasting one is retried a few times, then reported where a person
-will see it.
+- *Unreachable*: the connection failed or timed out.
+- *Passing*: Redis answered that it cannot do it now: out of memory under ``noeviction``, a replica
+  during a failover (``READONLY``), a long script (``BUSY``), an AOF still loading, a primary down,
+  a cluster resharding, an RDB save failure that blocks writes (``MISCONF``). Work waits and tries
+  again, for as long as it lasts.
+- Anything else (``WRONGTYPE``, a script error) is lasting: retried a few times, then reported.
 """
 
 from __future__ import annotations
 
+import re
+
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
-    ClusterDownError,
-    MasterDownError,
+    ExecAbortError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
-    TryAgainError,
 )
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-#: Errors that mean Redis cannot be reached right now.
+#: Errors that mean Redis did not answer (as opposed to answering with an error).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: Every error Redis (or the network to it) can raise.
+ANY = (RedisError, OSError)
 
-#: What redis-py raises for some of them (it strips the reply's prefix from the message).
-_PASSING_CLASSES = (OutOfMemoryError, ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError)
-#: Reply prefixes of errors a healthy deployment goes through and comes out of by itself: out of
-#: memory under ``noeviction``, a replica during a failover, a long script, an AOF still loading, a
-#: primary down, a cluster resharding, a failed RDB save that blocks writes.
-_PASSING_PREFIXES = (
-    "OOM",
-    "READONLY",
-    "BUSY",
-    "LOADING",
-    "MASTERDOWN",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "NOREPLICAS",
-    "MISCONF",
+#: Error codes of the passing states (see the module docstring).
+PASSING_KINDS = frozenset(
+    {"OOM", "READONLY", "BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "MISCONF"}
 )
+
+# redis-py strips the code from the errors it maps to a class of its own.
+_CODES: dict[type[ResponseError], str] = {
+    OutOfMemoryError: "OOM",
+    ReadOnlyError: "READONLY",
+    NoScriptError: "NOSCRIPT",
+    ExecAbortError: "EXECABORT",
+}
+# A pipeline's error quotes the reply it failed on: "Command # 1 (...) of pipeline caused error: ('BUSY ...',)".
+_PIPELINE_REPLY = re.compile(r"of pipeline caused error: \(['\"]([A-Z]+) ")
+
+
+def error_kind(exc: BaseException) -> str:
+    """``OOM``, ``READONLY``, ``WRONGTYPE``, ``BUSY``... for a Redis error reply, else the class name."""
+    if isinstance(exc, ResponseError):
+        for cls, code in _CODES.items():
+            if isinstance(exc, cls):
+                return code
+        text = str(exc)
+        quoted = _PIPELINE_REPLY.search(text)
+        word = quoted.group(1) if quoted else text.split(" ", 1)[0]
+        return word if word.isupper() and word.isalpha() else "ERR"
+    return type(exc).__name__
 
 
 def is_passing(exc: BaseException) -> bool:
-    """True for an error that waiting out cures: Redis unreachable, or one of the states above."""
-    if isinstance(exc, UNREACHABLE + _PASSING_CLASSES):
+    """True when waiting cures the error: Redis unreachable, or in one of the passing states."""
+    if isinstance(exc, UNREACHABLE):
         return True
-    if isinstance(exc, ResponseError):
-        return str(exc).lstrip().upper().startswith(_PASSING_PREFIXES)
-    return False
+    return isinstance(exc, ResponseError) and error_kind(exc) in PASSING_KINDS

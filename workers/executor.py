@@ -35,6 +35,7 @@ from sdk.event import Event
 from sdk.ids import new_ulid
 from sdk.opcodes import Op, Opcode, memo_data, memo_error
 from sdk.retry import Backoff
+from workers.faults import Faults
 from workers.invoker import Invoker
 from workers.remote import FunctionSource, RemoteFunction, Runnable
 
@@ -42,8 +43,6 @@ log = structlog.get_logger("stepq.worker")
 
 #: A job that hits an unexpected internal error is retried this many times before its run fails.
 INTERNAL_RETRIES = 5
-#: Longest wait before a job that met a passing Redis state is tried again.
-MAX_REDIS_BACKOFF_S = 5.0
 #: Inngest's default for an invoke without a timeout.
 DEFAULT_INVOKE_TIMEOUT = dt.timedelta(days=366)
 INVOKE_TIMEOUT_ERROR = {
@@ -72,6 +71,8 @@ class Executor:
         self.ingest = Ingest(store.redis, store, self.registry)
         #: Called when this worker enqueued a job due now (the worker then polls at once).
         self.on_next_job: Callable[[], None] = lambda: None
+        #: Jobs sent back to the queue while Redis is unreachable or in a passing state.
+        self.redis_faults = Faults("jobs")
 
     async def advance(self, ctx: dict[str, Any], payload: Any) -> None:
         """arq job entry point: ``payload`` is a JobSpec payload.
@@ -85,12 +86,9 @@ class Executor:
             await self._advance(ctx, payload)
         except Exception as exc:
             if is_passing(exc):
-                delay = min(0.25 * 2 ** min(tries, 8), MAX_REDIS_BACKOFF_S)
-                log.warning("job.redis_unavailable", job_id=ctx.get("job_id"), error=str(exc), retry_in_s=delay)
-                raise Retry(defer=delay) from exc
-            log.error(
-                "job.internal_error", job_id=ctx.get("job_id"), job_try=tries, error=f"{type(exc).__name__}: {exc}"
-            )
+                # Logged once per kind of error while it lasts, not once per job.
+                raise Retry(defer=self.redis_faults.failed(exc)) from exc
+            log.exception("job.internal_error", job_id=ctx.get("job_id"), job_try=tries)
             if tries < INTERNAL_RETRIES:
                 raise Retry(defer=min(2.0**tries, 30.0)) from exc
             try:
@@ -98,6 +96,8 @@ class Executor:
             except Exception as again:
                 log.error("job.give_up_failed", job_id=ctx.get("job_id"), error=f"{type(again).__name__}: {again}")
                 raise Retry(defer=30.0) from again
+        else:
+            self.redis_faults.succeeded()
 
     async def _give_up(self, payload: Any, exc: Exception) -> None:
         job = JobSpec.from_payload(payload)

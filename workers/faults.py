@@ -10,57 +10,23 @@ again (then one ``redis.recovered`` line), and the loop waits a little longer af
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import (
-    ExecAbortError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    ResponseError,
-)
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from runtime.redis_errors import ANY, UNREACHABLE, error_kind
 
 log = structlog.get_logger("stepq.worker")
 
 #: Errors that mean Redis did not answer (as opposed to answering with an error).
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+REDIS_DOWN = UNREACHABLE
 #: Every error a worker's loop survives: Redis's replies and the network's failures.
-REDIS_TROUBLE = (RedisError, OSError)
+REDIS_TROUBLE = ANY
 #: First and longest wait between attempts.
 FIRST_DELAY_S = 0.1
 MAX_DELAY_S = 5.0
-
-# redis-py strips the code from the errors it maps to a class of its own.
-_CODES: dict[type[ResponseError], str] = {
-    OutOfMemoryError: "OOM",
-    ReadOnlyError: "READONLY",
-    NoScriptError: "NOSCRIPT",
-    ExecAbortError: "EXECABORT",
-}
-
-
-# A pipeline's error quotes the reply it failed on: "Command # 1 (...) of pipeline caused error: ('BUSY ...',)".
-_PIPELINE_REPLY = re.compile(r"of pipeline caused error: \(['\"]([A-Z]+) ")
-
-
-def error_kind(exc: BaseException) -> str:
-    """``OOM``, ``READONLY``, ``WRONGTYPE``, ``BUSY``... for a Redis error reply, else the class name."""
-    if isinstance(exc, ResponseError):
-        for cls, code in _CODES.items():
-            if isinstance(exc, cls):
-                return code
-        text = str(exc)
-        quoted = _PIPELINE_REPLY.search(text)
-        word = quoted.group(1) if quoted else text.split(" ", 1)[0]
-        return word if word.isupper() and word.isalpha() else "ERR"
-    return type(exc).__name__
 
 
 class Faults:

@@ -45,11 +45,12 @@ from runtime.connection import make_pool
 from runtime.cron import CronScheduler, cron_functions
 from runtime.jobs import ADVANCE
 from runtime.limits import Limits
+from runtime.redis_errors import error_kind
 from runtime.registry import Registry
 from runtime.store import RunStore
 from sdk.client import Client
 from workers.executor import Executor
-from workers.faults import REDIS_DOWN, REDIS_TROUBLE, Faults, error_kind, until_redis_answers
+from workers.faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
 from workers.http_invoker import HttpInvoker
 from workers.invoker import InProcessInvoker, Invoker
 from workers.registration import DEFAULT_REFRESH_S, RegistrationKeeper
