@@ -149,6 +149,21 @@ async def test_a_sleep_right_after_a_sleep_has_a_timer_and_survives_a_lost_wake_
     await assert_nothing_left(redis, "t-sleeps", run_id)
 
 
+async def test_a_step_failing_right_after_a_wake_up_is_retried_and_the_run_completes(
+    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+) -> None:
+    start_workers("sleeps")
+    run_id = await start_run(sender, redis, "nap-then-flaky", "test/nap.flaky", {})
+
+    view = await wait_for_run(redis, run_id, timeout=20)
+
+    assert view.status == "completed", view.error
+    assert view.output == 1
+    [flaky] = [s for s in view.steps if s.name == "flaky"]
+    assert flaky.attempts == 2 and flaky.executions == 2, flaky
+    await assert_nothing_left(redis, "t-sleeps", run_id)
+
+
 # -- item 5: limits on every path ------------------------------------------------------------------
 
 

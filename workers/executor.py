@@ -219,7 +219,7 @@ class Executor:
             failures = job.attempt + 1
             if result.retriable and failures < fn.max_attempts:
                 delay = result.retry_after or fn.backoff.delay(failures)
-                retry = dataclasses.replace(job, attempt=job.attempt + 1)
+                retry = _retry_job(job, run)
                 outcome = await self.store.schedule(
                     run,
                     retry,
@@ -250,7 +250,7 @@ class Executor:
         if op.op is Op.STEP_ERROR:
             failures = job.attempt + 1
             delay = result.retry_after or backoff.delay(failures)
-            retry = dataclasses.replace(job, attempt=job.attempt + 1)
+            retry = _retry_job(job, run)
             outcome = await self.store.schedule(
                 run,
                 retry,
@@ -420,6 +420,14 @@ def _step_policy(op: Opcode, fn: Runnable) -> tuple[int, Backoff]:
     max_attempts = retries + 1 if isinstance(retries, int) and not isinstance(retries, bool) else fn.max_attempts
     raw = opts.get("backoff")
     return max_attempts, Backoff.from_dict(raw) if isinstance(raw, dict) else fn.backoff
+
+
+def _retry_job(job: JobSpec, run: LoadedRun) -> JobSpec:
+    """The job that tries again what ``job`` just failed: the same planned step, or a re-entry where
+    the run stands now (a wake-up job's re-entry is one step further than the job itself)."""
+    if job.kind is JobKind.PLANNED:
+        return dataclasses.replace(job, attempt=job.attempt + 1)
+    return JobSpec(run.run_id, run.position, job.attempt + 1)
 
 
 def _describe(error: dict[str, Any]) -> str:
