@@ -11,6 +11,7 @@ PREFIX = "stepq"
 ARQ_JOB = "arq:job:"
 ARQ_RESULT = "arq:result:"
 ARQ_IN_PROGRESS = "arq:in-progress:"
+ARQ_RETRY = "arq:retry:"
 
 
 def run(run_id: str) -> str:

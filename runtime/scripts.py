@@ -25,6 +25,8 @@ _NAMES = (
     "claim_jobs",
     "nudge_run",
     "dead_letter",
+    "renew_leases",
+    "finish_job",
 )
 
 

@@ -290,3 +290,44 @@ async def test_a_step_run_twice_after_a_lost_lease_shows_two_executions_and_one_
     assert "1 duplicate execution" in shown.stdout, shown.stdout
     as_json = json.loads(stepq_cli("run", run_id, "--json").stdout)
     assert as_json["duplicate_executions"] == 1
+
+
+async def test_a_worker_that_lost_its_lease_leaves_the_job_to_the_worker_that_took_it_over(
+    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """A is paused past its lease while running a step; B takes the job over. A, resumed, finishes
+    its execution: its commit is refused, and it must not end the job B now holds. B is then killed
+    before it commits: the job, still queued, is taken over again and the run completes. (A worker
+    ending a job it no longer held deleted it, and B's death then stranded the run.)"""
+    [a, b] = start_workers("crash", n=2, env={"STEPQ_LEASE": "1"})
+    marks = tmp_path / "marks.log"
+    data = {"log": str(marks), "first_s": 3, "later_s": 4}
+    run_id = await start_run(sender, redis, "slow-async", "test/slow.async", data)
+
+    def starts() -> list[int]:
+        text = marks.read_text() if marks.exists() else ""
+        return [int(line.split()[1]) for line in text.splitlines() if line.startswith("start ")]
+
+    deadline = time.monotonic() + 15
+    while not starts():
+        assert time.monotonic() < deadline, "the slow step never started"
+        await asyncio.sleep(0.02)
+    first, second = (a, b) if starts()[0] == a.pid else (b, a)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        while len(starts()) < 2:  # the other worker took the job over
+            assert time.monotonic() < deadline + 15, starts()
+            await asyncio.sleep(0.02)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    while not any(e.get("event") == "job.taken_over" for e in first.logs()):
+        assert time.monotonic() < deadline + 30, first.stderr()[-3000:]
+        await asyncio.sleep(0.02)
+    second.proc.kill()  # before its execution (4 s) commits
+    second.proc.wait(timeout=10)
+
+    view = await wait_for_run(redis, run_id, timeout=30)
+
+    assert view.status == "completed", view.error
+    assert view.output["slow"]["pid"] == first.pid  # the job came back to the surviving worker
+    await assert_nothing_left(redis, "t-crash", run_id)

@@ -28,14 +28,15 @@ import dataclasses
 import datetime as dt
 import os
 import signal
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import msgpack
 import structlog
 from arq.connections import ArqRedis
-from arq.constants import retry_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import ResponseError
@@ -187,11 +188,16 @@ class StepqWorker(Worker):
         self.watchdog.on_back.append(self._reconnected)
         # arq sizes the lock from the longest job timeout; ours is short and kept alive by heartbeats.
         self.in_progress_timeout_s = options.lease_s
+        #: The value of the in-progress locks this worker holds: a job is this worker's to renew and
+        #: to end only while its lock carries this token.
+        self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._draining = False
         self._background: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._renew_now = asyncio.Event()
+        #: Jobs whose lease this worker lost while running them (logged once each).
+        self._lost: set[str] = set()
         self._poll_faults = Faults("poll")
         self._job_faults = Faults("job-end")
         self._dead_letter_faults = Faults("dead-letter")
@@ -305,7 +311,7 @@ class StepqWorker(Worker):
         claimed, poison = await self.store.scripts.call(
             "claim_jobs",
             [self.queue_name],
-            [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, *job_ids],
+            [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, self.lease_token, *job_ids],
         )
         for member in poison:
             await self._dead_letter(member, "score is not a finite number")
@@ -364,7 +370,7 @@ class StepqWorker(Worker):
     async def _check_job_keys(self, job_id: str) -> None:
         """After a job ended with WRONGTYPE or a bad integer: if its own arq keys are unusable, every
         attempt would end so; move it to the dead letters."""
-        job_key, retry_key = keys.ARQ_JOB + job_id, retry_key_prefix + job_id
+        job_key, retry_key = keys.ARQ_JOB + job_id, keys.ARQ_RETRY + job_id
         try:
             job_type = (await self.pool.type(job_key)).decode()
             retry_type = (await self.pool.type(retry_key)).decode()
@@ -414,18 +420,19 @@ class StepqWorker(Worker):
             if not running or not self.watchdog.reachable:
                 continue
             try:
-                async with self.pool.pipeline(transaction=False) as pipe:
-                    for job_id in running:
-                        pipe.pexpire(keys.ARQ_IN_PROGRESS + job_id, lease_ms)
-                    renewed = await pipe.execute()
+                renewed = await self.store.scripts.call(
+                    "renew_leases", [keys.ARQ_IN_PROGRESS + job_id for job_id in running], [self.lease_token, lease_ms]
+                )
             except REDIS_TROUBLE as exc:
                 faults.failed(exc, jobs=len(running))
                 continue
             faults.succeeded()
             for job_id, ok in zip(running, renewed, strict=True):
                 task = self.tasks.get(job_id)
-                if not ok and task is not None and not task.done():
-                    # Another worker may run this job now; our commit will be fenced off.
+                if not ok and task is not None and not task.done() and job_id not in self._lost:
+                    # Another worker may run this job now; our commit will be fenced off, and the
+                    # job is that worker's to end.
+                    self._lost.add(job_id)
                     log.warning("lease.lost", job_id=job_id)
 
     async def _sweep_timers(self) -> None:
@@ -468,6 +475,33 @@ class StepqWorker(Worker):
             else:
                 if faults.failing or faults.delay_s:
                     faults.succeeded()
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's end of a job, done only while the job is this worker's (runtime/lua/finish_job.lua).
+        stepq keeps no results and runs no arq cron jobs, so those arguments have nothing to do."""
+        await self._end_job(job_id, "finish" if finish else "again", incr_score or 0)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        await self._end_job(job_id, "finish", 0)
+
+    async def _end_job(self, job_id: str, how: str, delay_ms: int) -> None:
+        self._lost.discard(job_id)
+        ended = await self.store.scripts.call(
+            "finish_job",
+            [keys.ARQ_IN_PROGRESS + job_id, keys.ARQ_RETRY + job_id, keys.ARQ_JOB + job_id, self.queue_name],
+            [self.lease_token, how, delay_ms],
+        )
+        if ended == b"taken":
+            log.info("job.taken_over", job_id=job_id, detail="another worker holds the job now; it ends it")
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """First SIGTERM/SIGINT drains; a second SIGINT hands back running steps at once."""
