@@ -23,7 +23,9 @@ class NotJSONError(TypeError):
     """A value is not JSON-compatible; ``path`` says where (``data.items[2]``)."""
 
     def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+        # A path through deep nesting can be long: the message keeps both ends of it.
+        shown = path if len(path) <= 240 else f"{path[:160]}...{path[-60:]}"
+        super().__init__(f"{shown}: {reason}")
         self.path = path
         self.reason = reason
 
