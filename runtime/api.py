@@ -175,7 +175,7 @@ def _guarded(route: str, shape: ErrorShape) -> Callable[[Handler], Handler]:
                 if reason is not None:
                     # The reason, not the error's text: a failed command's text can quote its arguments.
                     log.warning("api.redis_unavailable", route=route, reason=reason, error_type=type(exc).__name__)
-                    message = f"Redis cannot take the request right now ({reason}); retry in a moment"
+                    message = f"Redis {reason}; retry in a moment"
                     return _Json(shape(503, message), 503, headers={"Retry-After": str(RETRY_AFTER_S)})
                 log.error("api.unexpected_error", route=route, error_type=type(exc).__name__)
                 return _Json(shape(500, f"internal error ({type(exc).__name__}); see the API's log"), 500)

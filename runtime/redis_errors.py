@@ -21,23 +21,27 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: What each refusal means, for messages and logs (never the error's own text: a pipeline's error
 #: quotes the command's arguments, which can hold the payload).
+#: Each reads after "Redis ...".
 _CODES = {
-    "OOM": "out of memory (maxmemory reached and nothing may be evicted)",
-    "READONLY": "a read-only replica",
-    "MASTERDOWN": "a replica whose master is down",
-    "LOADING": "loading its data",
-    "BUSY": "busy running a script",
-    "MISCONF": "refusing writes after a failed save",
-    "NOREPLICAS": "refusing writes: too few replicas",
-    "TRYAGAIN": "asking to try again",
-    "CLUSTERDOWN": "a cluster that is down",
+    "OOM": "is out of memory (maxmemory reached and nothing may be evicted)",
+    "READONLY": "is a read-only replica",
+    "MASTERDOWN": "is a replica whose master is down",
+    "LOADING": "is loading its data",
+    "BUSY": "is busy running a script",
+    "MISCONF": "refuses writes after a failed save",
+    "NOREPLICAS": "refuses writes: too few replicas",
+    "TRYAGAIN": "asks to try again",
+    "CLUSTERDOWN": "is a cluster that is down",
 }
 #: A code at the start of the message, or after the ``-`` of an error quoted by a script.
 _CODE = re.compile(r"(?:^|[\s-])(" + "|".join(_CODES) + r")\b")
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
-    """Why Redis could not serve the command, if ``exc`` says it is unavailable for now; else None."""
+    """Why Redis could not serve the command, if ``exc`` says it is unavailable for now; else None.
+
+    The reason reads after "Redis": ``is out of memory (...)``, ``did not answer``...
+    """
     if isinstance(exc, OutOfMemoryError):
         return _CODES["OOM"]
     if isinstance(exc, ReadOnlyError):
