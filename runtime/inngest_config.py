@@ -136,17 +136,21 @@ def _optional(raw: dict[str, Any], field: str, types: tuple[type, ...], where: s
 
 
 def _retries(raw: dict[str, Any], step: dict[str, Any], where: str) -> int:
-    """``steps.step.retries.attempts`` (Inngest's name for the retry count), else ``retries``, else 4."""
+    """``steps.step.retries.attempts`` (Inngest's name for the retry count), else ``retries``, else 4.
+    Both are checked when both are given."""
     policy = _optional(step, "retries", (dict,), f"{where}.steps.step")
-    if policy is not None and policy.get("attempts") is not None:
-        value, field = policy["attempts"], f"{where}.steps.step.retries.attempts"
-    elif raw.get("retries") is not None:
-        value, field = raw["retries"], f"{where}.retries"
-    else:
-        return 4
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
-        raise FunctionConfigError(f"{field}: an integer from 0 to {MAX_RETRIES}, got {_shown(value)}")
-    return value
+    found = [
+        (value, field)
+        for value, field in (
+            (policy.get("attempts") if policy else None, f"{where}.steps.step.retries.attempts"),
+            (raw.get("retries"), f"{where}.retries"),
+        )
+        if value is not None
+    ]
+    for value, field in found:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+            raise FunctionConfigError(f"{field}: an integer from 0 to {MAX_RETRIES}, got {_shown(value)}")
+    return int(found[0][0]) if found else 4
 
 
 def _json_type(value: Any) -> str:
