@@ -212,7 +212,7 @@ def create_app(
     """The event API as an ASGI app; its lifespan opens and closes the Redis connection.
 
     ``allowed_app_hosts`` restricts where registered apps may live (``runtime.app_urls``);
-    ``url_policy`` replaces the whole check (tests give it their own resolver).
+    ``url_policy`` replaces the whole check (e.g. with another resolver).
 
     Raises ``ValueError`` when not in dev mode and no event key is configured: such a server
     could only ever answer 401.
@@ -279,7 +279,7 @@ def create_app(
             )
         if signing_key is None:
             raise _Refused(
-                401, f"{what} needs the signing key, and none is configured (STEPQ_SIGNING_KEY), or dev mode"
+                401, f"{what} needs the signing key: none is configured (set STEPQ_SIGNING_KEY, or use dev mode)"
             )
         raise _Refused(401, f"{what} needs Authorization: Bearer <hashed signing key>")
 
@@ -397,7 +397,8 @@ def _parse_events(body: bytes, max_event_bytes: int) -> list[Event]:
         # Only a body over the limit can hold an event over it; measure each event then.
         for label, item in zip(where, items, strict=True):
             try:
-                size = len(json.dumps(item, separators=(",", ":")))  # ASCII: lone surrogates escaped
+                # UTF-8 bytes; a lone surrogate is counted, not an error (it is refused below, by name)
+                size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode(errors="surrogatepass"))
             except RecursionError:
                 continue  # refused below, naming the field, by the depth check
             if size > max_event_bytes:
