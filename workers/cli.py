@@ -164,6 +164,7 @@ def _api(args: argparse.Namespace) -> int:
             max_event_bytes=settings.max_event_bytes,
             max_request_bytes=settings.max_request_bytes,
             signing_key=settings.signing_key,
+            allowed_app_hosts=settings.allowed_app_hosts,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
