@@ -19,9 +19,16 @@ from __future__ import annotations
 
 import re
 
-from redis.exceptions import BusyLoadingError, ExecAbortError, NoScriptError, OutOfMemoryError, ReadOnlyError
+from redis.exceptions import (
+    BusyLoadingError,
+    ExecAbortError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Errors that mean Redis did not answer (as opposed to answering with an error).
