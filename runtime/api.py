@@ -309,6 +309,9 @@ def create_app(
                     400,
                     f"invalid app config: functions[{i}].steps.step.runtime.url: {exc.url} is refused: {exc.reason}",
                 ) from None
+        # The app's runs live within this API's limits, whichever process writes to them.
+        run_limits = request.app.state.ingest.store.limits.to_config()
+        configs = [{**config, "limits": run_limits} for config in configs]
         try:
             modified = await Registry(request.app.state.redis).sync_app(app_id, configs, checksum(payload))
         except FunctionOwnedError as exc:

@@ -148,6 +148,7 @@ class Ingest:
                     event_ids=[event_id],
                     dedupe_key=original.id or None,
                     rules=waits.cancel_registrations(run_id, fn.config, event_dict, at),
+                    limits=self.store.function_limits(fn.config),
                     pipe=runs,
                 )
         await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])

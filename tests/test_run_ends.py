@@ -201,8 +201,8 @@ async def test_parallel_results_over_the_state_limit_fail_the_run(
 async def test_waited_events_over_the_state_limit_fail_the_run(
     redis: Redis, sender: sdk.Client, start_workers: StartWorkers
 ) -> None:
-    # The events resolve the waits in the sending process: it must know the limits too (TODO: limits
-    # registered with the function, so that every process applies the app's).
+    # The events resolve the waits in this (the sending) process, which has the default limits: the
+    # run lives within those its function was registered with by its workers.
     start_workers("limits", env=SMALL_LIMITS)
     run_id = await start_run(sender, redis, "heavy-waits", "limits/heavy.waits", {"n": 8, "tag": "t1"})
     await wait_for_run(redis, run_id, statuses=("waiting",), timeout=15)

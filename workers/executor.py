@@ -133,7 +133,7 @@ class Executor:
             return
         if loaded.first_start and fn.timeouts is not None and not await self._within_timeouts(fn, loaded):
             return
-        limits = self.store.limits
+        limits = fn.limits if isinstance(fn, RemoteFunction) else self.store.limits
         request = ExecutionRequest(
             event=loaded.events[0],
             events=loaded.events,
@@ -387,6 +387,7 @@ class Executor:
             events=[event],
             dedupe_key=event.id,
             parent=f"{run.run_id}|{op.id}",
+            limits=self.store.function_limits(record.config),
         )
 
     async def _finish(self, run: LoadedRun, status: str, *, output: Any = None, error: Any = None) -> str:

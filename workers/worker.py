@@ -617,6 +617,8 @@ def _build(
 
     keeper = None
     if configs is not None:
+        # The app's runs live within this worker's limits, whichever process writes to them.
+        configs = [{**config, "limits": store.limits.to_config()} for config in configs]
         keeper = RegistrationKeeper(pool, registry, queue_id, configs, refresh_s=options.registration_refresh_s)
 
     async def on_startup(ctx: dict[str, Any]) -> None:
