@@ -405,3 +405,23 @@ async def test_workers_of_two_versions_of_an_app_do_not_take_turns_registering(r
         old.stop()
         if new is not None:
             new.stop()
+
+
+async def test_a_worker_whose_function_id_another_app_owns_exits_at_once_naming_the_owner(
+    redis: Redis, tmp_path: Path
+) -> None:
+    """A function id belongs to the app that registered it: a worker of another app claiming it
+    changes nothing and exits with one line saying whose it is (retrying could not help)."""
+    from runtime.registry import Registry
+
+    squatter = {"id": "t-sleeps-nap", "fn_id": "nap", "app_id": "other-app", "name": "nap", "triggers": []}
+    await Registry(redis).register_app("other-app", [squatter])
+    env = {**os.environ, "STEPQ_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "workers.cli", "worker", "tests.apps.sleeps:client", "--redis-url", REDIS_URL]
+
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "belongs to app 'other-app'" in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
+    record = await Registry(redis).get("t-sleeps-nap")
+    assert record is not None and record.app_id == "other-app"

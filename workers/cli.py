@@ -124,7 +124,18 @@ def _worker(args: argparse.Namespace) -> int:
             worker = build_http_worker(_url(args), options, signing_key=signing_key)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    worker.run()
+    from runtime.registry import FunctionOwnedError
+
+    try:
+        worker.run()
+    except FunctionOwnedError as exc:
+        # Retrying cannot help: the function id is another app's until that app drops it.
+        import structlog
+
+        structlog.get_logger("stepq.worker").error(
+            "worker.app_conflict", function=exc.slug, owner=exc.owner, app_id=exc.app_id
+        )
+        raise CliError(f"cannot register app {exc.app_id!r}: {exc}") from None
     return 0
 
 

@@ -30,7 +30,7 @@ import structlog
 from redis.asyncio import Redis
 
 from runtime import keys
-from runtime.registry import Registry
+from runtime.registry import FunctionOwnedError, Registry
 from workers.faults import REDIS_TROUBLE, Faults
 
 log = structlog.get_logger("stepq.worker")
@@ -91,6 +91,10 @@ class RegistrationKeeper:
                 delay = self._faults.failed(exc)
                 await asyncio.sleep(delay)
                 self._due.set()  # try again after the backoff, not after a whole refresh period
+            except FunctionOwnedError as exc:
+                # Another app registered one of our function ids while ours was gone (Redis came
+                # back empty): nothing was changed; say so, and try again at the next refresh.
+                log.error("registration.conflict", app=self.app_id, function=exc.slug, owner=exc.owner)
             else:
                 self._faults.succeeded()
 

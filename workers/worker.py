@@ -42,6 +42,7 @@ from arq.worker import Worker, func
 from redis.exceptions import ResponseError
 
 from runtime import deadletter, keys, timers
+from runtime.app_urls import AppUrlPolicy
 from runtime.connection import make_pool
 from runtime.cron import CronScheduler, cron_functions
 from runtime.jobs import ADVANCE
@@ -574,7 +575,10 @@ def build_http_worker(
     return _build(
         keys.HTTP_QUEUE_ID,
         None,
-        HttpInvoker(signing_key=signing_key, timeout_s=options.step_timeout_s),  # the executor adds a margin
+        # the executor adds a margin to the timeout; the URL policy knows which Redis to keep apps off
+        HttpInvoker(
+            signing_key=signing_key, timeout_s=options.step_timeout_s, url_policy=AppUrlPolicy.from_env(redis_url)
+        ),
         redis_url,
         options,
         limits=limits,
