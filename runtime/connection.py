@@ -11,8 +11,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-#: A dead Redis peer is noticed by TCP keepalive within about 10 + 3 x 5 s.
-_KEEPALIVE = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
+#: Kernel-level limits that cost nothing per command. An idle connection to a dead peer is noticed by
+#: keepalive within about 5 + 3 x 2 s; a request the peer never acknowledges (link down, packets
+#: dropped) fails after TCP_USER_TIMEOUT instead of the kernel's retry limit (15 retries: minutes).
+#: Workers also run a watchdog (workers/watchdog.py), which catches what TCP cannot see (a proxy or
+#: middlebox that acknowledges but does not forward).
+_KEEPALIVE: dict[int, int] = {socket.TCP_KEEPIDLE: 5, socket.TCP_KEEPINTVL: 2, socket.TCP_KEEPCNT: 3}
+if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+    _KEEPALIVE[socket.TCP_USER_TIMEOUT] = 10_000  # ms
 
 
 def pool_options(*, hot_path: bool = False) -> dict[str, Any]:
@@ -21,7 +27,8 @@ def pool_options(*, hot_path: bool = False) -> dict[str, Any]:
 
     ``hot_path`` (workers): no per-read timeout and no periodic PING. Each costs redis-py an
     asyncio timeout or a clock check on every command (about a fifth of a worker's CPU per step);
-    a worker relies on TCP keepalive to notice a dead Redis, and on its own step timeouts.
+    a worker relies on its watchdog (a probe with a timeout, on a connection of its own) and on the
+    kernel limits above to notice a Redis that stopped answering.
     """
     options: dict[str, Any] = {
         "socket_connect_timeout": 5,

@@ -1,12 +1,18 @@
 """Event ingestion: store each event, start one run per function it triggers.
 
-Two round trips per send, however many events and functions: one to route the names, one pipeline
-that stores the events and creates the runs (each creation an atomic script with its own dedupe).
+Two round trips per send, however many events and functions: one to route the names, one script
+that stores the events and creates the runs (each with its own dedupe). One script, not a pipeline:
+a batch is stored whole or not at all, even when Redis runs out of memory halfway (see
+runtime/lua/ingest_events.lua). Then waits and cancellation rules are matched against the events.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
+from importlib import resources
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -14,6 +20,7 @@ from redis.asyncio import Redis
 from runtime import keys, matching, waits
 from runtime.codec import pack
 from runtime.registry import FunctionRecord, Registry
+from runtime.scripts import source
 from runtime.store import RunStore, now_ms
 from sdk.event import Event
 from sdk.expressions import Bindings, ExpressionError, compile_expression
@@ -49,11 +56,46 @@ def triggered(fn: FunctionRecord, name: str, bindings: Bindings) -> bool:
     return False
 
 
+@functools.cache
+def batch_script() -> str:
+    """The ingest script: the shared prelude, create_run.lua as a local function of its own KEYS and
+    ARGV (so a run is created by the very code ``RunStore.create_run`` calls), then the batch loop."""
+    lua = resources.files("runtime") / "lua"
+    return (
+        (lua / "prelude.lua").read_text()
+        + "\nlocal function create_run(KEYS, ARGV)\n"
+        + (lua / "create_run.lua").read_text()
+        + "\nend\n"
+        + (lua / "ingest_events.lua").read_text()
+    )
+
+
+class _CreateRunCalls:
+    """Stands in for a Redis client so that ``RunStore.create_run`` hands over its script's KEYS and
+    ARGV instead of sending them: the batch script then runs create_run's code with exactly those,
+    and the argument contract stays in one place (runtime/store.py)."""
+
+    _SHA = hashlib.sha1(source("create_run").encode()).hexdigest()
+
+    def __init__(self) -> None:
+        self.keys: list[Any] = []
+        self.args: list[Any] = []
+        self.count = 0
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
+        if sha != self._SHA:  # anything else would be run below as if it were create_run
+            raise RuntimeError("RunStore.create_run sent a script other than runtime/lua/create_run.lua")
+        self.keys.extend(keys_and_args[:numkeys])
+        self.args += [numkeys, len(keys_and_args) - numkeys, *keys_and_args[numkeys:]]
+        self.count += 1
+
+
 class Ingest:
     def __init__(self, redis: Redis, store: RunStore, registry: Registry) -> None:
         self.redis = redis
         self.store = store
         self.registry = registry
+        self._batch = redis.register_script(batch_script())
 
     async def send(self, events: Sequence[Event], *, internal: bool = False, only_if_wanted: bool = False) -> list[str]:
         """Store validated events and start the runs they trigger; return the stored events' ids.
@@ -84,31 +126,31 @@ class Ingest:
             if not stored:
                 return []
         retention = self.store.limits.retention_s
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event_id, event in zip(ids, stored, strict=True):
-                pipe.set(keys.event(event_id), pack(event.to_dict()), ex=retention)
-                pipe.zadd(keys.EVENTS, {event_id: at})
-                # before matching waits, so a wait registered meanwhile finds it by looking back
-                await matching.record_recent(pipe, event.name, event_id, at)
-            pipe.zremrangebyscore(keys.EVENTS, "-inf", at - retention * 1000)
-            for event_id, original, event in zip(ids, events, stored, strict=True):
-                event_dict = event.to_dict()
-                bindings = Bindings(event=event_dict)  # converted once, on the first filter
-                for fn in routes.get(event.name, []):
-                    if not triggered(fn, event.name, bindings):
-                        continue
-                    run_id = new_ulid(at)
-                    await self.store.create_run(
-                        run_id=run_id,
-                        fn_slug=fn.slug,
-                        app_id=fn.app_id,
-                        queue_id=fn.config.get("queue") or fn.app_id,
-                        events=[event],
-                        event_ids=[event_id],
-                        dedupe_key=original.id or None,
-                        rules=waits.cancel_registrations(run_id, fn.config, event_dict, at),
-                        pipe=pipe,
-                    )
-            await pipe.execute()
+        batch_keys: list[Any] = [keys.EVENTS]
+        batch_args: list[Any] = [at, retention, matching.RECENT_MAX, matching.LOOK_BACK_MS, len(stored)]
+        for event_id, event in zip(ids, stored, strict=True):
+            batch_keys += [keys.event(event_id), keys.recent_events(event.name)]
+            batch_args += [event_id, pack(event.to_dict())]
+        runs = _CreateRunCalls()
+        for event_id, original, event in zip(ids, events, stored, strict=True):
+            event_dict = event.to_dict()
+            bindings = Bindings(event=event_dict)  # converted once, on the first filter
+            for fn in routes.get(event.name, []):
+                if not triggered(fn, event.name, bindings):
+                    continue
+                run_id = new_ulid(at)
+                await self.store.create_run(
+                    run_id=run_id,
+                    fn_slug=fn.slug,
+                    app_id=fn.app_id,
+                    queue_id=fn.config.get("queue") or fn.app_id,
+                    events=[event],
+                    event_ids=[event_id],
+                    dedupe_key=original.id or None,
+                    rules=waits.cancel_registrations(run_id, fn.config, event_dict, at),
+                    limits=self.store.function_limits(fn.config),
+                    pipe=runs,
+                )
+        await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])
         await matching.deliver(self, [e.to_dict() for e in stored])
         return ids

@@ -16,22 +16,27 @@ from urllib.parse import urlparse
 from runtime import keys
 from sdk.durations import to_timedelta
 from sdk.errors import FunctionConfigError
+from sdk.jsonvalue import NotJSONError, check_json
 
 MAX_TRIGGERS = 10
 MAX_RETRIES = 20
 MAX_CANCELS = 5
-#: Stored as they come, for features stepq does not apply yet.
-FLOW_CONTROL = (
-    "concurrency",
-    "throttle",
-    "rateLimit",
-    "idempotency",
-    "debounce",
-    "batchEvents",
-    "priority",
-    "singleton",
-    "checkpoint",
-)
+#: Stored as they come, for features stepq does not apply yet; each is checked for the JSON type
+#: Inngest's schema gives it (``concurrency`` is a number, a list of limits, or ``{fn, step}``).
+FLOW_CONTROL: dict[str, tuple[type, ...]] = {
+    "concurrency": (int, list, dict),
+    "throttle": (dict,),
+    "rateLimit": (dict,),
+    "idempotency": (str,),
+    "debounce": (dict,),
+    "batchEvents": (dict,),
+    "priority": (dict,),
+    "singleton": (dict,),
+    "checkpoint": (dict,),
+}
+#: Deepest nesting a register payload may have (real ones nest about six levels).
+MAX_REGISTER_DEPTH = 32
+_TYPE_NAMES = {int: "a number", float: "a number", list: "a list", dict: "an object", str: "a string"}
 
 
 def app_id_of(payload: dict[str, Any]) -> str:
@@ -50,6 +55,10 @@ def parse_register(payload: Any) -> tuple[str, list[dict[str, Any]]]:
     """(app id, stepq function configs) from a register payload; errors name the bad field."""
     if not isinstance(payload, dict):
         raise FunctionConfigError("register: expected a JSON object")
+    try:  # text that cannot be stored (lone surrogates), huge numbers, absurd nesting
+        check_json(payload, "", max_depth=MAX_REGISTER_DEPTH)
+    except NotJSONError as exc:
+        raise FunctionConfigError(str(exc) if exc.path else f"register: {exc.reason}") from None
     app_id = app_id_of(payload)
     functions = payload.get("functions")
     if not isinstance(functions, list):
@@ -71,53 +80,113 @@ def _function(app_id: str, raw: Any, where: str) -> dict[str, Any]:
     slug = raw.get("id")
     if not isinstance(slug, str) or not slug:
         raise FunctionConfigError(f"{where}.id: a function needs an id")
-    step = ((raw.get("steps") or {}).get("step")) if isinstance(raw.get("steps"), dict) else None
+    name = _optional(raw, "name", (str,), where) or slug
+    steps = _optional(raw, "steps", (dict,), where) or {}
+    step = steps.get("step")
     if not isinstance(step, dict):
         raise FunctionConfigError(f"{where}.steps.step: missing (it holds the function's URL)")
-    runtime = step.get("runtime") or {}
-    url = runtime.get("url") if isinstance(runtime, dict) else None
+    runtime = _optional(step, "runtime", (dict,), f"{where}.steps.step") or {}
+    url = runtime.get("url")
     parsed = urlparse(url) if isinstance(url, str) else None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise FunctionConfigError(f"{where}.steps.step.runtime.url: expected an http(s) URL, got {url!r}")
-    retries = (step.get("retries") or {}).get("attempts", raw.get("retries", 4))
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
-        raise FunctionConfigError(f"{where}.steps.step.retries.attempts: an integer from 0 to {MAX_RETRIES}")
-    triggers = raw.get("triggers") or []
-    if not isinstance(triggers, list) or len(triggers) > MAX_TRIGGERS:
+    try:
+        port_ok = parsed is not None and (parsed.port is None or parsed.port > 0)
+    except ValueError:  # a port that is not a number, or over 65535
+        port_ok = False
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or not port_ok:
+        raise FunctionConfigError(f"{where}.steps.step.runtime.url: expected an http(s) URL, got {_shown(url)}")
+    retries = _retries(raw, step, where)
+    triggers = _optional(raw, "triggers", (list,), where) or []
+    if len(triggers) > MAX_TRIGGERS:
         raise FunctionConfigError(f"{where}.triggers: a list of at most {MAX_TRIGGERS}")
+    flow = {}
+    for field, types in FLOW_CONTROL.items():
+        value = _optional(raw, field, types, where)
+        if value is not None:
+            flow[field] = value
     config: dict[str, Any] = {
         "id": slug,
         "fn_id": slug.removeprefix(f"{app_id}-"),
         "app_id": app_id,
-        "name": raw.get("name") or slug,
+        "name": name,
         "triggers": [_trigger(t, f"{where}.triggers[{j}]") for j, t in enumerate(triggers)],
         "retries": retries,
         "cancel": [_cancel(c, f"{where}.cancel[{j}]") for j, c in enumerate(_list(raw, "cancel", where))],
-        "timeouts": _timeouts(raw.get("timeouts"), f"{where}.timeouts"),
+        "timeouts": _timeouts(_optional(raw, "timeouts", (dict,), where), f"{where}.timeouts"),
         "queue": keys.HTTP_QUEUE_ID,
         "url": url,
-        "flow": {k: raw[k] for k in FLOW_CONTROL if raw.get(k) is not None},
+        "flow": flow,
     }
-    if isinstance(raw.get("backoff"), dict):  # stepq's SDK says how long to wait between attempts
-        config["backoff"] = _backoff(raw["backoff"], f"{where}.backoff")
+    backoff = _optional(raw, "backoff", (dict,), where)  # stepq's SDK says how long to wait between attempts
+    if backoff is not None:
+        config["backoff"] = _backoff(backoff, f"{where}.backoff")
     if len(config["cancel"]) > MAX_CANCELS:
         raise FunctionConfigError(f"{where}.cancel: at most {MAX_CANCELS} rules")
     return config
 
 
+def _optional(raw: dict[str, Any], field: str, types: tuple[type, ...], where: str) -> Any:
+    """``raw[field]`` when present and not null, refused unless it is one of ``types``."""
+    value = raw.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, types):
+        expected = " or ".join(_TYPE_NAMES[t] for t in types)
+        raise FunctionConfigError(f"{where}.{field}: expected {expected}, got {_json_type(value)}")
+    return value
+
+
+def _retries(raw: dict[str, Any], step: dict[str, Any], where: str) -> int:
+    """``steps.step.retries.attempts`` (Inngest's name for the retry count), else ``retries``, else 4.
+    Both are checked when both are given."""
+    policy = _optional(step, "retries", (dict,), f"{where}.steps.step")
+    found = [
+        (value, field)
+        for value, field in (
+            (policy.get("attempts") if policy else None, f"{where}.steps.step.retries.attempts"),
+            (raw.get("retries"), f"{where}.retries"),
+        )
+        if value is not None
+    ]
+    for value, field in found:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
+            raise FunctionConfigError(f"{field}: an integer from 0 to {MAX_RETRIES}, got {_shown(value)}")
+    return int(found[0][0]) if found else 4
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _backoff(raw: dict[str, Any], where: str) -> dict[str, float]:
     from sdk.retry import Backoff
 
+    for field in ("initial", "maximum"):  # seconds, or a duration string
+        _optional(raw, field, (int, float, str), where)
+    for field in ("factor", "jitter"):  # numbers only: float("nan") must not sneak in as a string
+        _optional(raw, field, (int, float), where)
     try:
         return Backoff.from_dict(raw).to_dict()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError, FunctionConfigError) as exc:
         raise FunctionConfigError(f"{where}: {exc}") from None
 
 
 def _list(raw: dict[str, Any], field: str, where: str) -> list[Any]:
-    value = raw.get(field) or []
-    if not isinstance(value, list):
-        raise FunctionConfigError(f"{where}.{field}: expected a list")
+    value: list[Any] = _optional(raw, field, (list,), where) or []
     return value
 
 
@@ -126,9 +195,10 @@ def _trigger(raw: Any, where: str) -> dict[str, Any]:
         raise FunctionConfigError(f"{where}: expected an object")
     if isinstance(raw.get("event"), str) and raw["event"]:
         out: dict[str, Any] = {"event": raw["event"]}
-        if raw.get("expression"):
-            _compiles(str(raw["expression"]), {"event"}, f"{where}.expression")
-            out["expression"] = raw["expression"]
+        expression = _optional(raw, "expression", (str,), where)
+        if expression:
+            _compiles(expression, {"event"}, f"{where}.expression")
+            out["expression"] = expression
         return out
     if isinstance(raw.get("cron"), str) and raw["cron"]:
         from runtime.cron import parse_schedule
@@ -145,25 +215,26 @@ def _cancel(raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict) or not isinstance(raw.get("event"), str) or not raw["event"]:
         raise FunctionConfigError(f"{where}: needs an event name")
     out: dict[str, Any] = {"event": raw["event"]}
-    if raw.get("if"):
-        _compiles(str(raw["if"]), {"event", "async"}, f"{where}.if")
-        out["if"] = raw["if"]
-    if raw.get("timeout"):
-        _duration(raw["timeout"], f"{where}.timeout")
-        out["timeout"] = raw["timeout"]
+    condition = _optional(raw, "if", (str,), where)
+    if condition:
+        _compiles(condition, {"event", "async"}, f"{where}.if")
+        out["if"] = condition
+    timeout = _optional(raw, "timeout", (str,), where)
+    if timeout:
+        _duration(timeout, f"{where}.timeout")
+        out["timeout"] = timeout
     return out
 
 
-def _timeouts(raw: Any, where: str) -> dict[str, str]:
+def _timeouts(raw: dict[str, Any] | None, where: str) -> dict[str, str]:
     if not raw:
         return {}
-    if not isinstance(raw, dict):
-        raise FunctionConfigError(f"{where}: expected an object")
     out = {}
     for field in ("start", "finish"):
-        if raw.get(field):
-            _duration(raw[field], f"{where}.{field}")
-            out[field] = raw[field]
+        value = _optional(raw, field, (str,), where)  # time strings ("10m"), as Inngest's schema says
+        if value:
+            _duration(value, f"{where}.{field}")
+            out[field] = value
     return out
 
 
@@ -181,3 +252,5 @@ def _duration(value: Any, where: str) -> None:
         to_timedelta(value, what=where)
     except ValueError as exc:
         raise FunctionConfigError(str(exc)) from None
+    except OverflowError:  # "99999999999999999d": more days than a timedelta holds
+        raise FunctionConfigError(f"{where}: {_shown(value)} is too long a duration") from None

@@ -11,6 +11,7 @@ PREFIX = "stepq"
 ARQ_JOB = "arq:job:"
 ARQ_RESULT = "arq:result:"
 ARQ_IN_PROGRESS = "arq:in-progress:"
+ARQ_RETRY = "arq:retry:"
 
 
 def run(run_id: str) -> str:
@@ -95,3 +96,27 @@ HTTP_QUEUE_ID = "@http"
 def queue(app_id: str) -> str:
     """The arq queue (a zset) that an app's workers poll."""
     return f"{PREFIX}:queue:{app_id}"
+
+
+def app_functions(app_id: str) -> str:
+    """The slugs an app registered (written by register_app.lua)."""
+    return f"{PREFIX}:app:{app_id}:functions"
+
+
+def app_registration(app_id: str) -> str:
+    """``<stamp_us>:<fingerprint>`` of the worker whose registration of the app is current.
+
+    Written beside every registration a worker makes, so that a worker notices an emptied Redis
+    (the key is gone) and an older deployment's worker does not undo a newer one's registration.
+    """
+    return f"{PREFIX}:app:{app_id}:registration"
+
+
+#: Queue entries a worker could not run (poison), newest first: JSON records, trimmed to a bound.
+DEAD_LETTERS = f"{PREFIX}:dead"
+
+
+def dead_queue(queue_key: str, at_ms: int) -> str:
+    """Where a queue key holding the wrong type is renamed to, for a person to inspect."""
+    name = queue_key.removeprefix(f"{PREFIX}:queue:")
+    return f"{PREFIX}:dead:queue:{name}:{at_ms}"

@@ -22,13 +22,6 @@ LOOK_BACK_MS = 10_000
 RECENT_MAX = 1000
 
 
-async def record_recent(pipe: Any, name: str, event_id: str, at_ms: int) -> None:
-    """Remember an event for the look-back (called in the ingest pipeline, before matching)."""
-    pipe.lpush(keys.recent_events(name), f"{at_ms}:{event_id}")
-    pipe.ltrim(keys.recent_events(name), 0, RECENT_MAX - 1)
-    pipe.pexpire(keys.recent_events(name), LOOK_BACK_MS)
-
-
 async def deliver(ingest: Ingest, events: Sequence[dict[str, Any]]) -> int:
     """Resolve the waits and fire the cancellation rules these events satisfy; returns how many."""
     delivered = 0

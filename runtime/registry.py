@@ -11,6 +11,22 @@ from redis.asyncio import Redis
 from runtime import keys
 from runtime.codec import pack, unpack
 from runtime.scripts import Scripts
+from sdk.errors import StepqError
+
+
+class FunctionOwnedError(StepqError):
+    """An app tried to register a function id that another app registered; nothing was changed.
+
+    A function id belongs to the app that registered it first, until that app's own sync drops it:
+    otherwise any app could take over another's function (its events, with their data, would go to
+    the newcomer) or delete it with an empty sync.
+    """
+
+    def __init__(self, slug: str, owner: str, app_id: str) -> None:
+        super().__init__(f"function {slug!r} belongs to app {owner!r}")
+        self.slug = slug
+        self.owner = owner
+        self.app_id = app_id
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -32,12 +48,30 @@ class Registry:
         self.scripts = scripts or Scripts(redis)
 
     async def register_app(self, app_id: str, configs: Sequence[dict[str, Any]]) -> int:
-        """Make ``configs`` the app's whole function set (functions no longer defined are dropped)."""
-        args: list[Any] = [keys.PREFIX, app_id, len(configs)]
+        """Make ``configs`` the app's whole function set (its functions no longer defined are dropped);
+        returns how many it has.
+
+        Raises ``FunctionOwnedError`` (and changes nothing) when one of the ids belongs to another app.
+        """
+        count, _ = await self._register(app_id, configs, "")
+        return count
+
+    async def sync_app(self, app_id: str, configs: Sequence[dict[str, Any]], checksum: str) -> bool:
+        """``register_app`` for a sync that carries a checksum of its payload; returns whether the
+        checksum differs from the app's previous sync's (Inngest's ``modified``). The checksum is
+        stored with the functions, in the same script: a refused sync changes neither."""
+        _, modified = await self._register(app_id, configs, checksum)
+        return modified
+
+    async def _register(self, app_id: str, configs: Sequence[dict[str, Any]], checksum: str) -> tuple[int, bool]:
+        args: list[Any] = [keys.PREFIX, app_id, checksum, len(configs)]
         for config in configs:
             events = sorted({t["event"] for t in config.get("triggers", []) if "event" in t})
             args += [config["id"], pack(config), len(events), *events]
-        return int(await self.scripts.call("register_app", [], args))
+        reply = await self.scripts.call("register_app", [], args)
+        if reply[0] == b"owned":
+            raise FunctionOwnedError(reply[1].decode(errors="replace"), reply[2].decode(errors="replace"), app_id)
+        return int(reply[1]), bool(reply[2])
 
     async def route(self, event_names: Iterable[str]) -> dict[str, list[FunctionRecord]]:
         """For each event name, the functions it triggers."""

@@ -24,6 +24,9 @@ _NAMES = (
     "enqueue_job",
     "claim_jobs",
     "nudge_run",
+    "dead_letter",
+    "renew_leases",
+    "finish_job",
 )
 
 

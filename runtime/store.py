@@ -25,6 +25,8 @@ from runtime.waits import Registration, registration_args
 from sdk.event import Event
 
 FENCE = "fence"
+#: What a run lives within unless its function registered other limits (kept in the run's record).
+DEFAULT_LIMITS = Limits()
 
 
 def now_ms() -> int:
@@ -158,9 +160,12 @@ class RunStore:
         event_ids: Sequence[str] = (),
         parent: str = "",
         rules: Sequence[Registration] = (),
+        limits: Limits | None = None,
         pipe: Any = None,
     ) -> Any:
-        """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on ``pipe``)."""
+        """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on ``pipe``).
+
+        ``limits``: the function's (``RunStore.function_limits``); the run lives within them."""
         at = now_ms()
         job = JobSpec(run_id, 0)
         blob = pack([e.to_dict() for e in events])
@@ -184,11 +189,16 @@ class RunStore:
                 self.limits.dedupe_s if dedupe_key else 0,
                 ",".join(event_ids or [e.id for e in events]),
                 parent,
+                (limits or self.limits).run_record(),
                 len(rules),
                 *registration_args(rules),
             ],
             client=pipe,
         )
+
+    def function_limits(self, config: dict[str, Any]) -> Limits:
+        """The limits a function's runs live within: those its config was registered with."""
+        return Limits().with_config(config.get("limits"))
 
     # -- one invocation ----------------------------------------------------------------------------
 
@@ -304,8 +314,8 @@ class RunStore:
                 nxt.encode(at),
                 at,
                 self.limits.job_grace_ms,
-                self.limits.max_state_bytes,
-                self.limits.retention_s,
+                DEFAULT_LIMITS.max_state_bytes,
+                DEFAULT_LIMITS.retention_s,
             ],
         )
         return Written.of(reply)
@@ -371,7 +381,7 @@ class RunStore:
     ) -> Written:
         """End the run as ``completed`` (with ``output``) or ``failed``/``cancelled`` (with ``error``)."""
         field, blob = ("output", pack(output)) if status == "completed" else ("error", pack(error))
-        limits = self.limits
+        limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
         reply = await self.scripts.call(
             "finish_run",
             [keys.run(run_id)],
@@ -440,7 +450,7 @@ class RunStore:
         """Memoize ``value`` for a pending step; ``joined`` when it was the last one (the run goes on).
 
         ``executed``: (attempts, duration ms) when the value is what the step's code just returned."""
-        limits = self.limits
+        limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
         attempts, duration_ms = executed if executed is not None else ("", "")
         reply = await self.scripts.call(
             "resolve_step",
@@ -485,7 +495,7 @@ class RunStore:
     async def cancel(self, run_id: str, reason: str) -> Written:
         """Cancel a run: status ``cancelled``, no further steps, its delayed jobs and waits dropped."""
         error = {"name": "Cancelled", "message": reason, "stack": ""}
-        limits = self.limits
+        limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
         reply = await self.scripts.call(
             "cancel_run", [], [run_id, now_ms(), limits.retention_s, pack(error), limits.max_state_bytes]
         )

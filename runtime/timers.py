@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from runtime import keys
+from runtime import deadletter, keys
 from runtime.jobs import JobKind, JobSpec, enqueue_keys
 from runtime.scripts import Scripts
 from runtime.store import now_ms
@@ -37,14 +38,19 @@ async def revive_overdue(
         at = now_ms()
         members = await redis.zrangebyscore(keys.TIMERS, "-inf", at - overdue_ms, start=0, num=batch)
         for raw in members:
-            member = raw.decode()
             try:
+                member = raw.decode()
                 queue_id, run_id, position = parse_member(member)
-            except ValueError:
-                log.error("timer.malformed", member=member)
-                await redis.zrem(keys.TIMERS, raw)
+            except ValueError:  # UnicodeDecodeError included
+                # kept for a person to look at, out of the way of every later sweep
+                await deadletter.move_member(scripts, keys.TIMERS, raw, "malformed timer member")
+                log.error("timer.malformed", member=raw.decode(errors="backslashreplace"))
                 continue
-            step_key: bytes | None = await redis.hget(keys.run(run_id), "sleep_key")  # type: ignore[misc]
+            try:
+                step_key: bytes | None = await redis.hget(keys.run(run_id), "sleep_key")  # type: ignore[misc]
+            except ResponseError as exc:  # the run's record is not a hash: skip it, sweep the rest
+                log.error("timer.unreadable_run", run_id=run_id, error=str(exc))
+                continue
             if step_key is None:  # the run ended or woke meanwhile
                 await redis.zrem(keys.TIMERS, raw)
                 continue

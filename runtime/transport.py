@@ -6,12 +6,12 @@ import asyncio
 import threading
 from collections.abc import Sequence
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from runtime.connection import connect
 from runtime.ingest import Ingest
 from runtime.limits import Limits
+from runtime.redis_errors import unavailable_reason
 from runtime.registry import Registry
 from runtime.store import RunStore
 from sdk.errors import StepqError
@@ -19,7 +19,9 @@ from sdk.event import Event
 
 
 class SendError(StepqError):
-    """Events could not be sent (Redis unreachable); nothing is half-written per run."""
+    """Events could not be sent: Redis did not answer, or could not take the write (out of memory,
+    read-only, loading...). A batch is stored whole or not at all, and each function starts at most
+    once per event id, so sending the same events again is safe."""
 
 
 class RedisTransport:
@@ -75,5 +77,22 @@ class RedisTransport:
 async def _send(ingest: Ingest, events: Sequence[Event], url: str) -> list[str]:
     try:
         return await ingest.send(events)
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise SendError(f"could not send {len(events)} event(s): Redis at {url} did not answer ({exc})") from exc
+    except (RedisError, OSError) as exc:
+        reason = unavailable_reason(exc)
+        if reason is None:
+            raise
+        # The reason, not the error's text: a failed command's text can quote the events' data.
+        raise SendError(
+            f"could not send {len(events)} event(s): Redis at {_redact(url)} {reason} ({type(exc).__name__}); "
+            "retry later (a batch is stored whole or not at all)"
+        ) from None
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password."""
+    from urllib.parse import urlparse
+
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()

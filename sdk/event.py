@@ -7,9 +7,16 @@ import time
 from typing import Any
 
 from sdk.errors import InvalidEventError
-from sdk.jsonvalue import NotJSONError, check_json
+from sdk.jsonvalue import NotJSONError, check_json, child_path, text_problem
 
 MAX_EVENT_NAME = 256
+#: Largest ``ts``: milliseconds must fit a signed 64-bit integer (msgpack, Redis scores, other SDKs).
+MAX_TS = 2**63 - 1
+#: Deepest nesting of objects and lists in an event's ``data`` (and ``user``), as MongoDB allows in
+#: a document: deep enough for any real payload, shallow enough that nothing downstream recurses
+#: out, with room for the runtime to wrap an event (a failure event carries its run's event).
+MAX_EVENT_DEPTH = 100
+_FIELDS = ("name", "data", "id", "ts", "v", "user")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,16 +50,20 @@ class Event:
             return raw.validated(where=where)
         if not isinstance(raw, dict):
             raise InvalidEventError(f"{where}: expected an object, got {type(raw).__name__}")
-        unknown = set(raw) - {"name", "data", "id", "ts", "v", "user"}
+        unknown = [k for k in raw if k not in _FIELDS]
         if unknown:
-            raise InvalidEventError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+            # Keys shown as paths: quoted and ASCII, whatever the sender put in them.
+            shown = ", ".join(sorted(child_path("", str(k)) for k in unknown[:10]))
+            raise InvalidEventError(f"{where}: unknown field(s) {shown}")
+        # An explicit null means "not set"; any other value is checked as it is (no `or` defaults,
+        # which would turn `"id": 0` or `"user": []` into an accepted empty value).
         return cls(
             name=raw.get("name"),  # type: ignore[arg-type]  # validated below
             data=raw["data"] if raw.get("data") is not None else {},
-            id=raw.get("id") or "",
-            ts=raw.get("ts") or 0,
+            id=raw["id"] if raw.get("id") is not None else "",
+            ts=raw["ts"] if raw.get("ts") is not None else 0,
             v=raw.get("v"),
-            user=raw.get("user") or {},
+            user=raw["user"] if raw.get("user") is not None else {},
         ).validated(where=where)
 
     def validated(self, *, where: str = "event") -> Event:
@@ -65,16 +76,31 @@ class Event:
             raise InvalidEventError(f"{where}.data: expected an object, got {type(self.data).__name__}")
         if not isinstance(self.id, str):
             raise InvalidEventError(f"{where}.id: expected a string, got {type(self.id).__name__}")
-        if isinstance(self.ts, bool) or not isinstance(self.ts, int) or self.ts < 0:
-            raise InvalidEventError(f"{where}.ts: expected milliseconds since the epoch, got {self.ts!r}")
+        if isinstance(self.ts, bool) or not isinstance(self.ts, int) or not 0 <= self.ts <= MAX_TS:
+            raise InvalidEventError(
+                f"{where}.ts: expected milliseconds since the epoch, an integer from 0 to {MAX_TS}, "
+                f"got {_shown(self.ts)}"
+            )
         if not isinstance(self.user, dict):
             raise InvalidEventError(f"{where}.user: expected an object, got {type(self.user).__name__}")
         if self.v is not None and not isinstance(self.v, str):
             raise InvalidEventError(f"{where}.v: expected a string, got {type(self.v).__name__}")
+        for field, text in (("name", self.name), ("id", self.id), ("v", self.v)):
+            problem = text_problem(text) if text else None
+            if problem is not None:
+                raise InvalidEventError(f"{where}.{field}: {problem}")
         try:
-            data = check_json(self.data, f"{where}.data")
-            user = check_json(self.user, f"{where}.user")
+            data = check_json(self.data, f"{where}.data", max_depth=MAX_EVENT_DEPTH)
+            user = check_json(self.user, f"{where}.user", max_depth=MAX_EVENT_DEPTH)
         except NotJSONError as exc:
             raise InvalidEventError(str(exc)) from None
         assert isinstance(data, dict) and isinstance(user, dict)
         return dataclasses.replace(self, data=data, user=user, ts=self.ts or int(time.time() * 1000))
+
+
+def _shown(value: Any) -> str:
+    """A bad value for an error message: short, and ASCII-safe (``repr`` escapes surrogates)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

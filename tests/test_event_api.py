@@ -37,10 +37,12 @@ from sdk.http_transport import (
     HttpTransport,
     PreparedSend,
 )
+from sdk.signing import bearer
 from tests.helpers import REDIS_URL, ROOT, TERMINAL, StartWorkers
 
 KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
+SIGNING_KEY = "signkey-test-5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a"
 EVENT = "api-test/echo"
 APP = "event_api"
 
@@ -72,7 +74,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("api") / "api.log"
     env = {k: v for k, v in os.environ.items() if k not in ("STEPQ_DEV", "STEPQ_MAX_EVENT_BYTES")}
-    env.update({"STEPQ_EVENT_KEYS": f"{KEY}, {OTHER_KEY}", "PYTHONUNBUFFERED": "1"})
+    env.update({"STEPQ_EVENT_KEYS": f"{KEY}, {OTHER_KEY}", "STEPQ_SIGNING_KEY": SIGNING_KEY, "PYTHONUNBUFFERED": "1"})
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "workers.cli", "api", "--port", str(port), "--redis-url", REDIS_URL],
@@ -274,7 +276,8 @@ async def test_health_and_run_lookup(
     assert response.status_code == 200, response.text
     [run] = await wait_for_echo_runs(redis, 1)
 
-    auth = {"authorization": f"Bearer {KEY}"}
+    # Reading a run's output needs the signing key, as Inngest's API does; event keys only send.
+    auth = {"authorization": bearer(SIGNING_KEY)}
     found = await http.get(f"{api_url}/v0/runs/{run.run_id}", headers=auth)
     assert found.status_code == 200, found.text
     view = found.json()
@@ -282,6 +285,9 @@ async def test_health_and_run_lookup(
     assert view["output"]["doubled"] == 10
     assert [s["name"] for s in view["steps"]] == ["double"]
 
+    with_event_key = await http.get(f"{api_url}/v0/runs/{run.run_id}", headers={"authorization": f"Bearer {KEY}"})
+    assert with_event_key.status_code == 401, with_event_key.text
+    assert "event key" in with_event_key.json()["error"] and "doubled" not in with_event_key.text
     assert (await http.get(f"{api_url}/v0/runs/{run.run_id}")).status_code == 401
     wrong = {"authorization": "Bearer nope"}
     assert (await http.get(f"{api_url}/v0/runs/{run.run_id}", headers=wrong)).status_code == 401

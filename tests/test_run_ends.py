@@ -149,6 +149,21 @@ async def test_a_sleep_right_after_a_sleep_has_a_timer_and_survives_a_lost_wake_
     await assert_nothing_left(redis, "t-sleeps", run_id)
 
 
+async def test_a_step_failing_right_after_a_wake_up_is_retried_and_the_run_completes(
+    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+) -> None:
+    start_workers("sleeps")
+    run_id = await start_run(sender, redis, "nap-then-flaky", "test/nap.flaky", {})
+
+    view = await wait_for_run(redis, run_id, timeout=20)
+
+    assert view.status == "completed", view.error
+    assert view.output == 1
+    [flaky] = [s for s in view.steps if s.name == "flaky"]
+    assert flaky.attempts == 2 and flaky.executions == 2, flaky
+    await assert_nothing_left(redis, "t-sleeps", run_id)
+
+
 # -- item 5: limits on every path ------------------------------------------------------------------
 
 
@@ -186,8 +201,8 @@ async def test_parallel_results_over_the_state_limit_fail_the_run(
 async def test_waited_events_over_the_state_limit_fail_the_run(
     redis: Redis, sender: sdk.Client, start_workers: StartWorkers
 ) -> None:
-    # The events resolve the waits in the sending process: it must know the limits too (TODO: limits
-    # registered with the function, so that every process applies the app's).
+    # The events resolve the waits in this (the sending) process, which has the default limits: the
+    # run lives within those its function was registered with by its workers.
     start_workers("limits", env=SMALL_LIMITS)
     run_id = await start_run(sender, redis, "heavy-waits", "limits/heavy.waits", {"n": 8, "tag": "t1"})
     await wait_for_run(redis, run_id, statuses=("waiting",), timeout=15)
@@ -275,3 +290,44 @@ async def test_a_step_run_twice_after_a_lost_lease_shows_two_executions_and_one_
     assert "1 duplicate execution" in shown.stdout, shown.stdout
     as_json = json.loads(stepq_cli("run", run_id, "--json").stdout)
     assert as_json["duplicate_executions"] == 1
+
+
+async def test_a_worker_that_lost_its_lease_leaves_the_job_to_the_worker_that_took_it_over(
+    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """A is paused past its lease while running a step; B takes the job over. A, resumed, finishes
+    its execution: its commit is refused, and it must not end the job B now holds. B is then killed
+    before it commits: the job, still queued, is taken over again and the run completes. (A worker
+    ending a job it no longer held deleted it, and B's death then stranded the run.)"""
+    [a, b] = start_workers("crash", n=2, env={"STEPQ_LEASE": "1"})
+    marks = tmp_path / "marks.log"
+    data = {"log": str(marks), "first_s": 3, "later_s": 4}
+    run_id = await start_run(sender, redis, "slow-async", "test/slow.async", data)
+
+    def starts() -> list[int]:
+        text = marks.read_text() if marks.exists() else ""
+        return [int(line.split()[1]) for line in text.splitlines() if line.startswith("start ")]
+
+    deadline = time.monotonic() + 15
+    while not starts():
+        assert time.monotonic() < deadline, "the slow step never started"
+        await asyncio.sleep(0.02)
+    first, second = (a, b) if starts()[0] == a.pid else (b, a)
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        while len(starts()) < 2:  # the other worker took the job over
+            assert time.monotonic() < deadline + 15, starts()
+            await asyncio.sleep(0.02)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    while not any(e.get("event") == "job.taken_over" for e in first.logs()):
+        assert time.monotonic() < deadline + 30, first.stderr()[-3000:]
+        await asyncio.sleep(0.02)
+    second.proc.kill()  # before its execution (4 s) commits
+    second.proc.wait(timeout=10)
+
+    view = await wait_for_run(redis, run_id, timeout=30)
+
+    assert view.status == "completed", view.error
+    assert view.output["slow"]["pid"] == first.pid  # the job came back to the surviving worker
+    await assert_nothing_left(redis, "t-crash", run_id)

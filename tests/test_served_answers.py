@@ -1,6 +1,6 @@
 """Every run ends, with functions served over HTTP: issue 8's items 1, 2, 4, 5 and 16 there.
 
-One stack for the module: ``stepq api``, ``stepq worker --http`` (with a 256 KiB output limit), the
+One stack for the module: ``stepq api`` (with a 256 KiB output limit), ``stepq worker --http``, the
 step-engine apps behind ``sdk.serve`` (``tests/apps/served.py``; the parallel app is synced) and
 ``tests/apps/liar_http.py``, whose answers do not fit what it was asked.
 
@@ -66,9 +66,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     directory = tmp_path_factory.mktemp("served-answers")
     started: list[Service] = []
     try:
-        api = start_api(directory)
+        # Served functions live within the limits of the API that registers them.
+        api = start_api(directory, env={"STEPQ_MAX_OUTPUT_BYTES": str(MAX_OUTPUT)})
         started.append(api)
-        worker = start_http_worker(directory, env={"STEPQ_MAX_OUTPUT_BYTES": str(MAX_OUTPUT)})
+        worker = start_http_worker(directory)
         started.append(worker)
         liar = start_asgi_app("tests.apps.liar_http:app", directory, name="liar")
         started.append(liar)

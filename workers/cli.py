@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     redis_option(p)
     p.set_defaults(handler=_run)
+
+    p = sub.add_parser("dead-letters", help="list queue entries workers moved aside because no worker could run them")
+    p.add_argument("--limit", type=int, default=20, help="newest first (default 20; at most 10,000 are kept)")
+    p.add_argument("--json", action="store_true", help="print JSON lines")
+    redis_option(p)
+    p.set_defaults(handler=_dead_letters)
     return parser
 
 
@@ -118,7 +124,18 @@ def _worker(args: argparse.Namespace) -> int:
             worker = build_http_worker(_url(args), options, signing_key=signing_key)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    worker.run()
+    from runtime.registry import FunctionOwnedError
+
+    try:
+        worker.run()
+    except FunctionOwnedError as exc:
+        # Retrying cannot help: the function id is another app's until that app drops it.
+        import structlog
+
+        structlog.get_logger("stepq.worker").error(
+            "worker.app_conflict", function=exc.slug, owner=exc.owner, app_id=exc.app_id
+        )
+        raise CliError(f"cannot register app {exc.app_id!r}: {exc}") from None
     return 0
 
 
@@ -158,6 +175,7 @@ def _api(args: argparse.Namespace) -> int:
             max_event_bytes=settings.max_event_bytes,
             max_request_bytes=settings.max_request_bytes,
             signing_key=settings.signing_key,
+            allowed_app_hosts=settings.allowed_app_hosts,
         )
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -274,6 +292,35 @@ def _run(args: argparse.Namespace) -> int:
         if step.error:
             line += f"  last error: {step.error}"
         print(line)
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from runtime.connection import connect
+    from runtime.deadletter import DeadLetter, list_dead_letters
+
+    if args.limit < 1:
+        raise CliError(f"--limit must be at least 1, got {args.limit}")
+
+    async def fetch() -> list[DeadLetter]:
+        redis = connect(_url(args))
+        try:
+            return await list_dead_letters(redis, limit=args.limit)
+        finally:
+            await redis.aclose()
+
+    letters = asyncio.run(fetch())
+    if args.json:
+        for letter in letters:
+            print(json.dumps(letter.to_dict()))
+        return 0
+    print(f"{'WHEN':<20} {'QUEUE':<32} {'ENTRY':<40} REASON")
+    for letter in letters:
+        if letter.member is not None:
+            entry = f"{letter.member_text} score={letter.score}"
+        else:
+            entry = f"whole key ({letter.key_type}) -> {letter.moved_to}"
+        print(f"{_time(letter.at_ms):<20} {letter.queue:<32} {entry:<40} {letter.reason}")
     return 0
 
 

@@ -35,6 +35,7 @@ from sdk.event import Event
 from sdk.ids import new_ulid
 from sdk.opcodes import Op, Opcode, memo_data, memo_error
 from sdk.retry import Backoff
+from workers.faults import Faults
 from workers.invoker import Invoker
 from workers.remote import FunctionSource, RemoteFunction, Runnable
 
@@ -42,8 +43,6 @@ log = structlog.get_logger("stepq.worker")
 
 #: A job that hits an unexpected internal error is retried this many times before its run fails.
 INTERNAL_RETRIES = 5
-#: Longest wait before a job that met a passing Redis state is tried again.
-MAX_REDIS_BACKOFF_S = 5.0
 #: Inngest's default for an invoke without a timeout.
 DEFAULT_INVOKE_TIMEOUT = dt.timedelta(days=366)
 INVOKE_TIMEOUT_ERROR = {
@@ -72,6 +71,8 @@ class Executor:
         self.ingest = Ingest(store.redis, store, self.registry)
         #: Called when this worker enqueued a job due now (the worker then polls at once).
         self.on_next_job: Callable[[], None] = lambda: None
+        #: Jobs sent back to the queue while Redis is unreachable or in a passing state.
+        self.redis_faults = Faults("jobs")
 
     async def advance(self, ctx: dict[str, Any], payload: Any) -> None:
         """arq job entry point: ``payload`` is a JobSpec payload.
@@ -85,12 +86,9 @@ class Executor:
             await self._advance(ctx, payload)
         except Exception as exc:
             if is_passing(exc):
-                delay = min(0.25 * 2 ** min(tries, 8), MAX_REDIS_BACKOFF_S)
-                log.warning("job.redis_unavailable", job_id=ctx.get("job_id"), error=str(exc), retry_in_s=delay)
-                raise Retry(defer=delay) from exc
-            log.error(
-                "job.internal_error", job_id=ctx.get("job_id"), job_try=tries, error=f"{type(exc).__name__}: {exc}"
-            )
+                # Logged once per kind of error while it lasts, not once per job.
+                raise Retry(defer=self.redis_faults.failed(exc)) from exc
+            log.exception("job.internal_error", job_id=ctx.get("job_id"), job_try=tries)
             if tries < INTERNAL_RETRIES:
                 raise Retry(defer=min(2.0**tries, 30.0)) from exc
             try:
@@ -98,6 +96,8 @@ class Executor:
             except Exception as again:
                 log.error("job.give_up_failed", job_id=ctx.get("job_id"), error=f"{type(again).__name__}: {again}")
                 raise Retry(defer=30.0) from again
+        else:
+            self.redis_faults.succeeded()
 
     async def _give_up(self, payload: Any, exc: Exception) -> None:
         job = JobSpec.from_payload(payload)
@@ -133,7 +133,7 @@ class Executor:
             return
         if loaded.first_start and fn.timeouts is not None and not await self._within_timeouts(fn, loaded):
             return
-        limits = self.store.limits
+        limits = fn.limits if isinstance(fn, RemoteFunction) else self.store.limits
         request = ExecutionRequest(
             event=loaded.events[0],
             events=loaded.events,
@@ -219,7 +219,7 @@ class Executor:
             failures = job.attempt + 1
             if result.retriable and failures < fn.max_attempts:
                 delay = result.retry_after or fn.backoff.delay(failures)
-                retry = dataclasses.replace(job, attempt=job.attempt + 1)
+                retry = _retry_job(job, run)
                 outcome = await self.store.schedule(
                     run,
                     retry,
@@ -250,7 +250,7 @@ class Executor:
         if op.op is Op.STEP_ERROR:
             failures = job.attempt + 1
             delay = result.retry_after or backoff.delay(failures)
-            retry = dataclasses.replace(job, attempt=job.attempt + 1)
+            retry = _retry_job(job, run)
             outcome = await self.store.schedule(
                 run,
                 retry,
@@ -387,6 +387,7 @@ class Executor:
             events=[event],
             dedupe_key=event.id,
             parent=f"{run.run_id}|{op.id}",
+            limits=self.store.function_limits(record.config),
         )
 
     async def _finish(self, run: LoadedRun, status: str, *, output: Any = None, error: Any = None) -> str:
@@ -420,6 +421,14 @@ def _step_policy(op: Opcode, fn: Runnable) -> tuple[int, Backoff]:
     max_attempts = retries + 1 if isinstance(retries, int) and not isinstance(retries, bool) else fn.max_attempts
     raw = opts.get("backoff")
     return max_attempts, Backoff.from_dict(raw) if isinstance(raw, dict) else fn.backoff
+
+
+def _retry_job(job: JobSpec, run: LoadedRun) -> JobSpec:
+    """The job that tries again what ``job`` just failed: the same planned step, or a re-entry where
+    the run stands now (a wake-up job's re-entry is one step further than the job itself)."""
+    if job.kind is JobKind.PLANNED:
+        return dataclasses.replace(job, attempt=job.attempt + 1)
+    return JobSpec(run.run_id, run.position, job.attempt + 1)
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -5,6 +5,12 @@ planned step's key. The answer is read by the protocol (reference/inngest-protoc
 opcodes, 200 with the return value, 500 with the error and ``X-Inngest-No-Retry``; ``Retry-After``
 is honoured within [1 s, 24 h]; a 2xx without ``X-Inngest-SDK`` did not come from an SDK. Requests
 are signed when a signing key is configured (production mode).
+
+Every new connection goes through ``runtime.app_urls``: the URL's host is resolved, each address
+checked (no link-local or metadata address, not the Redis server, within ``STEPQ_ALLOWED_APP_HOSTS``
+when set) and the connection made to a checked address. A refused URL fails the step attempt with
+``AppUrlRefused``, not retried: it is refused until the app registers another URL or the setting
+changes.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
+import httpcore
 import httpx
 import structlog
 
+from runtime.app_urls import AppUrlPolicy, AppUrlRefused, CheckedNetworkBackend
 from sdk.durations import parse_iso
 from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from sdk.opcodes import Opcode
@@ -45,14 +53,22 @@ class HttpInvoker:
         timeout_s: float = 2 * 3600,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
+        url_policy: AppUrlPolicy | None = None,
     ) -> None:
+        """``url_policy``: where apps may be called; by default ``AppUrlPolicy.from_env()`` (the
+        ``STEPQ_ALLOWED_APP_HOSTS`` setting, and the Redis at ``STEPQ_REDIS_URL``)."""
         self.signing_key = signing_key
         self.timeout_s = timeout_s
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
+        self.url_policy = url_policy or AppUrlPolicy.from_env()
+        limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=10.0),
-            limits=httpx.Limits(max_connections=500, max_keepalive_connections=100),
+            limits=limits,
+            transport=_checked_transport(self.url_policy, limits),
+            # No HTTP(S)_PROXY from the environment: a proxy would connect where the check cannot see.
+            trust_env=False,
         )
 
     async def aclose(self) -> None:
@@ -75,6 +91,8 @@ class HttpInvoker:
             async with self._client.stream("POST", url, content=body, headers=headers) as response:
                 raw = await self._read(response)
                 return self.interpret(fn, response.status_code, response.headers, raw)
+        except AppUrlRefused as exc:
+            return _failed("AppUrlRefused", f"{fn.slug}: {fn.url} is refused: {exc.reason}", retriable=False)
         except _TooLarge as exc:
             return _failed("OutputTooLarge", str(exc), retriable=False)
         except httpx.TimeoutException:
@@ -183,6 +201,25 @@ class HttpInvoker:
 
 class _TooLarge(Exception):
     pass
+
+
+def _checked_transport(policy: AppUrlPolicy, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
+    """httpx's own transport, its connection pool rebuilt on the checking network backend.
+
+    httpx has no option for a network backend, so the pool it built is replaced by an equal one
+    that has it (httpx's ``_pool`` attribute, unchanged since httpx 0.18; checked below).
+    """
+    transport = httpx.AsyncHTTPTransport(limits=limits)
+    if not isinstance(getattr(transport, "_pool", None), httpcore.AsyncConnectionPool):
+        raise RuntimeError("this httpx version builds its transport differently: app URLs could not be checked")
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections,
+        keepalive_expiry=limits.keepalive_expiry,
+        network_backend=CheckedNetworkBackend(policy),
+    )
+    return transport
 
 
 def _failed(

@@ -7,6 +7,7 @@ import time
 from typing import Any, Protocol
 
 from runtime import keys
+from runtime.limits import Limits
 from runtime.registry import Registry
 from sdk.function import Function, Timeouts
 from sdk.retry import Backoff
@@ -24,6 +25,8 @@ class RemoteFunction:
     retries: int = 4
     backoff: Backoff = dataclasses.field(default_factory=Backoff)
     timeouts: Timeouts | None = None
+    #: The limits its runs live within: those the API that registered it had.
+    limits: Limits = dataclasses.field(default_factory=Limits)
 
     @property
     def max_attempts(self) -> int:
@@ -42,6 +45,7 @@ class RemoteFunction:
             retries=int(config.get("retries", 4)),
             backoff=Backoff.from_dict(backoff) if backoff else Backoff(),
             timeouts=Timeouts(start=timeouts.get("start"), finish=timeouts.get("finish")) if timeouts else None,
+            limits=Limits().with_config(config.get("limits")),
         )
 
 

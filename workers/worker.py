@@ -1,13 +1,23 @@
 """The arq worker that runs stepq jobs for one app, with leases, draining and reconnects.
 
 arq alone locks a running job for ``job_timeout + 10 s`` and never renews the lock, so a killed
-worker's step waits minutes before another worker may take it; a Redis blip kills its poll loop;
-SIGTERM cancels running steps at once. ``StepqWorker`` changes those three behaviours:
+worker's step waits minutes before another worker may take it; a Redis error ends its process;
+SIGTERM cancels running steps at once. ``StepqWorker`` changes those behaviours:
 
 - a short lease (``lease_s``, 10 s) renewed by a heartbeat while the job runs;
 - SIGTERM/SIGINT drain (stop taking jobs, let running steps finish within ``drain_grace_s``, then
   hand back the rest so another worker retries them at once); a second SIGINT forces;
-- Redis errors in the poll loop are logged and retried with backoff instead of ending the process.
+- no Redis error ends the process: a lost connection, and replies such as OOM, READONLY, WRONGTYPE,
+  BUSY or a script error, are logged once per kind and retried with a bounded backoff in every loop
+  (poll, claim, leases, timers, cron, registration, drain) (``workers.faults``);
+- poison queue entries (a member that is not UTF-8, a score that is not a finite number, a job
+  whose keys hold the wrong type, a queue key that is not a sorted set) are moved to the dead
+  letters (``runtime.deadletter``) instead of crashing the worker at every poll;
+- a watchdog notices within seconds that Redis stopped answering, even when the link went dark
+  without a reset: the worker stops claiming work, drops its stuck connections, and resumes as soon
+  as Redis answers (``workers.watchdog``);
+- the app's registration is restored after Redis comes back empty and kept fresh
+  (``workers.registration``).
 """
 
 from __future__ import annotations
@@ -18,41 +28,49 @@ import dataclasses
 import datetime as dt
 import os
 import signal
+import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import msgpack
 import structlog
 from arq.connections import ArqRedis
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import ResponseError
 
-from runtime import keys, timers
+from runtime import deadletter, keys, timers
+from runtime.app_urls import AppUrlPolicy
 from runtime.connection import make_pool
 from runtime.cron import CronScheduler, cron_functions
 from runtime.jobs import ADVANCE
 from runtime.limits import Limits
+from runtime.redis_errors import error_kind
 from runtime.registry import Registry
 from runtime.store import RunStore
 from sdk.client import Client
 from workers.executor import Executor
+from workers.faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
 from workers.http_invoker import HttpInvoker
 from workers.invoker import InProcessInvoker, Invoker
+from workers.registration import DEFAULT_REFRESH_S, RegistrationKeeper
 from workers.remote import FunctionSource, LocalFunctions, RegisteredFunctions
+from workers.watchdog import RedisWatchdog, ping
 
 log = structlog.get_logger("stepq.worker")
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+__all__ = ["REDIS_DOWN", "StepqWorker", "WorkerOptions", "build_http_worker", "build_worker", "until_redis_answers"]
+
 #: How often a worker looks for due cron ticks (checks between ticks cost no Redis call).
 CRON_CHECK_S = 0.1
 #: The executor's limit on an invocation is the step timeout plus this (the HTTP client's comes first).
 STEP_TIMEOUT_MARGIN_S = 5.0
 #: How often a worker serving HTTP functions re-reads which of them have cron triggers.
 CRON_REFRESH_S = 10.0
+#: While Redis is unreachable, the poll loop waits this long at a time for the watchdog's all-clear.
+UNREACHABLE_WAIT_S = 1.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +93,12 @@ class WorkerOptions:
     timer_overdue_s: float = 60.0
     #: After an outage, the newest missed cron tick still fires if at most this old (STEPQ_CRON_CATCH_UP).
     cron_catch_up_s: float = 600.0
+    #: How often the watchdog probes Redis on its own connection (STEPQ_REDIS_CHECK).
+    redis_check_s: float = 1.0
+    #: A probe unanswered this long (twice in a row) means Redis is unreachable (STEPQ_REDIS_CHECK_TIMEOUT).
+    redis_check_timeout_s: float = 1.5
+    #: How often a worker re-registers its app's functions while it runs (STEPQ_REGISTRATION_REFRESH).
+    registration_refresh_s: float = DEFAULT_REFRESH_S
 
     @classmethod
     def from_env(cls, **overrides: Any) -> WorkerOptions:
@@ -95,7 +119,16 @@ class WorkerOptions:
     def check(self) -> None:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
-        for name in ("poll_delay_s", "step_timeout_s", "lease_s", "timer_sweep_s"):
+        positive = (
+            "poll_delay_s",
+            "step_timeout_s",
+            "lease_s",
+            "timer_sweep_s",
+            "redis_check_s",
+            "redis_check_timeout_s",
+            "registration_refresh_s",
+        )
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.drain_grace_s < 0:
@@ -111,22 +144,10 @@ _ENV: dict[str, tuple[str, type[int] | type[float]]] = {
     "timer_sweep_s": ("STEPQ_TIMER_SWEEP", float),
     "timer_overdue_s": ("STEPQ_TIMER_OVERDUE", float),
     "cron_catch_up_s": ("STEPQ_CRON_CATCH_UP", float),
+    "redis_check_s": ("STEPQ_REDIS_CHECK", float),
+    "redis_check_timeout_s": ("STEPQ_REDIS_CHECK_TIMEOUT", float),
+    "registration_refresh_s": ("STEPQ_REGISTRATION_REFRESH", float),
 }
-
-
-R = TypeVar("R")
-
-
-async def until_redis_answers(action: Callable[[], Awaitable[R]]) -> R:
-    """Run ``action``, retrying with backoff (up to 5 s apart) while Redis does not answer."""
-    delay = 0.1
-    while True:
-        try:
-            return await action()
-        except REDIS_DOWN as exc:
-            log.warning("redis.unavailable", error=str(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
 
 
 class _Functions(dict[str, Any]):
@@ -138,7 +159,7 @@ class _Functions(dict[str, Any]):
 
 
 class StepqWorker(Worker):
-    """arq's Worker with leases, draining and reconnects (see the module docstring)."""
+    """arq's Worker with leases, draining, fault tolerance and a watchdog (see the module docstring)."""
 
     def __init__(
         self,
@@ -147,6 +168,7 @@ class StepqWorker(Worker):
         store: RunStore,
         cron: CronScheduler | None = None,
         cron_source: Callable[[], Awaitable[list[tuple[str, ...]]]] | None = None,
+        registration: RegistrationKeeper | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -156,19 +178,39 @@ class StepqWorker(Worker):
         self.functions = _Functions(self.functions)
         self.options = options
         self.store = store
+        #: Keeps the app's registration in Redis (None for workers of functions served over HTTP).
+        self.registration = registration
+        self.watchdog = RedisWatchdog(
+            self.pool.connection_pool,
+            interval_s=options.redis_check_s,
+            timeout_s=options.redis_check_timeout_s,
+            probe=registration.probe if registration is not None else ping,
+        )
+        self.watchdog.on_back.append(self._reconnected)
         # arq sizes the lock from the longest job timeout; ours is short and kept alive by heartbeats.
         self.in_progress_timeout_s = options.lease_s
+        #: The value of the in-progress locks this worker holds: a job is this worker's to renew and
+        #: to end only while its lock carries this token.
+        self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._draining = False
-        self._backoff = 0.0
         self._background: list[asyncio.Task[None]] = []
+        self._chores: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._renew_now = asyncio.Event()
+        #: Jobs whose lease this worker lost while running them (logged once each).
+        self._lost: set[str] = set()
+        self._poll_faults = Faults("poll")
+        self._job_faults = Faults("job-end")
+        self._dead_letter_faults = Faults("dead-letter")
 
     async def main(self) -> None:
-        """arq's main loop, with two changes: it waits for Redis instead of exiting, and a poll
-        happens as soon as this worker enqueues a job that is due now (``wake``), so a step's
-        next job starts without waiting for the next poll tick."""
-        await self._wait_for_redis()
-        self._background = [
+        """arq's main loop, with these changes: it waits for Redis instead of exiting, survives any
+        Redis error, claims nothing while the watchdog finds Redis unreachable, and polls as soon as
+        this worker enqueues a job that is due now (``wake``), so a step's next job starts without
+        waiting for the next poll tick."""
+        self._background = [asyncio.create_task(self.watchdog.run(), name="stepq-watchdog")]
+        await until_redis_answers(self.pool.ping)
+        self._background += [
             asyncio.create_task(self._renew_leases(), name="stepq-leases"),
             asyncio.create_task(self._sweep_timers(), name="stepq-timers"),
         ]
@@ -178,6 +220,8 @@ class StepqWorker(Worker):
             self.ctx["redis"] = self.pool
             if self.on_startup:
                 await self.on_startup(self.ctx)
+            if self.registration is not None:
+                self._background.append(asyncio.create_task(self.registration.run(), name="stepq-registration"))
             loop = asyncio.get_running_loop()
             while True:
                 began = loop.time()
@@ -190,117 +234,234 @@ class StepqWorker(Worker):
                         await asyncio.wait_for(self._wake.wait(), wait)
                 self._wake.clear()
         finally:
-            for task in self._background:
+            for task in [*self._background, *self._chores]:
                 task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
+            await asyncio.gather(*self._background, *self._chores, return_exceptions=True)
 
     def wake(self) -> None:
         """Poll now: a job due now was just enqueued."""
         self._wake.set()
 
+    def _reconnected(self) -> None:
+        """Redis answers again after an outage: poll, renew leases and check the registration now."""
+        self.wake()
+        self._renew_now.set()
+        if self.registration is not None:
+            self.registration.refresh_soon()
+
+    async def _nap(self, seconds: float) -> None:
+        """Back off for ``seconds``, or less if Redis comes back (or a job is enqueued) meanwhile."""
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
     async def _burst_done(self) -> bool:
         if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
-            await asyncio.gather(*self.tasks.values())
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
             return True
         return False
+
+    async def _poll_iteration(self) -> None:
+        """arq's poll, rewritten so that nothing it meets ends the process: a job task's error is
+        logged (not re-raised), a Redis error is logged once per kind and backed off, a poison entry
+        is moved aside."""
+        self._reap_finished_jobs()
+        if not self.watchdog.reachable:
+            # Commands would hang until Redis is back: claim nothing, wait for the watchdog.
+            await self.watchdog.wait_until_reachable(UNREACHABLE_WAIT_S)
+            return
+        try:
+            await self._read_queue()
+            await self.record_health()
+        except REDIS_TROUBLE as exc:
+            await self._poll_failed(exc)
+        else:
+            if self._poll_faults.failing:
+                self._poll_faults.succeeded()
+
+    async def _read_queue(self) -> None:
+        count = self.queue_read_limit
+        if self.burst and self.max_burst_jobs >= 0:
+            count = min(count, self.max_burst_jobs - self._jobs_started())
+            if count < 1:
+                return
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            job_ids = await self.pool.zrangebyscore(
+                self.queue_name, min=float("-inf"), max=timestamp_ms(), start=self._queue_read_offset, num=count
+            )
+            await self.start_jobs(job_ids)
+
+    async def _poll_failed(self, exc: BaseException) -> None:
+        if error_kind(exc) == "WRONGTYPE" and await self._move_queue_aside():
+            return  # the queue is fresh: poll again at once
+        await self._nap(self._poll_faults.failed(exc))
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim the due jobs among ``job_ids`` in one Lua call, then run them as arq would.
 
         Same semantics as arq's ``start_jobs`` (a job runs only where its in-progress lock was set,
-        and only while it is due), at one round trip per poll instead of four per id.
+        and only while it is due), at one round trip per poll instead of four per id. Members that
+        are not UTF-8, and scores that are not finite numbers, go to the dead letters.
         """
         free = self.max_jobs - self.job_counter
         if free <= 0 or not job_ids:
             return
-        claimed = await self.store.scripts.call(
+        job_ids = await self._without_undecodable(job_ids)
+        if not job_ids:
+            return
+        claimed, poison = await self.store.scripts.call(
             "claim_jobs",
             [self.queue_name],
-            [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, *job_ids],
+            [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, self.lease_token, *job_ids],
         )
+        for member in poison:
+            await self._dead_letter(member, "score is not a finite number")
         for i in range(0, len(claimed), 2):
+            job_id = claimed[i].decode()
+            running = self.tasks.get(job_id)
+            if running is not None and not running.done():
+                # This worker still runs it (its lease lapsed while Redis was away): the lock is ours again.
+                continue
             await self.sem.acquire()
             self.job_counter += 1
-            job_id = claimed[i].decode()
             task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
-    async def _wait_for_redis(self) -> None:
-        """A worker that starts before Redis (or during a restart) waits for it rather than exiting."""
-        await until_redis_answers(self.pool.ping)
-
-    async def _poll_iteration(self) -> None:
-        # arq re-raises a finished job task's exception from its poll loop; a job that failed while
-        # Redis was down would then look like a fresh outage for every poll after Redis is back.
-        self._reap_finished_jobs()
+    async def _without_undecodable(self, job_ids: list[bytes]) -> list[bytes]:
         try:
-            await super()._poll_iteration()
-        except REDIS_DOWN as exc:
-            if await self._redis_answers():
-                log.warning("job.finish_failed", error=str(exc))  # a leftover of an outage: go on
-                return
-            self._backoff = min(max(self._backoff * 2, 0.1), 5.0)
-            log.warning("redis.unavailable", error=str(exc), retry_in_s=self._backoff)
-            await asyncio.sleep(self._backoff)
-        else:
-            if self._backoff:
-                log.info("redis.reconnected")
-                self._backoff = 0.0
+            # One decode for the whole batch; the separator keeps bytes of neighbours from pairing up.
+            b"\n".join(job_ids).decode()
+        except UnicodeDecodeError:
+            sound = []
+            for member in job_ids:
+                try:
+                    member.decode()
+                except UnicodeDecodeError:
+                    await self._dead_letter(member, "queue member is not UTF-8")
+                else:
+                    sound.append(member)
+            return sound
+        return job_ids
+
+    async def _dead_letter(self, member: bytes, reason: str) -> None:
+        """Move a poison member aside; if Redis refuses, leave it (it is skipped) and try next poll."""
+        try:
+            letter = await deadletter.move_member(self.store.scripts, self.queue_name, member, reason)
+        except REDIS_TROUBLE as exc:
+            self._dead_letter_faults.failed(exc, member=repr(member)[:200])
+            return
+        self._dead_letter_faults.succeeded()
+        if letter is not None:
+            log.error(
+                "queue.dead_letter", queue=self.queue_name, member=letter.member_text, score=letter.score, reason=reason
+            )
+
+    async def _move_queue_aside(self) -> bool:
+        try:
+            letter = await deadletter.move_queue(self.store.scripts, self.queue_name, "queue key is not a sorted set")
+        except REDIS_TROUBLE as exc:
+            self._dead_letter_faults.failed(exc)
+            return False
+        if letter is None:
+            return False  # the queue is sound: the WRONGTYPE came from elsewhere
+        log.error("queue.moved_aside", queue=self.queue_name, moved_to=letter.moved_to, type=letter.key_type)
+        return True
+
+    async def _check_job_keys(self, job_id: str) -> None:
+        """After a job ended with WRONGTYPE or a bad integer: if its own arq keys are unusable, every
+        attempt would end so; move it to the dead letters."""
+        job_key, retry_key = keys.ARQ_JOB + job_id, keys.ARQ_RETRY + job_id
+        try:
+            job_type = (await self.pool.type(job_key)).decode()
+            retry_type = (await self.pool.type(retry_key)).decode()
+            reason = None
+            if job_type not in ("string", "none"):
+                reason = f"its job key {job_key} holds a {job_type}, not a string"
+            elif retry_type not in ("string", "none"):
+                reason = f"its retry key {retry_key} holds a {retry_type}, not a string"
+            elif retry_type == "string" and not (await self.pool.get(retry_key) or b"").strip().lstrip(b"-").isdigit():
+                reason = f"its retry key {retry_key} holds no integer"
+            if reason is not None:
+                await self._dead_letter(job_id.encode(), reason)
+        except REDIS_TROUBLE as exc:
+            self._dead_letter_faults.failed(exc, job_id=job_id)
+
+    def _spawn(self, chore: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(chore)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     def _reap_finished_jobs(self) -> None:
         for job_id, task in list(self.tasks.items()):
-            if task.done():
-                del self.tasks[job_id]
-                if not task.cancelled() and task.exception() is not None:
-                    # The job stays queued (arq could not record its end): it runs again after the lease.
-                    log.warning("job.ended_with_error", job_id=job_id, error=repr(task.exception()))
-
-    async def _redis_answers(self) -> bool:
-        try:
-            await asyncio.wait_for(self.pool.ping(), 2.0)
-        except Exception:
-            return False
-        return True
+            if not task.done():
+                continue
+            del self.tasks[job_id]
+            exc = None if task.cancelled() else task.exception()
+            if exc is None:
+                if self._job_faults.failing:
+                    self._job_faults.succeeded()
+            elif isinstance(exc, REDIS_TROUBLE):
+                # arq could not record the job's end: it stays queued and runs again after the lease.
+                self._job_faults.failed(exc, job_id=job_id)
+                if isinstance(exc, ResponseError) and ("WRONGTYPE" in str(exc) or "not an integer" in str(exc)):
+                    self._spawn(self._check_job_keys(job_id))
+            else:
+                log.error("job.ended_with_error", job_id=job_id, error=repr(exc))
 
     async def _renew_leases(self) -> None:
         """Extend the lock of every job this process runs, every third of the lease."""
         lease_ms = int(self.options.lease_s * 1000)
+        faults = Faults("leases")
         while True:
-            await asyncio.sleep(self.options.lease_s / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._renew_now.wait(), self.options.lease_s / 3)
+            self._renew_now.clear()
             running = [job_id for job_id, task in self.tasks.items() if not task.done()]
-            if not running:
+            if not running or not self.watchdog.reachable:
                 continue
             try:
-                async with self.pool.pipeline(transaction=False) as pipe:
-                    for job_id in running:
-                        pipe.pexpire(keys.ARQ_IN_PROGRESS + job_id, lease_ms)
-                    renewed = await pipe.execute()
-            except REDIS_DOWN as exc:
-                log.warning("lease.renew_failed", jobs=len(running), error=str(exc))
+                renewed = await self.store.scripts.call(
+                    "renew_leases", [keys.ARQ_IN_PROGRESS + job_id for job_id in running], [self.lease_token, lease_ms]
+                )
+            except REDIS_TROUBLE as exc:
+                faults.failed(exc, jobs=len(running))
                 continue
+            faults.succeeded()
             for job_id, ok in zip(running, renewed, strict=True):
                 task = self.tasks.get(job_id)
-                if not ok and task is not None and not task.done():
-                    # Another worker may run this job now; our commit will be fenced off.
+                if not ok and task is not None and not task.done() and job_id not in self._lost:
+                    # Another worker may run this job now; our commit will be fenced off, and the
+                    # job is that worker's to end.
+                    self._lost.add(job_id)
                     log.warning("lease.lost", job_id=job_id)
 
     async def _sweep_timers(self) -> None:
+        faults = Faults("timers")
         while True:
             await asyncio.sleep(self.options.timer_sweep_s)
+            if not self.watchdog.reachable:
+                continue
             try:
                 await timers.revive_overdue(
                     self.pool, self.store.scripts, overdue_ms=int(self.options.timer_overdue_s * 1000)
                 )
-            except RedisError as exc:
-                log.warning("timers.sweep_failed", error=str(exc))
+            except REDIS_TROUBLE as exc:
+                faults.failed(exc)
+            except Exception:
+                log.exception("timers.sweep_crashed")
+            else:
+                faults.succeeded()
 
     async def _fire_cron(self) -> None:
         """Start the runs of due cron ticks; every worker does, and each tick's claim admits one run."""
         assert self.cron is not None
         refreshed = 0.0
+        faults = Faults("cron")
         while True:
-            await asyncio.sleep(CRON_CHECK_S)
+            await asyncio.sleep(max(CRON_CHECK_S, faults.delay_s))
+            if not self.watchdog.reachable:
+                continue
             try:
                 if self.cron_source is not None and time.monotonic() - refreshed > CRON_REFRESH_S:
                     # functions served over HTTP come and go with their apps' syncs
@@ -308,10 +469,40 @@ class StepqWorker(Worker):
                     refreshed = time.monotonic()
                 if await self.cron.fire_due():
                     self.wake()
-            except RedisError as exc:
-                log.warning("cron.check_failed", error=str(exc))
+            except REDIS_TROUBLE as exc:
+                faults.failed(exc)
             except Exception:
                 log.exception("cron.check_crashed")
+            else:
+                if faults.failing or faults.delay_s:
+                    faults.succeeded()
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's end of a job, done only while the job is this worker's (runtime/lua/finish_job.lua).
+        stepq keeps no results and runs no arq cron jobs, so those arguments have nothing to do."""
+        await self._end_job(job_id, "finish" if finish else "again", incr_score or 0)
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        await self._end_job(job_id, "finish", 0)
+
+    async def _end_job(self, job_id: str, how: str, delay_ms: int) -> None:
+        self._lost.discard(job_id)
+        ended = await self.store.scripts.call(
+            "finish_job",
+            [keys.ARQ_IN_PROGRESS + job_id, keys.ARQ_RETRY + job_id, keys.ARQ_JOB + job_id, self.queue_name],
+            [self.lease_token, how, delay_ms],
+        )
+        if ended == b"taken":
+            log.info("job.taken_over", job_id=job_id, detail="another worker holds the job now; it ends it")
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """First SIGTERM/SIGINT drains; a second SIGINT hands back running steps at once."""
@@ -323,6 +514,24 @@ class StepqWorker(Worker):
         self._draining = True
         log.info("worker.draining", running=len(self.tasks), grace_s=self.options.drain_grace_s)
         super().handle_sig_wait_for_completion(signum)
+
+    async def close(self) -> None:
+        """arq's close, except that a job that ended with an error or a Redis that fails the last
+        clean-up does not turn a clean shutdown into a traceback."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.pool.delete(self.health_check_key), self.options.redis_check_timeout_s)
+        except (*REDIS_TROUBLE, TimeoutError) as exc:
+            log.warning("worker.cleanup_failed", error=str(exc) or type(exc).__name__)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.watchdog.aclose()
+        await self.pool.close(close_connection_pool=True)
+        self._pool = None
 
 
 def _deserialize(blob: bytes) -> Any:
@@ -340,11 +549,6 @@ def build_worker(
 ) -> StepqWorker:
     """A worker running ``client``'s functions in this process, from the app's queue."""
     functions = {fn.slug: fn for fn in client.functions.values()}
-
-    async def register(registry: Registry) -> str:
-        count = await registry.register_app(client.app_id, [fn.config() for fn in functions.values()])
-        return f"{client.app_id} ({count} functions)"
-
     return _build(
         client.app_id,
         LocalFunctions(functions),
@@ -352,7 +556,7 @@ def build_worker(
         redis_url,
         options,
         limits=limits,
-        register=register,
+        configs=[fn.config() for fn in functions.values()],
         crons=cron_functions(functions.values()),  # a bad cron expression fails here, naming the function
         handle_signals=handle_signals,
     )
@@ -371,11 +575,14 @@ def build_http_worker(
     return _build(
         keys.HTTP_QUEUE_ID,
         None,
-        HttpInvoker(signing_key=signing_key, timeout_s=options.step_timeout_s),  # the executor adds a margin
+        # the executor adds a margin to the timeout; the URL policy knows which Redis to keep apps off
+        HttpInvoker(
+            signing_key=signing_key, timeout_s=options.step_timeout_s, url_policy=AppUrlPolicy.from_env(redis_url)
+        ),
         redis_url,
         options,
         limits=limits,
-        register=None,
+        configs=None,
         crons=None,
         handle_signals=handle_signals,
     )
@@ -389,11 +596,13 @@ def _build(
     options: WorkerOptions | None,
     *,
     limits: Limits | None,
-    register: Callable[[Registry], Awaitable[str]] | None,
+    configs: list[dict[str, Any]] | None,
     crons: list[tuple[str, str, str]] | None,
     handle_signals: bool,
 ) -> StepqWorker:
-    """``crons``: the cron triggers of imported functions; None reads those of HTTP-served ones."""
+    """``configs``: the functions the worker registers as its app's (None: it serves those apps
+    registered over HTTP); ``crons``: the cron triggers of imported functions, None reads those of
+    HTTP-served ones."""
     options = options or WorkerOptions.from_env()
     pool = ArqRedis(
         connection_pool=make_pool(redis_url, hot_path=True),
@@ -410,10 +619,16 @@ def _build(
         step_timeout_s=options.step_timeout_s + STEP_TIMEOUT_MARGIN_S,
     )
 
+    keeper = None
+    if configs is not None:
+        # The app's runs live within this worker's limits, whichever process writes to them.
+        configs = [{**config, "limits": store.limits.to_config()} for config in configs]
+        keeper = RegistrationKeeper(pool, registry, queue_id, configs, refresh_s=options.registration_refresh_s)
+
     async def on_startup(ctx: dict[str, Any]) -> None:
         serves = "functions registered over HTTP"
-        if register is not None:
-            serves = await until_redis_answers(lambda: register(registry))
+        if keeper is not None:
+            serves = await until_redis_answers(keeper.register_at_start, "registration")
         log.info("worker.started", queue=queue_id, serves=serves, redis=_redact(redis_url), pid=os.getpid())
 
     worker = StepqWorker(
@@ -446,6 +661,7 @@ def _build(
         store=store,
         cron=CronScheduler(store, crons or [], catch_up=dt.timedelta(seconds=options.cron_catch_up_s)),
         cron_source=(lambda: http_crons(registry)) if crons is None else None,
+        registration=keeper,
     )
     executor.on_next_job = worker.wake
     return worker

@@ -1,7 +1,7 @@
 -- Memoize a step's result (first writer wins), then enqueue the next job, atomically.
 -- KEYS: run, memo, stack, steps, job, result, queue
 -- ARGV: fence_field, fence, key, value, name, attempts, duration_ms, now_ms, position,
---       payload, score, ttl_ms, max_state_bytes, retention_s
+--       payload, score, ttl_ms, max_state_bytes, retention_s (the defaults: see run_limits)
 -- Returns reply(outcome): 'ok', a refusal, 'cancelled', or 'state_too_large' (the run failed).
 count_execution(KEYS[1], KEYS[4], ARGV[3])
 local why = refuse(KEYS[1], ARGV[1], ARGV[2])
@@ -19,13 +19,14 @@ if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
   return reply('duplicate')
 end
 local now = tonumber(ARGV[8])
-local limits = limits_of(ARGV[13], ARGV[14])
+local defaults = limits_of(ARGV[13], ARGV[14])
+local limits = run_limits(KEYS[1], defaults)
 local size = tonumber(redis.call('HGET', KEYS[1], 'state_bytes') or '0') + string.len(ARGV[4])
 if size > limits.max_state then
   if cancelled then
     return reply('cancelled')
   end
-  return reply(fail_for_state(run_id_of(KEYS[1]), ARGV[3], ARGV[5], size, limits, now))
+  return reply(fail_for_state(run_id_of(KEYS[1]), ARGV[3], ARGV[5], size, limits, defaults, now))
 end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 redis.call('RPUSH', KEYS[3], ARGV[3])

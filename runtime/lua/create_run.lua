@@ -1,7 +1,8 @@
 -- Create a run and enqueue its first job, at most once per dedupe key.
 -- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active
 -- ARGV: run_id, fn, app, events_blob, now_ms, payload, ttl_ms, dedupe_ttl_s (0 = none), event_ids,
---       parent ('<run_id>|<step key>' of an invoking run, or ''), n_rules,
+--       parent ('<run_id>|<step key>' of an invoking run, or ''), limits ('<max_state>,<retention_s>'
+--       of the function, or '' for the defaults: see run_limits in the prelude), n_rules,
 --       then per cancellation rule (6): field, wait_hash, wait_set, member, record, 'paths_key\npath' or ''
 if ARGV[8] ~= '0' then
   local existing = redis.call('GET', KEYS[3])
@@ -16,8 +17,11 @@ redis.call('SET', KEYS[2], ARGV[4])
 if ARGV[10] ~= '' then
   redis.call('HSET', KEYS[1], 'parent', ARGV[10])
 end
-local i = 12
-for _ = 1, tonumber(ARGV[11] or '0') do
+if ARGV[11] ~= '' then
+  redis.call('HSET', KEYS[1], 'lim', ARGV[11])
+end
+local i = 13
+for _ = 1, tonumber(ARGV[12] or '0') do
   local paths_key, path = '', ''
   if ARGV[i + 5] ~= '' then
     paths_key, path = string.match(ARGV[i + 5], '^(.-)\n(.*)$')

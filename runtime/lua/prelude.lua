@@ -30,6 +30,24 @@ end
 
 local JOB_TTL_MS = 30 * 86400 * 1000
 
+-- The default limits, as the calling script received them in its ARGV.
+local function limits_of(max_state, retention)
+  return {max_state = tonumber(max_state), retention = tonumber(retention)}
+end
+
+-- The limits a run lives within: its function's, kept in its record ('lim') when they are not the
+-- defaults, else ``defaults``.
+local function run_limits(run_key, defaults)
+  local lim = redis.call('HGET', run_key, 'lim')
+  if lim then
+    local max_state, retention = string.match(lim, '^(%d+),(%d+)$')
+    if max_state then
+      return {max_state = tonumber(max_state), retention = tonumber(retention)}
+    end
+  end
+  return defaults
+end
+
 local function run_part(run_id, part)
   return 'stepq:{' .. run_id .. '}:' .. part
 end
@@ -139,7 +157,7 @@ end
 
 -- A step's value would take the run's state over its limit: the run fails (as Inngest fails it),
 -- whichever path the value came by. Returns the refusal.
-local function fail_for_state(run_id, key, name, size, limits, now)
+local function fail_for_state(run_id, key, name, size, limits, defaults, now)
   local message = string.format('run state would exceed %d bytes (STEPQ_MAX_STATE_BYTES) at step %s: %d bytes',
     limits.max_state, step_name(run_id, key, name), size)
   local run = run_part(run_id, 'run')
@@ -147,16 +165,17 @@ local function fail_for_state(run_id, key, name, size, limits, now)
   redis.call('HSET', run, 'status', 'failed', 'error', blob, 'ended', now)
   close_run(run_id, now, limits.retention)
   ENDED[#ENDED + 1] = run_id
-  notify_parent(run, 'error', blob, now, limits)
+  notify_parent(run, 'error', blob, now, defaults)
   return 'state_too_large'
 end
 
 -- Memoize the value of a pending step (a planned step's result, a wait's event or timeout, an
 -- invoked child's result, a sleep inside a fan-out). First writer wins; the last pending step to
 -- resolve enqueues the run's next job (prepared when the steps were reported). A value that would
--- take the run's state over its limit fails the run instead. ``executed`` ({attempts, ms}, or nil)
--- says the value is what the step's code just returned.
-local function resolve_pending(run_id, key, value, name, now, fence_field, fence, limits, executed)
+-- take the run's state over its limit fails the run instead. ``defaults``: the default limits (see
+-- run_limits); ``executed`` ({attempts, ms}, or nil) says the value is what the step's code just
+-- returned.
+local function resolve_pending(run_id, key, value, name, now, fence_field, fence, defaults, executed)
   local run = run_part(run_id, 'run')
   if executed then
     count_execution(run, run_part(run_id, 'steps'), key)
@@ -172,9 +191,10 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
   if redis.call('HEXISTS', run_part(run_id, 'memo'), key) == 1 then
     return 'duplicate'
   end
+  local limits = run_limits(run, defaults)
   local size = tonumber(redis.call('HGET', run, 'state_bytes') or '0') + string.len(value)
   if size > limits.max_state then
-    return fail_for_state(run_id, key, name, size, limits, now)
+    return fail_for_state(run_id, key, name, size, limits, defaults, now)
   end
   redis.call('HSET', run_part(run_id, 'memo'), key, value)
   redis.call('RPUSH', run_part(run_id, 'stack'), key)
@@ -206,7 +226,7 @@ end
 
 -- An invoked run's end resumes its parent: the parent's memo is {"data": output} or {"error": error},
 -- written as a one-entry msgpack map around the already-packed value.
-notify_parent = function(run_key, result_field, result_blob, now, limits)
+notify_parent = function(run_key, result_field, result_blob, now, defaults)
   local parent = redis.call('HGET', run_key, 'parent')
   if not parent then
     return
@@ -218,13 +238,9 @@ notify_parent = function(run_key, result_field, result_blob, now, limits)
   else
     wrapped = '\129\165error' .. result_blob
   end
-  resolve_pending(parent_id, key, wrapped, '', now, '', '', limits, nil)
+  resolve_pending(parent_id, key, wrapped, '', now, '', '', defaults, nil)
 end
 
--- The limits scripts that write step values enforce: ARGV entries of the calling script.
-local function limits_of(max_state, retention)
-  return {max_state = tonumber(max_state), retention = tonumber(retention)}
-end
 
 -- A script's reply: its outcome, then the runs it ended besides its own (see ENDED).
 local function reply(outcome)

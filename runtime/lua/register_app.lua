@@ -1,20 +1,48 @@
 -- Replace an app's function set: configs, and the event -> function trigger index.
--- ARGV: prefix, app_id, n, then per function: slug, config, n_events, event names...
-local prefix, app = ARGV[1], ARGV[2]
+-- A function id belongs to the app that registered it (the app_id in its config): when one of the
+-- ids is another app's, nothing changes and the reply names the owner.
+-- ARGV: prefix, app_id, checksum ('' = none), n, then per function: slug, config, n_events, event names...
+-- Reply: {'ok', n, modified (1 when the checksum changed)} or {'owned', slug, owner}.
+local prefix, app, checksum = ARGV[1], ARGV[2], ARGV[3]
 local app_key = prefix .. ':app:' .. app .. ':functions'
 local functions = prefix .. ':functions'
-local modified = 0
-for _, slug in ipairs(redis.call('SMEMBERS', app_key)) do
-  local fn_events = prefix .. ':fn:' .. slug .. ':events'
-  for _, name in ipairs(redis.call('SMEMBERS', fn_events)) do
-    redis.call('SREM', prefix .. ':trigger:' .. name, slug)
+
+-- The app a registered function belongs to ('?' when its config cannot be read).
+local function owner_of(blob)
+  local ok, config = pcall(cmsgpack.unpack, blob)
+  if ok and type(config) == 'table' and type(config['app_id']) == 'string' then
+    return config['app_id']
   end
-  redis.call('DEL', fn_events)
-  redis.call('HDEL', functions, slug)
+  return '?'
+end
+
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  local blob = redis.call('HGET', functions, ARGV[i])
+  if blob then
+    local owner = owner_of(blob)
+    if owner ~= app then
+      return {'owned', ARGV[i], owner}
+    end
+  end
+  i = i + 3 + tonumber(ARGV[i + 2])
+end
+
+for _, slug in ipairs(redis.call('SMEMBERS', app_key)) do
+  local blob = redis.call('HGET', functions, slug)
+  -- only this app's own functions: a set left listing another app's id must not delete it
+  if blob and owner_of(blob) == app then
+    local fn_events = prefix .. ':fn:' .. slug .. ':events'
+    for _, name in ipairs(redis.call('SMEMBERS', fn_events)) do
+      redis.call('SREM', prefix .. ':trigger:' .. name, slug)
+    end
+    redis.call('DEL', fn_events)
+    redis.call('HDEL', functions, slug)
+  end
 end
 redis.call('DEL', app_key)
-local i = 4
-for _ = 1, tonumber(ARGV[3]) do
+i = 5
+for _ = 1, tonumber(ARGV[4]) do
   local slug, config, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   redis.call('HSET', functions, slug, config)
   redis.call('SADD', app_key, slug)
@@ -25,4 +53,12 @@ for _ = 1, tonumber(ARGV[3]) do
   end
   i = i + 3 + n
 end
-return tonumber(ARGV[3])
+local modified = 1
+if checksum ~= '' then
+  local checksum_key = prefix .. ':app:' .. app .. ':checksum'
+  if redis.call('GET', checksum_key) == checksum then
+    modified = 0
+  end
+  redis.call('SET', checksum_key, checksum)
+end
+return {'ok', tonumber(ARGV[4]), modified}

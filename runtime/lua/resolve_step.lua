@@ -1,6 +1,6 @@
 -- Resolve one pending step of a run (see resolve_pending in the prelude).
 -- ARGV: run_id, key, value, name, now_ms, fence_field ('' = unfenced), fence, max_state_bytes,
---       retention_s, attempts, duration_ms (both '' unless the value is what the step's code just
+--       retention_s (the defaults: see run_limits), attempts, duration_ms (both '' unless the value is what the step's code just
 --       returned: a planned step's result)
 -- Returns reply(outcome): 'ok', 'joined', a refusal, or 'state_too_large' (the run failed).
 local executed = nil

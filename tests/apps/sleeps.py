@@ -47,3 +47,21 @@ async def nap_twice(ctx: inngest.Context) -> dict[str, float]:
     await ctx.step.sleep("second", ctx.event.data.get("second", "2s"))
     after = await ctx.step.run("after", time.time)
     return {"before": before, "after": after}
+
+
+@client.create_function(
+    id="nap-then-flaky",
+    trigger=inngest.TriggerEvent(event="test/nap.flaky"),
+    backoff=inngest.Backoff.of("100ms", jitter=0),
+)
+async def nap_then_flaky(ctx: inngest.Context) -> int:
+    """A step that fails on its first attempt, reached by the re-entry of a wake-up: its retry must
+    re-enter where the run stands, not repeat the wake-up."""
+    await ctx.step.sleep("nap", "1s")
+
+    def flaky(attempt: int) -> int:
+        if attempt == 0:
+            raise RuntimeError("first attempt fails")
+        return attempt
+
+    return int(await ctx.step.run("flaky", flaky, ctx.attempt))

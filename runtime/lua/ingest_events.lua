@@ -1,0 +1,42 @@
+-- Store a batch of events and create the runs they start, in one script, so that a batch is all or
+-- nothing. Under maxmemory Redis decides as a script starts whether it may write: when memory is
+-- full its first write is refused, before anything is stored (Redis 6.2 and 7 alike), and a script
+-- that started writing runs to its end. A pipeline of separate commands would store part of a batch.
+-- create_run (runtime/lua/create_run.lua, put in front of this text as a function of its own KEYS
+-- and ARGV by runtime/ingest.py) creates each run exactly as RunStore.create_run would.
+-- KEYS: the events index; per event: its key, its name's recent list; then each run's create_run KEYS.
+-- ARGV: now_ms, retention_s, recent_max, look_back_ms, n_events, then per event: id, blob;
+--       n_runs, then per run: n_keys, n_args, then its create_run ARGV.
+local now, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
+local recent_max, look_back = tonumber(ARGV[3]), ARGV[4]
+local a, k = 6, 2
+for _ = 1, tonumber(ARGV[5]) do
+  local id = ARGV[a]
+  redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', retention)
+  redis.call('ZADD', KEYS[1], now, id)
+  -- before any wait is matched, so a wait registered meanwhile finds the event by looking back
+  redis.call('LPUSH', KEYS[k + 1], now .. ':' .. id)
+  redis.call('LTRIM', KEYS[k + 1], 0, recent_max - 1)
+  redis.call('PEXPIRE', KEYS[k + 1], look_back)
+  a, k = a + 2, k + 2
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - retention * 1000)
+local n_runs = tonumber(ARGV[a])
+a = a + 1
+local created = 0
+for _ = 1, n_runs do
+  local n_keys, n_args = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local run_keys, run_args = {}, {}
+  for j = 1, n_keys do
+    run_keys[j] = KEYS[k + j - 1]
+  end
+  for j = 1, n_args do
+    run_args[j] = ARGV[a + 1 + j]
+  end
+  local reply = create_run(run_keys, run_args)
+  if reply[1] == 1 then
+    created = created + 1
+  end
+  k, a = k + n_keys, a + 2 + n_args
+end
+return created

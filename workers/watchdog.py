@@ -1,0 +1,171 @@
+"""A worker's watch on its link to Redis: notice within seconds that Redis stopped answering.
+
+The worker's own connections carry no read timeout and no periodic PING (each costs redis-py work
+on every command; see ``runtime.connection.pool_options``). So a link that goes dark without a reset
+(a cable pulled, a firewall dropping packets, a proxy that stops forwarding) would leave every read
+hanging until the kernel gives up, minutes later, and the worker would say nothing. Instead, a
+watchdog probes Redis every ``interval_s`` on a connection of its own, with a timeout:
+
+- a probe that gets no reply within ``timeout_s`` (confirmed once on a fresh connection, so that a
+  stalled event loop or one bad connection is not taken for an outage) logs ``redis.unreachable``,
+  marks Redis unreachable (the worker stops claiming work) and drops every connection of the
+  worker's pool, in use or not, so that reads stuck on them fail now and are retried;
+- while unreachable it starts a probe every ``retry_s``, each on a new connection, overlapping (one
+  sent into the dark does not delay the next); the first reply drops the pool's connections again
+  (those opened during the outage may wait on requests the network lost), logs
+  ``redis.reconnected`` and lets the worker resume.
+
+A reply that is an error (``BUSY``, ``OOM``...) counts as an answer: the link works, and the
+worker's loops deal with the error. ``LOADING`` does not: Redis serves nothing yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from redis.asyncio import ConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
+
+log = structlog.get_logger("stepq.worker")
+
+Probe = Callable[[Redis], Awaitable[Any]]
+
+
+async def ping(client: Redis) -> Any:
+    """The default probe."""
+    return await client.ping()
+
+
+class RedisWatchdog:
+    """Probes Redis for one worker; see the module docstring."""
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        *,
+        interval_s: float = 1.0,
+        timeout_s: float = 1.5,
+        retry_s: float = 0.25,
+        probe: Probe = ping,
+    ) -> None:
+        #: The worker's pool: its connections are dropped when Redis goes dark and when it is back.
+        self.pool = pool
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.probe = probe
+        # A connection of its own, with the read timeout the hot path goes without, and no retries.
+        options = {
+            **pool.connection_kwargs,
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_error": [],
+            "health_check_interval": 0,
+        }
+        self._probe_pool_options = {"connection_class": pool.connection_class, "max_connections": 1, **options}
+        self.client = Redis(connection_pool=ConnectionPool(**self._probe_pool_options))
+        self.reachable = True
+        self._up = asyncio.Event()
+        self._up.set()
+        self._down_since = 0.0
+        #: Called when Redis answers again after being unreachable.
+        self.on_back: list[Callable[[], None]] = []
+
+    async def run(self) -> None:
+        """Probe forever (a background task of the worker)."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            error = await self.check()
+            if error is not None:
+                error = await self.check(fresh=True)
+            if error is not None:
+                await self._lost(error)
+                await self._until_back()
+                await self._back()
+
+    async def check(self, *, fresh: bool = False) -> BaseException | None:
+        """One probe on the watchdog's connection (a new one if ``fresh``): None if Redis answered."""
+        if fresh:
+            with contextlib.suppress(Exception):
+                await self.client.connection_pool.disconnect()
+        return await self._probe_on(self.client)
+
+    async def _probe_on(self, client: Redis) -> BaseException | None:
+        try:
+            await asyncio.wait_for(self.probe(client), self.timeout_s)
+        except ResponseError:
+            return None
+        except TimeoutError:
+            return TimeoutError(f"no reply within {self.timeout_s:g} s")
+        except (RedisError, OSError) as exc:
+            return exc
+        return None
+
+    async def _until_back(self) -> None:
+        """Probe until Redis answers. Probes overlap: one starts every ``retry_s`` on a connection of
+        its own and waits up to ``timeout_s``, so a probe sent into the dark does not delay noticing
+        that the link is back."""
+        answered = asyncio.Event()
+
+        async def attempt() -> None:
+            client = Redis(connection_pool=ConnectionPool(**self._probe_pool_options))
+            try:
+                if await self._probe_on(client) is None:
+                    answered.set()
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose(close_connection_pool=True)
+
+        attempts: set[asyncio.Task[None]] = set()
+        try:
+            while not answered.is_set():
+                task = asyncio.create_task(attempt())
+                attempts.add(task)
+                task.add_done_callback(attempts.discard)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(answered.wait(), self.retry_s)
+        finally:
+            for task in attempts:
+                task.cancel()
+            await asyncio.gather(*attempts, return_exceptions=True)
+
+    async def wait_until_reachable(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) for Redis to be reachable; returns whether it is."""
+        if not self.reachable:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._up.wait(), timeout)
+        return self.reachable
+
+    async def _lost(self, error: BaseException) -> None:
+        self.reachable = False
+        self._up.clear()
+        self._down_since = time.monotonic()
+        log.warning("redis.unreachable", error=str(error) or type(error).__name__, timeout_s=self.timeout_s)
+        await self._drop_connections()
+
+    async def _back(self) -> None:
+        await self._drop_connections()
+        self.reachable = True
+        self._up.set()
+        log.info("redis.reconnected", down_s=round(time.monotonic() - self._down_since, 3))
+        for callback in self.on_back:
+            callback()
+
+    async def _drop_connections(self) -> None:
+        # A read blocked on a dropped connection fails at once with ConnectionError, and redis-py
+        # retries its command on a new connection: the caller sees a slow command, not a lost one.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pool.disconnect(inuse_connections=True), self.timeout_s)
+
+    async def aclose(self) -> None:
+        """Close the watchdog's own connection."""
+        with contextlib.suppress(Exception):
+            await self.client.aclose(close_connection_pool=True)
