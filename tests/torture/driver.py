@@ -501,7 +501,7 @@ class Torture:
             if last is not None:
                 lease = self.config.settings.lease_s
                 faults = self.report.faults.around(last - 2, last + lease + 3)
-                logs += f"; faults around its last line: {faults or 'none'}"
+                logs += f"; faults around its last invocation: {faults or 'none'}"
             self.report.violations.append(
                 Violation(
                     "ended",
@@ -554,7 +554,8 @@ class Torture:
     def _last_log_time(self, run_id: str) -> float | None:
         self._log_lines(run_id)  # builds the index
         assert self._logs is not None
-        stamps = [t for t, _, _ in self._logs.get(run_id, []) if t]
+        lines = self._logs.get(run_id, [])
+        stamps = [t for t, _, e in lines if t and e.get("event") == "invocation"] or [t for t, _, _ in lines if t]
         if not stamps:
             return None
         return dt.datetime.fromisoformat(max(stamps).replace("Z", "+00:00")).timestamp()
