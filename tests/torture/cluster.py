@@ -21,6 +21,7 @@ import httpx
 import redis as sync_redis
 
 from tests.http_fixtures import Service, free_port
+from tests.torture.program import MAX_OUTPUT_BYTES, MAX_STEPS
 from workers.embedded import EmbeddedRedis
 
 LOCAL_APP = "tests.apps.torture:client"
@@ -51,6 +52,8 @@ class Settings:
             "STEPQ_TIMER_SWEEP": str(self.timer_sweep_s),
             "STEPQ_TIMER_OVERDUE": str(self.timer_overdue_s),
             "STEPQ_DRAIN_GRACE": "5",
+            "STEPQ_MAX_STEPS": str(MAX_STEPS),
+            "STEPQ_MAX_OUTPUT_BYTES": str(MAX_OUTPUT_BYTES),
             "STEPQ_LOG_LEVEL": "info",
         }
 

@@ -24,7 +24,7 @@ from sdk.opcodes import Op, Opcode
 from tests.torture import interpreter
 from tests.torture.interpreter import Interpreter, define
 from tests.torture.invariants import Execution, RunSnapshot
-from tests.torture.program import SIGNAL, Program, signal_value, walk
+from tests.torture.program import MAX_OUTPUT_BYTES, MAX_STEPS, SIGNAL, Program, signal_value, walk
 
 
 class MemoryRecorder(interpreter.Recorder):
@@ -97,7 +97,14 @@ class EngineOnly:
 
         async def call(attempt: int, target: str | None = None) -> ExecutionResult:
             request = ExecutionRequest(
-                event, [event], dict(memo), run_id, attempt=attempt, stack=list(stack), target_step=target
+                event,
+                [event],
+                dict(memo),
+                run_id,
+                attempt,
+                list(stack),
+                target_step=target,
+                max_output_bytes=MAX_OUTPUT_BYTES,
             )
             return await execute(fn, request)
 
@@ -116,6 +123,8 @@ class EngineOnly:
                     continue
                 return end("failed", error=result.error)
             ops = result.opcodes
+            if len(stack) + len(ops) > MAX_STEPS:  # as the runtime checks every answer
+                return end("failed", error={"name": "LimitExceeded", "message": "over MAX_STEPS", "stack": ""})
             if any(op.step_id.startswith("k") for op in ops):
                 if ops[0].op is Op.STEP_RUN:  # the slow step of a cancel at "step" ran: it may commit
                     commit(ops[0].id, {"data": ops[0].data})

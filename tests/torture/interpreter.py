@@ -261,9 +261,13 @@ class Interpreter:
         fail, err, seconds = op.get("fail", 0), op.get("err", "plain"), op.get("ms", 0) / 1000 * self.time_scale
         result = value(pid, name, acc)
 
+        big = int(op.get("big", 0))
+
         def outcome(token: str) -> dict[str, Any]:
             if attempt < fail:
                 raise _error(err, f"{pid} step {name} fails on attempt {attempt}")
+            if big:
+                return {"v": result, "x": token, "a": attempt, "pad": "x" * big}
             return {"v": result, "x": token, "a": attempt}
 
         if op.get("mode") == "sync":

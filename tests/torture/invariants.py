@@ -110,6 +110,8 @@ def _memo_problem(step: StepExpect, memo: Any, runs: dict[str, list[Execution]])
         return None
     if step.memo == "nonret":
         return "the step raised NonRetriableError, yet a result is committed"
+    if step.memo == "limit":
+        return "the step goes past the run's step limit, yet a result is committed"
     if step.memo == "err":
         error = memo.get("error") if isinstance(memo, dict) and len(memo) == 1 else None
         if not isinstance(error, dict) or error.get("name") != step.error:
@@ -228,7 +230,7 @@ def check_run(snap: RunSnapshot, expected: Expected, executions: list[Execution]
             continue
         if step.kind != "run":
             continue
-        last = {"ok": step.attempts, "nonret": 0}.get(step.memo, step.attempts - 1)
+        last = {"ok": step.attempts, "nonret": 0, "limit": 0}.get(step.memo, step.attempts - 1)
         beyond = sorted({e.attempt for e in runs if e.attempt > last})
         if beyond:
             bad("executions", f"step {name} executed attempt(s) {beyond} after attempt {last} ended it")

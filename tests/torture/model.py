@@ -25,6 +25,7 @@ from tests.torture.program import (
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
     FUNCTION_RETRIES,
+    MAX_STEPS,
     RETRY_AFTER_S,
     SEND_CODE,
     SLEEP_CODE,
@@ -60,7 +61,8 @@ class StepExpect:
     kind: str  # run, sleep, wait, send, invoke, cancel
     #: ``ok`` (with ``value``), ``err`` (with ``error``), ``null`` (a sleep, a wait that timed out),
     #: ``event`` (a wait that matched: ``tok``), ``sent``, ``child`` (an invoke's output: ``value`` is its
-    #: acc), ``nonret`` (a step that raised NonRetriableError: it runs once and is never committed)
+    #: acc), ``nonret`` (a step that raised NonRetriableError: it runs once and is never committed),
+    #: ``limit`` (a step past the run's MAX_STEPS: it may have run once, inline, but is never committed)
     memo: str
     value: int | None = None
     error: str | None = None
@@ -292,6 +294,11 @@ class Model:
                     if op["at"] == "step":  # the slow step was running when the cancel came
                         may[name] = StepExpect(name, "run", "ok", value=value(self.pid, name, acc), attempts=0)
                     return self._end("cancelled", None, {"Cancelled"}, may, nominal, everything)
+                if len(self.memo) + len(found) > MAX_STEPS:
+                    # Asked for more steps than the run may have: it fails before any is committed.
+                    kind, name, _, _ = found[0]
+                    may = {name: StepExpect(name, kind, "limit")} if len(found) == 1 else {}
+                    return self._end("failed", None, {"LimitExceeded"}, may, nominal, everything)
                 before = dict(self.memo)
                 resolved = [(self._resolve(k, name, op, acc), name, op) for k, name, op, acc in found]
                 nominal += max(took for (_, took), _, _ in resolved) + STEP_OVERHEAD_S
@@ -349,6 +356,8 @@ def _run_outcome(pid: str, name: str, op: Op, acc: int) -> tuple[StepExpect | No
     """A run step's end: its value after ``fail`` failed attempts, or its error once retries are spent."""
     fail, retries, err = op.get("fail", 0), op.get("retries", 2), op.get("err", "plain")
     ms = op.get("ms", 0) / 1000
+    if op.get("big"):  # a value over the output limit: no retry
+        return StepExpect(name, "run", "err", error="OutputTooLarge", attempts=1), ms
     delay = RETRY_AFTER_S if err == "after" else None
     if fail and err == "nonret":
         return None, ms

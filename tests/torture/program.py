@@ -5,7 +5,8 @@ A program is ``{"pid": "p17", "app": "local"|"http", "ops": [op, ...]}``. Each o
 
 - ``run``: ``step.run`` with a ``sync`` or ``async`` handler that works ``ms`` milliseconds and
   raises on its first ``fail`` attempts (``err``: ``plain`` (a ``TortureError``), ``after`` (a
-  ``RetryAfterError``) or ``nonret`` (a ``NonRetriableError``)), with ``retries`` retries of its own.
+  ``RetryAfterError``) or ``nonret`` (a ``NonRetriableError``)), with ``retries`` retries of its own;
+  with ``big``, it returns that many bytes, over ``MAX_OUTPUT_BYTES``.
 - ``sleep``: ``step.sleep`` for ``ms``.
 - ``wait``: ``step.wait_for_event`` on ``torture/signal`` whose ``data.tok`` is ``tok``, for up to
   ``ms``. ``outcome`` says what the driver does: ``match`` (sends the event once the wait is
@@ -15,7 +16,8 @@ A program is ``{"pid": "p17", "app": "local"|"http", "ops": [op, ...]}``. Each o
 - ``invoke``: ``step.invoke`` of the app's child function with the program ``child`` (a list of ops).
 - ``par``: ``group.parallel`` over ``branches``, each a list of ops run in sequence.
 - ``try``: runs ``body`` (a list of ops) and catches a ``StepError``.
-- ``loop``: ``n`` ``step.run`` calls with one constant step id (keys ``id``, ``id:1``, ...).
+- ``loop``: ``n`` ``step.run`` calls with one constant step id (keys ``id``, ``id:1``, ...); now and
+  then long enough to take the run past ``MAX_STEPS``.
 - ``cancel``: the driver cancels the run (``via`` the API or a cancellation event) while it is
   ``at`` a ``wait``, a ``sleep`` or inside a slow ``step``; ops after it must never run.
 - ``raise``: only last: code outside steps raises ``TortureError`` on the function's first ``n``
@@ -49,6 +51,9 @@ MATCH_TIMEOUT_MS = 45_000
 CANCEL_HOLD_MS = 60_000
 #: How long the step of a ``cancel`` op at ``step`` works.
 CANCEL_STEP_MS = 1_500
+#: The cluster's limits (STEPQ_MAX_STEPS, STEPQ_MAX_OUTPUT_BYTES): some programs go past them.
+MAX_STEPS = 80
+MAX_OUTPUT_BYTES = 8192
 #: Event names shared by both apps.
 SIGNAL = "torture/signal"
 NEVER = "torture/never"
@@ -151,7 +156,7 @@ def describe(ops: list[Op]) -> str:
 
 
 #: Op kinds a generator can leave out (``Mix.without``): every op kind, and ``fail`` for failing steps.
-KINDS = ("run", "sleep", "wait", "par", "try", "invoke", "send", "loop", "cancel", "raise", "fail", "http")
+KINDS = ("run", "sleep", "wait", "par", "try", "invoke", "send", "loop", "cancel", "raise", "fail", "http", "limits")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -165,6 +170,8 @@ class Mix:
     cancel_share: float = 0.08
     raise_share: float = 0.05
     wide_share: float = 0.04
+    #: Programs with a loop that may take them past MAX_STEPS.
+    long_share: float = 0.02
     #: Kinds never generated (see ``KINDS``), to tell which kind a failure needs.
     without: frozenset[str] = frozenset()
 
@@ -205,6 +212,9 @@ class Generator:
         rng, mix = self.rng, self.mix
         self._pid = pid
         ops = self._sequence(rng.randint(mix.min_ops, mix.max_ops), depth=0)
+        if rng.random() < mix.long_share and self._allowed("limits"):
+            long_loop = {"op": "loop", "n": rng.randint(MAX_STEPS - 10, MAX_STEPS + 20), "mode": "async"}
+            ops.insert(rng.randint(0, len(ops)), long_loop)
         if rng.random() < mix.cancel_share and self._allowed("cancel"):
             at = rng.randint(0, len(ops))
             holds = [h for h in ("wait", "sleep", "step") if self._allowed("run" if h == "step" else h)] or ["wait"]
@@ -268,6 +278,9 @@ class Generator:
             op["ms"] = rng.choice([600, 1200])  # long enough that kills land inside it
         roll = rng.random()
         if not self._allowed("fail"):
+            return op
+        if rng.random() < 0.01 and self._allowed("limits"):
+            op["big"] = 2 * MAX_OUTPUT_BYTES  # fails for good at once: OutputTooLarge
             return op
         if failing or roll < 0.04:  # fails for good: a StepError at this step
             op["retries"] = rng.randint(0, 2)
