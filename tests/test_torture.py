@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.torture.driver import Config, Torture
+from tests.torture.driver import Config, Torture, explicit_programs
 from tests.torture.engine_only import EngineOnly
 from tests.torture.invariants import check_run, sha1
 from tests.torture.model import Model, child_programs, memo_oracle
-from tests.torture.program import Generator, Program
+from tests.torture.program import KNOWN_SHAPES, Generator, Program
 
 SEED = int(os.environ.get("STEPQ_TORTURE_SEED") or random.SystemRandom().randrange(2**31))
 
@@ -36,7 +36,7 @@ async def test_the_model_and_the_engine_agree_on_generated_programs() -> None:
     So a failure of the torture test below is the runtime's (or the faults'), not the harness's."""
     engine = EngineOnly()
     failures: list[str] = []
-    for program in Generator(SEED).programs(400):
+    for program in [*Generator(SEED).programs(400), *explicit_programs(KNOWN_SHAPES, "k")]:
         programs: dict[str, Program] = {program["pid"]: program, **child_programs(program)}
         for snap in await engine.run(program):
             expected = Model(programs[snap.pid], memo_oracle(snap.memo, sha1)).expect()

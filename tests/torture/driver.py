@@ -33,7 +33,18 @@ from tests.torture.faults import FaultLog, FaultPlan, Faults
 from tests.torture.interpreter import executions_key
 from tests.torture.invariants import Execution, RunSnapshot, Tally, Violation, check_run, sha1
 from tests.torture.model import Expected, Model, child_programs, memo_oracle
-from tests.torture.program import SIGNAL, Generator, Mix, Op, Program, describe, signal_value, step_id, walk
+from tests.torture.program import (
+    KNOWN_SHAPES,
+    SIGNAL,
+    Generator,
+    Mix,
+    Op,
+    Program,
+    describe,
+    signal_value,
+    step_id,
+    walk,
+)
 
 TERMINAL = ("completed", "failed", "cancelled")
 #: Log events of the workers worth counting in the report.
@@ -70,6 +81,8 @@ class Config:
     only: tuple[str, ...] = ()
     #: These programs instead of generated ones (lists of ops), for reducing a failure by hand.
     explicit: tuple[list[Op], ...] = ()
+    #: Also send the shapes that once left runs stuck (``program.KNOWN_SHAPES``).
+    known_shapes: bool = True
 
     def command(self) -> str:
         return f"STEPQ_TORTURE_SEED={self.seed} scripts/test tests/test_torture.py"
@@ -110,6 +123,12 @@ class Track:
     @property
     def ended(self) -> bool:
         return self.status in TERMINAL
+
+
+def explicit_programs(shapes: tuple[list[Op], ...], prefix: str) -> list[Program]:
+    """Each list of ops as a program in-process (``<prefix>3``) and over HTTP (``<prefix>h3``)."""
+    local = [{"pid": f"{prefix}{i}", "app": "local", "ops": ops} for i, ops in enumerate(shapes)]
+    return local + [{"pid": f"{prefix}h{i}", "app": "http", "ops": ops} for i, ops in enumerate(shapes)]
 
 
 def actions_of(program: Program) -> list[Action]:
@@ -196,8 +215,13 @@ class Torture:
     def _programs(self) -> list[Program]:
         programs = Generator(self.config.seed, self.config.mix).programs(self.config.runs)
         if self.config.explicit:
-            programs = [{"pid": f"x{i}", "app": "local", "ops": ops} for i, ops in enumerate(self.config.explicit)]
-            programs += [{"pid": f"h{i}", "app": "http", "ops": ops} for i, ops in enumerate(self.config.explicit)]
+            programs = explicit_programs(self.config.explicit, "x")
+        elif self.config.known_shapes and not self.config.only:
+            # spread among the generated ones, so that they meet the faults too
+            known = explicit_programs(KNOWN_SHAPES, "k")
+            step = max(1, len(programs) // (len(known) + 1))
+            for i, program in enumerate(known):
+                programs.insert(min(len(programs), (i + 1) * step + i), program)
         if self.config.only:
             programs = [p for p in programs if p["pid"] in self.config.only]
         for program in programs:

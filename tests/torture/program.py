@@ -155,6 +155,31 @@ def describe(ops: list[Op]) -> str:
     return " ".join(parts)
 
 
+def _run_op(**kw: Any) -> Op:
+    return {"op": "run", "mode": "async", "ms": 0, "fail": 0, "err": "plain", "retries": 2, **kw}
+
+
+#: Shapes that once left runs stuck (issue 8), sent in every torture run, in-process and over HTTP,
+#: besides the generated programs: a failure here names its shape at once.
+KNOWN_SHAPES: tuple[list[Op], ...] = (
+    # parallel steps of one run loaded at once in one worker: a result refused as fenced
+    [{"op": "par", "branches": [[_run_op(ms=20 * (i % 5), fail=i % 2)] for i in range(24)]}],
+    [
+        {
+            "op": "par",
+            "branches": [[_run_op(), {"op": "par", "branches": [[_run_op()], [_run_op(fail=1)]]}], [_run_op()]],
+        }
+    ],
+    # a retry scheduled by a sleep's wake-up job: a failing step, then a failing function body
+    [{"op": "sleep", "ms": 100}, _run_op(fail=1)],
+    [{"op": "sleep", "ms": 100}, {"op": "raise", "kind": "retry", "n": 1}],
+    # a sleep right after a sleep
+    [{"op": "sleep", "ms": 100}, {"op": "sleep", "ms": 100}, _run_op()],
+    # a wake-up job whose worker dies in the step after the sleep (the kills land in the long step)
+    [{"op": "sleep", "ms": 300}, _run_op(ms=3000)],
+    [{"op": "sleep", "ms": 300}, _run_op(ms=3000, mode="sync")],
+)
+
 #: Op kinds a generator can leave out (``Mix.without``): every op kind, and ``fail`` for failing steps.
 KINDS = ("run", "sleep", "wait", "par", "try", "invoke", "send", "loop", "cancel", "raise", "fail", "http", "limits")
 
