@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     span = args.minutes * 60
     if args.no_faults:
-        faults = FaultPlan(kill_every_s=10**9, pauses_at_s=(), restarts_at_s=())
+        faults = FaultPlan(kill_every_s=10**9, pauses_at_s=(), restarts_at_s=(), targeted_kills=False)
     else:
         faults = FaultPlan.repeating(args.minutes, kill_every_s=args.kill_every, hard=args.hard_restarts)
     only = tuple(p.strip() for p in args.only.split(",")) if args.only else ()

@@ -134,6 +134,9 @@ def explicit_programs(shapes: tuple[list[Op], ...], prefix: str) -> list[Program
 def actions_of(program: Program) -> list[Action]:
     out = []
     for path, op in walk(program["ops"]):
+        if op["op"] == "run" and op.get("kill"):
+            name = step_id("r", path)
+            out.append(Action("kill", name, sha1(name), op))
         if op["op"] == "wait" and op["outcome"] in ("match", "race"):
             name = step_id("w", path)
             out.append(Action(op["outcome"], name, sha1(name), op))
@@ -203,6 +206,7 @@ class Torture:
         self.by_run: dict[str, Track] = {}
         self.rng = random.Random(config.seed ^ 0x5EED)
         self.redis: Redis | None = None
+        self.faults: Faults | None = None
         self.local: sdk.Client | None = None
         self.http: sdk.Client | None = None
         self._seen_done_ms = 0
@@ -228,7 +232,7 @@ class Torture:
             self.tracks[program["pid"]] = Track(program["pid"], program, True, actions_of(program))
             self.report.programs[program["pid"]] = program
             for cpid, child in child_programs(program).items():
-                self.tracks[cpid] = Track(cpid, child, False, [])
+                self.tracks[cpid] = Track(cpid, child, False, actions_of(child))
                 self.report.programs[cpid] = child
         return programs
 
@@ -246,6 +250,7 @@ class Torture:
             programs = self._programs()
             stop = asyncio.Event()
             faults = Faults(self.cluster, self.config.seed ^ 0xFA17, self.config.faults)
+            self.faults = faults
             self.report.faults = faults.log
             fault_task = asyncio.create_task(faults.run(self.config.faults_until_s, stop))
             sender = asyncio.create_task(self._send_all(programs))
@@ -442,6 +447,14 @@ class Torture:
             elif action.kind == "cancel" and await self._at_hold(track, action, raw, registered):
                 action.done = True
                 await self._cancel(track, action)
+            elif action.kind == "kill":
+                entries: list[bytes] = await self.redis.lrange(executions_key(track.pid), 0, -1)  # type: ignore[misc]
+                ran = [Execution.parse(e.decode()) for e in entries if e.decode().startswith(action.name + "|")]
+                if ran and self.faults is not None and self.config.faults.targeted_kills:
+                    action.done = True
+                    victim = self.faults.worker_running(ran[0].os_pid, track.program.get("app") == "http")
+                    if victim is not None:
+                        self.faults.kill(victim, f"inside step {action.name} of {track.pid}")
         # a match whose wait is resolved needs nothing more
         for action in track.actions:
             if action.kind == "match" and action.sent_at and f"wait:{action.key}".encode() not in raw:

@@ -30,6 +30,8 @@ class FaultPlan:
     restarts_at_s: tuple[float, ...] = (25.0,)
     #: Restart Redis with SIGKILL (after ``appendfsync always``) rather than SIGTERM.
     hard_restarts: bool = False
+    #: SIGKILL the worker running a step whose op says ``kill`` (see ``program``).
+    targeted_kills: bool = True
 
     @classmethod
     def repeating(
@@ -129,14 +131,26 @@ class Faults:
         if not ready:
             return None
         victim = self.rng.choice(ready)
+        self.kill(victim)
+        return victim
+
+    def kill(self, victim: Worker, why: str = "") -> None:
+        """SIGKILL a worker and start its replacement (not waited for: faults come on schedule)."""
         victim.killed = True
         victim.proc.kill()
         victim.proc.wait(timeout=10)
         self.log.kills.append((self._at(), victim.name))
-        self.log.note(f"SIGKILL {victim.name}")
+        self.log.note(f"SIGKILL {victim.name}{f' ({why})' if why else ''}")
         self.cluster.retire(victim)
-        self.cluster.add_worker(http=victim.http)  # not waited for: the next kill comes on schedule
-        return victim
+        self.cluster.add_worker(http=victim.http)
+
+    def worker_running(self, os_pid: int, http: bool) -> Worker | None:
+        """The worker that runs a step whose handler ran in process ``os_pid``: that worker, or for a
+        function served over HTTP (its handler runs in the app) a live HTTP worker."""
+        for worker in self.cluster.workers:
+            if worker.alive() and not worker.killed and (worker.http if http else worker.pid == os_pid):
+                return worker
+        return None
 
     async def pause_one(self) -> None:
         ready = [w for w in self.cluster.workers if w.alive() and not w.paused and w.started() and not w.http]

@@ -6,7 +6,9 @@ A program is ``{"pid": "p17", "app": "local"|"http", "ops": [op, ...]}``. Each o
 - ``run``: ``step.run`` with a ``sync`` or ``async`` handler that works ``ms`` milliseconds and
   raises on its first ``fail`` attempts (``err``: ``plain`` (a ``TortureError``), ``after`` (a
   ``RetryAfterError``) or ``nonret`` (a ``NonRetriableError``)), with ``retries`` retries of its own;
-  with ``big``, it returns that many bytes, over ``MAX_OUTPUT_BYTES``.
+  with ``big``, it returns that many bytes, over ``MAX_OUTPUT_BYTES``; with ``kill``, the driver
+  SIGKILLs the worker running it the first time it runs (a fault placed exactly, e.g. in the step a
+  wake-up job runs, or in one of a fan-out's steps).
 - ``sleep``: ``step.sleep`` for ``ms``.
 - ``wait``: ``step.wait_for_event`` on ``torture/signal`` whose ``data.tok`` is ``tok``, for up to
   ``ms``. ``outcome`` says what the driver does: ``match`` (sends the event once the wait is
@@ -176,12 +178,27 @@ KNOWN_SHAPES: tuple[list[Op], ...] = (
     # a sleep right after a sleep
     [{"op": "sleep", "ms": 100}, {"op": "sleep", "ms": 100}, _run_op()],
     # a wake-up job whose worker dies in the step after the sleep (the kills land in the long step)
-    [{"op": "sleep", "ms": 300}, _run_op(ms=3000)],
-    [{"op": "sleep", "ms": 300}, _run_op(ms=3000, mode="sync")],
+    [{"op": "sleep", "ms": 300}, _run_op(ms=1000, kill=True)],
+    [{"op": "sleep", "ms": 300}, _run_op(ms=1000, mode="sync", kill=True)],
 )
 
 #: Op kinds a generator can leave out (``Mix.without``): every op kind, and ``fail`` for failing steps.
-KINDS = ("run", "sleep", "wait", "par", "try", "invoke", "send", "loop", "cancel", "raise", "fail", "http", "limits")
+KINDS = (
+    "run",
+    "sleep",
+    "wait",
+    "par",
+    "try",
+    "invoke",
+    "send",
+    "loop",
+    "cancel",
+    "raise",
+    "fail",
+    "http",
+    "limits",
+    "kill",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -301,6 +318,8 @@ class Generator:
         }
         if rng.random() < 0.04:
             op["ms"] = rng.choice([600, 1200])  # long enough that kills land inside it
+        if rng.random() < 0.03 and self._allowed("kill"):
+            op["ms"], op["kill"] = max(op["ms"], 600), True  # long enough for the driver to see it run
         roll = rng.random()
         if not self._allowed("fail"):
             return op
