@@ -261,6 +261,10 @@ class Torture:
                 await fault_task
                 await sender
             faults.reap()
+            for service in (self.cluster.api, self.cluster.app):
+                if service is not None and not service.alive():
+                    detail = f"{service.name} exited with {service.proc.returncode}: {service.stderr()[-800:]}"
+                    self.report.violations.append(Violation("process-death", "-", "-", detail))
             for at, name, tail in faults.log.deaths:
                 self.report.violations.append(
                     Violation("worker-death", "-", "-", f"{name} exited on its own at {at} s: {tail[-800:]}")
