@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
-import json
 import random
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -28,37 +24,18 @@ from runtime.connection import connect
 from runtime.limits import Limits
 from runtime.transport import RedisTransport
 from runtime.waits import WaitRecord
+from tests.torture import memory
 from tests.torture.cluster import Cluster, Settings
-from tests.torture.faults import FaultLog, FaultPlan, Faults
+from tests.torture.faults import FaultPlan, Faults
 from tests.torture.interpreter import executions_key
-from tests.torture.invariants import Execution, RunSnapshot, Tally, Violation, check_run, sha1
+from tests.torture.invariants import Execution, RunSnapshot, Violation, check_run, sha1
+from tests.torture.leftovers import diagnose, global_leftovers, jobs_of, run_leftovers
+from tests.torture.logs import WorkerLogs
 from tests.torture.model import Expected, Model, child_programs, memo_oracle
-from tests.torture.program import (
-    KNOWN_SHAPES,
-    SIGNAL,
-    Generator,
-    Mix,
-    Op,
-    Program,
-    describe,
-    signal_value,
-    step_id,
-    walk,
-)
+from tests.torture.program import KNOWN_SHAPES, SIGNAL, Generator, Mix, Op, Program, signal_value, step_id, walk
+from tests.torture.report import Report
 
 TERMINAL = ("completed", "failed", "cancelled")
-#: Log events of the workers worth counting in the report.
-NOTABLE = (
-    "commit.refused",
-    "fan_out.refused",
-    "finish.refused",
-    "lease.lost",
-    "job.internal_error",
-    "job.ended_with_error",
-    "job.redis_unavailable",
-    "redis.unavailable",
-    "timer.revived",
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -146,62 +123,12 @@ def actions_of(program: Program) -> list[Action]:
     return out
 
 
-@dataclasses.dataclass(slots=True)
-class Report:
-    config: Config
-    directory: Path
-    tally: Tally = dataclasses.field(default_factory=Tally)
-    violations: list[Violation] = dataclasses.field(default_factory=list)
-    programs: dict[str, Program] = dataclasses.field(default_factory=dict)
-    faults: FaultLog = dataclasses.field(default_factory=FaultLog)
-    notable: Counter[str] = dataclasses.field(default_factory=Counter)
-    elapsed_s: float = 0.0
-    memory: str = ""
-    events_sent: int = 0
-    cancels: int = 0
-
-    def figures(self) -> str:
-        t = self.tally
-        statuses = ", ".join(f"{n} {s}" for s, n in sorted(t.statuses.items()))
-        notable = ", ".join(f"{k} {v}" for k, v in sorted(self.notable.items())) or "none"
-        return (
-            f"seed {self.config.seed}: {t.runs} runs ({statuses}), {t.steps} steps committed, "
-            f"{t.executions} step executions, {t.duplicate_executions} duplicate executions, "
-            f"{self.events_sent} events sent, {self.cancels} cancels; faults: {self.faults.summary()}; "
-            f"worker log events: {notable}; {self.memory}; {len(self.violations)} violations; "
-            f"{self.elapsed_s:.0f} s"
-        )
-
-    def failure_message(self, limit: int = 12) -> str:
-        by_kind = Counter(v.invariant for v in self.violations)
-        lines = [
-            f"torture run failed: seed {self.config.seed} (reproduce: {self.config.command()})",
-            self.figures(),
-            "violations by invariant: " + ", ".join(f"{k} {n}" for k, n in by_kind.most_common()),
-        ]
-        for v in self.violations[:limit]:
-            lines.append(v.render(self.programs.get(v.pid)))
-        if len(self.violations) > limit:
-            lines.append(f"... {len(self.violations) - limit} more in {self.directory / 'violations.txt'}")
-        for at, name, tail in self.faults.deaths[:3]:
-            lines.append(f"worker {name} died on its own at {at} s:\n{tail[-1500:]}")
-        lines.append(f"process logs: {self.directory}")
-        return "\n".join(lines)
-
-    def write(self) -> None:
-        with (self.directory / "violations.txt").open("w") as f:
-            f.write(self.figures() + "\n\nfaults:\n")
-            f.write("\n".join(self.faults.around(0, float("inf"))) + "\n\n")
-            for v in self.violations:
-                f.write(v.render(self.programs.get(v.pid)) + "\n\n")
-
-
 class Torture:
     def __init__(self, config: Config, directory: Path) -> None:
         self.config = config
         self.directory = directory
         self.cluster = Cluster(directory, config.settings)
-        self.report = Report(config, directory)
+        self.report = Report(config.seed, config.command(), directory)
         self.tracks: dict[str, Track] = {}
         self.by_run: dict[str, Track] = {}
         self.rng = random.Random(config.seed ^ 0x5EED)
@@ -210,7 +137,7 @@ class Torture:
         self.local: sdk.Client | None = None
         self.http: sdk.Client | None = None
         self._seen_done_ms = 0
-        self._logs: dict[str, list[tuple[str, str, dict[str, Any]]]] | None = None
+        self._logs: WorkerLogs | None = None
         #: Runs that never ended: what they hold is not counted again as leftovers.
         self.stranded: set[str] = set()
 
@@ -246,7 +173,7 @@ class Torture:
         self.local = sdk.Client("t-torture-driver", transport=RedisTransport(self.cluster.redis_url, limits))
         self.http = sdk.Client("t-torture-driver-http", event_api_url=self.cluster.api_url, event_key="torture")
         try:
-            baseline = await self._census()
+            baseline = await memory.census(self.redis)
             programs = self._programs()
             stop = asyncio.Event()
             faults = Faults(self.cluster, self.config.seed ^ 0xFA17, self.config.faults)
@@ -277,7 +204,7 @@ class Torture:
                 self.report.memory = f"memory not checked: {len(self.stranded)} runs never ended"
         finally:
             self.report.elapsed_s = time.monotonic() - began
-            self.report.notable = self._notable()
+            self.report.notable = self.logs().counts
             await self.local.aclose()
             await self.http.aclose()
             await self.redis.aclose()
@@ -488,17 +415,6 @@ class Torture:
             raw, stack, memo, pending, jobs = await pipe.execute()
         if not raw:
             return None
-        leftovers = []
-        waits = [k.decode() for k in raw if k.startswith(b"wait:") or k.startswith(b"cancel")]
-        if waits:
-            leftovers.append(f"waits still registered: {waits}")
-        for field in (b"timer", b"sleep_key", b"join_id", b"next_job"):
-            if field in raw:
-                leftovers.append(f"run record keeps {field.decode()}={raw[field].decode()}")
-        if pending:
-            leftovers.append(f"pending set not dropped: {sorted(p.decode() for p in pending)}")
-        if jobs:
-            leftovers.append(f"delayed-jobs set not dropped: {sorted(j.decode() for j in jobs)}")
         return RunSnapshot(
             run_id=run_id,
             pid=track.pid,
@@ -509,7 +425,7 @@ class Torture:
             stack=[k.decode() for k in stack],
             created_ms=int(raw.get(b"created", b"0")),
             ended_ms=int(raw[b"ended"]) if b"ended" in raw else None,
-            leftovers=leftovers,
+            leftovers=run_leftovers(raw, pending, jobs),
         )
 
     async def _stragglers(self) -> None:
@@ -531,14 +447,17 @@ class Torture:
                 if k not in ("event_ids", "join_job", "fn", "app", "q", "created", "started", "output", "error")
                 and not k.startswith(("fence:", "wait:cancel"))
             }
-            jobs = await self._jobs_of(track.run_id)
+            jobs = await jobs_of(self.redis, track.run_id)
             pending_keys: set[bytes] = await self.redis.smembers(keys.pending(track.run_id))  # type: ignore[misc]
             stack_keys: list[bytes] = await self.redis.lrange(keys.stack(track.run_id), 0, -1)  # type: ignore[misc]
             pending = [names.get(p.decode(), p.decode()) for p in pending_keys]
             stack = [names.get(k.decode(), k.decode()) for k in stack_keys]
-            logs = self._log_lines(track.run_id)
-            why = self._diagnose(track, raw, names, pending, stack, jobs, logs)
-            last = self._last_log_time(track.run_id)
+            logs = self.logs().lines(track.run_id)
+            children = [self.tracks.get(f"{track.pid}/{p}") for p in pending if p.startswith("i")]
+            stuck_children = any(c is not None and c.run_id is not None and not c.ended for c in children)
+            missing_children = any(c is not None and c.run_id is None for c in children)
+            why = diagnose(raw, names, pending, stack, jobs, logs, stuck_children, missing_children)
+            last = self.logs().last_invocation(track.run_id)
             if last is not None:
                 lease = self.config.settings.lease_s
                 faults = self.report.faults.around(last - 2, last + lease + 3)
@@ -553,77 +472,11 @@ class Torture:
                 )
             )
 
-    def _diagnose(
-        self,
-        track: Track,
-        raw: dict[str, str],
-        names: dict[str, str],
-        pending: list[str],
-        stack: list[str],
-        jobs: list[str],
-        logs: str,
-    ) -> str:
-        """The likeliest reason a run is stuck, from what it left (a guess to sort failures by)."""
-        if pending and "refused:fenced" in logs:
-            return "a parallel step's result was refused as fenced, so the step stays pending"
-        if "sleep_key" in raw and not names.get(raw["sleep_key"], "s").startswith("s"):
-            step = names.get(raw["sleep_key"], raw["sleep_key"]) or "(the function itself)"
-            return f"a retry scheduled by a sleep's wake-up job took the sleep's place (its timer now names {step})"
-        if "timer" in raw and names.get(raw.get("sleep_key", ""), "?") in stack:
-            step = names[raw["sleep_key"]]
-            return f"its timer waits for sleep {step}, which is already done (a retry scheduled by its wake-up job?)"
-        children = [self.tracks.get(f"{track.pid}/{p}") for p in pending if p.startswith("i")]
-        if any(c is not None and c.run_id is not None and not c.ended for c in children):
-            return "it waits for an invoked child that never ended"
-        if not pending and not jobs and "timer" not in raw and stack and stack[-1].startswith("s"):
-            return "the step after a sleep was lost (its wake-up job ran again and found the sleep done: stale)"
-        if not pending and not jobs and "timer" not in raw:
-            return "nothing is queued, pending or sleeping for it"
-        return "cause unknown"
-
-    async def _jobs_of(self, run_id: str) -> list[str]:
-        assert self.redis is not None
-        out = []
-        for queue in await self._queues():
-            for member, score in await self.redis.zrange(queue, 0, -1, withscores=True):
-                if member.decode().startswith(run_id + ":"):
-                    late = (time.time() * 1000 - score) / 1000
-                    job = await self.redis.exists(keys.ARQ_JOB + member.decode())
-                    out.append(f"{member.decode()} (due {late:+.1f} s ago, job key {'present' if job else 'missing'})")
-        return out
-
-    def _last_log_time(self, run_id: str) -> float | None:
-        self._log_lines(run_id)  # builds the index
-        assert self._logs is not None
-        lines = self._logs.get(run_id, [])
-        stamps = [t for t, _, e in lines if t and e.get("event") == "invocation"] or [t for t, _, _ in lines if t]
-        if not stamps:
-            return None
-        return dt.datetime.fromisoformat(max(stamps).replace("Z", "+00:00")).timestamp()
-
-    async def _queues(self) -> list[bytes]:
-        """The queue zsets (arq keeps a health-check string under the same prefix)."""
-        assert self.redis is not None
-        found = [k async for k in self.redis.scan_iter(match=keys.queue("*"))]
-        return [k for k in found if await self.redis.type(k) == b"zset"]
-
-    def _log_lines(self, run_id: str, limit: int = 8) -> str:
-        """The workers' last log lines about a run."""
+    def logs(self) -> WorkerLogs:
+        """The workers' logs, read once the runs are over."""
         if self._logs is None:
-            self._logs = {}
-            for worker in self.cluster.all_workers():
-                for entry in worker.logs():
-                    rid = entry.get("run_id") or str(entry.get("job_id", "")).split(":")[0]
-                    if rid:
-                        self._logs.setdefault(str(rid), []).append(
-                            (str(entry.get("timestamp", "")), worker.name, entry)
-                        )
-        lines = sorted(self._logs.get(run_id, []), key=lambda x: x[0])
-        drop = ("run_id", "logger", "level", "function")
-        shown = [
-            f"{name}: {json.dumps({k: v for k, v in e.items() if k not in drop})}" for _, name, e in lines[-limit:]
-        ]
-        return "last log lines: " + (" | ".join(shown) if shown else "none")
+            self._logs = WorkerLogs(self.cluster.all_workers())
+        return self._logs
 
     # -- the end ------------------------------------------------------------------------------------
 
@@ -674,7 +527,7 @@ class Torture:
                         )
                     )
             if violations and track.run_id:
-                detail = self._log_lines(track.run_id)
+                detail = self.logs().lines(track.run_id)
                 violations = [
                     dataclasses.replace(v, detail=f"{v.detail}\n    {detail}") if i == 0 else v
                     for i, v in enumerate(violations)
@@ -707,72 +560,10 @@ class Torture:
                             f"invoke {name} is resolved but its child {child.run_id} is {child.status}",
                         )
                     )
-        await self._global_leftovers()
-
-    async def _global_leftovers(self) -> None:
-        """Once every run ended: no job queued, no timer, no wait, no active run (what runs that never
-        ended hold is theirs, already reported)."""
-        assert self.redis is not None
-
-        def others(members: list[str]) -> list[str]:
-            return [m for m in members if not any(m.startswith(r) or f"|{r}|" in m for r in self.stranded)]
-
-        problems = []
-        for queue in await self._queues():
-            members = others([m.decode() for m in await self.redis.zrange(queue, 0, -1)])
-            if members:
-                problems.append(f"{queue.decode()} holds {len(members)} jobs: {members[:5]}")
-        arq_jobs = others(
-            [k.decode().removeprefix(keys.ARQ_JOB) async for k in self.redis.scan_iter(match=keys.ARQ_JOB + "*")]
-        )
-        if arq_jobs:
-            problems.append(f"{len(arq_jobs)} arq job keys remain: {arq_jobs[:5]}")
-        if timers := others([t.decode() for t in await self.redis.zrange(keys.TIMERS, 0, -1)]):
-            problems.append(f"{keys.TIMERS} holds {timers[:5]}")
-        async for key in self.redis.scan_iter(match=keys.waits("*")):
-            members = others([m.decode() for m in await self.redis.hkeys(key)])  # type: ignore[misc]
-            if members:
-                problems.append(f"{key.decode()} still holds waits of ended runs: {members[:5]}")
-        for pattern in (keys.wait_scan("*"), keys.wait_index("*", "*", "*")):
-            async for key in self.redis.scan_iter(match=pattern):
-                members = others([m.decode() for m in await self.redis.smembers(key)])  # type: ignore[misc]
-                if members:
-                    problems.append(f"{key.decode()} still indexes waits of ended runs: {members[:5]}")
-        active = others([a.decode() for a in await self.redis.zrange(keys.RUNS_ACTIVE, 0, -1)])
-        if active:
-            problems.append(f"{keys.RUNS_ACTIVE} lists runs that ended or are unknown: {active[:5]}")
-        for problem in problems:
+        for problem in await global_leftovers(self.redis, self.stranded):
             self.report.violations.append(Violation("leftovers", "-", "-", problem))
 
-    async def _census(self, *, sizes_of_keys: bool = False) -> dict[str, Any]:
-        """Redis memory, keys by kind (the test's own ``torture:`` keys apart) and the indexes' sizes;
-        with ``sizes_of_keys``, the bytes of each kind too (MEMORY USAGE)."""
-        assert self.redis is not None
-        kinds: Counter[str] = Counter()
-        usage: Counter[str] = Counter()
-        async for key in self.redis.scan_iter(count=1000):
-            text = key.decode()
-            if text.startswith("torture:"):
-                if sizes_of_keys:
-                    usage["(the test's torture: keys)"] += int(await self.redis.memory_usage(key) or 0)
-                continue
-            kind = "run keys" if text.startswith("stepq:{") else ":".join(text.split(":")[:2])
-            kinds[kind] += 1
-            if sizes_of_keys:
-                usage[kind] += int(await self.redis.memory_usage(key) or 0)
-        # Redis's own diagnostics are not the runs' memory: the slow log keeps copies of slow commands'
-        # arguments, and each command used gets a latency histogram (tens of KiB) on first use.
-        await self.redis.slowlog_reset()
-        await self.redis.config_resetstat()
-        sizes = {}
-        for index in (keys.RUNS_ACTIVE, keys.RUNS_DONE, keys.EVENTS, keys.TIMERS):
-            sizes[index] = int(await self.redis.zcard(index))
-        info = await self.redis.info("memory")
-        # The dataset: used memory less the server's overhead (client buffers, scripts, the AOF buffer),
-        # which depends on how many connections the fleet holds at the moment, not on the runs.
-        return {"used": int(info["used_memory_dataset"]), "kinds": kinds, "sizes": sizes, "info": info, "usage": usage}
-
-    async def _memory(self, baseline: dict[str, Any]) -> None:
+    async def _memory(self, baseline: memory.Census) -> None:
         """After the last run's retention: no run keys, indexes trimmed, memory back near the baseline."""
         assert self.redis is not None and self.local is not None
         ends = [t.snap.ended_ms for t in self.tracks.values() if t.snap is not None and t.snap.ended_ms]
@@ -795,57 +586,9 @@ class Torture:
         async for key in self.redis.scan_iter(match="torture:*", count=1000):
             await self.redis.delete(key)
         for _ in range(50):  # let Redis's active expiry catch up
-            after = await self._census(sizes_of_keys=True)
-            if after["kinds"]["run keys"] <= 5:  # the probe's own keys
+            after = await memory.census(self.redis, sizes_of_keys=True)
+            if after.kinds["run keys"] <= memory.ALLOWED_KEYS["run keys"]:
                 break
             await asyncio.sleep(0.2)
-        grew = after["used"] - baseline["used"]
-        kinds = after["kinds"] - baseline["kinds"]
-        dedupe = kinds.pop("stepq:dedupe", 0)  # an event id is an idempotency key for 24 h, by design
-        self.report.memory = (
-            f"Redis dataset {baseline['used'] / 1024:.0f} KiB before the runs, {after['used'] / 1024:.0f} KiB after "
-            f"their retention ({grew / 1024:+.0f} KiB, with {dedupe} idempotency keys that live 24 h; used_memory "
-            f"{baseline['info']['used_memory'] / 1024:.0f} -> {after['info']['used_memory'] / 1024:.0f} KiB)"
-        )
-        # What the probe run itself holds, and per-name bookkeeping bounded by the event names in use.
-        allowed = {
-            "run keys": 5,
-            "stepq:event": 1,
-            "stepq:recent": 2,
-            "stepq:waitpaths": 8,
-            "stepq:events": 1,
-            "stepq:runs": 2,
-        }
-        leftover = {k: n for k, n in kinds.items() if n > allowed.get(k, 0)}
-        if leftover:
-            self.report.violations.append(Violation("memory", "-", "-", f"keys left after the retention: {leftover}"))
-        for index, size in after["sizes"].items():
-            if size > 1:
-                self.report.violations.append(
-                    Violation("memory", "-", "-", f"{index} still lists {size} entries after the retention")
-                )
-        # Each run leaves its 24-hour idempotency key (about 150 bytes); nothing else may stay.
-        allowed_bytes = 64 * 1024 + 200 * self.report.tally.runs
-        if grew > allowed_bytes:
-            self.report.violations.append(
-                Violation(
-                    "memory",
-                    "-",
-                    "-",
-                    f"Redis memory grew by {grew / 1024:.0f} KiB over the baseline "
-                    f"(allowed {allowed_bytes / 1024:.0f} KiB): keys {dict(after['kinds'])}, "
-                    f"bytes {dict(after['usage'])}",
-                )
-            )
-
-    def _notable(self) -> Counter[str]:
-        counts: Counter[str] = Counter()
-        for worker in self.cluster.all_workers():
-            for entry in worker.logs():
-                if entry.get("event") in NOTABLE:
-                    counts[str(entry["event"])] += 1
-        return counts
-
-
-def shape(program: Program) -> str:
-    return describe(program["ops"])
+        self.report.memory, problems = memory.verdict(baseline, after, self.report.tally.runs)
+        self.report.violations += [Violation("memory", "-", "-", problem) for problem in problems]

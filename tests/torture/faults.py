@@ -32,6 +32,9 @@ class FaultPlan:
     hard_restarts: bool = False
     #: SIGKILL the worker running a step whose op says ``kill`` (see ``program``).
     targeted_kills: bool = True
+    #: At most one kill (scheduled or targeted) per this many seconds: each replacement worker costs
+    #: a second or two of CPU, and more would turn the test into an overload test on two cores.
+    min_kill_gap_s: float = 2.0
 
     @classmethod
     def repeating(
@@ -87,6 +90,7 @@ class Faults:
         self.plan = plan
         self.log = FaultLog()
         self._began = time.monotonic()
+        self._last_kill = -1e9
 
     def _at(self) -> float:
         return round(time.monotonic() - self._began, 1)
@@ -131,11 +135,14 @@ class Faults:
         if not ready:
             return None
         victim = self.rng.choice(ready)
-        self.kill(victim)
-        return victim
+        return victim if self.kill(victim) else None
 
-    def kill(self, victim: Worker, why: str = "") -> None:
-        """SIGKILL a worker and start its replacement (not waited for: faults come on schedule)."""
+    def kill(self, victim: Worker, why: str = "") -> bool:
+        """SIGKILL a worker and start its replacement (not waited for: faults come on schedule).
+        False (and no kill) within ``min_kill_gap_s`` of the last one."""
+        if time.monotonic() - self._last_kill < self.plan.min_kill_gap_s:
+            return False
+        self._last_kill = time.monotonic()
         victim.killed = True
         victim.proc.kill()
         victim.proc.wait(timeout=10)
@@ -143,6 +150,7 @@ class Faults:
         self.log.note(f"SIGKILL {victim.name}{f' ({why})' if why else ''}")
         self.cluster.retire(victim)
         self.cluster.add_worker(http=victim.http)
+        return True
 
     def worker_running(self, os_pid: int, http: bool) -> Worker | None:
         """The worker that runs a step whose handler ran in process ``os_pid``: that worker, or for a

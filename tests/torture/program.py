@@ -318,7 +318,7 @@ class Generator:
         }
         if rng.random() < 0.04:
             op["ms"] = rng.choice([600, 1200])  # long enough that kills land inside it
-        if rng.random() < 0.03 and self._allowed("kill"):
+        if rng.random() < 0.015 and self._allowed("kill"):
             op["ms"], op["kill"] = max(op["ms"], 600), True  # long enough for the driver to see it run
         roll = rng.random()
         if not self._allowed("fail"):
