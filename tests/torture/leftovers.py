@@ -110,7 +110,7 @@ def diagnose(
     if missing_children:
         return "it waits for an invoked child that was never created"
     if not pending and not jobs and "timer" not in raw and "next_job" in raw and "refused:fenced" in logs:
-        return "its next job vanished after a write of it was refused as fenced (the job was ended by a worker that had lost it)"
+        return "its next job vanished after a write was refused as fenced (ended by a worker that had lost it?)"
     if not pending and not jobs and "timer" not in raw and stack and stack[-1].startswith("s"):
         return "the step after a sleep was lost (its wake-up job ran again and found the sleep done: stale)"
     if not pending and not jobs and "timer" not in raw:
