@@ -219,18 +219,9 @@ class Executor:
             failures = job.attempt + 1
             if result.retriable and failures < fn.max_attempts:
                 delay = result.retry_after or fn.backoff.delay(failures)
-                retry = _retry_job(job, run)
-                outcome = await self.store.schedule(
-                    run,
-                    retry,
-                    due_ms=now_ms() + _ms(delay),
-                    status="",
-                    # a planned step's retry is that step's: it must still be pending
-                    key=job.step_key or "",
-                    attempts=failures,
-                    error_message=_describe(result.error),
-                )
-                return None, await self._settle(job, run, "function-error-retry", outcome)
+                # a planned step's retry is that step's: it must still be pending
+                retried = await self._retry(job, run, delay, key=job.step_key or "", error=result.error)
+                return None, await self._settle(job, run, "function-error-retry", retried)
             return None, await self._finish(run, "failed", error=result.error)
         ops = result.opcodes
         if len(ops) == 1 and ops[0].op in (Op.STEP_RUN, Op.STEP_FAILED, Op.STEP_ERROR):
@@ -248,21 +239,11 @@ class Executor:
             # the step failed for good, and its error is memoized like a StepFailed.
             op = dataclasses.replace(op, op=Op.STEP_FAILED)
         if op.op is Op.STEP_ERROR:
-            failures = job.attempt + 1
-            delay = result.retry_after or backoff.delay(failures)
-            retry = _retry_job(job, run)
-            outcome = await self.store.schedule(
-                run,
-                retry,
-                due_ms=now_ms() + _ms(delay),
-                status="",
-                key=op.id,
-                name=op.step_id,
-                attempts=failures,
-                error_message=_describe(op.error or {}),
-                executed=True,
+            delay = result.retry_after or backoff.delay(job.attempt + 1)
+            retried = await self._retry(
+                job, run, delay, key=op.id, name=op.step_id, error=op.error or {}, executed=True
             )
-            return await self._settle(job, run, "step-error-retry", outcome)
+            return await self._settle(job, run, "step-error-retry", retried)
         value = memo_data(op.data) if op.op is Op.STEP_RUN else memo_error(op.error or {})
         label = "step-ok" if op.op is Op.STEP_RUN else "step-failed"
         if job.kind is JobKind.PLANNED:
@@ -286,6 +267,31 @@ class Executor:
                 self.on_next_job()
             await lifecycle.runs_failed(self.ingest, written.ended)
         return await self._settle(job, run, label, written.outcome)
+
+    async def _retry(
+        self,
+        job: JobSpec,
+        run: LoadedRun,
+        delay: dt.timedelta,
+        *,
+        key: str,
+        error: dict[str, Any],
+        name: str = "",
+        executed: bool = False,
+    ) -> Outcome:
+        """Schedule the attempt after ``job``'s failed one, ``delay`` from now, recording the error
+        on step ``key`` (if any); ``executed``: the step's code ran and failed."""
+        return await self.store.schedule(
+            run,
+            _retry_job(job, run),
+            due_ms=now_ms() + _ms(delay),
+            status="",
+            key=key,
+            name=name,
+            attempts=job.attempt + 1,
+            error_message=_describe(error),
+            executed=executed,
+        )
 
     async def _settle(self, job: JobSpec, run: LoadedRun, label: str, outcome: Outcome) -> str:
         """The log label of a write's outcome; a refusal that may have left the run with nothing to
