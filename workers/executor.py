@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from arq.worker import Retry
 
-from runtime import lifecycle, matching, waits
+from runtime import keys, lifecycle, matching, waits
 from runtime.answers import check_answer, wake_time
 from runtime.ingest import Ingest
 from runtime.jobs import JobKind, JobSpec
@@ -116,6 +116,9 @@ class Executor:
             return
         if job.kind is JobKind.TIMER:
             await self._fire_timer(job)
+            return
+        if job.kind is JobKind.INVOKE:
+            await self._start_child(job)
             return
         if job.kind is JobKind.DEADLINE:
             cancelled = await lifecycle.cancel(
@@ -324,7 +327,7 @@ class Executor:
         trigger = run.events[0].to_dict()
         pending: list[PendingStep] = []
         wait_records: list[waits.WaitRecord] = []
-        invokes: list[Opcode] = []
+        invoking = False
         for op in ops:
             # runtime.answers let through only these kinds here
             if op.op is Op.STEP_PLANNED:
@@ -349,19 +352,21 @@ class Executor:
                 timer = JobSpec(
                     run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id, value=memo_error(INVOKE_TIMEOUT_ERROR)
                 )
-                pending.append(PendingStep(op.id, op.step_id, timer, at + _ms(timeout)))
-                invokes.append(op)
+                # The child is created by a job enqueued with the fan-out, so a crash right after
+                # the fan-out cannot leave the step waiting for a child that was never started.
+                child = {"function_id": opts["function_id"], "payload": opts.get("payload") or {}, "name": op.step_id}
+                start = JobSpec(run.run_id, run.position, kind=JobKind.INVOKE, step_key=op.id, value=child)
+                pending.append(PendingStep(op.id, op.step_id, timer, at + _ms(timeout), start=start))
+                invoking = True
         status = (
-            "waiting" if wait_records or invokes else ("sleeping" if all(o.op is Op.SLEEP for o in ops) else "running")
+            "waiting" if wait_records or invoking else ("sleeping" if all(o.op is Op.SLEEP for o in ops) else "running")
         )
         join = JobSpec(run.run_id, run.position + len(ops))
         outcome = await self.store.fan_out(run, pending, join=join, status=status)
         if outcome is not Outcome.OK:
             return await self._settle(job, run, "fan-out", outcome)
-        if any(op.op is Op.STEP_PLANNED for op in ops):
+        if invoking or any(op.op is Op.STEP_PLANNED for op in ops):
             self.on_next_job()
-        for op in invokes:
-            await self._start_child(run, op)
         for record in wait_records:
             # An event that arrived after this invocation began but before the wait was registered
             # was not matched at ingest: look back for it now.
@@ -369,32 +374,40 @@ class Executor:
                 self.on_next_job()
         return f"fan-out:{len(ops)}"
 
-    async def _start_child(self, run: LoadedRun, op: Opcode) -> None:
-        opts = op.opts or {}
-        slug = str(opts.get("function_id", ""))
+    async def _start_child(self, job: JobSpec) -> None:
+        """An INVOKE job: create the child run of a pending invoke step (at most once: the child's
+        dedupe key is the parent's run and step), or resolve the step with FunctionNotFound."""
+        assert job.step_key is not None and isinstance(job.value, dict)
+        if not await self.store.redis.sismember(keys.pending(job.run_id), job.step_key):  # type: ignore[misc]
+            log.info("invoke.skipped", run_id=job.run_id, step_key=job.step_key, detail="the step is no longer pending")
+            return
+        slug, payload = str(job.value.get("function_id", "")), job.value.get("payload") or {}
         record = await self.registry.get(slug)
         if record is None:
             error = {"name": "FunctionNotFound", "message": f"invoke: no function {slug!r} is registered", "stack": ""}
-            await self._resolved(await self.store.resolve(run.run_id, op.id, memo_error(error), name=op.step_id))
+            name = str(job.value.get("name") or "")
+            await self._resolved(await self.store.resolve(job.run_id, job.step_key, memo_error(error), name=name))
             return
-        payload = opts.get("payload") or {}
         event = Event(
             name="inngest/function.invoked",
             data=dict(payload.get("data") or {}),
-            id=f"{run.run_id}.{op.id}",
+            id=f"{job.run_id}.{job.step_key}",
             ts=now_ms(),
             v=payload.get("v"),
         )
-        await self.store.create_run(
+        created, _ = await self.store.create_run(
             run_id=new_ulid(),
             fn_slug=record.slug,
             app_id=record.app_id,
             queue_id=record.config.get("queue") or record.app_id,
             events=[event],
             dedupe_key=event.id,
-            parent=f"{run.run_id}|{op.id}",
+            parent=f"{job.run_id}|{job.step_key}",
             limits=self.store.function_limits(record.config),
         )
+        if created:
+            self.on_next_job()  # the child's first job is due now (if it is on this worker's queue)
+        log.info("invoke.started", run_id=job.run_id, step_key=job.step_key, function=slug, created=bool(created))
 
     async def _finish(self, run: LoadedRun, status: str, *, output: Any = None, error: Any = None) -> str:
         written = await self.store.finish(
