@@ -78,6 +78,7 @@ from runtime.registry import FunctionOwnedError, Registry
 from runtime.store import RunStore
 from sdk.errors import FunctionConfigError, InvalidEventError
 from sdk.event import MAX_EVENT_DEPTH, Event
+from sdk.jsonvalue import json_type
 from sdk.signing import bearer_matches
 
 #: Inngest's ``MaxEvents``: events per request.
@@ -391,7 +392,7 @@ def _parse_events(body: bytes, max_event_bytes: int) -> list[Event]:
         items = raw
         where = [f"events[{i}]" for i in range(len(items))]
     else:
-        raise _Refused(400, f"body: expected an event object or a list of events, got {_json_type(raw)}")
+        raise _Refused(400, f"body: expected an event object or a list of events, got {json_type(raw)}")
     if not items:
         raise _Refused(400, "body: the list of events is empty")
     if len(items) > MAX_EVENTS:
@@ -416,18 +417,6 @@ def _parse_events(body: bytes, max_event_bytes: int) -> list[Event]:
             raise _Refused(400, f"{label}.name: names starting with 'inngest/' or 'stepq/' are reserved")
         events.append(event)
     return events
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return type(value).__name__
 
 
 class ApiServer:

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from runtime import keys
 from sdk.durations import to_timedelta
 from sdk.errors import FunctionConfigError
-from sdk.jsonvalue import NotJSONError, check_json
+from sdk.jsonvalue import NotJSONError, check_json, json_type
 
 MAX_TRIGGERS = 10
 MAX_RETRIES = 20
@@ -131,7 +131,7 @@ def _optional(raw: dict[str, Any], field: str, types: tuple[type, ...], where: s
         return None
     if isinstance(value, bool) or not isinstance(value, types):
         expected = " or ".join(_TYPE_NAMES[t] for t in types)
-        raise FunctionConfigError(f"{where}.{field}: expected {expected}, got {_json_type(value)}")
+        raise FunctionConfigError(f"{where}.{field}: expected {expected}, got {json_type(value)}")
     return value
 
 
@@ -151,20 +151,6 @@ def _retries(raw: dict[str, Any], step: dict[str, Any], where: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
             raise FunctionConfigError(f"{field}: an integer from 0 to {MAX_RETRIES}, got {_shown(value)}")
     return int(found[0][0]) if found else 4
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _shown(value: Any) -> str:

@@ -26,6 +26,7 @@ class JobKind(enum.StrEnum):
     PLANNED = "planned"  # run one planned (parallel) step
     TIMER = "timer"  # resolve a pending step with a value: a wait's or invoke's timeout, a parallel sleep
     DEADLINE = "deadline"  # cancel the run if it has not finished (Timeouts.finish)
+    INVOKE = "invoke"  # start the child run of a pending invoke step (value: function id and payload)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -50,6 +51,8 @@ class JobSpec:
             return f"{self.run_id}:s{self.step_key}:timer"
         if self.kind is JobKind.DEADLINE:
             return f"{self.run_id}:deadline"
+        if self.kind is JobKind.INVOKE:
+            return f"{self.run_id}:s{self.step_key}:invoke"
         return f"{self.run_id}:p{self.position}:a{self.attempt}"
 
     def to_payload(self) -> dict[str, Any]:
@@ -73,7 +76,7 @@ class JobSpec:
         if not isinstance(run_id, str) or not isinstance(position, int) or not isinstance(attempt, int):
             raise ValueError(f"job payload {raw!r} has fields of the wrong type")
         step_key = raw.get("s")
-        if kind in (JobKind.WAKE, JobKind.PLANNED, JobKind.TIMER) and not isinstance(step_key, str):
+        if kind in (JobKind.WAKE, JobKind.PLANNED, JobKind.TIMER, JobKind.INVOKE) and not isinstance(step_key, str):
             raise ValueError(f"job payload {raw!r} needs a step key for a {kind.value} job")
         return cls(run_id, position, attempt, kind, step_key if isinstance(step_key, str) else None, raw.get("v"))
 

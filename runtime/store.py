@@ -129,13 +129,15 @@ class LoadRefused:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PendingStep:
-    """One step of a fan-out: the job that will resolve it (if any) and its wait (if any)."""
+    """One step of a fan-out: the job that will resolve it (if any, due at ``due_ms``), its wait (if
+    any), and a job to run at once (``start``: an invoke's, which creates the child run)."""
 
     key: str
     name: str
     job: JobSpec | None = None
     due_ms: int = 0
     wait: Registration | None = None
+    start: JobSpec | None = None
 
 
 class RunStore:
@@ -413,8 +415,7 @@ class RunStore:
             len(steps),
         ]
         for step in steps:
-            job = step.job
-            wait = step.wait
+            job, wait, start = step.job, step.wait, step.start
             args += [
                 step.key,
                 step.name,
@@ -422,6 +423,8 @@ class RunStore:
                 job.encode(at) if job else "",
                 step.due_ms or at,
                 *(wait.args() if wait else ["", "", "", "", ""]),
+                start.job_id if start else "",
+                start.encode(at) if start else "",
             ]
         reply = await self.scripts.call(
             "fan_out",

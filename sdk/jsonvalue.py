@@ -102,3 +102,21 @@ def _check(value: Any, path: str, depth: int, limit: int) -> JSON:
     raise NotJSONError(
         path, f"{type(value).__name__} is not JSON-compatible (use dict, list, str, int, float, bool or None)"
     )
+
+
+def json_type(value: Any) -> str:
+    """What a decoded JSON value is, for error messages: "null", "a boolean", "a number", "a string",
+    "a list", "an object" (else the Python type's name)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__

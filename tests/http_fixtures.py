@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis as sync_redis
@@ -159,6 +160,34 @@ class Stack:
     def stop(self) -> None:
         for service in self.services():
             service.stop()
+
+
+def served_function(
+    app_id: str, name: str, app_url: str, *, event: str, retries: int = 1, backoff: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """One function of a register payload (Inngest's shape), served at ``app_url?fnId=<app>-<name>``."""
+    slug = f"{app_id}-{name}"
+    function: dict[str, Any] = {
+        "id": slug,
+        "name": name,
+        "triggers": [{"event": event}],
+        "steps": {
+            "step": {
+                "id": "step",
+                "name": "step",
+                "runtime": {"type": "http", "url": f"{app_url}?fnId={slug}&stepId=step"},
+                "retries": {"attempts": retries},
+            }
+        },
+    }
+    if backoff is not None:
+        function["backoff"] = backoff
+    return function
+
+
+def register_payload(app_url: str, app_id: str, functions: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``POST /fn/register`` takes from an app (what its sync sends)."""
+    return {"url": app_url, "appName": app_id, "sdk": "py:v0.0.0", "framework": "starlette", "functions": functions}
 
 
 def stepq_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

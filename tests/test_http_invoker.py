@@ -30,6 +30,8 @@ from tests.http_fixtures import (
     Service,
     Stack,
     flush_test_db,
+    register_payload,
+    served_function,
     start_api,
     start_asgi_app,
     start_http_worker,
@@ -47,28 +49,12 @@ def fn(name: str) -> str:
     return f"{APP_ID}-{name}"
 
 
-def register_payload(
-    app_url: str, app_id: str = APP_ID, functions: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    if functions is None:
-        functions = [
-            {
-                "id": fn(name),
-                "name": name,
-                "triggers": [{"event": f"bad/{name}"}],
-                "steps": {
-                    "step": {
-                        "id": "step",
-                        "name": "step",
-                        "runtime": {"type": "http", "url": f"{app_url}?fnId={fn(name)}&stepId=step"},
-                        "retries": {"attempts": RETRIES.get(name, 1)},
-                    }
-                },
-                "backoff": FAST_BACKOFF,
-            }
-            for name in BEHAVIOURS
-        ]
-    return {"url": app_url, "appName": app_id, "sdk": "py:v0.0.0", "framework": "starlette", "functions": functions}
+def bad_payload(app_url: str) -> dict[str, Any]:
+    functions = [
+        served_function(APP_ID, name, app_url, event=f"bad/{name}", retries=RETRIES.get(name, 1), backoff=FAST_BACKOFF)
+        for name in BEHAVIOURS
+    ]
+    return register_payload(app_url, APP_ID, functions)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +70,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         app = start_asgi_app("tests.apps.bad_http:app", directory)
         started.append(app)
         stack = Stack(api, worker, app, directory)
-        response = httpx.post(f"{stack.api_url}/fn/register", json=register_payload(str(app.url)), timeout=30)  # type: ignore[attr-defined]
+        response = httpx.post(f"{stack.api_url}/fn/register", json=bad_payload(str(app.url)), timeout=30)  # type: ignore[attr-defined]
         assert response.status_code == 200, response.text
         assert response.json()["ok"] is True
         yield stack
@@ -339,7 +325,7 @@ def one_function(**changes: Any) -> dict[str, Any]:
 async def test_register_refuses_an_invalid_config_naming_the_field(
     stack: Stack, db: Redis, changes: dict[str, Any], field: str
 ) -> None:
-    payload = register_payload("http://127.0.0.1:9/api/inngest", app_id="invalid", functions=[one_function(**changes)])
+    payload = register_payload("http://127.0.0.1:9/api/inngest", "invalid", [one_function(**changes)])
     async with httpx.AsyncClient(timeout=30) as http:
         response = await http.post(f"{stack.api_url}/fn/register", json=payload)
     assert response.status_code == 400, response.text

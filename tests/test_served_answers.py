@@ -27,7 +27,16 @@ from runtime.connection import connect
 from runtime.queries import RunView, get_run
 from tests.apps.liar_http import APP_ID, BEHAVIOURS, MALFORMED, key
 from tests.helpers import REDIS_URL, run_ids_for_event, run_memo, run_stack, wait_for_run, wait_for_runs
-from tests.http_fixtures import Service, Stack, flush_test_db, start_api, start_asgi_app, start_http_worker
+from tests.http_fixtures import (
+    Service,
+    Stack,
+    flush_test_db,
+    register_payload,
+    served_function,
+    start_api,
+    start_asgi_app,
+    start_http_worker,
+)
 
 #: Attempts per liar function: one retry, quickly.
 RETRIES = 1
@@ -39,25 +48,12 @@ def fn(name: str) -> str:
     return f"{APP_ID}-{name}"
 
 
-def register_payload(app_url: str) -> dict[str, Any]:
+def liar_payload(app_url: str) -> dict[str, Any]:
     functions = [
-        {
-            "id": fn(name),
-            "name": name,
-            "triggers": [{"event": f"liar/{name}"}],
-            "steps": {
-                "step": {
-                    "id": "step",
-                    "name": "step",
-                    "runtime": {"type": "http", "url": f"{app_url}?fnId={fn(name)}&stepId=step"},
-                    "retries": {"attempts": RETRIES},
-                }
-            },
-            "backoff": FAST_BACKOFF,
-        }
+        served_function(APP_ID, name, app_url, event=f"liar/{name}", retries=RETRIES, backoff=FAST_BACKOFF)
         for name in BEHAVIOURS
     ]
-    return {"url": app_url, "appName": APP_ID, "sdk": "py:v0.0.0", "framework": "starlette", "functions": functions}
+    return register_payload(app_url, APP_ID, functions)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         started.append(served)
         stack = Stack(api, worker, liar, directory)
-        registered = httpx.post(f"{stack.api_url}/fn/register", json=register_payload(str(liar.url)), timeout=30)  # type: ignore[attr-defined]
+        registered = httpx.post(f"{stack.api_url}/fn/register", json=liar_payload(str(liar.url)), timeout=30)  # type: ignore[attr-defined]
         assert registered.status_code == 200, registered.text
         synced = httpx.put(str(served.url), timeout=30)  # type: ignore[attr-defined]
         assert synced.status_code == 200, synced.text

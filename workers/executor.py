@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from arq.worker import Retry
 
-from runtime import lifecycle, matching, waits
+from runtime import keys, lifecycle, matching, waits
 from runtime.answers import check_answer, wake_time
 from runtime.ingest import Ingest
 from runtime.jobs import JobKind, JobSpec
@@ -116,6 +116,9 @@ class Executor:
             return
         if job.kind is JobKind.TIMER:
             await self._fire_timer(job)
+            return
+        if job.kind is JobKind.INVOKE:
+            await self._start_child(job)
             return
         if job.kind is JobKind.DEADLINE:
             cancelled = await lifecycle.cancel(
@@ -219,18 +222,9 @@ class Executor:
             failures = job.attempt + 1
             if result.retriable and failures < fn.max_attempts:
                 delay = result.retry_after or fn.backoff.delay(failures)
-                retry = _retry_job(job, run)
-                outcome = await self.store.schedule(
-                    run,
-                    retry,
-                    due_ms=now_ms() + _ms(delay),
-                    status="",
-                    # a planned step's retry is that step's: it must still be pending
-                    key=job.step_key or "",
-                    attempts=failures,
-                    error_message=_describe(result.error),
-                )
-                return None, await self._settle(job, run, "function-error-retry", outcome)
+                # a planned step's retry is that step's: it must still be pending
+                retried = await self._retry(job, run, delay, key=job.step_key or "", error=result.error)
+                return None, await self._settle(job, run, "function-error-retry", retried)
             return None, await self._finish(run, "failed", error=result.error)
         ops = result.opcodes
         if len(ops) == 1 and ops[0].op in (Op.STEP_RUN, Op.STEP_FAILED, Op.STEP_ERROR):
@@ -248,21 +242,11 @@ class Executor:
             # the step failed for good, and its error is memoized like a StepFailed.
             op = dataclasses.replace(op, op=Op.STEP_FAILED)
         if op.op is Op.STEP_ERROR:
-            failures = job.attempt + 1
-            delay = result.retry_after or backoff.delay(failures)
-            retry = _retry_job(job, run)
-            outcome = await self.store.schedule(
-                run,
-                retry,
-                due_ms=now_ms() + _ms(delay),
-                status="",
-                key=op.id,
-                name=op.step_id,
-                attempts=failures,
-                error_message=_describe(op.error or {}),
-                executed=True,
+            delay = result.retry_after or backoff.delay(job.attempt + 1)
+            retried = await self._retry(
+                job, run, delay, key=op.id, name=op.step_id, error=op.error or {}, executed=True
             )
-            return await self._settle(job, run, "step-error-retry", outcome)
+            return await self._settle(job, run, "step-error-retry", retried)
         value = memo_data(op.data) if op.op is Op.STEP_RUN else memo_error(op.error or {})
         label = "step-ok" if op.op is Op.STEP_RUN else "step-failed"
         if job.kind is JobKind.PLANNED:
@@ -286,6 +270,31 @@ class Executor:
                 self.on_next_job()
             await lifecycle.runs_failed(self.ingest, written.ended)
         return await self._settle(job, run, label, written.outcome)
+
+    async def _retry(
+        self,
+        job: JobSpec,
+        run: LoadedRun,
+        delay: dt.timedelta,
+        *,
+        key: str,
+        error: dict[str, Any],
+        name: str = "",
+        executed: bool = False,
+    ) -> Outcome:
+        """Schedule the attempt after ``job``'s failed one, ``delay`` from now, recording the error
+        on step ``key`` (if any); ``executed``: the step's code ran and failed."""
+        return await self.store.schedule(
+            run,
+            _retry_job(job, run),
+            due_ms=now_ms() + _ms(delay),
+            status="",
+            key=key,
+            name=name,
+            attempts=job.attempt + 1,
+            error_message=_describe(error),
+            executed=executed,
+        )
 
     async def _settle(self, job: JobSpec, run: LoadedRun, label: str, outcome: Outcome) -> str:
         """The log label of a write's outcome; a refusal that may have left the run with nothing to
@@ -318,7 +327,7 @@ class Executor:
         trigger = run.events[0].to_dict()
         pending: list[PendingStep] = []
         wait_records: list[waits.WaitRecord] = []
-        invokes: list[Opcode] = []
+        invoking = False
         for op in ops:
             # runtime.answers let through only these kinds here
             if op.op is Op.STEP_PLANNED:
@@ -343,19 +352,21 @@ class Executor:
                 timer = JobSpec(
                     run.run_id, run.position, kind=JobKind.TIMER, step_key=op.id, value=memo_error(INVOKE_TIMEOUT_ERROR)
                 )
-                pending.append(PendingStep(op.id, op.step_id, timer, at + _ms(timeout)))
-                invokes.append(op)
+                # The child is created by a job enqueued with the fan-out, so a crash right after
+                # the fan-out cannot leave the step waiting for a child that was never started.
+                child = {"function_id": opts["function_id"], "payload": opts.get("payload") or {}, "name": op.step_id}
+                start = JobSpec(run.run_id, run.position, kind=JobKind.INVOKE, step_key=op.id, value=child)
+                pending.append(PendingStep(op.id, op.step_id, timer, at + _ms(timeout), start=start))
+                invoking = True
         status = (
-            "waiting" if wait_records or invokes else ("sleeping" if all(o.op is Op.SLEEP for o in ops) else "running")
+            "waiting" if wait_records or invoking else ("sleeping" if all(o.op is Op.SLEEP for o in ops) else "running")
         )
         join = JobSpec(run.run_id, run.position + len(ops))
         outcome = await self.store.fan_out(run, pending, join=join, status=status)
         if outcome is not Outcome.OK:
             return await self._settle(job, run, "fan-out", outcome)
-        if any(op.op is Op.STEP_PLANNED for op in ops):
+        if invoking or any(op.op is Op.STEP_PLANNED for op in ops):
             self.on_next_job()
-        for op in invokes:
-            await self._start_child(run, op)
         for record in wait_records:
             # An event that arrived after this invocation began but before the wait was registered
             # was not matched at ingest: look back for it now.
@@ -363,32 +374,40 @@ class Executor:
                 self.on_next_job()
         return f"fan-out:{len(ops)}"
 
-    async def _start_child(self, run: LoadedRun, op: Opcode) -> None:
-        opts = op.opts or {}
-        slug = str(opts.get("function_id", ""))
+    async def _start_child(self, job: JobSpec) -> None:
+        """An INVOKE job: create the child run of a pending invoke step (at most once: the child's
+        dedupe key is the parent's run and step), or resolve the step with FunctionNotFound."""
+        assert job.step_key is not None and isinstance(job.value, dict)
+        if not await self.store.redis.sismember(keys.pending(job.run_id), job.step_key):  # type: ignore[misc]
+            log.info("invoke.skipped", run_id=job.run_id, step_key=job.step_key, detail="the step is no longer pending")
+            return
+        slug, payload = str(job.value.get("function_id", "")), job.value.get("payload") or {}
         record = await self.registry.get(slug)
         if record is None:
             error = {"name": "FunctionNotFound", "message": f"invoke: no function {slug!r} is registered", "stack": ""}
-            await self._resolved(await self.store.resolve(run.run_id, op.id, memo_error(error), name=op.step_id))
+            name = str(job.value.get("name") or "")
+            await self._resolved(await self.store.resolve(job.run_id, job.step_key, memo_error(error), name=name))
             return
-        payload = opts.get("payload") or {}
         event = Event(
             name="inngest/function.invoked",
             data=dict(payload.get("data") or {}),
-            id=f"{run.run_id}.{op.id}",
+            id=f"{job.run_id}.{job.step_key}",
             ts=now_ms(),
             v=payload.get("v"),
         )
-        await self.store.create_run(
+        created, _ = await self.store.create_run(
             run_id=new_ulid(),
             fn_slug=record.slug,
             app_id=record.app_id,
             queue_id=record.config.get("queue") or record.app_id,
             events=[event],
             dedupe_key=event.id,
-            parent=f"{run.run_id}|{op.id}",
+            parent=f"{job.run_id}|{job.step_key}",
             limits=self.store.function_limits(record.config),
         )
+        if created:
+            self.on_next_job()  # the child's first job is due now (if it is on this worker's queue)
+        log.info("invoke.started", run_id=job.run_id, step_key=job.step_key, function=slug, created=bool(created))
 
     async def _finish(self, run: LoadedRun, status: str, *, output: Any = None, error: Any = None) -> str:
         written = await self.store.finish(

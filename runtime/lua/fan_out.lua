@@ -2,8 +2,9 @@
 -- jobs that will resolve them and the job that will run once they all have (the join).
 -- KEYS: run, stack, pending, steps, jobs
 -- ARGV: fence_field, fence, position, join_id, join_payload, queue_key, now_ms, status, n_ops,
---       then per op (10): key, name, job_id, payload, score, wait_hash, wait_set, wait_member,
---                         wait_record, paths_key/path as 'paths_key\npath' or ''
+--       then per op (12): key, name, job_id, payload, score, wait_hash, wait_set, wait_member,
+--                         wait_record, paths_key/path as 'paths_key\npath' or '', start_job_id,
+--                         start_payload (a job due now besides the step's own: an invoke's child)
 local why = refuse(KEYS[1], ARGV[1], ARGV[2])
 if why then
   return why
@@ -39,6 +40,11 @@ for _ = 1, tonumber(ARGV[9]) do
     end
     register_wait(KEYS[1], 'wait:' .. key, ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8], paths_key, path)
   end
-  i = i + 10
+  local start_id = ARGV[i + 10]
+  if start_id ~= '' then
+    enqueue('arq:job:' .. start_id, 'arq:result:' .. start_id, ARGV[6], ARGV[i + 11], now, JOB_TTL_MS)
+    redis.call('SADD', KEYS[5], start_id)
+  end
+  i = i + 12
 end
 return 'ok'
