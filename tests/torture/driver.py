@@ -456,7 +456,10 @@ class Torture:
             children = [self.tracks.get(f"{track.pid}/{p}") for p in pending if p.startswith("i")]
             stuck_children = any(c is not None and c.run_id is not None and not c.ended for c in children)
             missing_children = any(c is not None and c.run_id is None for c in children)
-            why = diagnose(raw, names, pending, stack, jobs, logs, stuck_children, missing_children)
+            # a timeout's job outlives its wait or invoke until the run ends: it moves nothing
+            done = {k.decode() for k in stack_keys}
+            live = [j for j in jobs if not any(f":s{key}:timer" in j for key in done)]
+            why = diagnose(raw, names, pending, stack, live, logs, stuck_children, missing_children)
             last = self.logs().last_invocation(track.run_id)
             if last is not None:
                 lease = self.config.settings.lease_s
