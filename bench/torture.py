@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     focused = bool(only or args.program)  # a few programs, sent at once
     config = Config(
         seed=seed,
-        runs=max(int(p.split("/")[0][1:]) for p in only) + 1 if only else max(1, int(span * args.rate)),
+        runs=max([int(p[1:].split("/")[0]) + 1 for p in only if p[0] == "p" and p[1:2].isdigit()] or [1])
+        if only
+        else max(1, int(span * args.rate)),
         send_over_s=1.0 if focused else span,
         settings=Settings(retention_s=args.retention),
         faults=faults,

@@ -147,14 +147,15 @@ class Torture:
         programs = Generator(self.config.seed, self.config.mix).programs(self.config.runs)
         if self.config.explicit:
             programs = explicit_programs(self.config.explicit, "x")
-        elif self.config.known_shapes and not self.config.only:
+        elif self.config.known_shapes:
             # spread among the generated ones, so that they meet the faults too
             known = explicit_programs(KNOWN_SHAPES, "k")
             step = max(1, len(programs) // (len(known) + 1))
             for i, program in enumerate(known):
                 programs.insert(min(len(programs), (i + 1) * step + i), program)
         if self.config.only:
-            programs = [p for p in programs if p["pid"] in self.config.only]
+            wanted = {pid.split("/")[0] for pid in self.config.only}  # a child's program comes with its parent's
+            programs = [p for p in programs if p["pid"] in wanted]
         for program in programs:
             self.tracks[program["pid"]] = Track(program["pid"], program, True, actions_of(program))
             self.report.programs[program["pid"]] = program
