@@ -20,9 +20,11 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 import sdk
@@ -292,42 +294,79 @@ async def test_a_step_run_twice_after_a_lost_lease_shows_two_executions_and_one_
     assert as_json["duplicate_executions"] == 1
 
 
-async def test_a_worker_that_lost_its_lease_leaves_the_job_to_the_worker_that_took_it_over(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+def _starts(marks: Path) -> list[int]:
+    """The pids that began an execution of the crash app's slow step, in order."""
+    text = marks.read_text() if marks.exists() else ""
+    return [int(line.split()[1]) for line in text.splitlines() if line.startswith("start ")]
+
+
+async def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("order", ["resume-then-kill", "kill-then-resume"])
+async def test_a_worker_that_lost_its_lease_never_ends_the_job_another_worker_took_over(
+    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path, order: str
 ) -> None:
-    """A is paused past its lease while running a step; B takes the job over. A, resumed, finishes
-    its execution: its commit is refused, and it must not end the job B now holds. B is then killed
-    before it commits: the job, still queued, is taken over again and the run completes. (A worker
-    ending a job it no longer held deleted it, and B's death then stranded the run.)"""
+    """A is paused past its lease while running a step; B takes the job over. Then either A resumes
+    first (B holds the job) or B is killed first and its lease lapses too (nobody holds it). A
+    finishes its execution: its commit is refused (fenced), and it must not end the job, so that
+    once B is gone the job runs again and the run completes. (A worker ending a job it no longer
+    held, or had taken back after B's lease lapsed, deleted it, and the run stayed running with
+    nothing queued.)"""
     [a, b] = start_workers("crash", n=2, env={"STEPQ_LEASE": "1"})
     marks = tmp_path / "marks.log"
     data = {"log": str(marks), "first_s": 3, "later_s": 4}
     run_id = await start_run(sender, redis, "slow-async", "test/slow.async", data)
+    await _until(lambda: bool(_starts(marks)), 15, "the slow step never started")
+    first, second = (a, b) if _starts(marks)[0] == a.pid else (b, a)
 
-    def starts() -> list[int]:
-        text = marks.read_text() if marks.exists() else ""
-        return [int(line.split()[1]) for line in text.splitlines() if line.startswith("start ")]
-
-    deadline = time.monotonic() + 15
-    while not starts():
-        assert time.monotonic() < deadline, "the slow step never started"
-        await asyncio.sleep(0.02)
-    first, second = (a, b) if starts()[0] == a.pid else (b, a)
     os.kill(first.pid, signal.SIGSTOP)
     try:
-        while len(starts()) < 2:  # the other worker took the job over
-            assert time.monotonic() < deadline + 15, starts()
-            await asyncio.sleep(0.02)
+        await _until(lambda: len(_starts(marks)) >= 2, 15, f"no worker took the job over: {_starts(marks)}")
+        if order == "kill-then-resume":
+            second.proc.kill()  # before its execution (4 s) commits
+            second.proc.wait(timeout=10)
+            await asyncio.sleep(1.5)  # its lease lapses: nobody holds the job
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    while not any(e.get("event") == "job.taken_over" for e in first.logs()):
-        assert time.monotonic() < deadline + 30, first.stderr()[-3000:]
-        await asyncio.sleep(0.02)
-    second.proc.kill()  # before its execution (4 s) commits
-    second.proc.wait(timeout=10)
+    fenced = "-refused:fenced"
+    await _until(
+        lambda: any(str(c.get("outcome")).endswith(fenced) for c in invocations(first.logs(), run_id)),
+        30,
+        first.stderr()[-3000:],
+    )
+    if order == "resume-then-kill":
+        second.proc.kill()
+        second.proc.wait(timeout=10)
 
     view = await wait_for_run(redis, run_id, timeout=30)
 
     assert view.status == "completed", view.error
     assert view.output["slow"]["pid"] == first.pid  # the job came back to the surviving worker
+    await assert_nothing_left(redis, "t-crash", run_id)
+
+
+async def test_a_wake_up_job_whose_worker_died_mid_step_runs_again(
+    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """The wake-up job memoizes the sleep before it re-enters the run; its worker is killed in the
+    step after the sleep. The job, taken over after the lease, must run that step again (it was
+    dropped as stale, and the run stayed running with nothing queued)."""
+    workers = start_workers("crash", n=2, env={"STEPQ_LEASE": "1"})
+    marks = tmp_path / "marks.log"
+    data = {"log": str(marks), "first_s": 30, "later_s": 0}
+    run_id = await start_run(sender, redis, "nap-then-slow", "test/nap.slow", data)
+    await _until(lambda: bool(_starts(marks)), 15, "the step after the sleep never started")
+    [victim] = [w for w in workers if w.pid == _starts(marks)[0]]
+    victim.proc.kill()
+    victim.proc.wait(timeout=10)
+
+    view = await wait_for_run(redis, run_id, timeout=30)
+
+    assert view.status == "completed", view.error
+    assert view.output["slow"]["pid"] != victim.pid
     await assert_nothing_left(redis, "t-crash", run_id)

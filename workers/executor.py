@@ -50,6 +50,10 @@ INVOKE_TIMEOUT_ERROR = {
     "message": "Timed out waiting for invoked function to complete",
     "stack": "",
 }
+#: The outcome label of a write refused because a later load holds the run.
+FENCED_SUFFIX = f"-refused:{Outcome.FENCED.value}"
+#: How soon a job whose write was fenced runs again, to check the other delivery did its work.
+FENCED_RECHECK_S = 1.0
 #: Refusals that mean someone else has the run in hand (a newer attempt) or it is over.
 OWNED_ELSEWHERE = (Outcome.FENCED, Outcome.DONE, Outcome.MISSING, Outcome.CANCELLED)
 
@@ -84,6 +88,8 @@ class Executor:
         tries = int(ctx.get("job_try", 1))
         try:
             await self._advance(ctx, payload)
+        except Retry:
+            raise
         except Exception as exc:
             if is_passing(exc):
                 # Logged once per kind of error while it lasts, not once per job.
@@ -170,6 +176,12 @@ class Executor:
             outcome=outcome,
             duration_ms=elapsed_ms,
         )
+        if outcome.endswith(FENCED_SUFFIX):
+            # A later load of this job's run holds it: most likely another delivery of this job,
+            # which may since have died (its lease lapsed, or this worker took the lock back). Run
+            # the job once more rather than end it: if the other delivery did the work, the re-run
+            # finds the run moved on and does nothing.
+            raise Retry(defer=FENCED_RECHECK_S)
 
     async def _within_timeouts(self, fn: Runnable, run: LoadedRun) -> bool:
         """On a run's first start: cancel it if it started too late; set its finish deadline."""

@@ -502,7 +502,7 @@ class StepqWorker(Worker):
             [self.lease_token, how, delay_ms],
         )
         if ended == b"taken":
-            log.info("job.taken_over", job_id=job_id, detail="another worker holds the job now; it ends it")
+            log.info("job.taken_over", job_id=job_id, detail="this worker's lease lapsed: the job is left queued")
 
     def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
         """First SIGTERM/SIGINT drains; a second SIGINT hands back running steps at once."""

@@ -1,11 +1,14 @@
 -- End a job that this worker ran, as arq's finish_job does, but only while the job is still this
--- worker's: if its lease lapsed and another worker took the job over, that worker is running it now
--- and will end it (deleting it here could lose it, should that worker die before committing).
+-- worker's. If its lease lapsed, another worker may have taken the job over: that worker ends it,
+-- and deleting it here could lose it, should that worker die before committing (its lock then
+-- expires too, and the job must still be there to be taken over again). Without the lock, a job is
+-- only put back for later ('again'), never deleted; at worst it runs once more and finds its work
+-- done.
 -- KEYS: in-progress lock, retry counter, job, queue
 -- ARGV: lease token, 'finish' (the job is done) or 'again' (run it again later), delay_ms (for 'again')
--- Returns 'ok', or 'taken' when another worker holds the job.
+-- Returns 'ok', or 'taken' when the job is not this worker's any more.
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then
+if (holder and holder ~= ARGV[1]) or (not holder and ARGV[2] == 'finish') then
   return 'taken'
 end
 redis.call('DEL', KEYS[1])

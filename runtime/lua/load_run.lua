@@ -14,7 +14,11 @@ if TERMINAL[status] then
 end
 local position = tonumber(ARGV[1])
 local len = redis.call('LLEN', KEYS[4])
-if ARGV[5] == 'wake' then
+if ARGV[5] == 'wake' and len == position + 1 and redis.call('LINDEX', KEYS[4], -1) == ARGV[6] then
+  -- this wake-up job woke the run already, and its worker died (or lost Redis) before the run
+  -- moved on: the job runs again as the re-entry after the sleep
+  position = len
+elseif ARGV[5] == 'wake' then
   if len ~= position or redis.call('HEXISTS', KEYS[3], ARGV[6]) == 1 then
     return {'stale', len}
   end

@@ -85,3 +85,17 @@ def slow_sync_fn(ctx: inngest.ContextSync) -> dict[str, Any]:
     result = ctx.step.run("slow", slow)
     after = ctx.step.run("after", os.getpid)
     return {"slow": result, "after_pid": after}
+
+
+@client.create_function(id="nap-then-slow", trigger=inngest.TriggerEvent(event="test/nap.slow"), retries=0)
+async def nap_then_slow(ctx: inngest.Context) -> dict[str, Any]:
+    """The long step comes right after a sleep: the wake-up job's re-entry runs it."""
+    await ctx.step.sleep("nap", "300ms")
+
+    async def slow() -> dict[str, Any]:
+        token, seconds = _begin(ctx.event.data)
+        await asyncio.sleep(seconds)
+        note(ctx.event.data["log"], "end", token)
+        return _result(token)
+
+    return {"slow": await ctx.step.run("slow", slow)}
