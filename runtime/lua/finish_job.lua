@@ -15,7 +15,8 @@ redis.call('DEL', KEYS[1])
 if ARGV[2] == 'finish' then
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], string.sub(KEYS[3], 9))
-elseif tonumber(ARGV[3]) > 0 then
+elseif tonumber(ARGV[3]) > 0 and redis.call('ZSCORE', KEYS[4], string.sub(KEYS[3], 9)) then
+  -- (a job another delivery has ended meanwhile is not put back)
   redis.call('ZINCRBY', KEYS[4], ARGV[3], string.sub(KEYS[3], 9))
 end
 return 'ok'
