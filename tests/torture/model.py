@@ -96,10 +96,6 @@ class Expected:
     def expected_step(self, name: str) -> StepExpect | None:
         return self.must.get(name) or self.may.get(name)
 
-    def children(self) -> list[StepExpect]:
-        """The invokes whose child runs must (``must``) or may (``may``) exist."""
-        return [s for s in [*self.must.values(), *self.may.values()] if s.kind == "invoke"]
-
 
 class _Planned(Exception):
     """New steps reached (control flow, like the engine's Interrupt)."""
