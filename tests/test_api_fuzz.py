@@ -176,7 +176,7 @@ def check_event_answer(db: sync_redis.Redis, before: dict[bytes, Any], sent: Any
     ids = response.json()["ids"]
     assert len(ids) == len(events)
     for event_id, event in zip(ids, events, strict=True):
-        blob = db.get(keys.event(event_id))
+        blob: bytes | None = db.get(keys.event(event_id))  # type: ignore[assignment]
         assert blob is not None, f"event {event_id} is not stored"
         stored = unpack(blob)
         assert stored["name"] == event["name"]
@@ -302,7 +302,8 @@ def test_register_never_5xx_and_4xx_store_nothing(
         return
     sent = json.loads(encode(payload))
     app = response.json()["app_id"]
-    stored = {slug.decode(): unpack(blob) for slug, blob in db.hgetall(keys.FUNCTIONS).items()}
+    functions: dict[bytes, bytes] = db.hgetall(keys.FUNCTIONS)  # type: ignore[assignment]
+    stored = {slug.decode(): unpack(blob) for slug, blob in functions.items()}
     mine = {slug: config for slug, config in stored.items() if config["app_id"] == app}
     assert set(mine) == {f["id"] for f in sent["functions"]}
     for function in sent["functions"]:

@@ -229,7 +229,7 @@ async def test_an_unexpected_error_answers_500_and_logs_its_type_not_the_data(
     redis: Redis, dev_api: str, http: httpx.AsyncClient, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # A run record whose output is not msgpack (corrupted by hand): reading it fails inside the handler.
-    await redis.hset(
+    await redis.hset(  # type: ignore[misc]
         keys.run("01CORRUPT"), mapping={"fn": "f", "status": "completed", "output": b"\xc1" + MARKER.encode()}
     )
     response = await http.get(f"{dev_api}/v0/runs/01CORRUPT")
@@ -272,7 +272,7 @@ def private_redis(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
 
 def fill_until_full(client: sync_redis.Redis) -> None:
     """Set a small ``maxmemory`` with ``noeviction`` and write until Redis refuses every write."""
-    used = int(client.info("memory")["used_memory"])
+    used = int(client.info("memory")["used_memory"])  # type: ignore[index]
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", used + 2 * 1024 * 1024)
     refused, i = 0, 0
@@ -341,7 +341,7 @@ async def test_a_read_only_redis_answers_503_with_retry_after(
         await Registry(db).register_app("ro", [worker_config("ro", "f", "ro/go")])
         with ApiServer(private_redis.url, settings=ApiSettings(dev=True)) as api:
             # A replica (of a master that is not there) refuses writes: READONLY.
-            await db.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+            await db.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # type: ignore[no-untyped-call]
             before = await all_keys(db)
             response = await http.post(f"{api.url}/e/key", json={"name": "ro/go", "data": {}})
             assert response.status_code == 503, response.text
@@ -355,7 +355,7 @@ async def test_a_read_only_redis_answers_503_with_retry_after(
             await db.config_set("replica-serve-stale-data", "yes")
             assert await all_keys(db) == before
     finally:
-        await db.execute_command("REPLICAOF", "NO", "ONE")
+        await db.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
         await db.aclose()
 
 
@@ -406,7 +406,7 @@ async def test_a_sync_drops_only_functions_its_app_still_owns(redis: Redis) -> N
     """State an earlier stepq could leave after a hijack: the hijacker's set lists the victim's id."""
     registry = Registry(redis)
     await registry.register_app("shop", [worker_config("shop", "charge", "shop/order")])
-    await redis.sadd("stepq:app:evil:functions", "shop-charge")
+    await redis.sadd("stepq:app:evil:functions", "shop-charge")  # type: ignore[misc]
     assert await registry.register_app("evil", []) == 0
     record = await registry.get("shop-charge")
     assert record is not None and record.app_id == "shop"
@@ -433,7 +433,7 @@ async def test_event_keys_cannot_read_runs_their_events_or_step_results(
     redis: Redis, prod_api: str, http: httpx.AsyncClient
 ) -> None:
     run_id = "01READRUN"
-    await redis.hset(keys.run(run_id), mapping={"fn": "f", "status": "completed", "output": pack({"secret": MARKER})})
+    await redis.hset(keys.run(run_id), mapping={"fn": "f", "status": "completed", "output": pack({"secret": MARKER})})  # type: ignore[misc]
     await redis.set(keys.events(run_id), pack([{"name": "a/b", "data": {"m": MARKER}}]))
     for path in (f"/v0/runs/{run_id}", f"/v0/runs/{run_id}/batch", f"/v0/runs/{run_id}/actions"):
         refused = await http.get(f"{prod_api}{path}", headers={"authorization": "Bearer event-key"})
@@ -530,7 +530,7 @@ async def test_a_worker_refuses_to_call_an_app_url_registered_before_the_check(r
 async def _run_for(redis: Redis, event_id: str, timeout: float = 10.0) -> str:
     for _ in range(int(timeout / 0.05)):
         for run_id in await redis.zrange(keys.RUNS_ACTIVE, 0, -1) + await redis.zrange(keys.RUNS_DONE, 0, -1):
-            if event_id in ((await redis.hget(keys.run(run_id.decode()), "event_ids")) or b"").decode():
+            if event_id in ((await redis.hget(keys.run(run_id.decode()), "event_ids")) or b"").decode():  # type: ignore[misc]
                 return str(run_id.decode())
         await asyncio.sleep(0.05)
     raise AssertionError(f"no run for event {event_id}")

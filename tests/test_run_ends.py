@@ -98,7 +98,7 @@ async def test_a_commit_refused_as_stale_leaves_the_run_with_a_job(redis: Redis)
     async def two(ctx: sdk.Context) -> list[Any]:
         async def first() -> str:
             await redis.rpush(keys.stack(ctx.run_id), intruder)  # type: ignore[misc]
-            await redis.hset(keys.memo(ctx.run_id), intruder, b"\xc0")  # type: ignore[misc]
+            await redis.hset(keys.memo(ctx.run_id), intruder, b"\xc0")  # type: ignore[misc,arg-type]
             return "a"
 
         return [await ctx.step.run("first", first), await ctx.step.run("second", lambda: "b")]

@@ -148,7 +148,7 @@ async def test_a_queue_key_of_the_wrong_type_is_renamed_aside_and_the_worker_ser
 
     async def renamed() -> bool:
         assert_alive(worker)
-        return await redis.type(queue) != b"hash"
+        return bool(await redis.type(queue) != b"hash")
 
     await wait_until(renamed, 10, "the wrong-typed queue key being renamed aside")
     assert_alive(worker)
@@ -232,10 +232,10 @@ async def test_redis_error_replies_do_not_end_the_worker_and_every_run_completes
         await asyncio.sleep(0.5)
 
         # READONLY: a replica of a master that does not answer keeps its data and refuses writes.
-        await redis.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+        await redis.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))  # type: ignore[no-untyped-call]
         await asyncio.sleep(1.5)
         assert_alive(worker)
-        await redis.execute_command("REPLICAOF", "NO", "ONE")
+        await redis.execute_command("REPLICAOF", "NO", "ONE")  # type: ignore[no-untyped-call]
         await asyncio.sleep(0.5)
 
         # BUSY: a script runs past busy-reply-threshold; every other command is refused.

@@ -32,7 +32,7 @@ async def wide(ctx: inngest.Context) -> int:
 @client.create_function(id="heavy-parallel", trigger=inngest.TriggerEvent(event="limits/heavy.parallel"), retries=0)
 async def heavy_parallel(ctx: inngest.Context) -> int:
     """``n`` parallel steps returning ``bytes`` bytes each."""
-    size = ctx.event.data["bytes"]
+    size = int(ctx.event.data["bytes"])
 
     async def blob(i: int) -> str:
         return str(i % 10) * size
@@ -72,7 +72,7 @@ async def heavy_invokes(ctx: inngest.Context) -> int:
 @client.create_function(id="big-child", trigger=inngest.TriggerEvent(event="limits/big.child"), retries=0)
 async def big_child(ctx: inngest.Context) -> str:
     """Returns ``bytes`` bytes (no step): the run's own output is what is measured."""
-    return "c" * ctx.event.data["bytes"]
+    return "c" * int(ctx.event.data["bytes"])
 
 
 @client.create_function(id="invoke-big", trigger=inngest.TriggerEvent(event="limits/invoke.big"), retries=0)
