@@ -8,21 +8,26 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /app
+# stepq is built in /src and installed as a wheel (one import package, `stepq`); the sources do not
+# stay on the image, so an app's own `sdk/`, `runtime/` or `workers/` folders in /app cannot clash.
+WORKDIR /src
 
 # Dependencies first, from pyproject.toml alone, so that a code change does not reinstall them.
 COPY pyproject.toml ./
 RUN mkdir sdk runtime workers \
-    && touch sdk/__init__.py runtime/__init__.py workers/__init__.py \
+    && touch README.md sdk/__init__.py runtime/__init__.py workers/__init__.py \
     && pip install . \
     && pip uninstall -y stepq \
-    && rm -rf sdk runtime workers build *.egg-info
+    && rm -rf /src/*
 
+COPY pyproject.toml README.md ./
 COPY sdk ./sdk
 COPY runtime ./runtime
 COPY workers ./workers
+RUN pip install --no-deps . && cd / && rm -rf /src
+
+WORKDIR /app
 COPY examples ./examples
-RUN pip install --no-deps . && rm -rf build *.egg-info
 
 # Workers need no privileges.
 RUN useradd --create-home --uid 10001 stepq

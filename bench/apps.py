@@ -14,10 +14,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-import sdk
+import stepq
 from bench.common import APP_ID, MARKS_ENV
 
-client = sdk.Client(APP_ID)
+client = stepq.Client(APP_ID)
 
 _marks: Redis | None = None
 
@@ -46,8 +46,8 @@ async def anoop() -> None:
     return None
 
 
-@client.create_function(id="chain", trigger=sdk.TriggerEvent(event="bench/chain"))
-async def chain(ctx: sdk.Context) -> int:
+@client.create_function(id="chain", trigger=stepq.TriggerEvent(event="bench/chain"))
+async def chain(ctx: stepq.Context) -> int:
     """``n`` steps in a row, each recording when it started: per-step latency."""
     n, key = int(ctx.event.data["n"]), str(ctx.event.data["key"])
     for _ in range(n):
@@ -55,8 +55,8 @@ async def chain(ctx: sdk.Context) -> int:
     return n
 
 
-@client.create_function(id="steps", trigger=sdk.TriggerEvent(event="bench/steps"))
-async def steps(ctx: sdk.Context) -> int:
+@client.create_function(id="steps", trigger=stepq.TriggerEvent(event="bench/steps"))
+async def steps(ctx: stepq.Context) -> int:
     """``n`` no-op steps: throughput. Plain ``def`` handlers (as ``lambda: ...`` is), or async ones."""
     n = int(ctx.event.data.get("n", 10))
     handler = anoop if ctx.event.data.get("async") else noop
@@ -65,8 +65,8 @@ async def steps(ctx: sdk.Context) -> int:
     return n
 
 
-@client.create_function(id="loop", trigger=sdk.TriggerEvent(event="bench/loop"))
-async def loop(ctx: sdk.Context) -> int:
+@client.create_function(id="loop", trigger=stepq.TriggerEvent(event="bench/loop"))
+async def loop(ctx: stepq.Context) -> int:
     """``n`` no-op steps; the first records its start, the final invocation its end: replay cost."""
     n, key = int(ctx.event.data["n"]), str(ctx.event.data["key"])
     for i in range(n):
@@ -79,8 +79,8 @@ async def _since(key: str, sent: float) -> None:
     await marks().rpush(key, repr(time.time() - sent))  # type: ignore[misc]
 
 
-@client.create_function(id="first", trigger=sdk.TriggerEvent(event="bench/first"))
-async def first(ctx: sdk.Context) -> None:
+@client.create_function(id="first", trigger=stepq.TriggerEvent(event="bench/first"))
+async def first(ctx: stepq.Context) -> None:
     """One step recording the time since the event was sent: event -> first step latency."""
     await ctx.step.run("first", _since, str(ctx.event.data["key"]), float(ctx.event.data["t"]))
 
@@ -89,8 +89,8 @@ async def _woke(key: str, run_id: str) -> None:
     await marks().rpush(key, f"{run_id} {time.time()!r}")  # type: ignore[misc]
 
 
-@client.create_function(id="nap", trigger=sdk.TriggerEvent(event="bench/nap"))
-async def nap(ctx: sdk.Context) -> None:
+@client.create_function(id="nap", trigger=stepq.TriggerEvent(event="bench/nap"))
+async def nap(ctx: stepq.Context) -> None:
     """Sleep, then record when the step after the sleep started: sleep lateness (the benchmark
     reads the wake-up time stepq scheduled from its timers)."""
     key, seconds = str(ctx.event.data["key"]), float(ctx.event.data["seconds"])
@@ -103,14 +103,14 @@ async def _long(key: str, seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-@client.create_function(id="crash", trigger=sdk.TriggerEvent(event="bench/crash"))
-async def crash(ctx: sdk.Context) -> None:
+@client.create_function(id="crash", trigger=stepq.TriggerEvent(event="bench/crash"))
+async def crash(ctx: stepq.Context) -> None:
     """One long step recording which worker started it and when: crash recovery."""
     await ctx.step.run("long", _long, str(ctx.event.data["key"]), float(ctx.event.data["seconds"]))
 
 
-@client.create_function(id="sleeper", trigger=sdk.TriggerEvent(event="bench/sleeper"))
-async def sleeper(ctx: sdk.Context) -> Any:
+@client.create_function(id="sleeper", trigger=stepq.TriggerEvent(event="bench/sleeper"))
+async def sleeper(ctx: stepq.Context) -> Any:
     """Sleep an hour: Redis memory per sleeping run."""
     await ctx.step.sleep("nap", "1h")
     return None

@@ -1,7 +1,7 @@
 """The raw arq baseline: an arq worker configured as a stepq worker is, running no-op jobs.
 
 Same poll delay, ``max_jobs``, ``queue_read_limit``, msgpack serializer, ``keep_result=0``, job
-timeout and health-check interval as ``workers.worker.build_worker``; no stepq code at all.
+timeout and health-check interval as ``stepq.workers.worker.build_worker``; no stepq code at all.
 Jobs record their marks with one RPUSH, as the stepq benchmark functions do.
 
     python -m bench.arq_worker --redis-url redis://127.0.0.1:PORT/0 [--poll-delay 0.005] [--max-jobs 100]

@@ -401,7 +401,7 @@ class Env:
     ) -> list[Proc]:
         """Start ``n`` ``stepq worker bench.apps:client`` processes and wait until each has registered."""
         argv = [
-            sys.executable, "-m", "workers.cli", "worker", "bench.apps:client",
+            sys.executable, "-m", "stepq.workers.cli", "worker", "bench.apps:client",
             "--redis-url", server.url(),
             "--poll-delay", repr(poll_delay),
             "--concurrency", str(concurrency),
@@ -492,14 +492,14 @@ class Clients:
     redis: Redis
     marks: Redis
     arq: Any  # arq.connections.ArqRedis
-    sender: Any  # sdk.Client
+    sender: Any  # stepq.Client
 
     async def send(self, name: str, data: dict[str, Any] | Sequence[dict[str, Any]]) -> list[str]:
         """Send one event (or one per data dict, in a single call) through stepq's public client."""
-        import sdk
+        import stepq
 
         batch = [data] if isinstance(data, dict) else list(data)
-        return list(await self.sender.send([sdk.Event(name=name, data=d) for d in batch]))
+        return list(await self.sender.send([stepq.Event(name=name, data=d) for d in batch]))
 
     async def prefill_arq(self, queue: str, function: str, args_list: Sequence[Sequence[Any]]) -> None:
         """Write arq jobs as ``enqueue_job`` would (same bytes), in pipelines: only fast set-up."""
@@ -532,7 +532,7 @@ async def clients(server: RedisServer) -> AsyncIterator[Clients]:
     from arq.connections import ArqRedis
     from redis.asyncio import ConnectionPool
 
-    import sdk
+    import stepq
 
     made = Clients(
         redis=Redis.from_url(server.url()),
@@ -543,7 +543,7 @@ async def clients(server: RedisServer) -> AsyncIterator[Clients]:
             job_deserializer=lambda b: msgpack.unpackb(b, raw=False),
             default_queue_name=ARQ_QUEUE,
         ),
-        sender=sdk.Client(f"{APP_ID}-sender", redis_url=server.url()),
+        sender=stepq.Client(f"{APP_ID}-sender", redis_url=server.url()),
     )
     try:
         yield made
@@ -553,7 +553,7 @@ async def clients(server: RedisServer) -> AsyncIterator[Clients]:
 
 def stepq_queue() -> str:
     """The arq queue (a zset) that the bench app's stepq workers poll."""
-    from runtime import keys
+    from stepq.runtime import keys
 
     return keys.queue(APP_ID)
 

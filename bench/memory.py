@@ -26,7 +26,7 @@ async def _memory(c: Clients) -> dict[str, int]:
 
 async def _sleepers(c: Clients, n: int, total: int, watch: list[Proc]) -> None:
     """Start ``n`` sleeper runs and wait until ``total`` runs sleep (one timer each, no job due)."""
-    from runtime import keys
+    from stepq.runtime import keys
 
     for start in range(0, n, 100):
         await c.send("bench/sleeper", [{}] * min(100, n - start))
@@ -39,7 +39,7 @@ async def _sleepers(c: Clients, n: int, total: int, watch: list[Proc]) -> None:
 
 async def _breakdown(c: Clients) -> dict[str, Any]:
     """MEMORY USAGE of each key of one sleeping run (its own keys, its event, its wake-up job)."""
-    from runtime.queries import list_runs
+    from stepq.runtime.queries import list_runs
 
     views = await list_runs(c.redis, function="sleeper", status="sleeping", limit=1)
     if not views:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -59,6 +60,8 @@ def _ours(path: str) -> str | None:
     """``pkg/module.py`` when ``path`` is in one of this repository's packages (any checkout of it)."""
     if "site-packages/" in path:
         return None
+    # An editable install in strict mode runs the code through a tree of links under build/.
+    path = os.path.realpath(path)
     if path.startswith(str(REPO_ROOT) + "/"):
         return path[len(str(REPO_ROOT)) + 1 :]
     found = max((path.rfind(f"/{package}/"), package) for package in _OURS)

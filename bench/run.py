@@ -132,7 +132,7 @@ def meta(args: argparse.Namespace, redis_binary: str) -> dict[str, Any]:
         "source": os.environ.get("STEPQ_BENCH_SOURCE") or "working tree",
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--", "sdk", "runtime", "workers")),
-        "sdk_path": str(Path(importlib.import_module("sdk").__file__ or "").parent),
+        "sdk_path": str(Path(importlib.import_module("stepq").__file__ or "").parent),
         "python": platform.python_version(),
         "arq": getattr(arq, "VERSION", "?"),
         "redis_py": redis.__version__,

@@ -21,7 +21,7 @@ NAME = "sleep"
 
 async def _watch_timers(c: Clients, due: dict[str, float], stop: asyncio.Event) -> None:
     """Collect every timer's due time (s) by the parts of its member (the run id is one of them)."""
-    from runtime import keys
+    from stepq.runtime import keys
 
     while not stop.is_set():
         for member, score in await c.redis.zrange(keys.TIMERS, 0, -1, withscores=True):

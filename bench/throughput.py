@@ -109,7 +109,7 @@ async def arq_chained(env: Env, server: RedisServer, c: Clients, n_workers: int,
 async def _register(c: Clients) -> None:
     """Register the bench app as a worker would, so events route to it before any worker runs."""
     from bench.apps import client
-    from runtime.registry import Registry
+    from stepq.runtime.registry import Registry
 
     await Registry(c.redis).register_app(APP_ID, [fn.config() for fn in client.functions.values()])
 
@@ -124,7 +124,7 @@ async def stepq_runs(
     async_steps: bool = False,
     profile: str | None = None,
 ) -> dict[str, Any]:
-    from runtime import keys
+    from stepq.runtime import keys
 
     runs = steps // STEPS
     await c.redis.delete(STAGING, keys.RUNS_DONE, keys.RUNS_ACTIVE)

@@ -25,11 +25,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from stepq.workers.logs import configure
 from tests.torture.cluster import Settings
 from tests.torture.driver import Config, Torture
 from tests.torture.faults import FaultPlan
 from tests.torture.program import KINDS, Mix
-from workers.logs import configure
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -4,7 +4,7 @@
 
 It uses the Redis at ``STEPQ_REDIS_URL`` when one answers there, else starts a private redis-server.
 Then it starts a worker process (``python -m workers.cli worker examples.shop:client``) and a fake
-shop API, sends events with ``sdk.Client.send``, waits for every run to end, prints each run (its
+shop API, sends events with ``stepq.Client.send``, waits for every run to end, prints each run (its
 status, output and steps with their attempts) and what the functions printed, and stops the worker
 and Redis. Exit status: 0 when every run completed, 1 otherwise.
 """
@@ -30,13 +30,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import sdk  # noqa: E402
+import stepq  # noqa: E402
 from examples.fake_shop import FakeShop  # noqa: E402
 from examples.shop import client as shop_app  # noqa: E402
-from runtime.connection import connect  # noqa: E402
-from runtime.queries import RunView, get_run, list_runs  # noqa: E402
-from runtime.registry import Registry  # noqa: E402
-from workers.embedded import EmbeddedRedis, redis_answers  # noqa: E402
+from stepq.runtime.connection import connect  # noqa: E402
+from stepq.runtime.queries import RunView, get_run, list_runs  # noqa: E402
+from stepq.runtime.registry import Registry  # noqa: E402
+from stepq.workers.embedded import EmbeddedRedis, redis_answers  # noqa: E402
 
 #: Every run must end within this many seconds of the first event.
 TIMEOUT_S = 60.0
@@ -66,7 +66,8 @@ class WorkerProcess:
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, "STEPQ_REDIS_URL": self.redis_url, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "workers.cli", "worker", "examples.shop:client", "--redis-url", self.redis_url]
+        command = [sys.executable, "-m", "stepq.workers.cli", "worker", "examples.shop:client"]
+        command += ["--redis-url", self.redis_url]
         with self.stdout_path.open("wb") as out, self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=log
@@ -217,9 +218,9 @@ def print_run(view: RunView) -> None:
 async def phase(
     title: str,
     explain: str,
-    events: list[sdk.Event],
+    events: list[stepq.Event],
     *,
-    client: sdk.Client,
+    client: stepq.Client,
     redis: Any,
     worker: WorkerProcess,
     deadline: float,
@@ -246,7 +247,7 @@ async def phase(
 async def run_demo(redis_url: str, worker: WorkerProcess, shop: FakeShop) -> bool:
     """The events, one group at a time; True when every run completed."""
     redis = connect(redis_url)
-    client = sdk.Client("shop", redis_url=redis_url)
+    client = stepq.Client("shop", redis_url=redis_url)
     try:
         await wait_for_registration(redis, worker)
         print(f"Worker: pid {worker.process.pid if worker.process else '?'}, functions registered")
@@ -256,7 +257,7 @@ async def run_demo(redis_url: str, worker: WorkerProcess, shop: FakeShop) -> boo
         got, printed = await phase(
             "1. simple-function: 'hello' is outside the steps",
             "Each step is its own invocation that re-enters the function from the top: expect hello x4.",
-            [sdk.Event(name="test/simple.function")],
+            [stepq.Event(name="test/simple.function")],
             client=client,
             redis=redis,
             worker=worker,
@@ -268,7 +269,7 @@ async def run_demo(redis_url: str, worker: WorkerProcess, shop: FakeShop) -> boo
         got, printed = await phase(
             "2. simple-function-fixed: 'hello' is a step too",
             "A finished step is memoized and never runs again: expect hello a b c, each once.",
-            [sdk.Event(name="test/simple.function.fixed")],
+            [stepq.Event(name="test/simple.function.fixed")],
             client=client,
             redis=redis,
             worker=worker,
@@ -282,8 +283,8 @@ async def run_demo(redis_url: str, worker: WorkerProcess, shop: FakeShop) -> boo
             f"The import pages through {PRODUCTS} products, 50 per step; the page after id {FLAKY_CURSOR} "
             "fails once (HTTP 503) and only that step is retried. The follow-up sleeps 2 s in Redis.",
             [
-                sdk.Event(name="shop/import.requested", data={"api": shop.url}),
-                sdk.Event(name="shop/order.placed", data={"order_id": 1001, "email": "ada@example.com"}),
+                stepq.Event(name="shop/import.requested", data={"api": shop.url}),
+                stepq.Event(name="shop/order.placed", data={"order_id": 1001, "email": "ada@example.com"}),
             ],
             client=client,
             redis=redis,

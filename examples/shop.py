@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("shop")
 

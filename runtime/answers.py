@@ -24,15 +24,15 @@ import math
 from collections.abc import Container
 from typing import Any
 
-from runtime.jobs import JobKind, JobSpec
-from runtime.limits import Limits
-from sdk.durations import parse_iso, to_timedelta
-from sdk.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, check_output
-from sdk.errors import OutputTooLarge, StepOutputError, error_payload
-from sdk.expressions import ExpressionError, compile_expression
-from sdk.opcodes import Op, Opcode
-from sdk.retry import Backoff
-from sdk.step import MAX_SLEEP
+from stepq.durations import parse_iso, to_timedelta
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, check_output
+from stepq.errors import OutputTooLarge, StepOutputError, error_payload
+from stepq.expressions import ExpressionError, compile_expression
+from stepq.opcodes import Op, Opcode
+from stepq.retry import Backoff
+from stepq.runtime.jobs import JobKind, JobSpec
+from stepq.runtime.limits import Limits
+from stepq.step import MAX_SLEEP
 
 #: Longest step key or step id accepted from an app (Inngest's keys are 40 hex characters).
 MAX_ID_CHARS = 1024

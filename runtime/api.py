@@ -14,8 +14,8 @@ Routes:
 - ``GET /health``: 200 when Redis answers a PING, else 503.
 - ``POST /fn/register``: an app serving its functions over HTTP syncs them (Inngest's register
   payload); answers ``{"ok": true, "modified": bool}``; 400 naming the bad field or a refused URL
-  (``runtime.app_urls``), 409 when a function id belongs to another app.
-- ``GET /v0/runs/{run_id}``: one run as JSON (``runtime.queries.get_run``), 404 if unknown or
+  (``stepq.runtime.app_urls``), 409 when a function id belongs to another app.
+- ``GET /v0/runs/{run_id}``: one run as JSON (``stepq.runtime.queries.get_run``), 404 if unknown or
   expired.
 - ``GET /v0/runs/{run_id}/batch`` and ``/actions``: a run's events and step memo, for an SDK told
   ``use_api`` because the state was too large to send.
@@ -32,14 +32,14 @@ only (its message or traceback could quote the payload), and answered 500.
 Retries and duplicates: the API stores what each request carries, so a request that is retried
 after a lost answer stores its events twice (as Inngest's event store does). Runs are not
 duplicated when the events carry an ``id``: the ingest starts each function at most once per event
-id within 24 h. ``sdk.http_transport.HttpTransport`` gives every event without an id a ULID before
+id within 24 h. ``stepq.http_transport.HttpTransport`` gives every event without an id a ULID before
 its first attempt and keeps it across retries for exactly that reason.
 
 Why Starlette + uvicorn: this is one JSON endpoint and two reads on an asyncio Redis client.
 Starlette is a thin, typed ASGI toolkit (routing, requests, lifespan) whose only dependency is
 anyio, which httpx already brings; uvicorn is the reference ASGI server, with no required C
 extensions (it speeds up when uvloop/httptools are installed). FastAPI would add pydantic and a
-validation layer that would duplicate ``sdk.event.Event.from_dict``, whose messages name the bad
+validation layer that would duplicate ``stepq.event.Event.from_dict``, whose messages name the bad
 field; aiohttp would bring its own HTTP client and stack alongside httpx.
 """
 
@@ -63,23 +63,23 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from runtime.app_urls import ENV as ALLOWED_APP_HOSTS_ENV
-from runtime.app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
-from runtime.codec import unpack
-from runtime.connection import connect
-from runtime.ingest import RESERVED_PREFIXES, Ingest
-from runtime.inngest_config import checksum, parse_register
-from runtime.keys import events as run_events_key
-from runtime.keys import memo as run_memo_key
-from runtime.limits import Limits, MiB
-from runtime.queries import get_run
-from runtime.redis_errors import unavailable_reason
-from runtime.registry import FunctionOwnedError, Registry
-from runtime.store import RunStore
-from sdk.errors import FunctionConfigError, InvalidEventError
-from sdk.event import MAX_EVENT_DEPTH, Event
-from sdk.jsonvalue import json_type
-from sdk.signing import bearer_matches
+from stepq.errors import FunctionConfigError, InvalidEventError
+from stepq.event import MAX_EVENT_DEPTH, Event
+from stepq.jsonvalue import json_type
+from stepq.runtime.app_urls import ENV as ALLOWED_APP_HOSTS_ENV
+from stepq.runtime.app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
+from stepq.runtime.codec import unpack
+from stepq.runtime.connection import connect
+from stepq.runtime.ingest import RESERVED_PREFIXES, Ingest
+from stepq.runtime.inngest_config import checksum, parse_register
+from stepq.runtime.keys import events as run_events_key
+from stepq.runtime.keys import memo as run_memo_key
+from stepq.runtime.limits import Limits, MiB
+from stepq.runtime.queries import get_run
+from stepq.runtime.redis_errors import unavailable_reason
+from stepq.runtime.registry import FunctionOwnedError, Registry
+from stepq.runtime.store import RunStore
+from stepq.signing import bearer_matches
 
 #: Inngest's ``MaxEvents``: events per request.
 MAX_EVENTS = 5000
@@ -212,7 +212,7 @@ def create_app(
 ) -> Starlette:
     """The event API as an ASGI app; its lifespan opens and closes the Redis connection.
 
-    ``allowed_app_hosts`` restricts where registered apps may live (``runtime.app_urls``);
+    ``allowed_app_hosts`` restricts where registered apps may live (``stepq.runtime.app_urls``);
     ``url_policy`` replaces the whole check (e.g. with another resolver).
 
     Raises ``ValueError`` when not in dev mode and no event key is configured: such a server

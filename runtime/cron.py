@@ -41,12 +41,12 @@ import structlog
 from cronsim import CronSim, CronSimError
 from redis.asyncio import Redis
 
-from runtime import keys
-from runtime.codec import pack
-from runtime.store import RunStore
-from sdk.errors import FunctionConfigError
-from sdk.event import Event
-from sdk.ids import new_ulid
+from stepq.errors import FunctionConfigError
+from stepq.event import Event
+from stepq.ids import new_ulid
+from stepq.runtime import keys
+from stepq.runtime.codec import pack
+from stepq.runtime.store import RunStore
 
 log = structlog.get_logger("stepq.cron")
 
@@ -220,7 +220,7 @@ def _bad_field(detail: str, parts: list[str]) -> str | None:
 def cron_functions(functions: Iterable[Any]) -> list[tuple[str, str, str]]:
     """``(slug, app_id, cron_text)`` for every cron trigger of ``functions`` (``sdk.Function``s),
     validated: an invalid one raises ``InvalidCronError`` naming the function."""
-    from sdk.triggers import TriggerCron
+    from stepq.triggers import TriggerCron
 
     out = []
     for fn in functions:

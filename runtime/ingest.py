@@ -17,15 +17,15 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from runtime import keys, matching, waits
-from runtime.codec import pack
-from runtime.registry import FunctionRecord, Registry
-from runtime.scripts import source
-from runtime.store import RunStore, now_ms
-from sdk.event import Event
-from sdk.expressions import Bindings, ExpressionError, compile_expression
-from sdk.ids import new_ulid
-from sdk.triggers import TRIGGER_VARIABLES
+from stepq.event import Event
+from stepq.expressions import Bindings, ExpressionError, compile_expression
+from stepq.ids import new_ulid
+from stepq.runtime import keys, matching, waits
+from stepq.runtime.codec import pack
+from stepq.runtime.registry import FunctionRecord, Registry
+from stepq.runtime.scripts import source
+from stepq.runtime.store import RunStore, now_ms
+from stepq.triggers import TRIGGER_VARIABLES
 
 log = structlog.get_logger("stepq.ingest")
 
@@ -105,7 +105,7 @@ class Ingest:
         becomes the stored id. ``internal`` allows reserved names; ``only_if_wanted`` drops events
         that no function and no wait listens to (runs' lifecycle events, sent on every run's end).
         """
-        from sdk.errors import InvalidEventError
+        from stepq.errors import InvalidEventError
 
         if not internal:
             for i, event in enumerate(events):

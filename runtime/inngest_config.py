@@ -13,10 +13,10 @@ import json
 from typing import Any
 from urllib.parse import urlparse
 
-from runtime import keys
-from sdk.durations import to_timedelta
-from sdk.errors import FunctionConfigError
-from sdk.jsonvalue import NotJSONError, check_json, json_type
+from stepq.durations import to_timedelta
+from stepq.errors import FunctionConfigError
+from stepq.jsonvalue import NotJSONError, check_json, json_type
+from stepq.runtime import keys
 
 MAX_TRIGGERS = 10
 MAX_RETRIES = 20
@@ -159,7 +159,7 @@ def _shown(value: Any) -> str:
 
 
 def _backoff(raw: dict[str, Any], where: str) -> dict[str, float]:
-    from sdk.retry import Backoff
+    from stepq.retry import Backoff
 
     for field in ("initial", "maximum"):  # seconds, or a duration string
         _optional(raw, field, (int, float, str), where)
@@ -187,7 +187,7 @@ def _trigger(raw: Any, where: str) -> dict[str, Any]:
             out["expression"] = expression
         return out
     if isinstance(raw.get("cron"), str) and raw["cron"]:
-        from runtime.cron import parse_schedule
+        from stepq.runtime.cron import parse_schedule
 
         try:
             parse_schedule(raw["cron"])
@@ -225,7 +225,7 @@ def _timeouts(raw: dict[str, Any] | None, where: str) -> dict[str, str]:
 
 
 def _compiles(text: str, variables: set[str], where: str) -> None:
-    from sdk.expressions import ExpressionError, compile_expression
+    from stepq.expressions import ExpressionError, compile_expression
 
     try:
         compile_expression(text, variables=variables)

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from runtime import keys
+from stepq.runtime import keys
 
 #: The arq function name every stepq job calls.
 ADVANCE = "stepq.advance"

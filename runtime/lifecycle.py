@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from runtime import keys, store
-from runtime.codec import unpack
-from sdk.client import FUNCTION_FAILED, FUNCTION_FINISHED
-from sdk.event import Event
+from stepq.client import FUNCTION_FAILED, FUNCTION_FINISHED
+from stepq.event import Event
+from stepq.runtime import keys, store
+from stepq.runtime.codec import unpack
 
 if TYPE_CHECKING:
-    from runtime.ingest import Ingest
+    from stepq.runtime.ingest import Ingest
 
 log = structlog.get_logger("stepq.lifecycle")
 

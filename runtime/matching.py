@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from runtime import keys, lifecycle, store, waits
-from runtime.codec import unpack
-from runtime.store import now_ms
+from stepq.runtime import keys, lifecycle, store, waits
+from stepq.runtime.codec import unpack
+from stepq.runtime.store import now_ms
 
 if TYPE_CHECKING:
-    from runtime.ingest import Ingest
+    from stepq.runtime.ingest import Ingest
 
 log = structlog.get_logger("stepq.matching")
 

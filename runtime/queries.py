@@ -7,8 +7,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from runtime import keys
-from runtime.codec import unpack
+from stepq.runtime import keys
+from stepq.runtime.codec import unpack
 
 
 @dataclasses.dataclass(slots=True)

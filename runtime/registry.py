@@ -8,10 +8,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from runtime import keys
-from runtime.codec import pack, unpack
-from runtime.scripts import Scripts
-from sdk.errors import StepqError
+from stepq.errors import StepqError
+from stepq.runtime import keys
+from stepq.runtime.codec import pack, unpack
+from stepq.runtime.scripts import Scripts
 
 
 class FunctionOwnedError(StepqError):

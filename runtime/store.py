@@ -16,13 +16,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from runtime import keys
-from runtime.codec import pack, unpack
-from runtime.jobs import JobKind, JobSpec, enqueue_keys
-from runtime.limits import Limits
-from runtime.scripts import Scripts
-from runtime.waits import Registration, registration_args
-from sdk.event import Event
+from stepq.event import Event
+from stepq.runtime import keys
+from stepq.runtime.codec import pack, unpack
+from stepq.runtime.jobs import JobKind, JobSpec, enqueue_keys
+from stepq.runtime.limits import Limits
+from stepq.runtime.scripts import Scripts
+from stepq.runtime.waits import Registration, registration_args
 
 FENCE = "fence"
 #: What a run lives within unless its function registered other limits (kept in the run's record).

@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 from redis.exceptions import RedisError
 
-from runtime.connection import connect
-from runtime.ingest import Ingest
-from runtime.limits import Limits
-from runtime.redis_errors import unavailable_reason
-from runtime.registry import Registry
-from runtime.store import RunStore
-from sdk.errors import StepqError
-from sdk.event import Event
+from stepq.errors import StepqError
+from stepq.event import Event
+from stepq.runtime.connection import connect
+from stepq.runtime.ingest import Ingest
+from stepq.runtime.limits import Limits
+from stepq.runtime.redis_errors import unavailable_reason
+from stepq.runtime.registry import Registry
+from stepq.runtime.store import RunStore
 
 
 class SendError(StepqError):
@@ -61,7 +61,7 @@ class RedisTransport:
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run; False when it had already ended (or does not exist)."""
-        from runtime import lifecycle, store
+        from stepq.runtime import lifecycle, store
 
         if self._ingest is None:
             self._ingest = self._make_ingest()

@@ -3,10 +3,10 @@
 Shaped after the Inngest Python SDK, so ``import sdk as inngest`` carries Inngest code over.
 """
 
-from sdk.client import Client
-from sdk.context import Context, ContextSync
-from sdk.durations import to_timedelta
-from sdk.engine import (
+from stepq.client import Client
+from stepq.context import Context, ContextSync
+from stepq.durations import to_timedelta
+from stepq.engine import (
     ExecutionRequest,
     ExecutionResult,
     FunctionFailed,
@@ -14,7 +14,7 @@ from sdk.engine import (
     StepsReported,
     execute,
 )
-from sdk.errors import (
+from stepq.errors import (
     FunctionConfigError,
     InvalidEventError,
     NonDeterminismError,
@@ -24,12 +24,12 @@ from sdk.errors import (
     StepOutputError,
     StepqError,
 )
-from sdk.event import Event
-from sdk.function import Function
-from sdk.opcodes import Op, Opcode, hash_step_id
-from sdk.retry import Backoff
-from sdk.serve import serve as serve
-from sdk.triggers import TriggerCron, TriggerEvent
+from stepq.event import Event
+from stepq.function import Function
+from stepq.opcodes import Op, Opcode, hash_step_id
+from stepq.retry import Backoff
+from stepq.serve import serve as serve
+from stepq.triggers import TriggerCron, TriggerEvent
 
 __all__ = [
     "Backoff",

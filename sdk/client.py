@@ -6,12 +6,12 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sdk.errors import FunctionConfigError, InvalidEventError, StepqError
-from sdk.event import Event
-from sdk.function import Cancel, Function, Timeouts, normalize_triggers
-from sdk.retry import Backoff
-from sdk.transport import EventTransport, load_transport
-from sdk.triggers import Trigger, TriggerEvent
+from stepq.errors import FunctionConfigError, InvalidEventError, StepqError
+from stepq.event import Event
+from stepq.function import Cancel, Function, Timeouts, normalize_triggers
+from stepq.retry import Backoff
+from stepq.transport import EventTransport, load_transport
+from stepq.triggers import Trigger, TriggerEvent
 
 #: Emitted when a run fails for good (``data``: function_id, run_id, error, event).
 FUNCTION_FAILED = "stepq/function.failed"
@@ -38,7 +38,7 @@ class Client:
     Events go straight into Redis unless ``event_api_url`` (default: ``STEPQ_EVENT_API_URL``) names
     an event API (``stepq api``, e.g. ``http://127.0.0.1:8288``); then ``send`` posts them there with
     ``event_key`` (default: ``STEPQ_EVENT_KEY``), retrying network errors and 5xx answers without
-    starting any function twice (see ``sdk.http_transport``).
+    starting any function twice (see ``stepq.http_transport``).
     """
 
     def __init__(
@@ -135,7 +135,7 @@ class Client:
     def transport(self) -> EventTransport:
         if self._transport is None:
             if self.event_api_url is not None:
-                from sdk.http_transport import HttpTransport
+                from stepq.http_transport import HttpTransport
 
                 self._transport = HttpTransport(self.event_api_url, self.event_key)
             else:

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from sdk.engine import ExecutionRequest, Interrupt, Replay, Skip
-from sdk.event import Event
-from sdk.step import Step, SyncStep
+from stepq.engine import ExecutionRequest, Interrupt, Replay, Skip
+from stepq.event import Event
+from stepq.step import Step, SyncStep
 
 if TYPE_CHECKING:
-    from sdk.function import Function
+    from stepq.function import Function
 
 
 class ReplayAwareLogger:

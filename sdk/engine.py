@@ -3,7 +3,7 @@
 No Redis, no queue, no network. One call re-enters the function from the top: memoized steps return
 their stored result, the first new step stops the function (running it first when it may run right
 away), and the result says what the runtime must do next. This module holds the request and result
-types and the replay bookkeeping; ``sdk.step`` holds the step tools that drive it.
+types and the replay bookkeeping; ``stepq.step`` holds the step tools that drive it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from sdk.errors import (
+from stepq.errors import (
     NonDeterminismError,
     NonRetriableError,
     OutputTooLarge,
@@ -26,12 +26,12 @@ from sdk.errors import (
     StepOutputError,
     error_payload,
 )
-from sdk.event import Event
-from sdk.jsonvalue import JSON, NotJSONError, check_json
-from sdk.opcodes import Opcode, _hash_cache, hash_step_id
+from stepq.event import Event
+from stepq.jsonvalue import JSON, NotJSONError, check_json
+from stepq.opcodes import Opcode, _hash_cache, hash_step_id
 
 if TYPE_CHECKING:
-    from sdk.function import Function
+    from stepq.function import Function
 
 DEFAULT_MAX_OUTPUT_BYTES = 4 * 1024 * 1024
 
@@ -279,7 +279,7 @@ def unwrap_memo(step_id: str, memo: Any) -> Any:
 
 async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
     """Re-enter ``fn`` once with ``request`` and report what happened. Never raises for user errors."""
-    from sdk.context import make_context
+    from stepq.context import make_context
 
     replay = Replay(request, fn.max_attempts, fn.app_id)
     ctx = make_context(fn, request, replay)

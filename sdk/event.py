@@ -6,8 +6,8 @@ import dataclasses
 import time
 from typing import Any
 
-from sdk.errors import InvalidEventError
-from sdk.jsonvalue import NotJSONError, check_json, child_path, text_problem
+from stepq.errors import InvalidEventError
+from stepq.jsonvalue import NotJSONError, check_json, child_path, text_problem
 
 MAX_EVENT_NAME = 256
 #: Largest ``ts``: milliseconds must fit a signed 64-bit integer (msgpack, Redis scores, other SDKs).

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
-from sdk.errors import FunctionConfigError, StepqError
+from stepq.errors import FunctionConfigError, StepqError
 
 __all__ = [
     "Bindings",

@@ -8,10 +8,10 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sdk.durations import DurationLike, to_duration_str, to_timedelta
-from sdk.errors import FunctionConfigError
-from sdk.retry import Backoff
-from sdk.triggers import Trigger, TriggerCron, TriggerEvent
+from stepq.durations import DurationLike, to_duration_str, to_timedelta
+from stepq.errors import FunctionConfigError
+from stepq.retry import Backoff
+from stepq.triggers import Trigger, TriggerCron, TriggerEvent
 
 MAX_RETRIES = 20
 MAX_TRIGGERS = 10

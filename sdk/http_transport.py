@@ -22,9 +22,9 @@ from urllib.parse import quote
 
 import httpx
 
-from sdk.errors import InvalidEventError, StepqError
-from sdk.event import Event
-from sdk.ids import new_ulid
+from stepq.errors import InvalidEventError, StepqError
+from stepq.event import Event
+from stepq.ids import new_ulid
 
 #: Attempts per send: the first and two retries.
 ATTEMPTS = 3
@@ -74,7 +74,7 @@ def _with_id(event: Event) -> Event:
 
 
 class HttpTransport:
-    """``sdk.transport.EventTransport`` over HTTP: ``POST {url}/e/{event_key}`` with retries.
+    """``stepq.transport.EventTransport`` over HTTP: ``POST {url}/e/{event_key}`` with retries.
 
     Retries (``ATTEMPTS`` in all, with backoff) on network errors and 5xx answers only; a 4xx
     answer raises at once: ``EventRejectedError`` (400/413, also an ``InvalidEventError``),

@@ -7,7 +7,7 @@ import enum
 import hashlib
 from typing import Any
 
-from sdk.jsonvalue import JSON
+from stepq.jsonvalue import JSON
 
 
 class Op(enum.StrEnum):

@@ -7,8 +7,8 @@ import datetime as dt
 import random
 from typing import Any
 
-from sdk.durations import DurationLike, to_timedelta
-from sdk.errors import FunctionConfigError
+from stepq.durations import DurationLike, to_timedelta
+from stepq.errors import FunctionConfigError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

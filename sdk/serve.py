@@ -9,7 +9,7 @@ path it is mounted at::
     app.add_route("/api/inngest", sdk.serve(client), methods=["GET", "POST", "PUT"])
     flask_app.wsgi_app = DispatcherMiddleware(flask_app.wsgi_app, {"/api/inngest": sdk.serve_wsgi(client)})
 
-- ``POST ?fnId=<app>-<fn>&stepId=step|<step key>`` runs the function once (``sdk.engine.execute``)
+- ``POST ?fnId=<app>-<fn>&stepId=step|<step key>`` runs the function once (``stepq.engine.execute``)
   with the request's event(s), memo and context, and answers 206 with opcodes, 200 with the return
   value, or 500 with ``{name, message, stack}`` and ``X-Inngest-No-Retry``; ``Retry-After`` (whole
   seconds) when the function asked for it. ``probe=trust`` answers an empty 200 after the signature
@@ -46,12 +46,12 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import structlog
 
-from sdk.client import FUNCTION_FAILED, NO_EVENT_KEY, Client
-from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, execute
-from sdk.errors import FunctionConfigError, InvalidEventError
-from sdk.event import Event
-from sdk.function import MAX_RETRIES, Function
-from sdk.signing import (
+from stepq.client import FUNCTION_FAILED, NO_EVENT_KEY, Client
+from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, execute
+from stepq.errors import FunctionConfigError, InvalidEventError
+from stepq.event import Event
+from stepq.function import MAX_RETRIES, Function
+from stepq.signing import (
     SIGNATURE_HEADER,
     SignatureError,
     check_signing_key,
@@ -59,7 +59,7 @@ from sdk.signing import (
     matching_key,
     sign,
 )
-from sdk.triggers import TriggerEvent
+from stepq.triggers import TriggerEvent
 
 log = structlog.get_logger("stepq.serve")
 

@@ -14,15 +14,15 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from sdk.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
-from sdk.engine import Interrupt, Replay, Skip, unwrap_memo
-from sdk.errors import NonRetriableError, RetryAfterError, StepOutputError, error_payload
-from sdk.event import Event
-from sdk.opcodes import Op, Opcode
-from sdk.retry import Backoff
+from stepq.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
+from stepq.engine import Interrupt, Replay, Skip, unwrap_memo
+from stepq.errors import NonRetriableError, RetryAfterError, StepOutputError, error_payload
+from stepq.event import Event
+from stepq.opcodes import Op, Opcode
+from stepq.retry import Backoff
 
 if TYPE_CHECKING:
-    from sdk.function import Function
+    from stepq.function import Function
 
 #: Sends events for ``step.send_event``; the client's ``send``.
 Sender = Callable[[Sequence[Event]], Awaitable[list[str]]]

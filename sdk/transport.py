@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Protocol
 
-from sdk.errors import StepqError
-from sdk.event import Event
+from stepq.errors import StepqError
+from stepq.event import Event
 
 
 class EventTransport(Protocol):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-import sdk
-from runtime.connection import connect
+import stepq
+from stepq.runtime.connection import connect
 from tests.helpers import REDIS_URL, StartWorkers, WorkerProcess
 
 
@@ -29,9 +29,9 @@ async def redis() -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def sender(redis: Redis) -> AsyncIterator[sdk.Client]:
+async def sender(redis: Redis) -> AsyncIterator[stepq.Client]:
     """A client that sends events to the test database (sending does not depend on the app)."""
-    client = sdk.Client("test-sender", redis_url=REDIS_URL)
+    client = stepq.Client("test-sender", redis_url=REDIS_URL)
     yield client
     await client.aclose()
 

@@ -21,12 +21,14 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime import keys
-from runtime.queries import RunView, get_run, list_runs
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.queries import RunView, get_run, list_runs
 
 REDIS_URL = os.environ.get("STEPQ_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
 ROOT = Path(__file__).resolve().parent.parent
+# The `stepq` command, run by the venv's interpreter whatever PATH holds.
+STEPQ_CLI = [sys.executable, "-m", "stepq.workers.cli"]
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -68,7 +70,7 @@ class WorkerProcess(LoggedProcess):
 
     def __init__(self, app: str, index: int, directory: Path, env: dict[str, str]) -> None:
         self.app = app
-        argv = [sys.executable, "-m", "workers.cli", "worker", f"tests.apps.{app}:client", "--redis-url", REDIS_URL]
+        argv = [*STEPQ_CLI, "worker", f"tests.apps.{app}:client", "--redis-url", REDIS_URL]
         super().__init__(f"worker-{app}-{index}", argv, directory, env)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -118,9 +120,9 @@ async def run_ids_for_event(redis: Redis, function: str, event_id: str) -> list[
     return [view.run_id for view in await runs_of(redis, function) if event_id in view.event_ids]
 
 
-async def start_run(sender: sdk.Client, redis: Redis, function: str, name: str, data: dict[str, Any]) -> str:
+async def start_run(sender: stepq.Client, redis: Redis, function: str, name: str, data: dict[str, Any]) -> str:
     """Send one event and return the id of the single run of ``function`` it started."""
-    [event_id] = await sender.send(sdk.Event(name=name, data=data))
+    [event_id] = await sender.send(stepq.Event(name=name, data=data))
     run_ids = await run_ids_for_event(redis, function, event_id)
     assert len(run_ids) == 1, f"event {name} started {len(run_ids)} runs of {function}, expected 1"
     return run_ids[0]
@@ -212,7 +214,7 @@ async def wait_for_runs(
 
 
 async def start_runs(
-    sender: sdk.Client, redis: Redis, function: str, events: Sequence[sdk.Event], batch: int = 100
+    sender: stepq.Client, redis: Redis, function: str, events: Sequence[stepq.Event], batch: int = 100
 ) -> list[str]:
     """Send events in batches; return the id of the single run of ``function`` each started, in order."""
     event_ids: list[str] = []

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import redis as sync_redis
 
-from tests.helpers import REDIS_URL, ROOT, LoggedProcess
+from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, LoggedProcess
 
 
 def free_port() -> int:
@@ -99,7 +99,7 @@ class Service(LoggedProcess):
 def start_api(directory: Path, *, dev: bool = True, env: dict[str, str] | None = None, name: str = "api") -> Service:
     """``stepq api`` on a free port; ``.url`` is its origin. Ready when ``/health`` answers 200."""
     port = free_port()
-    argv = [sys.executable, "-m", "workers.cli", "api", "--port", str(port), "--redis-url", REDIS_URL]
+    argv = [*STEPQ_CLI, "api", "--port", str(port), "--redis-url", REDIS_URL]
     if dev:
         argv.append("--dev")
     service = Service(name, argv, directory, env)
@@ -111,7 +111,7 @@ def start_api(directory: Path, *, dev: bool = True, env: dict[str, str] | None =
 
 def start_http_worker(directory: Path, *, env: dict[str, str] | None = None, name: str = "http-worker") -> Service:
     """``stepq worker --http``, ready once it logged ``worker.started``."""
-    argv = [sys.executable, "-m", "workers.cli", "worker", "--http", "--redis-url", REDIS_URL]
+    argv = [*STEPQ_CLI, "worker", "--http", "--redis-url", REDIS_URL]
     service = Service(name, argv, directory, env)
     service.wait_log("worker.started")
     return service
@@ -193,7 +193,7 @@ def register_payload(app_url: str, app_id: str, functions: list[dict[str, Any]])
 def stepq_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``stepq <args>`` against the test database."""
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args, "--redis-url", REDIS_URL],
+        [*STEPQ_CLI, *args, "--redis-url", REDIS_URL],
         cwd=ROOT,
         env={**clean_environ(), **(env or {})},
         capture_output=True,

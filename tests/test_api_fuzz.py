@@ -23,9 +23,9 @@ import redis as sync_redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime import keys
-from runtime.api import ApiServer, ApiSettings
-from runtime.codec import unpack
+from stepq.runtime import keys
+from stepq.runtime.api import ApiServer, ApiSettings
+from stepq.runtime.codec import unpack
 from tests.helpers import REDIS_URL
 
 EVENT = "fuzz/event"

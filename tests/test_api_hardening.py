@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,19 +29,19 @@ import redis as sync_redis
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-import workers.embedded
-from runtime import keys
-from runtime.api import ApiServer, ApiSettings
-from runtime.app_urls import AllowedHosts
-from runtime.codec import pack, unpack
-from runtime.connection import connect
-from runtime.registry import FunctionOwnedError, Registry
-from runtime.transport import RedisTransport, SendError
-from sdk.event import Event
-from sdk.signing import bearer
-from tests.helpers import REDIS_URL, wait_for_run
+import stepq.workers.embedded
+from stepq.event import Event
+from stepq.runtime import keys
+from stepq.runtime.api import ApiServer, ApiSettings
+from stepq.runtime.app_urls import AllowedHosts
+from stepq.runtime.codec import pack, unpack
+from stepq.runtime.connection import connect
+from stepq.runtime.registry import FunctionOwnedError, Registry
+from stepq.runtime.transport import RedisTransport, SendError
+from stepq.signing import bearer
+from stepq.workers.embedded import EmbeddedRedis
+from tests.helpers import REDIS_URL, STEPQ_CLI, wait_for_run
 from tests.http_fixtures import Service, free_port
-from workers.embedded import EmbeddedRedis
 
 #: Put in every bad payload: it must never show up in the API's logs.
 MARKER = "PAYLOAD-MARKER-5e1f"
@@ -265,7 +264,7 @@ def _redis_binaries() -> list[Any]:
 @pytest.fixture(params=_redis_binaries())
 def private_redis(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedRedis]:
     """A private redis-server of each supported binary, on a free port."""
-    monkeypatch.setattr(workers.embedded, "find_redis_server", lambda: request.param)
+    monkeypatch.setattr(stepq.workers.embedded, "find_redis_server", lambda: request.param)
     with EmbeddedRedis() as server:
         yield server
 
@@ -510,7 +509,7 @@ async def test_a_worker_refuses_to_call_an_app_url_registered_before_the_check(r
         "flow": {},
     }
     await Registry(redis).register_app("legacy", [config])
-    argv = [sys.executable, "-m", "workers.cli", "worker", "--http", "--redis-url", REDIS_URL]
+    argv = [*STEPQ_CLI, "worker", "--http", "--redis-url", REDIS_URL]
     worker = Service("http-worker", argv, tmp_path, {"STEPQ_REDIS_URL": REDIS_URL})
     try:
         worker.wait_log("worker.started")
@@ -541,7 +540,7 @@ def test_the_api_refuses_to_start_with_a_malformed_allow_list(monkeypatch: pytes
     with pytest.raises(ValueError, match="STEPQ_ALLOWED_APP_HOSTS"):
         ApiSettings.from_env()
     result = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "api", "--dev", "--port", str(free_port()), "--redis-url", REDIS_URL],
+        [*STEPQ_CLI, "api", "--dev", "--port", str(free_port()), "--redis-url", REDIS_URL],
         env={**os.environ, "STEPQ_ALLOWED_APP_HOSTS": "10.0.0.0/8, http://apps.internal/"},
         capture_output=True,
         text=True,

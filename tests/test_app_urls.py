@@ -1,4 +1,4 @@
-"""Where workers may send requests (``runtime.app_urls``): the pure checks, then the HTTP invoker
+"""Where workers may send requests (``stepq.runtime.app_urls``): the pure checks, then the HTTP invoker
 refusing to connect, against a real loopback app that counts the requests it gets."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from runtime.app_urls import (
+from stepq.engine import ExecutionRequest, FunctionFailed, FunctionReturned
+from stepq.event import Event
+from stepq.runtime.app_urls import (
     AllowedHosts,
     AppUrlPolicy,
     AppUrlRefused,
@@ -28,10 +30,8 @@ from runtime.app_urls import (
     host_and_port,
     is_redis,
 )
-from sdk.engine import ExecutionRequest, FunctionFailed, FunctionReturned
-from sdk.event import Event
-from workers.http_invoker import HttpInvoker
-from workers.remote import RemoteFunction
+from stepq.workers.http_invoker import HttpInvoker
+from stepq.workers.remote import RemoteFunction
 
 
 def ip(text: str) -> IPAddress:

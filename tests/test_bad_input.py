@@ -10,10 +10,10 @@ import msgpack
 import pytest
 from redis.asyncio import Redis
 
-import sdk
-from runtime import keys
-from runtime.queries import get_run, list_runs
-from runtime.registry import Registry
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.queries import get_run, list_runs
+from stepq.runtime.registry import Registry
 from tests.apps import bad
 from tests.helpers import StartWorkers, WorkerProcess, start_run, wait_for_empty_queue, wait_for_run
 
@@ -24,15 +24,15 @@ APP = "t-bad"
     ("event", "field"),
     [
         ({"data": {"a": 1}}, "event.name"),
-        (sdk.Event(name=""), "event.name"),
-        (sdk.Event(name="   ", data={"a": 1}), "event.name"),
+        (stepq.Event(name=""), "event.name"),
+        (stepq.Event(name="   ", data={"a": 1}), "event.name"),
     ],
     ids=["missing", "empty", "blank"],
 )
 async def test_event_without_a_name_is_refused_and_nothing_is_stored(
-    redis: Redis, sender: sdk.Client, event: Any, field: str
+    redis: Redis, sender: stepq.Client, event: Any, field: str
 ) -> None:
-    with pytest.raises(sdk.InvalidEventError) as refused:
+    with pytest.raises(stepq.InvalidEventError) as refused:
         await sender.send(event)
     assert field in str(refused.value)
     assert await redis.dbsize() == 0
@@ -48,19 +48,19 @@ async def test_event_without_a_name_is_refused_and_nothing_is_stored(
     ids=["set", "object", "nested-set"],
 )
 async def test_event_with_non_json_data_is_refused_and_nothing_is_stored(
-    redis: Redis, sender: sdk.Client, data: dict[str, Any], where: str, kind: str
+    redis: Redis, sender: stepq.Client, data: dict[str, Any], where: str, kind: str
 ) -> None:
-    with pytest.raises(sdk.InvalidEventError) as refused:
-        await sender.send(sdk.Event(name="test/echo", data=data))
+    with pytest.raises(stepq.InvalidEventError) as refused:
+        await sender.send(stepq.Event(name="test/echo", data=data))
     assert where in str(refused.value)
     assert kind in str(refused.value)
     assert await redis.dbsize() == 0
 
 
-async def test_a_bad_event_in_a_batch_refuses_the_whole_batch(redis: Redis, sender: sdk.Client) -> None:
-    good = sdk.Event(name="test/echo", data={"text": "fine"})
-    with pytest.raises(sdk.InvalidEventError) as refused:
-        await sender.send([good, sdk.Event(name="test/echo", data={"when": {1}})])
+async def test_a_bad_event_in_a_batch_refuses_the_whole_batch(redis: Redis, sender: stepq.Client) -> None:
+    good = stepq.Event(name="test/echo", data={"text": "fine"})
+    with pytest.raises(stepq.InvalidEventError) as refused:
+        await sender.send([good, stepq.Event(name="test/echo", data={"when": {1}})])
     assert "events[1].data.when" in str(refused.value)
     assert await redis.dbsize() == 0
 
@@ -73,7 +73,7 @@ async def test_a_bad_event_in_a_batch_refuses_the_whole_batch(redis: Redis, send
     ],
 )
 async def test_step_returning_a_non_json_value_fails_the_run_naming_the_step_and_type(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, function: str, event: str, step: str, kind: str
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, function: str, event: str, step: str, kind: str
 ) -> None:
     start_workers("bad")
     run_id = await start_run(sender, redis, function, event, {})
@@ -89,7 +89,7 @@ async def test_step_returning_a_non_json_value_fails_the_run_naming_the_step_and
 
 
 async def test_step_output_over_the_limit_fails_the_run_clearly(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("bad", env={"STEPQ_MAX_OUTPUT_BYTES": "1024"})
     run_id = await start_run(sender, redis, "big-output", "test/big-output", {})
@@ -106,10 +106,10 @@ async def test_step_output_over_the_limit_fails_the_run_clearly(
 
 
 async def test_event_no_function_listens_to_is_stored_and_starts_nothing(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("bad")
-    [event_id] = await sender.send(sdk.Event(name="test/nobody-listens", data={"x": 1}))
+    [event_id] = await sender.send(stepq.Event(name="test/nobody-listens", data={"x": 1}))
 
     assert await redis.exists(keys.event(event_id)) == 1
     assert await list_runs(redis) == []
@@ -133,7 +133,7 @@ async def wait_for_log(worker: WorkerProcess, predicate: Any, timeout: float = 1
 
 
 async def test_raw_job_naming_an_unknown_function_is_dropped_with_an_error_log(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     [worker] = start_workers("bad")
     now = int(time.time() * 1000)
@@ -154,14 +154,14 @@ async def test_raw_job_naming_an_unknown_function_is_dropped_with_an_error_log(
 
 
 async def test_job_for_a_function_the_worker_does_not_serve_is_dropped_with_an_error_log(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     [worker] = start_workers("bad")
     # A newer deploy of the app added "ghost"; this worker runs the older code.
-    newer = sdk.Client(APP)
+    newer = stepq.Client(APP)
 
-    @newer.create_function(id="ghost", trigger=sdk.TriggerEvent(event="test/ghost"))
-    async def ghost(ctx: sdk.Context) -> None:
+    @newer.create_function(id="ghost", trigger=stepq.TriggerEvent(event="test/ghost"))
+    async def ghost(ctx: stepq.Context) -> None:
         pass
 
     await Registry(redis).register_app(APP, [fn.config() for fn in [*bad.client.functions.values(), ghost]])

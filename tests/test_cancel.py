@@ -7,19 +7,19 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime import keys
-from runtime.queries import RunView, get_run
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.queries import RunView, get_run
 from tests.helpers import (
     REDIS_URL,
     ROOT,
+    STEPQ_CLI,
     StartWorkers,
     queued_jobs,
     read_lines,
@@ -42,7 +42,7 @@ async def wait_members(redis: Redis, event_name: str, run_id: str) -> list[str]:
     return [m.decode() for m in members if m.decode().startswith(run_id + "|")]
 
 
-async def park(redis: Redis, sender: sdk.Client, log: Path, cancel_id: str) -> tuple[str, str, float]:
+async def park(redis: Redis, sender: stepq.Client, log: Path, cancel_id: str) -> tuple[str, str, float]:
     """Start a sleeper and a waiter (cancel id ``cancel_id``) and return them once parked, with the
     time (epoch s) by which both would have resumed."""
     data = {"log": str(log), "id": cancel_id}
@@ -87,7 +87,7 @@ async def assert_cancelled_for_good(
 
 
 async def test_cancel_by_matching_event_while_sleeping_and_waiting(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("cancels")
     log = tmp_path / "steps.log"
@@ -97,7 +97,7 @@ async def test_cancel_by_matching_event_while_sleeping_and_waiting(
     for run_id in (sleeper, waiter, other):
         assert await wait_members(redis, "app/cancel", run_id)
 
-    await sender.send(sdk.Event(name="app/cancel", data={"id": "order-1"}))
+    await sender.send(stepq.Event(name="app/cancel", data={"id": "order-1"}))
 
     await assert_cancelled_for_good(redis, log, [sleeper, waiter], resume_by, "app/cancel")
     # The rule's condition compares ids: the run of order-2 was not cancelled.
@@ -107,7 +107,7 @@ async def test_cancel_by_matching_event_while_sleeping_and_waiting(
 
 
 async def test_cancel_by_api_while_sleeping_and_waiting(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("cancels")
     log = tmp_path / "steps.log"
@@ -123,7 +123,7 @@ async def test_cancel_by_api_while_sleeping_and_waiting(
 
 def stepq_cancel(run_id: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", "cancel", run_id, "--redis-url", REDIS_URL],
+        [*STEPQ_CLI, "cancel", run_id, "--redis-url", REDIS_URL],
         cwd=ROOT,
         env=dict(os.environ),
         capture_output=True,
@@ -133,7 +133,7 @@ def stepq_cancel(run_id: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_cancel_from_the_command_line_while_sleeping_and_waiting(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("cancels")
     log = tmp_path / "steps.log"
@@ -157,7 +157,7 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what:
 
 
 async def test_finish_timeout_cancels_a_run_still_sleeping(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("cancels")
     log = tmp_path / "steps.log"
@@ -174,7 +174,7 @@ async def test_finish_timeout_cancels_a_run_still_sleeping(
 
 
 async def test_start_timeout_cancels_a_run_no_worker_started_in_time(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     [first] = start_workers("cancels")  # registers the app, so the event starts a run
     first.stop()

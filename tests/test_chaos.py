@@ -16,9 +16,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime.codec import unpack
-from runtime.queries import RunView
+import stepq
+from stepq.runtime.codec import unpack
+from stepq.runtime.queries import RunView
 from tests.apps.chaos import STEPS, executions_key, expected_values
 from tests.helpers import REDIS_URL, StartWorkers, WorkerProcess, run_memo, run_stack, runs_of, sha1
 
@@ -49,7 +49,7 @@ def started(worker: WorkerProcess) -> bool:
 
 
 async def test_300_runs_complete_while_workers_are_killed_every_2_s(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     rng = random.Random(20261126)
     fleet: list[WorkerProcess] = start_workers("chaos", n=WORKERS, env=ENV)
@@ -63,7 +63,7 @@ async def test_300_runs_complete_while_workers_are_killed_every_2_s(
         per_batch = RUNS // batches
         for b in range(batches):
             events = [
-                sdk.Event(name="test/ten-steps", data={"n": n}) for n in range(b * per_batch, (b + 1) * per_batch)
+                stepq.Event(name="test/ten-steps", data={"n": n}) for n in range(b * per_batch, (b + 1) * per_batch)
             ]
             ids = await sender.send(events)
             n_of_event.update(zip(ids, range(b * per_batch, (b + 1) * per_batch), strict=True))

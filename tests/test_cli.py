@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 from redis.asyncio import Redis
 
-from tests.helpers import REDIS_URL, ROOT, StartWorkers, run_ids_for_event, wait_for_run
+from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, StartWorkers, run_ids_for_event, wait_for_run
 
 #: Where STEPQ_REDIS_URL points in these tests: nothing answers there, so only --redis-url can work.
 DEAD_URL = "redis://127.0.0.1:1/0"
@@ -18,7 +17,7 @@ DEAD_URL = "redis://127.0.0.1:1/0"
 def stepq(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "STEPQ_REDIS_URL": DEAD_URL}
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args, "--redis-url", REDIS_URL],
+        [*STEPQ_CLI, *args, "--redis-url", REDIS_URL],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -17,8 +17,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime.codec import unpack
+import stepq
+from stepq.runtime.codec import unpack
 from tests.helpers import StartWorkers, WorkerProcess, read_lines, run_memo, run_stack, sha1, start_run, wait_for_run
 
 #: The requirement (BRIEF §4): a SIGKILLed worker's step starts again elsewhere within 15 s.
@@ -76,7 +76,7 @@ async def wait_exit(worker: WorkerProcess, timeout: float) -> int:
 
 
 async def test_sigkilled_workers_step_runs_again_elsewhere_within_15_s(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     # Default lease (10 s); a step timeout of an hour, which arq alone would turn into a 1 h lock.
     workers = start_workers("crash", n=2, env={"STEPQ_STEP_TIMEOUT": "3600"})
@@ -109,7 +109,7 @@ async def test_sigkilled_workers_step_runs_again_elsewhere_within_15_s(
 
 
 async def test_steps_longer_than_the_lease_finish_on_their_first_worker_and_run_once(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     """25 s steps under a 10 s lease: an awaiting coroutine, a blocking def in a thread, and a
     plain-def function; a second worker polls beside the first the whole time."""
@@ -148,7 +148,7 @@ async def test_steps_longer_than_the_lease_finish_on_their_first_worker_and_run_
 
 
 async def test_sigterm_lets_the_running_step_finish_and_the_worker_exit_0(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     workers = start_workers("crash", n=2)
     log = tmp_path / "slow.log"
@@ -172,7 +172,7 @@ async def test_sigterm_lets_the_running_step_finish_and_the_worker_exit_0(
 
 
 async def test_a_drain_past_its_grace_hands_the_job_back_to_another_worker(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     # A 60 s lease: if the job were not handed back, no other worker could take it for a minute,
     # longer than this test waits for the run.
@@ -202,7 +202,7 @@ async def test_a_drain_past_its_grace_hands_the_job_back_to_another_worker(
 
 
 async def test_a_second_sigint_hands_the_running_step_back_at_once(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     # The default 30 s grace and a 60 s lease: only the forced hand-back lets the other worker run
     # the step within this test's waits.

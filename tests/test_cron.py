@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-import sdk
-from runtime import keys
-from runtime.codec import unpack
-from runtime.connection import connect
-from runtime.cron import (
+import stepq
+from stepq.errors import FunctionConfigError
+from stepq.runtime import keys
+from stepq.runtime.codec import unpack
+from stepq.runtime.connection import connect
+from stepq.runtime.cron import (
     CRON_EVENT,
     SKIPPED,
     CronScheduler,
@@ -32,9 +33,8 @@ from runtime.cron import (
     parse_schedule,
     tick_event_id,
 )
-from runtime.queries import get_run
-from runtime.store import RunStore
-from sdk.errors import FunctionConfigError
+from stepq.runtime.queries import get_run
+from stepq.runtime.store import RunStore
 from tests.apps import cron_app
 from tests.helpers import REDIS_URL, ROOT, StartWorkers, read_lines
 
@@ -152,10 +152,10 @@ def test_cron_functions_lists_and_validates_triggers() -> None:
         ("t-cron-every-second", "t-cron", "*/1 * * * * *"),
         ("t-cron-paris-morning", "t-cron", f"TZ={PARIS} 0 9 * * 1-5"),
     ]
-    client = sdk.Client("t-cron-bad")
+    client = stepq.Client("t-cron-bad")
 
-    @client.create_function(id="typo", trigger=sdk.TriggerCron(cron="*/5 * * *"))
-    async def typo(ctx: sdk.Context) -> None:
+    @client.create_function(id="typo", trigger=stepq.TriggerCron(cron="*/5 * * *"))
+    async def typo(ctx: stepq.Context) -> None:
         return None
 
     with pytest.raises(InvalidCronError, match="function 'typo': cron '\\*/5 \\* \\* \\*': expected 5 fields"):
@@ -371,7 +371,7 @@ async def test_idle_calls_are_cheap(redis: Redis) -> None:
 
 
 def _worker_runs_cron() -> bool:
-    from workers.worker import StepqWorker
+    from stepq.workers.worker import StepqWorker
 
     return hasattr(StepqWorker, "_fire_cron")
 

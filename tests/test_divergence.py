@@ -6,12 +6,12 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-import sdk
+import stepq
 from tests.helpers import StartWorkers, read_lines, start_run, wait_for_run
 
 
 async def test_random_step_id_fails_the_run_with_a_non_determinism_error_naming_the_step(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("divergent")
     log = tmp_path / "random-step.log"

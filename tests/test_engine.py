@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-import sdk as inngest
-from sdk.durations import parse_iso, to_timedelta
-from sdk.opcodes import memo_data, memo_error
+import stepq as inngest
+from stepq.durations import parse_iso, to_timedelta
+from stepq.opcodes import memo_data, memo_error
 
 client = inngest.Client("t-engine", redis_url="redis://127.0.0.1:1/0")  # never connects
 EVENT = inngest.Event(name="test/engine", data={"n": 3}).validated()

@@ -1,7 +1,7 @@
 """The HTTP event API (``stepq api``) and the SDK's HTTP transport, against real Redis and workers.
 
 The main API runs as a ``stepq api`` subprocess with configured keys; variants (dev mode, small
-limits, a flaky proxy in front) run in-process under uvicorn in a thread (``runtime.api.ApiServer``).
+limits, a flaky proxy in front) run in-process under uvicorn in a thread (``stepq.runtime.api.ApiServer``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,20 +24,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-import sdk
-from runtime import keys
-from runtime.api import MAX_EVENTS, ApiServer, ApiSettings
-from runtime.codec import unpack
-from runtime.queries import RunView, list_runs
-from sdk.http_transport import (
+import stepq
+from stepq.http_transport import (
     EventApiUnavailableError,
     EventKeyError,
     EventRejectedError,
     HttpTransport,
     PreparedSend,
 )
-from sdk.signing import bearer
-from tests.helpers import REDIS_URL, ROOT, TERMINAL, StartWorkers
+from stepq.runtime import keys
+from stepq.runtime.api import MAX_EVENTS, ApiServer, ApiSettings
+from stepq.runtime.codec import unpack
+from stepq.runtime.queries import RunView, list_runs
+from stepq.signing import bearer
+from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, TERMINAL, StartWorkers
 
 KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
@@ -77,7 +76,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env.update({"STEPQ_EVENT_KEYS": f"{KEY}, {OTHER_KEY}", "STEPQ_SIGNING_KEY": SIGNING_KEY, "PYTHONUNBUFFERED": "1"})
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "api", "--port", str(port), "--redis-url", REDIS_URL],
+            [*STEPQ_CLI, "api", "--port", str(port), "--redis-url", REDIS_URL],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -326,7 +325,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_without_keys_and_outside_dev_mode_the_api_does_not_start() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("STEPQ_DEV", "STEPQ_EVENT_KEYS")}
     done = subprocess.run(
-        [sys.executable, "-m", "workers.cli", "api", "--port", str(free_port()), "--redis-url", REDIS_URL],
+        [*STEPQ_CLI, "api", "--port", str(free_port()), "--redis-url", REDIS_URL],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -358,16 +357,16 @@ async def test_the_sdk_client_sends_over_http_and_the_run_completes(
     redis: Redis, api_url: str, start_workers: StartWorkers
 ) -> None:
     start_workers(APP)
-    client = sdk.Client("t-http-sender", event_api_url=api_url, event_key=KEY)
+    client = stepq.Client("t-http-sender", event_api_url=api_url, event_key=KEY)
     try:
-        ids = await client.send(sdk.Event(name=EVENT, data={"n": 4}))
+        ids = await client.send(stepq.Event(name=EVENT, data={"n": 4}))
         [run] = await wait_for_echo_runs(redis, 1)
         assert run.status == "completed" and run.output["doubled"] == 8
         # The client gave the event an idempotency key; the run saw it.
         stored = await stored_event(redis, ids[0])
         assert stored["id"] and run.output["event_id"] == stored["id"]
 
-        sync_ids = await asyncio.to_thread(client.send_sync, [sdk.Event(name=EVENT, data={"n": i}) for i in (1, 2)])
+        sync_ids = await asyncio.to_thread(client.send_sync, [stepq.Event(name=EVENT, data={"n": i}) for i in (1, 2)])
         assert len(sync_ids) == 2
         await wait_for_echo_runs(redis, 3)
     finally:
@@ -375,14 +374,14 @@ async def test_the_sdk_client_sends_over_http_and_the_run_completes(
 
 
 async def test_the_sdk_client_raises_clear_errors_for_4xx(redis: Redis, api_url: str) -> None:
-    wrong = sdk.Client("t-http-sender", event_api_url=api_url, event_key="wrong")
-    right = sdk.Client("t-http-sender", event_api_url=api_url, event_key=KEY)
+    wrong = stepq.Client("t-http-sender", event_api_url=api_url, event_key="wrong")
+    right = stepq.Client("t-http-sender", event_api_url=api_url, event_key=KEY)
     try:
         with pytest.raises(EventKeyError) as refused:
-            await wrong.send(sdk.Event(name=EVENT))
+            await wrong.send(stepq.Event(name=EVENT))
         assert refused.value.status == 401
-        with pytest.raises(sdk.InvalidEventError, match=r"events\[1\]\.name.*reserved") as rejected:
-            await right.send([sdk.Event(name=EVENT), sdk.Event(name="inngest/x")])
+        with pytest.raises(stepq.InvalidEventError, match=r"events\[1\]\.name.*reserved") as rejected:
+            await right.send([stepq.Event(name=EVENT), stepq.Event(name="inngest/x")])
         assert isinstance(rejected.value, EventRejectedError) and rejected.value.status == 400
     finally:
         await wrong.aclose()
@@ -393,11 +392,11 @@ async def test_the_sdk_client_raises_clear_errors_for_4xx(redis: Redis, api_url:
 def test_the_client_reads_the_event_api_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STEPQ_EVENT_API_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("STEPQ_EVENT_KEY", "k")
-    client = sdk.Client("t-env")
+    client = stepq.Client("t-env")
     transport = client.transport
     assert isinstance(transport, HttpTransport) and transport.endpoint == "http://127.0.0.1:1/e/k"
-    with pytest.raises(sdk.FunctionConfigError, match="event_api_url"):
-        sdk.Client("t-env", event_api_url="127.0.0.1:8288")
+    with pytest.raises(stepq.FunctionConfigError, match="event_api_url"):
+        stepq.Client("t-env", event_api_url="127.0.0.1:8288")
 
 
 # -- retries create no duplicate runs ----------------------------------------------------------------
@@ -436,9 +435,9 @@ async def test_a_retried_send_after_a_502_creates_no_duplicate_runs(
     proxy = FlakyProxy(api_url, failures=1)
     with ApiServer(REDIS_URL, app=proxy.app) as server:
         transport = HttpTransport(server.url, KEY, backoff_s=0.01)
-        client = sdk.Client("t-http-sender", transport=transport)
+        client = stepq.Client("t-http-sender", transport=transport)
         try:
-            batch = [sdk.Event(name=EVENT, data={"n": 1}), sdk.Event(name=EVENT, data={"n": 2}, id="mine")]
+            batch = [stepq.Event(name=EVENT, data={"n": 1}), stepq.Event(name=EVENT, data={"n": 2}, id="mine")]
             ids = await client.send(batch)
         finally:
             await client.aclose()
@@ -459,7 +458,7 @@ async def test_a_send_whose_answer_times_out_is_retried_without_duplicate_runs(
     with ApiServer(REDIS_URL, app=proxy.app) as server:
         transport = HttpTransport(server.url, KEY, timeout=1.0, backoff_s=0.01)
         try:
-            ids = await asyncio.to_thread(transport.send_sync, [sdk.Event(name=EVENT, data={"n": 7}).validated()])
+            ids = await asyncio.to_thread(transport.send_sync, [stepq.Event(name=EVENT, data={"n": 7}).validated()])
         finally:
             await transport.aclose()
     assert proxy.forwarded == 2 and len(ids) == 1
@@ -477,7 +476,7 @@ async def test_when_every_attempt_fails_the_error_is_clear_and_runs_are_still_no
         transport = HttpTransport(server.url, KEY, backoff_s=0.01)
         try:
             with pytest.raises(EventApiUnavailableError, match="after 3 attempt"):
-                await transport.send([sdk.Event(name=EVENT, data={"n": 3}).validated()])
+                await transport.send([stepq.Event(name=EVENT, data={"n": 3}).validated()])
         finally:
             await transport.aclose()
     assert proxy.forwarded == 3
@@ -493,7 +492,7 @@ async def test_a_4xx_answer_is_not_retried(redis: Redis, api_url: str) -> None:
         transport = HttpTransport(server.url, KEY, backoff_s=0.01)
         try:
             with pytest.raises(EventRejectedError):
-                await transport.send([sdk.Event(name="stepq/nope").validated()])
+                await transport.send([stepq.Event(name="stepq/nope").validated()])
         finally:
             await transport.aclose()
     assert proxy.forwarded == 1
@@ -505,7 +504,7 @@ async def test_posting_the_same_prepared_send_twice_starts_each_function_once(
     start_workers(APP)
     transport = HttpTransport(api_url, KEY)
     try:
-        prepared = PreparedSend([sdk.Event(name=EVENT, data={"n": i}).validated() for i in range(5)])
+        prepared = PreparedSend([stepq.Event(name=EVENT, data={"n": i}).validated() for i in range(5)])
         first = await transport.attempt(prepared)
         second = await transport.attempt(prepared)
     finally:

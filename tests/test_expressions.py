@@ -1,4 +1,4 @@
-"""sdk.expressions: compiling, matching, interpolating and indexing CEL expressions (no Redis)."""
+"""stepq.expressions: compiling, matching, interpolating and indexing CEL expressions (no Redis)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-import sdk
-from sdk.errors import FunctionConfigError
-from sdk.expressions import (
+import stepq
+from stepq.errors import FunctionConfigError
+from stepq.expressions import (
     Bindings,
     Expression,
     ExpressionError,
@@ -139,12 +139,12 @@ def test_async_is_an_ordinary_identifier() -> None:
 
 
 def test_trigger_event_compiles_its_expression_at_definition() -> None:
-    trigger = sdk.TriggerEvent(event="app/signup", expression="event.data.plan == 'pro'")
+    trigger = stepq.TriggerEvent(event="app/signup", expression="event.data.plan == 'pro'")
     assert trigger.compiled is compile_expression("event.data.plan == 'pro'", variables=EVENT)
     assert trigger.matches(TRIGGER)
     assert not trigger.matches({"data": {"plan": "free"}})
-    assert sdk.TriggerEvent(event="app/signup").matches({})
-    assert sdk.TriggerEvent(event="app/signup", expression="").to_dict() == {"event": "app/signup"}
+    assert stepq.TriggerEvent(event="app/signup").matches({})
+    assert stepq.TriggerEvent(event="app/signup", expression="").to_dict() == {"event": "app/signup"}
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_trigger_event_compiles_its_expression_at_definition() -> None:
 )
 def test_invalid_trigger_expression_fails_at_definition_naming_the_trigger(text: str, problem: str) -> None:
     with pytest.raises(FunctionConfigError) as info:
-        sdk.TriggerEvent(event="app/signup", expression=text)
+        stepq.TriggerEvent(event="app/signup", expression=text)
     message = str(info.value)
     assert message.startswith(f"TriggerEvent(event='app/signup').expression: expression {text!r}: ")
     assert problem in message
@@ -165,7 +165,7 @@ def test_invalid_trigger_expression_fails_at_definition_naming_the_trigger(text:
 
 def test_non_string_trigger_expression_is_rejected() -> None:
     with pytest.raises(FunctionConfigError, match=r"TriggerEvent\(event='a'\).expression: expected a string"):
-        sdk.TriggerEvent(event="a", expression=["event.data.x"])  # type: ignore[arg-type]
+        stepq.TriggerEvent(event="a", expression=["event.data.x"])  # type: ignore[arg-type]
 
 
 # -- matching -----------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime.queries import RunView
+import stepq
+from stepq.runtime.queries import RunView
 from tests.helpers import StartWorkers, read_lines, runs_of, start_run, wait_for_run
 
 APP = "t-failures"
@@ -34,11 +34,11 @@ async def finished_runs_of(redis: Redis, function: str, count: int, timeout: flo
 
 
 async def test_on_failure_runs_once_with_the_error_and_the_original_event(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("failures")
     log = tmp_path / "events.log"
-    [event_id] = await sender.send(sdk.Event(name="test/fragile", data={"log": str(log)}))
+    [event_id] = await sender.send(stepq.Event(name="test/fragile", data={"log": str(log)}))
     [run_id] = [v.run_id for v in await runs_of(redis, "fragile") if event_id in v.event_ids]
 
     failed = await wait_for_run(redis, run_id, timeout=15)
@@ -70,7 +70,7 @@ async def test_on_failure_runs_once_with_the_error_and_the_original_event(
 
 
 async def test_function_finished_is_emitted_for_a_completed_run(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("failures")
     log = tmp_path / "events.log"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime.codec import unpack
-from runtime.queries import RunView
+import stepq
+from stepq.runtime.codec import unpack
+from stepq.runtime.queries import RunView
 from tests.apps.fleet import STEPS, expected_values
 from tests.helpers import StartWorkers, read_lines, run_memo, run_stack, runs_of, sha1
 
@@ -32,11 +32,11 @@ async def wait_for_all(redis: Redis, function: str, count: int, timeout: float) 
 
 
 async def test_two_workers_share_200_runs_and_commit_each_step_once(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     workers = start_workers("fleet", n=2)
     log = tmp_path / "executions.log"
-    events = [sdk.Event(name="test/five-steps", data={"n": n, "log": str(log)}) for n in range(RUNS)]
+    events = [stepq.Event(name="test/five-steps", data={"n": n, "log": str(log)}) for n in range(RUNS)]
     event_ids = await sender.send(events)
     n_of_event = dict(zip(event_ids, range(RUNS), strict=True))
 

@@ -21,9 +21,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from runtime.connection import connect
-from runtime.queries import RunView, get_run
-from runtime.registry import Registry
+from stepq.runtime.connection import connect
+from stepq.runtime.queries import RunView, get_run
+from stepq.runtime.registry import Registry
 from tests.apps.bad_http import APP_ID, BEHAVIOURS, STEP_KEY
 from tests.helpers import REDIS_URL, run_ids_for_event, wait_for_run
 from tests.http_fixtures import (

@@ -25,9 +25,9 @@ import inngest
 import pytest
 from redis.asyncio import Redis
 
-from runtime.connection import connect
-from runtime.queries import RunView, get_run
-from runtime.registry import Registry
+from stepq.runtime.connection import connect
+from stepq.runtime.queries import RunView, get_run
+from stepq.runtime.registry import Registry
 from tests.helpers import REDIS_URL, read_lines, run_ids_for_event, runs_of, sha1, wait_for_run
 from tests.http_fixtures import (
     Service,
@@ -433,7 +433,7 @@ class TestOfficialSdkInProductionMode:
     async def test_the_sync_carried_the_hashed_signing_key_and_register_refuses_others(
         self, prod: Stack, db: Redis
     ) -> None:
-        from sdk.signing import hash_signing_key
+        from stepq.signing import hash_signing_key
 
         records = {r.slug for r in await Registry(db).functions()}
         assert records >= SLUGS, f"the app's own sync registered: {sorted(records)}"
@@ -463,7 +463,7 @@ class TestOfficialSdkInProductionMode:
     async def test_the_app_accepts_a_call_signed_as_inngest_signs(self, prod: Stack, tmp_path: Path) -> None:
         """The test's keys and the SDK agree: a body signed over its JCS-canonical form (as Inngest's
         executor sends it) is accepted, whatever the key order of the bytes on the wire."""
-        from sdk.signing import canonical_json, sign
+        from stepq.signing import canonical_json, sign
 
         log = tmp_path / "direct.log"
         payload = {

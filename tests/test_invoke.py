@@ -10,8 +10,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime.codec import unpack
+import stepq
+from stepq.runtime.codec import unpack
 from tests.helpers import StartWorkers, read_lines, run_memo, runs_of, sha1, start_run, wait_for_run
 
 CALL_KEY = sha1("call")
@@ -28,7 +28,7 @@ async def child_of(redis: Redis, function: str, parent_run_id: str) -> str:
     return found[0]
 
 
-async def test_parent_gets_the_child_output(redis: Redis, sender: sdk.Client, start_workers: StartWorkers) -> None:
+async def test_parent_gets_the_child_output(redis: Redis, sender: stepq.Client, start_workers: StartWorkers) -> None:
     start_workers("invokes")
     by_ref = await start_run(sender, redis, "parent", "test/invoke.parent", {"mode": "ok"})
     by_id = await start_run(sender, redis, "parent", "test/invoke.parent", {"mode": "by-id"})
@@ -49,7 +49,7 @@ async def test_parent_gets_the_child_output(redis: Redis, sender: sdk.Client, st
 
 
 async def test_child_failure_raises_step_error_in_the_parent(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("invokes")
     run_id = await start_run(sender, redis, "parent", "test/invoke.parent", {"mode": "fail"})
@@ -66,7 +66,7 @@ async def test_child_failure_raises_step_error_in_the_parent(
 
 
 async def test_invoke_timeout_raises_step_error_in_the_parent(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("invokes")
     run_id = await start_run(sender, redis, "parent", "test/invoke.parent", {"mode": "timeout"})
@@ -90,7 +90,7 @@ async def test_invoke_timeout_raises_step_error_in_the_parent(
 
 
 async def test_send_event_starts_the_other_function_once(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     """``announcer`` sends ``app/ping`` in a step, then re-enters twice for two more steps: the send
     is memoized, so ``pinged`` runs exactly once."""

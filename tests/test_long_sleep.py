@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-import sdk
-from runtime import keys
-from runtime.codec import unpack
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.codec import unpack
 from tests.helpers import StartWorkers, read_lines, run_memo, run_stack, sha1, start_run, wait_for_run
 
 APP = "t-long-sleep"
@@ -24,7 +24,7 @@ DAY_MS = 86_400_000
 
 @pytest.mark.parametrize("queue_entry", ["due-now", "gone"])
 async def test_a_30_day_sleep_wakes_after_its_job_key_expired(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path, queue_entry: str
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path, queue_entry: str
 ) -> None:
     [worker] = start_workers("long_sleep", env={"STEPQ_TIMER_SWEEP": "1", "STEPQ_TIMER_OVERDUE": "1"})
     log = tmp_path / "after.log"

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from redis.asyncio import Redis
 
-import sdk
+import stepq
 from tests.helpers import StartWorkers, all_invocations, run_memo, run_stack, sha1, start_run, wait_for_run
 
 TOTAL_PRODUCTS = 237
@@ -76,7 +76,7 @@ def shop() -> Iterator[ProductServer]:
 
 
 async def test_simple_function_runs_outside_code_on_every_invocation(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     [worker] = start_workers("loops")
     run_id = await start_run(sender, redis, "simple-function", "test/simple.function", {})
@@ -94,7 +94,7 @@ async def test_simple_function_runs_outside_code_on_every_invocation(
 
 
 async def test_simple_function_fixed_prints_hello_once(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     [worker] = start_workers("loops")
     run_id = await start_run(sender, redis, "simple-function-fixed", "test/simple.function.fixed", {})
@@ -107,7 +107,7 @@ async def test_simple_function_fixed_prints_hello_once(
 
 
 async def test_paginated_import_collects_every_page_and_retries_only_the_failed_one(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, shop: ProductServer
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, shop: ProductServer
 ) -> None:
     start_workers("loops")
     run_id = await start_run(
@@ -128,7 +128,7 @@ async def test_paginated_import_collects_every_page_and_retries_only_the_failed_
 
 
 async def test_paginated_import_with_a_constant_step_id_indexes_the_repeats(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, shop: ProductServer
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, shop: ProductServer
 ) -> None:
     start_workers("loops")
     run_id = await start_run(

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-import sdk
+import stepq
 from tests.apps.parallel import N
 from tests.helpers import StartWorkers, all_logs, invocations, read_lines, sha1, start_run, wait_for_run
 
 
 async def test_twenty_parallel_steps_run_once_each_and_the_run_rejoins_once(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     """What "re-enters once after all finish" means, measured two ways.
 

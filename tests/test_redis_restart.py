@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import os
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -22,13 +21,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-import sdk
-from runtime.codec import unpack
-from runtime.connection import connect
-from runtime.queries import RunView
+import stepq
+from stepq.runtime.codec import unpack
+from stepq.runtime.connection import connect
+from stepq.runtime.queries import RunView
+from stepq.workers.embedded import EmbeddedRedis, free_port
 from tests.apps.restart import STEPS, expected_values
-from tests.helpers import ROOT, WorkerProcess, read_lines, run_memo, run_stack, runs_of, sha1
-from workers.embedded import EmbeddedRedis, free_port
+from tests.helpers import ROOT, STEPQ_CLI, WorkerProcess, read_lines, run_memo, run_stack, runs_of, sha1
 
 RUNS = 100
 FUNCTION = "six-steps"
@@ -44,7 +43,7 @@ class WorkerAt(WorkerProcess):
         env = {**os.environ, "STEPQ_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", "STEPQ_REDIS_URL": redis_url}
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "workers.cli", "worker", f"tests.apps.{app}:client", "--redis-url", redis_url],
+                [*STEPQ_CLI, "worker", f"tests.apps.{app}:client", "--redis-url", redis_url],
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -95,7 +94,7 @@ async def test_workers_ride_out_a_redis_restart_and_all_100_runs_complete(
 ) -> None:
     workers = [WorkerAt("restart", i, tmp_path, server.url) for i in range(2)]
     redis: Redis = connect(server.url)
-    client = sdk.Client("t-restart-sender", redis_url=server.url)
+    client = stepq.Client("t-restart-sender", redis_url=server.url)
     try:
         for worker in workers:
             worker.wait_ready()
@@ -105,7 +104,7 @@ async def test_workers_ride_out_a_redis_restart_and_all_100_runs_complete(
         sent: dict[str, int] = {}
         for batch in range(10):
             events = [
-                sdk.Event(name="test/six-steps", data={"n": n, "log": str(log)})
+                stepq.Event(name="test/six-steps", data={"n": n, "log": str(log)})
                 for n in range(batch * 10, batch * 10 + 10)
             ]
             ids = await client.send(events)
@@ -124,8 +123,8 @@ async def test_workers_ride_out_a_redis_restart_and_all_100_runs_complete(
 
         # During the outage a send fails with a StepqError naming Redis, within redis-py's timeouts.
         began = time.monotonic()
-        with pytest.raises(sdk.StepqError) as failure:
-            await asyncio.wait_for(client.send(sdk.Event(name="test/six-steps", data={"n": -1, "log": str(log)})), 30)
+        with pytest.raises(stepq.StepqError) as failure:
+            await asyncio.wait_for(client.send(stepq.Event(name="test/six-steps", data={"n": -1, "log": str(log)})), 30)
         send_failed_s = time.monotonic() - began
         assert "redis" in str(failure.value).lower(), str(failure.value)
 

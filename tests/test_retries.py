@@ -6,8 +6,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime.codec import unpack
+import stepq
+from stepq.runtime.codec import unpack
 from tests.helpers import StartWorkers, read_lines, run_memo, sha1, start_run, wait_for_run
 
 
@@ -16,7 +16,7 @@ def attempt_times(path: Path) -> list[float]:
 
 
 async def test_step_failing_twice_then_succeeding_completes_after_three_attempts(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("retries")
     log = tmp_path / "flaky.log"
@@ -35,7 +35,7 @@ async def test_step_failing_twice_then_succeeding_completes_after_three_attempts
 
 
 async def test_non_retriable_error_fails_the_run_at_once(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("retries")
     log = tmp_path / "give-up.log"
@@ -50,7 +50,7 @@ async def test_non_retriable_error_fails_the_run_at_once(
 
 
 async def test_caught_step_error_lets_the_run_complete_with_a_fallback(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("retries")
     log = tmp_path / "fallback.log"
@@ -70,7 +70,7 @@ async def test_caught_step_error_lets_the_run_complete_with_a_fallback(
 
 
 async def test_retry_after_error_delays_the_next_attempt(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("retries")
     log = tmp_path / "slow-down.log"
@@ -85,7 +85,7 @@ async def test_retry_after_error_delays_the_next_attempt(
 
 
 async def test_a_step_retry_policy_overrides_the_functions(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("retries")
     once, patient, shaky = tmp_path / "once.log", tmp_path / "patient.log", tmp_path / "shaky.log"

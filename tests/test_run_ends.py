@@ -27,11 +27,14 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-import sdk
-from runtime import keys
-from runtime.jobs import JobSpec
-from runtime.queries import get_run
-from runtime.store import RunStore, now_ms
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.jobs import JobSpec
+from stepq.runtime.queries import get_run
+from stepq.runtime.store import RunStore, now_ms
+from stepq.workers.executor import Executor
+from stepq.workers.invoker import InProcessInvoker
+from stepq.workers.remote import LocalFunctions
 from tests.helpers import (
     REDIS_URL,
     StartWorkers,
@@ -47,9 +50,6 @@ from tests.helpers import (
     wait_for_runs,
 )
 from tests.http_fixtures import stepq_cli
-from workers.executor import Executor
-from workers.invoker import InProcessInvoker
-from workers.remote import LocalFunctions
 
 SMALL_LIMITS = {"STEPQ_MAX_STATE_BYTES": str(1024 * 1024), "STEPQ_MAX_OUTPUT_BYTES": str(256 * 1024)}
 
@@ -65,11 +65,11 @@ async def assert_nothing_left(redis: Redis, app_id: str, run_id: str) -> None:
 
 
 async def test_thirty_parallel_fan_outs_at_once_on_one_worker_all_complete(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("parallel")
     n_steps = 20
-    events = [sdk.Event(name="test/fan.fast", data={"n": n_steps}) for _ in range(30)]
+    events = [stepq.Event(name="test/fan.fast", data={"n": n_steps}) for _ in range(30)]
     run_ids = await start_runs(sender, redis, "fan-fast", events)
 
     await wait_for_runs(redis, run_ids, timeout=90)
@@ -91,11 +91,11 @@ async def test_a_commit_refused_as_stale_leaves_the_run_with_a_job(redis: Redis)
     """A writer the job did not expect moved the run on while its step ran (here: a step that writes
     to the run's history itself, standing in for any such writer). The commit is refused as stale;
     the run must still get a job that re-enters it where it now stands."""
-    client = sdk.Client("t-nudge", redis_url=REDIS_URL)
+    client = stepq.Client("t-nudge", redis_url=REDIS_URL)
     intruder = sha1("intruder")
 
-    @client.create_function(id="two", trigger=sdk.TriggerEvent(event="nudge/two"))
-    async def two(ctx: sdk.Context) -> list[Any]:
+    @client.create_function(id="two", trigger=stepq.TriggerEvent(event="nudge/two"))
+    async def two(ctx: stepq.Context) -> list[Any]:
         async def first() -> str:
             await redis.rpush(keys.stack(ctx.run_id), intruder)  # type: ignore[misc]
             await redis.hset(keys.memo(ctx.run_id), intruder, b"\xc0")  # type: ignore[misc,arg-type]
@@ -107,7 +107,7 @@ async def test_a_commit_refused_as_stale_leaves_the_run_with_a_job(redis: Redis)
     executor = Executor(LocalFunctions({two.slug: two}), store, InProcessInvoker())
     run_id = "01NUDGE0000000000000000000"
     await store.create_run(
-        run_id=run_id, fn_slug=two.slug, app_id="t-nudge", events=[sdk.Event(name="nudge/two")], dedupe_key=None
+        run_id=run_id, fn_slug=two.slug, app_id="t-nudge", events=[stepq.Event(name="nudge/two")], dedupe_key=None
     )
     first_job = JobSpec(run_id, 0)
 
@@ -125,7 +125,7 @@ async def test_a_commit_refused_as_stale_leaves_the_run_with_a_job(redis: Redis)
 
 
 async def test_a_sleep_right_after_a_sleep_has_a_timer_and_survives_a_lost_wake_job(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("sleeps", env={"STEPQ_TIMER_SWEEP": "0.5", "STEPQ_TIMER_OVERDUE": "0.5"})
     started = time.time()
@@ -152,7 +152,7 @@ async def test_a_sleep_right_after_a_sleep_has_a_timer_and_survives_a_lost_wake_
 
 
 async def test_a_step_failing_right_after_a_wake_up_is_retried_and_the_run_completes(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("sleeps")
     run_id = await start_run(sender, redis, "nap-then-flaky", "test/nap.flaky", {})
@@ -170,7 +170,7 @@ async def test_a_step_failing_right_after_a_wake_up_is_retried_and_the_run_compl
 
 
 async def test_a_parallel_group_over_the_step_limit_fails_the_run_and_queues_nothing(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("limits")
     run_id = await start_run(sender, redis, "wide", "limits/wide", {"n": 1100})
@@ -185,7 +185,7 @@ async def test_a_parallel_group_over_the_step_limit_fails_the_run_and_queues_not
 
 
 async def test_parallel_results_over_the_state_limit_fail_the_run(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("limits", env=SMALL_LIMITS)
     run_id = await start_run(sender, redis, "heavy-parallel", "limits/heavy.parallel", {"n": 10, "bytes": 200_000})
@@ -201,7 +201,7 @@ async def test_parallel_results_over_the_state_limit_fail_the_run(
 
 
 async def test_waited_events_over_the_state_limit_fail_the_run(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     # The events resolve the waits in this (the sending) process, which has the default limits: the
     # run lives within those its function was registered with by its workers.
@@ -210,7 +210,7 @@ async def test_waited_events_over_the_state_limit_fail_the_run(
     await wait_for_run(redis, run_id, statuses=("waiting",), timeout=15)
 
     await sender.send(
-        [sdk.Event(name="limits/blob", data={"tag": "t1", "i": i, "pad": "p" * 200_000}) for i in range(8)]
+        [stepq.Event(name="limits/blob", data={"tag": "t1", "i": i, "pad": "p" * 200_000}) for i in range(8)]
     )
     view = await wait_for_run(redis, run_id, timeout=30)
 
@@ -221,7 +221,7 @@ async def test_waited_events_over_the_state_limit_fail_the_run(
 
 
 async def test_invoked_results_over_the_state_limit_fail_the_parent(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("limits", env=SMALL_LIMITS)
     run_id = await start_run(sender, redis, "heavy-invokes", "limits/heavy.invokes", {"n": 8, "bytes": 200_000})
@@ -235,7 +235,7 @@ async def test_invoked_results_over_the_state_limit_fail_the_parent(
 
 
 async def test_an_output_over_the_limit_fails_the_run_and_reaches_an_invoking_parent_as_a_step_error(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("limits", env=SMALL_LIMITS)
     parent = await start_run(sender, redis, "invoke-big", "limits/invoke.big", {"bytes": 300_000})
@@ -253,7 +253,7 @@ async def test_an_output_over_the_limit_fails_the_run_and_reaches_an_invoking_pa
 
 
 async def test_a_step_run_twice_after_a_lost_lease_shows_two_executions_and_one_attempt(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     """Worker A starts the slow step and is paused past its lease; worker B takes the job over and
     runs the step again; A, resumed, is fenced off. ``stepq run`` must show it."""
@@ -309,7 +309,7 @@ async def _until(condition: Callable[[], bool], timeout: float, what: str) -> No
 
 @pytest.mark.parametrize("order", ["resume-then-kill", "kill-then-resume"])
 async def test_a_worker_that_lost_its_lease_never_ends_the_job_another_worker_took_over(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path, order: str
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path, order: str
 ) -> None:
     """A is paused past its lease while running a step; B takes the job over. Then either A resumes
     first (B holds the job) or B is killed first and its lease lapses too (nobody holds it). A
@@ -351,7 +351,7 @@ async def test_a_worker_that_lost_its_lease_never_ends_the_job_another_worker_to
 
 
 async def test_a_wake_up_job_whose_worker_died_mid_step_runs_again(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     """The wake-up job memoizes the sleep before it re-enters the run; its worker is killed in the
     step after the sleep. The job, taken over after the lease, must run that step again (it was

@@ -1,4 +1,4 @@
-"""``sdk.serve``: functions served over HTTP with Inngest's SDK protocol, and ``sdk.signing``.
+"""``stepq.serve``: functions served over HTTP with Inngest's SDK protocol, and ``stepq.signing``.
 
 No Redis: the app runs under uvicorn on a loopback port (or in-process through httpx's ASGI
 transport), a small Starlette app on another port stands in for the stepq API, and requests are
@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-import sdk
-from sdk.serve import SDK_NAME, ServeApp, serve_wsgi
-from sdk.signing import (
+import stepq
+from stepq.serve import SDK_NAME, ServeApp, serve_wsgi
+from stepq.signing import (
     SignatureError,
     SigningKeyError,
     bearer,
@@ -49,68 +49,71 @@ def sha1(text: str) -> str:
 
 # -- the app under test --------------------------------------------------------------------------
 
-client = sdk.Client(APP, event_api_url="http://127.0.0.1:1", event_key="ek-test")
+client = stepq.Client(APP, event_api_url="http://127.0.0.1:1", event_key="ek-test")
 
 
-@client.create_function(id="two-steps", trigger=sdk.TriggerEvent(event="shop/order"), retries=2)
-async def two_steps(ctx: sdk.Context) -> dict[str, Any]:
+@client.create_function(id="two-steps", trigger=stepq.TriggerEvent(event="shop/order"), retries=2)
+async def two_steps(ctx: stepq.Context) -> dict[str, Any]:
     first = await ctx.step.run("a", lambda: {"n": ctx.event.data.get("start", 1)})
     second = await ctx.step.run("b", lambda: first["n"] + 1)
     return {"total": second, "events": len(ctx.events), "run": ctx.run_id}
 
 
-@client.create_function(id="flaky", trigger=sdk.TriggerEvent(event="shop/flaky"), retries=2)
-async def flaky(ctx: sdk.Context) -> None:
+@client.create_function(id="flaky", trigger=stepq.TriggerEvent(event="shop/flaky"), retries=2)
+async def flaky(ctx: stepq.Context) -> None:
     def boom() -> None:
         raise ValueError("the warehouse is on fire")
 
     await ctx.step.run("boom", boom)
 
 
-@client.create_function(id="doomed", trigger=sdk.TriggerEvent(event="shop/doomed"))
-async def doomed(ctx: sdk.Context) -> None:
-    raise sdk.NonRetriableError("card declined for good")
+@client.create_function(id="doomed", trigger=stepq.TriggerEvent(event="shop/doomed"))
+async def doomed(ctx: stepq.Context) -> None:
+    raise stepq.NonRetriableError("card declined for good")
 
 
-@client.create_function(id="later", trigger=sdk.TriggerEvent(event="shop/later"))
-async def later(ctx: sdk.Context) -> None:
+@client.create_function(id="later", trigger=stepq.TriggerEvent(event="shop/later"))
+async def later(ctx: stepq.Context) -> None:
     if ctx.event.data.get("in_step"):
 
         def busy() -> None:
-            raise sdk.RetryAfterError("rate limited", 42)
+            raise stepq.RetryAfterError("rate limited", 42)
 
         await ctx.step.run("call-api", busy)
-    raise sdk.RetryAfterError("come back later", 30)
+    raise stepq.RetryAfterError("come back later", 30)
 
 
-@client.create_function(id="fan-out", trigger=sdk.TriggerEvent(event="shop/fan"))
-async def fan_out(ctx: sdk.Context) -> list[Any]:
+@client.create_function(id="fan-out", trigger=stepq.TriggerEvent(event="shop/fan"))
+async def fan_out(ctx: stepq.Context) -> list[Any]:
     results = await ctx.group.parallel([lambda: ctx.step.run("x", lambda: "X"), lambda: ctx.step.run("y", lambda: "Y")])
     return list(results)
 
 
 @client.create_function(
     id="plain",
-    trigger=[sdk.TriggerEvent(event="shop/plain", expression="event.data.ok == true"), sdk.TriggerCron("0 9 * * *")],
+    trigger=[
+        stepq.TriggerEvent(event="shop/plain", expression="event.data.ok == true"),
+        stepq.TriggerCron("0 9 * * *"),
+    ],
 )
-def plain(ctx: sdk.ContextSync) -> str:
+def plain(ctx: stepq.ContextSync) -> str:
     value = ctx.step.run("sync-step", lambda: "sync")
     return f"{value}-done"
 
 
-def _on_failure(ctx: sdk.Context) -> None:
+def _on_failure(ctx: stepq.Context) -> None:
     return None
 
 
 @client.create_function(
     id="with-handler",
-    trigger=sdk.TriggerEvent(event="shop/handled"),
+    trigger=stepq.TriggerEvent(event="shop/handled"),
     retries=1,
     on_failure=_on_failure,
-    cancel=[sdk.function.Cancel(event="shop/cancelled", if_exp="async.data.id == event.data.id", timeout="1h")],
-    timeouts=sdk.function.Timeouts(finish="2h"),
+    cancel=[stepq.function.Cancel(event="shop/cancelled", if_exp="async.data.id == event.data.id", timeout="1h")],
+    timeouts=stepq.function.Timeouts(finish="2h"),
 )
-async def with_handler(ctx: sdk.Context) -> None:
+async def with_handler(ctx: stepq.Context) -> None:
     return None
 
 
@@ -171,12 +174,12 @@ def asgi_client(app: ServeApp) -> httpx.AsyncClient:
 
 
 def dev_app(**kw: Any) -> ServeApp:
-    return sdk.serve(client, dev=True, api_base_url=kw.pop("api_base_url", "http://127.0.0.1:9"), **kw)
+    return stepq.serve(client, dev=True, api_base_url=kw.pop("api_base_url", "http://127.0.0.1:9"), **kw)
 
 
 def prod_app(**kw: Any) -> ServeApp:
     kw.setdefault("signing_key", KEY)
-    return sdk.serve(client, dev=False, api_base_url=kw.pop("api_base_url", "http://127.0.0.1:9"), **kw)
+    return stepq.serve(client, dev=False, api_base_url=kw.pop("api_base_url", "http://127.0.0.1:9"), **kw)
 
 
 # -- servers on loopback -------------------------------------------------------------------------
@@ -527,10 +530,10 @@ async def test_dev_mode_checks_no_signature() -> None:
 def test_production_mode_needs_a_valid_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("INNGEST_SIGNING_KEY", raising=False)
     monkeypatch.delenv("INNGEST_DEV", raising=False)
-    with pytest.raises(sdk.FunctionConfigError, match="signing key"):
-        sdk.serve(client)
+    with pytest.raises(stepq.FunctionConfigError, match="signing key"):
+        stepq.serve(client)
     with pytest.raises(SigningKeyError, match="hex"):
-        sdk.serve(client, signing_key="signkey-prod-not-hex")
+        stepq.serve(client, signing_key="signkey-prod-not-hex")
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -539,7 +542,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("INNGEST_SERVE_ORIGIN", "app.example.com")
     monkeypatch.setenv("INNGEST_SIGNING_KEY", KEY)
     monkeypatch.setenv("INNGEST_SIGNING_KEY_FALLBACK", FALLBACK)
-    handler = sdk.serve(client).handler
+    handler = stepq.serve(client).handler
     assert handler.dev and handler.mode == "dev"
     assert handler.api_base_url == "http://api.internal:8288"
     assert handler.serve_origin == "https://app.example.com"
@@ -547,12 +550,12 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.delenv("INNGEST_API_BASE_URL")
     monkeypatch.setenv("INNGEST_DEV", "http://127.0.0.1:8300")
-    assert sdk.serve(client).handler.api_base_url == "http://127.0.0.1:8300"
+    assert stepq.serve(client).handler.api_base_url == "http://127.0.0.1:8300"
     monkeypatch.setenv("INNGEST_BASE_URL", "http://base:1")
-    assert sdk.serve(client).handler.api_base_url == "http://base:1"
+    assert stepq.serve(client).handler.api_base_url == "http://base:1"
     monkeypatch.setenv("INNGEST_DEV", "0")
-    assert sdk.serve(client).handler.mode == "cloud"
-    assert sdk.serve(client, dev=True, api_base_url="http://x:2").handler.api_base_url == "http://x:2"
+    assert stepq.serve(client).handler.mode == "cloud"
+    assert stepq.serve(client, dev=True, api_base_url="http://x:2").handler.api_base_url == "http://x:2"
 
 
 # -- GET: introspection --------------------------------------------------------------------------
@@ -620,10 +623,10 @@ async def test_put_registers_the_functions_with_the_api(fake_api: tuple[FakeApi,
     assert sent["headers"]["x-inngest-sdk"] == SDK_NAME
     payload = sent["body"]
     app_url = f"{server.url}/api/inngest"
-    assert {k: payload[k] for k in ("url", "appName", "sdk", "framework", "v", "deployType")} == {
+    assert {k: payload[k] for k in ("url", "appName", "stepq", "framework", "v", "deployType")} == {
         "url": app_url,
         "appName": APP,
-        "sdk": SDK_NAME,
+        "stepq": SDK_NAME,
         "framework": "asgi",
         "v": "0.1",
         "deployType": "ping",
@@ -710,7 +713,7 @@ async def test_put_answers_the_api_error(fake_api: tuple[FakeApi, str]) -> None:
 
 async def test_serving_a_given_function_serves_its_failure_handler(fake_api: tuple[FakeApi, str]) -> None:
     api, api_url = fake_api
-    app = sdk.serve(client, [with_handler, two_steps], dev=True, api_base_url=api_url)
+    app = stepq.serve(client, [with_handler, two_steps], dev=True, api_base_url=api_url)
     async with asgi_client(app) as http:
         response = await http.put("/api/inngest")
         assert response.status_code == 200
@@ -722,9 +725,9 @@ async def test_serving_a_given_function_serves_its_failure_handler(fake_api: tup
         response = await http.post(url("with-handler-failure"), content=call(ev=failed))
         assert (response.status_code, response.json()) == (200, None)
 
-    other = sdk.Client("other")
-    with pytest.raises(sdk.FunctionConfigError, match="belongs to app"):
-        sdk.serve(other, [two_steps], dev=True)
+    other = stepq.Client("other")
+    with pytest.raises(stepq.FunctionConfigError, match="belongs to app"):
+        stepq.serve(other, [two_steps], dev=True)
 
 
 # -- use_api ----------------------------------------------------------------------------------------
@@ -822,7 +825,7 @@ async def test_wsgi_called_from_a_thread_with_a_running_loop() -> None:
     assert json.loads(b"".join(chunks))[0]["id"] == sha1("a")
 
 
-# -- sdk.signing ---------------------------------------------------------------------------------------
+# -- stepq.signing ---------------------------------------------------------------------------------------
 
 
 def test_sign_and_verify() -> None:

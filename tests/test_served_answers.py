@@ -1,7 +1,7 @@
 """Every run ends, with functions served over HTTP: issue 8's items 1, 2, 4, 5 and 16 there.
 
 One stack for the module: ``stepq api`` (with a 256 KiB output limit), ``stepq worker --http``, the
-step-engine apps behind ``sdk.serve`` (``tests/apps/served.py``; the parallel app is synced) and
+step-engine apps behind ``stepq.serve`` (``tests/apps/served.py``; the parallel app is synced) and
 ``tests/apps/liar_http.py``, whose answers do not fit what it was asked.
 
 - Twenty 20-step fan-outs at once over HTTP all complete.
@@ -22,9 +22,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from runtime.codec import unpack
-from runtime.connection import connect
-from runtime.queries import RunView, get_run
+from stepq.runtime.codec import unpack
+from stepq.runtime.connection import connect
+from stepq.runtime.queries import RunView, get_run
 from tests.apps.liar_http import APP_ID, BEHAVIOURS, MALFORMED, key
 from tests.helpers import REDIS_URL, run_ids_for_event, run_memo, run_stack, wait_for_run, wait_for_runs
 from tests.http_fixtures import (

@@ -1,4 +1,4 @@
-"""The step-engine scenarios again, with stepq's own SDK served over HTTP (``sdk.serve``).
+"""The step-engine scenarios again, with stepq's own SDK served over HTTP (``stepq.serve``).
 
 The apps of test_loops, test_sleep and test_retries, unchanged, are served by
 ``tests/apps/served.py`` under uvicorn, synced with a ``PUT`` each, and driven by
@@ -22,10 +22,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from runtime.codec import unpack
-from runtime.connection import connect
-from runtime.queries import RunView
-from runtime.registry import Registry
+from stepq.runtime.codec import unpack
+from stepq.runtime.connection import connect
+from stepq.runtime.queries import RunView
+from stepq.runtime.registry import Registry
 from tests.apps import loops, retries, sleeps
 from tests.helpers import REDIS_URL, invocations, read_lines, run_ids_for_event, run_memo, sha1, wait_for_run
 from tests.http_fixtures import Service, Stack, flush_test_db, start_api, start_asgi_app, start_http_worker

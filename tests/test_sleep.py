@@ -9,9 +9,9 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime import keys
-from runtime.queries import get_run
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.queries import get_run
 from tests.helpers import (
     StartWorkers,
     invocations,
@@ -32,7 +32,7 @@ def times(lines: list[str], what: str) -> list[float]:
 
 
 async def test_sleep_parks_the_run_with_no_job_running_and_resumes_after_the_duration(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     [worker] = start_workers("sleeps")
     log = tmp_path / "nap.log"
@@ -69,7 +69,7 @@ async def test_sleep_parks_the_run_with_no_job_running_and_resumes_after_the_dur
 
 
 async def test_sleep_until_a_timezone_aware_datetime_resumes_no_earlier(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("sleeps")
     log = tmp_path / "nap-until.log"

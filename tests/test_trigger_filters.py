@@ -11,17 +11,17 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-import sdk
-from runtime.registry import Registry
-from sdk.expressions import ExpressionError
+import stepq
+from stepq.expressions import ExpressionError
+from stepq.runtime.registry import Registry
 from tests.apps.filters import SIGNUP
 from tests.helpers import StartWorkers, run_ids_for_event, runs_of, wait_for_run
 
 APP = "t-filters"
 
 
-async def send(sender: sdk.Client, data: dict[str, Any], name: str = SIGNUP) -> str:
-    [event_id] = await sender.send(sdk.Event(name=name, data=data))
+async def send(sender: stepq.Client, data: dict[str, Any], name: str = SIGNUP) -> str:
+    [event_id] = await sender.send(stepq.Event(name=name, data=data))
     return event_id
 
 
@@ -30,11 +30,11 @@ async def started(redis: Redis, function: str, event_id: str) -> list[str]:
 
 
 async def test_only_the_pro_event_starts_the_filtered_function_and_it_completes(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("filters")
     pro_id, free_id = await sender.send(
-        [sdk.Event(name=SIGNUP, data={"plan": "pro"}), sdk.Event(name=SIGNUP, data={"plan": "free"})]
+        [stepq.Event(name=SIGNUP, data={"plan": "pro"}), stepq.Event(name=SIGNUP, data={"plan": "free"})]
     )
 
     # Runs are created while the event is ingested: what send returns with is final.
@@ -52,7 +52,7 @@ async def test_only_the_pro_event_starts_the_filtered_function_and_it_completes(
 
 
 async def test_events_sent_one_by_one_are_filtered_the_same_way(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("filters")
     free_id = await send(sender, {"plan": "free"})
@@ -63,7 +63,7 @@ async def test_events_sent_one_by_one_are_filtered_the_same_way(
 
 
 async def test_missing_fields_and_odd_values_start_nothing_and_break_nothing(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("filters")
     odd: list[dict[str, Any]] = [
@@ -76,7 +76,7 @@ async def test_missing_fields_and_odd_values_start_nothing_and_break_nothing(
         {"seats": "many"},  # pro-or-big: 'many' >= 10 is an error, so no match
         {"tags": "beta"},  # tagged: 'beta' in 'beta' is an error on a string
     ]
-    ids = await sender.send([sdk.Event(name=SIGNUP, data=data) for data in odd])
+    ids = await sender.send([stepq.Event(name=SIGNUP, data=data) for data in odd])
     for event_id in ids:
         for function in ("pro-only", "pro-or-big", "tagged"):
             assert await started(redis, function, event_id) == [], (function, event_id)
@@ -86,7 +86,7 @@ async def test_missing_fields_and_odd_values_start_nothing_and_break_nothing(
 
 
 async def test_a_function_with_several_triggers_for_one_event_starts_once_if_any_matches(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("filters")
     both = await send(sender, {"plan": "pro", "seats": 50})
@@ -104,7 +104,7 @@ async def test_a_function_with_several_triggers_for_one_event_starts_once_if_any
 
 
 async def test_expressions_see_the_event_as_functions_do(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("filters")
     beta = await send(sender, {"tags": ["alpha", "beta"]})
@@ -115,13 +115,13 @@ async def test_expressions_see_the_event_as_functions_do(
 
 
 def test_an_invalid_expression_fails_at_definition_with_a_clear_error() -> None:
-    client = sdk.Client("t-filters-invalid")
-    with pytest.raises(sdk.FunctionConfigError) as info:
+    client = stepq.Client("t-filters-invalid")
+    with pytest.raises(stepq.FunctionConfigError) as info:
 
         @client.create_function(
-            id="broken", trigger=sdk.TriggerEvent(event=SIGNUP, expression="event.data.plan = 'pro'")
+            id="broken", trigger=stepq.TriggerEvent(event=SIGNUP, expression="event.data.plan = 'pro'")
         )
-        async def broken(ctx: sdk.Context) -> None:  # pragma: no cover - never defined
+        async def broken(ctx: stepq.Context) -> None:  # pragma: no cover - never defined
             pass
 
     assert isinstance(info.value, ExpressionError)
@@ -129,12 +129,12 @@ def test_an_invalid_expression_fails_at_definition_with_a_clear_error() -> None:
     assert message.startswith(
         f"TriggerEvent(event={SIGNUP!r}).expression: expression \"event.data.plan = 'pro'\": syntax error at line 1"
     )
-    with pytest.raises(sdk.FunctionConfigError, match=r"unknown variable 'async' \(available here: 'event'\)"):
-        sdk.TriggerEvent(event=SIGNUP, expression="async.data.plan == 'pro'")
+    with pytest.raises(stepq.FunctionConfigError, match=r"unknown variable 'async' \(available here: 'event'\)"):
+        stepq.TriggerEvent(event=SIGNUP, expression="async.data.plan == 'pro'")
 
 
 async def test_an_invalid_expression_registered_without_the_sdk_starts_nothing(
-    redis: Redis, sender: sdk.Client
+    redis: Redis, sender: stepq.Client
 ) -> None:
     """An app that registers its config some other way is not trusted: its bad filter matches nothing."""
 

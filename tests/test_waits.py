@@ -11,10 +11,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-import sdk
-from runtime import keys
-from runtime.codec import unpack
-from runtime.queries import get_run
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.codec import unpack
+from stepq.runtime.queries import get_run
 from tests.helpers import (
     TERMINAL,
     StartWorkers,
@@ -54,7 +54,7 @@ async def logs_with_ends(
 
 
 async def test_approval_resumes_only_on_the_matching_event_and_times_out_to_none(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     start_workers("waits", n=2)
     lonely = await start_run(sender, redis, "approval", "test/approval.requested", {"request_id": "r-lonely"})
@@ -62,13 +62,13 @@ async def test_approval_resumes_only_on_the_matching_event_and_times_out_to_none
     await wait_for_run(redis, run_id, statuses=("waiting",), timeout=10)
 
     # Same name, other request id: the condition does not hold, the run keeps waiting.
-    await sender.send(sdk.Event(name="app/approved", data={"request_id": "r-2", "by": "mallory"}))
+    await sender.send(stepq.Event(name="app/approved", data={"request_id": "r-2", "by": "mallory"}))
     await asyncio.sleep(1.0)
     view = await get_run(redis, run_id)
     assert view is not None and view.status == "waiting", view
     assert APPROVAL_KEY not in await run_memo(redis, run_id)
 
-    await sender.send(sdk.Event(name="app/approved", data={"request_id": "r-1", "by": "ada"}))
+    await sender.send(stepq.Event(name="app/approved", data={"request_id": "r-1", "by": "ada"}))
     done = await wait_for_run(redis, run_id, timeout=10)
     assert done.status == "completed", done.error
     assert done.output == {"request_id": "r-1", "by": "ada"}
@@ -86,7 +86,7 @@ async def test_approval_resumes_only_on_the_matching_event_and_times_out_to_none
 
 
 async def test_a_thousand_waits_each_resume_once_with_their_own_event(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     workers = start_workers("waits", n=2)
     n = 1000
@@ -95,12 +95,12 @@ async def test_a_thousand_waits_each_resume_once_with_their_own_event(
         sender,
         redis,
         "approval",
-        [sdk.Event(name="test/approval.requested", data={"request_id": r, "timeout": "120s"}) for r in request_ids],
+        [stepq.Event(name="test/approval.requested", data={"request_id": r, "timeout": "120s"}) for r in request_ids],
     )
     assert len(set(run_ids)) == n
     await wait_for_runs(redis, run_ids, statuses=("waiting",), timeout=120)
 
-    approvals = [sdk.Event(name="app/approved", data={"request_id": r}) for r in request_ids]
+    approvals = [stepq.Event(name="app/approved", data={"request_id": r}) for r in request_ids]
     random.Random(7).shuffle(approvals)
     for i in range(0, n, 100):
         await sender.send(approvals[i : i + 100])
@@ -122,7 +122,7 @@ async def test_a_thousand_waits_each_resume_once_with_their_own_event(
 
 
 async def test_event_at_the_timeout_instant_has_exactly_one_outcome(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     """200 runs wait 1 s; each one's event is sent within ±25 ms of its wait's timeout
     (the instant its timeout job is due).
@@ -134,7 +134,7 @@ async def test_event_at_the_timeout_instant_has_exactly_one_outcome(
     n = 200
     request_ids = [f"race-{i}" for i in range(n)]
     run_ids = await start_runs(
-        sender, redis, "race", [sdk.Event(name="test/race.started", data={"request_id": r}) for r in request_ids]
+        sender, redis, "race", [stepq.Event(name="test/race.started", data={"request_id": r}) for r in request_ids]
     )
     offsets_ms = [-25, -15, -10, -5, -2, 0, 0, 2, 5, 10, 15, 25]
     targets: dict[int, float] = {}  # run index -> when to send its event (time.time())
@@ -146,7 +146,7 @@ async def test_event_at_the_timeout_instant_has_exactly_one_outcome(
             now = time.time()
             due = [i for i, at in targets.items() if at <= now and i not in sent]
             if due:
-                await sender.send([sdk.Event(name="app/race", data={"request_id": request_ids[i]}) for i in due])
+                await sender.send([stepq.Event(name="app/race", data={"request_id": request_ids[i]}) for i in due])
                 sent.update(due)
             await asyncio.sleep(0.001)
 

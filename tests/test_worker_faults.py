@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,14 +27,16 @@ import redis as sync_redis
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-import sdk
-from runtime import keys
-from runtime.connection import connect
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.connection import connect
+from stepq.workers.embedded import EmbeddedRedis, free_port
 from tests.apps.restart import expected_values
 from tests.blackhole import BlackHoleProxy
 from tests.helpers import (
     REDIS_URL,
     ROOT,
+    STEPQ_CLI,
     LoggedProcess,
     StartWorkers,
     WorkerProcess,
@@ -46,7 +47,6 @@ from tests.helpers import (
     wait_for_run,
     wait_for_runs,
 )
-from workers.embedded import EmbeddedRedis, free_port
 
 
 class WorkerOn(WorkerProcess):
@@ -54,14 +54,14 @@ class WorkerOn(WorkerProcess):
 
     def __init__(self, app: str, directory: Path, redis_url: str, env: dict[str, str] | None = None) -> None:
         self.app = app
-        argv = [sys.executable, "-m", "workers.cli", "worker", f"tests.apps.{app}:client", "--redis-url", redis_url]
+        argv = [*STEPQ_CLI, "worker", f"tests.apps.{app}:client", "--redis-url", redis_url]
         full_env = {**os.environ, "STEPQ_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", "STEPQ_REDIS_URL": redis_url}
         LoggedProcess.__init__(self, f"worker-{app}", argv, directory, {**full_env, **(env or {})})
 
 
-def stepq(*args: str, url: str = REDIS_URL) -> subprocess.CompletedProcess[str]:
+def stepq_cli(*args: str, url: str = REDIS_URL) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "workers.cli", *args, "--redis-url", url],
+        [*STEPQ_CLI, *args, "--redis-url", url],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -94,7 +94,7 @@ def assert_alive(worker: WorkerProcess) -> None:
 
 
 async def test_poison_queue_members_go_to_the_dead_letters_and_the_worker_keeps_serving(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     [worker] = start_workers("cli_app")
     queue = keys.queue("t-cli")
@@ -117,7 +117,7 @@ async def test_poison_queue_members_go_to_the_dead_letters_and_the_worker_keeps_
     assert (view.status, view.output) == ("completed", "hello ada")
     assert_alive(worker)
 
-    listed = stepq("dead-letters", "--json")
+    listed = stepq_cli("dead-letters", "--json")
     assert listed.returncode == 0, listed.stderr
     letters = {base64.b64decode(r["member_b64"]): r for r in map(json.loads, listed.stdout.splitlines())}
     assert set(letters) == {not_utf8, minus_inf, bad_job}
@@ -129,7 +129,7 @@ async def test_poison_queue_members_go_to_the_dead_letters_and_the_worker_keeps_
     assert all(r["queue"] == queue and r["at_ms"] >= now_ms for r in letters.values())
     assert await redis.exists(keys.ARQ_IN_PROGRESS + bad_job.decode()) == 0  # its claim was let go
 
-    table = stepq("dead-letters")
+    table = stepq_cli("dead-letters")
     assert table.returncode == 0, table.stderr
     assert "\\xff\\xfe-not-utf8" in table.stdout and "score is not a finite number" in table.stdout
 
@@ -139,7 +139,7 @@ async def test_poison_queue_members_go_to_the_dead_letters_and_the_worker_keeps_
 
 
 async def test_a_queue_key_of_the_wrong_type_is_renamed_aside_and_the_worker_serves_a_fresh_queue(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     [worker] = start_workers("cli_app")
     queue = keys.queue("t-cli")
@@ -152,7 +152,7 @@ async def test_a_queue_key_of_the_wrong_type_is_renamed_aside_and_the_worker_ser
 
     await wait_until(renamed, 10, "the wrong-typed queue key being renamed aside")
     assert_alive(worker)
-    [letter] = [json.loads(line) for line in stepq("dead-letters", "--json").stdout.splitlines()]
+    [letter] = [json.loads(line) for line in stepq_cli("dead-letters", "--json").stdout.splitlines()]
     assert (letter["queue"], letter["type"], letter["reason"]) == (queue, "hash", "queue key is not a sorted set")
     assert letter["moved_to"].startswith("stepq:dead:queue:t-cli:")
     assert await redis.hgetall(letter["moved_to"]) == {b"someone": b"wrote a hash here"}  # type: ignore[misc]
@@ -215,11 +215,11 @@ async def test_redis_error_replies_do_not_end_the_worker_and_every_run_completes
     # that a job whose end arq could not record runs again soon.
     worker = WorkerOn("restart", tmp_path, url, {"STEPQ_CONCURRENCY": "4", "STEPQ_LEASE": "2"})
     redis = connect(url)
-    client = sdk.Client("t-faults-sender", redis_url=url)
+    client = stepq.Client("t-faults-sender", redis_url=url)
     try:
         worker.wait_ready()
         log = tmp_path / "executions.log"
-        events = [sdk.Event(name="test/six-steps", data={"n": n, "log": str(log)}) for n in range(20)]
+        events = [stepq.Event(name="test/six-steps", data={"n": n, "log": str(log)}) for n in range(20)]
         run_ids = await start_runs(client, redis, "six-steps", events)
         await asyncio.sleep(0.4)  # runs between steps and inside them
 
@@ -273,7 +273,7 @@ def via(proxy: BlackHoleProxy, url: str) -> str:
 
 
 async def test_a_worker_cut_off_from_redis_notices_stops_and_resumes_when_redis_answers(
-    redis: Redis, sender: sdk.Client, tmp_path: Path
+    redis: Redis, sender: stepq.Client, tmp_path: Path
 ) -> None:
     target = urlsplit(REDIS_URL)
     proxy = BlackHoleProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
@@ -322,11 +322,11 @@ async def test_a_worker_cut_off_from_redis_notices_stops_and_resumes_when_redis_
 # -- item 9: Redis comes back empty --------------------------------------------------------------
 
 
-async def first_run_of(sender: sdk.Client, redis: Redis, function: str, event: sdk.Event, timeout: float) -> str:
+async def first_run_of(sender: stepq.Client, redis: Redis, function: str, event: stepq.Event, timeout: float) -> str:
     """Send ``event`` again and again until it starts a run of ``function``; return the run's id."""
     deadline = time.monotonic() + timeout
     while True:
-        [event_id] = await sender.send(sdk.Event(name=event.name, data=event.data))
+        [event_id] = await sender.send(stepq.Event(name=event.name, data=event.data))
         run_ids = await run_ids_for_event(redis, function, event_id)
         if run_ids:
             return run_ids[0]
@@ -335,12 +335,12 @@ async def first_run_of(sender: sdk.Client, redis: Redis, function: str, event: s
 
 
 async def test_a_flushed_redis_gets_the_apps_functions_back_without_a_worker_restart(
-    redis: Redis, sender: sdk.Client, start_workers: StartWorkers
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     [worker] = start_workers("cli_app")
     await redis.flushdb()
     began = time.monotonic()
-    run_id = await first_run_of(sender, redis, "greet", sdk.Event(name="test/greet", data={"who": "eve"}), 10)
+    run_id = await first_run_of(sender, redis, "greet", stepq.Event(name="test/greet", data={"who": "eve"}), 10)
     print(f"\na run started {time.monotonic() - began:.2f} s after FLUSHDB")
     view = await wait_for_run(redis, run_id)
     assert (view.status, view.output) == ("completed", "hello eve")
@@ -354,13 +354,13 @@ async def test_a_redis_restarted_empty_gets_the_apps_functions_back(tmp_path: Pa
     server.start()
     worker = WorkerOn("cli_app", tmp_path, server.url)
     redis = connect(server.url)
-    client = sdk.Client("t-faults-sender", redis_url=server.url)
+    client = stepq.Client("t-faults-sender", redis_url=server.url)
     try:
         worker.wait_ready()
         server.restart()
         assert await redis.dbsize() == 0
         began = time.monotonic()
-        run_id = await first_run_of(client, redis, "greet", sdk.Event(name="test/greet", data={"who": "kim"}), 15)
+        run_id = await first_run_of(client, redis, "greet", stepq.Event(name="test/greet", data={"who": "kim"}), 15)
         print(f"\na run started {time.monotonic() - began:.2f} s after Redis restarted empty")
         view = await wait_for_run(redis, run_id)
         assert (view.status, view.output) == ("completed", "hello kim")
@@ -412,12 +412,12 @@ async def test_a_worker_whose_function_id_another_app_owns_exits_at_once_naming_
 ) -> None:
     """A function id belongs to the app that registered it: a worker of another app claiming it
     changes nothing and exits with one line saying whose it is (retrying could not help)."""
-    from runtime.registry import Registry
+    from stepq.runtime.registry import Registry
 
     squatter = {"id": "t-sleeps-nap", "fn_id": "nap", "app_id": "other-app", "name": "nap", "triggers": []}
     await Registry(redis).register_app("other-app", [squatter])
     env = {**os.environ, "STEPQ_REDIS_URL": REDIS_URL, "PYTHONUNBUFFERED": "1"}
-    argv = [sys.executable, "-m", "workers.cli", "worker", "tests.apps.sleeps:client", "--redis-url", REDIS_URL]
+    argv = [*STEPQ_CLI, "worker", "tests.apps.sleeps:client", "--redis-url", REDIS_URL]
 
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 

@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-from sdk.client import Client
+from stepq.client import Client
 
 
 class AppLoadError(Exception):

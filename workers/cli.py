@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from sdk.client import default_redis_url
+from stepq.client import default_redis_url
 
 EXIT_USAGE = 2
 
@@ -107,9 +107,9 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from workers.app import AppLoadError, load_client
-    from workers.logs import configure
-    from workers.worker import WorkerOptions, build_http_worker, build_worker
+    from stepq.workers.app import AppLoadError, load_client
+    from stepq.workers.logs import configure
+    from stepq.workers.worker import WorkerOptions, build_http_worker, build_worker
 
     configure()
     http = bool(getattr(args, "http", False)) or (args.command == "dev" and not args.app)
@@ -124,7 +124,7 @@ def _worker(args: argparse.Namespace) -> int:
             worker = build_http_worker(_url(args), options, signing_key=signing_key)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    from runtime.registry import FunctionOwnedError
+    from stepq.runtime.registry import FunctionOwnedError
 
     try:
         worker.run()
@@ -143,8 +143,8 @@ def _dev(args: argparse.Namespace) -> int:
     """A worker and the event API (any key accepted), on a private Redis unless one is configured."""
     import contextlib
 
-    from runtime.api import ApiServer, ApiSettings
-    from workers.embedded import EmbeddedRedis
+    from stepq.runtime.api import ApiServer, ApiSettings
+    from stepq.workers.embedded import EmbeddedRedis
 
     with contextlib.ExitStack() as stack:
         url = args.redis_url or os.environ.get("STEPQ_REDIS_URL")
@@ -162,8 +162,8 @@ def _dev(args: argparse.Namespace) -> int:
 def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from runtime.api import ApiSettings, create_app
-    from workers.logs import configure
+    from stepq.runtime.api import ApiSettings, create_app
+    from stepq.workers.logs import configure
 
     configure()
     try:
@@ -196,9 +196,9 @@ def _parse_data(raw: str) -> dict[str, Any]:
 
 
 def _send(args: argparse.Namespace) -> int:
-    from runtime.transport import RedisTransport
-    from sdk.errors import StepqError
-    from sdk.event import Event
+    from stepq.errors import StepqError
+    from stepq.event import Event
+    from stepq.runtime.transport import RedisTransport
 
     event = Event(name=args.name, data=_parse_data(args.data), id=args.id)
     transport = RedisTransport(_url(args))
@@ -211,8 +211,8 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from runtime.connection import connect
-    from runtime.queries import list_runs
+    from stepq.runtime.connection import connect
+    from stepq.runtime.queries import list_runs
 
     async def fetch() -> list[Any]:
         redis = connect(_url(args))
@@ -236,7 +236,7 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from runtime.transport import RedisTransport
+    from stepq.runtime.transport import RedisTransport
 
     async def go() -> bool:
         transport = RedisTransport(_url(args))
@@ -252,8 +252,8 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from runtime.connection import connect
-    from runtime.queries import get_run
+    from stepq.runtime.connection import connect
+    from stepq.runtime.queries import get_run
 
     async def fetch() -> Any:
         redis = connect(_url(args))
@@ -296,8 +296,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
-    from runtime.connection import connect
-    from runtime.deadletter import DeadLetter, list_dead_letters
+    from stepq.runtime.connection import connect
+    from stepq.runtime.deadletter import DeadLetter, list_dead_letters
 
     if args.limit < 1:
         raise CliError(f"--limit must be at least 1, got {args.limit}")

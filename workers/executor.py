@@ -22,22 +22,22 @@ from typing import Any
 import structlog
 from arq.worker import Retry
 
-from runtime import keys, lifecycle, matching, waits
-from runtime.answers import check_answer, wake_time
-from runtime.ingest import Ingest
-from runtime.jobs import JobKind, JobSpec
-from runtime.redis_errors import is_passing
-from runtime.registry import Registry
-from runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, Written, now_ms
-from sdk.durations import to_timedelta
-from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
-from sdk.event import Event
-from sdk.ids import new_ulid
-from sdk.opcodes import Op, Opcode, memo_data, memo_error
-from sdk.retry import Backoff
-from workers.faults import Faults
-from workers.invoker import Invoker
-from workers.remote import FunctionSource, RemoteFunction, Runnable
+from stepq.durations import to_timedelta
+from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
+from stepq.event import Event
+from stepq.ids import new_ulid
+from stepq.opcodes import Op, Opcode, memo_data, memo_error
+from stepq.retry import Backoff
+from stepq.runtime import keys, lifecycle, matching, waits
+from stepq.runtime.answers import check_answer, wake_time
+from stepq.runtime.ingest import Ingest
+from stepq.runtime.jobs import JobKind, JobSpec
+from stepq.runtime.redis_errors import is_passing
+from stepq.runtime.registry import Registry
+from stepq.runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, Written, now_ms
+from stepq.workers.faults import Faults
+from stepq.workers.invoker import Invoker
+from stepq.workers.remote import FunctionSource, RemoteFunction, Runnable
 
 log = structlog.get_logger("stepq.worker")
 
@@ -445,7 +445,7 @@ class Executor:
 
 def _step_policy(op: Opcode, fn: Runnable) -> tuple[int, Backoff]:
     """(max attempts, backoff) for a failed step: its own policy when it set one (``step.run(...,
-    retries=, backoff=)``, carried in the opcode's opts and checked by ``runtime.answers``), else
+    retries=, backoff=)``, carried in the opcode's opts and checked by ``stepq.runtime.answers``), else
     the function's."""
     opts = op.opts or {}
     retries = opts.get("retries")

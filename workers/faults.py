@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import structlog
 
-from runtime.redis_errors import ANY, UNREACHABLE, error_kind
+from stepq.runtime.redis_errors import ANY, UNREACHABLE, error_kind
 
 log = structlog.get_logger("stepq.worker")
 

@@ -6,7 +6,7 @@ opcodes, 200 with the return value, 500 with the error and ``X-Inngest-No-Retry`
 is honoured within [1 s, 24 h]; a 2xx without ``X-Inngest-SDK`` did not come from an SDK. Requests
 are signed when a signing key is configured (production mode).
 
-Every new connection goes through ``runtime.app_urls``: the URL's host is resolved, each address
+Every new connection goes through ``stepq.runtime.app_urls``: the URL's host is resolved, each address
 checked (no link-local or metadata address, not the Redis server, within ``STEPQ_ALLOWED_APP_HOSTS``
 when set) and the connection made to a checked address. A refused URL fails the step attempt with
 ``AppUrlRefused``, not retried: it is refused until the app registers another URL or the setting
@@ -26,12 +26,12 @@ import httpcore
 import httpx
 import structlog
 
-from runtime.app_urls import AppUrlPolicy, AppUrlRefused, CheckedNetworkBackend
-from sdk.durations import parse_iso
-from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
-from sdk.opcodes import Opcode
-from sdk.signing import canonical_json, sign
-from workers.remote import RemoteFunction
+from stepq.durations import parse_iso
+from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
+from stepq.opcodes import Opcode
+from stepq.runtime.app_urls import AppUrlPolicy, AppUrlRefused, CheckedNetworkBackend
+from stepq.signing import canonical_json, sign
+from stepq.workers.remote import RemoteFunction
 
 log = structlog.get_logger("stepq.http")
 

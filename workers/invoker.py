@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from sdk.engine import ExecutionRequest, ExecutionResult, execute
-from sdk.function import Function
+from stepq.engine import ExecutionRequest, ExecutionResult, execute
+from stepq.function import Function
 
 
 class Invoker(Protocol):

@@ -29,9 +29,9 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from runtime import keys
-from runtime.registry import FunctionOwnedError, Registry
-from workers.faults import REDIS_TROUBLE, Faults
+from stepq.runtime import keys
+from stepq.runtime.registry import FunctionOwnedError, Registry
+from stepq.workers.faults import REDIS_TROUBLE, Faults
 
 log = structlog.get_logger("stepq.worker")
 

@@ -6,11 +6,11 @@ import dataclasses
 import time
 from typing import Any, Protocol
 
-from runtime import keys
-from runtime.limits import Limits
-from runtime.registry import Registry
-from sdk.function import Function, Timeouts
-from sdk.retry import Backoff
+from stepq.function import Function, Timeouts
+from stepq.retry import Backoff
+from stepq.runtime import keys
+from stepq.runtime.limits import Limits
+from stepq.runtime.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """A worker's watch on its link to Redis: notice within seconds that Redis stopped answering.
 
 The worker's own connections carry no read timeout and no periodic PING (each costs redis-py work
-on every command; see ``runtime.connection.pool_options``). So a link that goes dark without a reset
+on every command; see ``stepq.runtime.connection.pool_options``). So a link that goes dark without a reset
 (a cable pulled, a firewall dropping packets, a proxy that stops forwarding) would leave every read
 hanging until the kernel gives up, minutes later, and the worker would say nothing. Instead, a
 watchdog probes Redis every ``interval_s`` on a connection of its own, with a timeout:

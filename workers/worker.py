@@ -9,15 +9,15 @@ SIGTERM cancels running steps at once. ``StepqWorker`` changes those behaviours:
   hand back the rest so another worker retries them at once); a second SIGINT forces;
 - no Redis error ends the process: a lost connection, and replies such as OOM, READONLY, WRONGTYPE,
   BUSY or a script error, are logged once per kind and retried with a bounded backoff in every loop
-  (poll, claim, leases, timers, cron, registration, drain) (``workers.faults``);
+  (poll, claim, leases, timers, cron, registration, drain) (``stepq.workers.faults``);
 - poison queue entries (a member that is not UTF-8, a score that is not a finite number, a job
   whose keys hold the wrong type, a queue key that is not a sorted set) are moved to the dead
-  letters (``runtime.deadletter``) instead of crashing the worker at every poll;
+  letters (``stepq.runtime.deadletter``) instead of crashing the worker at every poll;
 - a watchdog notices within seconds that Redis stopped answering, even when the link went dark
   without a reset: the worker stops claiming work, drops its stuck connections, and resumes as soon
-  as Redis answers (``workers.watchdog``);
+  as Redis answers (``stepq.workers.watchdog``);
 - the app's registration is restored after Redis comes back empty and kept fresh
-  (``workers.registration``).
+  (``stepq.workers.registration``).
 """
 
 from __future__ import annotations
@@ -41,23 +41,23 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.exceptions import ResponseError
 
-from runtime import deadletter, keys, timers
-from runtime.app_urls import AppUrlPolicy
-from runtime.connection import make_pool
-from runtime.cron import CronScheduler, cron_functions
-from runtime.jobs import ADVANCE
-from runtime.limits import Limits
-from runtime.redis_errors import error_kind
-from runtime.registry import Registry
-from runtime.store import RunStore
-from sdk.client import Client
-from workers.executor import Executor
-from workers.faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
-from workers.http_invoker import HttpInvoker
-from workers.invoker import InProcessInvoker, Invoker
-from workers.registration import DEFAULT_REFRESH_S, RegistrationKeeper
-from workers.remote import FunctionSource, LocalFunctions, RegisteredFunctions
-from workers.watchdog import RedisWatchdog, ping
+from stepq.client import Client
+from stepq.runtime import deadletter, keys, timers
+from stepq.runtime.app_urls import AppUrlPolicy
+from stepq.runtime.connection import make_pool
+from stepq.runtime.cron import CronScheduler, cron_functions
+from stepq.runtime.jobs import ADVANCE
+from stepq.runtime.limits import Limits
+from stepq.runtime.redis_errors import error_kind
+from stepq.runtime.registry import Registry
+from stepq.runtime.store import RunStore
+from stepq.workers.executor import Executor
+from stepq.workers.faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
+from stepq.workers.http_invoker import HttpInvoker
+from stepq.workers.invoker import InProcessInvoker, Invoker
+from stepq.workers.registration import DEFAULT_REFRESH_S, RegistrationKeeper
+from stepq.workers.remote import FunctionSource, LocalFunctions, RegisteredFunctions
+from stepq.workers.watchdog import RedisWatchdog, ping
 
 log = structlog.get_logger("stepq.worker")
 

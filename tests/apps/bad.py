@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-bad")
 

@@ -9,8 +9,8 @@ nobody sends. ``finish-timeout`` sleeps 10 s under ``Timeouts(finish="2s")``; ``
 
 from __future__ import annotations
 
-import sdk as inngest
-from sdk.function import Cancel, Timeouts
+import stepq as inngest
+from stepq.function import Cancel, Timeouts
 
 client = inngest.Client("t-cancel")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-chaos")
 STEPS = 10

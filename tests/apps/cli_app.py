@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-cli")
 

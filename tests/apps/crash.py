@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-crash")
 

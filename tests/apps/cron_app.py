@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-cron")
 
@@ -38,9 +38,9 @@ async def paris_morning(ctx: inngest.Context) -> str:
 
 
 async def _schedule(redis_url: str, seconds: float, every: float, out: str) -> None:
-    from runtime.connection import connect
-    from runtime.cron import CronScheduler, cron_functions
-    from runtime.store import RunStore
+    from stepq.runtime.connection import connect
+    from stepq.runtime.cron import CronScheduler, cron_functions
+    from stepq.runtime.store import RunStore
 
     redis = connect(redis_url)
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-divergent")
 

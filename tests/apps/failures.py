@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-failures")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-fleet")
 STEPS = 5

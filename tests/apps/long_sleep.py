@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-long-sleep")
 

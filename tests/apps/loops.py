@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-loops")
 

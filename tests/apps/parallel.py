@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-parallel")
 N = 20

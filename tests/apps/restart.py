@@ -10,7 +10,7 @@ import asyncio
 import os
 from typing import Any
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-restart")
 STEPS = 6

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-retries")
 FAST = inngest.Backoff.of(0.05)

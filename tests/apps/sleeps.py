@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-import sdk as inngest
+import stepq as inngest
 
 client = inngest.Client("t-sleeps")
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-import sdk
+import stepq
 from tests.torture.interpreter import define
 
-client = sdk.Client("t-torture")
+client = stepq.Client("t-torture")
 torture, torture_child = define(client, "torture")

@@ -1,4 +1,4 @@
-"""The torture test's interpreter served over HTTP (``sdk.serve``) under uvicorn, for ``stepq worker
+"""The torture test's interpreter served over HTTP (``stepq.serve``) under uvicorn, for ``stepq worker
 --http``: ``torture`` (event ``torture-http/run``) and ``torture-child`` of the app ``t-torture-http``.
 
 The API to sync with comes from ``INNGEST_BASE_URL``; ``step.send_event`` posts to the event API at
@@ -10,11 +10,11 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-import sdk
+import stepq
 from tests.torture.interpreter import define
 
 PATH = "/api/inngest"
 
-client = sdk.Client("t-torture-http")
+client = stepq.Client("t-torture-http")
 torture, torture_child = define(client, "torture-http")
-app = Starlette(routes=[Route(PATH, sdk.serve(client, serve_path=PATH))])
+app = Starlette(routes=[Route(PATH, stepq.serve(client, serve_path=PATH))])

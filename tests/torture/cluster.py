@@ -20,9 +20,10 @@ from pathlib import Path
 import httpx
 import redis as sync_redis
 
+from stepq.workers.embedded import EmbeddedRedis
+from tests.helpers import STEPQ_CLI
 from tests.http_fixtures import Service, free_port
 from tests.torture.program import MAX_OUTPUT_BYTES, MAX_STEPS
-from workers.embedded import EmbeddedRedis
 
 LOCAL_APP = "tests.apps.torture:client"
 SERVED_APP = "tests.apps.torture_served:app"
@@ -63,7 +64,7 @@ class Worker(Service):
 
     def __init__(self, name: str, http: bool, directory: Path, env: dict[str, str]) -> None:
         target = ["--http"] if http else [LOCAL_APP]
-        argv = [sys.executable, "-m", "workers.cli", "worker", *target, "--redis-url", env["STEPQ_REDIS_URL"]]
+        argv = [*STEPQ_CLI, "worker", *target, "--redis-url", env["STEPQ_REDIS_URL"]]
         super().__init__(name, argv, directory, env)
         self.http = http
         self.paused = False
@@ -118,7 +119,7 @@ class Cluster:
 
     def _start_http_path(self) -> None:
         port = free_port()
-        argv = [sys.executable, "-m", "workers.cli", "api", "--port", str(port), "--redis-url", self.redis_url, "--dev"]
+        argv = [*STEPQ_CLI, "api", "--port", str(port), "--redis-url", self.redis_url, "--dev"]
         self.api = Service("api", argv, self.directory, self.env())
         self.api.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
         self.api.wait_http(f"{self.api_url}/health")

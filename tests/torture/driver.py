@@ -17,13 +17,13 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-import sdk
-from runtime import keys
-from runtime.codec import unpack
-from runtime.connection import connect
-from runtime.limits import Limits
-from runtime.transport import RedisTransport
-from runtime.waits import WaitRecord
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.codec import unpack
+from stepq.runtime.connection import connect
+from stepq.runtime.limits import Limits
+from stepq.runtime.transport import RedisTransport
+from stepq.runtime.waits import WaitRecord
 from tests.torture import memory
 from tests.torture.cluster import Cluster, Settings
 from tests.torture.faults import FaultPlan, Faults
@@ -134,8 +134,8 @@ class Torture:
         self.rng = random.Random(config.seed ^ 0x5EED)
         self.redis: Redis | None = None
         self.faults: Faults | None = None
-        self.local: sdk.Client | None = None
-        self.http: sdk.Client | None = None
+        self.local: stepq.Client | None = None
+        self.http: stepq.Client | None = None
         self._seen_done_ms = 0
         self._logs: WorkerLogs | None = None
         #: Runs that never ended: what they hold is not counted again as leftovers.
@@ -171,8 +171,8 @@ class Torture:
         self.redis = connect(self.cluster.redis_url)
         # The driver's own writes (events, cancellations) follow the cluster's retention too.
         limits = Limits(retention_s=self.config.settings.retention_s)
-        self.local = sdk.Client("t-torture-driver", transport=RedisTransport(self.cluster.redis_url, limits))
-        self.http = sdk.Client("t-torture-driver-http", event_api_url=self.cluster.api_url, event_key="torture")
+        self.local = stepq.Client("t-torture-driver", transport=RedisTransport(self.cluster.redis_url, limits))
+        self.http = stepq.Client("t-torture-driver-http", event_api_url=self.cluster.api_url, event_key="torture")
         try:
             baseline = await memory.census(self.redis)
             programs = self._programs()
@@ -215,7 +215,7 @@ class Torture:
 
     # -- sending ------------------------------------------------------------------------------------
 
-    async def _send(self, client: sdk.Client, event: sdk.Event, what: str) -> None:
+    async def _send(self, client: stepq.Client, event: stepq.Event, what: str) -> None:
         """Send, retrying while Redis or the API is away; an event id keeps a retry from starting twice."""
         deadline = time.monotonic() + 60
         while True:
@@ -239,13 +239,14 @@ class Torture:
             track = self.tracks[program["pid"]]
             client = self.http if track.prefix == "torture-http" else self.local
             assert client is not None
-            event = sdk.Event(name=f"{track.prefix}/run", data={"pid": track.pid, "ops": program["ops"]}, id=track.pid)
+            data = {"pid": track.pid, "ops": program["ops"]}
+            event = stepq.Event(name=f"{track.prefix}/run", data=data, id=track.pid)
             track.sent_ms = int(time.time() * 1000)
             await self._send(client, event, f"the event of {track.pid}")
 
     async def _signal(self, op: Op) -> None:
         assert self.local is not None
-        event = sdk.Event(name=SIGNAL, data={"tok": op["tok"], "v": signal_value(op["tok"])})
+        event = stepq.Event(name=SIGNAL, data={"tok": op["tok"], "v": signal_value(op["tok"])})
         await self._send(self.local, event, f"the signal {op['tok']}")
 
     async def _cancel(self, track: Track, action: Action) -> None:
@@ -259,7 +260,7 @@ class Torture:
                     Violation("cancel", track.pid, track.run_id, f"client.cancel raised {exc!r}")
                 )
         else:
-            event = sdk.Event(name=f"{track.prefix}/cancel", data={"pid": track.pid})
+            event = stepq.Event(name=f"{track.prefix}/cancel", data={"pid": track.pid})
             await self._send(self.local, event, f"the cancel event of {track.pid}")
 
     # -- watching -----------------------------------------------------------------------------------
@@ -577,7 +578,7 @@ class Torture:
         # A last run trims the indexes (runs and events are trimmed to the retention as new ones come).
         probe = {"pid": "probe", "ops": []}
         self.tracks["probe"] = Track("probe", probe, False, [])
-        await self._send(self.local, sdk.Event(name="torture/run", data=probe), "the probe")
+        await self._send(self.local, stepq.Event(name="torture/run", data=probe), "the probe")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             await self._discover()

@@ -1,4 +1,4 @@
-"""Runs programs through the pure engine (``sdk.engine.execute``) alone: no Redis, no workers, no faults.
+"""Runs programs through the pure engine (``stepq.engine.execute``) alone: no Redis, no workers, no faults.
 
 What a runtime does between invocations is done here in memory, following the documented model:
 commit a step's result, retry a failed attempt with its policy, plan parallel steps and run each
@@ -17,10 +17,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import sdk
-from sdk.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, execute
-from sdk.function import Function
-from sdk.opcodes import Op, Opcode
+import stepq
+from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, execute
+from stepq.function import Function
+from stepq.opcodes import Op, Opcode
 from tests.torture import interpreter
 from tests.torture.interpreter import Interpreter, define
 from tests.torture.invariants import Execution, RunSnapshot
@@ -47,10 +47,10 @@ class MemoryTransport:
     def __init__(self) -> None:
         self._ids = itertools.count()
 
-    async def send(self, events: Sequence[sdk.Event]) -> list[str]:
+    async def send(self, events: Sequence[stepq.Event]) -> list[str]:
         return [f"ev{next(self._ids)}" for _ in events]
 
-    def send_sync(self, events: Sequence[sdk.Event]) -> list[str]:
+    def send_sync(self, events: Sequence[stepq.Event]) -> list[str]:
         return [f"ev{next(self._ids)}" for _ in events]
 
     async def aclose(self) -> None:
@@ -61,7 +61,7 @@ class EngineOnly:
     """Owns the functions and the records; ``run(program)`` returns the snapshots of the run and its children."""
 
     def __init__(self) -> None:
-        self.client = sdk.Client("t-torture-engine", transport=MemoryTransport())
+        self.client = stepq.Client("t-torture-engine", transport=MemoryTransport())
         self.main, self.child = define(self.client, "torture-engine")
         self.recorder = MemoryRecorder()
         self._runs = itertools.count()
@@ -84,7 +84,7 @@ class EngineOnly:
         self, fn: Function, data: dict[str, Any], waits: dict[str, str], snaps: list[RunSnapshot]
     ) -> RunSnapshot:
         run_id = f"run{next(self._runs)}"
-        event = sdk.Event(name=fn.event_names[0], data=data).validated()
+        event = stepq.Event(name=fn.event_names[0], data=data).validated()
         memo: dict[str, Any] = {}
         stack: list[str] = []
         snap = RunSnapshot(run_id, data["pid"], "running", None, None, memo, stack)

@@ -28,8 +28,8 @@ import redis
 import redis.asyncio
 from redis.exceptions import RedisError
 
-import sdk
-from sdk.function import Cancel, Function
+import stepq
+from stepq.function import Cancel, Function
 from tests.torture.program import (
     BACKOFF_INITIAL_S,
     BACKOFF_MAX_S,
@@ -58,7 +58,7 @@ from tests.torture.program import (
 RECORD_PATIENCE_S = 120.0
 #: Side keys outlive any test run, then go.
 SIDE_TTL_S = 6 * 3600
-BACKOFF = sdk.Backoff.of(BACKOFF_INITIAL_S, maximum=BACKOFF_MAX_S)
+BACKOFF = stepq.Backoff.of(BACKOFF_INITIAL_S, maximum=BACKOFF_MAX_S)
 
 
 class TortureError(Exception):
@@ -118,9 +118,9 @@ RECORDER = Recorder()
 
 def _error(kind: str, message: str) -> Exception:
     if kind == "after":
-        return sdk.RetryAfterError(message, RETRY_AFTER_S)
+        return stepq.RetryAfterError(message, RETRY_AFTER_S)
     if kind == "nonret":
-        return sdk.NonRetriableError(message)
+        return stepq.NonRetriableError(message)
     return TortureError(message)
 
 
@@ -130,7 +130,7 @@ class Interpreter:
     #: Scales every handler's work and the slow step of a cancel (the engine-only check sets 0).
     time_scale = 1.0
 
-    def __init__(self, ctx: sdk.Context, child: Function) -> None:
+    def __init__(self, ctx: stepq.Context, child: Function) -> None:
         self.ctx = ctx
         self.child = child
         data = ctx.event.data
@@ -145,7 +145,7 @@ class Interpreter:
         last = self.program[-1] if self.program else None
         if last is not None and last["op"] == "raise":
             if last["kind"] == "nonret":
-                raise sdk.NonRetriableError(f"{self.pid}: the program ends with a NonRetriableError")
+                raise stepq.NonRetriableError(f"{self.pid}: the program ends with a NonRetriableError")
             if self.ctx.attempt < last["n"]:
                 raise TortureError(f"{self.pid}: the function body fails on attempt {self.ctx.attempt}")
         return {"acc": acc, "trace": self.trace, "digest": token_digest(self.tokens)}
@@ -187,7 +187,7 @@ class Interpreter:
             )
             if got is not None:
                 if got.data.get("tok") != op["tok"] or got.data.get("v") != signal_value(op["tok"]):
-                    raise sdk.NonRetriableError(f"wait {sid} of {self.pid} got a foreign event: {got.data}")
+                    raise stepq.NonRetriableError(f"wait {sid} of {self.pid} got a foreign event: {got.data}")
                 self.trace.append(f"w{path}:m")
                 return mix(acc, signal_value(op["tok"]))
             self.trace.append(f"w{path}:t")
@@ -195,9 +195,9 @@ class Interpreter:
         if kind == "send":
             sid = step_id("e", path)
             self._name(sid)
-            ids = await step.send_event(sid, sdk.Event(name=SIGNAL, data={"tok": op["tok"], "v": op["v"]}))
+            ids = await step.send_event(sid, stepq.Event(name=SIGNAL, data={"tok": op["tok"], "v": op["v"]}))
             if len(ids) != 1:
-                raise sdk.NonRetriableError(f"send {sid} of {self.pid} returned {ids}")
+                raise stepq.NonRetriableError(f"send {sid} of {self.pid} returned {ids}")
             self.trace.append(f"e{path}")
             return mix(acc, SEND_CODE)
         if kind == "invoke":
@@ -220,7 +220,7 @@ class Interpreter:
         if kind == "try":
             try:
                 return await self.ops(op["body"], body_path(path), acc)
-            except sdk.StepError as exc:
+            except stepq.StepError as exc:
                 self.trace.append(f"c{path}:{exc.name}")
                 return mix(acc, name_code(exc.name))
         if kind == "cancel":
@@ -229,7 +229,7 @@ class Interpreter:
             return mix(acc, 1)
         if kind == "raise":
             return acc  # see run(): it only ever comes last
-        raise sdk.NonRetriableError(f"unknown op {kind!r} in {self.pid}")
+        raise stepq.NonRetriableError(f"unknown op {kind!r} in {self.pid}")
 
     async def _hold(self, op: Op, sid: str, acc: int) -> None:
         """Where the driver cancels the run: a wait nobody satisfies, a long sleep, or a slow step."""
@@ -250,7 +250,7 @@ class Interpreter:
             sid, self._handler(name, op, acc), retries=op.get("retries", 2), backoff=BACKOFF
         )
         if result.get("v") != value(self.pid, name, acc):
-            raise sdk.NonRetriableError(f"step {name} of {self.pid} returned {result}: not its value")
+            raise stepq.NonRetriableError(f"step {name} of {self.pid} returned {result}: not its value")
         self.tokens.append(str(result["x"]))
         self.trace.append(f"r{path}")
         return mix(acc, int(result["v"]))
@@ -291,22 +291,25 @@ class Interpreter:
         return run_async
 
 
-def define(client: sdk.Client, prefix: str) -> tuple[Function, Function]:
+def define(client: stepq.Client, prefix: str) -> tuple[Function, Function]:
     """Add ``torture`` and ``torture-child`` to ``client``'s app; their events are ``<prefix>/...``."""
     children: list[Function] = []
 
-    async def interpret(ctx: sdk.Context) -> dict[str, Any]:
+    async def interpret(ctx: stepq.Context) -> dict[str, Any]:
         return await Interpreter(ctx, children[0]).run()
 
     main = client.create_function(
         id="torture",
-        trigger=sdk.TriggerEvent(event=f"{prefix}/run"),
+        trigger=stepq.TriggerEvent(event=f"{prefix}/run"),
         retries=FUNCTION_RETRIES,
         backoff=BACKOFF,
         cancel=[Cancel(event=f"{prefix}/cancel", if_exp="async.data.pid == event.data.pid")],
     )(interpret)
     child = client.create_function(
-        id="torture-child", trigger=sdk.TriggerEvent(event=f"{prefix}/child"), retries=FUNCTION_RETRIES, backoff=BACKOFF
+        id="torture-child",
+        trigger=stepq.TriggerEvent(event=f"{prefix}/child"),
+        retries=FUNCTION_RETRIES,
+        backoff=BACKOFF,
     )(interpret)
     children.append(child)
     return main, child

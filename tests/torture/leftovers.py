@@ -12,7 +12,7 @@ from collections.abc import Collection
 
 from redis.asyncio import Redis
 
-from runtime import keys
+from stepq.runtime import keys
 
 
 def run_leftovers(raw: dict[bytes, bytes], pending: set[bytes], jobs: set[bytes]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from runtime import keys
+from stepq.runtime import keys
 
 #: What may remain of the runs after their retention: the probe run that trims the indexes holds a
 #: few keys, and some bookkeeping is per event name (bounded by the names in use), not per run.
