@@ -9,6 +9,15 @@ from redis.asyncio import Redis
 
 from stepq.runtime import keys
 from stepq.runtime.codec import unpack
+from stepq.runtime.registry import Registry
+
+#: The statuses of a run that has not ended: ``queued`` (its next job waits for a worker),
+#: ``running``, ``sleeping`` (until a timer), ``waiting`` (for an event or an invoked run).
+ACTIVE_STATUSES = ("queued", "running", "sleeping", "waiting")
+#: The statuses of a run that has ended.
+ENDED_STATUSES = ("completed", "failed", "cancelled")
+#: Every status a run can have, in the order of a run's life (the CLI's ``--status`` choices).
+RUN_STATUSES = ACTIVE_STATUSES + ENDED_STATUSES
 
 
 @dataclasses.dataclass(slots=True)
@@ -41,6 +50,12 @@ class RunView:
     error: Any = None
     event_ids: list[str] = dataclasses.field(default_factory=list)
     steps: list[StepView] = dataclasses.field(default_factory=list)
+    #: The function's ``retries`` as registered now (each step's, and the function body's own),
+    #: or None when the function is no longer registered.
+    retries: int | None = None
+    #: Retries taken after the function's own code failed outside any step, and that last error.
+    function_retries: int = 0
+    function_error: str | None = None
 
     @property
     def duplicate_executions(self) -> int:
@@ -72,6 +87,8 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         output=unpack(raw[b"output"]) if b"output" in raw else None,
         error=unpack(raw[b"error"]) if b"error" in raw else None,
         event_ids=[e for e in text("event_ids").split(",") if e],
+        function_retries=_int(raw.get(b"fn_retries")) or 0,
+        function_error=text("fn_error") or None,
     )
 
 
@@ -91,6 +108,9 @@ async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunV
         view.wake_at_ms = int(score) if score is not None else None
     if not with_steps:
         return view
+    record = await Registry(redis).get(view.function)
+    if record is not None and isinstance(record.config.get("retries"), int):
+        view.retries = record.config["retries"]
     fields = {k.decode(): v.decode() for k, v in meta.items()}
     if b"sleep_key" in raw:  # a sleeping run keeps its sleep's name in its record
         fields[f"{raw[b'sleep_key'].decode()}:name"] = raw.get(b"sleep_name", b"").decode()
@@ -119,9 +139,9 @@ async def list_runs(
     """The newest runs first, active and finished, optionally filtered by function and status."""
     found: list[RunView] = []
     for index in (keys.RUNS_ACTIVE, keys.RUNS_DONE):
-        if status in ("completed", "failed", "cancelled") and index == keys.RUNS_ACTIVE:
+        if status in ENDED_STATUSES and index == keys.RUNS_ACTIVE:
             continue
-        if status in ("queued", "running", "sleeping") and index == keys.RUNS_DONE:
+        if status in ACTIVE_STATUSES and index == keys.RUNS_DONE:
             continue
         offset, page = 0, max(50, limit)
         while True:

@@ -8,6 +8,7 @@ import subprocess
 
 from redis.asyncio import Redis
 
+from stepq.runtime.queries import RUN_STATUSES
 from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, StartWorkers, run_ids_for_event, wait_for_run
 
 #: Where STEPQ_REDIS_URL points in these tests: nothing answers there, so only --redis-url can work.
@@ -110,3 +111,69 @@ async def test_usage_errors_exit_2_with_a_message_and_store_nothing(redis: Redis
 
     assert "Traceback" not in unknown.stderr + not_json.stderr + not_object.stderr + reserved.stderr
     assert await redis.dbsize() == 0
+
+
+async def test_runs_status_accepts_every_status_a_run_can_have(redis: Redis, start_workers: StartWorkers) -> None:
+    for status in RUN_STATUSES:
+        listed = stepq("runs", "--status", status)
+        assert listed.returncode == 0, f"--status {status}: {listed.stderr}"
+
+    start_workers("cli_app")
+    event_id = sent_id(stepq("send", "test/ask", "--data", '{"id": 7}'))
+    [run_id] = await run_ids_for_event(redis, "approval", event_id)
+    await wait_for_run(redis, run_id, statuses=("waiting",))
+
+    waiting = stepq("runs", "--status", "waiting")
+    assert waiting.returncode == 0, waiting.stderr
+    [row] = waiting.stdout.splitlines()[1:]
+    assert row.split()[:3] == [run_id, "t-cli-approval", "waiting"]
+    assert stepq("runs", "--status", "sleeping").stdout.splitlines()[1:] == []
+
+    sent_id(stepq("send", "test/approved", "--data", '{"id": 7}'))
+    view = await wait_for_run(redis, run_id)
+    assert (view.status, view.output) == ("completed", True)
+    assert stepq("runs", "--status", "waiting").stdout.splitlines()[1:] == []
+
+    unknown = stepq("runs", "--status", "asleep")
+    assert unknown.returncode == 2
+    assert "invalid choice: 'asleep'" in unknown.stderr
+
+
+async def test_run_shows_the_function_level_retries(redis: Redis, start_workers: StartWorkers) -> None:
+    start_workers("cli_app")
+    event_id = sent_id(stepq("send", "test/flaky"))
+    [run_id] = await run_ids_for_event(redis, "flaky", event_id)
+    await wait_for_run(redis, run_id)
+
+    lines = stepq("run", run_id).stdout.splitlines()
+
+    assert "status    completed" in lines
+    assert "retries   3 (each step's, and the function's own)" in lines
+    assert "retried   2 times after errors outside steps (last: ValueError: attempt 1 failed)" in lines
+    view = json.loads(stepq("run", run_id, "--json").stdout)
+    assert (view["retries"], view["function_retries"]) == (3, 2)
+    assert view["function_error"] == "ValueError: attempt 1 failed"
+
+    [greet_id] = await run_ids_for_event(redis, "greet", sent_id(stepq("send", "test/greet", "--data", '{"who": "x"}')))
+    await wait_for_run(redis, greet_id)
+    assert not [line for line in stepq("run", greet_id).stdout.splitlines() if line.startswith("retried")]
+
+
+async def test_run_shows_the_duration_of_each_parallel_step(redis: Redis, start_workers: StartWorkers) -> None:
+    start_workers("cli_app")
+    event_id = sent_id(stepq("send", "test/fan"))
+    [run_id] = await run_ids_for_event(redis, "fan", event_id)
+    await wait_for_run(redis, run_id)
+
+    shown = stepq("run", run_id)
+
+    assert shown.returncode == 0, shown.stderr
+    assert "output    [1, 2, null]" in shown.stdout.splitlines()
+    steps = {line.split()[1]: line.split() for line in shown.stdout.splitlines() if "attempts=" in line}
+    assert sorted(steps) == ["nap", "slow-1", "slow-2"]
+    for name, fields in steps.items():
+        assert fields[-1] == "ms" or fields[-1] == "s", f"step {name} shows no duration: {fields}"
+    view = json.loads(stepq("run", run_id, "--json").stdout)
+    durations = {step["name"]: step["duration_ms"] for step in view["steps"]}
+    assert all(isinstance(ms, int) for ms in durations.values()), durations
+    assert durations["nap"] >= 300  # a sleep took at least its duration

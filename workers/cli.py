@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepq.client import default_redis_url
+from stepq.runtime.queries import RUN_STATUSES
+from stepq.workers.logs import configure
 
 EXIT_USAGE = 2
 
@@ -20,6 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
+        return EXIT_USAGE
+    try:
+        # Logs go to stderr for every command: stdout carries only the command's answer (JSON).
+        configure()
+    except ValueError as exc:
+        print(f"stepq {args.command}: STEPQ_LOG_LEVEL: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.handler(args) or 0)
@@ -76,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list recent runs")
     p.add_argument("--function", help="only runs of this function id")
-    p.add_argument("--status", choices=["queued", "running", "sleeping", "completed", "failed", "cancelled"])
+    p.add_argument("--status", choices=RUN_STATUSES, help="only runs in this status")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     redis_option(p)
@@ -108,10 +116,8 @@ def _url(args: argparse.Namespace) -> str:
 
 def _worker(args: argparse.Namespace) -> int:
     from stepq.workers.app import AppLoadError, load_client
-    from stepq.workers.logs import configure
     from stepq.workers.worker import WorkerOptions, build_http_worker, build_worker
 
-    configure()
     http = bool(getattr(args, "http", False)) or (args.command == "dev" and not args.app)
     if http == bool(args.app):
         raise CliError("give MODULE:CLIENT to run an app's functions, or --http for functions served over HTTP")
@@ -163,9 +169,7 @@ def _api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from stepq.runtime.api import ApiSettings, create_app
-    from stepq.workers.logs import configure
 
-    configure()
     try:
         settings = ApiSettings.from_env(dev=args.dev)
         app = create_app(
@@ -281,6 +285,12 @@ def _run(args: argparse.Namespace) -> int:
     if view.error is not None:
         error = view.error
         print(f"error     {error.get('name')}: {error.get('message')}" if isinstance(error, dict) else error)
+    if view.retries is not None:
+        print(f"retries   {view.retries} (each step's, and the function's own)")
+    if view.function_retries:
+        # retries of the function body itself: its code failed outside any step
+        times = f"{view.function_retries} time{'s' if view.function_retries != 1 else ''}"
+        print(f"retried   {times} after errors outside steps (last: {view.function_error})")
     duplicates = view.duplicate_executions
     extra = f", {duplicates} duplicate execution{'s' if duplicates != 1 else ''}" if duplicates else ""
     print(f"steps     {len([s for s in view.steps if s.done])} done{extra}")

@@ -26,7 +26,8 @@ local i = 10
 for _ = 1, tonumber(ARGV[9]) do
   local key, name, job_id = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   redis.call('SADD', KEYS[3], key)
-  redis.call('HSET', KEYS[4], key .. ':name', name)
+  -- ':planned' gives a step that no code of ours runs (a sleep, a wait, an invoke) its duration
+  redis.call('HSET', KEYS[4], key .. ':name', name, key .. ':planned', now)
   if job_id ~= '' then
     local score = tonumber(ARGV[i + 4])
     enqueue('arq:job:' .. job_id, 'arq:result:' .. job_id, ARGV[6], ARGV[i + 3], score,

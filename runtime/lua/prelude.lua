@@ -202,9 +202,17 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
   if name ~= '' then
     redis.call('HSET', run_part(run_id, 'steps'), key .. ':name', name)
   end
+  local steps = run_part(run_id, 'steps')
   if executed then
-    redis.call('HSET', run_part(run_id, 'steps'), key .. ':attempts', executed.attempts, key .. ':ms', executed.ms)
+    redis.call('HSET', steps, key .. ':attempts', executed.attempts, key .. ':ms', executed.ms)
+  else
+    -- a sleep, a wait or an invoke: its duration is the time it was pending
+    local planned = redis.call('HGET', steps, key .. ':planned')
+    if planned then
+      redis.call('HSET', steps, key .. ':ms', math.max(0, now - tonumber(planned)))
+    end
   end
+  redis.call('HDEL', steps, key .. ':planned')
   redis.call('HSET', run, 'state_bytes', size)
   redis.call('SREM', pending, key)
   local where = redis.call('HGET', run, 'wait:' .. key)

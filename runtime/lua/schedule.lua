@@ -25,6 +25,9 @@ if ARGV[4] ~= '' and ARGV[12] == '' then
   if ARGV[7] ~= '' then
     redis.call('HSET', KEYS[3], ARGV[4] .. ':error', ARGV[7])
   end
+elseif ARGV[4] == '' then
+  -- the function's own code failed outside any step: the run's retries so far and the last error
+  redis.call('HSET', KEYS[1], 'fn_retries', ARGV[6], 'fn_error', ARGV[7])
 end
 if ARGV[8] ~= '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[8])

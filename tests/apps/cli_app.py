@@ -1,6 +1,9 @@
-"""Two small functions for the ``stepq`` command's tests."""
+"""Small functions for the ``stepq`` command's tests."""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import stepq as inngest
 
@@ -20,3 +23,42 @@ async def refuse(ctx: inngest.Context) -> None:
         raise inngest.NonRetriableError("not today")
 
     await ctx.step.run("check", check)
+
+
+
+@client.create_function(id="fan", trigger=inngest.TriggerEvent(event="test/fan"))
+async def fan(ctx: inngest.Context) -> list[Any]:
+    """Two parallel steps that take measurable time, and a sleep beside them."""
+
+    def work(i: int) -> int:
+        time.sleep(0.05 * i)
+        return i
+
+    return list(
+        await ctx.group.parallel(
+            (
+                lambda: ctx.step.run("slow-1", work, 1),
+                lambda: ctx.step.run("slow-2", work, 2),
+                lambda: ctx.step.sleep("nap", "300ms"),
+            )
+        )
+    )
+
+
+@client.create_function(
+    id="flaky", trigger=inngest.TriggerEvent(event="test/flaky"), retries=3, backoff=inngest.Backoff.of("10ms")
+)
+async def flaky(ctx: inngest.Context) -> str:
+    """Fails outside any step until its third attempt: function-level retries, no step involved."""
+    if ctx.attempt < 2:
+        raise ValueError(f"attempt {ctx.attempt} failed")
+    return "third time lucky"
+
+
+@client.create_function(id="approval", trigger=inngest.TriggerEvent(event="test/ask"))
+async def approval(ctx: inngest.Context) -> bool:
+    """Waits (status ``waiting``) for its approval event."""
+    approved = await ctx.step.wait_for_event(
+        "approved", event="test/approved", timeout="1h", if_exp="async.data.id == event.data.id"
+    )
+    return approved is not None
