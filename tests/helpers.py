@@ -35,12 +35,12 @@ TERMINAL = ("completed", "failed", "cancelled")
 class LoggedProcess:
     """A subprocess whose stdout and stderr go to files, read back as text or structured lines."""
 
-    def __init__(self, name: str, argv: list[str], directory: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, argv: list[str], directory: Path, env: dict[str, str], cwd: Path = ROOT) -> None:
         self.name = name
         self.stdout_path = directory / f"{name}.stdout"
         self.stderr_path = directory / f"{name}.stderr"
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
 
     @property
     def pid(self) -> int:
@@ -66,12 +66,26 @@ class LoggedProcess:
 
 
 class WorkerProcess(LoggedProcess):
-    """One ``stepq worker`` subprocess with its stdout and stderr captured to files."""
+    """One ``stepq worker`` subprocess with its stdout and stderr captured to files.
 
-    def __init__(self, app: str, index: int, directory: Path, env: dict[str, str]) -> None:
+    It serves ``tests.apps.<app>:client`` from the repository, unless given another ``target``
+    (``MODULE:CLIENT``), the ``stepq`` command to run and the directory to run it in.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        index: int,
+        directory: Path,
+        env: dict[str, str],
+        *,
+        target: str | None = None,
+        command: Sequence[str] = STEPQ_CLI,
+        cwd: Path = ROOT,
+    ) -> None:
         self.app = app
-        argv = [*STEPQ_CLI, "worker", f"tests.apps.{app}:client", "--redis-url", REDIS_URL]
-        super().__init__(f"worker-{app}-{index}", argv, directory, env)
+        argv = [*command, "worker", target or f"tests.apps.{app}:client", "--redis-url", REDIS_URL]
+        super().__init__(f"worker-{app}-{index}", argv, directory, env, cwd)
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Block until the worker has registered its app (its ``worker.started`` line)."""
