@@ -53,6 +53,12 @@ def test_the_collector_finds_blocks_comments_and_stray_comments() -> None:
             "  ```python",
             "  c = 3",
             "  ```",
+            "````markdown",
+            "<!-- readme-test: shown -->",
+            "```python",
+            "d = 4",
+            "```",
+            "````",
         ]
     )
     blocks, problems = find_blocks(text)

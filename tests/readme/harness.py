@@ -26,7 +26,7 @@ from stepq.runtime.queries import RunView
 from tests.helpers import REDIS_URL, ROOT, TERMINAL, WorkerProcess, run_ids_for_event, wait_for_run
 
 README = ROOT / "README.md"
-_FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[\w+-]*)")
+_FENCE = re.compile(r"^(?P<indent>\s*)(?P<ticks>```+)\s*(?P<lang>[\w+-]*)")
 _DIRECTIVE = re.compile(r"^\s*<!--\s*readme-test:\s*(?P<name>\S*)\s*-->\s*$")
 _CONTEXT_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 PYTHON = ("python", "py", "python3")
@@ -71,9 +71,9 @@ def find_blocks(text: str) -> tuple[list[Block], list[str]]:
                 directive = None
             i += 1
             continue
-        indent, lang = fence["indent"], fence["lang"]
-        end = i + 1
-        while end < len(lines) and lines[end].strip() != "```":
+        indent, ticks, lang = fence["indent"], fence["ticks"], fence["lang"]
+        end = i + 1  # the closing fence: backticks only, at least as many as the opening's (CommonMark)
+        while end < len(lines) and not (set(lines[end].strip()) == {"`"} and len(lines[end].strip()) >= len(ticks)):
             end += 1
         if lang in PYTHON:
             body = [text_line.removeprefix(indent) for text_line in lines[i + 1 : end]]
