@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -369,12 +370,18 @@ async def test_plain_def_functions_run_with_sync_step_tools() -> None:
     assert result.value == {"total": 6, "event": "test/engine"}
 
 
-def test_the_engine_imports_no_redis_or_arq() -> None:
+def test_the_engine_imports_no_redis_or_arq(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    code = "import sys, sdk; print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'arq', 'runtime')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys, stepq; print(sorted(m for m in sys.modules"
+        " if m.split('.')[0] in ('redis', 'arq') or m.startswith(('stepq.runtime', 'stepq.workers'))))"
+    )
+    # Not from the repository's root, whose sdk/ and runtime/ folders would import as `sdk`, `runtime`.
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
