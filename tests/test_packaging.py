@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,7 +106,7 @@ def wheel_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
     run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)])
-    dev_site = Path(next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()))
+    dev_site = Path(sysconfig.get_path("purelib"))
     deps = where / "deps"
     deps.mkdir()
     for entry in dev_site.iterdir():
@@ -136,13 +137,14 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     assert "stepq/runtime/lua/commit_step.lua" in names
 
 
-def test_the_wheel_installs_nothing_but_stepq(wheel_venv: Path) -> None:
+def test_the_wheel_installs_nothing_but_stepq(wheel: Path, wheel_venv: Path) -> None:
     python = str(wheel_venv / "python")
     site = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip())
+    name, version = wheel.name.split("-")[:2]
 
     installed = {p.name for p in site.iterdir()} - {"dev-venv-deps.pth", "__pycache__"}
 
-    assert installed == {"stepq", "stepq-0.1.0.dist-info"}
+    assert installed == {"stepq", f"{name}-{version}.dist-info"}
     assert (wheel_venv / "stepq").exists()
 
 
