@@ -47,10 +47,11 @@ import httpx
 import structlog
 
 from stepq.client import FUNCTION_FAILED, NO_EVENT_KEY, Client
-from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, execute
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, execute
 from stepq.errors import FunctionConfigError, InvalidEventError
 from stepq.event import Event
 from stepq.function import MAX_RETRIES, Function
+from stepq.replay import ExecutionRequest
 from stepq.signing import (
     SIGNATURE_HEADER,
     SignatureError,
