@@ -9,6 +9,7 @@ from typing import Any
 from stepq.errors import FunctionConfigError, InvalidEventError, StepqError
 from stepq.event import Event
 from stepq.function import Cancel, Function, Timeouts, normalize_triggers
+from stepq.http_transport import HttpTransport
 from stepq.retry import Backoff
 from stepq.transport import EventTransport, load_transport
 from stepq.triggers import Trigger, TriggerEvent
@@ -135,8 +136,6 @@ class Client:
     def transport(self) -> EventTransport:
         if self._transport is None:
             if self.event_api_url is not None:
-                from stepq.http_transport import HttpTransport
-
                 self._transport = HttpTransport(self.event_api_url, self.event_key)
             else:
                 self._transport = load_transport("redis", self.redis_url)
