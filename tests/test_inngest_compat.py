@@ -164,6 +164,21 @@ class TestOfficialSdkInDevMode:
         assert again.status_code == 200, again.text
         assert again.json().get("modified") is False, again.text
 
+    async def test_a_refused_sync_still_answers_200_so_a_deploy_hook_checks_ok(self, dev: Stack, db: Redis) -> None:
+        """The SDK registers the URL it was reached at: reached at a link-local address, its sync is
+        refused by stepq (400), and the SDK passes stepq's body on, with status 200 (README,
+        "In production")."""
+        before = {r.slug: r.config["url"] for r in await Registry(db).functions()}
+
+        refused = httpx.put(dev.app.url, headers={"Host": "169.254.169.254"}, timeout=30.0)  # type: ignore[attr-defined]
+
+        assert refused.status_code == 200, refused.text
+        assert refused.json()["ok"] is False, refused.text
+        assert "169.254.169.254" in refused.json()["error"], refused.text
+        assert {r.slug: r.config["url"] for r in await Registry(db).functions()} == before
+        accepted = sync_app(dev.app.url)  # type: ignore[attr-defined]
+        assert (accepted.status_code, accepted.json()["ok"]) == (200, True), accepted.text
+
     async def test_sequential_steps_run_once_each_and_stepq_run_shows_the_output(
         self, dev: Stack, db: Redis, tmp_path: Path
     ) -> None:
