@@ -54,6 +54,7 @@ async def greet(ctx: inngest.Context) -> dict[str, str]:
     return {"text": text, "stepq": inngest.__file__}
 ''',
     "send.py": '''
+import asyncio
 import json
 import sys
 
@@ -61,8 +62,15 @@ import runtime  # the app's, imported before the client looks up its Redis trans
 import stepq as inngest
 from workers.tasks import client
 
-ids = client.send_sync(inngest.Event(name="pkg/greet", data={"who": sys.argv[1]}))
-print(json.dumps({"ids": ids, "stepq": inngest.__file__, "runtime": runtime.__file__}))
+
+async def main() -> list[str]:
+    try:
+        return await client.send(inngest.Event(name="pkg/greet", data={"who": sys.argv[1]}))
+    finally:
+        await client.aclose()
+
+
+print(json.dumps({"ids": asyncio.run(main()), "stepq": inngest.__file__, "runtime": runtime.__file__}))
 ''',
 }
 
