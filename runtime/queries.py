@@ -53,7 +53,7 @@ class RunView:
     #: The function's ``retries`` as registered now (each step's, and the function body's own),
     #: or None when the function is no longer registered.
     retries: int | None = None
-    #: Retries taken after the function's own code failed outside any step, and that last error.
+    #: Retries after the function's own code failed outside any step, over the whole run, and the last error.
     function_retries: int = 0
     function_error: str | None = None
 

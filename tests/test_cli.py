@@ -148,10 +148,12 @@ async def test_run_shows_the_function_level_retries(redis: Redis, start_workers:
 
     assert "status    completed" in lines
     assert "retries   3 (each step's, and the function's own)" in lines
-    assert "retried   2 times after errors outside steps (last: ValueError: attempt 1 failed)" in lines
+    # one retry before the step and one after it: counted over the whole run
+    assert "retried   2 times after errors outside steps (last: ValueError: first attempt failed)" in lines
     view = json.loads(stepq("run", run_id, "--json").stdout)
     assert (view["retries"], view["function_retries"]) == (3, 2)
-    assert view["function_error"] == "ValueError: attempt 1 failed"
+    assert view["function_error"] == "ValueError: first attempt failed"
+    assert [s["name"] for s in view["steps"]] == ["half-way"]
 
     [greet_id] = await run_ids_for_event(redis, "greet", sent_id(stepq("send", "test/greet", "--data", '{"who": "x"}')))
     await wait_for_run(redis, greet_id)

@@ -26,8 +26,9 @@ if ARGV[4] ~= '' and ARGV[12] == '' then
     redis.call('HSET', KEYS[3], ARGV[4] .. ':error', ARGV[7])
   end
 elseif ARGV[4] == '' then
-  -- the function's own code failed outside any step: the run's retries so far and the last error
-  redis.call('HSET', KEYS[1], 'fn_retries', ARGV[6], 'fn_error', ARGV[7])
+  -- the function's own code failed outside any step: count the run's retries, keep the last error
+  redis.call('HINCRBY', KEYS[1], 'fn_retries', 1)
+  redis.call('HSET', KEYS[1], 'fn_error', ARGV[7])
 end
 if ARGV[8] ~= '' then
   redis.call('HSET', KEYS[1], 'status', ARGV[8])

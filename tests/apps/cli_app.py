@@ -49,9 +49,11 @@ async def fan(ctx: inngest.Context) -> list[Any]:
     id="flaky", trigger=inngest.TriggerEvent(event="test/flaky"), retries=3, backoff=inngest.Backoff.of("10ms")
 )
 async def flaky(ctx: inngest.Context) -> str:
-    """Fails outside any step until its third attempt: function-level retries, no step involved."""
-    if ctx.attempt < 2:
-        raise ValueError(f"attempt {ctx.attempt} failed")
+    """Fails outside any step on the first attempt before its step and again after it: two
+    function-level retries, one at each position of the run."""
+    if ctx.attempt == 0:
+        raise ValueError("first attempt failed")
+    await ctx.step.run("half-way", lambda: None)
     return "third time lucky"
 
 
