@@ -102,6 +102,9 @@ class ReadmeBlock:
         self.redis = redis
         self.module_name = f"readme_l{block.line}"
         self.workers: list[WorkerProcess] = []
+        #: Environment variables set with ``setenv``: in the test process and in every worker.
+        self.env: dict[str, str] = {}
+        self._saved_env: dict[str, str | None] = {}
         self._loaded: list[ModuleType] = []
         self._namespaces: list[dict[str, Any]] = []
         header = f"from tests.readme.{block.context} import *  # noqa: F403\n" if block.context else ""
@@ -112,6 +115,13 @@ class ReadmeBlock:
     def context(self) -> ModuleType | None:
         return importlib.import_module(f"tests.readme.{self.block.context}") if self.block.context else None
 
+    def setenv(self, name: str, value: str) -> None:
+        """Set an environment variable for the block: in this process (until ``close``) and in the
+        workers started after this call, as a user sets it for every process of the app."""
+        self._saved_env.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+        self.env[name] = value
+
     def start_worker(self, client: str = "client", env: dict[str, str] | None = None) -> WorkerProcess:
         """A ``stepq worker`` serving the block module's ``client``, ready when this returns."""
         full_env = {
@@ -120,6 +130,7 @@ class ReadmeBlock:
             "STEPQ_REDIS_URL": REDIS_URL,
             "STEPQ_LOG_LEVEL": "info",
             "PYTHONUNBUFFERED": "1",
+            **self.env,
             **(env or {}),
         }
         worker = WorkerProcess(
@@ -179,3 +190,8 @@ class ReadmeBlock:
             sys.modules.pop(module.__name__, None)
         if str(self.directory) in sys.path:
             sys.path.remove(str(self.directory))
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
