@@ -9,7 +9,8 @@ runs with the context in ``tests/readme/NAME.py``:
   did: ``block.start_worker()`` serves the block's client from a worker process,
   ``block.load()`` imports the block in the test process (to send events with its client),
   ``await block.run()`` executes it as a snippet (top-level ``await`` allowed), and
-  ``await block.run_of(function_id, event_id)`` waits for the run an event started.
+  ``await block.run_of(function_id, event_id)`` waits for the run an event started, and
+  ``block.setenv(name, value)`` sets a variable for the test process and the workers.
 
 A block without the comment is executed as a snippet, and must need nothing it does not define.
 See ``tests/readme/harness.py``.
