@@ -127,4 +127,4 @@ async def order_follow_up(ctx: inngest.Context) -> dict[str, Any]:
             "waited_s": round(time.time() - placed_at, 2),
         }
 
-    return await ctx.step.run("send-follow-up", send_follow_up)  # type: ignore[no-any-return]
+    return await ctx.step.run("send-follow-up", send_follow_up)

@@ -3,46 +3,56 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from stepq.engine import ExecutionRequest, Interrupt, Replay, Skip
 from stepq.event import Event
-from stepq.step import Step, SyncStep
+from stepq.step import Step, StepSync
 
 if TYPE_CHECKING:
     from stepq.function import Function
 
+T = TypeVar("T")
+
 
 class ReplayAwareLogger:
-    """A structlog logger that stays quiet while memoized steps replay, so each line prints once."""
+    """A logger that stays quiet while memoized steps replay, so each line prints once.
+
+    It wraps stepq's structlog logger, or the ``logging.Logger`` given as ``Inngest(logger=...)``;
+    positional arguments are %-format arguments for either.
+    """
 
     def __init__(self, logger: Any, replay: Replay) -> None:
         self._logger = logger
         self._replay = replay
 
-    def _emit(self, method: str, event: str, **kw: Any) -> None:
+    def _emit(self, method: str, event: str, *args: Any, **kw: Any) -> None:
         if not self._replay.replaying:
-            getattr(self._logger, method)(event, **kw)
+            getattr(self._logger, method)(event, *args, **kw)
 
-    def debug(self, event: str, **kw: Any) -> None:
-        self._emit("debug", event, **kw)
+    def debug(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("debug", event, *args, **kw)
 
-    def info(self, event: str, **kw: Any) -> None:
-        self._emit("info", event, **kw)
+    def info(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("info", event, *args, **kw)
 
-    def warning(self, event: str, **kw: Any) -> None:
-        self._emit("warning", event, **kw)
+    def warning(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("warning", event, *args, **kw)
 
-    def error(self, event: str, **kw: Any) -> None:
-        self._emit("error", event, **kw)
+    def error(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("error", event, *args, **kw)
 
-    def exception(self, event: str, **kw: Any) -> None:
-        self._emit("exception", event, **kw)
+    def exception(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("exception", event, *args, **kw)
 
     def bind(self, **kw: Any) -> ReplayAwareLogger:
+        """A logger adding ``kw`` to each line (a ``LoggerAdapter``'s ``extra`` for a ``logging.Logger``)."""
+        if isinstance(self._logger, logging.Logger | logging.LoggerAdapter):
+            return ReplayAwareLogger(logging.LoggerAdapter(self._logger, kw), self._replay)
         return ReplayAwareLogger(self._logger.bind(**kw), self._replay)
 
 
@@ -52,13 +62,13 @@ class Group:
     def __init__(self, replay: Replay) -> None:
         self._replay = replay
 
-    async def parallel(self, callables: Sequence[Callable[[], Awaitable[Any]]]) -> tuple[Any, ...]:
+    async def parallel(self, callables: Sequence[Callable[[], Awaitable[T]]]) -> tuple[T, ...]:
         """Run each callable (typically ``lambda: ctx.step.run(...)``); return their results in order.
 
         New steps found in the branches are planned together; the function is re-entered once they
         have all finished.
         """
-        results: list[Any] = []
+        results: list[T] = []
         opcodes = []
         skipped = False
         retry_after: dt.timedelta | None = None
@@ -91,9 +101,13 @@ class _ContextBase:
         self.attempt: int = request.attempt
         self.function_id: str = fn.id
         self.group = Group(replay)
-        self.logger = ReplayAwareLogger(
-            structlog.get_logger("stepq.function").bind(run_id=request.run_id, function=fn.id), replay
-        )
+        client_logger = getattr(fn.client, "logger", None)
+        if client_logger is not None:
+            self.logger = ReplayAwareLogger(client_logger, replay)
+        else:
+            self.logger = ReplayAwareLogger(
+                structlog.get_logger("stepq.function").bind(run_id=request.run_id, function=fn.id), replay
+            )
 
 
 class Context(_ContextBase):
@@ -110,7 +124,7 @@ class ContextSync(_ContextBase):
     def __init__(self, fn: Function, request: ExecutionRequest, replay: Replay) -> None:
         super().__init__(fn, request, replay)
         client = fn.client
-        self.step = SyncStep(replay, client.send if client else None, client.send_sync if client else None)
+        self.step = StepSync(replay, client.send if client else None, client.send_sync if client else None)
 
 
 def make_context(fn: Function, request: ExecutionRequest, replay: Replay) -> Context | ContextSync:

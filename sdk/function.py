@@ -6,12 +6,18 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from stepq.durations import DurationLike, to_duration_str, to_timedelta
 from stepq.errors import FunctionConfigError
 from stepq.retry import Backoff
 from stepq.triggers import Trigger, TriggerCron, TriggerEvent
+
+#: What a function returns; ``step.invoke`` of a ``Function[T]`` gives a ``T``. Defaults to Any, so
+#: that a bare ``Function`` annotation stays valid under ``mypy --strict``.
+T = TypeVar("T", covariant=True, default=Any)
 
 MAX_RETRIES = 20
 MAX_TRIGGERS = 10
@@ -60,8 +66,11 @@ class Timeouts:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Function:
-    """A durable function: made by ``Client.create_function``, run by workers."""
+class Function(Generic[T]):
+    """A durable function: made by ``Inngest.create_function``, run by workers.
+
+    Generic in what it returns, so that ``await ctx.step.invoke(..., function=f)`` is typed.
+    """
 
     id: str
     app_id: str
@@ -74,6 +83,8 @@ class Function:
     timeouts: Timeouts | None = None
     #: The client that defined it: ``step.send_event`` sends through it.
     client: Any = dataclasses.field(default=None, compare=False, repr=False)
+    #: The function's own middleware (``create_function(middleware=[...])``), run after the client's.
+    middleware: list[Any] = dataclasses.field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _ID.match(self.id):

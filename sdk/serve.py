@@ -183,8 +183,9 @@ class ServeHandler:
         if not isinstance(client, Client):
             raise FunctionConfigError(f"serve: expected an sdk.Client, got {type(client).__name__}")
         self.client = client
-        env_dev, dev_url = _dev_from_env()
-        self.dev = env_dev if dev is None else bool(dev)
+        _, dev_url = _dev_from_env()
+        # The client's is_production already reads INNGEST_DEV; serve's own dev= overrides it.
+        self.dev = (not client.is_production) if dev is None else bool(dev)
         self.framework = framework
         origin = serve_origin if serve_origin is not None else _env("INNGEST_SERVE_ORIGIN")
         self.serve_origin = _normalize_origin(origin) if origin else None
@@ -193,6 +194,7 @@ class ServeHandler:
         self.serve_path = "/" + serve_path.strip().strip("/")
         api = (
             api_base_url
+            or client.api_base_url
             or _env("INNGEST_API_BASE_URL")
             or _env("INNGEST_BASE_URL")
             or (dev_url if self.dev else None)
@@ -201,8 +203,9 @@ class ServeHandler:
         if not api.startswith(("http://", "https://")):
             raise FunctionConfigError(f"serve: api_base_url must be an http(s) URL, got {api!r}")
         self.api_base_url = api.rstrip("/")
-        key = signing_key if signing_key is not None else _env("INNGEST_SIGNING_KEY")
-        fallback = signing_key_fallback if signing_key_fallback is not None else _env("INNGEST_SIGNING_KEY_FALLBACK")
+        # The client's keys default to INNGEST_SIGNING_KEY(_FALLBACK); serve's own override them.
+        key = signing_key if signing_key is not None else client.signing_key
+        fallback = signing_key_fallback if signing_key_fallback is not None else client.signing_key_fallback
         self.signing_key = check_signing_key(key, what="signing_key") if key else None
         self.signing_key_fallback = check_signing_key(fallback, what="signing_key_fallback") if fallback else None
         if not self.dev and self.signing_key is None:
@@ -445,7 +448,7 @@ class ServeHandler:
             "User-Agent": SDK_NAME,
             **kwargs.pop("headers", {}),
         }
-        env = _env("INNGEST_ENV")
+        env = self.client.env
         if env:
             headers["X-Inngest-Env"] = env
         keys = [] if self.dev else [k for k in (self.signing_key, self.signing_key_fallback) if k]
@@ -559,7 +562,7 @@ class ServeHandler:
             authentication_succeeded=True,
             api_origin=self.api_base_url,
             app_id=self.client.app_id,
-            env=_env("INNGEST_ENV"),
+            env=self.client.env,
             event_api_origin=(self.client.event_api_url or self.api_base_url).rstrip("/"),
             event_key_hash=hashlib.sha256(self.client.event_key.encode()).hexdigest() if has_event_key else None,
             framework=self.framework,

@@ -1,7 +1,7 @@
 """The step tools user code calls: ``ctx.step.run``, ``sleep``, ``sleep_until``, ``wait_for_event``,
 ``invoke``, ``invoke_by_id`` and ``send_event``.
 
-``Step`` serves ``async def`` functions, ``SyncStep`` plain ``def`` functions (run in a thread). Both
+``Step`` serves ``async def`` functions, ``StepSync`` plain ``def`` functions (run in a thread). Both
 share ``_StepCore``: the memo lookup before a step, the opcode after it.
 """
 
@@ -11,8 +11,8 @@ import asyncio
 import dataclasses
 import datetime as dt
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, TypeVarTuple, overload
 
 from stepq.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
 from stepq.engine import Interrupt, Replay, Skip, unwrap_memo
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 Sender = Callable[[Sequence[Event]], Awaitable[list[str]]]
 
 T = TypeVar("T")
+#: The arguments ``step.run`` passes to its handler, typed against the handler's parameters.
+Args = TypeVarTuple("Args")
 
 #: Sleeps and waits longer than this are refused, as in Inngest.
 MAX_SLEEP = dt.timedelta(days=366)
@@ -109,7 +111,7 @@ class _StepCore:
         self,
         step_id: str,
         function_id: str,
-        data: dict[str, Any] | None,
+        data: Mapping[str, object] | None,
         timeout: DurationLike | None,
         v: str | None,
     ) -> Any:
@@ -117,7 +119,7 @@ class _StepCore:
         if memo is not _MISSING:
             return unwrap_memo(step_id, memo)
         self._replay.may_run_now(key, step_id)
-        payload: dict[str, Any] = {"data": data or {}}
+        payload: dict[str, Any] = {"data": dict(data or {})}
         if v is not None:
             payload["v"] = v
         opts: dict[str, Any] = {"function_id": function_id, "payload": payload}
@@ -188,19 +190,40 @@ def _until(step_id: str, until: dt.datetime | str) -> dt.datetime:
 class Step(_StepCore):
     """Step tools for ``async def`` functions."""
 
+    @overload
     async def run(
         self,
         step_id: str,
-        handler: Callable[..., Any],
-        *args: Any,
+        handler: Callable[[*Args], Awaitable[T]],
+        *args: *Args,
+        retries: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> T: ...
+
+    @overload
+    async def run(
+        self,
+        step_id: str,
+        handler: Callable[[*Args], T],
+        *args: *Args,
+        retries: int | None = None,
+        backoff: Backoff | None = None,
+    ) -> T: ...
+
+    async def run(
+        self,
+        step_id: str,
+        handler: Callable[[*Args], object],
+        *args: *Args,
         retries: int | None = None,
         backoff: Backoff | None = None,
     ) -> Any:
         """Run ``handler(*args)`` once for the run; later re-entries return its stored result.
 
-        The handler may be sync (it runs in a thread, so the worker stays responsive) or async. Its
-        result must be JSON-compatible. After the last attempt fails, this raises ``StepError``.
-        ``retries`` and ``backoff`` override the function's policy for this step alone.
+        The handler may be sync (it runs in a thread, so the worker stays responsive) or async; the
+        step is typed as what it returns (an async handler's awaited value). Its result must be
+        JSON-compatible. After the last attempt fails, this raises ``StepError``. ``retries`` and
+        ``backoff`` override the function's policy for this step alone.
         """
         policy = StepPolicy.of(step_id, retries, backoff)
         key, index, found, memo = self._replay.lookup(step_id)
@@ -246,13 +269,15 @@ class Step(_StepCore):
         self,
         step_id: str,
         *,
-        function: Function,
-        data: dict[str, Any] | None = None,
+        function: Function[T],
+        data: Mapping[str, object] | None = None,
         timeout: DurationLike | None = None,
         v: str | None = None,
-    ) -> Any:
-        """Start ``function`` as a child run and return its output; its error raises ``StepError``."""
-        return self._invoke_op(step_id, _function_id(function), data, timeout, v)
+    ) -> T:
+        """Start ``function`` as a child run and return its output (typed as the function's return);
+        its error raises ``StepError``."""
+        output: T = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        return output
 
     async def invoke_by_id(
         self,
@@ -260,11 +285,12 @@ class Step(_StepCore):
         *,
         function_id: str,
         app_id: str | None = None,
-        data: dict[str, Any] | None = None,
+        data: Mapping[str, object] | None = None,
         timeout: DurationLike | None = None,
         v: str | None = None,
-    ) -> Any:
-        """``invoke`` by id: ``app_id`` defaults to this run's app."""
+    ) -> object:
+        """``invoke`` by id: ``app_id`` defaults to this run's app. Typed ``object``, as in inngest-py:
+        the function is not at hand to say what it returns; narrow it (``isinstance``) or use ``invoke``."""
         return self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
 
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
@@ -275,7 +301,7 @@ class Step(_StepCore):
         return result
 
 
-class SyncStep(_StepCore):
+class StepSync(_StepCore):
     """Step tools for plain ``def`` functions; the same semantics, without ``await``."""
 
     def __init__(
@@ -287,8 +313,8 @@ class SyncStep(_StepCore):
     def run(
         self,
         step_id: str,
-        handler: Callable[..., T],
-        *args: Any,
+        handler: Callable[[*Args], T],
+        *args: *Args,
         retries: int | None = None,
         backoff: Backoff | None = None,
     ) -> T:
@@ -328,13 +354,27 @@ class SyncStep(_StepCore):
         self,
         step_id: str,
         *,
-        function: Function,
-        data: dict[str, Any] | None = None,
+        function: Function[T],
+        data: Mapping[str, object] | None = None,
         timeout: DurationLike | None = None,
         v: str | None = None,
-    ) -> Any:
+    ) -> T:
         """See ``Step.invoke``."""
-        return self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        output: T = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        return output
+
+    def invoke_by_id(
+        self,
+        step_id: str,
+        *,
+        function_id: str,
+        app_id: str | None = None,
+        data: Mapping[str, object] | None = None,
+        timeout: DurationLike | None = None,
+        v: str | None = None,
+    ) -> object:
+        """See ``Step.invoke_by_id``."""
+        return self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
 
     def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """See ``Step.send_event``."""
