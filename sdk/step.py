@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, TypeVarTuple, overload
 
 from stepq.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from stepq.function import Function
 
 #: Sends events for ``step.send_event``; the client's ``send``.
-Sender = Callable[[Sequence[Event]], Awaitable[list[str]]]
+Sender = Callable[[Sequence[Event]], Coroutine[Any, Any, list[str]]]
 
 T = TypeVar("T")
 #: The arguments ``step.run`` passes to its handler, typed against the handler's parameters.
@@ -190,11 +190,13 @@ def _until(step_id: str, until: dt.datetime | str) -> dt.datetime:
 class Step(_StepCore):
     """Step tools for ``async def`` functions."""
 
+    # An async handler first, so that its step is typed as the awaited value. Coroutine rather than
+    # Awaitable: mypy then picks this overload alone even when T holds Any (dict[str, Any]).
     @overload
     async def run(
         self,
         step_id: str,
-        handler: Callable[[*Args], Awaitable[T]],
+        handler: Callable[[*Args], Coroutine[Any, Any, T]],
         *args: *Args,
         retries: int | None = None,
         backoff: Backoff | None = None,

@@ -1,0 +1,68 @@
+"""An app written against inngest-py 0.5's API, with ``import stepq as inngest``: the client's
+Inngest keywords, a stdlib logger for ``ctx.logger``, typed steps with arguments, and invoke.
+
+The logger writes ``LOG <message>`` lines to stdout, so a test reads them from the worker's output.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import stepq as inngest
+
+logger = logging.getLogger("t-inngest-api")
+logger.setLevel(logging.INFO)
+logger.propagate = False
+_handler = logging.StreamHandler(sys.stdout)
+_handler.setFormatter(logging.Formatter("LOG %(message)s"))
+logger.addHandler(_handler)
+
+client = inngest.Inngest(
+    app_id="t-inngest-api",
+    is_production=False,
+    logger=logger,
+    middleware=[],
+    request_timeout=5000,
+    app_version="2024-06-01",
+)
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def greet(name: str, punctuation: str) -> str:
+    return f"hello {name}{punctuation}"
+
+
+@client.create_function(fn_id="child", trigger=inngest.TriggerEvent(event="test/inngest.api.child"), retries=0)
+async def child(ctx: inngest.Context) -> dict[str, Any]:
+    return {"doubled": ctx.event.data["n"] * 2}
+
+
+@client.create_function(
+    fn_id="parent",
+    name="Parent, with Inngest's keywords",
+    trigger=inngest.TriggerEvent(event="test/inngest.api"),
+    retries=1,
+    cancel=[inngest.Cancel(event="test/inngest.api.cancel", if_exp="async.data.id == event.data.id")],
+    timeouts=inngest.Timeouts(finish=60),
+    middleware=[],
+)
+async def parent(ctx: inngest.Context) -> dict[str, Any]:
+    ctx.logger.info("start %s", ctx.event.data["id"])
+    total = await ctx.step.run("add", add, 2, 3)
+    greeting = await ctx.step.run("greet", greet, "ada", "!")
+    child_out = await ctx.step.invoke("invoke-child", function=child, data={"n": total})
+    ctx.logger.info("done %s", total)
+    return {"total": total, "greeting": greeting, "child": child_out}
+
+
+@client.create_function(fn_id="sync-parent", trigger=inngest.TriggerEvent(event="test/inngest.api.sync"))
+def sync_parent(ctx: inngest.ContextSync) -> dict[str, Any]:
+    ctx.logger.info("sync start")
+    total = ctx.step.run("add", add, 40, 2)
+    by_id = ctx.step.invoke_by_id("invoke-child", function_id="child", data={"n": total})
+    return {"total": total, "by_id": by_id}
