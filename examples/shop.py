@@ -1,4 +1,4 @@
-"""An example app, written the way Inngest's Python docs write functions (``import sdk as inngest``).
+"""An example app, written the way Inngest's Python docs write functions (``import stepq as inngest``).
 
 Run a worker for it with ``stepq worker examples.shop:client`` (or ``stepq dev examples.shop:client``
 for a private Redis), then send events, e.g.::
@@ -19,7 +19,7 @@ import httpx
 
 import stepq as inngest
 
-client = inngest.Client("shop")
+client = inngest.Inngest(app_id="shop")
 
 #: The shop API's page size: a shorter page is the last one.
 PAGE_SIZE = 50

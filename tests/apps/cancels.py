@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import stepq as inngest
 
-client = inngest.Client("t-cancel")
+client = inngest.Inngest(app_id="t-cancel")
 
 RULE = inngest.Cancel(event="app/cancel", if_exp="async.data.id == event.data.id")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-invoke")
+client = inngest.Inngest(app_id="t-invoke")
 
 
 @client.create_function(id="double", trigger=inngest.TriggerEvent(event="test/double"))
