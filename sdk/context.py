@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import structlog
 
 from stepq.engine import ExecutionRequest, Interrupt, Replay, Skip
 from stepq.event import Event
+from stepq.opcodes import Opcode
 from stepq.step import Step, StepSync
 
 if TYPE_CHECKING:
@@ -56,6 +57,29 @@ class ReplayAwareLogger:
         return ReplayAwareLogger(self._logger.bind(**kw), self._replay)
 
 
+class _Branches(Generic[T]):
+    """What the branches of one ``group.parallel`` produced: their results in order, or the new steps
+    they planned (reported together), or that one was skipped (another step is targeted)."""
+
+    def __init__(self) -> None:
+        self.results: list[T] = []
+        self.opcodes: list[Opcode] = []
+        self.skipped = False
+        self.retry_after: dt.timedelta | None = None
+
+    def interrupted(self, stop: Interrupt) -> None:
+        self.opcodes.extend(stop.opcodes)
+        if stop.retry_after is not None:
+            self.retry_after = max(self.retry_after or stop.retry_after, stop.retry_after)
+
+    def outcome(self) -> tuple[T, ...]:
+        if self.opcodes:
+            raise Interrupt(self.opcodes, self.retry_after)
+        if self.skipped:
+            raise Skip()
+        return tuple(self.results)
+
+
 class Group:
     """``ctx.group.parallel``: plan several steps at once; each runs as its own job."""
 
@@ -68,28 +92,42 @@ class Group:
         New steps found in the branches are planned together; the function is re-entered once they
         have all finished.
         """
-        results: list[T] = []
-        opcodes = []
-        skipped = False
-        retry_after: dt.timedelta | None = None
+        branches = _Branches[T]()
         self._replay.parallel_depth += 1
         try:
             for branch in callables:
                 try:
-                    results.append(await branch())
+                    branches.results.append(await branch())
                 except Interrupt as stop:
-                    opcodes.extend(stop.opcodes)
-                    if stop.retry_after is not None:
-                        retry_after = max(retry_after or stop.retry_after, stop.retry_after)
+                    branches.interrupted(stop)
                 except Skip:
-                    skipped = True
+                    branches.skipped = True
         finally:
             self._replay.parallel_depth -= 1
-        if opcodes:
-            raise Interrupt(opcodes, retry_after)
-        if skipped:
-            raise Skip()
-        return tuple(results)
+        return branches.outcome()
+
+
+class GroupSync:
+    """``ctx.group.parallel`` for plain ``def`` functions: the same, with callables that need no await."""
+
+    def __init__(self, replay: Replay) -> None:
+        self._replay = replay
+
+    def parallel(self, callables: Sequence[Callable[[], T]]) -> tuple[T, ...]:
+        """Run each callable (typically ``lambda: ctx.step.run(...)``); see ``Group.parallel``."""
+        branches = _Branches[T]()
+        self._replay.parallel_depth += 1
+        try:
+            for branch in callables:
+                try:
+                    branches.results.append(branch())
+                except Interrupt as stop:
+                    branches.interrupted(stop)
+                except Skip:
+                    branches.skipped = True
+        finally:
+            self._replay.parallel_depth -= 1
+        return branches.outcome()
 
 
 class _ContextBase:
@@ -100,7 +138,6 @@ class _ContextBase:
         #: Zero-based attempt of the step (or function call) this invocation is retrying.
         self.attempt: int = request.attempt
         self.function_id: str = fn.id
-        self.group = Group(replay)
         client_logger = getattr(fn.client, "logger", None)
         if client_logger is not None:
             self.logger = ReplayAwareLogger(client_logger, replay)
@@ -115,6 +152,7 @@ class Context(_ContextBase):
 
     def __init__(self, fn: Function, request: ExecutionRequest, replay: Replay) -> None:
         super().__init__(fn, request, replay)
+        self.group = Group(replay)
         self.step = Step(replay, fn.client.send if fn.client is not None else None)
 
 
@@ -123,6 +161,7 @@ class ContextSync(_ContextBase):
 
     def __init__(self, fn: Function, request: ExecutionRequest, replay: Replay) -> None:
         super().__init__(fn, request, replay)
+        self.group = GroupSync(replay)
         client = fn.client
         self.step = StepSync(replay, client.send if client else None, client.send_sync if client else None)
 

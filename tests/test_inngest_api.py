@@ -313,6 +313,18 @@ async def test_an_inngest_app_runs_under_a_worker_with_its_logger(
     assert worker.stdout().splitlines().count("LOG sync start") == 1
 
 
+async def test_a_sync_function_runs_steps_in_parallel(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
+) -> None:
+    start_workers("inngest_api")
+    run_id = await start_run(sender, redis, "sync-parallel", "test/inngest.api.sync-parallel", {})
+    view = await wait_for_run(redis, run_id)
+    assert view.status == "completed", view.error
+    assert view.output == [1, 2, 3]
+    assert sorted(s.name for s in view.steps) == ["one", "three", "two"]
+    assert all(s.attempts == 1 and s.done for s in view.steps)
+
+
 def test_a_stdlib_logger_binds_through_an_adapter() -> None:
     records: list[logging.LogRecord] = []
 
@@ -394,6 +406,7 @@ USER_CODE = textwrap.dedent(
     def sync_parent(ctx: inngest.ContextSync) -> None:
         assert_type(ctx.step.run("add", add, 1, 2), int)
         assert_type(ctx.step.invoke("child", function=sync_child), float)
+        assert_type(ctx.group.parallel([lambda: ctx.step.run("p", add, 1, 1)]), tuple[int, ...])
         ctx.step.sleep("nap", 1)
 
 

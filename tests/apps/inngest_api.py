@@ -66,3 +66,15 @@ def sync_parent(ctx: inngest.ContextSync) -> dict[str, Any]:
     total = ctx.step.run("add", add, 40, 2)
     by_id = ctx.step.invoke_by_id("invoke-child", function_id="child", data={"n": total})
     return {"total": total, "by_id": by_id}
+
+
+@client.create_function(fn_id="sync-parallel", trigger=inngest.TriggerEvent(event="test/inngest.api.sync-parallel"))
+def sync_parallel(ctx: inngest.ContextSync) -> list[int]:
+    results = ctx.group.parallel(
+        [
+            lambda: ctx.step.run("one", add, 1, 0),
+            lambda: ctx.step.run("two", add, 1, 1),
+            lambda: ctx.step.run("three", add, 1, 2),
+        ]
+    )
+    return list(results)
