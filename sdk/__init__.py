@@ -24,6 +24,7 @@ from stepq.flow_control import Batch, Concurrency, Debounce, Priority, RateLimit
 from stepq.function import Cancel, Function, Timeouts
 from stepq.jsonvalue import JSON
 from stepq.retry import Backoff
+from stepq.serializer import PydanticSerializer, Serializer
 from stepq.serve import serve, serve_wsgi
 from stepq.step import Step, StepSync
 from stepq.triggers import TriggerCron, TriggerEvent
@@ -46,8 +47,10 @@ __all__ = [
     "NonDeterminismError",
     "NonRetriableError",
     "Priority",
+    "PydanticSerializer",
     "RateLimit",
     "RetryAfterError",
+    "Serializer",
     "Singleton",
     "Step",
     "StepError",

@@ -23,6 +23,7 @@ from stepq.flow_control import (
 )
 from stepq.function import Cancel, Function, Timeouts, normalize_triggers
 from stepq.retry import Backoff
+from stepq.serializer import NOT_SET, Serializer, checked_serializer, no_serializer
 from stepq.transport import EventTransport, load_transport
 from stepq.triggers import TriggerCron, TriggerEvent
 
@@ -55,15 +56,6 @@ def _env(name: str) -> str | None:
     value = os.environ.get(name)
     return value.strip() if value and value.strip() else None
 
-
-class _NotSet:
-    """The default of ``output_type``: nothing was passed."""
-
-    def __repr__(self) -> str:
-        return "NOT_SET"
-
-
-NOT_SET: Any = _NotSet()
 
 #: An ``async def`` function's handler: takes a ``Context``, returns a ``T`` (JSON-compatible).
 FunctionHandlerAsync: TypeAlias = Callable[[Context], Awaitable[T]]
@@ -109,8 +101,9 @@ class Inngest:
       inngest-py). Default 30 s (5 s to connect). No effect when events go to Redis.
     - ``app_version``: accepted and kept as ``client.app_version``, but **no effect**: stepq does not
       version apps (a sync replaces the app's functions whatever its version).
-    - ``serializer``: refused (``FunctionConfigError``) unless ``None``: stepq stores JSON-compatible
-      values only and does not convert step or function outputs through a serializer yet.
+    - ``serializer``: converts the outputs of steps and functions given an ``output_type`` (e.g.
+      ``PydanticSerializer()`` with ``output_type=MyModel``), as in inngest-py: serialized to JSON
+      before they are stored, deserialized when read back. Without it, outputs must be JSON.
 
     stepq's own arguments: ``redis_url`` (default ``STEPQ_REDIS_URL``, else
     ``redis://localhost:6379/0``) and ``transport`` (an ``EventTransport`` that replaces both).
@@ -129,7 +122,7 @@ class Inngest:
         logger: Logger | None = None,
         middleware: list[Any] | None = None,
         request_timeout: int | dt.timedelta | None = None,
-        serializer: object | None = None,
+        serializer: Serializer | None = None,
         signing_key: str | None = None,
         signing_key_fallback: str | None = None,
         redis_url: str | None = None,
@@ -138,11 +131,7 @@ class Inngest:
     ) -> None:
         if not isinstance(app_id, str) or not app_id.strip():
             raise FunctionConfigError("Inngest: app_id must be a non-empty string")
-        if serializer is not None:
-            raise FunctionConfigError(
-                "Inngest: serializer is not supported by stepq yet: step and function outputs must be "
-                "JSON-compatible values (return dicts, e.g. model.model_dump(mode='json'))"
-            )
+        self.serializer = checked_serializer(serializer)
         if event_api_base_url and event_api_url and event_api_base_url != event_api_url:
             raise FunctionConfigError(
                 f"Inngest: event_api_base_url={event_api_base_url!r} and event_api_url={event_api_url!r} "
@@ -157,9 +146,7 @@ class Inngest:
         self.event_api_url = url
         self.event_key = event_key or _env("STEPQ_EVENT_KEY") or _env("INNGEST_EVENT_KEY") or NO_EVENT_KEY
         if self.event_api_url is not None and not self.event_api_url.startswith(("http://", "https://")):
-            raise FunctionConfigError(
-                f"Inngest: event_api_base_url must be an http(s) URL, got {self.event_api_url!r}"
-            )
+            raise FunctionConfigError(f"Inngest: event_api_base_url must be an http(s) URL, got {self.event_api_url!r}")
         if api_base_url is not None and not api_base_url.startswith(("http://", "https://")):
             raise FunctionConfigError(f"Inngest: api_base_url must be an http(s) URL, got {api_base_url!r}")
         self.api_base_url = api_base_url
@@ -250,7 +237,8 @@ class Inngest:
         Flow control (``batch_events``, ``concurrency``, ``debounce``, ``idempotency``,
         ``priority``, ``rate_limit``, ``singleton``, ``throttle``) comes in a later release: passing
         any of them raises ``FunctionConfigError`` naming them, rather than running without the
-        limit. ``output_type`` is refused too (no serializer support yet, see ``Inngest``).
+        limit. ``output_type`` converts the function's return value through the client's
+        ``serializer`` (needed then): stored as JSON, deserialized for ``step.invoke``.
         """
         flow = {
             "batch_events": batch_events,
@@ -269,11 +257,8 @@ class Inngest:
                 f"create_function({label!r}): {', '.join(given)}: flow control is not supported by stepq yet "
                 "(it comes in a later release); remove these options rather than run without the limits"
             )
-        if output_type is not NOT_SET:
-            raise FunctionConfigError(
-                f"create_function({label!r}): output_type is not supported by stepq yet (it needs a "
-                "serializer); return JSON-compatible values"
-            )
+        if output_type is not NOT_SET and self.serializer is None:
+            raise no_serializer(f"create_function({label!r})")
         if id is not None and fn_id is not None and id != fn_id:
             raise FunctionConfigError(f"create_function: id={id!r} and fn_id={fn_id!r} disagree; pass one")
         function_id = id if id is not None else fn_id
@@ -298,6 +283,7 @@ class Inngest:
                 timeouts=timeouts,
                 client=self,
                 middleware=list(middleware or []),
+                output_type=output_type,
             )
             if fn.id in self._functions:
                 raise FunctionConfigError(f"function id {fn.id!r} is defined twice in app {self.app_id!r}")

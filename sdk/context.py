@@ -153,7 +153,8 @@ class Context(_ContextBase):
     def __init__(self, fn: Function, request: ExecutionRequest, replay: Replay) -> None:
         super().__init__(fn, request, replay)
         self.group = Group(replay)
-        self.step = Step(replay, fn.client.send if fn.client is not None else None)
+        client = fn.client
+        self.step = Step(replay, client.send if client else None, getattr(client, "serializer", None))
 
 
 class ContextSync(_ContextBase):
@@ -163,7 +164,12 @@ class ContextSync(_ContextBase):
         super().__init__(fn, request, replay)
         self.group = GroupSync(replay)
         client = fn.client
-        self.step = StepSync(replay, client.send if client else None, client.send_sync if client else None)
+        self.step = StepSync(
+            replay,
+            client.send if client else None,
+            client.send_sync if client else None,
+            getattr(client, "serializer", None),
+        )
 
 
 def make_context(fn: Function, request: ExecutionRequest, replay: Replay) -> Context | ContextSync:

@@ -290,6 +290,7 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
             value = await asyncio.to_thread(fn.handler, ctx)
             if inspect.isawaitable(value):
                 raise TypeError(f"function {fn.id!r} is a plain def but returned an awaitable")
+        value = fn.serialize_output(value)
     except Interrupt as stop:
         diverged = None if request.target_step else replay.divergence([op.step_id for op in stop.opcodes])
         if diverged is not None:

@@ -13,6 +13,7 @@ from typing_extensions import TypeVar
 from stepq.durations import DurationLike, to_duration_str, to_timedelta
 from stepq.errors import FunctionConfigError
 from stepq.retry import Backoff
+from stepq.serializer import NOT_SET
 from stepq.triggers import Trigger, TriggerCron, TriggerEvent
 
 #: What a function returns; ``step.invoke`` of a ``Function[T]`` gives a ``T``. Defaults to Any, so
@@ -85,6 +86,8 @@ class Function(Generic[T]):
     client: Any = dataclasses.field(default=None, compare=False, repr=False)
     #: The function's own middleware (``create_function(middleware=[...])``), run after the client's.
     middleware: list[Any] = dataclasses.field(default_factory=list, compare=False, repr=False)
+    #: What the client's serializer converts the return value from and to (``NOT_SET``: JSON as is).
+    output_type: object = dataclasses.field(default=NOT_SET, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _ID.match(self.id):
@@ -120,6 +123,18 @@ class Function(Generic[T]):
                 self.timeouts.to_dict()
             except ValueError as exc:
                 raise FunctionConfigError(f"function {self.id!r}: {exc}") from None
+
+    def serialize_output(self, value: object) -> object:
+        """The return value as stored: through the client's serializer when ``output_type`` is set."""
+        if self.output_type is NOT_SET:
+            return value
+        return self.client.serializer.serialize(value, self.output_type)
+
+    def deserialize_output(self, value: object) -> object:
+        """A stored output (an invoke's result) as the function returned it."""
+        if self.output_type is NOT_SET:
+            return value
+        return self.client.serializer.deserialize(value, self.output_type)
 
     @property
     def slug(self) -> str:

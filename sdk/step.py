@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, TypeVarTuple, overload
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, TypeVarTuple, cast, overload
 
 from stepq.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
 from stepq.engine import Interrupt, Replay, Skip, unwrap_memo
@@ -20,6 +20,7 @@ from stepq.errors import NonRetriableError, RetryAfterError, StepOutputError, er
 from stepq.event import Event
 from stepq.opcodes import Op, Opcode
 from stepq.retry import Backoff
+from stepq.serializer import NOT_SET, Serializer, no_serializer
 
 if TYPE_CHECKING:
     from stepq.function import Function
@@ -38,9 +39,18 @@ _MISSING = object()
 
 
 class _StepCore:
-    def __init__(self, replay: Replay, sender: Sender | None = None) -> None:
+    def __init__(self, replay: Replay, sender: Sender | None = None, serializer: Serializer | None = None) -> None:
         self._replay = replay
         self._sender = sender
+        self._serializer = serializer
+
+    def _converter(self, step_id: str, output_type: object) -> Serializer | None:
+        """The serializer for a step given an ``output_type``; None when it has none."""
+        if output_type is NOT_SET:
+            return None
+        if self._serializer is None:
+            raise NonRetriableError(str(no_serializer(f"step {step_id!r}")))
+        return self._serializer
 
     def _lookup(self, step_id: str) -> tuple[str, int | None, Any]:
         """The step's key and index, and its memo (or _MISSING)."""
@@ -200,6 +210,7 @@ class Step(_StepCore):
         *args: *Args,
         retries: int | None = None,
         backoff: Backoff | None = None,
+        output_type: object = NOT_SET,
     ) -> T: ...
 
     @overload
@@ -210,6 +221,7 @@ class Step(_StepCore):
         *args: *Args,
         retries: int | None = None,
         backoff: Backoff | None = None,
+        output_type: object = NOT_SET,
     ) -> T: ...
 
     async def run(
@@ -219,20 +231,25 @@ class Step(_StepCore):
         *args: *Args,
         retries: int | None = None,
         backoff: Backoff | None = None,
+        output_type: object = NOT_SET,
     ) -> Any:
         """Run ``handler(*args)`` once for the run; later re-entries return its stored result.
 
         The handler may be sync (it runs in a thread, so the worker stays responsive) or async; the
         step is typed as what it returns (an async handler's awaited value). Its result must be
-        JSON-compatible. After the last attempt fails, this raises ``StepError``. ``retries`` and
-        ``backoff`` override the function's policy for this step alone.
+        JSON-compatible, unless ``output_type`` names what the client's serializer converts it from
+        (and back to, on re-entries). After the last attempt fails, this raises ``StepError``.
+        ``retries`` and ``backoff`` override the function's policy for this step alone.
         """
         policy = StepPolicy.of(step_id, retries, backoff)
+        converter = self._converter(step_id, output_type)
         key, index, found, memo = self._replay.lookup(step_id)
         if found:
             if type(memo) is dict and len(memo) == 1 and "data" in memo:
-                return memo["data"]  # the common case, inlined: replays pass here once per step
-            return unwrap_memo(step_id, memo)
+                value = memo["data"]  # the common case, inlined: replays pass here once per step
+            else:
+                value = unwrap_memo(step_id, memo)
+            return value if converter is None else converter.deserialize(value, output_type)
         self._plan_or_run(step_id, key, index)
         try:
             if inspect.iscoroutinefunction(handler):
@@ -241,6 +258,8 @@ class Step(_StepCore):
                 result = await asyncio.to_thread(handler, *args)
                 if inspect.isawaitable(result):
                     result = await result
+            if converter is not None:
+                result = converter.serialize(result, output_type)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
@@ -278,7 +297,7 @@ class Step(_StepCore):
     ) -> T:
         """Start ``function`` as a child run and return its output (typed as the function's return);
         its error raises ``StepError``."""
-        output: T = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        output: T = function.deserialize_output(self._invoke_op(step_id, _function_id(function), data, timeout, v))  # type: ignore[assignment]
         return output
 
     async def invoke_by_id(
@@ -307,9 +326,13 @@ class StepSync(_StepCore):
     """Step tools for plain ``def`` functions; the same semantics, without ``await``."""
 
     def __init__(
-        self, replay: Replay, sender: Sender | None = None, sync_sender: Callable[..., list[str]] | None = None
+        self,
+        replay: Replay,
+        sender: Sender | None = None,
+        sync_sender: Callable[..., list[str]] | None = None,
+        serializer: Serializer | None = None,
     ) -> None:
-        super().__init__(replay, sender)
+        super().__init__(replay, sender, serializer)
         self._sync_sender = sync_sender
 
     def run(
@@ -319,19 +342,26 @@ class StepSync(_StepCore):
         *args: *Args,
         retries: int | None = None,
         backoff: Backoff | None = None,
+        output_type: object = NOT_SET,
     ) -> T:
         """Run ``handler(*args)`` once for the run; see ``Step.run``."""
         policy = StepPolicy.of(step_id, retries, backoff)
+        converter = self._converter(step_id, output_type)
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
-            return unwrap_memo(step_id, memo)  # type: ignore[no-any-return]
+            value = unwrap_memo(step_id, memo)
+            if converter is not None:
+                value = converter.deserialize(value, output_type)
+            return cast(T, value)
         self._plan_or_run(step_id, key, index)
         try:
-            result = handler(*args)
+            result: object = handler(*args)
             if inspect.isawaitable(result):
                 raise TypeError(
                     f"step {step_id!r} returned an awaitable in a plain def function; make the function async"
                 )
+            if converter is not None:
+                result = converter.serialize(result, output_type)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -362,7 +392,7 @@ class StepSync(_StepCore):
         v: str | None = None,
     ) -> T:
         """See ``Step.invoke``."""
-        output: T = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        output: T = function.deserialize_output(self._invoke_op(step_id, _function_id(function), data, timeout, v))  # type: ignore[assignment]
         return output
 
     def invoke_by_id(

@@ -30,9 +30,7 @@ def sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def request(
-    steps: Mapping[str, Any] | None = None, *, stack: list[str] | None = None, **kw: Any
-) -> ExecutionRequest:
+def request(steps: Mapping[str, Any] | None = None, *, stack: list[str] | None = None, **kw: Any) -> ExecutionRequest:
     steps = dict(steps or {})
     return ExecutionRequest(
         event=EVENT,
@@ -262,9 +260,7 @@ async def test_sleep_until_never_asks_to_wake_before_the_given_moment() -> None:
     until = dt.datetime(2030, 1, 2, 3, 4, 5, 999_600, tzinfo=tz)
     event = inngest.Event(name="test/sleeps-until", data={"until": until.isoformat()}).validated()
 
-    result = await execute(
-        sleeps_until, ExecutionRequest(event=event, events=[event], steps={}, run_id="run-1")
-    )
+    result = await execute(sleeps_until, ExecutionRequest(event=event, events=[event], steps={}, run_id="run-1"))
 
     assert isinstance(result, StepsReported)
     [op] = result.opcodes
@@ -344,9 +340,7 @@ async def returns_early(ctx: inngest.Context) -> str:
 async def test_function_returning_without_reaching_its_memoized_steps_is_reported() -> None:
     stack = [sha1("gone")]
 
-    result = await execute(
-        returns_early, request({stack[0]: {"data": 1}}, stack=stack, step_names={stack[0]: "gone"})
-    )
+    result = await execute(returns_early, request({stack[0]: {"data": 1}}, stack=stack, step_names={stack[0]: "gone"}))
 
     assert isinstance(result, FunctionReturned)
     [warning] = result.warnings

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.http_transport import HttpTransport
-from tests.helpers import StartWorkers, all_invocations, start_run, wait_for_run
+from tests.helpers import StartWorkers, all_invocations, runs_of, start_run, wait_for_run
 
 #: Names of inngest-py 0.5's ``__all__`` that stepq does not provide (yet), and why.
 NOT_PROVIDED = {
@@ -34,9 +34,6 @@ NOT_PROVIDED = {
     "Middleware": "middleware",
     "MiddlewareSync": "middleware",
     "TransformOutputResult": "middleware",
-    # Outputs are JSON-compatible values: no serializer, no output_type (refused with a clear error).
-    "Serializer": "serializer",
-    "PydanticSerializer": "serializer",
     # group.parallel always waits for every branch; no race mode.
     "ParallelMode": "parallel mode",
     # Inngest Cloud's streamed responses: not part of stepq's protocol.
@@ -153,11 +150,13 @@ def test_every_flow_control_keyword_given_is_named_at_once() -> None:
 
 
 def test_what_stepq_cannot_do_yet_is_refused_not_ignored() -> None:
-    with pytest.raises(stepq.FunctionConfigError, match="serializer"):
-        stepq.Inngest(app_id="t", serializer=inngest.PydanticSerializer())
+    with pytest.raises(stepq.FunctionConfigError, match="serializer must have serialize"):
+        stepq.Inngest(app_id="t", serializer=object())  # type: ignore[arg-type]
     client = stepq.Inngest(app_id="t")
-    with pytest.raises(stepq.FunctionConfigError, match="output_type"):
+    with pytest.raises(stepq.FunctionConfigError, match="output_type needs a serializer"):
         client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), output_type=dict)
+    # inngest-py's own serializer fits the protocol.
+    assert stepq.Inngest(app_id="t", serializer=inngest.PydanticSerializer()).serializer is not None
     with pytest.raises(stepq.FunctionConfigError, match="jitter"):
         stepq.TriggerCron(cron="* * * * *", jitter="10s")
     with pytest.raises(stepq.FunctionConfigError, match="request_timeout"):
@@ -313,6 +312,24 @@ async def test_an_inngest_app_runs_under_a_worker_with_its_logger(
     assert worker.stdout().splitlines().count("LOG sync start") == 1
 
 
+async def test_output_type_stores_models_as_json_and_gives_them_back(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
+) -> None:
+    start_workers("inngest_api")
+    run_id = await start_run(sender, redis, "receipts", "test/inngest.api.receipt", {"order_id": 7})
+    view = await wait_for_run(redis, run_id)
+    assert view.status == "completed", view.error
+    # The parent's invoke gave back a Receipt, deserialized from the child's stored output.
+    assert view.output == {"type": "Receipt", "order_id": 7, "at": "2024-01-02T00:00:00+00:00"}
+    [listed] = await runs_of(redis, "receipt")
+    child = await wait_for_run(redis, listed.run_id)
+    assert child.status == "completed", child.error
+    stored = {"order_id": 7, "total": 9.5, "at": "2024-01-02T00:00:00Z"}
+    assert child.output == stored  # JSON in Redis, by Pydantic's dump
+    [make] = child.steps
+    assert make.memo == {"data": stored}
+
+
 async def test_a_sync_function_runs_steps_in_parallel(
     redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
@@ -367,6 +384,15 @@ USER_CODE = textwrap.dedent(
         return "x"
 
 
+    class Money:
+        def __init__(self, cents: int) -> None:
+            self.cents = cents
+
+
+    def make_money(cents: int) -> Money:
+        return Money(cents)
+
+
     @client.create_function(fn_id="child", trigger=inngest.TriggerEvent(event="child"))
     async def child(ctx: inngest.Context) -> list[int]:
         return [1]
@@ -393,6 +419,7 @@ USER_CODE = textwrap.dedent(
         assert_type(await ctx.step.run("fetch", fetch, "https://example.com"), dict[str, Any])
         assert_type(await ctx.step.run("str", returns_str), str)
         assert_type(await ctx.step.run("lambda", lambda: [1, 2]), list[int])
+        assert_type(await ctx.step.run("money", make_money, 5, output_type=Money), Money)
         assert_type(await ctx.step.invoke("child", function=child, data={"n": 1}), list[int])
         assert_type(await ctx.step.invoke_by_id("child", function_id="child"), object)
         assert_type(await ctx.step.wait_for_event("w", event="e", timeout=60), inngest.Event | None)

@@ -6,9 +6,12 @@ The logger writes ``LOG <message>`` lines to stdout, so a test reads them from t
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import sys
 from typing import Any
+
+import pydantic
 
 import stepq as inngest
 
@@ -26,6 +29,7 @@ client = inngest.Inngest(
     middleware=[],
     request_timeout=5000,
     app_version="2024-06-01",
+    serializer=inngest.PydanticSerializer(),
 )
 
 
@@ -78,3 +82,33 @@ def sync_parallel(ctx: inngest.ContextSync) -> list[int]:
         ]
     )
     return list(results)
+
+
+class Receipt(pydantic.BaseModel):
+    """Not JSON: stored through the client's serializer by output_type."""
+
+    order_id: int
+    total: float
+    at: dt.datetime
+
+
+def make_receipt(order_id: int) -> Receipt:
+    return Receipt(order_id=order_id, total=9.5, at=dt.datetime(2024, 1, 2, tzinfo=dt.UTC))
+
+
+@client.create_function(
+    fn_id="receipt",
+    trigger=inngest.TriggerEvent(event="test/inngest.api.receipt.child"),
+    output_type=Receipt,
+)
+async def receipt(ctx: inngest.Context) -> Receipt:
+    made = await ctx.step.run("make", make_receipt, ctx.event.data["order_id"], output_type=Receipt)
+    if not isinstance(made, Receipt):  # a memoized step comes back deserialized
+        raise inngest.NonRetriableError(f"step gave a {type(made).__name__}")
+    return made
+
+
+@client.create_function(fn_id="receipts", trigger=inngest.TriggerEvent(event="test/inngest.api.receipt"))
+async def receipts(ctx: inngest.Context) -> dict[str, Any]:
+    got = await ctx.step.invoke("get", function=receipt, data={"order_id": ctx.event.data["order_id"]})
+    return {"type": type(got).__name__, "order_id": got.order_id, "at": got.at.isoformat()}
