@@ -146,7 +146,9 @@ class Inngest:
         self.event_api_url = url
         self.event_key = event_key or _env("STEPQ_EVENT_KEY") or _env("INNGEST_EVENT_KEY") or NO_EVENT_KEY
         if self.event_api_url is not None and not self.event_api_url.startswith(("http://", "https://")):
-            raise FunctionConfigError(f"Inngest: event_api_base_url must be an http(s) URL, got {self.event_api_url!r}")
+            raise FunctionConfigError(
+                f"Inngest: event_api_base_url (event_api_url) must be an http(s) URL, got {self.event_api_url!r}"
+            )
         if api_base_url is not None and not api_base_url.startswith(("http://", "https://")):
             raise FunctionConfigError(f"Inngest: api_base_url must be an http(s) URL, got {api_base_url!r}")
         self.api_base_url = api_base_url
