@@ -23,6 +23,7 @@ import pytest
 import stepq
 import stepq.fast_api
 import stepq.flask
+from tests.test_serve import FakeApi, LoopbackServer
 
 client = stepq.Inngest(app_id="t-frameworks", is_production=False, api_base_url="http://127.0.0.1:9")
 
@@ -107,3 +108,25 @@ def test_options_that_ask_for_what_stepq_does_are_accepted() -> None:
     app = fastapi.FastAPI()
     stepq.fast_api.serve(app, client, [shout_fn], enable_unauthed_sync=True, streaming=inngest.Streaming.DISABLE)
     assert any(getattr(route, "path", None) == "/api/inngest" for route in app.routes)
+
+
+async def test_a_sync_uses_the_clients_api_url_and_env() -> None:
+    api = FakeApi()
+    with LoopbackServer(api.app()) as server:
+        branch = stepq.Inngest(app_id="t-frameworks-env", is_production=False, api_base_url=server.url, env="branch-7")
+
+        @branch.create_function(fn_id="noop", trigger=stepq.TriggerEvent(event="t/noop"))
+        async def noop(ctx: stepq.Context) -> None:
+            return None
+
+        app = fastapi.FastAPI()
+        stepq.fast_api.serve(app, branch, [noop])
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as http:
+            synced = await http.put("/api/inngest")
+
+    assert synced.status_code == 200, synced.text
+    [sent] = api.requests
+    assert sent["path"] == "/fn/register"
+    assert sent["headers"]["x-inngest-env"] == "branch-7"
+    assert [f["id"] for f in sent["body"]["functions"]] == ["t-frameworks-env-noop"]
