@@ -22,6 +22,7 @@ from stepq.flow_control import (
     Throttle,
 )
 from stepq.function import Cancel, Function, Timeouts, normalize_triggers
+from stepq.http_transport import HttpTransport
 from stepq.retry import Backoff
 from stepq.serializer import NOT_SET, Serializer, checked_serializer, no_serializer
 from stepq.transport import EventTransport, load_transport
@@ -314,8 +315,6 @@ class Inngest:
     def transport(self) -> EventTransport:
         if self._transport is None:
             if self.event_api_url is not None:
-                from stepq.http_transport import HttpTransport
-
                 if self.request_timeout is None:
                     self._transport = HttpTransport(self.event_api_url, self.event_key)
                 else:

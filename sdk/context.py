@@ -5,17 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
-from stepq.engine import ExecutionRequest, Interrupt, Replay, Skip
 from stepq.event import Event
+from stepq.function import Function
 from stepq.opcodes import Opcode
+from stepq.replay import ExecutionRequest, Interrupt, Replay, Skip
 from stepq.step import Step, StepSync
-
-if TYPE_CHECKING:
-    from stepq.function import Function
 
 T = TypeVar("T")
 

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 from stepq.client import Inngest
 from stepq.framework_options import refuse_unsupported
 from stepq.function import Function
-from stepq.serve import DEFAULT_SERVE_PATH
 from stepq.serve import serve as serve_asgi
+from stepq.serve.settings import DEFAULT_SERVE_PATH
 
 
 class _RoutedApp(Protocol):

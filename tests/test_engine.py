@@ -12,15 +12,9 @@ import pytest
 
 import stepq as inngest
 from stepq.durations import parse_iso, to_timedelta
-from stepq.engine import (
-    ExecutionRequest,
-    ExecutionResult,
-    FunctionFailed,
-    FunctionReturned,
-    StepsReported,
-    execute,
-)
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, execute
 from stepq.opcodes import Op, Opcode, hash_step_id, memo_data, memo_error
+from stepq.replay import ExecutionRequest
 
 client = inngest.Client("t-engine", redis_url="redis://127.0.0.1:1/0")  # never connects
 EVENT = inngest.Event(name="test/engine", data={"n": 3}).validated()

@@ -112,16 +112,16 @@ def test_every_public_name_of_inngest_py_is_importable_from_stepq() -> None:
         assert getattr(stepq, name) is not None, name
     for name in ("Cancel", "Timeouts", "Backoff", "Context", "ContextSync", "Event", "TriggerEvent", "TriggerCron"):
         assert name in stepq.__all__
-    assert stepq.serve.__module__ == "stepq.serve"
+    assert stepq.serve.__module__.startswith("stepq.serve")
 
 
 def test_engine_internals_are_not_public() -> None:
     for name in ENGINE_INTERNALS:
         assert name not in stepq.__all__, name
         assert not hasattr(stepq, name), f"stepq.{name} is still importable from the top level"
-    from stepq import engine, opcodes
+    from stepq import engine, opcodes, replay
 
-    assert all(callable(x) for x in (engine.execute, engine.ExecutionRequest, opcodes.Opcode, opcodes.hash_step_id))
+    assert all(callable(x) for x in (engine.execute, replay.ExecutionRequest, opcodes.Opcode, opcodes.hash_step_id))
 
 
 @pytest.mark.parametrize("name", ["Batch", "Concurrency", "Debounce", "Priority", "RateLimit", "Singleton", "Throttle"])
@@ -215,18 +215,18 @@ def test_serve_takes_mode_keys_api_and_env_from_the_client(monkeypatch: pytest.M
     async def f(ctx: stepq.Context) -> None:
         return None
 
-    handler = stepq.serve(prod).handler
-    assert handler.mode == "cloud" and not handler.dev
-    assert (handler.signing_key, handler.signing_key_fallback) == (KEY, FALLBACK)
-    assert handler.api_base_url == "http://api.internal:8288"
-    assert prod.env == "branch-1"
+    settings = stepq.serve(prod).handler.settings
+    assert settings.mode == "cloud" and not settings.dev
+    assert (settings.signing_key, settings.signing_key_fallback) == (KEY, FALLBACK)
+    assert settings.api_base_url == "http://api.internal:8288"
+    assert settings.inngest_env == prod.env == "branch-1"
     # serve's own arguments still win over the client's.
-    assert stepq.serve(prod, dev=True, api_base_url="http://other:1").handler.api_base_url == "http://other:1"
+    assert stepq.serve(prod, dev=True, api_base_url="http://other:1").handler.settings.api_base_url == "http://other:1"
 
     # Production mode without a key is refused; is_production=False is dev mode, which needs none.
     with pytest.raises(stepq.FunctionConfigError, match="signing key"):
         stepq.serve(stepq.Inngest(app_id="t-nokey", is_production=True))
-    assert stepq.serve(stepq.Inngest(app_id="t-dev", is_production=False)).handler.dev
+    assert stepq.serve(stepq.Inngest(app_id="t-dev", is_production=False)).handler.settings.dev
 
     # Unset, the mode and keys come from the environment when read (as inngest-py reads them).
     later = stepq.Inngest(app_id="t-env")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from stepq.engine import ExecutionRequest, ExecutionResult, execute
+from stepq.engine import ExecutionResult, execute
 from stepq.function import Function
+from stepq.replay import ExecutionRequest
 
 
 class Invoker(Protocol):
