@@ -9,6 +9,8 @@ from typing import Any
 from stepq.errors import FunctionConfigError, InvalidEventError, StepqError
 from stepq.event import Event
 from stepq.function import Cancel, Function, Timeouts, normalize_triggers
+from stepq.middleware import UninitializedMiddleware
+from stepq.middleware_manager import MiddlewareManager, check_middleware_list, send_through, send_through_sync
 from stepq.retry import Backoff
 from stepq.transport import EventTransport, load_transport
 from stepq.triggers import Trigger, TriggerEvent
@@ -49,6 +51,7 @@ class Client:
         transport: EventTransport | None = None,
         event_api_url: str | None = None,
         event_key: str | None = None,
+        middleware: Sequence[UninitializedMiddleware] | None = None,
     ) -> None:
         if not isinstance(app_id, str) or not app_id.strip():
             raise FunctionConfigError("Client: app_id must be a non-empty string")
@@ -60,6 +63,12 @@ class Client:
             raise FunctionConfigError(f"Client: event_api_url must be an http(s) URL, got {self.event_api_url!r}")
         self._transport = transport
         self._functions: dict[str, Function] = {}
+        #: Middleware run around every function's invocations and every send (``stepq.middleware``).
+        self.middleware: list[UninitializedMiddleware] = check_middleware_list(middleware, "Client")
+
+    def add_middleware(self, middleware: UninitializedMiddleware) -> None:
+        """Add a middleware class (or factory) after those already given."""
+        self.middleware = [*self.middleware, *check_middleware_list([middleware], "Client.add_middleware")]
 
     @property
     def functions(self) -> dict[str, Function]:
@@ -78,6 +87,7 @@ class Client:
         cancel: Sequence[Cancel] | None = None,
         timeouts: Timeouts | None = None,
         on_failure: Callable[..., Any] | None = None,
+        middleware: Sequence[UninitializedMiddleware] | None = None,
     ) -> Callable[[Callable[..., Any]], Function]:
         """Declare a function. ``fn_id`` is accepted as an alias of ``id``; ``trigger`` may be a list.
 
@@ -87,6 +97,8 @@ class Client:
         ``on_failure`` is a handler run once when a run fails for good: a function of its own
         (``<id>-failure``) triggered by the ``stepq/function.failed`` event, whose data holds
         ``function_id``, ``run_id``, ``error`` and the original ``event``.
+        ``middleware`` runs around this function's invocations (and its failure handler's), after
+        the client's.
         """
         if id is not None and fn_id is not None and id != fn_id:
             raise FunctionConfigError(f"create_function: id={id!r} and fn_id={fn_id!r} disagree; pass one")
@@ -94,6 +106,7 @@ class Client:
         if function_id is None:
             raise FunctionConfigError("create_function: id is required")
         triggers = normalize_triggers(trigger)
+        function_middleware = check_middleware_list(middleware, f"create_function({function_id!r})")
 
         def decorator(handler: Callable[..., Any]) -> Function:
             fn = Function(
@@ -107,6 +120,7 @@ class Client:
                 cancel=tuple(cancel or ()),
                 timeouts=timeouts,
                 client=self,
+                middleware=function_middleware,
             )
             if fn.id in self._functions:
                 raise FunctionConfigError(f"function id {fn.id!r} is defined twice in app {self.app_id!r}")
@@ -126,6 +140,7 @@ class Client:
             name=f"{fn.name} (failure handler)",
             retries=0,
             client=self,
+            middleware=fn.middleware,
         )
         if failure.id in self._functions:
             raise FunctionConfigError(f"function id {failure.id!r} is defined twice in app {self.app_id!r}")
@@ -142,16 +157,19 @@ class Client:
                 self._transport = load_transport("redis", self.redis_url)
         return self._transport
 
-    async def send(self, events: Event | Sequence[Event]) -> list[str]:
+    async def send(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
         """Store the event(s) and start every function they trigger; return the stored events' ids.
 
-        Raises ``InvalidEventError`` (nothing stored) when any event is malformed.
+        Raises ``InvalidEventError`` (nothing stored) when any event is malformed. The client's
+        middleware sees the events first (``before_send_events``), unless ``skip_middleware``.
         """
-        return await self.transport.send(_validated(events))
+        manager = None if skip_middleware else MiddlewareManager.of_client(self)
+        return await send_through(manager, self.transport, validated_events(events))
 
-    def send_sync(self, events: Event | Sequence[Event]) -> list[str]:
+    def send_sync(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
         """``send`` for synchronous code."""
-        return self.transport.send_sync(_validated(events))
+        manager = None if skip_middleware else MiddlewareManager.of_client(self)
+        return send_through_sync(manager, self.transport, validated_events(events))
 
     async def cancel(self, run_id: str, *, reason: str = "cancelled by the API") -> bool:
         """Cancel a run: it takes no further steps (a running step may finish). False if it had ended."""
@@ -166,7 +184,8 @@ class Client:
             await self._transport.aclose()
 
 
-def _validated(events: Event | Sequence[Event]) -> list[Event]:
+def validated_events(events: Event | Sequence[Event]) -> list[Event]:
+    """``events`` (one or a list, Events or dicts) checked and copied, or InvalidEventError."""
     batch = [events] if isinstance(events, Event | dict) else list(events)
     if not batch:
         raise InvalidEventError("send: no events given")

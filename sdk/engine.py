@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
@@ -102,6 +102,8 @@ class FunctionFailed:
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: Set when the failure is a divergence from the run's history (the runtime names its steps).
     divergence: Divergence | None = None
+    #: The exception raised, when there was one (middleware's ``transform_output`` sees it).
+    exception: Exception | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(slots=True)
@@ -116,6 +118,23 @@ class StepsReported:
 
 
 ExecutionResult = FunctionReturned | FunctionFailed | StepsReported
+
+
+class InvocationHooks(Protocol):
+    """What the engine tells middleware while user code runs (see ``stepq.invocation``). The hooks
+    see and may change the function's input; they never change what the engine decides."""
+
+    async def started(self, ctx: Any) -> None:
+        """Before the function is called, with its context."""
+
+    async def new_code(self) -> None:
+        """Code that has not run before is about to run (called once per invocation)."""
+
+    def new_code_sync(self) -> None:
+        """``new_code`` from a plain ``def`` function's thread."""
+
+    async def stopped(self) -> None:
+        """The function returned, or stopped at new steps."""
 
 
 class Interrupt(BaseException):
@@ -155,6 +174,9 @@ class Replay:
         self._hits: list[str] = []
         self.visited = 0
         self.parallel_depth = 0
+        #: Middleware's hooks (None without middleware): the step tools call ``memo_used``/``new_code``.
+        self.hooks: InvocationHooks | None = None
+        self._new_code_told = False
 
     @property
     def replaying(self) -> bool:
@@ -191,6 +213,28 @@ class Replay:
             self._hits.append(key)
             return key, index, True, steps[key]
         return key, index, False, None
+
+    async def memo_used(self) -> None:
+        """After a memo hit: once the last memoized step was replayed, new code follows."""
+        if self.visited >= len(self.request.steps):
+            await self.new_code()
+
+    def memo_used_sync(self) -> None:
+        """``memo_used`` from a plain ``def`` function's thread."""
+        if self.visited >= len(self.request.steps):
+            self.new_code_sync()
+
+    async def new_code(self) -> None:
+        """Tell the hooks, once per invocation, that code not run before is about to run."""
+        if self.hooks is not None and not self._new_code_told:
+            self._new_code_told = True
+            await self.hooks.new_code()
+
+    def new_code_sync(self) -> None:
+        """``new_code`` from a plain ``def`` function's thread."""
+        if self.hooks is not None and not self._new_code_told:
+            self._new_code_told = True
+            self.hooks.new_code_sync()
 
     def _generated(self, step_id: str) -> bool:
         """Whether ``step_id`` (``base:n``) is a key name this invocation already gave a repeat."""
@@ -277,20 +321,35 @@ def unwrap_memo(step_id: str, memo: Any) -> Any:
     return memo
 
 
-async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
-    """Re-enter ``fn`` once with ``request`` and report what happened. Never raises for user errors."""
+async def execute(fn: Function, request: ExecutionRequest, hooks: InvocationHooks | None = None) -> ExecutionResult:
+    """Re-enter ``fn`` once with ``request`` and report what happened. Never raises for user errors.
+
+    ``hooks`` (middleware, see ``stepq.invocation``) hear when the function starts, when new code is
+    about to run and when it stops; a hook's error fails the invocation like the function's own.
+    """
     from stepq.context import make_context
 
     replay = Replay(request, fn.max_attempts, fn.app_id)
     ctx = make_context(fn, request, replay)
     try:
+        if hooks is not None:
+            replay.hooks = hooks
+            await hooks.started(ctx)
+            await replay.memo_used()  # no memoized steps: all the code is new
         if fn.is_async:
             value = await fn.handler(ctx)
         else:
             value = await asyncio.to_thread(fn.handler, ctx)
             if inspect.isawaitable(value):
                 raise TypeError(f"function {fn.id!r} is a plain def but returned an awaitable")
+        if hooks is not None:
+            await hooks.stopped()
     except Interrupt as stop:
+        if hooks is not None:
+            try:
+                await hooks.stopped()
+            except Exception as exc:
+                return failure(exc)
         diverged = None if request.target_step else replay.divergence([op.step_id for op in stop.opcodes])
         if diverged is not None:
             return _diverged(fn, request, diverged)
@@ -304,12 +363,8 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
             error_payload(NonDeterminismError(f"planned step {request.target_step} was not reached")),
             retriable=False,
         )
-    except (StepError, NonRetriableError, NonDeterminismError) as exc:
-        return FunctionFailed(error_payload(exc), retriable=False)
-    except RetryAfterError as exc:
-        return FunctionFailed(error_payload(exc), retriable=True, retry_after=exc.retry_after)
     except Exception as exc:
-        return FunctionFailed(error_payload(exc), retriable=True)
+        return failure(exc)
 
     if request.target_step is not None:
         return FunctionFailed(
@@ -330,6 +385,15 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
             retriable=False,
         )
     return FunctionReturned(checked, warnings)
+
+
+def failure(exc: Exception) -> FunctionFailed:
+    """The failure an exception out of user code (or a hook) makes: retried unless it says not to."""
+    if isinstance(exc, StepError | NonRetriableError | NonDeterminismError):
+        return FunctionFailed(error_payload(exc), retriable=False, exception=exc)
+    if isinstance(exc, RetryAfterError):
+        return FunctionFailed(error_payload(exc), retriable=True, retry_after=exc.retry_after, exception=exc)
+    return FunctionFailed(error_payload(exc), retriable=True, exception=exc)
 
 
 def _diverged(fn: Function, request: ExecutionRequest, divergence: Divergence) -> FunctionFailed:

@@ -10,6 +10,8 @@ from typing import Any
 
 from stepq.durations import DurationLike, to_duration_str, to_timedelta
 from stepq.errors import FunctionConfigError
+from stepq.middleware import UninitializedMiddleware
+from stepq.middleware_manager import check_middleware_list
 from stepq.retry import Backoff
 from stepq.triggers import Trigger, TriggerCron, TriggerEvent
 
@@ -74,6 +76,8 @@ class Function:
     timeouts: Timeouts | None = None
     #: The client that defined it: ``step.send_event`` sends through it.
     client: Any = dataclasses.field(default=None, compare=False, repr=False)
+    #: Middleware classes (or factories) run around each invocation, after the client's.
+    middleware: list[UninitializedMiddleware] = dataclasses.field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _ID.match(self.id):
@@ -109,6 +113,7 @@ class Function:
                 self.timeouts.to_dict()
             except ValueError as exc:
                 raise FunctionConfigError(f"function {self.id!r}: {exc}") from None
+        check_middleware_list(self.middleware, f"function {self.id!r}")
 
     @property
     def slug(self) -> str:

@@ -9,7 +9,7 @@ path it is mounted at::
     app.add_route("/api/inngest", sdk.serve(client), methods=["GET", "POST", "PUT"])
     flask_app.wsgi_app = DispatcherMiddleware(flask_app.wsgi_app, {"/api/inngest": sdk.serve_wsgi(client)})
 
-- ``POST ?fnId=<app>-<fn>&stepId=step|<step key>`` runs the function once (``stepq.engine.execute``)
+- ``POST ?fnId=<app>-<fn>&stepId=step|<step key>`` runs the function once (``stepq.invocation.invoke``)
   with the request's event(s), memo and context, and answers 206 with opcodes, 200 with the return
   value, or 500 with ``{name, message, stack}`` and ``X-Inngest-No-Retry``; ``Retry-After`` (whole
   seconds) when the function asked for it. ``probe=trust`` answers an empty 200 after the signature
@@ -47,10 +47,11 @@ import httpx
 import structlog
 
 from stepq.client import FUNCTION_FAILED, NO_EVENT_KEY, Client
-from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, execute
+from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from stepq.errors import FunctionConfigError, InvalidEventError
 from stepq.event import Event
 from stepq.function import MAX_RETRIES, Function
+from stepq.invocation import invoke
 from stepq.signing import (
     SIGNATURE_HEADER,
     SignatureError,
@@ -381,7 +382,7 @@ class ServeHandler:
             disable_immediate_execution=parsed.disable_immediate_execution,
         )
         fn = self._with_max_attempts(fn, parsed.max_attempts)
-        result = await execute(fn, execution)
+        result = await invoke(fn, execution, raw_request=request)
         return self._result(fn, parsed.run_id, result)
 
     def _result(self, fn: Function, run_id: str, result: ExecutionResult) -> HandlerResponse:
