@@ -41,7 +41,10 @@ async def invoke(fn: Function, request: ExecutionRequest, *, raw_request: object
     ``raw_request`` is what middleware gets as ``raw_request``: the HTTP request when served, None
     in a worker. Never raises for user or middleware errors: they fail the invocation.
     """
-    manager = MiddlewareManager.of_function(fn, raw_request)
+    try:
+        manager = MiddlewareManager.of_function(fn, raw_request)
+    except Exception as exc:  # a middleware that cannot start (EncryptionMiddleware without a key)
+        return failure(exc)
     if manager is None:
         return await execute(fn, request)
     return await _Invocation(fn, request, manager).run()
