@@ -26,6 +26,7 @@ from stepq.errors import (
 )
 from stepq.event import Event
 from stepq.function import Function
+from stepq.middleware import Middleware, MiddlewareSync, SendEventsResult, StepMemos, TransformOutputResult
 from stepq.opcodes import Op, Opcode, hash_step_id
 from stepq.retry import Backoff
 from stepq.serve import serve as serve
@@ -44,15 +45,20 @@ __all__ = [
     "FunctionFailed",
     "FunctionReturned",
     "InvalidEventError",
+    "Middleware",
+    "MiddlewareSync",
     "NonDeterminismError",
     "NonRetriableError",
     "Op",
     "Opcode",
     "RetryAfterError",
+    "SendEventsResult",
     "StepError",
+    "StepMemos",
     "StepOutputError",
     "StepqError",
     "StepsReported",
+    "TransformOutputResult",
     "TriggerCron",
     "TriggerEvent",
     "execute",
