@@ -623,10 +623,10 @@ async def test_put_registers_the_functions_with_the_api(fake_api: tuple[FakeApi,
     assert sent["headers"]["x-inngest-sdk"] == SDK_NAME
     payload = sent["body"]
     app_url = f"{server.url}/api/inngest"
-    assert {k: payload[k] for k in ("url", "appName", "stepq", "framework", "v", "deployType")} == {
+    assert {k: payload[k] for k in ("url", "appName", "sdk", "framework", "v", "deployType")} == {
         "url": app_url,
         "appName": APP,
-        "stepq": SDK_NAME,
+        "sdk": SDK_NAME,
         "framework": "asgi",
         "v": "0.1",
         "deployType": "ping",
