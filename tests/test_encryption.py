@@ -196,6 +196,26 @@ async def test_rotation_the_new_key_encrypts_the_old_one_still_decrypts(
     await assert_no_plaintext(redis, secret, clear)
 
 
+async def test_a_failure_handler_gets_the_failed_runs_event_decrypted(
+    redis: Redis, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    key = new_key()
+    start_workers("encrypted", env={KEYS_ENV: key})
+    secret, clear = f"PLAINTEXT-{uuid.uuid4().hex}", f"CLEARTEXT-{uuid.uuid4().hex}"
+    out = tmp_path / "handled.json"
+    sender = encrypting_client(key)
+    try:
+        data = {"encrypted": {"secret": secret}, "clear": clear, "out": str(out)}
+        run_id = await start_run(sender, redis, "fails", "enc/fails", data)
+    finally:
+        await sender.aclose()
+    assert (await wait_for_run(redis, run_id)).status == "failed"
+    assert await wait_file(out) == {"handled": secret, "error": "no refunds today"}
+    [handler_run] = await runs_of(redis, "fails-failure")
+    assert (await wait_for_run(redis, handler_run.run_id)).status == "completed"
+    await assert_no_plaintext(redis, secret, clear)
+
+
 # -- the envelope ------------------------------------------------------------------------------------
 
 

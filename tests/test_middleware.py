@@ -125,6 +125,23 @@ async def test_transform_output_and_transform_input_round_trip(
     assert memo == {sha1("a"): {"data": {"wrapped": 20}}, sha1("b"): {"data": {"wrapped": 21}}}
 
 
+async def test_an_error_in_a_hook_fails_the_invocation_like_the_functions_own(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    log = tmp_path / "hooks.jsonl"
+    start_workers("mw_hooks", env={mw_hooks.LOG_ENV: str(log)})
+    run_id = await start_run(sender, redis, "refused", "mw/refused", {})
+    view = await wait_for_run(redis, run_id)
+    assert view.status == "failed"
+    assert view.error["name"] == "NonRetriableError"
+    assert view.error["message"] == "refused by middleware"
+    assert await run_memo(redis, run_id) == {}  # the step never ran
+    lines = await logged_run(log, run_id, len(CHAIN[:2]))
+    # The function did not run, so after_execution was not called; transform_output saw the error.
+    assert ("client-sync", "after_execution") not in [(who, what) for _, who, what, _ in lines]
+    assert details(lines, "transform_output", "client-sync") == ["function output=- error=NonRetriableError"]
+
+
 # -- served over HTTP ------------------------------------------------------------------------------
 
 

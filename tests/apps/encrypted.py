@@ -57,3 +57,13 @@ def rotate(ctx: stepq.ContextSync) -> dict[str, Any]:
     result = {"first": first, "second": second, "go": go.data["encrypted"] if go is not None else None}
     _write(ctx.event.data["out"], result)
     return result
+
+
+def _failed(ctx: stepq.ContextSync) -> None:
+    original = ctx.event.data["event"]["data"]
+    _write(original["out"], {"handled": original["encrypted"]["secret"], "error": ctx.event.data["error"]["message"]})
+
+
+@client.create_function(id="fails", trigger=stepq.TriggerEvent(event="enc/fails"), retries=0, on_failure=_failed)
+def fails(ctx: stepq.ContextSync) -> None:
+    raise stepq.NonRetriableError("no refunds today")

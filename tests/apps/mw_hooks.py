@@ -147,6 +147,13 @@ class Wrapping(MiddlewareSync):
             result.output = {"wrapped": result.output}
 
 
+class Refuse(MiddlewareSync):
+    """Stops every invocation before new code runs."""
+
+    def before_execution(self) -> None:
+        raise stepq.NonRetriableError("refused by middleware")
+
+
 client = stepq.Client("mw-hooks", middleware=[ClientSync, ClientAsync])
 
 
@@ -184,3 +191,14 @@ async def roundtrip(ctx: stepq.Context) -> int:
     a: int = await ctx.step.run("a", lambda: 20)
     b: int = await ctx.step.run("b", lambda: a + 1)
     return a + b  # a TypeError (dict + dict) unless the memo was unwrapped
+
+
+@client.create_function(
+    id="refused",
+    trigger=stepq.TriggerEvent(event="mw/refused"),
+    middleware=[Refuse],
+    retries=2,
+)
+async def refused(ctx: stepq.Context) -> str:
+    ran: str = await ctx.step.run("never", lambda: "ran")
+    return ran
