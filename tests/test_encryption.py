@@ -12,9 +12,11 @@ import json
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nacl.encoding
 import nacl.hash
 import nacl.secret
@@ -29,7 +31,17 @@ from stepq.encryption import (
     is_encrypted,
 )
 from stepq.runtime.codec import unpack
-from tests.helpers import REDIS_URL, StartWorkers, run_memo, runs_of, sha1, start_run, wait_for_run
+from tests.helpers import (
+    REDIS_URL,
+    StartWorkers,
+    run_ids_for_event,
+    run_memo,
+    runs_of,
+    sha1,
+    start_run,
+    wait_for_run,
+)
+from tests.http_fixtures import Service, Stack, flush_test_db, start_api, start_asgi_app, start_http_worker
 
 
 def new_key() -> str:
@@ -214,6 +226,75 @@ async def test_a_failure_handler_gets_the_failed_runs_event_decrypted(
     [handler_run] = await runs_of(redis, "fails-failure")
     assert (await wait_for_run(redis, handler_run.run_id)).status == "completed"
     await assert_no_plaintext(redis, secret, clear)
+
+
+#: The key of the served app (module-wide: the app process starts once per class).
+SERVED_KEY = new_key()
+
+
+@pytest.fixture(scope="class")
+def served_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("enc-served")
+    flush_test_db()
+    started: list[Service] = []
+    try:
+        api = start_api(directory)
+        started.append(api)
+        worker = start_http_worker(directory)
+        started.append(worker)
+        env = {
+            "INNGEST_DEV": "1",
+            "INNGEST_BASE_URL": str(api.url),  # type: ignore[attr-defined]
+            "STEPQ_EVENT_API_URL": str(api.url),  # type: ignore[attr-defined]
+            KEYS_ENV: SERVED_KEY,
+        }
+        app = start_asgi_app("tests.apps.encrypted_served:app", directory, env=env)
+        started.append(app)
+    except BaseException:
+        for service in reversed(started):
+            service.stop()
+        raise
+    stack = Stack(api, worker, app, directory)
+    try:
+        response = httpx.put(str(app.url), timeout=30)  # type: ignore[attr-defined]
+        assert response.status_code == 200 and response.json().get("ok") is not False, response.text
+        yield stack
+    finally:
+        stack.stop()
+
+
+class TestServedOverHttp:
+    """The same guarantees when the app is served (``stepq.serve``) and driven by ``stepq worker --http``;
+    the stack is shared by the class (its tests do not flush the database)."""
+
+    async def test_redis_never_holds_the_plaintext_of_a_served_run(self, served_stack: Stack, tmp_path: Path) -> None:
+        secret, clear = f"PLAINTEXT-{uuid.uuid4().hex}", f"CLEARTEXT-{uuid.uuid4().hex}"
+        out = tmp_path / "flow.json"
+        sender = stepq.Client(
+            "enc-sender",
+            event_api_url=served_stack.api_url,
+            middleware=[EncryptionMiddleware.factory(SERVED_KEY)],
+        )
+        db = Redis.from_url(REDIS_URL)
+        try:
+            data = {"encrypted": {"secret": secret}, "clear": clear, "out": str(out)}
+            [event_id] = await sender.send(stepq.Event(name="enc/flow", data=data))
+            [run_id] = await run_ids_for_event(db, "flow", event_id)
+            try:
+                view = await wait_for_run(db, run_id, timeout=60)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{served_stack.output()}") from None
+            assert view.status == "completed", f"{view.error}\n{served_stack.output()}"
+            expected = {"secret": secret, "step": f"{secret}-step", "invoked": f"{secret}-invoked-child"}
+            assert await wait_file(out) == expected
+            assert await wait_file(tmp_path / "flow.json.told") == f"{secret}-sent"
+            [told] = await runs_of(db, "told")
+            assert (await wait_for_run(db, told.run_id, timeout=60)).status == "completed"
+            assert middleware(SERVED_KEY).decrypt(view.output) == expected
+            await assert_no_plaintext(db, secret, clear)
+        finally:
+            await sender.aclose()
+            await db.aclose()
 
 
 # -- the envelope ------------------------------------------------------------------------------------
