@@ -56,8 +56,8 @@ class _Invocation:
     def __init__(self, fn: Function, request: ExecutionRequest, manager: MiddlewareManager) -> None:
         self.fn = fn
         self.manager = manager
-        # Middleware may change events and memo values in place: it gets copies, so that nothing
-        # the caller holds (a worker caches runs' events and memos) is changed.
+        # Middleware may change event data in place: it gets copies, so that nothing the caller
+        # holds (a worker caches runs' events) is changed.
         events = [_copied(e) for e in request.events]
         event = events[0] if request.events and request.event is request.events[0] else _copied(request.event)
         self.memos, self.shapes = _memos_of(request.steps, request.step_names)
@@ -184,8 +184,9 @@ _DATA, _ERROR, _RAW = "data", "error", "raw"
 def _memos_of(steps: Any, names: Any) -> tuple[StepMemos, dict[str, str]]:
     memos: dict[str, Output] = {}
     shapes: dict[str, str] = {}
-    for key, raw in steps.items():
-        value = copy.deepcopy(raw)
+    # Not copied (a run's memo grows with its steps, and every invocation passes here): hooks replace
+    # ``output.data`` rather than change a memo value in place, as Inngest's middleware does.
+    for key, value in steps.items():
         if type(value) is dict and len(value) == 1 and "data" in value:
             memos[key], shapes[key] = Output(data=value["data"]), _DATA
         elif type(value) is dict and len(value) == 1 and "error" in value:

@@ -74,7 +74,11 @@ class Output:
 
 
 class StepMemos:
-    """The memoized steps of an invocation, by step key; ``transform_input`` may change their data."""
+    """The memoized steps of an invocation, by step key; ``transform_input`` may change their data.
+
+    Replace an ``Output``'s ``data`` (or ``error``) rather than change the value in place: memo values
+    are shared with the worker's cache of the run.
+    """
 
     def __init__(self, memos: dict[str, Output], names: dict[str, str] | None = None) -> None:
         self._memos = memos

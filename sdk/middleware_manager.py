@@ -46,6 +46,10 @@ def check_middleware_list(value: Any, where: str) -> list[UninitializedMiddlewar
                 f"{where}: middleware entries must be classes (or factories) taking (client, raw_request), "
                 f"got {item!r}; pass the class, not an instance"
             )
+        if isinstance(item, type) and not issubclass(item, Middleware | MiddlewareSync):
+            raise FunctionConfigError(
+                f"{where}: middleware class {item.__name__} must subclass stepq.Middleware or stepq.MiddlewareSync"
+            )
     return list(value)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import pytest
 from redis.asyncio import Redis
 
 import stepq
+from stepq.engine import ExecutionRequest, StepsReported
+from stepq.invocation import invoke
 from stepq.middleware import Middleware, MiddlewareSync
 from stepq.middleware_manager import MiddlewareError
 from stepq.runtime import keys
@@ -259,6 +261,43 @@ def test_async_middleware_refuses_send_sync_on_the_event_loop_thread_clearly() -
         asyncio.run(main())
 
 
+# -- in the engine's edge cases ------------------------------------------------------------------------
+
+
+async def test_a_targeted_parallel_step_tells_of_new_code_before_it_runs_with_memos_left() -> None:
+    calls: list[str] = []
+
+    class Recorder(MiddlewareSync):
+        def after_memoization(self) -> None:
+            calls.append("after_memoization")
+
+        def before_execution(self) -> None:
+            calls.append("before_execution")
+
+    client = stepq.Client("mw-parallel", middleware=[Recorder])
+
+    def branch(name: str) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            calls.append(f"ran {name}")
+            return name
+
+        return run
+
+    @client.create_function(id="both")
+    async def both(ctx: stepq.Context) -> tuple[Any, ...]:
+        return await ctx.group.parallel(
+            (lambda: ctx.step.run("a", branch("a")), lambda: ctx.step.run("b", branch("b")))
+        )
+
+    # Step b is done and a is the planned step: a comes first, while b's memo is still unvisited.
+    event = stepq.Event(name="mw/x", id="e", ts=1)
+    request = ExecutionRequest(event, [event], {sha1("b"): {"data": "b"}}, "run", target_step=sha1("a"))
+    result = await invoke(both, request)
+    assert isinstance(result, StepsReported), result
+    assert [(op.step_id, op.data) for op in result.opcodes] == [("a", "a")]
+    assert calls == ["after_memoization", "before_execution", "ran a"]
+
+
 # -- configuration -----------------------------------------------------------------------------------
 
 
@@ -267,6 +306,8 @@ def test_middleware_must_be_a_list_of_classes() -> None:
         stepq.Client("mw-bad", middleware=[mw_hooks.ClientSync(None, None)])  # type: ignore[list-item]
     with pytest.raises(stepq.FunctionConfigError, match="must be a list"):
         stepq.Client("mw-bad", middleware=mw_hooks.ClientSync)  # type: ignore[arg-type]
+    with pytest.raises(stepq.FunctionConfigError, match=r"class Event must subclass stepq\.Middleware"):
+        stepq.Client("mw-bad", middleware=[stepq.Event])  # type: ignore[list-item]
     client = stepq.Client("mw-bad")
     with pytest.raises(stepq.FunctionConfigError, match="create_function\\('f'\\): middleware entries"):
         client.create_function(id="f", middleware=["not callable"])  # type: ignore[list-item]
