@@ -146,6 +146,15 @@ class Interrupt(BaseException):
         self.retry_after = retry_after
 
 
+class HookFailed(BaseException):
+    """A middleware hook raised while user code was running: a BaseException so that user code's
+    ``except Exception`` cannot swallow it; the invocation fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Skip(BaseException):
     """A parallel branch reached a new step that is not the targeted one: this branch ends here."""
 
@@ -228,13 +237,19 @@ class Replay:
         """Tell the hooks, once per invocation, that code not run before is about to run."""
         if self.hooks is not None and not self._new_code_told:
             self._new_code_told = True
-            await self.hooks.new_code()
+            try:
+                await self.hooks.new_code()
+            except Exception as exc:
+                raise HookFailed(exc) from exc
 
     def new_code_sync(self) -> None:
         """``new_code`` from a plain ``def`` function's thread."""
         if self.hooks is not None and not self._new_code_told:
             self._new_code_told = True
-            self.hooks.new_code_sync()
+            try:
+                self.hooks.new_code_sync()
+            except Exception as exc:
+                raise HookFailed(exc) from exc
 
     def _generated(self, step_id: str) -> bool:
         """Whether ``step_id`` (``base:n``) is a key name this invocation already gave a repeat."""
@@ -358,6 +373,8 @@ async def execute(fn: Function, request: ExecutionRequest, hooks: InvocationHook
         diverged = replay.divergence([stop.step_id])
         assert diverged is not None
         return _diverged(fn, request, diverged)
+    except HookFailed as failed:
+        return failure(failed.error)
     except Skip:
         return FunctionFailed(
             error_payload(NonDeterminismError(f"planned step {request.target_step} was not reached")),

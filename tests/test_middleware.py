@@ -137,11 +137,18 @@ async def test_an_error_in_a_hook_fails_the_invocation_like_the_functions_own(
     assert view.status == "failed"
     assert view.error["name"] == "NonRetriableError"
     assert view.error["message"] == "refused by middleware"
-    assert await run_memo(redis, run_id) == {}  # the step never ran
-    lines = await logged_run(log, run_id, len(CHAIN[:2]))
-    # The function did not run, so after_execution was not called; transform_output saw the error.
-    assert ("client-sync", "after_execution") not in [(who, what) for _, who, what, _ in lines]
-    assert details(lines, "transform_output", "client-sync") == ["function output=- error=NonRetriableError"]
+    # The first invocation ran the step; the second failed when its replay ended, inside the
+    # function's try/except, which could not catch the hook's error.
+    assert list(await run_memo(redis, run_id)) == [sha1("first")]
+    lines = await logged_run(log, run_id, 2 * len(CHAIN[:2]))
+    # The function did not go on, so after_execution was not called; transform_output saw the error.
+    assert [what for _, who, what, _ in lines if who == "client-sync"][-3:] == [
+        "before_execution",
+        "transform_output",
+        "before_response",
+    ]
+    outputs = details(lines, "transform_output", "client-sync")
+    assert outputs == ['first/StepRun output="ran" error=-', "function output=- error=NonRetriableError"]
 
 
 # -- served over HTTP ------------------------------------------------------------------------------
