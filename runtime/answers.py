@@ -25,10 +25,11 @@ from collections.abc import Container
 from typing import Any
 
 from stepq.durations import parse_iso, to_timedelta
-from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, check_output
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from stepq.errors import OutputTooLarge, StepOutputError, error_payload
 from stepq.expressions import ExpressionError, compile_expression
 from stepq.opcodes import Op, Opcode
+from stepq.replay import check_output
 from stepq.retry import Backoff
 from stepq.runtime.jobs import JobKind, JobSpec
 from stepq.runtime.limits import Limits

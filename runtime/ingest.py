@@ -60,7 +60,7 @@ def triggered(fn: FunctionRecord, name: str, bindings: Bindings) -> bool:
 def batch_script() -> str:
     """The ingest script: the shared prelude, create_run.lua as a local function of its own KEYS and
     ARGV (so a run is created by the very code ``RunStore.create_run`` calls), then the batch loop."""
-    lua = resources.files("runtime") / "lua"
+    lua = resources.files("stepq.runtime") / "lua"
     return (
         (lua / "prelude.lua").read_text()
         + "\nlocal function create_run(KEYS, ARGV)\n"

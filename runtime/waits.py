@@ -13,8 +13,17 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+from stepq.durations import to_timedelta
+from stepq.expressions import ExpressionError, compile_expression
 from stepq.runtime import keys
 from stepq.runtime.codec import pack, unpack
+from stepq.runtime.wait_expressions import (
+    WAIT_VARIABLES,
+    equality_key,
+    index_token,
+    index_token_at,
+    interpolate,
+)
 
 KIND_WAIT = "wait"
 KIND_CANCEL = "cancel"
@@ -61,14 +70,10 @@ def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord,
     """Fill the run's ``event.*`` values into the condition and choose the lookup set."""
     indexed = None
     if record.expression:
-        from stepq.expressions import equality_key, interpolate
-
         record = dataclasses.replace(record, expression=interpolate(record.expression, trigger_event))
         indexed = equality_key(record.expression) if record.expression else None
     token = None
     if indexed is not None:
-        from stepq.expressions import index_token
-
         path, value = indexed
         path = path.removeprefix("async.")
         token = index_token(value)
@@ -109,8 +114,6 @@ async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[
         replies = await pipe.execute()
     scans = {name: replies[2 * i] for i, name in enumerate(names)}
     paths = {name: [p.decode() for p in replies[2 * i + 1]] for i, name in enumerate(names)}
-    from stepq.expressions import index_token_at
-
     lookups: list[list[str]] = []
     for event in events:
         index_keys = []
@@ -145,10 +148,8 @@ def matches(record: WaitRecord, event: dict[str, Any], now_ms: int) -> bool:
         return False
     if not record.expression:
         return True
-    from stepq.expressions import ExpressionError, compile_expression
-
     try:
-        expression = compile_expression(record.expression, variables={"async", "event"})
+        expression = compile_expression(record.expression, variables=WAIT_VARIABLES)
     except ExpressionError:
         return False  # refused at registration; a record stored by older code matches nothing
     return bool(expression.matches({"async": event, "event": {}}))
@@ -170,8 +171,6 @@ def cancel_registrations(
     run_id: str, config: dict[str, Any], trigger_event: dict[str, Any], now_ms: int
 ) -> list[Registration]:
     """The waits that implement a function's ``cancel`` rules for a new run."""
-    from stepq.durations import to_timedelta
-
     out = []
     for i, rule in enumerate(config.get("cancel") or []):
         window = (

@@ -7,7 +7,6 @@ from stepq.client import Client
 from stepq.context import Context, ContextSync
 from stepq.durations import to_timedelta
 from stepq.engine import (
-    ExecutionRequest,
     ExecutionResult,
     FunctionFailed,
     FunctionReturned,
@@ -28,6 +27,7 @@ from stepq.event import Event
 from stepq.function import Function
 from stepq.middleware import Middleware, MiddlewareSync, SendEventsResult, StepMemos, TransformOutputResult
 from stepq.opcodes import Op, Opcode, hash_step_id
+from stepq.replay import ExecutionRequest
 from stepq.retry import Backoff
 from stepq.serve import serve as serve
 from stepq.triggers import TriggerCron, TriggerEvent

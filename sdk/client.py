@@ -9,6 +9,7 @@ from typing import Any
 from stepq.errors import FunctionConfigError, InvalidEventError, StepqError
 from stepq.event import Event
 from stepq.function import Cancel, Function, Timeouts, normalize_triggers
+from stepq.http_transport import HttpTransport
 from stepq.middleware import UninitializedMiddleware
 from stepq.middleware_manager import MiddlewareManager, check_middleware_list, send_through, send_through_sync
 from stepq.retry import Backoff
@@ -150,8 +151,6 @@ class Client:
     def transport(self) -> EventTransport:
         if self._transport is None:
             if self.event_api_url is not None:
-                from stepq.http_transport import HttpTransport
-
                 self._transport = HttpTransport(self.event_api_url, self.event_key)
             else:
                 self._transport = load_transport("redis", self.redis_url)

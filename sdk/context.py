@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from stepq.engine import ExecutionRequest, Interrupt, Replay, Skip
 from stepq.event import Event
+from stepq.function import Function
+from stepq.replay import ExecutionRequest, Interrupt, Replay, Skip
 from stepq.step import Step, SyncStep
-
-if TYPE_CHECKING:
-    from stepq.function import Function
 
 
 class ReplayAwareLogger:

@@ -17,15 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepq.client import validated_events
-from stepq.engine import (
-    ExecutionRequest,
-    ExecutionResult,
-    FunctionFailed,
-    FunctionReturned,
-    check_output,
-    execute,
-    failure,
-)
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, execute, failure
 from stepq.errors import NonRetriableError, StepError, StepOutputError, error_payload
 from stepq.event import Event
 from stepq.function import Function
@@ -33,6 +25,7 @@ from stepq.jsonvalue import NotJSONError, check_json
 from stepq.middleware import EMPTY, Output, StepMemos, TransformOutputResult, TransformOutputStepInfo
 from stepq.middleware_manager import MiddlewareManager, send_through, send_through_sync
 from stepq.opcodes import Op, Opcode
+from stepq.replay import ExecutionRequest, check_output
 
 
 async def invoke(fn: Function, request: ExecutionRequest, *, raw_request: object = None) -> ExecutionResult:

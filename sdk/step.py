@@ -12,17 +12,15 @@ import dataclasses
 import datetime as dt
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from stepq.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
-from stepq.engine import Interrupt, Replay, Skip, unwrap_memo
 from stepq.errors import NonRetriableError, RetryAfterError, StepOutputError, error_payload
 from stepq.event import Event
+from stepq.function import Function
 from stepq.opcodes import Op, Opcode
+from stepq.replay import Interrupt, Replay, Skip, unwrap_memo
 from stepq.retry import Backoff
-
-if TYPE_CHECKING:
-    from stepq.function import Function
 
 #: Sends events for ``step.send_event``; the client's ``send``.
 Sender = Callable[[Sequence[Event]], Awaitable[list[str]]]

@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from stepq.engine import ExecutionRequest, FunctionFailed, FunctionReturned
+from stepq.engine import FunctionFailed, FunctionReturned
 from stepq.event import Event
+from stepq.replay import ExecutionRequest
 from stepq.runtime.app_urls import (
     AllowedHosts,
     AppUrlPolicy,

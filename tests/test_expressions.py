@@ -1,4 +1,5 @@
-"""stepq.expressions: compiling, matching, interpolating and indexing CEL expressions (no Redis)."""
+"""stepq.expressions (compiling, matching) and stepq.runtime.wait_expressions (interpolating and
+indexing waits' expressions): CEL without Redis."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from stepq.expressions import (
     ExpressionError,
     ExpressionEvalError,
     compile_expression,
+)
+from stepq.runtime.wait_expressions import (
     equality_key,
     index_token,
     index_token_at,

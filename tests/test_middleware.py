@@ -20,10 +20,11 @@ import pytest
 from redis.asyncio import Redis
 
 import stepq
-from stepq.engine import ExecutionRequest, StepsReported
+from stepq.engine import StepsReported
 from stepq.invocation import invoke
 from stepq.middleware import Middleware, MiddlewareSync
 from stepq.middleware_manager import MiddlewareError
+from stepq.replay import ExecutionRequest
 from stepq.runtime import keys
 from stepq.runtime.codec import unpack
 from tests.apps import mw_hooks

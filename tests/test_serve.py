@@ -542,20 +542,20 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("INNGEST_SERVE_ORIGIN", "app.example.com")
     monkeypatch.setenv("INNGEST_SIGNING_KEY", KEY)
     monkeypatch.setenv("INNGEST_SIGNING_KEY_FALLBACK", FALLBACK)
-    handler = stepq.serve(client).handler
-    assert handler.dev and handler.mode == "dev"
-    assert handler.api_base_url == "http://api.internal:8288"
-    assert handler.serve_origin == "https://app.example.com"
-    assert (handler.signing_key, handler.signing_key_fallback) == (KEY, FALLBACK)
+    settings = stepq.serve(client).handler.settings
+    assert settings.dev and settings.mode == "dev"
+    assert settings.api_base_url == "http://api.internal:8288"
+    assert settings.serve_origin == "https://app.example.com"
+    assert settings.signing_keys == (KEY, FALLBACK)
 
     monkeypatch.delenv("INNGEST_API_BASE_URL")
     monkeypatch.setenv("INNGEST_DEV", "http://127.0.0.1:8300")
-    assert stepq.serve(client).handler.api_base_url == "http://127.0.0.1:8300"
+    assert stepq.serve(client).handler.settings.api_base_url == "http://127.0.0.1:8300"
     monkeypatch.setenv("INNGEST_BASE_URL", "http://base:1")
-    assert stepq.serve(client).handler.api_base_url == "http://base:1"
+    assert stepq.serve(client).handler.settings.api_base_url == "http://base:1"
     monkeypatch.setenv("INNGEST_DEV", "0")
-    assert stepq.serve(client).handler.mode == "cloud"
-    assert stepq.serve(client, dev=True, api_base_url="http://x:2").handler.api_base_url == "http://x:2"
+    assert stepq.serve(client).handler.settings.mode == "cloud"
+    assert stepq.serve(client, dev=True, api_base_url="http://x:2").handler.settings.api_base_url == "http://x:2"
 
 
 # -- GET: introspection --------------------------------------------------------------------------

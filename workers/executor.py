@@ -23,10 +23,11 @@ import structlog
 from arq.worker import Retry
 
 from stepq.durations import to_timedelta
-from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from stepq.event import Event
 from stepq.ids import new_ulid
 from stepq.opcodes import Op, Opcode, memo_data, memo_error
+from stepq.replay import ExecutionRequest
 from stepq.retry import Backoff
 from stepq.runtime import keys, lifecycle, matching, waits
 from stepq.runtime.answers import check_answer, wake_time

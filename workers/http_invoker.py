@@ -27,8 +27,9 @@ import httpx
 import structlog
 
 from stepq.durations import parse_iso
-from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from stepq.opcodes import Opcode
+from stepq.replay import ExecutionRequest
 from stepq.runtime.app_urls import AppUrlPolicy, AppUrlRefused, CheckedNetworkBackend
 from stepq.signing import canonical_json, sign
 from stepq.workers.remote import RemoteFunction

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from stepq.engine import ExecutionRequest, ExecutionResult
+from stepq.engine import ExecutionResult
 from stepq.function import Function
 from stepq.invocation import invoke
+from stepq.replay import ExecutionRequest
 
 
 class Invoker(Protocol):

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import stepq
-from stepq.engine import ExecutionRequest, ExecutionResult, FunctionFailed, FunctionReturned, execute
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, execute
 from stepq.function import Function
 from stepq.opcodes import Op, Opcode
+from stepq.replay import ExecutionRequest
 from tests.torture import interpreter
 from tests.torture.interpreter import Interpreter, define
 from tests.torture.invariants import Execution, RunSnapshot
