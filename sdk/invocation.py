@@ -2,7 +2,7 @@
 (``stepq.serve``) both call the engine, so that middleware runs the same way on either path.
 
 Without middleware this is ``stepq.engine.execute``. With it, the hooks run at the engine's edges:
-``transform_input`` on a copy of the request's events and memo before the function is called,
+``transform_input`` on copies of the request's events and on its memo before the function is called,
 ``transform_output`` on the engine's result, ``before_response`` last; the engine tells the rest
 (when new code starts, when the function stops) through ``InvocationHooks``. The engine's decisions
 stay its own: the hooks only change the data that goes in and comes out.
@@ -44,7 +44,7 @@ async def invoke(fn: Function, request: ExecutionRequest, *, raw_request: object
 
 
 class _Invocation:
-    """The hooks of one invocation (``stepq.engine.InvocationHooks``) and the edges around it."""
+    """The hooks of one invocation (``stepq.replay.InvocationHooks``) and the edges around it."""
 
     def __init__(self, fn: Function, request: ExecutionRequest, manager: MiddlewareManager) -> None:
         self.fn = fn
