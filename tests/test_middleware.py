@@ -331,6 +331,7 @@ def test_function_middleware_is_kept_on_the_function_and_its_failure_handler() -
     async def f(ctx: stepq.Context) -> None:
         return None
 
-    assert client.middleware == [mw_hooks.ClientSync]
     assert f.middleware == [mw_hooks.FnSync]
+    client.add_middleware(mw_hooks.ClientAsync)
+    assert client.middleware == [mw_hooks.ClientSync, mw_hooks.ClientAsync]
     assert client.functions["f-failure"].middleware == [mw_hooks.FnSync]
