@@ -23,6 +23,7 @@ from stepq.event import Event
 from stepq.flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from stepq.function import Cancel, Function, Timeouts
 from stepq.jsonvalue import JSON
+from stepq.middleware import Middleware, MiddlewareSync, SendEventsResult, StepMemos, TransformOutputResult
 from stepq.retry import Backoff
 from stepq.serializer import PydanticSerializer, Serializer
 from stepq.serve import serve, serve_wsgi
@@ -44,21 +45,26 @@ __all__ = [
     "FunctionConfigError",
     "Inngest",
     "InvalidEventError",
+    "Middleware",
+    "MiddlewareSync",
     "NonDeterminismError",
     "NonRetriableError",
     "Priority",
     "PydanticSerializer",
     "RateLimit",
     "RetryAfterError",
+    "SendEventsResult",
     "Serializer",
     "Singleton",
     "Step",
     "StepError",
+    "StepMemos",
     "StepOutputError",
     "StepSync",
     "StepqError",
     "Throttle",
     "Timeouts",
+    "TransformOutputResult",
     "TriggerCron",
     "TriggerEvent",
     "serve",

@@ -23,6 +23,8 @@ from stepq.flow_control import (
 )
 from stepq.function import Cancel, Function, Timeouts, normalize_triggers
 from stepq.http_transport import HttpTransport
+from stepq.middleware import UninitializedMiddleware
+from stepq.middleware_manager import MiddlewareManager, check_middleware_list, send_through, send_through_sync
 from stepq.retry import Backoff
 from stepq.serializer import NOT_SET, Serializer, checked_serializer, no_serializer
 from stepq.transport import EventTransport, load_transport
@@ -97,7 +99,8 @@ class Inngest:
     - ``logger``: a ``logging.Logger`` (or adapter) that ``ctx.logger`` writes to, staying quiet while
       memoized steps replay. Default: stepq's structured log (structlog). stepq's own log lines go
       to structlog either way.
-    - ``middleware``: middleware for every function of this app, stored as ``client.middleware``.
+    - ``middleware``: middleware classes (``stepq.Middleware``/``MiddlewareSync``) run around every
+      function's invocations and every send, before each function's own (``stepq.middleware``).
     - ``request_timeout``: the timeout of ``send``'s HTTP requests (an int is milliseconds, as in
       inngest-py). Default 30 s (5 s to connect). No effect when events go to Redis.
     - ``app_version``: accepted and kept as ``client.app_version``, but **no effect**: stepq does not
@@ -121,7 +124,7 @@ class Inngest:
         event_key: str | None = None,
         is_production: bool | None = None,
         logger: Logger | None = None,
-        middleware: list[Any] | None = None,
+        middleware: list[UninitializedMiddleware] | None = None,
         request_timeout: int | dt.timedelta | None = None,
         serializer: Serializer | None = None,
         signing_key: str | None = None,
@@ -160,12 +163,15 @@ class Inngest:
         self._signing_key_fallback = signing_key_fallback
         self._env = env
         self.logger: Logger | None = logger
-        if middleware is not None and not isinstance(middleware, list | tuple):
-            raise FunctionConfigError(f"Inngest: middleware must be a list, got {type(middleware).__name__}")
-        self.middleware: list[Any] = list(middleware or [])
         self.request_timeout = _timeout_seconds(request_timeout)
         self._transport = transport
         self._functions: dict[str, Function] = {}
+        #: Middleware run around every function's invocations and every send (``stepq.middleware``).
+        self.middleware: list[UninitializedMiddleware] = check_middleware_list(middleware, "Client")
+
+    def add_middleware(self, middleware: UninitializedMiddleware) -> None:
+        """Add a middleware class (or factory) after those already given."""
+        self.middleware = [*self.middleware, *check_middleware_list([middleware], "Client.add_middleware")]
 
     @property
     def is_production(self) -> bool:
@@ -194,10 +200,6 @@ class Inngest:
         """This app's functions by id."""
         return dict(self._functions)
 
-    def add_middleware(self, middleware: Any) -> None:
-        """Append middleware for every function of this app (inngest-py's ``add_middleware``)."""
-        self.middleware = [*self.middleware, middleware]
-
     def set_logger(self, logger: Logger) -> None:
         """Replace the logger ``ctx.logger`` writes to."""
         self.logger = logger
@@ -211,7 +213,7 @@ class Inngest:
         debounce: Debounce | None = None,
         fn_id: str | None = None,
         idempotency: str | None = None,
-        middleware: list[Any] | None = None,
+        middleware: list[UninitializedMiddleware] | None = None,
         name: str | None = None,
         on_failure: FunctionHandlerAsync[Any] | FunctionHandlerSync[Any] | None = None,
         output_type: object = NOT_SET,
@@ -267,11 +269,8 @@ class Inngest:
         function_id = id if id is not None else fn_id
         if function_id is None:
             raise FunctionConfigError("create_function: fn_id is required")
-        if middleware is not None and not isinstance(middleware, list | tuple):
-            raise FunctionConfigError(
-                f"create_function({function_id!r}): middleware must be a list, got {type(middleware).__name__}"
-            )
         triggers = normalize_triggers(trigger)
+        function_middleware = check_middleware_list(middleware, f"create_function({function_id!r})")
 
         def decorator(handler: FunctionHandlerAsync[T] | FunctionHandlerSync[T]) -> Function[T]:
             fn: Function[T] = Function(
@@ -285,7 +284,7 @@ class Inngest:
                 cancel=tuple(cancel or ()),
                 timeouts=timeouts,
                 client=self,
-                middleware=list(middleware or []),
+                middleware=function_middleware,
                 output_type=output_type,
             )
             if fn.id in self._functions:
@@ -306,6 +305,7 @@ class Inngest:
             name=f"{fn.name} (failure handler)",
             retries=0,
             client=self,
+            middleware=fn.middleware,
         )
         if failure.id in self._functions:
             raise FunctionConfigError(f"function id {failure.id!r} is defined twice in app {self.app_id!r}")
@@ -326,14 +326,16 @@ class Inngest:
     async def send(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
         """Store the event(s) and start every function they trigger; return the stored events' ids.
 
-        Raises ``InvalidEventError`` (nothing stored) when any event is malformed.
-        ``skip_middleware`` skips the middleware's send hooks, as in inngest-py.
+        Raises ``InvalidEventError`` (nothing stored) when any event is malformed. The client's
+        middleware sees the events first (``before_send_events``), unless ``skip_middleware``.
         """
-        return await self.transport.send(_validated(events))
+        manager = None if skip_middleware else MiddlewareManager.of_client(self)
+        return await send_through(manager, self.transport, validated_events(events))
 
     def send_sync(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
         """``send`` for synchronous code."""
-        return self.transport.send_sync(_validated(events))
+        manager = None if skip_middleware else MiddlewareManager.of_client(self)
+        return send_through_sync(manager, self.transport, validated_events(events))
 
     async def cancel(self, run_id: str, *, reason: str = "cancelled by the API") -> bool:
         """Cancel a run: it takes no further steps (a running step may finish). False if it had ended."""
@@ -367,7 +369,8 @@ def _timeout_seconds(value: int | dt.timedelta | None) -> float | None:
     return seconds
 
 
-def _validated(events: Event | Sequence[Event]) -> list[Event]:
+def validated_events(events: Event | Sequence[Event]) -> list[Event]:
+    """``events`` (one or a list, Events or dicts) checked and copied, or InvalidEventError."""
     batch = [events] if isinstance(events, Event | dict) else list(events)
     if not batch:
         raise InvalidEventError("send: no events given")

@@ -55,6 +55,15 @@ class _StepCore:
         key, index, found, memo = self._replay.lookup(step_id)
         return key, index, memo if found else _MISSING
 
+    async def _memo_used(self) -> None:
+        """After a memo hit: middleware hears when the replay is over (nothing to do without it)."""
+        if self._replay.hooks is not None:
+            await self._replay.memo_used()
+
+    def _memo_used_sync(self) -> None:
+        if self._replay.hooks is not None:
+            self._replay.memo_used_sync()
+
     def _plan_or_run(self, step_id: str, key: str, index: int | None) -> None:
         """Return when the new step may run now; otherwise stop user code with a StepPlanned."""
         if not self._replay.may_run_now(key, step_id):
@@ -123,9 +132,10 @@ class _StepCore:
         timeout: DurationLike | None,
         v: str | None,
     ) -> Any:
+        """The invoke's memo (the caller unwraps it), or an Interrupt asking for the invoke."""
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
-            return unwrap_memo(step_id, memo)
+            return memo
         self._replay.may_run_now(key, step_id)
         payload: dict[str, Any] = {"data": dict(data or {})}
         if v is not None:
@@ -243,12 +253,16 @@ class Step(_StepCore):
         converter = self._converter(step_id, output_type)
         key, index, found, memo = self._replay.lookup(step_id)
         if found:
+            if self._replay.hooks is not None:
+                await self._replay.memo_used()
             if type(memo) is dict and len(memo) == 1 and "data" in memo:
                 value = memo["data"]  # the common case, inlined: replays pass here once per step
             else:
                 value = unwrap_memo(step_id, memo)
             return value if converter is None else converter.deserialize(value, output_type)
         self._plan_or_run(step_id, key, index)
+        if self._replay.hooks is not None:
+            await self._replay.new_code()
         try:
             if inspect.iscoroutinefunction(handler):
                 result = await handler(*args)
@@ -268,10 +282,12 @@ class Step(_StepCore):
         """Pause the run for ``duration`` (seconds, a timedelta, or "30s", "5m", "2h", "7d"). No worker waits."""
         delta = to_timedelta(duration, what=f"step {step_id!r} sleep duration")
         self._sleep_op(step_id, None, delta)
+        await self._memo_used()
 
     async def sleep_until(self, step_id: str, until: dt.datetime | str) -> None:
         """Pause the run until a timezone-aware datetime (or an ISO 8601 string)."""
         self._sleep_op(step_id, _until(step_id, until), None)
+        await self._memo_used()
 
     async def wait_for_event(
         self, step_id: str, *, event: str, timeout: DurationLike, if_exp: str | None = None
@@ -282,7 +298,9 @@ class Step(_StepCore):
         triggering event) and ``async`` (the candidate), e.g.
         ``"async.data.request_id == event.data.request_id"``.
         """
-        return self._wait_op(step_id, event, timeout, if_exp)[1]
+        found = self._wait_op(step_id, event, timeout, if_exp)[1]
+        await self._memo_used()
+        return found
 
     async def invoke(
         self,
@@ -295,7 +313,9 @@ class Step(_StepCore):
     ) -> T:
         """Start ``function`` as a child run and return its output (typed as the function's return);
         its error raises ``StepError``."""
-        output: T = function.deserialize_output(self._invoke_op(step_id, _function_id(function), data, timeout, v))  # type: ignore[assignment]
+        memo = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        await self._memo_used()
+        output: T = function.deserialize_output(unwrap_memo(step_id, memo))  # type: ignore[assignment]
         return output
 
     async def invoke_by_id(
@@ -310,7 +330,9 @@ class Step(_StepCore):
     ) -> object:
         """``invoke`` by id: ``app_id`` defaults to this run's app. Typed ``object``, as in inngest-py:
         the function is not at hand to say what it returns; narrow it (``isinstance``) or use ``invoke``."""
-        return self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+        memo = self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+        await self._memo_used()
+        return unwrap_memo(step_id, memo)
 
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Send event(s) once for the run (a step): re-entries return the ids without sending again."""
@@ -347,11 +369,14 @@ class StepSync(_StepCore):
         converter = self._converter(step_id, output_type)
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
+            self._memo_used_sync()
             value = unwrap_memo(step_id, memo)
             if converter is not None:
                 value = converter.deserialize(value, output_type)
             return cast(T, value)
         self._plan_or_run(step_id, key, index)
+        if self._replay.hooks is not None:
+            self._replay.new_code_sync()
         try:
             result: object = handler(*args)
             if inspect.isawaitable(result):
@@ -369,16 +394,20 @@ class StepSync(_StepCore):
     def sleep(self, step_id: str, duration: DurationLike) -> None:
         """Pause the run for ``duration``; see ``Step.sleep``."""
         self._sleep_op(step_id, None, to_timedelta(duration, what=f"step {step_id!r} sleep duration"))
+        self._memo_used_sync()
 
     def sleep_until(self, step_id: str, until: dt.datetime | str) -> None:
         """Pause the run until a timezone-aware datetime; see ``Step.sleep_until``."""
         self._sleep_op(step_id, _until(step_id, until), None)
+        self._memo_used_sync()
 
     def wait_for_event(
         self, step_id: str, *, event: str, timeout: DurationLike, if_exp: str | None = None
     ) -> Event | None:
         """See ``Step.wait_for_event``."""
-        return self._wait_op(step_id, event, timeout, if_exp)[1]
+        found = self._wait_op(step_id, event, timeout, if_exp)[1]
+        self._memo_used_sync()
+        return found
 
     def invoke(
         self,
@@ -390,7 +419,9 @@ class StepSync(_StepCore):
         v: str | None = None,
     ) -> T:
         """See ``Step.invoke``."""
-        output: T = function.deserialize_output(self._invoke_op(step_id, _function_id(function), data, timeout, v))  # type: ignore[assignment]
+        memo = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        self._memo_used_sync()
+        output: T = function.deserialize_output(unwrap_memo(step_id, memo))  # type: ignore[assignment]
         return output
 
     def invoke_by_id(
@@ -404,7 +435,9 @@ class StepSync(_StepCore):
         v: str | None = None,
     ) -> object:
         """See ``Step.invoke_by_id``."""
-        return self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+        memo = self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+        self._memo_used_sync()
+        return unwrap_memo(step_id, memo)
 
     def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """See ``Step.send_event``."""

@@ -30,18 +30,10 @@ from tests.helpers import StartWorkers, all_invocations, runs_of, start_run, wai
 
 #: Names of inngest-py 0.5's ``__all__`` that stepq does not provide (yet), and why.
 NOT_PROVIDED = {
-    # Middleware arrives with the middleware work of issue 9 (another branch).
-    "Middleware": "middleware",
-    "MiddlewareSync": "middleware",
-    "TransformOutputResult": "middleware",
     # group.parallel always waits for every branch; no race mode.
     "ParallelMode": "parallel mode",
     # Inngest Cloud's streamed responses: not part of stepq's protocol.
     "Streaming": "streaming",
-    # send returns the ids as a list in both SDKs; no result object.
-    "SendEventsResult": "send result",
-    # The memo store is the runtime's, not a user type.
-    "StepMemos": "memo store",
 }
 
 ENGINE_INTERNALS = (
@@ -166,7 +158,16 @@ def test_what_stepq_cannot_do_yet_is_refused_not_ignored() -> None:
 
 
 def test_inngest_keywords_define_a_function() -> None:
-    client = stepq.Inngest(app_id="t-kw", middleware=["client-mw"])
+    class ClientMiddleware(stepq.Middleware):
+        pass
+
+    class FunctionMiddleware(stepq.MiddlewareSync):
+        pass
+
+    class More(stepq.Middleware):
+        pass
+
+    client = stepq.Inngest(app_id="t-kw", middleware=[ClientMiddleware])
 
     async def on_failure(ctx: stepq.Context) -> None:
         return None
@@ -179,7 +180,7 @@ def test_inngest_keywords_define_a_function() -> None:
         cancel=[stepq.Cancel(event="stop", timeout=dt.timedelta(hours=1))],
         timeouts=stepq.Timeouts(finish=dt.timedelta(minutes=5)),
         on_failure=on_failure,
-        middleware=["fn-mw"],
+        middleware=[FunctionMiddleware],
     )
     async def f(ctx: stepq.Context) -> int:
         return 1
@@ -187,9 +188,9 @@ def test_inngest_keywords_define_a_function() -> None:
     assert isinstance(f, stepq.Function)
     assert (f.id, f.name, f.retries, f.slug) == ("f", "F", 2, "t-kw-f")
     assert f.config()["timeouts"] == {"finish": "5m"}
-    assert f.middleware == ["fn-mw"] and client.middleware == ["client-mw"]
-    client.add_middleware("more")
-    assert client.middleware == ["client-mw", "more"]
+    assert f.middleware == [FunctionMiddleware] and client.middleware == [ClientMiddleware]
+    client.add_middleware(More)
+    assert client.middleware == [ClientMiddleware, More]
     assert set(client.functions) == {"f", "f-failure"}
     # retries=None (inngest-py's default) means stepq's default: 4 retries.
     g = client.create_function(fn_id="g", trigger=stepq.TriggerEvent(event="b"), retries=None)(f.handler)
