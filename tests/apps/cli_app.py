@@ -7,7 +7,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-cli")
+client = inngest.Inngest(app_id="t-cli")
 
 
 @client.create_function(id="greet", trigger=inngest.TriggerEvent(event="test/greet"))
