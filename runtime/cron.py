@@ -218,7 +218,7 @@ def _bad_field(detail: str, parts: list[str]) -> str | None:
 
 
 def cron_functions(functions: Iterable[Any]) -> list[tuple[str, str, str]]:
-    """``(slug, app_id, cron_text)`` for every cron trigger of ``functions`` (``sdk.Function``s),
+    """``(slug, app_id, cron_text)`` for every cron trigger of ``functions`` (``stepq.Function``s),
     validated: an invalid one raises ``InvalidCronError`` naming the function."""
     from stepq.triggers import TriggerCron
 

@@ -1,4 +1,4 @@
-"""The Redis event transport behind ``sdk.Client.send`` (found through the ``stepq.transports`` entry point)."""
+"""The Redis event transport behind ``stepq.Client.send`` (found through the ``stepq.transports`` entry point)."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def _context(bindings: Bindings | Mapping[str, Any] | None, variables: Mapping[s
 def compile_expression(text: str, *, variables: Iterable[str]) -> Expression:
     """Compile ``text``, allowing the top-level ``variables``; cached.
 
-    Raises :class:`ExpressionError` (a :class:`~sdk.errors.FunctionConfigError`) naming the
+    Raises :class:`ExpressionError` (a :class:`~stepq.errors.FunctionConfigError`) naming the
     expression and the problem: a syntax error (with line and column), an unknown variable, or a
     macro variable that hides one of ``variables``.
     """

@@ -167,7 +167,7 @@ class StepPolicy:
         if retries is not None and not valid:
             raise NonRetriableError(f"step {step_id!r}: retries must be an int from 0 to 20, got {retries!r}")
         if backoff is not None and not isinstance(backoff, Backoff):
-            raise NonRetriableError(f"step {step_id!r}: backoff must be an sdk.Backoff, got {backoff!r}")
+            raise NonRetriableError(f"step {step_id!r}: backoff must be a stepq.Backoff, got {backoff!r}")
         return cls(retries, backoff)
 
     def to_opts(self) -> dict[str, Any]:

@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a worker process for an app's functions")
     p.add_argument(
-        "app", metavar="MODULE:CLIENT", nargs="?", help="where the app's sdk.Client lives, e.g. myapp.jobs:client"
+        "app", metavar="MODULE:CLIENT", nargs="?", help="the app's stepq.Inngest, e.g. myapp.jobs:client"
     )
     p.add_argument(
         "--http", action="store_true", help="invoke the functions apps registered over HTTP (POST /fn/register)"

@@ -32,7 +32,7 @@ class ServeHandler:
 
     def __init__(self, client: Client, functions: Sequence[Function] | None, settings: ServeSettings) -> None:
         if not isinstance(client, Client):
-            raise FunctionConfigError(f"serve: expected an sdk.Client, got {type(client).__name__}")
+            raise FunctionConfigError(f"serve: expected a stepq.Inngest (or stepq.Client), got {type(client).__name__}")
         self.client = client
         self.settings = settings
         self.functions = ServedFunctions(client, functions)

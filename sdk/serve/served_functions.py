@@ -27,7 +27,7 @@ class ServedFunctions:
         known = self.client.functions
         for fn in functions:
             if not isinstance(fn, Function):
-                raise FunctionConfigError(f"serve: functions must be sdk.Function objects, got {fn!r}")
+                raise FunctionConfigError(f"serve: functions must be stepq.Function objects, got {fn!r}")
             if fn.app_id != self.client.app_id:
                 raise FunctionConfigError(
                     f"serve: function {fn.id!r} belongs to app {fn.app_id!r}, not {self.client.app_id!r}"
