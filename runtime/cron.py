@@ -47,6 +47,7 @@ from stepq.ids import new_ulid
 from stepq.runtime import keys
 from stepq.runtime.codec import pack
 from stepq.runtime.store import RunStore
+from stepq.triggers import TriggerCron
 
 log = structlog.get_logger("stepq.cron")
 
@@ -220,8 +221,6 @@ def _bad_field(detail: str, parts: list[str]) -> str | None:
 def cron_functions(functions: Iterable[Any]) -> list[tuple[str, str, str]]:
     """``(slug, app_id, cron_text)`` for every cron trigger of ``functions`` (``sdk.Function``s),
     validated: an invalid one raises ``InvalidCronError`` naming the function."""
-    from stepq.triggers import TriggerCron
-
     out = []
     for fn in functions:
         for trigger in fn.triggers:

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
+from stepq.errors import InvalidEventError
 from stepq.event import Event
 from stepq.expressions import Bindings, ExpressionError, compile_expression
 from stepq.ids import new_ulid
@@ -60,7 +61,7 @@ def triggered(fn: FunctionRecord, name: str, bindings: Bindings) -> bool:
 def batch_script() -> str:
     """The ingest script: the shared prelude, create_run.lua as a local function of its own KEYS and
     ARGV (so a run is created by the very code ``RunStore.create_run`` calls), then the batch loop."""
-    lua = resources.files("runtime") / "lua"
+    lua = resources.files("stepq.runtime") / "lua"
     return (
         (lua / "prelude.lua").read_text()
         + "\nlocal function create_run(KEYS, ARGV)\n"
@@ -105,8 +106,6 @@ class Ingest:
         becomes the stored id. ``internal`` allows reserved names; ``only_if_wanted`` drops events
         that no function and no wait listens to (runs' lifecycle events, sent on every run's end).
         """
-        from stepq.errors import InvalidEventError
-
         if not internal:
             for i, event in enumerate(events):
                 if event.name.startswith(RESERVED_PREFIXES):

@@ -8,19 +8,32 @@ no handler twice; and lifecycle events that no function or wait listens to are n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
+from redis.asyncio import Redis
 
 from stepq.client import FUNCTION_FAILED, FUNCTION_FINISHED
 from stepq.event import Event
 from stepq.runtime import keys, store
 from stepq.runtime.codec import unpack
 
-if TYPE_CHECKING:
-    from stepq.runtime.ingest import Ingest
-
 log = structlog.get_logger("stepq.lifecycle")
+
+
+class Ingest(Protocol):
+    """What a run's end needs of ``stepq.runtime.ingest.Ingest``: sending events, which may in turn
+    cancel runs and end them. A protocol, so that ingestion can use this module without a cycle."""
+
+    @property
+    def redis(self) -> Redis: ...
+
+    @property
+    def store(self) -> store.RunStore: ...
+
+    async def send(
+        self, events: Sequence[Event], *, internal: bool = False, only_if_wanted: bool = False
+    ) -> list[str]: ...
 
 
 async def run_ended(

@@ -33,7 +33,7 @@ _NAMES = (
 @cache
 def source(name: str) -> str:
     """A script's text, with the shared prelude in front."""
-    lua = resources.files("runtime") / "lua"
+    lua = resources.files("stepq.runtime") / "lua"
     return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 

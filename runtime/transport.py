@@ -10,6 +10,7 @@ from redis.exceptions import RedisError
 
 from stepq.errors import StepqError
 from stepq.event import Event
+from stepq.runtime import lifecycle, store
 from stepq.runtime.connection import connect
 from stepq.runtime.ingest import Ingest
 from stepq.runtime.limits import Limits
@@ -61,8 +62,6 @@ class RedisTransport:
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run; False when it had already ended (or does not exist)."""
-        from stepq.runtime import lifecycle, store
-
         if self._ingest is None:
             self._ingest = self._make_ingest()
         outcome = await lifecycle.cancel(self._ingest, run_id, reason)
