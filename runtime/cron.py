@@ -77,11 +77,6 @@ class InvalidCronError(FunctionConfigError):
     """A cron expression that cannot be parsed; the message quotes it and says what is wrong."""
 
 
-def last_key(slug: str) -> str:
-    """The newest tick (ms since the epoch) handled for function ``slug``; only ever moves forward."""
-    return f"{keys.PREFIX}:cron:{slug}:last"
-
-
 def tick_event_id(slug: str, tick_ms: int) -> str:
     """The id of the event of ``slug``'s tick at ``tick_ms``; also the run's dedupe key (the claim)."""
     return f"cron:{slug}:{tick_ms}"
@@ -310,7 +305,7 @@ class CronScheduler:
                 candidates.append((fn, *found))
         if not candidates:
             return []
-        raw_lasts: list[bytes | None] = await self.redis.mget([last_key(fn.slug) for fn, _, _ in candidates])
+        raw_lasts: list[bytes | None] = await self.redis.mget([keys.cron_last(fn.slug) for fn, _, _ in candidates])
         fire: list[tuple[_CronFunction, int, Schedule]] = []
         skip: list[tuple[_CronFunction, int, str]] = []
         for (fn, tick, schedule), raw in zip(candidates, raw_lasts, strict=True):
@@ -385,7 +380,7 @@ class CronScheduler:
             if created:
                 pipe.zremrangebyscore(keys.EVENTS, "-inf", now_ms - retention * 1000)
             for slug, tick in handled:
-                await self._advance(keys=[last_key(slug)], args=[tick], client=pipe)
+                await self._advance(keys=[keys.cron_last(slug)], args=[tick], client=pipe)
             await pipe.execute()
         for slug, tick in handled:
             self._remember(slug, tick)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import structlog
@@ -24,7 +23,7 @@ from stepq.ids import new_ulid
 from stepq.runtime import keys, matching, waits
 from stepq.runtime.codec import pack
 from stepq.runtime.registry import FunctionRecord, Registry
-from stepq.runtime.scripts import source
+from stepq.runtime.scripts import prelude, script_text, source
 from stepq.runtime.store import RunStore, now_ms
 from stepq.triggers import TRIGGER_VARIABLES
 
@@ -61,13 +60,12 @@ def triggered(fn: FunctionRecord, name: str, bindings: Bindings) -> bool:
 def batch_script() -> str:
     """The ingest script: the shared prelude, create_run.lua as a local function of its own KEYS and
     ARGV (so a run is created by the very code ``RunStore.create_run`` calls), then the batch loop."""
-    lua = resources.files("stepq.runtime") / "lua"
     return (
-        (lua / "prelude.lua").read_text()
+        prelude()
         + "\nlocal function create_run(KEYS, ARGV)\n"
-        + (lua / "create_run.lua").read_text()
+        + script_text("create_run")
         + "\nend\n"
-        + (lua / "ingest_events.lua").read_text()
+        + script_text("ingest_events")
     )
 
 

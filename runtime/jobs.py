@@ -98,4 +98,4 @@ def enqueue_keys(job: JobSpec, queue_id: str) -> list[str]:
 
     ``queue_id`` names the arq queue (``stepq:queue:<queue_id>``): the app's id for functions its
     workers import, ``@http`` for functions served over HTTP."""
-    return [keys.ARQ_JOB + job.job_id, keys.ARQ_RESULT + job.job_id, keys.queue(queue_id)]
+    return [keys.job(job.job_id), keys.result(job.job_id), keys.queue(queue_id)]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from stepq.runtime import keys
 
 _NAMES = (
     "create_run",
@@ -30,11 +33,22 @@ _NAMES = (
 )
 
 
+def script_text(name: str) -> str:
+    """The text of ``runtime/lua/<name>.lua`` alone."""
+    return (resources.files("stepq.runtime") / "lua" / f"{name}.lua").read_text()
+
+
+@cache
+def prelude() -> str:
+    """What every script starts with: the key names (generated from ``stepq.runtime.keys``), then
+    the shared helpers of prelude.lua."""
+    return keys.lua_prelude() + script_text("prelude")
+
+
 @cache
 def source(name: str) -> str:
     """A script's text, with the shared prelude in front."""
-    lua = resources.files("stepq.runtime") / "lua"
-    return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    return prelude() + "\n" + script_text(name)
 
 
 class Scripts:
@@ -43,5 +57,5 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self._scripts: dict[str, AsyncScript] = {name: redis.register_script(source(name)) for name in _NAMES}
 
-    async def call(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+    async def call(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any], client: Any = None) -> Any:
         return await self._scripts[name](keys=keys, args=args, client=client)

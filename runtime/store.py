@@ -409,7 +409,6 @@ class RunStore:
             run.position,
             join.job_id,
             join.encode(at),
-            keys.queue(run.queue_id),
             at,
             status,
             len(steps),
@@ -434,6 +433,7 @@ class RunStore:
                 keys.pending(run.run_id),
                 keys.steps(run.run_id),
                 keys.jobs(run.run_id),
+                keys.queue(run.queue_id),
             ],
             args,
         )
@@ -457,7 +457,7 @@ class RunStore:
         attempts, duration_ms = executed if executed is not None else ("", "")
         reply = await self.scripts.call(
             "resolve_step",
-            [],
+            [keys.run(run_id), keys.memo(run_id), keys.stack(run_id), keys.steps(run_id), keys.pending(run_id)],
             [
                 run_id,
                 key,
@@ -500,7 +500,20 @@ class RunStore:
         error = {"name": "Cancelled", "message": reason, "stack": ""}
         limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
         reply = await self.scripts.call(
-            "cancel_run", [], [run_id, now_ms(), limits.retention_s, pack(error), limits.max_state_bytes]
+            "cancel_run",
+            [
+                keys.run(run_id),
+                keys.events(run_id),
+                keys.memo(run_id),
+                keys.stack(run_id),
+                keys.steps(run_id),
+                keys.pending(run_id),
+                keys.jobs(run_id),
+                keys.TIMERS,
+                keys.RUNS_ACTIVE,
+                keys.RUNS_DONE,
+            ],
+            [run_id, now_ms(), limits.retention_s, pack(error), limits.max_state_bytes],
         )
         return Written.of(reply)
 

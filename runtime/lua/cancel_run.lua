@@ -1,7 +1,9 @@
 -- Cancel a run: no further steps; its delayed jobs, waits and timers are dropped.
+-- KEYS: run, events, memo, stack, steps, pending, jobs, timers, runs_active, runs_done (what close_run
+--       touches; the run's queued jobs and its waits, and an invoked run's parent, are found in its data)
 -- ARGV: run_id, now_ms, retention_s, error_blob, max_state_bytes (the defaults: see run_limits)
 -- Returns reply(outcome); the runs after it are parents failed by this run's result.
-local run = run_part(ARGV[1], 'run')
+local run = KEYS[1]
 local why = refuse(run, 'fence', '')
 if why then
   return reply(why)

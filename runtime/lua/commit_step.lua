@@ -40,5 +40,5 @@ if cancelled then
   return reply('cancelled')
 end
 enqueue(KEYS[5], KEYS[6], KEYS[7], ARGV[10], ARGV[11], ARGV[12])
-redis.call('HSET', KEYS[1], 'next_job', string.sub(KEYS[5], 9))
+redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[5]))
 return reply('ok')

@@ -11,7 +11,7 @@ if ARGV[8] ~= '0' then
   end
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[8])
 end
-redis.call('HSET', KEYS[1], 'fn', ARGV[2], 'app', ARGV[3], 'q', string.sub(KEYS[6], 13), 'status', 'queued', 'created', ARGV[5],
+redis.call('HSET', KEYS[1], 'fn', ARGV[2], 'app', ARGV[3], 'q', queue_id_of(KEYS[6]), 'status', 'queued', 'created', ARGV[5],
   'event_ids', ARGV[9], 'fence', '0', 'state_bytes', string.len(ARGV[4]))
 redis.call('SET', KEYS[2], ARGV[4])
 if ARGV[10] ~= '' then
@@ -31,5 +31,5 @@ for _ = 1, tonumber(ARGV[12] or '0') do
 end
 redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
 enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[5], ARGV[7])
-redis.call('HSET', KEYS[1], 'next_job', string.sub(KEYS[4], 9))
+redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
 return {1, ARGV[1]}

@@ -1,4 +1,6 @@
 -- Resolve one pending step of a run (see resolve_pending in the prelude).
+-- KEYS: run, memo, stack, steps, pending (resolve_pending builds the same names from run_id; an
+--       invoked run's parent, and the join job it enqueues, are found in the run's data)
 -- ARGV: run_id, key, value, name, now_ms, fence_field ('' = unfenced), fence, max_state_bytes,
 --       retention_s (the defaults: see run_limits), attempts, duration_ms (both '' unless the value is what the step's code just
 --       returned: a planned step's result)

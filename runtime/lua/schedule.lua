@@ -36,9 +36,9 @@ if ARGV[12] ~= '' then
   redis.call('ZADD', KEYS[7], ARGV[10], ARGV[12])
   redis.call('HDEL', KEYS[1], 'next_job')
 elseif ARGV[3] == '-1' then
-  redis.call('SADD', KEYS[8], string.sub(KEYS[4], 9)) -- one of several planned steps' retries
+  redis.call('SADD', KEYS[8], job_id_of(KEYS[4])) -- one of several planned steps' retries
 else
-  redis.call('HSET', KEYS[1], 'next_job', string.sub(KEYS[4], 9)) -- the run's retry is its next job
+  redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4])) -- the run's retry is its next job
 end
 enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[9], ARGV[10], ARGV[11])
 return 'ok'
