@@ -23,7 +23,7 @@ from stepq.ids import new_ulid
 from stepq.runtime import keys, matching, waits
 from stepq.runtime.codec import pack
 from stepq.runtime.registry import FunctionRecord, Registry
-from stepq.runtime.scripts import prelude, script_text, source
+from stepq.runtime.scripts import body, prelude, script_text, source
 from stepq.runtime.store import RunStore, now_ms
 from stepq.triggers import TRIGGER_VARIABLES
 
@@ -63,7 +63,7 @@ def batch_script() -> str:
     return (
         prelude()
         + "\nlocal function create_run(KEYS, ARGV)\n"
-        + script_text("create_run")
+        + body("create_run")
         + "\nend\n"
         + script_text("ingest_events")
     )

@@ -10,7 +10,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from stepq.runtime import keys
+from stepq.runtime import keys, run_status
+from stepq.runtime.script_args import BY_SCRIPT
 
 _NAMES = (
     "create_run",
@@ -42,13 +43,20 @@ def script_text(name: str) -> str:
 def prelude() -> str:
     """What every script starts with: the key names (generated from ``stepq.runtime.keys``), then
     the shared helpers of prelude.lua."""
-    return keys.lua_prelude() + script_text("prelude")
+    return keys.lua_prelude() + run_status.lua_prelude() + script_text("prelude")
+
+
+def body(name: str) -> str:
+    """A script without the prelude: its named ARGV (``runtime/script_args.py``), if it has them,
+    then its text."""
+    named = BY_SCRIPT.get(name)
+    return (named.lua_header() if named else "") + script_text(name)
 
 
 @cache
 def source(name: str) -> str:
     """A script's text, with the shared prelude in front."""
-    return prelude() + "\n" + script_text(name)
+    return prelude() + "\n" + body(name)
 
 
 class Scripts:

@@ -21,6 +21,8 @@ from stepq.runtime import keys
 from stepq.runtime.codec import pack, unpack
 from stepq.runtime.jobs import JobKind, JobSpec, enqueue_keys
 from stepq.runtime.limits import Limits
+from stepq.runtime.run_status import RunStatus
+from stepq.runtime.script_args import CommitStepArgs, ResolveStepArgs, ScheduleArgs
 from stepq.runtime.scripts import Scripts
 from stepq.runtime.waits import Registration, registration_args
 
@@ -303,22 +305,22 @@ class RunStore:
                 keys.steps(run.run_id),
                 *enqueue_keys(nxt, run.queue_id),
             ],
-            [
-                run.fence_field,
-                run.fence,
-                key,
-                pack(value),
-                name,
-                attempts,
-                duration_ms,
-                at,
-                run.position,
-                nxt.encode(at),
-                at,
-                self.limits.job_grace_ms,
-                DEFAULT_LIMITS.max_state_bytes,
-                DEFAULT_LIMITS.retention_s,
-            ],
+            CommitStepArgs(
+                fence_field=run.fence_field,
+                fence=run.fence,
+                key=key,
+                value=pack(value),
+                name=name,
+                attempts=attempts,
+                duration_ms=duration_ms,
+                now_ms=at,
+                position=run.position,
+                payload=nxt.encode(at),
+                score=at,
+                ttl_ms=self.limits.job_grace_ms,
+                max_state_bytes=DEFAULT_LIMITS.max_state_bytes,
+                retention_s=DEFAULT_LIMITS.retention_s,
+            ).argv(),
         )
         return Written.of(reply)
 
@@ -328,7 +330,7 @@ class RunStore:
         job: JobSpec,
         *,
         due_ms: int,
-        status: str,
+        status: RunStatus | None,
         key: str = "",
         name: str = "",
         attempts: int = 0,
@@ -337,8 +339,9 @@ class RunStore:
     ) -> Outcome:
         """Park the run until ``job`` runs at ``due_ms`` (a retry after backoff, or a sleep's end).
 
-        ``key``: the step the retry is for (a planned step's job must name it); ``executed``: the
-        step's code ran and failed (counted as an execution)."""
+        ``status``: the run's while parked (None leaves it); ``key``: the step the retry is for (a
+        planned step's job must name it); ``executed``: the step's code ran and failed (counted as
+        an execution)."""
         at = now_ms()
         member = timer_member(job, run.queue_id) if job.kind is JobKind.WAKE else ""
         reply = await self.scripts.call(
@@ -352,22 +355,22 @@ class RunStore:
                 keys.jobs(run.run_id),
                 keys.pending(run.run_id),
             ],
-            [
-                run.fence_field,
-                run.fence,
-                -1 if job.kind is JobKind.PLANNED else run.position,
-                key,
-                name,
-                attempts,
-                error_message[:2000],
-                status,
-                job.encode(at),
-                due_ms,
-                max(0, due_ms - at) + self.limits.job_grace_ms,
-                member,
-                at,
-                int(executed),
-            ],
+            ScheduleArgs(
+                fence_field=run.fence_field,
+                fence=run.fence,
+                position=-1 if job.kind is JobKind.PLANNED else run.position,
+                key=key,
+                name=name,
+                attempts=attempts,
+                error_message=error_message[:2000],
+                status=status or "",
+                payload=job.encode(at),
+                score=due_ms,
+                ttl_ms=max(0, due_ms - at) + self.limits.job_grace_ms,
+                timer_member=member,
+                now_ms=at,
+                executed=int(executed),
+            ).argv(),
         )
         return Outcome(reply.decode())
 
@@ -376,13 +379,13 @@ class RunStore:
         run_id: str,
         fence: str,
         *,
-        status: str,
+        status: RunStatus,
         output: Any = None,
         error: Any = None,
         fence_field: str = FENCE,
     ) -> Written:
         """End the run as ``completed`` (with ``output``) or ``failed``/``cancelled`` (with ``error``)."""
-        field, blob = ("output", pack(output)) if status == "completed" else ("error", pack(error))
+        field, blob = ("output", pack(output)) if status is RunStatus.COMPLETED else ("error", pack(error))
         limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
         reply = await self.scripts.call(
             "finish_run",
@@ -400,7 +403,9 @@ class RunStore:
         )
         return {k: n.decode() for k, n in zip(step_keys, names, strict=True) if n is not None}
 
-    async def fan_out(self, run: LoadedRun, steps: Sequence[PendingStep], *, join: JobSpec, status: str) -> Outcome:
+    async def fan_out(
+        self, run: LoadedRun, steps: Sequence[PendingStep], *, join: JobSpec, status: RunStatus
+    ) -> Outcome:
         """Record steps reported together and enqueue their jobs; ``join`` runs once all are resolved."""
         at = now_ms()
         args: list[Any] = [
@@ -458,19 +463,19 @@ class RunStore:
         reply = await self.scripts.call(
             "resolve_step",
             [keys.run(run_id), keys.memo(run_id), keys.stack(run_id), keys.steps(run_id), keys.pending(run_id)],
-            [
-                run_id,
-                key,
-                pack(value),
-                name,
-                now_ms(),
-                fence_field,
-                fence,
-                limits.max_state_bytes,
-                limits.retention_s,
-                attempts,
-                duration_ms,
-            ],
+            ResolveStepArgs(
+                run_id=run_id,
+                key=key,
+                value=pack(value),
+                name=name,
+                now_ms=now_ms(),
+                fence_field=fence_field,
+                fence=fence,
+                max_state_bytes=limits.max_state_bytes,
+                retention_s=limits.retention_s,
+                attempts=attempts,
+                duration_ms=duration_ms,
+            ).argv(),
         )
         return Written.of(reply)
 

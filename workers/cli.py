@@ -23,6 +23,7 @@ from stepq.runtime.connection import connect
 from stepq.runtime.deadletter import DeadLetter, list_dead_letters
 from stepq.runtime.queries import get_run, list_runs
 from stepq.runtime.registry import FunctionOwnedError
+from stepq.runtime.run_status import RunStatus
 from stepq.runtime.transport import RedisTransport
 from stepq.workers.app import AppLoadError, load_client
 from stepq.workers.embedded import EmbeddedRedis
@@ -93,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list recent runs")
     p.add_argument("--function", help="only runs of this function id")
-    p.add_argument("--status", choices=["queued", "running", "sleeping", "completed", "failed", "cancelled"])
+    p.add_argument("--status", type=RunStatus, choices=list(RunStatus))
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     redis_option(p)

@@ -9,7 +9,7 @@ if why then
   return reply(why)
 end
 local defaults = limits_of(ARGV[5], ARGV[3])
-redis.call('HSET', run, 'status', 'cancelled', 'error', ARGV[4], 'ended', ARGV[2])
+redis.call('HSET', run, 'status', STATUS_CANCELLED, 'error', ARGV[4], 'ended', ARGV[2])
 close_run(ARGV[1], tonumber(ARGV[2]), run_limits(run, defaults).retention)
 notify_parent(run, 'error', ARGV[4], tonumber(ARGV[2]), defaults)
 return reply('ok')

@@ -11,7 +11,7 @@ if ARGV[8] ~= '0' then
   end
   redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[8])
 end
-redis.call('HSET', KEYS[1], 'fn', ARGV[2], 'app', ARGV[3], 'q', queue_id_of(KEYS[6]), 'status', 'queued', 'created', ARGV[5],
+redis.call('HSET', KEYS[1], 'fn', ARGV[2], 'app', ARGV[3], 'q', queue_id_of(KEYS[6]), 'status', STATUS_QUEUED, 'created', ARGV[5],
   'event_ids', ARGV[9], 'fence', '0', 'state_bytes', string.len(ARGV[4]))
 redis.call('SET', KEYS[2], ARGV[4])
 if ARGV[10] ~= '' then

@@ -1,7 +1,5 @@
 -- Helpers shared by every stepq script (prepended by runtime/scripts.py).
 
-local TERMINAL = {completed = true, failed = true, cancelled = true}
-
 -- Write a job in arq's format unless a job or result with that id exists (arq's own dedupe rule).
 local function enqueue(job_key, result_key, queue_key, payload, score, ttl_ms)
   if redis.call('EXISTS', job_key, result_key) > 0 then
@@ -153,7 +151,7 @@ local function fail_for_state(run_id, key, name, size, limits, defaults, now)
     limits.max_state, step_name(run_id, key, name), size)
   local run = key_run(run_id)
   local blob = limit_error(message)
-  redis.call('HSET', run, 'status', 'failed', 'error', blob, 'ended', now)
+  redis.call('HSET', run, 'status', STATUS_FAILED, 'error', blob, 'ended', now)
   close_run(run_id, now, limits.retention)
   ENDED[#ENDED + 1] = run_id
   notify_parent(run, 'error', blob, now, defaults)
@@ -209,7 +207,7 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
       redis.call('HSET', run, 'next_job', join[1])
       redis.call('HDEL', run, 'join_id', 'join_job')
     end
-    redis.call('HSET', run, 'status', 'running')
+    redis.call('HSET', run, 'status', STATUS_RUNNING)
     return 'joined'
   end
   return 'ok'
