@@ -24,7 +24,7 @@ from stepq.runtime.limits import Limits
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.script_args import CommitStepArgs, ResolveStepArgs, ScheduleArgs
 from stepq.runtime.scripts import Scripts
-from stepq.runtime.waits import Registration, registration_args
+from stepq.runtime.waits import Registration
 
 FENCE = "fence"
 #: What a run lives within unless its function registered other limits (kept in the run's record).
@@ -181,6 +181,7 @@ class RunStore:
                 keys.dedupe(fn_slug, dedupe_key) if dedupe_key else keys.run(run_id),
                 *enqueue_keys(job, queue_id or app_id),
                 keys.RUNS_ACTIVE,
+                *(key for rule in rules for key in rule.key_names()),
             ],
             [
                 run_id,
@@ -195,7 +196,7 @@ class RunStore:
                 parent,
                 (limits or self.limits).run_record(),
                 len(rules),
-                *registration_args(rules),
+                *(arg for rule in rules for arg in rule.args()),
             ],
             client=pipe,
         )
@@ -418,6 +419,7 @@ class RunStore:
             status,
             len(steps),
         ]
+        wait_keys: list[str] = []
         for step in steps:
             job, wait, start = step.job, step.wait, step.start
             args += [
@@ -426,10 +428,12 @@ class RunStore:
                 job.job_id if job else "",
                 job.encode(at) if job else "",
                 step.due_ms or at,
-                *(wait.args() if wait else ["", "", "", "", ""]),
                 start.job_id if start else "",
                 start.encode(at) if start else "",
+                1 if wait else 0,
+                *(wait.args() if wait else []),
             ]
+            wait_keys += wait.key_names() if wait else []
         reply = await self.scripts.call(
             "fan_out",
             [
@@ -439,6 +443,7 @@ class RunStore:
                 keys.steps(run.run_id),
                 keys.jobs(run.run_id),
                 keys.queue(run.queue_id),
+                *wait_keys,
             ],
             args,
         )

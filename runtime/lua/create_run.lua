@@ -1,9 +1,10 @@
 -- Create a run and enqueue its first job, at most once per dedupe key.
--- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active
+-- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active, then per
+--       cancellation rule its wait keys (2 or 3: see register_wait_from in the prelude)
 -- ARGV: run_id, fn, app, events_blob, now_ms, payload, ttl_ms, dedupe_ttl_s (0 = none), event_ids,
 --       parent ('<run_id>|<step key>' of an invoking run, or ''), limits ('<max_state>,<retention_s>'
 --       of the function, or '' for the defaults: see run_limits in the prelude), n_rules,
---       then per cancellation rule (6): field, wait_hash, wait_set, member, record, 'paths_key\npath' or ''
+--       then per cancellation rule (4): field, member, record, path ('' when not indexed)
 if ARGV[8] ~= '0' then
   local existing = redis.call('GET', KEYS[3])
   if existing then
@@ -20,14 +21,10 @@ end
 if ARGV[11] ~= '' then
   redis.call('HSET', KEYS[1], 'lim', ARGV[11])
 end
-local i = 13
+local i, k = 13, 8
 for _ = 1, tonumber(ARGV[12] or '0') do
-  local paths_key, path = '', ''
-  if ARGV[i + 5] ~= '' then
-    paths_key, path = string.match(ARGV[i + 5], '^(.-)\n(.*)$')
-  end
-  register_wait(KEYS[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], paths_key, path)
-  i = i + 6
+  k = register_wait_from(KEYS[1], KEYS, k, ARGV, i)
+  i = i + 4
 end
 redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
 enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[5], ARGV[7])

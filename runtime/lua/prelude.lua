@@ -57,6 +57,19 @@ local function register_wait(run_key, field, hash_key, set_key, member, record, 
   redis.call('HSET', run_key, field, hash_key .. '\n' .. set_key .. '\n' .. member)
 end
 
+-- Register one wait described by a script's KEYS and ARGV (``Registration`` in runtime/waits.py):
+-- keys[k], keys[k + 1] are its hash and lookup set, keys[k + 2] the paths set when it is indexed;
+-- args[a..a + 3] its field, member, record and path ('' when not indexed). Returns the next k.
+local function register_wait_from(run_key, keys, k, args, a)
+  local path = args[a + 3]
+  if path ~= '' then
+    register_wait(run_key, args[a], keys[k], keys[k + 1], args[a + 1], args[a + 2], keys[k + 2], path)
+    return k + 3
+  end
+  register_wait(run_key, args[a], keys[k], keys[k + 1], args[a + 1], args[a + 2], '', '')
+  return k + 2
+end
+
 local function drop_wait(run_key, field, where)
   local hash_key, set_key, member = string.match(where, '^(.-)\n(.-)\n(.*)$')
   if hash_key then
