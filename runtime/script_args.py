@@ -24,10 +24,14 @@ class ScriptArgs:
 
     @classmethod
     def lua_header(cls) -> str:
-        """``local ARG = {name = ARGV[1], ...}``: the script's view of the same fields."""
+        """``local ARG = {name = ARGV[1], ...}``: the script's view of the same fields; ``ARG_REST`` is
+        the index of the first argument after them."""
         names = [field.name for field in dataclasses.fields(cls)]
         entries = ", ".join(f"{name} = ARGV[{i}]" for i, name in enumerate(names, start=1))
-        return f"-- ARGV by name, generated from runtime/script_args.py ({cls.__name__}).\nlocal ARG = {{{entries}}}\n"
+        return (
+            f"-- ARGV by name, generated from runtime/script_args.py ({cls.__name__}).\n"
+            f"local ARG = {{{entries}}}\nlocal ARG_REST = {len(names) + 1}\n"
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -103,5 +107,52 @@ class ResolveStepArgs(ScriptArgs):
     duration_ms: int | str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class CreateRunArgs(ScriptArgs):
+    """create_run.lua: create a run and enqueue its first job, at most once per dedupe key. The
+    cancellation rules' arguments follow these fields (see ``Registration.args``)."""
+
+    script: ClassVar[str] = "create_run"
+
+    run_id: str
+    fn: str
+    app: str
+    events_blob: bytes
+    now_ms: int
+    #: The first job's arq payload and time to live.
+    payload: bytes
+    ttl_ms: int
+    #: 0: no dedupe key.
+    dedupe_ttl_s: int
+    #: The ids of the events that started the run, comma-separated.
+    event_ids: str
+    #: ``<run_id>|<step key>`` of an invoking run, or ''.
+    parent: str
+    #: ``<max_state>,<retention_s>`` of the function, or '' for the defaults (see run_limits).
+    limits: str
+    n_rules: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FinishRunArgs(ScriptArgs):
+    """finish_run.lua: end a run with its output or error."""
+
+    script: ClassVar[str] = "finish_run"
+
+    run_id: str
+    fence_field: str
+    fence: str
+    status: str
+    #: 'output' or 'error', and its msgpack.
+    result_field: str
+    result_blob: bytes
+    now_ms: int
+    #: The default limits (a run's own, when it has others, are in its record).
+    retention_s: int
+    max_state_bytes: int
+
+
 #: The scripts whose ARGV are named, by script name.
-BY_SCRIPT: dict[str, type[ScriptArgs]] = {args.script: args for args in (CommitStepArgs, ScheduleArgs, ResolveStepArgs)}
+BY_SCRIPT: dict[str, type[ScriptArgs]] = {
+    args.script: args for args in (CommitStepArgs, ScheduleArgs, ResolveStepArgs, CreateRunArgs, FinishRunArgs)
+}

@@ -22,7 +22,7 @@ from stepq.runtime.codec import pack, unpack
 from stepq.runtime.jobs import JobKind, JobSpec, enqueue_keys
 from stepq.runtime.limits import Limits
 from stepq.runtime.run_status import RunStatus
-from stepq.runtime.script_args import CommitStepArgs, ResolveStepArgs, ScheduleArgs
+from stepq.runtime.script_args import CommitStepArgs, CreateRunArgs, FinishRunArgs, ResolveStepArgs, ScheduleArgs
 from stepq.runtime.scripts import Scripts
 from stepq.runtime.waits import Registration
 
@@ -184,18 +184,20 @@ class RunStore:
                 *(key for rule in rules for key in rule.key_names()),
             ],
             [
-                run_id,
-                fn_slug,
-                app_id,
-                blob,
-                at,
-                job.encode(at),
-                self.limits.job_grace_ms,
-                self.limits.dedupe_s if dedupe_key else 0,
-                ",".join(event_ids or [e.id for e in events]),
-                parent,
-                (limits or self.limits).run_record(),
-                len(rules),
+                *CreateRunArgs(
+                    run_id=run_id,
+                    fn=fn_slug,
+                    app=app_id,
+                    events_blob=blob,
+                    now_ms=at,
+                    payload=job.encode(at),
+                    ttl_ms=self.limits.job_grace_ms,
+                    dedupe_ttl_s=self.limits.dedupe_s if dedupe_key else 0,
+                    event_ids=",".join(event_ids or [e.id for e in events]),
+                    parent=parent,
+                    limits=(limits or self.limits).run_record(),
+                    n_rules=len(rules),
+                ).argv(),
                 *(arg for rule in rules for arg in rule.args()),
             ],
             client=pipe,
@@ -391,7 +393,17 @@ class RunStore:
         reply = await self.scripts.call(
             "finish_run",
             [keys.run(run_id)],
-            [run_id, fence_field, fence, status, field, blob, now_ms(), limits.retention_s, limits.max_state_bytes],
+            FinishRunArgs(
+                run_id=run_id,
+                fence_field=fence_field,
+                fence=fence,
+                status=status,
+                result_field=field,
+                result_blob=blob,
+                now_ms=now_ms(),
+                retention_s=limits.retention_s,
+                max_state_bytes=limits.max_state_bytes,
+            ).argv(),
         )
         return Written.of(reply)
 

@@ -165,8 +165,6 @@ def matches(record: WaitRecord, event: dict[str, Any], now_ms: int) -> bool:
     return bool(expression.matches({"async": event, "event": {}}))
 
 
-
-
 #: A cancellation rule without a timeout holds for this long (Inngest: a year).
 DEFAULT_CANCEL_WINDOW_MS = 366 * 86400 * 1000
 
