@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from urllib.parse import urlparse
 
 from redis.exceptions import RedisError
 
@@ -89,8 +90,6 @@ async def _send(ingest: Ingest, events: Sequence[Event], url: str) -> list[str]:
 
 def _redact(url: str) -> str:
     """``url`` without its password."""
-    from urllib.parse import urlparse
-
     parts = urlparse(url)
     if parts.password is None:
         return url

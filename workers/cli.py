@@ -18,7 +18,7 @@ import uvicorn
 from stepq.client import default_redis_url
 from stepq.errors import StepqError
 from stepq.event import Event
-from stepq.runtime.api import ApiServer, ApiSettings, create_app
+from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.connection import connect
 from stepq.runtime.deadletter import DeadLetter, list_dead_letters
 from stepq.runtime.queries import get_run, list_runs
@@ -171,15 +171,7 @@ def _api(args: argparse.Namespace) -> int:
     configure()
     try:
         settings = ApiSettings.from_env(dev=args.dev)
-        app = create_app(
-            _url(args),
-            event_keys=settings.event_keys,
-            dev=settings.dev,
-            max_event_bytes=settings.max_event_bytes,
-            max_request_bytes=settings.max_request_bytes,
-            signing_key=settings.signing_key,
-            allowed_app_hosts=settings.allowed_app_hosts,
-        )
+        app = settings.create_app(_url(args))
     except ValueError as exc:
         raise CliError(str(exc)) from None
     mode = "dev mode: any event key is accepted" if settings.dev else f"{len(settings.event_keys)} event key(s)"
