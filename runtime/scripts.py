@@ -10,10 +10,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from stepq.runtime import keys, run_status
+from stepq.runtime import jobs, keys, run_status
 from stepq.runtime.script_args import BY_SCRIPT
 
-_NAMES = (
+SCRIPT_NAMES = (
     "create_run",
     "load_run",
     "commit_step",
@@ -43,7 +43,7 @@ def script_text(name: str) -> str:
 def prelude() -> str:
     """What every script starts with: the key names (generated from ``stepq.runtime.keys``), then
     the shared helpers of prelude.lua."""
-    return keys.lua_prelude() + run_status.lua_prelude() + script_text("prelude")
+    return keys.lua_prelude() + run_status.lua_prelude() + jobs.lua_prelude() + script_text("prelude")
 
 
 def body(name: str) -> str:
@@ -63,7 +63,7 @@ class Scripts:
     """The scripts registered on one client (redis-py caches their SHA1s and uses EVALSHA)."""
 
     def __init__(self, redis: Redis) -> None:
-        self._scripts: dict[str, AsyncScript] = {name: redis.register_script(source(name)) for name in _NAMES}
+        self._scripts: dict[str, AsyncScript] = {name: redis.register_script(source(name)) for name in SCRIPT_NAMES}
 
     async def call(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any], client: Any = None) -> Any:
         return await self._scripts[name](keys=keys, args=args, client=client)

@@ -97,7 +97,7 @@ local function close_run(run_id, now, retention_s)
   if timer then
     redis.call('ZREM', KEY_TIMERS, timer)
     local position = string.match(timer, '|([^|]*)$')
-    local wake_job = run_id .. ':p' .. position .. ':wake'
+    local wake_job = wake_job_id(run_id, position)
     if redis.call('EXISTS', key_in_progress(wake_job)) == 0 then
       redis.call('ZREM', queue, wake_job)
       redis.call('DEL', key_job(wake_job))
