@@ -1,7 +1,7 @@
 """The peers workflow on DBOS (Postgres; one ``@DBOS.step`` per step), its worker and its submitter.
 
 A sync ``@DBOS.workflow`` with one ``@DBOS.step`` per step and ``DBOS.sleep`` for the sleep, run from
-the queue ``perf`` (``worker_concurrency`` 100, so that one poller does not take the whole burst);
+the queue ``perf`` (``DBOS.register_queue``, ``worker_concurrency`` 100, so that one poller does not take the whole burst);
 each worker process has its own ``executor_id``. Runs in the peers' venv:
 
     python -m bench.peers.dbos_app --db postgresql://postgres@127.0.0.1:5432/DB --poll 1.0
@@ -73,8 +73,9 @@ def main() -> None:
             "log_level": "WARNING",
         }
     )
-    dbos.Queue(QUEUE, worker_concurrency=100, polling_interval_sec=args.poll)
     dbos.DBOS.launch()
+    # DBOS 3.4 keeps queues in its system database: declared once it is up.
+    dbos.DBOS.register_queue(QUEUE, worker_concurrency=100, polling_interval_sec=args.poll, on_conflict="always_update")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print(f"dbos-peer ready pid={os.getpid()}", flush=True)
