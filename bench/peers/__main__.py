@@ -144,7 +144,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             except BenchError as exc:
                 errors.setdefault(name, []).append(f"round {r + 1}: {exc}")
             except Exception as exc:
-                errors.setdefault(name, []).append(f"round {r + 1}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+                errors.setdefault(name, []).append(
+                    f"round {r + 1}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+                )
             finally:
                 await marks.aclose()
                 marks_server.stop()
@@ -218,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(document, indent=2) + "\n")
     print()
     print(text)
-    print(f"\n{document['meta']['mode']} run, {document['meta']['rounds']} round(s), {document['meta']['seconds']} s; wrote {out}")
+    meta = document["meta"]
+    print(f"\n{meta['mode']} run, {meta['rounds']} round(s), {meta['seconds']} s; wrote {out}")
     return 1 if document["errors"] else 0
 
 

@@ -1,8 +1,8 @@
 """The peers workflow on DBOS (Postgres; one ``@DBOS.step`` per step), its worker and its submitter.
 
 A sync ``@DBOS.workflow`` with one ``@DBOS.step`` per step and ``DBOS.sleep`` for the sleep, run from
-the queue ``perf`` (``DBOS.register_queue``, ``worker_concurrency`` 100, so that one poller does not take the whole burst);
-each worker process has its own ``executor_id``. Runs in the peers' venv:
+the queue ``perf`` (``DBOS.register_queue``, ``worker_concurrency`` 100, so that one poller does not
+take the whole burst); each worker process has its own ``executor_id``. Runs in the peers' venv:
 
     python -m bench.peers.dbos_app --db postgresql://postgres@127.0.0.1:5432/DB --poll 1.0
 """

@@ -58,13 +58,14 @@ async def drive(args: argparse.Namespace) -> None:
                 await submitter.submit([run])
                 await _wait(marks, args.key, i + 1, deadline)
         elif args.workload == "w2":  # every run at once
-            sent = time.time()
+            began = sent = time.time()
             submit_at = getattr(submitter, "submit_at", None)
             if submit_at is not None:
                 sent = await submit_at([run] * args.runs)
             else:
                 await submitter.submit([run] * args.runs)
-            await marks.rpush(f"{args.key}:sent", repr(sent))  # type: ignore[misc]
+            # When the clock starts, when submission began and when it ended.
+            await marks.rpush(f"{args.key}:sent", repr(sent), repr(began), repr(time.time()))
         else:  # spaced starts, each carrying its send time
             for _ in range(args.runs):
                 await submitter.submit([{**run, "sent": time.time()}])

@@ -60,7 +60,11 @@ def figures(w: Workload, records: Sequence[str], sent: Sequence[str]) -> dict[st
         work = w.runs * w.steps
         last = max(run["steps"][-1] for run in runs)
         done = max(run["end"] for run in runs)
-        return {"w2_last_step": work / (last - start), "w2_all_done": work / (done - start)}
+        return {
+            "w2_last_step": work / (last - start),
+            "w2_all_done": work / (done - start),
+            "w2_submit_ms": 1000 * (float(sent[2]) - float(sent[1])),
+        }
     if w.name == "w3":
         starts = [1000 * (run["steps"][0] - run["sent"]) for run in runs]
         return {"w3_p50": percentile(starts, 50), "w3_p99": percentile(starts, 99)}
@@ -98,8 +102,10 @@ def table(results: dict[str, dict[str, float]], markdown: bool = False) -> str:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in body)])
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    out = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-           for row in [header, *body]]
+    out = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in [header, *body]
+    ]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 

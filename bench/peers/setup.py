@@ -1,9 +1,10 @@
 """Where the peers are installed, how to install them (``python -m bench.peers --setup``), their versions.
 
-Everything goes under ``bench/results/peers/`` (git-ignored; ``$STEPQ_PEERS_DIR`` to move it): a venv
-with the peers' Python packages, separate from stepq's (Celery needs redis-py >= 6.4, stepq pins < 6),
-and an npm prefix with the Restate server (the npm package carries the Linux binary). PostgreSQL is
-not installed here: DBOS uses the one at ``--pg-url`` (``apt-get install postgresql`` if missing).
+Everything goes under ``~/.cache/stepq-bench-peers/`` (``$STEPQ_PEERS_DIR`` to move it): outside the
+repository, so that linters never crawl it and every worktree shares one install. There: a venv with
+the peers' Python packages, separate from stepq's (Celery needs redis-py >= 6.4, stepq pins < 6), and
+an npm prefix with the Restate server (the npm package carries the Linux binary). PostgreSQL is not
+installed here: DBOS uses the one at ``--pg-url`` (``apt-get install postgresql`` if missing).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-from bench.common import REPO_ROOT
 
 #: The peers' Python packages, pinned to the major versions measured before (bench/README.md).
 PIP_PACKAGES = (
@@ -29,15 +28,15 @@ NPM_PACKAGE = "@restatedev/restate-server@1.7"
 
 
 def peers_dir() -> Path:
-    return Path(os.environ.get("STEPQ_PEERS_DIR") or REPO_ROOT / "bench" / "results" / "peers")
+    explicit = os.environ.get("STEPQ_PEERS_DIR")
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "stepq-bench-peers"
 
 
 def venv_python() -> Path:
     return peers_dir() / "venv" / "bin" / "python"
-
-
-def venv_bin(name: str) -> Path:
-    return peers_dir() / "venv" / "bin" / name
 
 
 def restate_binary() -> Path | None:
@@ -64,9 +63,7 @@ def setup() -> int:
     else:
         print(f"[peers] npm install {NPM_PACKAGE} into {base / 'npm'}", flush=True)
         (base / "npm").mkdir(exist_ok=True)
-        result = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(base / "npm"), NPM_PACKAGE]
-        )
+        result = subprocess.run([npm, "install", "--no-audit", "--no-fund", "--prefix", str(base / "npm"), NPM_PACKAGE])
         status |= result.returncode
     print(f"[peers] set-up {'done' if status == 0 else 'FAILED'}; restate-server: {restate_binary()}", flush=True)
     return 1 if status else 0

@@ -229,12 +229,14 @@ class Dbos(System):
         self.pg_url = ""
 
     def missing(self, pg_url: str) -> str | None:
+        self.pg_url = pg_url
         if shutil.which("psql") is None:
             return "no psql on PATH (apt-get install postgresql-client), so no database for DBOS"
         try:
             _psql(pg_url, "select 1", timeout=10)
         except (BenchError, subprocess.TimeoutExpired) as exc:
-            return f"no PostgreSQL answers at {pg_url} ({str(exc)[:120]})"
+            detail = " ".join(str(exc).split())  # psql's message, on one line
+            return f"no PostgreSQL answers at {pg_url} ({detail[:160]}); set --pg-url or $STEPQ_PEERS_PG_URL"
         return _peers_venv_missing("dbos")
 
     async def start(self, ctx: Ctx) -> None:
@@ -263,6 +265,13 @@ class Dbos(System):
 
     def versions(self, redis_binary: str) -> dict[str, str]:
         pkgs = {p: setup.package_version(p) or "?" for p in ("dbos", "psycopg", "sqlalchemy")}
+        try:
+            server = _psql(self.pg_url, "show server_version", timeout=10)
+            names = ("synchronous_commit", "fsync", "wal_sync_method", "full_page_writes")
+            settings = [f"{n}={_psql(self.pg_url, f'show {n}', timeout=10)}" for n in names]
+            pkgs["postgresql"] = f"{server.split()[0]} ({', '.join(settings)})"
+        except (BenchError, subprocess.TimeoutExpired, OSError):
+            pkgs["postgresql"] = "?"
         return pkgs
 
     def settings(self) -> str:
@@ -280,7 +289,10 @@ class Restate(System):
     name = family = "restate"
     python = str(setup.venv_python())
 
-    durability = "Restate server defaults: replicated loglet (replication 1), WAL fsync on every write"
+    durability = (
+        "Restate server defaults: replicated loglet, replication 1, log-server RocksDB WAL fsync on "
+        "(rocksdb-disable-wal-fsync = false)"
+    )
 
     def __init__(self) -> None:
         self.server: Proc | None = None
