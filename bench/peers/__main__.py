@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default="bench/results/peers.json", help="where to write the JSON results")
     parser.add_argument("--pg-url", default=os.environ.get("STEPQ_PEERS_PG_URL", DEFAULT_PG_URL))
     parser.add_argument("--keep", action="store_true", help="keep the working directory (every process's log)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     args = parser.parse_args(argv)
     wanted = [n.strip() for n in (args.only or "").split(",") if n.strip()]
     families = {cls.family for cls in ALL.values()}
@@ -188,9 +189,10 @@ def _workload(w: Workload) -> dict[str, Any]:
     return {"name": w.name, "runs": w.runs, "steps": w.steps, "workers": w.workers, "sleep_s": w.sleep}
 
 
-def report(document: dict[str, Any]) -> str:
+def report(document: dict[str, Any], markdown: bool) -> str:
     results = document.pop("_results")
-    lines = [table(results), "", "(x) = system / stepq; W2: higher is better, every other column: lower is better.", ""]
+    legend = "(x) = system / stepq; W2: higher is better, every other column: lower is better."
+    lines = [table(results, markdown), "", legend, ""]
     for name, info in document["systems"].items():
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
         lines.append(f"{name}: {info['durability']}")
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop_all()
     document["meta"]["seconds"] = round(time.monotonic() - began, 1)
-    text = report(document)
+    text = report(document, args.markdown)
     out = Path(args.out) if Path(args.out).is_absolute() else REPO_ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(document, indent=2) + "\n")
