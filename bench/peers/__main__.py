@@ -16,6 +16,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -108,9 +109,22 @@ async def block(system: System, ctx: Ctx, marks: Redis, plan: list[Workload], r:
     return out
 
 
+def filesystem(path: Path) -> str:
+    """The file system type under ``path`` (``ext4``, ``tmpfs``, ...), or "?"."""
+    try:
+        out = subprocess.run(["stat", "-f", "-c", "%T", str(path)], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return out.stdout.strip() or "?"
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     redis_binary = find_redis_server()
     workdir = Path(tempfile.mkdtemp(prefix="stepq-peers-"))
+    workdir_fs = filesystem(workdir)
+    if workdir_fs in ("tmpfs", "ramfs"):
+        # Redis's AOF and Restate's data live there: an fsync on memory costs nothing, unlike Postgres's.
+        print(f"[peers] WARNING: {workdir} is on {workdir_fs}: set TMPDIR to a directory on disk", file=sys.stderr)
     plan = workloads(args.quick)
     systems: dict[str, System] = {}
     skipped: dict[str, str] = {}
@@ -166,6 +180,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "workdir_filesystem": workdir_fs,
             "loadavg_end": list(os.getloadavg()),
             "workloads": [_workload(w) for w in plan],
         },
@@ -193,15 +208,21 @@ def report(document: dict[str, Any], markdown: bool) -> str:
     results = document.pop("_results")
     legend = "(x) = system / stepq; W2: higher is better, every other column: lower is better."
     lines = [table(results, markdown), "", legend, ""]
+    item, indent = ("- ", "  ") if markdown else ("", "    ")
     for name, info in document["systems"].items():
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-        lines.append(f"{name}: {info['durability']}")
-        lines.append(f"    {info['settings']}; {versions}")
+        lines.append(f"{item}{name}: {info['durability']}")
+        lines.append(f"{indent}{info['settings']}; {versions}")
     for name, reason in document["skipped"].items():
-        lines.append(f"{name}: SKIPPED: {reason}")
+        lines.append(f"{item}{name}: SKIPPED: {reason}")
     for name, errs in document["errors"].items():
         for err in errs:
-            lines.append(f"{name}: ERROR {err.splitlines()[0][:200]}")
+            lines.append(f"{item}{name}: ERROR {err.splitlines()[0][:200]}")
+    meta = document["meta"]
+    lines.append(
+        f"{item}{meta['mode']} run, {meta['rounds']} round(s), {meta['cpus']} CPUs, load average at the end "
+        f"{meta['loadavg_end'][0]:.1f}; Redis AOF and Restate data on {meta['workdir_filesystem']}"
+    )
     return "\n".join(lines)
 
 
@@ -222,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(document, indent=2) + "\n")
     print()
     print(text)
-    meta = document["meta"]
-    print(f"\n{meta['mode']} run, {meta['rounds']} round(s), {meta['seconds']} s; wrote {out}")
+    print(f"\n{document['meta']['seconds']} s; wrote {out}")
     return 1 if document["errors"] else 0
 
 

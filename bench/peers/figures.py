@@ -60,11 +60,15 @@ def figures(w: Workload, records: Sequence[str], sent: Sequence[str]) -> dict[st
         work = w.runs * w.steps
         last = max(run["steps"][-1] for run in runs)
         done = max(run["end"] for run in runs)
-        return {
+        began, ended = float(sent[1]), float(sent[2])
+        out = {
             "w2_last_step": work / (last - start),
             "w2_all_done": work / (done - start),
-            "w2_submit_ms": 1000 * (float(sent[2]) - float(sent[1])),
+            "w2_submit_ms": 1000 * (ended - began),
         }
+        if start != began:  # a gated batch (Restate): 1 when the sends overran the due time
+            out["w2_sends_overran"] = float(ended > start)
+        return out
     if w.name == "w3":
         starts = [1000 * (run["steps"][0] - run["sent"]) for run in runs]
         return {"w3_p50": percentile(starts, 50), "w3_p99": percentile(starts, 99)}
