@@ -1,4 +1,4 @@
-"""An example app, written the way Inngest's Python docs write functions (``import sdk as inngest``).
+"""An example app, written the way Inngest's Python docs write functions (``import stepq as inngest``).
 
 Run a worker for it with ``stepq worker examples.shop:client`` (or ``stepq dev examples.shop:client``
 for a private Redis), then send events, e.g.::
@@ -19,7 +19,7 @@ import httpx
 
 import stepq as inngest
 
-client = inngest.Client("shop")
+client = inngest.Inngest(app_id="shop")
 
 #: The shop API's page size: a shorter page is the last one.
 PAGE_SIZE = 50
@@ -127,4 +127,4 @@ async def order_follow_up(ctx: inngest.Context) -> dict[str, Any]:
             "waited_s": round(time.time() - placed_at, 2),
         }
 
-    return await ctx.step.run("send-follow-up", send_follow_up)  # type: ignore[no-any-return]
+    return await ctx.step.run("send-follow-up", send_follow_up)

@@ -1,18 +1,14 @@
-"""stepq's SDK: define durable functions made of steps, and send the events that start them.
+"""stepq: durable functions made of steps, on Redis, with the Inngest Python SDK's API.
 
-Shaped after the Inngest Python SDK, so ``import sdk as inngest`` carries Inngest code over.
+``import stepq as inngest`` carries code written for Inngest over: ``inngest.Inngest(app_id=...)``,
+``@client.create_function(...)``, ``inngest.Context``, ``inngest.TriggerEvent``... This module
+exports the public API only; the engine's internals live in their submodules (``stepq.engine``,
+``stepq.opcodes``).
 """
 
-from stepq.client import Client
+from stepq.client import Client, Inngest
 from stepq.context import Context, ContextSync
 from stepq.durations import to_timedelta
-from stepq.engine import (
-    ExecutionResult,
-    FunctionFailed,
-    FunctionReturned,
-    StepsReported,
-    execute,
-)
 from stepq.errors import (
     FunctionConfigError,
     InvalidEventError,
@@ -24,38 +20,54 @@ from stepq.errors import (
     StepqError,
 )
 from stepq.event import Event
-from stepq.function import Function
-from stepq.opcodes import Op, Opcode, hash_step_id
-from stepq.replay import ExecutionRequest
+from stepq.flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from stepq.function import Cancel, Function, Timeouts
+from stepq.jsonvalue import JSON
+from stepq.middleware import Middleware, MiddlewareSync, SendEventsResult, StepMemos, TransformOutputResult
 from stepq.retry import Backoff
-from stepq.serve import serve as serve
+from stepq.serializer import PydanticSerializer, Serializer
+from stepq.serve import serve, serve_wsgi
+from stepq.step import Step, StepSync
 from stepq.triggers import TriggerCron, TriggerEvent
 
 __all__ = [
+    "JSON",
     "Backoff",
+    "Batch",
+    "Cancel",
     "Client",
+    "Concurrency",
     "Context",
     "ContextSync",
+    "Debounce",
     "Event",
-    "ExecutionRequest",
-    "ExecutionResult",
     "Function",
     "FunctionConfigError",
-    "FunctionFailed",
-    "FunctionReturned",
+    "Inngest",
     "InvalidEventError",
+    "Middleware",
+    "MiddlewareSync",
     "NonDeterminismError",
     "NonRetriableError",
-    "Op",
-    "Opcode",
+    "Priority",
+    "PydanticSerializer",
+    "RateLimit",
     "RetryAfterError",
+    "SendEventsResult",
+    "Serializer",
+    "Singleton",
+    "Step",
     "StepError",
+    "StepMemos",
     "StepOutputError",
+    "StepSync",
     "StepqError",
-    "StepsReported",
+    "Throttle",
+    "Timeouts",
+    "TransformOutputResult",
     "TriggerCron",
     "TriggerEvent",
-    "execute",
-    "hash_step_id",
+    "serve",
+    "serve_wsgi",
     "to_timedelta",
 ]

@@ -3,45 +3,79 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 
 from stepq.event import Event
 from stepq.function import Function
+from stepq.opcodes import Opcode
 from stepq.replay import ExecutionRequest, Interrupt, Replay, Skip
-from stepq.step import Step, SyncStep
+from stepq.step import Step, StepSync
+
+T = TypeVar("T")
 
 
 class ReplayAwareLogger:
-    """A structlog logger that stays quiet while memoized steps replay, so each line prints once."""
+    """A logger that stays quiet while memoized steps replay, so each line prints once.
+
+    It wraps stepq's structlog logger, or the ``logging.Logger`` given as ``Inngest(logger=...)``;
+    positional arguments are %-format arguments for either.
+    """
 
     def __init__(self, logger: Any, replay: Replay) -> None:
         self._logger = logger
         self._replay = replay
 
-    def _emit(self, method: str, event: str, **kw: Any) -> None:
+    def _emit(self, method: str, event: str, *args: Any, **kw: Any) -> None:
         if not self._replay.replaying:
-            getattr(self._logger, method)(event, **kw)
+            getattr(self._logger, method)(event, *args, **kw)
 
-    def debug(self, event: str, **kw: Any) -> None:
-        self._emit("debug", event, **kw)
+    def debug(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("debug", event, *args, **kw)
 
-    def info(self, event: str, **kw: Any) -> None:
-        self._emit("info", event, **kw)
+    def info(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("info", event, *args, **kw)
 
-    def warning(self, event: str, **kw: Any) -> None:
-        self._emit("warning", event, **kw)
+    def warning(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("warning", event, *args, **kw)
 
-    def error(self, event: str, **kw: Any) -> None:
-        self._emit("error", event, **kw)
+    def error(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("error", event, *args, **kw)
 
-    def exception(self, event: str, **kw: Any) -> None:
-        self._emit("exception", event, **kw)
+    def exception(self, event: str, *args: Any, **kw: Any) -> None:
+        self._emit("exception", event, *args, **kw)
 
     def bind(self, **kw: Any) -> ReplayAwareLogger:
+        """A logger adding ``kw`` to each line (a ``LoggerAdapter``'s ``extra`` for a ``logging.Logger``)."""
+        if isinstance(self._logger, logging.Logger | logging.LoggerAdapter):
+            return ReplayAwareLogger(logging.LoggerAdapter(self._logger, kw), self._replay)
         return ReplayAwareLogger(self._logger.bind(**kw), self._replay)
+
+
+class _Branches(Generic[T]):
+    """What the branches of one ``group.parallel`` produced: their results in order, or the new steps
+    they planned (reported together), or that one was skipped (another step is targeted)."""
+
+    def __init__(self) -> None:
+        self.results: list[T] = []
+        self.opcodes: list[Opcode] = []
+        self.skipped = False
+        self.retry_after: dt.timedelta | None = None
+
+    def interrupted(self, stop: Interrupt) -> None:
+        self.opcodes.extend(stop.opcodes)
+        if stop.retry_after is not None:
+            self.retry_after = max(self.retry_after or stop.retry_after, stop.retry_after)
+
+    def outcome(self) -> tuple[T, ...]:
+        if self.opcodes:
+            raise Interrupt(self.opcodes, self.retry_after)
+        if self.skipped:
+            raise Skip()
+        return tuple(self.results)
 
 
 class Group:
@@ -50,34 +84,48 @@ class Group:
     def __init__(self, replay: Replay) -> None:
         self._replay = replay
 
-    async def parallel(self, callables: Sequence[Callable[[], Awaitable[Any]]]) -> tuple[Any, ...]:
+    async def parallel(self, callables: Sequence[Callable[[], Awaitable[T]]]) -> tuple[T, ...]:
         """Run each callable (typically ``lambda: ctx.step.run(...)``); return their results in order.
 
         New steps found in the branches are planned together; the function is re-entered once they
         have all finished.
         """
-        results: list[Any] = []
-        opcodes = []
-        skipped = False
-        retry_after: dt.timedelta | None = None
+        branches = _Branches[T]()
         self._replay.parallel_depth += 1
         try:
             for branch in callables:
                 try:
-                    results.append(await branch())
+                    branches.results.append(await branch())
                 except Interrupt as stop:
-                    opcodes.extend(stop.opcodes)
-                    if stop.retry_after is not None:
-                        retry_after = max(retry_after or stop.retry_after, stop.retry_after)
+                    branches.interrupted(stop)
                 except Skip:
-                    skipped = True
+                    branches.skipped = True
         finally:
             self._replay.parallel_depth -= 1
-        if opcodes:
-            raise Interrupt(opcodes, retry_after)
-        if skipped:
-            raise Skip()
-        return tuple(results)
+        return branches.outcome()
+
+
+class GroupSync:
+    """``ctx.group.parallel`` for plain ``def`` functions: the same, with callables that need no await."""
+
+    def __init__(self, replay: Replay) -> None:
+        self._replay = replay
+
+    def parallel(self, callables: Sequence[Callable[[], T]]) -> tuple[T, ...]:
+        """Run each callable (typically ``lambda: ctx.step.run(...)``); see ``Group.parallel``."""
+        branches = _Branches[T]()
+        self._replay.parallel_depth += 1
+        try:
+            for branch in callables:
+                try:
+                    branches.results.append(branch())
+                except Interrupt as stop:
+                    branches.interrupted(stop)
+                except Skip:
+                    branches.skipped = True
+        finally:
+            self._replay.parallel_depth -= 1
+        return branches.outcome()
 
 
 class _ContextBase:
@@ -88,10 +136,13 @@ class _ContextBase:
         #: Zero-based attempt of the step (or function call) this invocation is retrying.
         self.attempt: int = request.attempt
         self.function_id: str = fn.id
-        self.group = Group(replay)
-        self.logger = ReplayAwareLogger(
-            structlog.get_logger("stepq.function").bind(run_id=request.run_id, function=fn.id), replay
-        )
+        client_logger = getattr(fn.client, "logger", None)
+        if client_logger is not None:
+            self.logger = ReplayAwareLogger(client_logger, replay)
+        else:
+            self.logger = ReplayAwareLogger(
+                structlog.get_logger("stepq.function").bind(run_id=request.run_id, function=fn.id), replay
+            )
 
 
 class Context(_ContextBase):
@@ -99,7 +150,9 @@ class Context(_ContextBase):
 
     def __init__(self, fn: Function, request: ExecutionRequest, replay: Replay) -> None:
         super().__init__(fn, request, replay)
-        self.step = Step(replay, fn.client.send if fn.client is not None else None)
+        self.group = Group(replay)
+        client = fn.client
+        self.step = Step(replay, client.send if client else None, getattr(client, "serializer", None))
 
 
 class ContextSync(_ContextBase):
@@ -107,8 +160,14 @@ class ContextSync(_ContextBase):
 
     def __init__(self, fn: Function, request: ExecutionRequest, replay: Replay) -> None:
         super().__init__(fn, request, replay)
+        self.group = GroupSync(replay)
         client = fn.client
-        self.step = SyncStep(replay, client.send if client else None, client.send_sync if client else None)
+        self.step = StepSync(
+            replay,
+            client.send if client else None,
+            client.send_sync if client else None,
+            getattr(client, "serializer", None),
+        )
 
 
 def make_context(fn: Function, request: ExecutionRequest, replay: Replay) -> Context | ContextSync:

@@ -20,7 +20,7 @@ from stepq.errors import NonDeterminismError, NonRetriableError, RetryAfterError
 from stepq.function import Function
 from stepq.jsonvalue import JSON, NotJSONError, check_json
 from stepq.opcodes import Opcode
-from stepq.replay import Diverged, Divergence, ExecutionRequest, Interrupt, Replay, Skip
+from stepq.replay import Diverged, Divergence, ExecutionRequest, HookFailed, Interrupt, InvocationHooks, Replay, Skip
 
 
 @dataclasses.dataclass(slots=True)
@@ -41,6 +41,8 @@ class FunctionFailed:
     warnings: list[str] = dataclasses.field(default_factory=list)
     #: Set when the failure is a divergence from the run's history (the runtime names its steps).
     divergence: Divergence | None = None
+    #: The exception raised, when there was one (middleware's ``transform_output`` sees it).
+    exception: Exception | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(slots=True)
@@ -57,18 +59,34 @@ class StepsReported:
 ExecutionResult = FunctionReturned | FunctionFailed | StepsReported
 
 
-async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
-    """Re-enter ``fn`` once with ``request`` and report what happened. Never raises for user errors."""
+async def execute(fn: Function, request: ExecutionRequest, hooks: InvocationHooks | None = None) -> ExecutionResult:
+    """Re-enter ``fn`` once with ``request`` and report what happened. Never raises for user errors.
+
+    ``hooks`` (middleware, see ``stepq.invocation``) hear when the function starts, when new code is
+    about to run and when it stops; a hook's error fails the invocation like the function's own.
+    """
     replay = Replay(request, fn.max_attempts, fn.app_id)
     ctx = make_context(fn, request, replay)
     try:
+        if hooks is not None:
+            replay.hooks = hooks
+            await hooks.started(ctx)
+            await replay.memo_used()  # no memoized steps: all the code is new
         if fn.is_async:
             value = await fn.handler(ctx)
         else:
             value = await asyncio.to_thread(fn.handler, ctx)
             if inspect.isawaitable(value):
                 raise TypeError(f"function {fn.id!r} is a plain def but returned an awaitable")
+        value = fn.serialize_output(value)
+        if hooks is not None:
+            await hooks.stopped()
     except Interrupt as stop:
+        if hooks is not None:
+            try:
+                await hooks.stopped()
+            except Exception as exc:
+                return failure(exc)
         diverged = None if request.target_step else replay.divergence([op.step_id for op in stop.opcodes])
         if diverged is not None:
             return _diverged(fn, request, diverged)
@@ -77,17 +95,15 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
         diverged = replay.divergence([stop.step_id])
         assert diverged is not None
         return _diverged(fn, request, diverged)
+    except HookFailed as failed:
+        return failure(failed.error)
     except Skip:
         return FunctionFailed(
             error_payload(NonDeterminismError(f"planned step {request.target_step} was not reached")),
             retriable=False,
         )
-    except (StepError, NonRetriableError, NonDeterminismError) as exc:
-        return FunctionFailed(error_payload(exc), retriable=False)
-    except RetryAfterError as exc:
-        return FunctionFailed(error_payload(exc), retriable=True, retry_after=exc.retry_after)
     except Exception as exc:
-        return FunctionFailed(error_payload(exc), retriable=True)
+        return failure(exc)
 
     if request.target_step is not None:
         return FunctionFailed(
@@ -108,6 +124,15 @@ async def execute(fn: Function, request: ExecutionRequest) -> ExecutionResult:
             retriable=False,
         )
     return FunctionReturned(checked, warnings)
+
+
+def failure(exc: Exception) -> FunctionFailed:
+    """The failure an exception out of user code (or a hook) makes: retried unless it says not to."""
+    if isinstance(exc, StepError | NonRetriableError | NonDeterminismError):
+        return FunctionFailed(error_payload(exc), retriable=False, exception=exc)
+    if isinstance(exc, RetryAfterError):
+        return FunctionFailed(error_payload(exc), retriable=True, retry_after=exc.retry_after, exception=exc)
+    return FunctionFailed(error_payload(exc), retriable=True, exception=exc)
 
 
 def _diverged(fn: Function, request: ExecutionRequest, divergence: Divergence) -> FunctionFailed:

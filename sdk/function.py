@@ -6,12 +6,21 @@ import dataclasses
 import inspect
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from stepq.durations import DurationLike, to_duration_str, to_timedelta
 from stepq.errors import FunctionConfigError
+from stepq.middleware import UninitializedMiddleware
+from stepq.middleware_manager import check_middleware_list
 from stepq.retry import Backoff
+from stepq.serializer import NOT_SET
 from stepq.triggers import Trigger, TriggerCron, TriggerEvent
+
+#: What a function returns; ``step.invoke`` of a ``Function[T]`` gives a ``T``. Defaults to Any, so
+#: that a bare ``Function`` annotation stays valid under ``mypy --strict``.
+T = TypeVar("T", covariant=True, default=Any)
 
 MAX_RETRIES = 20
 MAX_TRIGGERS = 10
@@ -60,8 +69,11 @@ class Timeouts:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Function:
-    """A durable function: made by ``Client.create_function``, run by workers."""
+class Function(Generic[T]):
+    """A durable function: made by ``Inngest.create_function``, run by workers.
+
+    Generic in what it returns, so that ``await ctx.step.invoke(..., function=f)`` is typed.
+    """
 
     id: str
     app_id: str
@@ -74,6 +86,10 @@ class Function:
     timeouts: Timeouts | None = None
     #: The client that defined it: ``step.send_event`` sends through it.
     client: Any = dataclasses.field(default=None, compare=False, repr=False)
+    #: Middleware classes (or factories) run around each invocation, after the client's.
+    middleware: list[UninitializedMiddleware] = dataclasses.field(default_factory=list, compare=False, repr=False)
+    #: What the client's serializer converts the return value from and to (``NOT_SET``: JSON as is).
+    output_type: object = dataclasses.field(default=NOT_SET, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _ID.match(self.id):
@@ -109,6 +125,19 @@ class Function:
                 self.timeouts.to_dict()
             except ValueError as exc:
                 raise FunctionConfigError(f"function {self.id!r}: {exc}") from None
+        check_middleware_list(self.middleware, f"function {self.id!r}")
+
+    def serialize_output(self, value: object) -> object:
+        """The return value as stored: through the client's serializer when ``output_type`` is set."""
+        if self.output_type is NOT_SET:
+            return value
+        return self.client.serializer.serialize(value, self.output_type)
+
+    def deserialize_output(self, value: object) -> object:
+        """A stored output (an invoke's result) as the function returned it."""
+        if self.output_type is NOT_SET:
+            return value
+        return self.client.serializer.deserialize(value, self.output_type)
 
     @property
     def slug(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -71,6 +71,32 @@ class Divergence:
         )
 
 
+class InvocationHooks(Protocol):
+    """What the engine tells middleware while user code runs (see ``stepq.invocation``). The hooks
+    see and may change the function's input; they never change what the engine decides."""
+
+    async def started(self, ctx: Any) -> None:
+        """Before the function is called, with its context."""
+
+    async def new_code(self) -> None:
+        """Code that has not run before is about to run (called once per invocation)."""
+
+    def new_code_sync(self) -> None:
+        """``new_code`` from a plain ``def`` function's thread."""
+
+    async def stopped(self) -> None:
+        """The function returned, or stopped at new steps."""
+
+
+class HookFailed(BaseException):
+    """A middleware hook raised while user code was running: a BaseException so that user code's
+    ``except Exception`` cannot swallow it; the invocation fails with ``error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Interrupt(BaseException):
     """Stops user code at new steps. A BaseException so that ``except Exception`` lets it through."""
 
@@ -108,6 +134,9 @@ class Replay:
         self._hits: list[str] = []
         self.visited = 0
         self.parallel_depth = 0
+        #: Middleware's hooks (None without middleware): the step tools call ``memo_used``/``new_code``.
+        self.hooks: InvocationHooks | None = None
+        self._new_code_told = False
 
     @property
     def replaying(self) -> bool:
@@ -144,6 +173,34 @@ class Replay:
             self._hits.append(key)
             return key, index, True, steps[key]
         return key, index, False, None
+
+    async def memo_used(self) -> None:
+        """After a memo hit: once the last memoized step was replayed, new code follows."""
+        if self.visited >= len(self.request.steps):
+            await self.new_code()
+
+    def memo_used_sync(self) -> None:
+        """``memo_used`` from a plain ``def`` function's thread."""
+        if self.visited >= len(self.request.steps):
+            self.new_code_sync()
+
+    async def new_code(self) -> None:
+        """Tell the hooks, once per invocation, that code not run before is about to run."""
+        if self.hooks is not None and not self._new_code_told:
+            self._new_code_told = True
+            try:
+                await self.hooks.new_code()
+            except Exception as exc:
+                raise HookFailed(exc) from exc
+
+    def new_code_sync(self) -> None:
+        """``new_code`` from a plain ``def`` function's thread."""
+        if self.hooks is not None and not self._new_code_told:
+            self._new_code_told = True
+            try:
+                self.hooks.new_code_sync()
+            except Exception as exc:
+                raise HookFailed(exc) from exc
 
     def _generated(self, step_id: str) -> bool:
         """Whether ``step_id`` (``base:n``) is a key name this invocation already gave a repeat."""

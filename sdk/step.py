@@ -1,7 +1,7 @@
 """The step tools user code calls: ``ctx.step.run``, ``sleep``, ``sleep_until``, ``wait_for_event``,
 ``invoke``, ``invoke_by_id`` and ``send_event``.
 
-``Step`` serves ``async def`` functions, ``SyncStep`` plain ``def`` functions (run in a thread). Both
+``Step`` serves ``async def`` functions, ``StepSync`` plain ``def`` functions (run in a thread). Both
 share ``_StepCore``: the memo lookup before a step, the opcode after it.
 """
 
@@ -11,8 +11,8 @@ import asyncio
 import dataclasses
 import datetime as dt
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar, TypeVarTuple, cast, overload
 
 from stepq.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
 from stepq.errors import NonRetriableError, RetryAfterError, StepOutputError, error_payload
@@ -21,11 +21,14 @@ from stepq.function import Function
 from stepq.opcodes import Op, Opcode
 from stepq.replay import Interrupt, Replay, Skip, unwrap_memo
 from stepq.retry import Backoff
+from stepq.serializer import NOT_SET, Serializer, no_serializer
 
 #: Sends events for ``step.send_event``; the client's ``send``.
-Sender = Callable[[Sequence[Event]], Awaitable[list[str]]]
+Sender = Callable[[Sequence[Event]], Coroutine[Any, Any, list[str]]]
 
 T = TypeVar("T")
+#: The arguments ``step.run`` passes to its handler, typed against the handler's parameters.
+Args = TypeVarTuple("Args")
 
 #: Sleeps and waits longer than this are refused, as in Inngest.
 MAX_SLEEP = dt.timedelta(days=366)
@@ -34,14 +37,32 @@ _MISSING = object()
 
 
 class _StepCore:
-    def __init__(self, replay: Replay, sender: Sender | None = None) -> None:
+    def __init__(self, replay: Replay, sender: Sender | None = None, serializer: Serializer | None = None) -> None:
         self._replay = replay
         self._sender = sender
+        self._serializer = serializer
+
+    def _converter(self, step_id: str, output_type: object) -> Serializer | None:
+        """The serializer for a step given an ``output_type``; None when it has none."""
+        if output_type is NOT_SET:
+            return None
+        if self._serializer is None:
+            raise NonRetriableError(str(no_serializer(f"step {step_id!r}")))
+        return self._serializer
 
     def _lookup(self, step_id: str) -> tuple[str, int | None, Any]:
         """The step's key and index, and its memo (or _MISSING)."""
         key, index, found, memo = self._replay.lookup(step_id)
         return key, index, memo if found else _MISSING
+
+    async def _memo_used(self) -> None:
+        """After a memo hit: middleware hears when the replay is over (nothing to do without it)."""
+        if self._replay.hooks is not None:
+            await self._replay.memo_used()
+
+    def _memo_used_sync(self) -> None:
+        if self._replay.hooks is not None:
+            self._replay.memo_used_sync()
 
     def _plan_or_run(self, step_id: str, key: str, index: int | None) -> None:
         """Return when the new step may run now; otherwise stop user code with a StepPlanned."""
@@ -107,15 +128,16 @@ class _StepCore:
         self,
         step_id: str,
         function_id: str,
-        data: dict[str, Any] | None,
+        data: Mapping[str, object] | None,
         timeout: DurationLike | None,
         v: str | None,
     ) -> Any:
+        """The invoke's memo (the caller unwraps it), or an Interrupt asking for the invoke."""
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
-            return unwrap_memo(step_id, memo)
+            return memo
         self._replay.may_run_now(key, step_id)
-        payload: dict[str, Any] = {"data": data or {}}
+        payload: dict[str, Any] = {"data": dict(data or {})}
         if v is not None:
             payload["v"] = v
         opts: dict[str, Any] = {"function_id": function_id, "payload": payload}
@@ -186,27 +208,61 @@ def _until(step_id: str, until: dt.datetime | str) -> dt.datetime:
 class Step(_StepCore):
     """Step tools for ``async def`` functions."""
 
+    # An async handler first, so that its step is typed as the awaited value. Coroutine rather than
+    # Awaitable: mypy then picks this overload alone even when T holds Any (dict[str, Any]).
+    @overload
     async def run(
         self,
         step_id: str,
-        handler: Callable[..., Any],
-        *args: Any,
+        handler: Callable[[*Args], Coroutine[Any, Any, T]],
+        *args: *Args,
         retries: int | None = None,
         backoff: Backoff | None = None,
+        output_type: object = NOT_SET,
+    ) -> T: ...
+
+    @overload
+    async def run(
+        self,
+        step_id: str,
+        handler: Callable[[*Args], T],
+        *args: *Args,
+        retries: int | None = None,
+        backoff: Backoff | None = None,
+        output_type: object = NOT_SET,
+    ) -> T: ...
+
+    async def run(
+        self,
+        step_id: str,
+        handler: Callable[[*Args], object],
+        *args: *Args,
+        retries: int | None = None,
+        backoff: Backoff | None = None,
+        output_type: object = NOT_SET,
     ) -> Any:
         """Run ``handler(*args)`` once for the run; later re-entries return its stored result.
 
-        The handler may be sync (it runs in a thread, so the worker stays responsive) or async. Its
-        result must be JSON-compatible. After the last attempt fails, this raises ``StepError``.
+        The handler may be sync (it runs in a thread, so the worker stays responsive) or async; the
+        step is typed as what it returns (an async handler's awaited value). Its result must be
+        JSON-compatible, unless ``output_type`` names what the client's serializer converts it from
+        (and back to, on re-entries). After the last attempt fails, this raises ``StepError``.
         ``retries`` and ``backoff`` override the function's policy for this step alone.
         """
         policy = StepPolicy.of(step_id, retries, backoff)
+        converter = self._converter(step_id, output_type)
         key, index, found, memo = self._replay.lookup(step_id)
         if found:
+            if self._replay.hooks is not None:
+                await self._replay.memo_used()
             if type(memo) is dict and len(memo) == 1 and "data" in memo:
-                return memo["data"]  # the common case, inlined: replays pass here once per step
-            return unwrap_memo(step_id, memo)
+                value = memo["data"]  # the common case, inlined: replays pass here once per step
+            else:
+                value = unwrap_memo(step_id, memo)
+            return value if converter is None else converter.deserialize(value, output_type)
         self._plan_or_run(step_id, key, index)
+        if self._replay.hooks is not None:
+            await self._replay.new_code()
         try:
             if inspect.iscoroutinefunction(handler):
                 result = await handler(*args)
@@ -214,6 +270,8 @@ class Step(_StepCore):
                 result = await asyncio.to_thread(handler, *args)
                 if inspect.isawaitable(result):
                     result = await result
+            if converter is not None:
+                result = converter.serialize(result, output_type)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
                 raise
@@ -224,10 +282,12 @@ class Step(_StepCore):
         """Pause the run for ``duration`` (seconds, a timedelta, or "30s", "5m", "2h", "7d"). No worker waits."""
         delta = to_timedelta(duration, what=f"step {step_id!r} sleep duration")
         self._sleep_op(step_id, None, delta)
+        await self._memo_used()
 
     async def sleep_until(self, step_id: str, until: dt.datetime | str) -> None:
         """Pause the run until a timezone-aware datetime (or an ISO 8601 string)."""
         self._sleep_op(step_id, _until(step_id, until), None)
+        await self._memo_used()
 
     async def wait_for_event(
         self, step_id: str, *, event: str, timeout: DurationLike, if_exp: str | None = None
@@ -238,19 +298,25 @@ class Step(_StepCore):
         triggering event) and ``async`` (the candidate), e.g.
         ``"async.data.request_id == event.data.request_id"``.
         """
-        return self._wait_op(step_id, event, timeout, if_exp)[1]
+        found = self._wait_op(step_id, event, timeout, if_exp)[1]
+        await self._memo_used()
+        return found
 
     async def invoke(
         self,
         step_id: str,
         *,
-        function: Function,
-        data: dict[str, Any] | None = None,
+        function: Function[T],
+        data: Mapping[str, object] | None = None,
         timeout: DurationLike | None = None,
         v: str | None = None,
-    ) -> Any:
-        """Start ``function`` as a child run and return its output; its error raises ``StepError``."""
-        return self._invoke_op(step_id, _function_id(function), data, timeout, v)
+    ) -> T:
+        """Start ``function`` as a child run and return its output (typed as the function's return);
+        its error raises ``StepError``."""
+        memo = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        await self._memo_used()
+        output: T = function.deserialize_output(unwrap_memo(step_id, memo))  # type: ignore[assignment]
+        return output
 
     async def invoke_by_id(
         self,
@@ -258,12 +324,15 @@ class Step(_StepCore):
         *,
         function_id: str,
         app_id: str | None = None,
-        data: dict[str, Any] | None = None,
+        data: Mapping[str, object] | None = None,
         timeout: DurationLike | None = None,
         v: str | None = None,
-    ) -> Any:
-        """``invoke`` by id: ``app_id`` defaults to this run's app."""
-        return self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+    ) -> object:
+        """``invoke`` by id: ``app_id`` defaults to this run's app. Typed ``object``, as in inngest-py:
+        the function is not at hand to say what it returns; narrow it (``isinstance``) or use ``invoke``."""
+        memo = self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+        await self._memo_used()
+        return unwrap_memo(step_id, memo)
 
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Send event(s) once for the run (a step): re-entries return the ids without sending again."""
@@ -273,35 +342,49 @@ class Step(_StepCore):
         return result
 
 
-class SyncStep(_StepCore):
+class StepSync(_StepCore):
     """Step tools for plain ``def`` functions; the same semantics, without ``await``."""
 
     def __init__(
-        self, replay: Replay, sender: Sender | None = None, sync_sender: Callable[..., list[str]] | None = None
+        self,
+        replay: Replay,
+        sender: Sender | None = None,
+        sync_sender: Callable[..., list[str]] | None = None,
+        serializer: Serializer | None = None,
     ) -> None:
-        super().__init__(replay, sender)
+        super().__init__(replay, sender, serializer)
         self._sync_sender = sync_sender
 
     def run(
         self,
         step_id: str,
-        handler: Callable[..., T],
-        *args: Any,
+        handler: Callable[[*Args], T],
+        *args: *Args,
         retries: int | None = None,
         backoff: Backoff | None = None,
+        output_type: object = NOT_SET,
     ) -> T:
         """Run ``handler(*args)`` once for the run; see ``Step.run``."""
         policy = StepPolicy.of(step_id, retries, backoff)
+        converter = self._converter(step_id, output_type)
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
-            return unwrap_memo(step_id, memo)  # type: ignore[no-any-return]
+            self._memo_used_sync()
+            value = unwrap_memo(step_id, memo)
+            if converter is not None:
+                value = converter.deserialize(value, output_type)
+            return cast(T, value)
         self._plan_or_run(step_id, key, index)
+        if self._replay.hooks is not None:
+            self._replay.new_code_sync()
         try:
-            result = handler(*args)
+            result: object = handler(*args)
             if inspect.isawaitable(result):
                 raise TypeError(
                     f"step {step_id!r} returned an awaitable in a plain def function; make the function async"
                 )
+            if converter is not None:
+                result = converter.serialize(result, output_type)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
@@ -311,28 +394,50 @@ class SyncStep(_StepCore):
     def sleep(self, step_id: str, duration: DurationLike) -> None:
         """Pause the run for ``duration``; see ``Step.sleep``."""
         self._sleep_op(step_id, None, to_timedelta(duration, what=f"step {step_id!r} sleep duration"))
+        self._memo_used_sync()
 
     def sleep_until(self, step_id: str, until: dt.datetime | str) -> None:
         """Pause the run until a timezone-aware datetime; see ``Step.sleep_until``."""
         self._sleep_op(step_id, _until(step_id, until), None)
+        self._memo_used_sync()
 
     def wait_for_event(
         self, step_id: str, *, event: str, timeout: DurationLike, if_exp: str | None = None
     ) -> Event | None:
         """See ``Step.wait_for_event``."""
-        return self._wait_op(step_id, event, timeout, if_exp)[1]
+        found = self._wait_op(step_id, event, timeout, if_exp)[1]
+        self._memo_used_sync()
+        return found
 
     def invoke(
         self,
         step_id: str,
         *,
-        function: Function,
-        data: dict[str, Any] | None = None,
+        function: Function[T],
+        data: Mapping[str, object] | None = None,
         timeout: DurationLike | None = None,
         v: str | None = None,
-    ) -> Any:
+    ) -> T:
         """See ``Step.invoke``."""
-        return self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        memo = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        self._memo_used_sync()
+        output: T = function.deserialize_output(unwrap_memo(step_id, memo))  # type: ignore[assignment]
+        return output
+
+    def invoke_by_id(
+        self,
+        step_id: str,
+        *,
+        function_id: str,
+        app_id: str | None = None,
+        data: Mapping[str, object] | None = None,
+        timeout: DurationLike | None = None,
+        v: str | None = None,
+    ) -> object:
+        """See ``Step.invoke_by_id``."""
+        memo = self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+        self._memo_used_sync()
+        return unwrap_memo(step_id, memo)
 
     def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """See ``Step.send_event``."""

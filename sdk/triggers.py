@@ -62,10 +62,17 @@ class TriggerCron:
     """Start a run on a cron schedule, e.g. ``"*/5 * * * *"`` or ``"TZ=Europe/Paris 0 9 * * *"``."""
 
     cron: str
+    #: inngest-py's random delay of each tick; refused until stepq's scheduler applies it.
+    jitter: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.cron, str) or not self.cron.strip():
             raise FunctionConfigError("TriggerCron.cron: needs a cron expression")
+        if self.jitter is not None:
+            raise FunctionConfigError(
+                f"TriggerCron(cron={self.cron!r}).jitter: not supported by stepq yet (a later release); "
+                "ticks start on time"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"cron": self.cron}

@@ -12,7 +12,9 @@ import pytest
 
 import stepq as inngest
 from stepq.durations import parse_iso, to_timedelta
-from stepq.opcodes import memo_data, memo_error
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, execute
+from stepq.opcodes import Op, Opcode, hash_step_id, memo_data, memo_error
+from stepq.replay import ExecutionRequest
 
 client = inngest.Client("t-engine", redis_url="redis://127.0.0.1:1/0")  # never connects
 EVENT = inngest.Event(name="test/engine", data={"n": 3}).validated()
@@ -22,11 +24,9 @@ def sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def request(
-    steps: Mapping[str, Any] | None = None, *, stack: list[str] | None = None, **kw: Any
-) -> inngest.ExecutionRequest:
+def request(steps: Mapping[str, Any] | None = None, *, stack: list[str] | None = None, **kw: Any) -> ExecutionRequest:
     steps = dict(steps or {})
-    return inngest.ExecutionRequest(
+    return ExecutionRequest(
         event=EVENT,
         events=[EVENT],
         steps=steps,
@@ -40,21 +40,21 @@ def define(fn_id: str, **options: Any) -> Callable[[Callable[..., Any]], inngest
     return client.create_function(id=fn_id, trigger=inngest.TriggerEvent(event=f"test/{fn_id}"), **options)
 
 
-async def drive(fn: inngest.Function, limit: int = 50) -> tuple[list[inngest.Opcode], inngest.ExecutionResult]:
+async def drive(fn: inngest.Function, limit: int = 50) -> tuple[list[Opcode], ExecutionResult]:
     """Re-enter ``fn`` as a runtime would until it stops asking for steps: (opcodes seen, last result)."""
     memo: dict[str, Any] = {}
-    seen: list[inngest.Opcode] = []
+    seen: list[Opcode] = []
     for _ in range(limit):
-        result = await inngest.execute(fn, request(memo))
-        if not isinstance(result, inngest.StepsReported):
+        result = await execute(fn, request(memo))
+        if not isinstance(result, StepsReported):
             return seen, result
         [op] = result.opcodes
         seen.append(op)
-        if op.op is inngest.Op.STEP_RUN:
+        if op.op is Op.STEP_RUN:
             memo[op.id] = memo_data(op.data)
-        elif op.op is inngest.Op.STEP_FAILED:
+        elif op.op is Op.STEP_FAILED:
             memo[op.id] = memo_error(op.error or {})
-        elif op.op is inngest.Op.SLEEP:
+        elif op.op is Op.SLEEP:
             memo[op.id] = None
         else:
             raise AssertionError(f"unexpected opcode {op}")
@@ -65,14 +65,18 @@ async def drive(fn: inngest.Function, limit: int = 50) -> tuple[list[inngest.Opc
 
 
 def test_step_key_is_the_sha1_of_the_step_id() -> None:
-    assert inngest.hash_step_id("a") == hashlib.sha1(b"a").hexdigest()
+    assert hash_step_id("a") == hashlib.sha1(b"a").hexdigest()
     # The example of Inngest's SDK spec §5.1.2.
-    assert inngest.hash_step_id("my-step-id") == "e7d8a2f140845095749d60246ff1110c9d01d76a"
+    assert hash_step_id("my-step-id") == "e7d8a2f140845095749d60246ff1110c9d01d76a"
+
+
+def _same(i: int) -> int:
+    return i
 
 
 @define("loop-same-id")
 async def loop_same_id(ctx: inngest.Context) -> list[int]:
-    return [await ctx.step.run("a", lambda i=i: i) for i in range(3)]
+    return [await ctx.step.run("a", _same, i) for i in range(3)]
 
 
 async def test_repeated_step_ids_are_keyed_id_then_id_colon_n() -> None:
@@ -84,7 +88,7 @@ async def test_repeated_step_ids_are_keyed_id_then_id_colon_n() -> None:
         {"id": "a", "index": 1},
         {"id": "a", "index": 2},
     ]
-    assert isinstance(result, inngest.FunctionReturned)
+    assert isinstance(result, FunctionReturned)
     assert result.value == [0, 1, 2]
 
 
@@ -97,7 +101,7 @@ async def test_an_index_taken_by_a_step_name_is_skipped() -> None:
     ops, result = await drive(index_taken_by_name)
 
     assert [op.id for op in ops] == [sha1("a:1"), sha1("a"), sha1("a:2")]
-    assert isinstance(result, inngest.FunctionReturned)
+    assert isinstance(result, FunctionReturned)
     assert result.value == ["a:1", "a", "a"]
 
 
@@ -131,9 +135,9 @@ async def test_memoized_values_are_returned_to_user_code() -> None:
         sha1("nap"): None,
     }
 
-    result = await inngest.execute(reads_memos, request(steps))
+    result = await execute(reads_memos, request(steps))
 
-    assert isinstance(result, inngest.FunctionReturned)
+    assert isinstance(result, FunctionReturned)
     assert result.value == {
         "data": {"rows": [1, 2]},
         "nothing": None,
@@ -152,9 +156,9 @@ async def one_step(ctx: inngest.Context) -> None:
 
 
 async def test_step_run_opcode_shape() -> None:
-    result = await inngest.execute(one_step, request())
+    result = await execute(one_step, request())
 
-    assert isinstance(result, inngest.StepsReported)
+    assert isinstance(result, StepsReported)
     [op] = result.opcodes
     assert op.to_dict() == {
         "op": "StepRun",
@@ -167,9 +171,9 @@ async def test_step_run_opcode_shape() -> None:
 
 
 async def test_step_planned_opcode_when_immediate_execution_is_disabled() -> None:
-    result = await inngest.execute(one_step, request(disable_immediate_execution=True))
+    result = await execute(one_step, request(disable_immediate_execution=True))
 
-    assert isinstance(result, inngest.StepsReported)
+    assert isinstance(result, StepsReported)
     [op] = result.opcodes
     shape = op.to_dict()
     assert shape["op"] == "StepPlanned"
@@ -183,12 +187,12 @@ async def parallel(ctx: inngest.Context) -> tuple[Any, ...]:
 
 
 async def test_parallel_steps_are_reported_as_step_planned() -> None:
-    result = await inngest.execute(parallel, request())
+    result = await execute(parallel, request())
 
-    assert isinstance(result, inngest.StepsReported)
+    assert isinstance(result, StepsReported)
     assert [(op.op, op.id) for op in result.opcodes] == [
-        (inngest.Op.STEP_PLANNED, sha1("left")),
-        (inngest.Op.STEP_PLANNED, sha1("right")),
+        (Op.STEP_PLANNED, sha1("left")),
+        (Op.STEP_PLANNED, sha1("right")),
     ]
 
 
@@ -202,9 +206,9 @@ async def always_fails(ctx: inngest.Context) -> None:
 
 @pytest.mark.parametrize(("attempt", "op"), [(0, "StepError"), (1, "StepError"), (2, "StepFailed")])
 async def test_step_error_then_step_failed_on_the_last_attempt(attempt: int, op: str) -> None:
-    result = await inngest.execute(always_fails, request(attempt=attempt))
+    result = await execute(always_fails, request(attempt=attempt))
 
-    assert isinstance(result, inngest.StepsReported)
+    assert isinstance(result, StepsReported)
     [opcode] = result.opcodes
     shape = opcode.to_dict()
     assert shape["op"] == op
@@ -237,7 +241,7 @@ async def test_sleep_opcode_name_is_the_duration_string() -> None:
         dt.timedelta(seconds=90),
     ]
     assert "data" not in shapes[0]
-    assert isinstance(result, inngest.FunctionReturned)
+    assert isinstance(result, FunctionReturned)
 
 
 @define("sleeps-until")
@@ -250,13 +254,11 @@ async def test_sleep_until_never_asks_to_wake_before_the_given_moment() -> None:
     until = dt.datetime(2030, 1, 2, 3, 4, 5, 999_600, tzinfo=tz)
     event = inngest.Event(name="test/sleeps-until", data={"until": until.isoformat()}).validated()
 
-    result = await inngest.execute(
-        sleeps_until, inngest.ExecutionRequest(event=event, events=[event], steps={}, run_id="run-1")
-    )
+    result = await execute(sleeps_until, ExecutionRequest(event=event, events=[event], steps={}, run_id="run-1"))
 
-    assert isinstance(result, inngest.StepsReported)
+    assert isinstance(result, StepsReported)
     [op] = result.opcodes
-    assert op.op is inngest.Op.SLEEP
+    assert op.op is Op.SLEEP
     assert op.name is not None
     assert parse_iso(op.name) >= until
 
@@ -273,9 +275,9 @@ async def non_retriable_in_step(ctx: inngest.Context) -> None:
 
 
 async def test_non_retriable_error_in_a_step_fails_the_function() -> None:
-    result = await inngest.execute(non_retriable_in_step, request())
+    result = await execute(non_retriable_in_step, request())
 
-    assert isinstance(result, inngest.FunctionFailed)
+    assert isinstance(result, FunctionFailed)
     assert result.retriable is False
     assert (result.error["name"], result.error["message"]) == ("NonRetriableError", "card declined")
 
@@ -289,11 +291,11 @@ async def retry_after_in_step(ctx: inngest.Context) -> None:
 
 
 async def test_retry_after_error_in_a_step_sets_the_retry_delay() -> None:
-    result = await inngest.execute(retry_after_in_step, request())
+    result = await execute(retry_after_in_step, request())
 
-    assert isinstance(result, inngest.StepsReported)
+    assert isinstance(result, StepsReported)
     [op] = result.opcodes
-    assert op.op is inngest.Op.STEP_ERROR
+    assert op.op is Op.STEP_ERROR
     assert result.retry_after == dt.timedelta(seconds=1.5)
 
 
@@ -313,9 +315,9 @@ async def test_reentry_that_skips_a_memoized_step_fails_naming_the_step_and_its_
     steps = {stack[0]: {"data": "one"}, stack[1]: {"data": "charged"}}
     names = {stack[0]: "first", stack[1]: "charge-7"}
 
-    result = await inngest.execute(step_from_event, request(steps, stack=stack, step_names=names))
+    result = await execute(step_from_event, request(steps, stack=stack, step_names=names))
 
-    assert isinstance(result, inngest.FunctionFailed)
+    assert isinstance(result, FunctionFailed)
     assert result.retriable is False
     assert result.error["name"] == "NonDeterminismError"
     message = result.error["message"]
@@ -332,11 +334,9 @@ async def returns_early(ctx: inngest.Context) -> str:
 async def test_function_returning_without_reaching_its_memoized_steps_is_reported() -> None:
     stack = [sha1("gone")]
 
-    result = await inngest.execute(
-        returns_early, request({stack[0]: {"data": 1}}, stack=stack, step_names={stack[0]: "gone"})
-    )
+    result = await execute(returns_early, request({stack[0]: {"data": 1}}, stack=stack, step_names={stack[0]: "gone"}))
 
-    assert isinstance(result, inngest.FunctionReturned)
+    assert isinstance(result, FunctionReturned)
     [warning] = result.warnings
     assert "'gone'" in warning
     assert "position 1 of 1" in warning
@@ -349,7 +349,7 @@ async def test_function_returning_without_reaching_its_memoized_steps_is_reporte
 def sync_function(ctx: inngest.ContextSync) -> dict[str, Any]:
     total = 0
     for i in range(3):
-        total += ctx.step.run("add", lambda i=i: i + 1)
+        total += ctx.step.run("add", _same, i + 1)
     ctx.step.sleep("rest", "1s")
     return {"total": total, "event": ctx.event.name}
 
@@ -365,7 +365,7 @@ async def test_plain_def_functions_run_with_sync_step_tools() -> None:
         ("StepRun", sha1("add:2")),
         ("Sleep", sha1("rest")),
     ]
-    assert isinstance(result, inngest.FunctionReturned)
+    assert isinstance(result, FunctionReturned)
     assert result.value == {"total": 6, "event": "test/engine"}
 
 
@@ -391,10 +391,10 @@ async def test_a_step_retry_policy_decides_error_or_failed_and_travels_in_the_op
     event = inngest.Event(name="test/policy").validated()
     ops = []
     for attempt in (0, 1):
-        request = inngest.ExecutionRequest(event=event, events=[event], steps={}, run_id="r", attempt=attempt)
-        result = await inngest.execute(policy, request)
-        assert isinstance(result, inngest.StepsReported)
+        request = ExecutionRequest(event=event, events=[event], steps={}, run_id="r", attempt=attempt)
+        result = await execute(policy, request)
+        assert isinstance(result, StepsReported)
         ops.append(result.opcodes[0])
-    assert [op.op for op in ops] == [inngest.Op.STEP_ERROR, inngest.Op.STEP_FAILED]
+    assert [op.op for op in ops] == [Op.STEP_ERROR, Op.STEP_FAILED]
     assert ops[0].opts is not None and ops[0].opts["retries"] == 1
     assert ops[0].opts["backoff"]["initial"] == 2.0

@@ -101,7 +101,7 @@ def plain(ctx: stepq.ContextSync) -> str:
     return f"{value}-done"
 
 
-def _on_failure(ctx: stepq.Context) -> None:
+async def _on_failure(ctx: stepq.Context) -> None:
     return None
 
 
@@ -110,8 +110,8 @@ def _on_failure(ctx: stepq.Context) -> None:
     trigger=stepq.TriggerEvent(event="shop/handled"),
     retries=1,
     on_failure=_on_failure,
-    cancel=[stepq.function.Cancel(event="shop/cancelled", if_exp="async.data.id == event.data.id", timeout="1h")],
-    timeouts=stepq.function.Timeouts(finish="2h"),
+    cancel=[stepq.Cancel(event="shop/cancelled", if_exp="async.data.id == event.data.id", timeout="1h")],
+    timeouts=stepq.Timeouts(finish="2h"),
 )
 async def with_handler(ctx: stepq.Context) -> None:
     return None

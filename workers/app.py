@@ -27,7 +27,7 @@ def load_client(reference: str) -> Client:
     client = getattr(module, attribute, None)
     if not isinstance(client, Client):
         found = type(client).__name__ if client is not None else "nothing"
-        raise AppLoadError(f"{reference}: expected an sdk.Client, found {found}")
+        raise AppLoadError(f"{reference}: expected a stepq.Inngest (or Client), found {found}")
     if not client.functions:
         raise AppLoadError(f"{reference}: the client defines no functions")
     return client

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from stepq.engine import ExecutionResult, execute
+from stepq.engine import ExecutionResult
 from stepq.function import Function
+from stepq.invocation import invoke
 from stepq.replay import ExecutionRequest
 
 
@@ -14,8 +15,8 @@ class Invoker(Protocol):
 
 
 class InProcessInvoker:
-    """Runs the engine in this process: the function's code is imported by the worker."""
+    """Runs the engine in this process (with the function's middleware): the worker imported its code."""
 
     async def invoke(self, fn: Any, request: ExecutionRequest) -> ExecutionResult:
         assert isinstance(fn, Function), "the in-process invoker runs functions the worker imported"
-        return await execute(fn, request)
+        return await invoke(fn, request)

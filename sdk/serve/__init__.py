@@ -9,7 +9,7 @@ path it is mounted at::
     app.add_route("/api/inngest", stepq.serve(client), methods=["GET", "POST", "PUT"])
     flask_app.wsgi_app = DispatcherMiddleware(flask_app.wsgi_app, {"/api/inngest": stepq.serve_wsgi(client)})
 
-- ``POST ?fnId=<app>-<fn>&stepId=step|<step key>`` runs the function once (``stepq.engine.execute``)
+- ``POST ?fnId=<app>-<fn>&stepId=step|<step key>`` runs the function once (``stepq.invocation.invoke``)
   with the request's event(s), memo and context, and answers 206 with opcodes, 200 with the return
   value, or 500 with ``{name, message, stack}`` and ``X-Inngest-No-Retry``; ``Retry-After`` (whole
   seconds) when the function asked for it. ``probe=trust`` answers an empty 200 after the signature

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from stepq.serve.messages import REQUEST_VERSION, SDK_NAME, Refusal
-from stepq.serve.settings import ServeSettings, env
+from stepq.serve.settings import ServeSettings
 from stepq.signing import hash_signing_key
 
 #: Timeout of calls to the API (sync, ``use_api`` reads).
@@ -37,9 +37,8 @@ class ApiClient:
             "User-Agent": SDK_NAME,
             **kwargs.pop("headers", {}),
         }
-        inngest_env = env("INNGEST_ENV")
-        if inngest_env:
-            headers["X-Inngest-Env"] = inngest_env
+        if self.settings.inngest_env:
+            headers["X-Inngest-Env"] = self.settings.inngest_env
         keys = [] if self.settings.dev else [k for k in self.settings.signing_keys if k]
         if keys:
             headers["Authorization"] = f"Bearer {hash_signing_key(keys[0])}"

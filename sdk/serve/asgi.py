@@ -110,7 +110,8 @@ def serve(
     ``INNGEST_DEV``, else http://127.0.0.1:8288). A failure handler (``<id>-failure``) of a given
     function is served with it.
     """
-    settings = ServeSettings.resolve(
+    settings = ServeSettings.for_client(
+        client,
         serve_origin=serve_origin,
         serve_path=serve_path,
         signing_key=signing_key,

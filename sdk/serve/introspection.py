@@ -9,7 +9,7 @@ from typing import Any
 from stepq.client import NO_EVENT_KEY
 from stepq.serve.messages import CAPABILITIES, SDK_VERSION, HandlerRequest, HandlerResponse, dumps
 from stepq.serve.served_functions import ServedFunctions
-from stepq.serve.settings import ServeSettings, env
+from stepq.serve.settings import ServeSettings
 from stepq.signing import SIGNATURE_HEADER, hash_signing_key
 
 INTROSPECTION_SCHEMA = "2024-05-24"
@@ -50,7 +50,7 @@ def introspection(
         authentication_succeeded=True,
         api_origin=settings.api_base_url,
         app_id=client.app_id,
-        env=env("INNGEST_ENV"),
+        env=settings.inngest_env,
         event_api_origin=(client.event_api_url or settings.api_base_url).rstrip("/"),
         event_key_hash=hashlib.sha256(client.event_key.encode()).hexdigest() if has_event_key else None,
         framework=settings.framework,

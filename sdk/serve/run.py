@@ -1,6 +1,7 @@
-"""``POST``: run a function once (``stepq.engine.execute``) with the call's event(s), memo and
-context, and answer 206 with opcodes, 200 with the return value, or 500 with ``{name, message,
-stack}``; ``probe=trust`` answers an empty 200 (after the handler checked the signature)."""
+"""``POST``: run a function once (``stepq.invocation.invoke``: the engine, with the function's
+middleware) with the call's event(s), memo and context, and answer 206 with opcodes, 200 with the
+return value, or 500 with ``{name, message, stack}``; ``probe=trust`` answers an empty 200 (after
+the handler checked the signature)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import math
 
 import structlog
 
-from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, execute
+from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from stepq.function import Function
+from stepq.invocation import invoke
 from stepq.replay import ExecutionRequest
 from stepq.serve.api_client import ApiClient
 from stepq.serve.call import parse_call, wire_event
@@ -61,7 +63,7 @@ async def answer_call(functions: ServedFunctions, api: ApiClient, request: Handl
         disable_immediate_execution=call.disable_immediate_execution,
     )
     fn = functions.with_max_attempts(fn, call.max_attempts)
-    result = await execute(fn, execution)
+    result = await invoke(fn, execution, raw_request=request)
     return result_response(fn, call.run_id, result)
 
 

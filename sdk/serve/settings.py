@@ -8,6 +8,7 @@ import dataclasses
 import os
 from urllib.parse import urlsplit
 
+from stepq.client import Inngest
 from stepq.errors import FunctionConfigError
 from stepq.signing import check_signing_key
 
@@ -54,6 +55,8 @@ class ServeSettings:
     api_base_url: str
     signing_key: str | None
     signing_key_fallback: str | None
+    #: Sent as ``X-Inngest-Env`` on calls to the API (the client's ``env``, else ``INNGEST_ENV``).
+    inngest_env: str | None = None
 
     @property
     def mode(self) -> str:
@@ -75,6 +78,7 @@ class ServeSettings:
         api_base_url: str | None,
         dev: bool | None,
         framework: str,
+        inngest_env: str | None = None,
     ) -> ServeSettings:
         """The arguments given, the environment for those left out; a FunctionConfigError names
         what is wrong."""
@@ -109,4 +113,33 @@ class ServeSettings:
             api_base_url=api.rstrip("/"),
             signing_key=checked_key,
             signing_key_fallback=checked_fallback,
+            inngest_env=inngest_env or env("INNGEST_ENV"),
+        )
+
+    @classmethod
+    def for_client(
+        cls,
+        client: Inngest,
+        *,
+        serve_origin: str | None,
+        serve_path: str,
+        signing_key: str | None,
+        signing_key_fallback: str | None,
+        api_base_url: str | None,
+        dev: bool | None,
+        framework: str,
+    ) -> ServeSettings:
+        """``resolve``, taking what ``serve`` was not given from the client: its mode
+        (``is_production``), keys, ``api_base_url`` and ``env``. ``serve``'s own arguments win."""
+        return cls.resolve(
+            serve_origin=serve_origin,
+            serve_path=serve_path,
+            signing_key=signing_key if signing_key is not None else client.signing_key,
+            signing_key_fallback=(
+                signing_key_fallback if signing_key_fallback is not None else client.signing_key_fallback
+            ),
+            api_base_url=api_base_url or client.api_base_url,
+            dev=(not client.is_production) if dev is None else dev,
+            framework=framework,
+            inngest_env=client.env,
         )

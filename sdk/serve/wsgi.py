@@ -84,7 +84,8 @@ def serve_wsgi(
     framework: str = "wsgi",
 ) -> ServeWsgiApp:
     """``serve`` for WSGI servers (Flask, Django, gunicorn sync workers); same options and protocol."""
-    settings = ServeSettings.resolve(
+    settings = ServeSettings.for_client(
+        client,
         serve_origin=serve_origin,
         serve_path=serve_path,
         signing_key=signing_key,

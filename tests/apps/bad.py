@@ -6,7 +6,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-bad")
+client = inngest.Inngest(app_id="t-bad")
 
 
 @client.create_function(id="returns-set", trigger=inngest.TriggerEvent(event="test/returns-set"))

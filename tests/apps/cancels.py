@@ -10,11 +10,10 @@ nobody sends. ``finish-timeout`` sleeps 10 s under ``Timeouts(finish="2s")``; ``
 from __future__ import annotations
 
 import stepq as inngest
-from stepq.function import Cancel, Timeouts
 
-client = inngest.Client("t-cancel")
+client = inngest.Inngest(app_id="t-cancel")
 
-RULE = Cancel(event="app/cancel", if_exp="async.data.id == event.data.id")
+RULE = inngest.Cancel(event="app/cancel", if_exp="async.data.id == event.data.id")
 
 
 def _note(path: str, run_id: str, step: str) -> str:
@@ -42,7 +41,9 @@ async def waiter(ctx: inngest.Context) -> str:
 
 
 @client.create_function(
-    id="finish-timeout", trigger=inngest.TriggerEvent(event="test/finish-timeout"), timeouts=Timeouts(finish="2s")
+    id="finish-timeout",
+    trigger=inngest.TriggerEvent(event="test/finish-timeout"),
+    timeouts=inngest.Timeouts(finish="2s"),
 )
 async def finish_timeout(ctx: inngest.Context) -> str:
     path = ctx.event.data["log"]
@@ -53,7 +54,7 @@ async def finish_timeout(ctx: inngest.Context) -> str:
 
 
 @client.create_function(
-    id="start-timeout", trigger=inngest.TriggerEvent(event="test/start-timeout"), timeouts=Timeouts(start="1s")
+    id="start-timeout", trigger=inngest.TriggerEvent(event="test/start-timeout"), timeouts=inngest.Timeouts(start="1s")
 )
 async def start_timeout(ctx: inngest.Context) -> str:
     path = ctx.event.data["log"]

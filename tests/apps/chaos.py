@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 import stepq as inngest
 
-client = inngest.Client("t-chaos")
+client = inngest.Inngest(app_id="t-chaos")
 STEPS = 10
 _marks: Redis | None = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stepq as inngest
 
-client = inngest.Client("t-cli")
+client = inngest.Inngest(app_id="t-cli")
 
 
 @client.create_function(id="greet", trigger=inngest.TriggerEvent(event="test/greet"))

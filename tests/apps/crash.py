@@ -17,7 +17,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-crash")
+client = inngest.Inngest(app_id="t-crash")
 
 
 def note(path: str, what: str, token: str) -> None:

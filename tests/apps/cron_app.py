@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import stepq as inngest
 
-client = inngest.Client("t-cron")
+client = inngest.Inngest(app_id="t-cron")
 
 
 @client.create_function(id="every-second", trigger=inngest.TriggerCron(cron="*/1 * * * * *"))

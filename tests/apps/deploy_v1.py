@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stepq as inngest
 
-client = inngest.Client("t-deploy")
+client = inngest.Inngest(app_id="t-deploy")
 
 
 @client.create_function(id="old", trigger=inngest.TriggerEvent(event="test/deploy.old"))

@@ -9,7 +9,7 @@ import uuid
 
 import stepq as inngest
 
-client = inngest.Client("t-divergent")
+client = inngest.Inngest(app_id="t-divergent")
 
 
 @client.create_function(id="random-step", trigger=inngest.TriggerEvent(event="test/random-step"))

@@ -6,7 +6,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-event-api")
+client = inngest.Inngest(app_id="t-event-api")
 
 
 @client.create_function(id="echo", trigger=inngest.TriggerEvent(event="api-test/echo"))

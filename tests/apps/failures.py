@@ -14,7 +14,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-failures")
+client = inngest.Inngest(app_id="t-failures")
 
 
 def _record(path: str, what: str, data: dict[str, Any]) -> str:

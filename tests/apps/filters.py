@@ -9,7 +9,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-filters")
+client = inngest.Inngest(app_id="t-filters")
 
 SIGNUP = "test/filters.signup"
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-fleet")
+client = inngest.Inngest(app_id="t-fleet")
 STEPS = 5
 
 

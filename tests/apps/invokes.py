@@ -12,7 +12,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-invoke")
+client = inngest.Inngest(app_id="t-invoke")
 
 
 @client.create_function(id="double", trigger=inngest.TriggerEvent(event="test/double"))
@@ -39,6 +39,7 @@ async def slow(ctx: inngest.Context) -> str:
 @client.create_function(id="parent", trigger=inngest.TriggerEvent(event="test/invoke.parent"))
 async def parent(ctx: inngest.Context) -> dict[str, Any]:
     mode = ctx.event.data["mode"]
+    result: object
     try:
         if mode == "ok":
             result = await ctx.step.invoke("call", function=double, data={"n": 21})

@@ -11,7 +11,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-limits")
+client = inngest.Inngest(app_id="t-limits")
 
 
 def _branches(ctx: inngest.Context, make: Callable[[int], Awaitable[Any]]) -> tuple[Callable[[], Awaitable[Any]], ...]:

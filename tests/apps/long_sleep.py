@@ -11,7 +11,7 @@ import time
 
 import stepq as inngest
 
-client = inngest.Client("t-long-sleep")
+client = inngest.Inngest(app_id="t-long-sleep")
 
 
 def _after(path: str) -> float:

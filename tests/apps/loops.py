@@ -1,6 +1,6 @@
 """The functions of "Working with Loops in Inngest" (shared/reference/loops-in-inngest.md), in stepq.
 
-Written as the page's Python versions, with ``import sdk as inngest``. The import loop fetches pages
+Written as the page's Python versions, with ``import stepq as inngest``. The import loop fetches pages
 from the URL in the event data (a loopback server the test runs) instead of Shopify.
 """
 
@@ -12,7 +12,7 @@ import httpx
 
 import stepq as inngest
 
-client = inngest.Client("t-loops")
+client = inngest.Inngest(app_id="t-loops")
 
 
 @client.create_function(fn_id="simple-function", trigger=inngest.TriggerEvent(event="test/simple.function"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-parallel")
+client = inngest.Inngest(app_id="t-parallel")
 N = 20
 
 

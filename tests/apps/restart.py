@@ -12,7 +12,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-restart")
+client = inngest.Inngest(app_id="t-restart")
 STEPS = 6
 STEP_S = 0.25
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-retries")
+client = inngest.Inngest(app_id="t-retries")
 FAST = inngest.Backoff.of(0.05)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-send")
+client = inngest.Inngest(app_id="t-send")
 
 
 @client.create_function(id="announcer", trigger=inngest.TriggerEvent(event="test/announce"))

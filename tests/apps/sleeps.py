@@ -9,7 +9,7 @@ import time
 
 import stepq as inngest
 
-client = inngest.Client("t-sleeps")
+client = inngest.Inngest(app_id="t-sleeps")
 
 
 def _note(path: str, what: str) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 
 import stepq as inngest
 
-client = inngest.Client("t-waits")
+client = inngest.Inngest(app_id="t-waits")
 
 MATCH = "async.data.request_id == event.data.request_id"
 

@@ -1,0 +1,87 @@
+"""Inngest's flow-control options, as types: ``Concurrency``, ``Throttle``, ``RateLimit``, ``Debounce``,
+``Batch``, ``Priority`` and ``Singleton``.
+
+They carry inngest-py 0.5's fields so that code written for Inngest constructs them unchanged, but
+stepq does not enforce flow control yet: ``create_function`` refuses them (``FunctionConfigError``
+naming each one) rather than accept a limit it would not keep. They arrive in a later release.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Literal
+
+#: The ``create_function`` keywords that take these options, refused until stepq enforces them.
+FLOW_CONTROL_KEYWORDS = (
+    "batch_events",
+    "concurrency",
+    "debounce",
+    "idempotency",
+    "priority",
+    "rate_limit",
+    "singleton",
+    "throttle",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """Start one run per batch of up to ``max_size`` events, gathered for at most ``timeout``."""
+
+    max_size: int
+    timeout: int | dt.timedelta | None = None
+    key: str | None = None
+    if_exp: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Concurrency:
+    """At most ``limit`` steps running at once, per ``key`` (a CEL expression) within ``scope``."""
+
+    limit: int
+    key: str | None = None
+    scope: Literal["account", "env", "fn"] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Debounce:
+    """Start a run only once no event (per ``key``) arrived for ``period``; at most ``timeout`` late."""
+
+    period: int | dt.timedelta
+    key: str | None = None
+    timeout: int | dt.timedelta | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Priority:
+    """``run`` is a CEL expression giving a run's priority (seconds to move it ahead in the queue)."""
+
+    run: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """Start at most ``limit`` runs per ``period`` (per ``key``); events over the limit start none."""
+
+    limit: int
+    period: int | dt.timedelta
+    key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Singleton:
+    """At most one active run per ``key``: a new one is skipped, or cancels the old (``mode``)."""
+
+    mode: Literal["skip", "cancel"]
+    key: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Throttle:
+    """Start at most ``limit`` runs per ``period`` (per ``key``, with ``burst``); the rest wait their turn."""
+
+    limit: int
+    period: int | dt.timedelta
+    key: str | None = None
+    burst: int | None = 1
