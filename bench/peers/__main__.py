@@ -27,7 +27,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from bench.common import REPO_ROOT, BenchError, Proc, RedisServer, find_redis_server, stop_all
-from bench.peers import setup
+from bench.peers import redis_costs, setup
 from bench.peers.figures import Workload, as_json, figures, medians, table, workloads
 from bench.peers.systems import ALL, Ctx, System
 
@@ -81,14 +81,20 @@ async def _driver(system: System, ctx: Ctx, w: Workload, key: str, limit: float)
         raise BenchError(f"{system.name} {w.name}: driver exited {proc.popen.returncode}:\n{proc.log_tail()}")
 
 
-async def block(system: System, ctx: Ctx, marks: Redis, plan: list[Workload], r: int) -> dict[str, float]:
-    """One system, one round: every workload; returns the figures."""
+async def block(
+    system: System, ctx: Ctx, marks: Redis, plan: list[Workload], r: int, idle_s: float
+) -> dict[str, float]:
+    """One system, one round: every workload (and, on Redis, its idle command rate); returns the figures."""
     out: dict[str, float] = {}
     await system.start(ctx)
+    store_url = system.store_url()
+    store = Redis.from_url(store_url) if store_url else None
     workers: list[Proc] = []
     try:
         for w in plan:
             if len(workers) != w.workers:
+                if store is not None and len(workers) == 1:
+                    out["idle_commands_per_s"] = await redis_costs.idle_rate(store, idle_s)
                 for proc in workers:
                     proc.stop()
                 workers = await system.workers(ctx, w.workers)
@@ -97,12 +103,17 @@ async def block(system: System, ctx: Ctx, marks: Redis, plan: list[Workload], r:
             key = f"{system.name}:{r}:{w.name}"
             limit = 60 + w.runs * (w.steps * 0.05 + w.sleep + system.extra_gap_s)
             began = time.monotonic()
+            before = await redis_costs.read(store) if store is not None else None
             await _driver(system, ctx, w, key, limit)
+            if store is not None and before is not None and w.name == "w2":
+                out |= await redis_costs.per_step(store, before, w.runs * w.steps)
             records = [v.decode() for v in await marks.lrange(key, 0, -1)]  # type: ignore[misc]
             sent = [v.decode() for v in await marks.lrange(f"{key}:sent", 0, -1)]  # type: ignore[misc]
             out |= figures(w, records, sent)
             print(f"[peers]   {system.name} {w.name}: {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
     finally:
+        if store is not None:
+            await store.aclose()
         for proc in reversed(ctx.procs):
             proc.stop()
         await system.stop(ctx)
@@ -151,7 +162,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             marks = Redis.from_url(marks_server.url())
             limit = BLOCK_LIMIT_S / (4 if args.quick else 1)
             try:
-                values = await asyncio.wait_for(block(system, ctx, marks, plan, r), limit)
+                idle_s = 3.0 if args.quick else 10.0
+                values = await asyncio.wait_for(block(system, ctx, marks, plan, r, idle_s), limit)
                 for key, value in values.items():
                     per_round[name].setdefault(key, []).append(value)
             except TimeoutError:

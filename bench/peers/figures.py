@@ -45,6 +45,8 @@ COLUMNS: dict[str, tuple[str, str, bool]] = {
     "w3_p99": ("W3 start p99", "ms", False),
     "w4_p50": ("W4 late p50", "ms", False),
     "w4_p99": ("W4 late p99", "ms", False),
+    "w2_redis_cpu_ms_per_step": ("W2 Redis CPU/step", "ms", False),
+    "idle_commands_per_s": ("idle Redis cmds/s", "/s", False),
 }
 
 
@@ -84,7 +86,7 @@ def _number(x: float, unit: str) -> str:
     if math.isnan(x):
         return "—"
     if unit == "/s":
-        return f"{x:,.0f}"
+        return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
     return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:,.0f}"
 
 

@@ -83,6 +83,10 @@ class System:
     def driver_env(self) -> dict[str, str]:
         return {}
 
+    def store_url(self) -> str | None:
+        """The Redis the system keeps its state in, when it is one (for its Redis costs)."""
+        return None
+
     async def stop(self, ctx: Ctx) -> None:
         return None
 
@@ -115,6 +119,9 @@ class _RedisBacked(System):
 
     def driver_env(self) -> dict[str, str]:
         return {"STEPQ_REDIS_URL": self.url()}
+
+    def store_url(self) -> str | None:
+        return self.url()
 
     async def stop(self, ctx: Ctx) -> None:
         if self.redis is not None:
