@@ -86,11 +86,12 @@ async def block(
 ) -> dict[str, float]:
     """One system, one round: every workload (and, on Redis, its idle command rate); returns the figures."""
     out: dict[str, float] = {}
-    await system.start(ctx)
-    store_url = system.store_url()
-    store = Redis.from_url(store_url) if store_url else None
+    store: Redis | None = None
     workers: list[Proc] = []
     try:
+        await system.start(ctx)
+        store_url = system.store_url()
+        store = Redis.from_url(store_url) if store_url else None
         for w in plan:
             if len(workers) != w.workers:
                 if store is not None and len(workers) == 1:
@@ -130,6 +131,8 @@ def filesystem(path: Path) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    load_start = list(os.getloadavg())
     redis_binary = find_redis_server()
     workdir = Path(tempfile.mkdtemp(prefix="stepq-peers-"))
     workdir_fs = filesystem(workdir)
@@ -161,25 +164,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ctx = Ctx(workdir / f"{r}-{name}", redis_binary, marks_server.url(), args.pg_url)
             marks = Redis.from_url(marks_server.url())
             limit = BLOCK_LIMIT_S / (4 if args.quick else 1)
+            error: str | None = None
             try:
                 idle_s = 3.0 if args.quick else 10.0
                 values = await asyncio.wait_for(block(system, ctx, marks, plan, r, idle_s), limit)
                 for key, value in values.items():
                     per_round[name].setdefault(key, []).append(value)
             except TimeoutError:
-                errors.setdefault(name, []).append(f"round {r + 1}: did not finish within {limit:g} s")
+                error = f"did not finish within {limit:g} s"
             except BenchError as exc:
-                errors.setdefault(name, []).append(f"round {r + 1}: {exc}")
+                error = str(exc)
             except Exception as exc:
-                errors.setdefault(name, []).append(
-                    f"round {r + 1}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-                )
+                error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
             finally:
                 await marks.aclose()
                 marks_server.stop()
-            if name in errors and len(errors[name]) > 0 and errors[name][-1].startswith(f"round {r + 1}:"):
+            if error is not None:
                 failed = True
-                print(f"[peers] {name}: ERROR {errors[name][-1][:2000]}", file=sys.stderr, flush=True)
+                errors.setdefault(name, []).append(f"round {r + 1}: {error}")
+                print(f"[peers] {name}: ERROR in round {r + 1}: {error[:2000]}", file=sys.stderr, flush=True)
     if args.keep or failed:
         print(f"[peers] logs kept in {workdir}", file=sys.stderr)
     else:
@@ -187,12 +190,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results = {name: medians(per_round[name]) for name in systems}
     return {
         "meta": {
-            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "started": started,
             "mode": "quick" if args.quick else "full",
             "rounds": args.rounds,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "workdir_filesystem": workdir_fs,
+            "loadavg_start": load_start,
             "loadavg_end": list(os.getloadavg()),
             "workloads": [_workload(w) for w in plan],
         },
