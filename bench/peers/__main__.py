@@ -46,10 +46,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated systems or families (stepq, restate, dbos, celery, arq), from: {', '.join(ALL)}",
     )
     parser.add_argument("--out", default="bench/results/peers.json", help="where to write the JSON results")
-    parser.add_argument("--pg-url", default=os.environ.get("STEPQ_PEERS_PG_URL", DEFAULT_PG_URL))
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("STEPQ_PEERS_PG_URL", DEFAULT_PG_URL),
+        help=f"the PostgreSQL DBOS uses (a fresh database per block); default $STEPQ_PEERS_PG_URL or {DEFAULT_PG_URL}",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the working directory (every process's log)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     args = parser.parse_args(argv)
+    if args.setup and (args.quick or args.rounds is not None or args.only or args.keep or args.markdown):
+        parser.error("--setup installs the peers and runs nothing: give it alone")
     wanted = [n.strip() for n in (args.only or "").split(",") if n.strip()]
     families = {cls.family for cls in ALL.values()}
     unknown = [n for n in wanted if n not in ALL and n not in families]
