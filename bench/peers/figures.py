@@ -63,10 +63,14 @@ def figures(w: Workload, records: Sequence[str], sent: Sequence[str]) -> dict[st
         last = max(run["steps"][-1] for run in runs)
         done = max(run["end"] for run in runs)
         began, ended = float(sent[1]), float(sent[2])
+        # A run's last step start -> its end (committing the last step): why "all done" trails.
+        tails = [1000 * (run["end"] - run["steps"][-1]) for run in runs]
         out = {
             "w2_last_step": work / (last - start),
             "w2_all_done": work / (done - start),
             "w2_submit_ms": 1000 * (ended - began),
+            "w2_tail_p50_ms": percentile(tails, 50),
+            "w2_tail_max_ms": max(tails),
         }
         if start != began:  # a gated batch (Restate): 1 when the sends overran the due time
             out["w2_sends_overran"] = float(ended > start)

@@ -52,7 +52,7 @@ class Ctx:
 
 
 class System:
-    """One column of the table. Subclasses start the servers (``start``) and the workers (``workers``)."""
+    """One row of the table. Subclasses start the servers (``start``) and the workers (``workers``)."""
 
     name = ""
     #: What ``--only`` selects it by.
@@ -68,7 +68,8 @@ class System:
         """Why this system cannot run here, or None."""
         return None
 
-    def versions(self, ctx_binary: str) -> dict[str, str]:
+    def versions(self, redis_binary: str) -> dict[str, str]:
+        """Versions of what it runs (and the settings that decide its durability), for the table."""
         return {}
 
     def settings(self) -> str:
