@@ -10,14 +10,7 @@ from redis.asyncio import Redis
 from stepq.runtime import keys
 from stepq.runtime.codec import unpack
 from stepq.runtime.registry import Registry
-
-#: The statuses of a run that has not ended: ``queued`` (its next job waits for a worker),
-#: ``running``, ``sleeping`` (until a timer), ``waiting`` (for an event or an invoked run).
-ACTIVE_STATUSES = ("queued", "running", "sleeping", "waiting")
-#: The statuses of a run that has ended.
-ENDED_STATUSES = ("completed", "failed", "cancelled")
-#: Every status a run can have, in the order of a run's life (the CLI's ``--status`` choices).
-RUN_STATUSES = ACTIVE_STATUSES + ENDED_STATUSES
+from stepq.runtime.run_status import RunStatus
 
 
 @dataclasses.dataclass(slots=True)
@@ -134,15 +127,13 @@ async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunV
 
 
 async def list_runs(
-    redis: Redis, *, function: str | None = None, status: str | None = None, limit: int = 20
+    redis: Redis, *, function: str | None = None, status: RunStatus | None = None, limit: int = 20
 ) -> list[RunView]:
     """The newest runs first, active and finished, optionally filtered by function and status."""
     found: list[RunView] = []
     for index in (keys.RUNS_ACTIVE, keys.RUNS_DONE):
-        if status in ENDED_STATUSES and index == keys.RUNS_ACTIVE:
-            continue
-        if status in ACTIVE_STATUSES and index == keys.RUNS_DONE:
-            continue
+        if status is not None and status.terminal != (index == keys.RUNS_DONE):
+            continue  # ended runs are indexed as done, the others as active
         offset, page = 0, max(50, limit)
         while True:
             ids = await redis.zrevrange(index, offset, offset + page - 1)

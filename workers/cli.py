@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime as dt
 import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
+import uvicorn
+
 from stepq.client import default_redis_url
-from stepq.runtime.queries import RUN_STATUSES
+from stepq.errors import StepqError
+from stepq.event import Event
+from stepq.runtime.api import ApiServer, ApiSettings
+from stepq.runtime.connection import connect
+from stepq.runtime.deadletter import DeadLetter, list_dead_letters
+from stepq.runtime.queries import get_run, list_runs
+from stepq.runtime.registry import FunctionOwnedError
+from stepq.runtime.run_status import RunStatus
+from stepq.runtime.transport import RedisTransport
+from stepq.workers.app import AppLoadError, load_client
+from stepq.workers.embedded import EmbeddedRedis
 from stepq.workers.logs import configure
+from stepq.workers.worker import WorkerOptions, build_http_worker, build_worker
 
 EXIT_USAGE = 2
 
@@ -84,7 +100,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list recent runs")
     p.add_argument("--function", help="only runs of this function id")
-    p.add_argument("--status", choices=RUN_STATUSES, help="only runs in this status")
+    # choices as text, so that a wrong one is answered with the list of the right ones
+    p.add_argument("--status", choices=[s.value for s in RunStatus], help="only runs in this status")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     redis_option(p)
@@ -115,9 +132,6 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from stepq.workers.app import AppLoadError, load_client
-    from stepq.workers.worker import WorkerOptions, build_http_worker, build_worker
-
     http = bool(getattr(args, "http", False)) or (args.command == "dev" and not args.app)
     if http == bool(args.app):
         raise CliError("give MODULE:CLIENT to run an app's functions, or --http for functions served over HTTP")
@@ -130,13 +144,11 @@ def _worker(args: argparse.Namespace) -> int:
             worker = build_http_worker(_url(args), options, signing_key=signing_key)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    from stepq.runtime.registry import FunctionOwnedError
 
     try:
         worker.run()
     except FunctionOwnedError as exc:
         # Retrying cannot help: the function id is another app's until that app drops it.
-        import structlog
 
         structlog.get_logger("stepq.worker").error(
             "worker.app_conflict", function=exc.slug, owner=exc.owner, app_id=exc.app_id
@@ -147,10 +159,6 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     """A worker and the event API (any key accepted), on a private Redis unless one is configured."""
-    import contextlib
-
-    from stepq.runtime.api import ApiServer, ApiSettings
-    from stepq.workers.embedded import EmbeddedRedis
 
     with contextlib.ExitStack() as stack:
         url = args.redis_url or os.environ.get("STEPQ_REDIS_URL")
@@ -166,21 +174,9 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from stepq.runtime.api import ApiSettings, create_app
-
     try:
         settings = ApiSettings.from_env(dev=args.dev)
-        app = create_app(
-            _url(args),
-            event_keys=settings.event_keys,
-            dev=settings.dev,
-            max_event_bytes=settings.max_event_bytes,
-            max_request_bytes=settings.max_request_bytes,
-            signing_key=settings.signing_key,
-            allowed_app_hosts=settings.allowed_app_hosts,
-        )
+        app = settings.create_app(_url(args))
     except ValueError as exc:
         raise CliError(str(exc)) from None
     mode = "dev mode: any event key is accepted" if settings.dev else f"{len(settings.event_keys)} event key(s)"
@@ -200,10 +196,6 @@ def _parse_data(raw: str) -> dict[str, Any]:
 
 
 def _send(args: argparse.Namespace) -> int:
-    from stepq.errors import StepqError
-    from stepq.event import Event
-    from stepq.runtime.transport import RedisTransport
-
     event = Event(name=args.name, data=_parse_data(args.data), id=args.id)
     transport = RedisTransport(_url(args))
     try:
@@ -215,13 +207,11 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from stepq.runtime.connection import connect
-    from stepq.runtime.queries import list_runs
-
     async def fetch() -> list[Any]:
         redis = connect(_url(args))
         try:
-            return await list_runs(redis, function=args.function, status=args.status, limit=args.limit)
+            status = RunStatus(args.status) if args.status else None
+            return await list_runs(redis, function=args.function, status=status, limit=args.limit)
         finally:
             await redis.aclose()
 
@@ -240,8 +230,6 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from stepq.runtime.transport import RedisTransport
-
     async def go() -> bool:
         transport = RedisTransport(_url(args))
         try:
@@ -256,9 +244,6 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from stepq.runtime.connection import connect
-    from stepq.runtime.queries import get_run
-
     async def fetch() -> Any:
         redis = connect(_url(args))
         try:
@@ -306,9 +291,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
-    from stepq.runtime.connection import connect
-    from stepq.runtime.deadletter import DeadLetter, list_dead_letters
-
     if args.limit < 1:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
 
@@ -335,8 +317,6 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 
 def _time(ms: int | None) -> str:
-    import datetime as dt
-
     if not ms:
         return "-"
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
