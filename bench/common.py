@@ -291,11 +291,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port, persistence off."""
+    """A private redis-server on a free loopback port, persistence off (unless ``extra_args`` turn it on,
+    e.g. ``("--appendonly", "yes", "--appendfsync", "always")``: later arguments win)."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(self, binary: str, workdir: Path, extra_args: Sequence[str] = ()) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.extra_args = list(extra_args)
         self.port = 0
         self.proc: Proc | None = None
 
@@ -314,6 +316,7 @@ class RedisServer:
                 "--appendonly", "no",
                 "--dir", str(self.workdir),
                 "--daemonize", "no",
+                *self.extra_args,
             ]  # fmt: skip
             self.proc = Proc(f"redis-{self.port}", argv, self.workdir / f"redis-{self.port}.log")
             if await self._ours():

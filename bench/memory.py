@@ -40,8 +40,9 @@ async def _sleepers(c: Clients, n: int, total: int, watch: list[Proc]) -> None:
 async def _breakdown(c: Clients) -> dict[str, Any]:
     """MEMORY USAGE of each key of one sleeping run (its own keys, its event, its wake-up job)."""
     from stepq.runtime.queries import list_runs
+    from stepq.runtime.run_status import RunStatus
 
-    views = await list_runs(c.redis, function="sleeper", status="sleeping", limit=1)
+    views = await list_runs(c.redis, function="sleeper", status=RunStatus.SLEEPING, limit=1)
     if not views:
         return {}
     view = views[0]

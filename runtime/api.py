@@ -58,6 +58,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any
 
 import structlog
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -121,6 +122,18 @@ class ApiSettings:
             max_request_bytes=_positive_env("STEPQ_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
             signing_key=os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None,
             allowed_app_hosts=AllowedHosts.parse(os.environ.get(ALLOWED_APP_HOSTS_ENV, "")),
+        )
+
+    def create_app(self, redis_url: str) -> Starlette:
+        """``create_app`` with these settings."""
+        return create_app(
+            redis_url,
+            event_keys=self.event_keys,
+            dev=self.dev,
+            max_event_bytes=self.max_event_bytes,
+            max_request_bytes=self.max_request_bytes,
+            signing_key=self.signing_key,
+            allowed_app_hosts=self.allowed_app_hosts,
         )
 
 
@@ -435,18 +448,7 @@ class ApiServer:
         settings: ApiSettings | None = None,
         app: Any = None,
     ) -> None:
-        import uvicorn
-
-        settings = settings or ApiSettings.from_env()
-        self.app = app or create_app(
-            redis_url,
-            event_keys=settings.event_keys,
-            dev=settings.dev,
-            max_event_bytes=settings.max_event_bytes,
-            max_request_bytes=settings.max_request_bytes,
-            signing_key=settings.signing_key,
-            allowed_app_hosts=settings.allowed_app_hosts,
-        )
+        self.app = app or (settings or ApiSettings.from_env()).create_app(redis_url)
         self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))

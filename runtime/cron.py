@@ -47,6 +47,7 @@ from stepq.ids import new_ulid
 from stepq.runtime import keys
 from stepq.runtime.codec import pack
 from stepq.runtime.store import RunStore
+from stepq.triggers import TriggerCron
 
 log = structlog.get_logger("stepq.cron")
 
@@ -74,11 +75,6 @@ _UTC = dt.UTC
 
 class InvalidCronError(FunctionConfigError):
     """A cron expression that cannot be parsed; the message quotes it and says what is wrong."""
-
-
-def last_key(slug: str) -> str:
-    """The newest tick (ms since the epoch) handled for function ``slug``; only ever moves forward."""
-    return f"{keys.PREFIX}:cron:{slug}:last"
 
 
 def tick_event_id(slug: str, tick_ms: int) -> str:
@@ -220,8 +216,6 @@ def _bad_field(detail: str, parts: list[str]) -> str | None:
 def cron_functions(functions: Iterable[Any]) -> list[tuple[str, str, str]]:
     """``(slug, app_id, cron_text)`` for every cron trigger of ``functions`` (``sdk.Function``s),
     validated: an invalid one raises ``InvalidCronError`` naming the function."""
-    from stepq.triggers import TriggerCron
-
     out = []
     for fn in functions:
         for trigger in fn.triggers:
@@ -311,7 +305,7 @@ class CronScheduler:
                 candidates.append((fn, *found))
         if not candidates:
             return []
-        raw_lasts: list[bytes | None] = await self.redis.mget([last_key(fn.slug) for fn, _, _ in candidates])
+        raw_lasts: list[bytes | None] = await self.redis.mget([keys.cron_last(fn.slug) for fn, _, _ in candidates])
         fire: list[tuple[_CronFunction, int, Schedule]] = []
         skip: list[tuple[_CronFunction, int, str]] = []
         for (fn, tick, schedule), raw in zip(candidates, raw_lasts, strict=True):
@@ -386,7 +380,7 @@ class CronScheduler:
             if created:
                 pipe.zremrangebyscore(keys.EVENTS, "-inf", now_ms - retention * 1000)
             for slug, tick in handled:
-                await self._advance(keys=[last_key(slug)], args=[tick], client=pipe)
+                await self._advance(keys=[keys.cron_last(slug)], args=[tick], client=pipe)
             await pipe.execute()
         for slug, tick in handled:
             self._remember(slug, tick)

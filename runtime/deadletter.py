@@ -84,7 +84,9 @@ async def move_member(scripts: Scripts, queue: str, member: bytes, reason: str) 
     """Move ``member`` out of ``queue`` into the dead letters; None if it had left the queue already."""
     record = {"queue": queue, "member_b64": base64.b64encode(member).decode(), "reason": reason, "at_ms": now_ms()}
     stored = await scripts.call(
-        "dead_letter", [queue, keys.DEAD_LETTERS], ["member", json.dumps(record), MAX_DEAD_LETTERS, member]
+        "dead_letter",
+        [queue, keys.DEAD_LETTERS, keys.ARQ_IN_PROGRESS.encode() + member],
+        ["member", json.dumps(record), MAX_DEAD_LETTERS, member],
     )
     return None if stored is None else DeadLetter.from_record(stored)
 
@@ -95,7 +97,7 @@ async def move_queue(scripts: Scripts, queue: str, reason: str) -> DeadLetter | 
     aside = keys.dead_queue(queue, at)
     record = {"queue": queue, "reason": reason, "at_ms": at, "moved_to": aside}
     stored = await scripts.call(
-        "dead_letter", [queue, keys.DEAD_LETTERS], ["queue", json.dumps(record), MAX_DEAD_LETTERS, aside]
+        "dead_letter", [queue, keys.DEAD_LETTERS, aside], ["queue", json.dumps(record), MAX_DEAD_LETTERS]
     )
     return None if stored is None else DeadLetter.from_record(stored)
 

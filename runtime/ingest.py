@@ -11,19 +11,19 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 
+from stepq.errors import InvalidEventError
 from stepq.event import Event
 from stepq.expressions import Bindings, ExpressionError, compile_expression
 from stepq.ids import new_ulid
 from stepq.runtime import keys, matching, waits
 from stepq.runtime.codec import pack
 from stepq.runtime.registry import FunctionRecord, Registry
-from stepq.runtime.scripts import source
+from stepq.runtime.scripts import body, prelude, script_text, source
 from stepq.runtime.store import RunStore, now_ms
 from stepq.triggers import TRIGGER_VARIABLES
 
@@ -60,13 +60,12 @@ def triggered(fn: FunctionRecord, name: str, bindings: Bindings) -> bool:
 def batch_script() -> str:
     """The ingest script: the shared prelude, create_run.lua as a local function of its own KEYS and
     ARGV (so a run is created by the very code ``RunStore.create_run`` calls), then the batch loop."""
-    lua = resources.files("stepq.runtime") / "lua"
     return (
-        (lua / "prelude.lua").read_text()
+        prelude()
         + "\nlocal function create_run(KEYS, ARGV)\n"
-        + (lua / "create_run.lua").read_text()
+        + body("create_run")
         + "\nend\n"
-        + (lua / "ingest_events.lua").read_text()
+        + script_text("ingest_events")
     )
 
 
@@ -105,8 +104,6 @@ class Ingest:
         becomes the stored id. ``internal`` allows reserved names; ``only_if_wanted`` drops events
         that no function and no wait listens to (runs' lifecycle events, sent on every run's end).
         """
-        from stepq.errors import InvalidEventError
-
         if not internal:
             for i, event in enumerate(events):
                 if event.name.startswith(RESERVED_PREFIXES):

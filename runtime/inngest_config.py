@@ -15,8 +15,11 @@ from urllib.parse import urlparse
 
 from stepq.durations import to_timedelta
 from stepq.errors import FunctionConfigError
+from stepq.expressions import ExpressionError, compile_expression
 from stepq.jsonvalue import NotJSONError, check_json, json_type
+from stepq.retry import Backoff
 from stepq.runtime import keys
+from stepq.runtime.cron import parse_schedule
 
 MAX_TRIGGERS = 10
 MAX_RETRIES = 20
@@ -159,8 +162,6 @@ def _shown(value: Any) -> str:
 
 
 def _backoff(raw: dict[str, Any], where: str) -> dict[str, float]:
-    from stepq.retry import Backoff
-
     for field in ("initial", "maximum"):  # seconds, or a duration string
         _optional(raw, field, (int, float, str), where)
     for field in ("factor", "jitter"):  # numbers only: float("nan") must not sneak in as a string
@@ -187,8 +188,6 @@ def _trigger(raw: Any, where: str) -> dict[str, Any]:
             out["expression"] = expression
         return out
     if isinstance(raw.get("cron"), str) and raw["cron"]:
-        from stepq.runtime.cron import parse_schedule
-
         try:
             parse_schedule(raw["cron"])
         except ValueError as exc:
@@ -225,8 +224,6 @@ def _timeouts(raw: dict[str, Any] | None, where: str) -> dict[str, str]:
 
 
 def _compiles(text: str, variables: set[str], where: str) -> None:
-    from stepq.expressions import ExpressionError, compile_expression
-
     try:
         compile_expression(text, variables=variables)
     except ExpressionError as exc:

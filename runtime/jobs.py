@@ -29,6 +29,22 @@ class JobKind(enum.StrEnum):
     INVOKE = "invoke"  # start the child run of a pending invoke step (value: function id and payload)
 
 
+def wake_job_id(run_id: str, position: int | str) -> str:
+    """The id of a sleep's wake-up job; the scripts rebuild it from a run's timer (``lua_prelude``)."""
+    return f"{run_id}:p{position}:wake"
+
+
+def lua_prelude() -> str:
+    """``wake_job_id(run_id, position)`` in Lua, generated from the Python function."""
+    run_hole, position_hole = "\x00", "\x01"
+    before, _, rest = wake_job_id(run_hole, position_hole).partition(run_hole)
+    middle, _, after = rest.partition(position_hole)
+    parts = [keys.lua_string(before) if before else "", "run_id", keys.lua_string(middle), "position"]
+    parts.append(keys.lua_string(after) if after else "")
+    body = " .. ".join(part for part in parts if part)
+    return f"local function wake_job_id(run_id, position) return {body} end\n"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobSpec:
     """What a job asks: advance ``run_id``, expected at ``position`` (steps done), ``attempt`` of it."""
@@ -44,7 +60,7 @@ class JobSpec:
     @property
     def job_id(self) -> str:
         if self.kind is JobKind.WAKE:
-            return f"{self.run_id}:p{self.position}:wake"
+            return wake_job_id(self.run_id, self.position)
         if self.kind is JobKind.PLANNED:
             return f"{self.run_id}:s{self.step_key}:a{self.attempt}"
         if self.kind is JobKind.TIMER:
@@ -98,4 +114,4 @@ def enqueue_keys(job: JobSpec, queue_id: str) -> list[str]:
 
     ``queue_id`` names the arq queue (``stepq:queue:<queue_id>``): the app's id for functions its
     workers import, ``@http`` for functions served over HTTP."""
-    return [keys.ARQ_JOB + job.job_id, keys.ARQ_RESULT + job.job_id, keys.queue(queue_id)]
+    return [keys.job(job.job_id), keys.result(job.job_id), keys.queue(queue_id)]

@@ -8,25 +8,39 @@ no handler twice; and lifecycle events that no function or wait listens to are n
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
+from redis.asyncio import Redis
 
 from stepq.client import FUNCTION_FAILED, FUNCTION_FINISHED
 from stepq.event import Event
 from stepq.runtime import keys, store
 from stepq.runtime.codec import unpack
-
-if TYPE_CHECKING:
-    from stepq.runtime.ingest import Ingest
+from stepq.runtime.run_status import RunStatus
 
 log = structlog.get_logger("stepq.lifecycle")
+
+
+class Ingest(Protocol):
+    """What a run's end needs of ``stepq.runtime.ingest.Ingest``: sending events, which may in turn
+    cancel runs and end them. A protocol, so that ingestion can use this module without a cycle."""
+
+    @property
+    def redis(self) -> Redis: ...
+
+    @property
+    def store(self) -> store.RunStore: ...
+
+    async def send(
+        self, events: Sequence[Event], *, internal: bool = False, only_if_wanted: bool = False
+    ) -> list[str]: ...
 
 
 async def run_ended(
     ingest: Ingest,
     run_id: str,
-    status: str,
+    status: RunStatus,
     *,
     fn_slug: str | None = None,
     event: dict[str, Any] | None = None,
@@ -38,12 +52,12 @@ async def run_ended(
         if fn_slug is None or event is None:
             fn_slug, event = await _describe(ingest, run_id)
         data: dict[str, Any] = {"function_id": fn_slug, "run_id": run_id, "status": status, "event": event}
-        if status == "completed":
+        if status is RunStatus.COMPLETED:
             data["result"] = output
         else:
             data["error"] = error
         names = [FUNCTION_FINISHED, "inngest/function.finished"]
-        if status == "failed":
+        if status is RunStatus.FAILED:
             names += [FUNCTION_FAILED, "inngest/function.failed"]
         events = [Event(name=name, data=data, id=f"{name}:{run_id}") for name in names]
         await ingest.send(events, internal=True, only_if_wanted=True)
@@ -56,7 +70,7 @@ async def cancel(ingest: Ingest, run_id: str, reason: str) -> store.Outcome:
     written = await ingest.store.cancel(run_id, reason)
     if written.outcome is store.Outcome.OK:
         error = {"name": "Cancelled", "message": reason, "stack": ""}
-        await run_ended(ingest, run_id, "cancelled", error=error)
+        await run_ended(ingest, run_id, RunStatus.CANCELLED, error=error)
     await runs_failed(ingest, written.ended)
     return written.outcome
 
@@ -65,7 +79,7 @@ async def runs_failed(ingest: Ingest, run_ids: Sequence[str]) -> None:
     """Emit the ends of runs a write failed on its own (a value broke a run's state limit)."""
     for run_id in run_ids:
         raw = await ingest.redis.hget(keys.run(run_id), "error")  # type: ignore[misc]
-        await run_ended(ingest, run_id, "failed", error=unpack(raw) if raw else None)
+        await run_ended(ingest, run_id, RunStatus.FAILED, error=unpack(raw) if raw else None)
 
 
 async def _describe(ingest: Ingest, run_id: str) -> tuple[str, dict[str, Any]]:

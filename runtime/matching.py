@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
 from stepq.runtime import keys, lifecycle, store, waits
 from stepq.runtime.codec import unpack
+from stepq.runtime.lifecycle import Ingest
 from stepq.runtime.store import now_ms
-
-if TYPE_CHECKING:
-    from stepq.runtime.ingest import Ingest
 
 log = structlog.get_logger("stepq.matching")
 

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from stepq.runtime import keys
 from stepq.runtime.codec import unpack
+from stepq.runtime.run_status import RunStatus
 
 
 @dataclasses.dataclass(slots=True)
@@ -114,15 +115,13 @@ async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunV
 
 
 async def list_runs(
-    redis: Redis, *, function: str | None = None, status: str | None = None, limit: int = 20
+    redis: Redis, *, function: str | None = None, status: RunStatus | None = None, limit: int = 20
 ) -> list[RunView]:
     """The newest runs first, active and finished, optionally filtered by function and status."""
     found: list[RunView] = []
     for index in (keys.RUNS_ACTIVE, keys.RUNS_DONE):
-        if status in ("completed", "failed", "cancelled") and index == keys.RUNS_ACTIVE:
-            continue
-        if status in ("queued", "running", "sleeping") and index == keys.RUNS_DONE:
-            continue
+        if status is not None and status.terminal != (index == keys.RUNS_DONE):
+            continue  # ended runs are indexed as done, the others as active
         offset, page = 0, max(50, limit)
         while True:
             ids = await redis.zrevrange(index, offset, offset + page - 1)

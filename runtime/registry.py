@@ -64,11 +64,12 @@ class Registry:
         return modified
 
     async def _register(self, app_id: str, configs: Sequence[dict[str, Any]], checksum: str) -> tuple[int, bool]:
-        args: list[Any] = [keys.PREFIX, app_id, checksum, len(configs)]
+        args: list[Any] = [app_id, checksum, len(configs)]
         for config in configs:
             events = sorted({t["event"] for t in config.get("triggers", []) if "event" in t})
             args += [config["id"], pack(config), len(events), *events]
-        reply = await self.scripts.call("register_app", [], args)
+        app_keys = [keys.FUNCTIONS, keys.app_functions(app_id), keys.app_checksum(app_id)]
+        reply = await self.scripts.call("register_app", app_keys, args)
         if reply[0] == b"owned":
             raise FunctionOwnedError(reply[1].decode(errors="replace"), reply[2].decode(errors="replace"), app_id)
         return int(reply[1]), bool(reply[2])
@@ -76,7 +77,7 @@ class Registry:
     async def route(self, event_names: Iterable[str]) -> dict[str, list[FunctionRecord]]:
         """For each event name, the functions it triggers."""
         names = sorted(set(event_names))
-        reply = await self.scripts.call("route_events", [keys.trigger(n) for n in names], [keys.FUNCTIONS])
+        reply = await self.scripts.call("route_events", [keys.FUNCTIONS, *(keys.trigger(n) for n in names)], [])
         out: dict[str, list[FunctionRecord]] = {}
         for name, flat in zip(names, reply, strict=True):
             records = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -9,7 +10,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-_NAMES = (
+from stepq.runtime import jobs, keys, run_status
+from stepq.runtime.script_args import BY_SCRIPT
+
+SCRIPT_NAMES = (
     "create_run",
     "load_run",
     "commit_step",
@@ -30,18 +34,36 @@ _NAMES = (
 )
 
 
+def script_text(name: str) -> str:
+    """The text of ``runtime/lua/<name>.lua`` alone."""
+    return (resources.files("stepq.runtime") / "lua" / f"{name}.lua").read_text()
+
+
+@cache
+def prelude() -> str:
+    """What every script starts with: the key names (generated from ``stepq.runtime.keys``), then
+    the shared helpers of prelude.lua."""
+    return keys.lua_prelude() + run_status.lua_prelude() + jobs.lua_prelude() + script_text("prelude")
+
+
+def body(name: str) -> str:
+    """A script without the prelude: its named ARGV (``runtime/script_args.py``), if it has them,
+    then its text."""
+    named = BY_SCRIPT.get(name)
+    return (named.lua_header() if named else "") + script_text(name)
+
+
 @cache
 def source(name: str) -> str:
     """A script's text, with the shared prelude in front."""
-    lua = resources.files("stepq.runtime") / "lua"
-    return (lua / "prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    return prelude() + "\n" + body(name)
 
 
 class Scripts:
     """The scripts registered on one client (redis-py caches their SHA1s and uses EVALSHA)."""
 
     def __init__(self, redis: Redis) -> None:
-        self._scripts: dict[str, AsyncScript] = {name: redis.register_script(source(name)) for name in _NAMES}
+        self._scripts: dict[str, AsyncScript] = {name: redis.register_script(source(name)) for name in SCRIPT_NAMES}
 
-    async def call(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+    async def call(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any], client: Any = None) -> Any:
         return await self._scripts[name](keys=keys, args=args, client=client)

@@ -21,8 +21,10 @@ from stepq.runtime import keys
 from stepq.runtime.codec import pack, unpack
 from stepq.runtime.jobs import JobKind, JobSpec, enqueue_keys
 from stepq.runtime.limits import Limits
+from stepq.runtime.run_status import RunStatus
+from stepq.runtime.script_args import CommitStepArgs, CreateRunArgs, FinishRunArgs, ResolveStepArgs, ScheduleArgs
 from stepq.runtime.scripts import Scripts
-from stepq.runtime.waits import Registration, registration_args
+from stepq.runtime.waits import Registration
 
 FENCE = "fence"
 #: What a run lives within unless its function registered other limits (kept in the run's record).
@@ -179,21 +181,24 @@ class RunStore:
                 keys.dedupe(fn_slug, dedupe_key) if dedupe_key else keys.run(run_id),
                 *enqueue_keys(job, queue_id or app_id),
                 keys.RUNS_ACTIVE,
+                *(key for rule in rules for key in rule.key_names()),
             ],
             [
-                run_id,
-                fn_slug,
-                app_id,
-                blob,
-                at,
-                job.encode(at),
-                self.limits.job_grace_ms,
-                self.limits.dedupe_s if dedupe_key else 0,
-                ",".join(event_ids or [e.id for e in events]),
-                parent,
-                (limits or self.limits).run_record(),
-                len(rules),
-                *registration_args(rules),
+                *CreateRunArgs(
+                    run_id=run_id,
+                    fn=fn_slug,
+                    app=app_id,
+                    events_blob=blob,
+                    now_ms=at,
+                    payload=job.encode(at),
+                    ttl_ms=self.limits.job_grace_ms,
+                    dedupe_ttl_s=self.limits.dedupe_s if dedupe_key else 0,
+                    event_ids=",".join(event_ids or [e.id for e in events]),
+                    parent=parent,
+                    limits=(limits or self.limits).run_record(),
+                    n_rules=len(rules),
+                ).argv(),
+                *(arg for rule in rules for arg in rule.args()),
             ],
             client=pipe,
         )
@@ -303,22 +308,22 @@ class RunStore:
                 keys.steps(run.run_id),
                 *enqueue_keys(nxt, run.queue_id),
             ],
-            [
-                run.fence_field,
-                run.fence,
-                key,
-                pack(value),
-                name,
-                attempts,
-                duration_ms,
-                at,
-                run.position,
-                nxt.encode(at),
-                at,
-                self.limits.job_grace_ms,
-                DEFAULT_LIMITS.max_state_bytes,
-                DEFAULT_LIMITS.retention_s,
-            ],
+            CommitStepArgs(
+                fence_field=run.fence_field,
+                fence=run.fence,
+                key=key,
+                value=pack(value),
+                name=name,
+                attempts=attempts,
+                duration_ms=duration_ms,
+                now_ms=at,
+                position=run.position,
+                payload=nxt.encode(at),
+                score=at,
+                ttl_ms=self.limits.job_grace_ms,
+                max_state_bytes=DEFAULT_LIMITS.max_state_bytes,
+                retention_s=DEFAULT_LIMITS.retention_s,
+            ).argv(),
         )
         return Written.of(reply)
 
@@ -328,7 +333,7 @@ class RunStore:
         job: JobSpec,
         *,
         due_ms: int,
-        status: str,
+        status: RunStatus | None,
         key: str = "",
         name: str = "",
         attempts: int = 0,
@@ -337,8 +342,9 @@ class RunStore:
     ) -> Outcome:
         """Park the run until ``job`` runs at ``due_ms`` (a retry after backoff, or a sleep's end).
 
-        ``key``: the step the retry is for (a planned step's job must name it); ``executed``: the
-        step's code ran and failed (counted as an execution)."""
+        ``status``: the run's while parked (None leaves it); ``key``: the step the retry is for (a
+        planned step's job must name it); ``executed``: the step's code ran and failed (counted as
+        an execution)."""
         at = now_ms()
         member = timer_member(job, run.queue_id) if job.kind is JobKind.WAKE else ""
         reply = await self.scripts.call(
@@ -352,22 +358,22 @@ class RunStore:
                 keys.jobs(run.run_id),
                 keys.pending(run.run_id),
             ],
-            [
-                run.fence_field,
-                run.fence,
-                -1 if job.kind is JobKind.PLANNED else run.position,
-                key,
-                name,
-                attempts,
-                error_message[:2000],
-                status,
-                job.encode(at),
-                due_ms,
-                max(0, due_ms - at) + self.limits.job_grace_ms,
-                member,
-                at,
-                int(executed),
-            ],
+            ScheduleArgs(
+                fence_field=run.fence_field,
+                fence=run.fence,
+                position=-1 if job.kind is JobKind.PLANNED else run.position,
+                key=key,
+                name=name,
+                attempts=attempts,
+                error_message=error_message[:2000],
+                status=status or "",
+                payload=job.encode(at),
+                score=due_ms,
+                ttl_ms=max(0, due_ms - at) + self.limits.job_grace_ms,
+                timer_member=member,
+                now_ms=at,
+                executed=int(executed),
+            ).argv(),
         )
         return Outcome(reply.decode())
 
@@ -376,18 +382,28 @@ class RunStore:
         run_id: str,
         fence: str,
         *,
-        status: str,
+        status: RunStatus,
         output: Any = None,
         error: Any = None,
         fence_field: str = FENCE,
     ) -> Written:
         """End the run as ``completed`` (with ``output``) or ``failed``/``cancelled`` (with ``error``)."""
-        field, blob = ("output", pack(output)) if status == "completed" else ("error", pack(error))
+        field, blob = ("output", pack(output)) if status is RunStatus.COMPLETED else ("error", pack(error))
         limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
         reply = await self.scripts.call(
             "finish_run",
             [keys.run(run_id)],
-            [run_id, fence_field, fence, status, field, blob, now_ms(), limits.retention_s, limits.max_state_bytes],
+            FinishRunArgs(
+                run_id=run_id,
+                fence_field=fence_field,
+                fence=fence,
+                status=status,
+                result_field=field,
+                result_blob=blob,
+                now_ms=now_ms(),
+                retention_s=limits.retention_s,
+                max_state_bytes=limits.max_state_bytes,
+            ).argv(),
         )
         return Written.of(reply)
 
@@ -400,7 +416,9 @@ class RunStore:
         )
         return {k: n.decode() for k, n in zip(step_keys, names, strict=True) if n is not None}
 
-    async def fan_out(self, run: LoadedRun, steps: Sequence[PendingStep], *, join: JobSpec, status: str) -> Outcome:
+    async def fan_out(
+        self, run: LoadedRun, steps: Sequence[PendingStep], *, join: JobSpec, status: RunStatus
+    ) -> Outcome:
         """Record steps reported together and enqueue their jobs; ``join`` runs once all are resolved."""
         at = now_ms()
         args: list[Any] = [
@@ -409,11 +427,11 @@ class RunStore:
             run.position,
             join.job_id,
             join.encode(at),
-            keys.queue(run.queue_id),
             at,
             status,
             len(steps),
         ]
+        wait_keys: list[str] = []
         for step in steps:
             job, wait, start = step.job, step.wait, step.start
             args += [
@@ -422,10 +440,12 @@ class RunStore:
                 job.job_id if job else "",
                 job.encode(at) if job else "",
                 step.due_ms or at,
-                *(wait.args() if wait else ["", "", "", "", ""]),
                 start.job_id if start else "",
                 start.encode(at) if start else "",
+                1 if wait else 0,
+                *(wait.args() if wait else []),
             ]
+            wait_keys += wait.key_names() if wait else []
         reply = await self.scripts.call(
             "fan_out",
             [
@@ -434,6 +454,8 @@ class RunStore:
                 keys.pending(run.run_id),
                 keys.steps(run.run_id),
                 keys.jobs(run.run_id),
+                keys.queue(run.queue_id),
+                *wait_keys,
             ],
             args,
         )
@@ -457,20 +479,20 @@ class RunStore:
         attempts, duration_ms = executed if executed is not None else ("", "")
         reply = await self.scripts.call(
             "resolve_step",
-            [],
-            [
-                run_id,
-                key,
-                pack(value),
-                name,
-                now_ms(),
-                fence_field,
-                fence,
-                limits.max_state_bytes,
-                limits.retention_s,
-                attempts,
-                duration_ms,
-            ],
+            [keys.run(run_id), keys.memo(run_id), keys.stack(run_id), keys.steps(run_id), keys.pending(run_id)],
+            ResolveStepArgs(
+                run_id=run_id,
+                key=key,
+                value=pack(value),
+                name=name,
+                now_ms=now_ms(),
+                fence_field=fence_field,
+                fence=fence,
+                max_state_bytes=limits.max_state_bytes,
+                retention_s=limits.retention_s,
+                attempts=attempts,
+                duration_ms=duration_ms,
+            ).argv(),
         )
         return Written.of(reply)
 
@@ -500,7 +522,20 @@ class RunStore:
         error = {"name": "Cancelled", "message": reason, "stack": ""}
         limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
         reply = await self.scripts.call(
-            "cancel_run", [], [run_id, now_ms(), limits.retention_s, pack(error), limits.max_state_bytes]
+            "cancel_run",
+            [
+                keys.run(run_id),
+                keys.events(run_id),
+                keys.memo(run_id),
+                keys.stack(run_id),
+                keys.steps(run_id),
+                keys.pending(run_id),
+                keys.jobs(run_id),
+                keys.TIMERS,
+                keys.RUNS_ACTIVE,
+                keys.RUNS_DONE,
+            ],
+            [run_id, now_ms(), limits.retention_s, pack(error), limits.max_state_bytes],
         )
         return Written.of(reply)
 

@@ -18,8 +18,6 @@ from stepq.runtime.store import now_ms
 
 log = structlog.get_logger("stepq.timers")
 
-LOCK = f"{keys.PREFIX}:lock:timers"
-
 
 def parse_member(member: str) -> tuple[str, str, int]:
     """(queue_id, run_id, position) from a timers-zset member ``queue|run|position``."""
@@ -31,7 +29,7 @@ async def revive_overdue(
     redis: Redis, scripts: Scripts, *, overdue_ms: int = 60_000, batch: int = 200, lock_ms: int = 30_000
 ) -> int:
     """Re-enqueue wake jobs overdue by ``overdue_ms`` whose job is gone; returns how many were revived."""
-    if not await redis.set(LOCK, b"1", px=lock_ms, nx=True):
+    if not await redis.set(keys.TIMERS_LOCK, b"1", px=lock_ms, nx=True):
         return 0
     revived = 0
     try:
@@ -64,5 +62,5 @@ async def revive_overdue(
                 revived += 1
                 log.warning("timer.revived", run_id=job.run_id, job_id=job.job_id)
     finally:
-        await redis.delete(LOCK)
+        await redis.delete(keys.TIMERS_LOCK)
     return revived

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from urllib.parse import urlparse
 
 from redis.exceptions import RedisError
 
 from stepq.errors import StepqError
 from stepq.event import Event
+from stepq.runtime import lifecycle, store
 from stepq.runtime.connection import connect
 from stepq.runtime.ingest import Ingest
 from stepq.runtime.limits import Limits
@@ -61,8 +63,6 @@ class RedisTransport:
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run; False when it had already ended (or does not exist)."""
-        from stepq.runtime import lifecycle, store
-
         if self._ingest is None:
             self._ingest = self._make_ingest()
         outcome = await lifecycle.cancel(self._ingest, run_id, reason)
@@ -90,8 +90,6 @@ async def _send(ingest: Ingest, events: Sequence[Event], url: str) -> list[str]:
 
 def _redact(url: str) -> str:
     """``url`` without its password."""
-    from urllib.parse import urlparse
-
     parts = urlparse(url)
     if parts.password is None:
         return url

@@ -53,17 +53,26 @@ class WaitRecord:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Registration:
-    """What the Lua ``register_wait`` helper needs for one wait."""
+    """What the Lua ``register_wait_from`` helper needs for one wait: its keys (for KEYS) and its
+    arguments (for ARGV)."""
 
     field: str
     hash_key: str
     set_key: str
     member: str
     record: bytes
-    paths_spec: str
+    #: The event name's set of indexed paths, and the path this wait is indexed by ('' for both when
+    #: the wait is in the scan set).
+    paths_key: str
+    path: str
+
+    def key_names(self) -> list[str]:
+        """KEYS: the name's wait hash, the lookup set, and the paths set when the wait is indexed."""
+        return [self.hash_key, self.set_key, *([self.paths_key] if self.path else [])]
 
     def args(self) -> list[Any]:
-        return [self.hash_key, self.set_key, self.member, self.record, self.paths_spec]
+        """ARGV: the run's field for the wait, the member, the record and the indexed path ('' if none)."""
+        return [self.field, self.member, self.record, self.path]
 
 
 def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord, Registration]:
@@ -78,16 +87,17 @@ def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord,
         path = path.removeprefix("async.")
         token = index_token(value)
     if indexed is not None and token is not None:
-        set_key, paths_spec = keys.wait_index(record.event, path, token), f"{keys.wait_paths(record.event)}\n{path}"
+        set_key, paths_key = keys.wait_index(record.event, path, token), keys.wait_paths(record.event)
     else:
-        set_key, paths_spec = keys.wait_scan(record.event), ""
+        set_key, paths_key, path = keys.wait_scan(record.event), "", ""
     return record, Registration(
         field=f"wait:{record.key}",
         hash_key=keys.waits(record.event),
         set_key=set_key,
         member=record.member,
         record=record.encode(),
-        paths_spec=paths_spec,
+        paths_key=paths_key,
+        path=path,
     )
 
 
@@ -153,14 +163,6 @@ def matches(record: WaitRecord, event: dict[str, Any], now_ms: int) -> bool:
     except ExpressionError:
         return False  # refused at registration; a record stored by older code matches nothing
     return bool(expression.matches({"async": event, "event": {}}))
-
-
-def registration_args(registrations: Sequence[Registration]) -> list[Any]:
-    """Flatten registrations for a Lua script's ARGV (field first)."""
-    out: list[Any] = []
-    for reg in registrations:
-        out += [reg.field, *reg.args()]
-    return out
 
 
 #: A cancellation rule without a timeout holds for this long (Inngest: a year).

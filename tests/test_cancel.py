@@ -38,7 +38,7 @@ def steps_run(log: Path, run_id: str) -> list[str]:
 
 async def wait_members(redis: Redis, event_name: str, run_id: str) -> list[str]:
     """The run's registered waits (wait steps and cancellation rules) for an event name."""
-    members: list[bytes] = await redis.hkeys(f"{keys.PREFIX}:waits:{event_name}")  # type: ignore[misc]
+    members: list[bytes] = await redis.hkeys(keys.waits(event_name))  # type: ignore[misc]
     return [m.decode() for m in members if m.decode().startswith(run_id + "|")]
 
 

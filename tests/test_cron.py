@@ -29,7 +29,6 @@ from stepq.runtime.cron import (
     InvalidCronError,
     cron_functions,
     fire_due,
-    last_key,
     parse_schedule,
     tick_event_id,
 )
@@ -195,7 +194,7 @@ async def test_a_due_tick_starts_one_run_with_the_scheduled_event(redis: Redis) 
                      "ts": ms(tick), "user": {}}  # fmt: skip
     assert unpack(await redis.get(keys.event(event["id"]))) == event
     assert await redis.zscore(keys.EVENTS, event["id"]) is not None
-    assert int(await redis.get(last_key(SLUG))) == ms(tick)
+    assert int(await redis.get(keys.cron_last(SLUG))) == ms(tick)
     # The same tick again, from this or another worker: nothing new.
     assert await fire_due(redis, store, [(SLUG, APP, "*/5 * * * *")], now=tick + dt.timedelta(seconds=40)) == []
     assert await all_run_ids(redis) == [run_id]
@@ -294,7 +293,7 @@ async def test_an_outage_beyond_catch_up_fires_nothing_until_the_next_tick(redis
     back = t0 + dt.timedelta(hours=3, minutes=20)
     assert await fire_due(redis, RunStore(redis), functions, now=back, catch_up=catch_up) == []
     assert await redis.get(keys.dedupe(SLUG, tick_event_id(SLUG, ms(t0 + dt.timedelta(hours=3))))) == SKIPPED.encode()
-    assert int(await redis.get(last_key(SLUG))) == ms(t0 + dt.timedelta(hours=3))
+    assert int(await redis.get(keys.cron_last(SLUG))) == ms(t0 + dt.timedelta(hours=3))
     # Down from 12:00 to 15:09 instead would have fired 15:00; the next tick fires as usual.
     [run_id] = await fire_due(redis, RunStore(redis), functions, now=t0 + dt.timedelta(hours=4, seconds=1))
     assert list(await runs_by_tick(redis, [run_id])) == [ms(t0 + dt.timedelta(hours=4))]
@@ -306,7 +305,7 @@ async def test_a_new_function_fires_no_tick_from_before_it_was_seen(redis: Redis
     tick = at(2025, 1, 15, 12, 5)
     # First seen 40 s after a tick: that tick is not its to fire; the next one is.
     assert await fire_due(redis, RunStore(redis), functions, now=tick + dt.timedelta(seconds=40)) == []
-    assert int(await redis.get(last_key(SLUG))) == ms(tick)
+    assert int(await redis.get(keys.cron_last(SLUG))) == ms(tick)
     assert len(await fire_due(redis, RunStore(redis), functions, now=tick + dt.timedelta(minutes=5))) == 1
     # First seen a second after its tick (deployed just before it): that tick fires.
     await redis.flushdb()
@@ -319,10 +318,10 @@ async def test_a_skipped_tick_stays_skipped_for_a_worker_with_a_stale_view(redis
     functions = [(SLUG, APP, "*/5 * * * *")]
     tick = at(2025, 1, 15, 12, 5)
     assert await fire_due(redis, RunStore(redis), functions, now=tick + dt.timedelta(seconds=40)) == []
-    await redis.delete(last_key(SLUG))  # as if the slow worker had read it before it was written
+    await redis.delete(keys.cron_last(SLUG))  # as if the slow worker had read it before it was written
     assert await fire_due(redis, RunStore(redis), functions, now=tick + dt.timedelta(seconds=1)) == []
     assert await all_run_ids(redis) == []
-    assert int(await redis.get(last_key(SLUG))) == ms(tick)
+    assert int(await redis.get(keys.cron_last(SLUG))) == ms(tick)
 
 
 async def test_several_cron_triggers_fire_on_the_union_of_their_ticks(redis: Redis) -> None:

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime as dt
 import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
+import uvicorn
+
 from stepq.client import default_redis_url
+from stepq.errors import StepqError
+from stepq.event import Event
+from stepq.runtime.api import ApiServer, ApiSettings
+from stepq.runtime.connection import connect
+from stepq.runtime.deadletter import DeadLetter, list_dead_letters
+from stepq.runtime.queries import get_run, list_runs
+from stepq.runtime.registry import FunctionOwnedError
+from stepq.runtime.run_status import RunStatus
+from stepq.runtime.transport import RedisTransport
+from stepq.workers.app import AppLoadError, load_client
+from stepq.workers.embedded import EmbeddedRedis
+from stepq.workers.logs import configure
+from stepq.workers.worker import WorkerOptions, build_http_worker, build_worker
 
 EXIT_USAGE = 2
 
@@ -76,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list recent runs")
     p.add_argument("--function", help="only runs of this function id")
-    p.add_argument("--status", choices=["queued", "running", "sleeping", "completed", "failed", "cancelled"])
+    p.add_argument("--status", type=RunStatus, choices=list(RunStatus))
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     redis_option(p)
@@ -107,10 +125,6 @@ def _url(args: argparse.Namespace) -> str:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from stepq.workers.app import AppLoadError, load_client
-    from stepq.workers.logs import configure
-    from stepq.workers.worker import WorkerOptions, build_http_worker, build_worker
-
     configure()
     http = bool(getattr(args, "http", False)) or (args.command == "dev" and not args.app)
     if http == bool(args.app):
@@ -124,13 +138,11 @@ def _worker(args: argparse.Namespace) -> int:
             worker = build_http_worker(_url(args), options, signing_key=signing_key)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-    from stepq.runtime.registry import FunctionOwnedError
 
     try:
         worker.run()
     except FunctionOwnedError as exc:
         # Retrying cannot help: the function id is another app's until that app drops it.
-        import structlog
 
         structlog.get_logger("stepq.worker").error(
             "worker.app_conflict", function=exc.slug, owner=exc.owner, app_id=exc.app_id
@@ -141,10 +153,6 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     """A worker and the event API (any key accepted), on a private Redis unless one is configured."""
-    import contextlib
-
-    from stepq.runtime.api import ApiServer, ApiSettings
-    from stepq.workers.embedded import EmbeddedRedis
 
     with contextlib.ExitStack() as stack:
         url = args.redis_url or os.environ.get("STEPQ_REDIS_URL")
@@ -160,23 +168,10 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _api(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from stepq.runtime.api import ApiSettings, create_app
-    from stepq.workers.logs import configure
-
     configure()
     try:
         settings = ApiSettings.from_env(dev=args.dev)
-        app = create_app(
-            _url(args),
-            event_keys=settings.event_keys,
-            dev=settings.dev,
-            max_event_bytes=settings.max_event_bytes,
-            max_request_bytes=settings.max_request_bytes,
-            signing_key=settings.signing_key,
-            allowed_app_hosts=settings.allowed_app_hosts,
-        )
+        app = settings.create_app(_url(args))
     except ValueError as exc:
         raise CliError(str(exc)) from None
     mode = "dev mode: any event key is accepted" if settings.dev else f"{len(settings.event_keys)} event key(s)"
@@ -196,10 +191,6 @@ def _parse_data(raw: str) -> dict[str, Any]:
 
 
 def _send(args: argparse.Namespace) -> int:
-    from stepq.errors import StepqError
-    from stepq.event import Event
-    from stepq.runtime.transport import RedisTransport
-
     event = Event(name=args.name, data=_parse_data(args.data), id=args.id)
     transport = RedisTransport(_url(args))
     try:
@@ -211,9 +202,6 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from stepq.runtime.connection import connect
-    from stepq.runtime.queries import list_runs
-
     async def fetch() -> list[Any]:
         redis = connect(_url(args))
         try:
@@ -236,8 +224,6 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from stepq.runtime.transport import RedisTransport
-
     async def go() -> bool:
         transport = RedisTransport(_url(args))
         try:
@@ -252,9 +238,6 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from stepq.runtime.connection import connect
-    from stepq.runtime.queries import get_run
-
     async def fetch() -> Any:
         redis = connect(_url(args))
         try:
@@ -296,9 +279,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
-    from stepq.runtime.connection import connect
-    from stepq.runtime.deadletter import DeadLetter, list_dead_letters
-
     if args.limit < 1:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
 
@@ -325,8 +305,6 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 
 def _time(ms: int | None) -> str:
-    import datetime as dt
-
     if not ms:
         return "-"
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")

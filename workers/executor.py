@@ -35,6 +35,7 @@ from stepq.runtime.ingest import Ingest
 from stepq.runtime.jobs import JobKind, JobSpec
 from stepq.runtime.redis_errors import is_passing
 from stepq.runtime.registry import Registry
+from stepq.runtime.run_status import RunStatus
 from stepq.runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, Written, now_ms
 from stepq.workers.faults import Faults
 from stepq.workers.invoker import Invoker
@@ -109,9 +110,9 @@ class Executor:
     async def _give_up(self, payload: Any, exc: Exception) -> None:
         job = JobSpec.from_payload(payload)
         error = {"name": "InternalError", "message": f"stepq failed to advance the run: {exc!r}", "stack": ""}
-        written = await self.store.finish(job.run_id, "", status="failed", error=error, fence_field="")
+        written = await self.store.finish(job.run_id, "", status=RunStatus.FAILED, error=error, fence_field="")
         if written.outcome is Outcome.OK:
-            await lifecycle.run_ended(self.ingest, job.run_id, "failed", error=error)
+            await lifecycle.run_ended(self.ingest, job.run_id, RunStatus.FAILED, error=error)
         await lifecycle.runs_failed(self.ingest, written.ended)
 
     async def _advance(self, ctx: dict[str, Any], payload: Any) -> None:
@@ -220,7 +221,7 @@ class Executor:
         )
         log.error("function.unknown", run_id=run.run_id, function=run.fn_slug)
         error = {"name": "FunctionNotFound", "message": message, "stack": ""}
-        await self._finish(run, "failed", error=error)
+        await self._finish(run, RunStatus.FAILED, error=error)
 
     async def _apply(
         self, job: JobSpec, run: LoadedRun, fn: Runnable, result: ExecutionResult, elapsed_ms: int
@@ -230,7 +231,7 @@ class Executor:
         if isinstance(result, FunctionReturned):
             for warning in result.warnings:
                 log.warning("run.diverged", run_id=run.run_id, function=fn.slug, detail=warning)
-            return None, await self._finish(run, "completed", output=result.value)
+            return None, await self._finish(run, RunStatus.COMPLETED, output=result.value)
         if isinstance(result, FunctionFailed):
             failures = job.attempt + 1
             if result.retriable and failures < fn.max_attempts:
@@ -238,7 +239,7 @@ class Executor:
                 # a planned step's retry is that step's: it must still be pending
                 retried = await self._retry(job, run, delay, key=job.step_key or "", error=result.error)
                 return None, await self._settle(job, run, "function-error-retry", retried)
-            return None, await self._finish(run, "failed", error=result.error)
+            return None, await self._finish(run, RunStatus.FAILED, error=result.error)
         ops = result.opcodes
         if len(ops) == 1 and ops[0].op in (Op.STEP_RUN, Op.STEP_FAILED, Op.STEP_ERROR):
             return ops[0].step_id, await self._step_result(job, run, fn, ops[0], result, elapsed_ms)
@@ -301,7 +302,7 @@ class Executor:
             run,
             _retry_job(job, run),
             due_ms=now_ms() + _ms(delay),
-            status="",
+            status=None,
             key=key,
             name=name,
             attempts=job.attempt + 1,
@@ -329,7 +330,7 @@ class Executor:
         due = wake_time(op, dt.datetime.now(dt.UTC))
         wake = JobSpec(run.run_id, run.position, kind=JobKind.WAKE, step_key=op.id)
         outcome = await self.store.schedule(
-            run, wake, due_ms=_epoch_ms(due), status="sleeping", key=op.id, name=op.step_id, attempts=1
+            run, wake, due_ms=_epoch_ms(due), status=RunStatus.SLEEPING, key=op.id, name=op.step_id, attempts=1
         )
         return await self._settle(job, run, "sleep", outcome)
 
@@ -372,7 +373,9 @@ class Executor:
                 pending.append(PendingStep(op.id, op.step_id, timer, at + _ms(timeout), start=start))
                 invoking = True
         status = (
-            "waiting" if wait_records or invoking else ("sleeping" if all(o.op is Op.SLEEP for o in ops) else "running")
+            RunStatus.WAITING
+            if wait_records or invoking
+            else (RunStatus.SLEEPING if all(o.op is Op.SLEEP for o in ops) else RunStatus.RUNNING)
         )
         join = JobSpec(run.run_id, run.position + len(ops))
         outcome = await self.store.fan_out(run, pending, join=join, status=status)
@@ -422,7 +425,7 @@ class Executor:
             self.on_next_job()  # the child's first job is due now (if it is on this worker's queue)
         log.info("invoke.started", run_id=job.run_id, step_key=job.step_key, function=slug, created=bool(created))
 
-    async def _finish(self, run: LoadedRun, status: str, *, output: Any = None, error: Any = None) -> str:
+    async def _finish(self, run: LoadedRun, status: RunStatus, *, output: Any = None, error: Any = None) -> str:
         written = await self.store.finish(
             run.run_id, run.fence, status=status, output=output, error=error, fence_field=run.fence_field
         )

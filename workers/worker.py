@@ -311,7 +311,7 @@ class StepqWorker(Worker):
             return
         claimed, poison = await self.store.scripts.call(
             "claim_jobs",
-            [self.queue_name],
+            [self.queue_name, *(keys.in_progress(job_id.decode()) for job_id in job_ids)],
             [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, self.lease_token, *job_ids],
         )
         for member in poison:
@@ -371,7 +371,7 @@ class StepqWorker(Worker):
     async def _check_job_keys(self, job_id: str) -> None:
         """After a job ended with WRONGTYPE or a bad integer: if its own arq keys are unusable, every
         attempt would end so; move it to the dead letters."""
-        job_key, retry_key = keys.ARQ_JOB + job_id, keys.ARQ_RETRY + job_id
+        job_key, retry_key = keys.job(job_id), keys.retry(job_id)
         try:
             job_type = (await self.pool.type(job_key)).decode()
             retry_type = (await self.pool.type(retry_key)).decode()
@@ -422,7 +422,7 @@ class StepqWorker(Worker):
                 continue
             try:
                 renewed = await self.store.scripts.call(
-                    "renew_leases", [keys.ARQ_IN_PROGRESS + job_id for job_id in running], [self.lease_token, lease_ms]
+                    "renew_leases", [keys.in_progress(job_id) for job_id in running], [self.lease_token, lease_ms]
                 )
             except REDIS_TROUBLE as exc:
                 faults.failed(exc, jobs=len(running))
@@ -498,7 +498,7 @@ class StepqWorker(Worker):
         self._lost.discard(job_id)
         ended = await self.store.scripts.call(
             "finish_job",
-            [keys.ARQ_IN_PROGRESS + job_id, keys.ARQ_RETRY + job_id, keys.ARQ_JOB + job_id, self.queue_name],
+            [keys.in_progress(job_id), keys.retry(job_id), keys.job(job_id), self.queue_name],
             [self.lease_token, how, delay_ms],
         )
         if ended == b"taken":

@@ -1,13 +1,15 @@
 -- Cancel a run: no further steps; its delayed jobs, waits and timers are dropped.
+-- KEYS: run, events, memo, stack, steps, pending, jobs, timers, runs_active, runs_done (what close_run
+--       touches; the run's queued jobs and its waits, and an invoked run's parent, are found in its data)
 -- ARGV: run_id, now_ms, retention_s, error_blob, max_state_bytes (the defaults: see run_limits)
 -- Returns reply(outcome); the runs after it are parents failed by this run's result.
-local run = run_part(ARGV[1], 'run')
+local run = KEYS[1]
 local why = refuse(run, 'fence', '')
 if why then
   return reply(why)
 end
 local defaults = limits_of(ARGV[5], ARGV[3])
-redis.call('HSET', run, 'status', 'cancelled', 'error', ARGV[4], 'ended', ARGV[2])
+redis.call('HSET', run, 'status', STATUS_CANCELLED, 'error', ARGV[4], 'ended', ARGV[2])
 close_run(ARGV[1], tonumber(ARGV[2]), run_limits(run, defaults).retention)
 notify_parent(run, 'error', ARGV[4], tonumber(ARGV[2]), defaults)
 return reply('ok')

@@ -1,6 +1,6 @@
 -- Claim due jobs for one worker in one round trip (arq claims each with WATCH/MULTI, four round
 -- trips per id, including ids that other workers are running).
--- KEYS: queue
+-- KEYS: queue, then each job's in-progress lock (in the order of the ids in ARGV)
 -- ARGV: now_ms, lease_ms, limit, lease token (this worker's: the lock's value), job ids...
 -- Returns {{id1, score1, id2, score2, ...}, {poison id, ...}}: the jobs claimed (their arq
 -- in-progress lock is set), and ids whose score is not a finite number (-inf, inf, nan), which no
@@ -12,7 +12,7 @@ for i = 5, #ARGV do
     break
   end
   local id = ARGV[i]
-  local lock = 'arq:in-progress:' .. id
+  local lock = KEYS[i - 3]
   if redis.call('EXISTS', lock) == 0 then
     local score = redis.call('ZSCORE', KEYS[1], id)
     if score then

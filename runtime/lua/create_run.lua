@@ -1,35 +1,29 @@
 -- Create a run and enqueue its first job, at most once per dedupe key.
--- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active
--- ARGV: run_id, fn, app, events_blob, now_ms, payload, ttl_ms, dedupe_ttl_s (0 = none), event_ids,
---       parent ('<run_id>|<step key>' of an invoking run, or ''), limits ('<max_state>,<retention_s>'
---       of the function, or '' for the defaults: see run_limits in the prelude), n_rules,
---       then per cancellation rule (6): field, wait_hash, wait_set, member, record, 'paths_key\npath' or ''
-if ARGV[8] ~= '0' then
+-- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active, then per
+--       cancellation rule its wait keys (2 or 3: see register_wait_from in the prelude)
+-- ARGV: the fields of CreateRunArgs (runtime/script_args.py), read by name as ARG.<field>, then per cancellation rule (4): field, member, record, path
+if ARG.dedupe_ttl_s ~= '0' then
   local existing = redis.call('GET', KEYS[3])
   if existing then
     return {0, existing}
   end
-  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[8])
+  redis.call('SET', KEYS[3], ARG.run_id, 'EX', ARG.dedupe_ttl_s)
 end
-redis.call('HSET', KEYS[1], 'fn', ARGV[2], 'app', ARGV[3], 'q', string.sub(KEYS[6], 13), 'status', 'queued', 'created', ARGV[5],
-  'event_ids', ARGV[9], 'fence', '0', 'state_bytes', string.len(ARGV[4]))
-redis.call('SET', KEYS[2], ARGV[4])
-if ARGV[10] ~= '' then
-  redis.call('HSET', KEYS[1], 'parent', ARGV[10])
+redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'status', STATUS_QUEUED, 'created', ARG.now_ms,
+  'event_ids', ARG.event_ids, 'fence', '0', 'state_bytes', string.len(ARG.events_blob))
+redis.call('SET', KEYS[2], ARG.events_blob)
+if ARG.parent ~= '' then
+  redis.call('HSET', KEYS[1], 'parent', ARG.parent)
 end
-if ARGV[11] ~= '' then
-  redis.call('HSET', KEYS[1], 'lim', ARGV[11])
+if ARG.limits ~= '' then
+  redis.call('HSET', KEYS[1], 'lim', ARG.limits)
 end
-local i = 13
-for _ = 1, tonumber(ARGV[12] or '0') do
-  local paths_key, path = '', ''
-  if ARGV[i + 5] ~= '' then
-    paths_key, path = string.match(ARGV[i + 5], '^(.-)\n(.*)$')
-  end
-  register_wait(KEYS[1], ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], paths_key, path)
-  i = i + 6
+local i, k = ARG_REST, 8
+for _ = 1, tonumber(ARG.n_rules) do
+  k = register_wait_from(KEYS[1], KEYS, k, ARGV, i)
+  i = i + 4
 end
-redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
-enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[6], ARGV[5], ARGV[7])
-redis.call('HSET', KEYS[1], 'next_job', string.sub(KEYS[4], 9))
-return {1, ARGV[1]}
+redis.call('ZADD', KEYS[7], ARG.now_ms, ARG.run_id)
+enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, ARG.now_ms, ARG.ttl_ms)
+redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
+return {1, ARG.run_id}

@@ -1,8 +1,8 @@
 -- Move a poison queue entry (or a whole queue key of the wrong type) aside and record it among the
 -- dead letters, in one step: the entry cannot vanish without its record, nor stay and be recorded.
--- KEYS: queue, dead letters (list)
--- ARGV: mode ('member' | 'queue'), record (JSON object), max_len, then
---       member mode: the member; queue mode: the key to rename the queue to
+-- KEYS: queue, dead letters (list), then member mode: the member's in-progress lock; queue mode:
+--       the key to rename the queue to
+-- ARGV: mode ('member' | 'queue'), record (JSON object), max_len, then member mode: the member
 -- Returns the stored record (JSON), or false when there was nothing to move (gone, or a sound queue).
 local mode, max_len, target = ARGV[1], tonumber(ARGV[3]), ARGV[4]
 local record = cjson.decode(ARGV[2])
@@ -18,14 +18,14 @@ if mode == 'member' then
   end
   redis.call('ZREM', KEYS[1], target)
   -- a worker that claimed the entry before seeing what it was holds its lock: let it go
-  redis.call('DEL', 'arq:in-progress:' .. target)
+  redis.call('DEL', KEYS[3])
   record.score = score
 else
   local kind = redis.call('TYPE', KEYS[1]).ok
   if kind == 'zset' or kind == 'none' then
     return false
   end
-  redis.call('RENAME', KEYS[1], target)
+  redis.call('RENAME', KEYS[1], KEYS[3])
   record.type = kind
 end
 local stored = cjson.encode(record)

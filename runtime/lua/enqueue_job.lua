@@ -2,5 +2,5 @@
 -- KEYS: job, result, queue, jobs
 -- ARGV: payload, score, ttl_ms
 local added = enqueue(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])
-redis.call('SADD', KEYS[4], string.sub(KEYS[1], 9))
+redis.call('SADD', KEYS[4], job_id_of(KEYS[1]))
 return added

@@ -14,9 +14,9 @@ end
 redis.call('DEL', KEYS[1])
 if ARGV[2] == 'finish' then
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[4], string.sub(KEYS[3], 9))
-elseif tonumber(ARGV[3]) > 0 and redis.call('ZSCORE', KEYS[4], string.sub(KEYS[3], 9)) then
+  redis.call('ZREM', KEYS[4], job_id_of(KEYS[3]))
+elseif tonumber(ARGV[3]) > 0 and redis.call('ZSCORE', KEYS[4], job_id_of(KEYS[3])) then
   -- (a job another delivery has ended meanwhile is not put back)
-  redis.call('ZINCRBY', KEYS[4], ARGV[3], string.sub(KEYS[3], 9))
+  redis.call('ZINCRBY', KEYS[4], ARGV[3], job_id_of(KEYS[3]))
 end
 return 'ok'

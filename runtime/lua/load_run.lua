@@ -42,8 +42,8 @@ elseif len ~= position then
   return {'stale', len}
 end
 local fence = redis.call('HINCRBY', run, ARGV[3], 1)
-if status == 'queued' or status == 'sleeping' then
-  redis.call('HSET', run, 'status', 'running')
+if status == STATUS_QUEUED or status == STATUS_SLEEPING then
+  redis.call('HSET', run, 'status', STATUS_RUNNING)
 end
 local first = redis.call('HSETNX', run, 'started', ARGV[4])
 local ids = redis.call('HMGET', run, 'fn', 'q', 'created', 'force_plan')

@@ -1,13 +1,11 @@
 -- Helpers shared by every stepq script (prepended by runtime/scripts.py).
 
-local TERMINAL = {completed = true, failed = true, cancelled = true}
-
 -- Write a job in arq's format unless a job or result with that id exists (arq's own dedupe rule).
 local function enqueue(job_key, result_key, queue_key, payload, score, ttl_ms)
   if redis.call('EXISTS', job_key, result_key) > 0 then
     return 0
   end
-  local job_id = string.sub(job_key, 9) -- strip 'arq:job:'
+  local job_id = job_id_of(job_key)
   redis.call('SET', job_key, payload, 'PX', ttl_ms)
   redis.call('ZADD', queue_key, score, job_id)
   return 1
@@ -48,10 +46,6 @@ local function run_limits(run_key, defaults)
   return defaults
 end
 
-local function run_part(run_id, part)
-  return 'stepq:{' .. run_id .. '}:' .. part
-end
-
 -- A wait (or cancellation rule) is a record in the event name's hash plus a member of one lookup set
 -- (an equality index or the scan set); the run remembers where, under the field 'wait:<key>'.
 local function register_wait(run_key, field, hash_key, set_key, member, record, paths_key, path)
@@ -61,6 +55,19 @@ local function register_wait(run_key, field, hash_key, set_key, member, record, 
     redis.call('SADD', paths_key, path)
   end
   redis.call('HSET', run_key, field, hash_key .. '\n' .. set_key .. '\n' .. member)
+end
+
+-- Register one wait described by a script's KEYS and ARGV (``Registration`` in runtime/waits.py):
+-- keys[k], keys[k + 1] are its hash and lookup set, keys[k + 2] the paths set when it is indexed;
+-- args[a..a + 3] its field, member, record and path ('' when not indexed). Returns the next k.
+local function register_wait_from(run_key, keys, k, args, a)
+  local path = args[a + 3]
+  if path ~= '' then
+    register_wait(run_key, args[a], keys[k], keys[k + 1], args[a + 1], args[a + 2], keys[k + 2], path)
+    return k + 3
+  end
+  register_wait(run_key, args[a], keys[k], keys[k + 1], args[a + 1], args[a + 2], '', '')
+  return k + 2
 end
 
 local function drop_wait(run_key, field, where)
@@ -83,39 +90,39 @@ end
 
 -- Everything a run's end shares: no waits, no timers, no pending jobs; indexed as done; expiring.
 local function close_run(run_id, now, retention_s)
-  local run = run_part(run_id, 'run')
+  local run = key_run(run_id)
   drop_all_waits(run)
-  local queue = 'stepq:queue:' .. (redis.call('HGET', run, 'q') or '')
+  local queue = key_queue(redis.call('HGET', run, 'q') or '')
   local timer = redis.call('HGET', run, 'timer')
   if timer then
-    redis.call('ZREM', 'stepq:timers', timer)
+    redis.call('ZREM', KEY_TIMERS, timer)
     local position = string.match(timer, '|([^|]*)$')
-    local wake_job = run_id .. ':p' .. position .. ':wake'
-    if redis.call('EXISTS', 'arq:in-progress:' .. wake_job) == 0 then
+    local wake_job = wake_job_id(run_id, position)
+    if redis.call('EXISTS', key_in_progress(wake_job)) == 0 then
       redis.call('ZREM', queue, wake_job)
-      redis.call('DEL', 'arq:job:' .. wake_job)
+      redis.call('DEL', key_job(wake_job))
     end
   end
-  for _, job_id in ipairs(redis.call('SMEMBERS', run_part(run_id, 'jobs'))) do
+  for _, job_id in ipairs(redis.call('SMEMBERS', key_jobs(run_id))) do
     -- delayed jobs of a run that ended would only find it ended; drop them now
-    if redis.call('EXISTS', 'arq:in-progress:' .. job_id) == 0 then
+    if redis.call('EXISTS', key_in_progress(job_id)) == 0 then
       redis.call('ZREM', queue, job_id)
-      redis.call('DEL', 'arq:job:' .. job_id)
+      redis.call('DEL', key_job(job_id))
     end
   end
   local next_job = redis.call('HGET', run, 'next_job')
-  if next_job and redis.call('EXISTS', 'arq:in-progress:' .. next_job) == 0 then
+  if next_job and redis.call('EXISTS', key_in_progress(next_job)) == 0 then
     redis.call('ZREM', queue, next_job)
-    redis.call('DEL', 'arq:job:' .. next_job)
+    redis.call('DEL', key_job(next_job))
   end
-  redis.call('DEL', run_part(run_id, 'jobs'), run_part(run_id, 'pending'))
+  redis.call('DEL', key_jobs(run_id), key_pending(run_id))
   redis.call('HDEL', run, 'timer', 'sleep_key', 'sleep_name', 'join_id', 'join_job', 'next_job')
-  for _, part in ipairs({'run', 'events', 'memo', 'stack', 'steps'}) do
-    redis.call('EXPIRE', run_part(run_id, part), retention_s)
+  for _, key in ipairs({run, key_events(run_id), key_memo(run_id), key_stack(run_id), key_steps(run_id)}) do
+    redis.call('EXPIRE', key, retention_s)
   end
-  redis.call('ZREM', 'stepq:runs:active', run_id)
-  redis.call('ZADD', 'stepq:runs:done', now, run_id)
-  redis.call('ZREMRANGEBYSCORE', 'stepq:runs:done', '-inf', now - retention_s * 1000)
+  redis.call('ZREM', KEY_RUNS_ACTIVE, run_id)
+  redis.call('ZADD', KEY_RUNS_DONE, now, run_id)
+  redis.call('ZREMRANGEBYSCORE', KEY_RUNS_DONE, '-inf', now - retention_s * 1000)
 end
 
 -- Runs a script ended besides the one it was called for (a parent failed by its child's result):
@@ -123,11 +130,6 @@ end
 local ENDED = {}
 
 local notify_parent -- defined below; fail_run and resolve_pending call each other through it
-
--- The id inside a run key ('stepq:{<id>}:run').
-local function run_id_of(run_key)
-  return string.match(run_key, '^stepq:{(.*)}:run$')
-end
 
 -- Count one execution of a step's code (a step that ran, whether or not its result is committed),
 -- apart from its retry attempts, so that duplicate executions show. An ended run's steps hash is
@@ -152,7 +154,7 @@ local function step_name(run_id, key, name)
   if name and name ~= '' then
     return name
   end
-  return redis.call('HGET', run_part(run_id, 'steps'), key .. ':name') or key
+  return redis.call('HGET', key_steps(run_id), key .. ':name') or key
 end
 
 -- A step's value would take the run's state over its limit: the run fails (as Inngest fails it),
@@ -160,9 +162,9 @@ end
 local function fail_for_state(run_id, key, name, size, limits, defaults, now)
   local message = string.format('run state would exceed %d bytes (STEPQ_MAX_STATE_BYTES) at step %s: %d bytes',
     limits.max_state, step_name(run_id, key, name), size)
-  local run = run_part(run_id, 'run')
+  local run = key_run(run_id)
   local blob = limit_error(message)
-  redis.call('HSET', run, 'status', 'failed', 'error', blob, 'ended', now)
+  redis.call('HSET', run, 'status', STATUS_FAILED, 'error', blob, 'ended', now)
   close_run(run_id, now, limits.retention)
   ENDED[#ENDED + 1] = run_id
   notify_parent(run, 'error', blob, now, defaults)
@@ -176,19 +178,19 @@ end
 -- run_limits); ``executed`` ({attempts, ms}, or nil) says the value is what the step's code just
 -- returned.
 local function resolve_pending(run_id, key, value, name, now, fence_field, fence, defaults, executed)
-  local run = run_part(run_id, 'run')
+  local run = key_run(run_id)
   if executed then
-    count_execution(run, run_part(run_id, 'steps'), key)
+    count_execution(run, key_steps(run_id), key)
   end
   local why = refuse(run, fence_field, fence)
   if why then
     return why
   end
-  local pending = run_part(run_id, 'pending')
+  local pending = key_pending(run_id)
   if redis.call('SISMEMBER', pending, key) == 0 then
     return 'stale'
   end
-  if redis.call('HEXISTS', run_part(run_id, 'memo'), key) == 1 then
+  if redis.call('HEXISTS', key_memo(run_id), key) == 1 then
     return 'duplicate'
   end
   local limits = run_limits(run, defaults)
@@ -196,14 +198,14 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
   if size > limits.max_state then
     return fail_for_state(run_id, key, name, size, limits, defaults, now)
   end
-  redis.call('HSET', run_part(run_id, 'memo'), key, value)
-  redis.call('RPUSH', run_part(run_id, 'stack'), key)
-  redis.call('HSET', run_part(run_id, 'steps'), key .. ':at', now)
+  redis.call('HSET', key_memo(run_id), key, value)
+  redis.call('RPUSH', key_stack(run_id), key)
+  redis.call('HSET', key_steps(run_id), key .. ':at', now)
   if name ~= '' then
-    redis.call('HSET', run_part(run_id, 'steps'), key .. ':name', name)
+    redis.call('HSET', key_steps(run_id), key .. ':name', name)
   end
   if executed then
-    redis.call('HSET', run_part(run_id, 'steps'), key .. ':attempts', executed.attempts, key .. ':ms', executed.ms)
+    redis.call('HSET', key_steps(run_id), key .. ':attempts', executed.attempts, key .. ':ms', executed.ms)
   end
   redis.call('HSET', run, 'state_bytes', size)
   redis.call('SREM', pending, key)
@@ -214,11 +216,11 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
   if redis.call('SCARD', pending) == 0 then
     local join = redis.call('HMGET', run, 'join_id', 'join_job', 'q')
     if join[1] then
-      enqueue('arq:job:' .. join[1], 'arq:result:' .. join[1], 'stepq:queue:' .. join[3], join[2], now, JOB_TTL_MS)
+      enqueue(key_job(join[1]), key_result(join[1]), key_queue(join[3]), join[2], now, JOB_TTL_MS)
       redis.call('HSET', run, 'next_job', join[1])
       redis.call('HDEL', run, 'join_id', 'join_job')
     end
-    redis.call('HSET', run, 'status', 'running')
+    redis.call('HSET', run, 'status', STATUS_RUNNING)
     return 'joined'
   end
   return 'ok'

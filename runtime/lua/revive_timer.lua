@@ -6,7 +6,7 @@ if redis.call('HGET', KEYS[1], 'timer') ~= ARGV[1] then
   redis.call('ZREM', KEYS[5], ARGV[1])
   return 'dropped'
 end
-local job_id = string.sub(KEYS[2], 9)
+local job_id = job_id_of(KEYS[2])
 if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('ZSCORE', KEYS[4], job_id) then
   return 'present'
 end

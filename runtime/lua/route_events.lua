@@ -1,11 +1,11 @@
--- For each trigger set in KEYS, the functions listening: {slug1, config1, slug2, config2, ...}.
--- ARGV[1]: the functions hash
+-- For each trigger set, the functions listening: {slug1, config1, slug2, config2, ...}.
+-- KEYS: the functions hash, then the trigger sets
 local out = {}
-for i = 1, #KEYS do
+for i = 2, #KEYS do
   local slugs = redis.call('SMEMBERS', KEYS[i])
   local pairs_ = {}
   if #slugs > 0 then
-    local configs = redis.call('HMGET', ARGV[1], unpack(slugs))
+    local configs = redis.call('HMGET', KEYS[1], unpack(slugs))
     for j = 1, #slugs do
       if configs[j] then
         pairs_[#pairs_ + 1] = slugs[j]
@@ -13,6 +13,6 @@ for i = 1, #KEYS do
       end
     end
   end
-  out[i] = pairs_
+  out[i - 1] = pairs_
 end
 return out

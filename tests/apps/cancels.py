@@ -2,7 +2,7 @@
 
 Each step appends ``<run_id> <step>`` to the file named by ``event.data["log"]``, so a test can tell
 which steps ran. ``sleeper`` and ``waiter`` are cancelled by ``app/cancel`` whose ``data.id`` equals
-their trigger's; ``sleeper`` sleeps 3 s between its steps, ``waiter`` waits up to 3 s for an event
+their trigger's; ``sleeper`` sleeps 6 s between its steps, ``waiter`` waits up to 6 s for an event
 nobody sends. ``finish-timeout`` sleeps 10 s under ``Timeouts(finish="2s")``; ``start-timeout`` has
 ``Timeouts(start="1s")``.
 """
@@ -26,7 +26,7 @@ def _note(path: str, run_id: str, step: str) -> str:
 async def sleeper(ctx: inngest.Context) -> str:
     path = ctx.event.data["log"]
     await ctx.step.run("before", _note, path, ctx.run_id, "before")
-    await ctx.step.sleep("nap", "3s")
+    await ctx.step.sleep("nap", "6s")
     await ctx.step.run("after", _note, path, ctx.run_id, "after")
     return "woke"
 
@@ -35,7 +35,7 @@ async def sleeper(ctx: inngest.Context) -> str:
 async def waiter(ctx: inngest.Context) -> str:
     path = ctx.event.data["log"]
     await ctx.step.run("before", _note, path, ctx.run_id, "before")
-    await ctx.step.wait_for_event("hold", event="app/never", timeout="3s")
+    await ctx.step.wait_for_event("hold", event="app/never", timeout="6s")
     await ctx.step.run("after", _note, path, ctx.run_id, "after")
     return "done waiting"
 
