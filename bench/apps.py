@@ -8,6 +8,7 @@ baseline jobs in ``bench/arq_worker.py`` record theirs the same way, so both pay
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import time
 from typing import Any
@@ -94,7 +95,7 @@ async def nap(ctx: stepq.Context) -> None:
     """Sleep, then record when the step after the sleep started: sleep lateness (the benchmark
     reads the wake-up time stepq scheduled from its timers)."""
     key, seconds = str(ctx.event.data["key"]), float(ctx.event.data["seconds"])
-    await ctx.step.sleep("nap", seconds)
+    await ctx.step.sleep("nap", dt.timedelta(seconds=seconds))
     await ctx.step.run("after", _woke, key, ctx.run_id)
 
 

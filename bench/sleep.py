@@ -1,6 +1,6 @@
 """Sleep lateness: 500 runs each sleeping 1 s; how late does the step after the sleep start?
 
-stepq: each run asks for ``step.sleep("nap", 1)``; the step after it records when it started.
+stepq: each run asks for ``step.sleep("nap", timedelta(seconds=1))``; the step after it records when it started.
 Lateness = that start - the wake-up time stepq scheduled (read from its timers zset while the runs
 sleep). That covers the wake-up job's queue wait, loading the run and replaying to the next step.
 Baseline: raw arq jobs enqueued with ``_defer_by=1``, lateness = start - due time (arq's score).

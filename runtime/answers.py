@@ -24,7 +24,7 @@ import math
 from collections.abc import Container
 from typing import Any
 
-from stepq.durations import parse_iso, to_timedelta
+from stepq.durations import parse_duration, parse_iso
 from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
 from stepq.errors import OutputTooLarge, StepOutputError, error_payload
 from stepq.expressions import ExpressionError, compile_expression
@@ -210,10 +210,10 @@ def wake_time(op: Opcode, now: dt.datetime) -> dt.datetime:
 def _duration(value: Any, what: str, maximum: dt.timedelta | None) -> dt.timedelta:
     if isinstance(value, str) and value == "":
         return dt.timedelta(0)  # Inngest: an empty timeout expires at once
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
+    if not isinstance(value, str):  # Inngest's wire carries duration strings; a bare number is ambiguous
         raise InvalidOpcode(f"{what}: expected a duration like '30s', got {_kind(value)}")
     try:
-        delta = to_timedelta(value, what=what)
+        delta = parse_duration(value, what=what)
     except (ValueError, OverflowError) as exc:
         raise InvalidOpcode(str(exc) if isinstance(exc, ValueError) else f"{what}: {value!r} is too long") from None
     if maximum is not None and delta > maximum:

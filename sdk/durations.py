@@ -1,11 +1,19 @@
-"""Durations as users write them ("30s", "5m", 2.5, timedelta) and as Inngest's wire expects them."""
+"""Durations as users write them and as Inngest's wire carries them.
+
+Users give a duration as a ``timedelta``, an ``int`` of **milliseconds** (as in inngest-py:
+``step.sleep("s", 1000)`` sleeps one second), or a string like "500ms", "30s", "5m", "1h30m", "7d"
+(the convention of Inngest's wire and its JS SDK). A float is refused rather than guessed at: stepq
+once read bare numbers as seconds, and ``2.5`` could mean either. The wire carries strings only.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
-DurationLike = dt.timedelta | int | float | str
+#: What users may pass as a duration: a timedelta, an int of milliseconds, or a string like "30s".
+DurationLike = dt.timedelta | int | str
 
 _UNITS = {
     "ms": 0.001,
@@ -16,34 +24,63 @@ _UNITS = {
     "w": 604800.0,
 }
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_EXAMPLES = "'500ms', '30s', '5m', '2h', '7d', '1h30m'"
+_FORMS = "an int of milliseconds (as in inngest-py), a timedelta, or a string like '500ms', '30s', '5m', '1h30m'"
 
 
 def to_timedelta(value: DurationLike, *, what: str = "duration") -> dt.timedelta:
-    """Parse a duration: a timedelta, a number of seconds, or a string like "30s", "1h30m", "7d"."""
+    """A user's duration as a timedelta: an int is milliseconds, a string is parsed ("30s", "1h30m").
+
+    Raises ValueError naming ``what`` for a float, a bool, a negative or unreadable value."""
     if isinstance(value, bool):
-        raise ValueError(f"{what}: expected a duration, got a bool")
+        raise ValueError(f"{what}: expected a duration, got a bool; give {_FORMS}")
     if isinstance(value, dt.timedelta):
-        seconds = value.total_seconds()
-    elif isinstance(value, int | float):
-        seconds = float(value)
+        delta = value
+    elif isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{what}: must not be negative, got {value!r}")
+        try:
+            delta = dt.timedelta(milliseconds=value)
+        except OverflowError:
+            raise ValueError(f"{what}: {value!r} ms is too long a duration") from None
+    elif isinstance(value, float):
+        raise ValueError(f"{what}: {_float_refused(value)}")
     elif isinstance(value, str):
-        text = value.strip().lower()
-        pos, seconds = 0, 0.0
-        for match in _PART.finditer(text):
-            if match.start() != pos:
-                break
-            seconds += float(match.group(1)) * _UNITS[match.group(2)]
-            pos = match.end()
-        if not text or pos != len(text):
-            raise ValueError(
-                f"{what}: cannot parse {value!r}; use a number of seconds, a timedelta, or a string "
-                f"like '30s', '5m', '2h', '7d', '1h30m'"
-            )
+        return parse_duration(value, what=what)
     else:
-        raise ValueError(f"{what}: expected a timedelta, seconds or a string, got {type(value).__name__}")
-    if seconds < 0 or seconds != seconds:
+        raise ValueError(f"{what}: expected {_FORMS}; got {type(value).__name__}")
+    if delta < dt.timedelta(0):
         raise ValueError(f"{what}: must not be negative, got {value!r}")
-    return dt.timedelta(seconds=seconds)
+    return delta
+
+
+def parse_duration(text: str, *, what: str = "duration") -> dt.timedelta:
+    """A duration string as Inngest writes them: "500ms", "30s", "5m", "2h", "7d", "1w", "1h30m"."""
+    cleaned = text.strip().lower()
+    pos, seconds = 0, 0.0
+    for match in _PART.finditer(cleaned):
+        if match.start() != pos:
+            break
+        seconds += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if not cleaned or pos != len(cleaned):
+        raise ValueError(f"{what}: cannot parse {text!r}; write a duration like {_EXAMPLES}")
+    try:
+        return dt.timedelta(seconds=seconds)
+    except OverflowError:  # "99999999999999999d": more days than a timedelta holds
+        raise ValueError(f"{what}: {text!r} is too long a duration") from None
+
+
+def _float_refused(value: float) -> str:
+    """Why a float duration is refused, and what to write instead, worked out on its value."""
+    said = (
+        f"got the float {value!r}, which stepq does not guess at: a bare number is an int of "
+        f"milliseconds, as in inngest-py"
+    )
+    if not math.isfinite(value) or not 0 <= value <= 1e9:
+        return f"{said}; give {_FORMS}"
+    ms = round(value * 1000)
+    return f"{said}. For {value:g} seconds write {ms}, timedelta(seconds={value:g}) or '{ms}ms'"
 
 
 def to_duration_str(delta: dt.timedelta) -> str:

@@ -24,7 +24,9 @@ class NonRetriableError(Exception):
 
 
 class RetryAfterError(Exception):
-    """Raise to retry, no earlier than ``retry_after`` from now (a duration) or at a datetime."""
+    """Raise to retry, no earlier than ``retry_after`` from now or at a timezone-aware datetime.
+
+    A duration is an int of milliseconds (as in inngest-py), a timedelta, or a string like "30s"."""
 
     def __init__(self, message: str, retry_after: DurationLike | dt.datetime) -> None:
         super().__init__(message)

@@ -4,6 +4,7 @@
 They carry inngest-py 0.5's fields so that code written for Inngest constructs them unchanged, but
 stepq does not enforce flow control yet: ``create_function`` refuses them (``FunctionConfigError``
 naming each one) rather than accept a limit it would not keep. They arrive in a later release.
+Their durations (``period``, ``timeout``) are an int of milliseconds or a timedelta, as in inngest-py.
 """
 
 from __future__ import annotations

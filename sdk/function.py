@@ -35,7 +35,8 @@ class Cancel:
     """Cancel a run when an event named ``event`` arrives (and ``if_exp`` holds) within ``timeout``.
 
     ``if_exp`` is CEL over ``event`` (the run's trigger) and ``async`` (the arriving event), e.g.
-    ``"async.data.order_id == event.data.order_id"``.
+    ``"async.data.order_id == event.data.order_id"``. ``timeout`` is an int of milliseconds (as in
+    inngest-py), a timedelta, or a string like "1h".
     """
 
     event: str
@@ -54,7 +55,8 @@ class Cancel:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Timeouts:
     """Cancel a run not started within ``start`` of its creation, or not finished within ``finish``
-    of its first start."""
+    of its first start. Each is an int of milliseconds (as in inngest-py), a timedelta, or a string
+    like "10m", "7d"."""
 
     start: DurationLike | None = None
     finish: DurationLike | None = None

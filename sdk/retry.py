@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import random
 from typing import Any
 
@@ -27,13 +28,14 @@ class Backoff:
     @classmethod
     def of(
         cls,
-        initial: DurationLike = 1.0,
+        initial: DurationLike = dt.timedelta(seconds=1),
         *,
         factor: float = 2.0,
-        maximum: DurationLike = 600.0,
+        maximum: DurationLike = dt.timedelta(minutes=10),
         jitter: float = 0.2,
     ) -> Backoff:
-        """Build a policy from durations in any accepted form (seconds, "500ms", timedelta)."""
+        """Build a policy from durations in any form stepq takes: a timedelta, a string ("500ms",
+        "30s") or an int of milliseconds, as everywhere else (``Backoff.of(100, maximum="30s")``)."""
         if factor < 1:
             raise FunctionConfigError(f"Backoff.factor: must be at least 1, got {factor}")
         if not 0 <= jitter <= 1:
@@ -56,11 +58,15 @@ class Backoff:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Backoff:
-        """The inverse of ``to_dict``; missing fields take the defaults."""
+        """The inverse of ``to_dict``; missing fields take the defaults.
+
+        Here a number is seconds (what ``to_dict`` writes, and what the configs of apps served over
+        HTTP carry), not milliseconds as in ``of``: this is the wire, not user code.
+        """
         return cls.of(
-            raw.get("initial", 1.0),
+            _wire_duration(raw.get("initial", 1.0), "Backoff.initial"),
             factor=float(raw.get("factor", 2.0)),
-            maximum=raw.get("maximum", 600.0),
+            maximum=_wire_duration(raw.get("maximum", 600.0), "Backoff.maximum"),
             jitter=float(raw.get("jitter", 0.2)),
         )
 
@@ -69,3 +75,17 @@ class Backoff:
         base = self.initial.total_seconds() * self.factor ** max(0, failures - 1)
         base = min(base, self.maximum.total_seconds())
         return dt.timedelta(seconds=base * (1 - self.jitter * random.random()))
+
+
+def _wire_duration(value: Any, what: str) -> dt.timedelta | str:
+    """A backoff duration from a config or opcode: a number of seconds, or a duration string."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{what}: must be a finite number of seconds, not negative, got {value!r}")
+        try:
+            return dt.timedelta(seconds=value)
+        except OverflowError:
+            raise ValueError(f"{what}: {value!r} seconds is too long a duration") from None
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"{what}: expected seconds or a duration string, got {type(value).__name__}")

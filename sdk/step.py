@@ -3,6 +3,10 @@
 
 ``Step`` serves ``async def`` functions, ``StepSync`` plain ``def`` functions (run in a thread). Both
 share ``_StepCore``: the memo lookup before a step, the opcode after it.
+
+Durations (``sleep``'s, and the ``timeout`` of waits and invokes) are a ``timedelta``, a string like
+"500ms", "30s", "5m", "1h30m", or an ``int`` of milliseconds as in inngest-py (``sleep("s", 1000)``
+sleeps one second); a float is refused.
 """
 
 from __future__ import annotations
@@ -279,7 +283,8 @@ class Step(_StepCore):
         self._ran(step_id, key, index, result)
 
     async def sleep(self, step_id: str, duration: DurationLike) -> None:
-        """Pause the run for ``duration`` (seconds, a timedelta, or "30s", "5m", "2h", "7d"). No worker waits."""
+        """Pause the run for ``duration``: an int of milliseconds (as in inngest-py), a timedelta, or a
+        string like "30s", "5m", "2h", "7d". No worker waits."""
         delta = to_timedelta(duration, what=f"step {step_id!r} sleep duration")
         self._sleep_op(step_id, None, delta)
         await self._memo_used()
@@ -292,7 +297,8 @@ class Step(_StepCore):
     async def wait_for_event(
         self, step_id: str, *, event: str, timeout: DurationLike, if_exp: str | None = None
     ) -> Event | None:
-        """Pause until an event named ``event`` arrives (and ``if_exp`` holds), or ``timeout`` passes.
+        """Pause until an event named ``event`` arrives (and ``if_exp`` holds), or ``timeout`` passes
+        (an int of milliseconds, a timedelta, or a string like "1h").
 
         Returns the event, or None on timeout. ``if_exp`` is CEL over ``event`` (this run's
         triggering event) and ``async`` (the candidate), e.g.
@@ -312,7 +318,8 @@ class Step(_StepCore):
         v: str | None = None,
     ) -> T:
         """Start ``function`` as a child run and return its output (typed as the function's return);
-        its error raises ``StepError``."""
+        its error raises ``StepError``. ``timeout`` (an int of milliseconds, a timedelta, or a string
+        like "1h") bounds the wait for it."""
         memo = self._invoke_op(step_id, _function_id(function), data, timeout, v)
         await self._memo_used()
         output: T = function.deserialize_output(unwrap_memo(step_id, memo))  # type: ignore[assignment]

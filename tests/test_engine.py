@@ -223,7 +223,8 @@ async def test_step_error_then_step_failed_on_the_last_attempt(attempt: int, op:
 async def naps(ctx: inngest.Context) -> None:
     await ctx.step.sleep("short", "2s")
     await ctx.step.sleep("long", dt.timedelta(days=2))
-    await ctx.step.sleep("odd", 90)
+    await ctx.step.sleep("odd", 90_000)  # an int is milliseconds, as in inngest-py
+    await ctx.step.sleep("brief", 1500)
 
 
 async def test_sleep_opcode_name_is_the_duration_string() -> None:
@@ -234,12 +235,15 @@ async def test_sleep_opcode_name_is_the_duration_string() -> None:
         ("Sleep", sha1("short"), "short"),
         ("Sleep", sha1("long"), "long"),
         ("Sleep", sha1("odd"), "odd"),
+        ("Sleep", sha1("brief"), "brief"),
     ]
-    assert shapes[0]["name"] == "2s"
+    assert [s["name"] for s in shapes] == ["2s", "2d", "90s", "1500ms"]
+    assert [s["opts"] for s in shapes] == [{"duration": s["name"]} for s in shapes]
     assert [to_timedelta(s["name"]) for s in shapes] == [
         dt.timedelta(seconds=2),
         dt.timedelta(days=2),
         dt.timedelta(seconds=90),
+        dt.timedelta(milliseconds=1500),
     ]
     assert "data" not in shapes[0]
     assert isinstance(result, FunctionReturned)
@@ -286,7 +290,7 @@ async def test_non_retriable_error_in_a_step_fails_the_function() -> None:
 @define("retry-after-in-step")
 async def retry_after_in_step(ctx: inngest.Context) -> None:
     def call() -> None:
-        raise inngest.RetryAfterError("slow down", 1.5)
+        raise inngest.RetryAfterError("slow down", 1500)  # ms, as in inngest-py
 
     await ctx.step.run("call", call)
 

@@ -413,7 +413,7 @@ USER_CODE = textwrap.dedent(
         trigger=inngest.TriggerEvent(event="parent"),
         retries=2,
         cancel=[inngest.Cancel(event="stop")],
-        timeouts=inngest.Timeouts(finish=60),
+        timeouts=inngest.Timeouts(finish=60_000),
     )
     async def parent(ctx: inngest.Context) -> dict[str, Any]:
         assert_type(await ctx.step.run("add", add, 1, 2), int)
@@ -423,10 +423,10 @@ USER_CODE = textwrap.dedent(
         assert_type(await ctx.step.run("money", make_money, 5, output_type=Money), Money)
         assert_type(await ctx.step.invoke("child", function=child, data={"n": 1}), list[int])
         assert_type(await ctx.step.invoke_by_id("child", function_id="child"), object)
-        assert_type(await ctx.step.wait_for_event("w", event="e", timeout=60), inngest.Event | None)
+        assert_type(await ctx.step.wait_for_event("w", event="e", timeout=60_000), inngest.Event | None)
         assert_type(await ctx.step.send_event("s", inngest.Event(name="e")), list[str])
         assert_type(await ctx.group.parallel([lambda: ctx.step.run("p", add, 1, 1)]), tuple[int, ...])
-        await ctx.step.sleep("nap", 1)
+        await ctx.step.sleep("nap", 1000)
         return {}
 
 
@@ -435,7 +435,7 @@ USER_CODE = textwrap.dedent(
         assert_type(ctx.step.run("add", add, 1, 2), int)
         assert_type(ctx.step.invoke("child", function=sync_child), float)
         assert_type(ctx.group.parallel([lambda: ctx.step.run("p", add, 1, 1)]), tuple[int, ...])
-        ctx.step.sleep("nap", 1)
+        ctx.step.sleep("nap", 1000)
 
 
     async def send() -> list[str]:

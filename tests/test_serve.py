@@ -9,6 +9,7 @@ against the official Inngest Python SDK's own code when it is installed.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 import threading
@@ -77,10 +78,10 @@ async def later(ctx: stepq.Context) -> None:
     if ctx.event.data.get("in_step"):
 
         def busy() -> None:
-            raise stepq.RetryAfterError("rate limited", 42)
+            raise stepq.RetryAfterError("rate limited", 42_000)  # ms, as in inngest-py
 
         await ctx.step.run("call-api", busy)
-    raise stepq.RetryAfterError("come back later", 30)
+    raise stepq.RetryAfterError("come back later", dt.timedelta(seconds=30))
 
 
 @client.create_function(id="fan-out", trigger=stepq.TriggerEvent(event="shop/fan"))

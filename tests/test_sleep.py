@@ -68,6 +68,23 @@ async def test_sleep_parks_the_run_with_no_job_running_and_resumes_after_the_dur
     assert [s.name for s in done.steps] == ["before", "nap", "after"]
 
 
+async def test_a_bare_int_sleep_is_milliseconds_as_in_inngest_py(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    start_workers("sleeps")
+    log = tmp_path / "nap-ms.log"
+    run_id = await start_run(sender, redis, "nap-ms", "test/nap.ms", {"log": str(log)})
+
+    # Read as seconds, step.sleep("nap", 1000) would sleep for 16 minutes, far past this wait.
+    done = await wait_for_run(redis, run_id, timeout=15)
+
+    assert done.status == "completed", done.error
+    lines = read_lines(log)
+    [after] = times(lines, "after")
+    assert after - times(lines, "sleep-call")[0] >= 1.0
+    assert [s.name for s in done.steps] == ["nap", "after"]
+
+
 async def test_sleep_until_a_timezone_aware_datetime_resumes_no_earlier(
     redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ loop; plain ``def`` ones go to a thread); the final invocation records the run's
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -31,7 +32,7 @@ async def peer(ctx: stepq.Context) -> None:
     for i in range(int(data["n"])):
         stamps.append(await ctx.step.run("s", anow))
         if i == 0 and float(data.get("sleep") or 0) > 0:
-            await ctx.step.sleep("nap", float(data["sleep"]))
+            await ctx.step.sleep("nap", dt.timedelta(seconds=float(data["sleep"])))
     await apush(data, stamps)
 
 

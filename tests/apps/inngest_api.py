@@ -52,7 +52,7 @@ async def child(ctx: inngest.Context) -> dict[str, Any]:
     trigger=inngest.TriggerEvent(event="test/inngest.api"),
     retries=1,
     cancel=[inngest.Cancel(event="test/inngest.api.cancel", if_exp="async.data.id == event.data.id")],
-    timeouts=inngest.Timeouts(finish=60),
+    timeouts=inngest.Timeouts(finish=60_000),  # ms, as in inngest-py
     middleware=[],
 )
 async def parent(ctx: inngest.Context) -> dict[str, Any]:

@@ -73,7 +73,7 @@ async def _import_all(ctx: inngest.Context, step_id: Any) -> dict[str, Any]:
 @client.create_function(
     id="shopify-product-import",
     trigger=inngest.TriggerEvent(event="shopify/import.requested"),
-    backoff=inngest.Backoff.of(0.05),
+    backoff=inngest.Backoff.of("50ms"),
 )
 async def shopify_product_import(ctx: inngest.Context) -> dict[str, Any]:
     return await _import_all(ctx, lambda cursor: f"fetch-products-{cursor}")
@@ -82,7 +82,7 @@ async def shopify_product_import(ctx: inngest.Context) -> dict[str, Any]:
 @client.create_function(
     id="shopify-product-import-constant",
     trigger=inngest.TriggerEvent(event="shopify/import.constant"),
-    backoff=inngest.Backoff.of(0.05),
+    backoff=inngest.Backoff.of("50ms"),
 )
 async def shopify_product_import_constant(ctx: inngest.Context) -> dict[str, Any]:
     return await _import_all(ctx, lambda cursor: "fetch-page")

@@ -12,7 +12,7 @@ from typing import Any
 import stepq as inngest
 
 client = inngest.Inngest(app_id="t-retries")
-FAST = inngest.Backoff.of(0.05)
+FAST = inngest.Backoff.of("50ms")
 
 
 def _attempt(path: str) -> int:
@@ -61,7 +61,7 @@ async def slow_down(ctx: inngest.Context) -> int:
     def call_rate_limited() -> int:
         n = _attempt(ctx.event.data["log"])
         if n == 1:
-            raise inngest.RetryAfterError("slow down", 1.5)
+            raise inngest.RetryAfterError("slow down", 1500)  # ms, as in inngest-py
         return n
 
     attempts: int = await ctx.step.run("rate-limited", call_rate_limited)

@@ -29,6 +29,16 @@ async def nap(ctx: inngest.Context) -> dict[str, float]:
     return {"before": before, "after": after}
 
 
+@client.create_function(id="nap-ms", trigger=inngest.TriggerEvent(event="test/nap.ms"))
+async def nap_ms(ctx: inngest.Context) -> dict[str, float]:
+    """Inngest's Python code as written for inngest-py: a bare int is milliseconds (one second)."""
+    path = ctx.event.data["log"]
+    _note(path, "sleep-call")
+    await ctx.step.sleep("nap", 1000)
+    after = await ctx.step.run("after", _note, path, "after")
+    return {"after": after}
+
+
 @client.create_function(id="nap-until", trigger=inngest.TriggerEvent(event="test/nap.until"))
 async def nap_until(ctx: inngest.Context) -> dict[str, float]:
     path = ctx.event.data["log"]

@@ -58,7 +58,7 @@ from tests.torture.program import (
 RECORD_PATIENCE_S = 120.0
 #: Side keys outlive any test run, then go.
 SIDE_TTL_S = 6 * 3600
-BACKOFF = stepq.Backoff.of(BACKOFF_INITIAL_S, maximum=BACKOFF_MAX_S)
+BACKOFF = stepq.Backoff.of(dt.timedelta(seconds=BACKOFF_INITIAL_S), maximum=dt.timedelta(seconds=BACKOFF_MAX_S))
 
 
 class TortureError(Exception):
@@ -118,7 +118,7 @@ RECORDER = Recorder()
 
 def _error(kind: str, message: str) -> Exception:
     if kind == "after":
-        return stepq.RetryAfterError(message, RETRY_AFTER_S)
+        return stepq.RetryAfterError(message, dt.timedelta(seconds=RETRY_AFTER_S))
     if kind == "nonret":
         return stepq.NonRetriableError(message)
     return TortureError(message)
