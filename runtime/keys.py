@@ -179,6 +179,7 @@ LUA_BUILDERS: dict[str, Callable[[str], str]] = {
     "job": job,
     "result": result,
     "in_progress": in_progress,
+    "retry": retry,
     "queue": queue,
     "trigger": trigger,
     "function_events": function_events,

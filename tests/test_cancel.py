@@ -192,3 +192,21 @@ async def test_start_timeout_cancels_a_run_no_worker_started_in_time(
     assert "start" in done.error["message"], done.error
     assert steps_run(log, run_id) == []
     assert done.steps == []
+
+
+async def test_a_run_ended_after_a_killed_worker_started_its_job_leaves_no_retry_counter(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """arq counts a job's tries in ``arq:retry:<job>`` when a worker starts it (kept a day). A worker
+    killed right after that leaves the counter with no lock; when the run then ends, its jobs go and
+    their counters must go with them, or every such kill leaks a key."""
+    [first] = start_workers("cancels")  # registers the app, so the event starts a run
+    first.stop()
+    run_id = await start_run(sender, redis, SLEEPER, "test/sleeper", {"log": str(tmp_path / "steps.log"), "id": "x"})
+    [job_id] = await queued_jobs(redis, APP, run_id)
+    await redis.incr(keys.retry(job_id))  # what arq did as the killed worker started the job
+
+    assert await sender.cancel(run_id, reason="the worker died") is True
+
+    assert await queued_jobs(redis, APP, run_id) == []
+    assert await redis.exists(keys.job(job_id), keys.retry(job_id)) == 0

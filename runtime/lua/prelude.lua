@@ -89,6 +89,15 @@ local function drop_all_waits(run_key)
 end
 
 -- Everything a run's end shares: no waits, no timers, no pending jobs; indexed as done; expiring.
+-- Drop a job of a run that ended, unless a worker holds it (that worker ends it). Its retry counter
+-- goes too: arq set it when a worker started the job, and a worker killed since left it behind.
+local function drop_idle_job(queue, job_id)
+  if redis.call('EXISTS', key_in_progress(job_id)) == 0 then
+    redis.call('ZREM', queue, job_id)
+    redis.call('DEL', key_job(job_id), key_retry(job_id))
+  end
+end
+
 local function close_run(run_id, now, retention_s)
   local run = key_run(run_id)
   drop_all_waits(run)
@@ -97,23 +106,15 @@ local function close_run(run_id, now, retention_s)
   if timer then
     redis.call('ZREM', KEY_TIMERS, timer)
     local position = string.match(timer, '|([^|]*)$')
-    local wake_job = wake_job_id(run_id, position)
-    if redis.call('EXISTS', key_in_progress(wake_job)) == 0 then
-      redis.call('ZREM', queue, wake_job)
-      redis.call('DEL', key_job(wake_job))
-    end
+    drop_idle_job(queue, wake_job_id(run_id, position))
   end
   for _, job_id in ipairs(redis.call('SMEMBERS', key_jobs(run_id))) do
     -- delayed jobs of a run that ended would only find it ended; drop them now
-    if redis.call('EXISTS', key_in_progress(job_id)) == 0 then
-      redis.call('ZREM', queue, job_id)
-      redis.call('DEL', key_job(job_id))
-    end
+    drop_idle_job(queue, job_id)
   end
   local next_job = redis.call('HGET', run, 'next_job')
-  if next_job and redis.call('EXISTS', key_in_progress(next_job)) == 0 then
-    redis.call('ZREM', queue, next_job)
-    redis.call('DEL', key_job(next_job))
+  if next_job then
+    drop_idle_job(queue, next_job)
   end
   redis.call('DEL', key_jobs(run_id), key_pending(run_id))
   redis.call('HDEL', run, 'timer', 'sleep_key', 'sleep_name', 'join_id', 'join_job', 'next_job')
