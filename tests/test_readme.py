@@ -8,6 +8,10 @@ without one, the block is executed as a snippet and must not fail.
 from __future__ import annotations
 
 import importlib
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import cast
@@ -15,8 +19,8 @@ from typing import cast
 import pytest
 from redis.asyncio import Redis
 
-from tests.helpers import REDIS_URL
-from tests.readme.harness import README, Block, ReadmeBlock, find_blocks, readme_blocks
+from tests.helpers import REDIS_URL, ROOT
+from tests.readme.harness import README, Block, ReadmeBlock, find_blocks, module_source, readme_blocks
 
 Check = Callable[[ReadmeBlock], Awaitable[None]]
 
@@ -84,3 +88,28 @@ async def test_readme_block(block: Block, redis: Redis, tmp_path: Path, monkeypa
             await cast(Check, check)(running)
     finally:
         await running.close()
+
+
+def test_every_readme_block_passes_a_users_mypy_strict(tmp_path: Path) -> None:
+    """The README's code is what users copy: it must type-check as they would check it (``mypy
+    --strict``, outside this repository's configuration). Top-level ``await`` is allowed, as the
+    blocks show code from inside an async app; names a block takes from its context are typed there."""
+    files = []
+    for block in readme_blocks():
+        path = tmp_path / f"readme_l{block.line}.py"
+        path.write_text(module_source(block))
+        files.append(path.name)
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+            "--disable-error-code", "top-level-await", "--cache-dir", str(tmp_path / ".mypy_cache"), *files,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "MYPYPATH": str(ROOT)},  # the context modules (tests.readme.*)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    # A block's module keeps README's line numbers: name the README in the report.
+    report = re.sub(r"readme_l\d+\.py:", "README.md:", result.stdout)
+    assert result.returncode == 0, report

@@ -92,6 +92,13 @@ def readme_blocks() -> list[Block]:
     return find_blocks(README.read_text())[0]
 
 
+def module_source(block: Block) -> str:
+    """A block as a module: its context's names imported, the code at its README line numbers."""
+    header = f"from tests.readme.{block.context} import *  # noqa: F403\n" if block.context else ""
+    padding = "\n" * max(0, block.line - 1 - header.count("\n"))
+    return header + padding + block.source
+
+
 class ReadmeBlock:
     """A block being tested: its module written in ``directory``, the processes and clients it
     started (stopped and closed by ``close``)."""
@@ -107,10 +114,8 @@ class ReadmeBlock:
         self._saved_env: dict[str, str | None] = {}
         self._loaded: list[ModuleType] = []
         self._namespaces: list[dict[str, Any]] = []
-        header = f"from tests.readme.{block.context} import *  # noqa: F403\n" if block.context else ""
-        padding = "\n" * max(0, block.line - 1 - header.count("\n"))
         self.path = directory / f"{self.module_name}.py"
-        self.path.write_text(header + padding + block.source)
+        self.path.write_text(module_source(block))
 
     def context(self) -> ModuleType | None:
         return importlib.import_module(f"tests.readme.{self.block.context}") if self.block.context else None
