@@ -12,8 +12,6 @@ from typing_extensions import TypeVar
 
 from stepq.durations import DurationLike, to_duration_str, to_timedelta
 from stepq.errors import FunctionConfigError
-from stepq.middleware import UninitializedMiddleware
-from stepq.middleware_manager import check_middleware_list
 from stepq.retry import Backoff
 from stepq.serializer import NOT_SET
 from stepq.triggers import Trigger, TriggerCron, TriggerEvent
@@ -88,8 +86,13 @@ class Function(Generic[T]):
     timeouts: Timeouts | None = None
     #: The client that defined it: ``step.send_event`` sends through it.
     client: Any = dataclasses.field(default=None, compare=False, repr=False)
-    #: Middleware classes (or factories) run around each invocation, after the client's.
-    middleware: list[UninitializedMiddleware] = dataclasses.field(default_factory=list, compare=False, repr=False)
+    #: Middleware classes (or factories) run around each invocation, after the client's. Checked by
+    #: ``create_function`` and again when an invocation makes them (stepq.middleware_manager); typed
+    #: loosely here because the middleware hooks take a Function, and a module that typed this field
+    #: exactly would import the middleware module that imports this one.
+    middleware: Sequence[Callable[[Any, object], object]] = dataclasses.field(
+        default_factory=list, compare=False, repr=False
+    )
     #: What the client's serializer converts the return value from and to (``NOT_SET``: JSON as is).
     output_type: object = dataclasses.field(default=NOT_SET, compare=False, repr=False)
 
@@ -127,7 +130,6 @@ class Function(Generic[T]):
                 self.timeouts.to_dict()
             except ValueError as exc:
                 raise FunctionConfigError(f"function {self.id!r}: {exc}") from None
-        check_middleware_list(self.middleware, f"function {self.id!r}")
 
     def serialize_output(self, value: object) -> object:
         """The return value as stored: through the client's serializer when ``output_type`` is set."""
