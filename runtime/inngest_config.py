@@ -3,7 +3,8 @@
 ``POST /fn/register`` carries ``{url, appName, sdk, framework, functions: [...]}`` (protocol §4.2).
 Each function becomes a stepq function record whose runs go to the shared ``@http`` queue, where
 ``stepq worker --http`` invokes them at the URL they registered. Flow-control fields (concurrency,
-throttle, debounce, batching, priority...) are stored with the config for later.
+throttle, debounce, batching, priority...) are refused by name, as ``create_function`` refuses its
+keywords: stepq does not apply them yet, and a limit accepted but not kept would be worse.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from stepq.runtime.cron import parse_schedule
 MAX_TRIGGERS = 10
 MAX_RETRIES = 20
 MAX_CANCELS = 5
-#: Stored as they come, for features stepq does not apply yet; each is checked for the JSON type
-#: Inngest's schema gives it (``concurrency`` is a number, a list of limits, or ``{fn, step}``).
+#: Fields of Inngest's function config with the JSON type its schema gives each (``concurrency`` is
+#: a number, a list of limits, or ``{fn, step}``). Flow control is refused (``REFUSED_FLOW_CONTROL``);
+#: ``checkpoint`` only tunes how Inngest's server checkpoints, so it is kept and has no effect here.
 FLOW_CONTROL: dict[str, tuple[type, ...]] = {
     "concurrency": (int, list, dict),
     "throttle": (dict,),
@@ -37,6 +39,7 @@ FLOW_CONTROL: dict[str, tuple[type, ...]] = {
     "singleton": (dict,),
     "checkpoint": (dict,),
 }
+REFUSED_FLOW_CONTROL = tuple(field for field in FLOW_CONTROL if field != "checkpoint")
 #: Deepest nesting a register payload may have (real ones nest about six levels).
 MAX_REGISTER_DEPTH = 32
 _TYPE_NAMES = {int: "a number", float: "a number", list: "a list", dict: "an object", str: "a string"}
@@ -106,6 +109,13 @@ def _function(app_id: str, raw: Any, where: str) -> dict[str, Any]:
         value = _optional(raw, field, types, where)
         if value is not None:
             flow[field] = value
+    # inngest-py sends ``concurrency: []`` (no limit) for failure handlers: empty means none.
+    refused = [f"{where}.{field}" for field in REFUSED_FLOW_CONTROL if flow.get(field) not in (None, [], {})]
+    if refused:
+        raise FunctionConfigError(
+            f"{', '.join(refused)}: flow control is not supported by stepq yet (it comes in a later release); "
+            "remove it from the function rather than run without the limits"
+        )
     config: dict[str, Any] = {
         "id": slug,
         "fn_id": slug.removeprefix(f"{app_id}-"),

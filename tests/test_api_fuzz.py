@@ -110,8 +110,7 @@ def base_function(slug: str = "fuzz-f") -> dict[str, Any]:
         },
         "cancel": [{"event": "fuzz/cancel", "if": "async.data.id == event.data.id", "timeout": "1h"}],
         "timeouts": {"start": "10m", "finish": "1h"},
-        "concurrency": [{"limit": 2}],
-        "throttle": {"limit": 1, "period": "5s"},
+        "checkpoint": {"batchSteps": 2},
     }
 
 

@@ -214,6 +214,34 @@ async def test_register_bodies_of_the_wrong_types_answer_400_naming_the_field(
     assert MARKER not in out + err
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("concurrency", [{"limit": 2}]),
+        ("throttle", {"limit": 1, "period": "5s"}),
+        ("rateLimit", {"limit": 10, "period": "1m"}),
+        ("debounce", {"period": "5s"}),
+        ("batchEvents", {"maxSize": 10, "timeout": "5s"}),
+        ("priority", {"run": "event.data.tier"}),
+        ("singleton", {"mode": "skip"}),
+        ("idempotency", "event.data.id"),
+    ],
+)
+async def test_a_served_function_with_flow_control_is_refused_naming_it(
+    redis: Redis, dev_api: str, http: httpx.AsyncClient, field: str, value: object
+) -> None:
+    """stepq does not apply flow control yet: a served app's limit is refused, as create_function
+    refuses its keywords, rather than stored and not kept. An empty concurrency list (what inngest-py
+    sends for failure handlers) is no limit, and is accepted."""
+    response = await http.post(f"{dev_api}/fn/register", json=_register_case("flow", **{field: value}))
+    assert response.status_code == 400, response.text
+    assert f"functions[0].{field}: flow control is not supported" in response.json()["error"]
+    assert await redis.dbsize() == 0
+
+    accepted = await http.post(f"{dev_api}/fn/register", json=_register_case("flow", concurrency=[]))
+    assert accepted.status_code == 200, accepted.text
+
+
 async def test_a_register_body_nested_100000_deep_answers_400(
     redis: Redis, dev_api: str, http: httpx.AsyncClient
 ) -> None:
