@@ -72,6 +72,17 @@ def markers() -> tuple[str, str]:
     return f"PLAINTEXT-{uuid.uuid4().hex}", f"CLEARTEXT-{uuid.uuid4().hex}"
 
 
+async def start_secret_run(redis: Redis, key: str, function: str, out: Path) -> tuple[str, str, str]:
+    """Start a run of ``function`` (event ``enc/<function>``) with a new secret, encrypted with
+    ``key``, and a clear marker; the function writes what it saw to ``out``. Returns the run's id,
+    the secret and the marker."""
+    secret, clear = markers()
+    async with encrypting_client(key) as sender:
+        data = {"encrypted": {"secret": secret}, "clear": clear, "out": str(out)}
+        run_id = await start_run(sender, redis, function, f"enc/{function}", data)
+    return run_id, secret, clear
+
+
 async def dump_database(redis: Redis) -> list[bytes]:
     """Every key of the database and every value it holds, whatever its type."""
     chunks: list[bytes] = []
@@ -120,12 +131,9 @@ async def test_redis_never_holds_step_outputs_event_data_or_output_in_plaintext(
 ) -> None:
     key = new_key()
     start_workers("encrypted", env={KEYS_ENV: key})
-    secret, clear = markers()
     out = tmp_path / "flow.json"
-    async with encrypting_client(key) as sender:
-        data = {"encrypted": {"secret": secret}, "clear": clear, "out": str(out)}
-        run_id = await start_run(sender, redis, "flow", "enc/flow", data)
-        view = await wait_for_run(redis, run_id)
+    run_id, secret, clear = await start_secret_run(redis, key, "flow", out)
+    view = await wait_for_run(redis, run_id)
     assert view.status == "completed", view.error
     expected = {"secret": secret, "step": f"{secret}-step", "invoked": f"{secret}-invoked-child"}
     # What the function saw: its event, step output and invoke result, decrypted.
@@ -213,11 +221,8 @@ async def test_a_failure_handler_gets_the_failed_runs_event_decrypted(
 ) -> None:
     key = new_key()
     start_workers("encrypted", env={KEYS_ENV: key})
-    secret, clear = markers()
     out = tmp_path / "handled.json"
-    async with encrypting_client(key) as sender:
-        data = {"encrypted": {"secret": secret}, "clear": clear, "out": str(out)}
-        run_id = await start_run(sender, redis, "fails", "enc/fails", data)
+    run_id, secret, clear = await start_secret_run(redis, key, "fails", out)
     assert (await wait_for_run(redis, run_id)).status == "failed"
     assert await wait_file(out) == {"handled": secret, "error": "no refunds today"}
     [handler_run] = await runs_of(redis, "fails-failure")
