@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 import structlog
@@ -57,18 +58,35 @@ class ReplayAwareLogger:
 
 class _Branches(Generic[T]):
     """What the branches of one ``group.parallel`` produced: their results in order, or the new steps
-    they planned (reported together), or that one was skipped (another step is targeted)."""
+    they planned (reported together), or that one was skipped (another step is targeted).
 
-    def __init__(self) -> None:
+    ``with branches:`` marks the replay as inside a parallel group; ``with branches.branch():``
+    wraps one branch, keeping what stopped it."""
+
+    def __init__(self, replay: Replay) -> None:
+        self._replay = replay
         self.results: list[T] = []
         self.opcodes: list[Opcode] = []
         self.skipped = False
         self.retry_after: dt.timedelta | None = None
 
-    def interrupted(self, stop: Interrupt) -> None:
-        self.opcodes.extend(stop.opcodes)
-        if stop.retry_after is not None:
-            self.retry_after = max(self.retry_after or stop.retry_after, stop.retry_after)
+    def __enter__(self) -> _Branches[T]:
+        self._replay.parallel_depth += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._replay.parallel_depth -= 1
+
+    @contextlib.contextmanager
+    def branch(self) -> Iterator[None]:
+        try:
+            yield
+        except Interrupt as stop:
+            self.opcodes.extend(stop.opcodes)
+            if stop.retry_after is not None:
+                self.retry_after = max(self.retry_after or stop.retry_after, stop.retry_after)
+        except Skip:
+            self.skipped = True
 
     def outcome(self) -> tuple[T, ...]:
         if self.opcodes:
@@ -78,11 +96,13 @@ class _Branches(Generic[T]):
         return tuple(self.results)
 
 
-class Group:
-    """``ctx.group.parallel``: plan several steps at once; each runs as its own job."""
-
+class _GroupBase:
     def __init__(self, replay: Replay) -> None:
         self._replay = replay
+
+
+class Group(_GroupBase):
+    """``ctx.group.parallel``: plan several steps at once; each runs as its own job."""
 
     async def parallel(self, callables: Sequence[Callable[[], Awaitable[T]]]) -> tuple[T, ...]:
         """Run each callable (typically ``lambda: ctx.step.run(...)``); return their results in order.
@@ -90,41 +110,22 @@ class Group:
         New steps found in the branches are planned together; the function is re-entered once they
         have all finished.
         """
-        branches = _Branches[T]()
-        self._replay.parallel_depth += 1
-        try:
-            for branch in callables:
-                try:
-                    branches.results.append(await branch())
-                except Interrupt as stop:
-                    branches.interrupted(stop)
-                except Skip:
-                    branches.skipped = True
-        finally:
-            self._replay.parallel_depth -= 1
+        with _Branches[T](self._replay) as branches:
+            for run_branch in callables:
+                with branches.branch():
+                    branches.results.append(await run_branch())
         return branches.outcome()
 
 
-class GroupSync:
+class GroupSync(_GroupBase):
     """``ctx.group.parallel`` for plain ``def`` functions: the same, with callables that need no await."""
-
-    def __init__(self, replay: Replay) -> None:
-        self._replay = replay
 
     def parallel(self, callables: Sequence[Callable[[], T]]) -> tuple[T, ...]:
         """Run each callable (typically ``lambda: ctx.step.run(...)``); see ``Group.parallel``."""
-        branches = _Branches[T]()
-        self._replay.parallel_depth += 1
-        try:
-            for branch in callables:
-                try:
-                    branches.results.append(branch())
-                except Interrupt as stop:
-                    branches.interrupted(stop)
-                except Skip:
-                    branches.skipped = True
-        finally:
-            self._replay.parallel_depth -= 1
+        with _Branches[T](self._replay) as branches:
+            for run_branch in callables:
+                with branches.branch():
+                    branches.results.append(run_branch())
         return branches.outcome()
 
 

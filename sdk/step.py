@@ -31,6 +31,8 @@ from stepq.serializer import NOT_SET, Serializer, no_serializer
 Sender = Callable[[Sequence[Event]], Coroutine[Any, Any, list[str]]]
 
 T = TypeVar("T")
+#: A sender, async or sync.
+S = TypeVar("S")
 #: The arguments ``step.run`` passes to its handler, typed against the handler's parameters.
 Args = TypeVarTuple("Args")
 
@@ -68,12 +70,43 @@ class _StepCore:
         if self._replay.hooks is not None:
             self._replay.memo_used_sync()
 
+    async def _new_code(self) -> None:
+        """Before a new step's code runs: middleware hears that the replay is over."""
+        if self._replay.hooks is not None:
+            await self._replay.new_code()
+
+    def _new_code_sync(self) -> None:
+        if self._replay.hooks is not None:
+            self._replay.new_code_sync()
+
+    @staticmethod
+    def _memo_value(step_id: str, memo: Any, converter: Serializer | None, output_type: object) -> Any:
+        """What a memoized ``step.run`` returns (or the StepError it raises)."""
+        # The common case inlined: replays pass here once per step.
+        value = memo["data"] if type(memo) is dict and len(memo) == 1 and "data" in memo else unwrap_memo(step_id, memo)
+        return value if converter is None else converter.deserialize(value, output_type)
+
     def _plan_or_run(self, step_id: str, key: str, index: int | None) -> None:
         """Return when the new step may run now; otherwise stop user code with a StepPlanned."""
         if not self._replay.may_run_now(key, step_id):
             raise Interrupt([Opcode(Op.STEP_PLANNED, key, step_id, index, opts={"type": "step.run"})])
 
-    def _ran(self, step_id: str, key: str, index: int | None, result: Any) -> NoReturn:
+    def _ran(
+        self,
+        step_id: str,
+        key: str,
+        index: int | None,
+        result: Any,
+        policy: StepPolicy | None,
+        converter: Serializer | None,
+        output_type: object,
+    ) -> NoReturn:
+        """The handler returned ``result``: stop user code with the step's output (or its failure)."""
+        if converter is not None:
+            try:
+                result = converter.serialize(result, output_type)
+            except BaseException as exc:
+                self._failed(step_id, key, index, exc, policy)
         try:
             data = self._replay.check_output(step_id, result)
         except StepOutputError as exc:
@@ -83,6 +116,8 @@ class _StepCore:
     def _failed(
         self, step_id: str, key: str, index: int | None, exc: BaseException, policy: StepPolicy | None = None
     ) -> NoReturn:
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise exc
         if isinstance(exc, Interrupt | Skip):
             raise NonRetriableError(f"step {step_id!r} called another step inside its handler; steps cannot nest")
         if isinstance(exc, NonRetriableError):
@@ -97,10 +132,11 @@ class _StepCore:
         opts = policy.to_opts() if policy is not None else None
         raise Interrupt([Opcode(op, key, step_id, index, error=error_payload(exc), opts=opts)], retry_after)
 
-    def _sleep_op(self, step_id: str, until: dt.datetime | None, delta: dt.timedelta | None) -> Any:
+    def _sleep_op(self, step_id: str, until: dt.datetime | None, delta: dt.timedelta | None) -> None:
+        """Return after a memoized sleep; otherwise stop user code with the sleep's opcode."""
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
-            return None
+            return
         self._replay.may_run_now(key, step_id)  # enforces targeting and history; a sleep never runs inline
         if delta is not None:
             if delta > MAX_SLEEP:
@@ -111,12 +147,11 @@ class _StepCore:
             name = to_iso(until)
         raise Interrupt([Opcode(Op.SLEEP, key, step_id, index, name=name, opts={"duration": name})])
 
-    def _wait_op(
-        self, step_id: str, event: str, timeout: DurationLike, if_exp: str | None
-    ) -> tuple[bool, Event | None]:
+    def _wait_op(self, step_id: str, event: str, timeout: DurationLike, if_exp: str | None) -> Event | None:
+        """The memoized wait's event (None: it timed out); otherwise stop user code with the wait."""
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
-            return True, _event_or_none(memo)
+            return _event_or_none(memo)
         if not isinstance(event, str) or not event:
             raise ValueError(f"step {step_id!r}: wait_for_event needs an event name")
         delta = to_timedelta(timeout, what=f"step {step_id!r} wait_for_event timeout")
@@ -131,12 +166,15 @@ class _StepCore:
     def _invoke_op(
         self,
         step_id: str,
-        function_id: str,
+        function: Function | str,
         data: Mapping[str, object] | None,
         timeout: DurationLike | None,
         v: str | None,
+        app_id: str | None = None,
     ) -> Any:
-        """The invoke's memo (the caller unwraps it), or an Interrupt asking for the invoke."""
+        """The invoke's memo (read by ``_invoked`` once the hooks heard of it), or an Interrupt asking
+        for the invoke of ``function`` (by id: of ``app_id``, default this run's app)."""
+        function_id = _function_id(function, app_id or self._replay.app_id)
         key, index, memo = self._lookup(step_id)
         if memo is not _MISSING:
             return memo
@@ -149,10 +187,18 @@ class _StepCore:
             opts["timeout"] = to_duration_str(to_timedelta(timeout, what=f"step {step_id!r} invoke timeout"))
         raise Interrupt([Opcode(Op.INVOKE_FUNCTION, key, step_id, index, opts=opts)])
 
-    def _sender_or_fail(self, step_id: str) -> Sender:
-        if self._sender is None:
+    @staticmethod
+    def _invoked(step_id: str, function: Function[T], memo: Any) -> T:
+        """The invoked function's output (or the StepError its failure raises), typed as its return."""
+        output: T = function.deserialize_output(unwrap_memo(step_id, memo))  # type: ignore[assignment]
+        return output
+
+    @staticmethod
+    def _send_batch(step_id: str, sender: S | None, events: Event | Sequence[Event]) -> tuple[S, list[Event]]:
+        """``send_event``'s sender and events; a function not created by a Client has no sender."""
+        if sender is None:
             raise NonRetriableError(f"step {step_id!r}: send_event needs a function created by a Client")
-        return self._sender
+        return sender, [events] if isinstance(events, Event) else list(events)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -257,16 +303,10 @@ class Step(_StepCore):
         converter = self._converter(step_id, output_type)
         key, index, found, memo = self._replay.lookup(step_id)
         if found:
-            if self._replay.hooks is not None:
-                await self._replay.memo_used()
-            if type(memo) is dict and len(memo) == 1 and "data" in memo:
-                value = memo["data"]  # the common case, inlined: replays pass here once per step
-            else:
-                value = unwrap_memo(step_id, memo)
-            return value if converter is None else converter.deserialize(value, output_type)
+            await self._memo_used()
+            return self._memo_value(step_id, memo, converter, output_type)
         self._plan_or_run(step_id, key, index)
-        if self._replay.hooks is not None:
-            await self._replay.new_code()
+        await self._new_code()
         try:
             if inspect.iscoroutinefunction(handler):
                 result = await handler(*args)
@@ -274,13 +314,11 @@ class Step(_StepCore):
                 result = await asyncio.to_thread(handler, *args)
                 if inspect.isawaitable(result):
                     result = await result
-            if converter is not None:
-                result = converter.serialize(result, output_type)
+        except asyncio.CancelledError:
+            raise
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-                raise
             self._failed(step_id, key, index, exc, policy)
-        self._ran(step_id, key, index, result)
+        self._ran(step_id, key, index, result, policy, converter, output_type)
 
     async def sleep(self, step_id: str, duration: DurationLike) -> None:
         """Pause the run for ``duration``: an int of milliseconds (as in inngest-py), a timedelta, or a
@@ -304,7 +342,7 @@ class Step(_StepCore):
         triggering event) and ``async`` (the candidate), e.g.
         ``"async.data.request_id == event.data.request_id"``.
         """
-        found = self._wait_op(step_id, event, timeout, if_exp)[1]
+        found = self._wait_op(step_id, event, timeout, if_exp)
         await self._memo_used()
         return found
 
@@ -320,10 +358,9 @@ class Step(_StepCore):
         """Start ``function`` as a child run and return its output (typed as the function's return);
         its error raises ``StepError``. ``timeout`` (an int of milliseconds, a timedelta, or a string
         like "1h") bounds the wait for it."""
-        memo = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        memo = self._invoke_op(step_id, function, data, timeout, v)
         await self._memo_used()
-        output: T = function.deserialize_output(unwrap_memo(step_id, memo))  # type: ignore[assignment]
-        return output
+        return self._invoked(step_id, function, memo)
 
     async def invoke_by_id(
         self,
@@ -337,14 +374,13 @@ class Step(_StepCore):
     ) -> object:
         """``invoke`` by id: ``app_id`` defaults to this run's app. Typed ``object``, as in inngest-py:
         the function is not at hand to say what it returns; narrow it (``isinstance``) or use ``invoke``."""
-        memo = self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+        memo = self._invoke_op(step_id, function_id, data, timeout, v, app_id)
         await self._memo_used()
         return unwrap_memo(step_id, memo)
 
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Send event(s) once for the run (a step): re-entries return the ids without sending again."""
-        sender = self._sender_or_fail(step_id)
-        batch = [events] if isinstance(events, Event) else list(events)
+        sender, batch = self._send_batch(step_id, self._sender, events)
         result: list[str] = await self.run(step_id, sender, batch)
         return result
 
@@ -374,29 +410,21 @@ class StepSync(_StepCore):
         """Run ``handler(*args)`` once for the run; see ``Step.run``."""
         policy = StepPolicy.of(step_id, retries, backoff)
         converter = self._converter(step_id, output_type)
-        key, index, memo = self._lookup(step_id)
-        if memo is not _MISSING:
+        key, index, found, memo = self._replay.lookup(step_id)
+        if found:
             self._memo_used_sync()
-            value = unwrap_memo(step_id, memo)
-            if converter is not None:
-                value = converter.deserialize(value, output_type)
-            return cast(T, value)
+            return cast(T, self._memo_value(step_id, memo, converter, output_type))
         self._plan_or_run(step_id, key, index)
-        if self._replay.hooks is not None:
-            self._replay.new_code_sync()
+        self._new_code_sync()
         try:
             result: object = handler(*args)
             if inspect.isawaitable(result):
                 raise TypeError(
                     f"step {step_id!r} returned an awaitable in a plain def function; make the function async"
                 )
-            if converter is not None:
-                result = converter.serialize(result, output_type)
         except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt | SystemExit):
-                raise
             self._failed(step_id, key, index, exc, policy)
-        self._ran(step_id, key, index, result)
+        self._ran(step_id, key, index, result, policy, converter, output_type)
 
     def sleep(self, step_id: str, duration: DurationLike) -> None:
         """Pause the run for ``duration``; see ``Step.sleep``."""
@@ -412,7 +440,7 @@ class StepSync(_StepCore):
         self, step_id: str, *, event: str, timeout: DurationLike, if_exp: str | None = None
     ) -> Event | None:
         """See ``Step.wait_for_event``."""
-        found = self._wait_op(step_id, event, timeout, if_exp)[1]
+        found = self._wait_op(step_id, event, timeout, if_exp)
         self._memo_used_sync()
         return found
 
@@ -426,10 +454,9 @@ class StepSync(_StepCore):
         v: str | None = None,
     ) -> T:
         """See ``Step.invoke``."""
-        memo = self._invoke_op(step_id, _function_id(function), data, timeout, v)
+        memo = self._invoke_op(step_id, function, data, timeout, v)
         self._memo_used_sync()
-        output: T = function.deserialize_output(unwrap_memo(step_id, memo))  # type: ignore[assignment]
-        return output
+        return self._invoked(step_id, function, memo)
 
     def invoke_by_id(
         self,
@@ -442,14 +469,11 @@ class StepSync(_StepCore):
         v: str | None = None,
     ) -> object:
         """See ``Step.invoke_by_id``."""
-        memo = self._invoke_op(step_id, _function_id(function_id, app_id or self._replay.app_id), data, timeout, v)
+        memo = self._invoke_op(step_id, function_id, data, timeout, v, app_id)
         self._memo_used_sync()
         return unwrap_memo(step_id, memo)
 
     def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """See ``Step.send_event``."""
-        sender = self._sync_sender
-        if sender is None:
-            raise NonRetriableError(f"step {step_id!r}: send_event needs a function created by a Client")
-        batch = [events] if isinstance(events, Event) else list(events)
+        sender, batch = self._send_batch(step_id, self._sync_sender, events)
         return self.run(step_id, sender, batch)

@@ -29,6 +29,15 @@ async def redis() -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
+async def db() -> AsyncIterator[Redis]:
+    """A connection to the test database, not flushed: for the tests of a shared served stack, whose
+    registrations must survive from one test to the next."""
+    client = connect(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 async def sender(redis: Redis) -> AsyncIterator[stepq.Client]:
     """A client that sends events to the test database (sending does not depend on the app)."""
     client = stepq.Client("test-sender", redis_url=REDIS_URL)

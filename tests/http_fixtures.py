@@ -8,6 +8,7 @@ flushes the test database once, when it starts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,52 @@ class Stack:
     def stop(self) -> None:
         for service in self.services():
             service.stop()
+
+
+def start_stack(
+    directory: Path,
+    app_target: str,
+    *,
+    dev: bool = True,
+    api_env: dict[str, str] | None = None,
+    worker_env: dict[str, str] | None = None,
+    app_env: dict[str, str] | None = None,
+    app_path: str = "/api/inngest",
+    events_over_http: bool = False,
+) -> Stack:
+    """``stepq api``, ``stepq worker --http`` and ``uvicorn <app_target>``, started in that order on
+    the flushed test database; whatever started is stopped if a later one fails.
+
+    The app syncs with that API (``INNGEST_BASE_URL``) and, with ``events_over_http``, sends its
+    events there too (``STEPQ_EVENT_API_URL``) rather than to Redis.
+    """
+    flush_test_db()
+    started: list[Service] = []
+    try:
+        api = start_api(directory, dev=dev, env=api_env)
+        started.append(api)
+        worker = start_http_worker(directory, env=worker_env)
+        started.append(worker)
+        api_url = str(api.url)  # type: ignore[attr-defined]
+        to_api = {"INNGEST_BASE_URL": api_url, **({"STEPQ_EVENT_API_URL": api_url} if events_over_http else {})}
+        app = start_asgi_app(app_target, directory, env={**to_api, **(app_env or {})}, path=app_path)
+        started.append(app)
+    except BaseException:
+        for service in reversed(started):
+            service.stop()
+        raise
+    return Stack(api, worker, app, directory)
+
+
+@contextlib.contextmanager
+def synced(stack: Stack) -> Iterator[Stack]:
+    """The stack once its app synced (a ``PUT``, as a deploy hook does); stopped on exit."""
+    try:
+        response = sync_app(str(stack.app.url))  # type: ignore[attr-defined]
+        assert response.status_code == 200 and response.json().get("ok") is not False, response.text
+        yield stack
+    finally:
+        stack.stop()
 
 
 def served_function(

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import nacl.encoding
 import nacl.hash
 import nacl.secret
@@ -41,7 +41,7 @@ from tests.helpers import (
     start_run,
     wait_for_run,
 )
-from tests.http_fixtures import Service, Stack, flush_test_db, start_api, start_asgi_app, start_http_worker
+from tests.http_fixtures import Stack, start_stack, synced
 
 
 def new_key() -> str:
@@ -53,8 +53,34 @@ def middleware(*keys: str) -> EncryptionMiddleware:
     return EncryptionMiddleware(None, None, keys[0], fallback_decryption_keys=list(keys[1:]))
 
 
-def encrypting_client(key: str) -> stepq.Client:
-    return stepq.Client("enc-sender", redis_url=REDIS_URL, middleware=[EncryptionMiddleware.factory(key)])
+@contextlib.asynccontextmanager
+async def encrypting_client(key: str, event_api_url: str | None = None) -> AsyncIterator[stepq.Client]:
+    """A sender whose events' ``encrypted`` field is encrypted with ``key``, to the test database (or
+    to ``event_api_url``), closed on exit."""
+    sender = stepq.Client(
+        "enc-sender", redis_url=REDIS_URL, event_api_url=event_api_url, middleware=[EncryptionMiddleware.factory(key)]
+    )
+    try:
+        yield sender
+    finally:
+        await sender.aclose()
+
+
+def markers() -> tuple[str, str]:
+    """A secret that Redis must never hold in plaintext, and a clear marker that it must hold (so
+    that the search for the secret can fail)."""
+    return f"PLAINTEXT-{uuid.uuid4().hex}", f"CLEARTEXT-{uuid.uuid4().hex}"
+
+
+async def start_secret_run(redis: Redis, key: str, function: str, out: Path) -> tuple[str, str, str]:
+    """Start a run of ``function`` (event ``enc/<function>``) with a new secret, encrypted with
+    ``key``, and a clear marker; the function writes what it saw to ``out``. Returns the run's id,
+    the secret and the marker."""
+    secret, clear = markers()
+    async with encrypting_client(key) as sender:
+        data = {"encrypted": {"secret": secret}, "clear": clear, "out": str(out)}
+        run_id = await start_run(sender, redis, function, f"enc/{function}", data)
+    return run_id, secret, clear
 
 
 async def dump_database(redis: Redis) -> list[bytes]:
@@ -105,15 +131,9 @@ async def test_redis_never_holds_step_outputs_event_data_or_output_in_plaintext(
 ) -> None:
     key = new_key()
     start_workers("encrypted", env={KEYS_ENV: key})
-    secret, clear = f"PLAINTEXT-{uuid.uuid4().hex}", f"CLEARTEXT-{uuid.uuid4().hex}"
     out = tmp_path / "flow.json"
-    sender = encrypting_client(key)
-    try:
-        data = {"encrypted": {"secret": secret}, "clear": clear, "out": str(out)}
-        run_id = await start_run(sender, redis, "flow", "enc/flow", data)
-        view = await wait_for_run(redis, run_id)
-    finally:
-        await sender.aclose()
+    run_id, secret, clear = await start_secret_run(redis, key, "flow", out)
+    view = await wait_for_run(redis, run_id)
     assert view.status == "completed", view.error
     expected = {"secret": secret, "step": f"{secret}-step", "invoked": f"{secret}-invoked-child"}
     # What the function saw: its event, step output and invoke result, decrypted.
@@ -136,12 +156,9 @@ async def test_a_worker_without_the_key_fails_the_run_saying_so(
 ) -> None:
     monkeypatch.delenv(KEYS_ENV, raising=False)
     start_workers("encrypted")
-    sender = encrypting_client(new_key())
-    try:
+    async with encrypting_client(new_key()) as sender:
         data = {"encrypted": {"secret": "s"}, "out": str(tmp_path / "never.json")}
         run_id = await start_run(sender, redis, "flow", "enc/flow", data)
-    finally:
-        await sender.aclose()
     view = await wait_for_run(redis, run_id, timeout=30)
     assert view.status == "failed"
     assert view.error["name"] == "EncryptionError"
@@ -154,12 +171,9 @@ async def test_a_worker_with_a_wrong_key_fails_the_run_saying_so(
     redis: Redis, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
     start_workers("encrypted", env={KEYS_ENV: new_key()})
-    sender = encrypting_client(new_key())
-    try:
+    async with encrypting_client(new_key()) as sender:
         data = {"encrypted": {"secret": "s"}, "out": str(tmp_path / "never.json")}
         run_id = await start_run(sender, redis, "flow", "enc/flow", data)
-    finally:
-        await sender.aclose()
     view = await wait_for_run(redis, run_id, timeout=30)
     assert view.status == "failed"
     assert view.error["name"] == "EncryptionError"
@@ -175,23 +189,17 @@ async def test_rotation_the_new_key_encrypts_the_old_one_still_decrypts(
 ) -> None:
     old, new = new_key(), new_key()
     [first_worker] = start_workers("encrypted", env={KEYS_ENV: old})
-    secret, clear = f"PLAINTEXT-{uuid.uuid4().hex}", f"CLEARTEXT-{uuid.uuid4().hex}"
+    secret, clear = markers()
     out = tmp_path / "rotate.json"
-    sender = encrypting_client(old)
-    try:
+    async with encrypting_client(old) as sender:
         data = {"encrypted": {"secret": secret}, "tag": clear, "out": str(out)}
         run_id = await start_run(sender, redis, "rotate", "enc/rotate", data)
         await wait_for_run(redis, run_id, statuses=("waiting",))
-    finally:
-        await sender.aclose()
     first_worker.stop()
     # The new key first (it encrypts), the old one after it (it still decrypts).
     start_workers("encrypted", env={KEYS_ENV: f"{new},{old}"})
-    sender = encrypting_client(new)
-    try:
+    async with encrypting_client(new) as sender:
         await sender.send(stepq.Event(name="enc/go", data={"encrypted": f"{secret}-go", "tag": clear}))
-    finally:
-        await sender.aclose()
     view = await wait_for_run(redis, run_id)
     assert view.status == "completed", view.error
     expected = {"first": f"{secret}-first", "second": f"{secret}-second", "go": f"{secret}-go"}
@@ -213,14 +221,8 @@ async def test_a_failure_handler_gets_the_failed_runs_event_decrypted(
 ) -> None:
     key = new_key()
     start_workers("encrypted", env={KEYS_ENV: key})
-    secret, clear = f"PLAINTEXT-{uuid.uuid4().hex}", f"CLEARTEXT-{uuid.uuid4().hex}"
     out = tmp_path / "handled.json"
-    sender = encrypting_client(key)
-    try:
-        data = {"encrypted": {"secret": secret}, "clear": clear, "out": str(out)}
-        run_id = await start_run(sender, redis, "fails", "enc/fails", data)
-    finally:
-        await sender.aclose()
+    run_id, secret, clear = await start_secret_run(redis, key, "fails", out)
     assert (await wait_for_run(redis, run_id)).status == "failed"
     assert await wait_file(out) == {"handled": secret, "error": "no refunds today"}
     [handler_run] = await runs_of(redis, "fails-failure")
@@ -234,67 +236,38 @@ SERVED_KEY = new_key()
 
 @pytest.fixture(scope="class")
 def served_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    app_env = {"INNGEST_DEV": "1", KEYS_ENV: SERVED_KEY}
     directory = tmp_path_factory.mktemp("enc-served")
-    flush_test_db()
-    started: list[Service] = []
-    try:
-        api = start_api(directory)
-        started.append(api)
-        worker = start_http_worker(directory)
-        started.append(worker)
-        env = {
-            "INNGEST_DEV": "1",
-            "INNGEST_BASE_URL": str(api.url),  # type: ignore[attr-defined]
-            "STEPQ_EVENT_API_URL": str(api.url),  # type: ignore[attr-defined]
-            KEYS_ENV: SERVED_KEY,
-        }
-        app = start_asgi_app("tests.apps.encrypted_served:app", directory, env=env)
-        started.append(app)
-    except BaseException:
-        for service in reversed(started):
-            service.stop()
-        raise
-    stack = Stack(api, worker, app, directory)
-    try:
-        response = httpx.put(str(app.url), timeout=30)  # type: ignore[attr-defined]
-        assert response.status_code == 200 and response.json().get("ok") is not False, response.text
+    app = "tests.apps.encrypted_served:app"
+    with synced(start_stack(directory, app, app_env=app_env, events_over_http=True)) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 class TestServedOverHttp:
     """The same guarantees when the app is served (``stepq.serve``) and driven by ``stepq worker --http``;
     the stack is shared by the class (its tests do not flush the database)."""
 
-    async def test_redis_never_holds_the_plaintext_of_a_served_run(self, served_stack: Stack, tmp_path: Path) -> None:
-        secret, clear = f"PLAINTEXT-{uuid.uuid4().hex}", f"CLEARTEXT-{uuid.uuid4().hex}"
+    async def test_redis_never_holds_the_plaintext_of_a_served_run(
+        self, served_stack: Stack, db: Redis, tmp_path: Path
+    ) -> None:
+        secret, clear = markers()
         out = tmp_path / "flow.json"
-        sender = stepq.Client(
-            "enc-sender",
-            event_api_url=served_stack.api_url,
-            middleware=[EncryptionMiddleware.factory(SERVED_KEY)],
-        )
-        db = Redis.from_url(REDIS_URL)
-        try:
+        async with encrypting_client(SERVED_KEY, event_api_url=served_stack.api_url) as sender:
             data = {"encrypted": {"secret": secret}, "clear": clear, "out": str(out)}
             [event_id] = await sender.send(stepq.Event(name="enc/flow", data=data))
-            [run_id] = await run_ids_for_event(db, "flow", event_id)
-            try:
-                view = await wait_for_run(db, run_id, timeout=60)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{served_stack.output()}") from None
-            assert view.status == "completed", f"{view.error}\n{served_stack.output()}"
-            expected = {"secret": secret, "step": f"{secret}-step", "invoked": f"{secret}-invoked-child"}
-            assert await wait_file(out) == expected
-            assert await wait_file(tmp_path / "flow.json.told") == f"{secret}-sent"
-            [told] = await runs_of(db, "told")
-            assert (await wait_for_run(db, told.run_id, timeout=60)).status == "completed"
-            assert middleware(SERVED_KEY).decrypt(view.output) == expected
-            await assert_no_plaintext(db, secret, clear)
-        finally:
-            await sender.aclose()
-            await db.aclose()
+        [run_id] = await run_ids_for_event(db, "flow", event_id)
+        try:
+            view = await wait_for_run(db, run_id, timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{served_stack.output()}") from None
+        assert view.status == "completed", f"{view.error}\n{served_stack.output()}"
+        expected = {"secret": secret, "step": f"{secret}-step", "invoked": f"{secret}-invoked-child"}
+        assert await wait_file(out) == expected
+        assert await wait_file(tmp_path / "flow.json.told") == f"{secret}-sent"
+        [told] = await runs_of(db, "told")
+        assert (await wait_for_run(db, told.run_id, timeout=60)).status == "completed"
+        assert middleware(SERVED_KEY).decrypt(view.output) == expected
+        await assert_no_plaintext(db, secret, clear)
 
 
 # -- the envelope ------------------------------------------------------------------------------------

@@ -14,27 +14,22 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
 
-from stepq.runtime.connection import connect
 from stepq.runtime.queries import RunView, get_run
 from stepq.runtime.registry import Registry
 from tests.apps.bad_http import APP_ID, BEHAVIOURS, STEP_KEY
-from tests.helpers import REDIS_URL, run_ids_for_event, wait_for_run
+from tests.helpers import run_ids_for_event, wait_for_run
 from tests.http_fixtures import (
-    Service,
     Stack,
-    flush_test_db,
     register_payload,
     served_function,
-    start_api,
-    start_asgi_app,
-    start_http_worker,
+    start_stack,
     stepq_cli,
 )
 
@@ -59,31 +54,16 @@ def bad_payload(app_url: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    flush_test_db()
     directory = tmp_path_factory.mktemp("http-invoker")
-    started: list[Service] = []
+    worker_env = {"STEPQ_STEP_TIMEOUT": str(STEP_TIMEOUT_S)}
+    stack = start_stack(directory, "tests.apps.bad_http:app", worker_env=worker_env)
     try:
-        api = start_api(directory)
-        started.append(api)
-        worker = start_http_worker(directory, env={"STEPQ_STEP_TIMEOUT": str(STEP_TIMEOUT_S)})
-        started.append(worker)
-        app = start_asgi_app("tests.apps.bad_http:app", directory)
-        started.append(app)
-        stack = Stack(api, worker, app, directory)
-        response = httpx.post(f"{stack.api_url}/fn/register", json=bad_payload(str(app.url)), timeout=30)  # type: ignore[attr-defined]
+        response = httpx.post(f"{stack.api_url}/fn/register", json=bad_payload(str(stack.app.url)), timeout=30)  # type: ignore[attr-defined]
         assert response.status_code == 200, response.text
         assert response.json()["ok"] is True
         yield stack
     finally:
-        for service in reversed(started):
-            service.stop()
-
-
-@pytest.fixture
-async def db() -> AsyncIterator[Redis]:
-    client = connect(REDIS_URL)
-    yield client
-    await client.aclose()
+        stack.stop()
 
 
 async def start(stack: Stack, db: Redis, name: str, data: dict[str, Any] | None = None) -> str:

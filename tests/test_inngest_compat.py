@@ -16,7 +16,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +25,14 @@ import inngest
 import pytest
 from redis.asyncio import Redis
 
-from stepq.runtime.connection import connect
 from stepq.runtime.queries import RunView, get_run
 from stepq.runtime.registry import Registry
-from tests.helpers import REDIS_URL, read_lines, run_ids_for_event, runs_of, sha1, wait_for_run
+from tests.helpers import read_lines, run_ids_for_event, runs_of, sha1, wait_for_run
 from tests.http_fixtures import (
     Service,
     Stack,
-    flush_test_db,
-    start_api,
-    start_asgi_app,
     start_http_worker,
+    start_stack,
     stepq_cli,
     sync_app,
 )
@@ -56,33 +53,6 @@ RUN_TIMEOUT = 60.0
 
 def fn(name: str) -> str:
     return f"{APP_ID}-{name}"
-
-
-def start_stack(directory: Path, *, api_env: dict[str, str], worker_env: dict[str, str], app_env: dict[str, str],
-                dev: bool) -> Stack:  # fmt: skip
-    """API, worker and app, started in that order; whatever started is stopped if a later one fails."""
-    flush_test_db()
-    started: list[Service] = []
-    try:
-        api = start_api(directory, dev=dev, env=api_env)
-        started.append(api)
-        worker = start_http_worker(directory, env=worker_env)
-        started.append(worker)
-        app = start_asgi_app(APP, directory, env={"INNGEST_BASE_URL": str(api.url), **app_env})  # type: ignore[attr-defined]
-        started.append(app)
-    except BaseException:
-        for service in reversed(started):
-            service.stop()
-        raise
-    return Stack(api, worker, app, directory)
-
-
-@pytest.fixture
-async def db() -> AsyncIterator[Redis]:
-    """The test database, not flushed: the stack's registrations must survive between tests."""
-    client = connect(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def post_event(api_url: str, name: str, data: dict[str, Any], key: str = "anykey") -> str:
@@ -130,6 +100,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """``stepq api --dev``, ``stepq worker --http`` and the official-SDK app in dev mode, synced."""
     stack = start_stack(
         tmp_path_factory.mktemp("compat-dev"),
+        APP,
         api_env={},
         worker_env={},
         app_env={"INNGEST_DEV": "1"},
@@ -402,6 +373,7 @@ def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The API with event keys and the signing key, a worker that signs, the app in production mode."""
     stack = start_stack(
         tmp_path_factory.mktemp("compat-prod"),
+        APP,
         api_env={"STEPQ_EVENT_KEYS": EVENT_KEY, "STEPQ_SIGNING_KEY": SIGNING_KEY},
         worker_env={"STEPQ_SIGNING_KEY": SIGNING_KEY},
         app_env={"INNGEST_DEV": "0", "INNGEST_SIGNING_KEY": SIGNING_KEY, "INNGEST_EVENT_KEY": EVENT_KEY},

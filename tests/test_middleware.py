@@ -29,7 +29,7 @@ from stepq.runtime import keys
 from stepq.runtime.codec import unpack
 from tests.apps import mw_hooks
 from tests.helpers import REDIS_URL, StartWorkers, run_ids_for_event, run_memo, sha1, start_run, wait_for_run
-from tests.http_fixtures import Service, Stack, flush_test_db, start_api, start_asgi_app, start_http_worker
+from tests.http_fixtures import Stack, start_stack, synced
 
 #: The order middleware runs in: the client's (as listed), then the function's.
 CHAIN = ["client-sync", "client-async", "fn-async", "fn-sync"]
@@ -159,27 +159,9 @@ async def test_an_error_in_a_hook_fails_the_invocation_like_the_functions_own(
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path]]:
     directory = tmp_path_factory.mktemp("mw-served")
     log = directory / "hooks.jsonl"
-    flush_test_db()
-    started: list[Service] = []
-    try:
-        api = start_api(directory)
-        started.append(api)
-        worker = start_http_worker(directory)
-        started.append(worker)
-        env = {"INNGEST_DEV": "1", "INNGEST_BASE_URL": str(api.url), mw_hooks.LOG_ENV: str(log)}  # type: ignore[attr-defined]
-        app = start_asgi_app("tests.apps.mw_served:app", directory, env=env)
-        started.append(app)
-    except BaseException:
-        for service in reversed(started):
-            service.stop()
-        raise
-    stack = Stack(api, worker, app, directory)
-    try:
-        response = httpx.put(str(app.url), timeout=30)  # type: ignore[attr-defined]
-        assert response.status_code == 200 and response.json().get("ok") is not False, response.text
+    app_env = {"INNGEST_DEV": "1", mw_hooks.LOG_ENV: str(log)}
+    with synced(start_stack(directory, "tests.apps.mw_served:app", app_env=app_env)) as stack:
         yield stack, log
-    finally:
-        stack.stop()
 
 
 @pytest.mark.parametrize(("function", "context"), [("hooks-async", "Context"), ("hooks-sync", "ContextSync")])

@@ -537,6 +537,16 @@ def test_production_mode_needs_a_valid_signing_key(monkeypatch: pytest.MonkeyPat
         stepq.serve(client, signing_key="signkey-prod-not-hex")
 
 
+def test_serve_and_serve_wsgi_refuse_a_keyword_they_do_not_take() -> None:
+    # The options are one TypedDict (``**options``): a misspelt one must still fail, not be ignored.
+    with pytest.raises(TypeError, match="serv_path"):
+        stepq.serve(client, dev=True, serv_path="/x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="signingkey"):
+        serve_wsgi(client, dev=True, signingkey=KEY)  # type: ignore[call-arg]
+    assert stepq.serve(client, dev=True, framework="starlette").handler.settings.framework == "starlette"
+    assert serve_wsgi(client, dev=True).handler.settings.framework == "wsgi"
+
+
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INNGEST_DEV", "1")
     monkeypatch.setenv("INNGEST_API_BASE_URL", "http://api.internal:8288/")

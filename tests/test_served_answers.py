@@ -15,7 +15,7 @@ step-engine apps behind ``stepq.serve`` (``tests/apps/served.py``; the parallel 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,10 +23,9 @@ import pytest
 from redis.asyncio import Redis
 
 from stepq.runtime.codec import unpack
-from stepq.runtime.connection import connect
 from stepq.runtime.queries import RunView, get_run
 from tests.apps.liar_http import APP_ID, BEHAVIOURS, MALFORMED, key
-from tests.helpers import REDIS_URL, run_ids_for_event, run_memo, run_stack, wait_for_run, wait_for_runs
+from tests.helpers import run_ids_for_event, run_memo, run_stack, wait_for_run, wait_for_runs
 from tests.http_fixtures import (
     Service,
     Stack,
@@ -86,13 +85,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         for service in reversed(started):
             service.stop()
-
-
-@pytest.fixture
-async def db() -> AsyncIterator[Redis]:
-    client = connect(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def send(stack: Stack, events: list[dict[str, Any]]) -> list[str]:

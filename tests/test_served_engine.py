@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,11 @@ import pytest
 from redis.asyncio import Redis
 
 from stepq.runtime.codec import unpack
-from stepq.runtime.connection import connect
 from stepq.runtime.queries import RunView
 from stepq.runtime.registry import Registry
 from tests.apps import loops, retries, sleeps
-from tests.helpers import REDIS_URL, invocations, read_lines, run_ids_for_event, run_memo, sha1, wait_for_run
-from tests.http_fixtures import Service, Stack, flush_test_db, start_api, start_asgi_app, start_http_worker
+from tests.helpers import invocations, read_lines, run_ids_for_event, run_memo, sha1, wait_for_run
+from tests.http_fixtures import Service, Stack, start_stack
 from tests.test_loops import TOTAL_PRODUCTS, ProductServer
 
 #: As tests/apps/served.py mounts them (importing it would build its serve handlers here).
@@ -41,40 +40,26 @@ def path(name: str) -> str:
     return f"/{name}/api/inngest"
 
 
-def start_stack(directory: Path, *, dev: bool) -> Stack:
-    flush_test_db()
-    started: list[Service] = []
+def start_served(directory: Path, *, dev: bool) -> Stack:
     signing = {} if dev else {"STEPQ_SIGNING_KEY": SIGNING_KEY}
-    try:
-        api = start_api(directory, dev=dev, env={} if dev else {**signing, "STEPQ_EVENT_KEYS": EVENT_KEY})
-        started.append(api)
-        worker = start_http_worker(directory, env=signing)
-        started.append(worker)
-        app_env = {"INNGEST_BASE_URL": str(api.url)}  # type: ignore[attr-defined]
-        app_env.update({"INNGEST_DEV": "1"} if dev else {"INNGEST_DEV": "0", "INNGEST_SIGNING_KEY": SIGNING_KEY})
-        app = start_asgi_app("tests.apps.served:app", directory, env=app_env, path=path("loops"))
-        started.append(app)
-    except BaseException:
-        for service in reversed(started):
-            service.stop()
-        raise
-    stack = Stack(api, worker, app, directory)
+    stack = start_stack(
+        directory,
+        "tests.apps.served:app",
+        dev=dev,
+        api_env={} if dev else {**signing, "STEPQ_EVENT_KEYS": EVENT_KEY},
+        worker_env=signing,
+        app_env={"INNGEST_DEV": "1"} if dev else {"INNGEST_DEV": "0", "INNGEST_SIGNING_KEY": SIGNING_KEY},
+        app_path=path("loops"),
+    )
     try:
         for name in CLIENTS:
-            response = httpx.put(f"{app.origin}{path(name)}", timeout=30)  # type: ignore[attr-defined]
+            response = httpx.put(f"{stack.app.origin}{path(name)}", timeout=30)  # type: ignore[attr-defined]
             assert response.status_code == 200, f"sync of {name}: {response.status_code} {response.text}"
             assert response.json()["modified"] is True, response.text
     except BaseException:
         stack.stop()
         raise
     return stack
-
-
-@pytest.fixture
-async def db() -> AsyncIterator[Redis]:
-    client = connect(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def start(stack: Stack, db: Redis, function: str, name: str, data: dict[str, Any], key: str = "k") -> str:
@@ -119,7 +104,7 @@ def attempt_times(path: Path) -> list[float]:
 
 @pytest.fixture(scope="class")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("served-dev"), dev=True)
+    stack = start_served(tmp_path_factory.mktemp("served-dev"), dev=True)
     try:
         yield stack
     finally:
@@ -255,7 +240,7 @@ class TestServedInDevMode:
 
 @pytest.fixture(scope="class")
 def prod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("served-prod"), dev=False)
+    stack = start_served(tmp_path_factory.mktemp("served-prod"), dev=False)
     try:
         yield stack
     finally:

@@ -35,7 +35,7 @@ and ``thread_bridge`` (async code from a WSGI thread).
 from stepq.serve.asgi import ServeApp, serve
 from stepq.serve.handler import ServeHandler
 from stepq.serve.messages import SDK_NAME, SDK_VERSION, HandlerRequest, HandlerResponse
-from stepq.serve.settings import ServeSettings
+from stepq.serve.settings import ServeOptions, ServeSettings
 from stepq.serve.wsgi import ServeWsgiApp, serve_wsgi
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "HandlerResponse",
     "ServeApp",
     "ServeHandler",
+    "ServeOptions",
     "ServeSettings",
     "ServeWsgiApp",
     "serve",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from stepq.client import Client
 from stepq.function import Function
 from stepq.serve.handler import ServeHandler
 from stepq.serve.messages import MAX_BODY_BYTES, HandlerRequest, body_too_large, first_values
-from stepq.serve.settings import DEFAULT_SERVE_PATH, ServeSettings
+from stepq.serve.settings import ServeOptions, ServeSettings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -88,36 +88,16 @@ def _request(scope: Scope, headers: dict[str, str], body: bytes) -> HandlerReque
     )
 
 
-def serve(
-    client: Client,
-    functions: Sequence[Function] | None = None,
-    *,
-    serve_origin: str | None = None,
-    serve_path: str = DEFAULT_SERVE_PATH,
-    signing_key: str | None = None,
-    signing_key_fallback: str | None = None,
-    api_base_url: str | None = None,
-    dev: bool | None = None,
-    framework: str = "asgi",
-) -> ServeApp:
+def serve(client: Client, functions: Sequence[Function] | None = None, **options: Unpack[ServeOptions]) -> ServeApp:
     """An ASGI app serving ``functions`` (default: all of the client's, read at each request).
 
+    ``options`` (``ServeOptions``; what is left out comes from the client, else the environment):
     ``serve_origin`` (``INNGEST_SERVE_ORIGIN``) and ``serve_path`` make the URL registered on sync;
     without an origin, the request's is used. ``signing_key`` (``INNGEST_SIGNING_KEY``) and
     ``signing_key_fallback`` (``INNGEST_SIGNING_KEY_FALLBACK``) check and sign requests in production
     mode, which needs a key. ``dev`` defaults to ``INNGEST_DEV``. ``api_base_url`` is the stepq API
     for syncs and ``use_api`` reads (``INNGEST_API_BASE_URL``, ``INNGEST_BASE_URL``, a URL in
-    ``INNGEST_DEV``, else http://127.0.0.1:8288). A failure handler (``<id>-failure``) of a given
-    function is served with it.
+    ``INNGEST_DEV``, else http://127.0.0.1:8288). ``framework`` (default ``asgi``) is what the app
+    reports. A failure handler (``<id>-failure``) of a given function is served with it.
     """
-    settings = ServeSettings.for_client(
-        client,
-        serve_origin=serve_origin,
-        serve_path=serve_path,
-        signing_key=signing_key,
-        signing_key_fallback=signing_key_fallback,
-        api_base_url=api_base_url,
-        dev=dev,
-        framework=framework,
-    )
-    return ServeApp(ServeHandler(client, functions, settings))
+    return ServeApp(ServeHandler(client, functions, ServeSettings.for_client(client, options, framework="asgi")))

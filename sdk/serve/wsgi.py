@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import http
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from stepq.client import Client
 from stepq.function import Function
 from stepq.serve.handler import ServeHandler
 from stepq.serve.messages import MAX_BODY_BYTES, HandlerRequest, HandlerResponse, body_too_large, first_values
-from stepq.serve.settings import DEFAULT_SERVE_PATH, ServeSettings
+from stepq.serve.settings import ServeOptions, ServeSettings
 from stepq.serve.thread_bridge import run_sync
 
 StartResponse = Callable[..., Any]
@@ -72,26 +72,8 @@ def _request(environ: dict[str, Any], headers: dict[str, str], body: bytes) -> H
 
 
 def serve_wsgi(
-    client: Client,
-    functions: Sequence[Function] | None = None,
-    *,
-    serve_origin: str | None = None,
-    serve_path: str = DEFAULT_SERVE_PATH,
-    signing_key: str | None = None,
-    signing_key_fallback: str | None = None,
-    api_base_url: str | None = None,
-    dev: bool | None = None,
-    framework: str = "wsgi",
+    client: Client, functions: Sequence[Function] | None = None, **options: Unpack[ServeOptions]
 ) -> ServeWsgiApp:
-    """``serve`` for WSGI servers (Flask, Django, gunicorn sync workers); same options and protocol."""
-    settings = ServeSettings.for_client(
-        client,
-        serve_origin=serve_origin,
-        serve_path=serve_path,
-        signing_key=signing_key,
-        signing_key_fallback=signing_key_fallback,
-        api_base_url=api_base_url,
-        dev=dev,
-        framework=framework,
-    )
-    return ServeWsgiApp(ServeHandler(client, functions, settings))
+    """``serve`` for WSGI servers (Flask, Django, gunicorn sync workers); the same options
+    (``ServeOptions``; ``framework`` defaults to ``wsgi``) and protocol."""
+    return ServeWsgiApp(ServeHandler(client, functions, ServeSettings.for_client(client, options, framework="wsgi")))
