@@ -31,9 +31,10 @@ from stepq.expressions import ExpressionError, compile_expression
 from stepq.opcodes import Op, Opcode
 from stepq.replay import check_output
 from stepq.retry import Backoff
-from stepq.runtime.jobs import JobKind, JobSpec
-from stepq.runtime.limits import Limits
 from stepq.step import MAX_SLEEP
+
+from .jobs import JobKind, JobSpec
+from .limits import Limits
 
 #: Longest step key or step id accepted from an app (Inngest's keys are 40 hex characters).
 MAX_ID_CHARS = 1024

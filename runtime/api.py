@@ -67,20 +67,21 @@ from starlette.routing import Route
 from stepq.errors import FunctionConfigError, InvalidEventError
 from stepq.event import MAX_EVENT_DEPTH, Event
 from stepq.jsonvalue import json_type
-from stepq.runtime.app_urls import ENV as ALLOWED_APP_HOSTS_ENV
-from stepq.runtime.app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
-from stepq.runtime.codec import unpack
-from stepq.runtime.connection import connect
-from stepq.runtime.ingest import RESERVED_PREFIXES, Ingest
-from stepq.runtime.inngest_config import checksum, parse_register
-from stepq.runtime.keys import events as run_events_key
-from stepq.runtime.keys import memo as run_memo_key
-from stepq.runtime.limits import Limits, MiB
-from stepq.runtime.queries import get_run
-from stepq.runtime.redis_errors import unavailable_reason
-from stepq.runtime.registry import FunctionOwnedError, Registry
-from stepq.runtime.store import RunStore
 from stepq.signing import bearer_matches
+
+from .app_urls import ENV as ALLOWED_APP_HOSTS_ENV
+from .app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
+from .codec import unpack
+from .connection import connect
+from .ingest import RESERVED_PREFIXES, Ingest
+from .inngest_config import checksum, parse_register
+from .keys import events as run_events_key
+from .keys import memo as run_memo_key
+from .limits import Limits, MiB
+from .queries import get_run
+from .redis_errors import unavailable_reason
+from .registry import FunctionOwnedError, Registry
+from .store import RunStore
 
 #: Inngest's ``MaxEvents``: events per request.
 MAX_EVENTS = 5000

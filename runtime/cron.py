@@ -44,10 +44,11 @@ from redis.asyncio import Redis
 from stepq.errors import FunctionConfigError
 from stepq.event import Event
 from stepq.ids import new_ulid
-from stepq.runtime import keys
-from stepq.runtime.codec import pack
-from stepq.runtime.store import RunStore
 from stepq.triggers import TriggerCron
+
+from . import keys
+from .codec import pack
+from .store import RunStore
 
 log = structlog.get_logger("stepq.cron")
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from stepq.runtime import keys
-from stepq.runtime.scripts import Scripts
-from stepq.runtime.store import now_ms
+from . import keys
+from .scripts import Scripts
+from .store import now_ms
 
 #: How many dead letters are kept (the oldest are dropped beyond).
 MAX_DEAD_LETTERS = 10_000

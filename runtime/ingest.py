@@ -20,12 +20,13 @@ from stepq.errors import InvalidEventError
 from stepq.event import Event
 from stepq.expressions import Bindings, ExpressionError, compile_expression
 from stepq.ids import new_ulid
-from stepq.runtime import keys, matching, waits
-from stepq.runtime.codec import pack
-from stepq.runtime.registry import FunctionRecord, Registry
-from stepq.runtime.scripts import body, prelude, script_text, source
-from stepq.runtime.store import RunStore, now_ms
 from stepq.triggers import TRIGGER_VARIABLES
+
+from . import keys, matching, waits
+from .codec import pack
+from .registry import FunctionRecord, Registry
+from .scripts import body, prelude, script_text, source
+from .store import RunStore, now_ms
 
 log = structlog.get_logger("stepq.ingest")
 

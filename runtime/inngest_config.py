@@ -19,8 +19,9 @@ from stepq.errors import FunctionConfigError
 from stepq.expressions import ExpressionError, compile_expression
 from stepq.jsonvalue import NotJSONError, check_json, json_type
 from stepq.retry import Backoff
-from stepq.runtime import keys
-from stepq.runtime.cron import parse_schedule
+
+from . import keys
+from .cron import parse_schedule
 
 MAX_TRIGGERS = 10
 MAX_RETRIES = 20

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from stepq.runtime import keys
+from . import keys
 
 #: The arq function name every stepq job calls.
 ADVANCE = "stepq.advance"

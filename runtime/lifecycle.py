@@ -15,9 +15,10 @@ from redis.asyncio import Redis
 
 from stepq.client import FUNCTION_FAILED, FUNCTION_FINISHED
 from stepq.event import Event
-from stepq.runtime import keys, store
-from stepq.runtime.codec import unpack
-from stepq.runtime.run_status import RunStatus
+
+from . import keys, store
+from .codec import unpack
+from .run_status import RunStatus
 
 log = structlog.get_logger("stepq.lifecycle")
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import structlog
 
-from stepq.runtime import keys, lifecycle, store, waits
-from stepq.runtime.codec import unpack
-from stepq.runtime.lifecycle import Ingest
-from stepq.runtime.store import now_ms
+from . import keys, lifecycle, store, waits
+from .codec import unpack
+from .lifecycle import Ingest
+from .store import now_ms
 
 log = structlog.get_logger("stepq.matching")
 

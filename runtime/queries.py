@@ -7,10 +7,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from stepq.runtime import keys
-from stepq.runtime.codec import unpack
-from stepq.runtime.registry import Registry
-from stepq.runtime.run_status import RunStatus
+from . import keys
+from .codec import unpack
+from .registry import Registry
+from .run_status import RunStatus
 
 
 @dataclasses.dataclass(slots=True)

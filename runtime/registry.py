@@ -9,9 +9,10 @@ from typing import Any
 from redis.asyncio import Redis
 
 from stepq.errors import StepqError
-from stepq.runtime import keys
-from stepq.runtime.codec import pack, unpack
-from stepq.runtime.scripts import Scripts
+
+from . import keys
+from .codec import pack, unpack
+from .scripts import Scripts
 
 
 class FunctionOwnedError(StepqError):

@@ -10,8 +10,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from stepq.runtime import jobs, keys, run_status
-from stepq.runtime.script_args import BY_SCRIPT
+from . import jobs, keys, run_status
+from .script_args import BY_SCRIPT
 
 SCRIPT_NAMES = (
     "create_run",

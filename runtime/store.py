@@ -17,14 +17,15 @@ from typing import Any
 from redis.asyncio import Redis
 
 from stepq.event import Event
-from stepq.runtime import keys
-from stepq.runtime.codec import pack, unpack
-from stepq.runtime.jobs import JobKind, JobSpec, enqueue_keys
-from stepq.runtime.limits import Limits
-from stepq.runtime.run_status import RunStatus
-from stepq.runtime.script_args import CommitStepArgs, CreateRunArgs, FinishRunArgs, ResolveStepArgs, ScheduleArgs
-from stepq.runtime.scripts import Scripts
-from stepq.runtime.waits import Registration
+
+from . import keys
+from .codec import pack, unpack
+from .jobs import JobKind, JobSpec, enqueue_keys
+from .limits import Limits
+from .run_status import RunStatus
+from .script_args import CommitStepArgs, CreateRunArgs, FinishRunArgs, ResolveStepArgs, ScheduleArgs
+from .scripts import Scripts
+from .waits import Registration
 
 FENCE = "fence"
 #: What a run lives within unless its function registered other limits (kept in the run's record).

@@ -11,10 +11,10 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from stepq.runtime import deadletter, keys
-from stepq.runtime.jobs import JobKind, JobSpec, enqueue_keys
-from stepq.runtime.scripts import Scripts
-from stepq.runtime.store import now_ms
+from . import deadletter, keys
+from .jobs import JobKind, JobSpec, enqueue_keys
+from .scripts import Scripts
+from .store import now_ms
 
 log = structlog.get_logger("stepq.timers")
 

@@ -11,13 +11,14 @@ from redis.exceptions import RedisError
 
 from stepq.errors import StepqError
 from stepq.event import Event
-from stepq.runtime import lifecycle, store
-from stepq.runtime.connection import connect
-from stepq.runtime.ingest import Ingest
-from stepq.runtime.limits import Limits
-from stepq.runtime.redis_errors import unavailable_reason
-from stepq.runtime.registry import Registry
-from stepq.runtime.store import RunStore
+
+from . import lifecycle, store
+from .connection import connect
+from .ingest import Ingest
+from .limits import Limits
+from .redis_errors import unavailable_reason
+from .registry import Registry
+from .store import RunStore
 
 
 class SendError(StepqError):

@@ -15,9 +15,10 @@ from typing import Any
 
 from stepq.durations import to_timedelta
 from stepq.expressions import ExpressionError, compile_expression
-from stepq.runtime import keys
-from stepq.runtime.codec import pack, unpack
-from stepq.runtime.wait_expressions import (
+
+from . import keys
+from .codec import pack, unpack
+from .wait_expressions import (
     WAIT_VARIABLES,
     equality_key,
     index_token,

@@ -6,10 +6,10 @@ exports the public API only; the engine's internals live in their submodules (``
 ``stepq.opcodes``).
 """
 
-from stepq.client import Client, Inngest
-from stepq.context import Context, ContextSync
-from stepq.durations import to_timedelta
-from stepq.errors import (
+from .client import Client, Inngest
+from .context import Context, ContextSync
+from .durations import to_timedelta
+from .errors import (
     FunctionConfigError,
     InvalidEventError,
     NonDeterminismError,
@@ -19,16 +19,16 @@ from stepq.errors import (
     StepOutputError,
     StepqError,
 )
-from stepq.event import Event
-from stepq.flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
-from stepq.function import Cancel, Function, Timeouts
-from stepq.jsonvalue import JSON
-from stepq.middleware import Middleware, MiddlewareSync, SendEventsResult, StepMemos, TransformOutputResult
-from stepq.retry import Backoff
-from stepq.serializer import PydanticSerializer, Serializer
-from stepq.serve import serve, serve_wsgi
-from stepq.step import Step, StepSync
-from stepq.triggers import TriggerCron, TriggerEvent
+from .event import Event
+from .flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from .function import Cancel, Function, Timeouts
+from .jsonvalue import JSON
+from .middleware import Middleware, MiddlewareSync, SendEventsResult, StepMemos, TransformOutputResult
+from .retry import Backoff
+from .serializer import PydanticSerializer, Serializer
+from .serve import serve, serve_wsgi
+from .step import Step, StepSync
+from .triggers import TriggerCron, TriggerEvent
 
 __all__ = [
     "JSON",

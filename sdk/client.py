@@ -8,10 +8,10 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeAlias, TypeVar
 
-from stepq.context import Context, ContextSync
-from stepq.errors import FunctionConfigError, InvalidEventError, StepqError
-from stepq.event import Event
-from stepq.flow_control import (
+from .context import Context, ContextSync
+from .errors import FunctionConfigError, InvalidEventError, StepqError
+from .event import Event
+from .flow_control import (
     FLOW_CONTROL_KEYWORDS,
     Batch,
     Concurrency,
@@ -21,14 +21,14 @@ from stepq.flow_control import (
     Singleton,
     Throttle,
 )
-from stepq.function import Cancel, Function, Timeouts, normalize_triggers
-from stepq.http_transport import HttpTransport
-from stepq.middleware import UninitializedMiddleware
-from stepq.middleware_manager import MiddlewareManager, check_middleware_list, send_through, send_through_sync
-from stepq.retry import Backoff
-from stepq.serializer import NOT_SET, Serializer, checked_serializer, no_serializer
-from stepq.transport import EventTransport, load_transport
-from stepq.triggers import TriggerCron, TriggerEvent
+from .function import Cancel, Function, Timeouts, normalize_triggers
+from .http_transport import HttpTransport
+from .middleware import UninitializedMiddleware
+from .middleware_manager import MiddlewareManager, check_middleware_list, send_through, send_through_sync
+from .retry import Backoff
+from .serializer import NOT_SET, Serializer, checked_serializer, no_serializer
+from .transport import EventTransport, load_transport
+from .triggers import TriggerCron, TriggerEvent
 
 T = TypeVar("T")
 

@@ -10,11 +10,11 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 
-from stepq.event import Event
-from stepq.function import Function
-from stepq.opcodes import Opcode
-from stepq.replay import ExecutionRequest, Interrupt, Replay, Skip
-from stepq.step import Step, StepSync
+from .event import Event
+from .function import Function
+from .opcodes import Opcode
+from .replay import ExecutionRequest, Interrupt, Replay, Skip
+from .step import Step, StepSync
 
 T = TypeVar("T")
 

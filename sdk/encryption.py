@@ -28,10 +28,10 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from stepq.errors import FunctionConfigError, NonRetriableError
-from stepq.event import Event
-from stepq.middleware import MiddlewareSync, StepMemos, TransformOutputResult
-from stepq.opcodes import Op
+from .errors import FunctionConfigError, NonRetriableError
+from .event import Event
+from .middleware import MiddlewareSync, StepMemos, TransformOutputResult
+from .opcodes import Op
 
 try:
     import nacl.encoding

@@ -15,12 +15,12 @@ import datetime as dt
 import inspect
 from typing import Any
 
-from stepq.context import make_context
-from stepq.errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError, error_payload
-from stepq.function import Function
-from stepq.jsonvalue import JSON, NotJSONError, check_json
-from stepq.opcodes import Opcode
-from stepq.replay import Diverged, Divergence, ExecutionRequest, HookFailed, Interrupt, InvocationHooks, Replay, Skip
+from .context import make_context
+from .errors import NonDeterminismError, NonRetriableError, RetryAfterError, StepError, error_payload
+from .function import Function
+from .jsonvalue import JSON, NotJSONError, check_json
+from .opcodes import Opcode
+from .replay import Diverged, Divergence, ExecutionRequest, HookFailed, Interrupt, InvocationHooks, Replay, Skip
 
 
 @dataclasses.dataclass(slots=True)

@@ -6,7 +6,7 @@ import datetime as dt
 import traceback
 from typing import Any
 
-from stepq.durations import DurationLike, to_timedelta
+from .durations import DurationLike, to_timedelta
 
 
 class StepqError(Exception):

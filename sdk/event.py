@@ -6,8 +6,8 @@ import dataclasses
 import time
 from typing import Any
 
-from stepq.errors import InvalidEventError
-from stepq.jsonvalue import NotJSONError, check_json, child_path, text_problem
+from .errors import InvalidEventError
+from .jsonvalue import NotJSONError, check_json, child_path, text_problem
 
 MAX_EVENT_NAME = 256
 #: Largest ``ts``: milliseconds must fit a signed 64-bit integer (msgpack, Redis scores, other SDKs).

@@ -28,8 +28,8 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
-from stepq.cel_tokens import Token, tokenize
-from stepq.errors import FunctionConfigError, StepqError
+from .cel_tokens import Token, tokenize
+from .errors import FunctionConfigError, StepqError
 
 __all__ = [
     "Bindings",

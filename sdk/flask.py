@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from stepq.client import Inngest
-from stepq.framework_options import refuse_unsupported
-from stepq.function import Function
-from stepq.serve import ServeWsgiApp, serve_wsgi
-from stepq.serve.settings import DEFAULT_SERVE_PATH
+from .client import Inngest
+from .framework_options import refuse_unsupported
+from .function import Function
+from .serve import ServeWsgiApp, serve_wsgi
+from .serve.settings import DEFAULT_SERVE_PATH
 
 
 class _FlaskApp(Protocol):

@@ -6,7 +6,7 @@ value asks for what stepq does anyway is accepted; any other value is refused, n
 
 from __future__ import annotations
 
-from stepq.errors import FunctionConfigError
+from .errors import FunctionConfigError
 
 
 def refuse_unsupported(

@@ -10,11 +10,11 @@ from typing import Any, Generic
 
 from typing_extensions import TypeVar
 
-from stepq.durations import DurationLike, to_duration_str, to_timedelta
-from stepq.errors import FunctionConfigError
-from stepq.retry import Backoff
-from stepq.serializer import NOT_SET
-from stepq.triggers import Trigger, TriggerCron, TriggerEvent
+from .durations import DurationLike, to_duration_str, to_timedelta
+from .errors import FunctionConfigError
+from .retry import Backoff
+from .serializer import NOT_SET
+from .triggers import Trigger, TriggerCron, TriggerEvent
 
 #: What a function returns; ``step.invoke`` of a ``Function[T]`` gives a ``T``. Defaults to Any, so
 #: that a bare ``Function`` annotation stays valid under ``mypy --strict``.

@@ -22,9 +22,9 @@ from urllib.parse import quote
 
 import httpx
 
-from stepq.errors import InvalidEventError, StepqError
-from stepq.event import Event
-from stepq.ids import new_ulid
+from .errors import InvalidEventError, StepqError
+from .event import Event
+from .ids import new_ulid
 
 #: Attempts per send: the first and two retries.
 ATTEMPTS = 3

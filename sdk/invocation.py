@@ -16,16 +16,16 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from stepq.client import validated_events
-from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, execute, failure
-from stepq.errors import NonRetriableError, StepError, StepOutputError, error_payload
-from stepq.event import Event
-from stepq.function import Function
-from stepq.jsonvalue import NotJSONError, check_json
-from stepq.middleware import EMPTY, Output, StepMemos, TransformOutputResult, TransformOutputStepInfo
-from stepq.middleware_manager import MiddlewareManager, send_through, send_through_sync
-from stepq.opcodes import Op, Opcode
-from stepq.replay import ExecutionRequest, check_output
+from .client import validated_events
+from .engine import ExecutionResult, FunctionFailed, FunctionReturned, execute, failure
+from .errors import NonRetriableError, StepError, StepOutputError, error_payload
+from .event import Event
+from .function import Function
+from .jsonvalue import NotJSONError, check_json
+from .middleware import EMPTY, Output, StepMemos, TransformOutputResult, TransformOutputStepInfo
+from .middleware_manager import MiddlewareManager, send_through, send_through_sync
+from .opcodes import Op, Opcode
+from .replay import ExecutionRequest, check_output
 
 
 async def invoke(fn: Function, request: ExecutionRequest, *, raw_request: object = None) -> ExecutionResult:

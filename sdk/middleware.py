@@ -31,12 +31,12 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from stepq.event import Event
+from .event import Event
 
 if TYPE_CHECKING:
-    from stepq.context import Context, ContextSync
-    from stepq.function import Function
-    from stepq.opcodes import Op
+    from .context import Context, ContextSync
+    from .function import Function
+    from .opcodes import Op
 
 
 class _Empty:

@@ -17,9 +17,9 @@ import inspect
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from stepq.errors import FunctionConfigError, StepqError
-from stepq.event import Event
-from stepq.middleware import (
+from .errors import FunctionConfigError, StepqError
+from .event import Event
+from .middleware import (
     Middleware,
     MiddlewareSync,
     SendEventsResult,
@@ -27,7 +27,7 @@ from stepq.middleware import (
     TransformOutputResult,
     UninitializedMiddleware,
 )
-from stepq.transport import EventTransport
+from .transport import EventTransport
 
 
 class MiddlewareError(StepqError):

@@ -7,7 +7,7 @@ import enum
 import hashlib
 from typing import Any
 
-from stepq.jsonvalue import JSON
+from .jsonvalue import JSON
 
 
 class Op(enum.StrEnum):

@@ -15,10 +15,10 @@ from typing import Any, Protocol
 
 import msgpack
 
-from stepq.errors import NonDeterminismError, OutputTooLarge, StepError, StepOutputError
-from stepq.event import Event
-from stepq.jsonvalue import JSON, NotJSONError, check_json
-from stepq.opcodes import Opcode, _hash_cache, hash_step_id
+from .errors import NonDeterminismError, OutputTooLarge, StepError, StepOutputError
+from .event import Event
+from .jsonvalue import JSON, NotJSONError, check_json
+from .opcodes import Opcode, _hash_cache, hash_step_id
 
 DEFAULT_MAX_OUTPUT_BYTES = 4 * 1024 * 1024
 

@@ -8,8 +8,8 @@ import math
 import random
 from typing import Any
 
-from stepq.durations import DurationLike, to_timedelta
-from stepq.errors import FunctionConfigError
+from .durations import DurationLike, to_timedelta
+from .errors import FunctionConfigError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from stepq.errors import FunctionConfigError, StepqError
+from .errors import FunctionConfigError, StepqError
 
 
 class _NotSet:

@@ -27,7 +27,7 @@ from typing import Any
 
 import jcs
 
-from stepq.errors import StepqError
+from .errors import StepqError
 
 #: The header that carries a signature, on requests and on responses.
 SIGNATURE_HEADER = "X-Inngest-Signature"

@@ -18,14 +18,14 @@ import inspect
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar, TypeVarTuple, cast, overload
 
-from stepq.durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
-from stepq.errors import NonRetriableError, RetryAfterError, StepOutputError, error_payload
-from stepq.event import Event
-from stepq.function import Function
-from stepq.opcodes import Op, Opcode
-from stepq.replay import Interrupt, Replay, Skip, unwrap_memo
-from stepq.retry import Backoff
-from stepq.serializer import NOT_SET, Serializer, no_serializer
+from .durations import DurationLike, parse_iso, to_duration_str, to_iso, to_timedelta
+from .errors import NonRetriableError, RetryAfterError, StepOutputError, error_payload
+from .event import Event
+from .function import Function
+from .opcodes import Op, Opcode
+from .replay import Interrupt, Replay, Skip, unwrap_memo
+from .retry import Backoff
+from .serializer import NOT_SET, Serializer, no_serializer
 
 #: Sends events for ``step.send_event``; the client's ``send``.
 Sender = Callable[[Sequence[Event]], Coroutine[Any, Any, list[str]]]

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Protocol
 
-from stepq.errors import StepqError
-from stepq.event import Event
+from .errors import StepqError
+from .event import Event
 
 
 class EventTransport(Protocol):

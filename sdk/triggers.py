@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from stepq.errors import FunctionConfigError
-from stepq.expressions import Expression, ExpressionError, compile_expression
+from .errors import FunctionConfigError
+from .expressions import Expression, ExpressionError, compile_expression
 
 #: The variables a trigger's expression can use: the event that would start the run.
 TRIGGER_VARIABLES = frozenset({"event"})

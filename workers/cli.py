@@ -25,10 +25,11 @@ from stepq.runtime.queries import get_run, list_runs
 from stepq.runtime.registry import FunctionOwnedError
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.transport import RedisTransport
-from stepq.workers.app import AppLoadError, load_client
-from stepq.workers.embedded import EmbeddedRedis
-from stepq.workers.logs import configure
-from stepq.workers.worker import WorkerOptions, build_http_worker, build_worker
+
+from .app import AppLoadError, load_client
+from .embedded import EmbeddedRedis
+from .logs import configure
+from .worker import WorkerOptions, build_http_worker, build_worker
 
 EXIT_USAGE = 2
 

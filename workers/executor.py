@@ -37,9 +37,10 @@ from stepq.runtime.redis_errors import is_passing
 from stepq.runtime.registry import Registry
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, Written, now_ms
-from stepq.workers.faults import Faults
-from stepq.workers.invoker import Invoker
-from stepq.workers.remote import FunctionSource, RemoteFunction, Runnable
+
+from .faults import Faults
+from .invoker import Invoker
+from .remote import FunctionSource, RemoteFunction, Runnable
 
 log = structlog.get_logger("stepq.worker")
 

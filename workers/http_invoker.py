@@ -32,7 +32,8 @@ from stepq.opcodes import Opcode
 from stepq.replay import ExecutionRequest
 from stepq.runtime.app_urls import AppUrlPolicy, AppUrlRefused, CheckedNetworkBackend
 from stepq.signing import canonical_json, sign
-from stepq.workers.remote import RemoteFunction
+
+from .remote import RemoteFunction
 
 log = structlog.get_logger("stepq.http")
 

@@ -31,7 +31,8 @@ from redis.asyncio import Redis
 
 from stepq.runtime import keys
 from stepq.runtime.registry import FunctionOwnedError, Registry
-from stepq.workers.faults import REDIS_TROUBLE, Faults
+
+from .faults import REDIS_TROUBLE, Faults
 
 log = structlog.get_logger("stepq.worker")
 

@@ -51,13 +51,14 @@ from stepq.runtime.limits import Limits
 from stepq.runtime.redis_errors import error_kind
 from stepq.runtime.registry import Registry
 from stepq.runtime.store import RunStore
-from stepq.workers.executor import Executor
-from stepq.workers.faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
-from stepq.workers.http_invoker import HttpInvoker
-from stepq.workers.invoker import InProcessInvoker, Invoker
-from stepq.workers.registration import DEFAULT_REFRESH_S, RegistrationKeeper
-from stepq.workers.remote import FunctionSource, LocalFunctions, RegisteredFunctions
-from stepq.workers.watchdog import RedisWatchdog, ping
+
+from .executor import Executor
+from .faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
+from .http_invoker import HttpInvoker
+from .invoker import InProcessInvoker, Invoker
+from .registration import DEFAULT_REFRESH_S, RegistrationKeeper
+from .remote import FunctionSource, LocalFunctions, RegisteredFunctions
+from .watchdog import RedisWatchdog, ping
 
 log = structlog.get_logger("stepq.worker")
 

@@ -32,11 +32,11 @@ environment), ``api_client`` (calls to the API), ``messages`` (request/answer sh
 and ``thread_bridge`` (async code from a WSGI thread).
 """
 
-from stepq.serve.asgi import ServeApp, serve
-from stepq.serve.handler import ServeHandler
-from stepq.serve.messages import SDK_NAME, SDK_VERSION, HandlerRequest, HandlerResponse
-from stepq.serve.settings import ServeOptions, ServeSettings
-from stepq.serve.wsgi import ServeWsgiApp, serve_wsgi
+from .asgi import ServeApp, serve
+from .handler import ServeHandler
+from .messages import SDK_NAME, SDK_VERSION, HandlerRequest, HandlerResponse
+from .settings import ServeOptions, ServeSettings
+from .wsgi import ServeWsgiApp, serve_wsgi
 
 __all__ = [
     "SDK_NAME",

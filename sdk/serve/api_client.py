@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import httpx
 
-from stepq.serve.messages import REQUEST_VERSION, SDK_NAME, Refusal
-from stepq.serve.settings import ServeSettings
-from stepq.signing import hash_signing_key
+from ..signing import hash_signing_key
+from .messages import REQUEST_VERSION, SDK_NAME, Refusal
+from .settings import ServeSettings
 
 #: Timeout of calls to the API (sync, ``use_api`` reads).
 API_TIMEOUT = httpx.Timeout(30.0, connect=10.0)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, Unpack
 
-from stepq.client import Client
-from stepq.function import Function
-from stepq.serve.handler import ServeHandler
-from stepq.serve.messages import MAX_BODY_BYTES, HandlerRequest, body_too_large, first_values
-from stepq.serve.settings import ServeOptions, ServeSettings
+from ..client import Client
+from ..function import Function
+from .handler import ServeHandler
+from .messages import MAX_BODY_BYTES, HandlerRequest, body_too_large, first_values
+from .settings import ServeOptions, ServeSettings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -6,9 +6,9 @@ import dataclasses
 import json
 from typing import Any
 
-from stepq.errors import InvalidEventError
-from stepq.event import Event
-from stepq.serve.messages import Refusal
+from ..errors import InvalidEventError
+from ..event import Event
+from .messages import Refusal
 
 _EVENT_FIELDS = ("name", "data", "id", "ts", "v", "user")
 

@@ -12,17 +12,17 @@ from collections.abc import Sequence
 
 import structlog
 
-from stepq.client import Client
-from stepq.errors import FunctionConfigError
-from stepq.function import Function
-from stepq.serve.api_client import ApiClient
-from stepq.serve.introspection import answer_introspection
-from stepq.serve.messages import REQUEST_VERSION, SDK_NAME, HandlerRequest, HandlerResponse, Refusal, dumps
-from stepq.serve.run import answer_call
-from stepq.serve.served_functions import ServedFunctions
-from stepq.serve.settings import ServeSettings
-from stepq.serve.sync import answer_sync
-from stepq.signing import SIGNATURE_HEADER, SignatureError, matching_key, sign
+from ..client import Client
+from ..errors import FunctionConfigError
+from ..function import Function
+from ..signing import SIGNATURE_HEADER, SignatureError, matching_key, sign
+from .api_client import ApiClient
+from .introspection import answer_introspection
+from .messages import REQUEST_VERSION, SDK_NAME, HandlerRequest, HandlerResponse, Refusal, dumps
+from .run import answer_call
+from .served_functions import ServedFunctions
+from .settings import ServeSettings
+from .sync import answer_sync
 
 log = structlog.get_logger("stepq.serve")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from stepq.client import NO_EVENT_KEY
-from stepq.serve.messages import CAPABILITIES, SDK_VERSION, HandlerRequest, HandlerResponse, dumps
-from stepq.serve.served_functions import ServedFunctions
-from stepq.serve.settings import ServeSettings
-from stepq.signing import SIGNATURE_HEADER, hash_signing_key
+from ..client import NO_EVENT_KEY
+from ..signing import SIGNATURE_HEADER, hash_signing_key
+from .messages import CAPABILITIES, SDK_VERSION, HandlerRequest, HandlerResponse, dumps
+from .served_functions import ServedFunctions
+from .settings import ServeSettings
 
 INTROSPECTION_SCHEMA = "2024-05-24"
 

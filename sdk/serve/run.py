@@ -10,14 +10,14 @@ import math
 
 import structlog
 
-from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
-from stepq.function import Function
-from stepq.invocation import invoke
-from stepq.replay import ExecutionRequest
-from stepq.serve.api_client import ApiClient
-from stepq.serve.call import parse_call, wire_event
-from stepq.serve.messages import HandlerRequest, HandlerResponse, Refusal, dumps
-from stepq.serve.served_functions import ServedFunctions
+from ..engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported
+from ..function import Function
+from ..invocation import invoke
+from ..replay import ExecutionRequest
+from .api_client import ApiClient
+from .call import parse_call, wire_event
+from .messages import HandlerRequest, HandlerResponse, Refusal, dumps
+from .served_functions import ServedFunctions
 
 log = structlog.get_logger("stepq.serve")
 

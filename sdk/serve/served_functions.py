@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from stepq.client import FUNCTION_FAILED, Client
-from stepq.errors import FunctionConfigError
-from stepq.function import MAX_RETRIES, Function
-from stepq.serve.messages import Refusal
-from stepq.triggers import TriggerEvent
+from ..client import FUNCTION_FAILED, Client
+from ..errors import FunctionConfigError
+from ..function import MAX_RETRIES, Function
+from ..triggers import TriggerEvent
+from .messages import Refusal
 
 
 class ServedFunctions:

@@ -9,9 +9,9 @@ import os
 from typing import TypedDict
 from urllib.parse import urlsplit
 
-from stepq.client import Inngest
-from stepq.errors import FunctionConfigError
-from stepq.signing import check_signing_key
+from ..client import Inngest
+from ..errors import FunctionConfigError
+from ..signing import check_signing_key
 
 DEFAULT_SERVE_PATH = "/api/inngest"
 DEFAULT_API_BASE_URL = "http://127.0.0.1:8288"

@@ -9,12 +9,12 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from stepq.function import Function
-from stepq.serve.api_client import ApiClient, snippet
-from stepq.serve.messages import CAPABILITIES, SDK_NAME, HandlerRequest, HandlerResponse, Refusal, dumps
-from stepq.serve.run import DISCOVERY_STEP
-from stepq.serve.served_functions import ServedFunctions
-from stepq.serve.settings import ServeSettings
+from ..function import Function
+from .api_client import ApiClient, snippet
+from .messages import CAPABILITIES, SDK_NAME, HandlerRequest, HandlerResponse, Refusal, dumps
+from .run import DISCOVERY_STEP
+from .served_functions import ServedFunctions
+from .settings import ServeSettings
 
 log = structlog.get_logger("stepq.serve")
 

@@ -7,12 +7,12 @@ import http
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Unpack
 
-from stepq.client import Client
-from stepq.function import Function
-from stepq.serve.handler import ServeHandler
-from stepq.serve.messages import MAX_BODY_BYTES, HandlerRequest, HandlerResponse, body_too_large, first_values
-from stepq.serve.settings import ServeOptions, ServeSettings
-from stepq.serve.thread_bridge import run_sync
+from ..client import Client
+from ..function import Function
+from .handler import ServeHandler
+from .messages import MAX_BODY_BYTES, HandlerRequest, HandlerResponse, body_too_large, first_values
+from .settings import ServeOptions, ServeSettings
+from .thread_bridge import run_sync
 
 StartResponse = Callable[..., Any]
 
