@@ -13,10 +13,12 @@ import argparse
 import asyncio
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
 from arq.connections import ArqRedis
+from arq.typing import StartupShutdown, WorkerCoroutine
 from arq.worker import Worker, func
 from redis.asyncio import ConnectionPool, Redis
 
@@ -58,23 +60,29 @@ async def long(ctx: dict[str, Any], key: str, seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-def build(redis_url: str, poll_delay: float, max_jobs: int, queue: str) -> Worker:
-    pool = ArqRedis(
+def arq_pool(redis_url: str, queue: str) -> ArqRedis:
+    """An arq client with stepq's job format (msgpack) on ``queue``."""
+    return ArqRedis(
         connection_pool=ConnectionPool.from_url(redis_url),
         job_serializer=msgpack.packb,
         job_deserializer=_deserialize,
         default_queue_name=queue,
     )
 
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        ctx["marks"] = Redis.from_url(os.environ[MARKS_ENV])
-        await pool.ping()
-        print(f"arq-baseline ready pid={os.getpid()}", flush=True)
 
+def baseline_worker(
+    functions: Mapping[str, WorkerCoroutine],
+    pool: ArqRedis,
+    on_startup: StartupShutdown,
+    *,
+    queue: str,
+    max_jobs: int,
+    poll_delay: float,
+) -> Worker:
+    """A raw arq worker with stepq's settings (see the module's docstring): the baseline's and the
+    peers benchmark's arq alike."""
     return Worker(
-        functions=[
-            func(f, name=f.__name__, timeout=JOB_TIMEOUT_S, max_tries=10**9) for f in (noop, hop, first, late, long)
-        ],
+        functions=[func(f, name=name, timeout=JOB_TIMEOUT_S, max_tries=10**9) for name, f in functions.items()],
         queue_name=queue,
         redis_pool=pool,
         on_startup=on_startup,
@@ -88,6 +96,18 @@ def build(redis_url: str, poll_delay: float, max_jobs: int, queue: str) -> Worke
         health_check_interval=30,
         log_results=False,
     )
+
+
+def build(redis_url: str, poll_delay: float, max_jobs: int, queue: str) -> Worker:
+    pool = arq_pool(redis_url, queue)
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        ctx["marks"] = Redis.from_url(os.environ[MARKS_ENV])
+        await pool.ping()
+        print(f"arq-baseline ready pid={os.getpid()}", flush=True)
+
+    jobs: dict[str, WorkerCoroutine] = {f.__name__: f for f in (noop, hop, first, late, long)}
+    return baseline_worker(jobs, pool, on_startup, queue=queue, max_jobs=max_jobs, poll_delay=poll_delay)
 
 
 def main() -> None:

@@ -14,12 +14,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import msgpack
 from arq.connections import ArqRedis
-from arq.worker import Worker, func
-from redis.asyncio import ConnectionPool
 
-from bench.arq_worker import JOB_TIMEOUT_S, _deserialize
+from bench.arq_worker import arq_pool, baseline_worker
 from bench.common import CONCURRENCY, POLL_DELAY_S
 from bench.peers.marks import apush, now
 
@@ -27,12 +24,7 @@ QUEUE = "bench:peers:arq"
 
 
 def pool(redis_url: str) -> ArqRedis:
-    return ArqRedis(
-        connection_pool=ConnectionPool.from_url(redis_url),
-        job_serializer=msgpack.packb,
-        job_deserializer=_deserialize,
-        default_queue_name=QUEUE,
-    )
+    return arq_pool(redis_url, QUEUE)
 
 
 async def peer(ctx: dict[str, Any], data: dict[str, Any], stamps: list[float]) -> None:
@@ -68,21 +60,11 @@ def main() -> None:
     async def on_startup(ctx: dict[str, Any]) -> None:
         print(f"arq-peer ready pid={os.getpid()}", flush=True)
 
-    Worker(
-        functions=[func(peer, name="peer", timeout=JOB_TIMEOUT_S, max_tries=10**9)],
-        queue_name=QUEUE,
-        redis_pool=pool(args.redis_url),
-        on_startup=on_startup,
-        max_jobs=args.max_jobs,
-        queue_read_limit=max(1000, args.max_jobs * 10),
-        poll_delay=POLL_DELAY_S,
-        keep_result=0,
-        job_serializer=msgpack.packb,
-        job_deserializer=_deserialize,
-        handle_signals=True,
-        health_check_interval=30,
-        log_results=False,
-    ).run()
+    redis = pool(args.redis_url)
+    worker = baseline_worker(
+        {"peer": peer}, redis, on_startup, queue=QUEUE, max_jobs=args.max_jobs, poll_delay=POLL_DELAY_S
+    )
+    worker.run()
 
 
 if __name__ == "__main__":
