@@ -20,13 +20,13 @@ class ScriptArgs:
 
     def argv(self) -> list[Any]:
         """The values in ARGV order."""
-        return [getattr(self, field.name) for field in dataclasses.fields(self)]
+        return [getattr(self, name) for name in _field_names(type(self))]
 
     @classmethod
     def lua_header(cls) -> str:
         """``local ARG = {name = ARGV[1], ...}``: the script's view of the same fields; ``ARG_REST`` is
         the index of the first argument after them."""
-        names = [field.name for field in dataclasses.fields(cls)]
+        names = _field_names(cls)
         entries = ", ".join(f"{name} = ARGV[{i}]" for i, name in enumerate(names, start=1))
         return (
             f"-- ARGV by name, generated from runtime/script_args.py ({cls.__name__}).\n"
@@ -156,3 +156,14 @@ class FinishRunArgs(ScriptArgs):
 BY_SCRIPT: dict[str, type[ScriptArgs]] = {
     args.script: args for args in (CommitStepArgs, ScheduleArgs, ResolveStepArgs, CreateRunArgs, FinishRunArgs)
 }
+
+
+_NAMES: dict[type[ScriptArgs], tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[ScriptArgs]) -> tuple[str, ...]:
+    """A script's argument names in ARGV order, read once per class: ``argv`` runs on every step."""
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = tuple(field.name for field in dataclasses.fields(cls))
+    return names
