@@ -398,7 +398,6 @@ class Env:
         n: int = 1,
         *,
         env: dict[str, str] | None = None,
-        poll_delay: float = POLL_DELAY_S,
         concurrency: int = CONCURRENCY,
         timeout: float = 60.0,
     ) -> list[Proc]:
@@ -406,7 +405,6 @@ class Env:
         argv = [
             sys.executable, "-m", "stepq.workers.cli", "worker", "bench.apps:client",
             "--redis-url", server.url(),
-            "--poll-delay", repr(poll_delay),
             "--concurrency", str(concurrency),
         ]  # fmt: skip
         procs = []

@@ -136,6 +136,23 @@ def queue(app_id: str) -> str:
     return f"{PREFIX}:queue:{app_id}"
 
 
+def ready(queue_id: str) -> str:
+    """Wake-up tokens of a queue: idle workers block on this list (BLPOP); an enqueue pushes one.
+
+    Its hash tag is the queue key's whole name, so that it lives in the queue's Redis Cluster slot."""
+    return f"{{{queue(queue_id)}}}:ready"
+
+
+def mover(queue_id: str) -> str:
+    """The lease (a worker's token) of the one worker that wakes on the queue's earliest delayed job."""
+    return f"{{{queue(queue_id)}}}:mover"
+
+
+def wake_at(queue_id: str) -> str:
+    """When the queue's mover means to wake (ms since the epoch); an earlier delayed job wakes a worker."""
+    return f"{{{queue(queue_id)}}}:wake_at"
+
+
 def app_functions(app_id: str) -> str:
     """The slugs an app registered (written by register_app.lua)."""
     return f"{PREFIX}:app:{app_id}:functions"
@@ -181,6 +198,8 @@ LUA_BUILDERS: dict[str, Callable[[str], str]] = {
     "in_progress": in_progress,
     "retry": retry,
     "queue": queue,
+    "ready": ready,
+    "wake_at": wake_at,
     "trigger": trigger,
     "function_events": function_events,
     "app_functions": app_functions,

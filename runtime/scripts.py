@@ -31,6 +31,7 @@ SCRIPT_NAMES = (
     "dead_letter",
     "renew_leases",
     "finish_job",
+    "release_mover",
 )
 
 

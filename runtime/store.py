@@ -515,7 +515,7 @@ class RunStore:
         await self.scripts.call(
             "enqueue_job",
             [*enqueue_keys(job, queue_id), keys.jobs(run_id)],
-            [job.encode(at), due_ms, max(0, due_ms - at) + self.limits.job_grace_ms],
+            [job.encode(at), due_ms, max(0, due_ms - at) + self.limits.job_grace_ms, at],
         )
 
     async def cancel(self, run_id: str, reason: str) -> Written:

@@ -75,7 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     redis_option(p)
     p.add_argument("--concurrency", type=int, help="steps run at once by this process (default 100)")
-    p.add_argument("--poll-delay", type=float, help="seconds between queue polls (default 0.005)")
+    p.add_argument(
+        "--idle-check",
+        type=float,
+        help="seconds an idle worker waits for work before it checks the queue anyway (default 4)",
+    )
     p.set_defaults(handler=_worker)
 
     p = sub.add_parser("dev", help="a worker and the event API, with a private Redis when none is configured")
@@ -137,7 +141,7 @@ def _worker(args: argparse.Namespace) -> int:
     if http == bool(args.app):
         raise CliError("give MODULE:CLIENT to run an app's functions, or --http for functions served over HTTP")
     try:
-        options = WorkerOptions.from_env(concurrency=args.concurrency, poll_delay_s=args.poll_delay)
+        options = WorkerOptions.from_env(concurrency=args.concurrency, idle_check_s=args.idle_check)
         if args.app:
             worker = build_worker(load_client(args.app), _url(args), options)
         else:
@@ -170,7 +174,7 @@ def _dev(args: argparse.Namespace) -> int:
         api = ApiServer(url, port=args.api_port, settings=ApiSettings.from_env(dev=True)).start()
         stack.callback(api.stop)
         print(f"stepq dev: event API at {api.url} (POST /e/<any key>)", file=sys.stderr)
-        return _worker(argparse.Namespace(**{**vars(args), "redis_url": url, "poll_delay": None}))
+        return _worker(argparse.Namespace(**{**vars(args), "redis_url": url, "idle_check": None}))
     return 0
 
 

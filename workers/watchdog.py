@@ -53,6 +53,7 @@ class RedisWatchdog:
         interval_s: float = 1.0,
         timeout_s: float = 1.5,
         retry_s: float = 0.25,
+        quiet_s: float = 5.0,
         probe: Probe = ping,
     ) -> None:
         #: The worker's pool: its connections are dropped when Redis goes dark and when it is back.
@@ -76,13 +77,32 @@ class RedisWatchdog:
         self._up = asyncio.Event()
         self._up.set()
         self._down_since = 0.0
+        #: Until when a blocking read of the worker's stands in for a probe (see ``blocking``).
+        self._vouched_until = 0.0
+        #: Even then, a probe at least this often: it is also the app's registration check.
+        self.quiet_s = quiet_s
+        self._probed_at = 0.0
         #: Called when Redis answers again after being unreachable.
         self.on_back: list[Callable[[], None]] = []
+
+    def blocking(self, timeout_s: float) -> None:
+        """The worker sent a blocking read that Redis answers within ``timeout_s``: until then (and
+        ``timeout_s`` of the watchdog's own more), its reply will tell whether Redis answers, so
+        the watchdog sends no probe of its own; an idle worker costs Redis its blocking read alone."""
+        self._vouched_until = time.monotonic() + timeout_s + self.timeout_s
+
+    def answered(self) -> None:
+        """The worker's blocking read got its reply."""
+        self._vouched_until = time.monotonic() + self.interval_s
 
     async def run(self) -> None:
         """Probe forever (a background task of the worker)."""
         while True:
             await asyncio.sleep(self.interval_s)
+            now = time.monotonic()
+            if now < self._vouched_until and now - self._probed_at < self.quiet_s:
+                continue
+            self._probed_at = now
             error = await self.check()
             if error is not None:
                 error = await self.check(fresh=True)
@@ -146,6 +166,7 @@ class RedisWatchdog:
 
     async def _lost(self, error: BaseException) -> None:
         self.reachable = False
+        self._vouched_until = 0.0
         self._up.clear()
         self._down_since = time.monotonic()
         log.warning("redis.unreachable", error=str(error) or type(error).__name__, timeout_s=self.timeout_s)

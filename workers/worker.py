@@ -1,23 +1,25 @@
-"""The arq worker that runs stepq jobs for one app, with leases, draining and reconnects.
+"""The worker process: take the jobs of one queue, run them, with leases, draining and reconnects.
 
-arq alone locks a running job for ``job_timeout + 10 s`` and never renews the lock, so a killed
-worker's step waits minutes before another worker may take it; a Redis error ends its process;
-SIGTERM cancels running steps at once. ``StepqWorker`` changes those behaviours:
+stepq keeps arq's job model (its queue, job format, locks and ``Retry``; see ``runtime/job_queue.py``)
+and runs jobs with a loop of its own, because arq's worker polls (a command every few milliseconds
+per idle worker, and a poll delay before each step), claims each job in several round trips, and has
+no hook for what follows. ``StepqWorker``:
 
-- a short lease (``lease_s``, 10 s) renewed by a heartbeat while the job runs;
-- SIGTERM/SIGINT drain (stop taking jobs, let running steps finish within ``drain_grace_s``, then
-  hand back the rest so another worker retries them at once); a second SIGINT forces;
-- no Redis error ends the process: a lost connection, and replies such as OOM, READONLY, WRONGTYPE,
-  BUSY or a script error, are logged once per kind and retried with a bounded backoff in every loop
-  (poll, claim, leases, timers, cron, registration, drain) (``stepq.workers.faults``);
-- poison queue entries (a member that is not UTF-8, a score that is not a finite number, a job
-  whose keys hold the wrong type, a queue key that is not a sorted set) are moved to the dead
-  letters (``stepq.runtime.deadletter``) instead of crashing the worker at every poll;
-- a watchdog notices within seconds that Redis stopped answering, even when the link went dark
-  without a reset: the worker stops claiming work, drops its stuck connections, and resumes as soon
-  as Redis answers (``stepq.workers.watchdog``);
-- the app's registration is restored after Redis comes back empty and kept fresh
-  (``stepq.workers.registration``).
+- waits for work on a blocking read of the queue's ready list: no polling when idle, no poll delay
+  when busy; one worker at a time (the mover) keeps a timer at the earliest delayed job;
+- claims due jobs, with their payloads, in one Lua call (``JobQueue.claim``), and runs each with
+  arq's job context (``workers/job_task.py``);
+- holds a short lease per running job (``lease_s``, 10 s) renewed by a heartbeat, so a killed
+  worker's step runs elsewhere within seconds while an hour-long step keeps its lock;
+- drains on SIGTERM/SIGINT (take no jobs, let running steps finish within ``drain_grace_s``, then
+  hand the rest back so another worker retries them at once); a second SIGINT forces;
+- survives every Redis error: a lost connection, and replies such as OOM, READONLY, WRONGTYPE, BUSY
+  or a script error, are logged once per kind and retried with a bounded backoff in every loop
+  (``stepq.workers.faults``); poison queue entries go to the dead letters
+  (``stepq.runtime.deadletter``);
+- has a watchdog that notices within seconds that Redis stopped answering, even when the link went
+  dark without a reset (``stepq.workers.watchdog``);
+- restores the app's registration after Redis comes back empty (``stepq.workers.registration``).
 """
 
 from __future__ import annotations
@@ -26,36 +28,35 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import os
 import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
-import msgpack
 import structlog
-from arq.connections import ArqRedis
-from arq.utils import timestamp_ms
-from arq.worker import Worker, func
-from redis.exceptions import ResponseError
+from redis.asyncio import Redis
 
 from stepq.client import Client
 from stepq.runtime import deadletter, keys, timers
 from stepq.runtime.app_urls import AppUrlPolicy
 from stepq.runtime.connection import make_pool
 from stepq.runtime.cron import CronScheduler, cron_functions
+from stepq.runtime.job_queue import ClaimedJob, JobQueue
 from stepq.runtime.jobs import ADVANCE
 from stepq.runtime.limits import Limits
 from stepq.runtime.redis_errors import error_kind
 from stepq.runtime.registry import Registry
-from stepq.runtime.store import RunStore
+from stepq.runtime.store import RunStore, now_ms
 
 from .executor import Executor
 from .faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
 from .http_invoker import HttpInvoker
 from .invoker import InProcessInvoker, Invoker
+from .job_task import JobFunction, JobRunner
 from .registration import DEFAULT_REFRESH_S, RegistrationKeeper
 from .remote import FunctionSource, LocalFunctions, RegisteredFunctions
 from .watchdog import RedisWatchdog, ping
@@ -80,8 +81,9 @@ class WorkerOptions:
 
     #: Jobs (step invocations) run at once by this process (STEPQ_CONCURRENCY).
     concurrency: int = 100
-    #: arq polls the queue this often; arq's 0.5 s default would put half a second between steps.
-    poll_delay_s: float = 0.005
+    #: An idle worker blocks on the queue's ready list this long at a time, then checks the queue
+    #: anyway (STEPQ_IDLE_CHECK): what an idle worker costs Redis, about one command per 2 s.
+    idle_check_s: float = 4.0
     #: How long one invocation (one step) may run (STEPQ_STEP_TIMEOUT).
     step_timeout_s: float = 2 * 3600
     #: A running job's lock; renewed every third of it while the job runs (STEPQ_LEASE).
@@ -121,7 +123,7 @@ class WorkerOptions:
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         positive = (
-            "poll_delay_s",
+            "idle_check_s",
             "step_timeout_s",
             "lease_s",
             "timer_sweep_s",
@@ -138,7 +140,7 @@ class WorkerOptions:
 
 _ENV: dict[str, tuple[str, type[int] | type[float]]] = {
     "concurrency": ("STEPQ_CONCURRENCY", int),
-    "poll_delay_s": ("STEPQ_POLL_DELAY", float),
+    "idle_check_s": ("STEPQ_IDLE_CHECK", float),
     "step_timeout_s": ("STEPQ_STEP_TIMEOUT", float),
     "lease_s": ("STEPQ_LEASE", float),
     "drain_grace_s": ("STEPQ_DRAIN_GRACE", float),
@@ -151,64 +153,87 @@ _ENV: dict[str, tuple[str, type[int] | type[float]]] = {
 }
 
 
-class _Functions(dict[str, Any]):
-    """arq's function table: a job naming a function no stepq worker has is logged as an error."""
-
-    def __missing__(self, name: str) -> Any:
-        log.error("job.unknown_function", function=name, detail=f"function {name!r} not found; job dropped")
-        raise KeyError(name)
-
-
-class StepqWorker(Worker):
-    """arq's Worker with leases, draining, fault tolerance and a watchdog (see the module docstring)."""
+class StepqWorker:
+    """Takes the jobs of one queue and runs them (see the module docstring)."""
 
     def __init__(
         self,
-        *args: Any,
-        options: WorkerOptions,
+        *,
+        queue_id: str,
+        pool: Redis,
         store: RunStore,
+        functions: Mapping[str, JobFunction],
+        options: WorkerOptions,
+        job_timeout_s: float,
+        on_startup: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
         cron: CronScheduler | None = None,
         cron_source: Callable[[], Awaitable[list[tuple[str, ...]]]] | None = None,
         registration: RegistrationKeeper | None = None,
-        **kwargs: Any,
+        handle_signals: bool = True,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        self.pool = pool
+        self.store = store
+        self.options = options
+        self.on_startup = on_startup
         self.cron = cron
         #: Re-reads the cron functions now and then (functions served over HTTP).
         self.cron_source = cron_source
-        self.functions = _Functions(self.functions)
-        self.options = options
-        self.store = store
         #: Keeps the app's registration in Redis (None for workers of functions served over HTTP).
         self.registration = registration
+        self.handle_signals = handle_signals
+        #: The value of the in-progress locks this worker holds: a job is this worker's to renew and
+        #: to end only while its lock carries this token.
+        self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.queue = JobQueue(
+            pool, store.scripts, queue_id, lease_token=self.lease_token, lease_ms=int(options.lease_s * 1000)
+        )
+        self.queue.mover_lease_ms = int(3 * options.idle_check_s * 1000)
+        #: arq's worker context, which every job's context extends.
+        self.ctx: dict[str, Any] = {"redis": pool}
+        self.runner = JobRunner(self.queue, functions, timeout_s=job_timeout_s, ctx=self.ctx, on_poison=self._poison)
         self.watchdog = RedisWatchdog(
-            self.pool.connection_pool,
+            pool.connection_pool,
             interval_s=options.redis_check_s,
             timeout_s=options.redis_check_timeout_s,
             probe=registration.probe if registration is not None else ping,
         )
         self.watchdog.on_back.append(self._reconnected)
-        # arq sizes the lock from the longest job timeout; ours is short and kept alive by heartbeats.
-        self.in_progress_timeout_s = options.lease_s
-        #: The value of the in-progress locks this worker holds: a job is this worker's to renew and
-        #: to end only while its lock carries this token.
-        self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        #: The jobs running now, by id.
+        self.tasks: dict[str, asyncio.Task[None]] = {}
         self._draining = False
+        #: Claim now: a token came, the idle check is due, Redis is back, a slot freed after a full claim.
+        self._claim_now = asyncio.Event()
+        #: Set while this worker has a free slot and takes jobs (the ready list is read only then).
+        self._room = asyncio.Event()
+        self._room.set()
+        #: The last claim filled every free slot: due jobs may remain, claim when a slot frees.
+        self._backlog = False
+        #: As the queue's mover: when its earliest delayed job is due (ms), else None.
+        self._wake_at_ms: int | None = None
+        self._renew_now = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
-        self._renew_now = asyncio.Event()
-        #: Jobs whose lease this worker lost while running them (logged once each).
-        self._lost: set[str] = set()
-        self._poll_faults = Faults("poll")
-        self._job_faults = Faults("job-end")
+        self._claim_faults = Faults("claim")
         self._dead_letter_faults = Faults("dead-letter")
 
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT (a drain), then close."""
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        if self.handle_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self.handle_signal, signum)
+        try:
+            await self.main()
+        finally:
+            await self.close()
+
     async def main(self) -> None:
-        """arq's main loop, with these changes: it waits for Redis instead of exiting, survives any
-        Redis error, claims nothing while the watchdog finds Redis unreachable, and polls as soon as
-        this worker enqueues a job that is due now (``wake``), so a step's next job starts without
-        waiting for the next poll tick."""
+        """Wait for Redis, start, take and run jobs until a drain, then drain."""
         self._background = [asyncio.create_task(self.watchdog.run(), name="stepq-watchdog")]
         await until_redis_answers(self.pool.ping)
         self._background += [
@@ -218,201 +243,194 @@ class StepqWorker(Worker):
         if self.cron is not None and (self.cron.functions or self.cron_source is not None):
             self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
         try:
-            self.ctx["redis"] = self.pool
             if self.on_startup:
                 await self.on_startup(self.ctx)
             if self.registration is not None:
                 self._background.append(asyncio.create_task(self.registration.run(), name="stepq-registration"))
-            loop = asyncio.get_running_loop()
-            while True:
-                began = loop.time()
-                await self._poll_iteration()
-                if self.burst and await self._burst_done():
-                    return
-                wait = self.poll_delay_s - (loop.time() - began)
-                if wait > 0 and not self._wake.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
-                self._wake.clear()
+            self._background.append(asyncio.create_task(self._listen(), name="stepq-listen"))
+            self._claim_now.set()  # jobs may be due already
+            await self._take_jobs()
+            await self._drain()
         finally:
             for task in [*self._background, *self._chores]:
                 task.cancel()
             await asyncio.gather(*self._background, *self._chores, return_exceptions=True)
 
-    def wake(self) -> None:
-        """Poll now: a job due now was just enqueued."""
-        self._wake.set()
+    def handle_signal(self, signum: int) -> None:
+        """First SIGTERM/SIGINT drains; a second SIGINT hands back running steps at once."""
+        if self._draining:
+            if signum == signal.SIGINT:
+                log.warning("worker.forced", running=len(self.tasks))
+                for task in self.tasks.values():
+                    task.cancel()
+            return
+        log.info("worker.draining", running=len(self.tasks), grace_s=self.options.drain_grace_s)
+        self.stop()
+
+    def stop(self) -> None:
+        """Drain: take no more jobs, let running ones finish within the grace period, then exit."""
+        self._draining = True
+        self._room.clear()
+        self._claim_now.set()
+
+    async def _drain(self) -> None:
+        running = list(self.tasks.values())
+        if running:
+            _, late = await asyncio.wait(running, timeout=self.options.drain_grace_s)
+            # Past the grace: cancelled jobs go back on the queue, due now, for another worker.
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        with contextlib.suppress(*REDIS_TROUBLE, TimeoutError):
+            await asyncio.wait_for(self.queue.release_mover(), self.options.redis_check_timeout_s)
+
+    async def close(self) -> None:
+        """Close the connections; a Redis that fails the last clean-up does not turn a clean
+        shutdown into a traceback."""
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.watchdog.aclose()
+        with contextlib.suppress(*REDIS_TROUBLE, TimeoutError):
+            await self.pool.aclose(close_connection_pool=True)
 
     def _reconnected(self) -> None:
-        """Redis answers again after an outage: poll, renew leases and check the registration now."""
-        self.wake()
+        """Redis answers again after an outage: claim, renew leases and check the registration now."""
+        self._claim_now.set()
         self._renew_now.set()
         if self.registration is not None:
             self.registration.refresh_soon()
 
-    async def _nap(self, seconds: float) -> None:
-        """Back off for ``seconds``, or less if Redis comes back (or a job is enqueued) meanwhile."""
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+    # -- taking jobs ------------------------------------------------------------------------------
 
-    async def _burst_done(self) -> bool:
-        if 0 <= self.max_burst_jobs <= self._jobs_started() or await self.pool.zcard(self.queue_name) == 0:
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-            return True
-        return False
-
-    async def _poll_iteration(self) -> None:
-        """arq's poll, rewritten so that nothing it meets ends the process: a job task's error is
-        logged (not re-raised), a Redis error is logged once per kind and backed off, a poison entry
-        is moved aside."""
-        self._reap_finished_jobs()
-        if not self.watchdog.reachable:
-            # Commands would hang until Redis is back: claim nothing, wait for the watchdog.
-            await self.watchdog.wait_until_reachable(UNREACHABLE_WAIT_S)
-            return
-        try:
-            await self._read_queue()
-            await self.record_health()
-        except REDIS_TROUBLE as exc:
-            await self._poll_failed(exc)
-        else:
-            if self._poll_faults.failing:
-                self._poll_faults.succeeded()
-
-    async def _read_queue(self) -> None:
-        count = self.queue_read_limit
-        if self.burst and self.max_burst_jobs >= 0:
-            count = min(count, self.max_burst_jobs - self._jobs_started())
-            if count < 1:
-                return
-        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
-            job_ids = await self.pool.zrangebyscore(
-                self.queue_name, min=float("-inf"), max=timestamp_ms(), start=self._queue_read_offset, num=count
-            )
-            await self.start_jobs(job_ids)
-
-    async def _poll_failed(self, exc: BaseException) -> None:
-        if error_kind(exc) == "WRONGTYPE" and await self._move_queue_aside():
-            return  # the queue is fresh: poll again at once
-        await self._nap(self._poll_faults.failed(exc))
-
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Claim the due jobs among ``job_ids`` in one Lua call, then run them as arq would.
-
-        Same semantics as arq's ``start_jobs`` (a job runs only where its in-progress lock was set,
-        and only while it is due), at one round trip per poll instead of four per id. Members that
-        are not UTF-8, and scores that are not finite numbers, go to the dead letters.
-        """
-        free = self.max_jobs - self.job_counter
-        if free <= 0 or not job_ids:
-            return
-        job_ids = await self._without_undecodable(job_ids)
-        if not job_ids:
-            return
-        claimed, poison = await self.store.scripts.call(
-            "claim_jobs",
-            [self.queue_name, *(keys.in_progress(job_id.decode()) for job_id in job_ids)],
-            [timestamp_ms(), int(self.in_progress_timeout_s * 1000), free, self.lease_token, *job_ids],
-        )
-        for member in poison:
-            await self._dead_letter(member, "score is not a finite number")
-        for i in range(0, len(claimed), 2):
-            job_id = claimed[i].decode()
-            running = self.tasks.get(job_id)
-            if running is not None and not running.done():
-                # This worker still runs it (its lease lapsed while Redis was away): the lock is ours again.
+    async def _take_jobs(self) -> None:
+        while not self._draining:
+            if not self.watchdog.reachable:
+                # Commands would hang until Redis is back: claim nothing, wait for the watchdog.
+                await self.watchdog.wait_until_reachable(UNREACHABLE_WAIT_S)
                 continue
-            await self.sem.acquire()
-            self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            timer_due = self._wake_at_ms is not None and now_ms() >= self._wake_at_ms
+            if self._claim_now.is_set() or timer_due:
+                self._claim_now.clear()
+                await self._claim()
+                continue
+            timeout = None if self._wake_at_ms is None else (self._wake_at_ms - now_ms()) / 1000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._claim_now.wait(), timeout)
 
-    async def _without_undecodable(self, job_ids: list[bytes]) -> list[bytes]:
+    async def _claim(self) -> None:
+        """Claim what fits in the free slots (none when full: the claim then wakes another worker
+        for the due jobs, and keeps the mover's timer)."""
+        free = max(0, self.options.concurrency - len(self.tasks))
         try:
-            # One decode for the whole batch; the separator keeps bytes of neighbours from pairing up.
-            b"\n".join(job_ids).decode()
-        except UnicodeDecodeError:
-            sound = []
-            for member in job_ids:
-                try:
-                    member.decode()
-                except UnicodeDecodeError:
-                    await self._dead_letter(member, "queue member is not UTF-8")
-                else:
-                    sound.append(member)
-            return sound
-        return job_ids
+            claim = await self.queue.claim(free)
+        except REDIS_TROUBLE as exc:
+            if not await self._repaired(exc):
+                await self._nap(self._claim_faults.failed(exc))
+            self._claim_now.set()
+            return
+        if self._claim_faults.failing:
+            self._claim_faults.succeeded()
+        self._wake_at_ms = claim.wake_at_ms if claim.is_mover else None
+        self._backlog = len(claim.jobs) >= free
+        for job in claim.jobs:
+            self._start(job)
+        for member, why in claim.poison:
+            await self._dead_letter(member, why)
+
+    def _start(self, job: ClaimedJob) -> None:
+        running = self.tasks.get(job.job_id)
+        if running is not None and not running.done():
+            # This worker still runs it (its lease lapsed while Redis was away): the lock is ours again.
+            return
+        task = asyncio.create_task(self.runner.run(job), name=f"stepq-job:{job.job_id}")
+        self.tasks[job.job_id] = task
+        task.add_done_callback(functools.partial(self._ended, job.job_id))
+        if len(self.tasks) >= self.options.concurrency:
+            self._room.clear()
+
+    def _ended(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(job_id) is task:
+            del self.tasks[job_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job.ended_with_error", job_id=job_id, error=repr(task.exception()))
+        if not self._draining and len(self.tasks) < self.options.concurrency:
+            self._room.set()
+            if self._backlog:
+                self._claim_now.set()
+
+    async def _listen(self) -> None:
+        """Block on the queue's ready list while this worker has room; a token, or the idle check
+        (``idle_check_s`` without one), makes it claim."""
+        faults = Faults("wait")
+        idle_s = self.options.idle_check_s
+        while True:
+            await self._room.wait()
+            if not self.watchdog.reachable:
+                await self.watchdog.wait_until_reachable(UNREACHABLE_WAIT_S)
+                continue
+            self.watchdog.blocking(idle_s)
+            try:
+                await self.queue.wait_ready(self.pool, idle_s)
+            except REDIS_TROUBLE as exc:
+                if not await self._repaired(exc):
+                    await asyncio.sleep(faults.failed(exc))
+                continue
+            self.watchdog.answered()
+            if faults.failing:
+                faults.succeeded()
+            self._claim_now.set()
+
+    async def _nap(self, seconds: float) -> None:
+        """Back off for ``seconds``, or less if Redis comes back meanwhile."""
+        self._claim_now.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._claim_now.wait(), seconds)
+
+    # -- poison -----------------------------------------------------------------------------------
+
+    async def _repaired(self, exc: BaseException) -> bool:
+        """After a WRONGTYPE: move a queue key of the wrong type aside, or delete wake-up keys of the
+        wrong type; True when something was fixed (claim again at once)."""
+        if error_kind(exc) != "WRONGTYPE":
+            return False
+        try:
+            letter = await deadletter.move_queue(self.store.scripts, self.queue.name, "queue key is not a sorted set")
+            if letter is not None:
+                log.error("queue.moved_aside", queue=self.queue.name, moved_to=letter.moved_to, type=letter.key_type)
+                return True
+            deleted = await self.queue.repair_wake_keys()
+        except REDIS_TROUBLE as again:
+            self._dead_letter_faults.failed(again)
+            return False
+        if deleted:
+            log.error("queue.wake_keys_reset", queue=self.queue.name, keys=deleted, detail="they held the wrong type")
+        return bool(deleted)
+
+    async def _poison(self, job: ClaimedJob, why: str) -> None:
+        """A claimed job that cannot run (the runner's verdict): to the dead letters."""
+        await self._dead_letter(job.job_id.encode(), why)
 
     async def _dead_letter(self, member: bytes, reason: str) -> None:
-        """Move a poison member aside; if Redis refuses, leave it (it is skipped) and try next poll."""
+        """Move a poison member aside; if Redis refuses, leave it (it is skipped) and try next claim."""
         try:
-            letter = await deadletter.move_member(self.store.scripts, self.queue_name, member, reason)
+            letter = await deadletter.move_member(self.store.scripts, self.queue.name, member, reason)
         except REDIS_TROUBLE as exc:
             self._dead_letter_faults.failed(exc, member=repr(member)[:200])
             return
         self._dead_letter_faults.succeeded()
         if letter is not None:
             log.error(
-                "queue.dead_letter", queue=self.queue_name, member=letter.member_text, score=letter.score, reason=reason
+                "queue.dead_letter", queue=self.queue.name, member=letter.member_text, score=letter.score, reason=reason
             )
 
-    async def _move_queue_aside(self) -> bool:
-        try:
-            letter = await deadletter.move_queue(self.store.scripts, self.queue_name, "queue key is not a sorted set")
-        except REDIS_TROUBLE as exc:
-            self._dead_letter_faults.failed(exc)
-            return False
-        if letter is None:
-            return False  # the queue is sound: the WRONGTYPE came from elsewhere
-        log.error("queue.moved_aside", queue=self.queue_name, moved_to=letter.moved_to, type=letter.key_type)
-        return True
-
-    async def _check_job_keys(self, job_id: str) -> None:
-        """After a job ended with WRONGTYPE or a bad integer: if its own arq keys are unusable, every
-        attempt would end so; move it to the dead letters."""
-        job_key, retry_key = keys.job(job_id), keys.retry(job_id)
-        try:
-            job_type = (await self.pool.type(job_key)).decode()
-            retry_type = (await self.pool.type(retry_key)).decode()
-            reason = None
-            if job_type not in ("string", "none"):
-                reason = f"its job key {job_key} holds a {job_type}, not a string"
-            elif retry_type not in ("string", "none"):
-                reason = f"its retry key {retry_key} holds a {retry_type}, not a string"
-            elif retry_type == "string" and not (await self.pool.get(retry_key) or b"").strip().lstrip(b"-").isdigit():
-                reason = f"its retry key {retry_key} holds no integer"
-            if reason is not None:
-                await self._dead_letter(job_id.encode(), reason)
-        except REDIS_TROUBLE as exc:
-            self._dead_letter_faults.failed(exc, job_id=job_id)
+    # -- background -------------------------------------------------------------------------------
 
     def _spawn(self, chore: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(chore)
         self._chores.add(task)
         task.add_done_callback(self._chores.discard)
 
-    def _reap_finished_jobs(self) -> None:
-        for job_id, task in list(self.tasks.items()):
-            if not task.done():
-                continue
-            del self.tasks[job_id]
-            exc = None if task.cancelled() else task.exception()
-            if exc is None:
-                if self._job_faults.failing:
-                    self._job_faults.succeeded()
-            elif isinstance(exc, REDIS_TROUBLE):
-                # arq could not record the job's end: it stays queued and runs again after the lease.
-                self._job_faults.failed(exc, job_id=job_id)
-                if isinstance(exc, ResponseError) and ("WRONGTYPE" in str(exc) or "not an integer" in str(exc)):
-                    self._spawn(self._check_job_keys(job_id))
-            else:
-                log.error("job.ended_with_error", job_id=job_id, error=repr(exc))
-
     async def _renew_leases(self) -> None:
         """Extend the lock of every job this process runs, every third of the lease."""
-        lease_ms = int(self.options.lease_s * 1000)
         faults = Faults("leases")
         while True:
             with contextlib.suppress(TimeoutError):
@@ -422,19 +440,17 @@ class StepqWorker(Worker):
             if not running or not self.watchdog.reachable:
                 continue
             try:
-                renewed = await self.store.scripts.call(
-                    "renew_leases", [keys.in_progress(job_id) for job_id in running], [self.lease_token, lease_ms]
-                )
+                renewed = await self.queue.renew(running)
             except REDIS_TROUBLE as exc:
                 faults.failed(exc, jobs=len(running))
                 continue
             faults.succeeded()
             for job_id, ok in zip(running, renewed, strict=True):
                 task = self.tasks.get(job_id)
-                if not ok and task is not None and not task.done() and job_id not in self._lost:
+                if not ok and task is not None and not task.done() and job_id not in self.runner.lost:
                     # Another worker may run this job now; our commit will be fenced off, and the
                     # job is that worker's to end.
-                    self._lost.add(job_id)
+                    self.runner.lost.add(job_id)
                     log.warning("lease.lost", job_id=job_id)
 
     async def _sweep_timers(self) -> None:
@@ -468,8 +484,7 @@ class StepqWorker(Worker):
                     # functions served over HTTP come and go with their apps' syncs
                     self.cron = CronScheduler(self.store, await self.cron_source(), catch_up=self.cron.catch_up)
                     refreshed = time.monotonic()
-                if await self.cron.fire_due():
-                    self.wake()
+                await self.cron.fire_due()  # a run it creates wakes a worker through the ready list
             except REDIS_TROUBLE as exc:
                 faults.failed(exc)
             except Exception:
@@ -477,66 +492,6 @@ class StepqWorker(Worker):
             else:
                 if faults.failing or faults.delay_s:
                     faults.succeeded()
-
-    async def finish_job(
-        self,
-        job_id: str,
-        finish: bool,
-        result_data: bytes | None,
-        result_timeout_s: float | None,
-        keep_result_forever: bool,
-        incr_score: int | None,
-        keep_in_progress: float | None,
-    ) -> None:
-        """arq's end of a job, done only while the job is this worker's (runtime/lua/finish_job.lua).
-        stepq keeps no results and runs no arq cron jobs, so those arguments have nothing to do."""
-        await self._end_job(job_id, "finish" if finish else "again", incr_score or 0)
-
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        await self._end_job(job_id, "finish", 0)
-
-    async def _end_job(self, job_id: str, how: str, delay_ms: int) -> None:
-        self._lost.discard(job_id)
-        ended = await self.store.scripts.call(
-            "finish_job",
-            [keys.in_progress(job_id), keys.retry(job_id), keys.job(job_id), self.queue_name],
-            [self.lease_token, how, delay_ms],
-        )
-        if ended == b"taken":
-            log.info("job.taken_over", job_id=job_id, detail="this worker's lease lapsed: the job is left queued")
-
-    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
-        """First SIGTERM/SIGINT drains; a second SIGINT hands back running steps at once."""
-        if self._draining:
-            if signum == signal.SIGINT:
-                log.warning("worker.forced", running=len(self.tasks))
-                self.handle_sig(signum)
-            return
-        self._draining = True
-        log.info("worker.draining", running=len(self.tasks), grace_s=self.options.drain_grace_s)
-        super().handle_sig_wait_for_completion(signum)
-
-    async def close(self) -> None:
-        """arq's close, except that a job that ended with an error or a Redis that fails the last
-        clean-up does not turn a clean shutdown into a traceback."""
-        if not self._handle_signals:
-            self.handle_sig(signal.SIGUSR1)
-        if not self._pool:
-            return
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
-        try:
-            await asyncio.wait_for(self.pool.delete(self.health_check_key), self.options.redis_check_timeout_s)
-        except (*REDIS_TROUBLE, TimeoutError) as exc:
-            log.warning("worker.cleanup_failed", error=str(exc) or type(exc).__name__)
-        if self.on_shutdown:
-            await self.on_shutdown(self.ctx)
-        await self.watchdog.aclose()
-        await self.pool.close(close_connection_pool=True)
-        self._pool = None
-
-
-def _deserialize(blob: bytes) -> Any:
-    return msgpack.unpackb(blob, raw=False)
 
 
 def build_worker(
@@ -605,12 +560,7 @@ def _build(
     registered over HTTP); ``crons``: the cron triggers of imported functions, None reads those of
     HTTP-served ones."""
     options = options or WorkerOptions.from_env()
-    pool = ArqRedis(
-        connection_pool=make_pool(redis_url, hot_path=True),
-        job_serializer=msgpack.packb,
-        job_deserializer=_deserialize,
-        default_queue_name=keys.queue(queue_id),
-    )
+    pool = Redis(connection_pool=make_pool(redis_url, hot_path=True))
     store = RunStore(pool, limits or Limits.from_env())
     registry = Registry(pool, store.scripts)
     executor = Executor(
@@ -633,38 +583,19 @@ def _build(
         log.info("worker.started", queue=queue_id, serves=serves, redis=_redact(redis_url), pid=os.getpid())
 
     worker = StepqWorker(
-        # arq's timeout is a last resort, after the executor's own (a timed-out arq job is never retried)
-        functions=[
-            func(
-                executor.advance,
-                name=ADVANCE,
-                timeout=options.step_timeout_s + 6 * STEP_TIMEOUT_MARGIN_S,
-                max_tries=10**9,
-            )
-        ],
-        queue_name=keys.queue(queue_id),
-        redis_pool=pool,
-        on_startup=on_startup,
-        max_jobs=options.concurrency,
-        # Every worker reads from the head of the queue; a read limit below the fleet's slots would
-        # cap the whole fleet (arq-internals B.7), so read generously.
-        queue_read_limit=max(1000, options.concurrency * 10),
-        poll_delay=options.poll_delay_s,
-        keep_result=0,
-        job_serializer=msgpack.packb,
-        job_deserializer=_deserialize,
-        handle_signals=handle_signals,
-        # arq cancels running jobs at once on SIGTERM unless given a grace period to wait for them.
-        job_completion_wait=max(options.drain_grace_s, 0.001),
-        health_check_interval=30,
-        log_results=False,
-        options=options,
+        queue_id=queue_id,
+        pool=pool,
         store=store,
+        functions={ADVANCE: executor.advance},
+        options=options,
+        # a last resort, after the executor's own limit (which makes a timeout a retriable failure)
+        job_timeout_s=options.step_timeout_s + 6 * STEP_TIMEOUT_MARGIN_S,
+        on_startup=on_startup,
         cron=CronScheduler(store, crons or [], catch_up=dt.timedelta(seconds=options.cron_catch_up_s)),
         cron_source=(lambda: http_crons(registry)) if crons is None else None,
         registration=keeper,
+        handle_signals=handle_signals,
     )
-    executor.on_next_job = worker.wake
     return worker
 
 

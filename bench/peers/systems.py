@@ -140,7 +140,7 @@ class Stepq(_RedisBacked):
     async def workers(self, ctx: Ctx, n: int) -> list[Proc]:
         argv = [
             sys.executable, "-m", "stepq.workers.cli", "worker", "bench.peers.stepq_app:client",
-            "--redis-url", self.url(), "--poll-delay", repr(POLL_DELAY_S), "--concurrency", str(CONCURRENCY),
+            "--redis-url", self.url(), "--concurrency", str(CONCURRENCY),
         ]  # fmt: skip
         procs = [ctx.proc(f"{self.name}-worker", argv, {"STEPQ_REDIS_URL": self.url()}) for _ in range(n)]
         for proc in procs:
@@ -156,7 +156,7 @@ class Stepq(_RedisBacked):
         } | super().versions(redis_binary)
 
     def settings(self) -> str:
-        return f"poll {POLL_DELAY_S * 1000:g} ms, concurrency {CONCURRENCY}, async steps"
+        return f"blocking reads (no polling), concurrency {CONCURRENCY}, async steps"
 
 
 class StepqAofAlways(Stepq):

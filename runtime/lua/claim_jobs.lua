@@ -1,30 +1,105 @@
--- Claim due jobs for one worker in one round trip (arq claims each with WATCH/MULTI, four round
--- trips per id, including ids that other workers are running).
--- KEYS: queue, then each job's in-progress lock (in the order of the ids in ARGV)
--- ARGV: now_ms, lease_ms, limit, lease token (this worker's: the lock's value), job ids...
--- Returns {{id1, score1, id2, score2, ...}, {poison id, ...}}: the jobs claimed (their arq
--- in-progress lock is set), and ids whose score is not a finite number (-inf, inf, nan), which no
--- worker can run and which the caller moves aside rather than claim.
-local now, lease, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local out, poison = {}, {}
-for i = 5, #ARGV do
-  if #out >= 2 * limit then
-    break
+-- Claim due jobs for one worker in one round trip, and keep the queue's wake-ups going.
+-- KEYS: queue, ready list, mover lease, mover's wake time
+-- ARGV: now_ms, lease_ms, free slots, lease token (this worker's), mover lease ms, scan limit
+--
+-- A claimed job gets arq's in-progress lock (valued with this worker's token, expiring with the
+-- lease) and its try counted (arq's retry counter), and its score moves to the lease's end: the job
+-- stays on the queue, but the queue's due part holds only jobs nobody runs, and a job whose lease
+-- lapsed (its worker died) comes due again by itself.
+--
+-- Then the wake-ups: a token stays on the ready list while due jobs remain unclaimed (the next
+-- idle worker takes them), none when none do. And the mover: the caller becomes (or stays) the
+-- worker that wakes on the queue's earliest delayed job when it holds the lease, when nobody does,
+-- or when the holder means to wake later than that job is due (one was enqueued since).
+--
+-- Returns {{id, payload, try, score, ...}, {poison id, reason, ...}, next_due}: poison entries no
+-- worker can run (a job key gone or of the wrong type...: the caller moves them to the dead
+-- letters, so that a person sees what was lost); next_due is the
+-- earliest delayed job's due time for the mover (-1: none), or -2 when the caller is not the mover.
+-- True for the errors of a key that holds what no job's key can (the entry is poison); any other
+-- error is raised.
+local function poison_error(reply)
+  if type(reply) ~= 'table' or not reply.err then
+    return false
   end
-  local id = ARGV[i]
-  local lock = KEYS[i - 3]
-  if redis.call('EXISTS', lock) == 0 then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score then
-      local due = tonumber(score)
-      if due == nil or due ~= due or due == math.huge or due == -math.huge then
+  if string.find(reply.err, '^WRONGTYPE') or string.find(reply.err, 'not an integer') then
+    return true
+  end
+  error(reply)
+end
+
+local now, lease, free = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local token = ARGV[4]
+local out, poison = {}, {}
+local claimed, more = 0, false
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[6]))
+for i = 1, #due, 2 do
+  local id, score = due[i], tonumber(due[i + 1])
+  if score == nil or score ~= score or score == -math.huge then
+    poison[#poison + 1] = id
+    poison[#poison + 1] = 'score is not a finite number'
+  elseif claimed >= free then
+    more = true
+    break
+  elseif redis.call('EXISTS', key_in_progress(id)) == 0 then
+    -- pcall: a key of the wrong type must not stop the claim (nor every later one); any other
+    -- error (out of memory, read-only...) stops it, and the worker tries again later
+    local payload = redis.pcall('GET', key_job(id))
+    if poison_error(payload) then
+      poison[#poison + 1] = id
+      poison[#poison + 1] = 'its job key ' .. key_job(id) .. ' holds a ' .. redis.call('TYPE', key_job(id)).ok ..
+        ', not a string'
+    elseif not payload then
+      poison[#poison + 1] = id
+      poison[#poison + 1] = 'its job key ' .. key_job(id) .. ' is gone (expired or evicted)'
+    else
+      local try = redis.pcall('INCR', key_retry(id))
+      if poison_error(try) then
         poison[#poison + 1] = id
-      elseif due <= now then
-        redis.call('SET', lock, ARGV[4], 'PX', lease)
+        local kind = redis.call('TYPE', key_retry(id)).ok
+        if kind == 'string' then
+          poison[#poison + 1] = 'its retry key ' .. key_retry(id) .. ' holds no integer'
+        else
+          poison[#poison + 1] = 'its retry key ' .. key_retry(id) .. ' holds a ' .. kind .. ', not a string'
+        end
+      else
+        redis.call('PEXPIRE', key_retry(id), JOB_TTL_MS)
+        redis.call('SET', key_in_progress(id), token, 'PX', lease)
+        redis.call('ZADD', KEYS[1], now + lease, id)
         out[#out + 1] = id
-        out[#out + 1] = score
+        out[#out + 1] = payload
+        out[#out + 1] = try
+        out[#out + 1] = due[i + 1]
+        claimed = claimed + 1
       end
     end
   end
 end
-return {out, poison}
+if #due == 2 * tonumber(ARGV[6]) then
+  more = true -- the scan stopped at its limit: there may be more
+end
+if more then
+  if redis.call('LLEN', KEYS[2]) == 0 then
+    redis.call('LPUSH', KEYS[2], '1')
+  end
+else
+  redis.call('DEL', KEYS[2])
+end
+
+local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local next_due = -1
+if first[2] then
+  next_due = tonumber(first[2])
+end
+local holder = redis.call('GET', KEYS[3])
+local wake_at = tonumber(redis.call('GET', KEYS[4]) or '') or -1
+if holder == token or not holder or (next_due >= 0 and (wake_at < 0 or wake_at > next_due)) then
+  redis.call('SET', KEYS[3], token, 'PX', ARGV[5])
+  if next_due >= 0 then
+    redis.call('SET', KEYS[4], next_due)
+  else
+    redis.call('DEL', KEYS[4])
+  end
+  return {out, poison, next_due}
+end
+return {out, poison, -2}

@@ -38,6 +38,6 @@ if cancelled then
   end
   return reply('cancelled')
 end
-enqueue(KEYS[5], KEYS[6], KEYS[7], ARG.payload, ARG.score, ARG.ttl_ms)
+enqueue(KEYS[5], KEYS[6], KEYS[7], ARG.payload, ARG.score, ARG.ttl_ms, ARG.now_ms)
 redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[5]))
 return reply('ok')

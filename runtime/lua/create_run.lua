@@ -24,6 +24,6 @@ for _ = 1, tonumber(ARG.n_rules) do
   i = i + 4
 end
 redis.call('ZADD', KEYS[7], ARG.now_ms, ARG.run_id)
-enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, ARG.now_ms, ARG.ttl_ms)
+enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, ARG.now_ms, ARG.ttl_ms, ARG.now_ms)
 redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
 return {1, ARG.run_id}

@@ -32,12 +32,12 @@ for _ = 1, tonumber(ARGV[8]) do
   if job_id ~= '' then
     local score = tonumber(ARGV[i + 4])
     enqueue(key_job(job_id), key_result(job_id), KEYS[6], ARGV[i + 3], score,
-      math.max(0, score - now) + JOB_TTL_MS)
+      math.max(0, score - now) + JOB_TTL_MS, now)
     redis.call('SADD', KEYS[5], job_id)
   end
   local start_id = ARGV[i + 5]
   if start_id ~= '' then
-    enqueue(key_job(start_id), key_result(start_id), KEYS[6], ARGV[i + 6], now, JOB_TTL_MS)
+    enqueue(key_job(start_id), key_result(start_id), KEYS[6], ARGV[i + 6], now, JOB_TTL_MS, now)
     redis.call('SADD', KEYS[5], start_id)
   end
   if ARGV[i + 7] == '1' then

@@ -5,18 +5,22 @@
 -- only put back for later ('again'), never deleted; at worst it runs once more and finds its work
 -- done.
 -- KEYS: in-progress lock, retry counter, job, queue
--- ARGV: lease token, 'finish' (the job is done) or 'again' (run it again later), delay_ms (for 'again')
+-- ARGV: lease token, 'finish' (the job is done) or 'again' (run it again later), delay_ms (for
+--       'again'), now_ms
 -- Returns 'ok', or 'taken' when the job is not this worker's any more.
 local holder = redis.call('GET', KEYS[1])
 if (holder and holder ~= ARGV[1]) or (not holder and ARGV[2] == 'finish') then
   return 'taken'
 end
 redis.call('DEL', KEYS[1])
+local job_id = job_id_of(KEYS[3])
 if ARGV[2] == 'finish' then
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('ZREM', KEYS[4], job_id_of(KEYS[3]))
-elseif tonumber(ARGV[3]) > 0 and redis.call('ZSCORE', KEYS[4], job_id_of(KEYS[3])) then
-  -- (a job another delivery has ended meanwhile is not put back)
-  redis.call('ZINCRBY', KEYS[4], ARGV[3], job_id_of(KEYS[3]))
+  redis.call('ZREM', KEYS[4], job_id)
+elseif redis.call('ZSCORE', KEYS[4], job_id) then
+  -- (a job another delivery has ended meanwhile is not put back); its score held the lease's end
+  local due = tonumber(ARGV[4]) + tonumber(ARGV[3])
+  redis.call('ZADD', KEYS[4], due, job_id)
+  signal_queue(KEYS[4], due, ARGV[4])
 end
 return 'ok'

@@ -22,6 +22,6 @@ local next_job = redis.call('HGET', KEYS[1], 'next_job')
 if next_job and next_job ~= ARGV[5] and redis.call('EXISTS', key_job(next_job)) == 1 then
   return 'queued'
 end
-enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3], ARGV[4])
+enqueue(KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3], ARGV[4], ARGV[3])
 redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
 return 'nudged'

@@ -1,13 +1,42 @@
 -- Helpers shared by every stepq script (prepended by runtime/scripts.py).
 
--- Write a job in arq's format unless a job or result with that id exists (arq's own dedupe rule).
-local function enqueue(job_key, result_key, queue_key, payload, score, ttl_ms)
+-- A pcall's reply, or nil when it was an error.
+local function type_safe(reply)
+  if type(reply) == 'table' and reply.err then
+    return nil
+  end
+  return reply
+end
+
+-- Wake a worker for a job queued on queue_key at ``score``: push a token on the queue's ready list
+-- (idle workers block on it), unless the job is delayed and the queue's mover already means to wake
+-- by then (``now``: the caller's clock; nil treats the job as due now). One token is enough: the
+-- worker it wakes claims every due job it has room for and leaves a token if any remain.
+local function signal_queue(queue_key, score, now)
+  -- pcall: a wake-up key of the wrong type (workers repair it) must not fail the enqueue
+  local queue_id = queue_id_of(queue_key)
+  if now and tonumber(score) > tonumber(now) then
+    local wake_at = tonumber(type_safe(redis.pcall('GET', key_wake_at(queue_id))) or '')
+    if wake_at and wake_at <= tonumber(score) then
+      return
+    end
+  end
+  local ready = key_ready(queue_id)
+  if type_safe(redis.pcall('LLEN', ready)) == 0 then
+    redis.pcall('LPUSH', ready, '1')
+  end
+end
+
+-- Write a job in arq's format unless a job or result with that id exists (arq's own dedupe rule),
+-- and wake a worker for it (see signal_queue).
+local function enqueue(job_key, result_key, queue_key, payload, score, ttl_ms, now)
   if redis.call('EXISTS', job_key, result_key) > 0 then
     return 0
   end
   local job_id = job_id_of(job_key)
   redis.call('SET', job_key, payload, 'PX', ttl_ms)
   redis.call('ZADD', queue_key, score, job_id)
+  signal_queue(queue_key, score, now)
   return 1
 end
 
@@ -225,7 +254,7 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
   if redis.call('SCARD', pending) == 0 then
     local join = redis.call('HMGET', run, 'join_id', 'join_job', 'q')
     if join[1] then
-      enqueue(key_job(join[1]), key_result(join[1]), key_queue(join[3]), join[2], now, JOB_TTL_MS)
+      enqueue(key_job(join[1]), key_result(join[1]), key_queue(join[3]), join[2], now, JOB_TTL_MS, now)
       redis.call('HSET', run, 'next_job', join[1])
       redis.call('HDEL', run, 'join_id', 'join_job')
     end

@@ -13,4 +13,5 @@ end
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
 redis.call('ZADD', KEYS[4], ARGV[3], job_id)
+signal_queue(KEYS[4], ARGV[3], nil)
 return 'revived'

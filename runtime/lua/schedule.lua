@@ -42,5 +42,5 @@ elseif ARG.position == '-1' then
 else
   redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4])) -- the run's retry is its next job
 end
-enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, ARG.score, ARG.ttl_ms)
+enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, ARG.score, ARG.ttl_ms, ARG.now_ms)
 return 'ok'

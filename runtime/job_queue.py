@@ -1,0 +1,146 @@
+"""One arq queue as a worker sees it: claim the due jobs, wait for more, renew and end them.
+
+The queue is arq's: a sorted set of job ids scored by due time, each job's payload under
+``arq:job:<id>``, a running job's lock under ``arq:in-progress:<id>`` and its tries under
+``arq:retry:<id>``. Three additions let workers wait without polling:
+
+- the ready list (``keys.ready``): an enqueue pushes a token when its job is due (prelude.lua
+  ``signal_queue``); idle workers block on the list, so a new job reaches one at once;
+- a claimed job's score moves to the end of its lease (claim_jobs.lua), so the due part of the queue
+  holds only jobs nobody runs, and a job whose worker died comes due again by itself;
+- the mover (``keys.mover``): one worker at a time keeps a timer at the queue's earliest delayed job
+  (a retry, a sleep's end, a lapsed lease), wakes when it is due and claims it, or, with no free slot,
+  leaves a token for another worker. A delayed job due before the mover means to wake pushes a
+  token, and the worker it wakes becomes the mover.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from . import keys
+from .scripts import Scripts
+from .store import now_ms
+
+#: How many due entries one claim looks at (jobs nobody runs; see the module docstring).
+SCAN_LIMIT = 1000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job this worker now holds the lease of."""
+
+    job_id: str
+    #: The job's bytes as arq stores them (``arq:job:<id>``).
+    payload: bytes
+    #: arq's try counter: 1 on the job's first run.
+    job_try: int
+    #: When the job was due (ms since the epoch).
+    score: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """What one claim got."""
+
+    jobs: list[ClaimedJob]
+    #: (member, why) for entries no worker can run: for the dead letters.
+    poison: list[tuple[bytes, str]]
+    #: This worker is the queue's mover: when to wake for its earliest delayed job (None: no such job).
+    wake_at_ms: int | None
+    is_mover: bool
+
+
+def _why(member: bytes, reason: bytes) -> str:
+    """What is wrong with a poison entry, the most telling first."""
+    try:
+        member.decode()
+    except UnicodeDecodeError:
+        return "queue member is not UTF-8"
+    return reason.decode(errors="backslashreplace")
+
+
+class JobQueue:
+    """Claims, renews and ends the jobs of one queue for one worker (its ``lease_token``)."""
+
+    def __init__(self, redis: Redis, scripts: Scripts, queue_id: str, *, lease_token: str, lease_ms: int) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.queue_id = queue_id
+        self.name = keys.queue(queue_id)
+        self.ready_key = keys.ready(queue_id)
+        self.lease_token = lease_token
+        self.lease_ms = lease_ms
+        #: The mover's lease outlives a few idle checks, so an idle mover keeps it.
+        self.mover_lease_ms = 3 * lease_ms
+
+    async def claim(self, free: int) -> Claim:
+        """Claim up to ``free`` due jobs (``free`` may be 0: the mover's timer fired on a full worker)."""
+        jobs, raw_poison, wake_at = await self.scripts.call(
+            "claim_jobs",
+            [self.name, self.ready_key, keys.mover(self.queue_id), keys.wake_at(self.queue_id)],
+            [now_ms(), self.lease_ms, free, self.lease_token, self.mover_lease_ms, SCAN_LIMIT],
+        )
+        claimed: list[ClaimedJob] = []
+        poison = [(raw_poison[i], _why(raw_poison[i], raw_poison[i + 1])) for i in range(0, len(raw_poison), 2)]
+        for i in range(0, len(jobs), 4):
+            try:
+                job_id = jobs[i].decode()
+            except UnicodeDecodeError:
+                poison.append((jobs[i], "queue member is not UTF-8"))
+                continue
+            claimed.append(ClaimedJob(job_id, jobs[i + 1], int(jobs[i + 2]), int(float(jobs[i + 3]))))
+        wake = int(wake_at)
+        return Claim(claimed, poison, wake if wake >= 0 else None, wake != -2)
+
+    async def wait_ready(self, client: Redis, timeout_s: float) -> bool:
+        """Block on the ready list (on ``client``, whose connection the wait holds) for at most
+        ``timeout_s``; True when a token came."""
+        # Redis 6+ takes a fractional timeout; redis-py's hints say int.
+        return await client.blpop([self.ready_key], timeout=timeout_s) is not None  # type: ignore[misc, arg-type]
+
+    async def renew(self, job_ids: Sequence[str]) -> list[bool]:
+        """Extend the leases of ``job_ids``; False for each this worker does not hold any more."""
+        flags = await self.scripts.call(
+            "renew_leases",
+            [self.name, *(keys.in_progress(job_id) for job_id in job_ids)],
+            [self.lease_token, self.lease_ms, now_ms(), *job_ids],
+        )
+        return [bool(flag) for flag in flags]
+
+    async def end(self, job_id: str, *, again_in_ms: int | None = None) -> bool:
+        """End a job this worker ran: done (``again_in_ms`` None), or back on the queue to run again
+        after ``again_in_ms``. False when the job is not this worker's any more (its lease lapsed
+        and another worker took it: that worker ends it)."""
+        how = "finish" if again_in_ms is None else "again"
+        ended = await self.scripts.call(
+            "finish_job",
+            [keys.in_progress(job_id), keys.retry(job_id), keys.job(job_id), self.name],
+            [self.lease_token, how, again_in_ms or 0, now_ms()],
+        )
+        return bool(ended == b"ok")
+
+    async def release_mover(self) -> bool:
+        """Give up the mover role, if this worker holds it, and wake another worker to take it."""
+        released = await self.scripts.call(
+            "release_mover",
+            [keys.mover(self.queue_id), keys.wake_at(self.queue_id), self.ready_key],
+            [self.lease_token],
+        )
+        return bool(released)
+
+    async def repair_wake_keys(self) -> list[str]:
+        """Delete the queue's wake-up keys that hold the wrong type (they hold only wake-up state,
+        rebuilt by the next claim); returns the keys deleted."""
+        expected = {self.ready_key: "list", keys.mover(self.queue_id): "string", keys.wake_at(self.queue_id): "string"}
+        wrong = []
+        for key, kind in expected.items():
+            found = (await self.redis.type(key)).decode()
+            if found not in (kind, "none"):
+                wrong.append(key)
+        if wrong:
+            await self.redis.delete(*wrong)
+        return wrong
