@@ -54,6 +54,17 @@ class Claim:
     is_mover: bool
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class HandedOff:
+    """What a job's function returns when the Lua call that committed its step also ended its job
+    and handed the run's next job to this worker under a fresh lease: the worker runs ``job`` next
+    in the same slot, without a claim or a load. ``preload`` is what the job's function needs to
+    skip its load (opaque here)."""
+
+    job: ClaimedJob
+    preload: object
+
+
 def _why(member: bytes, reason: bytes) -> str:
     """What is wrong with a poison entry, the most telling first."""
     try:

@@ -67,9 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--redis-url", help="Redis to use (default: STEPQ_REDIS_URL, else redis://localhost:6379/0)")
 
     p = sub.add_parser("worker", help="run a worker process for an app's functions")
-    p.add_argument(
-        "app", metavar="MODULE:CLIENT", nargs="?", help="the app's stepq.Inngest, e.g. myapp.jobs:client"
-    )
+    p.add_argument("app", metavar="MODULE:CLIENT", nargs="?", help="the app's stepq.Inngest, e.g. myapp.jobs:client")
     p.add_argument(
         "--http", action="store_true", help="invoke the functions apps registered over HTTP (POST /fn/register)"
     )

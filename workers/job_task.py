@@ -4,6 +4,8 @@ What arq's ``Worker.run_job`` does for a job, less what stepq has no use for (re
 jobs): read the job in arq's format (``arq.jobs.deserialize_job_raw``), call its function with arq's
 job context, honour arq's ``Retry`` (back on the queue after its delay), and end the job. The claim
 already read the payload and counted the try, so a job costs no round trip before its function runs.
+When the call that commits a step also hands this worker the run's next job (``HandedOff``), that
+job runs next in the same slot: a warm hop costs one round trip.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import structlog
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.worker import Retry
 
-from stepq.runtime.job_queue import ClaimedJob, JobQueue
+from stepq.runtime.job_queue import ClaimedJob, HandedOff, JobQueue
 
 from .faults import REDIS_TROUBLE, Faults
 
 log = structlog.get_logger("stepq.worker")
 
+#: Consecutive hand-offs in one slot (see ``JobRunner.max_handoffs``).
+MAX_HANDOFFS = 50
 #: A job's function: arq's signature, ``(ctx, *args, **kwargs)``.
 JobFunction = Callable[..., Awaitable[Any]]
 #: Called with a job that cannot run at all (its payload is not a job, or names no known function).
@@ -45,6 +49,7 @@ class JobRunner:
         timeout_s: float,
         ctx: dict[str, Any],
         on_poison: OnPoison,
+        max_handoffs: int = MAX_HANDOFFS,
     ) -> None:
         self.queue = queue
         self.functions = functions
@@ -52,41 +57,76 @@ class JobRunner:
         self.timeout_s = timeout_s
         self.ctx = ctx
         self.on_poison = on_poison
+        #: A run's job may hand its slot the run's next job this many times in a row; then the next
+        #: job goes to the queue like any other, so a long run does not starve queued work.
+        self.max_handoffs = max_handoffs
+        #: The jobs whose leases this worker holds now (their locks carry its token).
+        self.held: set[str] = set()
         #: Jobs whose lease this worker lost while running them (the lease keeper says so).
         self.lost: set[str] = set()
+        #: Set when the worker drains: no more hand-offs.
+        self.stopping = False
         self._end_faults = Faults("job-end")
 
     async def run(self, job: ClaimedJob) -> None:
-        """Run ``job`` to its end; never raises (a cancellation hands the job back to the queue)."""
+        """Run ``job``, and the jobs its function is handed (``HandedOff``), to their end; never
+        raises (a cancellation hands the current job back to the queue)."""
+        handoffs = 0
+        preload: object = None
+        while True:
+            self.held.add(job.job_id)
+            handed, again_in_ms, ran = await self._call(job, preload, may_hand_off=handoffs < self.max_handoffs)
+            if handed is not None:
+                # the Lua call that committed the step ended this job: go on with the next one
+                self.held.discard(job.job_id)
+                self.lost.discard(job.job_id)
+                job, preload = handed.job, handed.preload
+                handoffs += 1
+                continue
+            if ran:
+                await asyncio.shield(self._end(job.job_id, again_in_ms))
+            self.held.discard(job.job_id)
+            return
+
+    async def _call(
+        self, job: ClaimedJob, preload: object, *, may_hand_off: bool
+    ) -> tuple[HandedOff | None, int | None, bool]:
+        """Call the job's function: (the job handed over, if any; when to run this job again, None
+        for never; whether it ran at all, False for poison that went to the dead letters)."""
         try:
             name, args, kwargs, _, enqueued_ms = deserialize_job_raw(job.payload, deserializer=_deserialize)
         except SerializationError as exc:
             await self.on_poison(job, f"its payload is not an arq job: {exc}")
-            return
+            return None, None, False
         function = self.functions.get(name)
         if function is None:
             await self.on_poison(job, f"no function {name!r} in this worker")
-            return
+            return None, None, False
         ctx = {
             **self.ctx,
             "job_id": job.job_id,
             "job_try": job.job_try,
             "enqueue_time": dt.datetime.fromtimestamp(enqueued_ms / 1000, dt.UTC),
             "score": job.score,
+            # stepq's: the job may be handed the run's next job; the state that job would load
+            "may_hand_off": may_hand_off and not self.stopping,
+            "preload": preload,
         }
-        again_in_ms: int | None = None
         try:
-            await asyncio.wait_for(function(ctx, *args, **kwargs), self.timeout_s)
+            result = await asyncio.wait_for(function(ctx, *args, **kwargs), self.timeout_s)
         except Retry as retry:
-            again_in_ms = retry.defer_score or 0
+            return None, retry.defer_score or 0, True
         except asyncio.CancelledError:
             # A drain past its grace, or a forced stop: back on the queue, due now, for another worker.
-            again_in_ms = 0
+            return None, 0, True
         except TimeoutError:
             log.error("job.timeout", job_id=job.job_id, timeout_s=self.timeout_s)
         except Exception as exc:
             log.error("job.ended_with_error", job_id=job.job_id, error=repr(exc))
-        await asyncio.shield(self._end(job.job_id, again_in_ms))
+        else:
+            if isinstance(result, HandedOff):
+                return result, None, True
+        return None, None, True
 
     async def _end(self, job_id: str, again_in_ms: int | None) -> None:
         self.lost.discard(job_id)

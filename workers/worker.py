@@ -270,6 +270,7 @@ class StepqWorker:
     def stop(self) -> None:
         """Drain: take no more jobs, let running ones finish within the grace period, then exit."""
         self._draining = True
+        self.runner.stopping = True
         self._room.clear()
         self._claim_now.set()
 
@@ -337,8 +338,7 @@ class StepqWorker:
             await self._dead_letter(member, why)
 
     def _start(self, job: ClaimedJob) -> None:
-        running = self.tasks.get(job.job_id)
-        if running is not None and not running.done():
+        if job.job_id in self.runner.held:
             # This worker still runs it (its lease lapsed while Redis was away): the lock is ours again.
             return
         task = asyncio.create_task(self.runner.run(job), name=f"stepq-job:{job.job_id}")
@@ -436,7 +436,7 @@ class StepqWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._renew_now.wait(), self.options.lease_s / 3)
             self._renew_now.clear()
-            running = [job_id for job_id, task in self.tasks.items() if not task.done()]
+            running = list(self.runner.held)
             if not running or not self.watchdog.reachable:
                 continue
             try:
@@ -446,8 +446,7 @@ class StepqWorker:
                 continue
             faults.succeeded()
             for job_id, ok in zip(running, renewed, strict=True):
-                task = self.tasks.get(job_id)
-                if not ok and task is not None and not task.done() and job_id not in self.runner.lost:
+                if not ok and job_id in self.runner.held and job_id not in self.runner.lost:
                     # Another worker may run this job now; our commit will be fenced off, and the
                     # job is that worker's to end.
                     self.runner.lost.add(job_id)
