@@ -55,14 +55,14 @@ class Claim:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class HandedOff:
+class JobEnded:
     """What a job's function returns when the Lua call that committed its step also ended its job
-    and handed the run's next job to this worker under a fresh lease: the worker runs ``job`` next
-    in the same slot, without a claim or a load. ``preload`` is what the job's function needs to
-    skip its load (opaque here)."""
+    (the worker must not end it again) and, if it may, handed the worker the run's next job under a
+    fresh lease: the worker runs ``next_job`` in the same slot, without a claim or a load.
+    ``preload`` is the state the next job's function would otherwise load (opaque here)."""
 
-    job: ClaimedJob
-    preload: object
+    next_job: ClaimedJob | None = None
+    preload: object = None
 
 
 def _why(member: bytes, reason: bytes) -> str:

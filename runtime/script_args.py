@@ -57,6 +57,12 @@ class CommitStepArgs(ScriptArgs):
     #: The default limits (a run's own, when it has others, are in its record).
     max_state_bytes: int
     retention_s: int
+    #: The job that ran the step ('' for none), ended here while its lock holds ``lease_token``.
+    job_id: str
+    lease_token: str
+    #: 1: hand the next job to the same worker under a fresh lease of ``lease_ms``.
+    hand_off: int
+    lease_ms: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

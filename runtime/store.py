@@ -51,6 +51,33 @@ class Outcome(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class JobLease:
+    """The job a worker runs, as a write that may end it sees it."""
+
+    job_id: str
+    #: The worker's lease token (the job's lock holds it while the job is the worker's).
+    token: str
+    lease_ms: int
+    #: The worker can take the run's next job at once (a free slot, not draining, not past its
+    #: fairness cap of consecutive hand-offs).
+    may_hand_off: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Handoff:
+    """The run's next job, handed to the worker whose commit wrote it, under a fresh lease."""
+
+    job_id: str
+    #: Its arq payload (as written to the queue).
+    payload: bytes
+    #: arq's try counter, counted as a claim counts it.
+    job_try: int
+    #: The fence of the next invocation (the load it skips would have taken it).
+    fence: str
+    force_plan: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Written:
     """What a write that stores a step's value (or ends a run) did."""
 
@@ -58,10 +85,23 @@ class Written:
     #: Runs this write ended for good: the run itself when a value broke its state limit, and any
     #: parent that an invoked run's result failed the same way. Their ends are to be announced.
     ended: tuple[str, ...] = ()
+    #: The write also ended the job that made it (the worker must not end it again).
+    job_ended: bool = False
+    #: ... and handed that worker the run's next job.
+    handoff: Handoff | None = None
 
     @classmethod
-    def of(cls, reply: Any) -> Written:
-        return cls(Outcome(reply[0].decode()), tuple(r.decode() for r in reply[1:]))
+    def of(cls, reply: Any, next_payload: bytes = b"") -> Written:
+        outcome = Outcome(reply[0].decode())
+        if len(reply) > 1 and isinstance(reply[1], list):
+            # {outcome, {ended...}, job ended, [next job id, try, fence, force_plan]}
+            ended = tuple(r.decode() for r in reply[1])
+            handoff = None
+            if len(reply) > 3:
+                job_id, job_try, fence, force_plan = reply[3:7]
+                handoff = Handoff(job_id.decode(), next_payload, int(job_try), str(fence), force_plan == b"1")
+            return cls(outcome, ended, job_ended=reply[2] == 1, handoff=handoff)
+        return cls(outcome, tuple(r.decode() for r in reply[1:]))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -296,10 +336,15 @@ class RunStore:
         name: str,
         attempts: int,
         duration_ms: int,
+        lease: JobLease | None = None,
     ) -> Written:
-        """Memoize ``value`` for step ``key`` and enqueue the job for the next position."""
+        """Memoize ``value`` for step ``key`` and enqueue the job for the next position.
+
+        ``lease``: the job that ran the step, ended by the same call (and, if it may, handed the
+        next job: ``Written.handoff``)."""
         at = now_ms()
         nxt = JobSpec(run.run_id, run.position + 1)
+        payload = nxt.encode(at)
         reply = await self.scripts.call(
             "commit_step",
             [
@@ -319,14 +364,18 @@ class RunStore:
                 duration_ms=duration_ms,
                 now_ms=at,
                 position=run.position,
-                payload=nxt.encode(at),
+                payload=payload,
                 score=at,
                 ttl_ms=self.limits.job_grace_ms,
                 max_state_bytes=DEFAULT_LIMITS.max_state_bytes,
                 retention_s=DEFAULT_LIMITS.retention_s,
+                job_id=lease.job_id if lease else "",
+                lease_token=lease.token if lease else "",
+                hand_off=int(lease is not None and lease.may_hand_off),
+                lease_ms=lease.lease_ms if lease else 0,
             ).argv(),
         )
-        return Written.of(reply)
+        return Written.of(reply, payload)
 
     async def schedule(
         self,

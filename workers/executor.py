@@ -32,11 +32,25 @@ from stepq.retry import Backoff
 from stepq.runtime import keys, lifecycle, matching, waits
 from stepq.runtime.answers import check_answer, wake_time
 from stepq.runtime.ingest import Ingest
+from stepq.runtime.job_queue import ClaimedJob, JobEnded
 from stepq.runtime.jobs import JobKind, JobSpec
 from stepq.runtime.redis_errors import is_passing
 from stepq.runtime.registry import Registry
 from stepq.runtime.run_status import RunStatus
-from stepq.runtime.store import LoadedRun, LoadRefused, Outcome, PendingStep, RunCache, RunStore, Written, now_ms
+from stepq.runtime.store import (
+    FENCE,
+    CachedRun,
+    Handoff,
+    JobLease,
+    LoadedRun,
+    LoadRefused,
+    Outcome,
+    PendingStep,
+    RunCache,
+    RunStore,
+    Written,
+    now_ms,
+)
 
 from .faults import Faults
 from .invoker import Invoker
@@ -81,7 +95,7 @@ class Executor:
         #: Jobs sent back to the queue while Redis is unreachable or in a passing state.
         self.redis_faults = Faults("jobs")
 
-    async def advance(self, ctx: dict[str, Any], payload: Any) -> None:
+    async def advance(self, ctx: dict[str, Any], payload: Any) -> JobEnded | None:
         """arq job entry point: ``payload`` is a JobSpec payload.
 
         A job never ends with its work undone: while Redis is unreachable or in a passing state it
@@ -90,7 +104,7 @@ class Executor:
         """
         tries = int(ctx.get("job_try", 1))
         try:
-            await self._advance(ctx, payload)
+            ended = await self._advance(ctx, payload)
         except Retry:
             raise
         except Exception as exc:
@@ -107,6 +121,8 @@ class Executor:
                 raise Retry(defer=30.0) from again
         else:
             self.redis_faults.succeeded()
+            return ended
+        return None
 
     async def _give_up(self, payload: Any, exc: Exception) -> None:
         job = JobSpec.from_payload(payload)
@@ -116,35 +132,42 @@ class Executor:
             await lifecycle.run_ended(self.ingest, job.run_id, RunStatus.FAILED, error=error)
         await lifecycle.runs_failed(self.ingest, written.ended)
 
-    async def _advance(self, ctx: dict[str, Any], payload: Any) -> None:
+    async def _advance(self, ctx: dict[str, Any], payload: Any) -> JobEnded | None:
         started = time.perf_counter()
         try:
             job = JobSpec.from_payload(payload)
         except ValueError as exc:
             log.error("job.malformed", job_id=ctx.get("job_id"), error=str(exc))
-            return
+            return None
         if job.kind is JobKind.TIMER:
             await self._fire_timer(job)
-            return
+            return None
         if job.kind is JobKind.INVOKE:
             await self._start_child(job)
-            return
+            return None
         if job.kind is JobKind.DEADLINE:
             cancelled = await lifecycle.cancel(
                 self.ingest, job.run_id, "the run did not finish within its finish timeout"
             )
             log.info("run.deadline", run_id=job.run_id, outcome=cancelled.value)
-            return
-        loaded = await self.store.load(job, self.cache)
+            return None
+        preload = ctx.get("preload")
+        if isinstance(preload, LoadedRun) and (preload.run_id, preload.position) == (job.run_id, job.position):
+            loaded: LoadedRun | LoadRefused = preload  # handed over with its claim: nothing to load
+        else:
+            loaded = await self.store.load(job, self.cache)
         if isinstance(loaded, LoadRefused):
             log.debug("job.skipped", run_id=job.run_id, reason=loaded.outcome.value, detail=loaded.detail)
-            return
+            return None
         fn = await self.functions.get(loaded.fn_slug)
         if fn is None:
             await self._unknown_function(loaded)
-            return
+            return None
         if loaded.first_start and fn.timeouts is not None and not await self._within_timeouts(fn, loaded):
-            return
+            return None
+        lease = None
+        if "lease_token" in ctx and job.kind is JobKind.STEP:
+            lease = JobLease(str(ctx["job_id"]), ctx["lease_token"], ctx["lease_ms"], bool(ctx.get("may_hand_off")))
         limits = fn.limits if isinstance(fn, RemoteFunction) else self.store.limits
         request = ExecutionRequest(
             event=loaded.events[0],
@@ -169,7 +192,7 @@ class Executor:
             result.error["message"] = result.divergence.message(fn.id, loaded.run_id, names)
         result = check_answer(result, job=job, memoized=loaded.memo, position=loaded.position, limits=limits)
         elapsed_ms = int((time.perf_counter() - started) * 1000)
-        step, outcome = await self._apply(job, loaded, fn, result, elapsed_ms)
+        step, outcome, ended = await self._apply(job, loaded, fn, result, elapsed_ms, lease)
         log.info(
             "invocation",
             run_id=loaded.run_id,
@@ -185,6 +208,7 @@ class Executor:
             # the job once more rather than end it: if the other delivery did the work, the re-run
             # finds the run moved on and does nothing.
             raise Retry(defer=FENCED_RECHECK_S)
+        return ended
 
     async def _within_timeouts(self, fn: Runnable, run: LoadedRun) -> bool:
         """On a run's first start: cancel it if it started too late; set its finish deadline."""
@@ -225,32 +249,46 @@ class Executor:
         await self._finish(run, RunStatus.FAILED, error=error)
 
     async def _apply(
-        self, job: JobSpec, run: LoadedRun, fn: Runnable, result: ExecutionResult, elapsed_ms: int
-    ) -> tuple[str | None, str]:
+        self,
+        job: JobSpec,
+        run: LoadedRun,
+        fn: Runnable,
+        result: ExecutionResult,
+        elapsed_ms: int,
+        lease: JobLease | None,
+    ) -> tuple[str | None, str, JobEnded | None]:
         """Make the run reflect ``result`` (already checked against the job); returns (step id,
-        outcome) for the log line."""
+        outcome) for the log line, and whether the write ended the job (and handed over the next)."""
         if isinstance(result, FunctionReturned):
             for warning in result.warnings:
                 log.warning("run.diverged", run_id=run.run_id, function=fn.slug, detail=warning)
-            return None, await self._finish(run, RunStatus.COMPLETED, output=result.value)
+            return None, await self._finish(run, RunStatus.COMPLETED, output=result.value), None
         if isinstance(result, FunctionFailed):
             failures = job.attempt + 1
             if result.retriable and failures < fn.max_attempts:
                 delay = result.retry_after or fn.backoff.delay(failures)
                 # a planned step's retry is that step's: it must still be pending
                 retried = await self._retry(job, run, delay, key=job.step_key or "", error=result.error)
-                return None, await self._settle(job, run, "function-error-retry", retried)
-            return None, await self._finish(run, RunStatus.FAILED, error=result.error)
+                return None, await self._settle(job, run, "function-error-retry", retried), None
+            return None, await self._finish(run, RunStatus.FAILED, error=result.error), None
         ops = result.opcodes
         if len(ops) == 1 and ops[0].op in (Op.STEP_RUN, Op.STEP_FAILED, Op.STEP_ERROR):
-            return ops[0].step_id, await self._step_result(job, run, fn, ops[0], result, elapsed_ms)
+            label, ended = await self._step_result(job, run, fn, ops[0], result, elapsed_ms, lease)
+            return ops[0].step_id, label, ended
         if len(ops) == 1 and ops[0].op is Op.SLEEP:
-            return ops[0].step_id, await self._sleep(job, run, ops[0])
-        return ",".join(op.step_id for op in ops), await self._fan_out(job, run, ops)
+            return ops[0].step_id, await self._sleep(job, run, ops[0]), None
+        return ",".join(op.step_id for op in ops), await self._fan_out(job, run, ops), None
 
     async def _step_result(
-        self, job: JobSpec, run: LoadedRun, fn: Runnable, op: Opcode, result: StepsReported, elapsed_ms: int
-    ) -> str:
+        self,
+        job: JobSpec,
+        run: LoadedRun,
+        fn: Runnable,
+        op: Opcode,
+        result: StepsReported,
+        elapsed_ms: int,
+        lease: JobLease | None,
+    ) -> tuple[str, JobEnded | None]:
         max_attempts, backoff = _step_policy(op, fn)
         if op.op is Op.STEP_ERROR and (result.no_retry or job.attempt + 1 >= max_attempts):
             # The SDK asked for no retry, or the attempts are spent (an SDK may not have noticed):
@@ -261,7 +299,7 @@ class Executor:
             retried = await self._retry(
                 job, run, delay, key=op.id, name=op.step_id, error=op.error or {}, executed=True
             )
-            return await self._settle(job, run, "step-error-retry", retried)
+            return await self._settle(job, run, "step-error-retry", retried), None
         value = memo_data(op.data) if op.op is Op.STEP_RUN else memo_error(op.error or {})
         label = "step-ok" if op.op is Op.STEP_RUN else "step-failed"
         if job.kind is JobKind.PLANNED:
@@ -276,15 +314,42 @@ class Executor:
             )
             await self._resolved(written)
             if written.outcome is Outcome.JOINED:
-                return label
+                return label, None
         else:
             written = await self.store.commit_step(
-                run, key=op.id, value=value, name=op.step_id, attempts=job.attempt + 1, duration_ms=elapsed_ms
+                run,
+                key=op.id,
+                value=value,
+                name=op.step_id,
+                attempts=job.attempt + 1,
+                duration_ms=elapsed_ms,
+                lease=lease,
             )
-            if written.outcome is Outcome.OK:
-                self.on_next_job()
             await lifecycle.runs_failed(self.ingest, written.ended)
-        return await self._settle(job, run, label, written.outcome)
+            if written.job_ended:
+                return label, self._handed_over(run, op.id, value, written.handoff)
+        return await self._settle(job, run, label, written.outcome), None
+
+    def _handed_over(self, run: LoadedRun, key: str, value: Any, handoff: Handoff | None) -> JobEnded:
+        """The job ended with its commit; the run's next job, if handed over, comes with the state
+        its load would have read: this run's, plus the step just committed."""
+        memo = {**run.memo, key: value}
+        state = CachedRun(run.events, memo, (*run.stack, key))
+        self.cache.put(run.run_id, state)
+        if handoff is None:
+            return JobEnded()
+        preload = dataclasses.replace(
+            run,
+            fence=handoff.fence,
+            position=run.position + 1,
+            memo=memo,
+            stack=state.stack,
+            fence_field=FENCE,
+            first_start=False,
+            force_plan=handoff.force_plan,
+        )
+        job = ClaimedJob(handoff.job_id, handoff.payload, handoff.job_try, now_ms())
+        return JobEnded(job, preload)
 
     async def _retry(
         self,

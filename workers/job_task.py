@@ -4,7 +4,7 @@ What arq's ``Worker.run_job`` does for a job, less what stepq has no use for (re
 jobs): read the job in arq's format (``arq.jobs.deserialize_job_raw``), call its function with arq's
 job context, honour arq's ``Retry`` (back on the queue after its delay), and end the job. The claim
 already read the payload and counted the try, so a job costs no round trip before its function runs.
-When the call that commits a step also hands this worker the run's next job (``HandedOff``), that
+When the call that commits a step also hands this worker the run's next job (``JobEnded``), that
 job runs next in the same slot: a warm hop costs one round trip.
 """
 
@@ -20,7 +20,7 @@ import structlog
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.worker import Retry
 
-from stepq.runtime.job_queue import ClaimedJob, HandedOff, JobQueue
+from stepq.runtime.job_queue import ClaimedJob, JobEnded, JobQueue
 
 from .faults import REDIS_TROUBLE, Faults
 
@@ -69,18 +69,20 @@ class JobRunner:
         self._end_faults = Faults("job-end")
 
     async def run(self, job: ClaimedJob) -> None:
-        """Run ``job``, and the jobs its function is handed (``HandedOff``), to their end; never
+        """Run ``job``, and the jobs its function is handed (``JobEnded``), to their end; never
         raises (a cancellation hands the current job back to the queue)."""
         handoffs = 0
         preload: object = None
         while True:
             self.held.add(job.job_id)
-            handed, again_in_ms, ran = await self._call(job, preload, may_hand_off=handoffs < self.max_handoffs)
-            if handed is not None:
-                # the Lua call that committed the step ended this job: go on with the next one
+            ended, again_in_ms, ran = await self._call(job, preload, may_hand_off=handoffs < self.max_handoffs)
+            if ended is not None:
+                # the Lua call that committed the step ended this job: go on with the next, if handed one
                 self.held.discard(job.job_id)
                 self.lost.discard(job.job_id)
-                job, preload = handed.job, handed.preload
+                if ended.next_job is None:
+                    return
+                job, preload = ended.next_job, ended.preload
                 handoffs += 1
                 continue
             if ran:
@@ -90,7 +92,7 @@ class JobRunner:
 
     async def _call(
         self, job: ClaimedJob, preload: object, *, may_hand_off: bool
-    ) -> tuple[HandedOff | None, int | None, bool]:
+    ) -> tuple[JobEnded | None, int | None, bool]:
         """Call the job's function: (the job handed over, if any; when to run this job again, None
         for never; whether it ran at all, False for poison that went to the dead letters)."""
         try:
@@ -124,7 +126,7 @@ class JobRunner:
         except Exception as exc:
             log.error("job.ended_with_error", job_id=job.job_id, error=repr(exc))
         else:
-            if isinstance(result, HandedOff):
+            if isinstance(result, JobEnded):
                 return result, None, True
         return None, None, True
 

@@ -188,8 +188,9 @@ class StepqWorker:
             pool, store.scripts, queue_id, lease_token=self.lease_token, lease_ms=int(options.lease_s * 1000)
         )
         self.queue.mover_lease_ms = int(3 * options.idle_check_s * 1000)
-        #: arq's worker context, which every job's context extends.
-        self.ctx: dict[str, Any] = {"redis": pool}
+        #: arq's worker context, which every job's context extends; stepq's writes that end a job
+        #: (and hand over the next) need the lease.
+        self.ctx: dict[str, Any] = {"redis": pool, "lease_token": self.lease_token, "lease_ms": self.queue.lease_ms}
         self.runner = JobRunner(self.queue, functions, timeout_s=job_timeout_s, ctx=self.ctx, on_poison=self._poison)
         self.watchdog = RedisWatchdog(
             pool.connection_pool,

@@ -1,5 +1,7 @@
 -- Helpers shared by every stepq script (prepended by runtime/scripts.py).
 
+local JOB_TTL_MS = 30 * 86400 * 1000
+
 -- A pcall's reply, or nil when it was an error.
 local function type_safe(reply)
   if type(reply) == 'table' and reply.err then
@@ -27,17 +29,47 @@ local function signal_queue(queue_key, score, now)
   end
 end
 
--- Write a job in arq's format unless a job or result with that id exists (arq's own dedupe rule),
--- and wake a worker for it (see signal_queue).
-local function enqueue(job_key, result_key, queue_key, payload, score, ttl_ms, now)
+-- Write a job in arq's format unless a job or result with that id exists (arq's own dedupe rule).
+-- Returns 1 when it wrote one.
+local function put_job(job_key, result_key, queue_key, payload, score, ttl_ms)
   if redis.call('EXISTS', job_key, result_key) > 0 then
     return 0
   end
-  local job_id = job_id_of(job_key)
   redis.call('SET', job_key, payload, 'PX', ttl_ms)
-  redis.call('ZADD', queue_key, score, job_id)
-  signal_queue(queue_key, score, now)
+  redis.call('ZADD', queue_key, score, job_id_of(job_key))
   return 1
+end
+
+-- put_job, and wake a worker for the job (see signal_queue).
+local function enqueue(job_key, result_key, queue_key, payload, score, ttl_ms, now)
+  local added = put_job(job_key, result_key, queue_key, payload, score, ttl_ms)
+  if added == 1 then
+    signal_queue(queue_key, score, now)
+  end
+  return added
+end
+
+-- End a job that the caller ran, as finish_job.lua does, when its lock still holds the caller's
+-- lease token; false when it does not (the caller ends it, or another worker took it over).
+local function end_job(queue_key, job_id, token)
+  local lock = key_in_progress(job_id)
+  if redis.call('GET', lock) ~= token then
+    return false
+  end
+  redis.call('DEL', lock, key_retry(job_id), key_job(job_id))
+  redis.call('ZREM', queue_key, job_id)
+  return true
+end
+
+-- Claim a job just written for the caller, as claim_jobs.lua would (lock, try counted, score at
+-- the lease's end): it stays queued, so a crash of the caller hands it to another worker.
+-- Returns its try.
+local function take_job(queue_key, job_id, token, lease_ms, now)
+  redis.call('SET', key_in_progress(job_id), token, 'PX', lease_ms)
+  local try = redis.call('INCR', key_retry(job_id))
+  redis.call('PEXPIRE', key_retry(job_id), JOB_TTL_MS)
+  redis.call('ZADD', queue_key, now + tonumber(lease_ms), job_id)
+  return try
 end
 
 -- nil when the run may move on; otherwise why not.
@@ -54,8 +86,6 @@ local function refuse(run_key, fence_field, fence)
   end
   return nil
 end
-
-local JOB_TTL_MS = 30 * 86400 * 1000
 
 -- The default limits, as the calling script received them in its ARGV.
 local function limits_of(max_state, retention)
