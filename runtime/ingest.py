@@ -1,9 +1,11 @@
 """Event ingestion: store each event, start one run per function it triggers.
 
-Two round trips per send, however many events and functions: one to route the names, one script
-that stores the events and creates the runs (each with its own dedupe). One script, not a pipeline:
-a batch is stored whole or not at all, even when Redis runs out of memory halfway (see
-runtime/lua/ingest_events.lua). Then waits and cancellation rules are matched against the events.
+One round trip per send, however many events and functions, once the sender knows the routes of
+its event names (cached under the registry's version, see ``Registry.cached_route``): one script
+that stores the events and creates the runs (each with its own dedupe), unless a registration
+changed the routes meanwhile. One script, not a pipeline: a batch is stored whole or not at all,
+even when Redis runs out of memory halfway (see runtime/lua/ingest_events.lua). Then, for the event
+names some run waits on, waits and cancellation rules are matched against the events.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 
-from stepq.errors import InvalidEventError
+from stepq.errors import InvalidEventError, StepqError
 from stepq.event import Event
 from stepq.expressions import Bindings, ExpressionError, compile_expression
 from stepq.ids import new_ulid
@@ -24,12 +26,14 @@ from stepq.triggers import TRIGGER_VARIABLES
 
 from . import keys, matching, waits
 from .codec import pack
-from .registry import FunctionRecord, Registry
+from .registry import FunctionRecord, Registry, Route
 from .scripts import body, prelude, script_text, source
 from .store import RunStore, now_ms
 
 log = structlog.get_logger("stepq.ingest")
 
+#: How often a send routes again when registrations keep changing the routes under it.
+ROUTE_ATTEMPTS = 5
 #: Names that only stepq itself may send.
 RESERVED_PREFIXES = ("inngest/", "stepq/")
 
@@ -116,18 +120,44 @@ class Ingest:
             Event(e.name, e.data, e.id or event_id, e.ts or at, e.v, e.user)
             for e, event_id in zip(events, ids, strict=True)
         ]
-        routes = await self.registry.route(e.name for e in stored)
-        if only_if_wanted:
-            waited = await waits.waited_names(self.redis, {e.name for e in stored})
-            keep = [i for i, e in enumerate(stored) if routes.get(e.name) or e.name in waited]
-            events, stored, ids = [events[i] for i in keep], [stored[i] for i in keep], [ids[i] for i in keep]
-            if not stored:
-                return []
+        for _ in range(ROUTE_ATTEMPTS):
+            route = await self.registry.cached_route(e.name for e in stored)
+            keep: Sequence[int] = range(len(stored))
+            if only_if_wanted:
+                wanted = await waits.waited_names(self.redis, {e.name for e in stored})
+                keep = [i for i, e in enumerate(stored) if route.functions.get(e.name) or e.name in wanted]
+                if not keep:
+                    return []
+            kept = ([events[i] for i in keep], [ids[i] for i in keep], [stored[i] for i in keep])
+            waited = await self._store(*kept, route, at)
+            if waited is not None:
+                break
+            self.registry.forget()  # a registration changed the routes meanwhile: route again
+        else:
+            raise StepqError(f"the function registry kept changing while {len(events)} event(s) were sent; retry")
+        _, ids, stored = kept
+        if any(waited):
+            await matching.deliver(self, [e.to_dict() for e, w in zip(stored, waited, strict=True) if w])
+        return ids
+
+    async def _store(
+        self, events: Sequence[Event], ids: list[str], stored: list[Event], route: Route, at: int
+    ) -> list[bool] | None:
+        """Store the events and create their runs, as routed; per event, whether some run waits
+        for its name. None when the routes are stale (nothing was stored)."""
+        routes = route.functions
         retention = self.store.limits.retention_s
         batch_keys: list[Any] = [keys.EVENTS]
-        batch_args: list[Any] = [at, retention, matching.RECENT_MAX, matching.LOOK_BACK_MS, len(stored)]
+        batch_args: list[Any] = [
+            at,
+            retention,
+            matching.RECENT_MAX,
+            matching.LOOK_BACK_MS,
+            route.version or b"",
+            len(stored),
+        ]
         for event_id, event in zip(ids, stored, strict=True):
-            batch_keys += [keys.event(event_id), keys.recent_events(event.name)]
+            batch_keys += [keys.event(event_id), keys.recent_events(event.name), keys.waits(event.name)]
             batch_args += [event_id, pack(event.to_dict())]
         runs = _CreateRunCalls()
         for event_id, original, event in zip(ids, events, stored, strict=True):
@@ -149,6 +179,7 @@ class Ingest:
                     limits=self.store.function_limits(fn.config),
                     pipe=runs,
                 )
-        await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])
-        await matching.deliver(self, [e.to_dict() for e in stored])
-        return ids
+        reply = await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])
+        if reply[0] == b"stale":
+            return None
+        return [bool(flag) for flag in reply[2:]]

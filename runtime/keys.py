@@ -75,6 +75,9 @@ RUNS_ACTIVE = f"{PREFIX}:runs:active"  # zset run_id -> created ms
 RUNS_DONE = f"{PREFIX}:runs:done"  # zset run_id -> ended ms, trimmed to the retention period
 EVENTS = f"{PREFIX}:events"  # zset event id -> received ms, trimmed to the retention period
 FUNCTIONS = f"{PREFIX}:functions"  # hash slug -> msgpack config
+#: Changes whenever a registration changes the functions or their triggers: senders cache their
+#: routes under it, and a send routed under an older version is refused and routed again.
+FUNCTIONS_VERSION = f"{PREFIX}:functions:version"
 TIMERS = f"{PREFIX}:timers"  # zset wake job id -> due ms: sleeping runs, for the reconciler
 TIMERS_LOCK = f"{PREFIX}:lock:timers"  # held by the one process reviving lost timers at a time
 
@@ -211,6 +214,7 @@ LUA_CONSTANTS: dict[str, str] = {
     "RUNS_DONE": RUNS_DONE,
     "TIMERS": TIMERS,
     "FUNCTIONS": FUNCTIONS,
+    "FUNCTIONS_VERSION": FUNCTIONS_VERSION,
 }
 #: Key builders whose argument the scripts read back from a key (``<name>_id_of(key)``).
 LUA_INVERSES = ("run", "job", "queue")

@@ -43,10 +43,24 @@ class FunctionRecord:
         return [t["event"] for t in self.config.get("triggers", []) if "event" in t]
 
 
+#: Event names whose routes a sender keeps (the cache starts afresh beyond).
+ROUTE_CACHE_MAX = 10_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Route:
+    """The functions each event name triggers, as of registry ``version`` (None: none written yet)."""
+
+    version: bytes | None
+    functions: dict[str, list[FunctionRecord]]
+
+
 class Registry:
     def __init__(self, redis: Redis, scripts: Scripts | None = None) -> None:
         self.redis = redis
         self.scripts = scripts or Scripts(redis)
+        self._cache: dict[str, list[FunctionRecord]] = {}
+        self._version: bytes | None = None
 
     async def register_app(self, app_id: str, configs: Sequence[dict[str, Any]]) -> int:
         """Make ``configs`` the app's whole function set (its functions no longer defined are dropped);
@@ -77,16 +91,40 @@ class Registry:
 
     async def route(self, event_names: Iterable[str]) -> dict[str, list[FunctionRecord]]:
         """For each event name, the functions it triggers."""
+        return (await self._route(sorted(set(event_names))))[1]
+
+    async def cached_route(self, event_names: Iterable[str]) -> Route:
+        """``route``, from this registry's cache when it knows every name: the routes come with the
+        registry version they were read under, and a write made under them checks that version
+        (``keys.FUNCTIONS_VERSION``); when it changed, ``forget`` and route again."""
         names = sorted(set(event_names))
-        reply = await self.scripts.call("route_events", [keys.FUNCTIONS, *(keys.trigger(n) for n in names)], [])
+        if self._version is not None and all(name in self._cache for name in names):
+            return Route(self._version, {name: self._cache[name] for name in names})
+        version, routes = await self._route(names)
+        if version != self._version or len(self._cache) > ROUTE_CACHE_MAX:
+            self._cache.clear()
+            self._version = version
+        if version is not None:
+            self._cache.update(routes)
+        return Route(version, routes)
+
+    def forget(self) -> None:
+        """Drop the cached routes (a write found the registry changed since they were read)."""
+        self._cache.clear()
+        self._version = None
+
+    async def _route(self, names: list[str]) -> tuple[bytes | None, dict[str, list[FunctionRecord]]]:
+        version, flats = await self.scripts.call(
+            "route_events", [keys.FUNCTIONS, *(keys.trigger(n) for n in names)], []
+        )
         out: dict[str, list[FunctionRecord]] = {}
-        for name, flat in zip(names, reply, strict=True):
+        for name, flat in zip(names, flats, strict=True):
             records = []
             for i in range(0, len(flat), 2):
                 config = unpack(flat[i + 1])
                 records.append(FunctionRecord(flat[i].decode(), config["app_id"], config))
             out[name] = records
-        return out
+        return version, out
 
     async def get(self, slug: str) -> FunctionRecord | None:
         """One registered function by its app-qualified id."""

@@ -4,13 +4,21 @@
 -- that started writing runs to its end. A pipeline of separate commands would store part of a batch.
 -- create_run (runtime/lua/create_run.lua, put in front of this text as a function of its own KEYS
 -- and ARGV by runtime/ingest.py) creates each run exactly as RunStore.create_run would.
--- KEYS: the events index; per event: its key, its name's recent list; then each run's create_run KEYS.
--- ARGV: now_ms, retention_s, recent_max, look_back_ms, n_events, then per event: id, blob;
---       n_runs, then per run: n_keys, n_args, then its create_run ARGV.
+-- The runs were chosen from routes read under a version of the registry (runtime/registry.py): if a
+-- registration changed it since, nothing is written and the sender routes again.
+-- KEYS: the events index; per event: its key, its name's recent list, its name's waits; then each
+--       run's create_run KEYS.
+-- ARGV: now_ms, retention_s, recent_max, look_back_ms, registry version ('' for none), n_events,
+--       then per event: id, blob; n_runs, then per run: n_keys, n_args, then its create_run ARGV.
+-- Returns {'stale'}, or {'ok', runs created, then per event 1 when some run waits for its name}.
+if (redis.call('GET', KEY_FUNCTIONS_VERSION) or '') ~= ARGV[5] then
+  return {'stale'}
+end
 local now, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
 local recent_max, look_back = tonumber(ARGV[3]), ARGV[4]
-local a, k = 6, 2
-for _ = 1, tonumber(ARGV[5]) do
+local a, k = 7, 2
+local waited = {}
+for e = 1, tonumber(ARGV[6]) do
   local id = ARGV[a]
   redis.call('SET', KEYS[k], ARGV[a + 1], 'EX', retention)
   redis.call('ZADD', KEYS[1], now, id)
@@ -18,7 +26,8 @@ for _ = 1, tonumber(ARGV[5]) do
   redis.call('LPUSH', KEYS[k + 1], now .. ':' .. id)
   redis.call('LTRIM', KEYS[k + 1], 0, recent_max - 1)
   redis.call('PEXPIRE', KEYS[k + 1], look_back)
-  a, k = a + 2, k + 2
+  waited[e] = redis.call('EXISTS', KEYS[k + 2])
+  a, k = a + 2, k + 3
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - retention * 1000)
 local n_runs = tonumber(ARGV[a])
@@ -39,4 +48,4 @@ for _ = 1, n_runs do
   end
   k, a = k + n_keys, a + 2 + n_args
 end
-return created
+return {'ok', created, unpack(waited)}

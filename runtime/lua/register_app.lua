@@ -29,10 +29,12 @@ for _ = 1, tonumber(ARGV[3]) do
   i = i + 3 + tonumber(ARGV[i + 2])
 end
 
+local before = {} -- slug -> config before this registration, to tell whether anything changed
 for _, slug in ipairs(redis.call('SMEMBERS', app_key)) do
   local blob = redis.call('HGET', functions, slug)
   -- only this app's own functions: a set left listing another app's id must not delete it
   if blob and owner_of(blob) == app then
+    before[slug] = blob
     local fn_events = key_function_events(slug)
     for _, name in ipairs(redis.call('SMEMBERS', fn_events)) do
       redis.call('SREM', key_trigger(name), slug)
@@ -42,9 +44,16 @@ for _, slug in ipairs(redis.call('SMEMBERS', app_key)) do
   end
 end
 redis.call('DEL', app_key)
+local changed = false
 i = 4
 for _ = 1, tonumber(ARGV[3]) do
   local slug, config, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if before[slug] == config then
+    before[slug] = nil
+  else
+    changed = true
+    before[slug] = nil
+  end
   redis.call('HSET', functions, slug, config)
   redis.call('SADD', app_key, slug)
   for k = 1, n do
@@ -53,6 +62,11 @@ for _ = 1, tonumber(ARGV[3]) do
     redis.call('SADD', key_function_events(slug), name)
   end
   i = i + 3 + n
+end
+if changed or next(before) ~= nil or not redis.call('GET', KEY_FUNCTIONS_VERSION) then
+  -- a new version, unique across a Redis that was emptied and filled again: the server's clock
+  local t = redis.call('TIME')
+  redis.call('SET', KEY_FUNCTIONS_VERSION, t[1] .. string.format('%06d', tonumber(t[2])))
 end
 local modified = 1
 if checksum ~= '' then

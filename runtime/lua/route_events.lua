@@ -1,4 +1,5 @@
--- For each trigger set, the functions listening: {slug1, config1, slug2, config2, ...}.
+-- For each trigger set, the functions listening: {slug1, config1, slug2, config2, ...}, after the
+-- registry's version (false when none was written yet).
 -- KEYS: the functions hash, then the trigger sets
 local out = {}
 for i = 2, #KEYS do
@@ -15,4 +16,4 @@ for i = 2, #KEYS do
   end
   out[i - 1] = pairs_
 end
-return out
+return {redis.call('GET', KEY_FUNCTIONS_VERSION), out}
