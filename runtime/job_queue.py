@@ -88,12 +88,15 @@ class JobQueue:
         #: The mover's lease outlives a few idle checks, so an idle mover keeps it.
         self.mover_lease_ms = 3 * lease_ms
 
-    async def claim(self, free: int) -> Claim:
-        """Claim up to ``free`` due jobs (``free`` may be 0: the mover's timer fired on a full worker)."""
+    async def claim(self, free: int, *, tidy: bool = True) -> Claim:
+        """Claim up to ``free`` due jobs (``free`` may be 0: the mover's timer fired on a full worker).
+
+        ``tidy``: drop wake-up tokens left when nothing is left to claim (False when the caller
+        just found the ready list empty, to save the idle check a write)."""
         jobs, raw_poison, wake_at = await self.scripts.call(
             "claim_jobs",
             [self.name, self.ready_key, keys.mover(self.queue_id), keys.wake_at(self.queue_id)],
-            [now_ms(), self.lease_ms, free, self.lease_token, self.mover_lease_ms, SCAN_LIMIT],
+            [now_ms(), self.lease_ms, free, self.lease_token, self.mover_lease_ms, SCAN_LIMIT, int(tidy)],
         )
         claimed: list[ClaimedJob] = []
         poison = [(raw_poison[i], _why(raw_poison[i], raw_poison[i + 1])) for i in range(0, len(raw_poison), 2)]

@@ -109,6 +109,16 @@ class WorkerProcess(LoggedProcess):
                 self.proc.wait(timeout=10)
 
 
+class WorkerOn(WorkerProcess):
+    """A ``stepq worker`` subprocess for a test app, on any Redis URL, with extra environment."""
+
+    def __init__(self, app: str, directory: Path, redis_url: str, env: dict[str, str] | None = None) -> None:
+        self.app = app
+        argv = [*STEPQ_CLI, "worker", f"tests.apps.{app}:client", "--redis-url", redis_url]
+        full_env = {**os.environ, "STEPQ_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", "STEPQ_REDIS_URL": redis_url}
+        LoggedProcess.__init__(self, f"worker-{app}", argv, directory, {**full_env, **(env or {})})
+
+
 StartWorkers = Callable[..., list[WorkerProcess]]
 
 

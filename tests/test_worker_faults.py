@@ -37,8 +37,8 @@ from tests.helpers import (
     REDIS_URL,
     ROOT,
     STEPQ_CLI,
-    LoggedProcess,
     StartWorkers,
+    WorkerOn,
     WorkerProcess,
     read_lines,
     run_ids_for_event,
@@ -47,16 +47,6 @@ from tests.helpers import (
     wait_for_run,
     wait_for_runs,
 )
-
-
-class WorkerOn(WorkerProcess):
-    """A ``stepq worker`` subprocess for a test app, on any Redis URL, with extra environment."""
-
-    def __init__(self, app: str, directory: Path, redis_url: str, env: dict[str, str] | None = None) -> None:
-        self.app = app
-        argv = [*STEPQ_CLI, "worker", f"tests.apps.{app}:client", "--redis-url", redis_url]
-        full_env = {**os.environ, "STEPQ_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", "STEPQ_REDIS_URL": redis_url}
-        LoggedProcess.__init__(self, f"worker-{app}", argv, directory, {**full_env, **(env or {})})
 
 
 def stepq_cli(*args: str, url: str = REDIS_URL) -> subprocess.CompletedProcess[str]:

@@ -209,6 +209,8 @@ class StepqWorker:
         self._room.set()
         #: The last claim filled every free slot: due jobs may remain, claim when a slot frees.
         self._backlog = False
+        #: The next claim is the idle check (the ready list was found empty).
+        self._idle_check = False
         #: As the queue's mover: when its earliest delayed job is due (ms), else None.
         self._wake_at_ms: int | None = None
         self._renew_now = asyncio.Event()
@@ -312,18 +314,19 @@ class StepqWorker:
             timer_due = self._wake_at_ms is not None and now_ms() >= self._wake_at_ms
             if self._claim_now.is_set() or timer_due:
                 self._claim_now.clear()
-                await self._claim()
+                await self._claim(tidy=not self._idle_check)
+                self._idle_check = False
                 continue
             timeout = None if self._wake_at_ms is None else (self._wake_at_ms - now_ms()) / 1000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_now.wait(), timeout)
 
-    async def _claim(self) -> None:
+    async def _claim(self, *, tidy: bool) -> None:
         """Claim what fits in the free slots (none when full: the claim then wakes another worker
         for the due jobs, and keeps the mover's timer)."""
         free = max(0, self.options.concurrency - len(self.tasks))
         try:
-            claim = await self.queue.claim(free)
+            claim = await self.queue.claim(free, tidy=tidy)
         except REDIS_TROUBLE as exc:
             if not await self._repaired(exc):
                 await self._nap(self._claim_faults.failed(exc))
@@ -370,7 +373,7 @@ class StepqWorker:
                 continue
             self.watchdog.blocking(idle_s)
             try:
-                await self.queue.wait_ready(self.pool, idle_s)
+                token = await self.queue.wait_ready(self.pool, idle_s)
             except REDIS_TROUBLE as exc:
                 if not await self._repaired(exc):
                     await asyncio.sleep(faults.failed(exc))
@@ -378,6 +381,7 @@ class StepqWorker:
             self.watchdog.answered()
             if faults.failing:
                 faults.succeeded()
+            self._idle_check = not token and not self._claim_now.is_set()
             self._claim_now.set()
 
     async def _nap(self, seconds: float) -> None:

@@ -1,6 +1,7 @@
 -- Claim due jobs for one worker in one round trip, and keep the queue's wake-ups going.
 -- KEYS: queue, ready list, mover lease, mover's wake time
--- ARGV: now_ms, lease_ms, free slots, lease token (this worker's), mover lease ms, scan limit
+-- ARGV: now_ms, lease_ms, free slots, lease token (this worker's), mover lease ms, scan limit, tidy
+--       (1: drop the ready list's tokens if nothing is left to claim; 0: the caller found it empty)
 --
 -- A claimed job gets arq's in-progress lock (valued with this worker's token, expiring with the
 -- lease) and its try counted (arq's retry counter), and its score moves to the lease's end: the job
@@ -82,8 +83,8 @@ if more then
   if redis.call('LLEN', KEYS[2]) == 0 then
     redis.call('LPUSH', KEYS[2], '1')
   end
-else
-  redis.call('DEL', KEYS[2])
+elseif ARGV[7] == '1' then
+  redis.call('DEL', KEYS[2]) -- tokens left would only wake workers for nothing
 end
 
 local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
@@ -97,7 +98,7 @@ if holder == token or not holder or (next_due >= 0 and (wake_at < 0 or wake_at >
   redis.call('SET', KEYS[3], token, 'PX', ARGV[5])
   if next_due >= 0 then
     redis.call('SET', KEYS[4], next_due)
-  else
+  elseif wake_at >= 0 then
     redis.call('DEL', KEYS[4])
   end
   return {out, poison, next_due}

@@ -1,0 +1,28 @@
+"""Functions for the job queue's tests (tests/test_job_queue.py): a long chain of steps, a short run,
+and a sleep."""
+
+from __future__ import annotations
+
+import stepq
+
+client = stepq.Inngest(app_id="t-queue")
+
+
+@client.create_function(id="chain", trigger=stepq.TriggerEvent(event="test/chain"))
+async def chain(ctx: stepq.Context) -> int:
+    """``n`` no-op steps in a row."""
+    total = 0
+    for i in range(int(ctx.event.data["n"])):
+        total += await ctx.step.run(f"s{i}", lambda i=i: i)
+    return total
+
+
+@client.create_function(id="short", trigger=stepq.TriggerEvent(event="test/short"))
+async def short(ctx: stepq.Context) -> str:
+    return await ctx.step.run("only", lambda: "done")
+
+
+@client.create_function(id="nap", trigger=stepq.TriggerEvent(event="test/nap"))
+async def nap(ctx: stepq.Context) -> str:
+    await ctx.step.sleep("nap", "2s")
+    return await ctx.step.run("after", lambda: "woke")
