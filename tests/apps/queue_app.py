@@ -13,16 +13,28 @@ async def chain(ctx: stepq.Context) -> int:
     """``n`` no-op steps in a row."""
     total = 0
     for i in range(int(ctx.event.data["n"])):
-        total += await ctx.step.run(f"s{i}", lambda i=i: i)
+        total += await ctx.step.run(f"s{i}", _same, i)
     return total
+
+
+def _same(i: int) -> int:
+    return i
+
+
+def _done() -> str:
+    return "done"
+
+
+def _woke() -> str:
+    return "woke"
 
 
 @client.create_function(id="short", trigger=stepq.TriggerEvent(event="test/short"))
 async def short(ctx: stepq.Context) -> str:
-    return await ctx.step.run("only", lambda: "done")
+    return await ctx.step.run("only", _done)
 
 
 @client.create_function(id="nap", trigger=stepq.TriggerEvent(event="test/nap"))
 async def nap(ctx: stepq.Context) -> str:
     await ctx.step.sleep("nap", "2s")
-    return await ctx.step.run("after", lambda: "woke")
+    return await ctx.step.run("after", _woke)
