@@ -62,6 +62,12 @@ async def _drain(c: Clients, queue: str, workers: list[Proc], units: int, timeou
     io_before = await io_stats(c.redis)
     began = time.perf_counter()
     await c.redis.rename(STAGING, queue)
+    if queue == stepq_queue():
+        # stepq's workers wait on the queue's ready list, which an enqueue pushes to; the gate
+        # enqueued nothing, so wake them as an enqueue would
+        from stepq.runtime import keys
+
+        await c.redis.lpush(keys.ready(APP_ID), b"1")  # type: ignore[misc]
 
     async def empty() -> bool:
         return int(await c.redis.zcard(queue)) == 0

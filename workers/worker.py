@@ -69,6 +69,10 @@ __all__ = ["REDIS_DOWN", "StepqWorker", "WorkerOptions", "build_http_worker", "b
 CRON_CHECK_S = 0.1
 #: The executor's limit on an invocation is the step timeout plus this (the HTTP client's comes first).
 STEP_TIMEOUT_MARGIN_S = 5.0
+#: At most this many jobs per claim: a burst of new runs spreads over the idle workers (each claim
+#: leaves a token for the next) instead of going whole to the first worker that wakes, which would
+#: keep them (a run's next job is handed to the worker that ran its step).
+CLAIM_BATCH = 8
 #: How often a worker serving HTTP functions re-reads which of them have cron triggers.
 CRON_REFRESH_S = 10.0
 #: While Redis is unreachable, the poll loop waits this long at a time for the watchdog's all-clear.
@@ -326,7 +330,7 @@ class StepqWorker:
         for the due jobs, and keeps the mover's timer)."""
         free = max(0, self.options.concurrency - len(self.tasks))
         try:
-            claim = await self.queue.claim(free, tidy=tidy)
+            claim = await self.queue.claim(min(free, CLAIM_BATCH), tidy=tidy)
         except REDIS_TROUBLE as exc:
             if not await self._repaired(exc):
                 await self._nap(self._claim_faults.failed(exc))
@@ -336,6 +340,10 @@ class StepqWorker:
             self._claim_faults.succeeded()
         self._wake_at_ms = claim.wake_at_ms if claim.is_mover else None
         self._backlog = len(claim.jobs) >= free
+        if free > CLAIM_BATCH and len(claim.jobs) == CLAIM_BATCH:
+            # More may be due: the claim left a token for the next idle worker (if any), and this
+            # one claims again once it has started these.
+            self._claim_now.set()
         for job in claim.jobs:
             self._start(job)
         for member, why in claim.poison:
