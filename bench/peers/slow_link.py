@@ -2,16 +2,19 @@
 
 Every byte read on one side is written to the other side ``one_way_s`` later, in both directions, so
 that a request/response round trip gains ``2 * one_way_s``. Each direction of a connection keeps a
-queue of (due time, chunk): a chunk is queued the moment it is read and a ``loop.call_at`` writes it
-at its due time. Pipelined bytes are therefore each delayed by the same amount (a second request sent
-0.1 ms after the first arrives 0.1 ms after it), not serialized one delay after another, and order is
-kept because every callback writes the head of its queue (due times only grow within a queue).
+queue of chunks: a chunk is queued the moment it is read, with a ``loop.call_at`` at read time +
+delay that writes the head of the queue. Pipelined bytes are therefore each delayed by the same
+amount (a second request sent 0.1 ms after the first arrives 0.1 ms after it), not serialized one
+delay after another, and order is kept because every callback writes the head of its queue (due
+times only grow within a queue, so the head is never due later than the callback's own chunk).
 
 The sockets have TCP_NODELAY on both sides, as Redis clients and servers have, so that the kernel
 adds no batching of its own. The event loop runs on ``select()``: ``epoll``'s timeout has a 1 ms
 resolution (Python rounds it up), which would turn a 1 ms delay into 1-2 ms; ``select()`` takes
-microseconds, and the proxy has a handful of sockets. What the link really adds is measured by the
-bench through it (``PING`` round trips), not assumed.
+microseconds, and the proxy has a handful of sockets; the process also asks Linux for 1 us of timer
+slack instead of 50 us. Python's own work (a read and a timed write per direction) still adds some
+0.3-0.5 ms to a round trip here: what the link really adds is measured by the bench through it
+(``PING`` round trips), not assumed.
 
 As a process of its own (one per block, stopped by its pid like every other)::
 
