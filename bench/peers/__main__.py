@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -23,12 +24,24 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 
 from bench.common import REPO_ROOT, BenchError, Proc, RedisServer, find_redis_server, stop_all
 from bench.peers import redis_costs, setup
-from bench.peers.figures import Workload, as_json, figures, medians, table, workloads
+from bench.peers.figures import (
+    W5_RTT_MS,
+    Workload,
+    as_json,
+    commands_table,
+    figures,
+    medians,
+    table,
+    targets,
+    targets_table,
+    workloads,
+)
 from bench.peers.systems import ALL, Ctx, System
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -87,28 +100,72 @@ async def _driver(system: System, ctx: Ctx, w: Workload, key: str, limit: float)
         raise BenchError(f"{system.name} {w.name}: driver exited {proc.popen.returncode}:\n{proc.log_tail()}")
 
 
+async def _slow_link(ctx: Ctx, store_url: str, rtt_ms: float) -> tuple[Proc, str]:
+    """A slow_link process in front of the system's Redis; the URL the workers use through it."""
+    parts = urlsplit(store_url)
+    argv = [
+        sys.executable, "-m", "bench.peers.slow_link", "--target", f"{parts.hostname}:{parts.port}",
+        "--rtt-ms", repr(rtt_ms),
+    ]  # fmt: skip
+    proc = ctx.proc("slow-link", argv, {})
+    await proc.wait_for_log("slow-link ready", 30)
+    port = int(proc.log_text().split("slow-link ready port=", 1)[1].split()[0])
+    return proc, urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+
+
+async def _command_pass(system: System, ctx: Ctx, store_url: str, w: Workload, key: str) -> dict[str, float]:
+    """W2 again, smaller, with MONITOR listening: which commands clients send and which scripts call."""
+    sample = dataclasses.replace(w, runs=max(20, w.runs // 3))
+    tap = redis_costs.CommandTap(store_url)
+    await tap.start()
+    try:
+        await _driver(system, ctx, sample, key, 60 + sample.runs * sample.steps * 0.05)
+        await asyncio.sleep(0.2)  # the last runs' final commits
+    finally:
+        await tap.stop()
+    return tap.per_step(sample.runs * sample.steps)
+
+
 async def block(
     system: System, ctx: Ctx, marks: Redis, plan: list[Workload], r: int, idle_s: float
 ) -> dict[str, float]:
-    """One system, one round: every workload (and, on Redis, its idle command rate); returns the figures."""
+    """One system, one round: every workload (and, on Redis, its idle command rate and commands by
+    name); returns the figures. Workers are restarted when the number of workers or the link changes;
+    W5's workers reach Redis through a slow_link, its driver (and every marks push) directly."""
     out: dict[str, float] = {}
     store: Redis | None = None
     workers: list[Proc] = []
+    link: Proc | None = None
+    config: tuple[int, float] | None = None
     try:
         await system.start(ctx)
         store_url = system.store_url()
         store = Redis.from_url(store_url) if store_url else None
         for w in plan:
-            if len(workers) != w.workers:
-                if store is not None and len(workers) == 1:
+            if w.rtt_ms and not system.linkable:
+                continue
+            if (w.workers, w.rtt_ms) != config:
+                if store is not None and config == (1, 0.0) and "idle_commands_per_s" not in out:
                     out["idle_commands_per_s"] = await redis_costs.idle_rate(store, idle_s)
                 for proc in workers:
                     proc.stop()
-                workers = await system.workers(ctx, w.workers)
+                if link is not None:
+                    link.stop()
+                    link = None
+                worker_url = None
+                if w.rtt_ms:
+                    assert store_url is not None
+                    link, worker_url = await _slow_link(ctx, store_url, w.rtt_ms)
+                workers = await system.workers(ctx, w.workers, worker_url)
+                config = (w.workers, w.rtt_ms)
                 warm = Workload("w1", runs=1, steps=5)
                 await _driver(system, ctx, warm, f"warm:{w.name}", 60)
+                if worker_url is not None and store_url is not None:
+                    # The round trip the workers see, measured now, and the loopback one without the link.
+                    out[f"{w.name}_link_rtt_ms"] = await redis_costs.ping_rtt_ms(worker_url)
+                    out[f"{w.name}_base_rtt_ms"] = await redis_costs.ping_rtt_ms(store_url)
             key = f"{system.name}:{r}:{w.name}"
-            limit = 60 + w.runs * (w.steps * 0.05 + w.sleep + system.extra_gap_s)
+            limit = 60 + w.runs * (w.steps * (0.05 + w.rtt_ms / 100) + w.sleep + system.extra_gap_s)
             began = time.monotonic()
             before = await redis_costs.read(store) if store is not None else None
             await _driver(system, ctx, w, key, limit)
@@ -118,6 +175,10 @@ async def block(
             sent = [v.decode() for v in await marks.lrange(f"{key}:sent", 0, -1)]  # type: ignore[misc]
             out |= figures(w, records, sent)
             print(f"[peers]   {system.name} {w.name}: {time.monotonic() - began:.1f} s", file=sys.stderr, flush=True)
+            if store_url is not None and w.name == "w2":
+                began = time.monotonic()
+                out |= await _command_pass(system, ctx, store_url, w, f"{key}:monitor")
+                print(f"[peers]   {system.name} w2 MONITOR pass: {time.monotonic() - began:.1f} s", file=sys.stderr)
     finally:
         if store is not None:
             await store.aclose()
@@ -230,6 +291,17 @@ def report(document: dict[str, Any], markdown: bool) -> str:
     results = document.pop("_results")
     legend = "(x) = system / stepq; W2: higher is better, every other column: lower is better."
     lines = [table(results, markdown), "", legend, ""]
+    stepqs = [name for name in ("stepq", "stepq-aof-always") if name in results]
+    tail = [
+        "Issue 10's targets, from this run:",
+        "",
+        targets_table(targets(results), markdown),
+        "",
+        "Redis commands per step (W2, by name; a script's calls counted under their own names):",
+        "",
+        commands_table(results, stepqs, markdown),
+        "",
+    ]
     item, indent = ("- ", "  ") if markdown else ("", "    ")
     for name, info in document["systems"].items():
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items())
@@ -245,7 +317,15 @@ def report(document: dict[str, Any], markdown: bool) -> str:
         f"{item}{meta['mode']} run, {meta['rounds']} round(s), {meta['cpus']} CPUs, load average at the end "
         f"{meta['loadavg_end'][0]:.1f}; Redis AOF and Restate data on {meta['workdir_filesystem']}"
     )
-    return "\n".join(lines)
+    for name in ("stepq", "celery", "arq"):
+        if "w5_link_rtt_ms" in results.get(name, {}):
+            values = results[name]
+            lines.append(
+                f"{item}W5 ({name}): the workers' Redis connections through bench/peers/slow_link.py "
+                f"(+{W5_RTT_MS:g} ms RTT), the driver's and the marks' direct; PING p50 through the link "
+                f"{values['w5_link_rtt_ms']:.2f} ms, direct {values['w5_base_rtt_ms']:.2f} ms"
+            )
+    return "\n".join([*lines, "", *tail])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ Runs in the system's venv (stepq's for stepq and arq, the peers' for the others)
 orchestrator as a process with a time limit; the figures are computed by the orchestrator from the
 records in the marks database, the same way for every system.
 
-    python -m bench.peers.drive --system NAME --workload w1|w2|w3|w4 --runs N --steps N --key KEY
+    python -m bench.peers.drive --system NAME --workload w1|w2|w3|w4|w5 --runs N --steps N --key KEY
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ async def drive(args: argparse.Namespace) -> None:
     low, high = (float(x) / 1000 for x in args.gap_ms.split(","))
     run: dict[str, Any] = {"key": args.key, "n": args.steps, "sleep": args.sleep}
     try:
-        if args.workload == "w1":  # one run at a time on an idle worker
+        if args.workload in ("w1", "w5"):  # one run at a time on an idle worker
             for i in range(args.runs):
                 await submitter.submit([run])
                 await _wait(marks, args.key, i + 1, deadline)
@@ -79,7 +79,7 @@ async def drive(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--system", required=True, choices=SYSTEMS)
-    parser.add_argument("--workload", required=True, choices=("w1", "w2", "w3", "w4"))
+    parser.add_argument("--workload", required=True, choices=("w1", "w2", "w3", "w4", "w5"))
     parser.add_argument("--runs", type=int, required=True)
     parser.add_argument("--steps", type=int, required=True, help="steps per run")
     parser.add_argument("--key", required=True, help="the marks list the runs record into")

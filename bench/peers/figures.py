@@ -22,15 +22,23 @@ class Workload:
     workers: int = 1
     sleep: float = 0.0
     gap_ms: str = "20,40"
+    #: Round-trip time added between the workers and the system's Redis (bench/peers/slow_link.py).
+    rtt_ms: float = 0.0
+
+
+#: W5's added round trip between the workers and Redis.
+W5_RTT_MS = 2.0
 
 
 def workloads(quick: bool) -> list[Workload]:
-    """W1, W3, W4 on one worker, then W2 on two (the order a block runs them in)."""
+    """W1, W3, W4 on one worker, W2 on two, then W5 (W1 with the workers' Redis 2 ms of round trip
+    away; Redis-backed systems only): the order a block runs them in."""
     return [
         Workload("w1", runs=1 if quick else 3, steps=100),
         Workload("w3", runs=30 if quick else 200, steps=1),
         Workload("w4", runs=20 if quick else 100, steps=2, sleep=1.0, gap_ms="0,20"),
         Workload("w2", runs=100 if quick else 300, steps=10, workers=2),
+        Workload("w5", runs=1 if quick else 3, steps=100, rtt_ms=W5_RTT_MS),
     ]
 
 
@@ -47,16 +55,20 @@ COLUMNS: dict[str, tuple[str, str, bool]] = {
     "w4_p99": ("W4 late p99", "ms", False),
     "w2_redis_cpu_ms_per_step": ("W2 Redis CPU/step", "ms", False),
     "idle_commands_per_s": ("idle Redis cmds/s", "/s", False),
+    "w5_hop_p50": (f"W5 hop p50 (+{W5_RTT_MS:g} ms RTT)", "ms", False),
+    "w5_link_rtt_ms": ("W5 link PING p50", "ms", False),
 }
 
 
 def figures(w: Workload, records: Sequence[str], sent: Sequence[str]) -> dict[str, float]:
     """One block's figures for one workload from its runs' JSON records (and W2's submission time)."""
     runs = [json.loads(r) for r in records]
-    if w.name == "w1":
+    if w.name in ("w1", "w5"):
         hops = [h for run in runs for h in gaps(run["steps"])]
         totals = [1000 * (run["steps"][-1] - run["steps"][0]) for run in runs]
-        return {"w1_hop_p50": percentile(hops, 50), "w1_hop_p99": percentile(hops, 99), "w1_total": median(totals)}
+        n = w.name
+        p50, p99 = percentile(hops, 50), percentile(hops, 99)
+        return {f"{n}_hop_p50": p50, f"{n}_hop_p99": p99, f"{n}_total": median(totals)}
     if w.name == "w2":
         start = float(sent[0])
         work = w.runs * w.steps
@@ -108,6 +120,11 @@ def table(results: dict[str, dict[str, float]], markdown: bool = False) -> str:
                 cell += f" ({value / base[key]:.2f}x)"
             cells.append(cell)
         body.append(cells)
+    return _grid(header, body, markdown)
+
+
+def _grid(header: list[str], body: list[list[str]], markdown: bool) -> str:
+    """Rows under a header, as Markdown or as aligned text."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in body)])
@@ -122,3 +139,95 @@ def table(results: dict[str, dict[str, float]], markdown: bool = False) -> str:
 
 def as_json(results: dict[str, dict[str, float]]) -> dict[str, Any]:
     return {s: {k: (None if math.isnan(v) else round(v, 3)) for k, v in vals.items()} for s, vals in results.items()}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TargetRow:
+    """One of issue 10's targets, from one run's figures: what, the figure, the limit, pass or miss."""
+
+    what: str
+    figure: str
+    limit: str
+    #: None when a figure it needs is missing (a system skipped or failed).
+    passed: bool | None
+
+
+def _get(results: dict[str, dict[str, float]], system: str, key: str) -> float | None:
+    value = results.get(system, {}).get(key)
+    return None if value is None or math.isnan(value) else value
+
+
+def _ratio_row(
+    results: dict[str, dict[str, float]], what: str, key: str, unit: str, num: str, den: str, limit: float, op: str
+) -> TargetRow:
+    a, b = _get(results, num, key), _get(results, den, key)
+    if a is None or b is None or b == 0:
+        missing = num if a is None else den
+        return TargetRow(what, f"— (no {missing} figure)", f"{op} {limit:.3g}x", None)
+    ratio = a / b
+    passed = {"<=": ratio <= limit, ">=": ratio >= limit, "<": ratio < limit}[op]
+    figure = f"{ratio:.2f}x ({_number(a, unit)} / {_number(b, unit)} {unit})"
+    return TargetRow(what, figure, f"{op} {limit:.3g}x", passed)
+
+
+def _value_row(
+    results: dict[str, dict[str, float]], what: str, key: str, unit: str, system: str, limit: float
+) -> TargetRow:
+    value = _get(results, system, key)
+    if value is None:
+        return TargetRow(what, f"— (no {system} figure)", f"<= {limit:g} {unit}", None)
+    return TargetRow(what, f"{_number(value, unit)} {unit}", f"<= {limit:g} {unit}", value <= limit)
+
+
+def targets(results: dict[str, dict[str, float]]) -> list[TargetRow]:
+    """Issue 10's targets as ratios and figures of this run (stepq at Redis defaults unless said)."""
+    aof, base = "stepq-aof-always", "stepq"
+    w1, w2 = "W1 per-step p50, stepq AOF always / Restate", "W2 steps/s (all done), stepq AOF always / Restate"
+    rows = [
+        _ratio_row(results, w1, "w1_hop_p50", "ms", aof, "restate", 0.5, "<="),
+        _ratio_row(results, "W1 per-step p50, stepq / Restate", "w1_hop_p50", "ms", base, "restate", 1 / 3, "<="),
+        _ratio_row(results, w2, "w2_all_done", "/s", aof, "restate", 2, ">="),
+        _value_row(results, "W3 event -> first step p50, stepq", "w3_p50", "ms", base, 1.0),
+        _ratio_row(results, "W3 p50, stepq / Celery", "w3_p50", "ms", base, "celery", 1, "<"),
+        _ratio_row(results, "W3 p50, stepq / arq", "w3_p50", "ms", base, "arq", 1, "<"),
+        _ratio_row(results, "W4 sleep lateness p50, stepq / Celery", "w4_p50", "ms", base, "celery", 1, "<="),
+        _value_row(results, "idle worker, Redis commands/s, stepq", "idle_commands_per_s", "/s", base, 1.0),
+        _value_row(results, "Redis CPU per step (W2), stepq", "w2_redis_cpu_ms_per_step", "ms", base, 0.1),
+    ]  # fmt: skip
+    if _get(results, "restate", "w2_sends_overran"):
+        # Its sends took longer than the delay they were given: its ingress is in its figure after all.
+        rows[2] = dataclasses.replace(rows[2], figure=rows[2].figure + "; Restate's sends overran")
+    hop, rtt = _get(results, base, "w5_hop_p50"), _get(results, base, "w5_link_rtt_ms")
+    what = f"W5 per-step p50 at +{W5_RTT_MS:g} ms RTT, stepq (RTT: PING p50 through the link)"
+    if hop is None or rtt is None:
+        rows.append(TargetRow(what, "— (no stepq W5 figure)", "<= RTT + 1 ms", None))
+    else:
+        rows.append(TargetRow(what, f"{hop:.2f} ms (RTT {rtt:.2f} ms)", f"<= {rtt + 1:.2f} ms", hop <= rtt + 1))
+    return rows
+
+
+def targets_table(rows: Sequence[TargetRow], markdown: bool = False) -> str:
+    header = ["target (issue 10)", "this run", "limit", "result"]
+    body = [[r.what, r.figure, r.limit, {True: "pass", False: "MISS", None: "n/a"}[r.passed]] for r in rows]
+    return _grid(header, body, markdown)
+
+
+def commands_table(results: dict[str, dict[str, float]], systems: Sequence[str], markdown: bool = False) -> str:
+    """Redis commands per step by name: W2's INFO commandstats deltas (scripts' calls under their own
+    names) and, from the MONITOR pass after W2, which of them clients sent and which scripts called."""
+    header = ["system", "command", "W2 calls/step", "MONITOR pass: sent by clients", "called in scripts"]
+    body: list[list[str]] = []
+    for system in systems:
+        values = results.get(system, {})
+        names = sorted(
+            {k.split(":", 1)[1] for k in values if k.startswith("cmd:")}
+            | {k.split(":", 2)[2] for k in values if k.startswith("mon:")},
+            key=lambda n: -values.get(f"cmd:{n}", 0.0),
+        )
+        for name in names:
+            keys = (f"cmd:{name}", f"mon:top:{name}", f"mon:lua:{name}")
+            body.append([system, name, *(f"{values[k]:.2f}" if k in values else "0" for k in keys)])
+        totals = [sum(v for k, v in values.items() if k.startswith(p)) for p in ("cmd:", "mon:top:", "mon:lua:")]
+        if names:
+            body.append([system, "TOTAL", *(f"{t:.2f}" for t in totals)])
+    return _grid(header, body, markdown)

@@ -63,6 +63,8 @@ class System:
     durability = ""
     #: W3's extra random 0..X s between starts (for a system polling every X s, so starts do not phase-lock).
     extra_gap_s = 0.0
+    #: Its workers can reach its store through bench/peers/slow_link.py (W5): Redis-backed systems.
+    linkable = False
 
     def missing(self, pg_url: str) -> str | None:
         """Why this system cannot run here, or None."""
@@ -78,7 +80,8 @@ class System:
     async def start(self, ctx: Ctx) -> None:
         return None
 
-    async def workers(self, ctx: Ctx, n: int) -> list[Proc]:
+    async def workers(self, ctx: Ctx, n: int, redis_url: str | None = None) -> list[Proc]:
+        """Start ``n`` workers (``redis_url``: the address they reach the store at, when ``linkable``)."""
         raise NotImplementedError
 
     def driver_env(self) -> dict[str, str]:
@@ -90,6 +93,11 @@ class System:
 
     async def stop(self, ctx: Ctx) -> None:
         return None
+
+
+def _not_linkable(system: System, redis_url: str | None) -> None:
+    if redis_url is not None:
+        raise BenchError(f"{system.name} keeps no state in Redis: its workers take no redis_url")
 
 
 def _peers_venv_missing(package: str) -> str | None:
@@ -106,6 +114,7 @@ class _RedisBacked(System):
     """A system on a private redis-server of its own (stepq, arq, Celery)."""
 
     redis_args: tuple[str, ...] = ()
+    linkable = True
 
     def __init__(self) -> None:
         self.redis: RedisServer | None = None
@@ -137,12 +146,13 @@ class Stepq(_RedisBacked):
     name = family = "stepq"
     durability = "Redis defaults (appendonly no, RDB snapshots): a step is acknowledged from memory"
 
-    async def workers(self, ctx: Ctx, n: int) -> list[Proc]:
+    async def workers(self, ctx: Ctx, n: int, redis_url: str | None = None) -> list[Proc]:
+        url = redis_url or self.url()
         argv = [
             sys.executable, "-m", "stepq.workers.cli", "worker", "bench.peers.stepq_app:client",
-            "--redis-url", self.url(), "--concurrency", str(CONCURRENCY),
+            "--redis-url", url, "--concurrency", str(CONCURRENCY),
         ]  # fmt: skip
-        procs = [ctx.proc(f"{self.name}-worker", argv, {"STEPQ_REDIS_URL": self.url()}) for _ in range(n)]
+        procs = [ctx.proc(f"{self.name}-worker", argv, {"STEPQ_REDIS_URL": url}) for _ in range(n)]
         for proc in procs:
             await proc.wait_for_log("worker.started", 60)
         return procs
@@ -169,8 +179,8 @@ class Arq(_RedisBacked):
     name = family = "arq"
     durability = "not durable: a chain of jobs, each enqueueing the next; Redis defaults (no AOF)"
 
-    async def workers(self, ctx: Ctx, n: int) -> list[Proc]:
-        argv = [sys.executable, "-m", "bench.peers.arq_app", "--redis-url", self.url()]
+    async def workers(self, ctx: Ctx, n: int, redis_url: str | None = None) -> list[Proc]:
+        argv = [sys.executable, "-m", "bench.peers.arq_app", "--redis-url", redis_url or self.url()]
         procs = [ctx.proc("arq-worker", argv, {}) for _ in range(n)]
         for proc in procs:
             await proc.wait_for_log("arq-peer ready", 60)
@@ -191,13 +201,13 @@ class Celery(_RedisBacked):
     def missing(self, pg_url: str) -> str | None:
         return _peers_venv_missing("celery")
 
-    async def workers(self, ctx: Ctx, n: int) -> list[Proc]:
-        # One worker with n prefork children (Celery's way to use n cores).
+    async def workers(self, ctx: Ctx, n: int, redis_url: str | None = None) -> list[Proc]:
+        # One worker with n prefork children (Celery's way to use n cores); broker and backend at redis_url.
         argv = [
             self.python, "-m", "celery", "-A", "bench.peers.celery_app", "worker", "--pool", "prefork",
             "--concurrency", str(n), "--loglevel", "INFO", "--hostname", f"peer-{uuid.uuid4().hex[:6]}@%h",
         ]  # fmt: skip
-        proc = ctx.proc("celery-worker", argv, {"STEPQ_REDIS_URL": self.url()})
+        proc = ctx.proc("celery-worker", argv, {"STEPQ_REDIS_URL": redis_url or self.url()})
         await proc.wait_for_log(" ready.", 60)
         return [proc]
 
@@ -255,7 +265,8 @@ class Dbos(System):
     def db_url(self) -> str:
         return _with_db(self.pg_url, self.db)
 
-    async def workers(self, ctx: Ctx, n: int) -> list[Proc]:
+    async def workers(self, ctx: Ctx, n: int, redis_url: str | None = None) -> list[Proc]:
+        _not_linkable(self, redis_url)
         argv = [self.python, "-m", "bench.peers.dbos_app", "--db", self.db_url(), "--poll", repr(self.poll_s)]
         procs = [ctx.proc(f"{self.name}-worker", argv, {}) for _ in range(n)]
         for proc in procs:
@@ -343,7 +354,8 @@ class Restate(System):
         self.admin, self.ingress = f"http://127.0.0.1:{admin}", f"http://127.0.0.1:{ingress}"
         await _until_ok([f"{self.admin}/health", f"{self.ingress}/restate/health"], self.server, 60)
 
-    async def workers(self, ctx: Ctx, n: int) -> list[Proc]:
+    async def workers(self, ctx: Ctx, n: int, redis_url: str | None = None) -> list[Proc]:
+        _not_linkable(self, redis_url)
         assert self.server is not None
         port = free_port()
         argv = [
