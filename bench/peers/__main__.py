@@ -146,7 +146,9 @@ async def block(
                 continue
             if (w.workers, w.rtt_ms) != config:
                 if store is not None and config == (1, 0.0) and "idle_commands_per_s" not in out:
-                    out["idle_commands_per_s"] = await redis_costs.idle_rate(store, idle_s)
+                    store_url = system.store_url()
+                    assert store_url is not None
+                    out.update(await redis_costs.idle_rate(store_url, idle_s))
                 for proc in workers:
                     proc.stop()
                 if link is not None:
@@ -233,7 +235,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             limit = BLOCK_LIMIT_S / (4 if args.quick else 1)
             error: str | None = None
             try:
-                idle_s = 3.0 if args.quick else 10.0
+                idle_s = 5.0 if args.quick else 12.0
                 values = await asyncio.wait_for(block(system, ctx, marks, plan, r, idle_s), limit)
                 for key, value in values.items():
                     per_round[name].setdefault(key, []).append(value)

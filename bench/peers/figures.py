@@ -54,7 +54,8 @@ COLUMNS: dict[str, tuple[str, str, bool]] = {
     "w4_p50": ("W4 late p50", "ms", False),
     "w4_p99": ("W4 late p99", "ms", False),
     "w2_redis_cpu_ms_per_step": ("W2 Redis CPU/step", "ms", False),
-    "idle_commands_per_s": ("idle Redis cmds/s", "/s", False),
+    "idle_commands_per_s": ("idle cmds sent/s", "/s", False),
+    "idle_redis_calls_per_s": ("idle Redis calls/s (scripts' too)", "/s", False),
     "w5_hop_p50": (f"W5 hop p50 (+{W5_RTT_MS:g} ms RTT)", "ms", False),
     "w5_link_rtt_ms": ("W5 link PING p50", "ms", False),
 }

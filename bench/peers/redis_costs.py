@@ -50,12 +50,20 @@ async def per_step(redis: Redis, before: Reading, steps: int) -> dict[str, float
     return out
 
 
-async def idle_rate(redis: Redis, seconds: float) -> float:
-    """Commands per second Redis processes while nothing is submitted (one idle worker connected)."""
-    before = await read(redis)
-    await asyncio.sleep(seconds)
-    after = await read(redis)
-    return (after.commands - before.commands - _OWN_COMMANDS) / seconds
+async def idle_rate(url: str, seconds: float) -> dict[str, float]:
+    """With one idle worker connected and nothing submitted: the commands per second clients send
+    Redis (``idle_commands_per_s``; each costs a round trip and a dispatch) and the calls per
+    second Redis runs, Lua scripts' own included (``idle_redis_calls_per_s``), counted with
+    MONITOR (our own MONITOR and INFO calls left out)."""
+    tap = CommandTap(url)
+    await tap.start()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await tap.stop()
+    sent = sum(n for (where, _), n in tap.counts.items() if where == "top")
+    total = sum(tap.counts.values())
+    return {"idle_commands_per_s": sent / seconds, "idle_redis_calls_per_s": total / seconds}
 
 
 async def ping_rtt_ms(url: str, samples: int = 200) -> float:
