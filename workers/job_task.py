@@ -30,8 +30,6 @@ log = structlog.get_logger("stepq.worker")
 MAX_HANDOFFS = 50
 #: A job's function: arq's signature, ``(ctx, *args, **kwargs)``.
 JobFunction = Callable[..., Awaitable[Any]]
-#: Called with a job that cannot run at all (its payload is not a job, or names no known function).
-OnPoison = Callable[[ClaimedJob, str], Awaitable[None]]
 
 
 def _deserialize(blob: bytes) -> Any:
@@ -48,7 +46,6 @@ class JobRunner:
         *,
         timeout_s: float,
         ctx: dict[str, Any],
-        on_poison: OnPoison,
         max_handoffs: int = MAX_HANDOFFS,
     ) -> None:
         self.queue = queue
@@ -56,7 +53,6 @@ class JobRunner:
         #: A last resort after the function's own limits: a job past it is ended, and logged.
         self.timeout_s = timeout_s
         self.ctx = ctx
-        self.on_poison = on_poison
         #: A run's job may hand its slot the run's next job this many times in a row; then the next
         #: job goes to the queue like any other, so a long run does not starve queued work.
         self.max_handoffs = max_handoffs
@@ -75,7 +71,7 @@ class JobRunner:
         preload: object = None
         while True:
             self.held.add(job.job_id)
-            ended, again_in_ms, ran = await self._call(job, preload, may_hand_off=handoffs < self.max_handoffs)
+            ended, again_in_ms = await self._call(job, preload, may_hand_off=handoffs < self.max_handoffs)
             if ended is not None:
                 # the Lua call that committed the step ended this job: go on with the next, if handed one
                 self.held.discard(job.job_id)
@@ -85,25 +81,25 @@ class JobRunner:
                 job, preload = ended.next_job, ended.preload
                 handoffs += 1
                 continue
-            if ran:
-                await asyncio.shield(self._end(job.job_id, again_in_ms))
+            await asyncio.shield(self._end(job.job_id, again_in_ms))
             self.held.discard(job.job_id)
             return
 
     async def _call(
         self, job: ClaimedJob, preload: object, *, may_hand_off: bool
-    ) -> tuple[JobEnded | None, int | None, bool]:
-        """Call the job's function: (the job handed over, if any; when to run this job again, None
-        for never; whether it ran at all, False for poison that went to the dead letters)."""
+    ) -> tuple[JobEnded | None, int | None]:
+        """Call the job's function: (the job ended by its write, if it was; else when to run this
+        job again, None for never)."""
         try:
             name, args, kwargs, _, enqueued_ms = deserialize_job_raw(job.payload, deserializer=_deserialize)
         except SerializationError as exc:
-            await self.on_poison(job, f"its payload is not an arq job: {exc}")
-            return None, None, False
+            # as arq: a job nothing can read is dropped, and said so
+            log.error("job.malformed", job_id=job.job_id, error=f"its payload is not an arq job: {exc}")
+            return None, None
         function = self.functions.get(name)
         if function is None:
-            await self.on_poison(job, f"no function {name!r} in this worker")
-            return None, None, False
+            log.error("job.unknown_function", job_id=job.job_id, detail=f"function {name!r} not found; job dropped")
+            return None, None
         ctx = {
             **self.ctx,
             "job_id": job.job_id,
@@ -117,18 +113,18 @@ class JobRunner:
         try:
             result = await asyncio.wait_for(function(ctx, *args, **kwargs), self.timeout_s)
         except Retry as retry:
-            return None, retry.defer_score or 0, True
+            return None, retry.defer_score or 0
         except asyncio.CancelledError:
             # A drain past its grace, or a forced stop: back on the queue, due now, for another worker.
-            return None, 0, True
+            return None, 0
         except TimeoutError:
             log.error("job.timeout", job_id=job.job_id, timeout_s=self.timeout_s)
         except Exception as exc:
             log.error("job.ended_with_error", job_id=job.job_id, error=repr(exc))
         else:
             if isinstance(result, JobEnded):
-                return result, None, True
-        return None, None, True
+                return result, None
+        return None, None
 
     async def _end(self, job_id: str, again_in_ms: int | None) -> None:
         self.lost.discard(job_id)

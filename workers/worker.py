@@ -195,7 +195,7 @@ class StepqWorker:
         #: arq's worker context, which every job's context extends; stepq's writes that end a job
         #: (and hand over the next) need the lease.
         self.ctx: dict[str, Any] = {"redis": pool, "lease_token": self.lease_token, "lease_ms": self.queue.lease_ms}
-        self.runner = JobRunner(self.queue, functions, timeout_s=job_timeout_s, ctx=self.ctx, on_poison=self._poison)
+        self.runner = JobRunner(self.queue, functions, timeout_s=job_timeout_s, ctx=self.ctx)
         self.watchdog = RedisWatchdog(
             pool.connection_pool,
             interval_s=options.redis_check_s,
@@ -218,6 +218,7 @@ class StepqWorker:
         #: As the queue's mover: when its earliest delayed job is due (ms), else None.
         self._wake_at_ms: int | None = None
         self._renew_now = asyncio.Event()
+        self._listen_back = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._chores: set[asyncio.Task[None]] = set()
         self._claim_faults = Faults("claim")
@@ -303,6 +304,7 @@ class StepqWorker:
     def _reconnected(self) -> None:
         """Redis answers again after an outage: claim, renew leases and check the registration now."""
         self._claim_now.set()
+        self._listen_back.set()
         self._renew_now.set()
         if self.registration is not None:
             self.registration.refresh_soon()
@@ -339,11 +341,10 @@ class StepqWorker:
         if self._claim_faults.failing:
             self._claim_faults.succeeded()
         self._wake_at_ms = claim.wake_at_ms if claim.is_mover else None
+        # A full claim may have left due jobs: when this worker has no room, it claims again as a
+        # slot frees; when it has room, the claim left a token on the ready list, which the
+        # longest-waiting idle worker gets (this one too, if it is the only one): load balancing.
         self._backlog = len(claim.jobs) >= free
-        if free > CLAIM_BATCH and len(claim.jobs) == CLAIM_BATCH:
-            # More may be due: the claim left a token for the next idle worker (if any), and this
-            # one claims again once it has started these.
-            self._claim_now.set()
         for job in claim.jobs:
             self._start(job)
         for member, why in claim.poison:
@@ -384,7 +385,10 @@ class StepqWorker:
                 token = await self.queue.wait_ready(self.pool, idle_s)
             except REDIS_TROUBLE as exc:
                 if not await self._repaired(exc):
-                    await asyncio.sleep(faults.failed(exc))
+                    # back off, but not past Redis's return (the watchdog says)
+                    self._listen_back.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._listen_back.wait(), faults.failed(exc))
                 continue
             self.watchdog.answered()
             if faults.failing:
@@ -417,10 +421,6 @@ class StepqWorker:
         if deleted:
             log.error("queue.wake_keys_reset", queue=self.queue.name, keys=deleted, detail="they held the wrong type")
         return bool(deleted)
-
-    async def _poison(self, job: ClaimedJob, why: str) -> None:
-        """A claimed job that cannot run (the runner's verdict): to the dead letters."""
-        await self._dead_letter(job.job_id.encode(), why)
 
     async def _dead_letter(self, member: bytes, reason: str) -> None:
         """Move a poison member aside; if Redis refuses, leave it (it is skipped) and try next claim."""

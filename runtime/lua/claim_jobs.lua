@@ -80,9 +80,7 @@ if #due == 2 * tonumber(ARGV[6]) then
   more = true -- the scan stopped at its limit: there may be more
 end
 if more then
-  if redis.call('LLEN', KEYS[2]) == 0 then
-    redis.call('LPUSH', KEYS[2], '1')
-  end
+  push_token(KEYS[2])
 elseif ARGV[7] == '1' then
   redis.call('DEL', KEYS[2]) -- tokens left would only wake workers for nothing
 end
@@ -97,7 +95,7 @@ local wake_at = tonumber(redis.call('GET', KEYS[4]) or '') or -1
 if holder == token or not holder or (next_due >= 0 and (wake_at < 0 or wake_at > next_due)) then
   redis.call('SET', KEYS[3], token, 'PX', ARGV[5])
   if next_due >= 0 then
-    redis.call('SET', KEYS[4], next_due)
+    redis.call('SET', KEYS[4], next_due, 'PX', ARGV[5]) -- it means nothing once the lease lapsed
   elseif wake_at >= 0 then
     redis.call('DEL', KEYS[4])
   end

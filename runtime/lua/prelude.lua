@@ -2,6 +2,16 @@
 
 local JOB_TTL_MS = 30 * 86400 * 1000
 
+-- Leave one wake-up token on a queue's ready list (see signal_queue); a token nobody took goes
+-- with the list after a minute (workers check their queue more often than that anyway).
+local TOKEN_TTL_MS = 60000
+local function push_token(ready)
+  if redis.call('LLEN', ready) == 0 then
+    redis.call('LPUSH', ready, '1')
+    redis.call('PEXPIRE', ready, TOKEN_TTL_MS)
+  end
+end
+
 -- A pcall's reply, or nil when it was an error.
 local function type_safe(reply)
   if type(reply) == 'table' and reply.err then
@@ -23,9 +33,11 @@ local function signal_queue(queue_key, score, now)
       return
     end
   end
+  -- (a ready key of the wrong type: no token; the workers repair it and their idle check finds the job)
   local ready = key_ready(queue_id)
   if type_safe(redis.pcall('LLEN', ready)) == 0 then
-    redis.pcall('LPUSH', ready, '1')
+    redis.call('LPUSH', ready, '1')
+    redis.call('PEXPIRE', ready, TOKEN_TTL_MS)
   end
 end
 

@@ -26,6 +26,8 @@ ALLOWED_KEYS = {
     "stepq:waitpaths": 8,
     "stepq:events": 1,
     "stepq:runs": 2,
+    # per queue, while its workers run (two queues here): the mover's lease and wake time, a token
+    "{stepq:queue": 6,
 }
 #: Each run keeps its 24-hour idempotency key (about 150 bytes); nothing else may stay.
 IDEMPOTENCY_KEY_BYTES = 200
