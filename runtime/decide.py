@@ -66,18 +66,9 @@ def decide(
     )
 
 
-def finish(run: LoadedRun, status: RunStatus, now_ms: int, *, output: Any = None, error: Any = None) -> Plan:
+def finish(run: LoadedRun, end: Finish, now_ms: int) -> Plan:
     """End ``run`` under this invocation's claim (e.g. its function is not defined here)."""
-    return Plan(
-        run.run_id,
-        run.queue_id,
-        run.fence_field,
-        run.fence,
-        run.position,
-        Finish(status, output, error),
-        now_ms,
-        label=status,
-    )
+    return Plan(run.run_id, run.queue_id, run.fence_field, run.fence, run.position, end, now_ms, label=end.status)
 
 
 def give_up(run_id: str, error: Any, now_ms: int) -> Plan:

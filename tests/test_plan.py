@@ -371,7 +371,7 @@ def test_a_divergence_fails_the_run_with_its_error() -> None:
 def test_an_unknown_function_fails_the_run_under_its_claim() -> None:
     error = {"name": "FunctionNotFound", "message": "x"}
 
-    plan = finish(loaded(), RunStatus.FAILED, NOW.ms, error=error)
+    plan = finish(loaded(), Finish(RunStatus.FAILED, error=error), NOW.ms)
 
     assert plan == Plan(RUN, "app", "fence", "7", 3, Finish(RunStatus.FAILED, error=error), NOW.ms, label="failed")
 

@@ -192,6 +192,22 @@ async def test_a_refused_write_does_not_nudge_a_run_that_something_else_moves_on
     assert await queued_jobs(redis, "t-nudge", run_id) == queued
 
 
+async def test_a_run_of_a_function_this_worker_does_not_define_fails_naming_it(redis: Redis) -> None:
+    store = RunStore(redis)
+    executor = Executor(LocalFunctions({}), store, InProcessInvoker())
+    run_id = "01NUDGE3000000000000000000"
+    await store.create_run(
+        run_id=run_id, fn_slug="t-nudge-gone", app_id="t-nudge", events=[stepq.Event(name="n")], dedupe_key=None
+    )
+    job = JobSpec(run_id, 0)
+
+    await executor.advance({"job_id": job.job_id, "job_try": 1}, job.to_payload())
+
+    view = await get_run(redis, run_id)
+    assert view is not None and view.status == "failed", view
+    assert view.error["name"] == "FunctionNotFound" and "t-nudge-gone" in view.error["message"]
+
+
 # -- item 3: a sleep right after a sleep -----------------------------------------------------------
 
 

@@ -219,8 +219,8 @@ class Executor:
         )
         log.error("function.unknown", run_id=run.run_id, function=run.fn_slug)
         error = {"name": "FunctionNotFound", "message": message, "stack": ""}
-        written = await self.store.apply(finish(run, RunStatus.FAILED, now_ms(), error=error))
-        await self._finished(run, Finish(RunStatus.FAILED, error=error), written)
+        end = Finish(RunStatus.FAILED, error=error)
+        await self._finished(run, end, await self.store.apply(finish(run, end, now_ms())))
 
     async def _applied(self, job: JobSpec, run: LoadedRun, plan: Plan, written: Written) -> str:
         """The after-effects of an applied plan that are not run state (lifecycle events, the
