@@ -34,15 +34,25 @@ def wake_job_id(run_id: str, position: int | str) -> str:
     return f"{run_id}:p{position}:wake"
 
 
+def step_job_id(run_id: str, position: int | str) -> str:
+    """The id of the first attempt's job re-entering a run at ``position`` (``JobSpec(run_id, position)``)."""
+    return f"{run_id}:p{position}:a0"
+
+
 def lua_prelude() -> str:
-    """``wake_job_id(run_id, position)`` in Lua, generated from the Python function."""
+    """``wake_job_id(run_id, position)`` and ``step_job_id(run_id, position)`` in Lua, generated from
+    the Python functions."""
+    return _lua_id_function("wake_job_id", wake_job_id) + _lua_id_function("step_job_id", step_job_id)
+
+
+def _lua_id_function(name: str, build: Any) -> str:
     run_hole, position_hole = "\x00", "\x01"
-    before, _, rest = wake_job_id(run_hole, position_hole).partition(run_hole)
+    before, _, rest = build(run_hole, position_hole).partition(run_hole)
     middle, _, after = rest.partition(position_hole)
     parts = [keys.lua_string(before) if before else "", "run_id", keys.lua_string(middle), "position"]
     parts.append(keys.lua_string(after) if after else "")
     body = " .. ".join(part for part in parts if part)
-    return f"local function wake_job_id(run_id, position) return {body} end\n"
+    return f"local function {name}(run_id, position) return {body} end\n"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,6 +79,8 @@ class JobSpec:
             return f"{self.run_id}:deadline"
         if self.kind is JobKind.INVOKE:
             return f"{self.run_id}:s{self.step_key}:invoke"
+        if self.attempt == 0:
+            return step_job_id(self.run_id, self.position)
         return f"{self.run_id}:p{self.position}:a{self.attempt}"
 
     def to_payload(self) -> dict[str, Any]:
@@ -107,6 +119,22 @@ class JobSpec:
                 "et": now_ms if now_ms is not None else int(time.time() * 1000),
             }
         )
+
+
+def encode_around_position(run_id: str, now_ms: int) -> tuple[bytes, bytes]:
+    """``JobSpec(run_id, position).encode(now_ms)`` without its position: the bytes before and after
+    the msgpack integer, for a script that learns the position itself (prefix + pack(position) +
+    suffix is the job's payload)."""
+    packer = msgpack.Packer()
+    payload = JobSpec(run_id, 0).to_payload()
+    head = {"t": None, "f": ADVANCE}
+    prefix = packer.pack_map_header(5) + b"".join(packer.pack(k) + packer.pack(v) for k, v in head.items())
+    prefix += packer.pack("a") + packer.pack_array_header(1) + packer.pack_map_header(len(payload))
+    prefix += packer.pack("r") + packer.pack(run_id) + packer.pack("p")
+    rest = {k: v for k, v in payload.items() if k not in ("r", "p")}
+    suffix = b"".join(packer.pack(k) + packer.pack(v) for k, v in rest.items())
+    suffix += packer.pack("k") + packer.pack({}) + packer.pack("et") + packer.pack(now_ms)
+    return prefix, suffix
 
 
 def enqueue_keys(job: JobSpec, queue_id: str) -> list[str]:

@@ -35,64 +35,6 @@ class ScriptArgs:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class CommitStepArgs(ScriptArgs):
-    """commit_step.lua: memoize a step's result and enqueue the run's next job."""
-
-    script: ClassVar[str] = "commit_step"
-
-    fence_field: str
-    fence: str
-    key: str
-    value: bytes
-    name: str
-    attempts: int
-    duration_ms: int
-    now_ms: int
-    #: The run's stack length the step was run at (a stale write is refused).
-    position: int
-    #: The next job's arq payload, its score (due time) and time to live.
-    payload: bytes
-    score: int
-    ttl_ms: int
-    #: The default limits (a run's own, when it has others, are in its record).
-    max_state_bytes: int
-    retention_s: int
-    #: The job that ran the step ('' for none), ended here while its lock holds ``lease_token``.
-    job_id: str
-    lease_token: str
-    #: 1: hand the next job to the same worker under a fresh lease of ``lease_ms``.
-    hand_off: int
-    lease_ms: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ScheduleArgs(ScriptArgs):
-    """schedule.lua: park a run until a later job (a retry after backoff, or a sleep's end)."""
-
-    script: ClassVar[str] = "schedule"
-
-    fence_field: str
-    fence: str
-    #: The run's stack length, or -1 for a planned step (which must still be pending).
-    position: int
-    key: str
-    #: The step's name ('' keeps the recorded one).
-    name: str
-    attempts: int
-    error_message: str
-    #: The run's status while parked ('' leaves it).
-    status: str
-    payload: bytes
-    score: int
-    ttl_ms: int
-    #: A sleep's member of the timers zset ('' when the job is not a sleep's wake-up).
-    timer_member: str
-    now_ms: int
-    #: 1 when the step's code ran and failed (counted as an execution).
-    executed: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class ResolveStepArgs(ScriptArgs):
     """resolve_step.lua: memoize the value of a pending step (see resolve_pending in the prelude)."""
 
@@ -139,29 +81,8 @@ class CreateRunArgs(ScriptArgs):
     n_rules: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class FinishRunArgs(ScriptArgs):
-    """finish_run.lua: end a run with its output or error."""
-
-    script: ClassVar[str] = "finish_run"
-
-    run_id: str
-    fence_field: str
-    fence: str
-    status: str
-    #: 'output' or 'error', and its msgpack.
-    result_field: str
-    result_blob: bytes
-    now_ms: int
-    #: The default limits (a run's own, when it has others, are in its record).
-    retention_s: int
-    max_state_bytes: int
-
-
 #: The scripts whose ARGV are named, by script name.
-BY_SCRIPT: dict[str, type[ScriptArgs]] = {
-    args.script: args for args in (CommitStepArgs, ScheduleArgs, ResolveStepArgs, CreateRunArgs, FinishRunArgs)
-}
+BY_SCRIPT: dict[str, type[ScriptArgs]] = {args.script: args for args in (ResolveStepArgs, CreateRunArgs)}
 
 
 _NAMES: dict[type[ScriptArgs], tuple[str, ...]] = {}

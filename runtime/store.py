@@ -1,4 +1,5 @@
-"""Run state on Redis: create, load, commit, schedule, finish. Each write is one atomic Lua script.
+"""Run state on Redis: create, load, apply a plan (runtime/plan.py), resolve, cancel. Each write is one
+atomic Lua script.
 
 A run's truth is its record, its events, its memo (step key -> msgpack wire value) and its stack
 (step keys in completion order). The memo and the stack only ever grow, each entry written once, so
@@ -22,8 +23,9 @@ from . import keys
 from .codec import pack, unpack
 from .jobs import JobKind, JobSpec, enqueue_keys
 from .limits import Limits
-from .run_status import RunStatus
-from .script_args import CommitStepArgs, CreateRunArgs, FinishRunArgs, ResolveStepArgs, ScheduleArgs
+from .plan import Commit, JobLease, Plan
+from .plan_wire import encode
+from .script_args import CreateRunArgs, ResolveStepArgs
 from .scripts import Scripts
 from .waits import Registration
 
@@ -51,19 +53,6 @@ class Outcome(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class JobLease:
-    """The job a worker runs, as a write that may end it sees it."""
-
-    job_id: str
-    #: The worker's lease token (the job's lock holds it while the job is the worker's).
-    token: str
-    lease_ms: int
-    #: The worker can take the run's next job at once (a free slot, not draining, not past its
-    #: fairness cap of consecutive hand-offs).
-    may_hand_off: bool
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class Handoff:
     """The run's next job, handed to the worker whose commit wrote it, under a fresh lease."""
 
@@ -85,23 +74,32 @@ class Written:
     #: Runs this write ended for good: the run itself when a value broke its state limit, and any
     #: parent that an invoked run's result failed the same way. Their ends are to be announced.
     ended: tuple[str, ...] = ()
+    #: When a plan's write was refused as stale or duplicate, what the nudge found: 'nudged' (it
+    #: queued a job re-entering the run), 'queued', 'pending', 'sleeping' or 'done'; else ''.
+    nudged: str = ""
     #: The write also ended the job that made it (the worker must not end it again).
     job_ended: bool = False
     #: ... and handed that worker the run's next job.
     handoff: Handoff | None = None
 
     @classmethod
-    def of(cls, reply: Any, next_payload: bytes = b"") -> Written:
-        outcome = Outcome(reply[0].decode())
-        if len(reply) > 1 and isinstance(reply[1], list):
-            # {outcome, {ended...}, job ended, [next job id, try, fence, force_plan]}
-            ended = tuple(r.decode() for r in reply[1])
-            handoff = None
-            if len(reply) > 3:
-                job_id, job_try, fence, force_plan = reply[3:7]
-                handoff = Handoff(job_id.decode(), next_payload, int(job_try), str(fence), force_plan == b"1")
-            return cls(outcome, ended, job_ended=reply[2] == 1, handoff=handoff)
-        return cls(outcome, tuple(r.decode() for r in reply[1:]))
+    def of(cls, reply: Any) -> Written:
+        return cls(Outcome(reply[0].decode()), tuple(r.decode() for r in reply[1:]))
+
+    @classmethod
+    def of_plan(cls, reply: Any, next_payload: bytes = b"") -> Written:
+        """apply_plan.lua's reply: outcome, nudge, ended runs, job ended, and the job handed over."""
+        handoff = None
+        if len(reply) > 4:
+            job_id, job_try, fence, force_plan = reply[4:8]
+            handoff = Handoff(job_id.decode(), next_payload, int(job_try), str(fence), force_plan == b"1")
+        return cls(
+            Outcome(reply[0].decode()),
+            tuple(r.decode() for r in reply[2]),
+            reply[1].decode(),
+            job_ended=reply[3] == 1,
+            handoff=handoff,
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -168,19 +166,6 @@ class RunCache:
 class LoadRefused:
     outcome: Outcome
     detail: str = ""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PendingStep:
-    """One step of a fan-out: the job that will resolve it (if any, due at ``due_ms``), its wait (if
-    any), and a job to run at once (``start``: an invoke's, which creates the child run)."""
-
-    key: str
-    name: str
-    job: JobSpec | None = None
-    due_ms: int = 0
-    wait: Registration | None = None
-    start: JobSpec | None = None
 
 
 class RunStore:
@@ -327,135 +312,15 @@ class RunStore:
         events = [Event(**e) for e in unpack(events_blob)] if events_blob else []
         return CachedRun(events, memo, stack)
 
-    async def commit_step(
-        self,
-        run: LoadedRun,
-        *,
-        key: str,
-        value: Any,
-        name: str,
-        attempts: int,
-        duration_ms: int,
-        lease: JobLease | None = None,
-    ) -> Written:
-        """Memoize ``value`` for step ``key`` and enqueue the job for the next position.
+    async def apply(self, plan: Plan, lease: JobLease | None = None) -> Written:
+        """Apply one invocation's plan of writes atomically (runtime/lua/apply_plan.lua).
 
-        ``lease``: the job that ran the step, ended by the same call (and, if it may, handed the
-        next job: ``Written.handoff``)."""
-        at = now_ms()
-        nxt = JobSpec(run.run_id, run.position + 1)
-        payload = nxt.encode(at)
-        reply = await self.scripts.call(
-            "commit_step",
-            [
-                keys.run(run.run_id),
-                keys.memo(run.run_id),
-                keys.stack(run.run_id),
-                keys.steps(run.run_id),
-                *enqueue_keys(nxt, run.queue_id),
-            ],
-            CommitStepArgs(
-                fence_field=run.fence_field,
-                fence=run.fence,
-                key=key,
-                value=pack(value),
-                name=name,
-                attempts=attempts,
-                duration_ms=duration_ms,
-                now_ms=at,
-                position=run.position,
-                payload=payload,
-                score=at,
-                ttl_ms=self.limits.job_grace_ms,
-                max_state_bytes=DEFAULT_LIMITS.max_state_bytes,
-                retention_s=DEFAULT_LIMITS.retention_s,
-                job_id=lease.job_id if lease else "",
-                lease_token=lease.token if lease else "",
-                hand_off=int(lease is not None and lease.may_hand_off),
-                lease_ms=lease.lease_ms if lease else 0,
-            ).argv(),
-        )
-        return Written.of(reply, payload)
-
-    async def schedule(
-        self,
-        run: LoadedRun,
-        job: JobSpec,
-        *,
-        due_ms: int,
-        status: RunStatus | None,
-        key: str = "",
-        name: str = "",
-        attempts: int = 0,
-        error_message: str = "",
-        executed: bool = False,
-    ) -> Outcome:
-        """Park the run until ``job`` runs at ``due_ms`` (a retry after backoff, or a sleep's end).
-
-        ``status``: the run's while parked (None leaves it); ``key``: the step the retry is for (a
-        planned step's job must name it); ``executed``: the step's code ran and failed (counted as
-        an execution)."""
-        at = now_ms()
-        member = timer_member(job, run.queue_id) if job.kind is JobKind.WAKE else ""
-        reply = await self.scripts.call(
-            "schedule",
-            [
-                keys.run(run.run_id),
-                keys.stack(run.run_id),
-                keys.steps(run.run_id),
-                *enqueue_keys(job, run.queue_id),
-                keys.TIMERS,
-                keys.jobs(run.run_id),
-                keys.pending(run.run_id),
-            ],
-            ScheduleArgs(
-                fence_field=run.fence_field,
-                fence=run.fence,
-                position=-1 if job.kind is JobKind.PLANNED else run.position,
-                key=key,
-                name=name,
-                attempts=attempts,
-                error_message=error_message[:2000],
-                status=status or "",
-                payload=job.encode(at),
-                score=due_ms,
-                ttl_ms=max(0, due_ms - at) + self.limits.job_grace_ms,
-                timer_member=member,
-                now_ms=at,
-                executed=int(executed),
-            ).argv(),
-        )
-        return Outcome(reply.decode())
-
-    async def finish(
-        self,
-        run_id: str,
-        fence: str,
-        *,
-        status: RunStatus,
-        output: Any = None,
-        error: Any = None,
-        fence_field: str = FENCE,
-    ) -> Written:
-        """End the run as ``completed`` (with ``output``) or ``failed``/``cancelled`` (with ``error``)."""
-        field, blob = ("output", pack(output)) if status is RunStatus.COMPLETED else ("error", pack(error))
-        limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
-        reply = await self.scripts.call(
-            "finish_run",
-            [keys.run(run_id)],
-            FinishRunArgs(
-                run_id=run_id,
-                fence_field=fence_field,
-                fence=fence,
-                status=status,
-                result_field=field,
-                result_blob=blob,
-                now_ms=now_ms(),
-                retention_s=limits.retention_s,
-                max_state_bytes=limits.max_state_bytes,
-            ).argv(),
-        )
-        return Written.of(reply)
+        ``lease``: the job applying it, ended by the same call unless the write is fenced off (and,
+        if it may, handed the run's next job: ``Written.handoff``)."""
+        plan_keys, blob = encode(plan, defaults=DEFAULT_LIMITS, grace_ms=self.limits.job_grace_ms, lease=lease)
+        reply = await self.scripts.call("apply_plan", plan_keys, [blob])
+        write = plan.write
+        return Written.of_plan(reply, write.next_job.encode(plan.now_ms) if isinstance(write, Commit) else b"")
 
     async def step_names(self, run_id: str, step_keys: Sequence[str]) -> dict[str, str]:
         """The user-facing ids of the given steps, for error messages."""
@@ -465,51 +330,6 @@ class RunStore:
             keys.steps(run_id), [f"{k}:name" for k in step_keys]
         )
         return {k: n.decode() for k, n in zip(step_keys, names, strict=True) if n is not None}
-
-    async def fan_out(
-        self, run: LoadedRun, steps: Sequence[PendingStep], *, join: JobSpec, status: RunStatus
-    ) -> Outcome:
-        """Record steps reported together and enqueue their jobs; ``join`` runs once all are resolved."""
-        at = now_ms()
-        args: list[Any] = [
-            run.fence_field,
-            run.fence,
-            run.position,
-            join.job_id,
-            join.encode(at),
-            at,
-            status,
-            len(steps),
-        ]
-        wait_keys: list[str] = []
-        for step in steps:
-            job, wait, start = step.job, step.wait, step.start
-            args += [
-                step.key,
-                step.name,
-                job.job_id if job else "",
-                job.encode(at) if job else "",
-                step.due_ms or at,
-                start.job_id if start else "",
-                start.encode(at) if start else "",
-                1 if wait else 0,
-                *(wait.args() if wait else []),
-            ]
-            wait_keys += wait.key_names() if wait else []
-        reply = await self.scripts.call(
-            "fan_out",
-            [
-                keys.run(run.run_id),
-                keys.stack(run.run_id),
-                keys.pending(run.run_id),
-                keys.steps(run.run_id),
-                keys.jobs(run.run_id),
-                keys.queue(run.queue_id),
-                *wait_keys,
-            ],
-            args,
-        )
-        return Outcome(reply.decode())
 
     async def resolve(
         self,
@@ -546,25 +366,13 @@ class RunStore:
         )
         return Written.of(reply)
 
-    async def nudge(self, run: LoadedRun, job: JobSpec) -> str:
-        """Make sure a run that refused ``job``'s write is still moving (see nudge_run.lua)."""
-        position = await self.redis.llen(keys.stack(run.run_id))  # type: ignore[misc]
-        nxt = JobSpec(run.run_id, position)
-        at = now_ms()
-        reply = await self.scripts.call(
-            "nudge_run",
-            [keys.run(run.run_id), keys.stack(run.run_id), keys.pending(run.run_id), *enqueue_keys(nxt, run.queue_id)],
-            [position, nxt.encode(at), at, self.limits.job_grace_ms, job.job_id],
-        )
-        return str(reply.decode())
-
     async def enqueue_for_run(self, run_id: str, queue_id: str, job: JobSpec, due_ms: int) -> None:
         """Enqueue a delayed job of the run; it is dropped if the run ends first."""
         at = now_ms()
         await self.scripts.call(
             "enqueue_job",
             [*enqueue_keys(job, queue_id), keys.jobs(run_id)],
-            [job.encode(at), due_ms, max(0, due_ms - at) + self.limits.job_grace_ms, at],
+            [job.encode(at), due_ms, max(0, due_ms - at) + self.limits.job_grace_ms],
         )
 
     async def cancel(self, run_id: str, reason: str) -> Written:
@@ -588,11 +396,3 @@ class RunStore:
             [run_id, now_ms(), limits.retention_s, pack(error), limits.max_state_bytes],
         )
         return Written.of(reply)
-
-
-def timer_member(job: JobSpec, queue_id: str) -> str:
-    """The timers-zset member of a sleep's wake job: ``queue|run|position``.
-
-    Kept under 64 bytes so that the run's record stays a compact listpack hash in Redis; the step key
-    that completes the wake job is the run's ``sleep_key`` field."""
-    return f"{queue_id}|{job.run_id}|{job.position}"

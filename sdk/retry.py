@@ -72,9 +72,14 @@ class Backoff:
 
     def delay(self, failures: int) -> dt.timedelta:
         """The wait after the ``failures``-th failed attempt (1 for the first failure)."""
+        return self.delay_drawn(failures, random.random())
+
+    def delay_drawn(self, failures: int, draw: float) -> dt.timedelta:
+        """``delay`` with its jitter drawn by the caller (``draw`` in [0, 1)), so that code deciding a
+        retry stays a pure function of its inputs."""
         base = self.initial.total_seconds() * self.factor ** max(0, failures - 1)
         base = min(base, self.maximum.total_seconds())
-        return dt.timedelta(seconds=base * (1 - self.jitter * random.random()))
+        return dt.timedelta(seconds=base * (1 - self.jitter * draw))
 
 
 def _wire_duration(value: Any, what: str) -> dt.timedelta | str:

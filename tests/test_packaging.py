@@ -142,7 +142,7 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     # files that are not Python: the Lua scripts and the typing marker
     assert "stepq/py.typed" in names
     assert "stepq/runtime/lua/prelude.lua" in names
-    assert "stepq/runtime/lua/commit_step.lua" in names
+    assert "stepq/runtime/lua/apply_plan.lua" in names
 
 
 def test_the_wheel_installs_nothing_but_stepq(wheel: Path, wheel_venv: Path) -> None:

@@ -15,6 +15,7 @@ The same answers from apps served over HTTP are in ``test_served_answers.py``.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -24,14 +25,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from redis.asyncio import Redis
 
 import stepq
+from stepq.engine import StepsReported
+from stepq.opcodes import Op, Opcode
+from stepq.retry import Backoff
 from stepq.runtime import keys
-from stepq.runtime.jobs import JobSpec
+from stepq.runtime.decide import decide
+from stepq.runtime.jobs import JobKind, JobSpec
+from stepq.runtime.plan import Now, Policy
 from stepq.runtime.queries import get_run
-from stepq.runtime.store import RunStore, now_ms
+from stepq.runtime.store import LoadedRun, Outcome, RunStore, now_ms
 from stepq.workers.executor import Executor
 from stepq.workers.invoker import InProcessInvoker
 from stepq.workers.remote import LocalFunctions
@@ -119,6 +126,86 @@ async def test_a_commit_refused_as_stale_leaves_the_run_with_a_job(redis: Redis)
     assert queued == [first_job.job_id, JobSpec(run_id, 1).job_id], queued
     view = await get_run(redis, run_id)
     assert view is not None and view.status == "running"
+
+
+async def test_a_refused_write_is_nudged_in_the_same_script_and_the_nudged_job_moves_the_run(redis: Redis) -> None:
+    """RunStore.apply: a commit refused as stale queues, in the same script, the job that re-enters
+    the run where it now stands; a refusal that leaves the run in other hands (fenced) queues none."""
+    store = RunStore(redis)
+    run_id = "01NUDGE1000000000000000000"
+    await store.create_run(
+        run_id=run_id, fn_slug="t-nudge-one", app_id="t-nudge", events=[stepq.Event(name="n")], dedupe_key=None
+    )
+    job = JobSpec(run_id, 0)
+    run = await store.load(job)
+    assert isinstance(run, LoadedRun)
+    # A writer the job did not expect moves the run on while the step "runs".
+    await redis.rpush(keys.stack(run_id), "intruder")  # type: ignore[misc]
+    await redis.hset(keys.memo(run_id), "intruder", b"\xc0")  # type: ignore[misc,arg-type]
+    answer = StepsReported([Opcode(Op.STEP_RUN, "k1", "one", data=1)])
+    now = Now(now_ms(), dt.datetime.now(dt.UTC))
+
+    written = await store.apply(decide(job, run, Policy(1, Backoff()), answer, now))
+
+    assert (written.outcome, written.nudged) == (Outcome.STALE, "nudged")
+    nudge = JobSpec(run_id, 1)
+    assert await redis.hget(keys.run(run_id), "next_job") == nudge.job_id.encode()  # type: ignore[misc]
+    assert await queued_jobs(redis, "t-nudge", run_id) == [job.job_id, nudge.job_id]
+    payload = msgpack.unpackb(await redis.get(keys.job(nudge.job_id)))
+    assert JobSpec.from_payload(payload["a"][0]) == nudge and payload["f"] == "stepq.advance"
+    # the nudged job's load finds the run where it stands
+    again = await store.load(nudge)
+    assert isinstance(again, LoadedRun) and again.position == 1 and again.stack == ("intruder",)
+
+    # The first job's write is now fenced (the nudged job's load holds the run): no nudge.
+    written = await store.apply(decide(job, run, Policy(1, Backoff()), answer, now))
+
+    assert (written.outcome, written.nudged) == (Outcome.FENCED, "")
+    assert await queued_jobs(redis, "t-nudge", run_id) == [job.job_id, nudge.job_id]
+
+
+async def test_a_refused_write_does_not_nudge_a_run_that_something_else_moves_on(redis: Redis) -> None:
+    """A planned step's result refused as duplicate while the run has other steps pending: their jobs
+    move it on, so the nudge queues nothing."""
+    store = RunStore(redis)
+    run_id = "01NUDGE2000000000000000000"
+    await store.create_run(
+        run_id=run_id, fn_slug="t-nudge-two", app_id="t-nudge", events=[stepq.Event(name="n")], dedupe_key=None
+    )
+    first = JobSpec(run_id, 0)
+    run = await store.load(first)
+    assert isinstance(run, LoadedRun)
+    now = Now(now_ms(), dt.datetime.now(dt.UTC))
+    fan_out = StepsReported([Opcode(Op.STEP_PLANNED, "a", "a"), Opcode(Op.STEP_PLANNED, "b", "b")])
+    assert (await store.apply(decide(first, run, Policy(1, Backoff()), fan_out, now))).outcome is Outcome.OK
+    step_a = JobSpec(run_id, 0, kind=JobKind.PLANNED, step_key="a")
+    planned = await store.load(step_a)
+    assert isinstance(planned, LoadedRun)
+    result = StepsReported([Opcode(Op.STEP_RUN, "a", "a", data=1)])
+    plan = decide(step_a, planned, Policy(1, Backoff()), result, now)
+    assert (await store.apply(plan)).outcome is Outcome.OK
+    queued = await queued_jobs(redis, "t-nudge", run_id)
+
+    written = await store.apply(plan)  # the same result again (a second delivery)
+
+    assert written.outcome in (Outcome.STALE, Outcome.DUPLICATE) and written.nudged == "pending"
+    assert await queued_jobs(redis, "t-nudge", run_id) == queued
+
+
+async def test_a_run_of_a_function_this_worker_does_not_define_fails_naming_it(redis: Redis) -> None:
+    store = RunStore(redis)
+    executor = Executor(LocalFunctions({}), store, InProcessInvoker())
+    run_id = "01NUDGE3000000000000000000"
+    await store.create_run(
+        run_id=run_id, fn_slug="t-nudge-gone", app_id="t-nudge", events=[stepq.Event(name="n")], dedupe_key=None
+    )
+    job = JobSpec(run_id, 0)
+
+    await executor.advance({"job_id": job.job_id, "job_try": 1}, job.to_payload())
+
+    view = await get_run(redis, run_id)
+    assert view is not None and view.status == "failed", view
+    assert view.error["name"] == "FunctionNotFound" and "t-nudge-gone" in view.error["message"]
 
 
 # -- item 3: a sleep right after a sleep -----------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import msgpack
 import pytest
 from redis.asyncio import Redis
 
@@ -52,6 +53,15 @@ async def test_fixed_keys_statuses_and_wake_job_ids_match(redis: Redis) -> None:
     assert [g.decode() for g in got] == [s.value for s in statuses]
     assert (await _lua(redis, "return wake_job_id(ARGV[1], ARGV[2])", "r1", 7)).decode() == jobs.wake_job_id("r1", 7)
     assert jobs.wake_job_id("r1", 7) == jobs.JobSpec("r1", 7, kind=jobs.JobKind.WAKE).job_id
+    assert (await _lua(redis, "return step_job_id(ARGV[1], ARGV[2])", "r1", 7)).decode() == jobs.step_job_id("r1", 7)
+    assert jobs.step_job_id("r1", 7) == jobs.JobSpec("r1", 7).job_id
+
+
+def test_a_job_payload_split_around_its_position_rebuilds_the_job() -> None:
+    prefix, suffix = jobs.encode_around_position("r1", 1_700_000_000_000)
+    for position in (0, 1, 127, 128, 70_000, 2**33):
+        payload = prefix + msgpack.packb(position) + suffix
+        assert payload == jobs.JobSpec("r1", position).encode(1_700_000_000_000)
 
 
 @pytest.mark.parametrize("script", sorted(BY_SCRIPT))

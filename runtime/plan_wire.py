@@ -1,0 +1,122 @@
+"""A ``Plan`` as apply_plan.lua takes it: the KEYS it touches and one msgpack ARGV.
+
+The blob is ``[head, kind, body]`` (arrays, not maps: it is sent on every step). ``head`` is what
+every write needs (the run, its claim, the time, the defaults, the nudge); ``body`` the write's own
+fields, in the order the script's function for ``kind`` reads them; the head ends with the job
+applying the plan (``JobLease``), which the script ends and may hand the run's next job. The KEYS
+are the run's eight, then the write's own in the order the script consumes them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from . import keys
+from .codec import pack
+from .jobs import JobKind, JobSpec, encode_around_position, enqueue_keys
+from .limits import Limits
+from .plan import Commit, FanOut, Finish, JobLease, Plan, Resolve, Retry, Sleep
+from .run_status import RunStatus
+
+
+def timer_member(job: JobSpec, queue_id: str) -> str:
+    """The timers-zset member of a sleep's wake job: ``queue|run|position``.
+
+    Kept under 64 bytes so that the run's record stays a compact listpack hash in Redis; the step key
+    that completes the wake job is the run's ``sleep_key`` field."""
+    return f"{queue_id}|{job.run_id}|{job.position}"
+
+
+def encode(plan: Plan, *, defaults: Limits, grace_ms: int, lease: JobLease | None = None) -> tuple[list[str], bytes]:
+    """(KEYS, ARGV[1]) of apply_plan.lua for ``plan``.
+
+    ``defaults``: the limits a run without its own lives within; ``grace_ms``: how long a queued
+    job's key lives past its due time; ``lease``: the job applying the plan, ended by the same call
+    (and handed the run's next job, if it may)."""
+    run_id, at = plan.run_id, plan.now_ms
+    prefix, suffix = encode_around_position(run_id, at) if plan.nudge else (b"", b"")
+    head = [
+        run_id,
+        plan.fence_field,
+        plan.fence,
+        plan.position,
+        at,
+        grace_ms,
+        defaults.max_state_bytes,
+        defaults.retention_s,
+        plan.nudge,
+        prefix,
+        suffix,
+        lease.job_id if lease else "",
+        lease.token if lease else "",
+        int(lease is not None and lease.may_hand_off),
+        lease.lease_ms if lease else 0,
+    ]
+    run_keys = [
+        keys.run(run_id),
+        keys.memo(run_id),
+        keys.stack(run_id),
+        keys.steps(run_id),
+        keys.pending(run_id),
+        keys.jobs(run_id),
+        keys.TIMERS,
+        keys.queue(plan.queue_id),
+    ]
+    kind, body, more_keys = _write(plan)
+    # Redis's cmsgpack knows no bin type: bytes travel as msgpack's old raw strings.
+    return run_keys + more_keys, msgpack.packb([head, kind, body], use_bin_type=False)
+
+
+def _write(plan: Plan) -> tuple[str, list[Any], list[str]]:
+    """The write's kind, body and own KEYS."""
+    write, at, queue = plan.write, plan.now_ms, plan.queue_id
+    if isinstance(write, Commit):
+        nxt = write.next_job
+        body = [write.key, write.name, pack(write.value), write.attempts, write.duration_ms, nxt.encode(at)]
+        return "commit", body, _job_keys(nxt)
+    if isinstance(write, Resolve):
+        return "resolve", [write.key, write.name, pack(write.value), write.attempts, write.duration_ms], []
+    if isinstance(write, Retry):
+        job = write.job
+        planned = int(job.kind is JobKind.PLANNED)
+        body = [write.key, write.name, write.attempts, write.error, int(write.executed), planned, job.encode(at)]
+        return "retry", [*body, write.due_ms], _job_keys(job)
+    if isinstance(write, Sleep):
+        body = [write.key, write.name, write.wake.encode(at), write.due_ms, timer_member(write.wake, queue)]
+        return "sleep", body, _job_keys(write.wake)
+    if isinstance(write, FanOut):
+        return _fan_out(write, at)
+    assert isinstance(write, Finish)
+    field, blob = (
+        ("output", pack(write.output)) if write.status is RunStatus.COMPLETED else ("error", pack(write.error))
+    )
+    return "finish", [write.status.value, field, blob], []
+
+
+def _fan_out(write: FanOut, at: int) -> tuple[str, list[Any], list[str]]:
+    steps: list[list[Any]] = []
+    step_keys: list[str] = []
+    for step in write.steps:
+        job, start, wait = step.job, step.start, step.wait
+        steps.append(
+            [
+                step.key,
+                step.name,
+                job.encode(at) if job else "",
+                step.due_ms or at,
+                start.encode(at) if start else "",
+                wait.args() if wait else 0,
+            ]
+        )
+        step_keys += _job_keys(job) if job else []
+        step_keys += _job_keys(start) if start else []
+        step_keys += wait.key_names() if wait else []
+    body = [write.join.job_id, write.join.encode(at), write.status.value, int(write.force_plan), steps]
+    return "fan_out", body, step_keys
+
+
+def _job_keys(job: JobSpec) -> list[str]:
+    """A job's (job, result) keys: the first two of ``enqueue_keys`` (the queue is the run's)."""
+    return enqueue_keys(job, "")[:2]
