@@ -36,13 +36,15 @@ local function grown(value)
   return size, limits, size <= limits.max_state
 end
 
--- A step's result at the run's position: memoize it (first writer wins), queue the next job.
+-- A step's result at the run's position: memoize it (first writer wins); its next job is queued
+-- at the end (it may go straight to the caller). One read of the run's record serves every check.
 local function commit(b)
-  local key, name, value, attempts, ms, payload = b[1], b[2], b[3], b[4], b[5], b[6]
-  count_execution(RUN, STEPS, key)
-  local why = refuse(RUN, fence_field, fence)
+  local key, name, value, attempts, ms = b[1], b[2], b[3], b[4], b[5]
+  local run = redis.call('HMGET', RUN, 'status', fence_field, 'lim', 'state_bytes', 'force_plan')
+  counted(RUN, STEPS, key, run[1])
+  local why = refusal(run[1], run[2], fence)
   local cancelled = false
-  if why == 'done' and redis.call('HGET', RUN, 'status') == STATUS_CANCELLED then
+  if why == 'done' and run[1] == STATUS_CANCELLED then
     -- a step that was running when its run was cancelled: record its result, run nothing after it
     cancelled = true
   elseif why then
@@ -54,8 +56,9 @@ local function commit(b)
   if redis.call('HEXISTS', MEMO, key) == 1 then
     return 'duplicate'
   end
-  local size, limits, fits = grown(value)
-  if not fits then
+  local limits = limits_in(run[3], defaults)
+  local size = tonumber(run[4] or '0') + string.len(value)
+  if size > limits.max_state then
     if cancelled then
       return 'cancelled'
     end
@@ -63,18 +66,16 @@ local function commit(b)
   end
   redis.call('HSET', MEMO, key, value)
   redis.call('RPUSH', STACK, key)
-  redis.call('HSET', RUN, 'state_bytes', size)
   redis.call('HSET', STEPS, key .. ':name', name, key .. ':attempts', attempts, key .. ':ms', ms, key .. ':at', now)
   if cancelled then
+    redis.call('HSET', RUN, 'state_bytes', size)
     for _, k in ipairs({MEMO, STACK, STEPS}) do
       redis.call('EXPIRE', k, redis.call('TTL', RUN))
     end
     return 'cancelled'
   end
-  if put_job(KEYS[9], KEYS[10], QUEUE, payload, now, grace) == 1 then
-    NEXT_JOB = job_id_of(KEYS[9]) -- its worker is woken (or it is handed over) at the end
-  end
-  redis.call('HSET', RUN, 'next_job', job_id_of(KEYS[9]))
+  redis.call('HSET', RUN, 'state_bytes', size, 'next_job', job_id_of(KEYS[9]))
+  NEXT_JOB = {payload = b[6], force_plan = run[5] or '0', fence = tonumber(run[2])}
   return 'ok'
 end
 
@@ -247,11 +248,16 @@ if job_id ~= '' and outcome ~= 'fenced' and end_job(QUEUE, job_id, token) then
   job_ended = 1
 end
 if NEXT_JOB and outcome == 'ok' then
-  if job_ended == 1 and hand_off == 1 then
-    local try = take_job(QUEUE, NEXT_JOB, token, lease_ms, now)
-    local next_fence = redis.call('HINCRBY', RUN, 'fence', 1)
-    return {outcome, nudged, ENDED, job_ended, NEXT_JOB, try, next_fence, redis.call('HGET', RUN, 'force_plan') or '0'}
+  local next_id = job_id_of(KEYS[9])
+  if job_ended == 1 and hand_off == 1 and fence_field == 'fence' and NEXT_JOB.fence then
+    if take_new_job(KEYS[9], KEYS[10], QUEUE, NEXT_JOB.payload, grace, token, lease_ms, now) then
+      -- the next invocation's claim, as its load would have taken it (a commit's fence is 'fence')
+      local next_fence = NEXT_JOB.fence + 1
+      redis.call('HSET', RUN, 'fence', next_fence)
+      return {outcome, nudged, ENDED, job_ended, next_id, 1, next_fence, NEXT_JOB.force_plan}
+    end
+  else
+    enqueue(KEYS[9], KEYS[10], QUEUE, NEXT_JOB.payload, now, grace, now)
   end
-  signal_queue(QUEUE, now, now)
 end
 return {outcome, nudged, ENDED, job_ended}

@@ -73,30 +73,40 @@ local function end_job(queue_key, job_id, token)
   return true
 end
 
--- Claim a job just written for the caller, as claim_jobs.lua would (lock, try counted, score at
--- the lease's end): it stays queued, so a crash of the caller hands it to another worker.
--- Returns its try.
-local function take_job(queue_key, job_id, token, lease_ms, now)
-  redis.call('SET', key_in_progress(job_id), token, 'PX', lease_ms)
-  local try = redis.call('INCR', key_retry(job_id))
-  redis.call('PEXPIRE', key_retry(job_id), JOB_TTL_MS)
+-- Write a job (as put_job) already claimed by the caller, as claim_jobs.lua would claim it: its
+-- lock holds the caller's token, its first try is counted, its score is the lease's end. It is on
+-- the queue, so a crash of the caller hands it to another worker. False when the job existed.
+local function take_new_job(job_key, result_key, queue_key, payload, ttl_ms, token, lease_ms, now)
+  if redis.call('EXISTS', job_key, result_key) > 0 then
+    return false
+  end
+  local job_id = job_id_of(job_key)
+  redis.call('SET', job_key, payload, 'PX', ttl_ms)
   redis.call('ZADD', queue_key, now + tonumber(lease_ms), job_id)
-  return try
+  redis.call('SET', key_in_progress(job_id), token, 'PX', lease_ms)
+  redis.call('SET', key_retry(job_id), 1, 'PX', JOB_TTL_MS)
+  return true
 end
 
--- nil when the run may move on; otherwise why not.
-local function refuse(run_key, fence_field, fence)
-  local got = redis.call('HMGET', run_key, 'status', fence_field)
-  if not got[1] then
+-- nil when a run of ``status`` whose fence field holds ``current`` may move on for the holder of
+-- ``fence`` ('' : unfenced); otherwise why not.
+local function refusal(status, current, fence)
+  if not status then
     return 'missing'
   end
-  if TERMINAL[got[1]] then
+  if TERMINAL[status] then
     return 'done'
   end
-  if fence ~= '' and got[2] ~= fence then
+  if fence ~= '' and current ~= fence then
     return 'fenced'
   end
   return nil
+end
+
+-- refusal, reading the run's record.
+local function refuse(run_key, fence_field, fence)
+  local got = redis.call('HMGET', run_key, 'status', fence_field)
+  return refusal(got[1], got[2], fence)
 end
 
 -- The default limits, as the calling script received them in its ARGV.
@@ -106,8 +116,7 @@ end
 
 -- The limits a run lives within: its function's, kept in its record ('lim') when they are not the
 -- defaults, else ``defaults``.
-local function run_limits(run_key, defaults)
-  local lim = redis.call('HGET', run_key, 'lim')
+local function limits_in(lim, defaults)
   if lim then
     local max_state, retention = string.match(lim, '^(%d+),(%d+)$')
     if max_state then
@@ -115,6 +124,11 @@ local function run_limits(run_key, defaults)
     end
   end
   return defaults
+end
+
+-- limits_in, reading the run's record.
+local function run_limits(run_key, defaults)
+  return limits_in(redis.call('HGET', run_key, 'lim'), defaults)
 end
 
 -- A wait (or cancellation rule) is a record in the event name's hash plus a member of one lookup set
@@ -204,16 +218,24 @@ local ENDED = {}
 local notify_parent -- defined below; fail_run and resolve_pending call each other through it
 
 -- Count one execution of a step's code (a step that ran, whether or not its result is committed),
--- apart from its retry attempts, so that duplicate executions show. An ended run's steps hash is
--- expiring; a run without one yet gets one (the run's own expiry covers it when it ends).
-local function count_execution(run_key, steps_key, key)
-  if redis.call('EXISTS', run_key) == 1 then
+-- apart from its retry attempts, so that duplicate executions show, in a run of ``status`` (nil: no
+-- such run, nothing counted). An ended run's steps hash expires with the run; a live run's has no
+-- expiry (the run's end gives it one).
+local function counted(run_key, steps_key, key, status)
+  if status then
     redis.call('HINCRBY', steps_key, key .. ':execs', 1)
-    local ttl = redis.call('TTL', run_key)
-    if ttl > 0 then
-      redis.call('EXPIRE', steps_key, ttl)
+    if TERMINAL[status] then
+      local ttl = redis.call('TTL', run_key)
+      if ttl > 0 then
+        redis.call('EXPIRE', steps_key, ttl)
+      end
     end
   end
+end
+
+-- counted, reading the run's status.
+local function count_execution(run_key, steps_key, key)
+  counted(run_key, steps_key, key, redis.call('HGET', run_key, 'status'))
 end
 
 -- msgpack of the error a run fails with when a write would take it past one of its limits.
