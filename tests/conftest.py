@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime.connection import connect
+from stepq.workers.embedded import EmbeddedRedis, free_port
 from tests.helpers import REDIS_URL, StartWorkers, WorkerProcess
 
 
@@ -70,3 +71,15 @@ def start_workers(redis: Redis, tmp_path: Path) -> Iterator[StartWorkers]:
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[EmbeddedRedis]:
+    """A redis-server of the test's own (no persistence), for tests that reconfigure, restart or
+    count what reaches it."""
+    server = EmbeddedRedis(port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -383,9 +383,7 @@ def test_the_engine_imports_no_redis_or_arq(tmp_path: Path) -> None:
         " if m.split('.')[0] in ('redis', 'arq') or m.startswith(('stepq.runtime', 'stepq.workers'))))"
     )
     # Not from the repository's root, whose sdk/ and runtime/ folders would import as `sdk`, `runtime`.
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 

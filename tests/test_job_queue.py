@@ -14,17 +14,15 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime import keys
 from stepq.runtime.connection import connect
 from stepq.runtime.queries import get_run
-from stepq.workers.embedded import EmbeddedRedis, free_port
+from stepq.workers.embedded import EmbeddedRedis
 from tests.helpers import (
     StartWorkers,
     WorkerOn,
@@ -34,16 +32,6 @@ from tests.helpers import (
 )
 
 APP = "t-queue"
-
-
-@pytest.fixture
-def private_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(port=free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def commands_sent(port: int, seconds: float) -> list[str]:

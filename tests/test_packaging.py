@@ -39,7 +39,7 @@ def shout(text: str) -> str:
 GREETING = "hello from the app's runtime"
 ''',
     "workers/__init__.py": "",
-    "workers/tasks.py": '''
+    "workers/tasks.py": """
 import stepq as inngest
 from runtime import GREETING
 from sdk import shout
@@ -52,8 +52,8 @@ async def greet(ctx: inngest.Context) -> dict[str, str]:
     who = ctx.event.data["who"]
     text = await ctx.step.run("greet", lambda: shout(f"{GREETING}, {who}"))
     return {"text": text, "stepq": inngest.__file__}
-''',
-    "send.py": '''
+""",
+    "send.py": """
 import asyncio
 import json
 import sys
@@ -71,7 +71,7 @@ async def main() -> list[str]:
 
 
 print(json.dumps({"ids": asyncio.run(main()), "stepq": inngest.__file__, "runtime": runtime.__file__}))
-''',
+""",
 }
 
 # What a build must not pick up from the working tree (in-place builds would also leave build/

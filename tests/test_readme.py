@@ -101,8 +101,16 @@ def test_every_readme_block_passes_a_users_mypy_strict(tmp_path: Path) -> None:
         files.append(path.name)
     result = subprocess.run(
         [
-            sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-            "--disable-error-code", "top-level-await", "--cache-dir", str(tmp_path / ".mypy_cache"), *files,
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--follow-imports=silent",
+            "--disable-error-code",
+            "top-level-await",
+            "--cache-dir",
+            str(tmp_path / ".mypy_cache"),
+            *files,
         ],
         cwd=tmp_path,
         env={**os.environ, "MYPYPATH": str(ROOT)},  # the context modules (tests.readme.*)

@@ -128,17 +128,23 @@ async def test_a_commit_refused_as_stale_leaves_the_run_with_a_job(redis: Redis)
     assert view is not None and view.status == "running"
 
 
+async def _started(store: RunStore, run_id: str, fn_slug: str) -> tuple[JobSpec, LoadedRun]:
+    """A run of app ``t-nudge`` created and loaded for its first job."""
+    await store.create_run(
+        run_id=run_id, fn_slug=fn_slug, app_id="t-nudge", events=[stepq.Event(name="n")], dedupe_key=None
+    )
+    job = JobSpec(run_id, 0)
+    run = await store.load(job)
+    assert isinstance(run, LoadedRun)
+    return job, run
+
+
 async def test_a_refused_write_is_nudged_in_the_same_script_and_the_nudged_job_moves_the_run(redis: Redis) -> None:
     """RunStore.apply: a commit refused as stale queues, in the same script, the job that re-enters
     the run where it now stands; a refusal that leaves the run in other hands (fenced) queues none."""
     store = RunStore(redis)
     run_id = "01NUDGE1000000000000000000"
-    await store.create_run(
-        run_id=run_id, fn_slug="t-nudge-one", app_id="t-nudge", events=[stepq.Event(name="n")], dedupe_key=None
-    )
-    job = JobSpec(run_id, 0)
-    run = await store.load(job)
-    assert isinstance(run, LoadedRun)
+    job, run = await _started(store, run_id, "t-nudge-one")
     # A writer the job did not expect moves the run on while the step "runs".
     await redis.rpush(keys.stack(run_id), "intruder")  # type: ignore[misc]
     await redis.hset(keys.memo(run_id), "intruder", b"\xc0")  # type: ignore[misc,arg-type]
@@ -169,12 +175,7 @@ async def test_a_refused_write_does_not_nudge_a_run_that_something_else_moves_on
     move it on, so the nudge queues nothing."""
     store = RunStore(redis)
     run_id = "01NUDGE2000000000000000000"
-    await store.create_run(
-        run_id=run_id, fn_slug="t-nudge-two", app_id="t-nudge", events=[stepq.Event(name="n")], dedupe_key=None
-    )
-    first = JobSpec(run_id, 0)
-    run = await store.load(first)
-    assert isinstance(run, LoadedRun)
+    first, run = await _started(store, run_id, "t-nudge-two")
     now = Now(now_ms(), dt.datetime.now(dt.UTC))
     fan_out = StepsReported([Opcode(Op.STEP_PLANNED, "a", "a"), Opcode(Op.STEP_PLANNED, "b", "b")])
     assert (await store.apply(decide(first, run, Policy(1, Backoff()), fan_out, now))).outcome is Outcome.OK

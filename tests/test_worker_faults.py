@@ -17,12 +17,11 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -155,16 +154,6 @@ async def test_a_queue_key_of_the_wrong_type_is_renamed_aside_and_the_worker_ser
 
 
 # -- item 7: Redis error replies -----------------------------------------------------------------
-
-
-@pytest.fixture
-def private_redis() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis(port=free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class BusyScript:

@@ -25,7 +25,6 @@ async def refuse(ctx: inngest.Context) -> None:
     await ctx.step.run("check", check)
 
 
-
 @client.create_function(id="fan", trigger=inngest.TriggerEvent(event="test/fan"))
 async def fan(ctx: inngest.Context) -> list[Any]:
     """Two parallel steps that take measurable time, and a sleep beside them."""

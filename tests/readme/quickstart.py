@@ -19,9 +19,7 @@ __all__: list[str] = []
 def stepq(block: ReadmeBlock, *args: str) -> str:
     """A ``stepq`` command run in the block's directory, with STEPQ_REDIS_URL as the README sets it."""
     env = {**os.environ, "STEPQ_REDIS_URL": REDIS_URL}
-    done = subprocess.run(
-        [*STEPQ_CLI, *args], cwd=block.directory, env=env, capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([*STEPQ_CLI, *args], cwd=block.directory, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"stepq {' '.join(args)}: {done.stderr}"
     return done.stdout
 
@@ -38,4 +36,4 @@ async def check(block: ReadmeBlock) -> None:
     pause = steps["pause"]
     assert pause.done
     shown = stepq(block, "run", view.run_id)
-    assert "output    \"hello ada\"" in shown.splitlines(), shown
+    assert 'output    "hello ada"' in shown.splitlines(), shown
