@@ -135,3 +135,26 @@ async def test_when_the_worker_that_means_to_wake_a_sleep_dies_another_wakes_it(
     [survivor] = [w for w in workers if w is not mover]
     assert survivor.alive()
     assert any(e.get("run_id") == run_id and e.get("event") == "invocation" for e in survivor.logs())
+
+
+async def test_a_sleep_enqueued_after_a_longer_one_still_wakes_first(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
+) -> None:
+    """The mover keeps one timer, at the earliest delayed job it knows: a shorter sleep enqueued
+    later wakes a worker, which takes the mover's role with the earlier timer."""
+    # no idle checks within the test: only the mover's timer (or a token) can wake a sleep
+    start_workers("queue_app", n=2, env={"STEPQ_IDLE_CHECK": "60"})
+    long_id = await start_run(sender, redis, "nap-for", "test/nap.for", {"ms": 6000})
+    deadline = time.monotonic() + 10
+    while await redis.get(keys.wake_at(APP)) is None:  # a mover keeps its timer at the long sleep
+        assert time.monotonic() < deadline, "no worker took the long sleep's timer"
+        await asyncio.sleep(0.02)
+    sent = time.time()
+    short_id = await start_run(sender, redis, "nap-for", "test/nap.for", {"ms": 1000})
+
+    short = await wait_for_run(redis, short_id, timeout=30)
+    assert short.status == "completed" and short.output >= sent + 1.0  # not before its end...
+    long_view = await get_run(redis, long_id)
+    assert long_view is not None and long_view.status == "sleeping"  # ...and not after the long one's
+    done = await wait_for_run(redis, long_id, timeout=30)
+    assert done.status == "completed" and done.output > short.output

@@ -3,6 +3,8 @@ and a sleep."""
 
 from __future__ import annotations
 
+import time
+
 import stepq
 
 client = stepq.Inngest(app_id="t-queue")
@@ -15,6 +17,13 @@ async def chain(ctx: stepq.Context) -> int:
     for i in range(int(ctx.event.data["n"])):
         total += await ctx.step.run(f"s{i}", _same, i)
     return total
+
+
+@client.create_function(id="nap-for", trigger=stepq.TriggerEvent(event="test/nap.for"))
+async def nap_for(ctx: stepq.Context) -> float:
+    """Sleeps ``ms`` milliseconds; returns when the step after the sleep ran."""
+    await ctx.step.sleep("nap", int(ctx.event.data["ms"]))
+    return await ctx.step.run("after", time.time)
 
 
 def _same(i: int) -> int:
