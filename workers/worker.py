@@ -50,7 +50,7 @@ from stepq.runtime.jobs import ADVANCE
 from stepq.runtime.limits import Limits
 from stepq.runtime.redis_errors import error_kind
 from stepq.runtime.registry import Registry
-from stepq.runtime.store import RunStore, now_ms
+from stepq.runtime.store import RunStore
 
 from .executor import Executor
 from .faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
@@ -317,13 +317,15 @@ class StepqWorker:
                 # Commands would hang until Redis is back: claim nothing, wait for the watchdog.
                 await self.watchdog.wait_until_reachable(UNREACHABLE_WAIT_S)
                 continue
-            timer_due = self._wake_at_ms is not None and now_ms() >= self._wake_at_ms
+            # (milliseconds as a float: a truncated clock would sleep up to 1 ms past the timer)
+            now = time.time() * 1000
+            timer_due = self._wake_at_ms is not None and now >= self._wake_at_ms
             if self._claim_now.is_set() or timer_due:
                 self._claim_now.clear()
                 await self._claim(tidy=not self._idle_check)
                 self._idle_check = False
                 continue
-            timeout = None if self._wake_at_ms is None else (self._wake_at_ms - now_ms()) / 1000
+            timeout = None if self._wake_at_ms is None else (self._wake_at_ms - now) / 1000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_now.wait(), timeout)
 
