@@ -29,7 +29,8 @@ from stepq.runtime.transport import RedisTransport
 from .app import AppLoadError, load_client
 from .embedded import EmbeddedRedis
 from .logs import configure
-from .worker import WorkerOptions, build_http_worker, build_worker
+from .options import WorkerOptions
+from .worker import build_http_worker, build_worker
 
 EXIT_USAGE = 2
 
