@@ -85,8 +85,8 @@ class JobQueue:
         self.ready_key = keys.ready(queue_id)
         self.lease_token = lease_token
         self.lease_ms = lease_ms
-        #: The mover's lease outlives a few idle checks, so an idle mover keeps it.
-        self.mover_lease_ms = 3 * lease_ms
+        #: The mover's lease (the worker sets it from its idle check, which renews it).
+        self.mover_lease_ms = lease_ms
 
     async def claim(self, free: int, *, tidy: bool = True) -> Claim:
         """Claim up to ``free`` due jobs (``free`` may be 0: the mover's timer fired on a full worker).

@@ -113,7 +113,8 @@ class StepqWorker:
         self.queue = JobQueue(
             pool, store.scripts, queue_id, lease_token=self.lease_token, lease_ms=int(options.lease_s * 1000)
         )
-        self.queue.mover_lease_ms = int(3 * options.idle_check_s * 1000)
+        # renewed at every idle check; short, so that a dead mover's role (and its timers) moves on soon
+        self.queue.mover_lease_ms = int(2.5 * options.idle_check_s * 1000)
         #: arq's worker context, which every job's context extends; stepq's writes that end a job
         #: (and hand over the next) need the lease.
         self.ctx: dict[str, Any] = {"redis": pool, "lease_token": self.lease_token, "lease_ms": self.queue.lease_ms}
