@@ -49,9 +49,9 @@ class Claim:
     jobs: list[ClaimedJob]
     #: (member, why) for entries no worker can run: for the dead letters.
     poison: list[tuple[bytes, str]]
-    #: This worker is the queue's mover: when to wake for its earliest delayed job (None: no such job).
+    #: When this worker, as the queue's mover, is to wake for its earliest delayed job (None: it is
+    #: not the mover, or there is no such job).
     wake_at_ms: int | None
-    is_mover: bool
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,7 +77,9 @@ def _why(member: bytes, reason: bytes) -> str:
 class JobQueue:
     """Claims, renews and ends the jobs of one queue for one worker (its ``lease_token``)."""
 
-    def __init__(self, redis: Redis, scripts: Scripts, queue_id: str, *, lease_token: str, lease_ms: int) -> None:
+    def __init__(
+        self, redis: Redis, scripts: Scripts, queue_id: str, *, lease_token: str, lease_ms: int, mover_lease_ms: int
+    ) -> None:
         self.redis = redis
         self.scripts = scripts
         self.queue_id = queue_id
@@ -85,8 +87,8 @@ class JobQueue:
         self.ready_key = keys.ready(queue_id)
         self.lease_token = lease_token
         self.lease_ms = lease_ms
-        #: The mover's lease (the worker sets it from its idle check, which renews it).
-        self.mover_lease_ms = lease_ms
+        #: The mover's lease: each of the mover's claims renews it.
+        self.mover_lease_ms = mover_lease_ms
 
     async def claim(self, free: int, *, tidy: bool = True) -> Claim:
         """Claim up to ``free`` due jobs (``free`` may be 0: the mover's timer fired on a full worker).
@@ -108,7 +110,7 @@ class JobQueue:
                 continue
             claimed.append(ClaimedJob(job_id, jobs[i + 1], int(jobs[i + 2]), int(float(jobs[i + 3]))))
         wake = int(wake_at)
-        return Claim(claimed, poison, wake if wake >= 0 else None, wake != -2)
+        return Claim(claimed, poison, wake if wake >= 0 else None)
 
     async def wait_ready(self, client: Redis, timeout_s: float) -> bool:
         """Block on the ready list (on ``client``, whose connection the wait holds) for at most

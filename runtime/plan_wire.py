@@ -29,8 +29,11 @@ def timer_member(job: JobSpec, queue_id: str) -> str:
     return f"{queue_id}|{job.run_id}|{job.position}"
 
 
-def encode(plan: Plan, *, defaults: Limits, grace_ms: int, lease: JobLease | None = None) -> tuple[list[str], bytes]:
-    """(KEYS, ARGV[1]) of apply_plan.lua for ``plan``.
+def encode(
+    plan: Plan, *, defaults: Limits, grace_ms: int, lease: JobLease | None = None
+) -> tuple[list[str], bytes, bytes]:
+    """(KEYS, ARGV[1]) of apply_plan.lua for ``plan``, and a commit's next job's payload (b"" for
+    other writes: the job the script may hand to ``lease``'s worker).
 
     ``defaults``: the limits a run without its own lives within; ``grace_ms``: how long a queued
     job's key lives past its due time; ``lease``: the job applying the plan, ended by the same call
@@ -65,8 +68,9 @@ def encode(plan: Plan, *, defaults: Limits, grace_ms: int, lease: JobLease | Non
         keys.queue(plan.queue_id),
     ]
     kind, body, more_keys = _write(plan)
+    next_payload = body[5] if kind == "commit" else b""
     # Redis's cmsgpack knows no bin type: bytes travel as msgpack's old raw strings.
-    return run_keys + more_keys, msgpack.packb([head, kind, body], use_bin_type=False)
+    return run_keys + more_keys, msgpack.packb([head, kind, body], use_bin_type=False), next_payload
 
 
 def _write(plan: Plan) -> tuple[str, list[Any], list[str]]:

@@ -23,7 +23,7 @@ from . import keys
 from .codec import pack, unpack
 from .jobs import JobKind, JobSpec, enqueue_keys
 from .limits import Limits
-from .plan import Commit, JobLease, Plan
+from .plan import JobLease, Plan
 from .plan_wire import encode
 from .script_args import CreateRunArgs, ResolveStepArgs
 from .scripts import Scripts
@@ -317,10 +317,10 @@ class RunStore:
 
         ``lease``: the job applying it, ended by the same call unless the write is fenced off (and,
         if it may, handed the run's next job: ``Written.handoff``)."""
-        plan_keys, blob = encode(plan, defaults=DEFAULT_LIMITS, grace_ms=self.limits.job_grace_ms, lease=lease)
-        reply = await self.scripts.call("apply_plan", plan_keys, [blob])
-        write = plan.write
-        return Written.of_plan(reply, write.next_job.encode(plan.now_ms) if isinstance(write, Commit) else b"")
+        plan_keys, blob, next_payload = encode(
+            plan, defaults=DEFAULT_LIMITS, grace_ms=self.limits.job_grace_ms, lease=lease
+        )
+        return Written.of_plan(await self.scripts.call("apply_plan", plan_keys, [blob]), next_payload)
 
     async def step_names(self, run_id: str, step_keys: Sequence[str]) -> dict[str, str]:
         """The user-facing ids of the given steps, for error messages."""

@@ -15,11 +15,11 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import msgpack
 import structlog
 from arq.jobs import SerializationError, deserialize_job_raw
 from arq.worker import Retry
 
+from stepq.runtime.codec import unpack
 from stepq.runtime.job_queue import ClaimedJob, JobEnded, JobQueue
 
 from .faults import REDIS_TROUBLE, Faults
@@ -30,10 +30,6 @@ log = structlog.get_logger("stepq.worker")
 MAX_HANDOFFS = 50
 #: A job's function: arq's signature, ``(ctx, *args, **kwargs)``.
 JobFunction = Callable[..., Awaitable[Any]]
-
-
-def _deserialize(blob: bytes) -> Any:
-    return msgpack.unpackb(blob, raw=False)
 
 
 class JobRunner:
@@ -91,7 +87,7 @@ class JobRunner:
         """Call the job's function: (the job ended by its write, if it was; else when to run this
         job again, None for never)."""
         try:
-            name, args, kwargs, _, enqueued_ms = deserialize_job_raw(job.payload, deserializer=_deserialize)
+            name, args, kwargs, _, enqueued_ms = deserialize_job_raw(job.payload, deserializer=unpack)
         except SerializationError as exc:
             # as arq: a job nothing can read is dropped, and said so
             log.error("job.malformed", job_id=job.job_id, error=f"its payload is not an arq job: {exc}")

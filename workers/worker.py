@@ -33,7 +33,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -111,10 +111,14 @@ class StepqWorker:
         #: to end only while its lock carries this token.
         self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.queue = JobQueue(
-            pool, store.scripts, queue_id, lease_token=self.lease_token, lease_ms=int(options.lease_s * 1000)
+            pool,
+            store.scripts,
+            queue_id,
+            lease_token=self.lease_token,
+            lease_ms=int(options.lease_s * 1000),
+            # renewed at every idle check; short, so that a dead mover's role (and its timers) moves on soon
+            mover_lease_ms=int(2.5 * options.idle_check_s * 1000),
         )
-        # renewed at every idle check; short, so that a dead mover's role (and its timers) moves on soon
-        self.queue.mover_lease_ms = int(2.5 * options.idle_check_s * 1000)
         #: arq's worker context, which every job's context extends; stepq's writes that end a job
         #: (and hand over the next) need the lease.
         self.ctx: dict[str, Any] = {"redis": pool, "lease_token": self.lease_token, "lease_ms": self.queue.lease_ms}
@@ -143,7 +147,6 @@ class StepqWorker:
         self._renew_now = asyncio.Event()
         self._listen_back = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        self._chores: set[asyncio.Task[None]] = set()
         self._claim_faults = Faults("claim")
         self._dead_letter_faults = Faults("dead-letter")
 
@@ -183,9 +186,9 @@ class StepqWorker:
             await self._take_jobs()
             await self._drain()
         finally:
-            for task in [*self._background, *self._chores]:
+            for task in self._background:
                 task.cancel()
-            await asyncio.gather(*self._background, *self._chores, return_exceptions=True)
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     def handle_signal(self, signum: int) -> None:
         """First SIGTERM/SIGINT drains; a second SIGINT hands back running steps at once."""
@@ -265,7 +268,7 @@ class StepqWorker:
             return
         if self._claim_faults.failing:
             self._claim_faults.succeeded()
-        self._wake_at_ms = claim.wake_at_ms if claim.is_mover else None
+        self._wake_at_ms = claim.wake_at_ms
         # A full claim may have left due jobs: when this worker has no room, it claims again as a
         # slot frees; when it has room, the claim left a token on the ready list, which the
         # longest-waiting idle worker gets (this one too, if it is the only one): load balancing.
@@ -361,11 +364,6 @@ class StepqWorker:
             )
 
     # -- background -------------------------------------------------------------------------------
-
-    def _spawn(self, chore: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(chore)
-        self._chores.add(task)
-        task.add_done_callback(self._chores.discard)
 
     async def _renew_leases(self) -> None:
         """Extend the lock of every job this process runs, every third of the lease."""

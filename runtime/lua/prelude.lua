@@ -2,22 +2,24 @@
 
 local JOB_TTL_MS = 30 * 86400 * 1000
 
--- Leave one wake-up token on a queue's ready list (see signal_queue); a token nobody took goes
--- with the list after a minute (workers check their queue more often than that anyway).
-local TOKEN_TTL_MS = 60000
-local function push_token(ready)
-  if redis.call('LLEN', ready) == 0 then
-    redis.call('LPUSH', ready, '1')
-    redis.call('PEXPIRE', ready, TOKEN_TTL_MS)
-  end
-end
-
 -- A pcall's reply, or nil when it was an error.
 local function type_safe(reply)
   if type(reply) == 'table' and reply.err then
     return nil
   end
   return reply
+end
+
+-- Leave one wake-up token on a queue's ready list (see signal_queue); a token nobody took goes
+-- with the list after a minute (workers check their queue more often than that anyway). pcall: a
+-- ready key of the wrong type gets no token and fails nothing; the workers repair it, and their
+-- idle check finds the job meanwhile.
+local TOKEN_TTL_MS = 60000
+local function push_token(ready)
+  if type_safe(redis.pcall('LLEN', ready)) == 0 then
+    redis.call('LPUSH', ready, '1')
+    redis.call('PEXPIRE', ready, TOKEN_TTL_MS)
+  end
 end
 
 -- Wake a worker for a job queued on queue_key at ``score``: push a token on the queue's ready list
@@ -33,12 +35,7 @@ local function signal_queue(queue_key, score, now)
       return
     end
   end
-  -- (a ready key of the wrong type: no token; the workers repair it and their idle check finds the job)
-  local ready = key_ready(queue_id)
-  if type_safe(redis.pcall('LLEN', ready)) == 0 then
-    redis.call('LPUSH', ready, '1')
-    redis.call('PEXPIRE', ready, TOKEN_TTL_MS)
-  end
+  push_token(key_ready(queue_id))
 end
 
 -- Write a job in arq's format unless a job or result with that id exists (arq's own dedupe rule).
@@ -77,12 +74,10 @@ end
 -- lock holds the caller's token, its first try is counted, its score is the lease's end. It is on
 -- the queue, so a crash of the caller hands it to another worker. False when the job existed.
 local function take_new_job(job_key, result_key, queue_key, payload, ttl_ms, token, lease_ms, now)
-  if redis.call('EXISTS', job_key, result_key) > 0 then
+  if put_job(job_key, result_key, queue_key, payload, now + tonumber(lease_ms), ttl_ms) == 0 then
     return false
   end
   local job_id = job_id_of(job_key)
-  redis.call('SET', job_key, payload, 'PX', ttl_ms)
-  redis.call('ZADD', queue_key, now + tonumber(lease_ms), job_id)
   redis.call('SET', key_in_progress(job_id), token, 'PX', lease_ms)
   redis.call('SET', key_retry(job_id), 1, 'PX', JOB_TTL_MS)
   return true
