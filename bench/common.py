@@ -556,7 +556,7 @@ def stepq_queue() -> str:
     """The arq queue (a zset) that the bench app's stepq workers poll."""
     from stepq.runtime import keys
 
-    return keys.queue(APP_ID)
+    return keys.queue(0, APP_ID)
 
 
 async def queues_idle(redis: Redis) -> bool:

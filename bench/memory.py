@@ -32,7 +32,7 @@ async def _sleepers(c: Clients, n: int, total: int, watch: list[Proc]) -> None:
         await c.send("bench/sleeper", [{}] * min(100, n - start))
 
     async def asleep() -> bool:
-        return int(await c.redis.zcard(keys.TIMERS)) >= total
+        return int(await c.redis.zcard(keys.timers(0))) >= total
 
     await wait_until(asleep, 60 + n / 20, f"{total} runs to sleep", interval=0.05, watch=watch)
 

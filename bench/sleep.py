@@ -24,7 +24,7 @@ async def _watch_timers(c: Clients, due: dict[str, float], stop: asyncio.Event) 
     from stepq.runtime import keys
 
     while not stop.is_set():
-        for member, score in await c.redis.zrange(keys.TIMERS, 0, -1, withscores=True):
+        for member, score in await c.redis.zrange(keys.timers(0), 0, -1, withscores=True):
             for part in member.decode().split("|"):
                 due.setdefault(part, score / 1000)
         with contextlib.suppress(TimeoutError):

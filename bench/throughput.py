@@ -67,7 +67,7 @@ async def _drain(c: Clients, queue: str, workers: list[Proc], units: int, timeou
         # enqueued nothing, so wake them as an enqueue would
         from stepq.runtime import keys
 
-        await c.redis.lpush(keys.ready(APP_ID), b"1")  # type: ignore[misc]
+        await c.redis.lpush(keys.ready(0, APP_ID), b"1")  # type: ignore[misc]
 
     async def empty() -> bool:
         return int(await c.redis.zcard(queue)) == 0
@@ -133,7 +133,7 @@ async def stepq_runs(
     from stepq.runtime import keys
 
     runs = steps // STEPS
-    await c.redis.delete(STAGING, keys.RUNS_DONE, keys.RUNS_ACTIVE)
+    await c.redis.delete(STAGING, keys.runs_done(0), keys.runs_active(0))
     await _register(c)
     data: dict[str, Any] = {"n": STEPS, "async": async_steps}
     for start in range(0, runs, 250):
@@ -155,7 +155,7 @@ async def stepq_runs(
             spy.stop()
         for w in workers:
             w.stop()
-    done, active = int(await c.redis.zcard(keys.RUNS_DONE)), int(await c.redis.zcard(keys.RUNS_ACTIVE))
+    done, active = int(await c.redis.zcard(keys.runs_done(0))), int(await c.redis.zcard(keys.runs_active(0)))
     if done != runs or active:
         raise BenchError(f"stepq drain ended with {done} runs done and {active} active, of {runs}")
     if spy is not None:

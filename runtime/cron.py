@@ -43,11 +43,11 @@ from redis.asyncio import Redis
 
 from stepq.errors import FunctionConfigError
 from stepq.event import Event
-from stepq.ids import new_ulid
 from stepq.triggers import TriggerCron
 
 from . import keys
 from .codec import pack
+from .shards import dedupe_shard, run_id_for
 from .store import RunStore
 
 log = structlog.get_logger("stepq.cron")
@@ -343,7 +343,7 @@ class CronScheduler:
         async with self.redis.pipeline(transaction=False) as pipe:
             for fn, tick, _ in fire:
                 await self.store.create_run(
-                    run_id=new_ulid(now_ms),
+                    run_id=run_id_for(fn.slug, tick_event_id(fn.slug, tick), now_ms),
                     fn_slug=fn.slug,
                     app_id=fn.app_id,
                     queue_id=fn.queue_id,
@@ -352,7 +352,8 @@ class CronScheduler:
                     pipe=pipe,
                 )
             for fn, tick, _ in skip:
-                pipe.set(keys.dedupe(fn.slug, tick_event_id(fn.slug, tick)), SKIPPED, nx=True, ex=skip_ttl)
+                tick_id = tick_event_id(fn.slug, tick)
+                pipe.set(keys.dedupe(dedupe_shard(fn.slug, tick_id), fn.slug, tick_id), SKIPPED, nx=True, ex=skip_ttl)
             replies = await pipe.execute(raise_on_error=False)
         created: list[str] = []
         handled: list[tuple[str, int]] = []

@@ -2,11 +2,11 @@
 
 A queue member that is not UTF-8, a score that is not a finite number, a job whose arq keys hold the
 wrong type, or a queue key that is not a sorted set would crash a worker at every poll (and again
-after every restart). Workers move such an entry out of the queue, and record it in
-``stepq:dead`` (a list, newest first, at most ``MAX_DEAD_LETTERS`` records) in the same Lua call;
-``stepq dead-letters`` lists them. A queue key of the wrong type is renamed to
-``stepq:dead:queue:<name>:<ms>`` with its content intact, and the worker serves from a fresh queue.
-The timer reconciler sets malformed members of ``stepq:timers`` aside the same way.
+after every restart). Workers move such an entry out of the queue, and record it in the shard's
+dead letters (``keys.dead_letters``: a list, newest first, at most ``MAX_DEAD_LETTERS`` records) in
+the same Lua call; ``stepq dead-letters`` lists them. A queue key of the wrong type is renamed aside
+(``keys.dead_queue``, in its slot) with its content intact, and the worker serves from a fresh queue.
+The timer reconciler sets malformed members of a shard's timers aside the same way.
 """
 
 from __future__ import annotations
@@ -80,29 +80,34 @@ class DeadLetter:
             return cls(queue="?", reason=f"unreadable dead-letter record: {raw[:200]!r}", at_ms=0)
 
 
-async def move_member(scripts: Scripts, queue: str, member: bytes, reason: str) -> DeadLetter | None:
-    """Move ``member`` out of ``queue`` into the dead letters; None if it had left the queue already."""
+async def move_member(scripts: Scripts, shard: int, queue: str, member: bytes, reason: str) -> DeadLetter | None:
+    """Move ``member`` out of ``queue`` (a zset of ``shard``) into the shard's dead letters; None if it
+    had left the queue already."""
     record = {"queue": queue, "member_b64": base64.b64encode(member).decode(), "reason": reason, "at_ms": now_ms()}
     stored = await scripts.call(
         "dead_letter",
-        [queue, keys.DEAD_LETTERS, keys.ARQ_IN_PROGRESS.encode() + member],
+        [queue, keys.dead_letters(shard), keys.lock_in(shard, member)],
         ["member", json.dumps(record), MAX_DEAD_LETTERS, member],
     )
     return None if stored is None else DeadLetter.from_record(stored)
 
 
-async def move_queue(scripts: Scripts, queue: str, reason: str) -> DeadLetter | None:
-    """Rename ``queue`` aside if it holds something other than a sorted set; None if it is sound."""
-    at = now_ms()
-    aside = keys.dead_queue(queue, at)
+async def move_queue(scripts: Scripts, shard: int, queue_id: str, reason: str) -> DeadLetter | None:
+    """Rename ``shard``'s part of queue ``queue_id`` aside if it holds something other than a sorted
+    set; None if it is sound."""
+    at, queue = now_ms(), keys.queue(shard, queue_id)
+    aside = keys.dead_queue(shard, queue_id, at)
     record = {"queue": queue, "reason": reason, "at_ms": at, "moved_to": aside}
     stored = await scripts.call(
-        "dead_letter", [queue, keys.DEAD_LETTERS, aside], ["queue", json.dumps(record), MAX_DEAD_LETTERS]
+        "dead_letter", [queue, keys.dead_letters(shard), aside], ["queue", json.dumps(record), MAX_DEAD_LETTERS]
     )
     return None if stored is None else DeadLetter.from_record(stored)
 
 
 async def list_dead_letters(redis: Redis, limit: int = 100) -> list[DeadLetter]:
-    """The newest ``limit`` dead letters, newest first."""
-    raw: list[bytes] = await redis.lrange(keys.DEAD_LETTERS, 0, max(limit, 1) - 1)  # type: ignore[misc]
-    return [DeadLetter.from_record(item) for item in raw]
+    """The newest ``limit`` dead letters of every shard, newest first."""
+    found: list[DeadLetter] = []
+    for key in keys.every_shard(keys.dead_letters):
+        raw: list[bytes] = await redis.lrange(key, 0, max(limit, 1) - 1)  # type: ignore[misc]
+        found += [DeadLetter.from_record(item) for item in raw]
+    return sorted(found, key=lambda letter: letter.at_ms, reverse=True)[: max(limit, 1)]

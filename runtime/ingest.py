@@ -22,6 +22,7 @@ from stepq.errors import InvalidEventError, StepqError
 from stepq.event import Event
 from stepq.expressions import Bindings, ExpressionError, compile_expression
 from stepq.ids import new_ulid
+from stepq.runtime.shards import run_id_for, shards
 from stepq.triggers import TRIGGER_VARIABLES
 
 from . import keys, matching, waits
@@ -155,9 +156,14 @@ class Ingest:
             matching.LOOK_BACK_MS,
             route.version or b"",
             len(stored),
+            len(shards()),
         ]
         for event_id, event in zip(ids, stored, strict=True):
-            batch_keys += [keys.event(event_id), keys.recent_events(event.name), keys.waits(event.name)]
+            batch_keys += [
+                keys.event(event_id),
+                keys.recent_events(event.name),
+                *keys.every_shard(keys.waits, event.name),
+            ]
             batch_args += [event_id, pack(event.to_dict())]
         runs = _CreateRunCalls()
         for event_id, original, event in zip(ids, events, stored, strict=True):
@@ -166,7 +172,7 @@ class Ingest:
             for fn in routes.get(event.name, []):
                 if not triggered(fn, event.name, bindings):
                     continue
-                run_id = new_ulid(at)
+                run_id = run_id_for(fn.slug, original.id or None, at)
                 await self.store.create_run(
                     run_id=run_id,
                     fn_slug=fn.slug,

@@ -75,16 +75,27 @@ def _why(member: bytes, reason: bytes) -> str:
 
 
 class JobQueue:
-    """Claims, renews and ends the jobs of one queue for one worker (its ``lease_token``)."""
+    """Claims, renews and ends the jobs of one shard's part of a queue for one worker (its ``lease_token``)."""
 
     def __init__(
-        self, redis: Redis, scripts: Scripts, queue_id: str, *, lease_token: str, lease_ms: int, mover_lease_ms: int
+        self,
+        redis: Redis,
+        scripts: Scripts,
+        queue_id: str,
+        *,
+        shard: int,
+        lease_token: str,
+        lease_ms: int,
+        mover_lease_ms: int,
     ) -> None:
         self.redis = redis
         self.scripts = scripts
         self.queue_id = queue_id
-        self.name = keys.queue(queue_id)
-        self.ready_key = keys.ready(queue_id)
+        self.shard = shard
+        self.name = keys.queue(shard, queue_id)
+        self.ready_key = keys.ready(shard, queue_id)
+        self.mover_key = keys.mover(shard, queue_id)
+        self.wake_at_key = keys.wake_at(shard, queue_id)
         self.lease_token = lease_token
         self.lease_ms = lease_ms
         #: The mover's lease: each of the mover's claims renews it.
@@ -97,7 +108,7 @@ class JobQueue:
         just found the ready list empty, to save the idle check a write)."""
         jobs, raw_poison, wake_at = await self.scripts.call(
             "claim_jobs",
-            [self.name, self.ready_key, keys.mover(self.queue_id), keys.wake_at(self.queue_id)],
+            [self.name, self.ready_key, self.mover_key, self.wake_at_key],
             [now_ms(), self.lease_ms, free, self.lease_token, self.mover_lease_ms, SCAN_LIMIT, int(tidy)],
         )
         claimed: list[ClaimedJob] = []
@@ -143,7 +154,7 @@ class JobQueue:
         """Give up the mover role, if this worker holds it, and wake another worker to take it."""
         released = await self.scripts.call(
             "release_mover",
-            [keys.mover(self.queue_id), keys.wake_at(self.queue_id), self.ready_key],
+            [self.mover_key, self.wake_at_key, self.ready_key],
             [self.lease_token],
         )
         return bool(released)
@@ -151,7 +162,7 @@ class JobQueue:
     async def repair_wake_keys(self) -> list[str]:
         """Delete the queue's wake-up keys that hold the wrong type (they hold only wake-up state,
         rebuilt by the next claim); returns the keys deleted."""
-        expected = {self.ready_key: "list", keys.mover(self.queue_id): "string", keys.wake_at(self.queue_id): "string"}
+        expected = {self.ready_key: "list", self.mover_key: "string", self.wake_at_key: "string"}
         wrong = []
         for key, kind in expected.items():
             found = (await self.redis.type(key)).decode()

@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 
 from . import keys
+from .shards import shard_of
 
 #: The arq function name every stepq job calls.
 ADVANCE = "stepq.advance"
@@ -140,6 +141,6 @@ def encode_around_position(run_id: str, now_ms: int) -> tuple[bytes, bytes]:
 def enqueue_keys(job: JobSpec, queue_id: str) -> list[str]:
     """The KEYS an enqueue needs, in the order the Lua ``enqueue`` helper expects.
 
-    ``queue_id`` names the arq queue (``stepq:queue:<queue_id>``): the app's id for functions its
+    ``queue_id`` names the queue (``keys.queue``, in the run's shard): the app's id for functions its
     workers import, ``@http`` for functions served over HTTP."""
-    return [keys.job(job.job_id), keys.result(job.job_id), keys.queue(queue_id)]
+    return [keys.job(job.job_id), keys.result(job.job_id), keys.queue(shard_of(job.run_id), queue_id)]

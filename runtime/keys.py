@@ -1,85 +1,233 @@
 """Every Redis key stepq writes, in one place: for Python and for the Lua scripts.
 
 The functions and constants below are the one table of key names. The scripts never spell a key:
-``lua_prelude()`` generates a Lua function per key builder (``key_run(run_id)``...) and a constant per
-fixed key from this module, and ``runtime/scripts.py`` puts it in front of every script.
+``lua_prelude()`` generates a Lua function per key builder (``key_run(run_id)``,
+``key_queue(tag, queue_id)``...) from this module, and ``runtime/scripts.py`` puts it in front of
+every script.
 
-A run's keys share the hash tag ``{run_id}`` so that a Redis Cluster keeps them in one slot.
+Keys come in three kinds (see ``runtime/shards.py`` for what a shard is):
+
+- a run's and its jobs' keys carry the hash tag of the run's shard, read from the run id (or the
+  job id, which starts with it): ``stepq:{<tag>}:run:<run id>``, ``arq:job:{<tag>}:<job id>``;
+- a shard's part of a queue and its indexes carry the shard's tag: ``stepq:{<tag>}:queue:<app>``,
+  ``stepq:{<tag>}:timers``... so every script on a step's path touches one Redis Cluster slot;
+- the registry (functions, triggers, apps) shares one tag of its own, ``{registry}``, so that a
+  registration is one script in one slot; the event log (events, recent events by name) and cron's
+  ticks are written apart from any run's step, and carry no tag.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+
+from .shards import SHARD_TAGS, shards, tag_of
 
 PREFIX = "stepq"
 
-#: arq's own key prefixes (arq.constants); jobs are written in arq's format by our scripts.
+#: arq's own key prefixes (arq.constants), before the shard's tag: jobs are written in arq's format.
 ARQ_JOB = "arq:job:"
 ARQ_RESULT = "arq:result:"
 ARQ_IN_PROGRESS = "arq:in-progress:"
 ARQ_RETRY = "arq:retry:"
 
 
-def job(job_id: str) -> str:
-    """An arq job (its payload)."""
-    return ARQ_JOB + job_id
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shape:
+    """A sharded key's name: ``<head>{<tag>}<tail><argument>`` (the argument may be empty)."""
+
+    head: str
+    tail: str
+
+    def build(self, tag: str, argument: str = "") -> str:
+        return f"{self.head}{{{tag}}}{self.tail}{argument}"
 
 
-def result(job_id: str) -> str:
-    """An arq job's result; its presence stops the job id from being enqueued again."""
-    return ARQ_RESULT + job_id
+def _run_shape(kind: str) -> Shape:
+    return Shape(f"{PREFIX}:", f":{kind}:")
 
 
-def in_progress(job_id: str) -> str:
-    """The lock (lease) of a job a worker runs; its value is the worker's lease token."""
-    return ARQ_IN_PROGRESS + job_id
+#: A run's keys (tagged with the run's shard), by kind.
+RUN_SHAPES = {kind: _run_shape(kind) for kind in ("run", "events", "memo", "stack", "steps", "pending", "jobs")}
+#: A job's keys (tagged with its run's shard), in arq's names.
+JOB_SHAPES = {
+    "job": Shape(ARQ_JOB, ":"),
+    "result": Shape(ARQ_RESULT, ":"),
+    "in_progress": Shape(ARQ_IN_PROGRESS, ":"),
+    "retry": Shape(ARQ_RETRY, ":"),
+}
+#: A shard's part of a queue (its argument: the queue id).
+QUEUE_SHAPES = {kind: Shape(f"{PREFIX}:", f":{kind}:") for kind in ("queue", "ready", "mover", "wake_at")}
+#: A shard's indexes and lists (no argument).
+SHARD_SHAPES = {
+    "runs_active": Shape(f"{PREFIX}:", ":runs:active"),  # zset run_id -> created ms
+    "runs_done": Shape(f"{PREFIX}:", ":runs:done"),  # zset run_id -> ended ms, trimmed to the retention
+    "timers": Shape(f"{PREFIX}:", ":timers"),  # zset ``queue|run|position`` -> due ms: sleeping runs
+    "timers_lock": Shape(f"{PREFIX}:", ":lock:timers"),  # the one process reviving the shard's lost timers
+    "dead": Shape(f"{PREFIX}:", ":dead"),  # the shard's queue entries no worker could run, newest first
+}
 
 
-def retry(job_id: str) -> str:
-    """arq's counter of a job's tries."""
-    return ARQ_RETRY + job_id
+# -- a run's keys ------------------------------------------------------------------------------------
 
 
 def run(run_id: str) -> str:
-    return f"{PREFIX}:{{{run_id}}}:run"
+    """The run's record (a hash: status, function, queue, fences, timer...)."""
+    return RUN_SHAPES["run"].build(tag_of(run_id), run_id)
 
 
 def events(run_id: str) -> str:
-    return f"{PREFIX}:{{{run_id}}}:events"
+    """The msgpack list of the events that started the run."""
+    return RUN_SHAPES["events"].build(tag_of(run_id), run_id)
 
 
 def memo(run_id: str) -> str:
-    return f"{PREFIX}:{{{run_id}}}:memo"
+    """Step key -> msgpack result: the memoized steps."""
+    return RUN_SHAPES["memo"].build(tag_of(run_id), run_id)
 
 
 def stack(run_id: str) -> str:
-    return f"{PREFIX}:{{{run_id}}}:stack"
+    """The step keys in the order their results were committed."""
+    return RUN_SHAPES["stack"].build(tag_of(run_id), run_id)
 
 
 def steps(run_id: str) -> str:
     """Per-step bookkeeping for people: name, attempts, duration, last error."""
-    return f"{PREFIX}:{{{run_id}}}:steps"
+    return RUN_SHAPES["steps"].build(tag_of(run_id), run_id)
 
 
 def pending(run_id: str) -> str:
     """Step keys reported together and not yet resolved (parallel steps, waits, invokes)."""
-    return f"{PREFIX}:{{{run_id}}}:pending"
+    return RUN_SHAPES["pending"].build(tag_of(run_id), run_id)
 
 
 def jobs(run_id: str) -> str:
     """Ids of the run's delayed jobs (retries, wake-ups, timeouts), dropped when the run ends."""
-    return f"{PREFIX}:{{{run_id}}}:jobs"
+    return RUN_SHAPES["jobs"].build(tag_of(run_id), run_id)
 
 
-RUNS_ACTIVE = f"{PREFIX}:runs:active"  # zset run_id -> created ms
-RUNS_DONE = f"{PREFIX}:runs:done"  # zset run_id -> ended ms, trimmed to the retention period
+# -- a job's keys (arq's, with the run's shard tag) -----------------------------------------------
+
+
+def job(job_id: str) -> str:
+    """An arq job (its payload)."""
+    return JOB_SHAPES["job"].build(tag_of(job_id), job_id)
+
+
+def result(job_id: str) -> str:
+    """An arq job's result; its presence stops the job id from being enqueued again."""
+    return JOB_SHAPES["result"].build(tag_of(job_id), job_id)
+
+
+def in_progress(job_id: str) -> str:
+    """The lock (lease) of a job a worker runs; its value is the worker's lease token."""
+    return JOB_SHAPES["in_progress"].build(tag_of(job_id), job_id)
+
+
+def retry(job_id: str) -> str:
+    """arq's counter of a job's tries."""
+    return JOB_SHAPES["retry"].build(tag_of(job_id), job_id)
+
+
+# -- a shard's queues and indexes -------------------------------------------------------------------
+
+#: The queue of functions served over HTTP: any `stepq worker --http` process takes their jobs.
+HTTP_QUEUE_ID = "@http"
+
+
+def queue(shard: int, queue_id: str) -> str:
+    """A shard's part of a queue (a zset job id -> due ms, arq's queue): an app's id for the functions
+    its workers import, ``@http`` for functions served over HTTP."""
+    return QUEUE_SHAPES["queue"].build(SHARD_TAGS[shard], queue_id)
+
+
+def ready(shard: int, queue_id: str) -> str:
+    """Wake-up tokens of a shard's queue: idle workers block on this list (BLPOP); an enqueue pushes one."""
+    return QUEUE_SHAPES["ready"].build(SHARD_TAGS[shard], queue_id)
+
+
+def mover(shard: int, queue_id: str) -> str:
+    """The lease (a worker's token) of the one worker that wakes on the queue's earliest delayed job."""
+    return QUEUE_SHAPES["mover"].build(SHARD_TAGS[shard], queue_id)
+
+
+def wake_at(shard: int, queue_id: str) -> str:
+    """When the queue's mover means to wake (ms since the epoch); an earlier delayed job wakes a worker."""
+    return QUEUE_SHAPES["wake_at"].build(SHARD_TAGS[shard], queue_id)
+
+
+def lock_in(shard: int, member: bytes) -> bytes:
+    """The in-progress lock a member of ``shard``'s queue has if it is a job (bytes: a poison member
+    may be no text); ``in_progress(job_id)`` for a job of that shard."""
+    shape = JOB_SHAPES["in_progress"]
+    return shape.build(SHARD_TAGS[shard]).encode() + member
+
+
+def runs_active(shard: int) -> str:
+    return SHARD_SHAPES["runs_active"].build(SHARD_TAGS[shard])
+
+
+def runs_done(shard: int) -> str:
+    return SHARD_SHAPES["runs_done"].build(SHARD_TAGS[shard])
+
+
+def timers(shard: int) -> str:
+    return SHARD_SHAPES["timers"].build(SHARD_TAGS[shard])
+
+
+def timers_lock(shard: int) -> str:
+    return SHARD_SHAPES["timers_lock"].build(SHARD_TAGS[shard])
+
+
+def dead_letters(shard: int) -> str:
+    """Queue entries of the shard a worker could not run (poison): JSON records, trimmed to a bound."""
+    return SHARD_SHAPES["dead"].build(SHARD_TAGS[shard])
+
+
+def dead_queue(shard: int, queue_id: str, at_ms: int) -> str:
+    """Where a queue key holding the wrong type is renamed to (in its slot), for a person to inspect."""
+    return Shape(f"{PREFIX}:", ":dead:queue:").build(SHARD_TAGS[shard], f"{queue_id}:{at_ms}")
+
+
+def waits(shard: int, event_name: str) -> str:
+    """The shard's waits (and cancellation rules) on an event name: member ``<run>|<key>`` -> record."""
+    return Shape(f"{PREFIX}:", ":waits:").build(SHARD_TAGS[shard], event_name)
+
+
+def wait_scan(shard: int, event_name: str) -> str:
+    """Waits on ``event_name`` whose condition no index covers: every such event checks them."""
+    return Shape(f"{PREFIX}:", ":waitscan:").build(SHARD_TAGS[shard], event_name)
+
+
+def wait_paths(shard: int, event_name: str) -> str:
+    """The event paths the equality indexes of ``event_name`` use."""
+    return Shape(f"{PREFIX}:", ":waitpaths:").build(SHARD_TAGS[shard], event_name)
+
+
+def wait_index(shard: int, event_name: str, path: str, token: str) -> str:
+    """Waits on ``event_name`` whose condition needs ``path`` to equal ``token``."""
+    return Shape(f"{PREFIX}:", ":waitidx:").build(SHARD_TAGS[shard], f"{event_name}:{path}:{token}")
+
+
+def dedupe(shard: int, slug: str, event_key: str) -> str:
+    """The run an event key started for a function (``shards.shard_for`` picks the shard)."""
+    return Shape(f"{PREFIX}:", ":dedupe:").build(SHARD_TAGS[shard], f"{slug}:{event_key}")
+
+
+def every_shard(builder: Callable[..., str], *args: str) -> list[str]:
+    """``builder(shard, *args)`` for every shard served."""
+    return [builder(shard, *args) for shard in shards()]
+
+
+# -- the registry and the event log (no shard) ---------------------------------------------------------
+
 EVENTS = f"{PREFIX}:events"  # zset event id -> received ms, trimmed to the retention period
-FUNCTIONS = f"{PREFIX}:functions"  # hash slug -> msgpack config
+#: The registry's keys start with this (one hash tag: one slot).
+REGISTRY = f"{PREFIX}:{{registry}}"
+FUNCTIONS = f"{REGISTRY}:functions"  # hash slug -> msgpack config
 #: Changes whenever a registration changes the functions or their triggers: senders cache their
 #: routes under it, and a send routed under an older version is refused and routed again.
-FUNCTIONS_VERSION = f"{PREFIX}:functions:version"
-TIMERS = f"{PREFIX}:timers"  # zset wake job id -> due ms: sleeping runs, for the reconciler
-TIMERS_LOCK = f"{PREFIX}:lock:timers"  # held by the one process reviving lost timers at a time
+FUNCTIONS_VERSION = f"{REGISTRY}:functions:version"
 
 
 def event(event_id: str) -> str:
@@ -88,32 +236,12 @@ def event(event_id: str) -> str:
 
 def trigger(event_name: str) -> str:
     """The slugs of the functions an event name triggers."""
-    return f"{PREFIX}:trigger:{event_name}"
+    return f"{REGISTRY}:trigger:{event_name}"
 
 
 def function_events(slug: str) -> str:
     """The event names a function is triggered by (the trigger sets it is a member of)."""
-    return f"{PREFIX}:fn:{slug}:events"
-
-
-def waits(event_name: str) -> str:
-    """Waits (and cancellation rules) on an event name: member ``<run>|<key>`` -> record."""
-    return f"{PREFIX}:waits:{event_name}"
-
-
-def wait_scan(event_name: str) -> str:
-    """Waits on ``event_name`` whose condition no index covers: every such event checks them."""
-    return f"{PREFIX}:waitscan:{event_name}"
-
-
-def wait_paths(event_name: str) -> str:
-    """The event paths the equality indexes of ``event_name`` use."""
-    return f"{PREFIX}:waitpaths:{event_name}"
-
-
-def wait_index(event_name: str, path: str, token: str) -> str:
-    """Waits on ``event_name`` whose condition needs ``path`` to equal ``token``."""
-    return f"{PREFIX}:waitidx:{event_name}:{path}:{token}"
+    return f"{REGISTRY}:fn:{slug}:events"
 
 
 def recent_events(event_name: str) -> str:
@@ -126,39 +254,9 @@ def cron_last(slug: str) -> str:
     return f"{PREFIX}:cron:{slug}:last"
 
 
-def dedupe(slug: str, event_key: str) -> str:
-    return f"{PREFIX}:dedupe:{slug}:{event_key}"
-
-
-#: The queue of functions served over HTTP: any `stepq worker --http` process takes their jobs.
-HTTP_QUEUE_ID = "@http"
-
-
-def queue(app_id: str) -> str:
-    """The arq queue (a zset) that an app's workers poll."""
-    return f"{PREFIX}:queue:{app_id}"
-
-
-def ready(queue_id: str) -> str:
-    """Wake-up tokens of a queue: idle workers block on this list (BLPOP); an enqueue pushes one.
-
-    Its hash tag is the queue key's whole name, so that it lives in the queue's Redis Cluster slot."""
-    return f"{{{queue(queue_id)}}}:ready"
-
-
-def mover(queue_id: str) -> str:
-    """The lease (a worker's token) of the one worker that wakes on the queue's earliest delayed job."""
-    return f"{{{queue(queue_id)}}}:mover"
-
-
-def wake_at(queue_id: str) -> str:
-    """When the queue's mover means to wake (ms since the epoch); an earlier delayed job wakes a worker."""
-    return f"{{{queue(queue_id)}}}:wake_at"
-
-
 def app_functions(app_id: str) -> str:
     """The slugs an app registered (written by register_app.lua)."""
-    return f"{PREFIX}:app:{app_id}:functions"
+    return f"{REGISTRY}:app:{app_id}:functions"
 
 
 def app_registration(app_id: str) -> str:
@@ -167,57 +265,27 @@ def app_registration(app_id: str) -> str:
     Written beside every registration a worker makes, so that a worker notices an emptied Redis
     (the key is gone) and an older deployment's worker does not undo a newer one's registration.
     """
-    return f"{PREFIX}:app:{app_id}:registration"
+    return f"{REGISTRY}:app:{app_id}:registration"
 
 
 def app_checksum(app_id: str) -> str:
     """The checksum of an app's last synced function set (a sync that changes nothing says so)."""
-    return f"{PREFIX}:app:{app_id}:checksum"
-
-
-#: Queue entries a worker could not run (poison), newest first: JSON records, trimmed to a bound.
-DEAD_LETTERS = f"{PREFIX}:dead"
-
-
-def dead_queue(queue_key: str, at_ms: int) -> str:
-    """Where a queue key holding the wrong type is renamed to, for a person to inspect."""
-    name = queue_key.removeprefix(f"{PREFIX}:queue:")
-    return f"{PREFIX}:dead:queue:{name}:{at_ms}"
+    return f"{REGISTRY}:app:{app_id}:checksum"
 
 
 # -- the Lua side ----------------------------------------------------------------------------------
 
-#: The key builders the scripts use, by the name of the Lua function generated for each (``key_<name>``).
+#: The registry's key builders the scripts use, by the name of the Lua function generated for each.
 LUA_BUILDERS: dict[str, Callable[[str], str]] = {
-    "run": run,
-    "events": events,
-    "memo": memo,
-    "stack": stack,
-    "steps": steps,
-    "pending": pending,
-    "jobs": jobs,
-    "job": job,
-    "result": result,
-    "in_progress": in_progress,
-    "retry": retry,
-    "queue": queue,
-    "ready": ready,
-    "wake_at": wake_at,
     "trigger": trigger,
     "function_events": function_events,
     "app_functions": app_functions,
     "app_checksum": app_checksum,
 }
-#: The fixed keys the scripts use, by the name of the Lua constant generated for each (``KEY_<NAME>``).
-LUA_CONSTANTS: dict[str, str] = {
-    "RUNS_ACTIVE": RUNS_ACTIVE,
-    "RUNS_DONE": RUNS_DONE,
-    "TIMERS": TIMERS,
-    "FUNCTIONS": FUNCTIONS,
-    "FUNCTIONS_VERSION": FUNCTIONS_VERSION,
-}
-#: Key builders whose argument the scripts read back from a key (``<name>_id_of(key)``).
-LUA_INVERSES = ("run", "job", "queue")
+#: The registry's fixed keys the scripts use, by the name of the Lua constant generated for each.
+LUA_CONSTANTS: dict[str, str] = {"FUNCTIONS": FUNCTIONS, "FUNCTIONS_VERSION": FUNCTIONS_VERSION}
+#: Sharded keys whose argument the scripts read back from a key (``<name>_id_of(key)``).
+LUA_INVERSES = ("job", "queue")
 
 _HOLE = "\x00"
 
@@ -237,8 +305,21 @@ def _parts(builder: Callable[[str], str]) -> tuple[str, str]:
     return before, after
 
 
+def _lua_shaped(name: str, shape: Shape, tag: str, argument: str | None) -> str:
+    """A Lua function building ``shape``'s keys from its tag expression and argument."""
+    params = ", ".join(p for p in ("tag" if tag == "tag" else "", argument or "") if p)
+    body = f"{lua_string(shape.head + '{')} .. {tag} .. {lua_string('}' + shape.tail)}"
+    if argument:
+        body += f" .. {argument}"
+    return f"local function key_{name}({params}) return {body} end"
+
+
 def lua_prelude() -> str:
-    """Lua definitions of the key names, generated from this module (see the module's docstring)."""
+    """Lua definitions of the key names, generated from this module (see the module's docstring).
+
+    A run's and a job's keys take the id (``key_run(run_id)``), a shard's take its tag first
+    (``key_queue(tag, queue_id)``, ``key_timers(tag)``): a script finds the tag with ``tag_of(id)``
+    or ``tag_of_key(key)`` (``shards.lua_prelude``)."""
     lines = ["-- Key names, generated by runtime/keys.py (lua_prelude): the scripts never spell a key."]
     for name, value in LUA_CONSTANTS.items():
         lines.append(f"local KEY_{name} = {lua_string(value)}")
@@ -246,9 +327,17 @@ def lua_prelude() -> str:
         before, after = _parts(builder)
         body = " .. ".join([*([lua_string(before)] if before else []), "id", *([lua_string(after)] if after else [])])
         lines.append(f"local function key_{name}(id) return {body} end")
+    for name, shape in (RUN_SHAPES | JOB_SHAPES).items():
+        lines.append(_lua_shaped(name, shape, "tag_of(id)", "id"))
+    for name, shape in QUEUE_SHAPES.items():
+        lines.append(_lua_shaped(name, shape, "tag", "id"))
+    for name, shape in SHARD_SHAPES.items():
+        lines.append(_lua_shaped(name, shape, "tag", None))
     for name in LUA_INVERSES:
-        before, after = _parts(LUA_BUILDERS[name])
+        shape = (JOB_SHAPES | QUEUE_SHAPES)[name]
+        # the tag holds no '}': the argument starts after the first '}' past the head, and the tail
         lines.append(
-            f"local function {name}_id_of(key) return string.sub(key, {len(before) + 1}, {-len(after) - 1}) end"
+            f"local function {name}_id_of(key) return string.sub(key, "
+            f"string.find(key, '}}', {len(shape.head) + 2}, true) + {len(shape.tail) + 1}) end"
         )
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from .jobs import JobKind, JobSpec, encode_around_position, enqueue_keys
 from .limits import Limits
 from .plan import Commit, FanOut, Finish, JobLease, Plan, Resolve, Retry, Sleep
 from .run_status import RunStatus
+from .shards import shard_of
 
 
 def timer_member(job: JobSpec, queue_id: str) -> str:
@@ -57,6 +58,7 @@ def encode(
         int(lease is not None and lease.may_hand_off),
         lease.lease_ms if lease else 0,
     ]
+    shard = shard_of(run_id)
     run_keys = [
         keys.run(run_id),
         keys.memo(run_id),
@@ -64,8 +66,8 @@ def encode(
         keys.steps(run_id),
         keys.pending(run_id),
         keys.jobs(run_id),
-        keys.TIMERS,
-        keys.queue(plan.queue_id),
+        keys.timers(shard),
+        keys.queue(shard, plan.queue_id),
     ]
     kind, body, more_keys = _write(plan)
     next_payload = body[5] if kind == "commit" else b""

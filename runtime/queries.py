@@ -11,6 +11,7 @@ from . import keys
 from .codec import unpack
 from .registry import Registry
 from .run_status import RunStatus
+from .shards import shard_of, shards
 
 
 @dataclasses.dataclass(slots=True)
@@ -97,7 +98,7 @@ async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunV
         return None
     view = _run_view(run_id, raw)
     if b"timer" in raw:  # sleeping: its wake-up time is the timer's score
-        score = await redis.zscore(keys.TIMERS, raw[b"timer"])
+        score = await redis.zscore(keys.timers(shard_of(run_id)), raw[b"timer"])
         view.wake_at_ms = int(score) if score is not None else None
     if not with_steps:
         return view
@@ -126,13 +127,19 @@ async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunV
     return view
 
 
+def _indexes(shard: int) -> tuple[tuple[str, bool], ...]:
+    """A shard's run indexes, each with whether it holds ended runs."""
+    return (keys.runs_active(shard), False), (keys.runs_done(shard), True)
+
+
 async def list_runs(
     redis: Redis, *, function: str | None = None, status: RunStatus | None = None, limit: int = 20
 ) -> list[RunView]:
     """The newest runs first, active and finished, optionally filtered by function and status."""
     found: list[RunView] = []
-    for index in (keys.RUNS_ACTIVE, keys.RUNS_DONE):
-        if status is not None and status.terminal != (index == keys.RUNS_DONE):
+    indexes = [(index, terminal) for shard in shards() for index, terminal in _indexes(shard)]
+    for index, terminal in indexes:
+        if status is not None and status.terminal != terminal:
             continue  # ended runs are indexed as done, the others as active
         offset, page = 0, max(50, limit)
         while True:

@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from . import jobs, keys, run_status
+from . import jobs, keys, run_status, shards
 from .script_args import BY_SCRIPT
 
 SCRIPT_NAMES = (
@@ -40,7 +40,13 @@ def script_text(name: str) -> str:
 def prelude() -> str:
     """What every script starts with: the key names (generated from ``stepq.runtime.keys``), then
     the shared helpers of prelude.lua."""
-    return keys.lua_prelude() + run_status.lua_prelude() + jobs.lua_prelude() + script_text("prelude")
+    return (
+        shards.lua_prelude()
+        + keys.lua_prelude()
+        + run_status.lua_prelude()
+        + jobs.lua_prelude()
+        + script_text("prelude")
+    )
 
 
 def body(name: str) -> str:

@@ -27,6 +27,7 @@ from .plan import JobLease, Plan
 from .plan_wire import encode
 from .script_args import CreateRunArgs, ResolveStepArgs
 from .scripts import Scripts
+from .shards import dedupe_shard, shard_of
 from .waits import Registration
 
 FENCE = "fence"
@@ -196,7 +197,9 @@ class RunStore:
         """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on ``pipe``).
 
         ``limits``: the function's (``RunStore.function_limits``); the run lives within them."""
-        at = now_ms()
+        at, shard = now_ms(), shard_of(run_id)
+        if dedupe_key and shard != dedupe_shard(fn_slug, dedupe_key):
+            raise ValueError(f"run {run_id} is not in the shard of its deduplication key (see shards.run_id_for)")
         job = JobSpec(run_id, 0)
         blob = pack([e.to_dict() for e in events])
         return await self.scripts.call(
@@ -204,9 +207,9 @@ class RunStore:
             [
                 keys.run(run_id),
                 keys.events(run_id),
-                keys.dedupe(fn_slug, dedupe_key) if dedupe_key else keys.run(run_id),
+                keys.dedupe(shard, fn_slug, dedupe_key) if dedupe_key else keys.run(run_id),
                 *enqueue_keys(job, queue_id or app_id),
-                keys.RUNS_ACTIVE,
+                keys.runs_active(shard),
                 *(key for rule in rules for key in rule.key_names()),
             ],
             [
@@ -249,7 +252,7 @@ class RunStore:
                 keys.memo(job.run_id),
                 keys.stack(job.run_id),
                 keys.steps(job.run_id),
-                keys.TIMERS,
+                keys.timers(shard_of(job.run_id)),
                 keys.pending(job.run_id),
             ],
             [
@@ -389,9 +392,9 @@ class RunStore:
                 keys.steps(run_id),
                 keys.pending(run_id),
                 keys.jobs(run_id),
-                keys.TIMERS,
-                keys.RUNS_ACTIVE,
-                keys.RUNS_DONE,
+                keys.timers(shard_of(run_id)),
+                keys.runs_active(shard_of(run_id)),
+                keys.runs_done(shard_of(run_id)),
             ],
             [run_id, now_ms(), limits.retention_s, pack(error), limits.max_state_bytes],
         )

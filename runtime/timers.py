@@ -1,8 +1,8 @@
 """The timer reconciler: no sleeping run depends on arq's job key living until its wake-up.
 
-Every sleep is recorded in a zset (``stepq:timers``, scored by due time) beside its delayed arq job.
+Every sleep is recorded in its shard's timers (``keys.timers``, a zset scored by due time) beside its delayed arq job.
 If the job vanished — its key expired after arq's grace, or Redis evicted it under memory pressure —
-the reconciler re-enqueues it from the timer. One worker at a time sweeps, under a short lock.
+the reconciler re-enqueues it from the timer. One worker at a time sweeps a shard, under a short lock.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from redis.exceptions import ResponseError
 from . import deadletter, keys
 from .jobs import JobKind, JobSpec, enqueue_keys
 from .scripts import Scripts
+from .shards import shard_of, shards
 from .store import now_ms
 
 log = structlog.get_logger("stepq.timers")
@@ -28,20 +29,33 @@ def parse_member(member: str) -> tuple[str, str, int]:
 async def revive_overdue(
     redis: Redis, scripts: Scripts, *, overdue_ms: int = 60_000, batch: int = 200, lock_ms: int = 30_000
 ) -> int:
-    """Re-enqueue wake jobs overdue by ``overdue_ms`` whose job is gone; returns how many were revived."""
-    if not await redis.set(keys.TIMERS_LOCK, b"1", px=lock_ms, nx=True):
+    """Re-enqueue wake jobs overdue by ``overdue_ms`` whose job is gone, in every shard; returns how
+    many were revived."""
+    revived = 0
+    for shard in shards():
+        revived += await _revive_shard(redis, scripts, shard, overdue_ms=overdue_ms, batch=batch, lock_ms=lock_ms)
+    return revived
+
+
+async def _revive_shard(
+    redis: Redis, scripts: Scripts, shard: int, *, overdue_ms: int, batch: int, lock_ms: int
+) -> int:
+    timers, lock = keys.timers(shard), keys.timers_lock(shard)
+    if not await redis.set(lock, b"1", px=lock_ms, nx=True):
         return 0
     revived = 0
     try:
         at = now_ms()
-        members = await redis.zrangebyscore(keys.TIMERS, "-inf", at - overdue_ms, start=0, num=batch)
+        members = await redis.zrangebyscore(timers, "-inf", at - overdue_ms, start=0, num=batch)
         for raw in members:
             try:
                 member = raw.decode()
                 queue_id, run_id, position = parse_member(member)
+                if shard_of(run_id) != shard:
+                    raise ValueError("its run is another shard's")
             except ValueError:  # UnicodeDecodeError included
                 # kept for a person to look at, out of the way of every later sweep
-                await deadletter.move_member(scripts, keys.TIMERS, raw, "malformed timer member")
+                await deadletter.move_member(scripts, shard, timers, raw, "malformed timer member")
                 log.error("timer.malformed", member=raw.decode(errors="backslashreplace"))
                 continue
             try:
@@ -50,17 +64,17 @@ async def revive_overdue(
                 log.error("timer.unreadable_run", run_id=run_id, error=str(exc))
                 continue
             if step_key is None:  # the run ended or woke meanwhile
-                await redis.zrem(keys.TIMERS, raw)
+                await redis.zrem(timers, raw)
                 continue
             job = JobSpec(run_id, position, kind=JobKind.WAKE, step_key=step_key.decode())
             outcome = await scripts.call(
                 "revive_timer",
-                [keys.run(job.run_id), *enqueue_keys(job, queue_id), keys.TIMERS],
+                [keys.run(job.run_id), *enqueue_keys(job, queue_id), timers],
                 [member, job.encode(at), at, 30 * 86400 * 1000],
             )
             if outcome == b"revived":
                 revived += 1
                 log.warning("timer.revived", run_id=job.run_id, job_id=job.job_id)
     finally:
-        await redis.delete(keys.TIMERS_LOCK)
+        await redis.delete(lock)
     return revived

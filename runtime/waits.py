@@ -1,10 +1,11 @@
 """Waits for events: ``step.wait_for_event`` and cancellation rules, indexed by event name.
 
-A wait is a record in ``stepq:waits:<name>`` (member ``<run>|<key>``) and a member of one lookup
-set: when its condition has the shape ``async.<path> == <value>`` (after the run's own ``event.*``
-values are filled in), the equality index ``stepq:waitidx:<name>:<path>:<value>``; otherwise the
-scan set ``stepq:waitscan:<name>``. An incoming event therefore meets only its candidates: the
-members of the index entries its own values point at, and the scan set.
+A wait is a record in its run's shard's hash of waits on the event name (``keys.waits``, member
+``<run>|<key>``) and a member of one lookup set: when its condition has the shape
+``async.<path> == <value>`` (after the run's own ``event.*`` values are filled in), the equality index
+``keys.wait_index(shard, name, path, value)``; otherwise the scan set ``keys.wait_scan``. An incoming
+event therefore meets only its candidates, in every shard: the members of the index entries its own
+values point at, and the scan set.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from stepq.expressions import ExpressionError, compile_expression
 
 from . import keys
 from .codec import pack, unpack
+from .shards import shard_of, shards
 from .wait_expressions import (
     WAIT_VARIABLES,
     equality_key,
@@ -87,13 +89,14 @@ def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord,
         path, value = indexed
         path = path.removeprefix("async.")
         token = index_token(value)
+    shard = shard_of(record.run_id)
     if indexed is not None and token is not None:
-        set_key, paths_key = keys.wait_index(record.event, path, token), keys.wait_paths(record.event)
+        set_key, paths_key = keys.wait_index(shard, record.event, path, token), keys.wait_paths(shard, record.event)
     else:
-        set_key, paths_key, path = keys.wait_scan(record.event), "", ""
+        set_key, paths_key, path = keys.wait_scan(shard, record.event), "", ""
     return record, Registration(
         field=f"wait:{record.key}",
-        hash_key=keys.waits(record.event),
+        hash_key=keys.waits(shard, record.event),
         set_key=set_key,
         member=record.member,
         record=record.encode(),
@@ -107,21 +110,29 @@ async def waited_names(redis: Any, names: set[str]) -> set[str]:
     ordered = sorted(names)
     async with redis.pipeline(transaction=False) as pipe:
         for name in ordered:
-            pipe.exists(keys.waits(name))
-        found = await pipe.execute()
-    return {name for name, count in zip(ordered, found, strict=True) if count}
+            for key in keys.every_shard(keys.waits, name):  # one key a command: shards live apart
+                pipe.exists(key)
+        found = iter(await pipe.execute())
+    return {name for name in ordered if sum(next(found) for _ in shards())}
 
 
 async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[WaitRecord]]:
-    """For each incoming event, the waits it may satisfy (conditions not yet evaluated).
+    """For each incoming event, the waits it may satisfy (conditions not yet evaluated), of every shard."""
+    found: list[list[WaitRecord]] = [[] for _ in events]
+    for shard in shards():
+        for mine, more in zip(found, await _candidates_in(redis, shard, events), strict=True):
+            mine += more
+    return found
 
-    Three round trips at most for any number of events, one when no wait listens to their names.
-    """
+
+async def _candidates_in(redis: Any, shard: int, events: Sequence[dict[str, Any]]) -> list[list[WaitRecord]]:
+    """``candidates`` among the waits of one shard: three round trips at most for any number of
+    events, one when no wait listens to their names."""
     names = sorted({e["name"] for e in events})
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
-            pipe.smembers(keys.wait_scan(name))
-            pipe.smembers(keys.wait_paths(name))
+            pipe.smembers(keys.wait_scan(shard, name))
+            pipe.smembers(keys.wait_paths(shard, name))
         replies = await pipe.execute()
     scans = {name: replies[2 * i] for i, name in enumerate(names)}
     paths = {name: [p.decode() for p in replies[2 * i + 1]] for i, name in enumerate(names)}
@@ -131,7 +142,7 @@ async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[
         for path in paths[event["name"]]:
             token = index_token_at(event, path)
             if token is not None:
-                index_keys.append(keys.wait_index(event["name"], path, token))
+                index_keys.append(keys.wait_index(shard, event["name"], path, token))
         lookups.append(index_keys)
     members: list[set[bytes]] = [set(scans[e["name"]]) for e in events]
     if any(lookups):
@@ -148,7 +159,7 @@ async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[
     async with redis.pipeline(transaction=False) as pipe:
         for event, wanted in zip(events, members, strict=True):
             if wanted:
-                pipe.hmget(keys.waits(event["name"]), sorted(wanted))
+                pipe.hmget(keys.waits(shard, event["name"]), sorted(wanted))
         blobs = iter(await pipe.execute())
     return [[WaitRecord.decode(b) for b in next(blobs) if b is not None] if wanted else [] for wanted in members]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: Crockford's base32 alphabet, as ULIDs are written.
+CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
 def new_ulid(now_ms: int | None = None) -> str:
@@ -14,6 +15,6 @@ def new_ulid(now_ms: int | None = None) -> str:
     value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
     chars = []
     for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
+        chars.append(CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(chars))

@@ -186,8 +186,8 @@ async def wait_until_idle(redis: Redis, timeout: float = 5.0) -> None:
 async def wait_for_empty_queue(redis: Redis, app_id: str, timeout: float = 5.0) -> None:
     """Wait until the app's queue holds no job; fail with what it holds."""
     deadline = time.monotonic() + timeout
-    while queued := await redis.zrange(keys.queue(app_id), 0, -1, withscores=True):
-        assert time.monotonic() < deadline, f"{keys.queue(app_id)} still holds {queued} after {timeout} s"
+    while queued := await redis.zrange(keys.queue(0, app_id), 0, -1, withscores=True):
+        assert time.monotonic() < deadline, f"{keys.queue(0, app_id)} still holds {queued} after {timeout} s"
         await asyncio.sleep(0.01)
 
 
@@ -261,12 +261,12 @@ async def queued_jobs(redis: Redis, app_id: str, run_id: str) -> list[str]:
 
     A job a worker is running right now is left out: arq keeps it in the queue until it returns.
     """
-    members: list[bytes] = await redis.zrange(keys.queue(app_id), 0, -1)
+    members: list[bytes] = await redis.zrange(keys.queue(0, app_id), 0, -1)
     ours = [m.decode() for m in members if m.decode().startswith(run_id + ":")]
-    running = [await redis.exists(keys.ARQ_IN_PROGRESS + job_id) for job_id in ours]
+    running = [await redis.exists(keys.in_progress(job_id)) for job_id in ours]
     idle = [job_id for job_id, busy in zip(ours, running, strict=True) if not busy]
     # A job that finished between the two reads has left the queue by now: only count those still in it.
-    return [job_id for job_id in idle if await redis.zscore(keys.queue(app_id), job_id) is not None]
+    return [job_id for job_id in idle if await redis.zscore(keys.queue(0, app_id), job_id) is not None]
 
 
 def all_logs(workers: Sequence[WorkerProcess]) -> list[dict[str, Any]]:

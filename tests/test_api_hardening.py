@@ -347,12 +347,12 @@ async def test_a_batch_on_a_full_redis_answers_503_stores_nothing_and_a_retry_st
             stored = [unpack(b) for b in await db.mget([keys.event(i) for i in ids])]
             assert [e["data"] for e in stored] == [e["data"] for e in batch]
             assert await db.zcard(keys.EVENTS) == 200
-            assert await db.zcard(keys.RUNS_ACTIVE) == 400  # two functions, once per event
+            assert await db.zcard(keys.runs_active(0)) == 400  # two functions, once per event
 
             # A retry after a lost answer starts no function twice: the events' ids are the keys.
             again = await http.post(f"{api.url}/e/key", json=batch)
             assert again.status_code == 200, again.text
-            assert await db.zcard(keys.RUNS_ACTIVE) == 400
+            assert await db.zcard(keys.runs_active(0)) == 400
         out, err = capfd.readouterr()
         assert MARKER not in out + err
     finally:
@@ -433,7 +433,7 @@ async def test_a_sync_drops_only_functions_its_app_still_owns(redis: Redis) -> N
     """State an earlier stepq could leave after a hijack: the hijacker's set lists the victim's id."""
     registry = Registry(redis)
     await registry.register_app("shop", [worker_config("shop", "charge", "shop/order")])
-    await redis.sadd("stepq:app:evil:functions", "shop-charge")  # type: ignore[misc]
+    await redis.sadd(keys.app_functions("evil"), "shop-charge")  # type: ignore[misc]
     assert await registry.register_app("evil", []) == 0
     record = await registry.get("shop-charge")
     assert record is not None and record.app_id == "shop"
@@ -556,7 +556,7 @@ async def test_a_worker_refuses_to_call_an_app_url_registered_before_the_check(r
 
 async def _run_for(redis: Redis, event_id: str, timeout: float = 10.0) -> str:
     for _ in range(int(timeout / 0.05)):
-        for run_id in await redis.zrange(keys.RUNS_ACTIVE, 0, -1) + await redis.zrange(keys.RUNS_DONE, 0, -1):
+        for run_id in await redis.zrange(keys.runs_active(0), 0, -1) + await redis.zrange(keys.runs_done(0), 0, -1):
             if event_id in ((await redis.hget(keys.run(run_id.decode()), "event_ids")) or b"").decode():  # type: ignore[misc]
                 return str(run_id.decode())
         await asyncio.sleep(0.05)

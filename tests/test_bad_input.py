@@ -113,9 +113,9 @@ async def test_event_no_function_listens_to_is_stored_and_starts_nothing(
 
     assert await redis.exists(keys.event(event_id)) == 1
     assert await list_runs(redis) == []
-    assert await redis.zcard(keys.RUNS_ACTIVE) == 0
-    assert await redis.zcard(keys.queue(APP)) == 0
-    assert [k async for k in redis.scan_iter(match="stepq:{*")] == []
+    assert await redis.zcard(keys.runs_active(0)) == 0
+    assert await redis.zcard(keys.queue(0, APP)) == 0
+    assert [k async for k in redis.scan_iter(match="stepq:{*}:run:*")] == []
 
 
 async def wait_for_log(worker: WorkerProcess, predicate: Any, timeout: float = 10.0) -> dict[str, Any] | str:
@@ -137,8 +137,8 @@ async def test_raw_job_naming_an_unknown_function_is_dropped_with_an_error_log(
 ) -> None:
     [worker] = start_workers("bad")
     now = int(time.time() * 1000)
-    await redis.set(keys.ARQ_JOB + "stray-1", msgpack.packb({"t": 1, "f": "nope", "a": [], "k": {}, "et": now}))
-    await redis.zadd(keys.queue(APP), {"stray-1": now})
+    await redis.set(keys.job("stray-0"), msgpack.packb({"t": 1, "f": "nope", "a": [], "k": {}, "et": now}))
+    await redis.zadd(keys.queue(0, APP), {"stray-0": now})
 
     logged = await wait_for_log(worker, lambda e: "'nope'" in str(e) and "not found" in str(e))
     # The worker goes on: the stray job is gone and other runs complete normally.
@@ -147,7 +147,7 @@ async def test_raw_job_naming_an_unknown_function_is_dropped_with_an_error_log(
     assert (view.status, view.output) == ("completed", {"said": "still here"})
     assert worker.alive()
     await wait_for_empty_queue(redis, APP)
-    assert await redis.exists(keys.ARQ_JOB + "stray-1") == 0
+    assert await redis.exists(keys.job("stray-0")) == 0
     # Logged as the worker logs everything else: a JSON line, at error level.
     assert isinstance(logged, dict), f"not a structured log line: {logged!r}"
     assert logged["level"] == "error", logged

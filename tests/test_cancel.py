@@ -38,7 +38,7 @@ def steps_run(log: Path, run_id: str) -> list[str]:
 
 async def wait_members(redis: Redis, event_name: str, run_id: str) -> list[str]:
     """The run's registered waits (wait steps and cancellation rules) for an event name."""
-    members: list[bytes] = await redis.hkeys(keys.waits(event_name))  # type: ignore[misc]
+    members: list[bytes] = await redis.hkeys(keys.waits(0, event_name))  # type: ignore[misc]
     return [m.decode() for m in members if m.decode().startswith(run_id + "|")]
 
 
@@ -57,7 +57,7 @@ async def park(redis: Redis, sender: stepq.Client, log: Path, cancel_id: str) ->
         jobs = await queued_jobs(redis, APP, run_id)
         assert jobs, f"run {run_id} has no job queued while parked"  # its wake-up or its wait's timeout
         for job in jobs:
-            score = await redis.zscore(keys.queue(APP), job)
+            score = await redis.zscore(keys.queue(0, APP), job)
             assert score is not None
             resume_by = max(resume_by, score / 1000)
     assert await wait_members(redis, "app/never", waiter)

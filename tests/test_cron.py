@@ -178,7 +178,7 @@ async def runs_by_tick(redis: Redis, run_ids: list[str]) -> dict[int, list[str]]
 
 
 async def all_run_ids(redis: Redis) -> list[str]:
-    return [r.decode() for r in await redis.zrange(keys.RUNS_ACTIVE, 0, -1)]
+    return [r.decode() for r in await redis.zrange(keys.runs_active(0), 0, -1)]
 
 
 async def test_a_due_tick_starts_one_run_with_the_scheduled_event(redis: Redis) -> None:
@@ -292,7 +292,9 @@ async def test_an_outage_beyond_catch_up_fires_nothing_until_the_next_tick(redis
     # Down from 12:00 to 15:20: the 15:00 tick is 20 minutes old, beyond the catch-up window.
     back = t0 + dt.timedelta(hours=3, minutes=20)
     assert await fire_due(redis, RunStore(redis), functions, now=back, catch_up=catch_up) == []
-    assert await redis.get(keys.dedupe(SLUG, tick_event_id(SLUG, ms(t0 + dt.timedelta(hours=3))))) == SKIPPED.encode()
+    assert (
+        await redis.get(keys.dedupe(0, SLUG, tick_event_id(SLUG, ms(t0 + dt.timedelta(hours=3))))) == SKIPPED.encode()
+    )
     assert int(await redis.get(keys.cron_last(SLUG))) == ms(t0 + dt.timedelta(hours=3))
     # Down from 12:00 to 15:09 instead would have fired 15:00; the next tick fires as usual.
     [run_id] = await fire_due(redis, RunStore(redis), functions, now=t0 + dt.timedelta(hours=4, seconds=1))

@@ -119,8 +119,8 @@ async def test_when_the_worker_that_means_to_wake_a_sleep_dies_another_wakes_it(
     deadline = time.monotonic() + 10
     while True:
         view = await get_run(redis, run_id)
-        holder = await redis.get(keys.mover(APP))
-        if view is not None and view.status == "sleeping" and holder and await redis.exists(keys.wake_at(APP)):
+        holder = await redis.get(keys.mover(0, APP))
+        if view is not None and view.status == "sleeping" and holder and await redis.exists(keys.wake_at(0, APP)):
             break
         assert time.monotonic() < deadline, "the run did not go to sleep with a mover watching"
         await asyncio.sleep(0.02)
@@ -146,7 +146,7 @@ async def test_a_sleep_enqueued_after_a_longer_one_still_wakes_first(
     start_workers("queue_app", n=2, env={"STEPQ_IDLE_CHECK": "60"})
     long_id = await start_run(sender, redis, "nap-for", "test/nap.for", {"ms": 6000})
     deadline = time.monotonic() + 10
-    while await redis.get(keys.wake_at(APP)) is None:  # a mover keeps its timer at the long sleep
+    while await redis.get(keys.wake_at(0, APP)) is None:  # a mover keeps its timer at the long sleep
         assert time.monotonic() < deadline, "no worker took the long sleep's timer"
         await asyncio.sleep(0.02)
     sent = time.time()

@@ -32,21 +32,21 @@ async def test_a_30_day_sleep_wakes_after_its_job_key_expired(
 
     parked = await wait_for_run(redis, run_id, statuses=("sleeping",), timeout=15)
     assert parked.wake_at_ms is not None and parked.wake_at_ms >= time.time() * 1000 + 29 * DAY_MS
-    [(job_id, score)] = await redis.zrange(keys.queue(APP), 0, -1, withscores=True)
+    [(job_id, score)] = await redis.zrange(keys.queue(0, APP), 0, -1, withscores=True)
     assert int(score) == parked.wake_at_ms
-    job_key = keys.ARQ_JOB + job_id.decode()
+    job_key = keys.job(job_id.decode())
     assert await redis.exists(job_key) == 1
-    [(timer, timer_score)] = await redis.zrange(keys.TIMERS, 0, -1, withscores=True)
+    [(timer, timer_score)] = await redis.zrange(keys.timers(0), 0, -1, withscores=True)
     assert int(timer_score) == parked.wake_at_ms and run_id in timer.decode()
 
     # 30 days later: the wake-up is due, and arq's job key has expired.
     now = int(time.time() * 1000)
     async with redis.pipeline(transaction=True) as pipe:
         if queue_entry == "due-now":
-            pipe.zadd(keys.queue(APP), {job_id: now}, xx=True)
+            pipe.zadd(keys.queue(0, APP), {job_id: now}, xx=True)
         else:  # arq already found the key gone and dropped the job
-            pipe.zrem(keys.queue(APP), job_id)
-        pipe.zadd(keys.TIMERS, {timer: now}, xx=True)
+            pipe.zrem(keys.queue(0, APP), job_id)
+        pipe.zadd(keys.timers(0), {timer: now}, xx=True)
         pipe.delete(job_key)
         await pipe.execute()
 
@@ -60,4 +60,4 @@ async def test_a_30_day_sleep_wakes_after_its_job_key_expired(
     assert memo[sha1("month")] is None  # a finished sleep is memoized as null
     revived = [e for e in worker.logs() if e.get("event") == "timer.revived" and e.get("run_id") == run_id]
     assert len(revived) == 1, revived
-    assert await redis.zcard(keys.TIMERS) == 0
+    assert await redis.zcard(keys.timers(0)) == 0

@@ -294,7 +294,7 @@ def test_a_wait_registers_with_the_runs_own_values_filled_in_and_times_out_by_it
     assert record.expression == 'async.data.order == "o-1"'
     assert step.wait is not None and step.wait.field == f"wait:{wait.id}"
     token = index_token("o-1")
-    assert token is not None and step.wait.set_key == keys.wait_index("shop/paid", "data.order", token)
+    assert token is not None and step.wait.set_key == keys.wait_index(0, "shop/paid", "data.order", token)
 
 
 def test_an_invoke_starts_its_child_now_and_times_out_with_inngests_error() -> None:

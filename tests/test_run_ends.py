@@ -226,12 +226,12 @@ async def test_a_sleep_right_after_a_sleep_has_a_timer_and_survives_a_lost_wake_
     view = await wait_for_run(redis, run_id, statuses=("sleeping",), timeout=10)
     assert view.wake_at_ms is not None and view.wake_at_ms > now_ms()
     timer = await redis.hget(keys.run(run_id), "timer")  # type: ignore[misc]
-    assert timer is not None and await redis.zscore(keys.TIMERS, timer) is not None
+    assert timer is not None and await redis.zscore(keys.timers(0), timer) is not None
 
     # Lose the wake-up job (an eviction, a Redis that lost its last second of writes...).
     [wake_job] = await queued_jobs(redis, "t-sleeps", run_id)
-    await redis.zrem(keys.queue("t-sleeps"), wake_job)
-    await redis.delete(keys.ARQ_JOB + wake_job)
+    await redis.zrem(keys.queue(0, "t-sleeps"), wake_job)
+    await redis.delete(keys.job(wake_job))
 
     done = await wait_for_run(redis, run_id, timeout=20)
     assert done.status == "completed", done.error

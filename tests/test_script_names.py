@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from redis.asyncio import Redis
 
-from stepq.runtime import jobs, keys, scripts
+from stepq.runtime import jobs, keys, scripts, shards
 from stepq.runtime.run_status import TERMINAL, RunStatus
 from stepq.runtime.script_args import BY_SCRIPT
 
@@ -29,9 +29,50 @@ async def test_each_generated_key_builder_names_the_key_python_names(redis: Redi
     assert [g.decode() for g in got] == [keys.LUA_BUILDERS[name](i) for i in IDS]
 
 
+RUN_IDS = [shards.new_run_id(shard=s) for s in (0, 1, 17, 31)] + ["01jabc", "no-shard", ""]
+
+
+@pytest.mark.parametrize("name", sorted(keys.RUN_SHAPES | keys.JOB_SHAPES))
+async def test_each_run_and_job_key_builder_names_the_key_python_names(redis: Redis, name: str) -> None:
+    ids = RUN_IDS + [f"{r}:p3:a0" for r in RUN_IDS]
+    got = await _lua(
+        redis, f"local out = {{}} for i, id in ipairs(ARGV) do out[i] = key_{name}(id) end return out", *ids
+    )
+    assert [g.decode() for g in got] == [getattr(keys, name)(i) for i in ids]
+
+
+@pytest.mark.parametrize("name", sorted(keys.QUEUE_SHAPES))
+async def test_each_queue_key_builder_names_the_key_python_names(redis: Redis, name: str) -> None:
+    tags = list(shards.SHARD_TAGS)
+    body = f"local out = {{}} for i, tag in ipairs(ARGV) do out[i] = key_{name}(tag, 'app-1') end return out"
+    got = await _lua(redis, body, *tags)
+    assert [g.decode() for g in got] == [getattr(keys, name)(s, "app-1") for s in range(shards.SHARD_LIMIT)]
+
+
+async def test_a_run_ids_shard_is_read_alike_in_lua_and_python(redis: Redis) -> None:
+    ids = RUN_IDS + [f"{r}:s2:timer" for r in RUN_IDS]
+    got = await _lua(redis, "local out = {} for i, id in ipairs(ARGV) do out[i] = tag_of(id) end return out", *ids)
+    assert [g.decode() for g in got] == [shards.tag_of(i) for i in ids]
+    assert [shards.shard_of(shards.new_run_id(shard=s)) for s in range(32)] == list(range(32))
+    # a run's keys and its jobs' keys share one slot, whatever its shard
+    for run_id in RUN_IDS[:4]:
+        tags = {shards.tag_of(run_id)} | {
+            k.split("{")[1].split("}")[0] for k in (keys.run(run_id), keys.job(run_id + ":p1:a0"))
+        }
+        assert len(tags) == 1
+
+
+def test_the_shards_tags_spread_over_the_slots_of_a_cluster() -> None:
+    from redis.crc import key_slot
+
+    slots = [key_slot(keys.timers(s).encode()) for s in range(shards.SHARD_LIMIT)]
+    assert [slot * shards.SHARD_LIMIT // 16384 for slot in slots] == list(range(shards.SHARD_LIMIT))
+
+
 @pytest.mark.parametrize("name", keys.LUA_INVERSES)
 async def test_ids_are_read_back_from_keys(redis: Redis, name: str) -> None:
-    built = [keys.LUA_BUILDERS[name](i) for i in IDS]
+    build = keys.job if name == "job" else (lambda i: keys.queue(3, i))
+    built = [build(i) for i in IDS]
     got = await _lua(
         redis, f"local out = {{}} for i, k in ipairs(ARGV) do out[i] = {name}_id_of(k) end return out", *built
     )

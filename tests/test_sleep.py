@@ -47,7 +47,7 @@ async def test_sleep_parks_the_run_with_no_job_running_and_resumes_after_the_dur
         view = await get_run(redis, run_id, with_steps=False)
         assert view is not None and view.status == "sleeping"
         assert await running_jobs(redis) == []
-        queued = await redis.zrange(keys.queue(APP), 0, -1, withscores=True)
+        queued = await redis.zrange(keys.queue(0, APP), 0, -1, withscores=True)
         assert all(score >= parked.wake_at_ms for _, score in queued), queued
         samples += 1
         await asyncio.sleep(0.1)

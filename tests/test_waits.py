@@ -158,7 +158,7 @@ async def test_event_at_the_timeout_instant_has_exactly_one_outcome(
         todo = [i for i in range(n) if i not in targets]
         async with redis.pipeline(transaction=False) as pipe:
             for i in todo:
-                pipe.zscore(keys.queue(APP), f"{run_ids[i]}:s{RACE_KEY}:timer")
+                pipe.zscore(keys.queue(0, APP), f"{run_ids[i]}:s{RACE_KEY}:timer")
             scores = await pipe.execute()
         for i, score in zip(todo, scores, strict=True):
             if score is not None:

@@ -86,10 +86,10 @@ async def test_poison_queue_members_go_to_the_dead_letters_and_the_worker_keeps_
     redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     [worker] = start_workers("cli_app")
-    queue = keys.queue("t-cli")
+    queue = keys.queue(0, "t-cli")
     now_ms = int(time.time() * 1000)
-    not_utf8, minus_inf, bad_job = b"\xff\xfe-not-utf8", b"minus-inf", b"job-key-is-a-hash"
-    await redis.hset(keys.ARQ_JOB + bad_job.decode(), "not", "a job")  # type: ignore[misc]
+    not_utf8, minus_inf, bad_job = b"\xff\xfe-not-utf8", b"minus-inf", b"job-key-is-a-hash-0"
+    await redis.hset(keys.job(bad_job.decode()), "not", "a job")  # type: ignore[misc]
     await redis.zadd(queue, {not_utf8: now_ms, minus_inf: float("-inf"), bad_job: now_ms})
 
     async def moved_aside() -> bool:
@@ -114,9 +114,9 @@ async def test_poison_queue_members_go_to_the_dead_letters_and_the_worker_keeps_
     assert letters[not_utf8]["member"] == "\\xff\\xfe-not-utf8"
     assert letters[minus_inf]["score"] == "-inf"
     assert letters[minus_inf]["reason"] == "score is not a finite number"
-    assert letters[bad_job]["reason"] == f"its job key arq:job:{bad_job.decode()} holds a hash, not a string"
+    assert letters[bad_job]["reason"] == f"its job key {keys.job(bad_job.decode())} holds a hash, not a string"
     assert all(r["queue"] == queue and r["at_ms"] >= now_ms for r in letters.values())
-    assert await redis.exists(keys.ARQ_IN_PROGRESS + bad_job.decode()) == 0  # its claim was let go
+    assert await redis.exists(keys.in_progress(bad_job.decode())) == 0  # its claim was let go
 
     table = stepq_cli("dead-letters")
     assert table.returncode == 0, table.stderr
@@ -131,7 +131,7 @@ async def test_a_queue_key_of_the_wrong_type_is_renamed_aside_and_the_worker_ser
     redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
     [worker] = start_workers("cli_app")
-    queue = keys.queue("t-cli")
+    queue = keys.queue(0, "t-cli")
     await redis.delete(queue)
     await redis.hset(queue, mapping={"someone": "wrote a hash here"})  # type: ignore[misc]
 
@@ -143,7 +143,7 @@ async def test_a_queue_key_of_the_wrong_type_is_renamed_aside_and_the_worker_ser
     assert_alive(worker)
     [letter] = [json.loads(line) for line in stepq_cli("dead-letters", "--json").stdout.splitlines()]
     assert (letter["queue"], letter["type"], letter["reason"]) == (queue, "hash", "queue key is not a sorted set")
-    assert letter["moved_to"].startswith("stepq:dead:queue:t-cli:")
+    assert letter["moved_to"].startswith(keys.dead_queue(0, "t-cli", 0).removesuffix("0"))
     assert await redis.hgetall(letter["moved_to"]) == {b"someone": b"wrote a hash here"}  # type: ignore[misc]
     assert len(logged(worker, "queue.moved_aside")) == 1
 

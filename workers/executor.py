@@ -28,7 +28,6 @@ from arq.worker import Retry
 from stepq.durations import to_timedelta
 from stepq.engine import FunctionFailed
 from stepq.event import Event
-from stepq.ids import new_ulid
 from stepq.opcodes import memo_error
 from stepq.replay import ExecutionRequest
 from stepq.runtime import keys, lifecycle, matching
@@ -41,6 +40,7 @@ from stepq.runtime.plan import Commit, FanOut, Finish, JobLease, Now, Plan, Poli
 from stepq.runtime.redis_errors import is_passing
 from stepq.runtime.registry import Registry
 from stepq.runtime.run_status import RunStatus
+from stepq.runtime.shards import run_id_for
 from stepq.runtime.store import (
     FENCE,
     CachedRun,
@@ -313,7 +313,7 @@ class Executor:
             v=payload.get("v"),
         )
         created, _ = await self.store.create_run(
-            run_id=new_ulid(),
+            run_id=run_id_for(record.slug, event.id),
             fn_slug=record.slug,
             app_id=record.app_id,
             queue_id=record.config.get("queue") or record.app_id,

@@ -5,7 +5,7 @@ comes back empty (no persistence, a flush, a failover to an empty replica), even
 accepted and start nothing until a worker restarted. So each worker restores its app's registration:
 
 - at start (unconditionally, as before: the newest worker's code wins);
-- when its watchdog's probe finds the app's registration marker gone (``stepq:app:<app>:registration``,
+- when its watchdog's probe finds the app's registration marker gone (``keys.app_registration``,
   checked once a second on the watchdog's own connection), and after every reconnect;
 - every ``refresh_s`` (default 60 s), which also repairs a partial loss (keys evicted, a replica
   that missed the last registration).

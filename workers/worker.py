@@ -49,6 +49,7 @@ from stepq.runtime.jobs import ADVANCE
 from stepq.runtime.limits import Limits
 from stepq.runtime.redis_errors import error_kind
 from stepq.runtime.registry import Registry
+from stepq.runtime.shards import shards
 from stepq.runtime.store import RunStore
 
 from .executor import Executor
@@ -110,10 +111,14 @@ class StepqWorker:
         #: The value of the in-progress locks this worker holds: a job is this worker's to renew and
         #: to end only while its lock carries this token.
         self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        # One shard while stepq runs on one Redis (runtime/shards.py); serving several is the step
+        # that takes workers onto a Redis Cluster.
+        (shard,) = shards()
         self.queue = JobQueue(
             pool,
             store.scripts,
             queue_id,
+            shard=shard,
             lease_token=self.lease_token,
             lease_ms=int(options.lease_s * 1000),
             # renewed at every idle check; short, so that a dead mover's role (and its timers) moves on soon
@@ -338,7 +343,9 @@ class StepqWorker:
         if error_kind(exc) != "WRONGTYPE":
             return False
         try:
-            letter = await deadletter.move_queue(self.store.scripts, self.queue.name, "queue key is not a sorted set")
+            letter = await deadletter.move_queue(
+                self.store.scripts, self.queue.shard, self.queue.queue_id, "queue key is not a sorted set"
+            )
             if letter is not None:
                 log.error("queue.moved_aside", queue=self.queue.name, moved_to=letter.moved_to, type=letter.key_type)
                 return True
@@ -353,7 +360,7 @@ class StepqWorker:
     async def _dead_letter(self, member: bytes, reason: str) -> None:
         """Move a poison member aside; if Redis refuses, leave it (it is skipped) and try next claim."""
         try:
-            letter = await deadletter.move_member(self.store.scripts, self.queue.name, member, reason)
+            letter = await deadletter.move_member(self.store.scripts, self.queue.shard, self.queue.name, member, reason)
         except REDIS_TROUBLE as exc:
             self._dead_letter_faults.failed(exc, member=repr(member)[:200])
             return

@@ -31,6 +31,7 @@ end
 
 local now, lease, free = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local token = ARGV[4]
+local tag = tag_of_key(KEYS[1])
 local out, poison = {}, {}
 local claimed, more = 0, false
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[6]))
@@ -42,6 +43,10 @@ for i = 1, #due, 2 do
   elseif claimed >= free then
     more = true
     break
+  elseif tag_of(id) ~= tag then
+    -- its keys live in another shard's slot: no script of this shard may touch them
+    poison[#poison + 1] = id
+    poison[#poison + 1] = "its id names another shard than its queue's"
   elseif redis.call('EXISTS', key_in_progress(id)) == 0 then
     -- pcall: a key of the wrong type must not stop the claim (nor every later one); any other
     -- error (out of memory, read-only...) stops it, and the worker tries again later

@@ -6,17 +6,19 @@
 -- and ARGV by runtime/ingest.py) creates each run exactly as RunStore.create_run would.
 -- The runs were chosen from routes read under a version of the registry (runtime/registry.py): if a
 -- registration changed it since, nothing is written and the sender routes again.
--- KEYS: the events index; per event: its key, its name's recent list, its name's waits; then each
---       run's create_run KEYS.
+-- KEYS: the events index; per event: its key, its name's recent list, its name's waits in each of
+--       the n_shards shards; then each run's create_run KEYS.
 -- ARGV: now_ms, retention_s, recent_max, look_back_ms, registry version ('' for none), n_events,
---       then per event: id, blob; n_runs, then per run: n_keys, n_args, then its create_run ARGV.
+--       n_shards, then per event: id, blob; n_runs, then per run: n_keys, n_args, then its
+--       create_run ARGV.
 -- Returns {'stale'}, or {'ok', runs created, then per event 1 when some run waits for its name}.
 if (redis.call('GET', KEY_FUNCTIONS_VERSION) or '') ~= ARGV[5] then
   return {'stale'}
 end
 local now, retention = tonumber(ARGV[1]), tonumber(ARGV[2])
 local recent_max, look_back = tonumber(ARGV[3]), ARGV[4]
-local a, k = 7, 2
+local n_shards = tonumber(ARGV[7])
+local a, k = 8, 2
 local waited = {}
 for e = 1, tonumber(ARGV[6]) do
   local id = ARGV[a]
@@ -26,8 +28,8 @@ for e = 1, tonumber(ARGV[6]) do
   redis.call('LPUSH', KEYS[k + 1], now .. ':' .. id)
   redis.call('LTRIM', KEYS[k + 1], 0, recent_max - 1)
   redis.call('PEXPIRE', KEYS[k + 1], look_back)
-  waited[e] = redis.call('EXISTS', KEYS[k + 2])
-  a, k = a + 2, k + 3
+  waited[e] = redis.call('EXISTS', unpack(KEYS, k + 2, k + 1 + n_shards))
+  a, k = a + 2, k + 2 + n_shards
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - retention * 1000)
 local n_runs = tonumber(ARGV[a])

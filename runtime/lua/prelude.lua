@@ -28,14 +28,14 @@ end
 -- worker it wakes claims every due job it has room for and leaves a token if any remain.
 local function signal_queue(queue_key, score, now)
   -- pcall: a wake-up key of the wrong type (workers repair it) must not fail the enqueue
-  local queue_id = queue_id_of(queue_key)
+  local tag, queue_id = tag_of_key(queue_key), queue_id_of(queue_key)
   if now and tonumber(score) > tonumber(now) then
-    local wake_at = tonumber(type_safe(redis.pcall('GET', key_wake_at(queue_id))) or '')
+    local wake_at = tonumber(type_safe(redis.pcall('GET', key_wake_at(tag, queue_id))) or '')
     if wake_at and wake_at <= tonumber(score) then
       return
     end
   end
-  push_token(key_ready(queue_id))
+  push_token(key_ready(tag, queue_id))
 end
 
 -- Write a job in arq's format unless a job or result with that id exists (arq's own dedupe rule).
@@ -179,12 +179,12 @@ local function drop_idle_job(queue, job_id)
 end
 
 local function close_run(run_id, now, retention_s)
-  local run = key_run(run_id)
+  local run, tag = key_run(run_id), tag_of(run_id)
   drop_all_waits(run)
-  local queue = key_queue(redis.call('HGET', run, 'q') or '')
+  local queue = key_queue(tag, redis.call('HGET', run, 'q') or '')
   local timer = redis.call('HGET', run, 'timer')
   if timer then
-    redis.call('ZREM', KEY_TIMERS, timer)
+    redis.call('ZREM', key_timers(tag), timer)
     local position = string.match(timer, '|([^|]*)$')
     drop_idle_job(queue, wake_job_id(run_id, position))
   end
@@ -201,9 +201,10 @@ local function close_run(run_id, now, retention_s)
   for _, key in ipairs({run, key_events(run_id), key_memo(run_id), key_stack(run_id), key_steps(run_id)}) do
     redis.call('EXPIRE', key, retention_s)
   end
-  redis.call('ZREM', KEY_RUNS_ACTIVE, run_id)
-  redis.call('ZADD', KEY_RUNS_DONE, now, run_id)
-  redis.call('ZREMRANGEBYSCORE', KEY_RUNS_DONE, '-inf', now - retention_s * 1000)
+  local done = key_runs_done(tag)
+  redis.call('ZREM', key_runs_active(tag), run_id)
+  redis.call('ZADD', done, now, run_id)
+  redis.call('ZREMRANGEBYSCORE', done, '-inf', now - retention_s * 1000)
 end
 
 -- Runs a script ended besides the one it was called for (a parent failed by its child's result):
@@ -313,7 +314,8 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
   if redis.call('SCARD', pending) == 0 then
     local join = redis.call('HMGET', run, 'join_id', 'join_job', 'q')
     if join[1] then
-      enqueue(key_job(join[1]), key_result(join[1]), key_queue(join[3]), join[2], now, JOB_TTL_MS, now)
+      enqueue(key_job(join[1]), key_result(join[1]), key_queue(tag_of(run_id), join[3]), join[2], now, JOB_TTL_MS,
+        now)
       redis.call('HSET', run, 'next_job', join[1])
       redis.call('HDEL', run, 'join_id', 'join_job')
     end

@@ -34,6 +34,7 @@ from tests.torture.logs import WorkerLogs
 from tests.torture.model import Expected, Model, child_programs, memo_oracle
 from tests.torture.program import KNOWN_SHAPES, SIGNAL, Generator, Mix, Op, Program, signal_value, step_id, walk
 from tests.torture.report import Report
+from tests.torture.slots import SlotAudit
 
 TERMINAL = ("completed", "failed", "cancelled")
 
@@ -60,6 +61,8 @@ class Config:
     explicit: tuple[list[Op], ...] = ()
     #: Also send the shapes that once left runs stuck (``program.KNOWN_SHAPES``).
     known_shapes: bool = True
+    #: Follow MONITOR and report every script call whose keys span Redis Cluster slots (``slots.py``).
+    audit_slots: bool = False
 
     def command(self) -> str:
         return f"STEPQ_TORTURE_SEED={self.seed} scripts/test tests/test_torture.py"
@@ -168,6 +171,9 @@ class Torture:
         began = time.monotonic()
         # In this (the main) thread: Redis then dies with this process however it ends.
         self.cluster.start()
+        audit = SlotAudit(self.cluster.redis.port) if self.config.audit_slots else None
+        if audit is not None:
+            audit.start()
         self.redis = connect(self.cluster.redis_url)
         # The driver's own writes (events, cancellations) follow the cluster's retention too.
         limits = Limits(retention_s=self.config.settings.retention_s)
@@ -199,11 +205,18 @@ class Torture:
                 )
             await self._quiesce()
             await self._check()
+            if audit is not None:
+                audit.stop()
+                self.report.script_calls = dict(audit.calls)
+                for detail in audit.violations():
+                    self.report.violations.append(Violation("one-slot", "-", "-", detail))
             if self.config.check_memory and not (self.config.only or self.config.explicit or self.stranded):
                 await self._memory(baseline)
             elif self.stranded:
                 self.report.memory = f"memory not checked: {len(self.stranded)} runs never ended"
         finally:
+            if audit is not None:
+                audit.stop()
             self.report.elapsed_s = time.monotonic() - began
             self.report.notable = self.logs().counts
             await self.local.aclose()
@@ -300,8 +313,8 @@ class Torture:
     async def _discover(self) -> bool:
         """Find runs started since the last look; tie each to its program by the pid in its event."""
         assert self.redis is not None
-        active = await self.redis.zrange(keys.RUNS_ACTIVE, 0, -1)
-        done = await self.redis.zrangebyscore(keys.RUNS_DONE, self._seen_done_ms - 5000, "+inf", withscores=True)
+        active = await self.redis.zrange(keys.runs_active(0), 0, -1)
+        done = await self.redis.zrangebyscore(keys.runs_done(0), self._seen_done_ms - 5000, "+inf", withscores=True)
         if done:
             self._seen_done_ms = max(self._seen_done_ms, int(max(score for _, score in done)))
         new = [r.decode() for r in [*active, *(member for member, _ in done)] if r.decode() not in self.by_run]

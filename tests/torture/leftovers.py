@@ -33,7 +33,7 @@ def run_leftovers(raw: dict[bytes, bytes], pending: set[bytes], jobs: set[bytes]
 
 async def queues(redis: Redis) -> list[bytes]:
     """The queue zsets (arq keeps a health-check string under the same prefix)."""
-    found = [k async for k in redis.scan_iter(match=keys.queue("*"))]
+    found = [k async for k in redis.scan_iter(match=keys.queue(0, "*"))]
     return [k for k in found if await redis.type(k) == b"zset"]
 
 
@@ -44,7 +44,7 @@ async def jobs_of(redis: Redis, run_id: str) -> list[str]:
         for member, score in await redis.zrange(queue, 0, -1, withscores=True):
             if member.decode().startswith(run_id + ":"):
                 late = (time.time() * 1000 - score) / 1000
-                job = await redis.exists(keys.ARQ_JOB + member.decode())
+                job = await redis.exists(keys.job(member.decode()))
                 out.append(f"{member.decode()} (due {late:+.1f} s ago, job key {'present' if job else 'missing'})")
     return out
 
@@ -61,23 +61,24 @@ async def global_leftovers(redis: Redis, stranded: Collection[str]) -> list[str]
         members = others([m.decode() for m in await redis.zrange(queue, 0, -1)])
         if members:
             problems.append(f"{queue.decode()} holds {len(members)} jobs: {members[:5]}")
-    arq_jobs = others([k.decode().removeprefix(keys.ARQ_JOB) async for k in redis.scan_iter(match=keys.ARQ_JOB + "*")])
+    job_keys = [k.decode() async for k in redis.scan_iter(match=keys.ARQ_JOB + "*")]
+    arq_jobs = others([k.partition("}:")[2] for k in job_keys])
     if arq_jobs:
         problems.append(f"{len(arq_jobs)} arq job keys remain: {arq_jobs[:5]}")
-    if timers := others([t.decode() for t in await redis.zrange(keys.TIMERS, 0, -1)]):
-        problems.append(f"{keys.TIMERS} holds {timers[:5]}")
-    async for key in redis.scan_iter(match=keys.waits("*")):
+    if timers := others([t.decode() for t in await redis.zrange(keys.timers(0), 0, -1)]):
+        problems.append(f"{keys.timers(0)} holds {timers[:5]}")
+    async for key in redis.scan_iter(match=keys.waits(0, "*")):
         members = others([m.decode() for m in await redis.hkeys(key)])  # type: ignore[misc]
         if members:
             problems.append(f"{key.decode()} still holds waits of ended runs: {members[:5]}")
-    for pattern in (keys.wait_scan("*"), keys.wait_index("*", "*", "*")):
+    for pattern in (keys.wait_scan(0, "*"), keys.wait_index(0, "*", "*", "*")):
         async for key in redis.scan_iter(match=pattern):
             members = others([m.decode() for m in await redis.smembers(key)])  # type: ignore[misc]
             if members:
                 problems.append(f"{key.decode()} still indexes waits of ended runs: {members[:5]}")
-    active = others([a.decode() for a in await redis.zrange(keys.RUNS_ACTIVE, 0, -1)])
+    active = others([a.decode() for a in await redis.zrange(keys.runs_active(0), 0, -1)])
     if active:
-        problems.append(f"{keys.RUNS_ACTIVE} lists runs that ended or are unknown: {active[:5]}")
+        problems.append(f"{keys.runs_active(0)} lists runs that ended or are unknown: {active[:5]}")
     return problems
 
 

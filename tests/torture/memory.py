@@ -10,6 +10,7 @@ slow commands' arguments, and every command gets a latency histogram (tens of Ki
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from typing import Any
 
@@ -27,12 +28,12 @@ ALLOWED_KEYS = {
     "stepq:events": 1,
     "stepq:runs": 2,
     # per queue, while its workers run (two queues here): the mover's lease and wake time, a token
-    "{stepq:queue": 6,
+    "queue wake-up keys": 6,
 }
 #: Each run keeps its 24-hour idempotency key (about 150 bytes); nothing else may stay.
 IDEMPOTENCY_KEY_BYTES = 200
 SLACK_BYTES = 64 * 1024
-INDEXES = (keys.RUNS_ACTIVE, keys.RUNS_DONE, keys.EVENTS, keys.TIMERS)
+INDEXES = (keys.runs_active(0), keys.runs_done(0), keys.EVENTS, keys.timers(0))
 
 
 @dataclasses.dataclass(slots=True)
@@ -45,12 +46,23 @@ class Census:
     indexes: dict[str, int]
 
 
+def _kind(key: str) -> str:
+    """What a key is, by its name without the shard's hash tag: ``stepq:queue``, ``run keys``..."""
+    plain = re.sub(r"\{[^}]*\}:", "", key, count=1)
+    kind = ":".join(plain.split(":")[:2])
+    if kind.removeprefix(f"{keys.PREFIX}:") in keys.RUN_SHAPES:
+        return "run keys"
+    if kind.removeprefix(f"{keys.PREFIX}:") in ("ready", "mover", "wake_at"):
+        return "queue wake-up keys"
+    return kind
+
+
 async def census(redis: Redis, *, sizes_of_keys: bool = False) -> Census:
     kinds: Counter[str] = Counter()
     usage: Counter[str] = Counter()
     async for key in redis.scan_iter(count=1000):
         text = key.decode()
-        kind = "run keys" if text.startswith("stepq:{") else ":".join(text.split(":")[:2])
+        kind = _kind(text)
         if text.startswith("torture:"):
             kind = "(the test's torture: keys)"
         else:

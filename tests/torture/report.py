@@ -27,6 +27,8 @@ class Report:
     memory: str = ""
     events_sent: int = 0
     cancels: int = 0
+    #: Script calls seen, by script, when the slot audit ran.
+    script_calls: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def figures(self) -> str:
         t = self.tally

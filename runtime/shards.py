@@ -1,0 +1,104 @@
+"""What a shard is: the runs, their jobs and the queues holding those jobs that share one hash tag.
+
+Every write a step makes (its result, the run's record, the next job on its queue) is one Lua call,
+so a run's keys, its jobs' keys and the queue entries of those jobs must live in one Redis Cluster
+slot. A *shard* is that slot's share of stepq: a hash tag (``SHARD_TAGS``) that every key of its
+runs, of their jobs, of its part of each queue and of its indexes (active/done runs, timers, waits)
+carries. Scripts on the step path touch the keys of one shard only.
+
+A run's shard is written in its id, so that anything holding a run id or a job id (job ids start
+with their run's id) finds the shard with no lookup: the last character of a run id, a ULID, is
+the shard's number in Crockford's base32 (so at most ``SHARD_LIMIT`` shards). New runs take their
+shard among the first ``SHARD_COUNT``; growing the count later leaves every existing run where it
+is. Today stepq runs on one Redis and ``SHARD_COUNT`` is 1; a cluster spreads runs over more.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import string
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+from stepq.ids import CROCKFORD, new_ulid
+
+#: How many shards a run id can name (one base32 character).
+SHARD_LIMIT = len(CROCKFORD)
+#: The shards new runs are spread over; workers serve all of them.
+SHARD_COUNT = 1
+
+_VALUE = {char: value for value, char in enumerate(CROCKFORD)}
+
+
+def _spread_tags() -> tuple[str, ...]:
+    """One short hash tag per shard, chosen so that shard k's slot lies in the k-th of
+    ``SHARD_LIMIT`` equal parts of Redis Cluster's slots: a cluster that splits its slots evenly
+    over its masters (as ``redis-cli --cluster create`` does) spreads the shards evenly too."""
+    span = REDIS_CLUSTER_HASH_SLOTS // SHARD_LIMIT
+    tags = []
+    for shard in range(SHARD_LIMIT):
+        for suffix in itertools.chain(string.ascii_lowercase, itertools.product(string.ascii_lowercase, repeat=2)):
+            tag = f"{shard}{''.join(suffix)}"
+            if shard * span <= key_slot(tag.encode()) < (shard + 1) * span:
+                tags.append(tag)
+                break
+        else:  # pragma: no cover - 702 candidates per 512-slot range always hold one
+            raise RuntimeError(f"no hash tag found for shard {shard}")
+    return tuple(tags)
+
+
+#: The hash tag of each shard (``stepq:{<tag>}:run:<run id>``...).
+SHARD_TAGS = _spread_tags()
+
+
+def shard_of(run_or_job_id: str) -> int:
+    """The shard of a run, given its id or the id of one of its jobs (``<run id>:...``).
+
+    An id that is not one of stepq's (no base32 character where the shard's is) names shard 0; no
+    such run exists, so a lookup of it finds nothing, as any unknown id."""
+    run_id = run_or_job_id.partition(":")[0]
+    return _VALUE.get(run_id[-1:].upper(), 0)
+
+
+def tag_of(run_or_job_id: str) -> str:
+    """The hash tag of ``shard_of(run_or_job_id)``."""
+    return SHARD_TAGS[shard_of(run_or_job_id)]
+
+
+def new_run_id(now_ms: int | None = None, shard: int = 0) -> str:
+    """A ULID for a new run of ``shard``: its last character names the shard (75 random bits remain)."""
+    if not 0 <= shard < SHARD_LIMIT:
+        raise ValueError(f"shard {shard} is out of range (0..{SHARD_LIMIT - 1})")
+    return new_ulid(now_ms)[:-1] + CROCKFORD[shard]
+
+
+def dedupe_shard(slug: str, dedupe_key: str) -> int:
+    """The shard a run of function ``slug`` deduplicated by ``dedupe_key`` is created in: runs with
+    the same key meet in one shard, so that one script checks the key and creates the run."""
+    return key_slot(f"{slug}:{dedupe_key}".encode()) % SHARD_COUNT
+
+
+def run_id_for(slug: str, dedupe_key: str | None, now_ms: int | None = None) -> str:
+    """The id of a new run of ``slug``: in its deduplication key's shard, else in any shard."""
+    shard = dedupe_shard(slug, dedupe_key) if dedupe_key else random.randrange(SHARD_COUNT)
+    return new_run_id(now_ms, shard)
+
+
+def shards() -> range:
+    """The shards workers serve and queries read."""
+    return range(SHARD_COUNT)
+
+
+def lua_prelude() -> str:
+    """``tag_of(id)`` in Lua (generated from ``SHARD_TAGS``), and ``tag_of_key(key)``: the hash tag
+    a key carries."""
+    pairs = ", ".join(f"['{char}'] = '{SHARD_TAGS[value]}'" for char, value in _VALUE.items())
+    return (
+        f"local SHARD_TAG = {{{pairs}}}\n"
+        "local function tag_of(id)\n"
+        "  local run_id = string.match(id, '^[^:]*')\n"
+        f"  return SHARD_TAG[string.upper(string.sub(run_id, -1))] or '{SHARD_TAGS[0]}'\n"
+        "end\n"
+        "local function tag_of_key(key) return string.match(key, '{([^}]*)}') end\n"
+    )

@@ -1,0 +1,141 @@
+"""Which Redis Cluster slots each script call touches, read with MONITOR while the runs go on.
+
+Every write on a step's path is one Lua script, and on a Redis Cluster a script may touch the keys of
+one slot only (``runtime/shards.py``). MONITOR shows each script call (``EVALSHA``, with its KEYS)
+followed at once by the commands the script ran (``[<db> lua]``): scripts run atomically, so nothing
+else comes between. The audit groups them and lists every call whose keys span more than one slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import socket
+import threading
+import time
+from collections import Counter
+
+from redis.crc import key_slot
+
+from stepq.runtime import scripts
+from stepq.runtime.ingest import batch_script
+
+#: Scripts allowed to span slots, and why.
+CROSS_SLOT = {
+    # stores the events and creates the runs they start, whatever their shards: a cluster splits it
+    # into a write of the event log and one run creation per shard (the Redis Cluster issue)
+    "ingest_events": "stores events and creates runs in one call",
+}
+#: Commands the scripts run whose keys are not just their first argument.
+_ALL_KEYS = {"DEL", "EXISTS"}
+_TWO_KEYS = {"RENAME"}
+_NO_KEY = {"TIME"}
+_LINE = re.compile(rb'^\+[\d.]+ \[(\d+) ([^\]]+)\] (.*)$')
+_ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+
+
+def _unquote(raw: bytes) -> bytes:
+    """A MONITOR argument without its escapes (enough for key names and numbers)."""
+    return re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), raw).replace(b'\\"', b'"')
+
+
+def _script_names() -> dict[str, str]:
+    sources = {name: scripts.source(name) for name in scripts.SCRIPT_NAMES}
+    sources["ingest_events"] = batch_script()
+    return {hashlib.sha1(text.encode()).hexdigest(): name for name, text in sources.items()}
+
+
+@dataclasses.dataclass(slots=True)
+class Call:
+    script: str
+    keys: set[bytes] = dataclasses.field(default_factory=set)
+
+    def slots(self) -> set[int]:
+        return {key_slot(key) for key in self.keys}
+
+
+class SlotAudit:
+    """Follows MONITOR of one Redis database in a thread (reconnecting after a Redis restart)."""
+
+    def __init__(self, port: int, db: int = 0) -> None:
+        self.port, self.db = port, str(db).encode()
+        self.names = _script_names()
+        self.calls: Counter[str] = Counter()
+        self.spans: list[Call] = []
+        self._current: Call | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, name="slot-audit", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._close()
+
+    def violations(self) -> list[str]:
+        """Script calls that touched keys of more than one slot (``CROSS_SLOT`` scripts aside)."""
+        out = []
+        for call in self.spans:
+            if call.script not in CROSS_SLOT:
+                keys = sorted(k.decode(errors="backslashreplace") for k in call.keys)
+                out.append(f"{call.script} touched {len(call.slots())} slots: {keys[:8]}")
+        return out
+
+    # -- reading --------------------------------------------------------------------------------------
+
+    def _follow(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                    sock.sendall(b"MONITOR\r\n")
+                    buffer = b""
+                    while not self._stop.is_set():
+                        try:
+                            chunk = sock.recv(1 << 20)
+                        except TimeoutError:
+                            continue
+                        if not chunk:
+                            break  # Redis restarted: connect again
+                        *lines, buffer = (buffer + chunk).split(b"\r\n")
+                        for line in lines:
+                            self._read(line)
+            except OSError:
+                time.sleep(0.2)
+            self._close()
+
+    def _read(self, line: bytes) -> None:
+        match = _LINE.match(line)
+        if match is None or match.group(1) != self.db:
+            return
+        args = [_unquote(a) for a in _ARG.findall(match.group(3))]
+        if not args:
+            return
+        command = args[0].upper()
+        if match.group(2) != b"lua":
+            self._close()
+            if command in (b"EVALSHA", b"EVAL") and len(args) >= 3:
+                sha = args[1].decode(errors="replace")
+                script = self.names.get(sha, "unknown") if command == b"EVALSHA" else "eval"
+                numkeys = int(args[2])
+                self._current = Call(script, set(args[3 : 3 + numkeys]))
+            return
+        if self._current is None:
+            return
+        name = command.decode(errors="replace")
+        if name in _ALL_KEYS:
+            self._current.keys.update(args[1:])
+        elif name in _TWO_KEYS:
+            self._current.keys.update(args[1:3])
+        elif name not in _NO_KEY and len(args) > 1:
+            self._current.keys.add(args[1])
+
+    def _close(self) -> None:
+        call, self._current = self._current, None
+        if call is None:
+            return
+        self.calls[call.script] += 1
+        if len(call.slots()) > 1:
+            self.spans.append(call)
