@@ -32,22 +32,24 @@ _VALUE = {char: value for value, char in enumerate(CROCKFORD)}
 
 
 def _spread_tags() -> tuple[str, ...]:
-    """One short hash tag per shard, chosen so that shard k's slot lies in the k-th of
-    ``SHARD_LIMIT`` equal parts of Redis Cluster's slots: a cluster that splits its slots evenly
-    over its masters (as ``redis-cli --cluster create`` does) spreads the shards evenly too."""
+    """One hash tag per shard, chosen so that shard k's slot lies in the k-th of ``SHARD_LIMIT``
+    equal parts of Redis Cluster's slots: a cluster that splits its slots evenly over its masters
+    (as ``redis-cli --cluster create`` does) spreads the shards evenly too. Each is the shard's number
+    in two digits and two letters (``TAG_WIDTH`` characters: the scripts slice them from one string)."""
     span = REDIS_CLUSTER_HASH_SLOTS // SHARD_LIMIT
     tags = []
     for shard in range(SHARD_LIMIT):
-        for suffix in itertools.chain(string.ascii_lowercase, itertools.product(string.ascii_lowercase, repeat=2)):
-            tag = f"{shard}{''.join(suffix)}"
+        for letters in itertools.product(string.ascii_lowercase, repeat=2):
+            tag = f"{shard:02d}{''.join(letters)}"
             if shard * span <= key_slot(tag.encode()) < (shard + 1) * span:
                 tags.append(tag)
                 break
-        else:  # pragma: no cover - 702 candidates per 512-slot range always hold one
+        else:  # pragma: no cover - 676 candidates per 512-slot range always hold one
             raise RuntimeError(f"no hash tag found for shard {shard}")
     return tuple(tags)
 
 
+TAG_WIDTH = 4
 #: The hash tag of each shard (``stepq:{<tag>}:run:<run id>``...).
 SHARD_TAGS = _spread_tags()
 
@@ -92,13 +94,14 @@ def shards() -> range:
 
 def lua_prelude() -> str:
     """``tag_of(id)`` in Lua (generated from ``SHARD_TAGS``), and ``tag_of_key(key)``: the hash tag
-    a key carries."""
-    pairs = ", ".join(f"['{char}'] = '{SHARD_TAGS[value]}'" for char, value in _VALUE.items())
+    a key carries. Strings, not a table: a script's prelude runs at every call, and a table would be
+    built each time."""
     return (
-        f"local SHARD_TAG = {{{pairs}}}\n"
+        f"local SHARD_CHARS, SHARD_TAGS = '{CROCKFORD}', '{''.join(SHARD_TAGS)}'\n"
         "local function tag_of(id)\n"
-        "  local run_id = string.match(id, '^[^:]*')\n"
-        f"  return SHARD_TAG[string.upper(string.sub(run_id, -1))] or '{SHARD_TAGS[0]}'\n"
+        "  local last = string.upper(string.sub(string.match(id, '^[^:]*'), -1))\n"
+        "  local shard = last ~= '' and string.find(SHARD_CHARS, last, 1, true) or 1\n"
+        f"  return string.sub(SHARD_TAGS, shard * {TAG_WIDTH} - {TAG_WIDTH - 1}, shard * {TAG_WIDTH})\n"
         "end\n"
         "local function tag_of_key(key) return string.match(key, '{([^}]*)}') end\n"
     )

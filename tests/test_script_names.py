@@ -29,7 +29,7 @@ async def test_each_generated_key_builder_names_the_key_python_names(redis: Redi
     assert [g.decode() for g in got] == [keys.LUA_BUILDERS[name](i) for i in IDS]
 
 
-RUN_IDS = [shards.new_run_id(shard=s) for s in (0, 1, 17, 31)] + ["01jabc", "no-shard", ""]
+RUN_IDS = [shards.new_run_id(shard=s) for s in (0, 1, 17, 31)] + ["01jabc", "no-shard", "run-u", ""]
 
 
 @pytest.mark.parametrize("name", sorted(keys.RUN_SHAPES | keys.JOB_SHAPES))
