@@ -74,8 +74,8 @@ local function commit(b)
     end
     return 'cancelled'
   end
-  redis.call('HSET', RUN, 'state_bytes', size, 'next_job', job_id_of(KEYS[9]))
-  NEXT_JOB = {payload = b[6], force_plan = run[5] or '0', fence = tonumber(run[2])}
+  -- the run's record learns its new size and next job at the end, with the hand-over's fence
+  NEXT_JOB = {payload = b[6], force_plan = run[5] or '0', fence = tonumber(run[2]), state_bytes = size}
   return 'ok'
 end
 
@@ -253,11 +253,12 @@ if NEXT_JOB and outcome == 'ok' then
     if take_new_job(KEYS[9], KEYS[10], QUEUE, NEXT_JOB.payload, grace, token, lease_ms, now) then
       -- the next invocation's claim, as its load would have taken it (a commit's fence is 'fence')
       local next_fence = NEXT_JOB.fence + 1
-      redis.call('HSET', RUN, 'fence', next_fence)
+      redis.call('HSET', RUN, 'state_bytes', NEXT_JOB.state_bytes, 'next_job', next_id, 'fence', next_fence)
       return {outcome, nudged, ENDED, job_ended, next_id, 1, next_fence, NEXT_JOB.force_plan}
     end
   else
     enqueue(KEYS[9], KEYS[10], QUEUE, NEXT_JOB.payload, now, grace, now)
   end
+  redis.call('HSET', RUN, 'state_bytes', NEXT_JOB.state_bytes, 'next_job', next_id)
 end
 return {outcome, nudged, ENDED, job_ended}
