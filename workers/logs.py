@@ -31,7 +31,9 @@ def configure(level: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        # One write per line (print() writes the line and its newline apart: two system calls per
+        # line when stderr is unbuffered, and a worker logs a line per step).
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     # Libraries (arq, uvicorn) log through stdlib logging: render their lines the same way. arq logs
