@@ -56,6 +56,10 @@ class HotPathPool(ConnectionPool):
     handed out as it is, and any other goes through redis-py's own check (which reconnects it).
     """
 
+    # redis-py's own get_connection, without the wrapper that inspects its arguments for a
+    # deprecation warning on every call (none are passed: Redis.execute_command passes none)
+    get_connection = getattr(ConnectionPool.get_connection, "__wrapped__", ConnectionPool.get_connection)
+
     async def ensure_connection(self, connection: AbstractConnection) -> None:
         if _idle_and_clean(connection):
             return
