@@ -172,7 +172,8 @@ class Executor:
         )
         try:
             # In this task, not in one of its own (asyncio.wait_for's): a task per invocation costs
-            # a warm step hop three event-loop iterations. The job already runs in a task of its own.
+            # a warm step hop three event-loop iterations. The job already runs in a task of its own,
+            # so context variables user code sets stay within this job (its log lines see them).
             async with asyncio.timeout(self.step_timeout_s):
                 result = await self.invoker.invoke(fn, request)
         except TimeoutError:
