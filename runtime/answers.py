@@ -124,6 +124,8 @@ def _with_bounded_output(result: StepsReported, limits: Limits) -> ExecutionResu
         return dataclasses.replace(result, opcodes=[failed])
     except StepOutputError as exc:
         return _invalid("InvalidOpcode", f"StepRun opcode for step {_name(op)}: {exc}")
+    if data is op.data:
+        return result  # stored as it is (a scalar): no copies to make
     return dataclasses.replace(result, opcodes=[dataclasses.replace(op, data=data)])
 
 

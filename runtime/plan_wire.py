@@ -40,7 +40,11 @@ def encode(
     job's key lives past its due time; ``lease``: the job applying the plan, ended by the same call
     (and handed the run's next job, if it may)."""
     run_id, at = plan.run_id, plan.now_ms
-    prefix, suffix = encode_around_position(run_id, at) if plan.nudge else (b"", b"")
+    write = plan.write
+    # A commit's next job is the run's plain job at the next position: the nudge's halves make it.
+    plain_next = isinstance(write, Commit) and _plain_step_job(write.next_job, run_id)
+    around = encode_around_position(run_id, at) if plan.nudge or plain_next else (b"", b"")
+    prefix, suffix = around if plan.nudge else (b"", b"")
     head = [
         run_id,
         plan.fence_field,
@@ -69,19 +73,21 @@ def encode(
         keys.timers(shard),
         keys.queue(shard, plan.queue_id),
     ]
-    kind, body, more_keys = _write(plan)
-    next_payload = body[5] if kind == "commit" else b""
+    if isinstance(write, Commit):
+        nxt = write.next_job
+        payload = around[0] + msgpack.packb(nxt.position) + around[1] if plain_next else nxt.encode(at)
+        body = [write.key, write.name, pack(write.value), write.attempts, write.duration_ms, payload]
+        kind, more_keys, next_payload = "commit", _job_keys(nxt), payload
+    else:
+        (kind, body, more_keys), next_payload = _write(plan), b""
     # Redis's cmsgpack knows no bin type: bytes travel as msgpack's old raw strings.
     return run_keys + more_keys, msgpack.packb([head, kind, body], use_bin_type=False), next_payload
 
 
 def _write(plan: Plan) -> tuple[str, list[Any], list[str]]:
-    """The write's kind, body and own KEYS."""
+    """The write's kind, body and own KEYS (a commit's are ``encode``'s)."""
     write, at, queue = plan.write, plan.now_ms, plan.queue_id
-    if isinstance(write, Commit):
-        nxt = write.next_job
-        body = [write.key, write.name, pack(write.value), write.attempts, write.duration_ms, nxt.encode(at)]
-        return "commit", body, _job_keys(nxt)
+    assert not isinstance(write, Commit)  # encoded by ``encode`` itself
     if isinstance(write, Resolve):
         return "resolve", [write.key, write.name, pack(write.value), write.attempts, write.duration_ms], []
     if isinstance(write, Retry):
@@ -121,6 +127,17 @@ def _fan_out(write: FanOut, at: int) -> tuple[str, list[Any], list[str]]:
         step_keys += wait.key_names() if wait else []
     body = [write.join.job_id, write.join.encode(at), write.status.value, int(write.force_plan), steps]
     return "fan_out", body, step_keys
+
+
+def _plain_step_job(job: JobSpec, run_id: str) -> bool:
+    """``job`` is ``JobSpec(run_id, job.position)``: the shape ``encode_around_position`` splits."""
+    return (
+        job.run_id == run_id
+        and job.attempt == 0
+        and job.kind is JobKind.STEP
+        and job.step_key is None
+        and job.value is None
+    )
 
 
 def _job_keys(job: JobSpec) -> list[str]:

@@ -53,6 +53,9 @@ class Outcome(enum.StrEnum):
     STATE_TOO_LARGE = "state_too_large"  # the value would take the run past its state limit: it failed
 
 
+_OUTCOMES = {outcome.value.encode(): outcome for outcome in Outcome}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Handoff:
     """The run's next job, handed to the worker whose commit wrote it, under a fresh lease."""
@@ -94,9 +97,11 @@ class Written:
         if len(reply) > 4:
             job_id, job_try, fence, force_plan = reply[4:8]
             handoff = Handoff(job_id.decode(), next_payload, int(job_try), str(fence), force_plan == b"1")
+        # read on every step: a dict lookup, not an enum call, for the usual outcomes
+        outcome = _OUTCOMES.get(reply[0]) or Outcome(reply[0].decode())
         return cls(
-            Outcome(reply[0].decode()),
-            tuple(r.decode() for r in reply[2]),
+            outcome,
+            tuple(r.decode() for r in reply[2]) if reply[2] else (),
             reply[1].decode(),
             job_ended=reply[3] == 1,
             handoff=handoff,

@@ -407,3 +407,24 @@ async def test_a_step_retry_policy_decides_error_or_failed_and_travels_in_the_op
     assert [op.op for op in ops] == [Op.STEP_ERROR, Op.STEP_FAILED]
     assert ops[0].opts is not None and ops[0].opts["retries"] == 1
     assert ops[0].opts["backoff"]["initial"] == 2.0
+
+
+async def test_ctx_logger_lines_carry_the_run_and_function_and_are_quiet_while_replaying() -> None:
+    from structlog.testing import capture_logs
+
+    @define("logs")
+    async def logs(ctx: inngest.Context) -> str:
+        ctx.logger.info("before", n=1)
+        await ctx.step.run("a", lambda: "a")
+        ctx.logger.bind(phase="after").warning("after")
+        return "done"
+
+    with capture_logs() as first:
+        await execute(logs, request())
+    with capture_logs() as second:
+        await execute(logs, request({sha1("a"): memo_data("a")}))
+
+    assert first == [{"event": "before", "n": 1, "run_id": "run-1", "function": "logs", "log_level": "info"}]
+    assert second == [
+        {"event": "after", "phase": "after", "run_id": "run-1", "function": "logs", "log_level": "warning"}
+    ]

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
+import msgpack
 import pytest
 
 from stepq.engine import FunctionFailed, FunctionReturned, StepsReported
@@ -27,7 +28,9 @@ from stepq.runtime.decide import (
     give_up,
 )
 from stepq.runtime.jobs import JobKind, JobSpec
-from stepq.runtime.plan import Commit, FanOut, Finish, Now, Plan, Policy, Resolve, Retry, Sleep
+from stepq.runtime.limits import Limits
+from stepq.runtime.plan import Commit, FanOut, Finish, JobLease, Now, Plan, Policy, Resolve, Retry, Sleep
+from stepq.runtime.plan_wire import encode
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.store import LoadedRun
 from stepq.runtime.wait_expressions import index_token
@@ -387,3 +390,35 @@ def test_the_same_inputs_decide_the_same_plan() -> None:
     answer = steps(op(Op.STEP_PLANNED, "a"), op(Op.WAIT_FOR_EVENT, "w", opts={"event": "x/y", "timeout": "1m"}))
 
     assert decide(discovery(), loaded(), POLICY, answer, NOW) == decide(discovery(), loaded(), POLICY, answer, NOW)
+
+
+# -- the plan on the wire (runtime/plan_wire.py) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("position", [0, 3, 127, 128, 70_000])
+def test_a_commits_next_job_goes_on_the_wire_as_the_job_encodes_itself(position: int) -> None:
+    plan = decide(
+        discovery(position), loaded(position), POLICY, steps(op(Op.STEP_RUN, data=[1, "a"])), NOW, elapsed_ms=3
+    )
+    assert isinstance(plan.write, Commit)
+    lease = JobLease(discovery(position).job_id, "token", 10_000, True)
+
+    _, blob, next_payload = encode(plan, defaults=Limits(), grace_ms=60_000, lease=lease)
+
+    head, kind, body = msgpack.unpackb(blob, raw=True)
+    assert kind == b"commit"
+    assert next_payload == JobSpec(RUN, position + 1).encode(NOW.ms) == body[5]
+    assert head[9] + msgpack.packb(position + 7) + head[10] == JobSpec(RUN, position + 7).encode(NOW.ms)
+
+
+def test_a_commit_whose_next_job_is_not_the_plain_next_step_is_encoded_as_it_is() -> None:
+    plan = decide(discovery(), loaded(), POLICY, steps(op(Op.STEP_RUN, data=1)), NOW)
+    assert isinstance(plan.write, Commit)
+    nxt = JobSpec(RUN, 4, attempt=2)
+    plan = dataclasses.replace(plan, write=dataclasses.replace(plan.write, next_job=nxt), nudge="")
+
+    _, blob, next_payload = encode(plan, defaults=Limits(), grace_ms=60_000)
+
+    head, _, body = msgpack.unpackb(blob, raw=True)
+    assert next_payload == nxt.encode(NOW.ms) == body[5]
+    assert (head[9], head[10]) == (b"", b"")  # no nudge: no halves

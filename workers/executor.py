@@ -16,7 +16,6 @@ it ended (``done``), or, when the refusal says the run moved in a way this job d
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import random
 import time
@@ -172,7 +171,11 @@ class Executor:
             max_output_bytes=limits.max_output_bytes,
         )
         try:
-            result = await asyncio.wait_for(self.invoker.invoke(fn, request), self.step_timeout_s)
+            # In this task, not in one of its own (asyncio.wait_for's): a task per invocation costs
+            # a warm step hop three event-loop iterations. The job already runs in a task of its own,
+            # so context variables user code sets stay within this job (its log lines see them).
+            async with asyncio.timeout(self.step_timeout_s):
+                result = await self.invoker.invoke(fn, request)
         except TimeoutError:
             message = f"the invocation of {fn.slug} took longer than {self.step_timeout_s:g} s (STEPQ_STEP_TIMEOUT)"
             result = FunctionFailed({"name": "StepTimeout", "message": message, "stack": ""}, retriable=True)
@@ -212,13 +215,18 @@ class Executor:
         memo = {**run.memo, write.key: write.value}
         state = CachedRun(run.events, memo, (*run.stack, write.key))
         self.cache.put(run.run_id, state)
-        preload = dataclasses.replace(
-            run,
+        # Every field named (dataclasses.replace, the same, reads the fields' definitions each call).
+        preload = LoadedRun(
+            run_id=run.run_id,
+            fn_slug=run.fn_slug,
+            queue_id=run.queue_id,
             fence=handoff.fence,
             position=run.position + 1,
+            events=run.events,
             memo=memo,
             stack=state.stack,
             fence_field=FENCE,
+            created_ms=run.created_ms,
             first_start=False,
             force_plan=handoff.force_plan,
         )
