@@ -12,21 +12,26 @@ The queue is arq's: a sorted set of job ids scored by due time, each job's paylo
   (a retry, a sleep's end, a lapsed lease), wakes when it is due and claims it, or, with no free slot,
   leaves a token for another worker. A delayed job due before the mover means to wake pushes a
   token, and the worker it wakes becomes the mover.
+
+The claim also loads each job's run (load_run in prelude.lua; ``ClaimedJob.preload``), so that a
+job claimed from the queue starts without another round trip, as a job handed over by a commit does.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from redis.asyncio import Redis
 
 from . import keys
 from .scripts import Scripts
-from .store import now_ms
+from .store import CachedRun, ClaimLoad, now_ms
 
 #: How many due entries one claim looks at (jobs nobody runs; see the module docstring).
 SCAN_LIMIT = 1000
+#: How many of the worker's cached runs a claim tells Redis about (``JobQueue.claim``).
+KNOWN_RUNS = 32
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -40,6 +45,9 @@ class ClaimedJob:
     job_try: int
     #: When the job was due (ms since the epoch).
     score: int
+    #: The state the job's function would otherwise load (opaque here: a ``ClaimLoad`` when the
+    #: claim loaded the job's run, None when it did not).
+    preload: object = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,6 +82,17 @@ def _why(member: bytes, reason: bytes) -> str:
     return reason.decode(errors="backslashreplace")
 
 
+def _claim_load(entry: list[bytes] | None, view: Mapping[str, CachedRun]) -> ClaimLoad | None:
+    """A claimed job's load from its claim entry (None: the claim did not load it)."""
+    if not entry:
+        return None
+    run_id, sent = entry[0].decode(errors="replace"), int(entry[1])
+    known = view.get(run_id)
+    if sent >= 0 and (known is None or len(known.stack) != sent):
+        return None  # no snapshot to merge into (cannot happen): the job's own load reads it again
+    return ClaimLoad(run_id, entry[2:], known if sent >= 0 else None)
+
+
 class JobQueue:
     """Claims, renews and ends the jobs of one shard's part of a queue for one worker (its ``lease_token``)."""
 
@@ -101,25 +120,58 @@ class JobQueue:
         #: The mover's lease: each of the mover's claims renews it.
         self.mover_lease_ms = mover_lease_ms
 
-    async def claim(self, free: int, *, tidy: bool = True) -> Claim:
-        """Claim up to ``free`` due jobs (``free`` may be 0: the mover's timer fired on a full worker).
+    async def claim(
+        self,
+        free: int,
+        *,
+        tidy: bool = True,
+        known: Mapping[str, CachedRun] | None = None,
+        held: Collection[str] = (),
+    ) -> Claim:
+        """Claim up to ``free`` due jobs (``free`` may be 0: the mover's timer fired on a full worker),
+        each with its run loaded (``ClaimedJob.preload``).
 
         ``tidy``: drop wake-up tokens left when nothing is left to claim (False when the caller
-        just found the ready list empty, to save the idle check a write)."""
+        just found the ready list empty, to save the idle check a write). ``known``: runs whose
+        history the worker has cached (see ``KNOWN_RUNS``); ``held``: the jobs it runs now (a claim
+        of one of them, whose lease lapsed, loads nothing: the worker holds the run's fence)."""
+        # Which memo entries may a load leave out? load_run is told, per run, how many the worker
+        # has; a claim learns its runs only in Redis. Telling it the whole cache (up to 1,024 runs)
+        # would cost every claim; telling it nothing would send the whole memo of every claimed
+        # job. The cold jobs whose run a worker has cached are mostly that run's own delayed jobs
+        # (wake-ups, retries, parallel steps) of the runs it advanced last, so a claim names the
+        # KNOWN_RUNS runs the worker used last (~1 KB) and gets the whole memo of any other run,
+        # as a worker that never saw the run would. Either way it is right: each named run's length
+        # is that of a snapshot (``CachedRun`` never changes) that the reply is merged into, however
+        # the cache changes meanwhile.
+        view = dict(known) if free > 0 and known else {}
+        lengths = [item for run_id, run in view.items() for item in (run_id, len(run.stack))]
         jobs, raw_poison, wake_at = await self.scripts.call(
             "claim_jobs",
             [self.name, self.ready_key, self.mover_key, self.wake_at_key],
-            [now_ms(), self.lease_ms, free, self.lease_token, self.mover_lease_ms, SCAN_LIMIT, int(tidy)],
+            [
+                now_ms(),
+                self.lease_ms,
+                free,
+                self.lease_token,
+                self.mover_lease_ms,
+                SCAN_LIMIT,
+                int(tidy),
+                len(view),
+                *lengths,
+                *(held if free > 0 else ()),
+            ],
         )
         claimed: list[ClaimedJob] = []
         poison = [(raw_poison[i], _why(raw_poison[i], raw_poison[i + 1])) for i in range(0, len(raw_poison), 2)]
-        for i in range(0, len(jobs), 4):
+        for i in range(0, len(jobs), 5):
             try:
                 job_id = jobs[i].decode()
             except UnicodeDecodeError:
                 poison.append((jobs[i], "queue member is not UTF-8"))
                 continue
-            claimed.append(ClaimedJob(job_id, jobs[i + 1], int(jobs[i + 2]), int(float(jobs[i + 3]))))
+            preload = _claim_load(jobs[i + 4], view)
+            claimed.append(ClaimedJob(job_id, jobs[i + 1], int(jobs[i + 2]), int(float(jobs[i + 3])), preload))
         wake = int(wake_at)
         return Claim(claimed, poison, wake if wake >= 0 else None)
 

@@ -20,9 +20,13 @@ from .shards import shard_of
 
 #: The arq function name every stepq job calls.
 ADVANCE = "stepq.advance"
+#: The run-record field holding a run's fence (a planned step's is ``fence:<step key>``).
+FENCE = "fence"
 
 
 class JobKind(enum.StrEnum):
+    """What a job does (``k`` in its payload)."""
+
     STEP = "step"  # re-enter the function at a position (first run, next step, retry)
     WAKE = "wake"  # a sleep is over: memoize null for the step, then re-enter
     PLANNED = "planned"  # run one planned (parallel) step
@@ -45,10 +49,26 @@ def step_job_id(run_id: str, position: int | str) -> str:
     return f"{run_id}:p{position}:a0"
 
 
+#: The kinds whose job needs a step key (``JobSpec.from_payload`` refuses them without one).
+KINDS_WITH_STEP_KEY = frozenset({"wake", "planned", "timer", "invoke"})
+
+
+def fence_field(kind: JobKind, step_key: str | None) -> str:
+    """The run-record field a job's invocation is fenced by: one per planned step, else the run's."""
+    return f"{FENCE}:{step_key}" if kind is JobKind.PLANNED else FENCE
+
+
 def lua_prelude() -> str:
     """``wake_job_id(run_id, position)`` and ``step_job_id(run_id, position)`` in Lua, generated from
-    the Python functions."""
-    return _lua_id_function("wake_job_id", wake_job_id) + _lua_id_function("step_job_id", step_job_id)
+    the Python functions; ``ADVANCE``, ``FENCE`` and ``JOB_KINDS`` (kind -> needs a step key), for
+    the scripts that read job payloads."""
+    kinds = ", ".join(f"{kind.value} = {str(kind.value in KINDS_WITH_STEP_KEY).lower()}" for kind in JobKind)
+    return (
+        _lua_id_function("wake_job_id", wake_job_id)
+        + _lua_id_function("step_job_id", step_job_id)
+        + f"local ADVANCE = {keys.lua_string(ADVANCE)}\nlocal FENCE = {keys.lua_string(FENCE)}\n"
+        + f"local JOB_KINDS = {{{kinds}}}\n"
+    )
 
 
 def _lua_id_function(name: str, build: Any) -> str:
@@ -111,7 +131,7 @@ class JobSpec:
         if not isinstance(run_id, str) or not isinstance(position, int) or not isinstance(attempt, int):
             raise ValueError(f"job payload {raw!r} has fields of the wrong type")
         step_key = raw.get("s")
-        if kind in (JobKind.WAKE, JobKind.PLANNED, JobKind.TIMER, JobKind.INVOKE) and not isinstance(step_key, str):
+        if kind.value in KINDS_WITH_STEP_KEY and not isinstance(step_key, str):
             raise ValueError(f"job payload {raw!r} needs a step key for a {kind.value} job")
         return cls(run_id, position, attempt, kind, step_key if isinstance(step_key, str) else None, raw.get("v"))
 

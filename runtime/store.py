@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -21,7 +22,7 @@ from stepq.event import Event
 
 from . import keys
 from .codec import pack, unpack
-from .jobs import JobKind, JobSpec, enqueue_keys
+from .jobs import JobSpec, enqueue_keys, fence_field
 from .limits import Limits
 from .plan import JobLease, Plan
 from .plan_wire import encode
@@ -30,7 +31,6 @@ from .scripts import Scripts
 from .shards import dedupe_shard, shard_of
 from .waits import Registration
 
-FENCE = "fence"
 #: What a run lives within unless its function registered other limits (kept in the run's record).
 DEFAULT_LIMITS = Limits()
 
@@ -167,6 +167,23 @@ class RunCache:
     def drop(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
 
+    def recent(self, n: int) -> dict[str, CachedRun]:
+        """The ``n`` runs used last (the snapshots, which never change), without using them."""
+        return dict(itertools.islice(reversed(self._runs.items()), n))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimLoad:
+    """A job's load, made by the claim that claimed it (claim_jobs.lua): the job starts with it
+    instead of calling load_run."""
+
+    run_id: str
+    #: load_run's reply.
+    reply: list[Any]
+    #: The cached history whose length the claim sent (None: it sent none, the reply holds the
+    #: events and the whole memo).
+    known: CachedRun | None
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LoadRefused:
@@ -247,8 +264,6 @@ class RunStore:
         """Claim the run for this job and return its state, or why the job has nothing to do."""
         cached = cache.get(job.run_id) if cache is not None else None
         known = len(cached.stack) if cached is not None else -1
-        fence_field = f"fence:{job.step_key}" if job.kind is JobKind.PLANNED else FENCE
-        at = now_ms()
         reply = await self.scripts.call(
             "load_run",
             [
@@ -263,12 +278,23 @@ class RunStore:
             [
                 job.position,
                 known,
-                fence_field,
-                at,
+                fence_field(job.kind, job.step_key),
+                now_ms(),
                 job.kind.value,
                 job.step_key or "",
+                job.run_id,
             ],
         )
+        return await self.loaded(job, reply, cached, cache)
+
+    async def claimed(self, job: JobSpec, load: ClaimLoad, cache: RunCache | None = None) -> LoadedRun | LoadRefused:
+        """``load``, the load its claim made, as ``load`` would have returned it."""
+        return await self.loaded(job, load.reply, load.known, cache)
+
+    async def loaded(
+        self, job: JobSpec, reply: Any, cached: CachedRun | None, cache: RunCache | None
+    ) -> LoadedRun | LoadRefused:
+        """load_run's ``reply`` for ``job``, made knowing the ``cached`` history (None: none)."""
         code = reply[0].decode()
         if code != "ok":
             detail = reply[1].decode() if len(reply) > 1 and isinstance(reply[1], bytes) else str(reply[1:])
@@ -302,7 +328,7 @@ class RunStore:
             events=state.events,
             memo=state.memo,
             stack=state.stack,
-            fence_field=fence_field,
+            fence_field=fence_field(job.kind, job.step_key),
             created_ms=created_ms,
             first_start=first_start,
             force_plan=force_plan,

@@ -34,15 +34,15 @@ from stepq.runtime.answers import check_answer
 from stepq.runtime.decide import decide, finish, give_up
 from stepq.runtime.ingest import Ingest
 from stepq.runtime.job_queue import ClaimedJob, JobEnded
-from stepq.runtime.jobs import JobKind, JobSpec
+from stepq.runtime.jobs import FENCE, JobKind, JobSpec
 from stepq.runtime.plan import Commit, FanOut, Finish, JobLease, Now, Plan, Policy, Write
 from stepq.runtime.redis_errors import is_passing
 from stepq.runtime.registry import Registry
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.shards import run_id_for
 from stepq.runtime.store import (
-    FENCE,
     CachedRun,
+    ClaimLoad,
     Handoff,
     LoadedRun,
     LoadRefused,
@@ -146,6 +146,8 @@ class Executor:
         preload = ctx.get("preload")
         if isinstance(preload, LoadedRun) and (preload.run_id, preload.position) == (job.run_id, job.position):
             loaded: LoadedRun | LoadRefused = preload  # handed over with its claim: nothing to load
+        elif isinstance(preload, ClaimLoad) and preload.run_id == job.run_id:
+            loaded = await self.store.claimed(job, preload, self.cache)  # loaded by the claim that claimed it
         else:
             loaded = await self.store.load(job, self.cache)
         if isinstance(loaded, LoadRefused):

@@ -3,7 +3,8 @@
 What arq's ``Worker.run_job`` does for a job, less what stepq has no use for (results, aborts, cron
 jobs): read the job in arq's format (``arq.jobs.deserialize_job_raw``), call its function with arq's
 job context, honour arq's ``Retry`` (back on the queue after its delay), and end the job. The claim
-already read the payload and counted the try, so a job costs no round trip before its function runs.
+already read the payload, counted the try and loaded the job's run (``ClaimedJob.preload``), so a
+job costs no round trip before its function runs.
 When the call that commits a step also hands this worker the run's next job (``JobEnded``), that
 job runs next in the same slot: a warm hop costs one round trip.
 """
@@ -64,7 +65,7 @@ class JobRunner:
         """Run ``job``, and the jobs its function is handed (``JobEnded``), to their end; never
         raises (a cancellation hands the current job back to the queue)."""
         handoffs = 0
-        preload: object = None
+        preload = job.preload  # the claim's load of the job's run, if it made one
         while True:
             self.held.add(job.job_id)
             ended, again_in_ms = await self._call(job, preload, may_hand_off=handoffs < self.max_handoffs)

@@ -44,13 +44,13 @@ from stepq.runtime import deadletter, keys, timers
 from stepq.runtime.app_urls import AppUrlPolicy
 from stepq.runtime.connection import make_pool
 from stepq.runtime.cron import CronScheduler, cron_functions
-from stepq.runtime.job_queue import ClaimedJob, JobQueue
+from stepq.runtime.job_queue import KNOWN_RUNS, ClaimedJob, JobQueue
 from stepq.runtime.jobs import ADVANCE
 from stepq.runtime.limits import Limits
 from stepq.runtime.redis_errors import error_kind
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shards
-from stepq.runtime.store import RunStore
+from stepq.runtime.store import RunCache, RunStore
 
 from .executor import Executor
 from .faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
@@ -97,6 +97,7 @@ class StepqWorker:
         cron_source: Callable[[], Awaitable[list[tuple[str, ...]]]] | None = None,
         registration: RegistrationKeeper | None = None,
         handle_signals: bool = True,
+        run_cache: RunCache | None = None,
     ) -> None:
         self.pool = pool
         self.store = store
@@ -108,6 +109,9 @@ class StepqWorker:
         #: Keeps the app's registration in Redis (None for workers of functions served over HTTP).
         self.registration = registration
         self.handle_signals = handle_signals
+        #: The executor's cache of runs: each claim names the runs used last, so that the loads it
+        #: makes send only the memo entries this worker lacks (``JobQueue.claim``).
+        self.run_cache = run_cache
         #: The value of the in-progress locks this worker holds: a job is this worker's to renew and
         #: to end only while its lock carries this token.
         self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
@@ -265,7 +269,8 @@ class StepqWorker:
         for the due jobs, and keeps the mover's timer)."""
         free = max(0, self.options.concurrency - len(self.tasks))
         try:
-            claim = await self.queue.claim(min(free, CLAIM_BATCH), tidy=tidy)
+            known = self.run_cache.recent(KNOWN_RUNS) if self.run_cache is not None and free else None
+            claim = await self.queue.claim(min(free, CLAIM_BATCH), tidy=tidy, known=known, held=self.runner.held)
         except REDIS_TROUBLE as exc:
             if not await self._repaired(exc):
                 await self._nap(self._claim_faults.failed(exc))
@@ -537,6 +542,7 @@ def _build(
         cron_source=(lambda: http_crons(registry)) if crons is None else None,
         registration=keeper,
         handle_signals=handle_signals,
+        run_cache=executor.cache,
     )
     return worker
 

@@ -1,7 +1,9 @@
 -- Claim due jobs for one worker in one round trip, and keep the queue's wake-ups going.
 -- KEYS: queue, ready list, mover lease, mover's wake time
 -- ARGV: now_ms, lease_ms, free slots, lease token (this worker's), mover lease ms, scan limit, tidy
---       (1: drop the ready list's tokens if nothing is left to claim; 0: the caller found it empty)
+--       (1: drop the ready list's tokens if nothing is left to claim; 0: the caller found it empty),
+--       n, then n pairs (run id, memo entries the worker has cached of it), then the ids of the jobs
+--       the worker runs now
 --
 -- A claimed job gets arq's in-progress lock (valued with this worker's token, expiring with the
 -- lease) and its try counted (arq's retry counter), and its score moves to the lease's end: the job
@@ -13,7 +15,15 @@
 -- worker that wakes on the queue's earliest delayed job when it holds the lease, when nobody does,
 -- or when the holder means to wake later than that job is due (one was enqueued since).
 --
--- Returns {{id, payload, try, score, ...}, {poison id, reason, ...}, next_due}: poison entries no
+-- Each claimed stepq job that advances a run (kinds step, wake, planned) is also loaded, as
+-- load_run.lua would load it when the job starts (the prelude's load_run, with its side effects: the
+-- fence, a wake-up's memo, the status, 'started'), so that the job runs without another round trip:
+-- its entry carries {run id, known length sent, load_run's reply...}, or false when the job was not
+-- loaded: its payload is no stepq job this script can read (the worker's own path reports it), it is
+-- a job the worker runs already (its lease lapsed while Redis was away: the worker holds the run's
+-- fence and goes on), or the load raised an error (the worker's load_run call meets it again).
+--
+-- Returns {{id, payload, try, score, preload, ...}, {poison id, reason, ...}, next_due}: poison entries no
 -- worker can run (a job key gone or of the wrong type...: the caller moves them to the dead
 -- letters, so that a person sees what was lost); next_due is the
 -- earliest delayed job's due time for the mover (-1: none), or -2 when the caller is not the mover.
@@ -29,9 +39,89 @@ local function poison_error(reply)
   error(reply)
 end
 
+local tag = tag_of_key(KEYS[1])
+
+-- An integer (msgpack decodes a float of integral value as the same Lua number: only Python's
+-- check tells them apart, and a float position is no job stepq writes).
+local function integral(x)
+  return type(x) == 'number' and x == math.floor(x) and x > -math.huge and x < math.huge
+end
+
+-- What a job's payload asks, when it is a stepq job whose run a load claims (as JobSpec.from_payload
+-- and arq's job format read it): {run_id, position, kind, step_key}; nil for anything else.
+local function loadable(payload)
+  local decoded, job = pcall(cmsgpack.unpack, payload)
+  if not decoded or type(job) ~= 'table' or job.f ~= ADVANCE or type(job.et) ~= 'number' then
+    return nil
+  end
+  -- the function is called with the one argument, no keyword arguments
+  if type(job.a) ~= 'table' or #job.a ~= 1 or type(job.k) ~= 'table' or next(job.k) ~= nil then
+    return nil
+  end
+  local spec = job.a[1]
+  if type(spec) ~= 'table' or type(spec.r) ~= 'string' or not integral(spec.p) then
+    return nil
+  end
+  if spec.a ~= nil and not integral(spec.a) then
+    return nil
+  end
+  local kind = spec.k or 'step'
+  if JOB_KINDS[kind] == nil or (JOB_KINDS[kind] and type(spec.s) ~= 'string') then
+    return nil
+  end
+  if kind ~= 'step' and kind ~= 'wake' and kind ~= 'planned' then
+    return nil -- a timer, deadline or invoke job loads nothing
+  end
+  local step_key = ''
+  if type(spec.s) == 'string' then
+    step_key = spec.s
+  end
+  return {spec.r, spec.p, kind, step_key}
+end
+
+-- The worker's cached memo lengths by run id, and the jobs it runs (ARGV from 8 on).
+local function worker_view()
+  local known, held = {}, {}
+  local n = tonumber(ARGV[8]) or 0
+  for i = 9, 8 + 2 * n, 2 do
+    known[ARGV[i]] = tonumber(ARGV[i + 1])
+  end
+  for i = 9 + 2 * n, #ARGV do
+    held[ARGV[i]] = true
+  end
+  return known, held
+end
+
+-- load_run for a claimed job, or false (see above).
+local function preload(id, payload, known, held)
+  if held[id] then
+    return false
+  end
+  local spec = loadable(payload)
+  if not spec then
+    return false
+  end
+  local run_id, kind, step_key = spec[1], spec[3], spec[4]
+  if tag_of(run_id) ~= tag then
+    return false -- its run's keys live in another shard's slot (no job of stepq's names such a run)
+  end
+  local fence_field = FENCE
+  if kind == 'planned' then
+    fence_field = FENCE .. ':' .. step_key
+  end
+  local sent = known[run_id] or -1
+  local ok, loaded = pcall(load_run, run_id, spec[2], sent, fence_field, ARGV[1], kind, step_key)
+  if not ok then
+    return false
+  end
+  table.insert(loaded, 1, sent)
+  table.insert(loaded, 1, run_id)
+  return loaded
+end
+
 local now, lease, free = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local token = ARGV[4]
-local tag = tag_of_key(KEYS[1])
+local known, held
 local out, poison = {}, {}
 local claimed, more = 0, false
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[6]))
@@ -76,6 +166,10 @@ for i = 1, #due, 2 do
         out[#out + 1] = payload
         out[#out + 1] = try
         out[#out + 1] = due[i + 1]
+        if not known then
+          known, held = worker_view()
+        end
+        out[#out + 1] = preload(id, payload, known, held)
         claimed = claimed + 1
       end
     end

@@ -347,3 +347,78 @@ end
 local function reply(outcome)
   return {outcome, unpack(ENDED)}
 end
+
+-- Claim a run for one invocation and return what the worker does not have cached: load_run.lua's
+-- body, shared with claim_jobs.lua (which loads each job it claims, saving the worker a round
+-- trip). Every key comes from ``run_id``. ``known``: how many memo entries (in stack order) the
+-- worker has cached, -1 for none (the events are sent too); ``kind``, ``step_key``: the job's.
+-- Returns {code, fence, fn, queue_id, events|false, stack_len, created, first_start, force_plan,
+--          key1..keyN, value1..valueN}, or {'missing'}, {'done', status}, {'stale', stack_len}
+-- (first_start is 1 when this invocation is the run's first)
+local function load_run(run_id, position, known, fence_field, now, kind, step_key)
+  local run, memo, stack = key_run(run_id), key_memo(run_id), key_stack(run_id)
+  local status = redis.call('HGET', run, 'status')
+  if not status then
+    return {'missing'}
+  end
+  if TERMINAL[status] then
+    return {'done', status}
+  end
+  local len = redis.call('LLEN', stack)
+  if kind == 'wake' and len == position + 1 and redis.call('LINDEX', stack, -1) == step_key then
+    -- this wake-up job woke the run already, and its worker died (or lost Redis) before the run
+    -- moved on: the job runs again as the re-entry after the sleep
+    position = len
+  elseif kind == 'wake' then
+    if len ~= position or redis.call('HEXISTS', memo, step_key) == 1 then
+      return {'stale', len}
+    end
+    -- a finished sleep memoizes null (msgpack 0xc0)
+    redis.call('HSET', memo, step_key, '\192')
+    redis.call('RPUSH', stack, step_key)
+    local name = redis.call('HGET', run, 'sleep_name') or ''
+    redis.call('HSET', key_steps(run_id), step_key .. ':at', now, step_key .. ':name', name,
+      step_key .. ':attempts', 1)
+    local timer = redis.call('HGET', run, 'timer')
+    if timer then
+      redis.call('ZREM', key_timers(tag_of(run_id)), timer)
+    end
+    redis.call('HDEL', run, 'timer', 'sleep_key', 'sleep_name')
+    len = len + 1
+  elseif kind == 'planned' then
+    -- a planned (parallel) step: run only while it is pending and unresolved
+    if redis.call('SISMEMBER', key_pending(run_id), step_key) == 0 or redis.call('HEXISTS', memo, step_key) == 1 then
+      return {'stale', len}
+    end
+  elseif len ~= position then
+    return {'stale', len}
+  end
+  local fence = redis.call('HINCRBY', run, fence_field, 1)
+  if status == STATUS_QUEUED or status == STATUS_SLEEPING then
+    redis.call('HSET', run, 'status', STATUS_RUNNING)
+  end
+  local first = redis.call('HSETNX', run, 'started', now)
+  local ids = redis.call('HMGET', run, 'fn', 'q', 'created', 'force_plan')
+  local out = {'ok', fence, ids[1], ids[2]}
+  if known < 0 then
+    out[5] = redis.call('GET', key_events(run_id))
+    known = 0
+  else
+    out[5] = false
+  end
+  out[6] = len
+  out[7] = ids[3]
+  out[8] = first
+  out[9] = ids[4] or '0'
+  if known < len then
+    local new_keys = redis.call('LRANGE', stack, known, -1)
+    local values = redis.call('HMGET', memo, unpack(new_keys))
+    for i = 1, #new_keys do
+      out[#out + 1] = new_keys[i]
+    end
+    for i = 1, #values do
+      out[#out + 1] = values[i]
+    end
+  end
+  return out
+end

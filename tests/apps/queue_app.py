@@ -1,8 +1,10 @@
-"""Functions for the job queue's tests (tests/test_job_queue.py): a long chain of steps, a short run,
-and a sleep."""
+"""Functions for the job queue's tests (tests/test_job_queue.py, tests/test_claim_load.py): a long
+chain of steps, a short run, and sleeps."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 
 import stepq
@@ -47,3 +49,15 @@ async def short(ctx: stepq.Context) -> str:
 async def nap(ctx: stepq.Context) -> str:
     await ctx.step.sleep("nap", "2s")
     return await ctx.step.run("after", _woke)
+
+
+@client.create_function(id="nap-hold", trigger=stepq.TriggerEvent(event="test/nap.hold"))
+async def nap_hold(ctx: stepq.Context) -> str:
+    """Sleeps 1 s; the step after the sleep takes ``T_QUEUE_HOLD_S`` seconds (the worker's env)."""
+    await ctx.step.sleep("nap", "1s")
+    return await ctx.step.run("hold", _hold)
+
+
+async def _hold() -> str:
+    await asyncio.sleep(float(os.environ.get("T_QUEUE_HOLD_S", "0")))
+    return "held"
