@@ -82,6 +82,11 @@ def _why(member: bytes, reason: bytes) -> str:
     return reason.decode(errors="backslashreplace")
 
 
+def _plain(run_id: str) -> bool:
+    """A run id the claim's list of known runs can carry (stepq's are ULIDs)."""
+    return " " not in run_id and "\n" not in run_id
+
+
 def _claim_load(entry: list[bytes] | None, view: Mapping[str, CachedRun]) -> ClaimLoad | None:
     """A claimed job's load from its claim entry (None: the claim did not load it)."""
     if not entry:
@@ -144,8 +149,9 @@ class JobQueue:
         # as a worker that never saw the run would. Either way it is right: each named run's length
         # is that of a snapshot (``CachedRun`` never changes) that the reply is merged into, however
         # the cache changes meanwhile.
-        view = dict(known) if free > 0 and known else {}
-        lengths = [item for run_id, run in view.items() for item in (run_id, len(run.stack))]
+        view = {run_id: run for run_id, run in known.items() if _plain(run_id)} if free > 0 and known else {}
+        # one argument, not two per run: redis-py encodes each argument apart, which costs more
+        lengths = "\n".join(f"{run_id} {len(run.stack)}" for run_id, run in view.items())
         jobs, raw_poison, wake_at = await self.scripts.call(
             "claim_jobs",
             [self.name, self.ready_key, self.mover_key, self.wake_at_key],
@@ -157,8 +163,7 @@ class JobQueue:
                 self.mover_lease_ms,
                 SCAN_LIMIT,
                 int(tidy),
-                len(view),
-                *lengths,
+                lengths,
                 *(held if free > 0 else ()),
             ],
         )

@@ -2,8 +2,8 @@
 -- KEYS: queue, ready list, mover lease, mover's wake time
 -- ARGV: now_ms, lease_ms, free slots, lease token (this worker's), mover lease ms, scan limit, tidy
 --       (1: drop the ready list's tokens if nothing is left to claim; 0: the caller found it empty),
---       n, then n pairs (run id, memo entries the worker has cached of it), then the ids of the jobs
---       the worker runs now
+--       the runs the worker has cached ('<run id> <memo entries cached>' lines, one string: a claim
+--       reads it only when it claims a job), then the ids of the jobs the worker runs now
 --
 -- A claimed job gets arq's in-progress lock (valued with this worker's token, expiring with the
 -- lease) and its try counted (arq's retry counter), and its score moves to the lease's end: the job
@@ -82,11 +82,10 @@ end
 -- The worker's cached memo lengths by run id, and the jobs it runs (ARGV from 8 on).
 local function worker_view()
   local known, held = {}, {}
-  local n = tonumber(ARGV[8]) or 0
-  for i = 9, 8 + 2 * n, 2 do
-    known[ARGV[i]] = tonumber(ARGV[i + 1])
+  for run_id, len in string.gmatch(ARGV[8] or '', '([^ \n]+) (%d+)') do
+    known[run_id] = tonumber(len)
   end
-  for i = 9 + 2 * n, #ARGV do
+  for i = 9, #ARGV do
     held[ARGV[i]] = true
   end
   return known, held
