@@ -23,10 +23,10 @@
 -- a job the worker runs already (its lease lapsed while Redis was away: the worker holds the run's
 -- fence and goes on), or the load raised an error (the worker's load_run call meets it again).
 --
--- Returns {{id, payload, try, score, preload, ...}, {poison id, reason, ...}, next_due}: poison entries no
--- worker can run (a job key gone or of the wrong type...: the caller moves them to the dead
--- letters, so that a person sees what was lost); next_due is the
--- earliest delayed job's due time for the mover (-1: none), or -2 when the caller is not the mover.
+-- Returns {{id, payload, try, score, preload, ...}, {poison id, reason, ...}, next_due}: poison
+-- entries no worker can run (a job key gone or of the wrong type...: the caller moves them to the
+-- dead letters, so that a person sees what was lost); next_due is the earliest delayed job's due
+-- time for the mover (-1: none), or -2 when the caller is not the mover.
 -- True for the errors of a key that holds what no job's key can (the entry is poison); any other
 -- error is raised.
 local function poison_error(reply)
