@@ -22,6 +22,7 @@ from stepq.event import Event
 
 from . import keys
 from .codec import pack, unpack
+from .jobs import FENCE as FENCE  # the run-record field of the run's fence (defined beside the job kinds)
 from .jobs import JobSpec, enqueue_keys, fence_field
 from .limits import Limits
 from .plan import JobLease, Plan
