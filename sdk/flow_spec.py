@@ -350,14 +350,14 @@ def _check_combinations(spec: FlowControl, has_cancel: bool, at: _Path) -> None:
         for name, given in others:
             if given:
                 raise FunctionConfigError(
-                    f"{at.child('batchEvents')}: batching cannot be combined with {at.child(name)} "
+                    f"{at.child('batchEvents')}: batching cannot be combined with {at.child(name).relative()} "
                     "(Inngest refuses the pair); remove one of them"
                 )
     if spec.idempotency is not None and spec.rate_limit is not None:
         # Inngest implements idempotency as a rate limit of 1 per 24 h and replaces the function's
         # own rateLimit with it (pkg/sdk/function.go): one of the two would silently not apply.
         raise FunctionConfigError(
-            f"{at.child('idempotency')}: cannot be combined with {at.child('rateLimit')} (Inngest replaces the "
+            f"{at.child('idempotency')}: cannot be combined with {at.child('rateLimit').relative()} (Inngest replaces the "
             "rate limit with the idempotency key's, so one would not apply); keep one of them"
         )
 
@@ -382,7 +382,11 @@ class _Path:
         return FunctionConfigError(f"{self}: {message}")
 
     def __str__(self) -> str:
-        return self._prefix + "".join(self._parts)
+        return self._prefix + self.relative()
+
+    def relative(self) -> str:
+        """The path without the prefix: how an error names a second field of the same function."""
+        return "".join(self._parts)
 
 
 def _object(raw: Any, at: _Path, fields: tuple[str, ...]) -> dict[str, Any]:
