@@ -357,8 +357,8 @@ def _check_combinations(spec: FlowControl, has_cancel: bool, at: _Path) -> None:
         # Inngest implements idempotency as a rate limit of 1 per 24 h and replaces the function's
         # own rateLimit with it (pkg/sdk/function.go): one of the two would silently not apply.
         raise FunctionConfigError(
-            f"{at.child('idempotency')}: cannot be combined with {at.child('rateLimit').relative()} (Inngest replaces the "
-            "rate limit with the idempotency key's, so one would not apply); keep one of them"
+            f"{at.child('idempotency')}: cannot be combined with {at.child('rateLimit').relative()} (Inngest "
+            "replaces the rate limit with the idempotency key's, so one would not apply); keep one of them"
         )
 
 
