@@ -4,7 +4,8 @@
 Each function becomes a stepq function record whose runs go to the shared ``@http`` queue, where
 ``stepq worker --http`` invokes them at the URL they registered. Flow-control fields (concurrency,
 throttle, debounce, batching, priority...) are refused by name, as ``create_function`` refuses its
-keywords: stepq does not apply them yet, and a limit accepted but not kept would be worse.
+keywords: stepq does not apply them yet, and a limit accepted but not kept would be worse. They are
+validated first (``stepq.flow_spec``), so a bad one gets an error naming its field.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 from stepq.durations import to_timedelta
 from stepq.errors import FunctionConfigError
 from stepq.expressions import ExpressionError, compile_expression
+from stepq.flow_spec import parse_flow_control
 from stepq.jsonvalue import NotJSONError, check_json, json_type
 from stepq.retry import Backoff
 
@@ -27,7 +29,7 @@ MAX_TRIGGERS = 10
 MAX_RETRIES = 20
 MAX_CANCELS = 5
 #: Fields of Inngest's function config with the JSON type its schema gives each (``concurrency`` is
-#: a number, a list of limits, or ``{fn, step}``). Flow control is refused (``REFUSED_FLOW_CONTROL``);
+#: a number, a list of limits, or ``{fn, step}``). Flow control is validated, then refused;
 #: ``checkpoint`` only tunes how Inngest's server checkpoints, so it is kept and has no effect here.
 FLOW_CONTROL: dict[str, tuple[type, ...]] = {
     "concurrency": (int, list, dict),
@@ -40,7 +42,6 @@ FLOW_CONTROL: dict[str, tuple[type, ...]] = {
     "singleton": (dict,),
     "checkpoint": (dict,),
 }
-REFUSED_FLOW_CONTROL = tuple(field for field in FLOW_CONTROL if field != "checkpoint")
 #: Deepest nesting a register payload may have (real ones nest about six levels).
 MAX_REGISTER_DEPTH = 32
 _TYPE_NAMES = {int: "a number", float: "a number", list: "a list", dict: "an object", str: "a string"}
@@ -110,8 +111,12 @@ def _function(app_id: str, raw: Any, where: str) -> dict[str, Any]:
         value = _optional(raw, field, types, where)
         if value is not None:
             flow[field] = value
-    # inngest-py sends ``concurrency: []`` (no limit) for failure handlers: empty means none.
-    refused = [f"{where}.{field}" for field in REFUSED_FLOW_CONTROL if flow.get(field) not in (None, [], {})]
+    # Validated first, so a bad limit gets its precise error; a valid one is still refused below.
+    # Empty values (inngest-py sends ``concurrency: []`` for failure handlers) and a limit of 0
+    # mean none, and are accepted.
+    cancel = raw.get("cancel")
+    spec = parse_flow_control(flow, prefix=f"{where}.", has_cancel=isinstance(cancel, list) and bool(cancel))
+    refused = [f"{where}.{field}" for field in spec.given()]
     if refused:
         raise FunctionConfigError(
             f"{', '.join(refused)}: flow control is not supported by stepq yet (it comes in a later release); "

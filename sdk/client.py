@@ -21,6 +21,7 @@ from .flow_control import (
     Singleton,
     Throttle,
 )
+from .flow_spec import options_to_config, parse_flow_control
 from .function import Cancel, Function, Timeouts, normalize_triggers
 from .http_transport import HttpTransport
 from .middleware import UninitializedMiddleware
@@ -240,23 +241,44 @@ class Inngest:
         for this function after the client's.
 
         Flow control (``batch_events``, ``concurrency``, ``debounce``, ``idempotency``,
-        ``priority``, ``rate_limit``, ``singleton``, ``throttle``) comes in a later release: passing
-        any of them raises ``FunctionConfigError`` naming them, rather than running without the
-        limit. ``output_type`` converts the function's return value through the client's
-        ``serializer`` (needed then): stored as JSON, deserialized for ``step.invoke``.
+        ``priority``, ``rate_limit``, ``singleton``, ``throttle``) comes in a later release: each is
+        validated as Inngest does (an invalid one raises ``FunctionConfigError`` naming its field),
+        then passing any of them raises ``FunctionConfigError`` naming them, rather than running
+        without the limit; an empty ``concurrency`` list, or a limit of 0, is none. ``output_type``
+        converts the function's return value through the client's ``serializer`` (needed then):
+        stored as JSON, deserialized for ``step.invoke``.
         """
-        flow = {
-            "batch_events": batch_events,
-            "concurrency": concurrency,
-            "debounce": debounce,
-            "idempotency": idempotency,
-            "priority": priority,
-            "rate_limit": rate_limit,
-            "singleton": singleton,
-            "throttle": throttle,
-        }
-        given = [keyword for keyword in FLOW_CONTROL_KEYWORDS if flow[keyword] is not None]
         label = id if id is not None else fn_id
+        # Validated first, so a bad option gets its precise error; a valid one is still refused
+        # below, as stepq does not enforce flow control yet.
+        prefix = f"create_function({label!r}): "
+        spec = parse_flow_control(
+            options_to_config(
+                label=prefix,
+                batch_events=batch_events,
+                concurrency=concurrency,
+                debounce=debounce,
+                idempotency=idempotency,
+                priority=priority,
+                rate_limit=rate_limit,
+                singleton=singleton,
+                throttle=throttle,
+            ),
+            prefix=prefix,
+            python_names=True,
+            has_cancel=bool(cancel),
+        )
+        by_field = {
+            "batch_events": spec.batch,
+            "concurrency": spec.concurrency or spec.run_concurrency or None,
+            "debounce": spec.debounce,
+            "idempotency": spec.idempotency,
+            "priority": spec.priority,
+            "rate_limit": spec.rate_limit,
+            "singleton": spec.singleton,
+            "throttle": spec.throttle,
+        }
+        given = [keyword for keyword in FLOW_CONTROL_KEYWORDS if by_field[keyword] is not None]
         if given:
             raise FunctionConfigError(
                 f"create_function({label!r}): {', '.join(given)}: flow control is not supported by stepq yet "

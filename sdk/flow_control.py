@@ -2,8 +2,9 @@
 ``Batch``, ``Priority`` and ``Singleton``.
 
 They carry inngest-py 0.5's fields so that code written for Inngest constructs them unchanged, but
-stepq does not enforce flow control yet: ``create_function`` refuses them (``FunctionConfigError``
-naming each one) rather than accept a limit it would not keep. They arrive in a later release.
+stepq does not enforce flow control yet: ``create_function`` validates them (``stepq.flow_spec``:
+a bad one gets an error naming its field), then refuses them (``FunctionConfigError`` naming each
+one) rather than accept a limit it would not keep. They arrive in a later release.
 Their durations (``period``, ``timeout``) are an int of milliseconds or a timedelta, as in inngest-py.
 """
 

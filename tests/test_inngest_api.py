@@ -134,11 +134,18 @@ def test_each_flow_control_keyword_is_refused_by_name(keyword: str) -> None:
 
 
 def test_every_flow_control_keyword_given_is_named_at_once() -> None:
+    # Batching cannot be combined with debounce, singleton or priority, nor idempotency with a rate
+    # limit (tests/test_flow_spec.py): every keyword of a valid combination is named at once.
     client = stepq.Inngest(app_id="t-flow")
+    valid = {k: v for k, v in FLOW_CONTROL.items() if k not in ("batch_events", "rate_limit")}
     with pytest.raises(stepq.FunctionConfigError) as caught:
-        client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **FLOW_CONTROL)
-    for keyword in FLOW_CONTROL:
+        client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **valid)
+    assert "later release" in str(caught.value)
+    for keyword in valid:
         assert keyword in str(caught.value)
+    with pytest.raises(stepq.FunctionConfigError, match="batching cannot be combined with debounce"):
+        client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **FLOW_CONTROL)
+    assert client.functions == {}
 
 
 def test_what_stepq_cannot_do_yet_is_refused_not_ignored() -> None:
