@@ -180,7 +180,7 @@ class Torture:
         self.local = stepq.Client("t-torture-driver", transport=RedisTransport(self.cluster.redis_url, limits))
         self.http = stepq.Client("t-torture-driver-http", event_api_url=self.cluster.api_url, event_key="torture")
         try:
-            baseline = await memory.census(self.redis)
+            baseline = await memory.census(self.redis, sizes_of_keys=True)
             programs = self._programs()
             stop = asyncio.Event()
             faults = Faults(self.cluster, self.config.seed ^ 0xFA17, self.config.faults)

@@ -31,7 +31,7 @@ CROSS_SLOT = {
 _ALL_KEYS = {"DEL", "EXISTS"}
 _TWO_KEYS = {"RENAME"}
 _NO_KEY = {"TIME"}
-_LINE = re.compile(rb'^\+[\d.]+ \[(\d+) ([^\]]+)\] (.*)$')
+_LINE = re.compile(rb"^\+[\d.]+ \[(\d+) ([^\]]+)\] (.*)$")
 _ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
 
 
