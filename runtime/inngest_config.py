@@ -19,7 +19,7 @@ from stepq.durations import to_timedelta
 from stepq.errors import FunctionConfigError
 from stepq.expressions import ExpressionError, compile_expression
 from stepq.flow_spec import parse_flow_control
-from stepq.jsonvalue import NotJSONError, check_json, json_type
+from stepq.jsonvalue import NotJSONError, check_json, json_type, shown
 from stepq.retry import Backoff
 
 from . import keys
@@ -101,7 +101,7 @@ def _function(app_id: str, raw: Any, where: str) -> dict[str, Any]:
     except ValueError:  # a port that is not a number, or over 65535
         port_ok = False
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or not port_ok:
-        raise FunctionConfigError(f"{where}.steps.step.runtime.url: expected an http(s) URL, got {_shown(url)}")
+        raise FunctionConfigError(f"{where}.steps.step.runtime.url: expected an http(s) URL, got {shown(url)}")
     retries = _retries(raw, step, where)
     triggers = _optional(raw, "triggers", (list,), where) or []
     if len(triggers) > MAX_TRIGGERS:
@@ -168,13 +168,8 @@ def _retries(raw: dict[str, Any], step: dict[str, Any], where: str) -> int:
     ]
     for value, field in found:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RETRIES:
-            raise FunctionConfigError(f"{field}: an integer from 0 to {MAX_RETRIES}, got {_shown(value)}")
+            raise FunctionConfigError(f"{field}: an integer from 0 to {MAX_RETRIES}, got {shown(value)}")
     return int(found[0][0]) if found else 4
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _backoff(raw: dict[str, Any], where: str) -> dict[str, float]:
@@ -252,4 +247,4 @@ def _duration(value: Any, where: str) -> None:
     except ValueError as exc:
         raise FunctionConfigError(str(exc)) from None
     except OverflowError:  # "99999999999999999d": more days than a timedelta holds
-        raise FunctionConfigError(f"{where}: {_shown(value)} is too long a duration") from None
+        raise FunctionConfigError(f"{where}: {shown(value)} is too long a duration") from None

@@ -26,6 +26,7 @@ from .durations import parse_duration, to_duration_str, to_timedelta
 from .errors import FunctionConfigError
 from .expressions import ExpressionError, compile_expression
 from .flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from .jsonvalue import json_type, shown
 
 __all__ = [
     "BatchSpec",
@@ -213,7 +214,7 @@ def options_to_config(
     out: dict[str, Any] = {}
     if concurrency is not None:
         if not isinstance(concurrency, list | tuple):
-            raise FunctionConfigError(f"{label}concurrency: expected a list of Concurrency, got {_shown(concurrency)}")
+            raise FunctionConfigError(f"{label}concurrency: expected a list of Concurrency, got {shown(concurrency)}")
         items = []
         for i, item in enumerate(concurrency):
             _check_type(item, Concurrency, f"{label}concurrency[{i}]")
@@ -262,7 +263,7 @@ def options_to_config(
 
 def _check_type(value: object, kind: type, where: str) -> None:
     if not isinstance(value, kind):
-        raise FunctionConfigError(f"{where}: expected a stepq.{kind.__name__}, got {_shown(value)}")
+        raise FunctionConfigError(f"{where}: expected a stepq.{kind.__name__}, got {shown(value)}")
 
 
 def _duration_str(value: Any, where: str) -> str:
@@ -395,7 +396,7 @@ def _object(raw: Any, at: _Path, fields: tuple[str, ...]) -> dict[str, Any]:
     Unknown fields are refused rather than ignored: a misspelt or newer option must not pass
     for one that stepq keeps."""
     if not isinstance(raw, dict):
-        raise at.error(f"expected an object, got {_json_type(raw)}")
+        raise at.error(f"expected an object, got {json_type(raw)}")
     unknown = sorted(str(name) for name in raw if name not in fields)
     if unknown:
         names = ", ".join(repr(n) for n in unknown)
@@ -409,9 +410,9 @@ def _count(raw: dict[str, Any], name: str, at: _Path, *, minimum: int, maximum: 
         raise at.child(name).error("required")
     value = raw[name]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise at.child(name).error(f"expected an integer, got {_json_type(value)}")
+        raise at.child(name).error(f"expected an integer, got {json_type(value)}")
     if not minimum <= value <= maximum:
-        raise at.child(name).error(f"an integer from {minimum} to {maximum}, got {_shown(value)}")
+        raise at.child(name).error(f"an integer from {minimum} to {maximum}, got {shown(value)}")
     return value
 
 
@@ -424,18 +425,18 @@ def _period(raw: dict[str, Any], name: str, at: _Path, bounds: tuple[int, int], 
         return None
     value = raw[name]
     if not isinstance(value, str):
-        raise where.error(f'expected a duration string such as "30s" or "5m", got {_json_type(value)}')
+        raise where.error(f'expected a duration string such as "30s" or "5m", got {json_type(value)}')
     try:
         delta = parse_duration(value, what=str(where))
     except ValueError as exc:
         raise FunctionConfigError(str(exc)) from None
     ms = delta // dt.timedelta(milliseconds=1)
     if delta % dt.timedelta(seconds=1):
-        raise where.error(f"must be a whole number of seconds, got {_shown(value)}")
+        raise where.error(f"must be a whole number of seconds, got {shown(value)}")
     low, high = bounds
     if not low <= ms <= high:
         shown_low, shown_high = (to_duration_str(dt.timedelta(milliseconds=b)) for b in bounds)
-        raise where.error(f"must be from {shown_low} to {shown_high}, got {_shown(value)}")
+        raise where.error(f"must be from {shown_low} to {shown_high}, got {shown(value)}")
     return ms
 
 
@@ -453,7 +454,7 @@ def _expression(raw: dict[str, Any], name: str, at: _Path, *, required: bool = F
 
 def _compiled(value: Any, where: _Path) -> str:
     if not isinstance(value, str):
-        raise where.error(f"expected a CEL expression string, got {_json_type(value)}")
+        raise where.error(f"expected a CEL expression string, got {json_type(value)}")
     try:
         compile_expression(value, variables={"event"})
     except ExpressionError as exc:
@@ -480,11 +481,11 @@ def _concurrency(raw: Any, at: _Path) -> tuple[tuple[ConcurrencyLimit, ...], tup
             elif isinstance(value, list):
                 levels[level] = _limits(value, at.child(level))
             else:
-                raise at.child(level).error(f"expected a list of limits, got {_json_type(value)}")
+                raise at.child(level).error(f"expected a list of limits, got {json_type(value)}")
         return levels["step"], levels["fn"]
     if isinstance(raw, dict):
         return _limits([raw], at, single=True), ()
-    raise at.error(f"expected a number, a list of limits or an object, got {_json_type(raw)}")
+    raise at.error(f"expected a number, a list of limits or an object, got {json_type(raw)}")
 
 
 def _limits(items: list[Any], at: _Path, *, number: bool = False, single: bool = False) -> tuple[ConcurrencyLimit, ...]:
@@ -505,13 +506,13 @@ def _limit(raw: Any, at: _Path, *, number: bool) -> ConcurrencyLimit | None:
     if number:
         value = raw["limit"]
         if not 0 <= value <= MAX_COUNT:
-            raise at.error(f"an integer from 0 (no limit) to {MAX_COUNT}, got {_shown(value)}")
+            raise at.error(f"an integer from 0 (no limit) to {MAX_COUNT}, got {shown(value)}")
         return ConcurrencyLimit(limit=value) if value else None
     fields = _object(raw, at, ("limit", "key", "scope"))
     limit = _count(fields, "limit", at, minimum=0) if "limit" in fields else 0
     scope = fields.get("scope", "fn")
     if scope not in _SCOPES:
-        raise at.child("scope").error(f"one of {', '.join(_SCOPES)}, got {_shown(scope)}")
+        raise at.child("scope").error(f"one of {', '.join(_SCOPES)}, got {shown(scope)}")
     key = _expression(fields, "key", at)
     if scope != "fn" and key is None:
         raise at.child("key").error(f"required for scope {scope!r} (a limit shared across functions needs a key)")
@@ -545,7 +546,7 @@ def _debounce(raw: Any, at: _Path) -> DebounceSpec:
         # meaningless (every run would start at the timeout): refused rather than guessed at.
         raise at.child("timeout").error(
             f"must be at least the period ({to_duration_str(dt.timedelta(milliseconds=period))}), "
-            f"got {_shown(fields['timeout'])}"
+            f"got {shown(fields['timeout'])}"
         )
     return DebounceSpec(period_ms=period, key=_expression(fields, "key", at), timeout_ms=timeout)
 
@@ -578,26 +579,5 @@ def _singleton(raw: Any, at: _Path) -> SingletonSpec:
     if mode is None:
         raise at.child("mode").error("required (skip or cancel)")
     if mode not in _MODES:
-        raise at.child("mode").error(f"one of skip, cancel, got {_shown(mode)}")
+        raise at.child("mode").error(f"one of skip, cancel, got {shown(mode)}")
     return SingletonSpec(mode=mode, key=_expression(fields, "key", at))
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

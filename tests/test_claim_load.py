@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from stepq.runtime.jobs import JobSpec, wake_job_id
 from stepq.runtime.queries import get_run
 from stepq.runtime.store import CachedRun, ClaimLoad, LoadedRun, LoadRefused, Outcome, RunStore
 from stepq.workers.embedded import EmbeddedRedis
+from tests import monitor
 from tests.helpers import StartWorkers, WorkerOn, run_memo, run_stack, start_run, wait_for_run
 
 APP = "t-claim"
@@ -31,22 +30,8 @@ APP = "t-claim"
 
 def script_calls(port: int, seconds: float) -> list[str]:
     """The scripts (their SHA1s) clients call with EVALSHA during ``seconds``, read with MONITOR."""
-    seen: list[str] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-        sock.sendall(b"MONITOR\r\n")
-        buffer = b""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                buffer += sock.recv(65536)
-            except TimeoutError:
-                continue
-            *lines, buffer = buffer.split(b"\r\n")
-            for line in lines:
-                match = re.match(rb'^\+[\d.]+ \[\d+ [^\]]+\] "(?i:evalsha)" "([0-9a-f]{40})"', line)
-                if match:
-                    seen.append(match.group(1).decode())
-    return seen
+    calls = monitor.commands(port, seconds)
+    return [args[1].decode() for _, args in calls if args[0].upper() == b"EVALSHA" and len(args) > 1]
 
 
 def sha(name: str) -> str:

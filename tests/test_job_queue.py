@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from stepq.runtime import keys
 from stepq.runtime.connection import connect
 from stepq.runtime.queries import get_run
 from stepq.workers.embedded import EmbeddedRedis
+from tests import monitor
 from tests.helpers import (
     StartWorkers,
     WorkerOn,
@@ -35,25 +34,9 @@ APP = "t-queue"
 
 
 def commands_sent(port: int, seconds: float) -> list[str]:
-    """The commands clients send Redis during ``seconds``, read with MONITOR on a plain socket
-    (commands that scripts run inside Redis, shown as ``[0 lua]``, are left out: they cost no
-    round trip)."""
-    seen: list[str] = []
-    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-        sock.sendall(b"MONITOR\r\n")
-        buffer = b""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                buffer += sock.recv(65536)
-            except TimeoutError:
-                continue
-            *lines, buffer = buffer.split(b"\r\n")
-            for line in lines:
-                match = re.match(rb'^\+[\d.]+ \[\d+ ([^\]]+)\] "([^"]+)"', line)
-                if match and match.group(1) != b"lua":
-                    seen.append(match.group(2).decode().upper())
-    return seen
+    """The commands clients send Redis during ``seconds``, read with MONITOR (commands that scripts
+    run inside Redis, shown as ``[0 lua]``, are left out: they cost no round trip)."""
+    return [args[0].decode().upper() for client, args in monitor.commands(port, seconds) if client != b"lua"]
 
 
 async def test_an_idle_worker_sends_redis_at_most_about_one_command_a_second(

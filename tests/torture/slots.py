@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import re
 import socket
 import threading
 import time
@@ -20,6 +19,7 @@ from redis.crc import key_slot
 
 from stepq.runtime import scripts
 from stepq.runtime.ingest import batch_script
+from tests import monitor
 
 #: Scripts allowed to span slots, and why.
 CROSS_SLOT = {
@@ -31,13 +31,6 @@ CROSS_SLOT = {
 _ALL_KEYS = {"DEL", "EXISTS"}
 _TWO_KEYS = {"RENAME"}
 _NO_KEY = {"TIME"}
-_LINE = re.compile(rb"^\+[\d.]+ \[(\d+) ([^\]]+)\] (.*)$")
-_ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
-
-
-def _unquote(raw: bytes) -> bytes:
-    """A MONITOR argument without its escapes (enough for key names and numbers)."""
-    return re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m.group(1), 16)]), raw).replace(b'\\"', b'"')
 
 
 def _script_names() -> dict[str, str]:
@@ -107,14 +100,12 @@ class SlotAudit:
             self._close()
 
     def _read(self, line: bytes) -> None:
-        match = _LINE.match(line)
-        if match is None or match.group(1) != self.db:
+        parsed = monitor.parse(line)
+        if parsed is None or parsed[0] != self.db or not parsed[2]:
             return
-        args = [_unquote(a) for a in _ARG.findall(match.group(3))]
-        if not args:
-            return
+        _, client, args = parsed
         command = args[0].upper()
-        if match.group(2) != b"lua":
+        if client != b"lua":
             self._close()
             if command in (b"EVALSHA", b"EVAL") and len(args) >= 3:
                 sha = args[1].decode(errors="replace")
