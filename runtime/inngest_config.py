@@ -111,12 +111,11 @@ def _function(app_id: str, raw: Any, where: str) -> dict[str, Any]:
         value = _optional(raw, field, types, where)
         if value is not None:
             flow[field] = value
-    # Validated first, so a bad limit gets its precise error; a valid one is still refused below.
     # Empty values (inngest-py sends ``concurrency: []`` for failure handlers) and a limit of 0
     # mean none, and are accepted.
     cancel = raw.get("cancel")
     spec = parse_flow_control(flow, prefix=f"{where}.", has_cancel=isinstance(cancel, list) and bool(cancel))
-    refused = [f"{where}.{field}" for field in spec.given()]
+    refused = [f"{where}.{field}" for field in spec.unenforced()]
     if refused:
         raise FunctionConfigError(
             f"{', '.join(refused)}: flow control is not supported by stepq yet (it comes in a later release); "

@@ -9,6 +9,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from stepq.errors import StepqError
+from stepq.flow_spec import FlowControl, parse_flow_control
 
 from . import keys
 from .codec import pack, unpack
@@ -37,6 +38,17 @@ class FunctionRecord:
     slug: str
     app_id: str
     config: dict[str, Any]
+    #: Its flow control, read from ``config["flow"]`` (validated when it was registered).
+    flow: FlowControl = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        cancel = self.config.get("cancel")
+        spec = parse_flow_control(
+            self.config.get("flow") or {},
+            prefix=f"function {self.slug!r}: ",
+            has_cancel=isinstance(cancel, list) and bool(cancel),
+        )
+        object.__setattr__(self, "flow", spec)
 
     @property
     def event_names(self) -> list[str]:

@@ -12,7 +12,6 @@ from .context import Context, ContextSync
 from .errors import FunctionConfigError, InvalidEventError, StepqError
 from .event import Event
 from .flow_control import (
-    FLOW_CONTROL_KEYWORDS,
     Batch,
     Concurrency,
     Debounce,
@@ -21,7 +20,7 @@ from .flow_control import (
     Singleton,
     Throttle,
 )
-from .flow_spec import options_to_config, parse_flow_control
+from .flow_spec import PYTHON_NAMES, options_to_config, parse_flow_control
 from .function import Cancel, Function, Timeouts, normalize_triggers
 from .http_transport import HttpTransport
 from .middleware import UninitializedMiddleware
@@ -249,39 +248,25 @@ class Inngest:
         stored as JSON, deserialized for ``step.invoke``.
         """
         label = id if id is not None else fn_id
-        # Validated first, so a bad option gets its precise error; a valid one is still refused
-        # below, as stepq does not enforce flow control yet.
+        # Validated here, so a bad option gets its precise error at definition time; the JSON form
+        # is what the function registers (as a served function's config carries it).
         prefix = f"create_function({label!r}): "
-        spec = parse_flow_control(
-            options_to_config(
-                label=prefix,
-                batch_events=batch_events,
-                concurrency=concurrency,
-                debounce=debounce,
-                idempotency=idempotency,
-                priority=priority,
-                rate_limit=rate_limit,
-                singleton=singleton,
-                throttle=throttle,
-            ),
-            prefix=prefix,
-            python_names=True,
-            has_cancel=bool(cancel),
+        flow = options_to_config(
+            label=prefix,
+            batch_events=batch_events,
+            concurrency=concurrency,
+            debounce=debounce,
+            idempotency=idempotency,
+            priority=priority,
+            rate_limit=rate_limit,
+            singleton=singleton,
+            throttle=throttle,
         )
-        by_field = {
-            "batch_events": spec.batch,
-            "concurrency": spec.concurrency or spec.run_concurrency or None,
-            "debounce": spec.debounce,
-            "idempotency": spec.idempotency,
-            "priority": spec.priority,
-            "rate_limit": spec.rate_limit,
-            "singleton": spec.singleton,
-            "throttle": spec.throttle,
-        }
-        given = [keyword for keyword in FLOW_CONTROL_KEYWORDS if by_field[keyword] is not None]
-        if given:
+        spec = parse_flow_control(flow, prefix=prefix, python_names=True, has_cancel=bool(cancel))
+        refused = [PYTHON_NAMES.get(name, name) for name in spec.unenforced()]
+        if refused:
             raise FunctionConfigError(
-                f"create_function({label!r}): {', '.join(given)}: flow control is not supported by stepq yet "
+                f"create_function({label!r}): {', '.join(refused)}: flow control is not supported by stepq yet "
                 "(it comes in a later release); remove these options rather than run without the limits"
             )
         if output_type is not NOT_SET and self.serializer is None:
@@ -308,6 +293,7 @@ class Inngest:
                 client=self,
                 middleware=function_middleware,
                 output_type=output_type,
+                flow=flow,
             )
             if fn.id in self._functions:
                 raise FunctionConfigError(f"function id {fn.id!r} is defined twice in app {self.app_id!r}")

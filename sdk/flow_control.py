@@ -14,19 +14,6 @@ import dataclasses
 import datetime as dt
 from typing import Literal
 
-#: The ``create_function`` keywords that take these options, refused until stepq enforces them.
-FLOW_CONTROL_KEYWORDS = (
-    "batch_events",
-    "concurrency",
-    "debounce",
-    "idempotency",
-    "priority",
-    "rate_limit",
-    "singleton",
-    "throttle",
-)
-
-
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Batch:
     """Start one run per batch of up to ``max_size`` events, gathered for at most ``timeout``."""

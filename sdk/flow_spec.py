@@ -53,6 +53,10 @@ CONFIG_FIELDS = (
     "singleton",
 )
 
+#: The fields stepq enforces; each option joins as its enforcement lands. A function declaring any
+#: other is refused (``FlowControl.unenforced``), never run without its limit.
+ENFORCED: frozenset[str] = frozenset()
+
 #: At most this many concurrency limits per level (``consts.MaxConcurrencyLimits``).
 MAX_CONCURRENCY_LIMITS = 2
 #: Largest limit, burst or size stepq stores: Inngest sets none, but counts live in Redis and Lua,
@@ -84,7 +88,7 @@ _SCOPES: tuple[Scope, ...] = ("fn", "env", "account")
 _MODES = ("skip", "cancel")
 
 #: JSON names shown as create_function's keyword names in its errors.
-_PYTHON_NAMES = {"rateLimit": "rate_limit", "batchEvents": "batch_events", "maxSize": "max_size", "if": "if_exp"}
+PYTHON_NAMES = {"rateLimit": "rate_limit", "batchEvents": "batch_events", "maxSize": "max_size", "if": "if_exp"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,6 +190,11 @@ class FlowControl:
 
     def __bool__(self) -> bool:
         return bool(self.given())
+
+    def unenforced(self) -> list[str]:
+        """The fields of :meth:`given` that stepq does not enforce yet (see :data:`ENFORCED`):
+        declaring one is refused rather than run without its limit."""
+        return [name for name in self.given() if name not in ENFORCED]
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,7 +381,7 @@ class _Path:
         self._prefix, self._python, self._parts = prefix, python, parts
 
     def child(self, name: str) -> _Path:
-        shown = _PYTHON_NAMES.get(name, name) if self._python else name
+        shown = PYTHON_NAMES.get(name, name) if self._python else name
         part = f".{shown}" if self._parts else shown
         return _Path(self._prefix, self._python, (*self._parts, part))
 

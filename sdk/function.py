@@ -95,6 +95,8 @@ class Function(Generic[T]):
     )
     #: What the client's serializer converts the return value from and to (``NOT_SET``: JSON as is).
     output_type: object = dataclasses.field(default=NOT_SET, compare=False, repr=False)
+    #: Flow control in Inngest's JSON config form (``stepq.flow_spec``), validated by ``create_function``.
+    flow: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _ID.match(self.id):
@@ -172,6 +174,7 @@ class Function(Generic[T]):
             "cancel": [c.to_dict() for c in self.cancel],
             "timeouts": self.timeouts.to_dict() if self.timeouts else {},
             "backoff": self.backoff.to_dict(),
+            "flow": self.flow,
         }
 
 
