@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 from typing import Literal
 
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Batch:
     """Start one run per batch of up to ``max_size`` events, gathered for at most ``timeout``."""
