@@ -43,10 +43,12 @@ from redis.asyncio import Redis
 
 from stepq.errors import FunctionConfigError
 from stepq.event import Event
+from stepq.flow_spec import FlowControl
 from stepq.triggers import TriggerCron
 
 from . import keys
-from .codec import pack
+from .codec import pack, unpack
+from .registry import FunctionRecord
 from .shards import dedupe_shard, run_id_for
 from .store import RunStore
 
@@ -326,6 +328,19 @@ class CronScheduler:
             return []
         return await self._claim(now_ms, fire, skip)
 
+    async def _flows(self, slugs: list[str]) -> dict[str, FlowControl]:
+        """The flow control of the functions ``slugs`` as registered (a function not registered
+        yet, whose worker registers it as it starts, has its runs created without)."""
+        if not slugs:
+            return {}
+        blobs = await self.redis.hmget(keys.FUNCTIONS, slugs)  # type: ignore[misc]
+        out = {}
+        for slug, blob in zip(slugs, blobs, strict=True):
+            if blob is not None:
+                config = unpack(blob)
+                out[slug] = FunctionRecord(slug, config["app_id"], config).flow
+        return out
+
     async def _claim(
         self,
         now_ms: int,
@@ -340,6 +355,7 @@ class CronScheduler:
         # 1. Claim each tick: create its run (the dedupe key inside create_run is the claim), or
         #    mark it skipped. Whoever claims a tick first decides it, once.
         skip_ttl = max(limits.dedupe_s, self.catch_up_ms // 1000 + 60)
+        flows = await self._flows([fn.slug for fn, _, _ in fire])
         async with self.redis.pipeline(transaction=False) as pipe:
             for fn, tick, _ in fire:
                 await self.store.create_run(
@@ -349,6 +365,7 @@ class CronScheduler:
                     queue_id=fn.queue_id,
                     events=[events[fn.slug]],
                     dedupe_key=tick_event_id(fn.slug, tick),
+                    flow=flows.get(fn.slug),
                     pipe=pipe,
                 )
             for fn, tick, _ in skip:

@@ -87,7 +87,7 @@ async def move_member(scripts: Scripts, shard: int, queue: str, member: bytes, r
     stored = await scripts.call(
         "dead_letter",
         [queue, keys.dead_letters(shard), keys.lock_in(shard, member)],
-        ["member", json.dumps(record), MAX_DEAD_LETTERS, member],
+        ["member", json.dumps(record), MAX_DEAD_LETTERS, member, record["at_ms"]],
     )
     return None if stored is None else DeadLetter.from_record(stored)
 

@@ -183,6 +183,7 @@ class Ingest:
                     dedupe_key=original.id or None,
                     rules=waits.cancel_registrations(run_id, fn.config, event_dict, at),
                     limits=self.store.function_limits(fn.config),
+                    flow=fn.flow,
                     pipe=runs,
                 )
         reply = await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])

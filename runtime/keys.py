@@ -58,6 +58,10 @@ JOB_SHAPES = {
 }
 #: A shard's part of a queue (its argument: the queue id).
 QUEUE_SHAPES = {kind: Shape(f"{PREFIX}:", f":{kind}:") for kind in ("queue", "ready", "mover", "wake_at")}
+#: Concurrency limits' keys in a shard (runtime/concurrency.py; their argument: a concurrency key's
+#: id, or a lane's): the slots taken (zset member -> lease end), the lanes waiting for a slot (zset
+#: lane -> virtual time), and a lane's waiting jobs (zset job id -> order).
+SLOT_SHAPES = {kind: Shape(f"{PREFIX}:", f":{kind}:") for kind in ("slots", "slot_waiters", "lane")}
 #: A shard's indexes and lists (no argument).
 SHARD_SHAPES = {
     "runs_active": Shape(f"{PREFIX}:", ":runs:active"),  # zset run_id -> created ms
@@ -161,6 +165,24 @@ def lock_in(shard: int, member: bytes) -> bytes:
     may be no text); ``in_progress(job_id)`` for a job of that shard."""
     shape = JOB_SHAPES["in_progress"]
     return shape.build(SHARD_TAGS[shard]).encode() + member
+
+
+def slots(shard: int, key_id: str) -> str:
+    """The slots taken of one concurrency key: job ids (a run's id, for a run-level limit) -> the end
+    of the lease they are held for (``+inf`` for a run's)."""
+    return SLOT_SHAPES["slots"].build(SHARD_TAGS[shard], key_id)
+
+
+def slot_waiters(shard: int, key_id: str) -> str:
+    """The lanes waiting for a slot of one concurrency key, scored by their virtual time (the lowest
+    is served first: the fair share between keys)."""
+    return SLOT_SHAPES["slot_waiters"].build(SHARD_TAGS[shard], key_id)
+
+
+def lane(shard: int, lane_id: str) -> str:
+    """The jobs of one lane (the runs sharing one set of concurrency keys) waiting for slots, in the
+    order they go: runs in progress first, then by due time (priority included)."""
+    return SLOT_SHAPES["lane"].build(SHARD_TAGS[shard], lane_id)
 
 
 def runs_active(shard: int) -> str:
@@ -329,7 +351,7 @@ def lua_prelude() -> str:
         lines.append(f"local function key_{name}(id) return {body} end")
     for name, shape in (RUN_SHAPES | JOB_SHAPES).items():
         lines.append(_lua_shaped(name, shape, "tag_of(id)", "id"))
-    for name, shape in QUEUE_SHAPES.items():
+    for name, shape in (QUEUE_SHAPES | SLOT_SHAPES).items():
         lines.append(_lua_shaped(name, shape, "tag", "id"))
     for name, shape in SHARD_SHAPES.items():
         lines.append(_lua_shaped(name, shape, "tag", None))

@@ -78,6 +78,12 @@ class CreateRunArgs(ScriptArgs):
     parent: str
     #: ``<max_state>,<retention_s>`` of the function, or '' for the defaults (see run_limits).
     limits: str
+    #: Concurrency keys (runtime/concurrency.py ``RunSlots``): '' for none.
+    step_slots: str
+    run_slots: str
+    lane: str
+    #: Seconds the run's due-now jobs go ahead (negative: later); 0 for none.
+    priority: int
     n_rules: int
 
 

@@ -19,9 +19,12 @@ from typing import Any
 from redis.asyncio import Redis
 
 from stepq.event import Event
+from stepq.flow_spec import FlowControl
 
 from . import keys
 from .codec import pack, unpack
+from .concurrency import NONE as NO_SLOTS
+from .concurrency import run_slots
 from .jobs import FENCE as FENCE  # the run-record field of the run's fence (defined beside the job kinds)
 from .jobs import JobSpec, enqueue_keys, fence_field
 from .limits import Limits
@@ -215,16 +218,20 @@ class RunStore:
         parent: str = "",
         rules: Sequence[Registration] = (),
         limits: Limits | None = None,
+        flow: FlowControl | None = None,
         pipe: Any = None,
     ) -> Any:
         """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on ``pipe``).
 
-        ``limits``: the function's (``RunStore.function_limits``); the run lives within them."""
+        ``limits``: the function's (``RunStore.function_limits``); the run lives within them.
+        ``flow``: the function's flow control (``FunctionRecord.flow``): its concurrency keys and
+        priority are evaluated from the first event and kept with the run."""
         at, shard = now_ms(), shard_of(run_id)
         if dedupe_key and shard != dedupe_shard(fn_slug, dedupe_key):
             raise ValueError(f"run {run_id} is not in the shard of its deduplication key (see shards.run_id_for)")
         job = JobSpec(run_id, 0)
         blob = pack([e.to_dict() for e in events])
+        slots = run_slots(fn_slug, flow, events[0].to_dict() if events else None) if flow else NO_SLOTS
         return await self.scripts.call(
             "create_run",
             [
@@ -248,6 +255,10 @@ class RunStore:
                     event_ids=",".join(event_ids or [e.id for e in events]),
                     parent=parent,
                     limits=(limits or self.limits).run_record(),
+                    step_slots=slots.step,
+                    run_slots=slots.run,
+                    lane=slots.lane,
+                    priority=slots.priority,
                     n_rules=len(rules),
                 ).argv(),
                 *(arg for rule in rules for arg in rule.args()),

@@ -20,7 +20,7 @@ from .errors import (
     StepqError,
 )
 from .event import Event
-from .flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from .flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, RunConcurrency, Singleton, Throttle
 from .function import Cancel, Function, Timeouts
 from .jsonvalue import JSON
 from .middleware import Middleware, MiddlewareSync, SendEventsResult, StepMemos, TransformOutputResult
@@ -53,6 +53,7 @@ __all__ = [
     "PydanticSerializer",
     "RateLimit",
     "RetryAfterError",
+    "RunConcurrency",
     "SendEventsResult",
     "Serializer",
     "Singleton",

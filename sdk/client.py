@@ -17,6 +17,7 @@ from .flow_control import (
     Debounce,
     Priority,
     RateLimit,
+    RunConcurrency,
     Singleton,
     Throttle,
 )
@@ -209,7 +210,7 @@ class Inngest:
         *,
         batch_events: Batch | None = None,
         cancel: list[Cancel] | None = None,
-        concurrency: list[Concurrency] | None = None,
+        concurrency: list[Concurrency | RunConcurrency] | None = None,
         debounce: Debounce | None = None,
         fn_id: str | None = None,
         idempotency: str | None = None,

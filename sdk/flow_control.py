@@ -35,6 +35,20 @@ class Concurrency:
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunConcurrency:
+    """stepq's run-level limit: at most ``limit`` *runs* active at once per ``key`` within ``scope``.
+
+    A run takes its slot when its first step starts and holds it until it ends, through its sleeps
+    and waits (``Concurrency`` counts executing steps, as Inngest does). Pass it in
+    ``create_function``'s ``concurrency`` list beside ``Concurrency`` limits (at most two of each);
+    it registers in the ``{"fn": [...], "step": [...]}`` form of Inngest's run-level limits."""
+
+    limit: int
+    key: str | None = None
+    scope: Literal["account", "env", "fn"] | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Debounce:
     """Start a run only once no event (per ``key``) arrived for ``period``; at most ``timeout`` late."""
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from .durations import parse_duration, to_duration_str, to_timedelta
 from .errors import FunctionConfigError
 from .expressions import ExpressionError, compile_expression
-from .flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from .flow_control import Batch, Concurrency, Debounce, Priority, RateLimit, RunConcurrency, Singleton, Throttle
 from .jsonvalue import json_type, shown
 
 __all__ = [
@@ -55,7 +55,7 @@ CONFIG_FIELDS = (
 
 #: The fields stepq enforces; each option joins as its enforcement lands. A function declaring any
 #: other is refused (``FlowControl.unenforced``), never run without its limit.
-ENFORCED: frozenset[str] = frozenset()
+ENFORCED: frozenset[str] = frozenset({"concurrency", "priority"})
 
 #: At most this many concurrency limits per level (``consts.MaxConcurrencyLimits``).
 MAX_CONCURRENCY_LIMITS = 2
@@ -205,7 +205,7 @@ def options_to_config(
     *,
     label: str,
     batch_events: Batch | None = None,
-    concurrency: Sequence[Concurrency] | None = None,
+    concurrency: Sequence[Concurrency | RunConcurrency] | None = None,
     debounce: Debounce | None = None,
     idempotency: str | None = None,
     priority: Priority | None = None,
@@ -224,11 +224,14 @@ def options_to_config(
     if concurrency is not None:
         if not isinstance(concurrency, list | tuple):
             raise FunctionConfigError(f"{label}concurrency: expected a list of Concurrency, got {shown(concurrency)}")
-        items = []
+        levels: dict[str, list[dict[str, Any]]] = {"fn": [], "step": []}
         for i, item in enumerate(concurrency):
-            _check_type(item, Concurrency, f"{label}concurrency[{i}]")
-            items.append({"key": item.key, "limit": item.limit, "scope": item.scope})
-        out["concurrency"] = items
+            if not isinstance(item, RunConcurrency):
+                _check_type(item, Concurrency, f"{label}concurrency[{i}]")
+            level = "fn" if isinstance(item, RunConcurrency) else "step"
+            levels[level].append({"key": item.key, "limit": item.limit, "scope": item.scope})
+        # Inngest's list form unless a run-level limit needs its {"fn": [...], "step": [...]} form
+        out["concurrency"] = levels if levels["fn"] else levels["step"]
     if throttle is not None:
         _check_type(throttle, Throttle, f"{label}throttle")
         out["throttle"] = {

@@ -41,7 +41,7 @@ async def test_each_run_and_job_key_builder_names_the_key_python_names(redis: Re
     assert [g.decode() for g in got] == [getattr(keys, name)(i) for i in ids]
 
 
-@pytest.mark.parametrize("name", sorted(keys.QUEUE_SHAPES))
+@pytest.mark.parametrize("name", sorted(keys.QUEUE_SHAPES | keys.SLOT_SHAPES))
 async def test_each_queue_key_builder_names_the_key_python_names(redis: Redis, name: str) -> None:
     tags = list(shards.SHARD_TAGS)
     body = f"local out = {{}} for i, tag in ipairs(ARGV) do out[i] = key_{name}(tag, 'app-1') end return out"

@@ -331,6 +331,7 @@ class Executor:
             dedupe_key=event.id,
             parent=f"{job.run_id}|{job.step_key}",
             limits=self.store.function_limits(record.config),
+            flow=record.flow,
         )
         log.info("invoke.started", run_id=job.run_id, step_key=job.step_key, function=slug, created=bool(created))
 

@@ -40,7 +40,7 @@ end
 -- at the end (it may go straight to the caller). One read of the run's record serves every check.
 local function commit(b)
   local key, name, value, attempts, ms = b[1], b[2], b[3], b[4], b[5]
-  local run = redis.call('HMGET', RUN, 'status', fence_field, 'lim', 'state_bytes', 'force_plan')
+  local run = redis.call('HMGET', RUN, 'status', fence_field, 'lim', 'state_bytes', 'force_plan', 'lane', 'prio')
   counted(RUN, STEPS, key, run[1])
   local why = refusal(run[1], run[2], fence)
   local cancelled = false
@@ -75,7 +75,8 @@ local function commit(b)
     return 'cancelled'
   end
   -- the run's record learns its new size and next job at the end, with the hand-over's fence
-  NEXT_JOB = {payload = b[6], force_plan = run[5] or '0', fence = tonumber(run[2]), state_bytes = size}
+  NEXT_JOB = {payload = b[6], force_plan = run[5] or '0', fence = tonumber(run[2]), state_bytes = size,
+    limited = run[6] ~= false, due = due_now(run[7], now)}
   return 'ok'
 end
 
@@ -170,8 +171,12 @@ local function fan_out(b)
     redis.call('HDEL', RUN, 'force_plan')
   end
   local k = 9
+  local priority = redis.call('HGET', RUN, 'prio')
   for _, step in ipairs(steps) do
     local key, name, payload, due, start_payload, wait = step[1], step[2], step[3], step[4], step[5], step[6]
+    if priority and due <= now then
+      due = due_now(priority, now) -- every step of the run inherits its priority
+    end
     redis.call('SADD', PENDING, key)
     -- ':planned' gives a step that no code of ours runs (a sleep, a wait, an invoke) its duration
     redis.call('HSET', STEPS, key .. ':name', name, key .. ':planned', now)
@@ -247,9 +252,18 @@ local job_ended = 0
 if job_id ~= '' and outcome ~= 'fenced' and end_job(QUEUE, job_id, token) then
   job_ended = 1
 end
-if NEXT_JOB and outcome == 'ok' then
+local goes_on = NEXT_JOB and outcome == 'ok'
+-- The ended job's concurrency slots: a run that goes on at once hands them to its next job (a run in
+-- progress goes ahead of runs waiting to start); otherwise they go to whoever waits (slots.lua).
+local slotted = true
+if job_ended == 1 and goes_on and NEXT_JOB.limited then
+  slotted = SLOTS.hand_over(job_id, job_id_of(KEYS[9]), run_id, now, now + lease_ms)
+elseif job_ended == 1 and not (goes_on and not NEXT_JOB.limited) then
+  SLOTS.release(job_id, now)
+end
+if goes_on then
   local next_id = job_id_of(KEYS[9])
-  if job_ended == 1 and hand_off == 1 and fence_field == 'fence' and NEXT_JOB.fence then
+  if job_ended == 1 and hand_off == 1 and fence_field == 'fence' and NEXT_JOB.fence and slotted then
     if take_new_job(KEYS[9], KEYS[10], QUEUE, NEXT_JOB.payload, grace, token, lease_ms, now) then
       -- the next invocation's claim, as its load would have taken it (a commit's fence is 'fence')
       local next_fence = NEXT_JOB.fence + 1
@@ -257,7 +271,7 @@ if NEXT_JOB and outcome == 'ok' then
       return {outcome, nudged, ENDED, job_ended, next_id, 1, next_fence, NEXT_JOB.force_plan}
     end
   else
-    enqueue(KEYS[9], KEYS[10], QUEUE, NEXT_JOB.payload, now, grace, now)
+    enqueue(KEYS[9], KEYS[10], QUEUE, NEXT_JOB.payload, NEXT_JOB.due, math.max(0, NEXT_JOB.due - now) + grace, now)
   end
   redis.call('HSET', RUN, 'state_bytes', NEXT_JOB.state_bytes, 'next_job', next_id)
 end

@@ -91,12 +91,11 @@ local function worker_view()
   return known, held
 end
 
--- load_run for a claimed job, or false (see above).
-local function preload(id, payload, known, held)
+-- load_run for a claimed job, or false (see above). ``spec``: loadable(payload).
+local function preload(id, spec, known, held)
   if held[id] then
     return false
   end
-  local spec = loadable(payload)
   if not spec then
     return false
   end
@@ -148,8 +147,18 @@ for i = 1, #due, 2 do
       poison[#poison + 1] = id
       poison[#poison + 1] = 'its job key ' .. key_job(id) .. ' is gone (expired or evicted)'
     else
-      local try = redis.pcall('INCR', key_retry(id))
-      if poison_error(try) then
+      local spec = loadable(payload)
+      if not known then
+        known, held = worker_view()
+      end
+      -- A job that runs the function's code takes its run's concurrency slots (slots.lua), or waits
+      -- off the queue for them. A job this worker runs already (its lease lapsed while Redis was
+      -- away) keeps what it holds.
+      local admitted = not spec or held[id] or tag_of(spec[1]) ~= tag or
+        SLOTS.claim_gate(KEYS[1], id, score, now, lease)
+      local try = admitted and redis.pcall('INCR', key_retry(id))
+      if not admitted then -- luacheck: ignore 542 (it waits in its lane for a slot: not claimed)
+      elseif poison_error(try) then
         poison[#poison + 1] = id
         local kind = redis.call('TYPE', key_retry(id)).ok
         if kind == 'string' then
@@ -165,10 +174,7 @@ for i = 1, #due, 2 do
         out[#out + 1] = payload
         out[#out + 1] = try
         out[#out + 1] = due[i + 1]
-        if not known then
-          known, held = worker_view()
-        end
-        out[#out + 1] = preload(id, payload, known, held)
+        out[#out + 1] = preload(id, spec, known, held)
         claimed = claimed + 1
       end
     end

@@ -23,7 +23,15 @@ for _ = 1, tonumber(ARG.n_rules) do
   k = register_wait_from(KEYS[1], KEYS, k, ARGV, i)
   i = i + 4
 end
+if ARG.lane ~= '' then
+  redis.call('HSET', KEYS[1], 'lane', ARG.lane, 'ck', ARG.step_slots, 'rk', ARG.run_slots)
+end
+local due = tonumber(ARG.now_ms)
+if ARG.priority ~= '0' then
+  redis.call('HSET', KEYS[1], 'prio', ARG.priority)
+  due = due_now(ARG.priority, due)
+end
 redis.call('ZADD', KEYS[7], ARG.now_ms, ARG.run_id)
-enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, ARG.now_ms, ARG.ttl_ms, ARG.now_ms)
+enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, due, ARG.ttl_ms + math.max(0, due - tonumber(ARG.now_ms)), ARG.now_ms)
 redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
 return {1, ARG.run_id}

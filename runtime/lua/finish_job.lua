@@ -14,6 +14,8 @@ if (holder and holder ~= ARGV[1]) or (not holder and ARGV[2] == 'finish') then
 end
 redis.call('DEL', KEYS[1])
 local job_id = job_id_of(KEYS[3])
+-- it runs no more (until it is claimed again): its concurrency slots go to whoever waits
+SLOTS.release(job_id, tonumber(ARGV[4]))
 if ARGV[2] == 'finish' then
   redis.call('DEL', KEYS[2], KEYS[3])
   redis.call('ZREM', KEYS[4], job_id)

@@ -2,6 +2,9 @@
 
 local JOB_TTL_MS = 30 * 86400 * 1000
 
+-- Concurrency limits' functions, defined in slots.lua (which scripts.py puts after this file).
+local SLOTS = {}
+
 -- A pcall's reply, or nil when it was an error.
 local function type_safe(reply)
   if type(reply) == 'table' and reply.err then
@@ -47,6 +50,12 @@ local function put_job(job_key, result_key, queue_key, payload, score, ttl_ms)
   redis.call('SET', job_key, payload, 'PX', ttl_ms)
   redis.call('ZADD', queue_key, score, job_id_of(job_key))
   return 1
+end
+
+-- A run's due-now job's score: ``priority`` (its record's 'prio', seconds; nil for none) moves it
+-- ahead of the jobs due now (Inngest's priority factor), or, negative, later.
+local function due_now(priority, now)
+  return now - 1000 * (tonumber(priority or '0') or 0)
 end
 
 -- put_job, and wake a worker for the job (see signal_queue).
@@ -182,20 +191,22 @@ local function close_run(run_id, now, retention_s)
   local run, tag = key_run(run_id), tag_of(run_id)
   drop_all_waits(run)
   local queue = key_queue(tag, redis.call('HGET', run, 'q') or '')
+  local dropped = redis.call('SMEMBERS', key_jobs(run_id))
   local timer = redis.call('HGET', run, 'timer')
   if timer then
     redis.call('ZREM', key_timers(tag), timer)
     local position = string.match(timer, '|([^|]*)$')
-    drop_idle_job(queue, wake_job_id(run_id, position))
-  end
-  for _, job_id in ipairs(redis.call('SMEMBERS', key_jobs(run_id))) do
-    -- delayed jobs of a run that ended would only find it ended; drop them now
-    drop_idle_job(queue, job_id)
+    dropped[#dropped + 1] = wake_job_id(run_id, position)
   end
   local next_job = redis.call('HGET', run, 'next_job')
   if next_job then
-    drop_idle_job(queue, next_job)
+    dropped[#dropped + 1] = next_job
   end
+  for _, job_id in ipairs(dropped) do
+    -- delayed jobs of a run that ended would only find it ended; drop them now
+    drop_idle_job(queue, job_id)
+  end
+  SLOTS.close_run(run_id, dropped, now)
   redis.call('DEL', key_jobs(run_id), key_pending(run_id))
   redis.call('HDEL', run, 'timer', 'sleep_key', 'sleep_name', 'join_id', 'join_job', 'next_job')
   for _, key in ipairs({run, key_events(run_id), key_memo(run_id), key_stack(run_id), key_steps(run_id)}) do
@@ -312,10 +323,10 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
     drop_wait(run, 'wait:' .. key, where)
   end
   if redis.call('SCARD', pending) == 0 then
-    local join = redis.call('HMGET', run, 'join_id', 'join_job', 'q')
+    local join = redis.call('HMGET', run, 'join_id', 'join_job', 'q', 'prio')
     if join[1] then
-      enqueue(key_job(join[1]), key_result(join[1]), key_queue(tag_of(run_id), join[3]), join[2], now, JOB_TTL_MS,
-        now)
+      enqueue(key_job(join[1]), key_result(join[1]), key_queue(tag_of(run_id), join[3]), join[2],
+        due_now(join[4], now), JOB_TTL_MS, now)
       redis.call('HSET', run, 'next_job', join[1])
       redis.call('HDEL', run, 'join_id', 'join_job')
     end

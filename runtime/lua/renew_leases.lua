@@ -10,6 +10,7 @@ for i = 2, #KEYS do
   if redis.call('GET', KEYS[i]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
     redis.call('ZADD', KEYS[1], 'XX', due, ARGV[i + 2])
+    SLOTS.renew(ARGV[i + 2], due)
     out[i - 1] = 1
   else
     out[i - 1] = 0

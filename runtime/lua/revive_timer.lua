@@ -7,8 +7,8 @@ if redis.call('HGET', KEYS[1], 'timer') ~= ARGV[1] then
   return 'dropped'
 end
 local job_id = job_id_of(KEYS[2])
-if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('ZSCORE', KEYS[4], job_id) then
-  return 'present'
+if redis.call('EXISTS', KEYS[2]) == 1 and (redis.call('ZSCORE', KEYS[4], job_id) or SLOTS.waiting(job_id)) then
+  return 'present' -- queued, or waiting in its lane for a concurrency slot
 end
 redis.call('DEL', KEYS[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
