@@ -8,6 +8,7 @@ must hold at every instant, across worker processes, while the workers have room
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 from collections import defaultdict
@@ -56,7 +57,9 @@ def events(name: str, log: Path, items: list[dict[str, object]]) -> list[stepq.E
     return [stepq.Event(name=name, data={"log": str(log), **item}) for item in items]
 
 
-async def send_concurrently(sender: stepq.Client, redis: Redis, function: str, batches: list[list[stepq.Event]]) -> list[str]:
+async def send_concurrently(
+    sender: stepq.Client, redis: Redis, function: str, batches: list[list[stepq.Event]]
+) -> list[str]:
     """Send the batches from concurrent tasks (as several app processes would); the runs' ids."""
     started = await asyncio.gather(*(start_runs(sender, redis, function, batch) for batch in batches))
     return [run_id for ids in started for run_id in ids]
@@ -130,9 +133,7 @@ async def test_a_key_shared_across_functions_counts_both(
     log = tmp_path / "spans.log"
     a = events("test/shared-a", log, [{"customer": c} for c in "xy" * 8])
     b = events("test/shared-b", log, [{"customer": c} for c in "xy" * 8])
-    ids = await asyncio.gather(
-        start_runs(sender, redis, "shared-a", a), start_runs(sender, redis, "shared-b", b)
-    )
+    ids = await asyncio.gather(start_runs(sender, redis, "shared-a", a), start_runs(sender, redis, "shared-b", b))
     await wait_for_runs(redis, ids[0] + ids[1], timeout=60)
     assert overlap(spans(log), group="key") == {"shared/x": 1, "shared/y": 1}
 
@@ -156,7 +157,7 @@ async def test_a_run_level_limit_holds_through_sleeps(
             whole[run_id] = [min(first, start), max(last, end)]
     windows = sorted(whole.values())
     assert len(windows) == 4
-    assert all(earlier[1] <= later[0] for earlier, later in zip(windows, windows[1:], strict=False))
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(windows))
     q_steps = [s for s in found if s[1] == "q"]
     assert any(windows[0][0] < s[3] < windows[-1][1] for s in q_steps)
 
@@ -172,7 +173,9 @@ async def test_priority_orders_the_waiting_runs(
     await asyncio.sleep(0.02)
     rest = []
     for i, factor in enumerate([0, 0, 60, 0, 120]):
-        rest += await start_runs(sender, redis, "prio", events("test/prio", log, [{"prio": factor, "customer": f"r{i}"}]))
+        rest += await start_runs(
+            sender, redis, "prio", events("test/prio", log, [{"prio": factor, "customer": f"r{i}"}])
+        )
     await wait_for_runs(redis, first + rest, timeout=30)
     order = [s[1] for s in sorted(spans(log), key=lambda s: s[3])]
     assert order[1:3] == ["r4", "r2"], order
