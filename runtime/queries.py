@@ -50,6 +50,12 @@ class RunView:
     #: Retries after the function's own code failed outside any step, over the whole run, and the last error.
     function_retries: int = 0
     function_error: str | None = None
+    #: Why the run waits now for flow control (e.g. "concurrency limit 2 reached for key \"acme\""),
+    #: None when it does not; ``waited``: the last such reason, kept after it went on; ``held_ms``:
+    #: how long it waited for concurrency slots in all.
+    held: str | None = None
+    waited: str | None = None
+    held_ms: int = 0
 
     @property
     def duplicate_executions(self) -> int:
@@ -83,6 +89,9 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         event_ids=[e for e in text("event_ids").split(",") if e],
         function_retries=_int(raw.get(b"fn_retries")) or 0,
         function_error=text("fn_error") or None,
+        held=text("held") or None,
+        waited=text("waited") or None,
+        held_ms=_int(raw.get(b"held_ms")) or 0,
     )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import signal
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime import keys
-from tests.helpers import StartWorkers, runs_of, start_runs, wait_for_runs
+from tests.helpers import REDIS_URL, STEPQ_CLI, StartWorkers, runs_of, start_runs, wait_for_runs
 
 Span = tuple[str, str, str, int, int]  # function, key, run id, start ns, end ns
 
@@ -227,3 +228,28 @@ async def test_a_slow_step_keeps_its_slot_by_heartbeat_and_a_paused_worker_loses
         await wait_for_runs(redis, paused_ids, timeout=60)
     finally:
         os.kill(holder, signal.SIGCONT)
+
+
+async def test_stepq_run_shows_why_a_run_waits_and_that_it_waited(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """While one run holds the only slot, ``stepq run`` of the next says it is held and why; once
+    it ran, that it waited."""
+    start_workers("flow_limits")
+    log = tmp_path / "spans.log"
+    run_ids = await start_runs(sender, redis, "slow", events("test/slow", log, [{"seconds": 5}] * 2))
+
+    def cli(*argv: str) -> str:
+        done = subprocess.run(
+            [*STEPQ_CLI, *argv, "--redis-url", REDIS_URL], capture_output=True, text=True, timeout=30, check=True
+        )
+        return done.stdout
+
+    # one of the two runs first (they were sent together): the other is held
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (held := [r for r in run_ids if "held      concurrency limit 1 reached" in cli("run", r)]):
+        assert asyncio.get_running_loop().time() < deadline, [cli("run", r) for r in run_ids]
+        await asyncio.sleep(0.1)
+    assert "concurrency limit 1 reached" in cli("runs", "--function", "slow")
+    await wait_for_runs(redis, run_ids, timeout=30)
+    assert "waited    concurrency limit 1 reached" in cli("run", held[0])

@@ -224,11 +224,12 @@ def _runs(args: argparse.Namespace) -> int:
         for view in runs:
             print(json.dumps(view.to_dict(), default=str))
         return 0
-    print(f"{'RUN':<28} {'FUNCTION':<32} {'STATUS':<10} {'CREATED':<20} DURATION")
+    print(f"{'RUN':<28} {'FUNCTION':<32} {'STATUS':<10} {'CREATED':<20} {'DURATION':<10} HELD")
     for view in runs:
         print(
             f"{view.run_id:<28} {view.function:<32} {view.status:<10} "
-            f"{_time(view.created_ms):<20} {_duration(view.started_ms or view.created_ms, view.ended_ms)}"
+            f"{_time(view.created_ms):<20} {_duration(view.started_ms or view.created_ms, view.ended_ms):<10} "
+            f"{view.held or ''}".rstrip()
         )
     return 0
 
@@ -269,6 +270,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ended     {_time(view.ended_ms)} ({_duration(view.started_ms or view.created_ms, view.ended_ms)})")
     if view.wake_at_ms:
         print(f"wakes at  {_time(view.wake_at_ms)}")
+    if view.held:
+        print(f"held      {view.held}")
+    elif view.waited:
+        print(f"waited    {view.waited} ({view.held_ms} ms in all)")
     if view.status == "completed":
         print(f"output    {json.dumps(view.output)}")
     if view.error is not None:
