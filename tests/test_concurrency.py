@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 import stepq
 from stepq.runtime import keys
 from tests.helpers import REDIS_URL, STEPQ_CLI, StartWorkers, runs_of, start_runs, wait_for_runs
+from tests.http_fixtures import start_http_worker, start_stack, synced
 
 Span = tuple[str, str, str, int, int]  # function, key, run id, start ns, end ns
 
@@ -253,3 +254,25 @@ async def test_stepq_run_shows_why_a_run_waits_and_that_it_waited(
     assert "concurrency limit 1 reached" in cli("runs", "--function", "slow")
     await wait_for_runs(redis, run_ids, timeout=30)
     assert "waited    concurrency limit 1 reached" in cli("run", held[0])
+
+
+async def test_a_served_official_sdk_function_gets_the_same_limits(
+    tmp_path: Path, redis: Redis, sender: stepq.Client
+) -> None:
+    """An app of the official ``inngest`` SDK declares its limits with inngest-py's types; stepq
+    reads them from the app's sync and holds them across two HTTP workers: 2 at once, 1 per customer."""
+    stack = start_stack(tmp_path, "tests.apps.official_flow:app", app_env={"INNGEST_DEV": "1"})
+    second = start_http_worker(tmp_path, name="http-worker-2")
+    try:
+        with synced(stack):
+            log = tmp_path / "spans.log"
+            batch = [stepq.Event(name="served/limited", data={"log": str(log), "customer": c}) for c in "abcd" * 5]
+            run_ids = await start_runs(sender, redis, "served-flow-limited", batch)
+            await wait_for_runs(redis, run_ids, timeout=90)
+            assert {view.status for view in await runs_of(redis, "served-flow-limited")} == {"completed"}
+            found = spans(log)
+            assert len(found) == 20 * 2
+            assert overlap(found) == {"limited": 2}
+            assert overlap(found, group="key") == {f"limited/{c}": 1 for c in "abcd"}
+    finally:
+        second.stop()
