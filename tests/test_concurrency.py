@@ -12,7 +12,7 @@ import itertools
 import os
 import signal
 import subprocess
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -276,3 +276,40 @@ async def test_a_served_official_sdk_function_gets_the_same_limits(
             assert overlap(found, group="key") == {f"limited/{c}": 1 for c in "abcd"}
     finally:
         second.stop()
+
+
+async def test_limits_hold_with_every_kind_of_step_cancels_and_a_killed_worker(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """Features together: 36 runs of retried, parallel, sleeping and waiting steps from 3 senders,
+    some cancelled midway, one worker SIGKILLed and replaced. Every run ends as it should, the
+    limits (4 at once, 2 per customer) hold at every instant among the steps that ran to their end,
+    and no slot, lane or waiter is left behind."""
+    env = {"STEPQ_LEASE": "2"}
+    victim, _ = start_workers("flow_limits", n=2, env=env)
+    log = tmp_path / "spans.log"
+    batches = [
+        events("test/mixed", log, [{"customer": "xyz"[i % 3], "n": t * 12 + i, "flaky": i % 3 == 0} for i in range(12)])
+        for t in range(3)
+    ]
+    run_ids = await send_concurrently(sender, redis, "mixed", batches)
+    cancelled = {t * 12 + 5 for t in range(3)}
+    await asyncio.sleep(0.5)
+    await sender.send([stepq.Event(name="test/mixed.cancel", data={"n": n}) for n in sorted(cancelled)])
+    await asyncio.sleep(1.0)
+    os.kill(victim.pid, signal.SIGKILL)
+    start_workers("flow_limits", env=env)
+    await wait_for_runs(redis, run_ids, timeout=120)
+    views = {view.run_id: view for view in await runs_of(redis, "mixed")}
+    for run_id in run_ids:
+        view = views[run_id]
+        assert view.status in ("completed", "cancelled"), (run_id, view.status, view.error)
+        if view.status == "completed":
+            assert view.output == 4
+    ended = Counter(view.status for view in views.values())
+    assert 1 <= ended["cancelled"] <= len(cancelled)
+    found = spans(log)
+    assert overlap(found)["mixed"] <= 4
+    assert max(overlap(found, group="key").values()) <= 2
+    for pattern in (keys.slots(0, "*"), keys.slot_waiters(0, "*"), keys.lane(0, "*")):
+        assert [k async for k in redis.scan_iter(match=pattern)] == []

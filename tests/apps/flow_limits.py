@@ -7,6 +7,7 @@ steps executed at once, across worker processes.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from typing import Any
@@ -105,3 +106,32 @@ def _shared(name: str) -> Any:
 
 shared_a = _shared("shared-a")
 shared_b = _shared("shared-b")
+
+
+def _flaky(ctx: inngest.Context) -> int:
+    """Fails on the step's first attempt when ``event.data.flaky``: a retry under the limit."""
+    _span(ctx, "mixed", 0.01)
+    if ctx.event.data.get("flaky") and ctx.attempt == 0:
+        raise RuntimeError("flaky on purpose")
+    return 1
+
+
+@client.create_function(
+    id="mixed",
+    trigger=inngest.TriggerEvent(event="test/mixed"),
+    retries=2,
+    backoff=inngest.Backoff.of(dt.timedelta(milliseconds=200), maximum=dt.timedelta(seconds=1)),
+    concurrency=[inngest.Concurrency(limit=4), inngest.Concurrency(limit=2, key="event.data.customer")],
+    cancel=[inngest.Cancel(event="test/mixed.cancel", if_exp="async.data.n == event.data.n")],
+)
+async def mixed(ctx: inngest.Context) -> int:
+    """Every kind of step under the limits: a retried step, parallel steps, a sleep, a wait that
+    times out, then a last step; cancellable."""
+    total = await ctx.step.run("flaky", _flaky, ctx)
+    parts = await ctx.group.parallel(
+        tuple((lambda i=i: ctx.step.run(f"p{i}", _span, ctx, "mixed", 0.02)) for i in range(3))
+    )
+    await ctx.step.sleep("nap", 200)
+    await ctx.step.wait_for_event("never", event="test/mixed.never", timeout=dt.timedelta(milliseconds=100))
+    await ctx.step.run("last", _span, ctx, "mixed", 0.02)
+    return total + len(parts)
