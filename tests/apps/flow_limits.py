@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import stepq as inngest
@@ -128,9 +129,11 @@ async def mixed(ctx: inngest.Context) -> int:
     """Every kind of step under the limits: a retried step, parallel steps, a sleep, a wait that
     times out, then a last step; cancellable."""
     total = await ctx.step.run("flaky", _flaky, ctx)
-    parts = await ctx.group.parallel(
-        tuple((lambda i=i: ctx.step.run(f"p{i}", _span, ctx, "mixed", 0.02)) for i in range(3))
-    )
+
+    def branch(i: int) -> Callable[[], Awaitable[int]]:
+        return lambda: ctx.step.run(f"p{i}", _span, ctx, "mixed", 0.02)
+
+    parts = await ctx.group.parallel(tuple(branch(i) for i in range(3)))
     await ctx.step.sleep("nap", 200)
     await ctx.step.wait_for_event("never", event="test/mixed.never", timeout=dt.timedelta(milliseconds=100))
     await ctx.step.run("last", _span, ctx, "mixed", 0.02)
