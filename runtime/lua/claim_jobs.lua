@@ -155,7 +155,7 @@ for i = 1, #due, 2 do
       -- off the queue for them. A job this worker runs already (its lease lapsed while Redis was
       -- away) keeps what it holds.
       local admitted = not spec or held[id] or tag_of(spec[1]) ~= tag or
-        SLOTS.claim_gate(KEYS[1], id, score, now, lease)
+        SLOTS.claim_gate(KEYS[1], id, score, now, lease, spec[3])
       local try = admitted and redis.pcall('INCR', key_retry(id))
       if not admitted then -- luacheck: ignore 542 (it waits in its lane for a slot: not claimed)
       elseif poison_error(try) then

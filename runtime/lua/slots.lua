@@ -191,8 +191,9 @@ end
 
 -- A claim found a due job of a gated kind (one that runs the function's code). True: the worker
 -- claims it, holding its slots until ``now + lease``. False: it waits in its lane, off the queue
--- (``queue_key``), until a release admits it. ``score``: its due time on the queue (its order).
-SLOTS.claim_gate = function(queue_key, job_id, score, now, lease)
+-- (``queue_key``), until a release admits it. ``score``: its due time on the queue (its order);
+-- ``kind``: the job's.
+SLOTS.claim_gate = function(queue_key, job_id, score, now, lease, kind)
   local run_id = run_of_job(job_id)
   local tag = tag_of(run_id)
   local run_key = key_run(run_id)
@@ -241,6 +242,14 @@ SLOTS.claim_gate = function(queue_key, job_id, score, now, lease)
     redis.call('HSET', run_key, 'held_at', now)
   end
   redis.call('HSET', run_key, 'held', reason, 'waited', reason)
+  if kind == 'wake' then
+    -- a sleep's end waiting for a slot: its timer would only make the timer sweep visit it again
+    -- and again (the sweep revives lost wake-up jobs; this one waits in its lane)
+    local timer = redis.call('HGET', run_key, 'timer')
+    if timer then
+      redis.call('ZREM', key_timers(tag), timer)
+    end
+  end
   return false
 end
 
