@@ -115,3 +115,91 @@ async def sleeper(ctx: stepq.Context) -> Any:
     """Sleep an hour: Redis memory per sleeping run."""
     await ctx.step.sleep("nap", "1h")
     return None
+
+
+# -- flow control (bench/flow.py) -------------------------------------------------------------------
+
+
+def _log_line(path: str, line: str) -> None:
+    """Append one line to a log file the benchmark reads back: no round trip on the measured path,
+    and CLOCK_MONOTONIC is one clock for every process of the machine."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+@client.create_function(
+    id="steps-limited",
+    trigger=stepq.TriggerEvent(event="bench/steps-limited"),
+    concurrency=[stepq.Concurrency(limit=50, key="event.data.k")],
+)
+async def steps_limited(ctx: stepq.Context) -> int:
+    """``steps`` under a limit of 50 steps at once per ``event.data.k``: the limit's overhead."""
+    n = int(ctx.event.data.get("n", 10))
+    for _ in range(n):
+        await ctx.step.run("s", noop)
+    return n
+
+
+async def _handover_step(log: str, run_id: str) -> None:
+    _log_line(log, f"start {run_id} {time.monotonic_ns()}")
+
+
+@client.create_function(
+    id="handover",
+    trigger=stepq.TriggerEvent(event="bench/handover"),
+    concurrency=[stepq.Concurrency(limit=1)],
+)
+async def handover(ctx: stepq.Context) -> None:
+    """One step under a limit of 1: the run holds the slot from its step's job to its last job, whose
+    commit frees it for the next waiting run. Logs the step's start and the last code the final
+    invocation runs before that commit ('done')."""
+    log = str(ctx.event.data["log"])
+    await ctx.step.run("s", _handover_step, log, ctx.run_id)
+    _log_line(log, f"done {ctx.run_id} {time.monotonic_ns()}")  # only the final invocation gets here
+
+
+async def _hop(log: str, run_id: str) -> None:
+    _log_line(log, f"start {run_id} {time.monotonic_ns()}")
+    _log_line(log, f"done {run_id} {time.monotonic_ns()}")
+
+
+@client.create_function(id="hops", trigger=stepq.TriggerEvent(event="bench/hops"))
+async def hops(ctx: stepq.Context) -> None:
+    """The hand-over's baseline, no limit: ``n`` steps in a row, each logging its start and, last
+    thing before it returns, its end ('done'): one step's end -> the next step's start is the
+    ordinary hop between two jobs of a run (the commit, a claim, the replay)."""
+    log, n = str(ctx.event.data["log"]), int(ctx.event.data["n"])
+    for i in range(n):
+        await ctx.step.run(f"s{i}", _hop, log, ctx.run_id)
+
+
+async def _hold(key: str, seconds: float) -> None:
+    await marks().rpush(key, repr(time.time()))  # type: ignore[misc]
+    await asyncio.sleep(seconds)
+
+
+@client.create_function(
+    id="hold",
+    trigger=stepq.TriggerEvent(event="bench/hold"),
+    concurrency=[stepq.Concurrency(limit=1, key="event.data.k")],
+)
+async def hold(ctx: stepq.Context) -> None:
+    """One long step under a limit of 1 per ``event.data.k``: runs wait behind full keys."""
+    await ctx.step.run("hold", _hold, str(ctx.event.data["marks"]), float(ctx.event.data["seconds"]))
+
+
+async def _fair_step(log: str, key: str, run_id: str, seconds: float) -> None:
+    _log_line(log, f"start {key} {run_id} {time.monotonic_ns()}")
+    await asyncio.sleep(seconds)
+    _log_line(log, f"end {key} {run_id} {time.monotonic_ns()}")
+
+
+@client.create_function(
+    id="fair",
+    trigger=stepq.TriggerEvent(event="bench/fair"),
+    concurrency=[stepq.Concurrency(limit=4), stepq.Concurrency(limit=4, key="event.data.k")],
+)
+async def fair(ctx: stepq.Context) -> None:
+    """One step of ``event.data.ms`` under a function limit of 4 shared by every key, and 4 per key."""
+    data = ctx.event.data
+    await ctx.step.run("work", _fair_step, str(data["log"]), str(data["k"]), ctx.run_id, data["ms"] / 1000)

@@ -42,6 +42,7 @@ BENCHMARKS: dict[str, float] = {
     "recovery": 240,
     "replay": 300,
     "memory": 180,
+    "flow": 600,
 }
 
 
