@@ -20,6 +20,7 @@ import pytest
 import stepq
 from stepq.errors import FunctionConfigError
 from stepq.flow_spec import (
+    ENFORCED,
     BatchSpec,
     ConcurrencyLimit,
     DebounceSpec,
@@ -369,23 +370,30 @@ def test_registration_gives_the_precise_error_before_refusing() -> None:
         FunctionConfigError, match=re.escape("functions[0].batchEvents: batching cannot be combined with cancel")
     ):
         parse_register(_register(batchEvents={"maxSize": 5, "timeout": "5s"}, cancel=[{"event": "stop"}]))
-    with pytest.raises(
-        FunctionConfigError,
-        match=re.escape("functions[0].concurrency, functions[0].debounce: flow control is not supported by stepq yet"),
-    ):
-        parse_register(_register(concurrency=[{"limit": 2}], debounce={"period": "5s"}))
+    both = _register(concurrency=[{"limit": 2}], debounce={"period": "5s"})
+    refused = [f"functions[0].{field}" for field in ("concurrency", "debounce") if field not in ENFORCED]
+    if refused:
+        with pytest.raises(
+            FunctionConfigError, match=re.escape(f"{', '.join(refused)}: flow control is not supported")
+        ):
+            parse_register(both)
+    else:
+        assert parse_register(both)[1][0]["flow"] == {"concurrency": [{"limit": 2}], "debounce": {"period": "5s"}}
     _, configs = parse_register(_register(concurrency=[], throttle=None, singleton={}))
     assert configs[0]["flow"] == {"concurrency": [], "singleton": {}}  # stored as sent: no limit
 
 
-def test_an_official_sdk_app_with_flow_control_is_validated_then_refused() -> None:
+def test_an_official_sdk_app_with_flow_control_is_validated_then_kept_or_refused() -> None:
     official = _official_config(**OPTIONS)
-    with pytest.raises(FunctionConfigError, match="flow control is not supported by stepq yet") as caught:
-        parse_register(
-            {"url": APP_URL, "appName": "app", "sdk": "py:v0.5.0", "framework": "fastapi", "functions": [official]}
-        )
-    for field in ("concurrency", "throttle", "debounce", "idempotency", "singleton"):
-        assert f"functions[0].{field}" in str(caught.value)
+    given = ("concurrency", "throttle", "debounce", "idempotency", "singleton")
+    payload = {"url": APP_URL, "appName": "app", "sdk": "py:v0.5.0", "framework": "fastapi", "functions": [official]}
+    if all(field in ENFORCED for field in given):
+        assert sorted(parse_register(payload)[1][0]["flow"]) == sorted(given)
+    else:
+        with pytest.raises(FunctionConfigError, match="flow control is not supported by stepq yet") as caught:
+            parse_register(payload)
+        for field in given:
+            assert (f"functions[0].{field}" in str(caught.value)) == (field not in ENFORCED), field
     official["throttle"]["period"] = "10d"
     with pytest.raises(
         FunctionConfigError, match=re.escape("functions[0].throttle.period: must be from 1s to 1w, got '10d'")
