@@ -277,12 +277,23 @@ SLOTS.hand_over = function(job_id, next_id, run_id, now, until_ms)
     return true
   end
   local tag = tag_of(run_id)
+  local all_held = true
   for _, key in ipairs(s.step) do
-    redis.call('ZREM', key_slots(tag, key.id), job_id)
+    local slots = key_slots(tag, key.id)
+    local held_until = tonumber(redis.call('ZSCORE', slots, job_id) or '')
+    redis.call('ZREM', slots, job_id)
+    if held_until and held_until >= now then
+      redis.call('ZADD', slots, until_ms, next_id) -- the same slot, passed on: no count changes
+    else
+      all_held = false
+    end
   end
-  if not full_key(tag, s, next_id, run_id, now) then
+  if all_held or not full_key(tag, s, next_id, run_id, now) then
     take(tag, s, next_id, run_id, until_ms)
     return true
+  end
+  for _, key in ipairs(s.step) do
+    redis.call('ZREM', key_slots(tag, key.id), next_id)
   end
   pump_all(tag, s, now)
   return false
