@@ -50,6 +50,13 @@ class RunView:
     #: Retries after the function's own code failed outside any step, over the whole run, and the last error.
     function_retries: int = 0
     function_error: str | None = None
+    #: Why flow control skipped the run (status ``skipped``: "rate limited: ...", "idempotent
+    #: duplicate of run X", "singleton: run X is active") or cancelled it ("singleton: replaced by
+    #: <run>"); None otherwise.
+    reason: str | None = None
+    #: Why its start waited, and until when: "throttled (key ...)"; None when it did not.
+    held: str | None = None
+    held_until_ms: int | None = None
 
     @property
     def duplicate_executions(self) -> int:
@@ -83,6 +90,9 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         event_ids=[e for e in text("event_ids").split(",") if e],
         function_retries=_int(raw.get(b"fn_retries")) or 0,
         function_error=text("fn_error") or None,
+        reason=text("reason") or None,
+        held=text("held") or None,
+        held_until_ms=_int(raw.get(b"held_until")),
     )
 
 
