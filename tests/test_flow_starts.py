@@ -116,3 +116,304 @@ async def test_a_rate_limit_starts_exactly_limit_runs_and_records_the_rest_as_sk
         [*STEPQ_CLI, "run", skipped[0].run_id, "--redis-url", REDIS_URL], capture_output=True, text=True, check=True
     ).stdout
     assert "status    skipped" in one and "skipped   rate limited: 10 runs per 60 s" in one, one
+
+
+async def test_a_keyed_rate_limit_counts_each_key_apart_and_frees_places_as_the_window_slides(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """limit 2 per 2 s per event.data.user; events without a user share the key null."""
+    start_workers("flow_starts")
+    log = tmp_path / "keyed.log"
+
+    def event(user: str | None, tag: str) -> stepq.Event:
+        data: dict[str, object] = {"log": str(log), "tag": tag}
+        if user is not None:
+            data["user"] = user
+        return stepq.Event(name="flow/rated-keyed", data=data)
+
+    sent = time.monotonic()
+    await sender.send([event(u, f"{u}{i}") for u in ("a", "b", None) for i in range(3)])
+    first = await views(redis, fn("rated-keyed"))
+    reasons = sorted(v.reason or "" for v in first if v.status == "skipped")
+    assert reasons == [
+        'rate limited: 2 runs per 2 s (key "a")',
+        'rate limited: 2 runs per 2 s (key "b")',
+        "rate limited: 2 runs per 2 s (key null)",  # the events without a user: their own key, null
+    ]
+    await wait_starts(log, 6)
+    # still within the window: turned away
+    [early] = await sender.send([event("a", "a-early")])
+    [refused] = [v for v in await views(redis, fn("rated-keyed")) if early in v.event_ids]
+    assert (refused.status, refused.reason) == ("skipped", 'rate limited: 2 runs per 2 s (key "a")')
+    # past it (2 s and a bucket, 20 ms): two places again
+    await asyncio.sleep(max(0.0, 2.1 - (time.monotonic() - sent)))
+    await sender.send([event("a", f"a-late{i}") for i in range(3)])
+    late = [s.tag for s in await wait_starts(log, 8)]
+    assert sorted(late[6:]) == ["a-late0", "a-late1"]
+    skipped = [v for v in await views(redis, fn("rated-keyed")) if v.status == "skipped"]
+    assert len(skipped) == 3 + 1 + 1
+
+
+# -- idempotency ---------------------------------------------------------------------------------------
+
+
+async def test_idempotency_starts_one_run_per_key_within_the_window_and_again_after_it(
+    redis: Redis, start_workers: StartWorkers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPQ_IDEMPOTENCY_TTL_S", "2")  # read by the sender's limits
+    start_workers("flow_starts")
+    log = tmp_path / "idem.log"
+    sender = stepq.Client("idem-sender", redis_url=REDIS_URL)
+    try:
+
+        def event(cart: str, tag: str) -> stepq.Event:
+            return stepq.Event(name="flow/idem", data={"log": str(log), "tag": tag, "cart_id": cart})
+
+        await sender.send([event("c1", "c1-first"), event("c1", "c1-second"), event("c2", "c2-first")])
+        await sender.send([event("c1", "c1-third")])
+        found = await views(redis, fn("idem"))
+        [run_c1] = [s.run_id for s in await wait_starts(log, 2) if s.tag == "c1-first"]
+        skipped = [v for v in found if v.status == "skipped"]
+        assert sorted(v.reason or "" for v in skipped) == [f'idempotent duplicate of run {run_c1} (key "c1")'] * 2
+        assert sorted(s.tag for s in starts(log)) == ["c1-first", "c2-first"]
+        # a different key is not affected, and the window ends: 2 s after the run it started
+        await asyncio.sleep(2.2)
+        await sender.send([event("c1", "c1-after")])
+        assert sorted(s.tag for s in await wait_starts(log, 3)) == ["c1-after", "c1-first", "c2-first"]
+    finally:
+        await sender.aclose()
+
+
+# -- throttle ------------------------------------------------------------------------------------------
+
+
+def gcra(created: list[int], limit: int, period_ms: int, burst: int) -> list[int]:
+    """When each start (in creation order) may go, by GCRA with burst (the rule of the README)."""
+    interval = period_ms / limit
+    tat: float | None = None
+    out = []
+    for now in created:
+        tat = now if tat is None or tat < now else tat
+        out.append(max(now, int(-(-(tat - (burst - 1) * interval) // 1))))
+        tat += interval
+    return out
+
+
+async def test_a_throttle_delays_starts_to_the_gcra_times_in_order_and_drops_nothing(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """limit 5 per 1 s, burst 1: one start every 200 ms."""
+    start_workers("flow_starts")
+    log = tmp_path / "throttled.log"
+    await sender.send([stepq.Event(name="flow/throttled", data={"log": str(log), "tag": str(i)}) for i in range(10)])
+    found = await views(redis, fn("throttled"))
+    by_tag = {s.tag: s for s in await wait_starts(log, 10, timeout=30)}
+    runs = {v.run_id: v for v in found}
+    order = [runs[by_tag[str(i)].run_id] for i in range(10)]  # the runs in the order their events were sent
+    due = gcra([v.created_ms for v in order], 5, 1000, 1)
+    for i, (view, at) in enumerate(zip(order, due, strict=True)):
+        started_ms = by_tag[str(i)].at * 1000
+        assert started_ms >= at, f"start {i} at {started_ms:.0f}, before its GCRA time {at}"
+        if at > view.created_ms:
+            assert (view.held, view.held_until_ms) == ("throttled", at)
+        else:
+            assert view.held is None
+    # FIFO: the starts came in the order the events were sent
+    assert [s.tag for s in sorted(by_tag.values(), key=lambda s: s.at)] == [str(i) for i in range(10)]
+    assert due[-1] - due[0] >= 1800  # spread evenly: nine intervals of 200 ms
+    await wait_for_runs(redis, list(runs), ("completed",))
+    out = subprocess.run(
+        [*STEPQ_CLI, "run", order[-1].run_id, "--redis-url", REDIS_URL], capture_output=True, text=True, check=True
+    ).stdout
+    assert "waited    throttled until " in out, out
+
+
+async def test_a_throttle_burst_starts_that_many_at_once_per_key(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """limit 4 per 1 s, burst 3, per event.data.k: three start at once, then one per 250 ms; key b
+    does not wait behind key a."""
+    start_workers("flow_starts")
+    log = tmp_path / "burst.log"
+    events = [stepq.Event(name="flow/throttled-burst", data={"log": str(log), "tag": f"a{i}", "k": "a"}) for i in range(6)]
+    events += [stepq.Event(name="flow/throttled-burst", data={"log": str(log), "tag": f"b{i}", "k": "b"}) for i in range(2)]
+    await sender.send(events)
+    by_tag = {s.tag: s for s in await wait_starts(log, 8, timeout=30)}
+    runs = {v.run_id: v for v in await views(redis, fn("throttled-burst"))}
+    for key, n in (("a", 6), ("b", 2)):
+        order = [runs[by_tag[f"{key}{i}"].run_id] for i in range(n)]
+        due = gcra([v.created_ms for v in order], 4, 1000, 3)
+        for i, at in enumerate(due):
+            assert by_tag[f"{key}{i}"].at * 1000 >= at
+        if key == "a":
+            assert [d - order[0].created_ms >= 250 for d in due] == [False, False, False, True, True, True]
+            assert [v.held for v in order[3:]] == ['throttled (key "a")'] * 3
+            # FIFO across the delayed starts
+            assert [by_tag[f"a{i}"].at for i in range(3, 6)] == sorted(by_tag[f"a{i}"].at for i in range(3, 6))
+        else:
+            assert [v.held for v in order] == [None, None]
+
+
+# -- singleton -----------------------------------------------------------------------------------------
+
+
+async def lock_holder(redis: Redis, name: str, shown_key: str) -> str | None:
+    from stepq.expressions import Bindings
+    from stepq.runtime.flow_keys import key_of
+
+    digest = key_of("event.data.acct", Bindings(event={"data": {"acct": json.loads(shown_key)}})).digest
+    raw = await redis.get(keys.flow_start(0, "singleton", fn(name), digest))
+    return raw.decode() if raw is not None else None
+
+
+async def test_a_singleton_in_skip_mode_skips_starts_while_its_run_is_active_then_frees_the_key(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    start_workers("flow_starts")
+    log = tmp_path / "single.log"
+
+    def event(acct: int, tag: str) -> stepq.Event:
+        return stepq.Event(name="flow/single-skip", data={"log": str(log), "tag": tag, "acct": acct})
+
+    await sender.send([event(1, "first")])
+    [first] = await wait_starts(log, 1)
+    await sender.send([event(1, "second"), event(2, "other")])
+    await wait_starts(log, 2)
+    found = await views(redis, fn("single-skip"))
+    [skipped] = [v for v in found if v.status == "skipped"]
+    assert skipped.reason == f"singleton: run {first.run_id} is active (key 1)"
+    assert await lock_holder(redis, "single-skip", "1") == first.run_id
+    # the active run ends: the key is free, and the next start runs
+    await sender.send([stepq.Event(name="flow/release", data={"acct": 1})])
+    assert (await wait_for_run(redis, first.run_id)).status == "completed"
+    assert await lock_holder(redis, "single-skip", "1") is None
+    await sender.send([event(1, "third")])
+    assert sorted(s.tag for s in await wait_starts(log, 3)) == ["first", "other", "third"]
+    out = subprocess.run(
+        [*STEPQ_CLI, "run", skipped.run_id, "--redis-url", REDIS_URL], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"skipped   singleton: run {first.run_id} is active (key 1)" in out, out
+
+
+async def test_a_singleton_in_cancel_mode_cancels_the_active_run_for_the_new_one(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    start_workers("flow_starts")
+    log = tmp_path / "cancel.log"
+
+    def event(tag: str) -> stepq.Event:
+        return stepq.Event(name="flow/single-cancel", data={"log": str(log), "tag": tag, "acct": 7})
+
+    await sender.send([event("old")])
+    [old] = await wait_starts(log, 1)
+    await sender.send([event("new")])
+    cancelled = await wait_for_run(redis, old.run_id, ("cancelled",), timeout=5)
+    [new] = [s for s in await wait_starts(log, 2) if s.tag == "new"]
+    assert cancelled.reason == f"singleton: replaced by {new.run_id}"
+    assert cancelled.error["message"] == f"singleton: replaced by {new.run_id}"
+    assert await lock_holder(redis, "single-cancel", "7") == new.run_id
+    await sender.send([stepq.Event(name="flow/release", data={"acct": 7})])
+    assert (await wait_for_run(redis, new.run_id)).status == "completed"
+    assert await lock_holder(redis, "single-cancel", "7") is None
+    out = subprocess.run(
+        [*STEPQ_CLI, "runs", "--redis-url", REDIS_URL, "--function", "single-cancel"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert f"singleton: replaced by {new.run_id}" in out, out
+
+
+async def test_a_singletons_key_is_freed_when_its_run_ends_after_its_worker_was_killed(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    workers = start_workers("flow_starts", n=2, env={"STEPQ_STEP_TIMEOUT": "3600"})
+    log = tmp_path / "slow.log"
+    data = {"log": str(log), "first_s": 60}
+    await sender.send([stepq.Event(name="flow/single-slow", data={**data, "tag": "slow"})])
+    [first] = await wait_starts(log, 1)
+    [victim] = [w for w in workers if w.pid == first.pid]
+    victim.proc.kill()
+    victim.proc.wait(timeout=10)
+    # the run is still active (its step waits for its lease to run out): a new start is skipped
+    [turned] = await sender.send([stepq.Event(name="flow/single-slow", data={**data, "tag": "during"})])
+    [during] = [v for v in await views(redis, fn("single-slow")) if turned in v.event_ids]
+    assert (during.status, during.reason) == ("skipped", f"singleton: run {first.run_id} is active")
+    # another worker takes the step over once the lease expires, and the run ends: the key is free
+    assert (await wait_for_run(redis, first.run_id, timeout=60)).status == "completed"
+    [again] = [s for s in await wait_starts(log, 2) if s != first]
+    assert again.run_id == first.run_id and again.pid != first.pid
+    assert await redis.get(keys.flow_start(0, "singleton", fn("single-slow"), "")) is None
+    await sender.send([stepq.Event(name="flow/single-slow", data={**data, "tag": "after"})])
+    [after] = [s for s in await wait_starts(log, 3) if s.tag == "after"]
+    assert (await wait_for_run(redis, after.run_id)).status == "completed"
+
+
+# -- invoked runs, several senders, bad options --------------------------------------------------------
+
+
+async def test_an_invoked_run_over_its_rate_limit_fails_the_invoke_step_with_the_reason(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
+) -> None:
+    start_workers("flow_starts")
+    [first, second] = await sender.send([stepq.Event(name="flow/invoker", data={}) for _ in range(2)])
+    parents = {v.event_ids[0]: v.run_id for v in await views(redis, fn("invoker"))}
+    done_first = await wait_for_run(redis, parents[first])
+    done_second = await wait_for_run(redis, parents[second])
+    outputs = sorted([done_first.output, done_second.output], key=str)
+    assert outputs[0] == "child ran"
+    assert outputs[1] == {"error": "FunctionSkipped", "message": "rate limited: 1 runs per 60 s"}
+    children = by_status(await views(redis, fn("child-rated")))
+    assert [len(children.get("completed", [])), len(children.get("skipped", []))] == [1, 1]
+
+
+async def test_start_limits_hold_exactly_under_concurrent_senders(
+    redis: Redis, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """4 senders at once (their own connections), 30 events each: the rate limit lets exactly 10
+    through, idempotency exactly one per cart, and throttle drops none of them."""
+    start_workers("flow_starts")
+    log = tmp_path / "load.log"
+    senders = [stepq.Client(f"sender-{i}", redis_url=REDIS_URL) for i in range(4)]
+
+    async def send(i: int, client: stepq.Client) -> None:
+        for j in range(30):
+            await client.send(
+                [
+                    stepq.Event(name="flow/rated", data={"log": str(log), "tag": f"r{i}-{j}"}),
+                    stepq.Event(name="flow/idem", data={"log": str(log), "tag": f"i{i}-{j}", "cart_id": j % 5}),
+                    *([stepq.Event(name="flow/throttled", data={"log": str(log), "tag": f"t{i}-{j}"})] if j < 3 else []),
+                ]
+            )
+
+    try:
+        await asyncio.gather(*(send(i, c) for i, c in enumerate(senders)))
+    finally:
+        for client in senders:
+            await client.aclose()
+    rated = by_status(await runs_of(redis, fn("rated"), limit=200))
+    assert len(rated.pop("skipped")) == 110 and sum(map(len, rated.values())) == 10
+    idem = by_status(await runs_of(redis, fn("idem"), limit=200))
+    assert len(idem.pop("skipped")) == 115 and sum(map(len, idem.values())) == 5
+    throttled = await runs_of(redis, fn("throttled"), limit=200)
+    assert len(throttled) == 12 and not any(v.status == "skipped" for v in throttled)
+    await wait_for_runs(redis, [v.run_id for v in throttled], ("completed",), timeout=30)
+    assert len(await wait_starts(log, 10 + 5 + 12)) == 27
+
+
+def test_bad_start_limits_are_still_refused_naming_the_field() -> None:
+    client = stepq.Inngest(app_id="t-bad-flow")
+
+    def create(**options: object) -> None:
+        client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **options)  # type: ignore[arg-type]
+
+    with pytest.raises(FunctionConfigError, match=r"rate_limit.period: must be from 1s to 1d"):
+        create(rate_limit=stepq.RateLimit(limit=1, period=2 * 86400 * 1000))
+    with pytest.raises(FunctionConfigError, match=r"throttle.limit: an integer from 1"):
+        create(throttle=stepq.Throttle(limit=0, period=1000))
+    with pytest.raises(FunctionConfigError, match=r"singleton.mode: one of skip, cancel"):
+        create(singleton=stepq.Singleton(mode="drop"))  # type: ignore[arg-type]
+    with pytest.raises(FunctionConfigError, match=r"idempotency: expression"):
+        create(idempotency="event.data.(")
+    with pytest.raises(FunctionConfigError, match=r"idempotency: cannot be combined with rate_limit"):
+        create(idempotency="event.data.id", rate_limit=stepq.RateLimit(limit=1, period=1000))
+    # valid ones are accepted now
+    create(throttle=stepq.Throttle(limit=1, period=1000), singleton=stepq.Singleton(mode="skip"))
