@@ -31,6 +31,7 @@ from redis.exceptions import OutOfMemoryError
 
 import stepq.workers.embedded
 from stepq.event import Event
+from stepq.flow_spec import ENFORCED
 from stepq.runtime import keys
 from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.app_urls import AllowedHosts
@@ -214,19 +215,29 @@ async def test_register_bodies_of_the_wrong_types_answer_400_naming_the_field(
     assert MARKER not in out + err
 
 
-@pytest.mark.parametrize(
-    "field, value",
-    [
-        ("concurrency", [{"limit": 2}]),
-        ("throttle", {"limit": 1, "period": "5s"}),
-        ("rateLimit", {"limit": 10, "period": "1m"}),
-        ("debounce", {"period": "5s"}),
-        ("batchEvents", {"maxSize": 10, "timeout": "5s"}),
-        ("priority", {"run": "event.data.tier"}),
-        ("singleton", {"mode": "skip"}),
-        ("idempotency", "event.data.id"),
-    ],
-)
+FLOW_CASES = [
+    ("concurrency", [{"limit": 2}]),
+    ("throttle", {"limit": 1, "period": "5s"}),
+    ("rateLimit", {"limit": 10, "period": "1m"}),
+    ("debounce", {"period": "5s"}),
+    ("batchEvents", {"maxSize": 10, "timeout": "5s"}),
+    ("priority", {"run": "event.data.tier"}),
+    ("singleton", {"mode": "skip"}),
+    ("idempotency", "event.data.id"),
+]
+
+
+@pytest.mark.parametrize("field, value", [case for case in FLOW_CASES if case[0] in ENFORCED])
+async def test_a_served_function_with_enforced_flow_control_is_registered(
+    redis: Redis, dev_api: str, http: httpx.AsyncClient, field: str, value: object
+) -> None:
+    response = await http.post(f"{dev_api}/fn/register", json=_register_case("flow", **{field: value}))
+    assert response.status_code == 200, response.text
+    [record] = await Registry(redis).functions()
+    assert record.flow.given() == [field]
+
+
+@pytest.mark.parametrize("field, value", [case for case in FLOW_CASES if case[0] not in ENFORCED])
 async def test_a_served_function_with_flow_control_is_refused_naming_it(
     redis: Redis, dev_api: str, http: httpx.AsyncClient, field: str, value: object
 ) -> None:

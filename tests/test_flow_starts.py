@@ -14,15 +14,19 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
 import stepq
 from stepq.errors import FunctionConfigError
+from stepq.flow_spec import RateLimitSpec, SingletonSpec, ThrottleSpec
 from stepq.runtime import keys
-from stepq.runtime.queries import RunView, list_runs
+from stepq.runtime.queries import RunView
+from stepq.runtime.registry import Registry
 from tests.helpers import (
     REDIS_URL,
     STEPQ_CLI,
@@ -32,6 +36,7 @@ from tests.helpers import (
     wait_for_run,
     wait_for_runs,
 )
+from tests.http_fixtures import Stack, start_stack, sync_app
 
 APP = "t-flow-starts"
 
@@ -417,3 +422,108 @@ def test_bad_start_limits_are_still_refused_naming_the_field() -> None:
         create(idempotency="event.data.id", rate_limit=stepq.RateLimit(limit=1, period=1000))
     # valid ones are accepted now
     create(throttle=stepq.Throttle(limit=1, period=1000), singleton=stepq.Singleton(mode="skip"))
+
+
+# -- served functions (the official inngest SDK) ------------------------------------------------------
+
+SERVED_APP = "tests.apps.official_flow_app:app"
+
+
+def served(name: str) -> str:
+    return f"compat-flow-{name}"
+
+
+@pytest.fixture(scope="class")
+def served_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """``stepq api --dev``, ``stepq worker --http`` and the official-SDK app, synced. The API is
+    the sender (events are posted to it), so it reads the idempotency window."""
+    stack = start_stack(
+        tmp_path_factory.mktemp("flow-served"),
+        SERVED_APP,
+        api_env={"STEPQ_IDEMPOTENCY_TTL_S": "2"},
+        worker_env={},
+        app_env={"INNGEST_DEV": "1"},
+        dev=True,
+    )
+    try:
+        response = sync_app(stack.app.url)  # type: ignore[attr-defined]
+        assert response.status_code == 200, f"sync failed: {response.status_code} {response.text}\n{stack.output()}"
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def post_events(api_url: str, events: list[dict[str, object]]) -> list[str]:
+    """``POST /e/<key>`` with a batch of events; the stored events' ids."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(f"{api_url}/e/anykey", json=events)
+    assert response.status_code == 200, response.text
+    return [str(i) for i in response.json()["ids"]]
+
+
+class TestServedFunctions:
+    async def test_the_limits_the_sdk_registered_are_kept(self, served_stack: Stack, db: Redis) -> None:
+        records = {r.slug: r for r in await Registry(db).functions()}
+        assert records[served("throttled")].flow.throttle == ThrottleSpec(limit=5, period_ms=1000, burst=1)
+        assert records[served("rated")].flow.rate_limit == RateLimitSpec(limit=3, period_ms=60_000, key="event.data.user")
+        assert records[served("single")].flow.singleton == SingletonSpec(mode="cancel", key="event.data.acct")
+        assert records[served("idem")].flow.idempotency == "event.data.cart_id"
+
+    async def test_a_served_throttle_delays_starts_to_the_gcra_times_in_order(
+        self, served_stack: Stack, db: Redis, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "throttled.log"
+        await post_events(
+            served_stack.api_url,
+            [{"name": "compat-flow/throttled", "data": {"log": str(log), "tag": str(i)}} for i in range(8)],
+        )
+        by_tag = {s.tag: s for s in await wait_starts(log, 8, timeout=60)}
+        runs = {v.run_id: v for v in await runs_of(db, served("throttled"))}
+        order = [runs[by_tag[str(i)].run_id] for i in range(8)]
+        due = gcra([v.created_ms for v in order], 5, 1000, 1)
+        for i, at in enumerate(due):
+            assert by_tag[str(i)].at * 1000 >= at, f"start {i} before its GCRA time"
+        assert [s.tag for s in sorted(by_tag.values(), key=lambda s: s.at)] == [str(i) for i in range(8)]
+        assert [v.held for v in order[1:]] == ["throttled"] * 7
+        await wait_for_runs(db, list(runs), ("completed",), timeout=60)
+
+    async def test_a_served_rate_limit_skips_events_over_it_per_key(
+        self, served_stack: Stack, db: Redis, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "rated.log"
+        events: list[dict[str, object]] = [
+            {"name": "compat-flow/rated", "data": {"log": str(log), "tag": f"{u}{i}", "user": u}}
+            for u in ("x", "y")
+            for i in range(5)
+        ]
+        ids = await post_events(served_stack.api_url, events)
+        found = await runs_of(db, served("rated"))
+        skipped = sorted((v.event_ids[0], v.reason) for v in found if v.status == "skipped")
+        assert skipped == sorted(
+            [(ids[i], 'rate limited: 3 runs per 60 s (key "x")') for i in (3, 4)]
+            + [(ids[i], 'rate limited: 3 runs per 60 s (key "y")') for i in (8, 9)]
+        )
+        assert sorted(s.tag for s in await wait_starts(log, 6, timeout=60)) == ["x0", "x1", "x2", "y0", "y1", "y2"]
+
+    async def test_a_served_singleton_cancels_the_active_run_and_idempotency_skips_duplicates(
+        self, served_stack: Stack, db: Redis, tmp_path: Path
+    ) -> None:
+        log = tmp_path / "single.log"
+        await post_events(served_stack.api_url, [{"name": "compat-flow/single", "data": {"log": str(log), "tag": "old", "acct": 1}}])
+        [old] = await wait_starts(log, 1, timeout=60)
+        await post_events(served_stack.api_url, [{"name": "compat-flow/single", "data": {"log": str(log), "tag": "new", "acct": 1}}])
+        cancelled = await wait_for_run(db, old.run_id, ("cancelled",), timeout=10)
+        [new] = [s for s in await wait_starts(log, 2, timeout=60) if s.tag == "new"]
+        assert cancelled.reason == f"singleton: replaced by {new.run_id}"
+        await post_events(served_stack.api_url, [{"name": "compat-flow/release", "data": {"acct": 1}}])
+        assert (await wait_for_run(db, new.run_id, timeout=60)).status == "completed"
+
+        idem_log = tmp_path / "idem.log"
+        cart = {"name": "compat-flow/idem", "data": {"log": str(idem_log), "cart_id": "k1"}}
+        await post_events(served_stack.api_url, [cart, cart])
+        [first] = await wait_starts(idem_log, 1, timeout=60)
+        [dup] = [v for v in await runs_of(db, served("idem")) if v.status == "skipped"]
+        assert dup.reason == f'idempotent duplicate of run {first.run_id} (key "k1")'
+        await asyncio.sleep(2.2)  # the API's window (STEPQ_IDEMPOTENCY_TTL_S=2) is over
+        await post_events(served_stack.api_url, [cart])
+        assert len(await wait_starts(idem_log, 2, timeout=60)) == 2
