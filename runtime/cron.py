@@ -43,10 +43,9 @@ from redis.asyncio import Redis
 
 from stepq.errors import FunctionConfigError
 from stepq.event import Event
-from stepq.triggers import TriggerCron
-
 from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
+from stepq.triggers import TriggerCron
 
 from . import flow_starts, keys
 from .codec import pack, unpack

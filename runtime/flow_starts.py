@@ -99,7 +99,10 @@ def start_checks(flow: FlowControl, slug: str, run_id: str, bindings: Bindings, 
     if flow.rate_limit is not None:
         rate = flow.rate_limit
         value = key_of(rate.key, bindings)
-        out_keys += [keys.flow_start(shard, "rate", slug, value.digest), keys.flow_start(shard, "rate_n", slug, value.digest)]
+        out_keys += [
+            keys.flow_start(shard, "rate", slug, value.digest),
+            keys.flow_start(shard, "rate_n", slug, value.digest),
+        ]
         args += ["rate", rate.limit, rate.period_ms, max(1, rate.period_ms // RATE_BUCKETS), value.shown]
         count += 1
     if flow.singleton is not None:
@@ -152,9 +155,7 @@ def _text(raw: Any) -> str:
     return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
-async def announce(
-    ingest: Ingest, outcomes: StartOutcomes, described: dict[str, tuple[str, dict[str, Any]]]
-) -> None:
+async def announce(ingest: Ingest, outcomes: StartOutcomes, described: dict[str, tuple[str, dict[str, Any]]]) -> None:
     """Emit what flow control did (best effort: it is recorded already): ``stepq/function.skipped``
     per skipped start (``described``: run id -> (function slug, event)), and the ends of the runs a
     singleton cancelled or that failed with them (``inngest/function.finished``...)."""
@@ -168,7 +169,9 @@ async def announce(
             slug, event = described.get(run_id, ("", {}))
             log.info("run.skipped", run_id=run_id, function=slug, reason=reason)
             data = {"function_id": slug, "run_id": run_id, "status": RunStatus.SKIPPED.value, "reason": reason}
-            events.append(Event(name=FUNCTION_SKIPPED, data={**data, "event": event}, id=f"{FUNCTION_SKIPPED}:{run_id}"))
+            events.append(
+                Event(name=FUNCTION_SKIPPED, data={**data, "event": event}, id=f"{FUNCTION_SKIPPED}:{run_id}")
+            )
         if events:
             await ingest.send(events, internal=True, only_if_wanted=True)
         for run_id in outcomes.replaced:

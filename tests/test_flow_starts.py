@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -114,7 +113,9 @@ async def test_a_rate_limit_starts_exactly_limit_runs_and_records_the_rest_as_sk
     # stepq runs shows why
     out = subprocess.run(
         [*STEPQ_CLI, "runs", "--redis-url", REDIS_URL, "--function", "rated", "--limit", "30"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert out.count("rate limited: 10 runs per 60 s") == 16, out
     one = subprocess.run(
@@ -240,8 +241,12 @@ async def test_a_throttle_burst_starts_that_many_at_once_per_key(
     does not wait behind key a."""
     start_workers("flow_starts")
     log = tmp_path / "burst.log"
-    events = [stepq.Event(name="flow/throttled-burst", data={"log": str(log), "tag": f"a{i}", "k": "a"}) for i in range(6)]
-    events += [stepq.Event(name="flow/throttled-burst", data={"log": str(log), "tag": f"b{i}", "k": "b"}) for i in range(2)]
+    events = [
+        stepq.Event(name="flow/throttled-burst", data={"log": str(log), "tag": f"a{i}", "k": "a"}) for i in range(6)
+    ]
+    events += [
+        stepq.Event(name="flow/throttled-burst", data={"log": str(log), "tag": f"b{i}", "k": "b"}) for i in range(2)
+    ]
     await sender.send(events)
     by_tag = {s.tag: s for s in await wait_starts(log, 8, timeout=30)}
     runs = {v.run_id: v for v in await views(redis, fn("throttled-burst"))}
@@ -322,7 +327,9 @@ async def test_a_singleton_in_cancel_mode_cancels_the_active_run_for_the_new_one
     assert await lock_holder(redis, "single-cancel", "7") is None
     out = subprocess.run(
         [*STEPQ_CLI, "runs", "--redis-url", REDIS_URL, "--function", "single-cancel"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert f"singleton: replaced by {new.run_id}" in out, out
 
@@ -385,7 +392,11 @@ async def test_start_limits_hold_exactly_under_concurrent_senders(
                 [
                     stepq.Event(name="flow/rated", data={"log": str(log), "tag": f"r{i}-{j}"}),
                     stepq.Event(name="flow/idem", data={"log": str(log), "tag": f"i{i}-{j}", "cart_id": j % 5}),
-                    *([stepq.Event(name="flow/throttled", data={"log": str(log), "tag": f"t{i}-{j}"})] if j < 3 else []),
+                    *(
+                        [stepq.Event(name="flow/throttled", data={"log": str(log), "tag": f"t{i}-{j}"})]
+                        if j < 3
+                        else []
+                    ),
                 ]
             )
 
@@ -465,7 +476,9 @@ class TestServedFunctions:
     async def test_the_limits_the_sdk_registered_are_kept(self, served_stack: Stack, db: Redis) -> None:
         records = {r.slug: r for r in await Registry(db).functions()}
         assert records[served("throttled")].flow.throttle == ThrottleSpec(limit=5, period_ms=1000, burst=1)
-        assert records[served("rated")].flow.rate_limit == RateLimitSpec(limit=3, period_ms=60_000, key="event.data.user")
+        assert records[served("rated")].flow.rate_limit == RateLimitSpec(
+            limit=3, period_ms=60_000, key="event.data.user"
+        )
         assert records[served("single")].flow.singleton == SingletonSpec(mode="cancel", key="event.data.acct")
         assert records[served("idem")].flow.idempotency == "event.data.cart_id"
 
@@ -509,9 +522,13 @@ class TestServedFunctions:
         self, served_stack: Stack, db: Redis, tmp_path: Path
     ) -> None:
         log = tmp_path / "single.log"
-        await post_events(served_stack.api_url, [{"name": "compat-flow/single", "data": {"log": str(log), "tag": "old", "acct": 1}}])
+        await post_events(
+            served_stack.api_url, [{"name": "compat-flow/single", "data": {"log": str(log), "tag": "old", "acct": 1}}]
+        )
         [old] = await wait_starts(log, 1, timeout=60)
-        await post_events(served_stack.api_url, [{"name": "compat-flow/single", "data": {"log": str(log), "tag": "new", "acct": 1}}])
+        await post_events(
+            served_stack.api_url, [{"name": "compat-flow/single", "data": {"log": str(log), "tag": "new", "acct": 1}}]
+        )
         cancelled = await wait_for_run(db, old.run_id, ("cancelled",), timeout=10)
         [new] = [s for s in await wait_starts(log, 2, timeout=60) if s.tag == "new"]
         assert cancelled.reason == f"singleton: replaced by {new.run_id}"
@@ -519,7 +536,7 @@ class TestServedFunctions:
         assert (await wait_for_run(db, new.run_id, timeout=60)).status == "completed"
 
         idem_log = tmp_path / "idem.log"
-        cart = {"name": "compat-flow/idem", "data": {"log": str(idem_log), "cart_id": "k1"}}
+        cart: dict[str, object] = {"name": "compat-flow/idem", "data": {"log": str(idem_log), "cart_id": "k1"}}
         await post_events(served_stack.api_url, [cart, cart])
         [first] = await wait_starts(idem_log, 1, timeout=60)
         [dup] = [v for v in await runs_of(db, served("idem")) if v.status == "skipped"]

@@ -78,7 +78,7 @@ RELEASE = dict(event="flow/release", if_exp="async.data.acct == event.data.acct"
 )
 async def single_skip(ctx: inngest.Context) -> str:
     tag = await ctx.step.run("start", _note, ctx.event.data, ctx.run_id)
-    await ctx.step.wait_for_event("hold", **RELEASE)  # type: ignore[arg-type]
+    await ctx.step.wait_for_event("hold", **RELEASE)
     return tag
 
 
@@ -89,7 +89,7 @@ async def single_skip(ctx: inngest.Context) -> str:
 )
 async def single_cancel(ctx: inngest.Context) -> str:
     tag = await ctx.step.run("start", _note, ctx.event.data, ctx.run_id)
-    await ctx.step.wait_for_event("hold", **RELEASE)  # type: ignore[arg-type]
+    await ctx.step.wait_for_event("hold", **RELEASE)
     return tag
 
 

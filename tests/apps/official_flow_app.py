@@ -62,7 +62,10 @@ async def single(ctx: inngest.Context) -> str:
 
     tag = await ctx.step.run("start", start)
     await ctx.step.wait_for_event(
-        "hold", event="compat-flow/release", if_exp="async.data.acct == event.data.acct", timeout=dt.timedelta(minutes=1)
+        "hold",
+        event="compat-flow/release",
+        if_exp="async.data.acct == event.data.acct",
+        timeout=dt.timedelta(minutes=1),
     )
     return tag
 
