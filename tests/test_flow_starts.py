@@ -55,7 +55,7 @@ class Start:
 def starts(log: Path) -> list[Start]:
     out = []
     for line in read_lines(log):
-        tag, at, pid, run_id = line.split()
+        tag, at, pid, run_id = line.split(maxsplit=3)
         out.append(Start(tag, float(at), int(pid), run_id))
     return out
 
@@ -292,13 +292,16 @@ async def test_a_singleton_in_skip_mode_skips_starts_while_its_run_is_active_the
     found = await views(redis, fn("single-skip"))
     [skipped] = [v for v in found if v.status == "skipped"]
     assert skipped.reason == f"singleton: run {first.run_id} is active (key 1)"
+    # the skip is announced: stepq/function.skipped starts the function listening for it
+    [heard] = [s for s in await wait_starts(log, 3) if s.tag == "heard"]
+    assert heard.run_id == f"{skipped.run_id}|{skipped.reason}"
     assert await lock_holder(redis, "single-skip", "1") == first.run_id
     # the active run ends: the key is free, and the next start runs
     await sender.send([stepq.Event(name="flow/release", data={"acct": 1})])
     assert (await wait_for_run(redis, first.run_id)).status == "completed"
     assert await lock_holder(redis, "single-skip", "1") is None
     await sender.send([event(1, "third")])
-    assert sorted(s.tag for s in await wait_starts(log, 3)) == ["first", "other", "third"]
+    assert sorted(s.tag for s in await wait_starts(log, 4)) == ["first", "heard", "other", "third"]
     out = subprocess.run(
         [*STEPQ_CLI, "run", skipped.run_id, "--redis-url", REDIS_URL], capture_output=True, text=True, check=True
     ).stdout
@@ -517,6 +520,13 @@ class TestServedFunctions:
             + [(ids[i], 'rate limited: 3 runs per 60 s (key "y")') for i in (8, 9)]
         )
         assert sorted(s.tag for s in await wait_starts(log, 6, timeout=60)) == ["x0", "x1", "x2", "y0", "y1", "y2"]
+        # the HTTP API shows a skipped run and why
+        [one] = [v for v in found if v.status == "skipped"][:1]
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.get(f"{served_stack.api_url}/v0/runs/{one.run_id}")
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "skipped"
+        assert response.json()["reason"] == one.reason
 
     async def test_a_served_singleton_cancels_the_active_run_and_idempotency_skips_duplicates(
         self, served_stack: Stack, db: Redis, tmp_path: Path
@@ -544,3 +554,32 @@ class TestServedFunctions:
         await asyncio.sleep(2.2)  # the API's window (STEPQ_IDEMPOTENCY_TTL_S=2) is over
         await post_events(served_stack.api_url, [cart])
         assert len(await wait_starts(idem_log, 2, timeout=60)) == 2
+
+
+# -- cron ----------------------------------------------------------------------------------------------
+
+
+async def test_cron_runs_are_held_to_their_functions_start_limits(redis: Redis) -> None:
+    """A cron tick's run is one of the function's runs: a singleton skips a tick while the last
+    tick's run is still active (no worker runs it here), and says so."""
+    import datetime as dt
+
+    from stepq.runtime.cron import CronScheduler
+    from stepq.runtime.store import RunStore
+
+    slug, app_id = "t-cron-flow-nightly", "t-cron-flow"
+    config = {
+        "id": slug,
+        "app_id": app_id,
+        "triggers": [{"cron": "* * * * *"}],
+        "flow": {"singleton": {"mode": "skip"}},
+    }
+    await Registry(redis).register_app(app_id, [config])
+    scheduler = CronScheduler(RunStore(redis), [(slug, app_id, "* * * * *")])
+    tick = dt.datetime(2026, 11, 30, 6, 0, tzinfo=dt.UTC)
+    [first] = await scheduler.fire_due(tick)
+    assert await scheduler.fire_due(tick + dt.timedelta(minutes=1)) == []
+    found = {v.run_id: v for v in await runs_of(redis, slug)}
+    [skipped] = [v for v in found.values() if v.status == "skipped"]
+    assert found[first].status == "queued"
+    assert skipped.reason == f"singleton: run {first} is active"

@@ -126,3 +126,17 @@ async def invoker(ctx: inngest.Context) -> Any:
         return await ctx.step.invoke("call", function=child_rated, data={})
     except inngest.StepError as exc:
         return {"error": exc.name, "message": exc.message}
+
+
+@client.create_function(
+    id="on-skipped",
+    trigger=inngest.TriggerEvent(
+        event="stepq/function.skipped", expression="event.data.function_id == 't-flow-starts-single-skip'"
+    ),
+)
+async def on_skipped(ctx: inngest.Context) -> str:
+    """Hears every start of single-skip that its singleton skipped."""
+    data = ctx.event.data
+    with open(data["event"]["data"]["log"], "a") as f:
+        f.write(f"heard {time.time()!r} 0 {data['run_id']}|{data['reason']}\n")
+    return str(data["reason"])
