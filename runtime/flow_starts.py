@@ -167,7 +167,7 @@ async def announce(ingest: Ingest, outcomes: StartOutcomes, described: dict[str,
         events = []
         for run_id, reason in outcomes.skipped:
             slug, event = described.get(run_id, ("", {}))
-            log.info("run.skipped", run_id=run_id, function=slug, reason=reason)
+            log.debug("run.skipped", run_id=run_id, function=slug, reason=reason)
             data = {"function_id": slug, "run_id": run_id, "status": RunStatus.SKIPPED.value, "reason": reason}
             events.append(
                 Event(name=FUNCTION_SKIPPED, data={**data, "event": event}, id=f"{FUNCTION_SKIPPED}:{run_id}")

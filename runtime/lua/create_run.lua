@@ -16,10 +16,10 @@ if ARG.dedupe_ttl_s ~= '0' then
   redis.call('SET', KEYS[3], ARG.run_id, 'EX', ARG.dedupe_ttl_s)
 end
 local checks, k, i = flow_checks(KEYS, 8, ARGV, ARG_REST, tonumber(ARG.n_flow))
-local defaults = limits_in(ARG.defaults, nil)
 if #checks > 0 then
   local why = start_refusal(checks, tonumber(ARG.now_ms))
   if why then
+    local defaults = limits_in(ARG.defaults, nil)
     -- a skipped start: a run-list entry with the reason, ended at once, no job (the dedupe key
     -- names it, so a resent event is not charged again)
     local limits = limits_in(ARG.limits, defaults)
@@ -56,7 +56,7 @@ for _ = 1, tonumber(ARG.n_rules) do
 end
 local due, replaced = tonumber(ARG.now_ms), nil
 if #checks > 0 then
-  due, replaced = start_flow(checks, ARG.run_id, due, defaults)
+  due, replaced = start_flow(checks, ARG.run_id, due, limits_in(ARG.defaults, nil))
 end
 redis.call('ZADD', KEYS[7], ARG.now_ms, ARG.run_id)
 enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, due, tonumber(ARG.ttl_ms) + due - tonumber(ARG.now_ms), ARG.now_ms)
