@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import json
+import random
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,10 +24,15 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.errors import FunctionConfigError
+from stepq.expressions import Bindings
 from stepq.flow_spec import RateLimitSpec, SingletonSpec, ThrottleSpec
 from stepq.runtime import keys
+from stepq.runtime.cron import CronScheduler
+from stepq.runtime.flow_keys import key_of
 from stepq.runtime.queries import RunView
 from stepq.runtime.registry import Registry
+from stepq.runtime.scripts import libraries, prelude
+from stepq.runtime.store import RunStore
 from tests.helpers import (
     REDIS_URL,
     STEPQ_CLI,
@@ -268,9 +275,6 @@ async def test_a_throttle_burst_starts_that_many_at_once_per_key(
 
 
 async def lock_holder(redis: Redis, name: str, shown_key: str) -> str | None:
-    from stepq.expressions import Bindings
-    from stepq.runtime.flow_keys import key_of
-
     digest = key_of("event.data.acct", Bindings(event={"data": {"acct": json.loads(shown_key)}})).digest
     raw = await redis.get(keys.flow_start(0, "singleton", fn(name), digest))
     return raw.decode() if raw is not None else None
@@ -562,11 +566,6 @@ class TestServedFunctions:
 async def test_cron_runs_are_held_to_their_functions_start_limits(redis: Redis) -> None:
     """A cron tick's run is one of the function's runs: a singleton skips a tick while the last
     tick's run is still active (no worker runs it here), and says so."""
-    import datetime as dt
-
-    from stepq.runtime.cron import CronScheduler
-    from stepq.runtime.store import RunStore
-
     slug, app_id = "t-cron-flow-nightly", "t-cron-flow"
     config = {
         "id": slug,
@@ -583,3 +582,79 @@ async def test_cron_runs_are_held_to_their_functions_start_limits(redis: Redis) 
     [skipped] = [v for v in found.values() if v.status == "skipped"]
     assert found[first].status == "queued"
     assert skipped.reason == f"singleton: run {first} is active"
+
+
+# -- the Lua rules alone, on a synthetic clock ------------------------------------------------------
+
+
+async def _drive(redis: Redis, driver: str, script_keys: list[str], *args: int) -> list[int]:
+    """Run ``driver`` after create_run's prelude and libraries (the functions create_run calls)."""
+    text = prelude() + libraries("create_run") + "\n" + driver
+    reply = await redis.eval(text, len(script_keys), *script_keys, *(str(a) for a in args))  # type: ignore[misc]
+    return [int(x) for x in reply]
+
+
+RATE_DRIVER = """
+local c = {kind = 'rate', key = KEYS[1], total = KEYS[2], limit = tonumber(ARGV[1]), period = tonumber(ARGV[2]),
+  width = tonumber(ARGV[3]), shown = ''}
+local out = {}
+for i = 4, #ARGV do
+  local now = tonumber(ARGV[i])
+  if start_refusal({c}, now) then out[#out + 1] = 0 else rate_charge(c, now) out[#out + 1] = 1 end
+end
+return out
+"""
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_the_rate_limit_never_admits_more_than_limit_in_any_window_and_refuses_only_when_full(
+    redis: Redis, seed: int
+) -> None:
+    """Random arrivals (bursts and gaps) on a synthetic clock: every window of ``period`` holds at
+    most ``limit`` admitted starts, and an arrival is refused only when the window, widened by one
+    bucket (the documented lateness), already holds ``limit``."""
+    rng = random.Random(seed)
+    limit, period = rng.choice([(1, 1000), (3, 2000), (10, 60_000), (50, 5000)])
+    width = max(1, period // 100)
+    now, arrivals = 10**9, []
+    for _ in range(400):
+        now += rng.choice([0, 0, 1, rng.randrange(period // 50 + 1), rng.randrange(period + 1)])
+        arrivals.append(now)
+    rate_keys = [keys.flow_start(0, "rate", "f", str(seed)), keys.flow_start(0, "rate_n", "f", str(seed))]
+    admitted = await _drive(redis, RATE_DRIVER, rate_keys, limit, period, width, *arrivals)
+    starts_at = [t for t, ok in zip(arrivals, admitted, strict=True) if ok]
+    for t in starts_at:  # the windows that end at a start are the fullest
+        assert sum(1 for s in starts_at if t - period < s <= t) <= limit
+    for t, ok in zip(arrivals, admitted, strict=True):
+        if not ok:
+            assert sum(1 for s in starts_at if t - period - width < s <= t) >= limit
+    assert any(admitted) and not all(admitted)
+
+
+THROTTLE_DRIVER = """
+local c = {kind = 'throttle', key = KEYS[1], limit = tonumber(ARGV[1]), period = tonumber(ARGV[2]),
+  burst = tonumber(ARGV[3]), shown = ''}
+local out = {}
+for i = 4, #ARGV do
+  local due = start_flow({c}, 'run' .. i, tonumber(ARGV[i]), nil)
+  out[#out + 1] = due
+end
+return out
+"""
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_the_throttle_gives_each_start_its_gcra_time(redis: Redis, seed: int) -> None:
+    rng = random.Random(seed)
+    limit, period, burst = rng.choice([(2, 2000, 1), (5, 1000, 1), (4, 1000, 3), (3, 7000, 2)])
+    now, arrivals = 10**9, []
+    for _ in range(200):
+        now += rng.choice([0, 0, rng.randrange(period // limit + 1), rng.randrange(3 * period)])
+        arrivals.append(now)
+    due = await _drive(
+        redis, THROTTLE_DRIVER, [keys.flow_start(0, "throttle", "f", str(seed))], limit, period, burst, *arrivals
+    )
+    assert due == gcra(arrivals, limit, period, burst)
+    assert due == sorted(due)  # FIFO
+    # nothing drops: every start has a time, and no more than ``burst`` share a time
+    assert max(due.count(d) for d in due) <= burst

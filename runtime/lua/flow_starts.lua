@@ -182,7 +182,7 @@ local function start_flow(checks, run_id, now, defaults)
       end
       local at = math.max(now, math.ceil(tat - (c.burst - 1) * interval))
       local next_tat = tat + interval
-      redis.call('SET', c.key, string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now) + 1)
+      redis.call('SET', c.key, string.format('%.17g', next_tat), 'PX', math.ceil(next_tat - now) + 1) -- exact: no start early
       if at > due then
         due = at
         redis.call('HSET', run, 'held', 'throttled' .. key_note(c.shown), 'held_until', at)
