@@ -165,9 +165,12 @@ async def announce(ingest: Ingest, outcomes: StartOutcomes, described: dict[str,
 
     try:
         events = []
+        if outcomes.skipped:
+            # one line per write, not per start: a flood of rate-limited events must not flood the log
+            run_id, reason = outcomes.skipped[0]
+            log.debug("runs.skipped", count=len(outcomes.skipped), first_run_id=run_id, first_reason=reason)
         for run_id, reason in outcomes.skipped:
             slug, event = described.get(run_id, ("", {}))
-            log.debug("run.skipped", run_id=run_id, function=slug, reason=reason)
             data = {"function_id": slug, "run_id": run_id, "status": RunStatus.SKIPPED.value, "reason": reason}
             events.append(
                 Event(name=FUNCTION_SKIPPED, data={**data, "event": event}, id=f"{FUNCTION_SKIPPED}:{run_id}")

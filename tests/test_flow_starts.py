@@ -239,6 +239,15 @@ async def test_a_throttle_delays_starts_to_the_gcra_times_in_order_and_drops_not
         [*STEPQ_CLI, "run", order[-1].run_id, "--redis-url", REDIS_URL], capture_output=True, text=True, check=True
     ).stdout
     assert "waited    throttled until " in out, out
+    listed = subprocess.run(
+        [*STEPQ_CLI, "runs", "--redis-url", REDIS_URL, "--function", "throttled"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert listed.count("waited: throttled until ") == sum(
+        1 for at, v in zip(due, order, strict=True) if at > v.created_ms
+    )
 
 
 async def test_a_throttle_burst_starts_that_many_at_once_per_key(
