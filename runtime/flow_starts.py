@@ -16,9 +16,10 @@ the script's checks (``start_checks``); the Lua applies them:
   run it started. Later events are skipped ("idempotent duplicate of run X"). Distinct from the
   event-id dedupe, which collapses resends of one event.
 - **Throttle** (``Throttle(limit, period, key, burst)``): delays run *starts*, FIFO per key, drops
-  nothing. GCRA: one start per ``period / limit``, ``burst`` of them at once. The run is created at
-  once (status queued) and its first job is queued for the time the throttle allows; its record says
-  why it waits (``held``, ``held_until``).
+  nothing. GCRA: one start per ``period / limit``, ``burst`` of them at once (as Inngest documents
+  it; its code lets ``limit + burst`` start at once from idle, which stepq does not copy). The run is
+  created at once (status queued) and its first job is queued for the time the throttle allows; its
+  record says why it waits (``held``, ``held_until``).
 - **Singleton** (``Singleton(key, mode)``): at most one active (not ended) run per key. ``skip``: a
   new run is skipped while one is active; ``cancel``: the active run is cancelled ("singleton:
   replaced by <new run>") and the new one starts, in the same script. The key is released by the
