@@ -39,11 +39,13 @@ evaluate over the run's event like any key (a cron tick's ``inngest/scheduled.ti
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from stepq.durations import to_duration_str
 from stepq.event import Event
 from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
@@ -104,7 +106,9 @@ def start_checks(flow: FlowControl, slug: str, run_id: str, bindings: Bindings, 
             keys.flow_start(shard, "rate", slug, value.digest),
             keys.flow_start(shard, "rate_n", slug, value.digest),
         ]
-        args += ["rate", rate.limit, rate.period_ms, max(1, rate.period_ms // RATE_BUCKETS), value.shown]
+        width = max(1, rate.period_ms // RATE_BUCKETS)
+        per = to_duration_str(dt.timedelta(milliseconds=rate.period_ms))
+        args += ["rate", rate.limit, rate.period_ms, width, per, value.shown]
         count += 1
     if flow.singleton is not None:
         value = key_of(flow.singleton.key, bindings)

@@ -103,7 +103,7 @@ async def test_a_rate_limit_starts_exactly_limit_runs_and_records_the_rest_as_sk
     assert len(skipped) == 15
     assert sum(len(v) for v in groups.values()) == 10
     for view in skipped:
-        assert view.reason == "rate limited: 10 runs per 60 s"
+        assert view.reason == "rate limited: 10 runs per 1m"
         assert view.ended_ms is not None and view.started_ms is None
         assert not await redis.exists(keys.events(view.run_id))  # no job, no state: only the entry
     await wait_for_runs(redis, [v.run_id for v in found if v.status != "skipped"], ("completed",))
@@ -124,11 +124,11 @@ async def test_a_rate_limit_starts_exactly_limit_runs_and_records_the_rest_as_sk
         text=True,
         check=True,
     ).stdout
-    assert out.count("rate limited: 10 runs per 60 s") == 16, out
+    assert out.count("rate limited: 10 runs per 1m") == 16, out
     one = subprocess.run(
         [*STEPQ_CLI, "run", skipped[0].run_id, "--redis-url", REDIS_URL], capture_output=True, text=True, check=True
     ).stdout
-    assert "status    skipped" in one and "skipped   rate limited: 10 runs per 60 s" in one, one
+    assert "status    skipped" in one and "skipped   rate limited: 10 runs per 1m" in one, one
 
 
 async def test_a_keyed_rate_limit_counts_each_key_apart_and_frees_places_as_the_window_slides(
@@ -149,15 +149,15 @@ async def test_a_keyed_rate_limit_counts_each_key_apart_and_frees_places_as_the_
     first = await views(redis, fn("rated-keyed"))
     reasons = sorted(v.reason or "" for v in first if v.status == "skipped")
     assert reasons == [
-        'rate limited: 2 runs per 2 s (key "a")',
-        'rate limited: 2 runs per 2 s (key "b")',
-        "rate limited: 2 runs per 2 s (key null)",  # the events without a user: their own key, null
+        'rate limited: 2 runs per 2s (key "a")',
+        'rate limited: 2 runs per 2s (key "b")',
+        "rate limited: 2 runs per 2s (key null)",  # the events without a user: their own key, null
     ]
     await wait_starts(log, 6)
     # still within the window: turned away
     [early] = await sender.send([event("a", "a-early")])
     [refused] = [v for v in await views(redis, fn("rated-keyed")) if early in v.event_ids]
-    assert (refused.status, refused.reason) == ("skipped", 'rate limited: 2 runs per 2 s (key "a")')
+    assert (refused.status, refused.reason) == ("skipped", 'rate limited: 2 runs per 2s (key "a")')
     # past it (2 s and a bucket, 20 ms): two places again
     await asyncio.sleep(max(0.0, 2.1 - (time.monotonic() - sent)))
     await sender.send([event("a", f"a-late{i}") for i in range(3)])
@@ -388,7 +388,7 @@ async def test_an_invoked_run_over_its_rate_limit_fails_the_invoke_step_with_the
     done_second = await wait_for_run(redis, parents[second])
     outputs = sorted([done_first.output, done_second.output], key=str)
     assert outputs[0] == "child ran"
-    assert outputs[1] == {"error": "FunctionSkipped", "message": "rate limited: 1 runs per 60 s"}
+    assert outputs[1] == {"error": "FunctionSkipped", "message": "rate limited: 1 runs per 1m"}
     children = by_status(await views(redis, fn("child-rated")))
     assert [len(children.get("completed", [])), len(children.get("skipped", []))] == [1, 1]
 
@@ -529,8 +529,8 @@ class TestServedFunctions:
         found = await runs_of(db, served("rated"))
         skipped = sorted((v.event_ids[0], v.reason) for v in found if v.status == "skipped")
         assert skipped == sorted(
-            [(ids[i], 'rate limited: 3 runs per 60 s (key "x")') for i in (3, 4)]
-            + [(ids[i], 'rate limited: 3 runs per 60 s (key "y")') for i in (8, 9)]
+            [(ids[i], 'rate limited: 3 runs per 1m (key "x")') for i in (3, 4)]
+            + [(ids[i], 'rate limited: 3 runs per 1m (key "y")') for i in (8, 9)]
         )
         assert sorted(s.tag for s in await wait_starts(log, 6, timeout=60)) == ["x0", "x1", "x2", "y0", "y1", "y2"]
         # the HTTP API shows a skipped run and why
@@ -605,7 +605,7 @@ async def _drive(redis: Redis, driver: str, script_keys: list[str], *args: int) 
 
 RATE_DRIVER = """
 local c = {kind = 'rate', key = KEYS[1], total = KEYS[2], limit = tonumber(ARGV[1]), period = tonumber(ARGV[2]),
-  width = tonumber(ARGV[3]), shown = ''}
+  width = tonumber(ARGV[3]), per = ARGV[2] .. 'ms', shown = ''}
 local out = {}
 for i = 4, #ARGV do
   local now = tonumber(ARGV[i])

@@ -3,7 +3,7 @@
 -- event and sends one check per option the function declares (``StartChecks``): its kind, its keys
 -- (built by keys.flow_start with the new run's shard tag) and its arguments.
 -- Each check, as KEYS / ARGV:
---   rate:      rate, rate_n / 'rate', limit, period_ms, width_ms, shown key
+--   rate:      rate, rate_n / 'rate', limit, period_ms, width_ms, shown period ('1m'), shown key
 --   idem:      idem         / 'idem', ttl_s, shown key
 --   singleton: singleton    / 'singleton', mode ('skip' or 'cancel'), shown key
 --   throttle:  throttle     / 'throttle', limit, period_ms, burst, shown key
@@ -17,8 +17,8 @@ local function flow_checks(keys, k, args, a, n)
     local kind = args[a]
     if kind == 'rate' then
       checks[i] = {kind = kind, key = keys[k], total = keys[k + 1], limit = tonumber(args[a + 1]),
-        period = tonumber(args[a + 2]), width = tonumber(args[a + 3]), shown = args[a + 4]}
-      k, a = k + 2, a + 5
+        period = tonumber(args[a + 2]), width = tonumber(args[a + 3]), per = args[a + 4], shown = args[a + 5]}
+      k, a = k + 2, a + 6
     elseif kind == 'throttle' then
       checks[i] = {kind = kind, key = keys[k], limit = tonumber(args[a + 1]), period = tonumber(args[a + 2]),
         burst = tonumber(args[a + 3]), shown = args[a + 4]}
@@ -131,7 +131,7 @@ local function start_refusal(checks, now)
       end
     elseif c.kind == 'rate' then
       if rate_used(c, now) >= c.limit then
-        return 'rate limited: ' .. c.limit .. ' runs per ' .. (c.period / 1000) .. ' s' .. key_note(c.shown)
+        return 'rate limited: ' .. c.limit .. ' runs per ' .. c.per .. key_note(c.shown)
       end
     elseif c.kind == 'singleton' and c.arg == 'skip' then
       local holder = singleton_holder(c.key)
