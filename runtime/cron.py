@@ -43,12 +43,14 @@ from redis.asyncio import Redis
 
 from stepq.errors import FunctionConfigError
 from stepq.event import Event
+from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
 from stepq.triggers import TriggerCron
 
-from . import keys
+from . import flow_starts, keys
 from .codec import pack, unpack
-from .registry import FunctionRecord
+from .ingest import Ingest
+from .registry import FunctionRecord, Registry
 from .shards import dedupe_shard, run_id_for
 from .store import RunStore
 
@@ -297,6 +299,7 @@ class CronScheduler:
         # tick at or before it is known to be handled without asking Redis.
         self._known: dict[str, int] = {}
         self._advance = self.redis.register_script(_ADVANCE)
+        self._announcer: Ingest | None = None
 
     async def fire_due(self, now: dt.datetime | None = None) -> list[str]:
         """Start the run of every function whose newest tick is due; return the ids of runs created."""
@@ -328,19 +331,6 @@ class CronScheduler:
             return []
         return await self._claim(now_ms, fire, skip)
 
-    async def _flows(self, slugs: list[str]) -> dict[str, FlowControl]:
-        """The flow control of the functions ``slugs`` as registered (a function not registered
-        yet, whose worker registers it as it starts, has its runs created without)."""
-        if not slugs:
-            return {}
-        blobs = await self.redis.hmget(keys.FUNCTIONS, slugs)  # type: ignore[misc]
-        out = {}
-        for slug, blob in zip(slugs, blobs, strict=True):
-            if blob is not None:
-                config = unpack(blob)
-                out[slug] = FunctionRecord(slug, config["app_id"], config).flow
-        return out
-
     async def _claim(
         self,
         now_ms: int,
@@ -356,16 +346,27 @@ class CronScheduler:
         #    mark it skipped. Whoever claims a tick first decides it, once.
         skip_ttl = max(limits.dedupe_s, self.catch_up_ms // 1000 + 60)
         flows = await self._flows([fn.slug for fn, _, _ in fire])
+        described: dict[str, tuple[str, dict[str, Any]]] = {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for fn, tick, _ in fire:
+                run_id = run_id_for(fn.slug, tick_event_id(fn.slug, tick), now_ms)
+                event_dict = events[fn.slug].to_dict()
+                # a cron run is one of the function's runs: its start limits apply (as in Inngest)
+                checks = flow_starts.NONE
+                if fn.slug in flows and flow_starts.governs_starts(flows[fn.slug]):
+                    checks = flow_starts.start_checks(
+                        flows[fn.slug], fn.slug, run_id, Bindings(event=event_dict), self.store.limits
+                    )
+                    described[run_id] = (fn.slug, event_dict)
                 await self.store.create_run(
-                    run_id=run_id_for(fn.slug, tick_event_id(fn.slug, tick), now_ms),
+                    run_id=run_id,
                     fn_slug=fn.slug,
                     app_id=fn.app_id,
                     queue_id=fn.queue_id,
                     events=[events[fn.slug]],
                     dedupe_key=tick_event_id(fn.slug, tick),
                     flow=flows.get(fn.slug),
+                    checks=checks,
                     pipe=pipe,
                 )
             for fn, tick, _ in skip:
@@ -374,6 +375,7 @@ class CronScheduler:
             replies = await pipe.execute(raise_on_error=False)
         created: list[str] = []
         handled: list[tuple[str, int]] = []
+        announced: list[flow_starts.StartOutcomes] = []
         # 2. Store the events of the runs this worker created, and move ``last`` forward.
         retention = limits.retention_s
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -382,6 +384,9 @@ class CronScheduler:
                     log.warning("cron.claim_failed", function=fn.slug, tick_ms=tick, error=str(reply))
                     continue
                 handled.append((fn.slug, tick))
+                outcomes = flow_starts.StartOutcomes.of_create_run(reply)
+                if outcomes:
+                    announced.append(outcomes)
                 if int(reply[0]) == 1:
                     run_id = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
                     created.append(run_id)
@@ -403,7 +408,35 @@ class CronScheduler:
             await pipe.execute()
         for slug, tick in handled:
             self._remember(slug, tick)
+        for outcomes in announced:
+            await flow_starts.announce(self._ingest(), outcomes, described)
         return created
+
+    async def _flows(self, slugs: list[str]) -> dict[str, FlowControl]:
+        """The flow control of the functions about to fire (read from the registry, which holds
+        what their apps registered): only those that have some."""
+        if not slugs:
+            return {}
+        raw: list[bytes | None] = await self.redis.hmget(keys.FUNCTIONS, slugs)  # type: ignore[misc]
+        out = {}
+        for slug, blob in zip(slugs, raw, strict=True):
+            if blob is None:
+                continue
+            try:
+                config = unpack(blob)
+                record = FunctionRecord(slug, config["app_id"], config)
+            except Exception as exc:  # a registration this version cannot read: fire without limits
+                log.warning("cron.flow_unreadable", function=slug, error=str(exc))
+                continue
+            if record.flow:
+                out[slug] = record.flow
+        return out
+
+    def _ingest(self) -> Ingest:
+        """An ingest to announce flow control's doings (skipped starts, replaced runs) through."""
+        if self._announcer is None:
+            self._announcer = Ingest(self.redis, self.store, Registry(self.redis))
+        return self._announcer
 
     def _remember(self, slug: str, last: int) -> None:
         if last > self._known.get(slug, -1):

@@ -25,10 +25,10 @@ from stepq.ids import new_ulid
 from stepq.runtime.shards import run_id_for, shards
 from stepq.triggers import TRIGGER_VARIABLES
 
-from . import keys, matching, waits
+from . import flow_starts, keys, matching, waits
 from .codec import pack
 from .registry import FunctionRecord, Registry, Route
-from .scripts import body, prelude, script_text, source
+from .scripts import body, libraries, prelude, script_text, source
 from .store import RunStore, now_ms
 
 log = structlog.get_logger("stepq.ingest")
@@ -68,6 +68,7 @@ def batch_script() -> str:
     ARGV (so a run is created by the very code ``RunStore.create_run`` calls), then the batch loop."""
     return (
         prelude()
+        + libraries("create_run")
         + "\nlocal function create_run(KEYS, ARGV)\n"
         + body("create_run")
         + "\nend\n"
@@ -166,6 +167,7 @@ class Ingest:
             ]
             batch_args += [event_id, pack(event.to_dict())]
         runs = _CreateRunCalls()
+        described: dict[str, tuple[str, dict[str, Any]]] = {}  # runs with start limits: (function, event)
         for event_id, original, event in zip(ids, events, stored, strict=True):
             event_dict = event.to_dict()
             bindings = Bindings(event=event_dict)  # converted once, on the first filter
@@ -173,6 +175,9 @@ class Ingest:
                 if not triggered(fn, event.name, bindings):
                     continue
                 run_id = run_id_for(fn.slug, original.id or None, at)
+                checks = flow_starts.start_checks(fn.flow, fn.slug, run_id, bindings, self.store.limits)
+                if checks.count:
+                    described[run_id] = (fn.slug, event_dict)
                 await self.store.create_run(
                     run_id=run_id,
                     fn_slug=fn.slug,
@@ -184,9 +189,11 @@ class Ingest:
                     rules=waits.cancel_registrations(run_id, fn.config, event_dict, at),
                     limits=self.store.function_limits(fn.config),
                     flow=fn.flow,
+                    checks=checks,
                     pipe=runs,
                 )
         reply = await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])
         if reply[0] == b"stale":
             return None
-        return [bool(flag) for flag in reply[2:]]
+        await flow_starts.announce(self, flow_starts.StartOutcomes.of(reply[2 + len(stored) :]), described)
+        return [bool(flag) for flag in reply[2 : 2 + len(stored)]]

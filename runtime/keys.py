@@ -236,6 +236,24 @@ def dedupe(shard: int, slug: str, event_key: str) -> str:
     return Shape(f"{PREFIX}:", ":dedupe:").build(SHARD_TAGS[shard], f"{slug}:{event_key}")
 
 
+#: Flow control of run starts (runtime/flow_starts.py), per function and key value (its digest,
+#: runtime/flow_keys.py; '' for a limit without a key). They carry the shard tag of the run being
+#: created: with one shard (SHARD_COUNT = 1) every run of a key meets them. Once there are several
+#: shards (issue 13), the runs of one throttle, rate-limit, idempotency or singleton key must be
+#: created in one shard (as runs of one dedupe key are, shards.dedupe_shard), or each shard keeps
+#: its own count.
+FLOW_START_KINDS = ("rate", "rate_n", "throttle", "idem", "singleton")
+
+
+def flow_start(shard: int, kind: str, slug: str, digest: str) -> str:
+    """A start limit's state: ``rate`` (the rate limit's buckets, newest first) and ``rate_n`` (their
+    total), ``throttle`` (the throttle's theoretical arrival time), ``idem`` (the run an idempotency
+    key started), ``singleton`` (the active run holding a singleton key)."""
+    if kind not in FLOW_START_KINDS:
+        raise ValueError(f"unknown flow-control key kind {kind!r}")
+    return Shape(f"{PREFIX}:", f":{kind}:").build(SHARD_TAGS[shard], f"{slug}:{digest}")
+
+
 def every_shard(builder: Callable[..., str], *args: str) -> list[str]:
     """``builder(shard, *args)`` for every shard served."""
     return [builder(shard, *args) for shard in shards()]

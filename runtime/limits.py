@@ -24,6 +24,9 @@ class Limits:
     retention_s: int = 7 * DAY
     #: Window in which a user-supplied event id starts each function at most once.
     dedupe_s: int = DAY
+    #: Window of a function's ``idempotency`` key: at most one run per key value within it
+    #: (Inngest's 24 h). Read where events are sent (the API, workers, apps' clients).
+    idempotency_s: int = DAY
     #: How long a queued job's key lives past its due time (arq's default is one day).
     job_grace_ms: int = 30 * DAY * 1000
 
@@ -58,7 +61,8 @@ class Limits:
     @classmethod
     def from_env(cls) -> Limits:
         """Defaults overridden by ``STEPQ_MAX_STEPS``, ``STEPQ_MAX_OUTPUT_BYTES``,
-        ``STEPQ_MAX_STATE_BYTES``, ``STEPQ_RETENTION_S``."""
+        ``STEPQ_MAX_STATE_BYTES``, ``STEPQ_RETENTION_S``, ``STEPQ_IDEMPOTENCY_TTL_S`` (the window of
+        functions' idempotency keys, in seconds: 86400 unless set, shorter for tests)."""
 
         def read(name: str, default: int) -> int:
             raw = os.environ.get(name)
@@ -78,4 +82,5 @@ class Limits:
             max_output_bytes=read("STEPQ_MAX_OUTPUT_BYTES", base.max_output_bytes),
             max_state_bytes=read("STEPQ_MAX_STATE_BYTES", base.max_state_bytes),
             retention_s=read("STEPQ_RETENTION_S", base.retention_s),
+            idempotency_s=read("STEPQ_IDEMPOTENCY_TTL_S", base.idempotency_s),
         )

@@ -50,10 +50,17 @@ class RunView:
     #: Retries after the function's own code failed outside any step, over the whole run, and the last error.
     function_retries: int = 0
     function_error: str | None = None
-    #: Why the run waits now for flow control (e.g. "concurrency limit 2 reached for key \"acme\""),
-    #: None when it does not; ``waited``: the last such reason, kept after it went on; ``held_ms``:
-    #: how long it waited for concurrency slots in all.
+    #: Why flow control skipped the run (status ``skipped``: "rate limited: ...", "idempotent
+    #: duplicate of run X", "singleton: run X is active") or cancelled it ("singleton: replaced by
+    #: <run>"); None otherwise.
+    reason: str | None = None
+    #: Why its start waited, and until when: "throttled (key ...)"; None when it did not.
     held: str | None = None
+    held_until_ms: int | None = None
+    #: The concurrency limit the run waits for now ("concurrency limit 2 reached for key \"acme\""),
+    #: None when it does not; ``waited``: the last one it waited for, kept after it went on;
+    #: ``held_ms``: how long it waited for concurrency slots in all.
+    waiting_for: str | None = None
     waited: str | None = None
     held_ms: int = 0
 
@@ -89,7 +96,10 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         event_ids=[e for e in text("event_ids").split(",") if e],
         function_retries=_int(raw.get(b"fn_retries")) or 0,
         function_error=text("fn_error") or None,
+        reason=text("reason") or None,
         held=text("held") or None,
+        held_until_ms=_int(raw.get(b"held_until")),
+        waiting_for=text("slot_wait") or None,
         waited=text("waited") or None,
         held_ms=_int(raw.get(b"held_ms")) or 0,
     )

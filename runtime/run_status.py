@@ -16,6 +16,9 @@ class RunStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: Never started: flow control (a rate limit, an idempotency key, a singleton) turned its event
+    #: away. The record keeps why (``reason``); it has no job, no steps, and expires as ended runs do.
+    SKIPPED = "skipped"
 
     @property
     def terminal(self) -> bool:
@@ -23,7 +26,7 @@ class RunStatus(enum.StrEnum):
         return self in TERMINAL
 
 
-TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.SKIPPED})
 
 
 def lua_prelude() -> str:

@@ -57,8 +57,9 @@ class ResolveStepArgs(ScriptArgs):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class CreateRunArgs(ScriptArgs):
-    """create_run.lua: create a run and enqueue its first job, at most once per dedupe key. The
-    cancellation rules' arguments follow these fields (see ``Registration.args``)."""
+    """create_run.lua: create a run and enqueue its first job, at most once per dedupe key. The flow
+    checks' arguments (``StartChecks.args``), then the cancellation rules' (see
+    ``Registration.args``) follow these fields."""
 
     script: ClassVar[str] = "create_run"
 
@@ -85,6 +86,11 @@ class CreateRunArgs(ScriptArgs):
     #: Seconds the run's due-now jobs go ahead (negative: later); 0 for none.
     priority: int
     n_rules: int
+    #: How many flow-control checks of the run's start follow (runtime/flow_starts.py; 0: none).
+    n_flow: int = 0
+    #: ``<max_state>,<retention_s>`` of the caller's default limits (a skipped start's record
+    #: expires with them, a run it touches lives within them unless its record says otherwise).
+    defaults: str = ""
 
 
 #: The scripts whose ARGV are named, by script name.

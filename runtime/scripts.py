@@ -50,6 +50,15 @@ def prelude() -> str:
     )
 
 
+#: Helpers only some scripts use (runtime/lua/<library>.lua), put after the prelude of those only.
+LIBRARIES: dict[str, tuple[str, ...]] = {"create_run": ("flow_starts",)}
+
+
+def libraries(name: str) -> str:
+    """The helper libraries script ``name`` uses (see ``LIBRARIES``), as one text ('' for none)."""
+    return "".join("\n" + script_text(library) for library in LIBRARIES.get(name, ()))
+
+
 def body(name: str) -> str:
     """A script without the prelude: its named ARGV (``runtime/script_args.py``), if it has them,
     then its text."""
@@ -59,8 +68,8 @@ def body(name: str) -> str:
 
 @cache
 def source(name: str) -> str:
-    """A script's text, with the shared prelude in front."""
-    return prelude() + "\n" + body(name)
+    """A script's text, with the shared prelude (and its libraries) in front."""
+    return prelude() + libraries(name) + "\n" + body(name)
 
 
 class Scripts:

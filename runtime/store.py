@@ -25,6 +25,8 @@ from . import keys
 from .codec import pack, unpack
 from .concurrency import NONE as NO_SLOTS
 from .concurrency import run_slots
+from .flow_starts import NONE as NO_START_CHECKS
+from .flow_starts import StartChecks
 from .jobs import FENCE as FENCE  # the run-record field of the run's fence (defined beside the job kinds)
 from .jobs import JobSpec, enqueue_keys, fence_field
 from .limits import Limits
@@ -202,6 +204,7 @@ class RunStore:
         self.redis = redis
         self.limits = limits or Limits()
         self.scripts = Scripts(redis)
+        self._defaults = f"{self.limits.max_state_bytes},{self.limits.retention_s}"
 
     # -- creation ---------------------------------------------------------------------------------
 
@@ -219,13 +222,18 @@ class RunStore:
         rules: Sequence[Registration] = (),
         limits: Limits | None = None,
         flow: FlowControl | None = None,
+        checks: StartChecks = NO_START_CHECKS,
         pipe: Any = None,
     ) -> Any:
-        """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on ``pipe``).
+        """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on
+        ``pipe``): created is 1, or 0 for a duplicate (``run_id`` is then the existing run), or 2 when
+        flow control skipped the start (a third item says why); a created run replacing a singleton's
+        run names that run third.
 
         ``limits``: the function's (``RunStore.function_limits``); the run lives within them.
         ``flow``: the function's flow control (``FunctionRecord.flow``): its concurrency keys and
-        priority are evaluated from the first event and kept with the run."""
+        priority are evaluated from the first event and kept with the run.
+        ``checks``: the start limits to check and charge (``flow_starts.start_checks``)."""
         at, shard = now_ms(), shard_of(run_id)
         if dedupe_key and shard != dedupe_shard(fn_slug, dedupe_key):
             raise ValueError(f"run {run_id} is not in the shard of its deduplication key (see shards.run_id_for)")
@@ -240,6 +248,7 @@ class RunStore:
                 keys.dedupe(shard, fn_slug, dedupe_key) if dedupe_key else keys.run(run_id),
                 *enqueue_keys(job, queue_id or app_id),
                 keys.runs_active(shard),
+                *checks.keys,
                 *(key for rule in rules for key in rule.key_names()),
             ],
             [
@@ -260,7 +269,10 @@ class RunStore:
                     lane=slots.lane,
                     priority=slots.priority,
                     n_rules=len(rules),
+                    n_flow=checks.count,
+                    defaults=self._defaults,
                 ).argv(),
+                *checks.args,
                 *(arg for rule in rules for arg in rule.args()),
             ],
             client=pipe,

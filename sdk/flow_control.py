@@ -1,10 +1,11 @@
 """Inngest's flow-control options, as types: ``Concurrency``, ``Throttle``, ``RateLimit``, ``Debounce``,
 ``Batch``, ``Priority`` and ``Singleton``.
 
-They carry inngest-py 0.5's fields so that code written for Inngest constructs them unchanged, but
-stepq does not enforce flow control yet: ``create_function`` validates them (``stepq.flow_spec``:
-a bad one gets an error naming its field), then refuses them (``FunctionConfigError`` naming each
-one) rather than accept a limit it would not keep. They arrive in a later release.
+They carry inngest-py 0.5's fields so that code written for Inngest constructs them unchanged.
+``create_function`` validates them (``stepq.flow_spec``: a bad one gets an error naming its field).
+stepq enforces the options listed in ``stepq.flow_spec.ENFORCED`` (``RateLimit``, ``Throttle``,
+``Singleton`` and ``idempotency``: see ``stepq.runtime.flow_starts``); any other is refused
+(``FunctionConfigError`` naming each one) rather than accepted as a limit it would not keep.
 Their durations (``period``, ``timeout``) are an int of milliseconds or a timedelta, as in inngest-py.
 """
 

@@ -29,7 +29,7 @@ REDIS_URL = os.environ.get("STEPQ_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15
 ROOT = Path(__file__).resolve().parent.parent
 # The `stepq` command, run by the venv's interpreter whatever PATH holds.
 STEPQ_CLI = [sys.executable, "-m", "stepq.workers.cli"]
-TERMINAL = ("completed", "failed", "cancelled")
+TERMINAL = ("completed", "failed", "cancelled", "skipped")
 
 
 class LoggedProcess:

@@ -355,9 +355,13 @@ def test_create_function_gives_the_precise_error_before_refusing() -> None:
         FunctionConfigError, match=re.escape(f"{SDK}batch_events: batching cannot be combined with cancel")
     ):
         _create(batch_events=stepq.Batch(max_size=5, timeout=1000), cancel=[stepq.Cancel(event="stop")])
-    # Valid: still refused, as stepq does not enforce it yet.
-    with pytest.raises(FunctionConfigError, match="throttle: flow control is not supported by stepq yet"):
-        _create(throttle=stepq.Throttle(limit=1, period=1000))
+    # Valid: still refused while stepq does not enforce it; accepted once it does.
+    if "debounce" not in ENFORCED:
+        with pytest.raises(FunctionConfigError, match="debounce: flow control is not supported by stepq yet"):
+            _create(debounce=stepq.Debounce(period=1000))
+    _create(throttle=stepq.Throttle(limit=1, period=1000))
+    _create(rate_limit=stepq.RateLimit(limit=1, period=1000), singleton=stepq.Singleton(mode="skip"))
+    _create(idempotency="event.data.id")
     # Empty or zero: no limit, accepted.
     _create(concurrency=[])
     stepq.Inngest(app_id="t").create_function(fn_id="g", concurrency=[stepq.Concurrency(limit=0)])

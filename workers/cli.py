@@ -224,14 +224,34 @@ def _runs(args: argparse.Namespace) -> int:
         for view in runs:
             print(json.dumps(view.to_dict(), default=str))
         return 0
-    print(f"{'RUN':<28} {'FUNCTION':<32} {'STATUS':<10} {'CREATED':<20} {'DURATION':<10} HELD")
+    print(f"{'RUN':<28} {'FUNCTION':<32} {'STATUS':<10} {'CREATED':<20} {'DURATION':<10} WHY")
     for view in runs:
         print(
             f"{view.run_id:<28} {view.function:<32} {view.status:<10} "
             f"{_time(view.created_ms):<20} {_duration(view.started_ms or view.created_ms, view.ended_ms):<10} "
-            f"{view.held or ''}".rstrip()
+            f"{_why(view)}".rstrip()
         )
     return 0
+
+
+def _why(view: Any) -> str:
+    """Why flow control skipped, cancelled or held the run ('' when it did none of these)."""
+    if view.reason:
+        return str(view.reason)
+    if view.waiting_for:
+        return str(view.waiting_for)
+    if view.held:
+        return f"waited: {_held(view)}"
+    return ""
+
+
+def _held(view: Any) -> str:
+    """'throttled until <time> (key ...)' from the run's held fields."""
+    held = str(view.held)
+    if view.held_until_ms is None:
+        return held
+    kind, _, rest = held.partition(" ")
+    return f"{kind} until {_time(view.held_until_ms)}{' ' + rest if rest else ''}"
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -270,8 +290,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ended     {_time(view.ended_ms)} ({_duration(view.started_ms or view.created_ms, view.ended_ms)})")
     if view.wake_at_ms:
         print(f"wakes at  {_time(view.wake_at_ms)}")
+    if view.reason:
+        print(f"{'skipped' if view.status == 'skipped' else 'reason':<9} {view.reason}")
     if view.held:
-        print(f"held      {view.held}")
+        print(f"waited    {_held(view)}")
+    if view.waiting_for:
+        print(f"held      {view.waiting_for}")
     elif view.waited:
         print(f"waited    {view.waited} ({view.held_ms} ms in all)")
     if view.status == "completed":

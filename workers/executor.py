@@ -27,9 +27,10 @@ from arq.worker import Retry
 from stepq.durations import to_timedelta
 from stepq.engine import FunctionFailed
 from stepq.event import Event
+from stepq.expressions import Bindings
 from stepq.opcodes import memo_error
 from stepq.replay import ExecutionRequest
-from stepq.runtime import keys, lifecycle, matching
+from stepq.runtime import flow_starts, keys, lifecycle, matching
 from stepq.runtime.answers import check_answer
 from stepq.runtime.decide import decide, finish, give_up
 from stepq.runtime.ingest import Ingest
@@ -322,8 +323,13 @@ class Executor:
             ts=now_ms(),
             v=payload.get("v"),
         )
-        created, _ = await self.store.create_run(
-            run_id=run_id_for(record.slug, event.id),
+        child_id = run_id_for(record.slug, event.id)
+        # the child's start limits apply to invoked runs too (a skipped child fails the invoke step)
+        checks = flow_starts.start_checks(
+            record.flow, record.slug, child_id, Bindings(event=event.to_dict()), self.store.limits
+        )
+        reply = await self.store.create_run(
+            run_id=child_id,
             fn_slug=record.slug,
             app_id=record.app_id,
             queue_id=record.config.get("queue") or record.app_id,
@@ -332,8 +338,12 @@ class Executor:
             parent=f"{job.run_id}|{job.step_key}",
             limits=self.store.function_limits(record.config),
             flow=record.flow,
+            checks=checks,
         )
-        log.info("invoke.started", run_id=job.run_id, step_key=job.step_key, function=slug, created=bool(created))
+        created = int(reply[0]) == 1
+        log.info("invoke.started", run_id=job.run_id, step_key=job.step_key, function=slug, created=created)
+        outcomes = flow_starts.StartOutcomes.of_create_run(reply)
+        await flow_starts.announce(self.ingest, outcomes, {child_id: (record.slug, event.to_dict())})
 
     async def _finished(self, run: LoadedRun, write: Finish, written: Written) -> str:
         if written.outcome is not Outcome.OK:

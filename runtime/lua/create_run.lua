@@ -1,13 +1,45 @@
--- Create a run and enqueue its first job, at most once per dedupe key.
--- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active, then per
---       cancellation rule its wait keys (2 or 3: see register_wait_from in the prelude)
--- ARGV: the fields of CreateRunArgs (runtime/script_args.py), read by name as ARG.<field>, then per cancellation rule (4): field, member, record, path
+-- Create a run and enqueue its first job, at most once per dedupe key, unless flow control skips it.
+-- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active, then the
+--       flow checks' keys (see flow_starts.lua), then per cancellation rule its wait keys (2 or 3:
+--       see register_wait_from in the prelude)
+-- ARGV: the fields of CreateRunArgs (runtime/script_args.py), read by name as ARG.<field>, then the
+--       flow checks' arguments (n_flow of them), then per cancellation rule (4): field, member,
+--       record, path
+-- Returns {1, run_id} when created ({1, run_id, replaced run id} when a singleton in cancel mode
+-- cancelled the run it replaced); {0, existing run id} for a duplicate of the dedupe key; {2, run_id,
+-- reason} when flow control skipped the start (the run's record says so: status skipped).
 if ARG.dedupe_ttl_s ~= '0' then
   local existing = redis.call('GET', KEYS[3])
   if existing then
     return {0, existing}
   end
   redis.call('SET', KEYS[3], ARG.run_id, 'EX', ARG.dedupe_ttl_s)
+end
+local checks, k, i = flow_checks(KEYS, 8, ARGV, ARG_REST, tonumber(ARG.n_flow))
+if #checks > 0 then
+  local why = start_refusal(checks, tonumber(ARG.now_ms))
+  if why then
+    local defaults = limits_in(ARG.defaults, nil)
+    -- a skipped start: a run-list entry with the reason, ended at once, no job (the dedupe key
+    -- names it, so a resent event is not charged again)
+    local limits = limits_in(ARG.limits, defaults)
+    redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'status', STATUS_SKIPPED,
+      'created', ARG.now_ms, 'ended', ARG.now_ms, 'event_ids', ARG.event_ids, 'reason', why)
+    if ARG.limits ~= '' then
+      redis.call('HSET', KEYS[1], 'lim', ARG.limits)
+    end
+    redis.call('EXPIRE', KEYS[1], limits.retention)
+    local done = key_runs_done(tag_of(ARG.run_id))
+    redis.call('ZADD', done, ARG.now_ms, ARG.run_id)
+    redis.call('ZREMRANGEBYSCORE', done, '-inf', tonumber(ARG.now_ms) - limits.retention * 1000)
+    if ARG.parent ~= '' then
+      -- an invoked run that will not run: the invoking step fails with the reason, not waits
+      redis.call('HSET', KEYS[1], 'parent', ARG.parent)
+      notify_parent(KEYS[1], 'error', cmsgpack.pack({name = 'FunctionSkipped', message = why, stack = ''}),
+        tonumber(ARG.now_ms), defaults)
+    end
+    return {2, ARG.run_id, why}
+  end
 end
 redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'status', STATUS_QUEUED, 'created', ARG.now_ms,
   'event_ids', ARG.event_ids, 'fence', '0', 'state_bytes', string.len(ARG.events_blob))
@@ -18,7 +50,6 @@ end
 if ARG.limits ~= '' then
   redis.call('HSET', KEYS[1], 'lim', ARG.limits)
 end
-local i, k = ARG_REST, 8
 for _ = 1, tonumber(ARG.n_rules) do
   k = register_wait_from(KEYS[1], KEYS, k, ARGV, i)
   i = i + 4
@@ -26,12 +57,18 @@ end
 if ARG.lane ~= '' then
   redis.call('HSET', KEYS[1], 'lane', ARG.lane, 'ck', ARG.step_slots, 'rk', ARG.run_slots)
 end
-local due = tonumber(ARG.now_ms)
+local now = tonumber(ARG.now_ms)
+local due, replaced = now, nil
+if #checks > 0 then
+  due, replaced = start_flow(checks, ARG.run_id, due, limits_in(ARG.defaults, nil))
+end
 if ARG.priority ~= '0' then
   redis.call('HSET', KEYS[1], 'prio', ARG.priority)
-  due = due_now(ARG.priority, due)
+  if due <= now then
+    due = due_now(ARG.priority, due) -- a throttled start keeps its time
+  end
 end
 redis.call('ZADD', KEYS[7], ARG.now_ms, ARG.run_id)
-enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, due, ARG.ttl_ms + math.max(0, due - tonumber(ARG.now_ms)), ARG.now_ms)
+enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, due, tonumber(ARG.ttl_ms) + math.max(0, due - now), ARG.now_ms)
 redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
-return {1, ARG.run_id}
+return {1, ARG.run_id, replaced}

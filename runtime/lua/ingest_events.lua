@@ -11,7 +11,9 @@
 -- ARGV: now_ms, retention_s, recent_max, look_back_ms, registry version ('' for none), n_events,
 --       n_shards, then per event: id, blob; n_runs, then per run: n_keys, n_args, then its
 --       create_run ARGV.
--- Returns {'stale'}, or {'ok', runs created, then per event 1 when some run waits for its name}.
+-- Returns {'stale'}, or {'ok', runs created, then per event 1 when some run waits for its name, then
+-- three lists: the starts flow control skipped (run id, reason, ...), the runs a singleton replaced
+-- (cancelled), and the runs those ends failed (ENDED: parents failed by their child's result)}.
 if (redis.call('GET', KEY_FUNCTIONS_VERSION) or '') ~= ARGV[5] then
   return {'stale'}
 end
@@ -34,7 +36,7 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - retention * 1000)
 local n_runs = tonumber(ARGV[a])
 a = a + 1
-local created = 0
+local created, skipped, replaced = 0, {}, {}
 for _ = 1, n_runs do
   local n_keys, n_args = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local run_keys, run_args = {}, {}
@@ -47,7 +49,17 @@ for _ = 1, n_runs do
   local reply = create_run(run_keys, run_args)
   if reply[1] == 1 then
     created = created + 1
+    if reply[3] then
+      replaced[#replaced + 1] = reply[3]
+    end
+  elseif reply[1] == 2 then
+    skipped[#skipped + 1] = reply[2]
+    skipped[#skipped + 1] = reply[3]
   end
   k, a = k + n_keys, a + 2 + n_args
 end
-return {'ok', created, unpack(waited)}
+local out = {'ok', created, unpack(waited)}
+out[#out + 1] = skipped
+out[#out + 1] = replaced
+out[#out + 1] = ENDED
+return out

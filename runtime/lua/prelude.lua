@@ -209,6 +209,11 @@ local function close_run(run_id, now, retention_s)
   SLOTS.close_run(run_id, dropped, now)
   redis.call('DEL', key_jobs(run_id), key_pending(run_id))
   redis.call('HDEL', run, 'timer', 'sleep_key', 'sleep_name', 'join_id', 'join_job', 'next_job')
+  -- a singleton key (flow_starts.lua) is free once its run ends, unless a newer run holds it now
+  local singleton = redis.call('HGET', run, 'singleton')
+  if singleton and redis.call('GET', singleton) == run_id then
+    redis.call('DEL', singleton)
+  end
   for _, key in ipairs({run, key_events(run_id), key_memo(run_id), key_stack(run_id), key_steps(run_id)}) do
     redis.call('EXPIRE', key, retention_s)
   end

@@ -9,8 +9,8 @@
 -- served least goes first: fair between keys); key_lane(tag, lane id): zset job id -> order (runs in
 -- progress first, then by due time, priority included).
 -- The run's record holds 'ck' (step keys), 'rk' (run keys: '<limit>\t<key id>\t<shown>' lines),
--- 'lane', 'rslot' ('1' while the run holds its run-level slots), and while a job waits 'held' (why),
--- 'held_at'; 'waited' keeps the last reason and 'held_ms' the time waited.
+-- 'lane', 'rslot' ('1' while the run holds its run-level slots), and while a job waits 'slot_wait'
+-- (why), 'slot_wait_at'; 'waited' keeps the last reason and 'held_ms' the time waited in all.
 
 -- How long a slot is reserved for a job a release put on the queue, until a worker claims it (the
 -- claim replaces it with the worker's lease). A job not claimed by then is gated again at its claim.
@@ -115,10 +115,10 @@ local function held_reason(key)
 end
 
 local function note_admitted(run_key, now)
-  local since = tonumber(redis.call('HGET', run_key, 'held_at') or '')
+  local since = tonumber(redis.call('HGET', run_key, 'slot_wait_at') or '')
   if since then
     redis.call('HINCRBY', run_key, 'held_ms', math.max(0, now - since))
-    redis.call('HDEL', run_key, 'held', 'held_at')
+    redis.call('HDEL', run_key, 'slot_wait', 'slot_wait_at')
   end
 end
 
@@ -238,10 +238,10 @@ SLOTS.claim_gate = function(queue_key, job_id, score, now, lease, kind)
   if full then
     reason = held_reason(full)
   end
-  if not redis.call('HGET', run_key, 'held_at') then
-    redis.call('HSET', run_key, 'held_at', now)
+  if not redis.call('HGET', run_key, 'slot_wait_at') then
+    redis.call('HSET', run_key, 'slot_wait_at', now)
   end
-  redis.call('HSET', run_key, 'held', reason, 'waited', reason)
+  redis.call('HSET', run_key, 'slot_wait', reason, 'waited', reason)
   if kind == 'wake' then
     -- a sleep's end waiting for a slot: its timer would only make the timer sweep visit it again
     -- and again (the sweep revives lost wake-up jobs; this one waits in its lane)
@@ -332,7 +332,7 @@ SLOTS.close_run = function(run_id, job_ids, now)
   for _, key in ipairs(s.run) do
     redis.call('ZREM', key_slots(tag, key.id), run_id)
   end
-  redis.call('HDEL', run_key, 'rslot', 'held', 'held_at')
+  redis.call('HDEL', run_key, 'rslot', 'slot_wait', 'slot_wait_at')
   pump_all(tag, s, now)
 end
 
