@@ -27,6 +27,7 @@ from stepq.triggers import TRIGGER_VARIABLES
 
 from . import keys, matching, waits
 from .codec import pack
+from .gather import gathering
 from .registry import FunctionRecord, Registry, Route
 from .scripts import body, prelude, script_text, source
 from .store import RunStore, now_ms
@@ -172,7 +173,11 @@ class Ingest:
             for fn in routes.get(event.name, []):
                 if not triggered(fn, event.name, bindings):
                     continue
-                run_id = run_id_for(fn.slug, original.id or None, at)
+                limits = self.store.function_limits(fn.config)
+                # debounce and batching gather events into one run, and ignore event-id dedupe
+                gather = gathering(fn.flow, fn.slug, event_dict, bindings, limits)
+                dedupe_key = (original.id or None) if gather is None else None
+                run_id = run_id_for(fn.slug, dedupe_key, at) if gather is None else gather.run_id(at)
                 await self.store.create_run(
                     run_id=run_id,
                     fn_slug=fn.slug,
@@ -180,10 +185,11 @@ class Ingest:
                     queue_id=fn.config.get("queue") or fn.app_id,
                     events=[event],
                     event_ids=[event_id],
-                    dedupe_key=original.id or None,
+                    dedupe_key=dedupe_key,
                     rules=waits.cancel_registrations(run_id, fn.config, event_dict, at),
-                    limits=self.store.function_limits(fn.config),
+                    limits=limits,
                     pipe=runs,
+                    gather=gather,
                 )
         reply = await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])
         if reply[0] == b"stale":

@@ -214,6 +214,16 @@ def dedupe(shard: int, slug: str, event_key: str) -> str:
     return Shape(f"{PREFIX}:", ":dedupe:").build(SHARD_TAGS[shard], f"{slug}:{event_key}")
 
 
+def debounce(shard: int, slug: str, key_digest: str) -> str:
+    """The run a function's open debounce of one key value gathers events into (runtime/gather.py)."""
+    return Shape(f"{PREFIX}:", ":debounce:").build(SHARD_TAGS[shard], f"{slug}:{key_digest}")
+
+
+def batch(shard: int, slug: str, key_digest: str) -> str:
+    """The run a function's open batch of one key value gathers events into (runtime/gather.py)."""
+    return Shape(f"{PREFIX}:", ":batch:").build(SHARD_TAGS[shard], f"{slug}:{key_digest}")
+
+
 def every_shard(builder: Callable[..., str], *args: str) -> list[str]:
     """``builder(shard, *args)`` for every shard served."""
     return [builder(shard, *args) for shard in shards()]

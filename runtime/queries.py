@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from . import keys
 from .codec import unpack
+from .gather import gathered
 from .registry import Registry
 from .run_status import RunStatus
 from .shards import shard_of, shards
@@ -50,6 +51,11 @@ class RunView:
     #: Retries after the function's own code failed outside any step, over the whole run, and the last error.
     function_retries: int = 0
     function_error: str | None = None
+    #: Why the run has not started yet, for people ("debounced until ...", "batching 3/10 until ..."),
+    #: or None.
+    waiting: str | None = None
+    #: The events a debounced or batched run gathers (runtime/gather.py), or None.
+    gathered: dict[str, Any] | None = None
 
     @property
     def duplicate_executions(self) -> int:
@@ -83,7 +89,17 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         event_ids=[e for e in text("event_ids").split(",") if e],
         function_retries=_int(raw.get(b"fn_retries")) or 0,
         function_error=text("fn_error") or None,
+        **_gather_view(raw),
     )
+
+
+def _gather_view(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """A debounced or batched run's ``waiting`` and ``gathered`` (none for other runs)."""
+    found = gathered(raw)
+    if found is None:
+        return {}
+    waits = raw.get(b"status") == RunStatus.QUEUED.value.encode() and b"started" not in raw
+    return {"waiting": found.waiting() if waits else None, "gathered": found.to_dict()}
 
 
 async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunView | None:

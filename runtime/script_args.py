@@ -79,6 +79,8 @@ class CreateRunArgs(ScriptArgs):
     #: ``<max_state>,<retention_s>`` of the function, or '' for the defaults (see run_limits).
     limits: str
     n_rules: int
+    #: '' or how the run gathers events (debounce, batching: runtime/gather.py, lua/gather.lua).
+    gather: str = ""
 
 
 #: The scripts whose ARGV are named, by script name.

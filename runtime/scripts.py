@@ -49,11 +49,16 @@ def prelude() -> str:
     )
 
 
+#: Lua files put in front of a script's own text (helpers only that script needs).
+PARTS: dict[str, tuple[str, ...]] = {"create_run": ("gather",)}
+
+
 def body(name: str) -> str:
     """A script without the prelude: its named ARGV (``runtime/script_args.py``), if it has them,
-    then its text."""
+    its parts (``PARTS``), then its text."""
     named = BY_SCRIPT.get(name)
-    return (named.lua_header() if named else "") + script_text(name)
+    parts = "".join(script_text(part) + "\n" for part in PARTS.get(name, ()))
+    return (named.lua_header() if named else "") + parts + script_text(name)
 
 
 @cache

@@ -22,6 +22,7 @@ from stepq.event import Event
 
 from . import keys
 from .codec import pack, unpack
+from .gather import Gather
 from .jobs import FENCE as FENCE  # the run-record field of the run's fence (defined beside the job kinds)
 from .jobs import JobSpec, enqueue_keys, fence_field
 from .limits import Limits
@@ -216,10 +217,13 @@ class RunStore:
         rules: Sequence[Registration] = (),
         limits: Limits | None = None,
         pipe: Any = None,
+        gather: Gather | None = None,
     ) -> Any:
         """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on ``pipe``).
 
-        ``limits``: the function's (``RunStore.function_limits``); the run lives within them."""
+        ``limits``: the function's (``RunStore.function_limits``); the run lives within them.
+        ``gather``: the event gathers into a debounced or batched run (runtime/gather.py): it joins
+        the open run of its key (``created`` 2, that run's id) or creates one that waits."""
         at, shard = now_ms(), shard_of(run_id)
         if dedupe_key and shard != dedupe_shard(fn_slug, dedupe_key):
             raise ValueError(f"run {run_id} is not in the shard of its deduplication key (see shards.run_id_for)")
@@ -234,6 +238,7 @@ class RunStore:
                 *enqueue_keys(job, queue_id or app_id),
                 keys.runs_active(shard),
                 *(key for rule in rules for key in rule.key_names()),
+                *([gather.pointer] if gather else []),
             ],
             [
                 *CreateRunArgs(
@@ -243,12 +248,13 @@ class RunStore:
                     events_blob=blob,
                     now_ms=at,
                     payload=job.encode(at),
-                    ttl_ms=self.limits.job_grace_ms,
+                    ttl_ms=self.limits.job_grace_ms + (gather.delay_ms if gather else 0),
                     dedupe_ttl_s=self.limits.dedupe_s if dedupe_key else 0,
                     event_ids=",".join(event_ids or [e.id for e in events]),
                     parent=parent,
                     limits=(limits or self.limits).run_record(),
                     n_rules=len(rules),
+                    gather=gather.arg if gather else "",
                 ).argv(),
                 *(arg for rule in rules for arg in rule.args()),
             ],

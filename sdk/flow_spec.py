@@ -55,7 +55,7 @@ CONFIG_FIELDS = (
 
 #: The fields stepq enforces; each option joins as its enforcement lands. A function declaring any
 #: other is refused (``FlowControl.unenforced``), never run without its limit.
-ENFORCED: frozenset[str] = frozenset()
+ENFORCED: frozenset[str] = frozenset({"debounce", "batchEvents"})
 
 #: At most this many concurrency limits per level (``consts.MaxConcurrencyLimits``).
 MAX_CONCURRENCY_LIMITS = 2

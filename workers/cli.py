@@ -21,6 +21,7 @@ from stepq.event import Event
 from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.connection import connect
 from stepq.runtime.deadletter import DeadLetter, list_dead_letters
+from stepq.runtime.gather import Gathered
 from stepq.runtime.queries import get_run, list_runs
 from stepq.runtime.registry import FunctionOwnedError
 from stepq.runtime.run_status import RunStatus
@@ -229,6 +230,7 @@ def _runs(args: argparse.Namespace) -> int:
         print(
             f"{view.run_id:<28} {view.function:<32} {view.status:<10} "
             f"{_time(view.created_ms):<20} {_duration(view.started_ms or view.created_ms, view.ended_ms)}"
+            + (f"  {view.waiting}" if view.waiting else "")
         )
     return 0
 
@@ -269,6 +271,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ended     {_time(view.ended_ms)} ({_duration(view.started_ms or view.created_ms, view.ended_ms)})")
     if view.wake_at_ms:
         print(f"wakes at  {_time(view.wake_at_ms)}")
+    if view.waiting:
+        print(f"waiting   {view.waiting}")
+    elif view.gathered:
+        print(f"gathered  {Gathered(**view.gathered).summary()}")
     if view.status == "completed":
         print(f"output    {json.dumps(view.output)}")
     if view.error is not None:

@@ -1,7 +1,19 @@
 -- Create a run and enqueue its first job, at most once per dedupe key.
 -- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active, then per
 --       cancellation rule its wait keys (2 or 3: see register_wait_from in the prelude)
+--       and, when ARG.gather is set, the gathering's pointer last (see gather.lua)
 -- ARGV: the fields of CreateRunArgs (runtime/script_args.py), read by name as ARG.<field>, then per cancellation rule (4): field, member, record, path
+-- Returns {1, run id} (created), {0, run id} (not: a dedupe key's run, or an ignored debounced
+-- event), {2, run id} (the event joined an open debounce or batch: gather.lua).
+local gather, due = nil, tonumber(ARG.now_ms)
+if ARG.gather ~= '' then
+  gather = parse_gather(ARG.gather)
+  local joined = gather_join(KEYS, gather, due)
+  if joined then
+    return joined
+  end
+  due = gather_due(gather, due)
+end
 if ARG.dedupe_ttl_s ~= '0' then
   local existing = redis.call('GET', KEYS[3])
   if existing then
@@ -24,6 +36,9 @@ for _ = 1, tonumber(ARG.n_rules) do
   i = i + 4
 end
 redis.call('ZADD', KEYS[7], ARG.now_ms, ARG.run_id)
-enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, ARG.now_ms, ARG.ttl_ms, ARG.now_ms)
+enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, due, ARG.ttl_ms, ARG.now_ms)
 redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
+if gather then
+  gather_open(KEYS, gather, ARG.run_id, tonumber(ARG.now_ms), due)
+end
 return {1, ARG.run_id}

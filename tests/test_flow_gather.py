@@ -1,0 +1,344 @@
+"""Debounce and event batching (issue 11), with Inngest's semantics, on real Redis and real workers.
+
+Debounce: a burst gives one run with the last event, started at least ``period`` after it; a
+stream longer than ``timeout`` gives a run by the timeout (and the rest of the stream a new one);
+keys debounce apart; an event older than the run's is ignored. Batching: sizes and the timeout,
+keys, ``if`` (unbatched events run at once), concurrent senders, a batch full as its timeout comes,
+workers SIGKILLed while batches are pending: every event lands in exactly one run, and every run
+starts once. The same core checks run for functions served by the official ``inngest`` SDK
+(tests/apps/official_app.py), whose events reach ``ctx.events`` over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+import stepq
+from stepq.runtime import keys
+from stepq.runtime.queries import RunView
+from stepq.runtime.shards import shard_of
+from tests.helpers import REDIS_URL, TERMINAL, StartWorkers, read_lines, runs_of
+from tests.http_fixtures import Stack, start_stack, stepq_cli, sync_app
+
+APP = "t-gather"
+
+
+def fn(name: str) -> str:
+    return f"{APP}-{name}"
+
+
+async def send(sender: stepq.Client, name: str, data: dict[str, Any], ts: int | None = None) -> str:
+    [event_id] = await sender.send(stepq.Event(name=name, data=data, ts=ts or 0))
+    return event_id
+
+
+async def settled_runs(redis: Redis, function: str, events: int, timeout: float = 60.0) -> list[RunView]:
+    """The runs of ``function`` once they hold ``events`` events between them and all ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = await runs_of(redis, function)
+        held = sum(len(view.event_ids) for view in runs)
+        if held >= events and runs and all(view.status in TERMINAL for view in runs):
+            return [view for view in runs]
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{function}: {held} of {events} events in runs {[(v.run_id, v.status) for v in runs]}"
+            )
+        await asyncio.sleep(0.05)
+
+
+def batch_of(view: RunView) -> list[Any]:
+    """The ``i`` of each event a completed run saw, in order."""
+    assert view.status == "completed", f"run {view.run_id} {view.status}: {view.error}"
+    return [data.get("i") for data in view.output["events"]]
+
+
+def each_once(runs: Sequence[RunView], expected: Sequence[Any]) -> None:
+    """Every expected event is in exactly one run (its output and its record's event ids agree)."""
+    seen = Counter(i for view in runs for i in batch_of(view))
+    duplicated = {i: n for i, n in seen.items() if n > 1}
+    assert not duplicated, f"events in more than one run: {duplicated}"
+    assert sorted(seen) == sorted(expected), (
+        f"missing {set(expected) - set(seen)}, unexpected {set(seen) - set(expected)}"
+    )
+    for view in runs:
+        assert len(view.event_ids) == len(view.output["events"]), view
+
+
+# -- debounce ----------------------------------------------------------------------------------------
+
+
+async def test_a_burst_is_debounced_into_one_run_with_the_last_event_a_period_after_it(
+    start_workers: StartWorkers, sender: stepq.Client, redis: Redis
+) -> None:
+    start_workers("gather")
+    ids = []
+    for i in range(5):
+        last_sent = time.time()
+        ids.append(await send(sender, "gather/debounce", {"k": "a", "i": i}))
+        await asyncio.sleep(0.2)
+    [pending] = await runs_of(redis, fn("debounced"))
+    if pending.status == "queued":  # a slow machine may have started it already
+        assert pending.waiting is not None and pending.waiting.startswith("debounced until "), pending
+        assert pending.waiting.endswith('(key "a")'), pending
+    [view] = await settled_runs(redis, fn("debounced"), 1)
+    assert view.output["event"] == {"k": "a", "i": 4}
+    assert batch_of(view) == [4]
+    assert view.event_ids == [ids[-1]]
+    assert view.output["started"] >= last_sent + 1.0, "the run started before the period passed after the last event"
+    assert view.gathered is not None and view.gathered["events"] == 5 and view.gathered["kind"] == "debounce"
+    assert view.waiting is None
+
+
+async def test_debounce_keys_debounce_apart_and_an_older_event_is_ignored(
+    start_workers: StartWorkers, sender: stepq.Client, redis: Redis
+) -> None:
+    start_workers("gather")
+    now = int(time.time() * 1000)
+    await send(sender, "gather/debounce", {"k": "a", "i": 1}, ts=now)
+    await send(sender, "gather/debounce", {"k": "b", "i": 2}, ts=now)
+    await send(sender, "gather/debounce", {"k": "a", "i": 3}, ts=now + 5)
+    # older than the run's event (Inngest PR #975): it neither replaces it nor starts a run
+    await send(sender, "gather/debounce", {"k": "a", "i": 4}, ts=now - 60_000)
+    await send(sender, "gather/debounce", {"k": "b", "i": 5}, ts=now + 5)
+    runs = await settled_runs(redis, fn("debounced"), 2)
+    by_key = {view.output["event"]["k"]: view for view in runs}
+    assert sorted(by_key) == ["a", "b"] and len(runs) == 2, runs
+    assert batch_of(by_key["a"]) == [3] and batch_of(by_key["b"]) == [5]
+    assert by_key["a"].gathered is not None and by_key["a"].gathered["ignored"] == 1
+
+
+async def test_a_stream_longer_than_the_timeout_starts_a_run_by_the_timeout(
+    start_workers: StartWorkers, sender: stepq.Client, redis: Redis
+) -> None:
+    """period 2 s, timeout 3 s, an event every 0.4 s for 6 s: without the cap one run would start
+    2 s after the stream; with it the first run fires 3 s after the first event, mid-stream, and
+    the stream's later events debounce into the next run."""
+    start_workers("gather")
+    first_sent = time.time()
+    sent = 0
+    while time.time() < first_sent + 6.0:
+        await send(sender, "gather/debounce.capped", {"i": sent})
+        sent += 1
+        await asyncio.sleep(0.4)
+    runs = await settled_runs(redis, fn("debounced-capped"), 2)
+    runs.sort(key=lambda v: v.created_ms)
+    assert len(runs) >= 2, f"one run for a {time.time() - first_sent:.1f} s stream: the timeout did not cap it"
+    first = runs[0]
+    assert first.output["started"] >= first_sent + 3.0
+    assert batch_of(first)[0] < sent - 1, "the first run has the stream's last event: it waited for the stream's end"
+    assert batch_of(runs[-1]) == [sent - 1]
+
+
+# -- batching ----------------------------------------------------------------------------------------
+
+
+async def test_25_events_make_batches_of_10_10_and_5_the_last_after_the_timeout(
+    start_workers: StartWorkers, sender: stepq.Client, redis: Redis
+) -> None:
+    start_workers("gather")
+    sent_at = time.time()
+    await sender.send([stepq.Event(name="gather/batch", data={"i": i}) for i in range(25)])
+    runs = await settled_runs(redis, fn("batched"), 25)
+    sizes = sorted(len(batch_of(view)) for view in runs)
+    assert sizes == [5, 10, 10], sizes
+    each_once(runs, range(25))
+    for view in runs:
+        events = batch_of(view)
+        assert events == sorted(events), "a batch's events are in the order they were sent"
+        assert view.output["event"] == view.output["events"][0], "ctx.event is the batch's first event"
+    [last] = [view for view in runs if len(batch_of(view)) == 5]
+    assert batch_of(last) == [20, 21, 22, 23, 24]
+    assert last.output["started"] >= sent_at + 2.0, "the partial batch started before its timeout"
+
+
+async def test_batch_keys_batch_apart_and_events_failing_if_run_unbatched_at_once(
+    start_workers: StartWorkers, sender: stepq.Client, redis: Redis
+) -> None:
+    start_workers("gather")
+    for i, k in enumerate("aabaab"):
+        await send(sender, "gather/batch.keyed", {"k": k, "i": i})
+    for i in range(5):
+        await send(sender, "gather/batch.if", {"batch": i % 2 == 0, "i": i})
+    keyed = await settled_runs(redis, fn("batched-keyed"), 6)
+    got = sorted((view.output["events"][0]["k"], batch_of(view)) for view in keyed)
+    assert got == [("a", [0, 1, 3]), ("a", [4]), ("b", [2, 5])], got
+    for view in keyed:
+        assert {e["k"] for e in view.output["events"]} == {view.output["events"][0]["k"]}
+    unbatched = await settled_runs(redis, fn("batched-if"), 5)
+    got_if = sorted(batch_of(view) for view in unbatched)
+    assert got_if == [[0, 2, 4], [1], [3]], got_if
+    for view in unbatched:
+        if len(view.event_ids) == 1:
+            assert view.gathered is None, "an event failing `if` ran in a batch"
+
+
+async def test_concurrent_senders_lose_no_event_and_duplicate_none(start_workers: StartWorkers, redis: Redis) -> None:
+    start_workers("gather", n=2)
+    senders = [stepq.Client(f"sender-{n}", redis_url=REDIS_URL) for n in range(4)]
+    try:
+
+        async def burst(n: int, client: stepq.Client) -> None:
+            for j in range(40):
+                await client.send(stepq.Event(name="gather/batch", data={"i": n * 1000 + j}))
+                if j % 7 == 0:
+                    await asyncio.sleep(random.random() * 0.05)
+
+        await asyncio.gather(*(burst(n, client) for n, client in enumerate(senders)))
+    finally:
+        for client in senders:
+            await client.aclose()
+    runs = await settled_runs(redis, fn("batched"), 160)
+    each_once(runs, [n * 1000 + j for n in range(4) for j in range(40)])
+    assert all(len(view.event_ids) <= 10 for view in runs)
+    assert sum(1 for view in runs if len(view.event_ids) == 10) >= 14, [len(v.event_ids) for v in runs]
+
+
+async def test_a_batch_full_as_its_timeout_comes_starts_once(
+    start_workers: StartWorkers, sender: stepq.Client, redis: Redis, tmp_path: Path
+) -> None:
+    """max 2, timeout 1 s: the second event of each pair comes about when the first's timeout does.
+    Whichever wins, each event is in one run and each run's code starts once."""
+    start_workers("gather", n=2)
+    log = tmp_path / "pairs.log"
+    events = []
+    for pair in range(6):
+        first = 2 * pair
+        await send(sender, "gather/batch.pairs", {"i": first, "log": str(log)})
+        await asyncio.sleep(0.97 + random.random() * 0.06)
+        await send(sender, "gather/batch.pairs", {"i": first + 1, "log": str(log)})
+        events += [first, first + 1]
+    runs = await settled_runs(redis, fn("batched-pairs"), len(events))
+    each_once(runs, events)
+    starts = Counter(json.loads(line)["run"] for line in read_lines(log))
+    assert starts == Counter({view.run_id: 1 for view in runs}), starts
+
+
+async def test_workers_sigkilled_while_batches_are_pending_lose_no_event(
+    start_workers: StartWorkers, sender: stepq.Client, redis: Redis
+) -> None:
+    first, second = start_workers("gather", n=2)
+    await sender.send([stepq.Event(name="gather/batch", data={"i": i}) for i in range(15)])
+    first.proc.send_signal(signal.SIGKILL)
+    for i in range(15, 22):
+        await send(sender, "gather/batch", {"i": i})
+    second.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(timeout=10)
+    second.proc.wait(timeout=10)
+    pending = [view for view in await runs_of(redis, fn("batched")) if view.status not in TERMINAL]
+    assert pending, "no batch was pending when the workers died"
+    start_workers("gather")
+    runs = await settled_runs(redis, fn("batched"), 22, timeout=90)
+    each_once(runs, range(22))
+
+
+# -- why a run waits: the CLI ------------------------------------------------------------------------
+
+
+async def test_stepq_run_and_runs_say_why_a_gathered_run_waits(
+    start_workers: StartWorkers, sender: stepq.Client, redis: Redis
+) -> None:
+    """The app's worker registered it and stopped: the runs wait (no worker would start them)."""
+    [worker] = start_workers("gather")
+    worker.stop()
+    for i in range(3):
+        await send(sender, "gather/batch", {"i": i})
+    await send(sender, "gather/debounce", {"k": "doc-7", "i": 9})
+    [batch] = await runs_of(redis, fn("batched"))
+    [debounce] = await runs_of(redis, fn("debounced"))
+    shown = stepq_cli("run", batch.run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "waiting   batching 3/10 until 20" in shown.stdout, shown.stdout
+    shown = stepq_cli("run", debounce.run_id)
+    assert "waiting   debounced until 20" in shown.stdout and '(key "doc-7")' in shown.stdout, shown.stdout
+    listed = stepq_cli("runs")
+    assert "batching 3/10 until" in listed.stdout and "debounced until" in listed.stdout, listed.stdout
+    # the queue holds each run's one first job, delayed to when it fires: nothing polls meanwhile
+    for view in (batch, debounce):
+        score = await redis.zscore(keys.queue(shard_of(view.run_id), APP), f"{view.run_id}:p0:a0")
+        assert score is not None and view.gathered is not None and score == view.gathered["until_ms"]
+
+
+# -- served functions (the official inngest SDK) -------------------------------------------------------
+
+
+@pytest.fixture(scope="class")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """``stepq api --dev``, ``stepq worker --http`` and the official-SDK app, synced."""
+    stack = start_stack(
+        tmp_path_factory.mktemp("gather-served"),
+        "tests.apps.official_app:app",
+        api_env={},
+        worker_env={},
+        app_env={"INNGEST_DEV": "1"},
+        dev=True,
+    )
+    try:
+        response = sync_app(stack.app.url)  # type: ignore[attr-defined]
+        assert response.status_code == 200, f"sync failed: {response.status_code} {response.text}\n{stack.output()}"
+        yield stack
+    finally:
+        stack.stop()
+
+
+async def post_events(api_url: str, events: list[dict[str, Any]]) -> list[str]:
+    """``POST /e/<key>`` with a list of events, as any Inngest SDK sends them; their ids."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(f"{api_url}/e/anykey", json=events)
+    assert response.status_code == 200, response.text
+    return list(response.json()["ids"])
+
+
+class TestServedByTheOfficialSdk:
+    async def test_a_served_debounce_runs_once_with_the_last_event_and_the_api_says_why_it_waits(
+        self, served: Stack, db: Redis
+    ) -> None:
+        ids = []
+        for i in range(4):
+            last_sent = time.time()
+            ids += await post_events(served.api_url, [{"name": "compat/debounce", "data": {"k": "s", "i": i}}])
+            await asyncio.sleep(0.2)
+        [pending] = await runs_of(db, "compat-debounced")
+        async with httpx.AsyncClient(timeout=30) as http:
+            shown = (await http.get(f"{served.api_url}/v0/runs/{pending.run_id}")).json()
+        assert shown["gathered"]["kind"] == "debounce" and shown["gathered"]["key"] == '"s"', shown
+        if shown["status"] == "queued":
+            assert shown["waiting"].startswith("debounced until "), shown
+        try:
+            [view] = await settled_runs(db, "compat-debounced", 1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{served.output()}") from None
+        assert view.status == "completed", f"{view.error}\n{served.output()}"
+        assert view.output["events"] == [{"k": "s", "i": 3}] and view.output["event"] == {"k": "s", "i": 3}
+        assert view.event_ids == [ids[-1]]
+        assert view.output["started"] >= last_sent + 1.0
+
+    async def test_served_batches_reach_ctx_events_over_http_by_size_timeout_and_key(
+        self, served: Stack, db: Redis
+    ) -> None:
+        sent_at = time.time()
+        events = [{"name": "compat/batch", "data": {"k": k, "i": i}} for i, k in enumerate("abaabba")]
+        await post_events(served.api_url, events)
+        try:
+            runs = await settled_runs(db, "compat-batched", len(events))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{served.output()}") from None
+        each_once(runs, range(len(events)))
+        got = sorted((view.output["events"][0]["k"], batch_of(view)) for view in runs)
+        assert got == [("a", [0, 2, 3]), ("a", [6]), ("b", [1, 4, 5])], got
+        [partial] = [view for view in runs if len(view.event_ids) == 1]
+        assert partial.output["started"] >= sent_at + 1.0, "the partial batch started before its timeout"
+        for view in runs:
+            assert view.output["event"] == view.output["events"][0]
