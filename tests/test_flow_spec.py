@@ -20,6 +20,7 @@ import pytest
 import stepq
 from stepq.errors import FunctionConfigError
 from stepq.flow_spec import (
+    ENFORCED,
     BatchSpec,
     ConcurrencyLimit,
     DebounceSpec,
@@ -369,11 +370,14 @@ def test_registration_gives_the_precise_error_before_refusing() -> None:
         FunctionConfigError, match=re.escape("functions[0].batchEvents: batching cannot be combined with cancel")
     ):
         parse_register(_register(batchEvents={"maxSize": 5, "timeout": "5s"}, cancel=[{"event": "stop"}]))
+    # an enforced field (debounce) is accepted; the refusal names only the others
     with pytest.raises(
         FunctionConfigError,
-        match=re.escape("functions[0].concurrency, functions[0].debounce: flow control is not supported by stepq yet"),
+        match=re.escape("functions[0].concurrency: flow control is not supported by stepq yet"),
     ):
         parse_register(_register(concurrency=[{"limit": 2}], debounce={"period": "5s"}))
+    _, configs = parse_register(_register(debounce={"period": "5s"}, batchEvents=None))
+    assert configs[0]["flow"] == {"debounce": {"period": "5s"}}
     _, configs = parse_register(_register(concurrency=[], throttle=None, singleton={}))
     assert configs[0]["flow"] == {"concurrency": [], "singleton": {}}  # stored as sent: no limit
 
@@ -385,7 +389,8 @@ def test_an_official_sdk_app_with_flow_control_is_validated_then_refused() -> No
             {"url": APP_URL, "appName": "app", "sdk": "py:v0.5.0", "framework": "fastapi", "functions": [official]}
         )
     for field in ("concurrency", "throttle", "debounce", "idempotency", "singleton"):
-        assert f"functions[0].{field}" in str(caught.value)
+        # the enforced ones are accepted, not named
+        assert (f"functions[0].{field}" in str(caught.value)) is (field not in ENFORCED), field
     official["throttle"]["period"] = "10d"
     with pytest.raises(
         FunctionConfigError, match=re.escape("functions[0].throttle.period: must be from 1s to 1w, got '10d'")
