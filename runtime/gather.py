@@ -30,6 +30,8 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
+from redis.asyncio import Redis
+
 from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
 
@@ -141,6 +143,13 @@ def gathered(raw: dict[bytes, bytes]) -> Gathered | None:
         max_size=number(b"gather_max"),
         ignored=number(b"gather_ignored"),
     )
+
+
+async def fired_at(redis: Redis, run_id: str) -> int | None:
+    """When a debounced or batched run fired (its ``Timeouts.start`` counts from then, as Inngest
+    creates such a run only then); None for a run that gathers no events."""
+    raw: bytes | None = await redis.hget(keys.run(run_id), "gather_until")  # type: ignore[misc]
+    return int(raw) if raw is not None and raw.isdigit() else None
 
 
 def _time(ms: int) -> str:

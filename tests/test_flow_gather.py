@@ -244,6 +244,15 @@ async def test_workers_sigkilled_while_batches_are_pending_lose_no_event(
     each_once(runs, range(22))
 
 
+async def test_a_start_timeout_counts_from_when_the_batch_fired(
+    start_workers: StartWorkers, sender: stepq.Client, redis: Redis
+) -> None:
+    start_workers("gather")
+    await sender.send([stepq.Event(name="gather/batch.start-timeout", data={"i": i}) for i in range(2)])
+    [view] = await settled_runs(redis, fn("batched-start-timeout"), 2)
+    assert batch_of(view) == [0, 1]
+
+
 # -- why a run waits: the CLI ------------------------------------------------------------------------
 
 
