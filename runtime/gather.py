@@ -106,10 +106,13 @@ class Gathered:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def waiting(self) -> str:
-        """Why a run that has not started yet waits, for people."""
+    def waiting(self, now_ms: int) -> str:
+        """Why a run that has not started yet waits, for people (``now_ms``: the reader's clock)."""
         until = _time(self.until_ms)
         key = f" (key {self.key})" if self.key else ""
+        what = "debounced" if self.kind == "debounce" else f"batch of {self.events}/{self.max_size}"
+        if self.until_ms <= now_ms:
+            return f"{what}{key}: fired at {until}, waiting for a worker"
         if self.kind == "debounce":
             return f"debounced until {until}{key}"
         return f"batching {self.events}/{self.max_size} until {until}{key}"

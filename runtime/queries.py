@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from redis.asyncio import Redis
@@ -99,7 +100,7 @@ def _gather_view(raw: dict[bytes, bytes]) -> dict[str, Any]:
     if found is None:
         return {}
     waits = raw.get(b"status") == RunStatus.QUEUED.value.encode() and b"started" not in raw
-    return {"waiting": found.waiting() if waits else None, "gathered": found.to_dict()}
+    return {"waiting": found.waiting(int(time.time() * 1000)) if waits else None, "gathered": found.to_dict()}
 
 
 async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunView | None:

@@ -100,3 +100,13 @@ async def batched_pairs(ctx: inngest.Context) -> dict[str, Any]:
 async def batched_start_timeout(ctx: inngest.Context) -> dict[str, Any]:
     """Its start timeout (1 s) is shorter than its batch's (2 s): it counts from when the batch fired."""
     return await _seen(ctx)
+
+
+@client.create_function(
+    id="batched-wide",
+    trigger=inngest.TriggerEvent(event="gather/batch.wide"),
+    batch_events=inngest.Batch(max_size=20, timeout=dt.timedelta(seconds=1)),
+    retries=0,
+)
+async def batched_wide(ctx: inngest.Context) -> dict[str, Any]:
+    return await _seen(ctx)
