@@ -51,8 +51,10 @@ local function open_run(pointer, queue, now)
   if not score or score <= now or redis.call('EXISTS', key_in_progress(job_id)) == 1 then
     return nil
   end
-  local got = redis.call('HMGET', key_run(run_id), 'status', 'started')
-  if got[1] ~= STATUS_QUEUED or got[2] then
+  -- gather_until: a run whose claim loaded nothing (and whose worker died) is queued and not
+  -- started, but its time came all the same
+  local got = redis.call('HMGET', key_run(run_id), 'status', 'started', 'gather_until')
+  if got[1] ~= STATUS_QUEUED or got[2] or (tonumber(got[3] or '') or 0) <= now then
     return nil
   end
   return run_id, job_id, score
