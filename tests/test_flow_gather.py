@@ -28,7 +28,9 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime import keys
+from stepq.runtime.codec import unpack
 from stepq.runtime.queries import RunView
+from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of
 from tests.helpers import REDIS_URL, TERMINAL, StartWorkers, read_lines, runs_of
 from tests.http_fixtures import Stack, start_stack, stepq_cli, sync_app
@@ -286,6 +288,80 @@ async def test_a_cancelled_pending_batch_runs_nothing_and_the_next_event_opens_a
     done = [view for view in runs if view.status == "completed"]
     assert [view.status for view in runs if view.run_id == pending.run_id] == ["cancelled"]
     assert [batch_of(view) for view in done] == [[3]]
+
+
+# -- when a run is open: decided in the script that stores the event -----------------------------------
+
+
+async def register_gather_app(redis: Redis) -> None:
+    """Register tests/apps/gather.py's functions as its worker would, without a worker: runs wait."""
+    from tests.apps.gather import client
+
+    await Registry(redis).register_app(APP, [f.config() for f in client.functions.values()])
+
+
+async def first_job(redis: Redis, run_id: str) -> tuple[str, float | None]:
+    job_id = f"{run_id}:p0:a0"
+    return job_id, await redis.zscore(keys.queue(shard_of(run_id), APP), job_id)
+
+
+async def gathered_ids(redis: Redis, function: str) -> dict[str, list[Any]]:
+    """Each run's events' ``i``, read from the events the run will start with."""
+    out = {}
+    for view in await runs_of(redis, function):
+        blob = await redis.get(keys.events(view.run_id))
+        assert blob is not None
+        out[view.run_id] = [e["data"]["i"] for e in unpack(blob)]
+    return out
+
+
+async def test_a_batch_takes_events_only_while_its_job_waits_unclaimed_and_not_due(
+    sender: stepq.Client, redis: Redis
+) -> None:
+    """Whatever a worker does between two events (claims the job, or lets its time come), the next
+    event joins the run only if it will still see it: once the job is claimed or due, it opens a new
+    run. So no event is in a run that started without it, and a batch's job is claimed once."""
+    await register_gather_app(redis)
+    await send(sender, "gather/batch", {"i": 0})
+    [claimed] = await runs_of(redis, fn("batched"))
+    job_id, score = await first_job(redis, claimed.run_id)
+    assert score is not None and claimed.gathered is not None and score == claimed.gathered["until_ms"]
+    await redis.set(keys.in_progress(job_id), "a-worker's-token", px=60_000)  # as a claim does
+    await send(sender, "gather/batch", {"i": 1})
+    [due] = [v for v in await runs_of(redis, fn("batched")) if v.run_id != claimed.run_id]
+    due_job, _ = await first_job(redis, due.run_id)
+    await redis.zadd(keys.queue(shard_of(due.run_id), APP), {due_job: time.time() * 1000 - 1})  # its time came
+    for i in range(2, 13):
+        await send(sender, "gather/batch", {"i": i})
+    runs = await gathered_ids(redis, fn("batched"))
+    assert runs[claimed.run_id] == [0] and runs[due.run_id] == [1]
+    rest = sorted(ids for run_id, ids in runs.items() if run_id not in (claimed.run_id, due.run_id))
+    assert rest == [list(range(2, 12)), [12]], rest
+    # the full batch's job is due now; the next one waits for its timeout
+    for run_id, ids in runs.items():
+        _, score = await first_job(redis, run_id)
+        if ids == list(range(2, 12)):
+            assert score is not None and score <= time.time() * 1000
+        if ids == [12]:
+            assert score is not None and score > time.time() * 1000
+
+
+async def test_a_debounced_event_moves_the_waiting_job_later_and_replaces_the_event(
+    sender: stepq.Client, redis: Redis
+) -> None:
+    await register_gather_app(redis)
+    await send(sender, "gather/debounce", {"k": "m", "i": 0})
+    [run] = await runs_of(redis, fn("debounced"))
+    _, before = await first_job(redis, run.run_id)
+    await asyncio.sleep(0.05)
+    sent = time.time()
+    await send(sender, "gather/debounce", {"k": "m", "i": 1})
+    [again] = await runs_of(redis, fn("debounced"))
+    _, after = await first_job(redis, run.run_id)
+    assert again.run_id == run.run_id and before is not None and after is not None
+    assert after >= sent * 1000 + 1000 > before
+    assert (await gathered_ids(redis, fn("debounced")))[run.run_id] == [1]
+    assert again.gathered is not None and again.gathered["until_ms"] == after and again.gathered["events"] == 2
 
 
 # -- why a run waits: the CLI ------------------------------------------------------------------------
