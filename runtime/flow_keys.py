@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from stepq.expressions import Bindings, ExpressionError, compile_expression
+from stepq.expressions import Bindings, ExpressionError, ExpressionEvalError, compile_expression
 from stepq.triggers import TRIGGER_VARIABLES
 
 log = structlog.get_logger("stepq.flow")
@@ -51,7 +51,7 @@ def evaluate(expression: str, bindings: Bindings) -> Any:
     The expression compiled when the function was registered; a failure here is logged."""
     try:
         return compile_expression(expression, variables=TRIGGER_VARIABLES).evaluate(bindings)
-    except ExpressionError as exc:
+    except (ExpressionError, ExpressionEvalError) as exc:  # an event without the field: no crash of the send
         log.debug("flow.key_unevaluated", expression=expression, error=str(exc))
         return None
 
