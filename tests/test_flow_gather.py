@@ -170,19 +170,23 @@ async def test_25_events_make_batches_of_10_10_and_5_the_last_after_the_timeout(
 async def test_batch_keys_batch_apart_and_events_failing_if_run_unbatched_at_once(
     start_workers: StartWorkers, sender: stepq.Client, redis: Redis
 ) -> None:
+    """An event without the key's field batches under the null key; one whose ``if`` cannot be
+    evaluated (no such field) runs unbatched, as a trigger expression that fails does not match."""
     start_workers("gather")
     for i, k in enumerate("aabaab"):
         await send(sender, "gather/batch.keyed", {"k": k, "i": i})
+    await send(sender, "gather/batch.keyed", {"i": 6})
     for i in range(5):
         await send(sender, "gather/batch.if", {"batch": i % 2 == 0, "i": i})
-    keyed = await settled_runs(redis, fn("batched-keyed"), 6)
-    got = sorted((view.output["events"][0]["k"], batch_of(view)) for view in keyed)
-    assert got == [("a", [0, 1, 3]), ("a", [4]), ("b", [2, 5])], got
+    await send(sender, "gather/batch.if", {"i": 5})
+    keyed = await settled_runs(redis, fn("batched-keyed"), 7)
+    got = sorted((str(view.output["events"][0].get("k")), batch_of(view)) for view in keyed)
+    assert got == [("None", [6]), ("a", [0, 1, 3]), ("a", [4]), ("b", [2, 5])], got
     for view in keyed:
-        assert {e["k"] for e in view.output["events"]} == {view.output["events"][0]["k"]}
-    unbatched = await settled_runs(redis, fn("batched-if"), 5)
+        assert {e.get("k") for e in view.output["events"]} == {view.output["events"][0].get("k")}
+    unbatched = await settled_runs(redis, fn("batched-if"), 6)
     got_if = sorted(batch_of(view) for view in unbatched)
-    assert got_if == [[0, 2, 4], [1], [3]], got_if
+    assert got_if == [[0, 2, 4], [1], [3], [5]], got_if
     for view in unbatched:
         if len(view.event_ids) == 1:
             assert view.gathered is None, "an event failing `if` ran in a batch"
@@ -439,17 +443,22 @@ class TestServedByTheOfficialSdk:
         for i in range(4):
             last_sent = time.time()
             ids += await post_events(served.api_url, [{"name": "compat/debounce", "data": {"k": "s", "i": i}}])
+            if i == 1:  # another key debounces apart
+                await post_events(served.api_url, [{"name": "compat/debounce", "data": {"k": "t", "i": 10}}])
             await asyncio.sleep(0.2)
-        [pending] = await runs_of(db, "compat-debounced")
+        debounced = await runs_of(db, "compat-debounced")
+        [pending] = [view for view in debounced if view.gathered and view.gathered["key"] == '"s"']
         async with httpx.AsyncClient(timeout=30) as http:
             shown = (await http.get(f"{served.api_url}/v0/runs/{pending.run_id}")).json()
         assert shown["gathered"]["kind"] == "debounce" and shown["gathered"]["key"] == '"s"', shown
         if shown["status"] == "queued":
             assert shown["waiting"].startswith("debounced "), shown
         try:
-            [view] = await settled_runs(db, "compat-debounced", 1)
+            runs = await settled_runs(db, "compat-debounced", 2)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{served.output()}") from None
+        assert sorted(batch_of(view) for view in runs) == [[3], [10]]
+        [view] = [view for view in runs if view.run_id == pending.run_id]
         assert view.status == "completed", f"{view.error}\n{served.output()}"
         assert view.output["events"] == [{"k": "s", "i": 3}] and view.output["event"] == {"k": "s", "i": 3}
         assert view.event_ids == [ids[-1]]
@@ -460,6 +469,7 @@ class TestServedByTheOfficialSdk:
     ) -> None:
         sent_at = time.time()
         events = [{"name": "compat/batch", "data": {"k": k, "i": i}} for i, k in enumerate("abaabba")]
+        events.append({"name": "compat/batch", "data": {"k": "solo", "i": 7}})  # `if` false: unbatched
         await post_events(served.api_url, events)
         try:
             runs = await settled_runs(db, "compat-batched", len(events))
@@ -467,8 +477,10 @@ class TestServedByTheOfficialSdk:
             raise AssertionError(f"{exc}\n{served.output()}") from None
         each_once(runs, range(len(events)))
         got = sorted((view.output["events"][0]["k"], batch_of(view)) for view in runs)
-        assert got == [("a", [0, 2, 3]), ("a", [6]), ("b", [1, 4, 5])], got
-        [partial] = [view for view in runs if len(view.event_ids) == 1]
+        assert got == [("a", [0, 2, 3]), ("a", [6]), ("b", [1, 4, 5]), ("solo", [7])], got
+        [partial] = [view for view in runs if batch_of(view) == [6]]
+        [solo] = [view for view in runs if batch_of(view) == [7]]
+        assert solo.gathered is None, "an event failing `if` ran in a batch"
         assert partial.output["started"] >= sent_at + 1.0, "the partial batch started before its timeout"
         for view in runs:
             assert view.output["event"] == view.output["events"][0]

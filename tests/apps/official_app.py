@@ -247,7 +247,9 @@ async def debounced(ctx: inngest.Context) -> dict[str, Any]:
 @client.create_function(
     fn_id="batched",
     trigger=inngest.TriggerEvent(event="compat/batch"),
-    batch_events=inngest.Batch(max_size=3, timeout=dt.timedelta(seconds=1), key="event.data.k"),
+    batch_events=inngest.Batch(
+        max_size=3, timeout=dt.timedelta(seconds=1), key="event.data.k", if_exp="event.data.k != 'solo'"
+    ),
     retries=1,
 )
 async def batched(ctx: inngest.Context) -> dict[str, Any]:
