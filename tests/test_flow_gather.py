@@ -38,6 +38,12 @@ from tests.http_fixtures import Stack, start_stack, stepq_cli, sync_app
 APP = "t-gather"
 
 
+def sent_ms() -> int:
+    """Now, as the sender stamps it (whole milliseconds, rounded down): a time measured in the test
+    before a send is never after the send's own."""
+    return int(time.time() * 1000)
+
+
 def fn(name: str) -> str:
     return f"{APP}-{name}"
 
@@ -89,7 +95,7 @@ async def test_a_burst_is_debounced_into_one_run_with_the_last_event_a_period_af
     start_workers("gather")
     ids = []
     for i in range(5):
-        last_sent = time.time()
+        last_sent = sent_ms() / 1000
         ids.append(await send(sender, "gather/debounce", {"k": "a", "i": i}))
         await asyncio.sleep(0.2)
     [pending] = await runs_of(redis, fn("debounced"))
@@ -130,7 +136,7 @@ async def test_a_stream_longer_than_the_timeout_starts_a_run_by_the_timeout(
     2 s after the stream; with it the first run fires 3 s after the first event, mid-stream, and
     the stream's later events debounce into the next run."""
     start_workers("gather")
-    first_sent = time.time()
+    first_sent = sent_ms() / 1000
     sent = 0
     while time.time() < first_sent + 6.0:
         await send(sender, "gather/debounce.capped", {"i": sent})
@@ -152,7 +158,7 @@ async def test_25_events_make_batches_of_10_10_and_5_the_last_after_the_timeout(
     start_workers: StartWorkers, sender: stepq.Client, redis: Redis
 ) -> None:
     start_workers("gather")
-    sent_at = time.time()
+    sent_at = sent_ms() / 1000
     await sender.send([stepq.Event(name="gather/batch", data={"i": i}) for i in range(25)])
     runs = await settled_runs(redis, fn("batched"), 25)
     sizes = sorted(len(batch_of(view)) for view in runs)
@@ -358,12 +364,12 @@ async def test_a_debounced_event_moves_the_waiting_job_later_and_replaces_the_ev
     [run] = await runs_of(redis, fn("debounced"))
     _, before = await first_job(redis, run.run_id)
     await asyncio.sleep(0.05)
-    sent = time.time()
+    sent = sent_ms() / 1000
     await send(sender, "gather/debounce", {"k": "m", "i": 1})
     [again] = await runs_of(redis, fn("debounced"))
     _, after = await first_job(redis, run.run_id)
     assert again.run_id == run.run_id and before is not None and after is not None
-    assert after >= sent * 1000 + 1000 > before
+    assert after >= round(sent * 1000) + 1000 > before
     assert (await gathered_ids(redis, fn("debounced")))[run.run_id] == [1]
     assert again.gathered is not None and again.gathered["until_ms"] == after and again.gathered["events"] == 2
 
@@ -441,7 +447,7 @@ class TestServedByTheOfficialSdk:
     ) -> None:
         ids = []
         for i in range(4):
-            last_sent = time.time()
+            last_sent = sent_ms() / 1000
             ids += await post_events(served.api_url, [{"name": "compat/debounce", "data": {"k": "s", "i": i}}])
             if i == 1:  # another key debounces apart
                 await post_events(served.api_url, [{"name": "compat/debounce", "data": {"k": "t", "i": 10}}])
@@ -467,7 +473,7 @@ class TestServedByTheOfficialSdk:
     async def test_served_batches_reach_ctx_events_over_http_by_size_timeout_and_key(
         self, served: Stack, db: Redis
     ) -> None:
-        sent_at = time.time()
+        sent_at = sent_ms() / 1000
         events = [{"name": "compat/batch", "data": {"k": k, "i": i}} for i, k in enumerate("abaabba")]
         events.append({"name": "compat/batch", "data": {"k": "solo", "i": 7}})  # `if` false: unbatched
         await post_events(served.api_url, events)
