@@ -29,7 +29,7 @@ from . import keys, matching, waits
 from .codec import pack
 from .gather import gathering
 from .registry import FunctionRecord, Registry, Route
-from .scripts import body, prelude, script_text, source
+from .scripts import body, libraries, prelude, script_text, source
 from .store import RunStore, now_ms
 
 log = structlog.get_logger("stepq.ingest")
@@ -69,6 +69,7 @@ def batch_script() -> str:
     ARGV (so a run is created by the very code ``RunStore.create_run`` calls), then the batch loop."""
     return (
         prelude()
+        + libraries("create_run")
         + "\nlocal function create_run(KEYS, ARGV)\n"
         + body("create_run")
         + "\nend\n"

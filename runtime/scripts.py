@@ -49,22 +49,26 @@ def prelude() -> str:
     )
 
 
-#: Lua files put in front of a script's own text (helpers only that script needs).
-PARTS: dict[str, tuple[str, ...]] = {"create_run": ("gather",)}
+#: Helpers only some scripts use (runtime/lua/<library>.lua), put after the prelude of those only.
+LIBRARIES: dict[str, tuple[str, ...]] = {"create_run": ("gather",)}
+
+
+def libraries(name: str) -> str:
+    """The helper libraries script ``name`` uses (see ``LIBRARIES``), as one text ('' for none)."""
+    return "".join("\n" + script_text(library) for library in LIBRARIES.get(name, ()))
 
 
 def body(name: str) -> str:
     """A script without the prelude: its named ARGV (``runtime/script_args.py``), if it has them,
-    its parts (``PARTS``), then its text."""
+    then its text."""
     named = BY_SCRIPT.get(name)
-    parts = "".join(script_text(part) + "\n" for part in PARTS.get(name, ()))
-    return (named.lua_header() if named else "") + parts + script_text(name)
+    return (named.lua_header() if named else "") + script_text(name)
 
 
 @cache
 def source(name: str) -> str:
-    """A script's text, with the shared prelude in front."""
-    return prelude() + "\n" + body(name)
+    """A script's text, with the shared prelude (and its libraries) in front."""
+    return prelude() + libraries(name) + "\n" + body(name)
 
 
 class Scripts:

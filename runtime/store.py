@@ -223,7 +223,7 @@ class RunStore:
 
         ``limits``: the function's (``RunStore.function_limits``); the run lives within them.
         ``gather``: the event gathers into a debounced or batched run (runtime/gather.py): it joins
-        the open run of its key (``created`` 2, that run's id) or creates one that waits."""
+        the open run of its key (``created`` 0, that run's id) or creates one that waits."""
         at, shard = now_ms(), shard_of(run_id)
         if dedupe_key and shard != dedupe_shard(fn_slug, dedupe_key):
             raise ValueError(f"run {run_id} is not in the shard of its deduplication key (see shards.run_id_for)")

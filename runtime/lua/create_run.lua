@@ -3,12 +3,12 @@
 --       cancellation rule its wait keys (2 or 3: see register_wait_from in the prelude)
 --       and, when ARG.gather is set, the gathering's pointer last (see gather.lua)
 -- ARGV: the fields of CreateRunArgs (runtime/script_args.py), read by name as ARG.<field>, then per cancellation rule (4): field, member, record, path
--- Returns {1, run id} (created), {0, run id} (not: a dedupe key's run, or an ignored debounced
--- event), {2, run id} (the event joined an open debounce or batch: gather.lua).
+-- Returns {1, run id} (created), or {0, run id} when no run was created: the run of the dedupe key,
+-- or the open debounce or batch the event joined (or, older than its event, was ignored by).
 local gather, due = nil, tonumber(ARG.now_ms)
 if ARG.gather ~= '' then
   gather = parse_gather(ARG.gather)
-  local joined = gather_join(KEYS, gather, due)
+  local joined = gather_join(KEYS, gather, due, ARG.events_blob, ARG.event_ids)
   if joined then
     return joined
   end
@@ -39,6 +39,6 @@ redis.call('ZADD', KEYS[7], ARG.now_ms, ARG.run_id)
 enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, due, ARG.ttl_ms, ARG.now_ms)
 redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
 if gather then
-  gather_open(KEYS, gather, ARG.run_id, tonumber(ARG.now_ms), due)
+  gather_open(KEYS, gather, ARG.run_id, tonumber(ARG.now_ms), due, ARG.events_blob)
 end
 return {1, ARG.run_id}

@@ -1,7 +1,9 @@
--- Debounce and event batching (runtime/gather.py): part of create_run.lua, put in front of it by
--- runtime/scripts.py. An event of a function that gathers events either joins the open run of its
--- key (gather_join), or creates a run whose first job waits until it fires (gather_due, gather_open).
--- ARG.gather: 'debounce|<period ms>|<timeout ms, 0: none>|<event ts>|<key shown>' or
+-- Debounce and event batching (runtime/gather.py): helpers of create_run.lua, one of its libraries
+-- (runtime/scripts.py LIBRARIES: after the prelude and outside create_run's body, so they take what
+-- they need as arguments rather than read its ARG). An event of a function that gathers events
+-- either joins the open run of its key (gather_join), or creates a run whose first job waits until
+-- it fires (gather_due, gather_open).
+-- create_run's ARG.gather: 'debounce|<period ms>|<timeout ms, 0: none>|<event ts>|<key shown>' or
 --             'batch|<max size>|<timeout ms>|<max bytes>|<key shown>'; then the pointer key
 --             (keys.debounce or keys.batch: the run gathering the key's events) is the last of KEYS.
 -- A run is open while its first job waits on its queue, unclaimed and not yet due: once a worker
@@ -77,9 +79,10 @@ local function start_batch(pointer, queue, run, job_id, score, now)
   redis.call('DEL', pointer)
 end
 
--- The event joins its key's open run: create_run's reply ({2, run id}: joined; {0, run id}: a
--- debounced event older than the run's, ignored), or nil when no run is open (the caller creates one).
-local function gather_join(keys, g, now)
+-- The event (``blob``: the msgpack array of it, ``event_ids``: its id) joins its key's open run:
+-- create_run's reply, {0, run id} (no run created: the event joined that run, or was a debounced
+-- event older than the run's and ignored), or nil when no run is open (the caller creates one).
+local function gather_join(keys, g, now, blob, event_ids)
   local pointer, queue = keys[#keys], keys[6]
   local run_id, job_id, score = open_run(pointer, queue, now)
   if not run_id then
@@ -97,14 +100,14 @@ local function gather_join(keys, g, now)
     if deadline and deadline < due then
       due = deadline
     end
-    redis.call('SET', events, ARG.events_blob)
-    redis.call('HSET', run, 'event_ids', ARG.event_ids, 'state_bytes', string.len(ARG.events_blob), 'gather_ts', g.c,
-      'gather_until', due)
+    redis.call('SET', events, blob)
+    redis.call('HSET', run, 'event_ids', event_ids, 'state_bytes', string.len(blob), 'gather_ts', g.c, 'gather_until',
+      due)
     move_job(queue, job_id, score, due, now)
     redis.call('PEXPIRE', pointer, due - now + GATHER_SLACK_MS)
-    return {2, run_id}
+    return {0, run_id}
   end
-  local _, body = array_parts(ARG.events_blob)
+  local _, body = array_parts(blob)
   local got = redis.call('HMGET', run, 'gather_n', 'state_bytes', 'event_ids')
   local n, size = tonumber(got[1] or '0'), tonumber(got[2] or '0')
   if n >= g.a or size + string.len(body) > g.c then
@@ -117,11 +120,11 @@ local function gather_join(keys, g, now)
   redis.call('APPEND', events, body)
   redis.call('SETRANGE', events, 1, array16_count(n))
   redis.call('HSET', run, 'gather_n', n, 'state_bytes', size + string.len(body), 'event_ids',
-    (got[3] or '') .. ',' .. ARG.event_ids)
+    (got[3] or '') .. ',' .. event_ids)
   if n >= g.a then
     start_batch(pointer, queue, run, job_id, score, now)
   end
-  return {2, run_id}
+  return {0, run_id}
 end
 
 -- When a new run of this gathering fires, unless later events move it.
@@ -135,9 +138,9 @@ local function gather_due(g, now)
   return now + g.a
 end
 
--- Record a new run's gathering (create_run just created it, its first job queued at ``due``) and
--- point its key at it.
-local function gather_open(keys, g, run_id, now, due)
+-- Record a new run's gathering (create_run just created it from ``blob``, its first job queued at
+-- ``due``) and point its key at it.
+local function gather_open(keys, g, run_id, now, due, blob)
   local run = key_run(run_id)
   redis.call('HSET', run, 'gather', g.kind, 'gather_key', g.shown, 'gather_until', due, 'gather_n', 1)
   if g.kind == 'debounce' then
@@ -146,10 +149,10 @@ local function gather_open(keys, g, run_id, now, due)
       redis.call('HSET', run, 'gather_deadline', now + g.b)
     end
   else
-    local count, body = array_parts(ARG.events_blob)
-    local blob = '\220' .. array16_count(count) .. body
-    redis.call('SET', key_events(run_id), blob)
-    redis.call('HSET', run, 'gather_max', g.a, 'state_bytes', string.len(blob))
+    local count, body = array_parts(blob)
+    local array16 = '\220' .. array16_count(count) .. body
+    redis.call('SET', key_events(run_id), array16)
+    redis.call('HSET', run, 'gather_max', g.a, 'state_bytes', string.len(array16))
   end
   redis.call('SET', keys[#keys], run_id, 'PX', due - now + GATHER_SLACK_MS)
 end
