@@ -27,6 +27,7 @@ from stepq.triggers import TRIGGER_VARIABLES
 
 from . import flow_starts, keys, matching, waits
 from .codec import pack
+from .gather import gathering
 from .registry import FunctionRecord, Registry, Route
 from .scripts import body, libraries, prelude, script_text, source
 from .store import RunStore, now_ms
@@ -174,7 +175,11 @@ class Ingest:
             for fn in routes.get(event.name, []):
                 if not triggered(fn, event.name, bindings):
                     continue
-                run_id = run_id_for(fn.slug, original.id or None, at)
+                limits = self.store.function_limits(fn.config)
+                # debounce and batching gather events into one run, and ignore event-id dedupe
+                gather = gathering(fn.flow, fn.slug, event_dict, bindings, limits)
+                dedupe_key = (original.id or None) if gather is None else None
+                run_id = run_id_for(fn.slug, dedupe_key, at) if gather is None else gather.run_id(at)
                 checks = flow_starts.start_checks(fn.flow, fn.slug, run_id, bindings, self.store.limits)
                 if checks.count:
                     described[run_id] = (fn.slug, event_dict)
@@ -185,12 +190,13 @@ class Ingest:
                     queue_id=fn.config.get("queue") or fn.app_id,
                     events=[event],
                     event_ids=[event_id],
-                    dedupe_key=original.id or None,
+                    dedupe_key=dedupe_key,
                     rules=waits.cancel_registrations(run_id, fn.config, event_dict, at),
-                    limits=self.store.function_limits(fn.config),
+                    limits=limits,
                     flow=fn.flow,
                     checks=checks,
                     pipe=runs,
+                    gather=gather,
                 )
         reply = await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])
         if reply[0] == b"stale":

@@ -254,6 +254,16 @@ def flow_start(shard: int, kind: str, slug: str, digest: str) -> str:
     return Shape(f"{PREFIX}:", f":{kind}:").build(SHARD_TAGS[shard], f"{slug}:{digest}")
 
 
+def debounce(shard: int, slug: str, key_digest: str) -> str:
+    """The run a function's open debounce of one key value gathers events into (runtime/gather.py)."""
+    return Shape(f"{PREFIX}:", ":debounce:").build(SHARD_TAGS[shard], f"{slug}:{key_digest}")
+
+
+def batch(shard: int, slug: str, key_digest: str) -> str:
+    """The run a function's open batch of one key value gathers events into (runtime/gather.py)."""
+    return Shape(f"{PREFIX}:", ":batch:").build(SHARD_TAGS[shard], f"{slug}:{key_digest}")
+
+
 def every_shard(builder: Callable[..., str], *args: str) -> list[str]:
     """``builder(shard, *args)`` for every shard served."""
     return [builder(shard, *args) for shard in shards()]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from redis.asyncio import Redis
 
 from . import keys
 from .codec import unpack
+from .gather import gathered
 from .registry import Registry
 from .run_status import RunStatus
 from .shards import shard_of, shards
@@ -63,6 +65,11 @@ class RunView:
     waiting_for: str | None = None
     waited: str | None = None
     held_ms: int = 0
+    #: Why the run has not started yet, for people ("debounced until ...", "batching 3/10 until ..."),
+    #: or None.
+    waiting: str | None = None
+    #: The events a debounced or batched run gathers (runtime/gather.py), or None.
+    gathered: dict[str, Any] | None = None
 
     @property
     def duplicate_executions(self) -> int:
@@ -102,7 +109,17 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         waiting_for=text("slot_wait") or None,
         waited=text("waited") or None,
         held_ms=_int(raw.get(b"held_ms")) or 0,
+        **_gather_view(raw),
     )
+
+
+def _gather_view(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """A debounced or batched run's ``waiting`` and ``gathered`` (none for other runs)."""
+    found = gathered(raw)
+    if found is None:
+        return {}
+    waits = raw.get(b"status") == RunStatus.QUEUED.value.encode() and b"started" not in raw
+    return {"waiting": found.waiting(int(time.time() * 1000)) if waits else None, "gathered": found.to_dict()}
 
 
 async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunView | None:

@@ -91,6 +91,8 @@ class CreateRunArgs(ScriptArgs):
     #: ``<max_state>,<retention_s>`` of the caller's default limits (a skipped start's record
     #: expires with them, a run it touches lives within them unless its record says otherwise).
     defaults: str = ""
+    #: '' or how the run gathers events (debounce, batching: runtime/gather.py, lua/gather.lua).
+    gather: str = ""
 
 
 #: The scripts whose ARGV are named, by script name.

@@ -51,7 +51,7 @@ def prelude() -> str:
 
 
 #: Helpers only some scripts use (runtime/lua/<library>.lua), put after the prelude of those only.
-LIBRARIES: dict[str, tuple[str, ...]] = {"create_run": ("flow_starts",)}
+LIBRARIES: dict[str, tuple[str, ...]] = {"create_run": ("flow_starts", "gather")}
 
 
 def libraries(name: str) -> str:

@@ -27,6 +27,7 @@ from .concurrency import NONE as NO_SLOTS
 from .concurrency import run_slots
 from .flow_starts import NONE as NO_START_CHECKS
 from .flow_starts import StartChecks
+from .gather import Gather
 from .jobs import FENCE as FENCE  # the run-record field of the run's fence (defined beside the job kinds)
 from .jobs import JobSpec, enqueue_keys, fence_field
 from .limits import Limits
@@ -224,6 +225,7 @@ class RunStore:
         flow: FlowControl | None = None,
         checks: StartChecks = NO_START_CHECKS,
         pipe: Any = None,
+        gather: Gather | None = None,
     ) -> Any:
         """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on
         ``pipe``): created is 1, or 0 for a duplicate (``run_id`` is then the existing run), or 2 when
@@ -233,7 +235,9 @@ class RunStore:
         ``limits``: the function's (``RunStore.function_limits``); the run lives within them.
         ``flow``: the function's flow control (``FunctionRecord.flow``): its concurrency keys and
         priority are evaluated from the first event and kept with the run.
-        ``checks``: the start limits to check and charge (``flow_starts.start_checks``)."""
+        ``checks``: the start limits to check and charge (``flow_starts.start_checks``).
+        ``gather``: the event gathers into a debounced or batched run (runtime/gather.py): it joins
+        the open run of its key (``created`` 0, that run's id) or creates one that waits."""
         at, shard = now_ms(), shard_of(run_id)
         if dedupe_key and shard != dedupe_shard(fn_slug, dedupe_key):
             raise ValueError(f"run {run_id} is not in the shard of its deduplication key (see shards.run_id_for)")
@@ -250,6 +254,7 @@ class RunStore:
                 keys.runs_active(shard),
                 *checks.keys,
                 *(key for rule in rules for key in rule.key_names()),
+                *([gather.pointer] if gather else []),
             ],
             [
                 *CreateRunArgs(
@@ -259,7 +264,7 @@ class RunStore:
                     events_blob=blob,
                     now_ms=at,
                     payload=job.encode(at),
-                    ttl_ms=self.limits.job_grace_ms,
+                    ttl_ms=self.limits.job_grace_ms,  # create_run.lua adds a delayed first job's delay
                     dedupe_ttl_s=self.limits.dedupe_s if dedupe_key else 0,
                     event_ids=",".join(event_ids or [e.id for e in events]),
                     parent=parent,
@@ -271,6 +276,7 @@ class RunStore:
                     n_rules=len(rules),
                     n_flow=checks.count,
                     defaults=self._defaults,
+                    gather=gather.arg if gather else "",
                 ).argv(),
                 *checks.args,
                 *(arg for rule in rules for arg in rule.args()),

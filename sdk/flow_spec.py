@@ -56,7 +56,7 @@ CONFIG_FIELDS = (
 #: The fields stepq enforces; each option joins as its enforcement lands. A function declaring any
 #: other is refused (``FlowControl.unenforced``), never run without its limit.
 ENFORCED: frozenset[str] = frozenset(
-    {"concurrency", "priority", "rateLimit", "idempotency", "throttle", "singleton"}
+    {"concurrency", "priority", "rateLimit", "idempotency", "throttle", "singleton", "debounce", "batchEvents"}
 )
 
 #: At most this many concurrency limits per level (``consts.MaxConcurrencyLimits``).

@@ -119,7 +119,7 @@ async def test_named_argv_reads_each_field_at_its_position(redis: Redis, script:
 
 
 def test_the_scripts_spell_no_key() -> None:
-    for name in (*scripts.SCRIPT_NAMES, "prelude", "ingest_events"):
+    for name in (*scripts.SCRIPT_NAMES, "prelude", "ingest_events", "gather"):
         text = scripts.script_text(name)
         for prefix in ("stepq:", "arq:"):
             assert prefix not in text, f"{name}.lua spells a key ({prefix})"

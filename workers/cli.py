@@ -21,6 +21,7 @@ from stepq.event import Event
 from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.connection import connect
 from stepq.runtime.deadletter import DeadLetter, list_dead_letters
+from stepq.runtime.gather import Gathered
 from stepq.runtime.queries import get_run, list_runs
 from stepq.runtime.registry import FunctionOwnedError
 from stepq.runtime.run_status import RunStatus
@@ -238,6 +239,8 @@ def _why(view: Any) -> str:
     """Why flow control skipped, cancelled or held the run ('' when it did none of these)."""
     if view.reason:
         return str(view.reason)
+    if view.waiting:
+        return str(view.waiting)
     if view.waiting_for:
         return str(view.waiting_for)
     if view.held:
@@ -290,6 +293,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ended     {_time(view.ended_ms)} ({_duration(view.started_ms or view.created_ms, view.ended_ms)})")
     if view.wake_at_ms:
         print(f"wakes at  {_time(view.wake_at_ms)}")
+    if view.waiting:
+        print(f"waiting   {view.waiting}")
+    elif view.gathered:
+        print(f"gathered  {Gathered(**view.gathered).summary()}")
     if view.reason:
         print(f"{'skipped' if view.status == 'skipped' else 'reason':<9} {view.reason}")
     if view.held:

@@ -30,7 +30,7 @@ from stepq.event import Event
 from stepq.expressions import Bindings
 from stepq.opcodes import memo_error
 from stepq.replay import ExecutionRequest
-from stepq.runtime import flow_starts, keys, lifecycle, matching
+from stepq.runtime import flow_starts, gather, keys, lifecycle, matching
 from stepq.runtime.answers import check_answer
 from stepq.runtime.decide import decide, finish, give_up
 from stepq.runtime.ingest import Ingest
@@ -241,7 +241,9 @@ class Executor:
         assert timeouts is not None
         if timeouts.start is not None:
             limit = to_timedelta(timeouts.start)
-            if now_ms() - run.created_ms > limit.total_seconds() * 1000:
+            # a debounced or batched run is due when it fired, not when its first event created it
+            since = await gather.fired_at(self.store.redis, run.run_id) or run.created_ms
+            if now_ms() - since > limit.total_seconds() * 1000:
                 reason = f"the run did not start within {timeouts.to_dict()['start']}"
                 await lifecycle.cancel(self.ingest, run.run_id, reason)
                 return False

@@ -1,13 +1,28 @@
--- Create a run and enqueue its first job, at most once per dedupe key, unless flow control skips it.
+-- Create a run and enqueue its first job, at most once per dedupe key, unless flow control skips it
+-- or the event joins a run that gathers events (debounce, batching: see gather.lua).
 -- KEYS: run, events, dedupe (or run again when none), job, result, queue, runs_active, then the
 --       flow checks' keys (see flow_starts.lua), then per cancellation rule its wait keys (2 or 3:
---       see register_wait_from in the prelude)
+--       see register_wait_from in the prelude), and, when ARG.gather is set, the gathering's
+--       pointer last
 -- ARGV: the fields of CreateRunArgs (runtime/script_args.py), read by name as ARG.<field>, then the
 --       flow checks' arguments (n_flow of them), then per cancellation rule (4): field, member,
 --       record, path
 -- Returns {1, run_id} when created ({1, run_id, replaced run id} when a singleton in cancel mode
--- cancelled the run it replaced); {0, existing run id} for a duplicate of the dedupe key; {2, run_id,
--- reason} when flow control skipped the start (the run's record says so: status skipped).
+-- cancelled the run it replaced); {0, run id} when no run was created: the run of the dedupe key,
+-- or the open debounce or batch the event joined (or, older than its event, was ignored by);
+-- {2, run_id, reason} when flow control skipped the start (the run's record says so: status skipped).
+-- An event joining an open gathering is checked first: the start limits charge the event that
+-- opens the run, once.
+local now = tonumber(ARG.now_ms)
+local gather, due = nil, now
+if ARG.gather ~= '' then
+  gather = parse_gather(ARG.gather)
+  local joined = gather_join(KEYS, gather, due, ARG.events_blob, ARG.event_ids)
+  if joined then
+    return joined
+  end
+  due = gather_due(gather, due)
+end
 if ARG.dedupe_ttl_s ~= '0' then
   local existing = redis.call('GET', KEYS[3])
   if existing then
@@ -57,18 +72,20 @@ end
 if ARG.lane ~= '' then
   redis.call('HSET', KEYS[1], 'lane', ARG.lane, 'ck', ARG.step_slots, 'rk', ARG.run_slots)
 end
-local now = tonumber(ARG.now_ms)
-local due, replaced = now, nil
+local replaced = nil
 if #checks > 0 then
   due, replaced = start_flow(checks, ARG.run_id, due, limits_in(ARG.defaults, nil))
 end
 if ARG.priority ~= '0' then
   redis.call('HSET', KEYS[1], 'prio', ARG.priority)
-  if due <= now then
-    due = due_now(ARG.priority, due) -- a throttled start keeps its time
+  if due <= now and not gather then
+    due = due_now(ARG.priority, due) -- a throttled start, a debounce or a batch keeps its time
   end
 end
 redis.call('ZADD', KEYS[7], ARG.now_ms, ARG.run_id)
 enqueue(KEYS[4], KEYS[5], KEYS[6], ARG.payload, due, tonumber(ARG.ttl_ms) + math.max(0, due - now), ARG.now_ms)
 redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
+if gather then
+  gather_open(KEYS, gather, ARG.run_id, now, due, ARG.events_blob)
+end
 return {1, ARG.run_id, replaced}

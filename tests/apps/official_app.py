@@ -227,6 +227,35 @@ async def cancellable(ctx: inngest.Context) -> str:
     return await ctx.step.run("ship", ship)
 
 
+async def gathered(ctx: inngest.Context) -> dict[str, Any]:
+    """What a debounced or batched run saw (tests/test_flow_gather.py): its event, its events (as
+    ``ctx.events`` came over HTTP) and when its first step's code ran."""
+    started = await ctx.step.run("started", now)
+    return {"event": ctx.event.data, "events": [e.data for e in ctx.events], "started": started}
+
+
+@client.create_function(
+    fn_id="debounced",
+    trigger=inngest.TriggerEvent(event="compat/debounce"),
+    debounce=inngest.Debounce(period=dt.timedelta(seconds=1), key="event.data.k"),
+    retries=1,
+)
+async def debounced(ctx: inngest.Context) -> dict[str, Any]:
+    return await gathered(ctx)
+
+
+@client.create_function(
+    fn_id="batched",
+    trigger=inngest.TriggerEvent(event="compat/batch"),
+    batch_events=inngest.Batch(
+        max_size=3, timeout=dt.timedelta(seconds=1), key="event.data.k", if_exp="event.data.k != 'solo'"
+    ),
+    retries=1,
+)
+async def batched(ctx: inngest.Context) -> dict[str, Any]:
+    return await gathered(ctx)
+
+
 FUNCTIONS: list[inngest.Function[Any]] = [
     bigstate,
     cancellable,
@@ -242,6 +271,8 @@ FUNCTIONS: list[inngest.Function[Any]] = [
     declined,
     fanout,
     doomed,
+    debounced,
+    batched,
 ]
 
 
