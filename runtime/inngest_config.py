@@ -114,13 +114,7 @@ def _function(app_id: str, raw: Any, where: str) -> dict[str, Any]:
     # Empty values (inngest-py sends ``concurrency: []`` for failure handlers) and a limit of 0
     # mean none, and are accepted.
     cancel = raw.get("cancel")
-    spec = parse_flow_control(flow, prefix=f"{where}.", has_cancel=isinstance(cancel, list) and bool(cancel))
-    refused = [f"{where}.{field}" for field in spec.unenforced()]
-    if refused:
-        raise FunctionConfigError(
-            f"{', '.join(refused)}: flow control is not supported by stepq yet (it comes in a later release); "
-            "remove it from the function rather than run without the limits"
-        )
+    parse_flow_control(flow, prefix=f"{where}.", has_cancel=isinstance(cancel, list) and bool(cancel))
     config: dict[str, Any] = {
         "id": slug,
         "fn_id": slug.removeprefix(f"{app_id}-"),

@@ -21,7 +21,7 @@ from .flow_control import (
     Singleton,
     Throttle,
 )
-from .flow_spec import PYTHON_NAMES, options_to_config, parse_flow_control
+from .flow_spec import options_to_config, parse_flow_control
 from .function import Cancel, Function, Timeouts, normalize_triggers
 from .http_transport import HttpTransport
 from .middleware import UninitializedMiddleware
@@ -241,10 +241,10 @@ class Inngest:
         for this function after the client's.
 
         Flow control (``batch_events``, ``concurrency``, ``debounce``, ``idempotency``,
-        ``priority``, ``rate_limit``, ``singleton``, ``throttle``) comes in a later release: each is
-        validated as Inngest does (an invalid one raises ``FunctionConfigError`` naming its field),
-        then passing any of them raises ``FunctionConfigError`` naming them, rather than running
-        without the limit; an empty ``concurrency`` list, or a limit of 0, is none. ``output_type``
+        ``priority``, ``rate_limit``, ``singleton``, ``throttle``) takes inngest-py's option types
+        (and stepq's ``RunConcurrency`` in ``concurrency``), validated as Inngest does (an invalid
+        one raises ``FunctionConfigError`` naming its field) and enforced by the runtime (README,
+        "Flow control"); an empty ``concurrency`` list, or a limit of 0, is none. ``output_type``
         converts the function's return value through the client's ``serializer`` (needed then):
         stored as JSON, deserialized for ``step.invoke``.
         """
@@ -263,13 +263,7 @@ class Inngest:
             singleton=singleton,
             throttle=throttle,
         )
-        spec = parse_flow_control(flow, prefix=prefix, python_names=True, has_cancel=bool(cancel))
-        refused = [PYTHON_NAMES.get(name, name) for name in spec.unenforced()]
-        if refused:
-            raise FunctionConfigError(
-                f"create_function({label!r}): {', '.join(refused)}: flow control is not supported by stepq yet "
-                "(it comes in a later release); remove these options rather than run without the limits"
-            )
+        parse_flow_control(flow, prefix=prefix, python_names=True, has_cancel=bool(cancel))
         if output_type is not NOT_SET and self.serializer is None:
             raise no_serializer(f"create_function({label!r})")
         if id is not None and fn_id is not None and id != fn_id:

@@ -1,12 +1,13 @@
 """Inngest's flow-control options, as types: ``Concurrency``, ``Throttle``, ``RateLimit``, ``Debounce``,
 ``Batch``, ``Priority`` and ``Singleton``.
 
-They carry inngest-py 0.5's fields so that code written for Inngest constructs them unchanged.
-``create_function`` validates them (``stepq.flow_spec``: a bad one gets an error naming its field).
-stepq enforces the options listed in ``stepq.flow_spec.ENFORCED`` (``RateLimit``, ``Throttle``,
-``Singleton`` and ``idempotency``: see ``stepq.runtime.flow_starts``); any other is refused
-(``FunctionConfigError`` naming each one) rather than accepted as a limit it would not keep.
-Their durations (``period``, ``timeout``) are an int of milliseconds or a timedelta, as in inngest-py.
+They carry inngest-py 0.5's fields so that code written for Inngest constructs them unchanged, plus
+stepq's ``RunConcurrency``. ``create_function`` validates them (``stepq.flow_spec``: a bad one gets
+an error naming its field) and the runtime enforces them: concurrency and priority when steps are
+claimed (``stepq.runtime.concurrency``), throttle, rate limit, idempotency and singleton when a run
+is created (``stepq.runtime.flow_starts``), debounce and batching as events arrive
+(``stepq.runtime.gather``). Their durations (``period``, ``timeout``) are an int of milliseconds or
+a timedelta, as in inngest-py.
 """
 
 from __future__ import annotations

@@ -53,12 +53,6 @@ CONFIG_FIELDS = (
     "singleton",
 )
 
-#: The fields stepq enforces; each option joins as its enforcement lands. A function declaring any
-#: other is refused (``FlowControl.unenforced``), never run without its limit.
-ENFORCED: frozenset[str] = frozenset(
-    {"concurrency", "priority", "rateLimit", "idempotency", "throttle", "singleton", "debounce", "batchEvents"}
-)
-
 #: At most this many concurrency limits per level (``consts.MaxConcurrencyLimits``).
 MAX_CONCURRENCY_LIMITS = 2
 #: Largest limit, burst or size stepq stores: Inngest sets none, but counts live in Redis and Lua,
@@ -193,10 +187,6 @@ class FlowControl:
     def __bool__(self) -> bool:
         return bool(self.given())
 
-    def unenforced(self) -> list[str]:
-        """The fields of :meth:`given` that stepq does not enforce yet (see :data:`ENFORCED`):
-        declaring one is refused rather than run without its limit."""
-        return [name for name in self.given() if name not in ENFORCED]
 
 
 # --------------------------------------------------------------------------------------------

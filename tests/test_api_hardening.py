@@ -31,7 +31,6 @@ from redis.exceptions import OutOfMemoryError
 
 import stepq.workers.embedded
 from stepq.event import Event
-from stepq.flow_spec import ENFORCED
 from stepq.runtime import keys
 from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.app_urls import AllowedHosts
@@ -228,22 +227,16 @@ async def test_register_bodies_of_the_wrong_types_answer_400_naming_the_field(
         ("idempotency", "event.data.id"),
     ],
 )
-async def test_a_served_function_with_flow_control_is_kept_or_refused_naming_it(
+async def test_a_served_function_with_flow_control_is_kept(
     redis: Redis, dev_api: str, http: httpx.AsyncClient, field: str, value: object
 ) -> None:
-    """A served app's limit that stepq enforces is registered with its function; one it does not
-    enforce yet is refused, as create_function refuses its keyword, rather than stored and not
-    kept. An empty concurrency list (what inngest-py sends for failure handlers) is no limit."""
+    """A served app's limit is registered with its function, as its SDK sent it, for the runtime
+    to enforce. An empty concurrency list (what inngest-py sends for failure handlers) is no limit."""
     response = await http.post(f"{dev_api}/fn/register", json=_register_case("flow", **{field: value}))
-    if field in ENFORCED:
-        assert response.status_code == 200, response.text
-        function = await Registry(redis).get("flow-f")
-        assert function is not None and function.config["flow"] == {field: value}
-        assert function.flow.given() == [field]
-    else:
-        assert response.status_code == 400, response.text
-        assert f"functions[0].{field}: flow control is not supported" in response.json()["error"]
-        assert await redis.dbsize() == 0
+    assert response.status_code == 200, response.text
+    function = await Registry(redis).get("flow-f")
+    assert function is not None and function.config["flow"] == {field: value}
+    assert function.flow.given() == [field]
 
     accepted = await http.post(f"{dev_api}/fn/register", json=_register_case("flow", concurrency=[]))
     assert accepted.status_code == 200, accepted.text

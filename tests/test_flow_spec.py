@@ -2,9 +2,8 @@
 inngest-py writes it) to frozen dataclasses, and every rule refusing bad input with an error that
 names the field. Pure: no Redis, no processes.
 
-Until stepq enforces flow control, ``create_function`` and app registration validate the options
-with this module and then refuse valid ones ("not supported by stepq yet"); the last tests here
-check that both paths give the precise error first.
+``create_function`` and app registration both validate the options with this module; the last
+tests here check that both paths give the precise error and keep valid options as given.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import pytest
 import stepq
 from stepq.errors import FunctionConfigError
 from stepq.flow_spec import (
-    ENFORCED,
     BatchSpec,
     ConcurrencyLimit,
     DebounceSpec,
@@ -342,7 +340,7 @@ def _create(**options: Any) -> None:
     client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **options)
 
 
-def test_create_function_gives_the_precise_error_before_refusing() -> None:
+def test_create_function_gives_the_precise_error_for_a_bad_option() -> None:
     with pytest.raises(FunctionConfigError, match=re.escape(f"{SDK}concurrency: at most 2 concurrency limits, got 3")):
         _create(concurrency=[stepq.Concurrency(limit=n) for n in (1, 2, 3)])
     with pytest.raises(FunctionConfigError, match=re.escape(f"{SDK}concurrency[0].key: required for scope 'env'")):
@@ -355,10 +353,8 @@ def test_create_function_gives_the_precise_error_before_refusing() -> None:
         FunctionConfigError, match=re.escape(f"{SDK}batch_events: batching cannot be combined with cancel")
     ):
         _create(batch_events=stepq.Batch(max_size=5, timeout=1000), cancel=[stepq.Cancel(event="stop")])
-    # Valid: still refused while stepq does not enforce it; accepted once it does.
-    if "debounce" not in ENFORCED:
-        with pytest.raises(FunctionConfigError, match="debounce: flow control is not supported by stepq yet"):
-            _create(debounce=stepq.Debounce(period=1000))
+    # Valid: accepted.
+    _create(debounce=stepq.Debounce(period=1000))
     _create(throttle=stepq.Throttle(limit=1, period=1000))
     _create(rate_limit=stepq.RateLimit(limit=1, period=1000), singleton=stepq.Singleton(mode="skip"))
     _create(idempotency="event.data.id")
@@ -367,7 +363,7 @@ def test_create_function_gives_the_precise_error_before_refusing() -> None:
     stepq.Inngest(app_id="t").create_function(fn_id="g", concurrency=[stepq.Concurrency(limit=0)])
 
 
-def test_registration_gives_the_precise_error_before_refusing() -> None:
+def test_registration_gives_the_precise_error_for_a_bad_option() -> None:
     with pytest.raises(FunctionConfigError, match=re.escape("functions[0].throttle.period: must be from 1s to 1w")):
         parse_register(_register(throttle={"limit": 1, "period": "30d"}))
     with pytest.raises(
@@ -375,29 +371,16 @@ def test_registration_gives_the_precise_error_before_refusing() -> None:
     ):
         parse_register(_register(batchEvents={"maxSize": 5, "timeout": "5s"}, cancel=[{"event": "stop"}]))
     both = _register(concurrency=[{"limit": 2}], debounce={"period": "5s"})
-    refused = [f"functions[0].{field}" for field in ("concurrency", "debounce") if field not in ENFORCED]
-    if refused:
-        with pytest.raises(
-            FunctionConfigError, match=re.escape(f"{', '.join(refused)}: flow control is not supported")
-        ):
-            parse_register(both)
-    else:
-        assert parse_register(both)[1][0]["flow"] == {"concurrency": [{"limit": 2}], "debounce": {"period": "5s"}}
+    assert parse_register(both)[1][0]["flow"] == {"concurrency": [{"limit": 2}], "debounce": {"period": "5s"}}
     _, configs = parse_register(_register(concurrency=[], throttle=None, singleton={}))
     assert configs[0]["flow"] == {"concurrency": [], "singleton": {}}  # stored as sent: no limit
 
 
-def test_an_official_sdk_app_with_flow_control_is_validated_then_kept_or_refused() -> None:
+def test_an_official_sdk_app_with_flow_control_is_validated_then_kept() -> None:
     official = _official_config(**OPTIONS)
-    given = ("concurrency", "throttle", "debounce", "idempotency", "singleton")
     payload = {"url": APP_URL, "appName": "app", "sdk": "py:v0.5.0", "framework": "fastapi", "functions": [official]}
-    if all(field in ENFORCED for field in given):
-        assert sorted(parse_register(payload)[1][0]["flow"]) == sorted(given)
-    else:
-        with pytest.raises(FunctionConfigError, match="flow control is not supported by stepq yet") as caught:
-            parse_register(payload)
-        for field in given:
-            assert (f"functions[0].{field}" in str(caught.value)) == (field not in ENFORCED), field
+    flow = parse_register(payload)[1][0]["flow"]
+    assert sorted(flow) == sorted(["concurrency", "throttle", "debounce", "idempotency", "singleton"])
     official["throttle"]["period"] = "10d"
     with pytest.raises(
         FunctionConfigError, match=re.escape("functions[0].throttle.period: must be from 1s to 1w, got '10d'")

@@ -25,7 +25,6 @@ import pytest
 from redis.asyncio import Redis
 
 import stepq
-from stepq.flow_spec import ENFORCED
 from stepq.http_transport import HttpTransport
 from tests.helpers import StartWorkers, all_invocations, runs_of, start_run, wait_for_run
 
@@ -128,42 +127,21 @@ def test_option_types_have_inngest_py_fields(name: str) -> None:
 CONFIG_FIELD = {"batch_events": "batchEvents", "rate_limit": "rateLimit"}
 
 
-def _field(keyword: str) -> str:
-    return CONFIG_FIELD.get(keyword, keyword)
-
-
 @pytest.mark.parametrize("keyword", sorted(FLOW_CONTROL))
-def test_each_flow_control_keyword_is_kept_or_refused_by_name(keyword: str) -> None:
-    """An option stepq enforces is registered with the function (Inngest's JSON form); one it does
-    not enforce yet is refused by name rather than run without its limit."""
+def test_each_flow_control_keyword_is_registered_in_inngests_form(keyword: str) -> None:
     client = stepq.Inngest(app_id="t-flow")
     options = {keyword: FLOW_CONTROL[keyword]}
-    if _field(keyword) in ENFORCED:
-        fn = client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **options)(lambda ctx: None)
-        assert list(fn.config()["flow"]) == [_field(keyword)]
-        return
-    with pytest.raises(stepq.FunctionConfigError) as caught:
-        client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **options)
-    assert keyword in str(caught.value)
-    assert "later release" in str(caught.value)
-    assert client.functions == {}
+    fn = client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **options)(lambda ctx: None)
+    assert list(fn.config()["flow"]) == [CONFIG_FIELD.get(keyword, keyword)]
 
 
-def test_every_flow_control_keyword_given_is_kept_or_named_at_once() -> None:
+def test_a_valid_combination_of_flow_control_is_kept_and_an_invalid_one_named() -> None:
     # Batching cannot be combined with debounce, singleton or priority, nor idempotency with a rate
-    # limit (tests/test_flow_spec.py): every keyword of a valid combination is kept, or named at once.
+    # limit (tests/test_flow_spec.py).
     client = stepq.Inngest(app_id="t-flow")
     valid = {k: v for k, v in FLOW_CONTROL.items() if k not in ("batch_events", "rate_limit")}
-    refused = [k for k in valid if _field(k) not in ENFORCED]
-    if refused:
-        with pytest.raises(stepq.FunctionConfigError) as caught:
-            client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **valid)
-        assert "later release" in str(caught.value)
-        for keyword in valid:
-            assert (keyword in str(caught.value)) == (keyword in refused), keyword
-    else:
-        fn = client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **valid)(lambda ctx: None)
-        assert sorted(fn.config()["flow"]) == sorted(_field(k) for k in valid)
+    fn = client.create_function(fn_id="f", trigger=stepq.TriggerEvent(event="e"), **valid)(lambda ctx: None)
+    assert sorted(fn.config()["flow"]) == sorted(CONFIG_FIELD.get(k, k) for k in valid)
     with pytest.raises(stepq.FunctionConfigError, match="batching cannot be combined with debounce"):
         stepq.Inngest(app_id="t-flow2").create_function(
             fn_id="f", trigger=stepq.TriggerEvent(event="e"), **FLOW_CONTROL
