@@ -288,7 +288,10 @@ SLOTS.hand_over = function(job_id, next_id, run_id, now, until_ms)
       all_held = false
     end
   end
-  if all_held or not full_key(tag, s, next_id, run_id, now) then
+  if all_held and (s.holds_run or #s.run == 0) then
+    return true -- every slot passed on as it was
+  end
+  if not full_key(tag, s, next_id, run_id, now) then
     take(tag, s, next_id, run_id, until_ms)
     return true
   end
