@@ -55,8 +55,6 @@ class Gather:
     shard: int
     #: create_run's ``gather`` argument (see runtime/lua/gather.lua).
     arg: str
-    #: How long the new run's first job waits at most: its key lives that much longer.
-    delay_ms: int
 
     def run_id(self, now_ms: int) -> str:
         """A new run's id, in the pointer's shard."""
@@ -72,7 +70,7 @@ def gathering(flow: FlowControl, slug: str, event: dict[str, Any], bindings: Bin
         ts = event.get("ts")
         ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else 0
         arg = f"debounce|{spec.period_ms}|{spec.timeout_ms or 0}|{ts}|{value.shown}"
-        return Gather(keys.debounce(shard, slug, value.digest), shard, arg, spec.period_ms)
+        return Gather(keys.debounce(shard, slug, value.digest), shard, arg)
     if flow.batch is not None:
         spec_b = flow.batch
         if spec_b.if_exp is not None and evaluate(spec_b.if_exp, bindings) is not True:
@@ -81,7 +79,7 @@ def gathering(flow: FlowControl, slug: str, event: dict[str, Any], bindings: Bin
         shard = dedupe_shard(slug, "batch:" + value.digest)
         cap = min(BATCH_MAX_BYTES, limits.max_state_bytes)
         arg = f"batch|{spec_b.max_size}|{spec_b.timeout_ms}|{cap}|{value.shown}"
-        return Gather(keys.batch(shard, slug, value.digest), shard, arg, spec_b.timeout_ms)
+        return Gather(keys.batch(shard, slug, value.digest), shard, arg)
     return None
 
 

@@ -241,9 +241,13 @@ class Executor:
         assert timeouts is not None
         if timeouts.start is not None:
             limit = to_timedelta(timeouts.start)
-            # a debounced or batched run is due when it fired, not when its first event created it
-            since = await gather.fired_at(self.store.redis, run.run_id) or run.created_ms
-            if now_ms() - since > limit.total_seconds() * 1000:
+            late = now_ms() - run.created_ms > limit.total_seconds() * 1000
+            if late:
+                # a debounced or batched run is due when it fired, not when its first event created
+                # it (read only then: the common case costs no round trip)
+                since = await gather.fired_at(self.store.redis, run.run_id) or run.created_ms
+                late = now_ms() - since > limit.total_seconds() * 1000
+            if late:
                 reason = f"the run did not start within {timeouts.to_dict()['start']}"
                 await lifecycle.cancel(self.ingest, run.run_id, reason)
                 return False
