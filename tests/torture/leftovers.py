@@ -76,6 +76,14 @@ async def global_leftovers(redis: Redis, stranded: Collection[str]) -> list[str]
             members = others([m.decode() for m in await redis.smembers(key)])  # type: ignore[misc]
             if members:
                 problems.append(f"{key.decode()} still indexes waits of ended runs: {members[:5]}")
+    # concurrency limits: no slot held, no job waiting in a lane, no lane waiting for a slot
+    for pattern in (keys.slots(0, "*"), keys.lane(0, "*"), keys.slot_waiters(0, "*")):
+        async for key in redis.scan_iter(match=pattern):
+            members = others([m.decode() for m in await redis.zrange(key, 0, -1)])
+            if members and pattern != keys.slot_waiters(0, "*"):
+                problems.append(f"{key.decode()} still holds {members[:5]}")
+            elif members:
+                problems.append(f"{key.decode()} still lists lanes waiting: {members[:5]}")
     active = others([a.decode() for a in await redis.zrange(keys.runs_active(0), 0, -1)])
     if active:
         problems.append(f"{keys.runs_active(0)} lists runs that ended or are unknown: {active[:5]}")
