@@ -47,7 +47,7 @@ from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
 from stepq.triggers import TriggerCron
 
-from . import flow_starts, keys
+from . import flow_starts, keys, lifecycle
 from .codec import pack, unpack
 from .ingest import Ingest
 from .registry import FunctionRecord, Registry
@@ -409,7 +409,7 @@ class CronScheduler:
         for slug, tick in handled:
             self._remember(slug, tick)
         for outcomes in announced:
-            await flow_starts.announce(self._ingest(), outcomes, described)
+            await lifecycle.announce_starts(self._ingest(), outcomes, described)
         return created
 
     async def _flows(self, slugs: list[str]) -> dict[str, FlowControl]:

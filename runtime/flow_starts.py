@@ -33,7 +33,8 @@ Which runs: every run of the function, whether an event, a cron tick or an invok
 Inngest applies rate limit, throttle and singleton to all of a function's runs); idempotency keys
 evaluate over the run's event like any key (a cron tick's ``inngest/scheduled.timer``, an invoke's
 ``inngest/function.invoked``). An invoked run that is skipped fails its parent's invoke step with a
-``FunctionSkipped`` error naming the reason.
+``FunctionSkipped`` error naming the reason. What the checks did (``StartOutcomes``) is announced
+by ``lifecycle.announce_starts``: ``stepq/function.skipped`` events, and the ends of replaced runs.
 """
 
 from __future__ import annotations
@@ -41,25 +42,16 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
-
-import structlog
+from typing import Any
 
 from stepq.durations import to_duration_str
-from stepq.event import Event
 from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
 
 from . import keys
 from .flow_keys import key_of
 from .limits import Limits
-from .run_status import RunStatus
 from .shards import shard_of
-
-if TYPE_CHECKING:
-    from .lifecycle import Ingest
-
-log = structlog.get_logger("stepq.flow")
 
 #: The event emitted for every start that flow control skipped (only stored when something wants it).
 FUNCTION_SKIPPED = "stepq/function.skipped"
@@ -140,54 +132,22 @@ class StartOutcomes:
         if len(tail) < 3:
             return cls()
         skipped, replaced, ended = tail[:3]
-        pairs = tuple((_text(skipped[i]), _text(skipped[i + 1])) for i in range(0, len(skipped) - 1, 2))
-        return cls(pairs, tuple(_text(r) for r in replaced), tuple(_text(r) for r in ended))
+        pairs = tuple((text_of(skipped[i]), text_of(skipped[i + 1])) for i in range(0, len(skipped) - 1, 2))
+        return cls(pairs, tuple(text_of(r) for r in replaced), tuple(text_of(r) for r in ended))
 
     @classmethod
     def of_create_run(cls, reply: Any) -> StartOutcomes:
         """create_run.lua's own reply (a run created alone, not by an ingest)."""
         if int(reply[0]) == 2:
-            return cls(skipped=((_text(reply[1]), _text(reply[2])),))
+            return cls(skipped=((text_of(reply[1]), text_of(reply[2])),))
         if int(reply[0]) == 1 and len(reply) > 2 and reply[2]:
-            return cls(replaced=(_text(reply[2]),))
+            return cls(replaced=(text_of(reply[2]),))
         return cls()
 
     def __bool__(self) -> bool:
         return bool(self.skipped or self.replaced or self.ended)
 
 
-def _text(raw: Any) -> str:
+def text_of(raw: Any) -> str:
+    """A reply item as text."""
     return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-
-
-async def announce(ingest: Ingest, outcomes: StartOutcomes, described: dict[str, tuple[str, dict[str, Any]]]) -> None:
-    """Emit what flow control did (best effort: it is recorded already): ``stepq/function.skipped``
-    per skipped start (``described``: run id -> (function slug, event)), and the ends of the runs a
-    singleton cancelled or that failed with them (``inngest/function.finished``...)."""
-    if not outcomes:
-        return
-    from . import lifecycle  # here: lifecycle needs the store, which needs this module
-
-    try:
-        events = []
-        if outcomes.skipped:
-            # one line per write, not per start: a flood of rate-limited events must not flood the log
-            run_id, reason = outcomes.skipped[0]
-            log.debug("runs.skipped", count=len(outcomes.skipped), first_run_id=run_id, first_reason=reason)
-        for run_id, reason in outcomes.skipped:
-            slug, event = described.get(run_id, ("", {}))
-            data = {"function_id": slug, "run_id": run_id, "status": RunStatus.SKIPPED.value, "reason": reason}
-            events.append(
-                Event(name=FUNCTION_SKIPPED, data={**data, "event": event}, id=f"{FUNCTION_SKIPPED}:{run_id}")
-            )
-        if events:
-            await ingest.send(events, internal=True, only_if_wanted=True)
-        for run_id in outcomes.replaced:
-            reason = await ingest.redis.hget(keys.run(run_id), "reason")  # type: ignore[misc]
-            message = _text(reason) if reason else "singleton: replaced"
-            log.info("run.replaced", run_id=run_id, reason=message)
-            error = {"name": "Cancelled", "message": message, "stack": ""}
-            await lifecycle.run_ended(ingest, run_id, RunStatus.CANCELLED, error=error)
-        await lifecycle.runs_failed(ingest, outcomes.ended)
-    except Exception:
-        log.exception("flow.announce_failed")

@@ -25,7 +25,7 @@ from stepq.ids import new_ulid
 from stepq.runtime.shards import run_id_for, shards
 from stepq.triggers import TRIGGER_VARIABLES
 
-from . import flow_starts, keys, matching, waits
+from . import flow_starts, keys, lifecycle, matching, waits
 from .codec import pack
 from .gather import gathering
 from .registry import FunctionRecord, Registry, Route
@@ -201,5 +201,5 @@ class Ingest:
         reply = await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])
         if reply[0] == b"stale":
             return None
-        await flow_starts.announce(self, flow_starts.StartOutcomes.of(reply[2 + len(stored) :]), described)
+        await lifecycle.announce_starts(self, flow_starts.StartOutcomes.of(reply[2 + len(stored) :]), described)
         return [bool(flag) for flag in reply[2 : 2 + len(stored)]]

@@ -18,6 +18,7 @@ from stepq.event import Event
 
 from . import keys, store
 from .codec import unpack
+from .flow_starts import FUNCTION_SKIPPED, StartOutcomes, text_of
 from .run_status import RunStatus
 
 log = structlog.get_logger("stepq.lifecycle")
@@ -90,3 +91,36 @@ async def _describe(ingest: Ingest, run_id: str) -> tuple[str, dict[str, Any]]:
         fn, blob = await pipe.execute()
     events = unpack(blob) if blob else []
     return (fn.decode() if fn else ""), (events[0] if events else {})
+
+
+async def announce_starts(
+    ingest: Ingest, outcomes: StartOutcomes, described: dict[str, tuple[str, dict[str, Any]]]
+) -> None:
+    """Emit what flow control did (best effort: it is recorded already): ``stepq/function.skipped``
+    per skipped start (``described``: run id -> (function slug, event)), and the ends of the runs a
+    singleton cancelled or that failed with them (``inngest/function.finished``...)."""
+    if not outcomes:
+        return
+    try:
+        events = []
+        if outcomes.skipped:
+            # one line per write, not per start: a flood of rate-limited events must not flood the log
+            run_id, reason = outcomes.skipped[0]
+            log.debug("runs.skipped", count=len(outcomes.skipped), first_run_id=run_id, first_reason=reason)
+        for run_id, reason in outcomes.skipped:
+            slug, event = described.get(run_id, ("", {}))
+            data = {"function_id": slug, "run_id": run_id, "status": RunStatus.SKIPPED.value, "reason": reason}
+            events.append(
+                Event(name=FUNCTION_SKIPPED, data={**data, "event": event}, id=f"{FUNCTION_SKIPPED}:{run_id}")
+            )
+        if events:
+            await ingest.send(events, internal=True, only_if_wanted=True)
+        for run_id in outcomes.replaced:
+            reason = await ingest.redis.hget(keys.run(run_id), "reason")  # type: ignore[misc]
+            message = text_of(reason) if reason else "singleton: replaced"
+            log.info("run.replaced", run_id=run_id, reason=message)
+            error = {"name": "Cancelled", "message": message, "stack": ""}
+            await run_ended(ingest, run_id, RunStatus.CANCELLED, error=error)
+        await runs_failed(ingest, outcomes.ended)
+    except Exception:
+        log.exception("flow.announce_failed")

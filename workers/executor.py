@@ -349,7 +349,7 @@ class Executor:
         created = int(reply[0]) == 1
         log.info("invoke.started", run_id=job.run_id, step_key=job.step_key, function=slug, created=created)
         outcomes = flow_starts.StartOutcomes.of_create_run(reply)
-        await flow_starts.announce(self.ingest, outcomes, {child_id: (record.slug, event.to_dict())})
+        await lifecycle.announce_starts(self.ingest, outcomes, {child_id: (record.slug, event.to_dict())})
 
     async def _finished(self, run: LoadedRun, write: Finish, written: Written) -> str:
         if written.outcome is not Outcome.OK:
