@@ -313,3 +313,31 @@ async def test_limits_hold_with_every_kind_of_step_cancels_and_a_killed_worker(
     assert max(overlap(found, group="key").values()) <= 2
     for pattern in (keys.slots(0, "*"), keys.slot_waiters(0, "*"), keys.lane(0, "*")):
         assert [k async for k in redis.scan_iter(match=pattern)] == []
+
+
+async def test_rate_limit_throttle_priority_and_concurrency_together(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """30 events from 3 senders to a function with every kind of limit that can combine: exactly 20
+    runs start (20 a minute), the other 10 are recorded skipped; no run starts before the time its
+    throttle gave it (10 a second, 2 at once); never more than 2 steps at once; all 20 complete."""
+    start_workers("flow_limits", n=2)
+    log = tmp_path / "spans.log"
+    batches = [events("test/combo", log, [{"prio": (t * 10 + i) % 3 * 60} for i in range(10)]) for t in range(3)]
+    await asyncio.gather(*(sender.send(batch) for batch in batches))
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        views = await runs_of(redis, "combo")
+        if len(views) == 30 and all(view.status in ("completed", "skipped") for view in views):
+            break
+        assert asyncio.get_running_loop().time() < deadline, Counter(view.status for view in views)
+        await asyncio.sleep(0.1)
+    statuses = Counter(view.status for view in views)
+    assert statuses == {"completed": 20, "skipped": 10}, statuses
+    assert all(view.reason and view.reason.startswith("rate limited") for view in views if view.status == "skipped")
+    for view in views:
+        if view.status == "completed" and view.held_until_ms is not None:
+            assert view.started_ms is not None and view.started_ms >= view.held_until_ms, view
+    assert sum(view.held_until_ms is not None for view in views) >= 15  # the throttle held most
+    found = spans(log)
+    assert len(found) == 40 and overlap(found) == {"combo": 2}

@@ -138,3 +138,17 @@ async def mixed(ctx: inngest.Context) -> int:
     await ctx.step.wait_for_event("never", event="test/mixed.never", timeout=dt.timedelta(milliseconds=100))
     await ctx.step.run("last", _span, ctx, "mixed", 0.02)
     return total + len(parts)
+
+
+@client.create_function(
+    id="combo",
+    trigger=inngest.TriggerEvent(event="test/combo"),
+    rate_limit=inngest.RateLimit(limit=20, period=dt.timedelta(minutes=1)),
+    throttle=inngest.Throttle(limit=10, period=dt.timedelta(seconds=1), burst=2),
+    concurrency=[inngest.Concurrency(limit=2)],
+    priority=inngest.Priority(run="event.data.prio"),
+)
+async def combo(ctx: inngest.Context) -> None:
+    """Options together: the rate limit drops, the throttle spaces starts, the limit holds steps."""
+    await ctx.step.run("one", _span, ctx, "combo", 0.05)
+    await ctx.step.run("two", _span, ctx, "combo", 0.05)
