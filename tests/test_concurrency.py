@@ -208,13 +208,13 @@ async def test_a_killed_worker_loses_its_slot_within_the_lease_and_nothing_is_st
 async def test_a_slow_step_keeps_its_slot_by_heartbeat_and_a_paused_worker_loses_it(
     redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
 ) -> None:
-    """Limit 1 with a 2 s lease: a 5 s step renews its lease and keeps the slot: the other run
+    """Limit 1 with a 2 s lease: a 3.5 s step renews its lease and keeps the slot: the other run
     waits (no overlap). Then SIGSTOP the worker running the next step: its lease lapses, the
     step runs again on the other worker, and the runs complete after SIGCONT."""
     env = {"STEPQ_LEASE": "2"}
     start_workers("flow_limits", n=2, env=env)
     log = tmp_path / "spans.log"
-    run_ids = await start_runs(sender, redis, "slow", events("test/slow", log, [{"seconds": 5}, {"seconds": 5}]))
+    run_ids = await start_runs(sender, redis, "slow", events("test/slow", log, [{"seconds": 3.5}, {"seconds": 3.5}]))
     await wait_for_runs(redis, run_ids, timeout=60)
     found = spans(log)
     assert len(found) == 2 and overlap(found) == {"slow": 1}
@@ -238,7 +238,7 @@ async def test_stepq_run_shows_why_a_run_waits_and_that_it_waited(
     it ran, that it waited."""
     start_workers("flow_limits")
     log = tmp_path / "spans.log"
-    run_ids = await start_runs(sender, redis, "slow", events("test/slow", log, [{"seconds": 5}] * 2))
+    run_ids = await start_runs(sender, redis, "slow", events("test/slow", log, [{"seconds": 3}] * 2))
 
     def cli(*argv: str) -> str:
         done = subprocess.run(
