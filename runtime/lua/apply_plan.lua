@@ -256,10 +256,12 @@ local goes_on = NEXT_JOB and outcome == 'ok'
 -- The ended job's concurrency slots: a run that goes on at once hands them to its next job (a run in
 -- progress goes ahead of runs waiting to start); otherwise they go to whoever waits (slots.lua).
 local slotted = true
-if job_ended == 1 and goes_on and NEXT_JOB.limited then
-  slotted = SLOTS.hand_over(job_id, job_id_of(KEYS[9]), run_id, now, now + lease_ms)
-elseif job_ended == 1 and not (goes_on and not NEXT_JOB.limited) then
-  SLOTS.release(job_id, now)
+if job_ended == 1 then
+  if goes_on and NEXT_JOB.limited then
+    slotted = SLOTS.hand_over(job_id, job_id_of(KEYS[9]), run_id, now, now + lease_ms)
+  elseif not goes_on then
+    SLOTS.release(job_id, now)
+  end
 end
 if goes_on then
   local next_id = job_id_of(KEYS[9])

@@ -157,7 +157,8 @@ for i = 1, #due, 2 do
       local admitted = not spec or held[id] or tag_of(spec[1]) ~= tag or
         SLOTS.claim_gate(KEYS[1], id, score, now, lease, spec[3])
       local try = admitted and redis.pcall('INCR', key_retry(id))
-      if not admitted then -- luacheck: ignore 542 (it waits in its lane for a slot: not claimed)
+      if not admitted then
+        -- it waits in its lane for a slot: not claimed
       elseif poison_error(try) then
         poison[#poison + 1] = id
         local kind = redis.call('TYPE', key_retry(id)).ok
