@@ -32,7 +32,7 @@ if ARG.dedupe_ttl_s ~= '0' then
 end
 local checks, k, i = flow_checks(KEYS, 8, ARGV, ARG_REST, tonumber(ARG.n_flow))
 if #checks > 0 then
-  local why = start_refusal(checks, tonumber(ARG.now_ms))
+  local why = start_refusal(checks, now)
   if why then
     local defaults = limits_in(ARG.defaults, nil)
     -- a skipped start: a run-list entry with the reason, ended at once, no job (the dedupe key
@@ -46,12 +46,12 @@ if #checks > 0 then
     redis.call('EXPIRE', KEYS[1], limits.retention)
     local done = key_runs_done(tag_of(ARG.run_id))
     redis.call('ZADD', done, ARG.now_ms, ARG.run_id)
-    redis.call('ZREMRANGEBYSCORE', done, '-inf', tonumber(ARG.now_ms) - limits.retention * 1000)
+    redis.call('ZREMRANGEBYSCORE', done, '-inf', now - limits.retention * 1000)
     if ARG.parent ~= '' then
       -- an invoked run that will not run: the invoking step fails with the reason, not waits
       redis.call('HSET', KEYS[1], 'parent', ARG.parent)
       notify_parent(KEYS[1], 'error', cmsgpack.pack({name = 'FunctionSkipped', message = why, stack = ''}),
-        tonumber(ARG.now_ms), defaults)
+        now, defaults)
     end
     return {2, ARG.run_id, why}
   end
