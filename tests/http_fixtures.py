@@ -210,6 +210,22 @@ def synced(stack: Stack) -> Iterator[Stack]:
         stack.stop()
 
 
+@contextlib.contextmanager
+def dev_stack(directory: Path, app_target: str, *, api_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """``stepq api --dev``, ``stepq worker --http`` and ``app_target`` in Inngest's dev mode, synced;
+    stopped on exit."""
+    with synced(start_stack(directory, app_target, api_env=api_env, app_env={"INNGEST_DEV": "1"})) as stack:
+        yield stack
+
+
+async def post_events(api_url: str, events: list[dict[str, Any]]) -> list[str]:
+    """``POST /e/<key>`` with a list of events, as any Inngest SDK sends them; the stored events' ids."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(f"{api_url}/e/anykey", json=events)
+    assert response.status_code == 200, response.text
+    return [str(i) for i in response.json()["ids"]]
+
+
 def served_function(
     app_id: str, name: str, app_url: str, *, event: str, retries: int = 1, backoff: dict[str, float] | None = None
 ) -> dict[str, Any]:

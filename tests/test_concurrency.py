@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 import stepq
 from stepq.runtime import keys
 from tests.helpers import REDIS_URL, STEPQ_CLI, StartWorkers, runs_of, start_runs, wait_for_runs
-from tests.http_fixtures import start_http_worker, start_stack, synced
+from tests.http_fixtures import dev_stack, start_http_worker
 
 Span = tuple[str, str, str, int, int]  # function, key, run id, start ns, end ns
 
@@ -261,10 +261,9 @@ async def test_a_served_official_sdk_function_gets_the_same_limits(
 ) -> None:
     """An app of the official ``inngest`` SDK declares its limits with inngest-py's types; stepq
     reads them from the app's sync and holds them across two HTTP workers: 2 at once, 1 per customer."""
-    stack = start_stack(tmp_path, "tests.apps.official_flow:app", app_env={"INNGEST_DEV": "1"})
-    second = start_http_worker(tmp_path, name="http-worker-2")
-    try:
-        with synced(stack):
+    with dev_stack(tmp_path, "tests.apps.official_flow:app"):
+        second = start_http_worker(tmp_path, name="http-worker-2")
+        try:
             log = tmp_path / "spans.log"
             batch = [stepq.Event(name="served/limited", data={"log": str(log), "customer": c}) for c in "abcd" * 5]
             run_ids = await start_runs(sender, redis, "served-flow-limited", batch)
@@ -274,8 +273,8 @@ async def test_a_served_official_sdk_function_gets_the_same_limits(
             assert len(found) == 20 * 2
             assert overlap(found) == {"limited": 2}
             assert overlap(found, group="key") == {f"limited/{c}": 1 for c in "abcd"}
-    finally:
-        second.stop()
+        finally:
+            second.stop()
 
 
 async def test_limits_hold_with_every_kind_of_step_cancels_and_a_killed_worker(

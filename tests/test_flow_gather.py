@@ -33,7 +33,7 @@ from stepq.runtime.queries import RunView
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of
 from tests.helpers import REDIS_URL, TERMINAL, StartWorkers, read_lines, runs_of
-from tests.http_fixtures import Stack, start_stack, stepq_cli, sync_app
+from tests.http_fixtures import Stack, dev_stack, post_events, stepq_cli
 
 APP = "t-gather"
 
@@ -417,28 +417,8 @@ async def test_stepq_run_and_runs_say_why_a_gathered_run_waits(
 @pytest.fixture(scope="class")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """``stepq api --dev``, ``stepq worker --http`` and the official-SDK app, synced."""
-    stack = start_stack(
-        tmp_path_factory.mktemp("gather-served"),
-        "tests.apps.official_app:app",
-        api_env={},
-        worker_env={},
-        app_env={"INNGEST_DEV": "1"},
-        dev=True,
-    )
-    try:
-        response = sync_app(stack.app.url)  # type: ignore[attr-defined]
-        assert response.status_code == 200, f"sync failed: {response.status_code} {response.text}\n{stack.output()}"
+    with dev_stack(tmp_path_factory.mktemp("gather-served"), "tests.apps.official_app:app") as stack:
         yield stack
-    finally:
-        stack.stop()
-
-
-async def post_events(api_url: str, events: list[dict[str, Any]]) -> list[str]:
-    """``POST /e/<key>`` with a list of events, as any Inngest SDK sends them; their ids."""
-    async with httpx.AsyncClient(timeout=30) as http:
-        response = await http.post(f"{api_url}/e/anykey", json=events)
-    assert response.status_code == 200, response.text
-    return list(response.json()["ids"])
 
 
 class TestServedByTheOfficialSdk:

@@ -43,7 +43,7 @@ from tests.helpers import (
     wait_for_run,
     wait_for_runs,
 )
-from tests.http_fixtures import Stack, start_stack, sync_app
+from tests.http_fixtures import Stack, dev_stack, post_events
 
 APP = "t-flow-starts"
 
@@ -468,28 +468,10 @@ def served(name: str) -> str:
 def served_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """``stepq api --dev``, ``stepq worker --http`` and the official-SDK app, synced. The API is
     the sender (events are posted to it), so it reads the idempotency window."""
-    stack = start_stack(
-        tmp_path_factory.mktemp("flow-served"),
-        SERVED_APP,
-        api_env={"STEPQ_IDEMPOTENCY_TTL_S": "2"},
-        worker_env={},
-        app_env={"INNGEST_DEV": "1"},
-        dev=True,
-    )
-    try:
-        response = sync_app(stack.app.url)  # type: ignore[attr-defined]
-        assert response.status_code == 200, f"sync failed: {response.status_code} {response.text}\n{stack.output()}"
+    with dev_stack(
+        tmp_path_factory.mktemp("flow-served"), SERVED_APP, api_env={"STEPQ_IDEMPOTENCY_TTL_S": "2"}
+    ) as stack:
         yield stack
-    finally:
-        stack.stop()
-
-
-async def post_events(api_url: str, events: list[dict[str, object]]) -> list[str]:
-    """``POST /e/<key>`` with a batch of events; the stored events' ids."""
-    async with httpx.AsyncClient(timeout=30) as http:
-        response = await http.post(f"{api_url}/e/anykey", json=events)
-    assert response.status_code == 200, response.text
-    return [str(i) for i in response.json()["ids"]]
 
 
 class TestServedFunctions:

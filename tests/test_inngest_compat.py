@@ -31,6 +31,7 @@ from tests.helpers import read_lines, run_ids_for_event, runs_of, sha1, wait_for
 from tests.http_fixtures import (
     Service,
     Stack,
+    dev_stack,
     start_http_worker,
     start_stack,
     stepq_cli,
@@ -98,20 +99,8 @@ def step_names(view: RunView) -> list[str]:
 @pytest.fixture(scope="class")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """``stepq api --dev``, ``stepq worker --http`` and the official-SDK app in dev mode, synced."""
-    stack = start_stack(
-        tmp_path_factory.mktemp("compat-dev"),
-        APP,
-        api_env={},
-        worker_env={},
-        app_env={"INNGEST_DEV": "1"},
-        dev=True,
-    )
-    try:
-        response = sync_app(stack.app.url)  # type: ignore[attr-defined]
-        assert response.status_code == 200, f"sync failed: {response.status_code} {response.text}\n{stack.output()}"
+    with dev_stack(tmp_path_factory.mktemp("compat-dev"), APP) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 class TestOfficialSdkInDevMode:

@@ -44,9 +44,7 @@ if #checks > 0 then
       redis.call('HSET', KEYS[1], 'lim', ARG.limits)
     end
     redis.call('EXPIRE', KEYS[1], limits.retention)
-    local done = key_runs_done(tag_of(ARG.run_id))
-    redis.call('ZADD', done, ARG.now_ms, ARG.run_id)
-    redis.call('ZREMRANGEBYSCORE', done, '-inf', now - limits.retention * 1000)
+    index_done(ARG.run_id, now, limits.retention)
     if ARG.parent ~= '' then
       -- an invoked run that will not run: the invoking step fails with the reason, not waits
       redis.call('HSET', KEYS[1], 'parent', ARG.parent)

@@ -187,6 +187,15 @@ local function drop_idle_job(queue, job_id)
   end
 end
 
+-- List a run that ended among its shard's done runs (trimmed to the retention), not the active ones.
+local function index_done(run_id, now, retention_s)
+  local tag = tag_of(run_id)
+  local done = key_runs_done(tag)
+  redis.call('ZREM', key_runs_active(tag), run_id)
+  redis.call('ZADD', done, now, run_id)
+  redis.call('ZREMRANGEBYSCORE', done, '-inf', now - retention_s * 1000)
+end
+
 local function close_run(run_id, now, retention_s)
   local run, tag = key_run(run_id), tag_of(run_id)
   drop_all_waits(run)
@@ -217,10 +226,7 @@ local function close_run(run_id, now, retention_s)
   for _, key in ipairs({run, key_events(run_id), key_memo(run_id), key_stack(run_id), key_steps(run_id)}) do
     redis.call('EXPIRE', key, retention_s)
   end
-  local done = key_runs_done(tag)
-  redis.call('ZREM', key_runs_active(tag), run_id)
-  redis.call('ZADD', done, now, run_id)
-  redis.call('ZREMRANGEBYSCORE', done, '-inf', now - retention_s * 1000)
+  index_done(run_id, now, retention_s)
 end
 
 -- Runs a script ended besides the one it was called for (a parent failed by its child's result):
