@@ -68,6 +68,7 @@ from . import keys, lifecycle
 from .codec import unpack
 from .ingest import Ingest, _CreateRunCalls, triggered
 from .limits import Limits
+from .queries import RunFilter, count_runs, run_ids
 from .registry import FunctionRecord, Registry
 from .run_status import RunStatus
 from .script_args import ForkRunArgs
@@ -264,8 +265,8 @@ class Actions:
         """Start a new run of ``run_id``'s function that keeps the steps committed before ``step``
         (a step key, or a step's name when exactly one step has it) and runs from it.
 
-        Raises ``RunNotFound``; ``BadRequest`` when ``step`` is neither a committed step of the run nor the step it stopped at
-        (or names several); ``RunConflict`` as ``replay``."""
+        Raises ``RunNotFound``; ``BadRequest`` when ``step`` is neither a committed step of the run
+        nor the step it stopped at (or names several); ``RunConflict`` as ``replay``."""
         if not step:
             raise BadRequest("step: give the key or the name of a step the run committed")
         return await self._fork(run_id, step)
@@ -391,6 +392,66 @@ class Actions:
         # _CreateRunCalls records (numkeys, numargs, *args) per call: this one's args follow those two
         return await self.store.scripts.call("fork_run", [*fork_keys, *create.keys], [*args.argv(), *create.args[2:]])
 
+    # -- by filter --------------------------------------------------------------------------------
+
+    async def preview(self, flt: RunFilter, *, cap: int = BULK_CAP) -> Preview:
+        """How many runs ``flt`` selects (counted up to ``cap``), without touching them."""
+        _check_bulk(flt, cap)
+        count, capped = await count_runs(self.redis, flt, cap=cap)
+        return Preview(count, capped, cap)
+
+    async def bulk_cancel(
+        self, flt: RunFilter, *, reason: str = DEFAULT_REASON, cap: int = BULK_CAP, dry_run: bool = False
+    ) -> BulkResult:
+        """Cancel the runs ``flt`` selects (at most ``cap``, newest first); ``dry_run``: only count
+        them. Runs that ended meanwhile are skipped. ``BadRequest`` for an empty filter or a bad cap."""
+
+        async def cancel(run_id: str) -> str | None:
+            done = await self.cancel(run_id, reason)
+            return None if done.cancelled else ("already ended" if done.outcome == "done" else done.outcome)
+
+        return await self._bulk("cancel", flt, cap, dry_run, cancel)
+
+    async def bulk_replay(self, flt: RunFilter, *, cap: int = BULK_CAP, dry_run: bool = False) -> BulkResult:
+        """Replay the runs ``flt`` selects (at most ``cap``, newest first); ``dry_run``: only count
+        them. Runs that cannot be replayed (still running, skipped, expired, function gone) are
+        skipped with the reason. ``BadRequest`` for an empty filter or a bad cap."""
+        new_runs: dict[str, str] = {}
+
+        async def replay(run_id: str) -> str | None:
+            try:
+                new_runs[run_id] = (await self.replay(run_id)).run_id
+            except ActionRefused as refused:
+                return str(refused)
+            return None
+
+        result = await self._bulk("replay", flt, cap, dry_run, replay)
+        result.new_run_ids = [new_runs[run_id] for run_id in result.done_run_ids]
+        return result
+
+    async def _bulk(
+        self, action: str, flt: RunFilter, cap: int, dry_run: bool, act: Callable[[str], Awaitable[str | None]]
+    ) -> BulkResult:
+        _check_bulk(flt, cap)
+        if dry_run:
+            preview = await self.preview(flt, cap=cap)
+            return BulkResult(action, preview.count, preview.capped, True)
+        selected = await run_ids(self.redis, flt, cap=cap)
+        result = BulkResult(action, len(selected), len(selected) >= cap, False)
+        outcomes: dict[str, str | None] = {}
+
+        async def one(run_id: str) -> None:
+            outcomes[run_id] = await act(run_id)
+
+        await _bounded(selected, one)
+        for run_id in selected:  # in the selection's order (newest first)
+            why = outcomes[run_id]
+            if why is None:
+                result.done_run_ids.append(run_id)
+            else:
+                result.skipped[run_id] = why
+        return result
+
     # -- a test event -------------------------------------------------------------------------------
 
     async def send_test_event(self, name: str, data: dict[str, Any] | None = None) -> SentEvent:
@@ -411,12 +472,23 @@ class Actions:
         return SentEvent(event_id, runs)
 
 
+def _check_bulk(flt: RunFilter, cap: int) -> None:
+    if flt.empty:
+        raise BadRequest(
+            "filter: give at least one of function, status, since, until, event (an empty filter is every run)"
+        )
+    if not 1 <= cap <= BULK_CAP:
+        raise BadRequest(f"cap: must be 1..{BULK_CAP}, got {cap}")
+
+
 def _check_status(run_id: str, status: str) -> None:
     if status in {s.value for s in REPLAYABLE}:
         return
     if status == RunStatus.SKIPPED:
         raise RunConflict(f"run {run_id} was skipped by flow control and never ran: send its event again")
-    raise RunConflict(f"run {run_id} is {status}: only an ended run (failed, cancelled, completed) runs again; cancel it first")
+    raise RunConflict(
+        f"run {run_id} is {status}: only an ended run (failed, cancelled, completed) runs again; cancel it first"
+    )
 
 
 async def _bounded(items: Sequence[str], act: Callable[[str], Awaitable[None]]) -> None:

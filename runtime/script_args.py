@@ -117,9 +117,7 @@ class ForkRunArgs(ScriptArgs):
 
 
 #: The scripts whose ARGV are named, by script name.
-BY_SCRIPT: dict[str, type[ScriptArgs]] = {
-    args.script: args for args in (ResolveStepArgs, CreateRunArgs, ForkRunArgs)
-}
+BY_SCRIPT: dict[str, type[ScriptArgs]] = {args.script: args for args in (ResolveStepArgs, CreateRunArgs, ForkRunArgs)}
 
 
 _NAMES: dict[type[ScriptArgs], tuple[str, ...]] = {}

@@ -75,7 +75,8 @@ CALLS: dict[str, tuple[str, ...]] = {"fork_run": ("create_run",)}
 def called(name: str) -> str:
     """The scripts ``name`` calls (see ``CALLS``), each as ``local function <script>(KEYS, ARGV)``."""
     return "".join(
-        f"{libraries(callee)}\nlocal function {callee}(KEYS, ARGV)\n{body(callee)}\nend\n" for callee in CALLS.get(name, ())
+        f"{libraries(callee)}\nlocal function {callee}(KEYS, ARGV)\n{body(callee)}\nend\n"
+        for callee in CALLS.get(name, ())
     )
 
 
