@@ -423,7 +423,13 @@ def create_app(
         fields = ("function", "status", "since", "until", "event")
         payload = await action_body(request, frozenset({*fields, "dry_run", "cap"}) | extra)
         try:
-            flt = RunFilter.parse(**{name: text_field(payload, name) for name in fields})
+            flt = RunFilter.parse(
+                function=text_field(payload, "function"),
+                status=text_field(payload, "status"),
+                since=text_field(payload, "since"),
+                until=text_field(payload, "until"),
+                event=text_field(payload, "event"),
+            )
         except ValueError as exc:
             raise _Refused(400, f"body.{exc}") from None
         dry_run, cap = payload.get("dry_run", False), payload.get("cap", BULK_CAP)

@@ -5,6 +5,8 @@ whose step outputs are encrypted)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import secrets
 import subprocess
@@ -24,6 +26,7 @@ from stepq.runtime.queries import RunFilter, RunView
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.store import now_ms
 from stepq.signing import bearer
+from stepq.workers.cli import main
 from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, TERMINAL, StartWorkers, read_lines, sha1, start_run, wait_for_run
 
 KEY = secrets.token_hex(32)
@@ -186,6 +189,18 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+async def cli_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """``cli`` in this process (a thread: the command runs its own event loop), to save a start."""
+    out, err = io.StringIO(), io.StringIO()
+
+    def run() -> int:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            return main([*args, "--redis-url", REDIS_URL])
+
+    code = await asyncio.to_thread(run)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def answer(result: subprocess.CompletedProcess[str], code: int = 0) -> Any:
     assert result.returncode == code, result.stderr
     return json.loads(result.stdout)
@@ -202,10 +217,14 @@ async def test_the_cli_replays_resumes_and_acts_by_filter_only_with_yes(
 
     replayed = answer(cli("replay", run_id))
     assert (replayed["kind"], replayed["source_run_id"]) == ("replay", run_id)
-    resumed = answer(cli("replay", run_id, "--from-step", "gate"))
+    assert answer(await cli_here("run", replayed["run_id"], "--json"))["replay_of"] == run_id
+    resumed = answer(await cli_here("replay", run_id, "--from-step", "gate"))
     assert (resumed["kind"], resumed["from_step_name"], resumed["kept_steps"]) == ("resume", "gate", 5)
     for new in (replayed["run_id"], resumed["run_id"]):
         assert (await wait_for_run(redis, new)).status == "completed"
+    assert (await wait_for_run(redis, run_id)).replays == [replayed["run_id"], resumed["run_id"]]
+    shown = (await cli_here("run", resumed["run_id"])).stdout
+    assert f"resumes   {run_id} from step {sha1('gate')}" in shown
 
     sleeping = await start_runs(sender, redis, "sleepy", "actions/sleepy", {}, 2)
     await wait_all(redis, sleeping, ("sleeping",))
@@ -213,9 +232,9 @@ async def test_the_cli_replays_resumes_and_acts_by_filter_only_with_yes(
     unconfirmed = cli(*bulk)
     assert answer(unconfirmed, 2)["count"] == 2
     assert "add --yes" in unconfirmed.stderr
-    assert answer(cli(*bulk, "--dry-run"))["count"] == 2
+    assert answer(await cli_here(*bulk, "--dry-run"))["count"] == 2
     assert {v.status for v in await wait_all(redis, sleeping, ("sleeping",))} == {"sleeping"}
-    done = answer(cli(*bulk, "--yes"))
+    done = answer(await cli_here(*bulk, "--yes"))
     assert (done["done"], sorted(done["done_run_ids"])) == (2, sorted(sleeping))
     assert {v.status for v in await wait_all(redis, sleeping)} == {"cancelled"}
 
@@ -226,7 +245,7 @@ async def test_the_cli_replays_resumes_and_acts_by_filter_only_with_yes(
         (("replay", run_id, "--from-step", "nowhere"), "is not a step of run"),
         (("cancel", sleeping[0]), "was not cancelled"),
     ):
-        refused = cli(*wrong)
+        refused = await cli_here(*wrong)
         assert refused.returncode == 2 and message in refused.stderr, (wrong, refused.stderr)
 
 

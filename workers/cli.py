@@ -388,6 +388,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"waiting   {view.waiting}")
     elif view.gathered:
         print(f"gathered  {Gathered(**view.gathered).summary()}")
+    if view.replay_of:
+        print(f"replays   {view.replay_of}")
+    if view.forked_from:
+        print(f"resumes   {view.forked_from} from step {view.from_step}")
+    if view.replays:
+        print(f"rerun as  {', '.join(view.replays)}")
     if view.reason:
         print(f"{'skipped' if view.status == 'skipped' else 'reason':<9} {view.reason}")
     if view.held:

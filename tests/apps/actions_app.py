@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import stepq
@@ -39,7 +40,11 @@ async def pipeline(ctx: stepq.Context) -> dict[str, Any]:
     log, flag = ctx.event.data["log"], ctx.event.data["flag"]
     one = await ctx.step.run("one", _note, log, "one")
     await ctx.step.sleep("nap", ctx.event.data.get("nap", "1s"))
-    group = await ctx.group.parallel(tuple((lambda i=i: ctx.step.run(f"p{i}", _note, log, f"p{i}")) for i in (1, 2, 3)))
+
+    def branch(i: int) -> Callable[[], Awaitable[str]]:
+        return lambda: ctx.step.run(f"p{i}", _note, log, f"p{i}")
+
+    group = await ctx.group.parallel(tuple(branch(i) for i in (1, 2, 3)))
     gate = await ctx.step.run("gate", _checked, flag, log, "gate")
     last = await ctx.step.run("last", _note, log, "last")
     result = {"one": one, "group": list(group), "gate": gate, "last": last}
