@@ -307,7 +307,10 @@ class Actions:
             raise RunNotFound(f"no run {run_id!r} (it expired meanwhile)")
         if code == "status":
             _check_status(run_id, reply[1].decode())
-        raise RunConflict(f"run {run_id} cannot be resumed from step {step!r} now ({code})")
+        what = f"resumed from step {step!r}" if step is not None else "replayed"
+        detail = " ".join(item.decode() if isinstance(item, bytes) else str(item) for item in reply[1:])
+        # 'moved': the step's position changed since it was read; 'broken': a kept step lost its value
+        raise RunConflict(f"run {run_id} cannot be {what} now ({code} {detail}".rstrip() + ")")
 
     async def _position(self, run_id: str, order: list[str], step: str) -> tuple[int, str, str]:
         """Where the new run starts for ``step`` (a key, or a name): (steps kept, key, name).
