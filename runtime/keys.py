@@ -70,15 +70,15 @@ SHARD_SHAPES = {
     "timers_lock": Shape(f"{PREFIX}:", ":lock:timers"),  # the one process reviving the shard's lost timers
     "dead": Shape(f"{PREFIX}:", ":dead"),  # the shard's queue entries no worker could run, newest first
     # The run lists' indexes (runtime/run_index.lua writes them, runtime/queries.py reads them):
-    "runs_all": Shape(f"{PREFIX}:", ":runs:all"),  # zset run_id -> created ms: every run
     "run_counts": Shape(f"{PREFIX}:", ":runs:counts"),  # hash ``<slug>|<status>`` -> runs now in it (not ended)
     "runs_expiry": Shape(f"{PREFIX}:", ":runs:expiry"),  # zset ended run (msgpack) -> when its record expires
 }
-#: A shard's run indexes by one value (their argument: a function's slug, an event name, a status, or
-#: ``<slug>|<status>``); zsets run_id -> created ms, but ``runs_ended``: run_id -> ended ms, the last hour.
+#: A shard's run indexes by one value (their argument: an event name, a status, or ``<slug>|<status>``);
+#: zsets run_id -> created ms, but ``runs_ended``: run_id -> ended ms, the last hour. Every run is in
+#: one status's and one function-and-status's: all runs, or a function's, are their unions.
 INDEX_SHAPES = {
     kind: Shape(f"{PREFIX}:", f":runs:{kind.removeprefix('runs_')}:")
-    for kind in ("runs_fn", "runs_ev", "runs_st", "runs_fs", "runs_ended")
+    for kind in ("runs_ev", "runs_st", "runs_fs", "runs_ended")
 }
 
 
@@ -203,11 +203,6 @@ def runs_done(shard: int) -> str:
     return SHARD_SHAPES["runs_done"].build(SHARD_TAGS[shard])
 
 
-def runs_all(shard: int) -> str:
-    """Every run of the shard (zset run_id -> created ms); an ended run leaves it when its record expires."""
-    return SHARD_SHAPES["runs_all"].build(SHARD_TAGS[shard])
-
-
 def run_counts(shard: int) -> str:
     """How many runs of the shard are in each status that is not an end (hash ``<slug>|<status>`` ->
     count), kept by the one Lua function every status change goes through (set_status)."""
@@ -220,18 +215,14 @@ def runs_expiry(shard: int) -> str:
     return SHARD_SHAPES["runs_expiry"].build(SHARD_TAGS[shard])
 
 
-def runs_by_function(shard: int, slug: str) -> str:
-    """The runs of one function (zset run_id -> created ms)."""
-    return INDEX_SHAPES["runs_fn"].build(SHARD_TAGS[shard], slug)
-
-
 def runs_by_event(shard: int, event_name: str) -> str:
     """The runs started by events of one name (zset run_id -> created ms)."""
     return INDEX_SHAPES["runs_ev"].build(SHARD_TAGS[shard], event_name)
 
 
 def runs_by_status(shard: int, status: str) -> str:
-    """The runs in one status now (zset run_id -> created ms)."""
+    """The runs in one status now (zset run_id -> created ms); an ended run leaves it when its record
+    expires."""
     return INDEX_SHAPES["runs_st"].build(SHARD_TAGS[shard], status)
 
 

@@ -186,15 +186,19 @@ class RunPage:
 
 #: Index entries one page looks at, at most: a filter its index does not cover (an event name and a
 #: function, say) may match few of them; the page then returns what it found (``truncated``).
-PAGE_SCAN_MAX = 2000
+PAGE_SCAN_MAX = 5000
 #: Index entries ``run_ids`` and ``count_runs`` look at, at most, for a filter its index does not cover.
 BULK_SCAN_MAX = 200_000
 _LIGHT_FIELDS = ("fn", "app", "status", "created", "ev")
 
 
-async def _matching(redis: Redis, flt: RunFilter, positions: list[Position]) -> list[Position]:
-    """The positions whose runs still exist and match ``flt`` (a few fields of each record, read in
-    one round trip)."""
+async def _matching(redis: Redis, flt: RunFilter, index: run_index.Plan, positions: list[Position]) -> list[Position]:
+    """The positions whose runs match ``flt``: all of them when the index covers it; else those in
+    the other indexes the filter needs (``run_index.members``), and, when a field has no index,
+    whose records match (a few fields of each, read in one round trip)."""
+    positions = await run_index.members(redis, index, positions)
+    if not index.records or not positions:
+        return positions
     async with redis.pipeline(transaction=False) as pipe:
         for _, run_id in positions:
             pipe.hmget(keys.run(run_id), list(_LIGHT_FIELDS))
@@ -227,7 +231,7 @@ async def find_runs(redis: Redis, flt: RunFilter, *, limit: int = 50, cursor: st
         raise ValueError(f"limit: must be at least 1, got {limit}")
     after = decode_cursor(cursor) if cursor else None
     index = await run_index.plan(redis, flt)
-    chunk = limit + 1 if index.covered else max(200, 4 * limit)
+    chunk = limit + 1 if index.covered else max(500, 4 * limit)
     merged = run_index.Merged(redis, index.keys, flt, after, chunk)
     matches: list[Position] = []
     examined = 0
@@ -240,9 +244,9 @@ async def find_runs(redis: Redis, flt: RunFilter, *, limit: int = 50, cursor: st
             break
         examined += len(batch)
         last = batch[-1]
-        matches += await _matching(redis, flt, batch)
+        matches += await _matching(redis, flt, index, batch)
     page = matches[:limit]
-    views = await _views(redis, [run_id for _, run_id in page])
+    views = await _views(redis, [run_id for _, run_id in page])  # a run expired meanwhile is left out
     if len(matches) > limit:
         return RunPage(views, encode_cursor(page[-1]))
     if exhausted or last is None:
@@ -263,7 +267,7 @@ async def _matching_ids(redis: Redis, flt: RunFilter, cap: int) -> tuple[list[st
         if not batch:
             break
         examined += len(batch)
-        found += [run_id for _, run_id in await _matching(redis, flt, batch)]
+        found += [run_id for _, run_id in await _matching(redis, flt, index, batch)]
     return found[:cap], False
 
 

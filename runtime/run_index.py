@@ -1,8 +1,9 @@
 """Reading the run indexes (written by runtime/lua/run_index.lua): which index answers a filter, and
 the runs it lists, newest first, from a cursor on, merged over the shards.
 
-Every index is a zset run id -> created ms, so a listing is a merge of zsets read newest first, in
-the order (created ms, run id) descending; a cursor is the (created ms, run id) of the last run a
+Every index is a zset run id -> created ms (runtime/lua/run_index.lua), so a listing is a merge of
+zsets read newest first, in the order (created ms, run id) descending (all runs: the runs of each
+status; a function's: its runs in each status); a cursor is the (created ms, run id) of the last run a
 page looked at, and the next page starts just after it in that order. A filter is answered by its
 most selective index (the one listing the fewest runs in its time range); the fields that index
 does not cover are checked on the runs' records.
@@ -19,8 +20,10 @@ from redis.asyncio import Redis
 from . import keys
 from .registry import Registry
 from .run_filter import RunFilter
-from .shards import shards
+from .run_status import RunStatus
+from .shards import shard_of, shards
 
+_STATUSES = tuple(status.value for status in RunStatus)
 #: A position in the newest-first order: (created ms, run id).
 Position = tuple[int, str]
 
@@ -37,16 +40,28 @@ def decode_cursor(cursor: str) -> Position:
     return int(ms), run_id
 
 
+#: Index keys by shard: the runs of one shard are listed in that shard's keys only.
+Family = dict[int, tuple[str, ...]]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Plan:
-    """The index keys (one per shard, and per function when a name matches several) that together
-    list every run the filter may match, and whether they match nothing else (``covered``: no field
-    left to check on the records, the time range being their scores)."""
+    """How a filter is answered: the index keys read newest first (``keys``: one per shard, and per
+    function when a name matches several), then, for each filter field that index does not cover,
+    the index keys a matching run is a member of (``checks``: one ZMSCORE per shard and key per
+    chunk of runs), or the runs' records when no index names the field (``records``: a function
+    that no registration and no run knows). The time range is the indexes' scores."""
 
     keys: tuple[str, ...]
-    covered: bool
+    checks: tuple[Family, ...]
+    records: bool
     #: What the index is, for people ("function+status", "all"...).
     name: str
+
+    @property
+    def covered(self) -> bool:
+        """Every run the keys list in the time range matches the filter."""
+        return not self.checks and not self.records
 
 
 async def function_slugs(redis: Redis, function: str) -> list[str]:
@@ -57,8 +72,13 @@ async def function_slugs(redis: Redis, function: str) -> list[str]:
     found = [r.slug for r in await Registry(redis).functions() if flt.matches_function(r.slug, r.app_id)]
     if found:
         return found
-    exists = await redis.exists(*(keys.runs_by_function(s, function) for s in shards()))
+    exists = await redis.exists(*(key for s in shards() for key in _function_keys(s, function)))
     return [function] if exists else []
+
+
+def _function_keys(shard: int, slug: str) -> tuple[str, ...]:
+    """A function's runs in a shard: its runs in each status."""
+    return tuple(keys.runs_by_function_status(shard, slug, status) for status in _STATUSES)
 
 
 def _window(flt: RunFilter) -> tuple[str, str]:
@@ -71,36 +91,40 @@ def _window(flt: RunFilter) -> tuple[str, str]:
 async def plan(redis: Redis, flt: RunFilter) -> Plan:
     """The most selective index for ``flt``: a function's runs in a status, a function's, a status's,
     an event name's, or all runs; when the event name competes with another, the one listing fewer
-    runs in the time range (one ZCOUNT per key, one round trip)."""
+    runs in the time range (one ZCOUNT per key, one round trip). The other fields are checked by
+    membership of the other indexes."""
     slugs = await function_slugs(redis, flt.function) if flt.function else []
     status = flt.status.value if flt.status else None
-    wanted = {f for f, v in (("function", flt.function), ("status", status), ("event", flt.event_name)) if v}
-
-    def option(index_keys: tuple[str, ...], *fields: str) -> Plan:
-        return Plan(index_keys, wanted <= set(fields), "+".join(fields) or "all")
-
-    options: list[Plan] = []
+    families: dict[str, Family] = {}  # what each field (or pair) can be read or checked by
     if slugs and status:
-        fs = tuple(keys.runs_by_function_status(s, slug, status) for s in shards() for slug in slugs)
-        options.append(option(fs, "function", "status"))
+        families["function+status"] = {
+            s: tuple(keys.runs_by_function_status(s, slug, status) for slug in slugs) for s in shards()
+        }
     elif slugs:
-        options.append(option(tuple(keys.runs_by_function(s, slug) for s in shards() for slug in slugs), "function"))
+        families["function"] = {s: tuple(k for slug in slugs for k in _function_keys(s, slug)) for s in shards()}
     elif status:
-        options.append(option(tuple(keys.runs_by_status(s, status) for s in shards()), "status"))
+        families["status"] = {s: (keys.runs_by_status(s, status),) for s in shards()}
     if flt.event_name is not None:
-        options.append(option(tuple(keys.runs_by_event(s, flt.event_name) for s in shards()), "event"))
-    if not options:
-        return option(tuple(keys.runs_all(s) for s in shards()))
-    if len(options) == 1:
-        return options[0]
-    low, high = _window(flt)
-    async with redis.pipeline(transaction=False) as pipe:
-        for candidate in options:
-            for key in candidate.keys:
-                pipe.zcount(key, low, high)
-        counts = iter(await pipe.execute())
-    sizes = [sum(int(next(counts)) for _ in candidate.keys) for candidate in options]
-    return options[min(range(len(options)), key=sizes.__getitem__)]
+        families["event"] = {s: (keys.runs_by_event(s, flt.event_name),) for s in shards()}
+    records = bool(flt.function) and not slugs
+    if not families:
+        every = tuple(keys.runs_by_status(s, status) for s in shards() for status in _STATUSES)
+        return Plan(every, (), records, "all")
+    names = list(families)
+    chosen = names[0]
+    if len(names) > 1:
+        low, high = _window(flt)
+        async with redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                for family_keys in families[name].values():
+                    for key in family_keys:
+                        pipe.zcount(key, low, high)
+            counts = iter(await pipe.execute())
+        sizes = {name: sum(int(next(counts)) for ks in families[name].values() for _ in ks) for name in names}
+        chosen = min(names, key=sizes.__getitem__)
+    primary = tuple(key for family_keys in families[chosen].values() for key in family_keys)
+    checks = tuple(families[name] for name in names if name != chosen)
+    return Plan(primary, checks, records, chosen)
 
 
 async def count_in(redis: Redis, index: Plan, flt: RunFilter) -> int:
@@ -204,3 +228,28 @@ class Merged:
                 for stream in self.streams:  # later reads skip what the merge returned already
                     stream.after = entry
         return out
+
+
+async def members(redis: Redis, index: Plan, positions: list[Position]) -> list[Position]:
+    """The positions whose runs are members of every family in ``index.checks`` (of some key of it,
+    in the run's shard): one ZMSCORE per key and shard, in one round trip."""
+    if not index.checks or not positions:
+        return positions
+    by_shard: dict[int, list[str]] = {}
+    for _, run_id in positions:
+        by_shard.setdefault(shard_of(run_id), []).append(run_id)
+    asked: list[tuple[int, int]] = []  # (family number, shard) per command
+    async with redis.pipeline(transaction=False) as pipe:
+        for number, family in enumerate(index.checks):
+            for shard, run_ids in by_shard.items():
+                for key in family.get(shard, ()):
+                    pipe.zmscore(key, run_ids)
+                    asked.append((number, shard))
+        replies = await pipe.execute()
+    found: dict[tuple[int, str], bool] = {}
+    for (number, shard), scores in zip(asked, replies, strict=True):
+        for run_id, score in zip(by_shard[shard], scores, strict=True):
+            if score is not None:
+                found[number, run_id] = True
+    families = range(len(index.checks))
+    return [p for p in positions if all(found.get((number, p[1])) for number in families)]

@@ -261,7 +261,6 @@ async def _outcomes(redis: Redis, event_id: str) -> dict[str | None, tuple[str, 
 
 async def test_the_index_key_builders_in_lua_name_the_keys_python_names(redis: Redis) -> None:
     calls = {
-        "runs_fn": keys.runs_by_function,
         "runs_ev": keys.runs_by_event,
         "runs_st": keys.runs_by_status,
         "runs_fs": lambda shard, arg: keys.runs_by_function_status(shard, *arg.rsplit("|", 1)),

@@ -40,7 +40,7 @@ if #checks > 0 then
     local limits = limits_in(ARG.limits, defaults)
     redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]),
       'created', ARG.now_ms, 'ended', ARG.now_ms, 'event_ids', ARG.event_ids, 'reason', why, 'ev', ARG.event_name)
-    index_new_run(ARG.run_id, ARG.fn, ARG.event_name, ARG.now_ms)
+    index_new_run(ARG.run_id, ARG.event_name, ARG.now_ms)
     set_status(ARG.run_id, STATUS_SKIPPED)
     if ARG.limits ~= '' then
       redis.call('HSET', KEYS[1], 'lim', ARG.limits)
@@ -58,7 +58,7 @@ if #checks > 0 then
 end
 redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'created', ARG.now_ms,
   'event_ids', ARG.event_ids, 'fence', '0', 'state_bytes', string.len(ARG.events_blob), 'ev', ARG.event_name)
-index_new_run(ARG.run_id, ARG.fn, ARG.event_name, ARG.now_ms)
+index_new_run(ARG.run_id, ARG.event_name, ARG.now_ms)
 set_status(ARG.run_id, STATUS_QUEUED)
 redis.call('SET', KEYS[2], ARG.events_blob)
 if ARG.parent ~= '' then

@@ -1,25 +1,23 @@
 -- The run lists' indexes and live counts (runtime/queries.py reads them; keys in runtime/keys.py),
 -- written in the same script as the change they follow, in the run's shard. Put in every script's
 -- prelude before prelude.lua, whose helpers call them.
--- * runs_all, runs_fn:<slug>, runs_ev:<event name>: every run, by creation time (index_new_run);
--- * runs_st:<status>, runs_fs:<slug>|<status>: the runs in each status now, by creation time, and
---   run_counts: how many runs of each function are in each status that is not an end (set_status);
+-- * runs_ev:<event name>: the runs started by events of a name, by creation time (index_new_run);
+-- * runs_st:<status>, runs_fs:<slug>|<status>: the runs in each status now, by creation time (their
+--   unions are all runs, and a function's), and run_counts: how many runs of each function are in
+--   each status that is not an end (set_status);
 -- * runs_ended:<slug>|<status>: the runs that ended within the last hour, by end time (index_ended);
 -- * runs_expiry: each ended run, by when its record expires; an end drops from every index the
 --   runs whose records expired since (index_ended): the indexes live as long as the records.
 
--- At most this many expired runs leave the indexes per end (an end adds one: they keep up).
-local INDEX_TRIM_MAX = 64
+-- At most this many expired runs leave the indexes per end: an end adds one, so they keep up, and a
+-- burst of runs that expired together leaves with the next few ends.
+local INDEX_TRIM_MAX = 500
 local RECENT_ENDS_MS = 3600 * 1000
 
--- A new run (its record holds 'fn' and 'created'): listed among all runs, its function's and its
--- event name's ('' for none).
-local function index_new_run(run_id, slug, event_name, created)
-  local tag = tag_of(run_id)
-  redis.call('ZADD', key_runs_all(tag), created, run_id)
-  redis.call('ZADD', key_runs_fn(tag, slug), created, run_id)
+-- A new run: listed among its event name's ('' for none). set_status lists it by status.
+local function index_new_run(run_id, event_name, created)
   if event_name ~= '' then
-    redis.call('ZADD', key_runs_ev(tag, event_name), created, run_id)
+    redis.call('ZADD', key_runs_ev(tag_of(run_id), event_name), created, run_id)
   end
 end
 
@@ -72,8 +70,6 @@ local function index_ended(run_id, now, retention_s)
   for _, member in ipairs(gone) do
     local e = cmsgpack.unpack(member)
     local id, fn, st, ev = e[1], e[2], e[3], e[4]
-    redis.call('ZREM', key_runs_all(tag), id)
-    redis.call('ZREM', key_runs_fn(tag, fn), id)
     redis.call('ZREM', key_runs_st(tag, st), id)
     redis.call('ZREM', key_runs_fs(tag, fn .. '|' .. st), id)
     if ev ~= '' then

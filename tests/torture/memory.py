@@ -28,9 +28,9 @@ ALLOWED_KEYS = {
     # the events index, and the probe's name's; the probe event's outcomes
     "stepq:events": 2,
     "stepq:outcomes": 1,
-    # active and done runs; the probe's entries in the run lists' indexes (runtime/lua/run_index.lua):
-    # all, by function, by event name, by status, by function and status, recent ends, expiry
-    "stepq:runs": 9,
+    # the done runs; the probe's entries in the run lists' indexes (runtime/lua/run_index.lua): by
+    # event name, by status, by function and status, recent ends, expiry
+    "stepq:runs": 6,
     # per queue, while its workers run (two queues here): the mover's lease and wake time, a token
     "queue wake-up keys": 6,
 }
