@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
@@ -66,12 +67,13 @@ from stepq.ids import new_ulid
 
 from . import keys, lifecycle
 from .codec import unpack
-from .ingest import Ingest, _CreateRunCalls, triggered
+from .ingest import Ingest, triggered
 from .limits import Limits
 from .queries import RunFilter, count_runs, run_ids
 from .registry import FunctionRecord, Registry
 from .run_status import RunStatus
 from .script_args import ForkRunArgs
+from .scripts import source
 from .shards import dedupe_shard, new_run_id, shard_of
 from .store import Outcome, RunStore, now_ms
 from .waits import cancel_registrations
@@ -358,7 +360,7 @@ class Actions:
     ) -> Any:
         at = now_ms()
         first = events[0].to_dict() if events else {}
-        create = _CreateRunCalls()  # create_run's KEYS and ARGV for the new run, run by fork_run.lua
+        create = _CreateRunCall()  # create_run's KEYS and ARGV for the new run, run by fork_run.lua
         await self.store.create_run(
             run_id=new_id,
             fn_slug=fn.slug,
@@ -392,8 +394,7 @@ class Actions:
             keys.stack(new_id),
             keys.steps(new_id),
         ]
-        # _CreateRunCalls records (numkeys, numargs, *args) per call: this one's args follow those two
-        return await self.store.scripts.call("fork_run", [*fork_keys, *create.keys], [*args.argv(), *create.args[2:]])
+        return await self.store.scripts.call("fork_run", [*fork_keys, *create.keys], [*args.argv(), *create.args])
 
     # -- by filter --------------------------------------------------------------------------------
 
@@ -473,6 +474,24 @@ class Actions:
             if found:
                 runs[found.decode()] = fn.slug
         return SentEvent(event_id, runs)
+
+
+class _CreateRunCall:
+    """Stands in for a Redis client so that ``RunStore.create_run`` hands over its script's KEYS and
+    ARGV instead of sending them (as the ingest's batch does): fork_run.lua runs create_run's code
+    with exactly those, so the new run is created as any run is."""
+
+    _SHA = hashlib.sha1(source("create_run").encode()).hexdigest()
+
+    def __init__(self) -> None:
+        self.keys: list[Any] = []
+        self.args: list[Any] = []
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
+        if sha != self._SHA or self.keys:
+            raise RuntimeError("expected one call of runtime/lua/create_run.lua")
+        self.keys = list(keys_and_args[:numkeys])
+        self.args = list(keys_and_args[numkeys:])
 
 
 def _check_bulk(flt: RunFilter, cap: int) -> None:
