@@ -9,8 +9,9 @@
 -- ARGV: the fields of ForkRunArgs (runtime/script_args.py), then create_run's ARGV for the new run
 -- Returns {'ok', new run id}, or why not: {'missing'}, {'status', status} (not in ARG.allowed),
 -- {'moved', key found at the position or ''} (from_step is neither at position ARG.keep nor right
--- after a stack of ARG.keep steps), {'broken', key}
--- (a kept step has no memo value).
+-- after a stack of ARG.keep steps), {'broken', key} (a kept step has no memo value), {'refused',
+-- created, reason} (create_run did not create the run: never expected, it is given no dedupe key,
+-- start checks or gathering).
 local OLD, OLD_MEMO, OLD_STACK, OLD_STEPS = KEYS[1], KEYS[3], KEYS[4], KEYS[5]
 local NEW_MEMO, NEW_STACK, NEW_STEPS, NEW = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local status = redis.call('HGET', OLD, 'status')
