@@ -1,9 +1,9 @@
 """Every script on a step's path touches the keys of one Redis Cluster slot (runtime/shards.py).
 
 The torture workload (every step kind, in-process and served over HTTP, cancellations, retries,
-invokes, waits, worker kills) runs with MONITOR attached; each script call's keys, its declared KEYS
-and those its commands touched, must hash to one slot. Only the event ingest may span slots (it
-creates runs wherever their shards are).
+invokes, waits, worker kills, then a replay and a resume of ended runs) runs with MONITOR attached;
+each script call's keys, its declared KEYS and those its commands touched, must hash to one slot.
+Only the event ingest may span slots (it creates runs wherever their shards are).
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ SEED = int(os.environ.get("STEPQ_TORTURE_SEED") or random.SystemRandom().randran
 async def test_no_script_of_a_mixed_workload_touches_two_slots(tmp_path: Path) -> None:
     faults = FaultPlan(kill_every_s=5.0, pauses_at_s=(), restarts_at_s=())
     config = Config(
-        seed=SEED, runs=80, send_over_s=12, faults=faults, faults_until_s=15, check_memory=False, audit_slots=True
+        seed=SEED,
+        runs=80,
+        send_over_s=12,
+        faults=faults,
+        faults_until_s=15,
+        check_memory=False,
+        audit_slots=True,
+        forks=True,
     )
     report = await Torture(config, tmp_path).run()
     print("\nslots:", report.figures(), report.script_calls)
@@ -40,6 +47,10 @@ async def test_no_script_of_a_mixed_workload_touches_two_slots(tmp_path: Path) -
     for script in ("claim_jobs", "apply_plan", "create_run" if calls.get("create_run") else "ingest_events"):
         assert calls.get(script, 0) > 0, f"no {script} call seen: {calls}"
     assert calls.get("apply_plan", 0) >= 200, calls
+    # a replay and a resume (runtime/lua/fork_run.lua) created their runs, which then took steps
+    assert calls.get("fork_run", 0) >= 2 and len(report.forks) == 2, (
+        calls
+    )  # (a first EVALSHA may miss the script cache)
 
 
 async def test_the_audit_reports_a_script_that_touches_two_shards(private_redis: EmbeddedRedis) -> None:

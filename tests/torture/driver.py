@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 import stepq
 from stepq.runtime import keys
+from stepq.runtime.actions import Actions
 from stepq.runtime.codec import unpack
 from stepq.runtime.connection import connect
 from stepq.runtime.limits import Limits
@@ -63,6 +64,9 @@ class Config:
     known_shapes: bool = True
     #: Follow MONITOR and report every script call whose keys span Redis Cluster slots (``slots.py``).
     audit_slots: bool = False
+    #: Once the runs are checked, replay one ended run and resume another from its second step (the
+    #: operator actions' fork_run.lua, audited with the rest), and follow each new run a few steps.
+    forks: bool = False
 
     def command(self) -> str:
         return f"STEPQ_TORTURE_SEED={self.seed} scripts/test tests/test_torture.py"
@@ -205,6 +209,8 @@ class Torture:
                 )
             await self._quiesce()
             await self._check()
+            if self.config.forks:
+                await self._forks()
             if audit is not None:
                 audit.stop()
                 self.report.script_calls = dict(audit.calls)
@@ -580,6 +586,37 @@ class Torture:
                     )
         for problem in await global_leftovers(self.redis, self.stranded):
             self.report.violations.append(Violation("leftovers", "-", "-", problem))
+
+    async def _forks(self) -> None:
+        """Replay an ended run and resume another from its second committed step; wait until each new
+        run has taken a step of its own or ended (its later steps may wait for the driver's signals)."""
+        assert self.redis is not None
+        actions = Actions.on(self.redis, Limits(retention_s=self.config.settings.retention_s))
+        # the runs that ended last: the cluster's retention is short
+        ended = [t for t in self.tracks.values() if t.snap is not None and len(t.snap.stack) >= 2]
+        ended.sort(key=lambda t: t.snap.ended_ms or 0 if t.snap is not None else 0, reverse=True)
+        if len(ended) < 2:
+            self.report.violations.append(Violation("fork", "-", "-", f"only {len(ended)} runs to fork"))
+            return
+        replayed, resumed = ended[0].snap, ended[1].snap
+        assert replayed is not None and resumed is not None
+        new = [
+            (await actions.replay(replayed.run_id), 0),
+            (await actions.resume(resumed.run_id, resumed.stack[1]), 1),
+        ]
+        deadline = time.monotonic() + 10
+        for started, kept in new:
+            while time.monotonic() < deadline:
+                status = await self.redis.hget(keys.run(started.run_id), "status")  # type: ignore[misc]
+                grew = await self.redis.llen(keys.stack(started.run_id)) > kept  # type: ignore[misc]
+                if grew or status in (b"sleeping", b"waiting", b"completed", b"failed", b"cancelled"):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                self.report.violations.append(
+                    Violation("fork", "-", started.run_id, f"{started.kind} of {started.source_run_id} took no step")
+                )
+            self.report.forks.append(started.run_id)
 
     async def _memory(self, baseline: memory.Census) -> None:
         """After the last run's retention: no run keys, indexes trimmed, memory back near the baseline."""

@@ -29,6 +29,8 @@ class Report:
     cancels: int = 0
     #: Script calls seen, by script, when the slot audit ran.
     script_calls: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Runs the driver replayed or resumed (``Config.forks``).
+    forks: list[str] = dataclasses.field(default_factory=list)
 
     def figures(self) -> str:
         t = self.tally
