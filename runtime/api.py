@@ -510,7 +510,7 @@ def create_app(
 async def _read_body(request: Request, cap: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``cap`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > cap:
         raise _Refused(413, f"request body is {int(declared)} bytes; the limit is {cap} bytes")
     chunks: list[bytes] = []
     size = 0

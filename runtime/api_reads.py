@@ -39,7 +39,7 @@ def _limit(params: Mapping[str, str], default: int = 50) -> int:
     raw = params.get("limit", "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadParameter(f"limit: expected a whole number from 1 to {MAX_LIMIT}, got {raw[:40]!r}")
     return int(raw)
 

@@ -35,7 +35,9 @@ def encode_cursor(position: Position) -> str:
 def decode_cursor(cursor: str) -> Position:
     """A cursor's position. ValueError naming the cursor when it is not one this API made."""
     ms, dot, run_id = cursor.partition(".")
-    if not dot or not ms.isdigit() or len(ms) > 16 or not run_id or not run_id.isalnum() or len(run_id) > 64:
+    # ASCII only: str.isdigit() also holds for digits int() refuses ('²'), and a cursor is ours
+    well_formed = ms.isascii() and ms.isdigit() and len(ms) <= 16 and run_id.isascii() and run_id.isalnum()
+    if not dot or not well_formed or len(run_id) > 64:
         raise ValueError(f"cursor: {cursor[:80]!r} is not a cursor this API returned")
     return int(ms), run_id
 

@@ -205,7 +205,7 @@ class Replay:
     def _generated(self, step_id: str) -> bool:
         """Whether ``step_id`` (``base:n``) is a key name this invocation already gave a repeat."""
         base, _, number = step_id.rpartition(":")
-        return number.isdigit() and 1 <= int(number) < self._seen.get(base, 0)
+        return number.isascii() and number.isdigit() and 1 <= int(number) < self._seen.get(base, 0)
 
     def may_run_now(self, key: str, step_id: str = "") -> bool:
         """Whether a new step may run in this invocation; raises Skip/Diverged/NonDeterminismError

@@ -90,7 +90,7 @@ def parse_header(header: str) -> tuple[int, str]:
             )
         fields[name.strip()] = value.strip()
     t, s = fields.get("t"), fields.get("s")
-    if t is None or s is None or not t.isdigit() or not _SIG_HEX.match(s.lower()):
+    if t is None or s is None or not (t.isascii() and t.isdigit()) or not _SIG_HEX.match(s.lower()):
         raise SignatureError(
             f"{SIGNATURE_HEADER} is malformed: expected 't=<unix seconds>&s=<64 hex digits>'", reason="malformed"
         )

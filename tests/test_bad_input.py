@@ -177,3 +177,19 @@ async def test_job_for_a_function_the_worker_does_not_serve_is_dropped_with_an_e
     assert worker.alive()
     await wait_for_empty_queue(redis, APP)
     print(f"the unserved run after its job was dropped: {await get_run(redis, ghost_run, with_steps=False)}")
+
+
+def test_digits_that_int_refuses_are_refused_as_malformed_not_raised() -> None:
+    """'²' passes str.isdigit() and int() refuses it (ARABIC-INDIC ONE passes both). Numbers read
+    from headers and query text must be ASCII digits: a served app's Retry-After, a signature's
+    timestamp, a page cursor."""
+    from stepq.runtime.run_index import decode_cursor
+    from stepq.signing import SignatureError, parse_header
+    from stepq.workers.http_invoker import _retry_after
+
+    assert _retry_after("²") is None and _retry_after("\u0661") is None
+    with pytest.raises(SignatureError):
+        parse_header("t=²&s=" + "a" * 64)
+    for cursor in ("²²².01M8P1AH0EB3Q4KYRJTH7BAWH0", "1.²", "\u0661.abc"):
+        with pytest.raises(ValueError, match=r"^cursor: "):
+            decode_cursor(cursor)

@@ -237,7 +237,7 @@ def _retry_after(value: str | None) -> dt.timedelta | None:
         return None
     value = value.strip()
     delta: dt.timedelta | None = None
-    if value.isdigit() and len(value) <= 7:
+    if value.isascii() and value.isdigit() and len(value) <= 7:
         delta = dt.timedelta(seconds=int(value))
     else:
         moment: dt.datetime | None = None
