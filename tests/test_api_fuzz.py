@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
 import redis as sync_redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stepq.runtime import keys
@@ -307,3 +308,128 @@ def test_register_never_5xx_and_4xx_store_nothing(
     assert set(mine) == {f["id"] for f in sent["functions"]}
     for function in sent["functions"]:
         assert mine[function["id"]]["url"] == function["steps"]["step"]["runtime"]["url"]
+
+
+# -- the run reads and the operator actions (issue 12) ------------------------------------------------------
+# Filters, cursors, limits and step names with odd text: never a 5xx; a 4xx names the field it refuses
+# (the parameter, or ``body.<field>``) and stores nothing. The database holds one cancelled run (a
+# replay or resume candidate) and its events.
+
+RUN_PARAMS = ["function", "status", "since", "until", "event", "limit", "cursor", "q"]
+plain_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=16)
+odd_values = st.one_of(
+    plain_text,
+    st.sampled_from(
+        [
+            "²",  # a digit to str.isdigit, not to int()
+            "١٢",
+            "0",
+            "201",
+            "-1",
+            "99999999999999d",
+            "1e400s",
+            "9" * 40,
+            "failed",
+            " FAILED ",
+            "2026-13-45T99:00:00Z",
+            "1796035920904.01M8P1AH0EB3Q4KYRJTH7BAWH0",
+            "²²².abc",
+            "1.",
+            ".abc",
+            "9" * 17 + ".a",
+            "<script>alert(1)</script>",
+            "fuzz-f|failed",
+            "\x00",
+        ]
+    ),
+)
+NAMED = (*RUN_PARAMS, "body", "step", "filter", "cap", "dry_run", "bogus", "x")
+
+
+@pytest.fixture(scope="module")
+def cancelled_run(db: sync_redis.Redis, api: str, http: httpx.Client) -> str:
+    """A run of the fuzz app (no worker serves it), cancelled: one that a replay or resume may take."""
+    fresh(db, http, api)
+    response = http.post(f"{api}/e/key", json={"name": EVENT, "data": {"n": 1}})
+    assert response.status_code == 200, response.text
+    [run] = http.get(f"{api}/v0/runs").json()["runs"]
+    assert http.post(f"{api}/v0/runs/{run['run_id']}/cancel").status_code == 200
+    return str(run["run_id"])
+
+
+def check_refusal(db: sync_redis.Redis, before: dict[bytes, Any], response: httpx.Response) -> None:
+    assert response.status_code < 500, f"{response.status_code}: {response.text[:500]}"
+    if 400 <= response.status_code < 500:
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            assert response.status_code in (404, 405), response.text[:200]  # the router: no such route
+            assert snapshot(db) == before
+            return
+        message = response.json()["error"]
+        if response.status_code == 400:
+            named = message.startswith("body.") or message.split(":")[0] in NAMED
+            assert named, f"the refusal names no field: {message}"
+        after = snapshot(db)
+        changed = sorted(k for k in {*before, *after} if before.get(k) != after.get(k))
+        assert not changed, f"a {response.status_code} stored something: {message}; changed {changed[:5]}"
+
+
+@settings(FUZZ, max_examples=40)
+@given(params=st.dictionaries(st.sampled_from([*RUN_PARAMS, "bogus"]), odd_values, max_size=4))
+@example(params={"limit": "²"})  # str.isdigit() holds, int() refuses it
+@example(params={"cursor": "²²².abc"})
+@example(params={"since": "99999999999999d", "until": "1e400s"})
+def test_run_list_parameters_never_5xx(
+    db: sync_redis.Redis, api: str, http: httpx.Client, cancelled_run: str, params: dict[str, str]
+) -> None:
+    before = snapshot(db)
+    response = http.get(f"{api}/v0/runs", params=params)
+    check_refusal(db, before, response)
+    if response.status_code == 200:
+        assert {"runs", "cursor", "truncated"} <= set(response.json())
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    which=st.sampled_from(["the run", "odd"]),
+    odd_id=odd_values,
+    action=st.sampled_from(["resume", "replay", "cancel"]),
+    body=st.one_of(st.fixed_dictionaries({"step": st.one_of(odd_values, json_values)}), json_values),
+)
+def test_run_actions_never_5xx(
+    db: sync_redis.Redis,
+    api: str,
+    http: httpx.Client,
+    cancelled_run: str,
+    which: str,
+    odd_id: str,
+    action: str,
+    body: Any,
+) -> None:
+    run_id = cancelled_run if which == "the run" else quote(odd_id, safe="") or "x"
+    before = snapshot(db)
+    response = post(http, f"{api}/v0/runs/{run_id}/{action}", encode(body))
+    check_refusal(db, before, response)
+    if response.status_code == 200 and action != "cancel":
+        started = response.json()
+        assert db.hget(keys.run(started["run_id"]), "status") is not None
+        assert started["source_run_id"] == cancelled_run
+
+
+@settings(FUZZ, max_examples=30)
+@given(
+    action=st.sampled_from(["cancel", "replay"]),
+    body=st.one_of(
+        st.dictionaries(
+            st.sampled_from(["function", "status", "since", "until", "event", "dry_run", "cap", "reason", "x"]),
+            st.one_of(odd_values, json_values),
+            max_size=4,
+        ),
+        json_values,
+    ),
+)
+def test_bulk_actions_never_5xx(
+    db: sync_redis.Redis, api: str, http: httpx.Client, cancelled_run: str, action: str, body: Any
+) -> None:
+    before = snapshot(db)
+    response = post(http, f"{api}/v0/runs/{action}", encode(body))
+    check_refusal(db, before, response)
