@@ -40,6 +40,8 @@ from .waits import Registration
 
 #: What a run lives within unless its function registered other limits (kept in the run's record).
 DEFAULT_LIMITS = Limits()
+#: The run-record field of the trace context the run continues (a W3C traceparent; absent: none).
+TRACE_FIELD = "tp"
 
 
 def now_ms() -> int:
@@ -226,6 +228,7 @@ class RunStore:
         checks: StartChecks = NO_START_CHECKS,
         pipe: Any = None,
         gather: Gather | None = None,
+        trace: str = "",
     ) -> Any:
         """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on
         ``pipe``): created is 1, or 0 for a duplicate (``run_id`` is then the existing run), or 2 when
@@ -237,7 +240,8 @@ class RunStore:
         priority are evaluated from the first event and kept with the run.
         ``checks``: the start limits to check and charge (``flow_starts.start_checks``).
         ``gather``: the event gathers into a debounced or batched run (runtime/gather.py): it joins
-        the open run of its key (``created`` 0, that run's id) or creates one that waits."""
+        the open run of its key (``created`` 0, that run's id) or creates one that waits.
+        ``trace``: the W3C traceparent the run's trace continues ('' : none)."""
         at, shard = now_ms(), shard_of(run_id)
         if dedupe_key and shard != dedupe_shard(fn_slug, dedupe_key):
             raise ValueError(f"run {run_id} is not in the shard of its deduplication key (see shards.run_id_for)")
@@ -277,6 +281,7 @@ class RunStore:
                     n_flow=checks.count,
                     defaults=self._defaults,
                     gather=gather.arg if gather else "",
+                    trace=trace,
                 ).argv(),
                 *checks.args,
                 *(arg for rule in rules for arg in rule.args()),
