@@ -29,7 +29,7 @@ def disabled_by_env() -> bool:
     ).strip().lower() == "true"
 
 
-def _otel_trace() -> Any:
+def otel_trace() -> Any:
     """``opentelemetry.trace``, or None when it is not importable or tracing is turned off."""
     global _api
     if _api is None:
@@ -46,7 +46,7 @@ def _otel_trace() -> Any:
 
 def current_traceparent() -> str:
     """The ``traceparent`` of the span current in this context ('' when there is none, or no OpenTelemetry)."""
-    trace = _otel_trace()
+    trace = otel_trace()
     if trace is None:
         return ""
     context = trace.get_current_span().get_span_context()

@@ -135,11 +135,34 @@ async def test_a_run_is_one_trace_from_the_sender_through_retries_sleeps_paralle
     assert {line["span_id"] for line in lines} <= {ids(s)[1] for s in attempts}
 
 
-async def test_the_event_api_continues_the_traceparent_header(
-    redis: Redis, start_workers: StartWorkers, tmp_path: Path, sender_tracer: Any
+APPROVER = """
+import asyncio, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+import stepq
+from stepq.workers.tracing import JsonLinesExporter
+
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(sys.argv[1])))
+trace.set_tracer_provider(provider)  # an app that traces: the waits its events resolve make spans
+
+
+async def main() -> None:
+    client = stepq.Client("t-approver", redis_url=sys.argv[2])
+    print((await client.send(stepq.Event(name="test/traced.approval", data={"id": 9})))[0])
+    await client.aclose()
+
+asyncio.run(main())
+"""
+
+
+async def test_the_event_api_continues_the_traceparent_header_and_a_matched_wait_is_a_span(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path, sender_tracer: Any
 ) -> None:
     path = tmp_path / "spans.jsonl"
     start_workers("traced", env={"STEPQ_TRACING_FILE": str(path)})
+    [waiting] = await sender.send(stepq.Event(name="test/traced.wait", data={"id": 9}))
     traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     tracer, _ = sender_tracer
     with ApiServer(REDIS_URL, settings=ApiSettings.from_env(dev=True)) as api:
@@ -176,6 +199,23 @@ async def test_the_event_api_continues_the_traceparent_header(
     assert ids(roots[f"{sent.trace_id:032x}"])[2] == f"{sent.span_id:016x}"
     # the run sent with a bad header starts a trace of its own: its root has no parent
     assert [ids(s)[2] for s in roots.values()].count(None) == 1
+    for trace_id, root in roots.items():  # and every span of a run is in its root's trace
+        run_id = root["attributes"]["stepq.run_id"]
+        assert {ids(s)[0] for s in spans if s["attributes"].get("stepq.run_id") == run_id} == {trace_id}
+
+    # an event that resolves a wait, sent by an app that traces: a span under the waiting run's root
+    [wait_run] = await run_ids_for_event(redis, "traced-wait", waiting)
+    await wait_for_run(redis, wait_run, statuses=("waiting",))
+    approver = subprocess.run(
+        [sys.executable, "-c", APPROVER, str(path), REDIS_URL], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert approver.returncode == 0, approver.stderr
+    assert (await wait_for_run(redis, wait_run)).status == "completed"
+    spans = await spans_named(path, {"wait matched", "run t-traced-traced-wait"})
+    matched, root = one(spans, "wait matched"), one(spans, "run t-traced-traced-wait")
+    assert ids(matched)[:1] + ids(matched)[2:] == (ids(root)[0], ids(root)[1])
+    assert matched["attributes"]["stepq.wait.event_id"] == approver.stdout.split()[-1]
+    assert matched["attributes"]["stepq.run_id"] == wait_run
 
 
 def test_without_opentelemetry_or_when_turned_off_nothing_is_traced(tmp_path: Path) -> None:

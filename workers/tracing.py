@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
-import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -44,26 +43,26 @@ from typing import Any, cast
 import structlog
 
 from stepq.engine import ExecutionResult, FunctionFailed, StepsReported
-from stepq.runtime import keys
 from stepq.runtime.jobs import JobKind, JobSpec
 from stepq.runtime.plan import Commit as CommitWrite
 from stepq.runtime.plan import FanOut, Finish, Plan, Resolve, Sleep
 from stepq.runtime.plan import Retry as RetryWrite
 from stepq.runtime.run_status import RunStatus
-from stepq.runtime.store import TRACE_FIELD, LoadedRun
-from stepq.tracing import OFF_VALUES, disabled_by_env, format_traceparent, parse_traceparent
+from stepq.runtime.store import LoadedRun
+from stepq.runtime.tracing import SCOPE, RunContext, read_run_context, remote_parent, step_span_id
+from stepq.tracing import OFF_VALUES, disabled_by_env, format_traceparent
 
 from . import logs
 
 log = structlog.get_logger("stepq.tracing")
 
-#: The instrumentation scope of stepq's spans.
-SCOPE = "stepq"
 #: Runs whose trace context a worker keeps at hand.
 CACHED_RUNS = 4096
 _ON_VALUES = frozenset({"otlp", "on", "1", "true", "yes"})
 #: A span id the next span made in this context must take (see ``_ForcedIds``).
 _FORCED_SPAN_ID: contextvars.ContextVar[int] = contextvars.ContextVar("stepq_forced_span_id", default=0)
+#: ... and the trace id it must take if it has no parent (the root of a run that starts a trace).
+_FORCED_TRACE_ID: contextvars.ContextVar[int] = contextvars.ContextVar("stepq_forced_trace_id", default=0)
 
 
 def requested() -> bool:
@@ -100,8 +99,7 @@ def setup(redis: Any, *, service_name: str = "stepq-worker") -> WorkerTracing:
     if not isinstance(provider, TracerProvider):
         if not requested():
             return WorkerTracing()
-        provider = _provider_from_env(service_name)
-        trace.set_tracer_provider(provider)
+        provider = install_provider(service_name)
     tracer = provider.get_tracer(SCOPE)
     if not hasattr(tracer, "id_generator"):
         log.warning("tracing.unavailable", detail="the app's tracer provider makes no SDK tracers")
@@ -112,8 +110,27 @@ def setup(redis: Any, *, service_name: str = "stepq-worker") -> WorkerTracing:
     return WorkerTracing(tracer, redis)
 
 
-def _provider_from_env(service_name: str) -> Any:
-    """A TracerProvider from the OTEL_* settings (sampler, resource, exporter and its settings)."""
+def setup_api(service_name: str = "stepq-api") -> bool:
+    """For ``stepq api``: install a provider from the environment when tracing is asked for (and no
+    provider is set), so that the events it delivers to waiting runs make ``wait matched`` spans."""
+    if not requested():
+        return False
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+    except ImportError:
+        log.warning("tracing.unavailable", detail="OpenTelemetry is not installed: pip install 'stepq[otel]'")
+        return False
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        install_provider(service_name)
+    return True
+
+
+def install_provider(service_name: str) -> Any:
+    """Make a TracerProvider from the OTEL_* settings (sampler, resource, exporter and its settings)
+    and set it as the process's (``stepq api`` calls this when tracing is asked for: the events it
+    delivers to waiting runs make ``wait matched`` spans)."""
+    from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
@@ -127,6 +144,7 @@ def _provider_from_env(service_name: str) -> Any:
         provider.add_span_processor(SimpleSpanProcessor(cast("SpanExporter", JsonLinesExporter(path))))
     else:
         provider.add_span_processor(BatchSpanProcessor(_exporter_from_env()))
+    trace.set_tracer_provider(provider)
     return provider
 
 
@@ -192,31 +210,10 @@ class _ForcedIds:
         return _FORCED_SPAN_ID.get() or int(self.inner.generate_span_id())
 
     def generate_trace_id(self) -> int:
-        return int(self.inner.generate_trace_id())
+        return _FORCED_TRACE_ID.get() or int(self.inner.generate_trace_id())
 
     def is_trace_id_random(self) -> bool:
         return bool(getattr(self.inner, "is_trace_id_random", lambda: False)())
-
-
-def _derived(*parts: str) -> int:
-    digest = hashlib.sha256("\x1f".join(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") or 1
-
-
-def run_span_id(run_id: str) -> int:
-    """The span id of a run's root span."""
-    return _derived("stepq.run", run_id)
-
-
-def step_span_id(run_id: str, step_key: str) -> int:
-    """The span id of an invoke step's span (the parent of the invoked run)."""
-    return _derived("stepq.step", run_id, step_key)
-
-
-def derived_trace_id(run_id: str) -> int:
-    """The trace id of a run that continues no trace."""
-    digest = hashlib.sha256(f"stepq.trace\x1f{run_id}".encode()).digest()
-    return int.from_bytes(digest[:16], "big") or 1
 
 
 def _current_ids() -> dict[str, str]:
@@ -230,13 +227,15 @@ def _current_ids() -> dict[str, str]:
 
 
 class RunTrace:
-    """A run's place in its trace: the remote context of its root span, and the root's own parent."""
+    """A run's place in its trace, as OpenTelemetry contexts: the parent of the spans made for the
+    run (its root, remote), and the parent of the root itself (None: the root starts the trace)."""
 
-    __slots__ = ("context", "parent")
+    __slots__ = ("context", "root_parent", "run")
 
-    def __init__(self, context: Any, parent: Any) -> None:
+    def __init__(self, run: RunContext, context: Any, root_parent: Any) -> None:
+        self.run = run
         self.context = context
-        self.parent = parent
+        self.root_parent = root_parent
 
 
 _NO_IDS: dict[str, str] = {}
@@ -256,6 +255,9 @@ class WorkerTracing:
 
             self._trace, self._span_context, self._flags = trace, SpanContext, TraceFlags
             self._status, self._code, self._non_recording = Status, StatusCode, NonRecordingSpan
+            from opentelemetry.context import Context
+
+            self._empty = Context
 
     # -- the run's trace -------------------------------------------------------------------------
 
@@ -264,36 +266,27 @@ class WorkerTracing:
         found = self._runs.get(run_id)
         if found is not None:
             return found
-        stored: Any = None
-        try:
-            stored = await self.redis.hget(keys.run(run_id), TRACE_FIELD)
-        except Exception as exc:  # a trace is not worth failing a job: this span starts a trace of its own
-            log.debug("tracing.read_failed", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
-        parsed = parse_traceparent(stored.decode() if isinstance(stored, bytes) else None)
-        if parsed is not None:
-            trace_id, parent_span, flags = parsed
-            parent = self._span_context(trace_id, parent_span, is_remote=True, trace_flags=self._flags(flags))
-        else:
-            trace_id, parent = derived_trace_id(run_id), None
-            # the sampler decides for the whole run, once: every worker reaches the same decision
-            # for a trace-id-ratio sampler, the one to use to sample runs that continue no trace
-            decision = self.tracer.sampler.should_sample(None, trace_id, "run")
-            flags = self._flags.SAMPLED if decision.decision.is_sampled() else self._flags.DEFAULT
-        context = self._span_context(trace_id, run_span_id(run_id), is_remote=True, trace_flags=self._flags(flags))
-        found = self._runs[run_id] = RunTrace(context, parent)
+        run = await read_run_context(self.redis, run_id)
+        root_parent = None
+        if run.parent is not None:
+            trace_id, span_id, flags = run.parent
+            span_context = self._span_context(trace_id, span_id, is_remote=True, trace_flags=self._flags(flags))
+            root_parent = self._trace.set_span_in_context(self._non_recording(span_context))
+        found = self._runs[run_id] = RunTrace(run, remote_parent(run, self.tracer.sampler), root_parent)
         while len(self._runs) > CACHED_RUNS:
             self._runs.popitem(last=False)
         return found
 
-    def _under(self, context: Any) -> Any:
-        return self._trace.set_span_in_context(self._non_recording(context))
-
-    def _forced(self, span_id: int, name: str, parent: Any, **options: Any) -> Any:
-        token = _FORCED_SPAN_ID.set(span_id)
+    def _forced(self, span_id: int, name: str, parent: Any, trace_id: int = 0, **options: Any) -> Any:
+        """A span with the id ``span_id`` (one that other processes derive); without a ``parent``,
+        the root of the trace ``trace_id``."""
+        token, root = _FORCED_SPAN_ID.set(span_id), _FORCED_TRACE_ID.set(trace_id)
         try:
-            return self.tracer.start_span(name, context=self._under(parent) if parent is not None else None, **options)
+            # an empty context, not None (which means the current one): the root has no parent
+            return self.tracer.start_span(name, context=parent if parent is not None else self._empty(), **options)
         finally:
             _FORCED_SPAN_ID.reset(token)
+            _FORCED_TRACE_ID.reset(root)
 
     # -- one invocation --------------------------------------------------------------------------
 
@@ -309,9 +302,7 @@ class WorkerTracing:
             "stepq.job": job.kind.value,
             "stepq.position": run.position,
         }
-        return self.tracer.start_span(
-            f"function {run.fn_slug}", context=self._under(where.context), attributes=attributes
-        )
+        return self.tracer.start_span(f"function {run.fn_slug}", context=where.context, attributes=attributes)
 
     def current(self, span: Any) -> contextlib.AbstractContextManager[Any]:
         """Make ``span`` current while the function runs (its own spans nest in it)."""
@@ -367,9 +358,10 @@ class WorkerTracing:
             return
         where = await self.run_trace(run.run_id)
         span = self._forced(
-            where.context.span_id,
+            where.run.span_id,
             f"run {run.fn_slug}",
-            where.parent,
+            where.root_parent,
+            where.run.trace_id,
             attributes={"stepq.run_id": run.run_id, "stepq.function": run.fn_slug, "stepq.status": str(end.status)},
             start_time=run.created_ms * 1_000_000 if run.created_ms else None,
         )
@@ -390,7 +382,7 @@ class WorkerTracing:
         invoke = isinstance(job.value, dict) and "error" in job.value
         span = self.tracer.start_span(
             "timer",
-            context=self._under(where.context),
+            context=where.context,
             attributes={"stepq.run_id": job.run_id, "stepq.step_key": job.step_key, "stepq.outcome": outcome},
         )
         if outcome == "ok" or outcome == "joined":
@@ -415,7 +407,7 @@ class WorkerTracing:
             },
         )
         span.end()
-        return format_traceparent(where.context.trace_id, span_id, int(where.context.trace_flags))
+        return format_traceparent(where.run.trace_id, span_id, int(span.get_span_context().trace_flags))
 
 
 def _error_of(result: ExecutionResult) -> dict[str, Any] | None:

@@ -41,3 +41,11 @@ async def traced(ctx: inngest.Context) -> dict[str, Any]:
     )
     tripled = await ctx.step.invoke("call", function=child, data={"n": 2})
     return {"first": first, "pair": list(pair), "approval": approval, "tripled": tripled}
+
+
+@client.create_function(id="traced-wait", trigger=inngest.TriggerEvent(event="test/traced.wait"))
+async def traced_wait(ctx: inngest.Context) -> str | None:
+    approval = await ctx.step.wait_for_event(
+        "approval", event="test/traced.approval", timeout="30s", if_exp="async.data.id == event.data.id"
+    )
+    return approval.id if approval is not None else None
