@@ -281,6 +281,7 @@ class RunStore:
                     n_flow=checks.count,
                     defaults=self._defaults,
                     gather=gather.arg if gather else "",
+                    event_name=events[0].name if events else "",
                     trace=trace,
                 ).argv(),
                 *checks.args,
