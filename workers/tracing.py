@@ -239,6 +239,28 @@ class RunTrace:
 
 
 _NO_IDS: dict[str, str] = {}
+_NOT_TRACED = contextlib.nullcontext()
+
+
+class _Current:
+    """The span of an OpenTelemetry context current within a ``with`` (``use_span`` without its
+    exception handling: the executor records failures itself)."""
+
+    __slots__ = ("context", "token")
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.token: Any = None
+
+    def __enter__(self) -> None:
+        from opentelemetry import context
+
+        self.token = context.attach(self.context)
+
+    def __exit__(self, *exc: object) -> None:
+        from opentelemetry import context
+
+        context.detach(self.token)
 
 
 class WorkerTracing:
@@ -294,21 +316,20 @@ class WorkerTracing:
         """The span of this invocation, started (None when tracing is off)."""
         if self.tracer is None:
             return None
-        where = await self.run_trace(run.run_id)
+        where = self._runs.get(run.run_id) or await self.run_trace(run.run_id)
         attributes = {
             "stepq.run_id": run.run_id,
             "stepq.function": run.fn_slug,
             "stepq.attempt": job.attempt,
             "stepq.job": job.kind.value,
-            "stepq.position": run.position,
         }
         return self.tracer.start_span(f"function {run.fn_slug}", context=where.context, attributes=attributes)
 
     def current(self, span: Any) -> contextlib.AbstractContextManager[Any]:
         """Make ``span`` current while the function runs (its own spans nest in it)."""
         if span is None:
-            return contextlib.nullcontext()
-        return self._trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+            return _NOT_TRACED
+        return _Current(self._trace.set_span_in_context(span))
 
     def log_ids(self, span: Any) -> dict[str, str]:
         """``trace_id`` and ``span_id`` for the invocation's log line (none when tracing is off)."""
@@ -324,9 +345,9 @@ class WorkerTracing:
         write = plan.write
         if plan.label.startswith("step-") and plan.step:
             span.update_name(f"step {plan.step}")
-        span.set_attribute("stepq.outcome", outcome)
-        if plan.step:
-            span.set_attribute("stepq.step", plan.step)
+        span.set_attributes(
+            {"stepq.outcome": outcome, "stepq.step": plan.step} if plan.step else {"stepq.outcome": outcome}
+        )
         error = _error_of(result)
         failed = isinstance(write, RetryWrite) or (isinstance(write, Finish) and write.status == RunStatus.FAILED)
         if isinstance(write, CommitWrite | Resolve) and isinstance(write.value, dict) and "error" in write.value:
