@@ -61,9 +61,7 @@ class RedisTransport:
                 self._sync_loop = asyncio.new_event_loop()
                 self._sync_ingest = self._make_ingest()
             assert self._sync_ingest is not None
-            return self._sync_loop.run_until_complete(
-                _send(self._sync_ingest, events, self.url, current_traceparent())
-            )
+            return self._sync_loop.run_until_complete(_send(self._sync_ingest, events, self.url, current_traceparent()))
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run; False when it had already ended (or does not exist)."""

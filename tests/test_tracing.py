@@ -133,6 +133,9 @@ async def test_a_run_is_one_trace_from_the_sender_through_retries_sleeps_paralle
     lines = [line for w in workers for line in invocations(w.logs(), run_id)]
     assert lines and all(line["trace_id"] == trace_id for line in lines)
     assert {line["span_id"] for line in lines} <= {ids(s)[1] for s in attempts}
+    # ... and so do the app's own lines, logged while a step runs
+    [logged] = [line for w in workers for line in w.logs() if line.get("event") == "app.left"]
+    assert (logged["trace_id"], logged["span_id"]) == (trace_id, ids(left)[1])
 
 
 APPROVER = """

@@ -4,18 +4,22 @@ One trace per run. Its root is the run's span (``run <function>``), from the run
 end, emitted by the worker that ends the run. Under it, one span per invocation (an attempt of a
 step, or of the function between steps: ``step <id>`` / ``function <slug>``), current while the
 function runs (so the app's own spans nest in it), with its outcome: status OK or ERROR, the error as
-an ``exception`` event, ``retry scheduled``, ``write refused`` (a duplicate), and the sleeps, waits,
-invokes and parallel steps it planned as events (``sleep`` until, ``wait for event`` with its
-condition and timeout). A timer that resolves a step (a wait or invoke that timed out, a sleep in a
-parallel group) is a ``timer`` span; an invoke is an ``invoke <function>`` span, parent of the
-invoked run's own root span, so a child run lies in its parent's trace.
+an ``exception`` event, ``retry scheduled``, ``duplicate refused`` (another delivery's write won),
+and the sleeps, waits, invokes and parallel steps it planned as events (``sleep`` until, ``wait for
+event`` with its condition and timeout). A timer that resolves a step (a wait or invoke that timed
+out, a sleep in a parallel group) is a ``timer`` span; an invoke is an ``invoke <function>`` span,
+parent of the invoked run's own root span, so a child run lies in its parent's trace. (An event
+that resolves a wait is a ``wait matched`` span, made by the process that delivered it:
+``stepq.runtime.tracing``.)
 
 Each invocation may run in another worker process, so a run's trace context is derivable from the
-run alone: the run's span id is a hash of its id (so is its trace id, unless the run continues a
-trace: the sender's span, kept in the run's record at creation as a W3C ``traceparent``, see
-``stepq.tracing`` and ``store.TRACE_FIELD``; read once per run per worker). The few spans whose ids
-others must know (the run's, an invoke's) get those ids through a wrapper of the tracer's id
-generator.
+run alone (``stepq.runtime.tracing``): the run's span id is a hash of its id, and so is its trace
+id unless the run continues a trace (the sender's span, kept in the run's record at creation as a
+W3C ``traceparent``; read once per run per worker). The spans whose ids others derive (a run's
+root, an invoke's) get them through a wrapper of this tracer's id generator.
+
+Not traced: a run cancelled (by the API, an event, its timeouts) or failed by an internal error
+gets no root span (its other spans keep its trace id and parent).
 
 When is it on: ``STEPQ_TRACING=otlp`` (or ``on``), or, when unset, as soon as OpenTelemetry is
 configured: ``OTEL_TRACES_EXPORTER`` (other than ``none``) or ``OTEL_EXPORTER_OTLP_ENDPOINT`` /

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from opentelemetry import trace
 
 import stepq as inngest
@@ -30,6 +31,7 @@ async def traced(ctx: inngest.Context) -> dict[str, Any]:
         return "ok"
 
     def left() -> str:
+        structlog.get_logger("app").info("app.left")  # a line of the app's: it carries the step's span
         with trace.get_tracer("app").start_as_current_span("app-work"):
             return "l"
 
