@@ -1,8 +1,8 @@
 """Tracing's cost: steps/s of 1 worker draining runs of 10 no-op steps, in three interleaved cases.
 
-- ``base``: a worker running stepq as committed at ``STEPQ_BENCH_TRACING_BASE`` (default ``main``),
-  exported with ``git archive`` into a ``stepq`` package put first on the worker's ``PYTHONPATH``:
-  the code before tracing existed.
+- ``base``: a worker running stepq as committed at ``STEPQ_BENCH_TRACING_BASE`` (default: the
+  commit before the one that added workers/tracing.py), exported with ``git archive`` into a
+  ``stepq`` package put first on the worker's ``PYTHONPATH``: the code before tracing existed.
 - ``off``: the working tree, tracing not asked for (no ``OTEL_*``/``STEPQ_TRACING`` settings): must
   be as fast as ``base``.
 - ``on``: the working tree exporting every span by OTLP/HTTP (``OTEL_EXPORTER_OTLP_ENDPOINT``) to a
@@ -42,6 +42,22 @@ from bench.throughput import STAGING, STEPS, _drain, _register, _total
 
 NAME = "tracing"
 PACKAGE_DIRS = {"sdk": "stepq", "runtime": "stepq/runtime", "workers": "stepq/workers"}
+
+
+def base_revision() -> str:
+    """``STEPQ_BENCH_TRACING_BASE``, else the parent of the commit that added workers/tracing.py."""
+    chosen = os.environ.get("STEPQ_BENCH_TRACING_BASE")
+    if chosen:
+        return chosen
+    added = subprocess.run(
+        ["git", "log", "--diff-filter=A", "--format=%H", "--", "workers/tracing.py"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if not added:
+        raise BenchError("no commit adds workers/tracing.py: set STEPQ_BENCH_TRACING_BASE to a revision to compare")
+    return f"{added[-1]}^"
 
 
 def export_base(revision: str, into: Path) -> Path:
@@ -117,7 +133,7 @@ async def run(env: Env) -> BenchResult:
     runs = env.size(1000, 100)
     n_rounds = env.size(6, 2)
     per_round = runs // n_rounds * STEPS
-    revision = os.environ.get("STEPQ_BENCH_TRACING_BASE") or "main"
+    revision = base_revision()
     base = export_base(revision, env.workdir / "tracing-base")
     pythonpath = os.pathsep.join([str(base), str(REPO_ROOT)])
     with otlp_sink() as endpoint:
