@@ -8,10 +8,12 @@ kept by the SDK's ``InMemorySpanExporter``.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from redis.asyncio import Redis
 
 import stepq
+from stepq.replay import ExecutionRequest
 from stepq.runtime.api import ApiServer, ApiSettings
+from stepq.runtime.app_urls import AppUrlPolicy
+from stepq.workers.http_invoker import HttpInvoker
+from stepq.workers.remote import RemoteFunction
 from tests.helpers import REDIS_URL, ROOT, StartWorkers, invocations, run_ids_for_event, wait_for_run
 
 
@@ -276,3 +282,40 @@ async def _one_invoke_run(log: Path) -> None:
     assert view.status == "completed", view
     await client.aclose()
     await redis.aclose()
+
+
+async def test_the_http_worker_passes_the_attempts_span_to_the_served_app(sender_tracer: Any) -> None:
+    """A function served over HTTP gets the current span (the attempt's, in a tracing worker) as a
+    ``traceparent`` header, so the app's own instrumentation continues the run's trace."""
+    seen: list[str | None] = []
+
+    class App(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            seen.append(self.headers.get("traceparent"))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), App)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    fn = RemoteFunction("app-fn", "app", "fn", "fn", f"http://127.0.0.1:{server.server_address[1]}/api/inngest")
+    event = stepq.Event(name="test/http", data={}, id="e", ts=1)
+    request = ExecutionRequest(event=event, events=[event], steps={}, run_id="r")
+    invoker = HttpInvoker(timeout_s=5, url_policy=AppUrlPolicy(redis_url=REDIS_URL))
+    tracer, _ = sender_tracer
+    try:
+        await invoker.invoke(fn, request)  # no span: no header
+        with tracer.start_as_current_span("attempt") as span:
+            await invoker.invoke(fn, request)
+    finally:
+        await invoker.aclose()
+        server.shutdown()
+        server.server_close()
+    context = span.get_span_context()
+    assert seen == [None, f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"]
