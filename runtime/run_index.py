@@ -139,9 +139,10 @@ async def count_in(redis: Redis, index: Plan, flt: RunFilter) -> int:
 class _Stream:
     """One index key read newest first, by rank, within the filter's time range, after a position."""
 
-    def __init__(self, key: str, since_ms: int | None, after: Position | None) -> None:
+    def __init__(self, key: str, flt: RunFilter, after: Position | None) -> None:
         self.key = key
-        self.since_ms = since_ms
+        self.since_ms = flt.since_ms
+        self.until_ms = flt.until_ms
         self.after = after
         self.rank = 0
         self.buffer: collections.deque[Position] = collections.deque()
@@ -158,9 +159,11 @@ class _Stream:
             if self.since_ms is not None and entry[0] < self.since_ms:
                 self.exhausted = True
                 break
-            # entries newer than the position: ties of its ms read before it, or runs created since
-            # a previous read shifted the ranks
-            if self.after is not None and entry >= self.after:
+            # entries newer than the position: ties of its ms read before it, runs created since a
+            # previous read shifted the ranks, or past ``until`` (a cursor used with another range)
+            if (self.after is not None and entry >= self.after) or (
+                self.until_ms is not None and entry[0] >= self.until_ms
+            ):
                 continue
             self.buffer.append(entry)
 
@@ -174,7 +177,7 @@ class Merged:
         self.redis = redis
         self.flt = flt
         self.chunk = chunk
-        self.streams = [_Stream(key, flt.since_ms, after) for key in index_keys]
+        self.streams = [_Stream(key, flt, after) for key in index_keys]
         self._started = False
 
     async def _start(self) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,7 +223,15 @@ async def test_filters_paging_cursor_search_and_event_outcomes(redis: Redis, mon
     with pytest.raises(ValueError, match="cursor"):
         await find_runs(redis, RunFilter(), cursor="not-a-cursor")
     flt = RunFilter.parse(function="alpha", status="failed", since="2h", until="2026-11-30T10:00:00.123Z", event="qa/a")
-    assert RunFilter.parse(**flt.to_params()) == flt
+    params = flt.to_params()
+    parsed = RunFilter.parse(
+        function=params["function"],
+        status=params["status"],
+        since=params["since"],
+        until=params["until"],
+        event=params["event"],
+    )
+    assert parsed == flt
     assert RunFilter.parse(since="90s", now_ms=1_000_000).since_ms == 910_000
 
 
@@ -260,7 +269,7 @@ async def _outcomes(redis: Redis, event_id: str) -> dict[str | None, tuple[str, 
 
 
 async def test_the_index_key_builders_in_lua_name_the_keys_python_names(redis: Redis) -> None:
-    calls = {
+    calls: dict[str, Callable[[int, str], str]] = {
         "runs_ev": keys.runs_by_event,
         "runs_st": keys.runs_by_status,
         "runs_fs": lambda shard, arg: keys.runs_by_function_status(shard, *arg.rsplit("|", 1)),
