@@ -186,7 +186,7 @@ class RunPage:
 
 #: Index entries one page looks at, at most: a filter its index does not cover (an event name and a
 #: function, say) may match few of them; the page then returns what it found (``truncated``).
-PAGE_SCAN_MAX = 5000
+PAGE_SCAN_MAX = 2000
 #: Index entries ``run_ids`` and ``count_runs`` look at, at most, for a filter its index does not cover.
 BULK_SCAN_MAX = 200_000
 _LIGHT_FIELDS = ("fn", "app", "status", "created", "ev")

@@ -35,7 +35,8 @@ def encode_cursor(position: Position) -> str:
 def decode_cursor(cursor: str) -> Position:
     """A cursor's position. ValueError naming the cursor when it is not one this API made."""
     ms, dot, run_id = cursor.partition(".")
-    if not dot or not ms.isdigit() or len(ms) > 16 or not run_id or not run_id.isalnum() or len(run_id) > 64:
+    # the id: a run's (a ULID), or an event's (a ULID, or a cron tick's ``cron:<slug>:<ms>``)
+    if not dot or not ms.isdigit() or len(ms) > 16 or not run_id or not run_id.isprintable() or len(run_id) > 512:
         raise ValueError(f"cursor: {cursor[:80]!r} is not a cursor this API returned")
     return int(ms), run_id
 
