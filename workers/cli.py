@@ -31,6 +31,7 @@ from .app import AppLoadError, load_client
 from .embedded import EmbeddedRedis
 from .logs import configure
 from .options import WorkerOptions
+from . import metrics as worker_metrics
 from .worker import build_http_worker, build_worker
 
 EXIT_USAGE = 2
@@ -68,6 +69,17 @@ def _parser() -> argparse.ArgumentParser:
     def redis_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--redis-url", help="Redis to use (default: STEPQ_REDIS_URL, else redis://localhost:6379/0)")
 
+    def metrics_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--metrics-port",
+            type=int,
+            help="serve Prometheus metrics on this port at /metrics (default: STEPQ_METRICS_PORT, else none)",
+        )
+        p.add_argument(
+            "--metrics-host",
+            help="address of the metrics endpoint (default: STEPQ_METRICS_HOST, else 127.0.0.1; it has no auth)",
+        )
+
     p = sub.add_parser("worker", help="run a worker process for an app's functions")
     p.add_argument("app", metavar="MODULE:CLIENT", nargs="?", help="the app's stepq.Inngest, e.g. myapp.jobs:client")
     p.add_argument(
@@ -80,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds an idle worker waits for work before it checks the queue anyway (default 4)",
     )
+    metrics_options(p)
     p.set_defaults(handler=_worker)
 
     p = sub.add_parser("dev", help="a worker and the event API, with a private Redis when none is configured")
@@ -87,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     redis_option(p)
     p.add_argument("--concurrency", type=int)
     p.add_argument("--api-port", type=int, default=8288, help="port of the event API (default 8288)")
+    metrics_options(p)
     p.set_defaults(handler=_dev)
 
     p = sub.add_parser("api", help="serve the HTTP event API (POST /e/{event_key}) on Redis")
@@ -147,9 +161,16 @@ def _worker(args: argparse.Namespace) -> int:
         else:
             signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
             worker = build_http_worker(_url(args), options, signing_key=signing_key)
+        metrics_port, metrics_host = worker_metrics.options_from_env(args.metrics_port, args.metrics_host)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-
+    server = None
+    if metrics_port is not None:
+        try:
+            server = worker_metrics.MetricsServer(metrics_port, metrics_host).start()
+        except OSError as exc:
+            raise CliError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from None
+        print(f"stepq worker: metrics at http://{metrics_host}:{server.port}/metrics", file=sys.stderr)
     try:
         worker.run()
     except FunctionOwnedError as exc:
@@ -159,6 +180,9 @@ def _worker(args: argparse.Namespace) -> int:
             "worker.app_conflict", function=exc.slug, owner=exc.owner, app_id=exc.app_id
         )
         raise CliError(f"cannot register app {exc.app_id!r}: {exc}") from None
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 

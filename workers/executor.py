@@ -55,6 +55,7 @@ from stepq.runtime.store import (
 )
 
 from .faults import Faults
+from . import metrics
 from .invoker import Invoker
 from .remote import FunctionSource, RemoteFunction, Runnable
 
@@ -173,6 +174,7 @@ class Executor:
             disable_immediate_execution=loaded.force_plan and isinstance(fn, RemoteFunction),
             max_output_bytes=limits.max_output_bytes,
         )
+        metrics.invocation_started(fn.slug)
         try:
             # In this task, not in one of its own (asyncio.wait_for's): a task per invocation costs
             # a warm step hop three event-loop iterations. The job already runs in a task of its own,
@@ -191,6 +193,7 @@ class Executor:
         plan = decide(job, loaded, Policy(fn.max_attempts, fn.backoff), result, _now(), elapsed_ms=elapsed_ms)
         written = await self.store.apply(plan, _lease(ctx))
         outcome = await self._applied(job, loaded, plan, written)
+        metrics.invocation_ended(fn.slug, plan, written.outcome, elapsed_ms / 1000)
         log.info(
             "invocation",
             run_id=loaded.run_id,

@@ -1,0 +1,329 @@
+"""Prometheus metrics: what every stepq process counts, and what the API reads from Redis at scrape time.
+
+Two kinds:
+
+- *Counters and histograms* a process keeps as it works (``REGISTRY``): a worker counts the steps it
+  runs, retries, refused writes, lost leases and its Redis round trips (``stepq.workers.metrics``
+  classifies a job's outcome); the API counts the events it receives and refuses; whichever process
+  ends a run or skips a start counts that. Each process exposes its own; Prometheus sums them.
+- *Gauges of the whole deployment* (runs by status, queue depth and age, flow-control waits), read
+  from Redis when scraped (``collect_state``), served by the API only: every worker reading the
+  same keys would multiply the cost and the series.
+
+Nothing is counted until ``enable()`` (the API's app and a worker given ``--metrics-port`` call
+it), so a worker without metrics pays one flag check per hook. Labels are bounded: a function's
+slug, a queue id, a status, an outcome or reason from a fixed list, a script name; never a run,
+event or job id. The pure code (plan, decide, the SDK's engine) knows nothing of this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.asyncio import Redis
+
+from . import keys
+from .run_status import RunStatus
+from .shards import shards
+
+#: Every metric a stepq process keeps (not prometheus_client's global registry: an app that embeds
+#: stepq keeps its own metrics apart, and the API serves only stepq's).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+#: Step (invocation) durations, from a millisecond to half an hour.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+#: Redis round trips, from 50 µs (a local Redis) to a second (a Redis in trouble).
+RTT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+STEPS_STARTED = Counter(
+    "stepq_steps_started_total",
+    "Invocations a worker started: each runs a function up to its next new step (a step attempt, or a "
+    "sleep, wait, fan-out or the function's return).",
+    ["function"],
+    registry=REGISTRY,
+)
+STEPS_COMPLETED = Counter(
+    "stepq_steps_completed_total", "Step results committed (the step succeeded).", ["function"], registry=REGISTRY
+)
+STEPS_FAILED = Counter(
+    "stepq_steps_failed_total",
+    "Steps that failed for good (attempts spent or NonRetriableError): their error is memoized.",
+    ["function"],
+    registry=REGISTRY,
+)
+STEP_RETRIES = Counter(
+    "stepq_step_retries_total",
+    "Failed attempts scheduled to run again; kind: step (a step raised) or function (code outside any step did).",
+    ["function", "kind"],
+    registry=REGISTRY,
+)
+STEP_DURATION = Histogram(
+    "stepq_step_duration_seconds",
+    "How long one invocation took, load to decision (the step it ran, for a step attempt).",
+    ["function"],
+    buckets=DURATION_BUCKETS,
+    registry=REGISTRY,
+)
+DUPLICATE_EXECUTIONS = Counter(
+    "stepq_duplicate_executions_total",
+    "Invocations whose code ran but whose write was refused: reason duplicate (the step was committed "
+    "already), stale (the run moved on) or fenced (a newer delivery holds the run).",
+    ["function", "reason"],
+    registry=REGISTRY,
+)
+WRITES_REFUSED = Counter(
+    "stepq_writes_refused_total",
+    "Writes refused because the run ended meanwhile: reason done, cancelled or missing (expired).",
+    ["function", "reason"],
+    registry=REGISTRY,
+)
+LEASES_LOST = Counter(
+    "stepq_leases_lost_total",
+    "Running jobs whose lease a worker found lost when renewing it (another worker may run them).",
+    ["queue"],
+    registry=REGISTRY,
+)
+RUNS_ENDED = Counter(
+    "stepq_function_runs_ended_total",
+    "Runs ended by this process, by final status (completed, failed, cancelled).",
+    ["function", "status"],
+    registry=REGISTRY,
+)
+STARTS_SKIPPED = Counter(
+    "stepq_flow_control_skipped_total",
+    "Run starts flow control turned away; reason: rate_limit, idempotency, singleton or other.",
+    ["function", "reason"],
+    registry=REGISTRY,
+)
+EVENTS_RECEIVED = Counter(
+    "stepq_events_received_total", "Events the HTTP API accepted and stored.", registry=REGISTRY
+)
+EVENT_REQUESTS_REFUSED = Counter(
+    "stepq_event_requests_refused_total",
+    "Requests to POST /e/{key} answered with an error, by HTTP status (400, 401, 413, 503, 500).",
+    ["status"],
+    registry=REGISTRY,
+)
+REDIS_RTT = Histogram(
+    "stepq_redis_roundtrip_seconds",
+    "Round trips of this process's Lua script calls (claim_jobs, apply_plan, load_run...), by script.",
+    ["script"],
+    buckets=RTT_BUCKETS,
+    registry=REGISTRY,
+)
+
+_enabled = False
+
+
+def enable() -> None:
+    """Start counting in this process (nothing is counted before)."""
+    global _enabled
+    _enabled = True
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def script_called(name: str, seconds: float) -> None:
+    """A Lua script call's round trip (``stepq.runtime.scripts.Scripts.call``)."""
+    if _enabled:
+        REDIS_RTT.labels(name).observe(seconds)
+
+
+def run_ended(function: str, status: str) -> None:
+    if _enabled:
+        RUNS_ENDED.labels(function, status).inc()
+
+
+def start_skipped(function: str, reason: str) -> None:
+    """A start flow control skipped; ``reason`` is the run's reason text ("rate limited: ...")."""
+    if _enabled:
+        STARTS_SKIPPED.labels(function, skip_kind(reason)).inc()
+
+
+def skip_kind(reason: str) -> str:
+    """A skip reason's kind, a bounded label (the text names key values, which are not)."""
+    for prefix, kind in (("rate limit", "rate_limit"), ("idempoten", "idempotency"), ("singleton", "singleton")):
+        if reason.startswith(prefix):
+            return kind
+    return "other"
+
+
+def events_received(count: int) -> None:
+    if _enabled:
+        EVENTS_RECEIVED.inc(count)
+
+
+def event_request_refused(status: int) -> None:
+    if _enabled:
+        EVENT_REQUESTS_REFUSED.labels(str(status)).inc()
+
+
+# -- the deployment's state, read from Redis at scrape time -------------------------------------------
+
+#: At most this many runs of each index are read per scrape (``RunCounts.partial`` says when more
+#: were there): a scrape's cost stays bounded however many runs Redis keeps.
+SCAN_CAP = 10_000
+#: Runs read per pipelined round trip.
+SCAN_CHUNK = 500
+
+
+@dataclasses.dataclass(slots=True)
+class StateSnapshot:
+    """What one scrape read of the deployment's state."""
+
+    #: (function, status) -> runs.
+    runs: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    #: (function, kind) -> runs waiting on flow control now: kind ``concurrency`` (for a slot) or
+    #: ``throttle`` (their start is held).
+    flow_waiting: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    #: queue id -> (due jobs nobody runs, age in seconds of the oldest of them; 0 when none).
+    queues: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
+    #: Some index held more than ``SCAN_CAP`` runs: the run counts cover only the newest.
+    partial: bool = False
+    #: How long the reads took.
+    seconds: float = 0.0
+
+
+async def collect_state(redis: Redis, *, cap: int = SCAN_CAP) -> StateSnapshot:
+    """Read runs by status, flow-control waits and queue depths from Redis (bounded by ``cap``)."""
+    started = time.perf_counter()
+    snap = StateSnapshot()
+    now_ms = int(time.time() * 1000)
+    for shard in shards():
+        for index in (keys.runs_active(shard), keys.runs_done(shard)):
+            ids = await redis.zrevrange(index, 0, cap)  # the newest cap + 1: one more says "partial"
+            if len(ids) > cap:
+                snap.partial, ids = True, ids[:cap]
+            await _count_runs(redis, [i.decode() for i in ids], snap, now_ms)
+    from .registry import Registry  # here: the registry's scripts time their calls with this module
+
+    queue_ids = {keys.HTTP_QUEUE_ID}
+    for record in await Registry(redis).functions():
+        queue_ids.add(str(record.config.get("queue") or record.app_id))
+    for queue_id in sorted(queue_ids):
+        depth, oldest = 0, None
+        for shard in shards():
+            name = keys.queue(shard, queue_id)
+            async with redis.pipeline(transaction=False) as pipe:
+                pipe.zcount(name, "-inf", now_ms)
+                pipe.zrange(name, 0, 0, withscores=True)
+                count, first = await pipe.execute()
+            depth += int(count)
+            if count and first:
+                score = float(first[0][1])
+                oldest = score if oldest is None else min(oldest, score)
+        age = max(0.0, (now_ms - oldest) / 1000) if oldest is not None and depth else 0.0
+        snap.queues[queue_id] = (depth, age)
+    snap.seconds = time.perf_counter() - started
+    return snap
+
+
+async def _count_runs(redis: Redis, run_ids: list[str], snap: StateSnapshot, now_ms: int) -> None:
+    for start in range(0, len(run_ids), SCAN_CHUNK):
+        chunk = run_ids[start : start + SCAN_CHUNK]
+        async with redis.pipeline(transaction=False) as pipe:
+            for run_id in chunk:
+                pipe.hmget(keys.run(run_id), "fn", "status", "slot_wait", "held_until")
+            rows = await pipe.execute()
+        for fn, status, slot_wait, held_until in rows:
+            if fn is None or status is None:
+                continue  # expired between the index read and this one
+            function, state = fn.decode(), status.decode()
+            snap.runs[function, state] = snap.runs.get((function, state), 0) + 1
+            if state in _ENDED:
+                continue
+            if slot_wait:
+                key = (function, "concurrency")
+                snap.flow_waiting[key] = snap.flow_waiting.get(key, 0) + 1
+            if held_until is not None and int(held_until) > now_ms:
+                key = (function, "throttle")
+                snap.flow_waiting[key] = snap.flow_waiting.get(key, 0) + 1
+
+
+_ENDED = frozenset(status.value for status in RunStatus if status.terminal)
+
+
+class _Snapshot(Collector):
+    """The families of one ``StateSnapshot`` (a collector that reads nothing itself)."""
+
+    def __init__(self, snap: StateSnapshot) -> None:
+        self.snap = snap
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snap
+        runs = GaugeMetricFamily(
+            "stepq_runs", "Runs in Redis by function and status (ended ones until their retention ends).",
+            labels=["function", "status"],
+        )
+        for (function, status), n in sorted(snap.runs.items()):
+            runs.add_metric([function, status], n)
+        waiting = GaugeMetricFamily(
+            "stepq_flow_control_waiting_runs",
+            "Active runs waiting on flow control now: kind concurrency (for a slot) or throttle (a held start).",
+            labels=["function", "kind"],
+        )
+        for (function, kind), n in sorted(snap.flow_waiting.items()):
+            waiting.add_metric([function, kind], n)
+        depth = GaugeMetricFamily(
+            "stepq_queue_depth", "Jobs due in a queue that no worker runs yet.", labels=["queue"]
+        )
+        age = GaugeMetricFamily(
+            "stepq_queue_oldest_age_seconds", "How long the oldest due job of a queue has waited.", labels=["queue"]
+        )
+        for queue_id, (n, seconds) in sorted(snap.queues.items()):
+            depth.add_metric([queue_id], n)
+            age.add_metric([queue_id], seconds)
+        partial = GaugeMetricFamily(
+            "stepq_runs_partial",
+            f"1 when an index held more than {SCAN_CAP} runs: stepq_runs counts only the newest of them.",
+            value=int(snap.partial),
+        )
+        took = GaugeMetricFamily(
+            "stepq_state_scrape_seconds", "How long reading stepq_runs and the queue gauges from Redis took.",
+            value=snap.seconds,
+        )
+        yield from (runs, waiting, depth, age, partial, took, _read_ok(1))
+
+
+class _ReadFailed(Collector):
+    def collect(self) -> Iterator[Metric]:
+        yield _read_ok(0)
+
+
+def _read_ok(value: int) -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "stepq_state_read_ok", "1 when this scrape read the state gauges from Redis, 0 when Redis failed it.",
+        value=value,
+    )
+
+
+def render(snap: StateSnapshot | None = None, *, state_failed: bool = False) -> bytes:
+    """This process's metrics in Prometheus's text format, with the state gauges of ``snap`` (or,
+    ``state_failed``, a gauge saying they could not be read)."""
+    text = generate_latest(REGISTRY)
+    if snap is not None or state_failed:
+        state = CollectorRegistry(auto_describe=False)
+        state.register(_Snapshot(snap) if snap is not None else _ReadFailed())
+        text += generate_latest(state)
+    return text
+
+
+def metric_names(families: Iterable[Metric] | None = None) -> set[str]:
+    """Every metric name stepq exports, as they appear in a scrape (counters with ``_total``,
+    histograms with ``_bucket``, ``_sum`` and ``_count``): for checking dashboards against."""
+    names: set[str] = set()
+    for family in families or [*REGISTRY.collect(), *_Snapshot(StateSnapshot()).collect()]:
+        if family.type == "counter":
+            names |= {f"{family.name}_total", f"{family.name}_created"}
+        elif family.type == "histogram":
+            names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count", f"{family.name}_created"}
+        else:
+            names.add(family.name)
+    return names
