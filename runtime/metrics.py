@@ -100,9 +100,7 @@ STARTS_SKIPPED = Counter(
     ["function", "reason"],
     registry=REGISTRY,
 )
-EVENTS_RECEIVED = Counter(
-    "stepq_events_received_total", "Events the HTTP API accepted and stored.", registry=REGISTRY
-)
+EVENTS_RECEIVED = Counter("stepq_events_received_total", "Events the HTTP API accepted and stored.", registry=REGISTRY)
 EVENT_REQUESTS_REFUSED = Counter(
     "stepq_event_requests_refused_total",
     "Requests to POST /e/{key} answered with an error, by HTTP status (400, 401, 413, 503, 500).",
@@ -230,7 +228,7 @@ async def _count_runs(redis: Redis, run_ids: list[str], snap: StateSnapshot, now
         chunk = run_ids[start : start + SCAN_CHUNK]
         async with redis.pipeline(transaction=False) as pipe:
             for run_id in chunk:
-                pipe.hmget(keys.run(run_id), "fn", "status", "slot_wait", "held_until")
+                pipe.hmget(keys.run(run_id), ["fn", "status", "slot_wait", "held_until"])
             rows = await pipe.execute()
         for fn, status, slot_wait, held_until in rows:
             if fn is None or status is None:
@@ -259,7 +257,8 @@ class _Snapshot(Collector):
     def collect(self) -> Iterator[Metric]:
         snap = self.snap
         runs = GaugeMetricFamily(
-            "stepq_runs", "Runs in Redis by function and status (ended ones until their retention ends).",
+            "stepq_runs",
+            "Runs in Redis by function and status (ended ones until their retention ends).",
             labels=["function", "status"],
         )
         for (function, status), n in sorted(snap.runs.items()):
@@ -271,9 +270,7 @@ class _Snapshot(Collector):
         )
         for (function, kind), n in sorted(snap.flow_waiting.items()):
             waiting.add_metric([function, kind], n)
-        depth = GaugeMetricFamily(
-            "stepq_queue_depth", "Jobs due in a queue that no worker runs yet.", labels=["queue"]
-        )
+        depth = GaugeMetricFamily("stepq_queue_depth", "Jobs due in a queue that no worker runs yet.", labels=["queue"])
         age = GaugeMetricFamily(
             "stepq_queue_oldest_age_seconds", "How long the oldest due job of a queue has waited.", labels=["queue"]
         )
@@ -286,7 +283,8 @@ class _Snapshot(Collector):
             value=int(snap.partial),
         )
         took = GaugeMetricFamily(
-            "stepq_state_scrape_seconds", "How long reading stepq_runs and the queue gauges from Redis took.",
+            "stepq_state_scrape_seconds",
+            "How long reading stepq_runs and the queue gauges from Redis took.",
             value=snap.seconds,
         )
         yield from (runs, waiting, depth, age, partial, took, _read_ok(1))
@@ -299,7 +297,8 @@ class _ReadFailed(Collector):
 
 def _read_ok(value: int) -> GaugeMetricFamily:
     return GaugeMetricFamily(
-        "stepq_state_read_ok", "1 when this scrape read the state gauges from Redis, 0 when Redis failed it.",
+        "stepq_state_read_ok",
+        "1 when this scrape read the state gauges from Redis, 0 when Redis failed it.",
         value=value,
     )
 

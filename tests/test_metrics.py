@@ -77,7 +77,15 @@ async def test_worker_and_api_metrics_after_a_known_workload(redis: Redis, tmp_p
     api_env = {"STEPQ_EVENT_KEYS": "k1", "STEPQ_METRICS_TOKEN": TOKEN, "STEPQ_MAX_EVENT_BYTES": "4096"}
     api = start_api(tmp_path, dev=False, env=api_env)
     port = free_port()
-    argv = [*STEPQ_CLI, "worker", f"tests.apps.metrics_app:client", "--redis-url", REDIS_URL, "--metrics-port", str(port)]
+    argv = [
+        *STEPQ_CLI,
+        "worker",
+        "tests.apps.metrics_app:client",
+        "--redis-url",
+        REDIS_URL,
+        "--metrics-port",
+        str(port),
+    ]
     worker = Service("worker", argv, tmp_path)
     try:
         worker.wait_log("worker.started")
@@ -183,6 +191,7 @@ def test_dashboard_names_only_exported_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(exprs) >= 8
+    exprs += [v.get("definition", "") for v in dashboard["templating"]["list"]]
     used = {name for expr in exprs for name in re.findall(r"\b(stepq_[a-z_]+)", expr)}
     assert used, exprs
     missing = used - metric_names()

@@ -27,11 +27,11 @@ from stepq.runtime.registry import FunctionOwnedError
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.transport import RedisTransport
 
+from . import metrics as worker_metrics
 from .app import AppLoadError, load_client
 from .embedded import EmbeddedRedis
 from .logs import configure
 from .options import WorkerOptions
-from . import metrics as worker_metrics
 from .worker import build_http_worker, build_worker
 
 EXIT_USAGE = 2

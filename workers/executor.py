@@ -54,8 +54,8 @@ from stepq.runtime.store import (
     now_ms,
 )
 
-from .faults import Faults
 from . import metrics
+from .faults import Faults
 from .invoker import Invoker
 from .remote import FunctionSource, RemoteFunction, Runnable
 
