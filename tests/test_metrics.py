@@ -11,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from stepq.runtime import keys
+from stepq.runtime import keys, metrics
+from stepq.runtime.jobs import JobSpec
 from stepq.runtime.metrics import metric_names
+from stepq.runtime.plan import Commit, Plan, Retry, Write
 from stepq.runtime.queries import list_runs
+from stepq.runtime.store import Outcome
+from stepq.workers import metrics as worker_metrics
 from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, TERMINAL
 from tests.http_fixtures import Service, free_port, start_api
 
@@ -199,3 +204,36 @@ def test_dashboard_names_only_exported_metrics() -> None:
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("throughput", "fail", "duration", "queue depth", "runs by status", "flow", "event", "redis"):
         assert topic in titles, f"no panel about {topic}"
+
+
+def test_refused_writes_are_counted_by_reason() -> None:
+    """The outcomes the workload above cannot provoke on demand: each refusal of an invocation's
+    write lands in its own series (duplicate executions apart from writes to ended runs)."""
+    metrics.enable()
+    slug = "t-metrics-outcomes"
+    job = JobSpec("01M8NYTNJG0000000000000000", 0)
+    commit = Commit("k", "step", {"data": 1}, 1, 1, JobSpec(job.run_id, 1))
+    retry = Retry(job, 0, "", "", 1, "boom", executed=False)
+
+    def plan(write: Write) -> Plan:
+        return Plan(job.run_id, "q", "f", "1", 0, write, 0)
+
+    for outcome in (Outcome.DUPLICATE, Outcome.STALE, Outcome.FENCED, Outcome.FENCED, Outcome.DONE, Outcome.OK):
+        worker_metrics.invocation_ended(slug, plan(commit), outcome, 0.005)
+    worker_metrics.invocation_ended(slug, plan(retry), Outcome.OK, 0.5)
+    worker_metrics.invocation_ended(slug, plan(commit), Outcome.STATE_TOO_LARGE, 0.005)
+    assert {k: v for k, v in metrics.DUPLICATE_EXECUTIONS.values.items() if k[0] == slug} == {
+        (slug, "duplicate"): 1,
+        (slug, "stale"): 1,
+        (slug, "fenced"): 2,
+    }
+    assert metrics.WRITES_REFUSED.get(slug, "done") == 1
+    assert metrics.STEPS_COMPLETED.get(slug) == 1
+    assert metrics.STEP_RETRIES.get(slug, "function") == 1
+    assert metrics.STEPS_FAILED.get(slug) == 1
+    [family] = [f for f in metrics.REGISTRY.collect() if f.name == "stepq_step_duration_seconds"]
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples if s.labels["function"] == slug}
+    assert samples[("stepq_step_duration_seconds_count", None)] == 8
+    assert samples[("stepq_step_duration_seconds_bucket", "0.005")] == 7  # le is inclusive: 0.005 counts in le="0.005"
+    assert samples[("stepq_step_duration_seconds_bucket", "0.5")] == 8
+    assert samples[("stepq_step_duration_seconds_sum", None)] == pytest.approx(7 * 0.005 + 0.5)
