@@ -210,6 +210,8 @@ def _api(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     mode = "dev mode: any event key is accepted" if settings.dev else f"{len(settings.event_keys)} event key(s)"
     print(f"stepq api: http://{args.host}:{args.port}/e/<event key> ({mode})", file=sys.stderr)
+    scrape = "needs Authorization: Bearer $STEPQ_METRICS_TOKEN" if settings.metrics_token else "open"
+    print(f"stepq api: Prometheus metrics at http://{args.host}:{args.port}/metrics ({scrape})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
     return 0
 
