@@ -242,11 +242,14 @@ def event_request_refused(status: int) -> None:
 
 # -- the deployment's state, read from Redis at scrape time -------------------------------------------
 
-#: At most this many runs of each index are read per scrape (``RunCounts.partial`` says when more
-#: were there): a scrape's cost stays bounded however many runs Redis keeps.
+#: At most this many queued and this many running runs are read per scrape for the flow-control
+#: gauge (``StateSnapshot.partial`` says when there were more): its cost stays bounded.
 SCAN_CAP = 10_000
 #: Runs read per pipelined round trip.
 SCAN_CHUNK = 500
+#: The statuses a run can wait on flow control in (a slot for its next step, or a held start).
+FLOW_WAIT_STATUSES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+_ENDED = tuple(status.value for status in RunStatus if status.terminal)
 
 
 @dataclasses.dataclass(slots=True)
@@ -260,28 +263,46 @@ class StateSnapshot:
     flow_waiting: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
     #: queue id -> (due jobs nobody runs, age in seconds of the oldest of them; 0 when none).
     queues: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
-    #: Some index held more than ``SCAN_CAP`` runs: the run counts cover only the newest.
+    #: More than ``SCAN_CAP`` runs were queued (or running): ``flow_waiting`` covers the newest.
     partial: bool = False
     #: How long the reads took.
     seconds: float = 0.0
 
 
 async def collect_state(redis: Redis, *, cap: int = SCAN_CAP) -> StateSnapshot:
-    """Read runs by status, flow-control waits and queue depths from Redis (bounded by ``cap``)."""
+    """Read runs by status, flow-control waits and queue depths from Redis.
+
+    Runs by status come from the run indexes (runtime/lua/run_index.lua): the live counts of the
+    statuses that are not ends (one hash per shard), and the size of each registered function's
+    index of each end status (the ended runs kept until their retention ends). Flow-control waits
+    read the records of the queued and running runs, at most ``cap`` of each per shard."""
+    from .function_summaries import live_counts  # here: the registry's scripts time their calls with this module
+    from .registry import Registry
+
     started = time.perf_counter()
     snap = StateSnapshot()
     now_ms = int(time.time() * 1000)
+    records = await Registry(redis).functions()
+    snap.runs.update(await live_counts(redis))
+    slugs = sorted({record.slug for record in records} | {slug for slug, _ in snap.runs})
+    async with redis.pipeline(transaction=False) as pipe:
+        for slug in slugs:
+            for status in _ENDED:
+                for shard in shards():
+                    pipe.zcard(keys.runs_by_function_status(shard, slug, status))
+        sizes = iter(await pipe.execute())
+    for slug in slugs:
+        for status in _ENDED:
+            n = sum(int(next(sizes)) for _ in shards())
+            if n:
+                snap.runs[slug, status] = n
     for shard in shards():
-        for index in (keys.runs_active(shard), keys.runs_done(shard)):
-            ids = await redis.zrevrange(index, 0, cap)  # the newest cap + 1: one more says "partial"
+        for status in FLOW_WAIT_STATUSES:
+            ids = await redis.zrevrange(keys.runs_by_status(shard, status), 0, cap)  # one more says "partial"
             if len(ids) > cap:
                 snap.partial, ids = True, ids[:cap]
-            await _count_runs(redis, [i.decode() for i in ids], snap, now_ms)
-    from .registry import Registry  # here: the registry's scripts time their calls with this module
-
-    queue_ids = {keys.HTTP_QUEUE_ID}
-    for record in await Registry(redis).functions():
-        queue_ids.add(str(record.config.get("queue") or record.app_id))
+            await _count_waits(redis, [i.decode() for i in ids], snap, now_ms)
+    queue_ids = {keys.HTTP_QUEUE_ID} | {str(record.config.get("queue") or record.app_id) for record in records}
     for queue_id in sorted(queue_ids):
         depth, oldest = 0, None
         for shard in shards():
@@ -300,29 +321,24 @@ async def collect_state(redis: Redis, *, cap: int = SCAN_CAP) -> StateSnapshot:
     return snap
 
 
-async def _count_runs(redis: Redis, run_ids: list[str], snap: StateSnapshot, now_ms: int) -> None:
+async def _count_waits(redis: Redis, run_ids: list[str], snap: StateSnapshot, now_ms: int) -> None:
+    """Count the runs of ``run_ids`` waiting for a concurrency slot or a throttled start."""
     for start in range(0, len(run_ids), SCAN_CHUNK):
         chunk = run_ids[start : start + SCAN_CHUNK]
         async with redis.pipeline(transaction=False) as pipe:
             for run_id in chunk:
-                pipe.hmget(keys.run(run_id), ["fn", "status", "slot_wait", "held_until"])
+                pipe.hmget(keys.run(run_id), ["fn", "slot_wait", "held_until"])
             rows = await pipe.execute()
-        for fn, status, slot_wait, held_until in rows:
-            if fn is None or status is None:
-                continue  # expired between the index read and this one
-            function, state = fn.decode(), status.decode()
-            snap.runs[function, state] = snap.runs.get((function, state), 0) + 1
-            if state in _ENDED:
-                continue
+        for fn, slot_wait, held_until in rows:
+            if fn is None:
+                continue  # ended and expired between the index read and this one
+            function = fn.decode()
             if slot_wait:
                 key = (function, "concurrency")
                 snap.flow_waiting[key] = snap.flow_waiting.get(key, 0) + 1
             if held_until is not None and int(held_until) > now_ms:
                 key = (function, "throttle")
                 snap.flow_waiting[key] = snap.flow_waiting.get(key, 0) + 1
-
-
-_ENDED = frozenset(status.value for status in RunStatus if status.terminal)
 
 
 class _Snapshot(Collector):
@@ -355,8 +371,8 @@ class _Snapshot(Collector):
             depth.add_metric([queue_id], n)
             age.add_metric([queue_id], seconds)
         partial = GaugeMetricFamily(
-            "stepq_runs_partial",
-            f"1 when an index held more than {SCAN_CAP} runs: stepq_runs counts only the newest of them.",
+            "stepq_flow_control_waiting_partial",
+            f"1 when more than {SCAN_CAP} runs were queued or running: the waiting runs counted are among the newest.",
             value=int(snap.partial),
         )
         took = GaugeMetricFamily(
