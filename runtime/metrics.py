@@ -244,7 +244,7 @@ def event_request_refused(status: int) -> None:
 
 #: At most this many queued and this many running runs are read per scrape for the flow-control
 #: gauge (``StateSnapshot.partial`` says when there were more): its cost stays bounded.
-SCAN_CAP = 10_000
+SCAN_CAP = 5_000
 #: Runs read per pipelined round trip.
 SCAN_CHUNK = 500
 #: The statuses a run can wait on flow control in (a slot for its next step, or a held start).
