@@ -115,15 +115,18 @@ async def test_worker_and_api_metrics_after_a_known_workload(redis: Redis, tmp_p
         await wait_terminal(redis, 7)  # all but the held one
         worker.wait_log("invocation")
         metrics_url = f"http://127.0.0.1:{port}/metrics"
-        # the counters move just after a run's state does: wait for the last of them
+        started = {fn("ok"): 6, fn("flaky"): 3, fn("doomed"): 2, fn("rated"): 2, fn("throttled"): 2}
+        # the counters move just after a run's state does (an invocation's, after its run's end):
+        # wait for the last of them
         deadline = time.monotonic() + 10
         while True:
             w, w_values = scrape(metrics_url)
-            if sum(per_function(w, "stepq_function_runs_ended_total").values()) >= 7 or time.monotonic() > deadline:
+            ended = sum(per_function(w, "stepq_function_runs_ended_total").values())
+            timed = sum(per_function(w, "stepq_step_duration_seconds_count").values())
+            if (ended >= 7 and timed >= sum(started.values())) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
 
-        started = {fn("ok"): 6, fn("flaky"): 3, fn("doomed"): 2, fn("rated"): 2, fn("throttled"): 2}
         assert per_function(w, "stepq_steps_started_total") == started
         assert per_function(w, "stepq_step_duration_seconds_count") == started
         assert per_function(w, "stepq_steps_completed_total") == {
