@@ -162,6 +162,7 @@ class Executor:
         if loaded.first_start and fn.timeouts is not None and not await self._within_timeouts(fn, loaded):
             return None
         limits = fn.limits if isinstance(fn, RemoteFunction) else self.store.limits
+        metrics.invocation_started(fn.slug)
         request = ExecutionRequest(
             event=loaded.events[0],
             events=loaded.events,
@@ -174,7 +175,6 @@ class Executor:
             disable_immediate_execution=loaded.force_plan and isinstance(fn, RemoteFunction),
             max_output_bytes=limits.max_output_bytes,
         )
-        metrics.invocation_started(fn.slug)
         try:
             # In this task, not in one of its own (asyncio.wait_for's): a task per invocation costs
             # a warm step hop three event-loop iterations. The job already runs in a task of its own,
@@ -193,7 +193,6 @@ class Executor:
         plan = decide(job, loaded, Policy(fn.max_attempts, fn.backoff), result, _now(), elapsed_ms=elapsed_ms)
         written = await self.store.apply(plan, _lease(ctx))
         outcome = await self._applied(job, loaded, plan, written)
-        metrics.invocation_ended(fn.slug, plan, written.outcome, elapsed_ms / 1000)
         log.info(
             "invocation",
             run_id=loaded.run_id,
@@ -203,6 +202,7 @@ class Executor:
             outcome=outcome,
             duration_ms=elapsed_ms,
         )
+        metrics.invocation_ended(fn.slug, plan, written.outcome, elapsed_ms / 1000)
         if outcome.endswith(FENCED_SUFFIX):
             # A later load of this job's run holds it: most likely another delivery of this job,
             # which may since have died (its lease lapsed, or this worker took the lock back). Run
