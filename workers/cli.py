@@ -28,10 +28,10 @@ from stepq.runtime.registry import FunctionOwnedError
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.transport import RedisTransport
 
-from . import metrics as worker_metrics
 from .app import AppLoadError, load_client
 from .embedded import EmbeddedRedis
 from .logs import configure
+from .metrics import MetricsServer, endpoint_options
 from .options import WorkerOptions
 from .worker import build_http_worker, build_worker
 
@@ -180,13 +180,13 @@ def _worker(args: argparse.Namespace) -> int:
         else:
             signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
             worker = build_http_worker(_url(args), options, signing_key=signing_key)
-        metrics_port, metrics_host = worker_metrics.options_from_env(args.metrics_port, args.metrics_host)
+        metrics_port, metrics_host = endpoint_options(args.metrics_port, args.metrics_host)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
     server = None
     if metrics_port is not None:
         try:
-            server = worker_metrics.MetricsServer(metrics_port, metrics_host).start()
+            server = MetricsServer(metrics_port, metrics_host).start()
         except OSError as exc:
             raise CliError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from None
         print(f"stepq worker: metrics at http://{metrics_host}:{server.port}/metrics", file=sys.stderr)

@@ -92,7 +92,7 @@ class MetricsServer:
             self._server = None
 
 
-def options_from_env(port: int | None, host: str | None) -> tuple[int | None, str]:
+def endpoint_options(port: int | None, host: str | None) -> tuple[int | None, str]:
     """The metrics port and host: the command line's, else ``STEPQ_METRICS_PORT``/``STEPQ_METRICS_HOST``;
     ValueError naming the variable when it is not a port."""
     if port is None:
