@@ -19,6 +19,11 @@ Routes:
   expired.
 - ``GET /v0/runs/{run_id}/batch`` and ``/actions``: a run's events and step memo, for an SDK told
   ``use_api`` because the state was too large to send.
+- ``GET /metrics``: Prometheus metrics (``stepq.runtime.metrics``): the API's counters, and the
+  deployment's state read from Redis at scrape time (runs by status, queue depth and age,
+  flow-control waits). Open unless ``STEPQ_METRICS_TOKEN`` is set; then it needs
+  ``Authorization: Bearer <that token>`` (what Prometheus's ``authorization`` scrape setting
+  sends). A separate token, not the signing key: a scraper's credentials can only read metrics.
 - Operator actions (``stepq.runtime.actions``), answering JSON: ``POST /v0/runs/{run_id}/cancel``
   (body ``{"reason"}`` optional; 409 when the run had ended), ``POST /v0/runs/{run_id}/replay``,
   ``POST /v0/runs/{run_id}/resume`` (body ``{"step": "<step key or name>"}``), and by filter
@@ -68,6 +73,7 @@ from typing import Any
 
 import structlog
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -77,8 +83,9 @@ from stepq.errors import FunctionConfigError, InvalidEventError
 from stepq.event import MAX_EVENT_DEPTH, Event
 from stepq.jsonvalue import json_type
 from stepq.signing import bearer_matches
+from stepq.tracing import normalized_traceparent
 
-from . import api_reads
+from . import api_reads, metrics
 from .actions import BULK_CAP, DEFAULT_REASON, ActionRefused, Actions
 from .app_urls import ENV as ALLOWED_APP_HOSTS_ENV
 from .app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
@@ -119,6 +126,8 @@ class ApiSettings:
     signing_key: str | None = None
     #: ``STEPQ_ALLOWED_APP_HOSTS``: when set, registered app URLs must be on these hosts or networks.
     allowed_app_hosts: AllowedHosts | None = None
+    #: ``STEPQ_METRICS_TOKEN``: when set, ``GET /metrics`` needs it as a bearer token.
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, *, dev: bool | None = None) -> ApiSettings:
@@ -134,6 +143,7 @@ class ApiSettings:
             max_request_bytes=_positive_env("STEPQ_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
             signing_key=os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None,
             allowed_app_hosts=AllowedHosts.parse(os.environ.get(ALLOWED_APP_HOSTS_ENV, "")),
+            metrics_token=os.environ.get("STEPQ_METRICS_TOKEN") or None,
         )
 
     def create_app(self, redis_url: str) -> Starlette:
@@ -146,6 +156,7 @@ class ApiSettings:
             max_request_bytes=self.max_request_bytes,
             signing_key=self.signing_key,
             allowed_app_hosts=self.allowed_app_hosts,
+            metrics_token=self.metrics_token,
         )
 
 
@@ -234,11 +245,13 @@ def create_app(
     signing_key: str | None = None,
     allowed_app_hosts: AllowedHosts | None = None,
     url_policy: AppUrlPolicy | None = None,
+    metrics_token: str | None = None,
 ) -> Starlette:
     """The event API as an ASGI app; its lifespan opens and closes the Redis connection.
 
     ``allowed_app_hosts`` restricts where registered apps may live (``stepq.runtime.app_urls``);
     ``url_policy`` replaces the whole check (e.g. with another resolver).
+    ``metrics_token``: when set, ``GET /metrics`` needs it as a bearer token (else it is open).
 
     Raises ``ValueError`` when not in dev mode and no event key is configured: such a server
     could only ever answer 401.
@@ -251,6 +264,7 @@ def create_app(
     request_cap = max(max_request_bytes or DEFAULT_MAX_REQUEST_BYTES, max_event_bytes)
     encoded_keys = tuple(k.encode() for k in keys)
     policy = url_policy or AppUrlPolicy(allowed=allowed_app_hosts, redis_url=redis_url)
+    metrics.enable()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -278,11 +292,34 @@ def create_app(
         events = _parse_events(body, max_event_bytes)
         ingest: Ingest = request.app.state.ingest
         try:
-            ids = await ingest.send(events)
+            # the sender's span, as Inngest's event API takes it: an invalid header is ignored (W3C)
+            ids = await ingest.send(events, traceparent=normalized_traceparent(request.headers.get("traceparent")))
         except InvalidEventError as exc:
             raise _Refused(400, str(exc)) from None
         log.debug("api.events", count=len(ids), ms=round((time.perf_counter() - started) * 1000, 2))
+        metrics.events_received(len(ids))
         return _Json({"ids": ids, "status": 200})
+
+    async def counted_events(request: Request) -> Response:
+        response = await receive_events(request)
+        if response.status_code != 200:
+            metrics.event_request_refused(response.status_code)
+        return response
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if metrics_token is not None and not _bearer_is(request.headers.get("authorization"), metrics_token):
+            return _Json(
+                _plain_error(401, "metrics need Authorization: Bearer <STEPQ_METRICS_TOKEN>"),
+                401,
+                headers={"WWW-Authenticate": 'Bearer realm="stepq metrics"'},
+            )
+        try:
+            body = metrics.render(await metrics.collect_state(request.app.state.redis))
+        except Exception as exc:
+            # the counters are still worth a scrape; stepq_state_read_ok 0 says the gauges are missing
+            log.warning("api.metrics_state_failed", error_type=type(exc).__name__)
+            body = metrics.render(state_failed=True)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def health(request: Request) -> Response:
         try:
@@ -492,7 +529,8 @@ def create_app(
             Route("/v0/runs/{run_id}/cancel", run_cancel, methods=["POST"]),
             Route("/v0/runs/{run_id}/replay", run_replay, methods=["POST"]),
             Route("/v0/runs/{run_id}/resume", run_resume, methods=["POST"]),
-            Route("/e/{key}", receive_events, methods=["POST"]),
+            Route("/e/{key}", counted_events, methods=["POST"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/fn/register", register, methods=["POST"]),
             Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
@@ -505,6 +543,12 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+
+
+def _bearer_is(authorization: str | None, token: str) -> bool:
+    """Whether ``authorization`` is ``Bearer <token>`` (compared in constant time)."""
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 async def _read_body(request: Request, cap: int) -> bytes:
