@@ -3,9 +3,10 @@ the query API, and the operator actions (replay, resume, cancel, by filter), whi
 bulk actions run, single actions race cancellations, and a worker is SIGKILLed and replaced.
 
 Once every run has settled, the invariants are checked against a scan of every run record
-(``Scan``): the live counts, every index listing (``find_runs`` pages, ``run_ids``, ``count_runs``),
+(``scan``): the live counts, every index listing (``find_runs`` pages, ``run_ids``, ``count_runs``),
 the replay links both ways, the memo prefix each resumed run kept, that no run is left with nothing
-to move it on, and that every key of an ended run expires.
+to move it on, and that every key of an ended run expires; the workers' Prometheus counters and the
+API's runs gauge against Redis, with no run id in any label.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 import stepq
@@ -32,6 +34,7 @@ from stepq.runtime.run_status import TERMINAL as ENDS
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.shards import shard_of, shards
 from tests.helpers import REDIS_URL, StartWorkers, WorkerProcess, wait_for_runs
+from tests.http_fixtures import free_port
 from tests.torture.leftovers import global_leftovers, run_leftovers
 
 APP = "t-operate"
@@ -219,7 +222,9 @@ async def settle(redis: Redis, timeout: float = 45.0) -> dict[str, Record]:
 async def test_actions_and_indexes_hold_under_concurrency_and_a_killed_worker(
     redis: Redis, start_workers: StartWorkers, sender: stepq.Client, tmp_path: Path
 ) -> None:
-    workers = start_workers("operate", n=2, env=ENV)
+    ports = [free_port() for _ in range(3)]  # the two workers' metrics, and the replacement's
+    workers = [start_workers("operate", 1, {**ENV, "STEPQ_METRICS_PORT": str(port)})[0] for port in ports[:2]]
+    scraped: list[Samples] = []  # the killed worker's last scrape, taken just before the kill
     actions = Actions.on(redis)
     rng = random.Random(12)
     began_ms = int(time.time() * 1000)
@@ -245,9 +250,11 @@ async def test_actions_and_indexes_hold_under_concurrency_and_a_killed_worker(
 
     async def kill_and_replace() -> None:
         await asyncio.sleep(1.2)
+        scraped.append(await scrape(ports[0]))  # what it counted (it may end a run or two more)
         workers[0].proc.kill()  # SIGKILL: its leased jobs come back when the leases lapse
         workers[0].proc.wait()
         env = {**os.environ, "STEPQ_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", "STEPQ_REDIS_URL": REDIS_URL, **ENV}
+        env["STEPQ_METRICS_PORT"] = str(ports[2])
         replacements.append(WorkerProcess("operate", 9, tmp_path, env))
         while not any(entry.get("event") == "worker.started" for entry in replacements[0].logs()):
             assert replacements[0].alive(), replacements[0].stderr()
@@ -319,8 +326,11 @@ async def test_actions_and_indexes_hold_under_concurrency_and_a_killed_worker(
                 await asyncio.gather(*(send(who) for who in range(3)), kill_and_replace(), bulk_rounds())
                 sending.clear()
                 await racer
-        await check_the_end(redis, actions, started, failed_first, sleepers)
-        assert all(w.alive() for w in [*workers[1:], *replacements]), "a worker died on its own"
+            runs = await check_the_end(redis, actions, started, failed_first, sleepers)
+            assert all(w.alive() for w in [*workers[1:], *replacements]), "a worker died on its own"
+            counted = [*scraped, await scrape(ports[1]), await scrape(ports[2])]
+            problems = await check_metrics(redis, runs, started, counted, await scrape(api.url))
+            assert not problems, "\n".join(problems)
     finally:
         for worker in replacements:
             worker.stop()
@@ -329,7 +339,7 @@ async def test_actions_and_indexes_hold_under_concurrency_and_a_killed_worker(
 
 async def check_the_end(
     redis: Redis, actions: Actions, started: list[Started], failed_first: RunFilter, sleepers: RunFilter
-) -> None:
+) -> dict[str, Record]:
     assert any(s.kind == "resume" for s in started) and any(s.kind == "replay" for s in started), started
 
     # settled (sleepers sleep): every invariant against the scan, sleepers counted live
@@ -356,3 +366,68 @@ async def check_the_end(
     assert not problems, "\n".join(problems[:30])
     statuses = collections.Counter((r.fn, r.status) for r in runs.values())
     print("runs:", dict(statuses))
+    return runs
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(where: int | str) -> Samples:
+    """A /metrics answer's samples by (name, labels): a worker's (its port) or the API's (its URL)."""
+    url = f"http://127.0.0.1:{where}/metrics" if isinstance(where, int) else f"{where}/metrics"
+    async with httpx.AsyncClient(timeout=10) as http:
+        response = await http.get(url)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return sum(v for (n, got), v in samples.items() if n == name and set(labels.items()) <= got)
+
+
+async def check_metrics(
+    redis: Redis, runs: dict[str, Record], started: list[Started], workers: list[Samples], api: Samples
+) -> list[str]:
+    """The workers' counters against Redis, and the API's runs gauge against the scan.
+
+    The killed worker's counters are its last scrape, taken just before the SIGKILL: what it did
+    between the two is lost with it, so the workers' sums may fall short of Redis by a little (at
+    most SLACK), never exceed it (a duplicate execution's refused write is not counted)."""
+    slack = 3
+    problems = []
+    labels = {v for samples in [*workers, api] for (_, got) in samples for k, v in got if k != "le"}
+    if ids := [v for v in labels if RUN_ID.search(v)]:
+        problems.append(f"run ids in metric labels: {ids[:3]}")
+    # runs the workers ended: every completed and failed run here (cancels came from the API and Actions)
+    for fn in (MIXED, CHILD):
+        for status in ("completed", "failed"):
+            want = sum(1 for r in runs.values() if r.fn == fn and r.status == status)
+            got = sum(total(s, "stepq_function_runs_ended_total", function=fn, status=status) for s in workers)
+            if not want - slack <= got <= want:
+                problems.append(f"{fn} runs ended {status}: workers counted {got}, Redis holds {want}")
+    # steps the workers completed: the step results committed, but those a resumed run kept
+    kept = {s.run_id: s.kept_steps for s in started if s.kind == "resume"}
+    for fn in (MIXED, CHILD, SLEEPY):
+        want = 0
+        for r in (r for r in runs.values() if r.fn == fn):
+            stack = await _stack(redis, r.run_id)
+            steps: dict[bytes, bytes] = await redis.hgetall(keys.steps(r.run_id))  # type: ignore[misc]
+            want += sum(1 for key in stack[kept.get(r.run_id, 0) :] if f"{key}:execs".encode() in steps)
+        got = sum(total(s, "stepq_steps_completed_total", function=fn) for s in workers)
+        print(f"{fn}: workers completed {got:.0f} steps, Redis holds {want}")
+        if not want - slack <= got <= want or not want:
+            problems.append(f"{fn} steps completed: workers counted {got}, Redis holds {want} step results")
+    # the API's runs gauge is the scan's tally
+    tally = collections.Counter((r.fn, r.status) for r in runs.values())
+    for fn in (MIXED, CHILD, SLEEPY):
+        for status in RunStatus:
+            got = total(api, "stepq_runs", function=fn, status=status.value)
+            if got != tally[fn, status.value]:
+                problems.append(
+                    f"stepq_runs{{{fn}, {status.value}}} is {got}, the records say {tally[fn, status.value]}"
+                )
+    return problems
