@@ -99,13 +99,13 @@ async def check_indexes(redis: Redis, runs: dict[str, Record]) -> list[str]:
     for summary in await function_summaries(redis):
         mine = [r for r in runs.values() if r.fn == summary.slug]
         for status in LIVE_STATUSES:
-            want = sum(1 for r in mine if r.status == status.value)
-            if summary.counts[status.value] != want or live.get((summary.slug, status.value), 0) != want:
-                problems.append(f"{summary.slug} {status.value}: summary {summary.counts} != {want} records")
+            now = sum(1 for r in mine if r.status == status.value)
+            if summary.counts[status.value] != now or live.get((summary.slug, status.value), 0) != now:
+                problems.append(f"{summary.slug} {status.value}: summary {summary.counts} != {now} records")
         for status in (RunStatus.FAILED, RunStatus.COMPLETED):
-            want = sum(1 for r in mine if r.status == status.value)  # every run ended within the hour
-            if summary.counts[f"{status.value}_last_hour"] != want:
-                problems.append(f"{summary.slug} {status.value}_last_hour: {summary.counts} != {want} records")
+            ended = sum(1 for r in mine if r.status == status.value)  # every run ended within the hour
+            if summary.counts[f"{status.value}_last_hour"] != ended:
+                problems.append(f"{summary.slug} {status.value}_last_hour: {summary.counts} != {ended} records")
     # every filter lists exactly the runs the scan says match, newest first, on pages and in bulk
     since = min((r.created for r in runs.values()), default=0) + 1500
     filters = [RunFilter(), RunFilter(since_ms=since), RunFilter(event_name="operate/mixed")]
@@ -147,10 +147,10 @@ async def check_runs(redis: Redis, runs: dict[str, Record], started: list[Starte
             listed = old.raw.get(b"replays", b"").decode().split(",") if old else []
             if old is None or (r.run_id not in listed and len(listed) < MAX_LINKS):
                 problems.append(f"{r.run_id} {field.decode()} {source}, which does not list it: {listed}")
-        for new in filter(None, r.raw.get(b"replays", b"").decode().split(",")):
-            back = runs.get(new)
+        for made in filter(None, r.raw.get(b"replays", b"").decode().split(",")):
+            back = runs.get(made)
             if back is None or r.run_id.encode() not in (back.raw.get(b"replay_of"), back.raw.get(b"forked_from")):
-                problems.append(f"{r.run_id} lists {new} among its replays, which does not name it back")
+                problems.append(f"{r.run_id} lists {made} among its replays, which does not name it back")
     for s in started:
         new, old = runs.get(s.run_id), runs.get(s.source_run_id)
         if new is None or old is None:
