@@ -305,6 +305,10 @@ async def test_actions_and_indexes_hold_under_concurrency_and_a_killed_worker(
             targets += await run_ids(redis, RunFilter(function="mixed", status=RunStatus.FAILED), cap=20)
             for run_id in rng.sample(targets, min(6, len(targets))):
                 await fork(http, run_id, rng.choice(("replay", "first", "long", "nap", "last")))
+            # an invoked child's replay: a run of its own, its parent (ended or not) takes nothing from it
+            children = await run_ids(redis, RunFilter(function="child", status=RunStatus.COMPLETED), cap=20)
+            if children:
+                await fork(http, rng.choice(children), "replay")
             going = [
                 run_id
                 for status in (RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING)
