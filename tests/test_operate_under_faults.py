@@ -330,6 +330,8 @@ async def test_actions_and_indexes_hold_under_concurrency_and_a_killed_worker(
                 await asyncio.gather(*(send(who) for who in range(3)), kill_and_replace(), bulk_rounds())
                 sending.clear()
                 await racer
+            for n in range(2):  # sleepers the bulk rounds did not see: counted live, then cancelled
+                await sender.send(stepq.Event(name="operate/sleepy", data={"who": "late", "n": n}))
             runs = await check_the_end(redis, actions, started, failed_first, sleepers)
             assert all(w.alive() for w in [*workers[1:], *replacements]), "a worker died on its own"
             counted = [*scraped, await scrape(ports[1]), await scrape(ports[2])]

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 import stepq
 from stepq.runtime import keys
-from stepq.runtime.actions import Actions
+from stepq.runtime.actions import ActionRefused, Actions, Started
 from stepq.runtime.codec import unpack
 from stepq.runtime.connection import connect
 from stepq.runtime.limits import Limits
@@ -598,12 +598,21 @@ class Torture:
         if len(ended) < 2:
             self.report.violations.append(Violation("fork", "-", "-", f"only {len(ended)} runs to fork"))
             return
-        replayed, resumed = ended[0].snap, ended[1].snap
-        assert replayed is not None and resumed is not None
-        new = [
-            (await actions.replay(replayed.run_id), 0),
-            (await actions.resume(resumed.run_id, resumed.stack[1]), 1),
-        ]
+        new: list[tuple[Started, int]] = []
+        refusals: list[str] = []
+        for track in ended:  # the first that can be replayed, then the next that can be resumed
+            snap = track.snap
+            assert snap is not None
+            try:
+                if not new:
+                    new.append((await actions.replay(snap.run_id), 0))
+                else:
+                    new.append((await actions.resume(snap.run_id, snap.stack[1]), 1))
+                    break
+            except ActionRefused as refused:  # expired meanwhile, say
+                refusals.append(str(refused))
+        if len(new) < 2:
+            self.report.violations.append(Violation("fork", "-", "-", f"no replay and resume: {refusals[:3]}"))
         deadline = time.monotonic() + 10
         for started, kept in new:
             while time.monotonic() < deadline:
