@@ -28,6 +28,7 @@ import stepq
 from stepq.runtime import keys
 from stepq.runtime.actions import MAX_LINKS, ActionRefused, Actions, Started
 from stepq.runtime.api import ApiServer, ApiSettings
+from stepq.runtime.codec import unpack
 from stepq.runtime.function_summaries import LIVE_STATUSES, function_summaries, live_counts
 from stepq.runtime.queries import RunFilter, RunView, _run_view, count_runs, find_runs, run_ids
 from stepq.runtime.run_status import TERMINAL as ENDS
@@ -106,6 +107,35 @@ async def check_indexes(redis: Redis, runs: dict[str, Record]) -> list[str]:
             ended = sum(1 for r in mine if r.status == status.value)  # every run ended within the hour
             if summary.counts[f"{status.value}_last_hour"] != ended:
                 problems.append(f"{summary.slug} {status.value}_last_hour: {summary.counts} != {ended} records")
+    # every index zset holds exactly the runs its status, function or event name says, by creation
+    # time (recent ends: by end time); runs_expiry lists every ended run once
+    for shard in shards():
+        mine = [r for r in runs.values() if shard_of(r.run_id) == shard]
+        expected: dict[str, dict[str, int]] = collections.defaultdict(dict)
+        for r in mine:
+            expected[keys.runs_by_status(shard, r.status)][r.run_id] = r.created
+            expected[keys.runs_by_function_status(shard, r.fn, r.status)][r.run_id] = r.created
+            if r.event_name:
+                expected[keys.runs_by_event(shard, r.event_name)][r.run_id] = r.created
+            if r.status in ENDS:
+                expected[keys.recent_ends(shard, r.fn, r.status)][r.run_id] = int(r.raw[b"ended"])
+        for pattern in (
+            keys.runs_by_status(shard, "*"),
+            keys.runs_by_function_status(shard, "*", "*"),
+            keys.runs_by_event(shard, "*"),
+            keys.recent_ends(shard, "*", "*"),
+        ):
+            async for key in redis.scan_iter(match=pattern):
+                expected.setdefault(key.decode(), {})
+        for key, want in expected.items():
+            held = {m.decode(): int(s) for m, s in await redis.zrange(key, 0, -1, withscores=True)}
+            if held != want:
+                extra, missing = set(held) - set(want), set(want) - set(held)
+                problems.append(f"{key}: extra {sorted(extra)[:3]}, missing {sorted(missing)[:3]}, or scores differ")
+        expiring = [unpack(m)[0] for m in await redis.zrange(keys.runs_expiry(shard), 0, -1)]
+        ended = sorted(r.run_id for r in mine if r.status in ENDS)
+        if sorted(expiring) != ended:
+            problems.append(f"shard {shard} runs_expiry lists {len(expiring)} runs, {len(ended)} ended")
     # every filter lists exactly the runs the scan says match, newest first, on pages and in bulk
     since = min((r.created for r in runs.values()), default=0) + 1500
     filters = [RunFilter(), RunFilter(since_ms=since), RunFilter(event_name="operate/mixed")]
