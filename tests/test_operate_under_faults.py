@@ -127,15 +127,15 @@ async def check_indexes(redis: Redis, runs: dict[str, Record]) -> list[str]:
         ):
             async for key in redis.scan_iter(match=pattern):
                 expected.setdefault(key.decode(), {})
-        for key, want in expected.items():
-            held = {m.decode(): int(s) for m, s in await redis.zrange(key, 0, -1, withscores=True)}
-            if held != want:
-                extra, missing = set(held) - set(want), set(want) - set(held)
-                problems.append(f"{key}: extra {sorted(extra)[:3]}, missing {sorted(missing)[:3]}, or scores differ")
-        expiring = [unpack(m)[0] for m in await redis.zrange(keys.runs_expiry(shard), 0, -1)]
-        ended = sorted(r.run_id for r in mine if r.status in ENDS)
-        if sorted(expiring) != ended:
-            problems.append(f"shard {shard} runs_expiry lists {len(expiring)} runs, {len(ended)} ended")
+        for key, members in expected.items():
+            indexed = {m.decode(): int(s) for m, s in await redis.zrange(key, 0, -1, withscores=True)}
+            if indexed != members:
+                stray, absent = sorted(set(indexed) - set(members)), sorted(set(members) - set(indexed))
+                problems.append(f"{key}: stray {stray[:3]}, absent {absent[:3]}, or other scores")
+        expiring = [str(unpack(m)[0]) for m in await redis.zrange(keys.runs_expiry(shard), 0, -1)]
+        ended_ids = sorted(r.run_id for r in mine if r.status in ENDS)
+        if sorted(expiring) != ended_ids:
+            problems.append(f"shard {shard} runs_expiry lists {len(expiring)} runs, {len(ended_ids)} ended")
     # every filter lists exactly the runs the scan says match, newest first, on pages and in bulk
     since = min((r.created for r in runs.values()), default=0) + 1500
     filters = [RunFilter(), RunFilter(since_ms=since), RunFilter(event_name="operate/mixed")]
