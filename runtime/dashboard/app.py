@@ -9,7 +9,7 @@ import jinja2
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -71,7 +71,7 @@ async def login(request: Request) -> Response:
     session.clear()  # a fresh session (and CSRF token) at every login
     session["auth"] = request.app.state.auth_fingerprint
     auth.csrf_token(request)
-    return pages.RedirectResponse(target, 303)
+    return RedirectResponse(target, 303)
 
 
 @auth.public

@@ -293,9 +293,12 @@ class Sessions:
 
     def __init__(self, app: ASGIApp, *, secret: str, max_age: int, path: str) -> None:
         options: dict[str, Any] = {
-            "secret_key": secret, "session_cookie": SESSION_COOKIE, "max_age": max_age,
-            "same_site": "strict", "path": path,
-        }  # fmt: skip
+            "secret_key": secret,
+            "session_cookie": SESSION_COOKIE,
+            "max_age": max_age,
+            "same_site": "strict",
+            "path": path,
+        }
         self.plain = SessionMiddleware(app, https_only=False, **options)
         self.secure = SessionMiddleware(app, https_only=True, **options)
 

@@ -80,9 +80,12 @@ def _filter_from(request: Request) -> tuple[sources.RunFilter, str | None]:
     try:
         return (
             sources.RunFilter.parse(
-                function=q.get("function"), status=q.get("status"), since=q.get("since"),
-                until=q.get("until"), event=q.get("event"),
-            ),  # fmt: skip
+                function=q.get("function"),
+                status=q.get("status"),
+                since=q.get("since"),
+                until=q.get("until"),
+                event=q.get("event"),
+            ),
             None,
         )
     except ValueError as exc:
@@ -102,10 +105,15 @@ async def _runs_context(request: Request) -> dict[str, Any]:
     form = {k: q.get(k, "") for k in ("function", "status", "since", "until", "event", "q")}
     # The live table keeps the page's query; the first page only is refreshed (a later page stays put).
     return {
-        "runs": runs, "cursor": next_cursor, "form": form, "problem": problem, "search": search,
-        "query": str(request.query_params), "live": not cursor,
+        "runs": runs,
+        "cursor": next_cursor,
+        "form": form,
+        "problem": problem,
+        "search": search,
+        "query": str(request.query_params),
+        "live": not cursor,
         "next_params": {**{k: v for k, v in form.items() if v}, "cursor": next_cursor or ""},
-    }  # fmt: skip
+    }
 
 
 @auth.page
@@ -132,12 +140,19 @@ def _rows_from_steps(run: sources.RunView) -> list[views.Row]:
             status = "error"
         rows.append(
             views.Row(
-                key=step.key, name=step.name, kind="step", status=status, start_ms=start, end_ms=end,
-                error=step.error or "", duplicates=max(0, step.executions - step.attempts), memo=memo,
+                key=step.key,
+                name=step.name,
+                kind="step",
+                status=status,
+                start_ms=start,
+                end_ms=end,
+                error=step.error or "",
+                duplicates=max(0, step.executions - step.attempts),
+                memo=memo,
                 committed=step.done,
                 details=[f"{step.attempts} attempt(s)"] if step.attempts > 1 else [],
             )
-        )  # fmt: skip
+        )
     if run.status == RunStatus.SLEEPING and run.wake_at_ms is not None and rows:
         rows[-1].details.append(f"wakes at {views.clock(run.wake_at_ms)}")
     return rows
@@ -162,12 +177,19 @@ async def run_page(request: Request) -> Response:
     link = dict(zip(("replay_of", "forked_from", "from_step", "replays"), links, strict=True))
     link = {k: v.decode() if v else None for k, v in link.items()}
     context = {
-        "run": run, "events": events, "rows": rows, "scale": scale, "failed_at": failed_at,
-        "active": run.status in ACTIVE, "ended": run.status in ENDED,
-        "replay_of": link["replay_of"], "forked_from": link["forked_from"], "from_step": link["from_step"],
+        "run": run,
+        "events": events,
+        "rows": rows,
+        "scale": scale,
+        "failed_at": failed_at,
+        "active": run.status in ACTIVE,
+        "ended": run.status in ENDED,
+        "replay_of": link["replay_of"],
+        "forked_from": link["forked_from"],
+        "from_step": link["from_step"],
         "replays": [r for r in (link["replays"] or "").split(",") if r],
         "output": views.memo_view({"data": run.output}) if run.status == RunStatus.COMPLETED else None,
-    }  # fmt: skip
+    }
     template = "_run_body.html" if request.headers.get("hx-request") else "run.html"
     return render(request, template, context)
 
@@ -244,9 +266,12 @@ async def send_event(request: Request) -> Response:
 def _bulk_filter(values: Any) -> tuple[sources.RunFilter | None, str | None]:
     try:
         flt = sources.RunFilter.parse(
-            function=values.get("function"), status=values.get("status"), since=values.get("since"),
-            until=values.get("until"), event=values.get("event"),
-        )  # fmt: skip
+            function=values.get("function"),
+            status=values.get("status"),
+            since=values.get("since"),
+            until=values.get("until"),
+            event=values.get("event"),
+        )
     except ValueError as exc:
         return None, str(exc)
     if not (flt.function or flt.status or flt.since_ms or flt.until_ms or flt.event_name):

@@ -167,10 +167,14 @@ class EventPage:
     cursor: str | None
 
 
-async def recent_events(redis: Redis, *, limit: int = 50, cursor: str | None = None, name: str | None = None) -> EventPage:
+async def recent_events(
+    redis: Redis, *, limit: int = 50, cursor: str | None = None, name: str | None = None
+) -> EventPage:
     """The newest events first."""
     top = float(cursor) if cursor else "+inf"
-    raw = await redis.zrevrangebyscore(keys.EVENTS, top, "-inf", start=0, num=limit * 4 if name else limit + 1, withscores=True)
+    raw = await redis.zrevrangebyscore(
+        keys.EVENTS, top, "-inf", start=0, num=limit * 4 if name else limit + 1, withscores=True
+    )
     async with redis.pipeline(transaction=False) as pipe:
         for event_id, _ in raw:
             pipe.get(keys.event(event_id.decode()))

@@ -171,9 +171,20 @@ class Scale:
 def status_class(status: str) -> str:
     """The CSS class of a status badge (``st-completed``...); unknown statuses get ``st-other``."""
     known = {
-        "queued", "running", "sleeping", "waiting", "completed", "failed", "cancelled", "skipped",
-        "ok", "error", "pending", "timed_out", "matched",
-    }  # fmt: skip
+        "queued",
+        "running",
+        "sleeping",
+        "waiting",
+        "completed",
+        "failed",
+        "cancelled",
+        "skipped",
+        "ok",
+        "error",
+        "pending",
+        "timed_out",
+        "matched",
+    }
     return f"st-{status}" if status in known else "st-other"
 
 
