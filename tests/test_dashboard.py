@@ -65,6 +65,10 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
         assert "script-src 'self'" in runs.headers["content-security-policy"]
         assert runs.headers["x-frame-options"] == "DENY"
         assert "<script>" not in re.sub(r'<script src="[^"]+" defer></script>', "", runs.text)
+        for asset in re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', runs.text):
+            served = await http.get(asset)
+            assert served.status_code == 200 and "immutable" in served.headers["cache-control"], asset
+        assert (await http.get("/ui/static/../auth.py")).status_code == 404
 
         failed = await http.get("/ui/runs/table", params={"status": "failed"})
         assert broken in failed.text and order not in failed.text and echo not in failed.text

@@ -66,6 +66,7 @@ def render(request: Request, template: str, context: dict[str, Any], status: int
         "now_ms": _now(),
         "v": views,
         "statuses": [s.value for s in RunStatus],
+        "static": request.app.state.static_versions,
     }
     return _templates(request).TemplateResponse(request, template, {**base, **context}, status_code=status)
 
