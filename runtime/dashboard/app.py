@@ -72,7 +72,10 @@ async def login(request: Request) -> Response:
     config: auth.DashboardAuth = request.app.state.auth
     limiter: auth.LoginLimiter = request.app.state.login_limiter
     root = request.scope.get("root_path", "")
-    form = await auth.form_of(request)
+    try:
+        form = await auth.form_of(request)
+    except auth.FormTooLarge:
+        form = {}
     target = auth.safe_next(root, str(form.get("next", "")))
     client = auth.client_address(request)
 
