@@ -12,6 +12,7 @@ from . import keys
 from .codec import unpack
 from .gather import gathered
 from .registry import Registry
+from .run_filter import RunFilter as RunFilter  # re-exported: the queries take it
 from .run_status import RunStatus
 from .shards import shard_of, shards
 
@@ -70,6 +71,8 @@ class RunView:
     waiting: str | None = None
     #: The events a debounced or batched run gathers (runtime/gather.py), or None.
     gathered: dict[str, Any] | None = None
+    #: The name of the event that started the run (its first, for a batch), or None (older runs).
+    event_name: str | None = None
 
     @property
     def duplicate_executions(self) -> int:
@@ -109,6 +112,7 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         waiting_for=text("slot_wait") or None,
         waited=text("waited") or None,
         held_ms=_int(raw.get(b"held_ms")) or 0,
+        event_name=text("ev") or None,
         **_gather_view(raw),
     )
 
@@ -201,3 +205,87 @@ async def list_runs(
     # A run that ended while we read both indexes appears in each: keep its newest view.
     unique = {view.run_id: view for view in found}
     return sorted(unique.values(), key=lambda v: v.created_ms, reverse=True)[:limit]
+
+
+# -- filtered lists, counts and search (the dashboard's and the bulk actions' read model) -------------
+
+
+@dataclasses.dataclass(slots=True)
+class RunPage:
+    """One page of runs, newest first."""
+
+    runs: list[RunView]
+    #: Opaque: pass it back to ``find_runs`` for the next (older) page; None on the last page.
+    cursor: str | None
+    #: The page stopped at the scan bound before it was full: more runs may match further on
+    #: (``cursor`` goes on from where the scan stopped).
+    truncated: bool = False
+
+
+def _encode_cursor(created_ms: int, run_id: str) -> str:
+    return f"{created_ms}.{run_id}"
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    """A cursor's (created ms, run id): where the previous page stopped. ValueError when malformed."""
+    ms, dot, run_id = cursor.partition(".")
+    if not dot or not ms.isdigit() or not run_id or not run_id.isalnum():
+        raise ValueError(f"cursor: {cursor!r} is not a cursor this API returned")
+    return int(ms), run_id
+
+
+async def _scan_all(redis: Redis, flt: RunFilter) -> list[RunView]:
+    """Every run matching ``flt``, newest first (created ms, then run id), by reading every record."""
+    found: dict[str, RunView] = {}
+    for shard in shards():
+        for index, _ in _indexes(shard):
+            ids = [i.decode() for i in await redis.zrange(index, 0, -1)]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                async with redis.pipeline(transaction=False) as pipe:
+                    for run_id in chunk:
+                        pipe.hgetall(keys.run(run_id))
+                    records = await pipe.execute()
+                for run_id, raw in zip(chunk, records, strict=True):
+                    if raw:
+                        view = _run_view(run_id, raw)
+                        if flt.matches(view):
+                            found[run_id] = view
+    return sorted(found.values(), key=lambda v: (v.created_ms, v.run_id), reverse=True)
+
+
+async def find_runs(redis: Redis, flt: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
+    """A page of the runs matching ``flt``, newest first (by creation); ``cursor`` (from the previous
+    page) continues with older ones. ValueError for a malformed cursor or a limit below 1."""
+    if limit < 1:
+        raise ValueError(f"limit: must be at least 1, got {limit}")
+    after = decode_cursor(cursor) if cursor else None
+    views = await _scan_all(redis, flt)
+    if after is not None:
+        views = [v for v in views if (v.created_ms, v.run_id) < after]
+    page = views[:limit]
+    more = len(views) > limit
+    return RunPage(page, _encode_cursor(page[-1].created_ms, page[-1].run_id) if more and page else None)
+
+
+async def run_ids(redis: Redis, flt: RunFilter, *, cap: int) -> list[str]:
+    """The ids of every run matching ``flt``, newest first, at most ``cap`` of them (bulk actions)."""
+    return [view.run_id for view in (await _scan_all(redis, flt))[:cap]]
+
+
+async def count_runs(redis: Redis, flt: RunFilter, *, cap: int) -> tuple[int, bool]:
+    """How many runs match ``flt``, counting up to ``cap``: (count, whether it reached the cap)."""
+    found = len(await _scan_all(redis, flt))
+    return min(found, cap), found >= cap
+
+
+async def search_runs(redis: Redis, text: str) -> list[RunView]:
+    """The run whose id is ``text``, or the runs the event with id ``text`` started (newest first);
+    [] when neither is known."""
+    text = text.strip()
+    if not text or not text.replace("-", "").replace("_", "").isalnum():
+        return []
+    view = await get_run(redis, text, with_steps=False)
+    if view is not None:
+        return [view]
+    return [v for v in await _scan_all(redis, RunFilter()) if text in v.event_ids]

@@ -39,7 +39,7 @@ if #checks > 0 then
     -- names it, so a resent event is not charged again)
     local limits = limits_in(ARG.limits, defaults)
     redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'status', STATUS_SKIPPED,
-      'created', ARG.now_ms, 'ended', ARG.now_ms, 'event_ids', ARG.event_ids, 'reason', why)
+      'created', ARG.now_ms, 'ended', ARG.now_ms, 'event_ids', ARG.event_ids, 'reason', why, 'ev', ARG.event_name)
     if ARG.limits ~= '' then
       redis.call('HSET', KEYS[1], 'lim', ARG.limits)
     end
@@ -55,7 +55,7 @@ if #checks > 0 then
   end
 end
 redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'status', STATUS_QUEUED, 'created', ARG.now_ms,
-  'event_ids', ARG.event_ids, 'fence', '0', 'state_bytes', string.len(ARG.events_blob))
+  'event_ids', ARG.event_ids, 'fence', '0', 'state_bytes', string.len(ARG.events_blob), 'ev', ARG.event_name)
 redis.call('SET', KEYS[2], ARG.events_blob)
 if ARG.parent ~= '' then
   redis.call('HSET', KEYS[1], 'parent', ARG.parent)
