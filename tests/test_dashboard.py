@@ -72,6 +72,8 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
             assert served.status_code == 200 and "immutable" in served.headers["cache-control"], asset
         assert (await http.get("/ui/static/../auth.py")).status_code == 404
 
+        row = re.search(rf'<tr data-run-id="{order}">.*?</tr>', runs.text, re.S)
+        assert row and "dash/order" in row.group(0) and "t-dash-orders" in row.group(0)
         failed = await http.get("/ui/runs/table", params={"status": "failed"})
         assert broken in failed.text and order not in failed.text and echo not in failed.text
         by_function = await http.get("/ui/runs", params={"function": "t-dash-orders"})
@@ -80,6 +82,8 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
         assert bad.status_code == 400 and "status:" in bad.text
         found = await http.get("/ui/runs", params={"q": echo})
         assert echo in found.text and order not in found.text
+        by_event_name = await http.get("/ui/runs/table", params={"event": "dash/broken", "since": "1h"})
+        assert broken in by_event_name.text and order not in by_event_name.text
 
         page = await http.get(f"/ui/runs/{order}")
         assert page.status_code == 200
