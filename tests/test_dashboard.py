@@ -204,3 +204,14 @@ async def test_dev_mode_is_open_to_loopback_only(redis: Redis) -> None:
             remote = await http.get("/ui/runs")
             assert remote.status_code == 403 and "to this machine only" in remote.text
             assert (await http.get("/health")).status_code == 200  # the rest of the API is not the dashboard
+
+
+async def test_sessions_over_https_get_secure_cookies() -> None:
+    # The login page needs no Redis: the app is called in-process, as a TLS-terminating server would.
+    settings = ApiSettings(event_keys=("ek",), dashboard_token=TOKEN)
+    transport = httpx.ASGITransport(app=settings.create_app(REDIS_URL))
+    async with httpx.AsyncClient(transport=transport, base_url="https://stepq.example") as http:
+        cookie = (await http.get("/ui/login")).headers["set-cookie"].lower()
+    assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    async with httpx.AsyncClient(transport=transport, base_url="http://stepq.example") as http:
+        assert "secure" not in (await http.get("/ui/login")).headers["set-cookie"].lower()
