@@ -82,6 +82,8 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
         assert bad.status_code == 400 and "status:" in bad.text
         found = await http.get("/ui/runs", params={"q": echo})
         assert echo in found.text and order not in found.text
+        by_event_id = await http.get("/ui/runs", params={"q": order_event})
+        assert order in by_event_id.text and echo not in by_event_id.text
         by_event_name = await http.get("/ui/runs/table", params={"event": "dash/broken", "since": "1h"})
         assert broken in by_event_name.text and order not in by_event_name.text
 
@@ -98,12 +100,17 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
 
         events = await http.get("/ui/events")
         assert events.status_code == 200 and echo_event in events.text
+        assert f'href="/ui/runs/{echo}"' in events.text  # the run it started
         assert SCRIPT not in events.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in events.text
 
         functions = (await http.get("/ui/functions")).text
         for slug in ("t-dash-orders", "t-dash-broken", "t-dash-napper", "t-dash-echo"):
             assert slug in functions
         assert "dash/order" in functions and "in-process" in functions
+        row = re.search(r'<tr data-function="t-dash-broken">.*?</tr>', functions, re.S)
+        assert row and 'status=failed&amp;since=1h">1<' in row.group(0)  # failed in the last hour
+        row = re.search(r'<tr data-function="t-dash-napper">.*?</tr>', functions, re.S)
+        assert row and "sleeping <strong>1</strong>" in row.group(0)
 
         missing = await http.get("/ui/runs/nope")
         assert missing.status_code == 404

@@ -245,8 +245,13 @@ async def functions_page(request: Request) -> Response:
 async def _events_context(request: Request) -> dict[str, Any]:
     q = request.query_params
     name = (q.get("name") or "").strip() or None
-    page = await sources.recent_events(_redis(request), limit=PAGE_SIZE, cursor=q.get("cursor") or None, name=name)
-    return {"events": page.events, "cursor": page.cursor, "name": name or "", "form": {"name": "", "data": "{}"}}
+    context: dict[str, Any] = {"events": [], "cursor": None, "name": name or "", "form": {"name": "", "data": "{}"}}
+    try:
+        page = await sources.recent_events(_redis(request), limit=PAGE_SIZE, cursor=q.get("cursor") or None, name=name)
+    except ValueError as exc:  # a cursor that is not one of ours
+        context["problem"] = str(exc)
+        return context
+    return context | {"events": page.events, "cursor": page.cursor}
 
 
 @auth.page
