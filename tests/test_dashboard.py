@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 import stepq
 from stepq.runtime.api import ApiServer, ApiSettings
 from tests.helpers import REDIS_URL, StartWorkers, run_ids_for_event, wait_for_run
+from tests.http_fixtures import free_port
 
 SCRIPT = "<script>alert(1)</script>"
 TOKEN = "dash-token-0123456789"
@@ -222,3 +223,9 @@ async def test_sessions_over_https_get_secure_cookies() -> None:
     assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
     async with httpx.AsyncClient(transport=transport, base_url="http://stepq.example") as http:
         assert "secure" not in (await http.get("/ui/login")).headers["set-cookie"].lower()
+
+
+def test_a_redis_that_does_not_answer_gets_503() -> None:
+    with ApiServer(f"redis://127.0.0.1:{free_port()}/0", settings=ApiSettings(dev=True)) as server:
+        page = httpx.get(f"{server.url}/ui/runs", timeout=30)
+    assert page.status_code == 503 and page.text.startswith("Redis ") and page.headers["retry-after"] == "1"
