@@ -56,8 +56,9 @@ def flash(request: Request, message: str, kind: str = "ok") -> None:
 
 
 def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
-    session = auth.session_of(request)
-    shown = session.pop("flash", None)
+    """``template`` with ``context`` and what every page shows (CSRF token, message, mode...)."""
+    # A live refresh (htmx) leaves the message for the page it belongs to.
+    shown = None if request.headers.get("hx-request") else auth.session_of(request).pop("flash", None)
     base = {
         "request": request,
         "root": request.scope.get("root_path", ""),
