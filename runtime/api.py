@@ -79,6 +79,7 @@ from stepq.errors import FunctionConfigError, InvalidEventError
 from stepq.event import MAX_EVENT_DEPTH, Event
 from stepq.jsonvalue import json_type
 from stepq.signing import bearer_matches
+from stepq.tracing import normalized_traceparent
 
 from . import api_reads
 from .actions import BULK_CAP, DEFAULT_REASON, ActionRefused, Actions
@@ -298,7 +299,8 @@ def create_app(
         events = _parse_events(body, max_event_bytes)
         ingest: Ingest = request.app.state.ingest
         try:
-            ids = await ingest.send(events)
+            # the sender's span, as Inngest's event API takes it: an invalid header is ignored (W3C)
+            ids = await ingest.send(events, traceparent=normalized_traceparent(request.headers.get("traceparent")))
         except InvalidEventError as exc:
             raise _Refused(400, str(exc)) from None
         log.debug("api.events", count=len(ids), ms=round((time.perf_counter() - started) * 1000, 2))

@@ -95,6 +95,9 @@ class CreateRunArgs(ScriptArgs):
     gather: str = ""
     #: The name of the event that started the run (its first), for the run lists; '' for none.
     event_name: str = ""
+    #: '' or the W3C ``traceparent`` the run's trace continues (the sender's span, or the invoking
+    #: step's): kept in the run's record (``store.TRACE_FIELD``) for the workers that trace it.
+    trace: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from stepq.runtime.registry import FunctionOwnedError
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.transport import RedisTransport
 
+from . import tracing
 from .app import AppLoadError, load_client
 from .embedded import EmbeddedRedis
 from .logs import configure
@@ -200,6 +201,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 def _api(args: argparse.Namespace) -> int:
     try:
+        tracing.setup_api()
         settings = ApiSettings.from_env(dev=args.dev)
         app = settings.create_app(_url(args))
     except ValueError as exc:
