@@ -10,7 +10,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from . import jobs, keys, run_status, shards
+from . import history, jobs, keys, run_status, shards
 from .script_args import BY_SCRIPT
 
 SCRIPT_NAMES = (
@@ -28,6 +28,7 @@ SCRIPT_NAMES = (
     "renew_leases",
     "finish_job",
     "release_mover",
+    "record_history",
 )
 
 
@@ -45,6 +46,7 @@ def prelude() -> str:
         + keys.lua_prelude()
         + run_status.lua_prelude()
         + jobs.lua_prelude()
+        + history.lua_prelude()
         + script_text("prelude")
         + script_text("slots")
     )
