@@ -118,9 +118,9 @@ def lua_prelude() -> str:
 local HISTORY_MAX = {HISTORY_MAX}
 -- Append ``fields`` (a packed msgpack map) to the run's history as [outcome, now, fields]; keep the
 -- newest HISTORY_MAX entries. ``ended``: the run has ended, so the list expires with its record (a
--- missing run records nothing: its list would live for ever).
+-- missing run records nothing: its list would live for ever; nor does a write with no fields).
 local function record_history(run_id, outcome, now, fields, ended)
-  if outcome == 'missing' then
+  if outcome == 'missing' or not fields or fields == '' then
     return
   end
   local key = key_history(run_id)
