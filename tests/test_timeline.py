@@ -307,3 +307,23 @@ def test_build_timeline_of_failed_and_cancelled_runs_and_flow_control() -> None:
         "completed",
         True,
     )
+
+
+def test_build_timeline_of_invokes_and_a_child_that_failed_or_never_answered() -> None:
+    calls = [
+        {"key": "c1", "name": "charge", "type": "invoke", "function": "app-pay", "timeout_ms": 5_000},
+        {"key": "c2", "name": "notify", "type": "invoke", "function": "app-mail", "timeout_ms": 1_000},
+    ]
+    entries = [
+        e("ok", 1_100, "fan_out", group=3, steps=calls, attempt=1, started_ms=1_090),
+        e("ok", 1_120, "child", key="c1", child_run_id="01CHILD1", error={"name": "E", "message": "declined"}),
+        e("ok", 1_130, "invoke", key="c1", child_run_id="01CHILD1", function="app-pay", created=True),
+        e("ok", 1_140, "invoke", key="c2", child_run_id="01CHILD2", function="app-mail", created=True),
+        e("ok", 2_100, "timer", key="c2"),
+        e("done", 2_200, "child", key="c2", child_run_id="01CHILD2"),  # too late: the parent moved on
+    ]
+    charge, notify = build_timeline(run_view(), entries).items
+    assert (charge.kind, charge.group, charge.status, charge.end_ms) == ("invoke", "3", "failed", 1_120)
+    assert charge.detail["child_run_id"] == "01CHILD1" and charge.detail["error"]["message"] == "declined"
+    assert (notify.status, notify.end_ms, notify.detail["timed_out"]) == ("failed", 2_100, True)
+    assert notify.detail["child_run_id"] == "01CHILD2" and notify.detail["function"] == "app-mail"

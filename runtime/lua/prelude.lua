@@ -230,15 +230,6 @@ local function close_run(run_id, now, retention_s)
   index_done(run_id, now, retention_s)
 end
 
--- {name, message} of a packed error (for the run's history; the message bounded), or nil.
-local function error_fields(blob)
-  local ok, err = pcall(cmsgpack.unpack, blob)
-  if not ok or type(err) ~= 'table' then
-    return nil
-  end
-  return {name = tostring(err.name or 'Error'), message = string.sub(tostring(err.message or ''), 1, 1000)}
-end
-
 -- Runs a script ended besides the one it was called for (a parent failed by its child's result):
 -- scripts return them after their outcome, so that the worker emits those runs' ends too.
 local ENDED = {}
