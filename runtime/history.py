@@ -122,7 +122,8 @@ local function error_fields(blob)
   if not ok or type(err) ~= 'table' then
     return nil
   end
-  return {{name = tostring(err.name or 'Error'), message = string.sub(tostring(err.message or ''), 1, {MAX_ERROR_CHARS})}}
+  local message = string.sub(tostring(err.message or ''), 1, {MAX_ERROR_CHARS})
+  return {{name = tostring(err.name or 'Error'), message = message}}
 end
 -- Append ``fields`` (a packed msgpack map) to the run's history as [outcome, now, fields]; keep the
 -- newest HISTORY_MAX entries. ``ended``: the run has ended, so the list expires with its record (a
