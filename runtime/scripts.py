@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from time import perf_counter
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from . import history, jobs, keys, run_status, shards
+from . import history, jobs, keys, metrics, run_status, shards
 from .script_args import BY_SCRIPT
 
 SCRIPT_NAMES = (
@@ -29,6 +30,7 @@ SCRIPT_NAMES = (
     "finish_job",
     "release_mover",
     "record_history",
+    "fork_run",
 )
 
 
@@ -70,10 +72,23 @@ def body(name: str) -> str:
     return (named.lua_header() if named else "") + script_text(name)
 
 
+#: Scripts that run another script's body as a local function of their own KEYS and ARGV (as the
+#: ingest runs create_run's), so that both make exactly the same writes; its libraries come along.
+CALLS: dict[str, tuple[str, ...]] = {"fork_run": ("create_run",)}
+
+
+def called(name: str) -> str:
+    """The scripts ``name`` calls (see ``CALLS``), each as ``local function <script>(KEYS, ARGV)``."""
+    return "".join(
+        f"{libraries(callee)}\nlocal function {callee}(KEYS, ARGV)\n{body(callee)}\nend\n"
+        for callee in CALLS.get(name, ())
+    )
+
+
 @cache
 def source(name: str) -> str:
-    """A script's text, with the shared prelude (and its libraries) in front."""
-    return prelude() + libraries(name) + "\n" + body(name)
+    """A script's text, with the shared prelude (and its libraries, and the scripts it calls) in front."""
+    return prelude() + libraries(name) + called(name) + "\n" + body(name)
 
 
 class Scripts:
@@ -83,4 +98,10 @@ class Scripts:
         self._scripts: dict[str, AsyncScript] = {name: redis.register_script(source(name)) for name in SCRIPT_NAMES}
 
     async def call(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any], client: Any = None) -> Any:
-        return await self._scripts[name](keys=keys, args=args, client=client)
+        if not metrics.enabled():
+            return await self._scripts[name](keys=keys, args=args, client=client)
+        # the round trip as this process sees it (stepq_redis_roundtrip_seconds): no extra command
+        started = perf_counter()
+        reply = await self._scripts[name](keys=keys, args=args, client=client)
+        metrics.script_called(name, perf_counter() - started)
+        return reply

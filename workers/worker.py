@@ -52,11 +52,13 @@ from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shards
 from stepq.runtime.store import RunCache, RunStore
 
+from . import tracing
 from .executor import Executor
 from .faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
 from .http_invoker import HttpInvoker
 from .invoker import InProcessInvoker, Invoker
 from .job_task import JobFunction, JobRunner
+from .metrics import lease_lost
 from .options import WorkerOptions
 from .registration import RegistrationKeeper
 from .remote import FunctionSource, LocalFunctions, RegisteredFunctions
@@ -399,6 +401,7 @@ class StepqWorker:
                     # job is that worker's to end.
                     self.runner.lost.add(job_id)
                     log.warning("lease.lost", job_id=job_id)
+                    lease_lost(self.queue.queue_id)
 
     async def _sweep_timers(self) -> None:
         faults = Faults("timers")
@@ -515,6 +518,7 @@ def _build(
         store,
         invoker,
         step_timeout_s=options.step_timeout_s + STEP_TIMEOUT_MARGIN_S,
+        tracing=tracing.setup(pool, service_name=queue_id if queue_id != keys.HTTP_QUEUE_ID else "stepq-worker"),
     )
 
     keeper = None
