@@ -129,6 +129,8 @@ async def test_filters_paging_cursor_search_and_event_outcomes(redis: Redis, mon
     # 30 alpha + 30 beta (qa/a), 5 beta (qa/b), 1 beta (dup-1), 1 gamma + 2 skipped, 1 delta
     assert len(everything) == 70
     assert await page_through(redis, RunFilter(), 7) == everything
+    # one run a page: a cursor in one status's index, ties of its millisecond in the others
+    assert await page_through(redis, RunFilter(), 1) == everything
 
     # runs created while paging are newer than the cursor: later pages neither repeat nor skip a run
     first = await find_runs(redis, RunFilter(), limit=10)
@@ -163,6 +165,14 @@ async def test_filters_paging_cursor_search_and_event_outcomes(redis: Redis, mon
     assert len(expect(RunFilter(function="picky"))) == 1  # n = 500 only
     assert set(expect(RunFilter(status=RunStatus.CANCELLED))) == set(sent["cancelled"])
     assert [r["status"] for r in records.values()].count("skipped") == 2
+
+    # the run a cursor names leaves the index (cancelled) before the next page: the page goes on after
+    # its place, past the runs of its millisecond read before it
+    in_batch = RunFilter(status=RunStatus.QUEUED, until_ms=sent["middle"])
+    first_ten = await find_runs(redis, in_batch, limit=10)
+    await RunStore(redis).cancel(first_ten.runs[-1].run_id, "test")
+    rest = await page_through_from(redis, in_batch, 1, first_ten.cursor)
+    assert rest == expect(in_batch)[10:] and len(rest) == 45
 
     # a filter its index does not cover looks at a bounded number of entries per page, and says so
     monkeypatch.setattr(queries, "PAGE_SCAN_MAX", 2)
