@@ -6,7 +6,8 @@ zsets read newest first, in the order (created ms, run id) descending (all runs:
 status; a function's: its runs in each status); a cursor is the (created ms, run id) of the last run a
 page looked at, and the next page starts just after it in that order. A filter is answered by its
 most selective index (the one listing the fewest runs in its time range); the fields that index
-does not cover are checked on the runs' records.
+does not cover are checked by membership of the other indexes (ZMSCORE), and only a function that no
+registration and no run knows is checked on the runs' records.
 """
 
 from __future__ import annotations

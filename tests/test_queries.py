@@ -412,17 +412,20 @@ async def test_live_counts_follow_every_status_change_of_a_mixed_workload(
         await asyncio.sleep(0.02)
     for worker in workers:  # SIGKILLed mid-step: the slow runs' jobs come back after the 2 s lease
         worker.proc.send_signal(signal.SIGKILL)
-    for k in (0, 1):
-        await sender.send([stepq.Event(name="q/go", data={"k": k})])
     counts, truth = await snapshot(redis)
     assert counts == live(truth)
     store = RunStore(redis)
     queued = await run_ids(redis, RunFilter(function="throttled", status=RunStatus.QUEUED), cap=10)
     await store.cancel(queued[0], "test")  # one run queued behind the throttle cancelled
     start_workers("queries", n=2, env={"STEPQ_LEASE": "2"})
-    [last_waiter] = await search_runs(redis, sent[events.index(stepq.Event(name="q/wait", data={"k": 3}))])
-    await wait_for_run(redis, last_waiter.run_id, statuses=("waiting",))
-    await store.cancel(last_waiter.run_id, "test")  # one waiting run cancelled
+    waiters = [
+        await search_runs(redis, sent[events.index(stepq.Event(name="q/wait", data={"k": k}))]) for k in range(4)
+    ]
+    for [waiter] in waiters:
+        await wait_for_run(redis, waiter.run_id, statuses=("waiting",))
+    for k in (0, 1):  # two waits resolved, one waiting run cancelled, one left waiting
+        await sender.send([stepq.Event(name="q/go", data={"k": k})])
+    await store.cancel(waiters[3][0].run_id, "test")
     # everything settles but 2 long naps, 1 waiter, 1 throttled run queued
     settled = {"t-queries-napper": 2, "t-queries-waiter": 1, "t-queries-throttled": 1}
     deadline = time.monotonic() + 40
