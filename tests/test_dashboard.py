@@ -194,6 +194,7 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
         assert (await wait_for_run(redis, resume)).status == "completed"
         resume_page = (await http.get(f"/ui/runs/{resume}")).text
         assert "Resumed from" in resume_page and f'href="/ui/runs/{order}"' in resume_page
+        assert "at step send-receipt" in resume_page
 
         # bulk: a preview counts, the confirm acts
         params = {"preview": "1", "action": "cancel", "function": "t-dash-napper", "status": "sleeping"}

@@ -28,8 +28,6 @@ PAGE_SIZE = 50
 #: Why a run was cancelled, as its error says.
 REASON = "cancelled from the dashboard"
 ACTIVE = {s.value for s in RunStatus if not s.terminal}
-#: A run's record fields that link it to the runs replayed or resumed from it, and back.
-LINKS = ("replay_of", "forked_from", "from_step", "replays")
 ENDED = {s.value for s in RunStatus if s.terminal and s is not RunStatus.SKIPPED}
 
 
@@ -152,15 +150,11 @@ async def run_page(request: Request) -> Response:
     if timeline is None:
         return render(request, "missing.html", {"what": f"run {run_id}"}, 404)
     run = timeline.run
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(keys.events(run_id))
-        pipe.hmget(keys.run(run_id), ["replay_of", "forked_from", "from_step", "replays"])
-        blob, links = await pipe.execute()
+    blob = await redis.get(keys.events(run_id))
     events = unpack(blob) if blob else []
     now = _now()
     rows = waterfall.rows(timeline, now)
     scale = views.lay_out(rows, now, run.created_ms)
-    link = {k: v.decode() if v else None for k, v in zip(LINKS, links, strict=True)}
     context = {
         "run": run,
         "events": events,
@@ -170,10 +164,7 @@ async def run_page(request: Request) -> Response:
         "truncated": timeline.truncated,
         "active": run.status in ACTIVE,
         "ended": run.status in ENDED,
-        "replay_of": link["replay_of"],
-        "forked_from": link["forked_from"],
-        "from_step": link["from_step"],
-        "replays": [r for r in (link["replays"] or "").split(",") if r],
+        "from_step": next((step.name for step in run.steps if step.key == run.from_step), run.from_step),
         "output": views.memo_view({"data": run.output}) if run.status == RunStatus.COMPLETED else None,
     }
     template = "_run_body.html" if request.headers.get("hx-request") else "run.html"
