@@ -569,7 +569,7 @@ def create_app(
             Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
             Route("/v0/runs/{run_id}/timeline", run_timeline, methods=["GET"]),
             Route("/v0/runs/{run_id}", run, methods=["GET"]),
-            Route("/", lambda request: RedirectResponse("/ui/", 307), methods=["GET"]),
+            Route("/", _to_dashboard, methods=["GET"]),
             Mount("/ui", app=dashboard),
             Route("/v0/runs", runs, methods=["GET"]),
             Route("/v0/functions", functions, methods=["GET"]),
@@ -584,6 +584,11 @@ def _bearer_is(authorization: str | None, token: str) -> bool:
     """Whether ``authorization`` is ``Bearer <token>`` (compared in constant time)."""
     scheme, _, given = (authorization or "").strip().partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+async def _to_dashboard(request: Request) -> Response:
+    """``/`` is the dashboard's."""
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/ui/", 307)
 
 
 async def _read_body(request: Request, cap: int) -> bytes:
