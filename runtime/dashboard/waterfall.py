@@ -16,8 +16,19 @@ def _attempt(attempt: Attempt) -> views.AttemptRow:
     return views.AttemptRow(attempt.number, attempt.started_ms, attempt.ended_ms, attempt.outcome, error)
 
 
+#: Timeouts this long are "none given" (an invoke's default is a year, as in Inngest).
+NO_TIMEOUT_MS = 365 * 86_400_000
+
+
 def _code(text: Any) -> str:
     return str(text)
+
+
+def _timeout(detail: dict[str, Any]) -> str:
+    timeout = detail.get("timeout_ms")
+    if not isinstance(timeout, int) or timeout >= NO_TIMEOUT_MS:
+        return ""
+    return f", timeout {views.duration(timeout)}"
 
 
 def details(item: TimelineItem, now_ms: int) -> list[str]:
@@ -28,15 +39,13 @@ def details(item: TimelineItem, now_ms: int) -> list[str]:
         lines.append(f"{verb} at {views.clock(d['wake_at_ms'])} UTC ({views.ago(d['wake_at_ms'], now_ms)})")
     elif item.kind == "wait":
         condition = f" if {_code(d['if'])}" if d.get("if") else ""
-        timeout = f", timeout {views.duration(d['timeout_ms'])}" if d.get("timeout_ms") else ""
-        lines.append(f"waits for event {_code(d.get('event', '?'))}{condition}{timeout}")
+        lines.append(f"waits for event {_code(d.get('event', '?'))}{condition}{_timeout(d)}")
         if d.get("matched_event_id"):
             lines.append(f"matched event {d['matched_event_id']}")
         if d.get("timed_out"):
             lines.append("timed out: no matching event")
     elif item.kind == "invoke":
-        timeout = f", timeout {views.duration(d['timeout_ms'])}" if d.get("timeout_ms") else ""
-        lines.append(f"invokes {d.get('function') or '?'}{timeout}")
+        lines.append(f"invokes {d.get('function') or '?'}{_timeout(d)}")
         if d.get("timed_out"):
             lines.append("timed out")
     elif item.kind == "flow":
