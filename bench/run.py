@@ -44,6 +44,7 @@ BENCHMARKS: dict[str, float] = {
     "memory": 180,
     "flow": 600,
     "queries": 600,
+    "dashboard": 600,
     "tracing": 300,
 }
 

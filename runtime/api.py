@@ -17,8 +17,12 @@ Routes:
   (``stepq.runtime.app_urls``), 409 when a function id belongs to another app.
 - ``GET /v0/runs/{run_id}``: one run as JSON (``stepq.runtime.queries.get_run``), 404 if unknown or
   expired.
+- ``GET /v0/runs/{run_id}/timeline``: the run's timeline as JSON (``stepq.runtime.timeline``: every
+  step's attempts, sleeps, waits, invokes, parallel groups, flow control), 404 if unknown or expired.
 - ``GET /v0/runs/{run_id}/batch`` and ``/actions``: a run's events and step memo, for an SDK told
   ``use_api`` because the state was too large to send.
+- ``/ui``: the dashboard (``stepq.runtime.dashboard``; ``/`` redirects there): open to loopback
+  clients in dev mode, behind a login with ``STEPQ_DASHBOARD_TOKEN`` or the signing key otherwise.
 - ``GET /metrics``: Prometheus metrics (``stepq.runtime.metrics``): the API's counters, and the
   deployment's state read from Redis at scrape time (runs by status, queue depth and age,
   flow-control waits). Open unless ``STEPQ_METRICS_TOKEN`` is set; then it needs
@@ -76,8 +80,8 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
 
 from stepq.errors import FunctionConfigError, InvalidEventError
 from stepq.event import MAX_EVENT_DEPTH, Event
@@ -91,6 +95,7 @@ from .app_urls import ENV as ALLOWED_APP_HOSTS_ENV
 from .app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
 from .codec import unpack
 from .connection import connect
+from .dashboard import DashboardAuth, create_dashboard
 from .ingest import RESERVED_PREFIXES, Ingest
 from .inngest_config import checksum, parse_register
 from .keys import events as run_events_key
@@ -100,6 +105,7 @@ from .queries import RunFilter, get_run
 from .redis_errors import unavailable_reason
 from .registry import FunctionOwnedError, Registry
 from .store import RunStore
+from .timeline import get_timeline
 
 #: Inngest's ``MaxEvents``: events per request.
 MAX_EVENTS = 5000
@@ -126,6 +132,10 @@ class ApiSettings:
     signing_key: str | None = None
     #: ``STEPQ_ALLOWED_APP_HOSTS``: when set, registered app URLs must be on these hosts or networks.
     allowed_app_hosts: AllowedHosts | None = None
+    #: ``STEPQ_DASHBOARD_TOKEN``: logs operators into the dashboard (as does the signing key).
+    dashboard_token: str | None = None
+    #: ``STEPQ_SESSION_SECRET``: signs dashboard sessions; derived from the token or key when unset.
+    session_secret: str | None = None
     #: ``STEPQ_METRICS_TOKEN``: when set, ``GET /metrics`` needs it as a bearer token.
     metrics_token: str | None = None
 
@@ -133,7 +143,8 @@ class ApiSettings:
     def from_env(cls, *, dev: bool | None = None) -> ApiSettings:
         """``STEPQ_EVENT_KEYS`` (comma-separated), ``STEPQ_DEV`` (1/true/yes),
         ``STEPQ_MAX_EVENT_BYTES``, ``STEPQ_MAX_REQUEST_BYTES``, ``STEPQ_SIGNING_KEY``,
-        ``STEPQ_ALLOWED_APP_HOSTS``; ``dev=True`` overrides ``STEPQ_DEV``."""
+        ``STEPQ_ALLOWED_APP_HOSTS``, ``STEPQ_DASHBOARD_TOKEN``, ``STEPQ_SESSION_SECRET``; ``dev=True``
+        overrides ``STEPQ_DEV``."""
         keys = tuple(k.strip() for k in os.environ.get("STEPQ_EVENT_KEYS", "").split(",") if k.strip())
         env_dev = os.environ.get("STEPQ_DEV", "").strip().lower() in ("1", "true", "yes", "on")
         return cls(
@@ -143,6 +154,8 @@ class ApiSettings:
             max_request_bytes=_positive_env("STEPQ_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
             signing_key=os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None,
             allowed_app_hosts=AllowedHosts.parse(os.environ.get(ALLOWED_APP_HOSTS_ENV, "")),
+            dashboard_token=os.environ.get("STEPQ_DASHBOARD_TOKEN") or None,
+            session_secret=os.environ.get("STEPQ_SESSION_SECRET") or None,
             metrics_token=os.environ.get("STEPQ_METRICS_TOKEN") or None,
         )
 
@@ -156,6 +169,8 @@ class ApiSettings:
             max_request_bytes=self.max_request_bytes,
             signing_key=self.signing_key,
             allowed_app_hosts=self.allowed_app_hosts,
+            dashboard_token=self.dashboard_token,
+            session_secret=self.session_secret,
             metrics_token=self.metrics_token,
         )
 
@@ -245,6 +260,8 @@ def create_app(
     signing_key: str | None = None,
     allowed_app_hosts: AllowedHosts | None = None,
     url_policy: AppUrlPolicy | None = None,
+    dashboard_token: str | None = None,
+    session_secret: str | None = None,
     metrics_token: str | None = None,
 ) -> Starlette:
     """The event API as an ASGI app; its lifespan opens and closes the Redis connection.
@@ -252,6 +269,8 @@ def create_app(
     ``allowed_app_hosts`` restricts where registered apps may live (``stepq.runtime.app_urls``);
     ``url_policy`` replaces the whole check (e.g. with another resolver).
     ``metrics_token``: when set, ``GET /metrics`` needs it as a bearer token (else it is open).
+    The dashboard, under ``/ui``, takes ``dashboard_token`` or ``signing_key`` at its login form
+    outside dev mode, and signs its sessions with ``session_secret`` (derived from them when None).
 
     Raises ``ValueError`` when not in dev mode and no event key is configured: such a server
     could only ever answer 401.
@@ -264,6 +283,9 @@ def create_app(
     request_cap = max(max_request_bytes or DEFAULT_MAX_REQUEST_BYTES, max_event_bytes)
     encoded_keys = tuple(k.encode() for k in keys)
     policy = url_policy or AppUrlPolicy(allowed=allowed_app_hosts, redis_url=redis_url)
+    dashboard = create_dashboard(
+        DashboardAuth(dev=dev, token=dashboard_token, signing_key=signing_key, session_secret=session_secret)
+    )
     metrics.enable()
 
     @contextlib.asynccontextmanager
@@ -272,6 +294,7 @@ def create_app(
         store = RunStore(redis, limits or Limits.from_env())
         app.state.redis = redis
         app.state.ingest = Ingest(redis, store, Registry(redis, store.scripts))
+        dashboard.state.redis, dashboard.state.ingest = redis, app.state.ingest
         app.state.actions = Actions(app.state.ingest)
         try:
             yield
@@ -355,6 +378,15 @@ def create_app(
         if view is None:
             raise _Refused(404, f"no run {run_id!r} (unknown, or expired)")
         return _Json(view.to_dict())
+
+    @_guarded("run_timeline", _plain_error)
+    async def run_timeline(request: Request) -> Response:
+        require_signing_key(request, "reading a run")
+        run_id = request.path_params["run_id"]
+        timeline = await get_timeline(request.app.state.redis, run_id)
+        if timeline is None:
+            raise _Refused(404, f"no run {run_id!r} (unknown, or expired)")
+        return _Json(timeline.to_dict())
 
     @_guarded("runs", _plain_error)
     async def runs(request: Request) -> Response:
@@ -535,7 +567,10 @@ def create_app(
             Route("/fn/register", register, methods=["POST"]),
             Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
             Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
+            Route("/v0/runs/{run_id}/timeline", run_timeline, methods=["GET"]),
             Route("/v0/runs/{run_id}", run, methods=["GET"]),
+            Route("/", _to_dashboard, methods=["GET"]),
+            Mount("/ui", app=dashboard),
             Route("/v0/runs", runs, methods=["GET"]),
             Route("/v0/functions", functions, methods=["GET"]),
             Route("/v0/events", events_list, methods=["GET"]),
@@ -549,6 +584,11 @@ def _bearer_is(authorization: str | None, token: str) -> bool:
     """Whether ``authorization`` is ``Bearer <token>`` (compared in constant time)."""
     scheme, _, given = (authorization or "").strip().partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+async def _to_dashboard(request: Request) -> Response:
+    """``/`` is the dashboard's."""
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/ui/", 307)
 
 
 async def _read_body(request: Request, cap: int) -> bytes:
