@@ -134,7 +134,8 @@ async def get_timeline(redis: Redis, run_id: str) -> Timeline | None:
 
 def build_timeline(run: RunView, entries: Sequence[HistoryEntry]) -> Timeline:
     """Assemble a run's timeline from its view and its history entries (oldest first). Steps the
-    history does not know (its oldest entries trimmed) come from the run's steps hash."""
+    history does not know (its oldest entries trimmed, or steps a resumed run kept) come from the
+    run's steps hash, with their last attempt."""
     build = _Builder()
     for entry in entries:
         build.add(entry)
@@ -145,7 +146,15 @@ def build_timeline(run: RunView, entries: Sequence[HistoryEntry]) -> Timeline:
         end = step.finished_ms
         start = end - step.duration_ms if end is not None and step.duration_ms is not None else end
         status = ("failed" if step.error and _failed_memo(step.memo) else "completed") if step.done else "pending"
-        items.append(TimelineItem(step.key, step.name, STEP, start, end if step.done else None, status))
+        item = TimelineItem(step.key, step.name, STEP, start, end if step.done else None, status)
+        if step.done and step.executions:
+            # a step's code that ran: its last attempt, as the steps hash keeps it (``stepq run``
+            # shows the same); a step a resumed run kept ran in the run it was forked from
+            outcome = "error" if status == "failed" else "ok"
+            item.attempts.append(Attempt(max(1, step.attempts), start, end, outcome))
+        if step.done and run.forked_from:
+            item.detail["kept_from"] = run.forked_from
+        items.append(item)
     done = {step.key for step in run.steps if step.done}
     for item in items:
         item.memo_present = item.key in done

@@ -307,6 +307,15 @@ def test_build_timeline_of_failed_and_cancelled_runs_and_flow_control() -> None:
         "completed",
         True,
     )
+    assert [(a.number, a.outcome) for a in old.attempts] == [(1, "ok")]  # its last attempt, as `stepq run` has it
+
+    # a resumed run's kept steps ran in the run it was forked from: their last attempt, and where
+    kept = StepView("k", "flaky", 2, 2, 4, 1_030, "ConnectionError: down", {"data": 1}, True)
+    nap = StepView("n", "nap", 1, 0, None, 1_035, None, None, True)
+    resumed = build_timeline(run_view(steps=[kept, nap], forked_from="01OLD", from_step="x"), [])
+    flaky, slept = resumed.items
+    assert [(a.number, a.outcome) for a in flaky.attempts] == [(2, "ok")] and not slept.attempts
+    assert flaky.detail["kept_from"] == slept.detail["kept_from"] == "01OLD"
 
 
 def test_build_timeline_of_invokes_and_a_child_that_failed_or_never_answered() -> None:
