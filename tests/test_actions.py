@@ -116,6 +116,12 @@ async def test_replay_and_resume_of_a_failed_encrypted_run(
         await actions.replay(sleepy)
     assert (await actions.cancel(sleepy)).cancelled
     assert (await actions.cancel(sleepy)).outcome == "done"
+    # the sleep it was cancelled in is the step it stopped at: shown unfinished, and resumed from
+    view = await wait_for_run(redis, sleepy)
+    assert [(s.name, s.done) for s in view.steps] == [("long", False)]
+    again = await actions.resume(sleepy, "long")
+    assert (again.from_step_name, again.kept_steps) == ("long", 0)
+    assert (await actions.cancel(again.run_id)).cancelled
 
 
 async def wait_all(redis: Redis, run_ids: list[str], statuses: tuple[str, ...] = TERMINAL) -> list[RunView]:

@@ -218,6 +218,12 @@ local function close_run(run_id, now, retention_s)
   end
   SLOTS.close_run(run_id, dropped, now)
   redis.call('DEL', key_jobs(run_id), key_pending(run_id))
+  -- a run that ends asleep (cancelled) keeps its sleep among its steps, unfinished, as a run that ends
+  -- waiting keeps its wait: the step it stopped at, shown by `stepq run` and named to resume from
+  local sleeping = redis.call('HMGET', run, 'sleep_key', 'sleep_name')
+  if sleeping[1] then
+    redis.call('HSETNX', key_steps(run_id), sleeping[1] .. ':name', sleeping[2] or '')
+  end
   redis.call('HDEL', run, 'timer', 'sleep_key', 'sleep_name', 'join_id', 'join_job', 'next_job')
   -- a singleton key (flow_starts.lua) is free once its run ends, unless a newer run holds it now
   local singleton = redis.call('HGET', run, 'singleton')
