@@ -1,0 +1,239 @@
+"""The dashboard in a real browser (Debian's Chromium via Playwright), against the real API and workers.
+
+One Chromium, one dev-mode API and one worker (tests/apps/dashboard.py) serve the whole module; each
+test makes its own runs and finds them by id, so the tests do not depend on each other's order.
+The login test starts a second API, in production mode with a dashboard token, on the same Redis.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, Dialog, Page, expect
+from redis.asyncio import Redis
+
+import stepq
+from stepq.runtime.api import ApiServer, ApiSettings
+from stepq.runtime.connection import connect
+from stepq.runtime.queries import get_run
+from tests.browser import DashboardStack, chromium, dashboard_stack, dev_settings
+from tests.helpers import REDIS_URL, runs_of, start_run, wait_for_run
+
+pytestmark = pytest.mark.timeout(120)
+
+APP = "t-dashboard"
+TOKEN = "browser-test-dashboard-token-0123456789"
+#: How long a page may take to show what a test waits for (live updates poll every few seconds).
+UI_WAIT_MS = 10_000
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardStack]:
+    with dashboard_stack(tmp_path_factory.mktemp("dashboard"), dev_settings()) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+async def db(stack: DashboardStack) -> AsyncIterator[Redis]:
+    client = connect(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+async def client(stack: DashboardStack) -> AsyncIterator[stepq.Client]:
+    sender = stepq.Client("browser-test-sender", redis_url=REDIS_URL)
+    yield sender
+    await sender.aclose()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    """A fresh page in its own context (no cookies from another test); any dialog is recorded and
+    dismissed, and failing the test if it was not expected is up to the test."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(UI_WAIT_MS)
+    new = await context.new_page()
+    dialogs: list[str] = []
+
+    async def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(f"{dialog.type}: {dialog.message}")
+        await dialog.accept()  # confirm() on an action button: go ahead
+
+    new.on("dialog", on_dialog)
+    new.dialogs = dialogs  # type: ignore[attr-defined]
+    yield new
+    await context.close()
+
+
+def row(page: Page, run_id: str) -> Any:
+    return page.locator(f'[data-testid="run-row"][data-run-id="{run_id}"]')
+
+
+async def run_page(page: Page, stack: DashboardStack, run_id: str) -> None:
+    await page.goto(f"{stack.ui}/runs/{run_id}")
+    await expect(page.get_by_test_id("run-status")).to_be_visible()
+
+
+async def test_runs_list_filter_and_timeline(
+    page: Page, stack: DashboardStack, db: Redis, client: stepq.Client
+) -> None:
+    flaky = await start_run(client, db, "flaky", "dash/flaky", {})
+    declined = await start_run(client, db, "declined", "dash/declined", {})
+    for run_id in (flaky, declined):
+        await wait_for_run(db, run_id)
+
+    # The list, newest first: both runs, each with its status.
+    await page.goto(f"{stack.ui}/runs")
+    await expect(row(page, flaky)).to_have_attribute("data-status", "completed")
+    await expect(row(page, declined)).to_have_attribute("data-status", "failed")
+
+    # Filter by function, then by status: the other run leaves the list, and the URL says so.
+    await page.locator('[data-testid="runs-filter"] select[name="function"]').select_option(label="flaky")
+    await expect(row(page, declined)).to_have_count(0)
+    await expect(row(page, flaky)).to_have_count(1)
+    await page.goto(f"{stack.ui}/runs")
+    await page.locator('[data-testid="runs-filter"] select[name="status"]').select_option("failed")
+    await expect(row(page, flaky)).to_have_count(0)
+    await expect(row(page, declined)).to_have_count(1)
+    await expect(page.get_by_test_id("run-row").filter(has_text="completed")).to_have_count(0)
+
+    # Open the flaky run from the list: its timeline shows the step's two attempts, the first failed.
+    await page.goto(f"{stack.ui}/runs?function=flaky")
+    await row(page, flaky).locator("a").first.click()
+    await expect(page).to_have_url(re.compile(re.escape(flaky)))
+    await expect(page.get_by_test_id("run-status")).to_have_text(re.compile("completed"))
+    step = page.locator('[data-testid="timeline-step"][data-step-id="call-upstream"]')
+    await expect(step.get_by_test_id("attempt")).to_have_count(2)
+    await expect(step.get_by_test_id("attempt-error").first).to_contain_text("upstream down on the first attempt")
+    await expect(page.get_by_text("ok on attempt 2").first).to_be_visible()
+
+    # The failed run names its error.
+    await run_page(page, stack, declined)
+    await expect(page.get_by_test_id("run-status")).to_have_text(re.compile("failed"))
+    await expect(page.get_by_text("card declined").first).to_be_visible()
+
+
+async def test_cancel_a_sleeping_run(page: Page, stack: DashboardStack, db: Redis, client: stepq.Client) -> None:
+    napper = await start_run(client, db, "napper", "dash/napper", {})
+    await wait_for_run(db, napper, statuses=("sleeping",))
+
+    await run_page(page, stack, napper)
+    await expect(page.get_by_test_id("run-status")).to_have_text(re.compile("sleeping"))
+    await page.get_by_test_id("cancel-run").click()
+    await expect(page.get_by_test_id("run-status")).to_have_text(re.compile("cancelled"))
+    view = await get_run(db, napper)
+    assert view is not None and view.status == "cancelled", view
+
+
+async def test_replay_and_bulk_replay(page: Page, stack: DashboardStack, db: Redis, client: stepq.Client) -> None:
+    originals = [await start_run(client, db, "declined", "dash/declined", {"n": i}) for i in range(3)]
+    for run_id in originals:
+        await wait_for_run(db, run_id)
+
+    # Replay one failed run from its page: a new run of the same function, linked to the original.
+    before = {v.run_id for v in await runs_of(db, "declined")}
+    await run_page(page, stack, originals[0])
+    await page.get_by_test_id("replay-run").click()
+    replay = await new_run(db, "declined", before)
+    await expect(page).to_have_url(re.compile(re.escape(replay)))
+    await expect(page.get_by_test_id("replay-of")).to_have_attribute("href", re.compile(re.escape(originals[0])))
+    await wait_for_run(db, replay)
+
+    # Bulk replay by filter: the preview counts the failed runs of `declined` (this test's and any
+    # other test's), then replaying them starts as many new runs.
+    failed = [v.run_id for v in await runs_of(db, "declined") if v.status == "failed"]
+    before = {v.run_id for v in await runs_of(db, "declined")}
+    await page.goto(f"{stack.ui}/runs?function=declined&status=failed")
+    form = page.get_by_test_id("bulk-form")
+    await form.get_by_test_id("bulk-preview").click()
+    await expect(page.get_by_test_id("bulk-count")).to_have_text(re.compile(rf"\b{len(failed)}\b"))
+    await page.get_by_test_id("bulk-replay").click()
+    deadline = time.monotonic() + 15
+    while len(fresh := {v.run_id for v in await runs_of(db, "declined")} - before) < len(failed):
+        assert time.monotonic() < deadline, f"bulk replay started {len(fresh)} runs, expected {len(failed)}"
+        await page.wait_for_timeout(50)
+    assert len(fresh) == len(failed)
+
+
+async def new_run(db: Redis, function: str, before: set[str], timeout: float = 10.0) -> str:
+    """The one run of ``function`` that is not in ``before``, once it exists."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fresh = {v.run_id for v in await runs_of(db, function)} - before
+        if fresh:
+            assert len(fresh) == 1, f"expected one new run of {function}, got {fresh}"
+            return fresh.pop()
+        assert time.monotonic() < deadline, f"no new run of {function} within {timeout} s"
+        await page_pause()
+
+
+async def page_pause() -> None:
+    import asyncio
+
+    await asyncio.sleep(0.05)
+
+
+SCRIPT = "<script>alert('event data ran')</script>"
+IMG = "<img src=x onerror=\"alert('img ran')\">"
+
+
+async def test_script_in_event_data_is_inert(
+    page: Page, stack: DashboardStack, db: Redis, client: stepq.Client
+) -> None:
+    run_id = await start_run(client, db, "echo", "dash/echo", {"note": SCRIPT, "img": IMG})
+    view = await wait_for_run(db, run_id)
+    assert view.status == "completed", view
+
+    for url in (f"{stack.ui}/runs/{run_id}", f"{stack.ui}/events"):
+        await page.goto(url)
+        # The payload is on the page as text (event payload, and the step output on the run page)...
+        await expect(page.get_by_text(SCRIPT).first).to_be_visible()
+        # ...and nothing of it became markup: no element from the payload, no dialog.
+        assert await page.locator("img[src=x]").count() == 0, url
+        assert await page.evaluate("() => [...document.scripts].filter(s => s.text.includes('ran')).length") == 0
+    await page.wait_for_timeout(200)  # an onerror handler would fire right after the image failed
+    assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+async def test_login_refused_without_the_token(browser: Browser, stack: DashboardStack) -> None:
+    settings = ApiSettings(event_keys=("browser-test-key",), dashboard_token=TOKEN)  # type: ignore[call-arg]
+    with ApiServer(REDIS_URL, settings=settings) as prod:
+        context = await browser.new_context()
+        context.set_default_timeout(UI_WAIT_MS)
+        page = await context.new_page()
+        try:
+            # No session: any page sends the browser to the login form, and shows no run.
+            await page.goto(f"{prod.url}/ui/runs")
+            await expect(page).to_have_url(re.compile(r"/ui/login"))
+            await expect(page.get_by_test_id("run-row")).to_have_count(0)
+            # A wrong token is refused, still on the login form.
+            await page.locator('input[name="token"]').fill("not-the-token")
+            await page.locator('input[name="token"]').press("Enter")
+            await expect(page.get_by_test_id("login-error")).to_be_visible()
+            await expect(page).to_have_url(re.compile(r"/ui/login"))
+            # An action without a session is refused too (no cookie, no CSRF token).
+            refused = await context.request.post(f"{prod.url}/ui/runs/nope/cancel", max_redirects=0)
+            assert refused.status in (401, 403), refused.status
+            # The token opens the runs list.
+            await page.locator('input[name="token"]').fill(TOKEN)
+            await page.locator('input[name="token"]').press("Enter")
+            await expect(page).to_have_url(re.compile(r"/ui/runs"))
+            await expect(page.get_by_test_id("runs-filter")).to_be_visible()
+        finally:
+            await context.close()
+
+
+def _unused(_: Path) -> None:  # pragma: no cover
+    pass
