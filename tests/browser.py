@@ -98,9 +98,9 @@ class DashboardStack:
 
 
 @contextlib.contextmanager
-def dashboard_stack(directory: Path, settings: ApiSettings, apps: tuple[str, ...] = ("dashboard",)) -> Iterator[
-    DashboardStack
-]:
+def dashboard_stack(
+    directory: Path, settings: ApiSettings, apps: tuple[str, ...] = ("dashboard",)
+) -> Iterator[DashboardStack]:
     """Flush the test database, start the API in this process (a uvicorn thread) and one worker per
     app in ``tests/apps``; stop them all on exit."""
     flush_test_db()
