@@ -7,14 +7,13 @@ The login test starts a second API, in production mode with a dashboard token, o
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Dialog, Page, expect
+from playwright.async_api import Browser, Dialog, Locator, Page, expect
 from redis.asyncio import Redis
 
 import stepq
@@ -77,13 +76,21 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     await context.close()
 
 
-def row(page: Page, run_id: str) -> Any:
-    return page.locator(f'[data-testid="run-row"][data-run-id="{run_id}"]')
+def row(page: Page, run_id: str) -> Locator:
+    return page.locator(f'tr[data-run-id="{run_id}"]')
 
 
 async def run_page(page: Page, stack: DashboardStack, run_id: str) -> None:
     await page.goto(f"{stack.ui}/runs/{run_id}")
-    await expect(page.get_by_test_id("run-status")).to_be_visible()
+    await expect(page.locator("#run-status")).to_be_visible()
+
+
+async def filter_runs(page: Page, *, function: str = "", status: str = "") -> None:
+    """Fill the runs list's filter form as a person does, and apply it."""
+    form = page.locator("form.filters")
+    await form.locator('input[name="function"]').fill(function)
+    await form.locator('select[name="status"]').select_option(status)
+    await form.get_by_role("button", name="Filter").click()
 
 
 async def test_runs_list_filter_and_timeline(
@@ -94,35 +101,37 @@ async def test_runs_list_filter_and_timeline(
     for run_id in (flaky, declined):
         await wait_for_run(db, run_id)
 
-    # The list, newest first: both runs, each with its status.
+    # The list: both runs, each with its status.
     await page.goto(f"{stack.ui}/runs")
-    await expect(row(page, flaky)).to_have_attribute("data-status", "completed")
-    await expect(row(page, declined)).to_have_attribute("data-status", "failed")
+    await expect(row(page, flaky)).to_contain_text("completed")
+    await expect(row(page, declined)).to_contain_text("failed")
 
     # Filter by function, then by status: the other run leaves the list, and the URL says so.
-    await page.locator('[data-testid="runs-filter"] select[name="function"]').select_option(label="flaky")
+    await filter_runs(page, function="flaky")
+    await expect(page).to_have_url(re.compile(r"function=flaky"))
     await expect(row(page, declined)).to_have_count(0)
     await expect(row(page, flaky)).to_have_count(1)
-    await page.goto(f"{stack.ui}/runs")
-    await page.locator('[data-testid="runs-filter"] select[name="status"]').select_option("failed")
+    await filter_runs(page, status="failed")
     await expect(row(page, flaky)).to_have_count(0)
     await expect(row(page, declined)).to_have_count(1)
-    await expect(page.get_by_test_id("run-row").filter(has_text="completed")).to_have_count(0)
+    await expect(page.locator("tr[data-run-id]").filter(has_text="completed")).to_have_count(0)
 
     # Open the flaky run from the list: its timeline shows the step's two attempts, the first failed.
-    await page.goto(f"{stack.ui}/runs?function=flaky")
-    await row(page, flaky).locator("a").first.click()
+    await filter_runs(page, function="flaky")
+    await row(page, flaky).get_by_role("link").first.click()
     await expect(page).to_have_url(re.compile(re.escape(flaky)))
-    await expect(page.get_by_test_id("run-status")).to_have_text(re.compile("completed"))
-    step = page.locator('[data-testid="timeline-step"][data-step-id="call-upstream"]')
-    await expect(step.get_by_test_id("attempt")).to_have_count(2)
-    await expect(step.get_by_test_id("attempt-error").first).to_contain_text("upstream down on the first attempt")
-    await expect(page.get_by_text("ok on attempt 2").first).to_be_visible()
+    await expect(page.locator("#run-status")).to_have_text("completed")
+    step = page.locator(".wf-row").filter(has=page.locator(".step-name", has_text="call-upstream"))
+    attempts = step.locator("ol.attempts > li")
+    await expect(attempts).to_have_count(2)
+    await expect(attempts.first).to_contain_text("upstream down on the first attempt")
+    await expect(attempts.nth(1)).not_to_contain_text("upstream down")
+    await expect(page.locator("#run-output")).to_contain_text("ok on attempt 2")
 
     # The failed run names its error.
     await run_page(page, stack, declined)
-    await expect(page.get_by_test_id("run-status")).to_have_text(re.compile("failed"))
-    await expect(page.get_by_text("card declined").first).to_be_visible()
+    await expect(page.locator("#run-status")).to_have_text("failed")
+    await expect(page.locator("#run-error")).to_contain_text("card declined")
 
 
 async def test_cancel_a_sleeping_run(page: Page, stack: DashboardStack, db: Redis, client: stepq.Client) -> None:
@@ -130,9 +139,9 @@ async def test_cancel_a_sleeping_run(page: Page, stack: DashboardStack, db: Redi
     await wait_for_run(db, napper, statuses=("sleeping",))
 
     await run_page(page, stack, napper)
-    await expect(page.get_by_test_id("run-status")).to_have_text(re.compile("sleeping"))
-    await page.get_by_test_id("cancel-run").click()
-    await expect(page.get_by_test_id("run-status")).to_have_text(re.compile("cancelled"))
+    await expect(page.locator("#run-status")).to_have_text("sleeping")
+    await page.get_by_role("button", name="Cancel run").click()
+    await expect(page.locator("#run-status")).to_have_text("cancelled")
     view = await get_run(db, napper)
     assert view is not None and view.status == "cancelled", view
 
@@ -145,25 +154,25 @@ async def test_replay_and_bulk_replay(page: Page, stack: DashboardStack, db: Red
     # Replay one failed run from its page: a new run of the same function, linked to the original.
     before = {v.run_id for v in await runs_of(db, "declined")}
     await run_page(page, stack, originals[0])
-    await page.get_by_test_id("replay-run").click()
+    await page.get_by_role("button", name="Replay").click()
     replay = await new_run(db, "declined", before)
     await expect(page).to_have_url(re.compile(re.escape(replay)))
-    await expect(page.get_by_test_id("replay-of")).to_have_attribute("href", re.compile(re.escape(originals[0])))
+    link = page.locator("dl.facts dd a", has_text=originals[0])
+    await expect(link).to_have_attribute("href", re.compile(re.escape(originals[0]) + "$"))
     await wait_for_run(db, replay)
 
     # Bulk replay by filter: the preview counts the failed runs of `declined` (this test's and any
     # other test's), then replaying them starts as many new runs.
     failed = [v.run_id for v in await runs_of(db, "declined") if v.status == "failed"]
     before = {v.run_id for v in await runs_of(db, "declined")}
-    await page.goto(f"{stack.ui}/runs?function=declined&status=failed")
-    form = page.get_by_test_id("bulk-form")
-    await form.get_by_test_id("bulk-preview").click()
-    await expect(page.get_by_test_id("bulk-count")).to_have_text(re.compile(rf"\b{len(failed)}\b"))
-    await page.get_by_test_id("bulk-replay").click()
+    await page.goto(f"{stack.ui}/bulk?function=declined&status=failed")
+    await page.get_by_role("button", name="Preview").click()
+    await expect(page.locator("#bulk-count")).to_have_text(re.compile(rf"\b{len(failed)}\b"))
+    await page.get_by_role("button", name="Replay").click()
     deadline = time.monotonic() + 15
     while len(fresh := {v.run_id for v in await runs_of(db, "declined")} - before) < len(failed):
         assert time.monotonic() < deadline, f"bulk replay started {len(fresh)} runs, expected {len(failed)}"
-        await page.wait_for_timeout(50)
+        await asyncio.sleep(0.05)
     assert len(fresh) == len(failed)
 
 
@@ -176,13 +185,7 @@ async def new_run(db: Redis, function: str, before: set[str], timeout: float = 1
             assert len(fresh) == 1, f"expected one new run of {function}, got {fresh}"
             return fresh.pop()
         assert time.monotonic() < deadline, f"no new run of {function} within {timeout} s"
-        await page_pause()
-
-
-async def page_pause() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)
 
 
 SCRIPT = "<script>alert('event data ran')</script>"
@@ -208,7 +211,7 @@ async def test_script_in_event_data_is_inert(
 
 
 async def test_login_refused_without_the_token(browser: Browser, stack: DashboardStack) -> None:
-    settings = ApiSettings(event_keys=("browser-test-key",), dashboard_token=TOKEN)  # type: ignore[call-arg]
+    settings = ApiSettings(event_keys=("browser-test-key",), dashboard_token=TOKEN)
     with ApiServer(REDIS_URL, settings=settings) as prod:
         context = await browser.new_context()
         context.set_default_timeout(UI_WAIT_MS)
@@ -217,11 +220,11 @@ async def test_login_refused_without_the_token(browser: Browser, stack: Dashboar
             # No session: any page sends the browser to the login form, and shows no run.
             await page.goto(f"{prod.url}/ui/runs")
             await expect(page).to_have_url(re.compile(r"/ui/login"))
-            await expect(page.get_by_test_id("run-row")).to_have_count(0)
+            await expect(page.locator("tr[data-run-id]")).to_have_count(0)
             # A wrong token is refused, still on the login form.
             await page.locator('input[name="token"]').fill("not-the-token")
             await page.locator('input[name="token"]').press("Enter")
-            await expect(page.get_by_test_id("login-error")).to_be_visible()
+            await expect(page.get_by_role("alert")).to_be_visible()
             await expect(page).to_have_url(re.compile(r"/ui/login"))
             # An action without a session is refused too (no cookie, no CSRF token).
             refused = await context.request.post(f"{prod.url}/ui/runs/nope/cancel", max_redirects=0)
@@ -230,10 +233,6 @@ async def test_login_refused_without_the_token(browser: Browser, stack: Dashboar
             await page.locator('input[name="token"]').fill(TOKEN)
             await page.locator('input[name="token"]').press("Enter")
             await expect(page).to_have_url(re.compile(r"/ui/runs"))
-            await expect(page.get_by_test_id("runs-filter")).to_be_visible()
+            await expect(page.locator("form.filters")).to_be_visible()
         finally:
             await context.close()
-
-
-def _unused(_: Path) -> None:  # pragma: no cover
-    pass
