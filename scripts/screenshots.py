@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +149,12 @@ async def wait_for(redis: Any, wanted: Sequence[tuple[str, str]], timeout: float
         await asyncio.sleep(0.1)
 
 
-#: (file name, path under /ui, what to do on the page before the picture).
-Shot = tuple[str, str, Callable[[Any], None] | None]
+#: (file name, path under /ui, whether to take the whole page rather than the window).
+Shot = tuple[str, str, bool]
 
 
 def shoot(chromium: str, ui: str, out: Path, pages: Sequence[Shot], size: tuple[int, int]) -> list[Path]:
-    """Open each page and save it as ``<name>.png``; ``prepare`` (if any) runs on the page first."""
+    """Open each page and save it as ``<name>.png``."""
     from playwright.sync_api import sync_playwright
 
     saved = []
@@ -163,16 +163,14 @@ def shoot(chromium: str, ui: str, out: Path, pages: Sequence[Shot], size: tuple[
         try:
             context = browser.new_context(viewport={"width": size[0], "height": size[1]}, device_scale_factor=1)
             page = context.new_page()
-            for name, path, prepare in pages:
+            for name, path, full_page in pages:
                 response = page.goto(ui + path)
                 if response is None or not response.ok:
                     status = response.status if response else "no answer"
                     raise SystemExit(f"scripts/screenshots: {ui + path} answered {status}")
                 page.wait_for_load_state("networkidle")
-                if prepare is not None:
-                    prepare(page)
                 target = out / f"{name}.png"
-                page.screenshot(path=str(target), full_page=False)
+                page.screenshot(path=str(target), full_page=full_page)
                 saved.append(target)
         finally:
             browser.close()
@@ -201,11 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             order = runs["shop/order.placed:1042"].run_id
             failed = runs["shop/catalog.sync:north-wind"].run_id
             pages: list[Shot] = [
-                ("runs", "/runs", None),
-                ("run-timeline", f"/runs/{order}", None),
-                ("run-failed", f"/runs/{failed}", None),
-                ("functions", "/functions", None),
-                ("events", "/events", None),
+                ("runs", "/runs", False),
+                ("run-timeline", f"/runs/{order}", True),
+                ("run-failed", f"/runs/{failed}", False),
+                ("functions", "/functions", False),
+                ("events", "/events", False),
             ]
             for path in shoot(chromium, ui, args.out, pages, (args.width, args.height)):
                 print(f"saved {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

@@ -21,7 +21,7 @@ from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.connection import connect
 from stepq.runtime.queries import get_run
 from tests.browser import DashboardStack, chromium, dashboard_stack, dev_settings
-from tests.helpers import REDIS_URL, runs_of, start_run, wait_for_run
+from tests.helpers import REDIS_URL, run_ids_for_event, runs_of, start_run, wait_for_run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,6 +29,7 @@ APP = "t-dashboard"
 TOKEN = "browser-test-dashboard-token-0123456789"
 #: How long a page may take to show what a test waits for (live updates poll every few seconds).
 UI_WAIT_MS = 10_000
+expect.set_options(timeout=UI_WAIT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +166,14 @@ async def test_replay_and_bulk_replay(page: Page, stack: DashboardStack, db: Red
     # other test's), then replaying them starts as many new runs.
     failed = [v.run_id for v in await runs_of(db, "declined") if v.status == "failed"]
     before = {v.run_id for v in await runs_of(db, "declined")}
-    await page.goto(f"{stack.ui}/bulk?function=declined&status=failed")
-    await page.get_by_role("button", name="Preview").click()
-    await expect(page.locator("#bulk-count")).to_have_text(re.compile(rf"\b{len(failed)}\b"))
-    await page.get_by_role("button", name="Replay").click()
+    await page.goto(f"{stack.ui}/bulk")
+    form = page.locator("form.filters")
+    await form.locator('select[name="action"]').select_option("replay")
+    await form.locator('input[name="function"]').fill("declined")
+    await form.locator('select[name="status"]').select_option("failed")
+    await form.get_by_role("button", name="Preview").click()
+    await expect(page.locator("#bulk-count")).to_have_text(str(len(failed)))
+    await page.get_by_role("button", name=re.compile(r"^Confirm: replay")).click()
     deadline = time.monotonic() + 15
     while len(fresh := {v.run_id for v in await runs_of(db, "declined")} - before) < len(failed):
         assert time.monotonic() < deadline, f"bulk replay started {len(fresh)} runs, expected {len(failed)}"
@@ -195,18 +200,33 @@ IMG = "<img src=x onerror=\"alert('img ran')\">"
 async def test_script_in_event_data_is_inert(
     page: Page, stack: DashboardStack, db: Redis, client: stepq.Client
 ) -> None:
-    run_id = await start_run(client, db, "echo", "dash/echo", {"note": SCRIPT, "img": IMG})
+    [event_id] = await client.send(stepq.Event(name="dash/echo", data={"note": SCRIPT, "img": IMG}))
+    [run_id] = await run_ids_for_event(db, "echo", event_id)
     view = await wait_for_run(db, run_id)
     assert view.status == "completed", view
 
-    for url in (f"{stack.ui}/runs/{run_id}", f"{stack.ui}/events"):
-        await page.goto(url)
-        # The payload is on the page as text (event payload, and the step output on the run page)...
-        await expect(page.get_by_text(SCRIPT).first).to_be_visible()
-        # ...and nothing of it became markup: no element from the payload, no dialog.
-        assert await page.locator("img[src=x]").count() == 0, url
-        assert await page.evaluate("() => [...document.scripts].filter(s => s.text.includes('ran')).length") == 0
-    await page.wait_for_timeout(200)  # an onerror handler would fire right after the image failed
+    # The run page: the trigger's payload and the step's output show the markup as text.
+    await run_page(page, stack, run_id)
+    await expect(page.locator("pre.payload")).to_contain_text(SCRIPT)
+    await expect(page.locator("#run-output")).to_contain_text(SCRIPT)
+    await no_markup_from_payload(page)
+    # The events page: the event's row, its payload unfolded.
+    await page.goto(f"{stack.ui}/events")
+    event_row = page.locator(f'tr[data-event-id="{event_id}"]')
+    await event_row.locator("summary").click()
+    await expect(event_row.locator("pre.payload")).to_contain_text(SCRIPT)
+    await expect(event_row.locator("pre.payload")).to_contain_text("<img src=x onerror=")
+    await no_markup_from_payload(page)
+    assert page.dialogs == []  # type: ignore[attr-defined]
+
+
+async def no_markup_from_payload(page: Page) -> None:
+    """No element came from the payload (the page's Content-Security-Policy would stop an inline
+    script anyway, so the DOM is what shows whether the text was escaped), and no dialog opened."""
+    assert await page.locator("img[src=x]").count() == 0
+    injected = "() => [...document.scripts].filter(s => s.text.includes('event data ran')).length"
+    assert await page.evaluate(injected) == 0
+    await page.wait_for_timeout(100)  # an onerror handler would fire right after the image failed
     assert page.dialogs == []  # type: ignore[attr-defined]
 
 
