@@ -19,6 +19,8 @@ Routes:
   expired.
 - ``GET /v0/runs/{run_id}/batch`` and ``/actions``: a run's events and step memo, for an SDK told
   ``use_api`` because the state was too large to send.
+- ``/ui``: the dashboard (``stepq.runtime.dashboard``; ``/`` redirects there): open to loopback
+  clients in dev mode, behind a login with ``STEPQ_DASHBOARD_TOKEN`` or the signing key otherwise.
 
 Event keys come from ``STEPQ_EVENT_KEYS`` (comma-separated) and only send events, as in Inngest.
 Everything else an SDK or an operator does (register, read runs, their events and step results)
@@ -61,8 +63,8 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
 
 from stepq.errors import FunctionConfigError, InvalidEventError
 from stepq.event import MAX_EVENT_DEPTH, Event
@@ -73,6 +75,7 @@ from .app_urls import ENV as ALLOWED_APP_HOSTS_ENV
 from .app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
 from .codec import unpack
 from .connection import connect
+from .dashboard import DashboardAuth, create_dashboard
 from .ingest import RESERVED_PREFIXES, Ingest
 from .inngest_config import checksum, parse_register
 from .keys import events as run_events_key
@@ -108,12 +111,17 @@ class ApiSettings:
     signing_key: str | None = None
     #: ``STEPQ_ALLOWED_APP_HOSTS``: when set, registered app URLs must be on these hosts or networks.
     allowed_app_hosts: AllowedHosts | None = None
+    #: ``STEPQ_DASHBOARD_TOKEN``: logs operators into the dashboard (as does the signing key).
+    dashboard_token: str | None = None
+    #: ``STEPQ_SESSION_SECRET``: signs dashboard sessions; derived from the token or key when unset.
+    session_secret: str | None = None
 
     @classmethod
     def from_env(cls, *, dev: bool | None = None) -> ApiSettings:
         """``STEPQ_EVENT_KEYS`` (comma-separated), ``STEPQ_DEV`` (1/true/yes),
         ``STEPQ_MAX_EVENT_BYTES``, ``STEPQ_MAX_REQUEST_BYTES``, ``STEPQ_SIGNING_KEY``,
-        ``STEPQ_ALLOWED_APP_HOSTS``; ``dev=True`` overrides ``STEPQ_DEV``."""
+        ``STEPQ_ALLOWED_APP_HOSTS``, ``STEPQ_DASHBOARD_TOKEN``, ``STEPQ_SESSION_SECRET``; ``dev=True``
+        overrides ``STEPQ_DEV``."""
         keys = tuple(k.strip() for k in os.environ.get("STEPQ_EVENT_KEYS", "").split(",") if k.strip())
         env_dev = os.environ.get("STEPQ_DEV", "").strip().lower() in ("1", "true", "yes", "on")
         return cls(
@@ -123,6 +131,8 @@ class ApiSettings:
             max_request_bytes=_positive_env("STEPQ_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
             signing_key=os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None,
             allowed_app_hosts=AllowedHosts.parse(os.environ.get(ALLOWED_APP_HOSTS_ENV, "")),
+            dashboard_token=os.environ.get("STEPQ_DASHBOARD_TOKEN") or None,
+            session_secret=os.environ.get("STEPQ_SESSION_SECRET") or None,
         )
 
     def create_app(self, redis_url: str) -> Starlette:
@@ -135,6 +145,8 @@ class ApiSettings:
             max_request_bytes=self.max_request_bytes,
             signing_key=self.signing_key,
             allowed_app_hosts=self.allowed_app_hosts,
+            dashboard_token=self.dashboard_token,
+            session_secret=self.session_secret,
         )
 
 
@@ -223,11 +235,15 @@ def create_app(
     signing_key: str | None = None,
     allowed_app_hosts: AllowedHosts | None = None,
     url_policy: AppUrlPolicy | None = None,
+    dashboard_token: str | None = None,
+    session_secret: str | None = None,
 ) -> Starlette:
     """The event API as an ASGI app; its lifespan opens and closes the Redis connection.
 
     ``allowed_app_hosts`` restricts where registered apps may live (``stepq.runtime.app_urls``);
-    ``url_policy`` replaces the whole check (e.g. with another resolver).
+    ``url_policy`` replaces the whole check (e.g. with another resolver). The dashboard, under
+    ``/ui``, takes ``dashboard_token`` or ``signing_key`` at its login form outside dev mode, and
+    signs its sessions with ``session_secret`` (derived from them when None).
 
     Raises ``ValueError`` when not in dev mode and no event key is configured: such a server
     could only ever answer 401.
@@ -240,6 +256,9 @@ def create_app(
     request_cap = max(max_request_bytes or DEFAULT_MAX_REQUEST_BYTES, max_event_bytes)
     encoded_keys = tuple(k.encode() for k in keys)
     policy = url_policy or AppUrlPolicy(allowed=allowed_app_hosts, redis_url=redis_url)
+    dashboard = create_dashboard(
+        DashboardAuth(dev=dev, token=dashboard_token, signing_key=signing_key, session_secret=session_secret)
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -247,6 +266,7 @@ def create_app(
         store = RunStore(redis, limits or Limits.from_env())
         app.state.redis = redis
         app.state.ingest = Ingest(redis, store, Registry(redis, store.scripts))
+        dashboard.state.redis, dashboard.state.ingest = redis, app.state.ingest
         try:
             yield
         finally:
@@ -356,6 +376,8 @@ def create_app(
             Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
             Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
             Route("/v0/runs/{run_id}", run, methods=["GET"]),
+            Route("/", lambda request: RedirectResponse("/ui/", 307), methods=["GET"]),
+            Mount("/ui", app=dashboard),
         ],
         lifespan=lifespan,
     )

@@ -143,6 +143,11 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     assert "stepq/py.typed" in names
     assert "stepq/runtime/lua/prelude.lua" in names
     assert "stepq/runtime/lua/apply_plan.lua" in names
+    # the dashboard's templates and static files (htmx is vendored: no Node toolchain needed)
+    assert "stepq/runtime/dashboard/templates/base.html" in names
+    assert "stepq/runtime/dashboard/templates/_run_body.html" in names
+    assert "stepq/runtime/dashboard/static/htmx.min.js" in names
+    assert "stepq/runtime/dashboard/static/dashboard.css" in names
 
 
 def test_the_wheel_installs_nothing_but_stepq(wheel: Path, wheel_venv: Path) -> None:

@@ -174,6 +174,7 @@ def _dev(args: argparse.Namespace) -> int:
         api = ApiServer(url, port=args.api_port, settings=ApiSettings.from_env(dev=True)).start()
         stack.callback(api.stop)
         print(f"stepq dev: event API at {api.url} (POST /e/<any key>)", file=sys.stderr)
+        print(f"stepq dev: dashboard at {api.url}/ui/ (open to this machine only)", file=sys.stderr)
         return _worker(argparse.Namespace(**{**vars(args), "redis_url": url, "idle_check": None}))
     return 0
 
@@ -186,6 +187,8 @@ def _api(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     mode = "dev mode: any event key is accepted" if settings.dev else f"{len(settings.event_keys)} event key(s)"
     print(f"stepq api: http://{args.host}:{args.port}/e/<event key> ({mode})", file=sys.stderr)
+    login = "open to loopback clients" if settings.dev else "log in with STEPQ_DASHBOARD_TOKEN or the signing key"
+    print(f"stepq api: dashboard at http://{args.host}:{args.port}/ui/ ({login})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
     return 0
 

@@ -1,0 +1,313 @@
+"""The dashboard's pages and actions: each reads what it shows in one or two pipelined Redis calls
+(through ``sources``) and renders a template; each action checks its input, acts, and redirects
+back with a message (post/redirect/get)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.templating import Jinja2Templates
+
+from stepq.errors import InvalidEventError
+from stepq.event import Event
+
+from .. import keys, lifecycle
+from ..codec import unpack
+from ..ingest import Ingest
+from ..run_status import RunStatus
+from . import auth, sources, views
+
+#: Runs per page of the list.
+PAGE_SIZE = 50
+#: Bulk actions count (and act on) at most this many runs per request.
+BULK_CAP = 10_000
+ACTIVE = {s.value for s in RunStatus if not s.terminal}
+ENDED = {s.value for s in RunStatus if s.terminal and s is not RunStatus.SKIPPED}
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _redis(request: Request) -> Redis:
+    redis: Redis = request.app.state.redis
+    return redis
+
+
+def _ingest(request: Request) -> Ingest:
+    ingest: Ingest = request.app.state.ingest
+    return ingest
+
+
+def _templates(request: Request) -> Jinja2Templates:
+    templates: Jinja2Templates = request.app.state.templates
+    return templates
+
+
+def flash(request: Request, message: str, kind: str = "ok") -> None:
+    """A message shown once, on the next page."""
+    auth.session_of(request)["flash"] = [kind, message[:500]]
+
+
+def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
+    session = auth.session_of(request)
+    shown = session.pop("flash", None)
+    base = {
+        "request": request,
+        "root": request.scope.get("root_path", ""),
+        "csrf": auth.csrf_token(request),
+        "dev": request.app.state.auth.dev,
+        "flash": shown if isinstance(shown, list) and len(shown) == 2 else None,
+        "now_ms": _now(),
+        "v": views,
+        "statuses": [s.value for s in RunStatus],
+    }
+    return _templates(request).TemplateResponse(request, template, {**base, **context}, status_code=status)
+
+
+def _back(request: Request, path: str) -> Response:
+    return RedirectResponse(request.scope.get("root_path", "") + path, 303)
+
+
+def _filter_from(request: Request) -> tuple[sources.RunFilter, str | None]:
+    """The list's filter from the query string, and the error naming a bad field (then no filter)."""
+    q = request.query_params
+    try:
+        return (
+            sources.RunFilter.parse(
+                function=q.get("function"),
+                status=q.get("status"),
+                since=q.get("since"),
+                until=q.get("until"),
+                event=q.get("event"),
+            ),
+            None,
+        )
+    except ValueError as exc:
+        return sources.RunFilter(), str(exc)
+
+
+async def _runs_context(request: Request) -> dict[str, Any]:
+    flt, problem = _filter_from(request)
+    q = request.query_params
+    search = (q.get("q") or "").strip()
+    cursor = q.get("cursor") or None
+    if search:
+        runs, next_cursor = await sources.search_runs(_redis(request), search), None
+    else:
+        page = await sources.find_runs(_redis(request), flt, limit=PAGE_SIZE, cursor=cursor)
+        runs, next_cursor = page.runs, page.cursor
+    form = {k: q.get(k, "") for k in ("function", "status", "since", "until", "event", "q")}
+    # The live table keeps the page's query; the first page only is refreshed (a later page stays put).
+    return {
+        "runs": runs,
+        "cursor": next_cursor,
+        "form": form,
+        "problem": problem,
+        "search": search,
+        "query": str(request.query_params),
+        "live": not cursor,
+        "next_params": {**{k: v for k, v in form.items() if v}, "cursor": next_cursor or ""},
+    }
+
+
+@auth.page
+async def runs_page(request: Request) -> Response:
+    context = await _runs_context(request)
+    return render(request, "runs.html", context, 400 if context["problem"] else 200)
+
+
+@auth.page
+async def runs_table(request: Request) -> Response:
+    """The runs table alone, for the page's live refresh."""
+    return render(request, "_runs_table.html", await _runs_context(request))
+
+
+def _rows_from_steps(run: sources.RunView) -> list[views.Row]:
+    """The waterfall from a run's steps (their end and duration)."""
+    rows: list[views.Row] = []
+    for step in run.steps:
+        end = step.finished_ms
+        start = end - step.duration_ms if end is not None and step.duration_ms is not None else None
+        status = "ok" if step.done and not step.error else ("error" if step.error else "pending")
+        memo = views.memo_view(step.memo) if step.done else None
+        if memo is not None and memo.kind == "error":
+            status = "error"
+        rows.append(
+            views.Row(
+                key=step.key,
+                name=step.name,
+                kind="step",
+                status=status,
+                start_ms=start,
+                end_ms=end,
+                error=step.error or "",
+                duplicates=max(0, step.executions - step.attempts),
+                memo=memo,
+                committed=step.done,
+                details=[f"{step.attempts} attempt(s)"] if step.attempts > 1 else [],
+            )
+        )
+    if run.status == RunStatus.SLEEPING and run.wake_at_ms is not None and rows:
+        rows[-1].details.append(f"wakes at {views.clock(run.wake_at_ms)}")
+    return rows
+
+
+@auth.page
+async def run_page(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+    redis = _redis(request)
+    run = await sources.get_run(redis, run_id)
+    if run is None:
+        return render(request, "missing.html", {"what": f"run {run_id}"}, 404)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.get(keys.events(run_id))
+        pipe.hmget(keys.run(run_id), ["replay_of", "forked_from", "from_step", "replays"])
+        blob, links = await pipe.execute()
+    events = unpack(blob) if blob else []
+    now = _now()
+    rows = _rows_from_steps(run)
+    scale = views.lay_out(rows, now, run.started_ms or run.created_ms)
+    failed_at = next((r for r in reversed(rows) if r.status == "error"), None)
+    link = dict(zip(("replay_of", "forked_from", "from_step", "replays"), links, strict=True))
+    link = {k: v.decode() if v else None for k, v in link.items()}
+    context = {
+        "run": run,
+        "events": events,
+        "rows": rows,
+        "scale": scale,
+        "failed_at": failed_at,
+        "active": run.status in ACTIVE,
+        "ended": run.status in ENDED,
+        "replay_of": link["replay_of"],
+        "forked_from": link["forked_from"],
+        "from_step": link["from_step"],
+        "replays": [r for r in (link["replays"] or "").split(",") if r],
+        "output": views.memo_view({"data": run.output}) if run.status == RunStatus.COMPLETED else None,
+    }
+    template = "_run_body.html" if request.headers.get("hx-request") else "run.html"
+    return render(request, template, context)
+
+
+@auth.action
+async def cancel_run(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+    outcome = await lifecycle.cancel(_ingest(request), run_id, "cancelled from the dashboard")
+    if outcome.value == "ok":
+        flash(request, f"run {run_id} cancelled")
+    else:
+        flash(request, f"run {run_id} was not cancelled: {outcome.value}", "error")
+    return _back(request, f"/runs/{run_id}")
+
+
+@auth.action
+async def replay_run(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+    flash(request, "replay is not available in this build yet", "error")
+    return _back(request, f"/runs/{run_id}")
+
+
+@auth.action
+async def resume_run(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+    flash(request, "resume from a step is not available in this build yet", "error")
+    return _back(request, f"/runs/{run_id}")
+
+
+@auth.page
+async def functions_page(request: Request) -> Response:
+    functions = await sources.function_summaries(_redis(request))
+    return render(request, "functions.html", {"functions": functions})
+
+
+async def _events_context(request: Request) -> dict[str, Any]:
+    q = request.query_params
+    name = (q.get("name") or "").strip() or None
+    page = await sources.recent_events(_redis(request), limit=PAGE_SIZE, cursor=q.get("cursor") or None, name=name)
+    return {"events": page.events, "cursor": page.cursor, "name": name or "", "form": {"name": "", "data": "{}"}}
+
+
+@auth.page
+async def events_page(request: Request) -> Response:
+    return render(request, "events.html", await _events_context(request))
+
+
+def _parse_test_event(name: str, data_text: str) -> Event:
+    """The test event of the form; InvalidEventError naming the bad field."""
+    try:
+        data = json.loads(data_text or "{}")
+    except ValueError as exc:
+        raise InvalidEventError(f"data: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InvalidEventError(f"data: expected a JSON object, got {type(data).__name__}")
+    return Event(name=name.strip(), data=data).validated()
+
+
+@auth.action
+async def send_event(request: Request) -> Response:
+    form = await auth.form_of(request)
+    name, data_text = str(form.get("name", "")), str(form.get("data", ""))
+    try:
+        event = _parse_test_event(name, data_text)
+        [event_id] = await _ingest(request).send([event])
+    except InvalidEventError as exc:
+        context = await _events_context(request)
+        context |= {"send_error": str(exc), "form": {"name": name, "data": data_text}}
+        return render(request, "events.html", context, 400)
+    flash(request, f"event {event_id} sent")
+    return _back(request, "/events")
+
+
+def _bulk_filter(values: Any) -> tuple[sources.RunFilter | None, str | None]:
+    try:
+        flt = sources.RunFilter.parse(
+            function=values.get("function"),
+            status=values.get("status"),
+            since=values.get("since"),
+            until=values.get("until"),
+            event=values.get("event"),
+        )
+    except ValueError as exc:
+        return None, str(exc)
+    if not (flt.function or flt.status or flt.since_ms or flt.until_ms or flt.event_name):
+        return None, "choose at least one filter: a bulk action on every run is too easy to do by mistake"
+    return flt, None
+
+
+@auth.page
+async def bulk_page(request: Request) -> Response:
+    q = request.query_params
+    form = {k: q.get(k, "") for k in ("function", "status", "since", "until", "event", "action")}
+    context: dict[str, Any] = {"form": form, "preview": None, "problem": None}
+    if q.get("preview"):
+        flt, problem = _bulk_filter(q)
+        context["problem"] = problem
+        if flt is not None:
+            count, capped = await sources.count_runs(_redis(request), flt, cap=BULK_CAP)
+            context["preview"] = {"count": count, "capped": capped, "params": flt.to_params()}
+    return render(request, "bulk.html", context, 400 if context["problem"] else 200)
+
+
+@auth.action
+async def bulk_apply(request: Request) -> Response:
+    form = await auth.form_of(request)
+    flt, problem = _bulk_filter(form)
+    action = str(form.get("action", ""))
+    if flt is None or action not in ("cancel", "replay"):
+        flash(request, problem or "action: choose cancel or replay", "error")
+        return _back(request, "/bulk")
+    if action == "replay":
+        flash(request, "bulk replay is not available in this build yet", "error")
+        return _back(request, "/bulk")
+    page = await sources.find_runs(_redis(request), flt, limit=BULK_CAP)
+    done = 0
+    for run in page.runs:
+        outcome = await lifecycle.cancel(_ingest(request), run.run_id, "cancelled from the dashboard (bulk)")
+        done += outcome.value == "ok"
+    flash(request, f"bulk cancel: {done} of {len(page.runs)} run(s) cancelled")
+    return _back(request, "/bulk")

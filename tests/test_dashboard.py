@@ -1,0 +1,177 @@
+"""The dashboard over HTTP (httpx against the real API under uvicorn on loopback, runs of a real
+worker): every page renders with data, filters work, event data is escaped, actions act; login in
+production mode; dev mode open on loopback only. The browser tests (Chromium) live elsewhere."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+import stepq
+from stepq.runtime.api import ApiServer, ApiSettings
+from tests.helpers import REDIS_URL, StartWorkers, run_ids_for_event, wait_for_run
+
+SCRIPT = "<script>alert(1)</script>"
+TOKEN = "dash-token-0123456789"
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found, html[:2000]
+    return found.group(1)
+
+
+@pytest.fixture
+def dev_api() -> Iterator[ApiServer]:
+    with ApiServer(REDIS_URL, settings=ApiSettings(dev=True)) as server:
+        yield server
+
+
+@pytest.fixture
+def prod_api() -> Iterator[ApiServer]:
+    settings = ApiSettings(event_keys=("ek",), signing_key="signkey-test-abc", dashboard_token=TOKEN)
+    with ApiServer(REDIS_URL, settings=settings) as server:
+        yield server
+
+
+async def test_pages_show_runs_events_and_functions_escaped_and_act(
+    redis: Redis, start_workers: StartWorkers, sender: stepq.Client, dev_api: ApiServer
+) -> None:
+    start_workers("dashboard_app")
+    [order_event] = await sender.send(stepq.Event(name="dash/order", data={"id": "o-1"}))
+    [broken_event] = await sender.send(stepq.Event(name="dash/broken", data={}))
+    [echo_event] = await sender.send(stepq.Event(name="dash/echo", data={"say": SCRIPT}))
+    [nap_event] = await sender.send(stepq.Event(name="dash/nap", data={}))
+    [order] = await run_ids_for_event(redis, "t-dash-orders", order_event)
+    [broken] = await run_ids_for_event(redis, "t-dash-broken", broken_event)
+    [echo] = await run_ids_for_event(redis, "t-dash-echo", echo_event)
+    [nap] = await run_ids_for_event(redis, "t-dash-napper", nap_event)
+    for run_id in (order, broken, echo):
+        await wait_for_run(redis, run_id)
+    await wait_for_run(redis, nap, statuses=("sleeping",))
+
+    async with httpx.AsyncClient(base_url=dev_api.url, timeout=10) as http:
+        root = await http.get("/")
+        assert root.status_code == 307 and root.headers["location"] == "/ui/"
+
+        runs = await http.get("/ui/runs")
+        assert runs.status_code == 200
+        assert all(run_id in runs.text for run_id in (order, broken, echo, nap))
+        assert "default-src 'none'" in runs.headers["content-security-policy"]
+        assert "script-src 'self'" in runs.headers["content-security-policy"]
+        assert runs.headers["x-frame-options"] == "DENY"
+        assert "<script>" not in re.sub(r'<script src="[^"]+" defer></script>', "", runs.text)
+
+        failed = await http.get("/ui/runs/table", params={"status": "failed"})
+        assert broken in failed.text and order not in failed.text and echo not in failed.text
+        by_function = await http.get("/ui/runs", params={"function": "t-dash-orders"})
+        assert order in by_function.text and broken not in by_function.text
+        bad = await http.get("/ui/runs", params={"status": "exploded"})
+        assert bad.status_code == 400 and "status:" in bad.text
+        found = await http.get("/ui/runs", params={"q": echo})
+        assert echo in found.text and order not in found.text
+
+        page = await http.get(f"/ui/runs/{order}")
+        assert page.status_code == 200
+        for text in ("load-order", "cool-down", "send-receipt", "receipt for o-1", "dash/order", 'class="wf-row'):
+            assert text in page.text, text
+
+        failure = (await http.get(f"/ui/runs/{broken}")).text
+        assert "card declined by the bank" in failure and "charge" in failure
+
+        echoed = (await http.get(f"/ui/runs/{echo}")).text
+        assert SCRIPT not in echoed and "&lt;script&gt;alert(1)&lt;/script&gt;" in echoed
+
+        events = await http.get("/ui/events")
+        assert events.status_code == 200 and echo_event in events.text
+        assert SCRIPT not in events.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in events.text
+
+        functions = (await http.get("/ui/functions")).text
+        for slug in ("t-dash-orders", "t-dash-broken", "t-dash-napper", "t-dash-echo"):
+            assert slug in functions
+        assert "dash/order" in functions and "in-process" in functions
+
+        missing = await http.get("/ui/runs/nope")
+        assert missing.status_code == 404
+
+        # actions: without the CSRF token refused; with it, the sleeping run is cancelled
+        nap_page = (await http.get(f"/ui/runs/{nap}")).text
+        assert "Cancel run" in nap_page
+        refused = await http.post(f"/ui/runs/{nap}/cancel", data={})
+        assert refused.status_code == 403
+        token = csrf_of(nap_page)
+        done = await http.post(f"/ui/runs/{nap}/cancel", data={"csrf_token": token})
+        assert done.status_code == 303 and done.headers["location"] == f"/ui/runs/{nap}"
+        assert (await wait_for_run(redis, nap)).status == "cancelled"
+        assert "cancelled" in (await http.get(f"/ui/runs/{nap}")).text
+
+        # a test event: bad JSON named inline (400), a good one sent (and starts a run)
+        sent_bad = await http.post("/ui/events/send", data={"csrf_token": token, "name": "dash/echo", "data": "{nope"})
+        assert sent_bad.status_code == 400 and "data: not valid JSON" in sent_bad.text
+        sent = await http.post(
+            "/ui/events/send", data={"csrf_token": token, "name": "dash/echo", "data": '{"say": "hi"}'}
+        )
+        assert sent.status_code == 303
+        assert "sent" in (await http.get("/ui/events")).text
+
+        # bulk: a preview counts, the confirm acts
+        preview = await http.get("/ui/bulk", params={"preview": "1", "action": "cancel", "status": "failed"})
+        assert preview.status_code == 200 and 'id="bulk-count">1<' in preview.text
+        unfiltered = await http.get("/ui/bulk", params={"preview": "1", "action": "cancel"})
+        assert unfiltered.status_code == 400 and "at least one filter" in unfiltered.text
+
+
+async def test_production_mode_needs_a_login(redis: Redis, prod_api: ApiServer) -> None:
+    async with httpx.AsyncClient(base_url=prod_api.url, timeout=10) as http:
+        page = await http.get("/ui/runs?status=failed")
+        assert page.status_code == 303
+        assert page.headers["location"] == "/ui/login?next=%2Fui%2Fruns%3Fstatus%3Dfailed"
+        assert (await http.get("/ui/functions")).status_code == 303
+        assert (await http.get("/ui/runs/table", headers={"HX-Request": "true"})).status_code == 401
+        assert (await http.post("/ui/runs/x/cancel", data={"csrf_token": "x"})).status_code == 401
+        assert (await http.post("/ui/events/send", data={"name": "a"})).status_code == 401
+
+        form = await http.get("/ui/login")
+        assert form.status_code == 200 and 'type="password"' in form.text
+        cookie = form.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+        token = csrf_of(form.text)
+        wrong = await http.post("/ui/login", data={"csrf_token": token, "token": "guess", "next": "/ui/functions"})
+        assert wrong.status_code == 401 and "wrong token or key" in wrong.text
+        assert (await http.get("/ui/functions")).status_code == 303
+        no_csrf = await http.post("/ui/login", data={"token": TOKEN})
+        assert no_csrf.status_code == 403
+
+        good = await http.post("/ui/login", data={"csrf_token": token, "token": TOKEN, "next": "/ui/functions"})
+        assert good.status_code == 303 and good.headers["location"] == "/ui/functions"
+        assert (await http.get("/ui/functions")).status_code == 200
+        runs = await http.get("/ui/runs")
+        assert runs.status_code == 200 and "Log out" in runs.text
+        session_token = csrf_of(runs.text)
+        assert session_token != token  # a fresh CSRF token at login
+        assert (await http.post("/ui/runs/x/cancel", data={})).status_code == 403
+        assert (await http.post("/ui/runs/x/cancel", data={"csrf_token": token})).status_code == 403
+        assert (await http.post("/ui/runs/x/cancel", headers={"X-CSRF-Token": session_token})).status_code == 303
+
+        await http.post("/ui/logout", data={"csrf_token": session_token})
+        assert (await http.get("/ui/runs")).status_code == 303
+
+    async with httpx.AsyncClient(base_url=prod_api.url, timeout=10) as http:
+        # the signing key works too; an open redirect does not
+        token = csrf_of((await http.get("/ui/login")).text)
+        login = {"csrf_token": token, "token": "signkey-test-abc", "next": "//evil.example/"}
+        good = await http.post("/ui/login", data=login)
+        assert good.status_code == 303 and good.headers["location"] == "/ui/"
+
+
+async def test_dev_mode_is_open_to_loopback_only(redis: Redis) -> None:
+    with ApiServer(REDIS_URL, host="127.0.0.1", settings=ApiSettings(dev=True)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            assert (await http.get("/ui/runs")).status_code == 200
+            assert (await http.get("/ui/login")).status_code == 303  # nothing to log in to
+            rebound = await http.get("/ui/runs", headers={"Host": "attacker.example"})
+            assert rebound.status_code == 403 and "loopback" in rebound.text
