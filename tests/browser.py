@@ -4,7 +4,7 @@ A test module gets one headless browser (starting Chromium costs about a second)
 (``ApiServer`` on loopback, the real ``create_app`` with the dashboard mounted under ``/ui``) and
 real worker processes, all shared by its tests: each test makes its own runs, so they do not clash.
 
-Without Chromium (or the ``playwright`` package) the tests skip, except when
+Without Chromium the tests skip, except when
 ``STEPQ_REQUIRE_BROWSER=1`` (set by ``.ci/run``), where a missing browser is a failure: CI must not
 pass by skipping them. ``STEPQ_CHROMIUM`` names the browser binary when it is not on PATH.
 
@@ -21,16 +21,14 @@ import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from stepq.runtime.api import ApiServer, ApiSettings
 from tests.helpers import REDIS_URL, WorkerProcess
 from tests.http_fixtures import clean_environ, flush_test_db
-
-if TYPE_CHECKING:
-    from playwright.async_api import Browser
 
 #: Set to 1 (as .ci/run does) to make a missing browser fail the tests instead of skipping them.
 REQUIRE_ENV = "STEPQ_REQUIRE_BROWSER"
@@ -62,11 +60,8 @@ async def chromium() -> AsyncIterator[Browser]:
     """A headless Chromium (the system's), closed on exit; skips or fails when there is none."""
     executable = find_chromium()
     if executable is None:
-        browser_missing("no Chromium found on PATH")
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        browser_missing("the playwright package is not installed (pip install -e '.[dev]')")
+        named = os.environ.get("STEPQ_CHROMIUM")
+        browser_missing(f"STEPQ_CHROMIUM={named} is not an executable" if named else "no Chromium found on PATH")
     async with async_playwright() as playwright:
         # Playwright passes --no-sandbox by default, which root (CI containers) needs.
         browser = await playwright.chromium.launch(executable_path=executable, headless=True)

@@ -39,7 +39,8 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardStack]:
+def stack(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardStack]:
+    # Needs the browser first: without one the tests skip before starting processes for nothing.
     with dashboard_stack(tmp_path_factory.mktemp("dashboard"), dev_settings()) as s:
         yield s
 
