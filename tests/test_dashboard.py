@@ -4,7 +4,9 @@ production mode; dev mode open on loopback only. The browser tests (Chromium) li
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -65,6 +67,10 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
         assert "script-src 'self'" in runs.headers["content-security-policy"]
         assert runs.headers["x-frame-options"] == "DENY"
         assert "<script>" not in re.sub(r'<script src="[^"]+" defer></script>', "", runs.text)
+        for asset in re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', runs.text):
+            served = await http.get(asset)
+            assert served.status_code == 200 and "immutable" in served.headers["cache-control"], asset
+        assert (await http.get("/ui/static/../auth.py")).status_code == 404
 
         failed = await http.get("/ui/runs/table", params={"status": "failed"})
         assert broken in failed.text and order not in failed.text and echo not in failed.text
@@ -168,10 +174,29 @@ async def test_production_mode_needs_a_login(redis: Redis, prod_api: ApiServer) 
         assert good.status_code == 303 and good.headers["location"] == "/ui/"
 
 
+def outward_address() -> str | None:
+    """This machine's address on its outward interface (no packet is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
 async def test_dev_mode_is_open_to_loopback_only(redis: Redis) -> None:
-    with ApiServer(REDIS_URL, host="127.0.0.1", settings=ApiSettings(dev=True)) as server:
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    with ApiServer(REDIS_URL, host="0.0.0.0", settings=ApiSettings(dev=True)) as server:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as http:
             assert (await http.get("/ui/runs")).status_code == 200
             assert (await http.get("/ui/login")).status_code == 303  # nothing to log in to
             rebound = await http.get("/ui/runs", headers={"Host": "attacker.example"})
             assert rebound.status_code == 403 and "loopback" in rebound.text
+            assert (await http.post("/ui/events/send", headers={"Host": "attacker.example"})).status_code == 403
+        address = outward_address()
+        if address is None:
+            pytest.skip("no non-loopback address to reach the API from")
+        async with httpx.AsyncClient(base_url=f"http://{address}:{server.port}", timeout=10) as http:
+            remote = await http.get("/ui/runs")
+            assert remote.status_code == 403 and "to this machine only" in remote.text
+            assert (await http.get("/health")).status_code == 200  # the rest of the API is not the dashboard

@@ -52,7 +52,7 @@ def test_waterfall_geometry() -> None:
     assert rows[4].bar is None
     assert [a.bar for a in rows[0].attempts] == [views.Bar(0.0, 2.5, False), views.Bar(3.0, 2.0, False)]
     for row in rows[:4]:
-        assert row.bar is not None and 0 <= row.bar.left and row.bar.left + row.bar.width <= 100
+        assert row.bar is not None and row.bar.left >= 0 and row.bar.left + row.bar.width <= 100
     assert scale.ticks(2) == [(0.0, "+0 ms"), (50.0, "+1.0 s"), (100.0, "+2.0 s")]
     # a span before the run's start widens the axis rather than drawing off it
     early = views.Scale.of([views.Span(500, 600)], now_ms=700, origin_ms=1_000)

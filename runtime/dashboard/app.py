@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import jinja2
@@ -10,13 +11,19 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from . import auth, pages
 
 HERE = Path(__file__).parent
+#: The static files, served from memory (read once): a fixed set, so no path from a request ever
+#: reaches the filesystem. Pages link them with ``?v=<digest>``, so they can be cached for long.
+STATIC_TYPES = {
+    "htmx.min.js": "text/javascript; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
 #: Seconds a wrong login waits before its answer (a light brake on guessing, with ``LoginLimiter``).
 LOGIN_FAILURE_DELAY_S = 0.3
 
@@ -34,6 +41,22 @@ def templates() -> Jinja2Templates:
     return Jinja2Templates(env=env)
 
 
+class Static:
+    """The dashboard's static files, read once, each with a digest of its content."""
+
+    def __init__(self) -> None:
+        self.files = {name: (HERE / "static" / name).read_bytes() for name in STATIC_TYPES}
+        self.versions = {name: hashlib.sha256(body).hexdigest()[:12] for name, body in self.files.items()}
+
+    async def serve(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        body = self.files.get(name)
+        if body is None:
+            return Response("Not Found", 404, media_type="text/plain")
+        cache = "public, max-age=31536000, immutable" if request.query_params.get("v") else "no-cache"
+        return Response(body, headers={"cache-control": cache, "content-type": STATIC_TYPES[name]})
+
+
 @auth.public
 async def login_page(request: Request) -> Response:
     config: auth.DashboardAuth = request.app.state.auth
@@ -49,7 +72,10 @@ async def login(request: Request) -> Response:
     config: auth.DashboardAuth = request.app.state.auth
     limiter: auth.LoginLimiter = request.app.state.login_limiter
     root = request.scope.get("root_path", "")
-    form = await auth.form_of(request)
+    try:
+        form = await auth.form_of(request)
+    except auth.FormTooLarge:
+        form = {}
     target = auth.safe_next(root, str(form.get("next", "")))
     client = auth.client_address(request)
 
@@ -85,6 +111,7 @@ def create_dashboard(config: auth.DashboardAuth, *, path: str = "/ui") -> Starle
     """The dashboard app; its ``state`` must get ``redis`` and ``ingest`` (the API's lifespan sets
     them). ``path`` is where it is mounted (its session cookie is scoped to it)."""
     secret = config.secret()
+    static = Static()
     app = Starlette(
         routes=[
             Route("/", pages.runs_page, methods=["GET"]),
@@ -102,7 +129,7 @@ def create_dashboard(config: auth.DashboardAuth, *, path: str = "/ui") -> Starle
             Route("/login", login_page, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
             Route("/logout", logout, methods=["POST"]),
-            Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
+            Route("/static/{name}", static.serve, methods=["GET"]),
         ],
         middleware=[
             Middleware(auth.SecurityHeaders),
@@ -113,4 +140,5 @@ def create_dashboard(config: auth.DashboardAuth, *, path: str = "/ui") -> Starle
     app.state.auth_fingerprint = config.fingerprint(secret)
     app.state.login_limiter = auth.LoginLimiter()
     app.state.templates = templates()
+    app.state.static_versions = static.versions
     return app

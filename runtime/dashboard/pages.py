@@ -66,6 +66,7 @@ def render(request: Request, template: str, context: dict[str, Any], status: int
         "now_ms": _now(),
         "v": views,
         "statuses": [s.value for s in RunStatus],
+        "static": request.app.state.static_versions,
     }
     return _templates(request).TemplateResponse(request, template, {**base, **context}, status_code=status)
 
@@ -134,10 +135,18 @@ def _rows_from_steps(run: sources.RunView) -> list[views.Row]:
     for step in run.steps:
         end = step.finished_ms
         start = end - step.duration_ms if end is not None and step.duration_ms is not None else None
-        status = "ok" if step.done and not step.error else ("error" if step.error else "pending")
         memo = views.memo_view(step.memo) if step.done else None
+        details = [f"{step.attempts} attempts"] if step.attempts > 1 else []
+        error = step.error or ""
         if memo is not None and memo.kind == "error":
             status = "error"
+        elif step.done:  # committed: an error it holds is an earlier attempt's
+            status = "ok"
+            if error:
+                details.append(f"an earlier attempt failed: {error}")
+                error = ""
+        else:
+            status = "error" if error else "pending"
         rows.append(
             views.Row(
                 key=step.key,
@@ -146,11 +155,11 @@ def _rows_from_steps(run: sources.RunView) -> list[views.Row]:
                 status=status,
                 start_ms=start,
                 end_ms=end,
-                error=step.error or "",
+                error=error,
                 duplicates=max(0, step.executions - step.attempts),
                 memo=memo,
                 committed=step.done,
-                details=[f"{step.attempts} attempt(s)"] if step.attempts > 1 else [],
+                details=details,
             )
         )
     if run.status == RunStatus.SLEEPING and run.wake_at_ms is not None and rows:
