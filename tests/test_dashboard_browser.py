@@ -217,6 +217,7 @@ async def test_script_in_event_data_is_inert(
     await event_row.locator("summary").click()
     await expect(event_row.locator("pre.payload")).to_contain_text(SCRIPT)
     await expect(event_row.locator("pre.payload")).to_contain_text("<img src=x onerror=")
+    await expect(event_row.locator(f'a[href$="/runs/{run_id}"]')).to_have_count(1)  # the run it started
     await no_markup_from_payload(page)
     assert page.dialogs == []  # type: ignore[attr-defined]
 
