@@ -14,6 +14,7 @@ Try it by hand with ``stepq dev examples.store:client``, then::
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -50,6 +51,8 @@ async def generate_invoice(ctx: inngest.Context) -> dict[str, Any]:
     trigger=inngest.TriggerEvent(event="shop/order.placed"),
     retries=3,
     backoff=QUICK,
+    # The payment gateway takes 10 calls at once from us.
+    concurrency=[inngest.Concurrency(limit=10)],
 )
 async def process_order(ctx: inngest.Context) -> dict[str, Any]:
     """Charge, fulfil in parallel, invoice (a child run), then sleep until the follow-up email."""
@@ -78,7 +81,12 @@ async def process_order(ctx: inngest.Context) -> dict[str, Any]:
     return {"charge": charge_result["charge_id"], "invoice": invoice["number"]}
 
 
-@client.create_function(id="refund-approval", trigger=inngest.TriggerEvent(event="shop/refund.requested"))
+@client.create_function(
+    id="refund-approval",
+    trigger=inngest.TriggerEvent(event="shop/refund.requested"),
+    # One refund request per order a day: a customer clicking twice opens one ticket.
+    idempotency="event.data.order_id",
+)
 async def refund_approval(ctx: inngest.Context) -> dict[str, Any]:
     """Open a ticket, then wait (up to two days) for a manager to approve the refund."""
     order_id = int(ctx.event.data["order_id"])
@@ -100,6 +108,8 @@ async def refund_approval(ctx: inngest.Context) -> dict[str, Any]:
     trigger=inngest.TriggerEvent(event="shop/catalog.sync"),
     retries=2,
     backoff=QUICK,
+    # Suppliers ask for at most one full import a minute each.
+    throttle=inngest.Throttle(limit=1, period=dt.timedelta(minutes=1), key="event.data.supplier"),
 )
 async def sync_catalog(ctx: inngest.Context) -> dict[str, Any]:
     """Import a supplier's catalog page by page; a page the supplier cannot serve fails the run."""
@@ -115,3 +125,10 @@ async def sync_catalog(ctx: inngest.Context) -> dict[str, Any]:
 
         imported += await ctx.step.run(f"fetch-page-{page}", fetch)
     return {"supplier": supplier, "imported": imported}
+
+
+@client.create_function(id="nightly-report", trigger=inngest.TriggerCron(cron="TZ=Europe/Paris 0 3 * * *"))
+async def nightly_report(ctx: inngest.Context) -> str:
+    """Yesterday's sales, mailed to the team at 3 a.m. Paris time."""
+    total: float = await ctx.step.run("sum-sales", lambda: 0.0)
+    return await ctx.step.run("mail-report", lambda: f"sales report sent: {total:.2f} EUR")
