@@ -164,11 +164,10 @@ def shoot(chromium: str, ui: str, out: Path, pages: Sequence[Shot], size: tuple[
             context = browser.new_context(viewport={"width": size[0], "height": size[1]}, device_scale_factor=1)
             page = context.new_page()
             for name, path, full_page in pages:
-                response = page.goto(ui + path)
+                response = page.goto(ui + path, wait_until="load")  # server-rendered: styles are in at load
                 if response is None or not response.ok:
                     status = response.status if response else "no answer"
                     raise SystemExit(f"scripts/screenshots: {ui + path} answered {status}")
-                page.wait_for_load_state("networkidle")
                 target = out / f"{name}.png"
                 page.screenshot(path=str(target), full_page=full_page)
                 saved.append(target)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Dialog, Locator, Page, expect
@@ -20,8 +23,9 @@ import stepq
 from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.connection import connect
 from stepq.runtime.queries import get_run
-from tests.browser import DashboardStack, chromium, dashboard_stack, dev_settings
-from tests.helpers import REDIS_URL, run_ids_for_event, runs_of, start_run, wait_for_run
+from tests.browser import DashboardStack, chromium, dashboard_stack, dev_settings, find_chromium
+from tests.helpers import REDIS_URL, ROOT, run_ids_for_event, runs_of, start_run, wait_for_run
+from tests.http_fixtures import clean_environ
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -261,3 +265,24 @@ async def test_login_refused_without_the_token(browser: Browser, stack: Dashboar
             await expect(page.locator("form.filters")).to_be_visible()
         finally:
             await context.close()
+
+
+def test_screenshot_script(browser: Browser, tmp_path: Path) -> None:
+    """``scripts/screenshots`` still works: the example app reaches every state it pictures (else
+    the script exits non-zero naming the runs), every page answers 200, and each picture is saved."""
+    chromium_path = find_chromium()
+    assert chromium_path is not None  # the browser fixture skipped otherwise
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "screenshots.py"), "--out", str(tmp_path), "--chromium", chromium_path],
+        cwd=ROOT,
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    shots = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert shots == ["events.png", "functions.png", "run-failed.png", "run-timeline.png", "runs.png"], shots
+    for shot in tmp_path.glob("*.png"):
+        header = shot.read_bytes()[:24]
+        assert header[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(header[16:20], "big") == 1440, shot
