@@ -115,7 +115,7 @@ async def make_runs(redis_url: str) -> dict[str, RunView]:
         by_order: dict[str, str] = {}
         for name, data, status in EVENTS:
             [event_id] = await client.send(stepq.Event(name=name, data=data))
-            await asyncio.sleep(0.15)  # distinct start times, so the list reads like real traffic
+            await asyncio.sleep(0.05)  # distinct start times, so the list reads like real traffic
             if status is None:
                 continue
             runs = [v for v in await list_runs(redis, limit=100) if event_id in v.event_ids]
@@ -159,7 +159,7 @@ def shoot(chromium: str, ui: str, out: Path, pages: Sequence[Shot], size: tuple[
 
     saved = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--disable-dev-shm-usage"])
         try:
             context = browser.new_context(viewport={"width": size[0], "height": size[1]}, device_scale_factor=1)
             page = context.new_page()

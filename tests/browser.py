@@ -63,8 +63,11 @@ async def chromium() -> AsyncIterator[Browser]:
         named = os.environ.get("STEPQ_CHROMIUM")
         browser_missing(f"STEPQ_CHROMIUM={named} is not an executable" if named else "no Chromium found on PATH")
     async with async_playwright() as playwright:
-        # Playwright passes --no-sandbox by default, which root (CI containers) needs.
-        browser = await playwright.chromium.launch(executable_path=executable, headless=True)
+        # Playwright passes --no-sandbox by default, which root (CI containers) needs; Docker's
+        # 64 MB /dev/shm is too small for Chromium's shared memory, hence /tmp.
+        browser = await playwright.chromium.launch(
+            executable_path=executable, headless=True, args=["--disable-dev-shm-usage"]
+        )
         try:
             yield browser
         finally:
