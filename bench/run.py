@@ -43,6 +43,8 @@ BENCHMARKS: dict[str, float] = {
     "replay": 300,
     "memory": 180,
     "flow": 600,
+    "queries": 600,
+    "dashboard": 600,
 }
 
 

@@ -21,6 +21,8 @@ Routes:
   ``use_api`` because the state was too large to send.
 - ``/ui``: the dashboard (``stepq.runtime.dashboard``; ``/`` redirects there): open to loopback
   clients in dev mode, behind a login with ``STEPQ_DASHBOARD_TOKEN`` or the signing key otherwise.
+- ``GET /v0/runs`` (filtered, paged, or a search), ``GET /v0/functions``, ``GET /v0/events`` and
+  ``GET /v0/events/{id}``: the read model (``stepq.runtime.api_reads``); 400 naming a bad parameter.
 
 Event keys come from ``STEPQ_EVENT_KEYS`` (comma-separated) and only send events, as in Inngest.
 Everything else an SDK or an operator does (register, read runs, their events and step results)
@@ -71,6 +73,7 @@ from stepq.event import MAX_EVENT_DEPTH, Event
 from stepq.jsonvalue import json_type
 from stepq.signing import bearer_matches
 
+from . import api_reads
 from .app_urls import ENV as ALLOWED_APP_HOSTS_ENV
 from .app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
 from .codec import unpack
@@ -327,6 +330,36 @@ def create_app(
             raise _Refused(404, f"no run {run_id!r} (unknown, or expired)")
         return _Json(view.to_dict())
 
+    @_guarded("runs", _plain_error)
+    async def runs(request: Request) -> Response:
+        require_signing_key(request, "reading runs")
+        try:
+            return _Json(await api_reads.runs_page(request.app.state.redis, request.query_params))
+        except api_reads.BadParameter as exc:
+            raise _Refused(400, str(exc)) from None
+
+    @_guarded("functions", _plain_error)
+    async def functions(request: Request) -> Response:
+        require_signing_key(request, "reading functions")
+        return _Json(await api_reads.functions(request.app.state.redis))
+
+    @_guarded("events_list", _plain_error)
+    async def events_list(request: Request) -> Response:
+        require_signing_key(request, "reading events")
+        try:
+            return _Json(await api_reads.events_page(request.app.state.redis, request.query_params))
+        except api_reads.BadParameter as exc:
+            raise _Refused(400, str(exc)) from None
+
+    @_guarded("event", _plain_error)
+    async def event(request: Request) -> Response:
+        require_signing_key(request, "reading an event")
+        event_id = request.path_params["event_id"]
+        found = await api_reads.event(request.app.state.redis, event_id)
+        if found is None:
+            raise _Refused(404, f"no event {event_id!r} (unknown, or expired)")
+        return _Json(found)
+
     @_guarded("register", _register_error)
     async def register(request: Request) -> Response:
         require_signing_key(request, "registering an app")
@@ -378,6 +411,10 @@ def create_app(
             Route("/v0/runs/{run_id}", run, methods=["GET"]),
             Route("/", lambda request: RedirectResponse("/ui/", 307), methods=["GET"]),
             Mount("/ui", app=dashboard),
+            Route("/v0/runs", runs, methods=["GET"]),
+            Route("/v0/functions", functions, methods=["GET"]),
+            Route("/v0/events", events_list, methods=["GET"]),
+            Route("/v0/events/{event_id}", event, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

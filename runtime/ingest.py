@@ -36,6 +36,8 @@ log = structlog.get_logger("stepq.ingest")
 
 #: How often a send routes again when registrations keep changing the routes under it.
 ROUTE_ATTEMPTS = 5
+#: An event's outcome for a function it did not start (runtime/event_queries.py).
+NO_MATCH = "no match"
 #: Names that only stepq itself may send.
 RESERVED_PREFIXES = ("inngest/", "stepq/")
 
@@ -88,12 +90,17 @@ class _CreateRunCalls:
         self.keys: list[Any] = []
         self.args: list[Any] = []
         self.count = 0
+        #: The next call's event (its number, from 1) and whether its run gathers events: the batch
+        #: script records what create_run did for that event (its outcomes).
+        self.event_no = 0
+        self.gathers = False
 
     async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
         if sha != self._SHA:  # anything else would be run below as if it were create_run
             raise RuntimeError("RunStore.create_run sent a script other than runtime/lua/create_run.lua")
         self.keys.extend(keys_and_args[:numkeys])
-        self.args += [numkeys, len(keys_and_args) - numkeys, *keys_and_args[numkeys:]]
+        self.args += [numkeys, len(keys_and_args) - numkeys, self.event_no, int(self.gathers)]
+        self.args += keys_and_args[numkeys:]
         self.count += 1
 
 
@@ -160,20 +167,18 @@ class Ingest:
             len(stored),
             len(shards()),
         ]
-        for event_id, event in zip(ids, stored, strict=True):
-            batch_keys += [
-                keys.event(event_id),
-                keys.recent_events(event.name),
-                *keys.every_shard(keys.waits, event.name),
-            ]
-            batch_args += [event_id, pack(event.to_dict())]
         runs = _CreateRunCalls()
         described: dict[str, tuple[str, dict[str, Any]]] = {}  # runs with start limits: (function, event)
-        for event_id, original, event in zip(ids, events, stored, strict=True):
+        for event_no, (event_id, original, event) in enumerate(zip(ids, events, stored, strict=True), start=1):
             event_dict = event.to_dict()
             bindings = Bindings(event=event_dict)  # converted once, on the first filter
+            # what the event did, per function: the batch script adds what create_run did
+            known: list[list[str]] = []
+            if not routes.get(event.name):
+                known.append(["", NO_MATCH, "", f"no function is triggered by {event.name!r}"])
             for fn in routes.get(event.name, []):
                 if not triggered(fn, event.name, bindings):
+                    known.append([fn.slug, NO_MATCH, "", "its trigger's expression did not hold for the event"])
                     continue
                 limits = self.store.function_limits(fn.config)
                 # debounce and batching gather events into one run, and ignore event-id dedupe
@@ -183,6 +188,7 @@ class Ingest:
                 checks = flow_starts.start_checks(fn.flow, fn.slug, run_id, bindings, self.store.limits)
                 if checks.count:
                     described[run_id] = (fn.slug, event_dict)
+                runs.event_no, runs.gathers = event_no, gather is not None
                 await self.store.create_run(
                     run_id=run_id,
                     fn_slug=fn.slug,
@@ -198,6 +204,14 @@ class Ingest:
                     pipe=runs,
                     gather=gather,
                 )
+            batch_keys += [
+                keys.event(event_id),
+                keys.recent_events(event.name),
+                keys.events_named(event.name),
+                keys.event_outcomes(event_id),
+                *keys.every_shard(keys.waits, event.name),
+            ]
+            batch_args += [event_id, pack(event_dict), pack(known)]
         reply = await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])
         if reply[0] == b"stale":
             return None

@@ -69,6 +69,16 @@ SHARD_SHAPES = {
     "timers": Shape(f"{PREFIX}:", ":timers"),  # zset ``queue|run|position`` -> due ms: sleeping runs
     "timers_lock": Shape(f"{PREFIX}:", ":lock:timers"),  # the one process reviving the shard's lost timers
     "dead": Shape(f"{PREFIX}:", ":dead"),  # the shard's queue entries no worker could run, newest first
+    # The run lists' indexes (runtime/run_index.lua writes them, runtime/queries.py reads them):
+    "run_counts": Shape(f"{PREFIX}:", ":runs:counts"),  # hash ``<slug>|<status>`` -> runs now in it (not ended)
+    "runs_expiry": Shape(f"{PREFIX}:", ":runs:expiry"),  # zset ended run (msgpack) -> when its record expires
+}
+#: A shard's run indexes by one value (their argument: an event name, a status, or ``<slug>|<status>``);
+#: zsets run_id -> created ms, but ``runs_ended``: run_id -> ended ms, the last hour. Every run is in
+#: one status's and one function-and-status's: all runs, or a function's, are their unions.
+INDEX_SHAPES = {
+    kind: Shape(f"{PREFIX}:", f":runs:{kind.removeprefix('runs_')}:")
+    for kind in ("runs_ev", "runs_st", "runs_fs", "runs_ended")
 }
 
 
@@ -193,6 +203,39 @@ def runs_done(shard: int) -> str:
     return SHARD_SHAPES["runs_done"].build(SHARD_TAGS[shard])
 
 
+def run_counts(shard: int) -> str:
+    """How many runs of the shard are in each status that is not an end (hash ``<slug>|<status>`` ->
+    count), kept by the one Lua function every status change goes through (set_status)."""
+    return SHARD_SHAPES["run_counts"].build(SHARD_TAGS[shard])
+
+
+def runs_expiry(shard: int) -> str:
+    """The shard's ended runs (msgpack ``[run_id, slug, status, event name]``) -> when their records
+    expire: the runs to drop from the indexes then."""
+    return SHARD_SHAPES["runs_expiry"].build(SHARD_TAGS[shard])
+
+
+def runs_by_event(shard: int, event_name: str) -> str:
+    """The runs started by events of one name (zset run_id -> created ms)."""
+    return INDEX_SHAPES["runs_ev"].build(SHARD_TAGS[shard], event_name)
+
+
+def runs_by_status(shard: int, status: str) -> str:
+    """The runs in one status now (zset run_id -> created ms); an ended run leaves it when its record
+    expires."""
+    return INDEX_SHAPES["runs_st"].build(SHARD_TAGS[shard], status)
+
+
+def runs_by_function_status(shard: int, slug: str, status: str) -> str:
+    """The runs of one function in one status now (zset run_id -> created ms)."""
+    return INDEX_SHAPES["runs_fs"].build(SHARD_TAGS[shard], f"{slug}|{status}")
+
+
+def recent_ends(shard: int, slug: str, status: str) -> str:
+    """The runs of one function that ended in ``status`` within the last hour (zset run_id -> ended ms)."""
+    return INDEX_SHAPES["runs_ended"].build(SHARD_TAGS[shard], f"{slug}|{status}")
+
+
 def timers(shard: int) -> str:
     return SHARD_SHAPES["timers"].build(SHARD_TAGS[shard])
 
@@ -272,6 +315,19 @@ def every_shard(builder: Callable[..., str], *args: str) -> list[str]:
 # -- the registry and the event log (no shard) ---------------------------------------------------------
 
 EVENTS = f"{PREFIX}:events"  # zset event id -> received ms, trimmed to the retention period
+
+
+def events_named(event_name: str) -> str:
+    """The stored events of one name (zset event id -> received ms, trimmed to the retention period)."""
+    return f"{PREFIX}:events:name:{event_name}"
+
+
+def event_outcomes(event_id: str) -> str:
+    """What a stored event did, per function it reached (msgpack list of ``[slug, outcome, run_id,
+    reason]``: runtime/event_queries.py); expires with the event."""
+    return f"{PREFIX}:outcomes:{event_id}"
+
+
 #: The registry's keys start with this (one hash tag: one slot).
 REGISTRY = f"{PREFIX}:{{registry}}"
 FUNCTIONS = f"{REGISTRY}:functions"  # hash slug -> msgpack config
@@ -379,7 +435,7 @@ def lua_prelude() -> str:
         lines.append(f"local function key_{name}(id) return {body} end")
     for name, shape in (RUN_SHAPES | JOB_SHAPES).items():
         lines.append(_lua_shaped(name, shape, "tag_of(id)", "id"))
-    for name, shape in (QUEUE_SHAPES | SLOT_SHAPES).items():
+    for name, shape in (QUEUE_SHAPES | SLOT_SHAPES | INDEX_SHAPES).items():
         lines.append(_lua_shaped(name, shape, "tag", "id"))
     for name, shape in SHARD_SHAPES.items():
         lines.append(_lua_shaped(name, shape, "tag", None))

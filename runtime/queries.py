@@ -8,12 +8,15 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import keys
+from . import keys, run_index
 from .codec import unpack
+from .event_queries import event_run_ids
 from .gather import gathered
 from .registry import Registry
+from .run_filter import RunFilter as RunFilter  # re-exported: the queries take it
+from .run_index import Position, decode_cursor, encode_cursor
 from .run_status import RunStatus
-from .shards import shard_of, shards
+from .shards import shard_of
 
 
 @dataclasses.dataclass(slots=True)
@@ -70,6 +73,8 @@ class RunView:
     waiting: str | None = None
     #: The events a debounced or batched run gathers (runtime/gather.py), or None.
     gathered: dict[str, Any] | None = None
+    #: The name of the event that started the run (its first, for a batch), or None (older runs).
+    event_name: str | None = None
 
     @property
     def duplicate_executions(self) -> int:
@@ -109,6 +114,7 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         waiting_for=text("slot_wait") or None,
         waited=text("waited") or None,
         held_ms=_int(raw.get(b"held_ms")) or 0,
+        event_name=text("ev") or None,
         **_gather_view(raw),
     )
 
@@ -163,41 +169,141 @@ async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunV
     return view
 
 
-def _indexes(shard: int) -> tuple[tuple[str, bool], ...]:
-    """A shard's run indexes, each with whether it holds ended runs."""
-    return (keys.runs_active(shard), False), (keys.runs_done(shard), True)
+# -- filtered lists, counts and search (the dashboard's and the bulk actions' read model) -------------
+
+
+@dataclasses.dataclass(slots=True)
+class RunPage:
+    """One page of runs, newest first."""
+
+    runs: list[RunView]
+    #: Opaque: pass it back to ``find_runs`` for the next (older) page; None on the last page.
+    cursor: str | None
+    #: The page stopped at the scan bound before it was full: more runs may match further on
+    #: (``cursor`` goes on from where the scan stopped).
+    truncated: bool = False
+
+
+#: Index entries one page looks at, at most: a filter its index does not cover (an event name and a
+#: function, say) may match few of them; the page then returns what it found (``truncated``).
+PAGE_SCAN_MAX = 5000
+#: Index entries ``run_ids`` and ``count_runs`` look at, at most, for a filter its index does not cover.
+BULK_SCAN_MAX = 200_000
+_LIGHT_FIELDS = ("fn", "app", "status", "created", "ev")
+
+
+async def _matching(redis: Redis, flt: RunFilter, index: run_index.Plan, positions: list[Position]) -> list[Position]:
+    """The positions whose runs match ``flt``: all of them when the index covers it; else those in
+    the other indexes the filter needs (``run_index.members``), and, when a field has no index,
+    whose records match (a few fields of each, read in one round trip)."""
+    positions = await run_index.members(redis, index, positions)
+    if not index.records or not positions:
+        return positions
+    async with redis.pipeline(transaction=False) as pipe:
+        for _, run_id in positions:
+            pipe.hmget(keys.run(run_id), list(_LIGHT_FIELDS))
+        replies = await pipe.execute()
+    found = []
+    for position, values in zip(positions, replies, strict=True):
+        if values[0] is None:
+            continue  # expired: its index entries go at the shard's next run end
+        raw = {name.encode(): value for name, value in zip(_LIGHT_FIELDS, values, strict=True) if value is not None}
+        if flt.matches(_run_view(position[1], raw)):
+            found.append(position)
+    return found
+
+
+async def _views(redis: Redis, run_ids: list[str]) -> list[RunView]:
+    """The runs' views without their steps, in the order given (runs gone meanwhile left out)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.hgetall(keys.run(run_id))
+        records = await pipe.execute()
+    return [_run_view(run_id, raw) for run_id, raw in zip(run_ids, records, strict=True) if raw]
+
+
+async def find_runs(redis: Redis, flt: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
+    """A page of the runs matching ``flt``, newest first (by creation); ``cursor`` (from the previous
+    page) continues with older ones. Reads the filter's most selective index (runtime/run_index.py)
+    and looks at ``PAGE_SCAN_MAX`` of its entries at most. ValueError for a malformed cursor or a
+    limit below 1."""
+    if limit < 1:
+        raise ValueError(f"limit: must be at least 1, got {limit}")
+    after = decode_cursor(cursor) if cursor else None
+    index = await run_index.plan(redis, flt)
+    chunk = limit + 1 if index.covered else max(500, 4 * limit)
+    merged = run_index.Merged(redis, index.keys, flt, after, chunk)
+    matches: list[Position] = []
+    examined = 0
+    last: Position | None = None
+    exhausted = False
+    while len(matches) <= limit and examined < PAGE_SCAN_MAX:
+        batch = await merged.take(min(chunk, PAGE_SCAN_MAX - examined))
+        if not batch:
+            exhausted = True
+            break
+        examined += len(batch)
+        last = batch[-1]
+        matches += await _matching(redis, flt, index, batch)
+    page = matches[:limit]
+    views = await _views(redis, [run_id for _, run_id in page])  # a run expired meanwhile is left out
+    if len(matches) > limit:
+        return RunPage(views, encode_cursor(page[-1]))
+    if exhausted or last is None:
+        return RunPage(views, None)
+    return RunPage(views, encode_cursor(last), truncated=True)
+
+
+async def _matching_ids(redis: Redis, flt: RunFilter, cap: int) -> tuple[list[str], bool]:
+    """Up to ``cap`` ids of matching runs, newest first, and whether the scan stopped at its bound."""
+    index = await run_index.plan(redis, flt)
+    merged = run_index.Merged(redis, index.keys, flt, None, 1000)
+    found: list[str] = []
+    examined = 0
+    while len(found) < cap:
+        if examined >= BULK_SCAN_MAX:
+            return found, True
+        batch = await merged.take(1000)
+        if not batch:
+            break
+        examined += len(batch)
+        found += [run_id for _, run_id in await _matching(redis, flt, index, batch)]
+    return found[:cap], False
+
+
+async def run_ids(redis: Redis, flt: RunFilter, *, cap: int) -> list[str]:
+    """The ids of the runs matching ``flt``, newest first, at most ``cap`` of them (bulk actions).
+    A filter its index does not cover looks at ``BULK_SCAN_MAX`` index entries at most."""
+    return (await _matching_ids(redis, flt, cap))[0]
+
+
+async def count_runs(redis: Redis, flt: RunFilter, *, cap: int) -> tuple[int, bool]:
+    """How many runs match ``flt``, counting up to ``cap``: (count, whether the count reached the cap,
+    or the scan its bound: more may match). A filter one index covers is counted by the index."""
+    index = await run_index.plan(redis, flt)
+    if index.covered:
+        n = await run_index.count_in(redis, index, flt)
+        return min(n, cap), n >= cap
+    found, bounded = await _matching_ids(redis, flt, cap)
+    return len(found), bounded or len(found) >= cap
+
+
+async def search_runs(redis: Redis, text: str) -> list[RunView]:
+    """The run whose id is ``text``, or the runs the event with id ``text`` started (newest first);
+    [] when neither is known."""
+    text = text.strip()
+    if not text or len(text) > 200:
+        return []
+    view = await get_run(redis, text, with_steps=False)
+    if view is not None:
+        return [view]
+    ids = await event_run_ids(redis, text)
+    views = await _views(redis, ids)
+    return sorted(views, key=lambda v: (v.created_ms, v.run_id), reverse=True)
 
 
 async def list_runs(
     redis: Redis, *, function: str | None = None, status: RunStatus | None = None, limit: int = 20
 ) -> list[RunView]:
     """The newest runs first, active and finished, optionally filtered by function and status."""
-    found: list[RunView] = []
-    indexes = [(index, terminal) for shard in shards() for index, terminal in _indexes(shard)]
-    for index, terminal in indexes:
-        if status is not None and status.terminal != terminal:
-            continue  # ended runs are indexed as done, the others as active
-        offset, page = 0, max(50, limit)
-        while True:
-            ids = await redis.zrevrange(index, offset, offset + page - 1)
-            if not ids:
-                break
-            async with redis.pipeline(transaction=False) as pipe:
-                for run_id in ids:
-                    pipe.hgetall(keys.run(run_id.decode()))
-                records = await pipe.execute()
-            for run_id, raw in zip(ids, records, strict=True):
-                if not raw:
-                    continue
-                view = _run_view(run_id.decode(), raw)
-                if function and function not in (view.function, view.function.removeprefix(view.app_id + "-")):
-                    continue
-                if status and view.status != status:
-                    continue
-                found.append(view)
-            if len(found) >= limit * 2 or len(ids) < page:
-                break
-            offset += page
-    # A run that ended while we read both indexes appears in each: keep its newest view.
-    unique = {view.run_id: view for view in found}
-    return sorted(unique.values(), key=lambda v: v.created_ms, reverse=True)[:limit]
+    return (await find_runs(redis, RunFilter(function=function, status=status), limit=limit)).runs

@@ -93,6 +93,8 @@ class CreateRunArgs(ScriptArgs):
     defaults: str = ""
     #: '' or how the run gathers events (debounce, batching: runtime/gather.py, lua/gather.lua).
     gather: str = ""
+    #: The name of the event that started the run (its first), for the run lists; '' for none.
+    event_name: str = ""
 
 
 #: The scripts whose ARGV are named, by script name.

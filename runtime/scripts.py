@@ -39,12 +39,14 @@ def script_text(name: str) -> str:
 @cache
 def prelude() -> str:
     """What every script starts with: the key names (generated from ``stepq.runtime.keys``), then
-    the shared helpers of prelude.lua and the concurrency limits' of slots.lua."""
+    the run indexes' helpers of run_index.lua, the shared helpers of prelude.lua and the concurrency
+    limits' of slots.lua."""
     return (
         shards.lua_prelude()
         + keys.lua_prelude()
         + run_status.lua_prelude()
         + jobs.lua_prelude()
+        + script_text("run_index")
         + script_text("prelude")
         + script_text("slots")
     )

@@ -277,6 +277,7 @@ class RunStore:
                     n_flow=checks.count,
                     defaults=self._defaults,
                     gather=gather.arg if gather else "",
+                    event_name=events[0].name if events else "",
                 ).argv(),
                 *checks.args,
                 *(arg for rule in rules for arg in rule.args()),

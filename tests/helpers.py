@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 
@@ -25,7 +26,25 @@ import stepq
 from stepq.runtime import keys
 from stepq.runtime.queries import RunView, get_run, list_runs
 
-REDIS_URL = os.environ.get("STEPQ_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15"
+
+def _test_database(base_url: str, worker: str | None) -> str:
+    """The database this test process uses: ``base_url``'s, or under pytest-xdist (``worker`` is
+    ``gw0``, ``gw1``...) the base's number minus the worker's index, so that processes running tests
+    side by side never flush each other's data (15 and 14 with two processes)."""
+    if not worker or not worker.startswith("gw"):
+        return base_url
+    parts = urlsplit(base_url)
+    path = parts.path.strip("/")
+    number = int(path) if path.isdigit() else 0
+    index = int(worker[2:])
+    if index > number:
+        raise RuntimeError(f"{index + 1} test processes need databases {number} down to 0; run fewer (-n)")
+    return urlunsplit(parts._replace(path=f"/{number - index}"))
+
+
+REDIS_URL = _test_database(
+    os.environ.get("STEPQ_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15", os.environ.get("PYTEST_XDIST_WORKER")
+)
 ROOT = Path(__file__).resolve().parent.parent
 # The `stepq` command, run by the venv's interpreter whatever PATH holds.
 STEPQ_CLI = [sys.executable, "-m", "stepq.workers.cli"]

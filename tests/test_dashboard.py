@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 import stepq
 from stepq.runtime.api import ApiServer, ApiSettings
 from tests.helpers import REDIS_URL, StartWorkers, run_ids_for_event, wait_for_run
+from tests.http_fixtures import free_port
 
 SCRIPT = "<script>alert(1)</script>"
 TOKEN = "dash-token-0123456789"
@@ -72,6 +73,8 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
             assert served.status_code == 200 and "immutable" in served.headers["cache-control"], asset
         assert (await http.get("/ui/static/../auth.py")).status_code == 404
 
+        row = re.search(rf'<tr data-run-id="{order}">.*?</tr>', runs.text, re.S)
+        assert row and "dash/order" in row.group(0) and "t-dash-orders" in row.group(0)
         failed = await http.get("/ui/runs/table", params={"status": "failed"})
         assert broken in failed.text and order not in failed.text and echo not in failed.text
         by_function = await http.get("/ui/runs", params={"function": "t-dash-orders"})
@@ -80,6 +83,10 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
         assert bad.status_code == 400 and "status:" in bad.text
         found = await http.get("/ui/runs", params={"q": echo})
         assert echo in found.text and order not in found.text
+        by_event_id = await http.get("/ui/runs", params={"q": order_event})
+        assert order in by_event_id.text and echo not in by_event_id.text
+        by_event_name = await http.get("/ui/runs/table", params={"event": "dash/broken", "since": "1h"})
+        assert broken in by_event_name.text and order not in by_event_name.text
 
         page = await http.get(f"/ui/runs/{order}")
         assert page.status_code == 200
@@ -94,12 +101,17 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
 
         events = await http.get("/ui/events")
         assert events.status_code == 200 and echo_event in events.text
+        assert f'href="/ui/runs/{echo}"' in events.text  # the run it started
         assert SCRIPT not in events.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in events.text
 
         functions = (await http.get("/ui/functions")).text
         for slug in ("t-dash-orders", "t-dash-broken", "t-dash-napper", "t-dash-echo"):
             assert slug in functions
         assert "dash/order" in functions and "in-process" in functions
+        row = re.search(r'<tr data-function="t-dash-broken">.*?</tr>', functions, re.S)
+        assert row and 'status=failed&amp;since=1h">1<' in row.group(0)  # failed in the last hour
+        row = re.search(r'<tr data-function="t-dash-napper">.*?</tr>', functions, re.S)
+        assert row and "sleeping <strong>1</strong>" in row.group(0)
 
         missing = await http.get("/ui/runs/nope")
         assert missing.status_code == 404
@@ -200,3 +212,20 @@ async def test_dev_mode_is_open_to_loopback_only(redis: Redis) -> None:
             remote = await http.get("/ui/runs")
             assert remote.status_code == 403 and "to this machine only" in remote.text
             assert (await http.get("/health")).status_code == 200  # the rest of the API is not the dashboard
+
+
+async def test_sessions_over_https_get_secure_cookies() -> None:
+    # The login page needs no Redis: the app is called in-process, as a TLS-terminating server would.
+    settings = ApiSettings(event_keys=("ek",), dashboard_token=TOKEN)
+    transport = httpx.ASGITransport(app=settings.create_app(REDIS_URL))
+    async with httpx.AsyncClient(transport=transport, base_url="https://stepq.example") as http:
+        cookie = (await http.get("/ui/login")).headers["set-cookie"].lower()
+    assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    async with httpx.AsyncClient(transport=transport, base_url="http://stepq.example") as http:
+        assert "secure" not in (await http.get("/ui/login")).headers["set-cookie"].lower()
+
+
+def test_a_redis_that_does_not_answer_gets_503() -> None:
+    with ApiServer(f"redis://127.0.0.1:{free_port()}/0", settings=ApiSettings(dev=True)) as server:
+        page = httpx.get(f"{server.url}/ui/runs", timeout=30)
+    assert page.status_code == 503 and page.text.startswith("Redis ") and page.headers["retry-after"] == "1"

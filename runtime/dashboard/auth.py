@@ -26,10 +26,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+import structlog
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..redis_errors import unavailable_reason
+
+log = structlog.get_logger("stepq.dashboard")
 
 #: How long a login lasts.
 DEFAULT_SESSION_MAX_AGE_S = 12 * 3600
@@ -229,6 +234,20 @@ def _dev_refusal(request: Request) -> Response | None:
     return None
 
 
+async def _answered(handler: Handler, request: Request) -> Response:
+    """The handler's answer; a Redis that cannot serve now answers 503 saying so, anything else 500
+    (logged by type and path only: an error's text could quote event data)."""
+    try:
+        return await handler(request)
+    except Exception as exc:
+        reason = unavailable_reason(exc)
+        if reason is not None:
+            log.warning("dashboard.redis_unavailable", path=request.url.path, reason=reason)
+            return PlainTextResponse(f"Redis {reason}; retry in a moment", 503, headers={"Retry-After": "1"})
+        log.error("dashboard.unexpected_error", path=request.url.path, error_type=type(exc).__name__)
+        return PlainTextResponse(f"internal error ({type(exc).__name__}); see the API's log", 500)
+
+
 def page(handler: Handler) -> Handler:
     """A page: needs a session (else a redirect to the login form, or 401 for an htmx request)."""
 
@@ -241,7 +260,7 @@ def page(handler: Handler) -> Handler:
             if request.headers.get("hx-request"):
                 return PlainTextResponse("log in first", 401, headers={"HX-Redirect": login_url(request)})
             return RedirectResponse(login_url(request), 303)
-        return await handler(request)
+        return await _answered(handler, request)
 
     return guarded
 
@@ -258,7 +277,7 @@ def action(handler: Handler) -> Handler:
             return PlainTextResponse("log in first: this action needs a dashboard session", 401)
         if not await csrf_ok(request):
             return PlainTextResponse("missing or wrong CSRF token: reload the page and try again", 403)
-        return await handler(request)
+        return await _answered(handler, request)
 
     return guarded
 
@@ -269,7 +288,7 @@ def public(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def guarded(request: Request) -> Response:
         refused = _dev_refusal(request)
-        return refused if refused is not None else await handler(request)
+        return refused if refused is not None else await _answered(handler, request)
 
     return guarded
 

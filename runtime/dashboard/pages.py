@@ -19,6 +19,7 @@ from stepq.event import Event
 from .. import keys, lifecycle
 from ..codec import unpack
 from ..ingest import Ingest
+from ..queries import run_ids
 from ..run_status import RunStatus
 from . import auth, sources, views
 
@@ -55,8 +56,9 @@ def flash(request: Request, message: str, kind: str = "ok") -> None:
 
 
 def render(request: Request, template: str, context: dict[str, Any], status: int = 200) -> Response:
-    session = auth.session_of(request)
-    shown = session.pop("flash", None)
+    """``template`` with ``context`` and what every page shows (CSRF token, message, mode...)."""
+    # A live refresh (htmx) leaves the message for the page it belongs to.
+    shown = None if request.headers.get("hx-request") else auth.session_of(request).pop("flash", None)
     base = {
         "request": request,
         "root": request.scope.get("root_path", ""),
@@ -98,16 +100,23 @@ async def _runs_context(request: Request) -> dict[str, Any]:
     q = request.query_params
     search = (q.get("q") or "").strip()
     cursor = q.get("cursor") or None
+    runs: list[sources.RunView] = []
+    next_cursor, truncated = None, False
     if search:
-        runs, next_cursor = await sources.search_runs(_redis(request), search), None
-    else:
-        page = await sources.find_runs(_redis(request), flt, limit=PAGE_SIZE, cursor=cursor)
-        runs, next_cursor = page.runs, page.cursor
+        runs = await sources.search_runs(_redis(request), search)
+    elif problem is None:
+        try:
+            page = await sources.find_runs(_redis(request), flt, limit=PAGE_SIZE, cursor=cursor)
+        except ValueError as exc:  # a cursor that is not one of ours
+            problem = str(exc)
+        else:
+            runs, next_cursor, truncated = page.runs, page.cursor, page.truncated
     form = {k: q.get(k, "") for k in ("function", "status", "since", "until", "event", "q")}
     # The live table keeps the page's query; the first page only is refreshed (a later page stays put).
     return {
         "runs": runs,
         "cursor": next_cursor,
+        "truncated": truncated,
         "form": form,
         "problem": problem,
         "search": search,
@@ -237,8 +246,13 @@ async def functions_page(request: Request) -> Response:
 async def _events_context(request: Request) -> dict[str, Any]:
     q = request.query_params
     name = (q.get("name") or "").strip() or None
-    page = await sources.recent_events(_redis(request), limit=PAGE_SIZE, cursor=q.get("cursor") or None, name=name)
-    return {"events": page.events, "cursor": page.cursor, "name": name or "", "form": {"name": "", "data": "{}"}}
+    context: dict[str, Any] = {"events": [], "cursor": None, "name": name or "", "form": {"name": "", "data": "{}"}}
+    try:
+        page = await sources.recent_events(_redis(request), limit=PAGE_SIZE, cursor=q.get("cursor") or None, name=name)
+    except ValueError as exc:  # a cursor that is not one of ours
+        context["problem"] = str(exc)
+        return context
+    return context | {"events": page.events, "cursor": page.cursor}
 
 
 @auth.page
@@ -283,7 +297,7 @@ def _bulk_filter(values: Any) -> tuple[sources.RunFilter | None, str | None]:
         )
     except ValueError as exc:
         return None, str(exc)
-    if not (flt.function or flt.status or flt.since_ms or flt.until_ms or flt.event_name):
+    if flt.empty:
         return None, "choose at least one filter: a bulk action on every run is too easy to do by mistake"
     return flt, None
 
@@ -313,10 +327,10 @@ async def bulk_apply(request: Request) -> Response:
     if action == "replay":
         flash(request, "bulk replay is not available in this build yet", "error")
         return _back(request, "/bulk")
-    page = await sources.find_runs(_redis(request), flt, limit=BULK_CAP)
+    selected = await run_ids(_redis(request), flt, cap=BULK_CAP)
     done = 0
-    for run in page.runs:
-        outcome = await lifecycle.cancel(_ingest(request), run.run_id, "cancelled from the dashboard (bulk)")
+    for run_id in selected:
+        outcome = await lifecycle.cancel(_ingest(request), run_id, "cancelled from the dashboard (bulk)")
         done += outcome.value == "ok"
-    flash(request, f"bulk cancel: {done} of {len(page.runs)} run(s) cancelled")
+    flash(request, f"bulk cancel: {done} of {len(selected)} run(s) cancelled")
     return _back(request, "/bulk")

@@ -241,3 +241,8 @@ def lay_out(rows: Sequence[Row], now_ms: int, origin_ms: int | None) -> Scale:
             if attempt.start_ms is not None:
                 attempt.bar = scale.bar(Span(attempt.start_ms, attempt.end_ms), now_ms)
     return scale
+
+
+def outcome_class(outcome: str) -> str:
+    """The badge class of what an event did for a function (runtime/event_queries.py OUTCOMES)."""
+    return {"started": "st-completed", "joined": "st-running", "skipped": "st-waiting"}.get(outcome, "st-other")

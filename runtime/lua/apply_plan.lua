@@ -143,7 +143,8 @@ local function sleep(b)
   if why then
     return why
   end
-  redis.call('HSET', RUN, 'status', STATUS_SLEEPING, 'timer', member, 'sleep_key', key, 'sleep_name', name)
+  set_status(run_id, STATUS_SLEEPING)
+  redis.call('HSET', RUN, 'timer', member, 'sleep_key', key, 'sleep_name', name)
   redis.call('ZADD', TIMERS, due, member)
   redis.call('HDEL', RUN, 'next_job')
   enqueue_at(9, payload, due)
@@ -162,7 +163,8 @@ local function fan_out(b)
     return 'stale'
   end
   redis.call('DEL', PENDING)
-  redis.call('HSET', RUN, 'join_id', join_id, 'join_job', join_payload, 'status', status)
+  set_status(run_id, status)
+  redis.call('HSET', RUN, 'join_id', join_id, 'join_job', join_payload)
   -- After steps ran in parallel, the next call asks the SDK to plan rather than run (Inngest's
   -- ForceStepPlan); one planned step at a time lifts it.
   if force_plan == 1 then
@@ -202,7 +204,8 @@ local function finish(b)
   if why then
     return why
   end
-  redis.call('HSET', RUN, 'status', status, field, blob, 'ended', now)
+  set_status(run_id, status)
+  redis.call('HSET', RUN, field, blob, 'ended', now)
   close_run(run_id, now, run_limits(RUN, defaults).retention)
   notify_parent(RUN, field, blob, now, defaults)
   return 'ok'

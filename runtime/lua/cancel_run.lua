@@ -9,7 +9,8 @@ if why then
   return reply(why)
 end
 local defaults = limits_of(ARGV[5], ARGV[3])
-redis.call('HSET', run, 'status', STATUS_CANCELLED, 'error', ARGV[4], 'ended', ARGV[2])
+set_status(ARGV[1], STATUS_CANCELLED)
+redis.call('HSET', run, 'error', ARGV[4], 'ended', ARGV[2])
 close_run(ARGV[1], tonumber(ARGV[2]), run_limits(run, defaults).retention)
 notify_parent(run, 'error', ARGV[4], tonumber(ARGV[2]), defaults)
 return reply('ok')

@@ -38,8 +38,10 @@ if #checks > 0 then
     -- a skipped start: a run-list entry with the reason, ended at once, no job (the dedupe key
     -- names it, so a resent event is not charged again)
     local limits = limits_in(ARG.limits, defaults)
-    redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'status', STATUS_SKIPPED,
-      'created', ARG.now_ms, 'ended', ARG.now_ms, 'event_ids', ARG.event_ids, 'reason', why)
+    redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]),
+      'created', ARG.now_ms, 'ended', ARG.now_ms, 'event_ids', ARG.event_ids, 'reason', why, 'ev', ARG.event_name)
+    index_new_run(ARG.run_id, ARG.event_name, ARG.now_ms)
+    set_status(ARG.run_id, STATUS_SKIPPED)
     if ARG.limits ~= '' then
       redis.call('HSET', KEYS[1], 'lim', ARG.limits)
     end
@@ -54,8 +56,10 @@ if #checks > 0 then
     return {2, ARG.run_id, why}
   end
 end
-redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'status', STATUS_QUEUED, 'created', ARG.now_ms,
-  'event_ids', ARG.event_ids, 'fence', '0', 'state_bytes', string.len(ARG.events_blob))
+redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'created', ARG.now_ms,
+  'event_ids', ARG.event_ids, 'fence', '0', 'state_bytes', string.len(ARG.events_blob), 'ev', ARG.event_name)
+index_new_run(ARG.run_id, ARG.event_name, ARG.now_ms)
+set_status(ARG.run_id, STATUS_QUEUED)
 redis.call('SET', KEYS[2], ARG.events_blob)
 if ARG.parent ~= '' then
   redis.call('HSET', KEYS[1], 'parent', ARG.parent)

@@ -148,7 +148,8 @@ local function cancel_replaced(old, new, now, defaults)
   local run = key_run(old)
   local reason = 'singleton: replaced by ' .. new
   local blob = cmsgpack.pack({name = 'Cancelled', message = reason, stack = ''})
-  redis.call('HSET', run, 'status', STATUS_CANCELLED, 'error', blob, 'ended', now, 'reason', reason)
+  set_status(old, STATUS_CANCELLED)
+  redis.call('HSET', run, 'error', blob, 'ended', now, 'reason', reason)
   close_run(old, now, run_limits(run, defaults).retention)
   notify_parent(run, 'error', blob, now, defaults)
 end

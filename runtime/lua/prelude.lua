@@ -194,6 +194,7 @@ local function index_done(run_id, now, retention_s)
   redis.call('ZREM', key_runs_active(tag), run_id)
   redis.call('ZADD', done, now, run_id)
   redis.call('ZREMRANGEBYSCORE', done, '-inf', now - retention_s * 1000)
+  index_ended(run_id, now, retention_s)
 end
 
 local function close_run(run_id, now, retention_s)
@@ -276,7 +277,8 @@ local function fail_for_state(run_id, key, name, size, limits, defaults, now)
     limits.max_state, step_name(run_id, key, name), size)
   local run = key_run(run_id)
   local blob = limit_error(message)
-  redis.call('HSET', run, 'status', STATUS_FAILED, 'error', blob, 'ended', now)
+  set_status(run_id, STATUS_FAILED)
+  redis.call('HSET', run, 'error', blob, 'ended', now)
   close_run(run_id, now, limits.retention)
   ENDED[#ENDED + 1] = run_id
   notify_parent(run, 'error', blob, now, defaults)
@@ -341,7 +343,7 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
       redis.call('HSET', run, 'next_job', join[1])
       redis.call('HDEL', run, 'join_id', 'join_job')
     end
-    redis.call('HSET', run, 'status', STATUS_RUNNING)
+    set_status(run_id, STATUS_RUNNING)
     return 'joined'
   end
   return 'ok'
@@ -417,7 +419,7 @@ local function load_run(run_id, position, known, fence_field, now, kind, step_ke
   end
   local fence = redis.call('HINCRBY', run, fence_field, 1)
   if status == STATUS_QUEUED or status == STATUS_SLEEPING then
-    redis.call('HSET', run, 'status', STATUS_RUNNING)
+    set_status(run_id, STATUS_RUNNING)
   end
   local first = redis.call('HSETNX', run, 'started', now)
   local ids = redis.call('HMGET', run, 'fn', 'q', 'created', 'force_plan')

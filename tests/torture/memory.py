@@ -25,8 +25,12 @@ ALLOWED_KEYS = {
     "stepq:event": 1,
     "stepq:recent": 2,
     "stepq:waitpaths": 8,
-    "stepq:events": 1,
-    "stepq:runs": 2,
+    # the events index, and the probe's name's; the probe event's outcomes
+    "stepq:events": 2,
+    "stepq:outcomes": 1,
+    # the done runs; the probe's entries in the run lists' indexes (runtime/lua/run_index.lua): by
+    # event name, by status, by function and status, recent ends, expiry
+    "stepq:runs": 6,
     # per queue, while its workers run (two queues here): the mover's lease and wake time, a token
     "queue wake-up keys": 6,
 }
