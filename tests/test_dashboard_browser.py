@@ -2,7 +2,8 @@
 
 One Chromium, one dev-mode API and one worker (tests/apps/dashboard.py) serve the whole module; each
 test makes its own runs and finds them by id, so the tests do not depend on each other's order.
-The login test starts a second API, in production mode with a dashboard token, on the same Redis.
+The login test starts a second API, in production mode with a dashboard token, on the same Redis;
+the last test runs scripts/screenshots end to end (its own Redis, worker, API and Chromium).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from tests.http_fixtures import clean_environ
 
 pytestmark = pytest.mark.timeout(120)
 
-APP = "t-dashboard"
 TOKEN = "browser-test-dashboard-token-0123456789"
 #: How long a page may take to show what a test waits for (live updates poll every few seconds).
 UI_WAIT_MS = 10_000
@@ -51,6 +51,7 @@ def stack(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 async def db(stack: DashboardStack) -> AsyncIterator[Redis]:
+    """The test database (flushed once, when the stack started)."""
     client = connect(REDIS_URL)
     yield client
     await client.aclose()
