@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, float] = {
     "flow": 600,
     "queries": 600,
     "dashboard": 600,
+    "tracing": 300,
 }
 
 

@@ -21,6 +21,13 @@ Routes:
   ``use_api`` because the state was too large to send.
 - ``/ui``: the dashboard (``stepq.runtime.dashboard``; ``/`` redirects there): open to loopback
   clients in dev mode, behind a login with ``STEPQ_DASHBOARD_TOKEN`` or the signing key otherwise.
+- Operator actions (``stepq.runtime.actions``), answering JSON: ``POST /v0/runs/{run_id}/cancel``
+  (body ``{"reason"}`` optional; 409 when the run had ended), ``POST /v0/runs/{run_id}/replay``,
+  ``POST /v0/runs/{run_id}/resume`` (body ``{"step": "<step key or name>"}``), and by filter
+  ``POST /v0/runs/cancel`` and ``POST /v0/runs/replay`` (body: ``function``, ``status``, ``since``,
+  ``until``, ``event``, ``"dry_run": true`` for the count only, ``cap``; a cancel's ``reason``).
+  400 names a bad field, 404 an unknown run, 409 a run that cannot take the action now (it still
+  runs, it never started, its function is gone).
 - ``GET /v0/runs`` (filtered, paged, or a search), ``GET /v0/functions``, ``GET /v0/events`` and
   ``GET /v0/events/{id}``: the read model (``stepq.runtime.api_reads``); 400 naming a bad parameter.
 
@@ -72,8 +79,10 @@ from stepq.errors import FunctionConfigError, InvalidEventError
 from stepq.event import MAX_EVENT_DEPTH, Event
 from stepq.jsonvalue import json_type
 from stepq.signing import bearer_matches
+from stepq.tracing import normalized_traceparent
 
 from . import api_reads
+from .actions import BULK_CAP, DEFAULT_REASON, ActionRefused, Actions
 from .app_urls import ENV as ALLOWED_APP_HOSTS_ENV
 from .app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
 from .codec import unpack
@@ -84,7 +93,7 @@ from .inngest_config import checksum, parse_register
 from .keys import events as run_events_key
 from .keys import memo as run_memo_key
 from .limits import Limits, MiB
-from .queries import get_run
+from .queries import RunFilter, get_run
 from .redis_errors import unavailable_reason
 from .registry import FunctionOwnedError, Registry
 from .store import RunStore
@@ -270,6 +279,7 @@ def create_app(
         app.state.redis = redis
         app.state.ingest = Ingest(redis, store, Registry(redis, store.scripts))
         dashboard.state.redis, dashboard.state.ingest = redis, app.state.ingest
+        app.state.actions = Actions(app.state.ingest)
         try:
             yield
         finally:
@@ -289,7 +299,8 @@ def create_app(
         events = _parse_events(body, max_event_bytes)
         ingest: Ingest = request.app.state.ingest
         try:
-            ids = await ingest.send(events)
+            # the sender's span, as Inngest's event API takes it: an invalid header is ignored (W3C)
+            ids = await ingest.send(events, traceparent=normalized_traceparent(request.headers.get("traceparent")))
         except InvalidEventError as exc:
             raise _Refused(400, str(exc)) from None
         log.debug("api.events", count=len(ids), ms=round((time.perf_counter() - started) * 1000, 2))
@@ -401,8 +412,108 @@ def create_app(
         memo = await request.app.state.redis.hgetall(run_memo_key(request.path_params["run_id"]))
         return _Json({k.decode(): unpack(v) for k, v in memo.items()})
 
+    # -- operator actions (runtime/actions.py) ------------------------------------------------------
+
+    async def action_body(request: Request, allowed: frozenset[str]) -> dict[str, Any]:
+        """The request's JSON object (an empty body is {}); 400 naming a field not in ``allowed``."""
+        body = await _read_body(request, request_cap)
+        if not body.strip():
+            return {}
+        try:
+            payload = _loads(body)
+        except ValueError as exc:
+            raise _Refused(400, str(exc)) from None
+        if not isinstance(payload, dict):
+            raise _Refused(400, f"body: expected a JSON object, got {json_type(payload)}")
+        unknown = sorted(set(payload) - allowed)
+        if unknown:
+            raise _Refused(400, f"body.{unknown[0]}: unknown field; the fields are {', '.join(sorted(allowed))}")
+        return payload
+
+    def text_field(payload: dict[str, Any], name: str) -> str | None:
+        value = payload.get(name)
+        if value is not None and not isinstance(value, str):
+            raise _Refused(400, f"body.{name}: expected text, got {json_type(value)}")
+        return value
+
+    async def act(request: Request, what: str, action: Callable[[Actions], Awaitable[Any]]) -> Response:
+        require_signing_key(request, what)
+        try:
+            done = await action(request.app.state.actions)
+        except ActionRefused as refused:
+            raise _Refused(refused.status, str(refused)) from None
+        return _Json(done.to_dict())
+
+    @_guarded("run_cancel", _plain_error)
+    async def run_cancel(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        require_signing_key(request, "cancelling a run")
+        reason = text_field(await action_body(request, frozenset({"reason"})), "reason") or DEFAULT_REASON
+        done = await request.app.state.actions.cancel(run_id, reason)
+        if done.outcome == "missing":
+            raise _Refused(404, f"no run {run_id!r} (unknown, or expired)")
+        if not done.cancelled:
+            raise _Refused(409, f"run {run_id} has ended already")
+        return _Json(done.to_dict())
+
+    @_guarded("run_replay", _plain_error)
+    async def run_replay(request: Request) -> Response:
+        require_signing_key(request, "replaying a run")
+        await action_body(request, frozenset())
+        return await act(request, "replaying a run", lambda a: a.replay(request.path_params["run_id"]))
+
+    @_guarded("run_resume", _plain_error)
+    async def run_resume(request: Request) -> Response:
+        require_signing_key(request, "resuming a run")
+        step = text_field(await action_body(request, frozenset({"step"})), "step")
+        if not step:
+            raise _Refused(400, "body.step: give the key or the name of the step to resume from")
+        return await act(request, "resuming a run", lambda a: a.resume(request.path_params["run_id"], step))
+
+    async def bulk(
+        request: Request, action: str, extra: frozenset[str] = frozenset()
+    ) -> tuple[RunFilter, bool, int, dict[str, Any]]:
+        """A bulk request's filter, dry_run and cap (and its body, for ``extra`` fields)."""
+        require_signing_key(request, f"{action} by filter")
+        fields = ("function", "status", "since", "until", "event")
+        payload = await action_body(request, frozenset({*fields, "dry_run", "cap"}) | extra)
+        try:
+            flt = RunFilter.parse(
+                function=text_field(payload, "function"),
+                status=text_field(payload, "status"),
+                since=text_field(payload, "since"),
+                until=text_field(payload, "until"),
+                event=text_field(payload, "event"),
+            )
+        except ValueError as exc:
+            raise _Refused(400, f"body.{exc}") from None
+        dry_run, cap = payload.get("dry_run", False), payload.get("cap", BULK_CAP)
+        if not isinstance(dry_run, bool):
+            raise _Refused(400, f"body.dry_run: expected true or false, got {json_type(dry_run)}")
+        if not isinstance(cap, int) or isinstance(cap, bool):
+            raise _Refused(400, f"body.cap: expected an integer, got {json_type(cap)}")
+        return flt, dry_run, cap, payload
+
+    @_guarded("runs_cancel", _plain_error)
+    async def runs_cancel(request: Request) -> Response:
+        flt, dry_run, cap, payload = await bulk(request, "cancelling runs", frozenset({"reason"}))
+        reason = text_field(payload, "reason") or DEFAULT_REASON
+        return await act(
+            request, "cancelling runs", lambda a: a.bulk_cancel(flt, reason=reason, cap=cap, dry_run=dry_run)
+        )
+
+    @_guarded("runs_replay", _plain_error)
+    async def runs_replay(request: Request) -> Response:
+        flt, dry_run, cap, _ = await bulk(request, "replaying runs")
+        return await act(request, "replaying runs", lambda a: a.bulk_replay(flt, cap=cap, dry_run=dry_run))
+
     return Starlette(
         routes=[
+            Route("/v0/runs/cancel", runs_cancel, methods=["POST"]),
+            Route("/v0/runs/replay", runs_replay, methods=["POST"]),
+            Route("/v0/runs/{run_id}/cancel", run_cancel, methods=["POST"]),
+            Route("/v0/runs/{run_id}/replay", run_replay, methods=["POST"]),
+            Route("/v0/runs/{run_id}/resume", run_resume, methods=["POST"]),
             Route("/e/{key}", receive_events, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/fn/register", register, methods=["POST"]),

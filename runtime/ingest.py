@@ -111,13 +111,16 @@ class Ingest:
         self.registry = registry
         self._batch = redis.register_script(batch_script())
 
-    async def send(self, events: Sequence[Event], *, internal: bool = False, only_if_wanted: bool = False) -> list[str]:
+    async def send(
+        self, events: Sequence[Event], *, internal: bool = False, only_if_wanted: bool = False, traceparent: str = ""
+    ) -> list[str]:
         """Store validated events and start the runs they trigger; return the stored events' ids.
 
         Each event gets a fresh id (a ULID); its own ``id``, when set, is the idempotency key: a
         function starts at most once per key within the dedupe window. When unset, ``event.id``
         becomes the stored id. ``internal`` allows reserved names; ``only_if_wanted`` drops events
         that no function and no wait listens to (runs' lifecycle events, sent on every run's end).
+        ``traceparent``: the sender's span (W3C, checked by the caller), continued by the runs started.
         """
         if not internal:
             for i, event in enumerate(events):
@@ -139,7 +142,7 @@ class Ingest:
                 if not keep:
                     return []
             kept = ([events[i] for i in keep], [ids[i] for i in keep], [stored[i] for i in keep])
-            waited = await self._store(*kept, route, at)
+            waited = await self._store(*kept, route, at, traceparent)
             if waited is not None:
                 break
             self.registry.forget()  # a registration changed the routes meanwhile: route again
@@ -151,7 +154,7 @@ class Ingest:
         return ids
 
     async def _store(
-        self, events: Sequence[Event], ids: list[str], stored: list[Event], route: Route, at: int
+        self, events: Sequence[Event], ids: list[str], stored: list[Event], route: Route, at: int, traceparent: str = ""
     ) -> list[bool] | None:
         """Store the events and create their runs, as routed; per event, whether some run waits
         for its name. None when the routes are stale (nothing was stored)."""
@@ -203,6 +206,7 @@ class Ingest:
                     checks=checks,
                     pipe=runs,
                     gather=gather,
+                    trace=traceparent,
                 )
             batch_keys += [
                 keys.event(event_id),

@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from . import keys, lifecycle, store, waits
+from . import keys, lifecycle, store, tracing, waits
 from .codec import unpack
 from .lifecycle import Ingest
 from .store import now_ms
@@ -42,7 +42,10 @@ async def apply(ingest: Ingest, record: waits.WaitRecord, event: dict[str, Any])
     written = await ingest.store.resolve(record.run_id, record.key, event, name="")
     log.debug("wait.resolved", run_id=record.run_id, key=record.key, outcome=written.outcome.value)
     await lifecycle.runs_failed(ingest, written.ended)
-    return int(written.outcome in (store.Outcome.OK, store.Outcome.JOINED))
+    resolved = written.outcome in (store.Outcome.OK, store.Outcome.JOINED)
+    if resolved:
+        await tracing.wait_matched(ingest.redis, record.run_id, record.key, event, written.outcome.value)
+    return int(resolved)
 
 
 async def look_back(ingest: Ingest, record: waits.WaitRecord, since_ms: int) -> bool:

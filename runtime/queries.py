@@ -75,6 +75,12 @@ class RunView:
     gathered: dict[str, Any] | None = None
     #: The name of the event that started the run (its first, for a batch), or None (older runs).
     event_name: str | None = None
+    #: Operator actions (runtime/actions.py): the run this one replays (``replay_of``) or was
+    #: resumed from (``forked_from``, at step key ``from_step``); the runs made from this one.
+    replay_of: str | None = None
+    forked_from: str | None = None
+    from_step: str | None = None
+    replays: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def duplicate_executions(self) -> int:
@@ -115,6 +121,10 @@ def _run_view(run_id: str, raw: dict[bytes, bytes]) -> RunView:
         waited=text("waited") or None,
         held_ms=_int(raw.get(b"held_ms")) or 0,
         event_name=text("ev") or None,
+        replay_of=text("replay_of") or None,
+        forked_from=text("forked_from") or None,
+        from_step=text("from_step") or None,
+        replays=[r for r in text("replays").split(",") if r],
         **_gather_view(raw),
     )
 

@@ -95,10 +95,34 @@ class CreateRunArgs(ScriptArgs):
     gather: str = ""
     #: The name of the event that started the run (its first), for the run lists; '' for none.
     event_name: str = ""
+    #: '' or the W3C ``traceparent`` the run's trace continues (the sender's span, or the invoking
+    #: step's): kept in the run's record (``store.TRACE_FIELD``) for the workers that trace it.
+    trace: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ForkRunArgs(ScriptArgs):
+    """fork_run.lua: start a new run of an ended run's function (a replay, or a resume from a step:
+    runtime/actions.py). create_run's ARGV for the new run follow these fields."""
+
+    script: ClassVar[str] = "fork_run"
+
+    old_run_id: str
+    new_run_id: str
+    #: How many steps of the old run's stack the new run keeps (0: a replay from the start).
+    keep: int
+    #: The step key expected right after the kept ones ('' for a replay).
+    from_step: str
+    #: The new run's record field naming the old run: ``replay_of`` or ``forked_from``.
+    link: str
+    #: How many of its newest replays an old run lists (``replays``).
+    max_links: int
+    #: Statuses (comma-separated) the old run may be in.
+    allowed: str
 
 
 #: The scripts whose ARGV are named, by script name.
-BY_SCRIPT: dict[str, type[ScriptArgs]] = {args.script: args for args in (ResolveStepArgs, CreateRunArgs)}
+BY_SCRIPT: dict[str, type[ScriptArgs]] = {args.script: args for args in (ResolveStepArgs, CreateRunArgs, ForkRunArgs)}
 
 
 _NAMES: dict[type[ScriptArgs], tuple[str, ...]] = {}

@@ -28,6 +28,7 @@ SCRIPT_NAMES = (
     "renew_leases",
     "finish_job",
     "release_mover",
+    "fork_run",
 )
 
 
@@ -68,10 +69,23 @@ def body(name: str) -> str:
     return (named.lua_header() if named else "") + script_text(name)
 
 
+#: Scripts that run another script's body as a local function of their own KEYS and ARGV (as the
+#: ingest runs create_run's), so that both make exactly the same writes; its libraries come along.
+CALLS: dict[str, tuple[str, ...]] = {"fork_run": ("create_run",)}
+
+
+def called(name: str) -> str:
+    """The scripts ``name`` calls (see ``CALLS``), each as ``local function <script>(KEYS, ARGV)``."""
+    return "".join(
+        f"{libraries(callee)}\nlocal function {callee}(KEYS, ARGV)\n{body(callee)}\nend\n"
+        for callee in CALLS.get(name, ())
+    )
+
+
 @cache
 def source(name: str) -> str:
-    """A script's text, with the shared prelude (and its libraries) in front."""
-    return prelude() + libraries(name) + "\n" + body(name)
+    """A script's text, with the shared prelude (and its libraries, and the scripts it calls) in front."""
+    return prelude() + libraries(name) + called(name) + "\n" + body(name)
 
 
 class Scripts:

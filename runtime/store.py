@@ -40,6 +40,8 @@ from .waits import Registration
 
 #: What a run lives within unless its function registered other limits (kept in the run's record).
 DEFAULT_LIMITS = Limits()
+#: The run-record field of the trace context the run continues (a W3C traceparent; absent: none).
+TRACE_FIELD = "tp"
 
 
 def now_ms() -> int:
@@ -226,6 +228,8 @@ class RunStore:
         checks: StartChecks = NO_START_CHECKS,
         pipe: Any = None,
         gather: Gather | None = None,
+        position: int = 0,
+        trace: str = "",
     ) -> Any:
         """Create a run and enqueue its first job. Returns ``[created, run_id]`` (or queues it on
         ``pipe``): created is 1, or 0 for a duplicate (``run_id`` is then the existing run), or 2 when
@@ -237,11 +241,14 @@ class RunStore:
         priority are evaluated from the first event and kept with the run.
         ``checks``: the start limits to check and charge (``flow_starts.start_checks``).
         ``gather``: the event gathers into a debounced or batched run (runtime/gather.py): it joins
-        the open run of its key (``created`` 0, that run's id) or creates one that waits."""
+        the open run of its key (``created`` 0, that run's id) or creates one that waits.
+        ``position``: where the first job enters the run (0; a run forked with a history: its length,
+        see runtime/actions.py).
+        ``trace``: the W3C traceparent the run's trace continues ('' : none)."""
         at, shard = now_ms(), shard_of(run_id)
         if dedupe_key and shard != dedupe_shard(fn_slug, dedupe_key):
             raise ValueError(f"run {run_id} is not in the shard of its deduplication key (see shards.run_id_for)")
-        job = JobSpec(run_id, 0)
+        job = JobSpec(run_id, position)
         blob = pack([e.to_dict() for e in events])
         slots = run_slots(fn_slug, flow, events[0].to_dict() if events else None) if flow else NO_SLOTS
         return await self.scripts.call(
@@ -278,6 +285,7 @@ class RunStore:
                     defaults=self._defaults,
                     gather=gather.arg if gather else "",
                     event_name=events[0].name if events else "",
+                    trace=trace,
                 ).argv(),
                 *checks.args,
                 *(arg for rule in rules for arg in rule.args()),

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from stepq.errors import StepqError
 from stepq.event import Event
+from stepq.tracing import current_traceparent
 
 from . import lifecycle, store
 from .connection import connect
@@ -46,7 +47,7 @@ class RedisTransport:
     async def send(self, events: Sequence[Event]) -> list[str]:
         if self._ingest is None:
             self._ingest = self._make_ingest()
-        return await _send(self._ingest, events, self.url)
+        return await _send(self._ingest, events, self.url, current_traceparent())
 
     def send_sync(self, events: Sequence[Event]) -> list[str]:
         try:
@@ -60,7 +61,7 @@ class RedisTransport:
                 self._sync_loop = asyncio.new_event_loop()
                 self._sync_ingest = self._make_ingest()
             assert self._sync_ingest is not None
-            return self._sync_loop.run_until_complete(_send(self._sync_ingest, events, self.url))
+            return self._sync_loop.run_until_complete(_send(self._sync_ingest, events, self.url, current_traceparent()))
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run; False when it had already ended (or does not exist)."""
@@ -75,9 +76,9 @@ class RedisTransport:
             self._ingest = None
 
 
-async def _send(ingest: Ingest, events: Sequence[Event], url: str) -> list[str]:
+async def _send(ingest: Ingest, events: Sequence[Event], url: str, traceparent: str) -> list[str]:
     try:
-        return await ingest.send(events)
+        return await ingest.send(events, traceparent=traceparent)
     except (RedisError, OSError) as exc:
         reason = unavailable_reason(exc)
         if reason is None:

@@ -25,6 +25,7 @@ import httpx
 from .errors import InvalidEventError, StepqError
 from .event import Event
 from .ids import new_ulid
+from .tracing import trace_headers
 
 #: Attempts per send: the first and two retries.
 ATTEMPTS = 3
@@ -146,7 +147,7 @@ class HttpTransport:
         if self._async is None:
             self._async = httpx.AsyncClient(timeout=self.timeout, headers=self._headers)
         try:
-            response = await self._async.post(self.endpoint, content=prepared.body)
+            response = await self._async.post(self.endpoint, content=prepared.body, headers=trace_headers())
         except httpx.TransportError as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}", exc) from exc
         return self._read(response, prepared)
@@ -156,7 +157,7 @@ class HttpTransport:
         if self._sync is None:
             self._sync = httpx.Client(timeout=self.timeout, headers=self._headers)
         try:
-            response = self._sync.post(self.endpoint, content=prepared.body)
+            response = self._sync.post(self.endpoint, content=prepared.body, headers=trace_headers())
         except httpx.TransportError as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}", exc) from exc
         return self._read(response, prepared)

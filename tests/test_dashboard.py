@@ -49,6 +49,7 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
     [broken_event] = await sender.send(stepq.Event(name="dash/broken", data={}))
     [echo_event] = await sender.send(stepq.Event(name="dash/echo", data={"say": SCRIPT}))
     [nap_event] = await sender.send(stepq.Event(name="dash/nap", data={}))
+    more_naps = await sender.send([stepq.Event(name="dash/nap", data={}), stepq.Event(name="dash/nap", data={})])
     [order] = await run_ids_for_event(redis, "t-dash-orders", order_event)
     [broken] = await run_ids_for_event(redis, "t-dash-broken", broken_event)
     [echo] = await run_ids_for_event(redis, "t-dash-echo", echo_event)
@@ -56,6 +57,9 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
     for run_id in (order, broken, echo):
         await wait_for_run(redis, run_id)
     await wait_for_run(redis, nap, statuses=("sleeping",))
+    more_naps_runs = [(await run_ids_for_event(redis, "t-dash-napper", e))[0] for e in more_naps]
+    for run_id in more_naps_runs:
+        await wait_for_run(redis, run_id, statuses=("sleeping",))
 
     async with httpx.AsyncClient(base_url=dev_api.url, timeout=10) as http:
         root = await http.get("/")
@@ -111,7 +115,7 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
         row = re.search(r'<tr data-function="t-dash-broken">.*?</tr>', functions, re.S)
         assert row and 'status=failed&amp;since=1h">1<' in row.group(0)  # failed in the last hour
         row = re.search(r'<tr data-function="t-dash-napper">.*?</tr>', functions, re.S)
-        assert row and "sleeping <strong>1</strong>" in row.group(0)
+        assert row and "sleeping <strong>3</strong>" in row.group(0)
 
         missing = await http.get("/ui/runs/nope")
         assert missing.status_code == 404
@@ -136,11 +140,42 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
         assert sent.status_code == 303
         assert "sent" in (await http.get("/ui/events")).text
 
+        # replay: a new run, linked both ways
+        replayed = await http.post(f"/ui/runs/{broken}/replay", data={"csrf_token": token})
+        assert replayed.status_code == 303
+        replay = replayed.headers["location"].removeprefix("/ui/runs/")
+        assert replay != broken
+        replay_page = (await http.get(f"/ui/runs/{replay}")).text
+        assert "Replay of" in replay_page and f'href="/ui/runs/{broken}"' in replay_page
+        assert f"a replay of {broken}" in replay_page  # the flash message
+        assert f'href="/ui/runs/{replay}"' in (await http.get(f"/ui/runs/{broken}")).text
+        refused_replay = await http.post(f"/ui/runs/{more_naps_runs[0]}/replay", data={"csrf_token": token})
+        assert refused_replay.status_code == 303
+        assert "not replayed" in (await http.get(refused_replay.headers["location"])).text
+
+        # resume from a step: the steps before it are kept
+        resumed = await http.post(f"/ui/runs/{order}/resume", data={"csrf_token": token, "step": "send-receipt"})
+        assert resumed.status_code == 303
+        resume = resumed.headers["location"].removeprefix("/ui/runs/")
+        assert (await wait_for_run(redis, resume)).status == "completed"
+        resume_page = (await http.get(f"/ui/runs/{resume}")).text
+        assert "Resumed from" in resume_page and f'href="/ui/runs/{order}"' in resume_page
+
         # bulk: a preview counts, the confirm acts
-        preview = await http.get("/ui/bulk", params={"preview": "1", "action": "cancel", "status": "failed"})
-        assert preview.status_code == 200 and 'id="bulk-count">1<' in preview.text
+        params = {"preview": "1", "action": "cancel", "function": "t-dash-napper", "status": "sleeping"}
+        preview = await http.get("/ui/bulk", params=params)
+        assert preview.status_code == 200 and 'id="bulk-count">2<' in preview.text
         unfiltered = await http.get("/ui/bulk", params={"preview": "1", "action": "cancel"})
         assert unfiltered.status_code == 400 and "at least one filter" in unfiltered.text
+        confirm = {"csrf_token": csrf_of(preview.text), "action": "cancel", "function": "t-dash-napper"}
+        applied = await http.post("/ui/bulk", data={**confirm, "status": "sleeping"})
+        assert applied.status_code == 303
+        assert "bulk cancel: 2 of 2 run(s) cancelled" in (await http.get("/ui/bulk")).text
+        for run_id in more_naps_runs:
+            assert (await wait_for_run(redis, run_id)).status == "cancelled"
+        replay_all = {**confirm, "action": "replay", "status": "cancelled"}
+        assert (await http.post("/ui/bulk", data=replay_all)).status_code == 303
+        assert "bulk replay: 3 of 3 run(s) replayed" in (await http.get("/ui/bulk")).text
 
 
 async def test_production_mode_needs_a_login(redis: Redis, prod_api: ApiServer) -> None:

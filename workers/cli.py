@@ -9,7 +9,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
@@ -18,15 +18,17 @@ import uvicorn
 from stepq.client import default_redis_url
 from stepq.errors import StepqError
 from stepq.event import Event
+from stepq.runtime.actions import BULK_CAP, ActionRefused, Actions
 from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.connection import connect
 from stepq.runtime.deadletter import DeadLetter, list_dead_letters
 from stepq.runtime.gather import Gathered
-from stepq.runtime.queries import get_run, list_runs
+from stepq.runtime.queries import RunFilter, get_run, list_runs
 from stepq.runtime.registry import FunctionOwnedError
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.transport import RedisTransport
 
+from . import tracing
 from .app import AppLoadError, load_client
 from .embedded import EmbeddedRedis
 from .logs import configure
@@ -112,11 +114,29 @@ def _parser() -> argparse.ArgumentParser:
     redis_option(p)
     p.set_defaults(handler=_runs)
 
-    p = sub.add_parser("cancel", help="cancel a run: it takes no further steps")
-    p.add_argument("run_id")
+    p = sub.add_parser(
+        "cancel", help="cancel a run (it takes no further steps), or every run a filter selects (--function ...)"
+    )
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="the run to cancel; omit to cancel by filter")
     p.add_argument("--reason", default="cancelled from the command line")
+    _bulk_options(p, "cancel")
     redis_option(p)
     p.set_defaults(handler=_cancel)
+
+    p = sub.add_parser(
+        "replay",
+        help="run a failed, cancelled or completed run again as a new run (from the start, or from a step), "
+        "or every run a filter selects",
+    )
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="the run to replay; omit to replay by filter")
+    p.add_argument(
+        "--from-step",
+        metavar="STEP",
+        help="keep the steps committed before STEP (a step's key or name) and run again from it",
+    )
+    _bulk_options(p, "replay")
+    redis_option(p)
+    p.set_defaults(handler=_replay)
 
     p = sub.add_parser("run", help="show one run: status, output or error, and each step")
     p.add_argument("run_id")
@@ -181,6 +201,7 @@ def _dev(args: argparse.Namespace) -> int:
 
 def _api(args: argparse.Namespace) -> int:
     try:
+        tracing.setup_api()
         settings = ApiSettings.from_env(dev=args.dev)
         app = settings.create_app(_url(args))
     except ValueError as exc:
@@ -260,17 +281,89 @@ def _held(view: Any) -> str:
     return f"{kind} until {_time(view.held_until_ms)}{' ' + rest if rest else ''}"
 
 
-def _cancel(args: argparse.Namespace) -> int:
-    async def go() -> bool:
-        transport = RedisTransport(_url(args))
-        try:
-            return await transport.cancel(args.run_id, args.reason)
-        finally:
-            await transport.aclose()
+def _bulk_options(p: argparse.ArgumentParser, action: str) -> None:
+    """The filter of a bulk action, and its confirmation."""
+    p.add_argument("--function", help="runs of this function (its id, or its slug <app>-<id>)")
+    p.add_argument("--status", help="runs in this status (e.g. failed)")
+    p.add_argument("--since", help="runs created since: ISO 8601, or a duration ago ('30m', '1h', '2d')")
+    p.add_argument("--until", help="runs created before: ISO 8601, or a duration ago")
+    p.add_argument("--event", help="runs started by an event of this name")
+    p.add_argument("--cap", type=int, default=BULK_CAP, help=f"at most this many runs (default and limit {BULK_CAP})")
+    confirm = p.add_mutually_exclusive_group()
+    confirm.add_argument("--dry-run", action="store_true", help=f"only count the runs it would {action}")
+    confirm.add_argument("--yes", action="store_true", help=f"{action} them (without it, only the count is shown)")
 
-    if not asyncio.run(go()):
+
+def _bulk_filter(args: argparse.Namespace) -> RunFilter | None:
+    """The filter given, or None when the command names one run (RUN_ID); CliError when both or neither."""
+    given = {name: getattr(args, name) for name in ("function", "status", "since", "until", "event")}
+    named = {name: value for name, value in given.items() if value}
+    if args.run_id:
+        if named or args.dry_run or args.yes:
+            options = ", ".join(f"--{name}" for name in named) or ("--dry-run" if args.dry_run else "--yes")
+            raise CliError(f"give RUN_ID or a filter, not both ({options} with run {args.run_id})")
+        return None
+    if not named:
+        raise CliError("give RUN_ID, or a filter: --function, --status, --since, --until, --event")
+    try:
+        return RunFilter.parse(**given)
+    except ValueError as exc:
+        raise CliError(f"--{exc}") from None
+
+
+def _actions(args: argparse.Namespace, act: Callable[[Actions], Awaitable[Any]]) -> Any:
+    """``act`` on the Redis of ``args``; an action that cannot be done is a CliError saying why."""
+
+    async def go() -> Any:
+        redis = connect(_url(args))
+        try:
+            return await act(Actions.on(redis))
+        finally:
+            await redis.aclose()
+
+    try:
+        return asyncio.run(go())
+    except ActionRefused as exc:
+        raise CliError(str(exc)) from None
+
+
+def _bulk(args: argparse.Namespace, flt: RunFilter, action: str, act: Callable[[Actions], Awaitable[Any]]) -> int:
+    """A bulk action: its preview unless --yes (exit 2 without --dry-run), else what it did."""
+    if not args.yes:
+        preview = _actions(args, lambda actions: actions.preview(flt, cap=args.cap))
+        print(json.dumps({"action": action, "dry_run": True, "filter": flt.to_params(), **preview.to_dict()}))
+        if args.dry_run:
+            return 0
+        message = f"{preview.count} run(s) match; nothing done: add --yes to {action} them"
+        print(f"stepq {action}: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    result = _actions(args, act)
+    print(json.dumps({"filter": flt.to_params(), **result.to_dict()}))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    flt = _bulk_filter(args)
+    if flt is not None:
+        return _bulk(args, flt, "cancel", lambda a: a.bulk_cancel(flt, reason=args.reason, cap=args.cap))
+    done = _actions(args, lambda actions: actions.cancel(args.run_id, args.reason))
+    if not done.cancelled:
         raise CliError(f"run {args.run_id!r} was not cancelled: it has ended already, or does not exist")
     print(json.dumps({"cancelled": args.run_id}))
+    return 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    flt = _bulk_filter(args)
+    if flt is not None:
+        if args.from_step:
+            raise CliError("--from-step resumes one run: give RUN_ID")
+        return _bulk(args, flt, "replay", lambda a: a.bulk_replay(flt, cap=args.cap))
+    if args.from_step:
+        started = _actions(args, lambda actions: actions.resume(args.run_id, args.from_step))
+    else:
+        started = _actions(args, lambda actions: actions.replay(args.run_id))
+    print(json.dumps(started.to_dict()))
     return 0
 
 
@@ -300,6 +393,12 @@ def _run(args: argparse.Namespace) -> int:
         print(f"waiting   {view.waiting}")
     elif view.gathered:
         print(f"gathered  {Gathered(**view.gathered).summary()}")
+    if view.replay_of:
+        print(f"replays   {view.replay_of}")
+    if view.forked_from:
+        print(f"resumes   {view.forked_from} from step {view.from_step}")
+    if view.replays:
+        print(f"rerun as  {', '.join(view.replays)}")
     if view.reason:
         print(f"{'skipped' if view.status == 'skipped' else 'reason':<9} {view.reason}")
     if view.held:

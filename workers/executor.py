@@ -57,6 +57,7 @@ from stepq.runtime.store import (
 from .faults import Faults
 from .invoker import Invoker
 from .remote import FunctionSource, RemoteFunction, Runnable
+from .tracing import WorkerTracing
 
 log = structlog.get_logger("stepq.worker")
 
@@ -74,7 +75,13 @@ class Executor:
     """Advances runs of one app's functions."""
 
     def __init__(
-        self, functions: FunctionSource, store: RunStore, invoker: Invoker, *, step_timeout_s: float = 2 * 3600
+        self,
+        functions: FunctionSource,
+        store: RunStore,
+        invoker: Invoker,
+        *,
+        step_timeout_s: float = 2 * 3600,
+        tracing: WorkerTracing | None = None,
     ) -> None:
         self.functions = functions
         #: One invocation's limit, enforced here so that a timeout is a retriable step failure
@@ -87,6 +94,8 @@ class Executor:
         self.ingest = Ingest(store.redis, store, self.registry)
         #: Jobs sent back to the queue while Redis is unreachable or in a passing state.
         self.redis_faults = Faults("jobs")
+        #: OpenTelemetry spans of runs (stepq.workers.tracing); inert unless tracing is on.
+        self.tracing = tracing or WorkerTracing()
 
     async def advance(self, ctx: dict[str, Any], payload: Any) -> JobEnded | None:
         """arq job entry point: ``payload`` is a JobSpec payload.
@@ -173,12 +182,14 @@ class Executor:
             disable_immediate_execution=loaded.force_plan and isinstance(fn, RemoteFunction),
             max_output_bytes=limits.max_output_bytes,
         )
+        span = await self.tracing.attempt_started(job, loaded)
         try:
             # In this task, not in one of its own (asyncio.wait_for's): a task per invocation costs
             # a warm step hop three event-loop iterations. The job already runs in a task of its own,
             # so context variables user code sets stay within this job (its log lines see them).
             async with asyncio.timeout(self.step_timeout_s):
-                result = await self.invoker.invoke(fn, request)
+                with self.tracing.current(span):
+                    result = await self.invoker.invoke(fn, request)
         except TimeoutError:
             message = f"the invocation of {fn.slug} took longer than {self.step_timeout_s:g} s (STEPQ_STEP_TIMEOUT)"
             result = FunctionFailed({"name": "StepTimeout", "message": message, "stack": ""}, retriable=True)
@@ -191,6 +202,7 @@ class Executor:
         plan = decide(job, loaded, Policy(fn.max_attempts, fn.backoff), result, _now(), elapsed_ms=elapsed_ms)
         written = await self.store.apply(plan, _lease(ctx))
         outcome = await self._applied(job, loaded, plan, written)
+        self.tracing.attempt_ended(span, plan, outcome, result)
         log.info(
             "invocation",
             run_id=loaded.run_id,
@@ -199,6 +211,7 @@ class Executor:
             attempt=job.attempt,
             outcome=outcome,
             duration_ms=elapsed_ms,
+            **self.tracing.log_ids(span),
         )
         if outcome.endswith(FENCED_SUFFIX):
             # A later load of this job's run holds it: most likely another delivery of this job,
@@ -263,6 +276,7 @@ class Executor:
         assert job.step_key is not None
         written = await self.store.resolve(job.run_id, job.step_key, job.value)
         await self._resolved(written)
+        await self.tracing.timer_fired(job, written.outcome.value)
         log.info("timer", run_id=job.run_id, step_key=job.step_key, outcome=written.outcome.value)
 
     async def _resolved(self, written: Written) -> None:
@@ -330,6 +344,7 @@ class Executor:
             v=payload.get("v"),
         )
         child_id = run_id_for(record.slug, event.id)
+        trace = await self.tracing.invoke_started(job, record.slug, child_id)  # the child continues the trace
         # the child's start limits apply to invoked runs too (a skipped child fails the invoke step)
         checks = flow_starts.start_checks(
             record.flow, record.slug, child_id, Bindings(event=event.to_dict()), self.store.limits
@@ -345,6 +360,7 @@ class Executor:
             limits=self.store.function_limits(record.config),
             flow=record.flow,
             checks=checks,
+            trace=trace,
         )
         created = int(reply[0]) == 1
         log.info("invoke.started", run_id=job.run_id, step_key=job.step_key, function=slug, created=created)
@@ -356,6 +372,7 @@ class Executor:
             log.info("finish.refused", run_id=run.run_id, status=write.status, reason=written.outcome.value)
             return f"{write.status}-refused:{written.outcome.value}"
         self.cache.drop(run.run_id)
+        await self.tracing.run_ended(run, write)
         await lifecycle.run_ended(
             self.ingest,
             run.run_id,

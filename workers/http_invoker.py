@@ -32,6 +32,7 @@ from stepq.opcodes import Opcode
 from stepq.replay import ExecutionRequest
 from stepq.runtime.app_urls import AppUrlPolicy, AppUrlRefused, CheckedNetworkBackend
 from stepq.signing import canonical_json, sign
+from stepq.tracing import trace_headers
 
 from .remote import RemoteFunction
 
@@ -86,6 +87,8 @@ class HttpInvoker:
             "X-Inngest-Req-Version": "2",
             "X-Inngest-Step-ID": request.target_step or "step",
             "X-Inngest-Server-Kind": "cloud" if self.signing_key else "dev",
+            # the attempt's span (current when tracing is on): the app's own spans continue it
+            **trace_headers(),
         }
         if self.signing_key:
             headers["X-Inngest-Signature"] = sign(body, self.signing_key, int(time.time()))

@@ -26,7 +26,7 @@ def configure(level: str | None = None) -> None:
         if sys.stderr.isatty()
         else structlog.processors.JSONRenderer(serializer=ReusedEncoders())
     )
-    shared: list[structlog.typing.Processor] = [structlog.processors.add_log_level, utc_timestamp]
+    shared: list[structlog.typing.Processor] = [structlog.processors.add_log_level, utc_timestamp, trace_ids]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -53,6 +53,24 @@ def configure(level: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     logging.getLogger("arq").setLevel(max(numeric, logging.WARNING))
+
+
+#: What gives the current span's ``trace_id`` and ``span_id`` (set by stepq.workers.tracing when
+#: tracing is on); None: lines carry no trace ids, at the cost of one check.
+_trace_ids: Callable[[], dict[str, str]] | None = None
+
+
+def set_trace_ids(source: Callable[[], dict[str, str]] | None) -> None:
+    """Have every line logged while a span is current carry its ``trace_id`` and ``span_id``."""
+    global _trace_ids
+    _trace_ids = source
+
+
+def trace_ids(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+    """``trace_id`` and ``span_id`` of the current span, when tracing is on (ids given already stay)."""
+    if _trace_ids is not None and "trace_id" not in event_dict:
+        event_dict.update(_trace_ids())
+    return event_dict
 
 
 # A worker logs a line per step: the two processors below write exactly what structlog's

@@ -52,6 +52,7 @@ from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shards
 from stepq.runtime.store import RunCache, RunStore
 
+from . import tracing
 from .executor import Executor
 from .faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
 from .http_invoker import HttpInvoker
@@ -515,6 +516,7 @@ def _build(
         store,
         invoker,
         step_timeout_s=options.step_timeout_s + STEP_TIMEOUT_MARGIN_S,
+        tracing=tracing.setup(pool, service_name=queue_id if queue_id != keys.HTTP_QUEUE_ID else "stepq-worker"),
     )
 
     keeper = None

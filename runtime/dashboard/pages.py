@@ -14,19 +14,18 @@ from starlette.responses import RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from stepq.errors import InvalidEventError
-from stepq.event import Event
 
-from .. import keys, lifecycle
+from .. import keys
+from ..actions import ActionRefused, Actions
 from ..codec import unpack
 from ..ingest import Ingest
-from ..queries import run_ids
 from ..run_status import RunStatus
 from . import auth, sources, views
 
 #: Runs per page of the list.
 PAGE_SIZE = 50
-#: Bulk actions count (and act on) at most this many runs per request.
-BULK_CAP = 10_000
+#: Why a run was cancelled, as its error says.
+REASON = "cancelled from the dashboard"
 ACTIVE = {s.value for s in RunStatus if not s.terminal}
 ENDED = {s.value for s in RunStatus if s.terminal and s is not RunStatus.SKIPPED}
 
@@ -43,6 +42,10 @@ def _redis(request: Request) -> Redis:
 def _ingest(request: Request) -> Ingest:
     ingest: Ingest = request.app.state.ingest
     return ingest
+
+
+def _actions(request: Request) -> Actions:
+    return Actions(_ingest(request))
 
 
 def _templates(request: Request) -> Jinja2Templates:
@@ -215,26 +218,39 @@ async def run_page(request: Request) -> Response:
 @auth.action
 async def cancel_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
-    outcome = await lifecycle.cancel(_ingest(request), run_id, "cancelled from the dashboard")
-    if outcome.value == "ok":
+    done = await _actions(request).cancel(run_id, REASON)
+    if done.cancelled:
         flash(request, f"run {run_id} cancelled")
     else:
-        flash(request, f"run {run_id} was not cancelled: {outcome.value}", "error")
+        why = "it had ended already" if done.outcome == "done" else f"{done.outcome}"
+        flash(request, f"run {run_id} was not cancelled: {why}", "error")
     return _back(request, f"/runs/{run_id}")
 
 
 @auth.action
 async def replay_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
-    flash(request, "replay is not available in this build yet", "error")
-    return _back(request, f"/runs/{run_id}")
+    try:
+        started = await _actions(request).replay(run_id)
+    except ActionRefused as refused:
+        flash(request, f"not replayed: {refused}", "error")
+        return _back(request, f"/runs/{run_id}")
+    flash(request, f"run {started.run_id} started: a replay of {run_id}")
+    return _back(request, f"/runs/{started.run_id}")
 
 
 @auth.action
 async def resume_run(request: Request) -> Response:
     run_id = request.path_params["run_id"]
-    flash(request, "resume from a step is not available in this build yet", "error")
-    return _back(request, f"/runs/{run_id}")
+    step = (await auth.form_of(request)).get("step", "")
+    try:
+        started = await _actions(request).resume(run_id, step)
+    except ActionRefused as refused:
+        flash(request, f"not resumed: {refused}", "error")
+        return _back(request, f"/runs/{run_id}")
+    kept = f"keeping {started.kept_steps} step(s) before it"
+    flash(request, f"run {started.run_id} started from step {started.from_step_name} of {run_id}, {kept}")
+    return _back(request, f"/runs/{started.run_id}")
 
 
 @auth.page
@@ -260,29 +276,30 @@ async def events_page(request: Request) -> Response:
     return render(request, "events.html", await _events_context(request))
 
 
-def _parse_test_event(name: str, data_text: str) -> Event:
-    """The test event of the form; InvalidEventError naming the bad field."""
+def _test_event_data(text: str) -> dict[str, Any]:
+    """The test event's data from the form; InvalidEventError naming the field."""
     try:
-        data = json.loads(data_text or "{}")
+        data = json.loads(text or "{}")
     except ValueError as exc:
         raise InvalidEventError(f"data: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidEventError(f"data: expected a JSON object, got {type(data).__name__}")
-    return Event(name=name.strip(), data=data).validated()
+    return data
 
 
 @auth.action
 async def send_event(request: Request) -> Response:
     form = await auth.form_of(request)
-    name, data_text = str(form.get("name", "")), str(form.get("data", ""))
+    name, data_text = form.get("name", ""), form.get("data", "")
     try:
-        event = _parse_test_event(name, data_text)
-        [event_id] = await _ingest(request).send([event])
+        data = _test_event_data(data_text)
+        sent = await _actions(request).send_test_event(name.strip(), data)
     except InvalidEventError as exc:
         context = await _events_context(request)
         context |= {"send_error": str(exc), "form": {"name": name, "data": data_text}}
         return render(request, "events.html", context, 400)
-    flash(request, f"event {event_id} sent")
+    started = ", ".join(f"{run_id} ({slug})" for run_id, slug in sent.runs.items()) or "no run"
+    flash(request, f"event {sent.event_id} sent: started {started}")
     return _back(request, "/events")
 
 
@@ -311,8 +328,8 @@ async def bulk_page(request: Request) -> Response:
         flt, problem = _bulk_filter(q)
         context["problem"] = problem
         if flt is not None:
-            count, capped = await sources.count_runs(_redis(request), flt, cap=BULK_CAP)
-            context["preview"] = {"count": count, "capped": capped, "params": flt.to_params()}
+            preview = await _actions(request).preview(flt)
+            context["preview"] = {"count": preview.count, "capped": preview.capped, "params": flt.to_params()}
     return render(request, "bulk.html", context, 400 if context["problem"] else 200)
 
 
@@ -320,17 +337,25 @@ async def bulk_page(request: Request) -> Response:
 async def bulk_apply(request: Request) -> Response:
     form = await auth.form_of(request)
     flt, problem = _bulk_filter(form)
-    action = str(form.get("action", ""))
+    action = form.get("action", "")
     if flt is None or action not in ("cancel", "replay"):
         flash(request, problem or "action: choose cancel or replay", "error")
         return _back(request, "/bulk")
-    if action == "replay":
-        flash(request, "bulk replay is not available in this build yet", "error")
+    actions = _actions(request)
+    try:
+        if action == "cancel":
+            result = await actions.bulk_cancel(flt, reason=f"{REASON} (bulk)")
+        else:
+            result = await actions.bulk_replay(flt)
+    except ActionRefused as refused:
+        flash(request, f"bulk {action}: {refused}", "error")
         return _back(request, "/bulk")
-    selected = await run_ids(_redis(request), flt, cap=BULK_CAP)
-    done = 0
-    for run_id in selected:
-        outcome = await lifecycle.cancel(_ingest(request), run_id, "cancelled from the dashboard (bulk)")
-        done += outcome.value == "ok"
-    flash(request, f"bulk cancel: {done} of {len(selected)} run(s) cancelled")
+    done = "cancelled" if action == "cancel" else "replayed"
+    message = f"bulk {action}: {result.done} of {result.matched} run(s) {done}"
+    if result.skipped:
+        run_id, why = next(iter(result.skipped.items()))
+        message += f"; {len(result.skipped)} skipped (run {run_id}: {why})"
+    if result.capped:
+        message += "; more runs matched than one request acts on: run it again for the rest"
+    flash(request, message)
     return _back(request, "/bulk")

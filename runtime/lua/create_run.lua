@@ -64,6 +64,9 @@ redis.call('SET', KEYS[2], ARG.events_blob)
 if ARG.parent ~= '' then
   redis.call('HSET', KEYS[1], 'parent', ARG.parent)
 end
+if ARG.trace ~= '' then
+  redis.call('HSET', KEYS[1], 'tp', ARG.trace)
+end
 if ARG.limits ~= '' then
   redis.call('HSET', KEYS[1], 'lim', ARG.limits)
 end
