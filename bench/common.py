@@ -376,7 +376,8 @@ class Env:
             server.stop()
 
     def _env(self, server: RedisServer, extra: dict[str, str] | None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("STEPQ_")}
+        # STEPQ_METRICS_PORT passes (0: each worker on a free port): the metrics' cost can be measured
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STEPQ_") or k == "STEPQ_METRICS_PORT"}
         pythonpath = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
         env.update(
             {

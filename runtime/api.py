@@ -21,6 +21,11 @@ Routes:
   ``use_api`` because the state was too large to send.
 - ``/ui``: the dashboard (``stepq.runtime.dashboard``; ``/`` redirects there): open to loopback
   clients in dev mode, behind a login with ``STEPQ_DASHBOARD_TOKEN`` or the signing key otherwise.
+- ``GET /metrics``: Prometheus metrics (``stepq.runtime.metrics``): the API's counters, and the
+  deployment's state read from Redis at scrape time (runs by status, queue depth and age,
+  flow-control waits). Open unless ``STEPQ_METRICS_TOKEN`` is set; then it needs
+  ``Authorization: Bearer <that token>`` (what Prometheus's ``authorization`` scrape setting
+  sends). A separate token, not the signing key: a scraper's credentials can only read metrics.
 - Operator actions (``stepq.runtime.actions``), answering JSON: ``POST /v0/runs/{run_id}/cancel``
   (body ``{"reason"}`` optional; 409 when the run had ended), ``POST /v0/runs/{run_id}/replay``,
   ``POST /v0/runs/{run_id}/resume`` (body ``{"step": "<step key or name>"}``), and by filter
@@ -70,6 +75,7 @@ from typing import Any
 
 import structlog
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import RedirectResponse, Response
@@ -81,7 +87,7 @@ from stepq.jsonvalue import json_type
 from stepq.signing import bearer_matches
 from stepq.tracing import normalized_traceparent
 
-from . import api_reads
+from . import api_reads, metrics
 from .actions import BULK_CAP, DEFAULT_REASON, ActionRefused, Actions
 from .app_urls import ENV as ALLOWED_APP_HOSTS_ENV
 from .app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
@@ -127,6 +133,8 @@ class ApiSettings:
     dashboard_token: str | None = None
     #: ``STEPQ_SESSION_SECRET``: signs dashboard sessions; derived from the token or key when unset.
     session_secret: str | None = None
+    #: ``STEPQ_METRICS_TOKEN``: when set, ``GET /metrics`` needs it as a bearer token.
+    metrics_token: str | None = None
 
     @classmethod
     def from_env(cls, *, dev: bool | None = None) -> ApiSettings:
@@ -145,6 +153,7 @@ class ApiSettings:
             allowed_app_hosts=AllowedHosts.parse(os.environ.get(ALLOWED_APP_HOSTS_ENV, "")),
             dashboard_token=os.environ.get("STEPQ_DASHBOARD_TOKEN") or None,
             session_secret=os.environ.get("STEPQ_SESSION_SECRET") or None,
+            metrics_token=os.environ.get("STEPQ_METRICS_TOKEN") or None,
         )
 
     def create_app(self, redis_url: str) -> Starlette:
@@ -159,6 +168,7 @@ class ApiSettings:
             allowed_app_hosts=self.allowed_app_hosts,
             dashboard_token=self.dashboard_token,
             session_secret=self.session_secret,
+            metrics_token=self.metrics_token,
         )
 
 
@@ -249,13 +259,15 @@ def create_app(
     url_policy: AppUrlPolicy | None = None,
     dashboard_token: str | None = None,
     session_secret: str | None = None,
+    metrics_token: str | None = None,
 ) -> Starlette:
     """The event API as an ASGI app; its lifespan opens and closes the Redis connection.
 
     ``allowed_app_hosts`` restricts where registered apps may live (``stepq.runtime.app_urls``);
-    ``url_policy`` replaces the whole check (e.g. with another resolver). The dashboard, under
-    ``/ui``, takes ``dashboard_token`` or ``signing_key`` at its login form outside dev mode, and
-    signs its sessions with ``session_secret`` (derived from them when None).
+    ``url_policy`` replaces the whole check (e.g. with another resolver).
+    ``metrics_token``: when set, ``GET /metrics`` needs it as a bearer token (else it is open).
+    The dashboard, under ``/ui``, takes ``dashboard_token`` or ``signing_key`` at its login form
+    outside dev mode, and signs its sessions with ``session_secret`` (derived from them when None).
 
     Raises ``ValueError`` when not in dev mode and no event key is configured: such a server
     could only ever answer 401.
@@ -271,6 +283,7 @@ def create_app(
     dashboard = create_dashboard(
         DashboardAuth(dev=dev, token=dashboard_token, signing_key=signing_key, session_secret=session_secret)
     )
+    metrics.enable()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -304,7 +317,29 @@ def create_app(
         except InvalidEventError as exc:
             raise _Refused(400, str(exc)) from None
         log.debug("api.events", count=len(ids), ms=round((time.perf_counter() - started) * 1000, 2))
+        metrics.events_received(len(ids))
         return _Json({"ids": ids, "status": 200})
+
+    async def counted_events(request: Request) -> Response:
+        response = await receive_events(request)
+        if response.status_code != 200:
+            metrics.event_request_refused(response.status_code)
+        return response
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if metrics_token is not None and not _bearer_is(request.headers.get("authorization"), metrics_token):
+            return _Json(
+                _plain_error(401, "metrics need Authorization: Bearer <STEPQ_METRICS_TOKEN>"),
+                401,
+                headers={"WWW-Authenticate": 'Bearer realm="stepq metrics"'},
+            )
+        try:
+            body = metrics.render(await metrics.collect_state(request.app.state.redis))
+        except Exception as exc:
+            # the counters are still worth a scrape; stepq_state_read_ok 0 says the gauges are missing
+            log.warning("api.metrics_state_failed", error_type=type(exc).__name__)
+            body = metrics.render(state_failed=True)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def health(request: Request) -> Response:
         try:
@@ -514,7 +549,8 @@ def create_app(
             Route("/v0/runs/{run_id}/cancel", run_cancel, methods=["POST"]),
             Route("/v0/runs/{run_id}/replay", run_replay, methods=["POST"]),
             Route("/v0/runs/{run_id}/resume", run_resume, methods=["POST"]),
-            Route("/e/{key}", receive_events, methods=["POST"]),
+            Route("/e/{key}", counted_events, methods=["POST"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/fn/register", register, methods=["POST"]),
             Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
@@ -529,6 +565,12 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+
+
+def _bearer_is(authorization: str | None, token: str) -> bool:
+    """Whether ``authorization`` is ``Bearer <token>`` (compared in constant time)."""
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 async def _read_body(request: Request, cap: int) -> bytes:

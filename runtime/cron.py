@@ -393,6 +393,11 @@ class CronScheduler:
                     event = events[fn.slug]
                     pipe.set(keys.event(event.id), pack(event.to_dict()), ex=retention)
                     pipe.zadd(keys.EVENTS, {event.id: now_ms})
+                    # what the dashboard's events page shows (runtime/event_queries.py): its run
+                    pipe.set(keys.event_outcomes(event.id), pack([[fn.slug, "started", run_id, ""]]), ex=retention)
+                    pipe.zadd(keys.events_named(event.name), {event.id: now_ms})
+                    pipe.zremrangebyscore(keys.events_named(event.name), "-inf", now_ms - retention * 1000)
+                    pipe.expire(keys.events_named(event.name), retention)
                     log.info("cron.fired", function=fn.slug, cron=schedule.text, tick_ms=tick, run_id=run_id)
             for (fn, tick, reason), reply in zip(skip, replies[len(fire) :], strict=True):
                 if isinstance(reply, Exception):

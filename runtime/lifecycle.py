@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from stepq.client import FUNCTION_FAILED, FUNCTION_FINISHED
 from stepq.event import Event
 
-from . import keys, store
+from . import keys, metrics, store
 from .codec import unpack
 from .flow_starts import FUNCTION_SKIPPED, StartOutcomes, text_of
 from .run_status import RunStatus
@@ -53,6 +53,7 @@ async def run_ended(
     try:
         if fn_slug is None or event is None:
             fn_slug, event = await _describe(ingest, run_id)
+        metrics.run_ended(fn_slug, status)
         data: dict[str, Any] = {"function_id": fn_slug, "run_id": run_id, "status": status, "event": event}
         if status is RunStatus.COMPLETED:
             data["result"] = output
@@ -109,6 +110,7 @@ async def announce_starts(
             log.debug("runs.skipped", count=len(outcomes.skipped), first_run_id=run_id, first_reason=reason)
         for run_id, reason in outcomes.skipped:
             slug, event = described.get(run_id, ("", {}))
+            metrics.start_skipped(slug, reason)
             data = {"function_id": slug, "run_id": run_id, "status": RunStatus.SKIPPED.value, "reason": reason}
             events.append(
                 Event(name=FUNCTION_SKIPPED, data={**data, "event": event}, id=f"{FUNCTION_SKIPPED}:{run_id}")

@@ -196,7 +196,7 @@ class RunPage:
 
 #: Index entries one page looks at, at most: a filter its index does not cover (an event name and a
 #: function, say) may match few of them; the page then returns what it found (``truncated``).
-PAGE_SCAN_MAX = 5000
+PAGE_SCAN_MAX = 2000
 #: Index entries ``run_ids`` and ``count_runs`` look at, at most, for a filter its index does not cover.
 BULK_SCAN_MAX = 200_000
 _LIGHT_FIELDS = ("fn", "app", "status", "created", "ev")
@@ -235,8 +235,8 @@ async def _views(redis: Redis, run_ids: list[str]) -> list[RunView]:
 async def find_runs(redis: Redis, flt: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
     """A page of the runs matching ``flt``, newest first (by creation); ``cursor`` (from the previous
     page) continues with older ones. Reads the filter's most selective index (runtime/run_index.py)
-    and looks at ``PAGE_SCAN_MAX`` of its entries at most. ValueError for a malformed cursor or a
-    limit below 1."""
+    and looks at ``limit + PAGE_SCAN_MAX`` of its entries at most. ValueError for a malformed cursor
+    or a limit below 1."""
     if limit < 1:
         raise ValueError(f"limit: must be at least 1, got {limit}")
     after = decode_cursor(cursor) if cursor else None
@@ -247,8 +247,9 @@ async def find_runs(redis: Redis, flt: RunFilter, *, limit: int = 50, cursor: st
     examined = 0
     last: Position | None = None
     exhausted = False
-    while len(matches) <= limit and examined < PAGE_SCAN_MAX:
-        batch = await merged.take(min(chunk, PAGE_SCAN_MAX - examined))
+    bound = limit + PAGE_SCAN_MAX
+    while len(matches) <= limit and examined < bound:
+        batch = await merged.take(min(chunk, bound - examined))
         if not batch:
             exhausted = True
             break
@@ -282,8 +283,9 @@ async def _matching_ids(redis: Redis, flt: RunFilter, cap: int) -> tuple[list[st
 
 
 async def run_ids(redis: Redis, flt: RunFilter, *, cap: int) -> list[str]:
-    """The ids of the runs matching ``flt``, newest first, at most ``cap`` of them (bulk actions).
-    A filter its index does not cover looks at ``BULK_SCAN_MAX`` index entries at most."""
+    """The ids of the runs matching ``flt``, newest first, at most ``cap`` of them (bulk actions; a
+    run whose record expired a moment ago may be among them: an action finds it missing). A filter
+    its index does not cover looks at ``BULK_SCAN_MAX`` index entries at most."""
     return (await _matching_ids(redis, flt, cap))[0]
 
 

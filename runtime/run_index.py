@@ -35,7 +35,8 @@ def encode_cursor(position: Position) -> str:
 def decode_cursor(cursor: str) -> Position:
     """A cursor's position. ValueError naming the cursor when it is not one this API made."""
     ms, dot, run_id = cursor.partition(".")
-    if not dot or not ms.isdigit() or len(ms) > 16 or not run_id or not run_id.isalnum() or len(run_id) > 64:
+    # the id: a run's (a ULID), or an event's (a ULID, or a cron tick's ``cron:<slug>:<ms>``)
+    if not dot or not ms.isdigit() or len(ms) > 16 or not run_id or not run_id.isprintable() or len(run_id) > 512:
         raise ValueError(f"cursor: {cursor[:80]!r} is not a cursor this API returned")
     return int(ms), run_id
 
@@ -139,9 +140,10 @@ async def count_in(redis: Redis, index: Plan, flt: RunFilter) -> int:
 class _Stream:
     """One index key read newest first, by rank, within the filter's time range, after a position."""
 
-    def __init__(self, key: str, since_ms: int | None, after: Position | None) -> None:
+    def __init__(self, key: str, flt: RunFilter, after: Position | None) -> None:
         self.key = key
-        self.since_ms = since_ms
+        self.since_ms = flt.since_ms
+        self.until_ms = flt.until_ms
         self.after = after
         self.rank = 0
         self.buffer: collections.deque[Position] = collections.deque()
@@ -158,9 +160,11 @@ class _Stream:
             if self.since_ms is not None and entry[0] < self.since_ms:
                 self.exhausted = True
                 break
-            # entries newer than the position: ties of its ms read before it, or runs created since
-            # a previous read shifted the ranks
-            if self.after is not None and entry >= self.after:
+            # entries newer than the position: ties of its ms read before it, runs created since a
+            # previous read shifted the ranks, or past ``until`` (a cursor used with another range)
+            if (self.after is not None and entry >= self.after) or (
+                self.until_ms is not None and entry[0] >= self.until_ms
+            ):
                 continue
             self.buffer.append(entry)
 
@@ -174,7 +178,7 @@ class Merged:
         self.redis = redis
         self.flt = flt
         self.chunk = chunk
-        self.streams = [_Stream(key, flt.since_ms, after) for key in index_keys]
+        self.streams = [_Stream(key, flt, after) for key in index_keys]
         self._started = False
 
     async def _start(self) -> None:

@@ -32,6 +32,7 @@ from stepq.runtime.cron import (
     parse_schedule,
     tick_event_id,
 )
+from stepq.runtime.event_queries import get_event, recent_events
 from stepq.runtime.queries import get_run
 from stepq.runtime.store import RunStore
 from tests.apps import cron_app
@@ -194,6 +195,13 @@ async def test_a_due_tick_starts_one_run_with_the_scheduled_event(redis: Redis) 
                      "ts": ms(tick), "user": {}}  # fmt: skip
     assert unpack(await redis.get(keys.event(event["id"]))) == event
     assert await redis.zscore(keys.EVENTS, event["id"]) is not None
+    # the dashboard's events page shows the run it started
+    shown = await get_event(redis, event["id"])
+    assert shown is not None and [(o.function, o.outcome, o.run_id) for o in shown.outcomes] == [
+        (SLUG, "started", run_id)
+    ]
+    assert [e.id for e in (await recent_events(redis, name=CRON_EVENT)).events] == [event["id"]]
+    assert view.event_name == CRON_EVENT
     assert int(await redis.get(keys.cron_last(SLUG))) == ms(tick)
     # The same tick again, from this or another worker: nothing new.
     assert await fire_due(redis, store, [(SLUG, APP, "*/5 * * * *")], now=tick + dt.timedelta(seconds=40)) == []

@@ -8,6 +8,7 @@ import asyncio
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from stepq.runtime.scripts import prelude
 from stepq.runtime.shards import SHARD_LIMIT, SHARD_TAGS
 from stepq.runtime.store import RunStore
 from stepq.signing import bearer
-from tests.helpers import REDIS_URL, StartWorkers
+from tests.helpers import REDIS_URL, StartWorkers, wait_for_run
 
 APP = "qa"
 SIGNING_KEY = "signkey-test-" + "ab" * 32
@@ -164,9 +165,9 @@ async def test_filters_paging_cursor_search_and_event_outcomes(redis: Redis, mon
     assert [r["status"] for r in records.values()].count("skipped") == 2
 
     # a filter its index does not cover looks at a bounded number of entries per page, and says so
-    monkeypatch.setattr(queries, "PAGE_SCAN_MAX", 3)
+    monkeypatch.setattr(queries, "PAGE_SCAN_MAX", 2)
     narrow = RunFilter(function="alpha", event_name="qa/b")  # no such run: every entry is looked at
-    page = await find_runs(redis, narrow, limit=5)
+    page = await find_runs(redis, narrow, limit=1)
     assert page.runs == [] and page.truncated and page.cursor is not None
     assert await page_through(redis, narrow, 5) == []
 
@@ -222,7 +223,15 @@ async def test_filters_paging_cursor_search_and_event_outcomes(redis: Redis, mon
     with pytest.raises(ValueError, match="cursor"):
         await find_runs(redis, RunFilter(), cursor="not-a-cursor")
     flt = RunFilter.parse(function="alpha", status="failed", since="2h", until="2026-11-30T10:00:00.123Z", event="qa/a")
-    assert RunFilter.parse(**flt.to_params()) == flt
+    params = flt.to_params()
+    parsed = RunFilter.parse(
+        function=params["function"],
+        status=params["status"],
+        since=params["since"],
+        until=params["until"],
+        event=params["event"],
+    )
+    assert parsed == flt
     assert RunFilter.parse(since="90s", now_ms=1_000_000).since_ms == 910_000
 
 
@@ -260,7 +269,7 @@ async def _outcomes(redis: Redis, event_id: str) -> dict[str | None, tuple[str, 
 
 
 async def test_the_index_key_builders_in_lua_name_the_keys_python_names(redis: Redis) -> None:
-    calls = {
+    calls: dict[str, Callable[[int, str], str]] = {
         "runs_ev": keys.runs_by_event,
         "runs_st": keys.runs_by_status,
         "runs_fs": lambda shard, arg: keys.runs_by_function_status(shard, *arg.rsplit("|", 1)),
@@ -381,27 +390,29 @@ async def test_live_counts_follow_every_status_change_of_a_mixed_workload(
     events += [stepq.Event(name="q/rated") for _ in range(4)]
     events += [stepq.Event(name="q/throttled") for _ in range(3)]
     events += [stepq.Event(name="q/slow", data={"s": 1.5}) for _ in range(2)]
+    sent: list[str] = []
     for i in range(0, len(events), 5):
-        await sender.send(events[i : i + 5])
+        sent += await sender.send(events[i : i + 5])
         counts, truth = await snapshot(redis)
         assert counts == live(truth)
-    await asyncio.sleep(0.3)
-    workers[0].proc.send_signal(signal.SIGKILL)  # mid-step for some: their jobs come back after the lease
+    slow = RunFilter(function="slow", status=RunStatus.RUNNING)
+    for _ in range(200):  # both slow runs in their 1.5 s step
+        if await count_runs(redis, slow, cap=2) == (2, True):
+            break
+        await asyncio.sleep(0.02)
+    for worker in workers:  # SIGKILLed mid-step: the slow runs' jobs come back after the 2 s lease
+        worker.proc.send_signal(signal.SIGKILL)
     for k in (0, 1):
         await sender.send([stepq.Event(name="q/go", data={"k": k})])
     counts, truth = await snapshot(redis)
     assert counts == live(truth)
-    waiting = await run_ids(redis, RunFilter(function="waiter", status=RunStatus.WAITING), cap=10)
-    for _ in range(100):
-        if len(waiting) == 4:
-            break
-        await asyncio.sleep(0.05)
-        waiting = await run_ids(redis, RunFilter(function="waiter", status=RunStatus.WAITING), cap=10)
     store = RunStore(redis)
-    await store.cancel(waiting[-1], "test")  # one waiting run cancelled
     queued = await run_ids(redis, RunFilter(function="throttled", status=RunStatus.QUEUED), cap=10)
     await store.cancel(queued[0], "test")  # one run queued behind the throttle cancelled
-    start_workers("queries", n=1, env={"STEPQ_LEASE": "2"})
+    start_workers("queries", n=2, env={"STEPQ_LEASE": "2"})
+    [last_waiter] = await search_runs(redis, sent[events.index(stepq.Event(name="q/wait", data={"k": 3}))])
+    await wait_for_run(redis, last_waiter.run_id, statuses=("waiting",))
+    await store.cancel(last_waiter.run_id, "test")  # one waiting run cancelled
     # everything settles but 2 long naps, 1 waiter, 1 throttled run queued
     settled = {"t-queries-napper": 2, "t-queries-waiter": 1, "t-queries-throttled": 1}
     deadline = time.monotonic() + 40

@@ -32,6 +32,7 @@ from . import tracing
 from .app import AppLoadError, load_client
 from .embedded import EmbeddedRedis
 from .logs import configure
+from .metrics import MetricsServer, endpoint_options
 from .options import WorkerOptions
 from .worker import build_http_worker, build_worker
 
@@ -70,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     def redis_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--redis-url", help="Redis to use (default: STEPQ_REDIS_URL, else redis://localhost:6379/0)")
 
+    def metrics_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--metrics-port",
+            type=int,
+            help="serve Prometheus metrics on this port at /metrics (default: STEPQ_METRICS_PORT, else none)",
+        )
+        p.add_argument(
+            "--metrics-host",
+            help="address of the metrics endpoint (default: STEPQ_METRICS_HOST, else 127.0.0.1; it has no auth)",
+        )
+
     p = sub.add_parser("worker", help="run a worker process for an app's functions")
     p.add_argument("app", metavar="MODULE:CLIENT", nargs="?", help="the app's stepq.Inngest, e.g. myapp.jobs:client")
     p.add_argument(
@@ -82,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds an idle worker waits for work before it checks the queue anyway (default 4)",
     )
+    metrics_options(p)
     p.set_defaults(handler=_worker)
 
     p = sub.add_parser("dev", help="a worker and the event API, with a private Redis when none is configured")
@@ -89,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     redis_option(p)
     p.add_argument("--concurrency", type=int)
     p.add_argument("--api-port", type=int, default=8288, help="port of the event API (default 8288)")
+    metrics_options(p)
     p.set_defaults(handler=_dev)
 
     p = sub.add_parser("api", help="serve the HTTP event API (POST /e/{event_key}) on Redis")
@@ -167,9 +181,16 @@ def _worker(args: argparse.Namespace) -> int:
         else:
             signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
             worker = build_http_worker(_url(args), options, signing_key=signing_key)
+        metrics_port, metrics_host = endpoint_options(args.metrics_port, args.metrics_host)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
-
+    server = None
+    if metrics_port is not None:
+        try:
+            server = MetricsServer(metrics_port, metrics_host).start()
+        except OSError as exc:
+            raise CliError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from None
+        print(f"stepq worker: metrics at http://{metrics_host}:{server.port}/metrics", file=sys.stderr)
     try:
         worker.run()
     except FunctionOwnedError as exc:
@@ -179,6 +200,9 @@ def _worker(args: argparse.Namespace) -> int:
             "worker.app_conflict", function=exc.slug, owner=exc.owner, app_id=exc.app_id
         )
         raise CliError(f"cannot register app {exc.app_id!r}: {exc}") from None
+    finally:
+        if server is not None:
+            server.stop()
     return 0
 
 
@@ -210,6 +234,8 @@ def _api(args: argparse.Namespace) -> int:
     print(f"stepq api: http://{args.host}:{args.port}/e/<event key> ({mode})", file=sys.stderr)
     login = "open to loopback clients" if settings.dev else "log in with STEPQ_DASHBOARD_TOKEN or the signing key"
     print(f"stepq api: dashboard at http://{args.host}:{args.port}/ui/ ({login})", file=sys.stderr)
+    scrape = "needs Authorization: Bearer $STEPQ_METRICS_TOKEN" if settings.metrics_token else "open"
+    print(f"stepq api: Prometheus metrics at http://{args.host}:{args.port}/metrics ({scrape})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
     return 0
 

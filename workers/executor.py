@@ -54,6 +54,7 @@ from stepq.runtime.store import (
     now_ms,
 )
 
+from . import metrics
 from .faults import Faults
 from .invoker import Invoker
 from .remote import FunctionSource, RemoteFunction, Runnable
@@ -170,6 +171,7 @@ class Executor:
         if loaded.first_start and fn.timeouts is not None and not await self._within_timeouts(fn, loaded):
             return None
         limits = fn.limits if isinstance(fn, RemoteFunction) else self.store.limits
+        metrics.invocation_started(fn.slug)
         request = ExecutionRequest(
             event=loaded.events[0],
             events=loaded.events,
@@ -213,6 +215,7 @@ class Executor:
             duration_ms=elapsed_ms,
             **self.tracing.log_ids(span),
         )
+        metrics.invocation_ended(fn.slug, plan, written.outcome, elapsed_ms / 1000)
         if outcome.endswith(FENCED_SUFFIX):
             # A later load of this job's run holds it: most likely another delivery of this job,
             # which may since have died (its lease lapsed, or this worker took the lock back). Run

@@ -58,6 +58,7 @@ from .faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
 from .http_invoker import HttpInvoker
 from .invoker import InProcessInvoker, Invoker
 from .job_task import JobFunction, JobRunner
+from .metrics import lease_lost
 from .options import WorkerOptions
 from .registration import RegistrationKeeper
 from .remote import FunctionSource, LocalFunctions, RegisteredFunctions
@@ -400,6 +401,7 @@ class StepqWorker:
                     # job is that worker's to end.
                     self.runner.lost.add(job_id)
                     log.warning("lease.lost", job_id=job_id)
+                    lease_lost(self.queue.queue_id)
 
     async def _sweep_timers(self) -> None:
         faults = Faults("timers")
