@@ -17,6 +17,8 @@ Routes:
   (``stepq.runtime.app_urls``), 409 when a function id belongs to another app.
 - ``GET /v0/runs/{run_id}``: one run as JSON (``stepq.runtime.queries.get_run``), 404 if unknown or
   expired.
+- ``GET /v0/runs/{run_id}/timeline``: the run's timeline as JSON (``stepq.runtime.timeline``: every
+  step's attempts, sleeps, waits, invokes, parallel groups, flow control), 404 if unknown or expired.
 - ``GET /v0/runs/{run_id}/batch`` and ``/actions``: a run's events and step memo, for an SDK told
   ``use_api`` because the state was too large to send.
 - ``/ui``: the dashboard (``stepq.runtime.dashboard``; ``/`` redirects there): open to loopback
@@ -103,6 +105,7 @@ from .queries import RunFilter, get_run
 from .redis_errors import unavailable_reason
 from .registry import FunctionOwnedError, Registry
 from .store import RunStore
+from .timeline import get_timeline
 
 #: Inngest's ``MaxEvents``: events per request.
 MAX_EVENTS = 5000
@@ -376,6 +379,15 @@ def create_app(
             raise _Refused(404, f"no run {run_id!r} (unknown, or expired)")
         return _Json(view.to_dict())
 
+    @_guarded("run_timeline", _plain_error)
+    async def run_timeline(request: Request) -> Response:
+        require_signing_key(request, "reading a run")
+        run_id = request.path_params["run_id"]
+        timeline = await get_timeline(request.app.state.redis, run_id)
+        if timeline is None:
+            raise _Refused(404, f"no run {run_id!r} (unknown, or expired)")
+        return _Json(timeline.to_dict())
+
     @_guarded("runs", _plain_error)
     async def runs(request: Request) -> Response:
         require_signing_key(request, "reading runs")
@@ -555,8 +567,9 @@ def create_app(
             Route("/fn/register", register, methods=["POST"]),
             Route("/v0/runs/{run_id}/batch", run_batch, methods=["GET"]),
             Route("/v0/runs/{run_id}/actions", run_actions, methods=["GET"]),
+            Route("/v0/runs/{run_id}/timeline", run_timeline, methods=["GET"]),
             Route("/v0/runs/{run_id}", run, methods=["GET"]),
-            Route("/", lambda request: RedirectResponse("/ui/", 307), methods=["GET"]),
+            Route("/", _to_dashboard, methods=["GET"]),
             Mount("/ui", app=dashboard),
             Route("/v0/runs", runs, methods=["GET"]),
             Route("/v0/functions", functions, methods=["GET"]),
@@ -571,6 +584,11 @@ def _bearer_is(authorization: str | None, token: str) -> bool:
     """Whether ``authorization`` is ``Bearer <token>`` (compared in constant time)."""
     scheme, _, given = (authorization or "").strip().partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+async def _to_dashboard(request: Request) -> Response:
+    """``/`` is the dashboard's."""
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/ui/", 307)
 
 
 async def _read_body(request: Request, cap: int) -> bytes:

@@ -44,15 +44,16 @@ def decide(
 
     ``elapsed_ms``: how long the invocation took (a step's recorded duration)."""
     if isinstance(result, FunctionReturned):
-        return _plan(job, run, now, Finish(RunStatus.COMPLETED, output=result.value), warnings=tuple(result.warnings))
+        end = Finish(RunStatus.COMPLETED, output=result.value)
+        return _plan(job, run, now, end, warnings=tuple(result.warnings), elapsed_ms=elapsed_ms)
     if isinstance(result, FunctionFailed):
         failures = job.attempt + 1
         if result.retriable and failures < policy.max_attempts:
             delay = result.retry_after or policy.backoff.delay_drawn(failures, now.draw)
             # a planned step's retry is that step's: it must still be pending
             retry = _retry(job, run, now, delay, key=job.step_key or "", name="", error=result.error, executed=False)
-            return _plan(job, run, now, retry, label="function-error-retry")
-        return _plan(job, run, now, Finish(RunStatus.FAILED, error=result.error))
+            return _plan(job, run, now, retry, label="function-error-retry", elapsed_ms=elapsed_ms)
+        return _plan(job, run, now, Finish(RunStatus.FAILED, error=result.error), elapsed_ms=elapsed_ms)
     ops = result.opcodes
     if len(ops) == 1 and ops[0].op in (Op.STEP_RUN, Op.STEP_FAILED, Op.STEP_ERROR):
         return _step_result(job, run, policy, ops[0], result, now, elapsed_ms)
@@ -60,9 +61,15 @@ def decide(
         op = ops[0]
         wake = JobSpec(run.run_id, run.position, kind=JobKind.WAKE, step_key=op.id)
         sleep = Sleep(op.id, op.step_id, wake, _epoch_ms(wake_time(op, now.utc)))
-        return _plan(job, run, now, sleep, label="sleep", step=op.step_id)
+        return _plan(job, run, now, sleep, label="sleep", step=op.step_id, elapsed_ms=elapsed_ms)
     return _plan(
-        job, run, now, _fan_out(run, ops, now), label=f"fan-out:{len(ops)}", step=",".join(o.step_id for o in ops)
+        job,
+        run,
+        now,
+        _fan_out(run, ops, now),
+        label=f"fan-out:{len(ops)}",
+        step=",".join(o.step_id for o in ops),
+        elapsed_ms=elapsed_ms,
     )
 
 
@@ -98,7 +105,7 @@ def _step_result(
     if op.op is Op.STEP_ERROR:
         delay = result.retry_after or own.backoff.delay_drawn(attempts, now.draw)
         retry = _retry(job, run, now, delay, key=op.id, name=op.step_id, error=op.error or {}, executed=True)
-        return _plan(job, run, now, retry, label="step-error-retry", step=op.step_id)
+        return _plan(job, run, now, retry, label="step-error-retry", step=op.step_id, elapsed_ms=elapsed_ms)
     value = memo_data(op.data) if op.op is Op.STEP_RUN else memo_error(op.error or {})
     label = "step-ok" if op.op is Op.STEP_RUN else "step-failed"
     write: Write
@@ -106,7 +113,7 @@ def _step_result(
         write = Resolve(op.id, op.step_id, value, attempts, elapsed_ms)
     else:
         write = Commit(op.id, op.step_id, value, attempts, elapsed_ms, JobSpec(run.run_id, run.position + 1))
-    return _plan(job, run, now, write, label=label, step=op.step_id)
+    return _plan(job, run, now, write, label=label, step=op.step_id, elapsed_ms=elapsed_ms)
 
 
 def _retry(
@@ -186,6 +193,7 @@ def _plan(
     label: str = "",
     step: str | None = None,
     warnings: tuple[str, ...] = (),
+    elapsed_ms: int = 0,
 ) -> Plan:
     # A finish is never nudged: its refusals all mean the run is in other hands or over.
     nudge = "" if isinstance(write, Finish) else job.job_id
@@ -203,6 +211,8 @@ def _plan(
         label=label,
         step=step,
         warnings=warnings,
+        attempt=job.attempt + 1,
+        started_ms=now.ms - elapsed_ms,
     )
 
 

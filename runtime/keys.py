@@ -48,7 +48,9 @@ def _run_shape(kind: str) -> Shape:
 
 
 #: A run's keys (tagged with the run's shard), by kind.
-RUN_SHAPES = {kind: _run_shape(kind) for kind in ("run", "events", "memo", "stack", "steps", "pending", "jobs")}
+RUN_SHAPES = {
+    kind: _run_shape(kind) for kind in ("run", "events", "memo", "stack", "steps", "pending", "jobs", "history")
+}
 #: A job's keys (tagged with its run's shard), in arq's names.
 JOB_SHAPES = {
     "job": Shape(ARQ_JOB, ":"),
@@ -113,6 +115,11 @@ def steps(run_id: str) -> str:
 def pending(run_id: str) -> str:
     """Step keys reported together and not yet resolved (parallel steps, waits, invokes)."""
     return RUN_SHAPES["pending"].build(tag_of(run_id), run_id)
+
+
+def history(run_id: str) -> str:
+    """The run's history of step attempts (a list of msgpack entries, runtime/history.py), bounded."""
+    return RUN_SHAPES["history"].build(tag_of(run_id), run_id)
 
 
 def jobs(run_id: str) -> str:
@@ -391,7 +398,7 @@ LUA_BUILDERS: dict[str, Callable[[str], str]] = {
 #: The registry's fixed keys the scripts use, by the name of the Lua constant generated for each.
 LUA_CONSTANTS: dict[str, str] = {"FUNCTIONS": FUNCTIONS, "FUNCTIONS_VERSION": FUNCTIONS_VERSION}
 #: Sharded keys whose argument the scripts read back from a key (``<name>_id_of(key)``).
-LUA_INVERSES = ("job", "queue")
+LUA_INVERSES = ("run", "job", "queue")
 
 _HOLE = "\x00"
 
@@ -440,7 +447,7 @@ def lua_prelude() -> str:
     for name, shape in SHARD_SHAPES.items():
         lines.append(_lua_shaped(name, shape, "tag", None))
     for name in LUA_INVERSES:
-        shape = (JOB_SHAPES | QUEUE_SHAPES)[name]
+        shape = (RUN_SHAPES | JOB_SHAPES | QUEUE_SHAPES)[name]
         # the tag holds no '}': the argument starts after the first '}' past the head, and the tail
         lines.append(
             f"local function {name}_id_of(key) return string.sub(key, "

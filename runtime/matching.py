@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from . import keys, lifecycle, store, tracing, waits
+from . import history, keys, lifecycle, store, tracing, waits
 from .codec import unpack
 from .lifecycle import Ingest
 from .store import now_ms
@@ -39,7 +39,8 @@ async def apply(ingest: Ingest, record: waits.WaitRecord, event: dict[str, Any])
         outcome = await lifecycle.cancel(ingest, record.run_id, reason)
         log.info("run.cancelled", run_id=record.run_id, event_name=event["name"], outcome=outcome.value)
         return int(outcome is store.Outcome.OK)
-    written = await ingest.store.resolve(record.run_id, record.key, event, name="")
+    fields = history.entry(history.K_EVENT, key=record.key, event_id=event.get("id"), event=event.get("name"))
+    written = await ingest.store.resolve(record.run_id, record.key, event, name="", history=fields)
     log.debug("wait.resolved", run_id=record.run_id, key=record.key, outcome=written.outcome.value)
     await lifecycle.runs_failed(ingest, written.ended)
     resolved = written.outcome in (store.Outcome.OK, store.Outcome.JOINED)

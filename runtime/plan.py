@@ -173,3 +173,8 @@ class Plan:
     step: str | None = None
     #: Things the answer did that do not change the run but are worth a warning (a divergence).
     warnings: tuple[str, ...] = ()
+    #: For the run's history (runtime/history.py): the invocation's attempt number (1-based; 0:
+    #: not an invocation's) and when its job started (ms since the epoch; 0: unknown). Not compared:
+    #: they describe the invocation, not the writes.
+    attempt: int = dataclasses.field(default=0, compare=False)
+    started_ms: int = dataclasses.field(default=0, compare=False)

@@ -3,7 +3,8 @@
 The blob is ``[head, kind, body]`` (arrays, not maps: it is sent on every step). ``head`` is what
 every write needs (the run, its claim, the time, the defaults, the nudge); ``body`` the write's own
 fields, in the order the script's function for ``kind`` reads them; the head ends with the job
-applying the plan (``JobLease``), which the script ends and may hand the run's next job. The KEYS
+applying the plan (``JobLease``), which the script ends and may hand the run's next job, and the
+fields of the write's entry in the run's history (runtime/history.py), packed once. The KEYS
 are the run's eight, then the write's own in the order the script consumes them.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from . import keys
+from . import history, keys
 from .codec import pack
 from .jobs import JobKind, JobSpec, encode_around_position, enqueue_keys
 from .limits import Limits
@@ -61,6 +62,7 @@ def encode(
         lease.token if lease else "",
         int(lease is not None and lease.may_hand_off),
         lease.lease_ms if lease else 0,
+        history_fields(plan),
     ]
     shard = shard_of(run_id)
     run_keys = [
@@ -82,6 +84,74 @@ def encode(
         (kind, body, more_keys), next_payload = _write(plan), b""
     # Redis's cmsgpack knows no bin type: bytes travel as msgpack's old raw strings.
     return run_keys + more_keys, msgpack.packb([head, kind, body], use_bin_type=False), next_payload
+
+
+def history_fields(plan: Plan) -> bytes:
+    """The fields of the run's history entry for ``plan``'s write (see runtime/history.py)."""
+    write, attempt = plan.write, plan.attempt or None
+    started = plan.started_ms or None
+    if isinstance(write, Commit | Resolve):
+        kind = history.K_COMMIT if isinstance(write, Commit) else history.K_RESOLVE
+        failed = write.value.get("error") if isinstance(write.value, dict) and "data" not in write.value else None
+        return history.entry(
+            kind,
+            key=write.key,
+            name=write.name,
+            attempt=write.attempts,
+            started_ms=started,
+            error=history.error_fields(failed),
+        )
+    if isinstance(write, Retry):
+        return history.entry(
+            history.K_RETRY,
+            key=write.key,
+            name=write.name,
+            attempt=write.attempts,
+            started_ms=started,
+            error=history.error_fields(write.error),
+            retry_at_ms=write.due_ms,
+            executed=write.executed,
+        )
+    if isinstance(write, Sleep):
+        return history.entry(
+            history.K_SLEEP,
+            key=write.key,
+            name=write.name,
+            attempt=attempt,
+            started_ms=started,
+            wake_at_ms=write.due_ms,
+        )
+    if isinstance(write, FanOut):
+        return history.entry(
+            history.K_FAN_OUT,
+            group=plan.position,
+            steps=_fanned(write, plan.now_ms),
+            attempt=attempt,
+            started_ms=started,
+        )
+    error = history.error_fields(write.error) if write.status is RunStatus.FAILED else None
+    return history.entry(history.K_FINISH, status=write.status.value, attempt=attempt, started_ms=started, error=error)
+
+
+def _fanned(write: FanOut, at: int) -> list[dict[str, Any]]:
+    """What the history keeps of each step of a fan-out (its type, and a wait's or invoke's terms)."""
+    records = {record.key: record for record in write.waits}
+    steps: list[dict[str, Any]] = []
+    for step in write.steps:
+        job = step.job
+        fields: dict[str, Any] = {"key": step.key, "name": step.name}
+        record = records.get(step.key)
+        if step.start is not None:
+            child = step.start.value if isinstance(step.start.value, dict) else {}
+            fields |= {"type": "invoke", "function": child.get("function_id"), "timeout_ms": step.due_ms - at}
+        elif record is not None:
+            fields |= {"type": "wait", "event": record.event, "if": record.expression, "timeout_ms": step.due_ms - at}
+        elif job is not None and job.kind is JobKind.TIMER:
+            fields |= {"type": "sleep", "wake_at_ms": step.due_ms}
+        else:
+            fields["type"] = "step"
+        steps.append(fields)
+    return steps
 
 
 def _write(plan: Plan) -> tuple[str, list[Any], list[str]]:

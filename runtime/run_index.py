@@ -6,7 +6,8 @@ zsets read newest first, in the order (created ms, run id) descending (all runs:
 status; a function's: its runs in each status); a cursor is the (created ms, run id) of the last run a
 page looked at, and the next page starts just after it in that order. A filter is answered by its
 most selective index (the one listing the fewest runs in its time range); the fields that index
-does not cover are checked on the runs' records.
+does not cover are checked by membership of the other indexes (ZMSCORE), and only a function that no
+registration and no run knows is checked on the runs' records.
 """
 
 from __future__ import annotations
@@ -219,18 +220,23 @@ class Merged:
             await self._start()
         out: list[Position] = []
         while len(out) < n:
-            await self._refill()
+            # a read may keep nothing (ties of the cursor's millisecond): read on until every stream
+            # that is not exhausted shows an entry
+            while any(not s.buffer and not s.exhausted for s in self.streams):
+                await self._refill()
             if not any(s.buffer for s in self.streams):
                 break  # every stream exhausted
-            # an entry is next only while every stream that may hold a newer one shows its head
-            while len(out) < n and all(s.buffer or s.exhausted for s in self.streams):
-                live = [s for s in self.streams if s.buffer]
-                if not live:
-                    break
-                entry = max(live, key=lambda s: s.buffer[0]).buffer.popleft()
-                out.append(entry)
-                for stream in self.streams:  # later reads skip what the merge returned already
-                    stream.after = entry
+            # entries at or above the highest last-buffered entry of the streams not exhausted are
+            # final: whatever those streams hold unread is older
+            floor = max((s.buffer[-1] for s in self.streams if not s.exhausted), default=None)
+            ready = [(e, i) for i, s in enumerate(self.streams) for e in s.buffer if floor is None or e >= floor]
+            ready.sort(reverse=True)
+            taken = ready[: n - len(out)]
+            for _, i in taken:
+                self.streams[i].buffer.popleft()  # each stream's taken entries are its newest
+            out += [e for e, _ in taken]
+            for stream in self.streams:  # later reads skip what the merge returned already
+                stream.after = out[-1]
         return out
 
 

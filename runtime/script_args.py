@@ -53,6 +53,8 @@ class ResolveStepArgs(ScriptArgs):
     #: Both '' unless the value is what the step's code just returned (a planned step's result).
     attempts: int | str
     duration_ms: int | str
+    #: The fields of the run's history entry for this write (runtime/history.py ``entry``), or b''.
+    history: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from . import jobs, keys, metrics, run_status, shards
+from . import history, jobs, keys, metrics, run_status, shards
 from .script_args import BY_SCRIPT
 
 SCRIPT_NAMES = (
@@ -29,6 +29,7 @@ SCRIPT_NAMES = (
     "renew_leases",
     "finish_job",
     "release_mover",
+    "record_history",
     "fork_run",
 )
 
@@ -41,13 +42,14 @@ def script_text(name: str) -> str:
 @cache
 def prelude() -> str:
     """What every script starts with: the key names (generated from ``stepq.runtime.keys``), then
-    the run indexes' helpers of run_index.lua, the shared helpers of prelude.lua and the concurrency
-    limits' of slots.lua."""
+    the run history's helpers (runtime/history.py), the run indexes' of run_index.lua, the shared
+    helpers of prelude.lua and the concurrency limits' of slots.lua."""
     return (
         shards.lua_prelude()
         + keys.lua_prelude()
         + run_status.lua_prelude()
         + jobs.lua_prelude()
+        + history.lua_prelude()
         + script_text("run_index")
         + script_text("prelude")
         + script_text("slots")

@@ -414,10 +414,12 @@ class RunStore:
         fence_field: str = "",
         fence: str = "",
         executed: tuple[int, int] | None = None,
+        history: bytes = b"",
     ) -> Written:
         """Memoize ``value`` for a pending step; ``joined`` when it was the last one (the run goes on).
 
-        ``executed``: (attempts, duration ms) when the value is what the step's code just returned."""
+        ``executed``: (attempts, duration ms) when the value is what the step's code just returned;
+        ``history``: the fields of the run's history entry for it (runtime/history.py ``entry``)."""
         limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
         attempts, duration_ms = executed if executed is not None else ("", "")
         reply = await self.scripts.call(
@@ -435,9 +437,18 @@ class RunStore:
                 retention_s=limits.retention_s,
                 attempts=attempts,
                 duration_ms=duration_ms,
+                history=history,
             ).argv(),
         )
         return Written.of(reply)
+
+    async def record_history(self, run_id: str, history: bytes) -> bool:
+        """Append an entry no other write carries to a run's history (an invoked child's start);
+        False when the run is gone."""
+        reply = await self.scripts.call(
+            "record_history", [keys.run(run_id), keys.history(run_id)], [run_id, now_ms(), history]
+        )
+        return bool(reply == b"ok")
 
     async def enqueue_for_run(self, run_id: str, queue_id: str, job: JobSpec, due_ms: int) -> None:
         """Enqueue a delayed job of the run; it is dropped if the run ends first."""

@@ -4,9 +4,11 @@ production mode; dev mode open on loopback only. The browser tests (Chromium) li
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -15,6 +17,7 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime.api import ApiServer, ApiSettings
+from stepq.runtime.timeline import get_timeline
 from tests.helpers import REDIS_URL, StartWorkers, run_ids_for_event, wait_for_run
 from tests.http_fixtures import free_port
 
@@ -26,6 +29,18 @@ def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert found, html[:2000]
     return found.group(1)
+
+
+async def waiting_for_paid(redis: Redis, run_id: str) -> str:
+    """Once the fan-out run waits for its event: the id of the child run it invoked before."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        timeline = await get_timeline(redis, run_id)
+        items = {item.kind: item for item in timeline.items} if timeline else {}
+        if "wait" in items and items["wait"].status == "waiting":
+            return str(items["invoke"].detail["child_run_id"])
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"run {run_id} did not reach its wait: {timeline}")
 
 
 @pytest.fixture
@@ -54,7 +69,11 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
     [broken] = await run_ids_for_event(redis, "t-dash-broken", broken_event)
     [echo] = await run_ids_for_event(redis, "t-dash-echo", echo_event)
     [nap] = await run_ids_for_event(redis, "t-dash-napper", nap_event)
-    for run_id in (order, broken, echo):
+    [fan_event] = await sender.send(stepq.Event(name="dash/fanout", data={"order": 7}))
+    [fan] = await run_ids_for_event(redis, "t-dash-fanout", fan_event)
+    child = await waiting_for_paid(redis, fan)
+    [paid_event] = await sender.send(stepq.Event(name="dash/paid", data={"order": 7}))
+    for run_id in (order, broken, echo, fan):
         await wait_for_run(redis, run_id)
     await wait_for_run(redis, nap, statuses=("sleeping",))
     more_naps_runs = [(await run_ids_for_event(redis, "t-dash-napper", e))[0] for e in more_naps]
@@ -98,7 +117,22 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
             assert text in page.text, text
 
         failure = (await http.get(f"/ui/runs/{broken}")).text
-        assert "card declined by the bank" in failure and "charge" in failure
+        assert "card declined by the bank" in failure
+        assert re.search(r'id="failed-at">Raised by step <strong>charge</strong> on attempt 2\.', failure)
+        charge = re.search(
+            r'<div class="wf-row[^"]*" data-step="[0-9a-f]+" data-kind="step" data-status="failed">.*?</ol>',
+            failure,
+            re.S,
+        )
+        assert charge and "charge" in charge.group(0), failure
+        assert charge.group(0).count("<li ") == 2 and charge.group(0).count("card declined by the bank") >= 2
+
+        # a parallel group, an invoke linking to its child run, a wait with its condition and match
+        fan_page = (await http.get(f"/ui/runs/{fan}")).text
+        assert fan_page.count("grouped") >= 2  # left and right, side by side
+        assert f'href="/ui/runs/{child}"' in fan_page and "invokes t-dash-echo" in fan_page
+        assert "waits for event dash/paid if async.data.order == 7" in fan_page
+        assert f"matched event {paid_event}" in fan_page
 
         echoed = (await http.get(f"/ui/runs/{echo}")).text
         assert SCRIPT not in echoed and "&lt;script&gt;alert(1)&lt;/script&gt;" in echoed
@@ -160,6 +194,7 @@ async def test_pages_show_runs_events_and_functions_escaped_and_act(
         assert (await wait_for_run(redis, resume)).status == "completed"
         resume_page = (await http.get(f"/ui/runs/{resume}")).text
         assert "Resumed from" in resume_page and f'href="/ui/runs/{order}"' in resume_page
+        assert "at step send-receipt" in resume_page
 
         # bulk: a preview counts, the confirm acts
         params = {"preview": "1", "action": "cancel", "function": "t-dash-napper", "status": "sleeping"}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from stepq.runtime.dashboard import views
+from stepq.runtime.dashboard import views, waterfall
 from stepq.runtime.dashboard.auth import DashboardAuth, LoginLimiter, safe_next
+from stepq.runtime.queries import RunView, StepView
+from stepq.runtime.timeline import Attempt, Timeline, TimelineItem
 
 
 def test_times_durations_and_json() -> None:
@@ -78,3 +80,76 @@ def test_login_checks() -> None:
     limiter.failed("a", now=1)
     assert limiter.blocked("a", now=2) == 8 and limiter.blocked("b", now=2) == 0
     assert limiter.blocked("a", now=11) == 0
+
+
+def test_timeline_rows() -> None:
+    envelope = {"__ENCRYPTED__": True, "__STRATEGY__": "inngest/libsodium", "data": "c2VjcmV0"}
+    run = RunView("r1", "app-fn", "app", "running", 1_000, 1_000, None, None)
+    run.steps = [
+        StepView("k1", "charge", 2, 3, 10, 1_200, None, {"data": envelope}, True),
+        StepView("k3", "wait-paid", 1, 0, None, 1_900, None, {"name": "paid", "data": {}, "id": "e9"}, True),
+    ]
+    boom = {"name": "ValueError", "message": "declined"}
+    items = [
+        TimelineItem("", "throttled", "flow", 1_000, 1_050, "completed", detail={"held": "throttled (key a)"}),
+        TimelineItem(
+            "k1",
+            "charge",
+            "step",
+            1_100,
+            1_200,
+            "completed",
+            attempts=[
+                Attempt(1, 1_100, 1_110, "error", boom),
+                Attempt(2, 1_150, 1_190, "ok"),
+                Attempt(2, 1_160, 1_200, "duplicate", None, "duplicate"),
+            ],
+            memo_present=True,
+        ),
+        TimelineItem("k2", "nap", "sleep", 1_200, None, "sleeping", detail={"wake_at_ms": 61_200}),
+        TimelineItem(
+            "k3",
+            "wait-paid",
+            "wait",
+            1_300,
+            1_900,
+            "completed",
+            detail={"event": "paid", "if": "async.data.id == 7", "timeout_ms": 60_000, "matched_event_id": "e9"},
+            memo_present=True,
+        ),
+        TimelineItem(
+            "k4",
+            "call",
+            "invoke",
+            1_300,
+            None,
+            "running",
+            group="3",
+            detail={"function": "app-child", "timeout_ms": 366 * 86_400_000, "child_run_id": "r2"},
+        ),
+        TimelineItem(
+            "k5",
+            "other",
+            "step",
+            1_300,
+            None,
+            "retrying",
+            group="3",
+            detail={"retry_at_ms": 5_000},
+            attempts=[Attempt(1, 1_300, 1_310, "error", boom)],
+        ),
+    ]
+    rows = waterfall.rows(Timeline(run, items), now_ms=2_000)
+    flow, charge, nap, wait, invoke, other = rows
+    assert flow.kind == "flow" and flow.details == ["start held: throttled (key a)"]
+    assert charge.status == "completed" and charge.error == "" and charge.duplicates == 1 and charge.committed
+    assert [a.outcome for a in charge.attempts] == ["error", "ok", "duplicate"]
+    assert charge.attempts[0].error == "ValueError: declined"
+    assert charge.attempts[2].error == "ran again; its write was refused (duplicate)"
+    assert charge.memo == views.Memo("encrypted", "")
+    assert nap.details == ["wakes at 1970-01-01 00:01:01.200 UTC (in 59.2 s)"] and nap.memo is None
+    assert wait.details == ["waits for event paid if async.data.id == 7, timeout 1 min 00 s", "matched event e9"]
+    assert wait.memo is not None and wait.memo.kind == "event"
+    assert invoke.details == ["invokes app-child"]  # a year or more: no timeout given
+    assert invoke.child_run_id == "r2" and invoke.group == other.group == "3" and not invoke.committed
+    assert other.error == "ValueError: declined" and other.details[-1].startswith("next attempt at")

@@ -129,6 +129,8 @@ async def test_filters_paging_cursor_search_and_event_outcomes(redis: Redis, mon
     # 30 alpha + 30 beta (qa/a), 5 beta (qa/b), 1 beta (dup-1), 1 gamma + 2 skipped, 1 delta
     assert len(everything) == 70
     assert await page_through(redis, RunFilter(), 7) == everything
+    # one run a page: a cursor in one status's index, ties of its millisecond in the others
+    assert await page_through(redis, RunFilter(), 1) == everything
 
     # runs created while paging are newer than the cursor: later pages neither repeat nor skip a run
     first = await find_runs(redis, RunFilter(), limit=10)
@@ -163,6 +165,14 @@ async def test_filters_paging_cursor_search_and_event_outcomes(redis: Redis, mon
     assert len(expect(RunFilter(function="picky"))) == 1  # n = 500 only
     assert set(expect(RunFilter(status=RunStatus.CANCELLED))) == set(sent["cancelled"])
     assert [r["status"] for r in records.values()].count("skipped") == 2
+
+    # the run a cursor names leaves the index (cancelled) before the next page: the page goes on after
+    # its place, past the runs of its millisecond read before it
+    in_batch = RunFilter(status=RunStatus.QUEUED, until_ms=sent["middle"])
+    first_ten = await find_runs(redis, in_batch, limit=10)
+    await RunStore(redis).cancel(first_ten.runs[-1].run_id, "test")
+    rest = await page_through_from(redis, in_batch, 1, first_ten.cursor)
+    assert rest == expect(in_batch)[10:] and len(rest) == 45
 
     # a filter its index does not cover looks at a bounded number of entries per page, and says so
     monkeypatch.setattr(queries, "PAGE_SCAN_MAX", 2)
@@ -402,17 +412,20 @@ async def test_live_counts_follow_every_status_change_of_a_mixed_workload(
         await asyncio.sleep(0.02)
     for worker in workers:  # SIGKILLed mid-step: the slow runs' jobs come back after the 2 s lease
         worker.proc.send_signal(signal.SIGKILL)
-    for k in (0, 1):
-        await sender.send([stepq.Event(name="q/go", data={"k": k})])
     counts, truth = await snapshot(redis)
     assert counts == live(truth)
     store = RunStore(redis)
     queued = await run_ids(redis, RunFilter(function="throttled", status=RunStatus.QUEUED), cap=10)
     await store.cancel(queued[0], "test")  # one run queued behind the throttle cancelled
     start_workers("queries", n=2, env={"STEPQ_LEASE": "2"})
-    [last_waiter] = await search_runs(redis, sent[events.index(stepq.Event(name="q/wait", data={"k": 3}))])
-    await wait_for_run(redis, last_waiter.run_id, statuses=("waiting",))
-    await store.cancel(last_waiter.run_id, "test")  # one waiting run cancelled
+    waiters = [
+        await search_runs(redis, sent[events.index(stepq.Event(name="q/wait", data={"k": k}))]) for k in range(4)
+    ]
+    for [waiter] in waiters:
+        await wait_for_run(redis, waiter.run_id, statuses=("waiting",))
+    for k in (0, 1):  # two waits resolved, one waiting run cancelled, one left waiting
+        await sender.send([stepq.Event(name="q/go", data={"k": k})])
+    await store.cancel(waiters[3][0].run_id, "test")
     # everything settles but 2 long naps, 1 waiter, 1 throttled run queued
     settled = {"t-queries-napper": 2, "t-queries-waiter": 1, "t-queries-throttled": 1}
     deadline = time.monotonic() + 40

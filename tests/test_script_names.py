@@ -71,7 +71,7 @@ def test_the_shards_tags_spread_over_the_slots_of_a_cluster() -> None:
 
 @pytest.mark.parametrize("name", keys.LUA_INVERSES)
 async def test_ids_are_read_back_from_keys(redis: Redis, name: str) -> None:
-    build = keys.job if name == "job" else (lambda i: keys.queue(3, i))
+    build = {"job": keys.job, "run": keys.run}.get(name) or (lambda i: keys.queue(3, i))
     built = [build(i) for i in IDS]
     got = await _lua(
         redis, f"local out = {{}} for i, k in ipairs(ARGV) do out[i] = {name}_id_of(k) end return out", *built

@@ -30,7 +30,7 @@ from stepq.event import Event
 from stepq.expressions import Bindings
 from stepq.opcodes import memo_error
 from stepq.replay import ExecutionRequest
-from stepq.runtime import flow_starts, gather, keys, lifecycle, matching
+from stepq.runtime import flow_starts, gather, history, keys, lifecycle, matching
 from stepq.runtime.answers import check_answer
 from stepq.runtime.decide import decide, finish, give_up
 from stepq.runtime.ingest import Ingest
@@ -277,7 +277,8 @@ class Executor:
     async def _fire_timer(self, job: JobSpec) -> None:
         """A pending step's timer: a wait or invoke timed out, or a sleep inside a fan-out ended."""
         assert job.step_key is not None
-        written = await self.store.resolve(job.run_id, job.step_key, job.value)
+        fields = history.entry(history.K_TIMER, key=job.step_key)
+        written = await self.store.resolve(job.run_id, job.step_key, job.value, history=fields)
         await self._resolved(written)
         await self.tracing.timer_fired(job, written.outcome.value)
         log.info("timer", run_id=job.run_id, step_key=job.step_key, outcome=written.outcome.value)
@@ -337,7 +338,9 @@ class Executor:
         if record is None:
             error = {"name": "FunctionNotFound", "message": f"invoke: no function {slug!r} is registered", "stack": ""}
             name = str(job.value.get("name") or "")
-            await self._resolved(await self.store.resolve(job.run_id, job.step_key, memo_error(error), name=name))
+            fields = history.entry(history.K_NO_FUNCTION, key=job.step_key, function=slug)
+            written = await self.store.resolve(job.run_id, job.step_key, memo_error(error), name=name, history=fields)
+            await self._resolved(written)
             return
         event = Event(
             name="inngest/function.invoked",
@@ -366,6 +369,10 @@ class Executor:
             trace=trace,
         )
         created = int(reply[0]) == 1
+        started = history.entry(
+            history.K_INVOKE, key=job.step_key, child_run_id=child_id, function=record.slug, created=created
+        )
+        await self.store.record_history(job.run_id, started)
         log.info("invoke.started", run_id=job.run_id, step_key=job.step_key, function=slug, created=created)
         outcomes = flow_starts.StartOutcomes.of_create_run(reply)
         await lifecycle.announce_starts(self.ingest, outcomes, {child_id: (record.slug, event.to_dict())})

@@ -20,7 +20,8 @@ from ..actions import ActionRefused, Actions
 from ..codec import unpack
 from ..ingest import Ingest
 from ..run_status import RunStatus
-from . import auth, sources, views
+from ..timeline import get_timeline
+from . import auth, sources, views, waterfall
 
 #: Runs per page of the list.
 PAGE_SIZE = 50
@@ -141,74 +142,29 @@ async def runs_table(request: Request) -> Response:
     return render(request, "_runs_table.html", await _runs_context(request))
 
 
-def _rows_from_steps(run: sources.RunView) -> list[views.Row]:
-    """The waterfall from a run's steps (their end and duration)."""
-    rows: list[views.Row] = []
-    for step in run.steps:
-        end = step.finished_ms
-        start = end - step.duration_ms if end is not None and step.duration_ms is not None else None
-        memo = views.memo_view(step.memo) if step.done else None
-        details = [f"{step.attempts} attempts"] if step.attempts > 1 else []
-        error = step.error or ""
-        if memo is not None and memo.kind == "error":
-            status = "error"
-        elif step.done:  # committed: an error it holds is an earlier attempt's
-            status = "ok"
-            if error:
-                details.append(f"an earlier attempt failed: {error}")
-                error = ""
-        else:
-            status = "error" if error else "pending"
-        rows.append(
-            views.Row(
-                key=step.key,
-                name=step.name,
-                kind="step",
-                status=status,
-                start_ms=start,
-                end_ms=end,
-                error=error,
-                duplicates=max(0, step.executions - step.attempts),
-                memo=memo,
-                committed=step.done,
-                details=details,
-            )
-        )
-    if run.status == RunStatus.SLEEPING and run.wake_at_ms is not None and rows:
-        rows[-1].details.append(f"wakes at {views.clock(run.wake_at_ms)}")
-    return rows
-
-
 @auth.page
 async def run_page(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     redis = _redis(request)
-    run = await sources.get_run(redis, run_id)
-    if run is None:
+    timeline = await get_timeline(redis, run_id)
+    if timeline is None:
         return render(request, "missing.html", {"what": f"run {run_id}"}, 404)
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.get(keys.events(run_id))
-        pipe.hmget(keys.run(run_id), ["replay_of", "forked_from", "from_step", "replays"])
-        blob, links = await pipe.execute()
+    run = timeline.run
+    blob = await redis.get(keys.events(run_id))
     events = unpack(blob) if blob else []
     now = _now()
-    rows = _rows_from_steps(run)
-    scale = views.lay_out(rows, now, run.started_ms or run.created_ms)
-    failed_at = next((r for r in reversed(rows) if r.status == "error"), None)
-    link = dict(zip(("replay_of", "forked_from", "from_step", "replays"), links, strict=True))
-    link = {k: v.decode() if v else None for k, v in link.items()}
+    rows = waterfall.rows(timeline, now)
+    scale = views.lay_out(rows, now, run.created_ms)
     context = {
         "run": run,
         "events": events,
         "rows": rows,
         "scale": scale,
-        "failed_at": failed_at,
+        "failed_at": timeline.failed_at,
+        "truncated": timeline.truncated,
         "active": run.status in ACTIVE,
         "ended": run.status in ENDED,
-        "replay_of": link["replay_of"],
-        "forked_from": link["forked_from"],
-        "from_step": link["from_step"],
-        "replays": [r for r in (link["replays"] or "").split(",") if r],
+        "from_step": next((step.name for step in run.steps if step.key == run.from_step), run.from_step),
         "output": views.memo_view({"data": run.output}) if run.status == RunStatus.COMPLETED else None,
     }
     template = "_run_body.html" if request.headers.get("hx-request") else "run.html"

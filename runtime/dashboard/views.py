@@ -184,6 +184,8 @@ def status_class(status: str) -> str:
         "pending",
         "timed_out",
         "matched",
+        "retrying",
+        "duplicate",
     }
     return f"st-{status}" if status in known else "st-other"
 

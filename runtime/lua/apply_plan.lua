@@ -6,8 +6,10 @@
 --       (see register_wait_from in the prelude)
 -- ARGV[1]: the plan, msgpack: {head, kind, body} (runtime/plan_wire.py)
 --   head: {run_id, fence_field, fence, position, now_ms, grace_ms, max_state, retention, nudge_job_id,
---          nudge_prefix, nudge_suffix, job_id, lease_token, hand_off, lease_ms}: the last four the
---          caller's job, ended here ('' for none), and whether it may be handed the run's next job
+--          nudge_prefix, nudge_suffix, job_id, lease_token, hand_off, lease_ms, history}: job_id to
+--          lease_ms the caller's job, ended here ('' for none), and whether it may be handed the
+--          run's next job; history: the fields of the write's entry in the run's history (a packed
+--          msgpack map, runtime/history.py), appended whatever the outcome
 -- Returns {outcome, nudged, {ended...}, job_ended} and, when it handed over the next job, that job's
 -- id, try, fence and force_plan flag after them: nudged is '' when no nudge ran, else what nudge()
 -- found; ended: the runs this script ended besides its own (see ENDED in the prelude); job_ended: 1
@@ -240,6 +242,9 @@ end
 
 local WRITES = {commit = commit, resolve = resolve, retry = retry, sleep = sleep, fan_out = fan_out, finish = finish}
 local outcome = WRITES[kind](body)
+-- a refused write is recorded too: a step's result refused is a duplicate execution of the step
+record_history(run_id, outcome, now, head[16], outcome == 'done' or outcome == 'cancelled'
+  or outcome == 'state_too_large' or (kind == 'finish' and outcome == 'ok'))
 local nudged = ''
 if (outcome == 'stale' or outcome == 'duplicate') and head[9] ~= '' then
   nudged = nudge(head[9], head[10], head[11])

@@ -224,7 +224,8 @@ local function close_run(run_id, now, retention_s)
   if singleton and redis.call('GET', singleton) == run_id then
     redis.call('DEL', singleton)
   end
-  for _, key in ipairs({run, key_events(run_id), key_memo(run_id), key_stack(run_id), key_steps(run_id)}) do
+  for _, key in ipairs({run, key_events(run_id), key_memo(run_id), key_stack(run_id), key_steps(run_id),
+      key_history(run_id)}) do
     redis.call('EXPIRE', key, retention_s)
   end
   index_done(run_id, now, retention_s)
@@ -290,8 +291,8 @@ end
 -- resolve enqueues the run's next job (prepared when the steps were reported). A value that would
 -- take the run's state over its limit fails the run instead. ``defaults``: the default limits (see
 -- run_limits); ``executed`` ({attempts, ms}, or nil) says the value is what the step's code just
--- returned.
-local function resolve_pending(run_id, key, value, name, now, fence_field, fence, defaults, executed)
+-- returned. (resolve_pending, below, also records it in the run's history.)
+local function resolve_value(run_id, key, value, name, now, fence_field, fence, defaults, executed)
   local run = key_run(run_id)
   if executed then
     count_execution(run, key_steps(run_id), key)
@@ -349,6 +350,16 @@ local function resolve_pending(run_id, key, value, name, now, fence_field, fence
   return 'ok'
 end
 
+-- resolve_value, and the run's history records it with ``fields`` (a packed map, runtime/history.py;
+-- nil: recorded by the caller).
+local function resolve_pending(run_id, key, value, name, now, fence_field, fence, defaults, executed, fields)
+  local outcome = resolve_value(run_id, key, value, name, now, fence_field, fence, defaults, executed)
+  if fields then
+    record_history(run_id, outcome, now, fields, outcome == 'done' or outcome == 'state_too_large')
+  end
+  return outcome
+end
+
 -- An invoked run's end resumes its parent: the parent's memo is {"data": output} or {"error": error},
 -- written as a one-entry msgpack map around the already-packed value.
 notify_parent = function(run_key, result_field, result_blob, now, defaults)
@@ -358,12 +369,14 @@ notify_parent = function(run_key, result_field, result_blob, now, defaults)
   end
   local parent_id, key = string.match(parent, '^(.-)|(.*)$')
   local wrapped
+  local fields = {k = 'child', key = key, child_run_id = run_id_of(run_key)}
   if result_field == 'output' then
     wrapped = '\129\164data' .. result_blob
   else
     wrapped = '\129\165error' .. result_blob
+    fields.error = error_fields(result_blob)
   end
-  resolve_pending(parent_id, key, wrapped, '', now, '', '', defaults, nil)
+  resolve_pending(parent_id, key, wrapped, '', now, '', '', defaults, nil, cmsgpack.pack(fields))
 end
 
 
@@ -408,6 +421,7 @@ local function load_run(run_id, position, known, fence_field, now, kind, step_ke
       redis.call('ZREM', key_timers(tag_of(run_id)), timer)
     end
     redis.call('HDEL', run, 'timer', 'sleep_key', 'sleep_name')
+    record_history(run_id, 'ok', now, cmsgpack.pack({k = 'woke', key = step_key}), false)
     len = len + 1
   elseif kind == 'planned' then
     -- a planned (parallel) step: run only while it is pending and unresolved

@@ -7,5 +7,9 @@ local executed = nil
 if ARG.attempts ~= '' then
   executed = {attempts = ARG.attempts, ms = ARG.duration_ms}
 end
+local fields = nil
+if ARG.history ~= '' then
+  fields = ARG.history
+end
 return reply(resolve_pending(ARG.run_id, ARG.key, ARG.value, ARG.name, tonumber(ARG.now_ms), ARG.fence_field, ARG.fence,
-  limits_of(ARG.max_state_bytes, ARG.retention_s), executed))
+  limits_of(ARG.max_state_bytes, ARG.retention_s), executed, fields))

@@ -41,3 +41,15 @@ async def napper(ctx: inngest.Context) -> str:
 async def echo(ctx: inngest.Context) -> Any:
     said = await ctx.step.run("repeat", lambda: ctx.event.data.get("say"))
     return {"said": said}
+
+
+@client.create_function(id="fanout", trigger=inngest.TriggerEvent(event="dash/fanout"))
+async def fanout(ctx: inngest.Context) -> dict[str, Any]:
+    left, right = await ctx.group.parallel(
+        (lambda: ctx.step.run("left", lambda: "L"), lambda: ctx.step.run("right", lambda: "R"))
+    )
+    child = await ctx.step.invoke("call-echo", function=echo, data={"say": "from a parent"})
+    paid = await ctx.step.wait_for_event(
+        "wait-paid", event="dash/paid", timeout="1m", if_exp="async.data.order == event.data.order"
+    )
+    return {"parts": [left, right], "child": child, "paid": paid is not None}
