@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import datetime as dt
 import importlib
-import io
 import json
 import os
 import platform
@@ -20,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import traceback
@@ -32,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from bench import report
 from bench.common import REPO_ROOT, BenchError, BenchResult, Env, find_redis_server, redis_version, stop_all
+from bench.revisions import export_package
 
 #: Benchmark modules in the order they run, with a time limit for each (seconds, full run).
 BENCHMARKS: dict[str, float] = {
@@ -76,7 +75,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_at_revision(args: argparse.Namespace, argv: list[str]) -> int:
-    """Export ``args.source`` with ``git archive``, add this bench/, and run the suite from there."""
+    """Export ``args.source``'s code as the ``stepq`` package (bench/revisions.py), first on
+    ``PYTHONPATH`` (ahead of the installed working tree), and run this bench/ against it."""
     rev = subprocess.run(
         ["git", "rev-parse", "--verify", f"{args.source}^{{commit}}"], cwd=REPO_ROOT, capture_output=True, text=True
     )
@@ -85,21 +85,21 @@ def run_at_revision(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     commit = rev.stdout.strip()
     with tempfile.TemporaryDirectory(prefix="stepq-bench-src-") as tmp:
-        archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=REPO_ROOT, capture_output=True)
-        if archive.returncode != 0:
-            print(f"bench: git archive failed: {archive.stderr.decode(errors='replace')}", file=sys.stderr)
+        try:
+            export_package(commit, Path(tmp) / "code")
+        except BenchError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
             return 2
-        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-            tar.extractall(tmp, filter="data")
-        shutil.rmtree(Path(tmp) / "bench", ignore_errors=True)
         shutil.copytree(
             REPO_ROOT / "bench", Path(tmp) / "bench", ignore=shutil.ignore_patterns("results", "__pycache__")
         )
+        # the tests' apps (bench workers import some) come from the working tree, like bench/
         out = Path(args.out) if Path(args.out).is_absolute() else Path.cwd() / args.out
         rest = _without_source(argv)
         rest = [a for i, a in enumerate(rest) if a != "--out" and (i == 0 or rest[i - 1] != "--out")]
         rest = [a for a in rest if not a.startswith("--out=")]
-        env = {**os.environ, "PYTHONPATH": tmp, "STEPQ_BENCH_SOURCE": f"{args.source} ({commit})"}
+        path = os.pathsep.join([str(Path(tmp) / "code"), tmp, str(REPO_ROOT)])
+        env = {**os.environ, "PYTHONPATH": path, "STEPQ_BENCH_SOURCE": f"{args.source} ({commit})"}
         print(f"[bench] benchmarking {args.source} = {commit[:12]} from {tmp}", file=sys.stderr, flush=True)
         child = subprocess.run([sys.executable, "-m", "bench.run", *rest, "--out", str(out)], cwd=tmp, env=env)
         return child.returncode

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import io
 import os
 import subprocess
-import tarfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -38,10 +35,10 @@ from bench.common import (
     median,
     stepq_queue,
 )
+from bench.revisions import export_package
 from bench.throughput import STAGING, STEPS, _drain, _register, _total
 
 NAME = "tracing"
-PACKAGE_DIRS = {"sdk": "stepq", "runtime": "stepq/runtime", "workers": "stepq/workers"}
 
 
 def base_revision() -> str:
@@ -58,22 +55,6 @@ def base_revision() -> str:
     if not added:
         raise BenchError("no commit adds workers/tracing.py: set STEPQ_BENCH_TRACING_BASE to a revision to compare")
     return f"{added[-1]}^"
-
-
-def export_base(revision: str, into: Path) -> Path:
-    """``revision``'s sdk/, runtime/ and workers/ laid out as the ``stepq`` package under ``into``."""
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", revision, *PACKAGE_DIRS], cwd=REPO_ROOT, capture_output=True
-    )
-    if archive.returncode != 0:
-        raise BenchError(f"git archive {revision} failed: {archive.stderr.decode(errors='replace')}")
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        for member in tar.getmembers():
-            top, _, rest = member.name.partition("/")
-            if top in PACKAGE_DIRS and rest:
-                member.name = f"{PACKAGE_DIRS[top]}/{rest}"
-                tar.extract(member, into, filter="data")
-    return into
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
@@ -134,7 +115,7 @@ async def run(env: Env) -> BenchResult:
     n_rounds = env.size(6, 2)
     per_round = runs // n_rounds * STEPS
     revision = base_revision()
-    base = export_base(revision, env.workdir / "tracing-base")
+    base = export_package(revision, env.workdir / "tracing-base")
     pythonpath = os.pathsep.join([str(base), str(REPO_ROOT)])
     with otlp_sink() as endpoint:
         cases = {

@@ -171,7 +171,11 @@ async def test_priority_orders_the_waiting_runs(
     others in order of arrival."""
     start_workers("flow_limits")
     log = tmp_path / "spans.log"
-    first = await start_runs(sender, redis, "prio", events("test/prio", log, [{"prio": 0, "customer": "first"}]))
+    # the first run holds the one slot for 1 s: long enough for the others to arrive, however loaded
+    # the machine, so that their order is priority's, not arrival's
+    first = await start_runs(
+        sender, redis, "prio", events("test/prio", log, [{"prio": 0, "customer": "first", "seconds": 1.0}])
+    )
     await asyncio.sleep(0.02)
     rest = []
     for i, factor in enumerate([0, 0, 60, 0, 120]):

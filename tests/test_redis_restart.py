@@ -43,7 +43,9 @@ class WorkerAt(WorkerProcess):
         env = {**os.environ, "STEPQ_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", "STEPQ_REDIS_URL": redis_url}
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [*STEPQ_CLI, "worker", f"tests.apps.{app}:client", "--redis-url", redis_url],
+                # 30 steps at once: one worker alone cannot take every run in flight when Redis is
+                # back, so both must go on working (what the test checks)
+                [*STEPQ_CLI, "worker", f"tests.apps.{app}:client", "--redis-url", redis_url, "--concurrency", "30"],
                 cwd=ROOT,
                 env=env,
                 stdout=out,

@@ -90,7 +90,7 @@ async def per_run(ctx: inngest.Context) -> None:
     priority=inngest.Priority(run="event.data.prio"),
 )
 async def prio(ctx: inngest.Context) -> None:
-    await ctx.step.run("work", _span, ctx, "prio", 0.05)
+    await ctx.step.run("work", _span, ctx, "prio", float(ctx.event.data.get("seconds", 0.05)))
 
 
 def _shared(name: str) -> Any:
