@@ -56,9 +56,7 @@ def decide(
         if result.step is None:
             return _plan(job, run, now, Finish(RunStatus.FAILED, error=result.error), elapsed_ms=elapsed_ms)
         # a step's code raised a NonRetriableError: the run fails at once, recorded against the step
-        raised = RaisedBy(
-            result.step.key, result.step.name, job.attempt + 1, elapsed_ms, _error_text(result.error)
-        )
+        raised = RaisedBy(result.step.key, result.step.name, job.attempt + 1, elapsed_ms, _error_text(result.error))
         end = Finish(RunStatus.FAILED, error=result.error, raised_by=raised)
         return _plan(job, run, now, end, step=result.step.name, elapsed_ms=elapsed_ms)
     ops = result.opcodes
