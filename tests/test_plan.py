@@ -21,6 +21,7 @@ from stepq.opcodes import Op, Opcode, hash_step_id, memo_data, memo_error
 from stepq.replay import FailedStep
 from stepq.retry import Backoff
 from stepq.runtime import keys
+from stepq.runtime.answers import check_answer
 from stepq.runtime.decide import (
     DEFAULT_INVOKE_TIMEOUT,
     INVOKE_TIMEOUT_ERROR,
@@ -382,6 +383,20 @@ def test_a_non_retriable_error_a_step_raised_fails_the_run_recording_that_step()
     # a plain failure carries no step on the wire
     plain = dataclasses.replace(plan, write=Finish(RunStatus.FAILED, error=error))
     assert msgpack.unpackb(encode(plain, defaults=Limits(), grace_ms=1)[1], raw=True)[2][3:] == [b""]
+
+
+def test_a_failure_naming_a_step_the_job_could_not_have_run_stands_as_the_functions() -> None:
+    failed = FunctionFailed({"name": "NonRetriableError"}, retriable=False, step=FailedStep(hash_step_id("b"), "b"))
+
+    def checked(job: JobSpec, memoized: set[str]) -> object:
+        result = check_answer(failed, job=job, memoized=memoized, position=3, limits=Limits())
+        assert isinstance(result, FunctionFailed)
+        return result.step
+
+    assert checked(discovery(), set()) == failed.step
+    assert checked(planned("b"), set()) == failed.step
+    assert checked(discovery(), {hash_step_id("b")}) is None  # memoized: its code did not run
+    assert checked(planned("a"), set()) is None  # the job ran planned step a only
 
 
 def test_a_divergence_fails_the_run_with_its_error() -> None:
