@@ -62,6 +62,10 @@ def check_answer(
     ``memoized``: the run's memoized step keys; ``position``: how many steps the run has done.
     """
     if isinstance(result, FunctionFailed):
+        step = result.step
+        if step is not None and (step.key in memoized or (job.kind is JobKind.PLANNED and step.key != job.step_key)):
+            # not a step this job could have run: the failure stands, as the function's own
+            return dataclasses.replace(result, step=None)
         return result
     if isinstance(result, FunctionReturned):
         return _check_return(result, job, limits)

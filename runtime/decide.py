@@ -20,7 +20,7 @@ from stepq.retry import Backoff
 from . import waits
 from .answers import wake_time
 from .jobs import JobKind, JobSpec
-from .plan import Commit, FanOut, Finish, Now, PendingStep, Plan, Policy, Resolve, Retry, Sleep, Write
+from .plan import Commit, FanOut, Finish, Now, PendingStep, Plan, Policy, RaisedBy, Resolve, Retry, Sleep, Write
 from .run_status import RunStatus
 
 if TYPE_CHECKING:
@@ -53,7 +53,12 @@ def decide(
             # a planned step's retry is that step's: it must still be pending
             retry = _retry(job, run, now, delay, key=job.step_key or "", name="", error=result.error, executed=False)
             return _plan(job, run, now, retry, label="function-error-retry", elapsed_ms=elapsed_ms)
-        return _plan(job, run, now, Finish(RunStatus.FAILED, error=result.error), elapsed_ms=elapsed_ms)
+        if result.step is None:
+            return _plan(job, run, now, Finish(RunStatus.FAILED, error=result.error), elapsed_ms=elapsed_ms)
+        # a step's code raised a NonRetriableError: the run fails at once, recorded against the step
+        raised = RaisedBy(result.step.key, result.step.name, job.attempt + 1, elapsed_ms, _error_text(result.error))
+        end = Finish(RunStatus.FAILED, error=result.error, raised_by=raised)
+        return _plan(job, run, now, end, step=result.step.name, elapsed_ms=elapsed_ms)
     ops = result.opcodes
     if len(ops) == 1 and ops[0].op in (Op.STEP_RUN, Op.STEP_FAILED, Op.STEP_ERROR):
         return _step_result(job, run, policy, ops[0], result, now, elapsed_ms)
@@ -133,8 +138,12 @@ def _retry(
         again = dataclasses.replace(job, attempt=job.attempt + 1)
     else:
         again = JobSpec(run.run_id, run.position, job.attempt + 1)
-    message = f"{error.get('name', 'Error')}: {error.get('message', '')}"[:MAX_ERROR_CHARS]
-    return Retry(again, now.ms + _ms(delay), key, name, job.attempt + 1, message, executed)
+    return Retry(again, now.ms + _ms(delay), key, name, job.attempt + 1, _error_text(error), executed)
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    """A step's error as its bookkeeping keeps it: ``"Name: message"``, bounded."""
+    return f"{error.get('name', 'Error')}: {error.get('message', '')}"[:MAX_ERROR_CHARS]
 
 
 def _fan_out(run: LoadedRun, ops: Sequence[Opcode], now: Now) -> FanOut:

@@ -23,7 +23,8 @@ constants below); the other fields depend on it:
 - ``fan_out`` (steps reported together): ``group`` (the run's position, shared by the steps), ``steps``
   (a list of maps: ``key``, ``name``, ``type`` (step, sleep, wait, invoke), and ``wake_at_ms`` for a
   sleep, ``event``, ``if``, ``timeout_ms`` for a wait, ``function``, ``timeout_ms`` for an invoke);
-- ``finish``: ``status``, and ``error`` for a failed run;
+- ``finish``: ``status``, and ``error`` for a failed run; ``key`` and ``name`` when a step's code
+  raised that error (a ``NonRetriableError``: the run failed at once, ``attempt`` is the step's);
 - ``woke`` (a sleep ended, by load_run): ``key``;
 - ``timer`` (a pending step's timer fired: a wait or invoke timed out, a sleep in a fan-out ended),
   ``event`` (a wait matched: ``event_id``, ``event``), ``invoke`` (a child run was started:

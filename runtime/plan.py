@@ -127,12 +127,27 @@ class FanOut:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RaisedBy:
+    """The step whose code raised the error a run fails with at once (a ``NonRetriableError``): the
+    finish records it in the run's steps hash as that step's last, failed, attempt."""
+
+    key: str
+    name: str
+    attempts: int
+    duration_ms: int
+    #: ``"Name: message"``, bounded, as a retry records a step's error.
+    error: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Finish:
-    """End the run: ``completed`` with ``output``, or ``failed`` with ``error``."""
+    """End the run: ``completed`` with ``output``, or ``failed`` with ``error`` (raised by the step
+    ``raised_by``, when a step's code raised it; None: the function's own code, or the runtime)."""
 
     status: RunStatus
     output: Any = None
     error: Any = None
+    raised_by: RaisedBy | None = None
 
 
 Write = Commit | Resolve | Retry | Sleep | FanOut | Finish

@@ -130,7 +130,16 @@ def history_fields(plan: Plan) -> bytes:
             started_ms=started,
         )
     error = history.error_fields(write.error) if write.status is RunStatus.FAILED else None
-    return history.entry(history.K_FINISH, status=write.status.value, attempt=attempt, started_ms=started, error=error)
+    raised = write.raised_by
+    return history.entry(
+        history.K_FINISH,
+        status=write.status.value,
+        attempt=attempt,
+        started_ms=started,
+        error=error,
+        key=raised.key if raised else None,
+        name=raised.name if raised else None,
+    )
 
 
 def _fanned(write: FanOut, at: int) -> list[dict[str, Any]]:
@@ -174,7 +183,9 @@ def _write(plan: Plan) -> tuple[str, list[Any], list[str]]:
     field, blob = (
         ("output", pack(write.output)) if write.status is RunStatus.COMPLETED else ("error", pack(write.error))
     )
-    return "finish", [write.status.value, field, blob], []
+    raised = write.raised_by
+    step = [raised.key, raised.name, raised.attempts, raised.duration_ms, raised.error] if raised else [""]
+    return "finish", [write.status.value, field, blob, *step], []
 
 
 def _fan_out(write: FanOut, at: int) -> tuple[str, list[Any], list[str]]:

@@ -91,8 +91,9 @@ class TimelineItem:
 
 @dataclasses.dataclass(slots=True)
 class FailedAt:
-    """Where a failed run's error was raised: the step that failed for good and let its error escape
-    (``key``, ``name``, the ``attempt`` that raised it), or, with ``key`` None, the function's own code
+    """Where a failed run's error was raised: the step that failed for good and let its error escape,
+    or whose code raised a ``NonRetriableError`` (``key``, ``name``, the ``attempt`` that raised it),
+    or, with ``key`` None, the function's own code
     (``attempt``: its last invocation's number, when known). ``error``: the run's error."""
 
     key: str | None
@@ -215,8 +216,16 @@ class _Builder:
             group = str(f.get("group")) if len(steps) > 1 else None
             for step in steps:
                 self._pending(step, group, at)
-        elif kind == history.K_FINISH and applied:
-            self.finished = entry
+        elif kind == history.K_FINISH:
+            if key:
+                # a step's code raised the error that failed the run at once (a NonRetriableError)
+                item = self.item(key, name, STEP, f.get("started_ms"))
+                item.attempts.append(_attempt(entry, "error"))
+                if applied:
+                    item.end_ms, item.status = at, "failed"
+                    item.detail.pop("retry_at_ms", None)
+            if applied:
+                self.finished = entry
         elif kind == history.K_INVOKE:
             self._resolved(self.item(key, name, INVOKE, at), entry)
         elif applied and key in self.items:
@@ -286,10 +295,15 @@ def _flow_item(run: RunView) -> TimelineItem | None:
 
 
 def _failed_at(run: RunView, items: Sequence[TimelineItem], finished: HistoryEntry | None) -> FailedAt | None:
-    """Where a failed run's error came from: the last step that failed for good with that very error
-    (an uncaught StepError carries the step's error), else the function's own code."""
+    """Where a failed run's error came from: the step the run's end names (its code raised a
+    NonRetriableError), the last step that failed for good with that very error (an uncaught
+    StepError carries the step's error), else the function's own code."""
     if run.status != "failed":
         return None
+    if finished is not None and finished.fields.get("key"):
+        # the run's end names the step whose code raised its error (a NonRetriableError)
+        f = finished.fields
+        return FailedAt(str(f["key"]), f.get("name") or None, int(f.get("attempt") or 1), run.error)
     error = run.error if isinstance(run.error, dict) else {}
     same = (error.get("name"), str(error.get("message", ""))[: history.MAX_ERROR_CHARS])
     for item in sorted(items, key=lambda i: i.end_ms or 0, reverse=True):

@@ -20,7 +20,17 @@ from .errors import NonDeterminismError, NonRetriableError, RetryAfterError, Ste
 from .function import Function
 from .jsonvalue import JSON, NotJSONError, check_json
 from .opcodes import Opcode
-from .replay import Diverged, Divergence, ExecutionRequest, HookFailed, Interrupt, InvocationHooks, Replay, Skip
+from .replay import (
+    Diverged,
+    Divergence,
+    ExecutionRequest,
+    FailedStep,
+    HookFailed,
+    Interrupt,
+    InvocationHooks,
+    Replay,
+    Skip,
+)
 
 
 @dataclasses.dataclass(slots=True)
@@ -33,7 +43,8 @@ class FunctionReturned:
 
 @dataclasses.dataclass(slots=True)
 class FunctionFailed:
-    """The function raised outside a step (or let a StepError escape)."""
+    """The function raised outside a step (or let a StepError escape), or a step's code raised a
+    ``NonRetriableError`` that escaped the function (``step`` names that step)."""
 
     error: dict[str, Any]
     retriable: bool
@@ -43,6 +54,9 @@ class FunctionFailed:
     divergence: Divergence | None = None
     #: The exception raised, when there was one (middleware's ``transform_output`` sees it).
     exception: Exception | None = dataclasses.field(default=None, compare=False, repr=False)
+    #: The step whose code raised the NonRetriableError that failed the invocation (None: the
+    #: function's own code raised, or user code caught the step's error and raised another).
+    step: FailedStep | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -103,7 +117,7 @@ async def execute(fn: Function, request: ExecutionRequest, hooks: InvocationHook
             retriable=False,
         )
     except Exception as exc:
-        return failure(exc)
+        return failure(exc, replay.step_that_raised(exc))
 
     if request.target_step is not None:
         return FunctionFailed(
@@ -126,10 +140,12 @@ async def execute(fn: Function, request: ExecutionRequest, hooks: InvocationHook
     return FunctionReturned(checked, warnings)
 
 
-def failure(exc: Exception) -> FunctionFailed:
-    """The failure an exception out of user code (or a hook) makes: retried unless it says not to."""
+def failure(exc: Exception, step: FailedStep | None = None) -> FunctionFailed:
+    """The failure an exception out of user code (or a hook) makes: retried unless it says not to.
+
+    ``step``: the step whose code raised ``exc`` (a NonRetriableError), to record it against."""
     if isinstance(exc, StepError | NonRetriableError | NonDeterminismError):
-        return FunctionFailed(error_payload(exc), retriable=False, exception=exc)
+        return FunctionFailed(error_payload(exc), retriable=False, exception=exc, step=step)
     if isinstance(exc, RetryAfterError):
         return FunctionFailed(error_payload(exc), retriable=True, retry_after=exc.retry_after, exception=exc)
     return FunctionFailed(error_payload(exc), retriable=True, exception=exc)

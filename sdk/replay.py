@@ -71,6 +71,16 @@ class Divergence:
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class FailedStep:
+    """The step whose code raised the ``NonRetriableError`` that failed the invocation: its ``key``
+    and ``name`` (the step id as written). The error fails the run at once, as from the function's
+    own code, but the runtime records it against this step (its attempt, its error)."""
+
+    key: str
+    name: str
+
+
 class InvocationHooks(Protocol):
     """What the engine tells middleware while user code runs (see ``stepq.invocation``). The hooks
     see and may change the function's input; they never change what the engine decides."""
@@ -137,6 +147,9 @@ class Replay:
         #: Middleware's hooks (None without middleware): the step tools call ``memo_used``/``new_code``.
         self.hooks: InvocationHooks | None = None
         self._new_code_told = False
+        #: The NonRetriableErrors steps' code raised, with their steps (the engine names the step
+        #: when that very exception escapes the function).
+        self._raised: list[tuple[BaseException, FailedStep]] = []
 
     @property
     def replaying(self) -> bool:
@@ -173,6 +186,14 @@ class Replay:
             self._hits.append(key)
             return key, index, True, steps[key]
         return key, index, False, None
+
+    def raised_in_step(self, exc: BaseException, key: str, step_id: str) -> None:
+        """Step ``step_id`` (``key``)'s code raised ``exc``, which fails the run at once."""
+        self._raised.append((exc, FailedStep(key, step_id)))
+
+    def step_that_raised(self, exc: BaseException) -> FailedStep | None:
+        """The step whose code raised ``exc`` itself (not a copy, nor an error wrapping it), or None."""
+        return next((step for raised, step in self._raised if raised is exc), None)
 
     async def memo_used(self) -> None:
         """After a memo hit: once the last memoized step was replayed, new code follows."""

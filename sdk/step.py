@@ -121,7 +121,9 @@ class _StepCore:
         if isinstance(exc, Interrupt | Skip):
             raise NonRetriableError(f"step {step_id!r} called another step inside its handler; steps cannot nest")
         if isinstance(exc, NonRetriableError):
-            raise exc  # fails the run at once, as in Inngest's Python SDK
+            # fails the run at once, as in Inngest's Python SDK; the engine names this step with it
+            self._replay.raised_in_step(exc, key, step_id)
+            raise exc
         request = self._replay.request
         max_attempts = self._replay.max_attempts
         if policy is not None and policy.retries is not None:

@@ -123,6 +123,20 @@ async def test_replay_and_resume_of_a_failed_encrypted_run(
     assert (again.from_step_name, again.kept_steps) == ("long", 0)
     assert (await actions.cancel(again.run_id)).cancelled
 
+    # a step that raised a NonRetriableError is the step its run failed at: resumed from, it runs
+    # again (the steps before it kept) and, with the cause fixed, completes
+    data = pipeline_data(tmp_path, "declined")
+    declined = await start_run(sender, redis, "declined", "actions/declined", data)
+    view = await wait_for_run(redis, declined)
+    assert view.status == "failed" and read_lines(Path(data["log"])) == ["one", "charge-refused"]
+    Path(data["flag"]).write_text("set")
+    again = await actions.resume(declined, "charge")
+    assert (again.from_step, again.from_step_name, again.kept_steps) == (sha1("charge"), "charge", 1)
+    done = await wait_for_run(redis, again.run_id)
+    assert done.status == "completed", done.error
+    assert read_lines(Path(data["log"])) == ["one", "charge-refused", "charge"]
+    assert [(s.name, s.attempts, s.error) for s in done.steps] == [("one", 1, None), ("charge", 1, None)]
+
 
 async def wait_all(redis: Redis, run_ids: list[str], statuses: tuple[str, ...] = TERMINAL) -> list[RunView]:
     return [await wait_for_run(redis, run_id, statuses) for run_id in run_ids]

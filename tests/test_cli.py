@@ -87,6 +87,10 @@ async def test_run_shows_the_error_of_a_failed_run(redis: Redis, start_workers: 
     lines = shown.stdout.splitlines()
     assert "status    failed" in lines
     assert "error     NonRetriableError: not today" in lines
+    # the step that raised it is the step the run failed at, with its attempt and error
+    [check] = [line for line in lines if ". check " in line]
+    assert check.split()[2:4] == ["failed", "attempts=1"], check
+    assert check.endswith("last error: NonRetriableError: not today"), check
     failed = stepq("runs", "--status", "failed")
     assert any(row.startswith(run_id) for row in failed.stdout.splitlines())
 

@@ -15,7 +15,7 @@ import stepq as inngest
 from stepq.durations import parse_iso, to_timedelta
 from stepq.engine import ExecutionResult, FunctionFailed, FunctionReturned, StepsReported, execute
 from stepq.opcodes import Op, Opcode, hash_step_id, memo_data, memo_error
-from stepq.replay import ExecutionRequest
+from stepq.replay import ExecutionRequest, FailedStep
 
 client = inngest.Client("t-engine", redis_url="redis://127.0.0.1:1/0")  # never connects
 EVENT = inngest.Event(name="test/engine", data={"n": 3}).validated()
@@ -279,12 +279,38 @@ async def non_retriable_in_step(ctx: inngest.Context) -> None:
     await ctx.step.run("charge", charge)
 
 
-async def test_non_retriable_error_in_a_step_fails_the_function() -> None:
+@define("non-retriable-rewrapped")
+def non_retriable_rewrapped(ctx: inngest.ContextSync) -> None:
+    def charge() -> None:
+        raise inngest.NonRetriableError("card declined")
+
+    ctx.step.run("fetch", lambda: 1)
+    try:
+        ctx.step.run("charge", charge)
+    except inngest.NonRetriableError as exc:
+        raise inngest.NonRetriableError(f"checkout: {exc}") from exc
+
+
+@define("non-retriable-outside")
+async def non_retriable_outside(ctx: inngest.Context) -> None:
+    await ctx.step.run("fetch", lambda: 1)
+    raise inngest.NonRetriableError("no card")
+
+
+async def test_non_retriable_error_in_a_step_fails_the_function_naming_the_step() -> None:
     result = await execute(non_retriable_in_step, request())
 
     assert isinstance(result, FunctionFailed)
     assert result.retriable is False
     assert (result.error["name"], result.error["message"]) == ("NonRetriableError", "card declined")
+    assert result.step == FailedStep(sha1("charge"), "charge")
+    # user code that catches it and raises another error fails the function on its own account
+    _, rewrapped = await drive(non_retriable_rewrapped)
+    assert isinstance(rewrapped, FunctionFailed) and rewrapped.error["message"] == "checkout: card declined"
+    assert (rewrapped.retriable, rewrapped.step) == (False, None)
+    # as does one raised by the function's own code, after a step
+    _, outside = await drive(non_retriable_outside)
+    assert isinstance(outside, FunctionFailed) and (outside.error["message"], outside.step) == ("no card", None)
 
 
 @define("retry-after-in-step")

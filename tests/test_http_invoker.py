@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 
 from stepq.runtime.queries import RunView, get_run
 from stepq.runtime.registry import Registry
+from stepq.runtime.timeline import get_timeline
 from tests.apps.bad_http import APP_ID, BEHAVIOURS, STEP_KEY
 from tests.helpers import run_ids_for_event, wait_for_run
 from tests.http_fixtures import (
@@ -216,6 +217,14 @@ async def test_x_inngest_no_retry_on_a_step_error_fails_the_step_at_once(stack: 
     view = await finished(db, run_id, stack)
     assert view.status == "failed", view
     assert "the step failed" in view.error["message"], view.error
+    # the step failed for good at its first attempt, recorded against it
+    [step] = view.steps
+    assert (step.key, step.attempts, step.done) == (STEP_KEY, 1, True)
+    assert step.memo["error"]["message"] == "the step failed", step.memo
+    timeline = await get_timeline(db, run_id)
+    assert timeline is not None
+    [item] = [i for i in timeline.items if i.key == STEP_KEY]
+    assert (item.status, [(a.number, a.outcome) for a in item.attempts]) == ("failed", [(1, "error")])
 
 
 async def test_step_errors_stop_at_the_functions_retries(stack: Stack, db: Redis) -> None:

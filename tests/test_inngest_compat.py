@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from stepq.runtime.queries import RunView, get_run
 from stepq.runtime.registry import Registry
+from stepq.runtime.timeline import get_timeline
 from tests.helpers import read_lines, run_ids_for_event, runs_of, sha1, wait_for_run
 from tests.http_fixtures import (
     Service,
@@ -274,6 +275,12 @@ class TestOfficialSdkInDevMode:
         assert isinstance(view.error, dict), view.error
         assert "card declined" in str(view.error.get("message")), view.error
         assert read_lines(log) == ["charge"], "retries 3, but a NonRetriableError is not retried"
+        # inngest-py (0.5) bubbles a step's NonRetriableError up as the function's error (500 and
+        # X-Inngest-No-Retry, no opcode): nothing on the wire names the step, so the run failed in
+        # the function's own code, at its first attempt (in-process, stepq names the step)
+        timeline = await get_timeline(db, run_id)
+        assert timeline is not None and timeline.failed_at is not None
+        assert (timeline.failed_at.key, timeline.failed_at.attempt) == (None, 1), timeline.failed_at
         cli = stepq_cli("run", run_id)
         assert cli.returncode == 0, cli.stderr
         assert "card declined" in cli.stdout

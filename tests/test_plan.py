@@ -18,8 +18,10 @@ import pytest
 from stepq.engine import FunctionFailed, FunctionReturned, StepsReported
 from stepq.event import Event
 from stepq.opcodes import Op, Opcode, hash_step_id, memo_data, memo_error
+from stepq.replay import FailedStep
 from stepq.retry import Backoff
 from stepq.runtime import keys
+from stepq.runtime.answers import check_answer
 from stepq.runtime.decide import (
     DEFAULT_INVOKE_TIMEOUT,
     INVOKE_TIMEOUT_ERROR,
@@ -29,8 +31,8 @@ from stepq.runtime.decide import (
 )
 from stepq.runtime.jobs import JobKind, JobSpec
 from stepq.runtime.limits import Limits
-from stepq.runtime.plan import Commit, FanOut, Finish, JobLease, Now, Plan, Policy, Resolve, Retry, Sleep
-from stepq.runtime.plan_wire import encode
+from stepq.runtime.plan import Commit, FanOut, Finish, JobLease, Now, Plan, Policy, RaisedBy, Resolve, Retry, Sleep
+from stepq.runtime.plan_wire import encode, history_fields
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.store import LoadedRun
 from stepq.runtime.wait_expressions import index_token
@@ -361,6 +363,40 @@ def test_a_function_failure_that_is_not_retried_fails_the_run(attempt: int, retr
     plan = decide(discovery(attempt=attempt), loaded(), POLICY, FunctionFailed(error, retriable=retriable), NOW)
 
     assert plan.write == Finish(RunStatus.FAILED, error=error) and plan.nudge == ""
+
+
+def test_a_non_retriable_error_a_step_raised_fails_the_run_recording_that_step() -> None:
+    error = {"name": "NonRetriableError", "message": "card declined"}
+    failed = FunctionFailed(error, retriable=False, step=FailedStep(hash_step_id("charge"), "charge"))
+
+    plan = decide(discovery(attempt=1), loaded(), POLICY, failed, NOW, elapsed_ms=12)
+
+    raised = RaisedBy(hash_step_id("charge"), "charge", 2, 12, "NonRetriableError: card declined")
+    assert plan.write == Finish(RunStatus.FAILED, error=error, raised_by=raised)
+    assert (plan.nudge, plan.step, plan.attempt) == ("", "charge", 2)
+    _, blob, _ = encode(plan, defaults=Limits(), grace_ms=60_000)
+    _, kind, body = msgpack.unpackb(blob, raw=True)
+    key = hash_step_id("charge").encode()
+    assert (kind, body[3:]) == (b"finish", [key, b"charge", 2, 12, b"NonRetriableError: card declined"])
+    fields = msgpack.unpackb(history_fields(plan), raw=False)
+    assert (fields["k"], fields["key"], fields["name"], fields["attempt"]) == ("finish", key.decode(), "charge", 2)
+    # a plain failure carries no step on the wire
+    plain = dataclasses.replace(plan, write=Finish(RunStatus.FAILED, error=error))
+    assert msgpack.unpackb(encode(plain, defaults=Limits(), grace_ms=1)[1], raw=True)[2][3:] == [b""]
+
+
+def test_a_failure_naming_a_step_the_job_could_not_have_run_stands_as_the_functions() -> None:
+    failed = FunctionFailed({"name": "NonRetriableError"}, retriable=False, step=FailedStep(hash_step_id("b"), "b"))
+
+    def checked(job: JobSpec, memoized: set[str]) -> object:
+        result = check_answer(failed, job=job, memoized=memoized, position=3, limits=Limits())
+        assert isinstance(result, FunctionFailed)
+        return result.step
+
+    assert checked(discovery(), set()) == failed.step
+    assert checked(planned("b"), set()) == failed.step
+    assert checked(discovery(), {hash_step_id("b")}) is None  # memoized: its code did not run
+    assert checked(planned("a"), set()) is None  # the job ran planned step a only
 
 
 def test_a_divergence_fails_the_run_with_its_error() -> None:

@@ -138,6 +138,7 @@ async def test_a_failed_run_says_which_step_and_attempt_raised_its_error(
 ) -> None:
     start_workers("timeline")
     run_id = await start_run(sender, redis, "doomed", "timeline/doomed", {})
+    declined = await start_run(sender, redis, "declined", "timeline/declined", {})
     view = await wait_for_run(redis, run_id)
     assert view.status == "failed"
 
@@ -151,6 +152,33 @@ async def test_a_failed_run_says_which_step_and_attempt_raised_its_error(
     assert boom.status == "failed" and [(a.number, a.outcome) for a in boom.attempts] == [(1, "error"), (2, "error")]
     assert [a.error["message"] for a in boom.attempts if a.error] == ["boom on attempt 1", "boom on attempt 2"]
     assert timeline.to_dict()["failed_at"]["attempt"] == 2
+
+    # a NonRetriableError raised in a step fails the run at once (retries=3): recorded against the step
+    view = await wait_for_run(redis, declined)
+    assert view.status == "failed" and view.error["message"] == "card declined on attempt 1"
+    assert view.function_retries == 0
+    fetch, charge = view.steps
+    assert (fetch.name, fetch.done) == ("fetch", True)
+    assert (charge.key, charge.name, charge.attempts, charge.executions, charge.done) == (
+        hash_step_id("charge"),
+        "charge",
+        1,
+        1,
+        False,
+    )
+    assert charge.error == "NonRetriableError: card declined on attempt 1" and charge.finished_ms is not None
+    timeline = await get_timeline(redis, declined)
+    assert timeline is not None and timeline.failed_at is not None
+    failed = timeline.failed_at
+    assert (failed.key, failed.name, failed.attempt) == (hash_step_id("charge"), "charge", 1)
+    assert [(i.name, i.status) for i in timeline.items] == [("fetch", "completed"), ("charge", "failed")]
+    [attempt] = by_name(timeline)["charge"].attempts
+    assert (attempt.number, attempt.outcome, attempt.error) == (
+        1,
+        "error",
+        {"name": "NonRetriableError", "message": "card declined on attempt 1"},
+    )
+    assert attempt.started_ms is not None and attempt.ended_ms is not None
 
 
 async def test_a_step_run_again_after_a_lost_lease_is_a_duplicate_attempt(

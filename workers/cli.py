@@ -449,6 +449,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"steps     {len([s for s in view.steps if s.done])} done{extra}")
     for i, step in enumerate(view.steps, 1):
         state = "done" if step.done else "pending"
+        if not step.done and step.error and step.finished_ms is not None:
+            state = "failed"  # its code raised a NonRetriableError: the run failed at once, at this step
         took = f"{step.duration_ms} ms" if step.duration_ms is not None else "-"
         runs = f"executions={step.executions:<3} " if step.executions else ""
         line = f"  {i:>3}. {step.name:<30} {state:<8} attempts={step.attempts:<3} {runs}{took}"

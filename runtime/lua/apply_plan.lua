@@ -199,12 +199,21 @@ local function fan_out(b)
   return 'ok'
 end
 
--- End the run with its output or error, and hand an invoked run's result to its parent.
+-- End the run with its output or error, and hand an invoked run's result to its parent. A run
+-- failed at once by a step's code (a NonRetriableError) records that step's failed attempt, as a
+-- retry records one: the step it stopped at, listed with its error and resumable from.
 local function finish(b)
-  local status, field, blob = b[1], b[2], b[3]
+  local status, field, blob, key = b[1], b[2], b[3], b[4]
+  if key ~= '' then
+    count_execution(RUN, STEPS, key)
+  end
   local why = refuse(RUN, fence_field, fence)
   if why then
     return why
+  end
+  if key ~= '' then
+    redis.call('HSET', STEPS, key .. ':name', b[5], key .. ':attempts', b[6], key .. ':ms', b[7], key .. ':at', now,
+      key .. ':error', b[8])
   end
   set_status(run_id, status)
   redis.call('HSET', RUN, field, blob, 'ended', now)

@@ -59,6 +59,21 @@ async def doomed(ctx: stepq.Context) -> str:
     return await ctx.step.run("try", _checked, ctx.event.data["flag"], ctx.event.data["log"], "try")
 
 
+@client.create_function(id="declined", trigger=stepq.TriggerEvent(event="actions/declined"), retries=2)
+async def declined(ctx: stepq.Context) -> str:
+    """``one``, then ``charge``: a NonRetriableError unless the flag is set (the run fails at once)."""
+    log, flag = ctx.event.data["log"], ctx.event.data["flag"]
+
+    def charge() -> str:
+        try:
+            return _checked(flag, log, "charge")
+        except RuntimeError as exc:
+            raise stepq.NonRetriableError(str(exc)) from exc
+
+    one = await ctx.step.run("one", _note, log, "one")
+    return one + "," + await ctx.step.run("charge", charge)
+
+
 @client.create_function(id="sleepy", trigger=stepq.TriggerEvent(event="actions/sleepy"), retries=0)
 async def sleepy(ctx: stepq.Context) -> None:
     """Sleeps an hour: a run that is still running (bulk cancel, refusals)."""

@@ -4,6 +4,7 @@
 ``left`` and ``right`` in parallel, ``approve`` (waits up to 20 s for ``timeline/approved`` whose
 ``data.ref`` equals the trigger's), ``never`` (waits 1 s for ``timeline/never``: times out), and
 ``call`` (invokes ``child``). ``doomed``'s step ``boom`` fails both its attempts: the run fails.
+``declined``'s step ``charge`` raises a NonRetriableError after ``fetch``: the run fails at once.
 """
 
 from __future__ import annotations
@@ -51,3 +52,12 @@ async def doomed(ctx: inngest.Context) -> None:
         raise ValueError(f"boom on attempt {ctx.attempt + 1}")
 
     await ctx.step.run("boom", boom)
+
+
+@client.create_function(id="declined", trigger=inngest.TriggerEvent(event="timeline/declined"), retries=3, backoff=FAST)
+async def declined(ctx: inngest.Context) -> None:
+    def charge() -> None:
+        raise inngest.NonRetriableError(f"card declined on attempt {ctx.attempt + 1}")
+
+    await ctx.step.run("fetch", lambda: "card")
+    await ctx.step.run("charge", charge)
