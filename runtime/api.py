@@ -23,7 +23,7 @@ Routes:
   ``use_api`` because the state was too large to send.
 - ``/ui``: the dashboard (``stepq.runtime.dashboard``; ``/`` redirects there): open to loopback
   clients in dev mode, behind a login with ``STEPQ_DASHBOARD_TOKEN`` or the signing key otherwise.
-- ``GET /metrics``: Prometheus metrics (``stepq.runtime.metrics``): the API's counters, and the
+- ``GET /metrics``: Prometheus metrics (``stepq.runtime.metrics``, ``metrics_state``): the API's counters, and the
   deployment's state read from Redis at scrape time (runs by status, queue depth and age,
   flow-control waits). Open unless ``STEPQ_METRICS_TOKEN`` is set; then it needs
   ``Authorization: Bearer <that token>`` (what Prometheus's ``authorization`` scrape setting
@@ -89,7 +89,7 @@ from stepq.jsonvalue import json_type
 from stepq.signing import bearer_matches
 from stepq.tracing import normalized_traceparent
 
-from . import api_reads, metrics
+from . import api_reads, metrics, metrics_state
 from .actions import BULK_CAP, DEFAULT_REASON, ActionRefused, Actions
 from .app_urls import ENV as ALLOWED_APP_HOSTS_ENV
 from .app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
@@ -337,11 +337,11 @@ def create_app(
                 headers={"WWW-Authenticate": 'Bearer realm="stepq metrics"'},
             )
         try:
-            body = metrics.render(await metrics.collect_state(request.app.state.redis))
+            body = metrics_state.render(await metrics_state.collect_state(request.app.state.redis))
         except Exception as exc:
             # the counters are still worth a scrape; stepq_state_read_ok 0 says the gauges are missing
             log.warning("api.metrics_state_failed", error_type=type(exc).__name__)
-            body = metrics.render(state_failed=True)
+            body = metrics_state.render(state_failed=True)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     async def health(request: Request) -> Response:

@@ -13,7 +13,7 @@ from stepq.durations import parse_duration, parse_iso, to_iso
 from .run_status import RunStatus
 
 if TYPE_CHECKING:
-    from .queries import RunView
+    from .run_view import RunView
 
 _STATUSES = ", ".join(status.value for status in RunStatus)
 

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from stepq.runtime import keys, metrics
 from stepq.runtime.jobs import JobSpec
-from stepq.runtime.metrics import metric_names
+from stepq.runtime.metrics_state import metric_names
 from stepq.runtime.plan import Commit, Plan, Retry, Write
 from stepq.runtime.queries import list_runs
 from stepq.runtime.store import Outcome
