@@ -44,6 +44,8 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 MIN_RETRY_AFTER = dt.timedelta(seconds=1)
 MAX_RETRY_AFTER = dt.timedelta(hours=24)
+#: Seconds an idle connection to an app stays in the pool (below every common server's idle timeout).
+KEEPALIVE_S = 1.0
 
 
 class HttpInvoker:
@@ -65,7 +67,10 @@ class HttpInvoker:
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
         self.url_policy = url_policy or AppUrlPolicy.from_env()
-        limits = httpx.Limits(max_connections=500, max_keepalive_connections=100)
+        # An idle connection is reused for 1 s at most: servers close idle ones after a few seconds
+        # (uvicorn 5 s, gunicorn 2 s), and a request sent on one the app just closed fails with a
+        # ReadError that costs the step an attempt it never ran (seen after a worker was paused).
+        limits = httpx.Limits(max_connections=500, max_keepalive_connections=100, keepalive_expiry=KEEPALIVE_S)
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=10.0),
             limits=limits,
