@@ -8,41 +8,18 @@ ended for real). Then one operator logs in with the dashboard token and each pag
 
 from __future__ import annotations
 
-import asyncio
 import re
-import sys
 import time
 from typing import Any
 
 import httpx
 
-from bench.common import BenchError, BenchResult, Env, Metric, Proc, Target, free_port, percentile
-from bench.queries import _fill
+from bench.common import BenchError, BenchResult, Env, Metric, Target, percentile
+from bench.queries import _fill, landmarks, start_api
 
 NAME = "dashboard"
 TOKEN = "bench-dashboard-token-" + "ef" * 16
 REPEATS = 60
-
-
-async def _api(env: Env, server: Any) -> str:
-    """``stepq api`` as deployed (its own process, outside dev mode, a dashboard token); its origin."""
-    port = free_port()
-    argv = [sys.executable, "-m", "stepq.workers.cli", "api", "--port", str(port), "--redis-url", server.url()]
-    extra = {"STEPQ_EVENT_KEYS": "bench-key", "STEPQ_DASHBOARD_TOKEN": TOKEN}
-    proc = Proc("stepq-api", argv, server.workdir / "stepq-api.log", env._env(server, extra))
-    env.procs.append(proc)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient() as http:
-        while True:
-            try:
-                if (await http.get(f"{url}/health")).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or not proc.alive():
-                raise BenchError(f"stepq api did not start: {proc.log_tail()}")
-            await asyncio.sleep(0.05)
 
 
 async def _log_in(http: httpx.AsyncClient) -> None:
@@ -73,8 +50,6 @@ async def _time(http: httpx.AsyncClient, path: str, repeats: int) -> tuple[list[
 async def run(env: Env) -> BenchResult:
     from redis.asyncio import Redis
 
-    from stepq.runtime.queries import RunFilter
-
     result = BenchResult(NAME)
     runs = env.size(100_000, 10_000)
     repeats = env.size(REPEATS, 15)
@@ -85,12 +60,9 @@ async def run(env: Env) -> BenchResult:
             filled = await _fill(redis, runs)
         finally:
             await redis.aclose()
-        span = filled["filled_ms"] - filled["began_ms"]
-        window = RunFilter(since_ms=filled["began_ms"] + span * 4 // 10, until_ms=filled["began_ms"] + span // 2)
+        window, some_run, some_event = landmarks(filled)
         params = window.to_params()
-        some_run = filled["run_ids"][len(filled["run_ids"]) // 3]
-        some_event = filled["event_ids"][len(filled["event_ids"]) // 2]
-        url = await _api(env, server)
+        url = await start_api(env, server, {"STEPQ_DASHBOARD_TOKEN": TOKEN})
         pages = {
             "runs": "/ui/runs",
             "runs table (live refresh)": "/ui/runs/table",

@@ -17,11 +17,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from bench.common import BenchError, BenchResult, Env, Metric, Proc, Target, percentile
+
+if TYPE_CHECKING:  # stepq is imported when a benchmark runs (bench/run.py --source picks which)
+    from stepq.runtime.queries import RunFilter
 
 NAME = "queries"
 APP = "bq"
@@ -141,16 +144,21 @@ async def _time(http: httpx.AsyncClient, path: str, repeats: int) -> tuple[list[
     return times, body
 
 
-async def _api(env: Env, server: Any) -> tuple[Proc, str]:
-    """``stepq api`` in its own process (as deployed), outside dev mode: reads need the signing key."""
+async def start_api(env: Env, server: Any, extra: dict[str, str]) -> str:
+    """``stepq api`` in its own process (as deployed, outside dev mode, with ``extra`` settings: a
+    signing key, a dashboard token); its origin once it answers."""
     import sys
 
     from bench.common import free_port
 
     port = free_port()
     argv = [sys.executable, "-m", "stepq.workers.cli", "api", "--port", str(port), "--redis-url", server.url()]
-    extra = {"STEPQ_EVENT_KEYS": "bench-key", "STEPQ_SIGNING_KEY": SIGNING_KEY}
-    proc = Proc("stepq-api", argv, server.workdir / "stepq-api.log", env._env(server, extra))
+    proc = Proc(
+        "stepq-api",
+        argv,
+        server.workdir / "stepq-api.log",
+        env._env(server, {"STEPQ_EVENT_KEYS": "bench-key", **extra}),
+    )
     env.procs.append(proc)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -158,12 +166,26 @@ async def _api(env: Env, server: Any) -> tuple[Proc, str]:
         while True:
             try:
                 if (await http.get(f"{url}/health")).status_code == 200:
-                    return proc, url
+                    return url
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or not proc.alive():
                 raise BenchError(f"stepq api did not start: {proc.log_tail()}")
             await asyncio.sleep(0.05)
+
+
+def landmarks(filled: dict[str, Any]) -> tuple[RunFilter, str, str]:
+    """What the reads look for in a fill: a time range over a tenth of its runs, a run id and an
+    event id from its middle."""
+    from stepq.runtime.queries import RunFilter
+
+    span = filled["filled_ms"] - filled["began_ms"]
+    window = RunFilter(since_ms=filled["began_ms"] + span * 4 // 10, until_ms=filled["began_ms"] + span // 2)
+    return (
+        window,
+        filled["run_ids"][len(filled["run_ids"]) // 3],
+        filled["event_ids"][len(filled["event_ids"]) // 2],
+    )
 
 
 async def _direct(redis: Any, calls: dict[str, Callable[[], Awaitable[Any]]], repeats: int) -> dict[str, Any]:
@@ -201,11 +223,8 @@ async def run(env: Env) -> BenchResult:
             after = int((await redis.info("memory"))["used_memory"])
             index_bytes = await _memory_of(redis, INDEX_PATTERNS)
             event_index_bytes = await _memory_of(redis, EVENT_INDEX_PATTERNS)
-            span = filled["filled_ms"] - filled["began_ms"]
-            window = RunFilter(since_ms=filled["began_ms"] + span * 4 // 10, until_ms=filled["began_ms"] + span // 2)
+            window, some_run, some_event = landmarks(filled)
             params = window.to_params()
-            some_run = filled["run_ids"][len(filled["run_ids"]) // 3]
-            some_event = filled["event_ids"][len(filled["event_ids"]) // 2]
             cursor = None
             for _ in range(20):  # the 21st page
                 cursor = (await find_runs(redis, RunFilter(), cursor=cursor)).cursor
@@ -234,7 +253,7 @@ async def run(env: Env) -> BenchResult:
                 },
                 repeats,
             )
-            _, url = await _api(env, server)
+            url = await start_api(env, server, {"STEPQ_SIGNING_KEY": SIGNING_KEY})
             async with httpx.AsyncClient(base_url=url, headers={"authorization": bearer(SIGNING_KEY)}) as http:
                 queries = {
                     "runs, no filter": "/v0/runs",
