@@ -8,10 +8,13 @@ from typing import Any
 from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
+from . import redis_urls
 
 #: Kernel-level limits that cost nothing per command. An idle connection to a dead peer is noticed by
 #: keepalive within about 5 + 3 x 2 s; a request the peer never acknowledges (link down, packets
@@ -66,6 +69,10 @@ class HotPathPool(ConnectionPool):
         await super().ensure_connection(connection)
 
 
+class HotPathSentinelPool(HotPathPool, SentinelConnectionPool):
+    """``HotPathPool``'s shortcut on a pool whose connections ask Sentinel where the master is."""
+
+
 def _idle_and_clean(connection: AbstractConnection) -> bool:
     """Connected, nothing buffered above the socket (by asyncio or hiredis), no end of stream seen."""
     stream = getattr(connection, "_reader", None)
@@ -82,16 +89,14 @@ def _idle_and_clean(connection: AbstractConnection) -> bool:
 
 
 def make_pool(url: str, *, max_connections: int | None = None, hot_path: bool = False) -> ConnectionPool:
-    """A connection pool for ``url``; replies stay bytes (msgpack). ``hot_path``: see
-    ``pool_options`` and ``HotPathPool``."""
+    """A connection pool for ``url`` (any form ``stepq.runtime.redis_urls`` accepts: TLS, Sentinel);
+    replies stay bytes (msgpack). ``hot_path``: see ``pool_options`` and ``HotPathPool``."""
     options = pool_options(hot_path=hot_path)
-    if url.startswith("unix://"):  # TCP only
-        options.pop("socket_keepalive")
-        options.pop("socket_keepalive_options")
     if max_connections is not None:
         options["max_connections"] = max_connections
-    pool_class = HotPathPool if hot_path else ConnectionPool
-    return pool_class.from_url(url, decode_responses=False, **options)
+    if hot_path:
+        return redis_urls.make_pool(url, options, pool_class=HotPathPool, sentinel_pool_class=HotPathSentinelPool)
+    return redis_urls.make_pool(url, options)
 
 
 def connect(url: str, *, max_connections: int | None = None) -> Redis:

@@ -18,6 +18,7 @@ import uvicorn
 from stepq.client import default_redis_url
 from stepq.errors import StepqError
 from stepq.event import Event
+from stepq.redis_config import RedisConfigError, configured_redis_url
 from stepq.runtime.actions import BULK_CAP, ActionRefused, Actions
 from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.connection import connect
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except CliError as exc:
+    except (CliError, RedisConfigError) as exc:
         print(f"stepq {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -210,7 +211,7 @@ def _dev(args: argparse.Namespace) -> int:
     """A worker and the event API (any key accepted), on a private Redis unless one is configured."""
 
     with contextlib.ExitStack() as stack:
-        url = args.redis_url or os.environ.get("STEPQ_REDIS_URL")
+        url = args.redis_url or configured_redis_url()
         if not url:
             url = stack.enter_context(EmbeddedRedis()).url
             print(f"stepq dev: private Redis at {url}", file=sys.stderr)
