@@ -259,7 +259,7 @@ def _sentinel(url: str, environ: Mapping[str, str]) -> RedisTarget:
     connection.update(tls_options)
     connection["connection_class"] = SentinelManagedSSLConnection if tls else SentinelManagedConnection
     _with_password_file(url, connection, environ)
-    sentinel_connection: dict[str, Any] = {**tls_options, "connection_class": SSLConnection if tls else Connection}
+    sentinel_connection: dict[str, Any] = {"ssl": True, **tls_options} if tls else {}
     if "sentinel_username" in params:
         sentinel_connection["username"] = params["sentinel_username"]
     if "sentinel_password" in params:
