@@ -299,7 +299,8 @@ def make_pool(
     if not target.tcp:
         options.pop("socket_keepalive", None)
         options.pop("socket_keepalive_options", None)
-    kwargs = {**options, **target.connection, "decode_responses": False}
+    # No CLIENT SETINFO on connecting: one round trip less, and a command fewer for ACL users to allow.
+    kwargs = {**options, **target.connection, "decode_responses": False, "lib_name": None, "lib_version": None}
     if not target.is_sentinel:
         return pool_class(**kwargs)
     # Questions to the sentinels get a timeout even on a worker's hot path (which has none).
@@ -318,8 +319,8 @@ def redact(url: str) -> str:
     if not sep:
         return "<not a URL>"
     head, qmark, query = rest.partition("?")
-    if "@" in head.split("/", 1)[0]:
-        userinfo, _, tail = head.partition("@")
+    if "@" in head:  # (the last @: a password may hold an unescaped / or @)
+        userinfo, _, tail = head.rpartition("@")
         user = userinfo.partition(":")[0]
         head = f"{user}:***@{tail}" if ":" in userinfo else f"{userinfo}@{tail}"
     if qmark:

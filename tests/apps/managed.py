@@ -42,3 +42,34 @@ async def waiter(ctx: inngest.Context) -> dict[str, Any]:
         "reply", event="test/managed.reply", timeout="60s", if_exp="event.data.key == async.data.key"
     )
     return {"key": ctx.event.data["key"], "reply": None if got is None else got.data["value"]}
+
+
+#: Cancels the ``guarded`` run whose ``data.order`` the cancel event names.
+CANCEL = inngest.Cancel(event="test/managed.cancel", if_exp="async.data.order == event.data.order")
+
+
+@client.create_function(
+    id="guarded",
+    trigger=inngest.TriggerEvent(event="test/managed.guarded"),
+    idempotency="event.data.order",
+    throttle=inngest.Throttle(limit=100, period=1_000),
+    concurrency=[inngest.Concurrency(limit=5, key="event.data.group")],
+    cancel=[CANCEL],
+    retries=10,
+)
+async def guarded(ctx: inngest.Context) -> dict[str, Any]:
+    """Flow control on the sender's path (idempotency, throttle, a keyed concurrency limit), and a
+    run that sleeps until ``data.sleep`` ms pass or a cancel event ends it."""
+    order = ctx.event.data["order"]
+    await ctx.step.sleep("hold", int(ctx.event.data.get("sleep", 0)) or 1)
+    return {"order": await ctx.step.run("ship", lambda: f"shipped {order}")}
+
+
+@client.create_function(
+    id="debounced",
+    trigger=inngest.TriggerEvent(event="test/managed.debounced"),
+    debounce=inngest.Debounce(period=1_000, key="event.data.k"),
+    retries=10,
+)
+async def debounced(ctx: inngest.Context) -> dict[str, Any]:
+    return {"last": ctx.event.data["n"]}
