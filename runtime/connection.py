@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, TypeAlias
 
 from redis._parsers.hiredis import _AsyncHiredisParser
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
@@ -14,7 +14,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from . import redis_urls
+from . import keys, redis_urls, shards
+
+#: A client of either deployment: one Redis (or a Sentinel-managed primary), or a Redis Cluster.
+RedisClient: TypeAlias = Redis | RedisCluster
 
 #: Kernel-level limits that cost nothing per command. An idle connection to a dead peer is noticed by
 #: keepalive within about 5 + 3 x 2 s; a request the peer never acknowledges (link down, packets
@@ -102,3 +105,49 @@ def make_pool(url: str, *, max_connections: int | None = None, hot_path: bool = 
 def connect(url: str, *, max_connections: int | None = None) -> Redis:
     """An asyncio client for ``url``."""
     return Redis(connection_pool=make_pool(url, max_connections=max_connections))
+
+
+async def open_redis(url: str, *, max_connections: int | None = None, hot_path: bool = False) -> RedisClient:
+    """A client for the Redis at ``url``, after finding out what it is, and this process's shard
+    count set (``shards.configure``): a ``RedisCluster`` (discovered from the one node ``url`` names)
+    and all ``SHARD_LIMIT`` shards when that node runs in cluster mode; else a ``Redis`` (see
+    ``make_pool``) and the count stored under ``keys.SHARD_COUNT``, 1 when absent.
+
+    Raises what Redis raises when it cannot be reached (callers retry or report), and ``ValueError``
+    for a stored shard count out of range or a cluster URL naming a database other than 0."""
+    client = Redis(connection_pool=make_pool(url, max_connections=max_connections, hot_path=hot_path))
+    try:
+        clustered = bool((await client.info("cluster")).get("cluster_enabled"))
+        if not clustered:
+            stored = await client.get(keys.SHARD_COUNT)
+            shards.configure(1 if stored is None else shards.parse_count(stored, keys.SHARD_COUNT))
+            return client
+    except BaseException:
+        await client.aclose()
+        raise
+    await client.aclose()
+    cluster = open_cluster(url, hot_path=hot_path)
+    try:
+        await cluster.initialize()
+    except BaseException:
+        await cluster.aclose()
+        raise
+    shards.configure(shards.SHARD_LIMIT)
+    return cluster
+
+
+def open_cluster(url: str, *, hot_path: bool = False) -> RedisCluster:
+    """A cluster client for ``url`` (any one node) with ``pool_options``' timeouts and retries; redis-py
+    follows MOVED and ASK, and retries CLUSTERDOWN and TRYAGAIN a few times after re-reading the slots."""
+    # (redis_urls checks the URL: TCP, database 0; TLS settings and the password file apply)
+    options = {**pool_options(hot_path=hot_path), **redis_urls.cluster_options(url)}
+    cluster: RedisCluster = RedisCluster(decode_responses=False, **options)
+    return cluster
+
+
+async def close(client: RedisClient) -> None:
+    """Close ``client`` and its connections (a ``Redis`` given its pool keeps it open on ``aclose()``)."""
+    if isinstance(client, Redis):  # (this way round: mypy cannot narrow on RedisCluster)
+        await client.aclose(close_connection_pool=True)
+    else:
+        await client.aclose()

@@ -313,6 +313,19 @@ def make_pool(
     return sentinel_pool_class(target.service_name, sentinel, is_master=True, **kwargs)
 
 
+def cluster_options(url: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for a ``RedisCluster`` from a ``redis://`` or ``rediss://`` URL naming any
+    one of its nodes (TLS settings and ``STEPQ_REDIS_PASSWORD_FILE`` included)."""
+    target = parse_redis_url(url, environ)
+    if target.is_sentinel or not target.tcp:
+        raise RedisConfigError(f"Redis URL {redact(url)}: a Redis Cluster is reached with redis:// or rediss://")
+    options = dict(target.connection)
+    if options.pop("db", 0):
+        raise RedisConfigError(f"Redis URL {redact(url)} names a database; a Redis Cluster has only database 0")
+    options["ssl"] = options.pop("connection_class") is FailoverSSLConnection
+    return {**options, "lib_name": None, "lib_version": None}
+
+
 def redact(url: str) -> str:
     """``url`` without its password (userinfo and ``password``/``sentinel_password`` parameters)."""
     scheme, sep, rest = url.partition("://")
