@@ -32,7 +32,7 @@ from stepq.runtime.connection import connect
 from stepq.runtime.queries import get_run
 from tests.helpers import ROOT, run_ids_for_event, runs_of, wait_for_runs
 from tests.managed_workload import ManagedWorker, Workload
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, skip_or_fail
 
 SCRIPT = ROOT / "deploy" / "redis" / "stepq-acl.sh"
 ROLES = ("worker", "api", "sender", "admin")
@@ -52,7 +52,7 @@ class AclRedis:
 @pytest.fixture
 def acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
     if shutil.which("sh") is None or shutil.which("sha256sum") is None:
-        pytest.skip("deploy/redis/stepq-acl.sh needs sh and sha256sum")
+        skip_or_fail("deploy/redis/stepq-acl.sh needs sh and sha256sum")
     passwords = {}
     env = {"PATH": "/usr/bin:/bin"}
     for role in ROLES:
