@@ -44,18 +44,30 @@ class ManagedWorker(WorkerProcess):
 class Workload:
     """``chains`` runs of ``chain`` and ``waits`` runs of ``waiter``, sent by ``sender``."""
 
-    def __init__(self, sender: stepq.Client, reader: Redis, *, chains: int, waits: int, pause_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        sender: stepq.Client,
+        reader: Redis,
+        *,
+        chains: int,
+        waits: int,
+        pause_s: float = 0.0,
+        log: Path | None = None,
+    ) -> None:
         self.sender = sender
         self.reader = reader
         self.chains = chains
         self.waits = waits
         self.pause_s = pause_s
+        self.log = log
         self.chain_runs: dict[str, int] = {}
         self.wait_runs: dict[str, str] = {}
 
     async def start(self) -> None:
+        extra = {"log": str(self.log)} if self.log else {}
         events = [
-            stepq.Event(name="test/managed.chain", data={"n": n, "pause_s": self.pause_s}) for n in range(self.chains)
+            stepq.Event(name="test/managed.chain", data={"n": n, "pause_s": self.pause_s, **extra})
+            for n in range(self.chains)
         ]
         ids = await start_runs(self.sender, self.reader, CHAIN, events)
         self.chain_runs = dict(zip(ids, range(self.chains), strict=True))
@@ -85,6 +97,12 @@ class Workload:
             if during is not None:
                 await during()
             await asyncio.sleep(0.3)
+
+    def repeated_steps(self) -> int:
+        """Step executions beyond one per step (from ``log``)."""
+        assert self.log is not None
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return len(lines) - len(set(lines))
 
     async def check(self) -> None:
         """Every run completed with the values its input gives."""

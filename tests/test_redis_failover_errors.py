@@ -55,7 +55,7 @@ async def test_workers_ride_out_readonly_and_the_api_answers_503(server: RedisSe
     try:
         for worker in workers:
             worker.wait_ready()
-        workload = Workload(sender, reader, chains=40, waits=10, pause_s=0.2)
+        workload = Workload(sender, reader, chains=40, waits=10, pause_s=0.1)
         await workload.start()
         await asyncio.sleep(0.5)
         connections_before = await _connections_made(admin)
@@ -107,7 +107,7 @@ async def test_workers_ride_out_a_restart_that_answers_loading(server: RedisServ
     try:
         for worker in workers:
             worker.wait_ready()
-        workload = Workload(sender, reader, chains=40, waits=10, pause_s=0.2)
+        workload = Workload(sender, reader, chains=40, waits=10, pause_s=0.1)
         await workload.start()
         await asyncio.sleep(0.5)
         server.stop()

@@ -112,7 +112,7 @@ async def test_runs_continue_after_sentinel_fails_the_master_over(sentinels: Sen
     try:
         for worker in workers:
             worker.wait_ready()
-        workload = Workload(sender, reader, chains=60, waits=10, pause_s=0.3)
+        workload = Workload(sender, reader, chains=60, waits=10, pause_s=0.15, log=tmp_path / "steps.log")
         await workload.start()
         # The runs exist on the replica too before the master goes: WAIT is acknowledged once every
         # write this connection made, and so every write before it, reached a replica.
@@ -140,7 +140,8 @@ async def test_runs_continue_after_sentinel_fails_the_master_over(sentinels: Sen
         invocations = [len(w.logged("invocation")) for w in workers]
         print(
             f"\nmaster killed with {before} of 70 runs completed; all ended {took:.1f} s later "
-            f"({time.monotonic() - killed:.1f} s after the kill); invocations per worker {invocations}"
+            f"({time.monotonic() - killed:.1f} s after the kill); invocations per worker {invocations}; "
+            f"{workload.repeated_steps()} step executions repeated (of {3 * 60})"
         )
         for worker in workers:
             assert worker.alive(), worker.stderr()[-3000:]

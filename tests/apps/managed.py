@@ -1,7 +1,8 @@
 """Functions for the managed-Redis tests (TLS, ACL users, Sentinel failover, READONLY/LOADING).
 
-``chain`` runs three steps around a short sleep, each step waiting ``pause_s`` (so that runs are in
-flight when a test fails Redis over), and returns what they computed. ``waiter`` waits for an event
+``chain`` runs three steps around a short sleep, each step waiting a multiple of ``pause_s`` (so that
+runs are in flight when a test fails Redis over), and returns what they computed; with ``log`` set,
+each step's execution appends a line to that file. ``waiter`` waits for an event
 matched on ``data.key``, so the workload also uses waits, event matching and timers.
 """
 
@@ -23,9 +24,14 @@ def expected(n: int) -> list[int]:
 @client.create_function(id="chain", trigger=inngest.TriggerEvent(event="test/managed.chain"), retries=10)
 async def chain(ctx: inngest.Context) -> dict[str, Any]:
     n = ctx.event.data["n"]
-    pause_s = float(ctx.event.data.get("pause_s", 0))
+    # runs of different lengths (1 to 5 pauses a step), so that some are always in flight
+    pause_s = float(ctx.event.data.get("pause_s", 0)) * (1 + n % 5)
+    log = ctx.event.data.get("log")
 
     async def step(value: int, add: int, times: int) -> int:
+        if log:  # each execution, to count those a failover repeats
+            with open(log, "a") as f:
+                f.write(f"{ctx.run_id} {add}{times}\n")
         await asyncio.sleep(pause_s)
         return (value + add) * times
 
