@@ -307,6 +307,8 @@ def make_pool(
     sentinel_kwargs = {
         **{k: v for k, v in options.items() if k.startswith("socket_")},
         "socket_timeout": SENTINEL_TIMEOUT_S,
+        "lib_name": None,
+        "lib_version": None,
         **target.sentinel_connection,
     }
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
