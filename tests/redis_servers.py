@@ -160,7 +160,8 @@ def make_tls_files(directory: Path) -> TlsFiles:
             cwd=directory,
         )
     for name, extensions in (
-        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        # (servers are clients too: replicas of a master, sentinels of the servers they watch)
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth"),
         ("client", "extendedKeyUsage=clientAuth"),
     ):
         (directory / f"{name}.ext").write_text(extensions + "\n")

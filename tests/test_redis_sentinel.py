@@ -17,43 +17,71 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 import stepq
 from stepq.redis_config import RedisConfigError
 from stepq.runtime.connection import connect
 from stepq.runtime.redis_urls import parse_redis_url
+from stepq.workers.embedded import free_port
 from tests.helpers import run_statuses
 from tests.managed_workload import ManagedWorker, Workload
-from tests.redis_servers import RedisServer
+from tests.redis_servers import RedisServer, TlsFiles, make_tls_files, redis_server_binary, require_tls, tls_settings
 
 SERVICE = "stepq-main"
 
 
 class SentinelSet:
-    """A master, its replica and three sentinels watching them (quorum 2, down after 1 s)."""
+    """A master, its replica and three sentinels watching them (quorum 2, down after 1 s); with
+    ``tls``, every one of them speaks TLS only and wants client certificates, among themselves too."""
 
-    def __init__(self, directory: Path) -> None:
-        self.master = RedisServer(directory, "master", [])
-        self.replica = RedisServer(directory, "replica", [f"replicaof 127.0.0.1 {self.master.port}"])
-        self.sentinels = [
-            RedisServer(
-                directory,
-                f"sentinel-{i}",
-                [
-                    f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2",
-                    f"sentinel down-after-milliseconds {SERVICE} 1000",
-                    f"sentinel failover-timeout {SERVICE} 10000",
-                    f"sentinel parallel-syncs {SERVICE} 1",
-                ],
-                sentinel=True,
-            )
-            for i in range(3)
-        ]
+    def __init__(self, directory: Path, tls: TlsFiles | None = None) -> None:
+        self.tls = tls
+        master_port = free_port()
+        self.master = RedisServer(directory, "master", self._tls(master_port), port=master_port)
+        replica_port = free_port()
+        self.replica = RedisServer(
+            directory,
+            "replica",
+            [f"replicaof 127.0.0.1 {self.master.port}", *self._tls(replica_port)],
+            port=replica_port,
+        )
+        self.sentinels = []
+        for i in range(3):
+            port = free_port()
+            settings = [
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self.master.port} 2",
+                f"sentinel down-after-milliseconds {SERVICE} 1000",
+                f"sentinel failover-timeout {SERVICE} 10000",
+                f"sentinel parallel-syncs {SERVICE} 1",
+                *self._tls(port),
+            ]
+            self.sentinels.append(RedisServer(directory, f"sentinel-{i}", settings, port=port, sentinel=True))
+
+    def _tls(self, port: int) -> list[str]:
+        return [*tls_settings(self.tls, port), "tls-replication yes"] if self.tls else []
+
+    def client(self, port: int) -> Redis:
+        """A client of one of the servers (no Sentinel in between)."""
+        if self.tls is None:
+            return Redis(port=port)
+        files = self.tls
+        return Redis(
+            port=port,
+            ssl=True,
+            ssl_ca_certs=str(files.ca),
+            ssl_certfile=str(files.client_cert),
+            ssl_keyfile=str(files.client_key),
+        )
 
     @property
     def url(self) -> str:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        if self.tls is None:
+            return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        files = self.tls
+        query = f"ssl_ca_certs={files.ca}&ssl_certfile={files.client_cert}&ssl_keyfile={files.client_key}"
+        return f"rediss+sentinel://{hosts}/{SERVICE}/0?{query}"
 
     def servers(self) -> list[RedisServer]:
         return [self.master, self.replica, *self.sentinels]
@@ -63,14 +91,14 @@ class SentinelSet:
         deadline = time.monotonic() + 30
         while True:
             ready = True
-            replica = Redis(port=self.replica.port)
+            replica = self.client(self.replica.port)
             try:
                 info = await replica.info("replication")
                 ready &= info.get("master_link_status") == "up"
             finally:
                 await replica.aclose()
             for sentinel in self.sentinels:
-                client = Redis(port=sentinel.port)
+                client = self.client(sentinel.port)
                 try:
                     masters = await client.sentinel_masters()  # type: ignore[no-untyped-call]
                     state = masters.get(SERVICE, {})
@@ -83,7 +111,7 @@ class SentinelSet:
             await asyncio.sleep(0.2)
 
     async def master_port(self) -> int:
-        client = Redis(port=self.sentinels[0].port)
+        client = self.client(self.sentinels[0].port)
         try:
             _host, port = await client.sentinel_get_master_addr_by_name(SERVICE)  # type: ignore[no-untyped-call]
             return int(port)
@@ -157,6 +185,41 @@ async def test_runs_continue_after_sentinel_fails_the_master_over(sentinels: Sen
 
 async def _statuses(reader: Redis, workload: Workload) -> dict[str, str]:
     return await run_statuses(reader, [*workload.chain_runs, *workload.wait_runs])
+
+
+async def test_over_tls_a_client_follows_the_master_sentinel_names(tmp_path: Path) -> None:
+    """``rediss+sentinel://``: TLS with client certificates to the sentinels and to the data nodes;
+    after the master is killed, the same client writes to the promoted replica."""
+    require_tls(redis_server_binary())
+    group = SentinelSet(tmp_path, make_tls_files(tmp_path / "pki"))
+    try:
+        for server in group.servers():
+            server.start()
+        await group.wait_ready()
+        client = connect(group.url)
+        try:
+            assert await client.set("stepq-test:before", "1")
+            first = (await client.info("server"))["run_id"]
+            group.master.kill()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    await client.set("stepq-test:after", "1")
+                    break
+                except RedisError:
+                    assert time.monotonic() < deadline, "no write reached a new master within 60 s"
+                    await asyncio.sleep(0.2)
+            replica = group.client(group.replica.port)
+            try:
+                assert (await client.info("server"))["run_id"] == (await replica.info("server"))["run_id"] != first
+                assert await replica.get("stepq-test:after") == b"1"
+            finally:
+                await replica.aclose()
+        finally:
+            await client.aclose()
+    finally:
+        for server in group.servers():
+            server.stop()
 
 
 def test_sentinel_urls_name_sentinels_and_a_service() -> None:
