@@ -22,17 +22,19 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 import stepq
-from stepq.runtime import keys
+from stepq.runtime import keys, shards
 from stepq.runtime.api import ApiServer, ApiSettings
-from stepq.runtime.connection import connect
+from stepq.runtime.connection import close, connect, open_redis
 from stepq.runtime.queries import get_run
+from tests.cluster import LocalCluster
 from tests.helpers import ROOT, run_ids_for_event, runs_of, wait_for_runs
 from tests.managed_workload import ManagedWorker, Workload
 from tests.redis_servers import RedisServer, skip_or_fail
+from tests.test_cluster import check_outcomes, create_runs, start_workers
 
 SCRIPT = ROOT / "deploy" / "redis" / "stepq-acl.sh"
 ROLES = ("worker", "api", "sender", "admin")
@@ -45,26 +47,38 @@ class AclRedis:
 
     def url(self, role: str, *, inline: bool = True) -> str:
         """The role's URL, with its password in it (``inline``) or not (it comes from a file)."""
-        secret = f":{quote(self.passwords[role].read_text().strip(), safe='')}" if inline else ""
-        return f"redis://stepq-{role}{secret}@127.0.0.1:{self.server.port}/0"
+        base = f"redis://127.0.0.1:{self.server.port}/0"
+        return role_url(base, role, self.passwords) if inline else base.replace("//", f"//stepq-{role}@", 1)
 
 
-@pytest.fixture
-def acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
+def make_acl_file(directory: Path, roles: tuple[str, ...] = ROLES) -> tuple[Path, dict[str, Path]]:
+    """Run deploy/redis/stepq-acl.sh with a password file per role; the ACL file and the files."""
     if shutil.which("sh") is None or shutil.which("sha256sum") is None:
         skip_or_fail("deploy/redis/stepq-acl.sh needs sh and sha256sum")
     passwords = {}
     env = {"PATH": "/usr/bin:/bin"}
-    for role in ROLES:
-        path = tmp_path / f"{role}.password"
+    for role in roles:
+        path = directory / f"{role}.password"
         # surrounding whitespace is not part of a password, for the script as for stepq
         path.write_text(f"  {role}-S3cret/{time.time_ns()}\n")
         passwords[role] = path
         env[f"STEPQ_{role.upper()}_PASSWORD_FILE"] = str(path)
     made = subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=30, check=False)
     assert made.returncode == 0, made.stderr
-    acl = tmp_path / "users.acl"
+    acl = directory / "users.acl"
     acl.write_text(made.stdout)
+    return acl, passwords
+
+
+def role_url(base: str, role: str, passwords: dict[str, Path]) -> str:
+    """``base`` (``redis://host:port/db``) with the role's user and password."""
+    secret = quote(passwords[role].read_text().strip(), safe="")
+    return base.replace("redis://", f"redis://stepq-{role}:{secret}@", 1)
+
+
+@pytest.fixture
+def acl_redis(tmp_path: Path) -> Iterator[AclRedis]:
+    acl, passwords = make_acl_file(tmp_path)
     server = RedisServer(tmp_path, "redis-acl", [f"aclfile {acl}"])
     server.start()
     try:
@@ -230,3 +244,30 @@ def _describe(entries: list[Any]) -> list[dict[bytes, Any]]:
         fields = dict(zip(entry[::2], entry[1::2], strict=False)) if isinstance(entry, list) else entry
         out.append({k: fields.get(k) for k in (b"username", b"reason", b"object", b"context", b"count")})
     return out
+
+
+async def test_the_acl_users_work_on_a_redis_cluster(tmp_path: Path) -> None:
+    """On a Redis Cluster the clients also ask for the slot map (CLUSTER SLOTS), the command table
+    (COMMAND) and follow ASK redirections (ASKING): workers and the API do their job as their users,
+    and no node's ACL LOG has an entry. (The default user stays on here: the test forms the cluster.)"""
+    acl, passwords = make_acl_file(tmp_path, ("worker", "api"))
+    with LocalCluster(tmp_path / "cluster", node_options=("--aclfile", str(acl))) as cluster:
+        api = await open_redis(role_url(cluster.url, "api", passwords))
+        workers = start_workers(tmp_path, role_url(cluster.url, "worker", passwords), 2)
+        try:
+            assert isinstance(api, RedisCluster)
+            log = tmp_path / "steps.log"
+            created = await create_runs(api, 32, log)
+            await check_outcomes(api, created, log)
+            for node in cluster.nodes:
+                plain = Redis(port=node.port)
+                try:
+                    refused = await plain.execute_command("ACL", "LOG")  # type: ignore[no-untyped-call]
+                finally:
+                    await plain.aclose()
+                assert refused == [], (node.port, _describe(refused))
+        finally:
+            for worker in workers:
+                worker.stop()
+            await close(api)
+            shards.configure(1)

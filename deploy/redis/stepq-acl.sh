@@ -15,7 +15,7 @@
 #       deploy/redis/stepq-acl.sh > /data/users.acl
 #
 # Why these rules (what stepq sends was read from MONITOR and INFO commandstats; tests/test_redis_acl.py
-# runs every role under them and fails on any ACL LOG entry):
+# runs every role under them, on one Redis and on a Redis Cluster, and fails on any ACL LOG entry):
 # - Keys: stepq's are `stepq:*` and arq's job keys `arq:job:`, `arq:result:`, `arq:in-progress:`,
 #   `arq:retry:` (runtime/keys.py). Nothing else in the Redis is reachable: another app's keys stay
 #   its own. No pub/sub channels.
@@ -23,8 +23,9 @@
 #   KEYS, CONFIG, DEBUG, SHUTDOWN, MONITOR, ACL, MIGRATE, RESTORE, SORT...), no SCAN/RANDOMKEY (stepq
 #   never walks the keyspace), scripts by EVALSHA/EVAL with SCRIPT LOAD/EXISTS (not SCRIPT FLUSH
 #   or KILL, not FUNCTION), and PING, SELECT, TIME, INFO (a process reads `INFO` once to tell a
-#   cluster from a single Redis), CLIENT SETNAME (the URL's client_name). stepq's connections send
-#   no CLIENT SETINFO (Redis 7.2+), so none is refused.
+#   cluster from a single Redis), CLIENT SETNAME (the URL's client_name), and for a Redis Cluster
+#   CLUSTER SLOTS (the slot map), COMMAND (where each command's keys are) and ASKING (a slot on the
+#   move). stepq's connections send no CLIENT SETINFO (Redis 7.2+), so none is refused.
 #   A script runs with its caller's rights: EVAL grants nothing the commands do not.
 # - stepq-api is stepq-worker without blocking commands (it never waits on a queue).
 # - stepq-sender has stepq-api's rights. Sending an event runs scripts that store it, start runs
@@ -42,7 +43,7 @@ WORKER_RULES='resetkeys ~stepq:* ~arq:* resetchannels -@all +@read +@write -@dan
 API_RULES="$WORKER_RULES -@blocking"
 SENDER_RULES="$API_RULES"
 # Added last to every role: what the categories above leave out and stepq needs.
-COMMON='+evalsha +eval +script|load +script|exists +ping +select +time +info +client|setname'
+COMMON='+evalsha +eval +script|load +script|exists +ping +select +time +info +client|setname +cluster|slots +command +asking'
 
 sha256_of() {
     if [ ! -r "$1" ]; then
