@@ -43,7 +43,6 @@ FUNCTION_FAILED = "stepq/function.failed"
 FUNCTION_FINISHED = "stepq/function.finished"
 
 
-
 def default_redis_url() -> str:
     """``STEPQ_REDIS_URL``, else the URL in the file ``STEPQ_REDIS_URL_FILE`` names, else Redis on
     localhost (``stepq.redis_config``)."""
@@ -111,8 +110,10 @@ class Inngest:
       ``PydanticSerializer()`` with ``output_type=MyModel``), as in inngest-py: serialized to JSON
       before they are stored, deserialized when read back. Without it, outputs must be JSON.
 
-    stepq's own arguments: ``redis_url`` (default ``STEPQ_REDIS_URL``, else
-    ``redis://localhost:6379/0``) and ``transport`` (an ``EventTransport`` that replaces both).
+    stepq's own arguments: ``redis_url`` (default ``STEPQ_REDIS_URL``, else the URL in the file
+    ``STEPQ_REDIS_URL_FILE`` names, else ``redis://localhost:6379/0``; ``rediss://`` and
+    ``redis+sentinel://`` too, see ``stepq.runtime.redis_urls``) and ``transport`` (an
+    ``EventTransport`` that replaces both).
     """
 
     def __init__(

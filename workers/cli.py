@@ -70,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def redis_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--redis-url", help="Redis to use (default: STEPQ_REDIS_URL, else redis://localhost:6379/0)")
+        p.add_argument(
+            "--redis-url",
+            help="Redis to use: redis://, rediss:// (TLS) or redis+sentinel:// (default: STEPQ_REDIS_URL, "
+            "else the file STEPQ_REDIS_URL_FILE names, else redis://localhost:6379/0)",
+        )
 
     def metrics_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
