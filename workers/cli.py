@@ -18,6 +18,7 @@ import uvicorn
 from stepq.client import default_redis_url
 from stepq.errors import StepqError
 from stepq.event import Event
+from stepq.redis_config import RedisConfigError, configured_redis_url
 from stepq.runtime.actions import BULK_CAP, ActionRefused, Actions
 from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.connection import open_redis
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except CliError as exc:
+    except (CliError, RedisConfigError) as exc:
         print(f"stepq {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -69,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def redis_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--redis-url", help="Redis to use (default: STEPQ_REDIS_URL, else redis://localhost:6379/0)")
+        p.add_argument(
+            "--redis-url",
+            help="Redis to use: redis://, rediss:// (TLS) or redis+sentinel:// (default: STEPQ_REDIS_URL, "
+            "else the file STEPQ_REDIS_URL_FILE names, else redis://localhost:6379/0)",
+        )
 
     def metrics_options(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -218,7 +223,7 @@ def _dev(args: argparse.Namespace) -> int:
     """A worker and the event API (any key accepted), on a private Redis unless one is configured."""
 
     with contextlib.ExitStack() as stack:
-        url = args.redis_url or os.environ.get("STEPQ_REDIS_URL")
+        url = args.redis_url or configured_redis_url()
         if not url:
             url = stack.enter_context(EmbeddedRedis()).url
             print(f"stepq dev: private Redis at {url}", file=sys.stderr)

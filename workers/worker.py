@@ -48,6 +48,7 @@ from stepq.runtime.job_queue import KNOWN_RUNS, ClaimedJob, JobQueue
 from stepq.runtime.jobs import ADVANCE
 from stepq.runtime.limits import Limits
 from stepq.runtime.redis_errors import error_kind
+from stepq.runtime.redis_urls import redact
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of, shards
 from stepq.runtime.store import RunCache, RunStore
@@ -600,7 +601,7 @@ async def _build(
         serves = "functions registered over HTTP"
         if keeper is not None:
             serves = await until_redis_answers(keeper.register_at_start, "registration")
-        log.info("worker.started", queue=queue_id, serves=serves, redis=_redact(redis_url), pid=os.getpid())
+        log.info("worker.started", queue=queue_id, serves=serves, redis=redact(redis_url), pid=os.getpid())
 
     worker = StepqWorker(
         queue_id=queue_id,
@@ -632,8 +633,3 @@ async def http_crons(registry: Registry) -> list[tuple[str, ...]]:
     return out
 
 
-def _redact(url: str) -> str:
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
