@@ -19,7 +19,8 @@ no hook for what follows. ``StepqWorker``:
   (``stepq.runtime.deadletter``);
 - has a watchdog that notices within seconds that Redis stopped answering, even when the link went
   dark without a reset (``stepq.workers.watchdog``);
-- restores the app's registration after Redis comes back empty (``stepq.workers.registration``).
+- restores the app's registration after Redis comes back empty (``stepq.workers.registration``);
+- keeps a heartbeat and its readiness for its probes (``stepq.workers.health``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from stepq.runtime.store import RunCache, RunStore
 from . import tracing
 from .executor import Executor
 from .faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
+from .health import Health
 from .http_invoker import HttpInvoker
 from .invoker import InProcessInvoker, Invoker
 from .job_task import JobFunction, JobRunner
@@ -141,6 +143,8 @@ class StepqWorker:
             probe=registration.probe if registration is not None else ping,
         )
         self.watchdog.on_back.append(self._reconnected)
+        #: What the worker's endpoint answers to ``/livez`` and ``/readyz`` (``stepq.workers.endpoint``).
+        self.health = Health(options.liveness_timeout_s, lambda: self.watchdog.reachable)
         #: The jobs running now, by id.
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._draining = False
@@ -179,7 +183,10 @@ class StepqWorker:
 
     async def main(self) -> None:
         """Wait for Redis, start, take and run jobs until a drain, then drain."""
-        self._background = [asyncio.create_task(self.watchdog.run(), name="stepq-watchdog")]
+        self._background = [
+            asyncio.create_task(self.health.beat(), name="stepq-heartbeat"),
+            asyncio.create_task(self.watchdog.run(), name="stepq-watchdog"),
+        ]
         await until_redis_answers(self.pool.ping)
         self._background += [
             asyncio.create_task(self._renew_leases(), name="stepq-leases"),
@@ -192,6 +199,7 @@ class StepqWorker:
                 await self.on_startup(self.ctx)
             if self.registration is not None:
                 self._background.append(asyncio.create_task(self.registration.run(), name="stepq-registration"))
+            self.health.started = True
             self._background.append(asyncio.create_task(self._listen(), name="stepq-listen"))
             self._claim_now.set()  # jobs may be due already
             await self._take_jobs()
@@ -215,6 +223,7 @@ class StepqWorker:
     def stop(self) -> None:
         """Drain: take no more jobs, let running ones finish within the grace period, then exit."""
         self._draining = True
+        self.health.draining = True
         self.runner.stopping = True
         self._room.clear()
         self._claim_now.set()
