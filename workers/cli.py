@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Logs go to stderr for every command: stdout carries only the command's answer (JSON).
         configure()
     except ValueError as exc:
-        print(f"stepq {args.command}: STEPQ_LOG_LEVEL: {exc}", file=sys.stderr)
+        print(f"stepq {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.handler(args) or 0)
