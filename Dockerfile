@@ -16,10 +16,18 @@ WORKDIR /src
 
 # Dependencies first, from the lock files alone, so that a code change does not download them again.
 # --require-hashes: every file is checked against the hash the lock recorded.
+# Behind a TLS-inspecting proxy, pass its CA certificate (PEM text, not a secret) with
+# --build-arg EXTRA_CA_CERT="$(cat proxy-ca.crt)": pip trusts it next to the system's CAs here, and it
+# stays in this stage, out of the image.
+ARG EXTRA_CA_CERT=""
 COPY deploy/docker/requirements.lock deploy/docker/build.lock ./
 RUN python3 -m venv /opt/stepq \
+    && if [ -n "$EXTRA_CA_CERT" ]; then \
+        { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_CERT"; } > /tmp/ca.pem \
+        && export PIP_CERT=/tmp/ca.pem; fi \
     && /opt/stepq/bin/pip download --require-hashes --no-deps --dest /wheels \
-        -r requirements.lock -r build.lock
+        -r requirements.lock -r build.lock \
+    && rm -f /tmp/ca.pem
 
 # stepq's own wheel, built offline with the pinned setuptools.
 COPY pyproject.toml README.md ./
