@@ -32,13 +32,19 @@ COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-#: The image's interpreter: markers are evaluated for CPython 3.11 on Linux.
-IMAGE_ENV: dict[str, str] = {
-    **{key: str(value) for key, value in default_environment().items()},
-    "python_version": "3.11",
-    "sys_platform": "linux",
-    "platform_system": "Linux",
-}
+#: The image's interpreter: CPython 3.11 on Linux, any patch release (Debian bookworm's is 3.11.2,
+#: the official image's 3.11.14): a requirement whose marker holds for any of them must be pinned.
+IMAGE_ENVS: list[dict[str, str]] = [
+    {
+        **{key: str(value) for key, value in default_environment().items()},
+        "python_version": "3.11",
+        "python_full_version": f"3.11.{patch}",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "extra": "",
+    }
+    for patch in range(30)
+]
 EXACT_TAG = re.compile(r":\d+\.\d+\.\d+(-[a-z0-9.-]+)?(@sha256:[0-9a-f]{64})?$")
 
 
@@ -232,16 +238,15 @@ def _check_pinned(requirement: Requirement, lock: dict[str, tuple[Version, int]]
 @pytest.mark.parametrize("line", PYPROJECT["project"]["dependencies"])
 def test_the_lock_pins_every_dependency_of_pyproject(line: str) -> None:
     requirement = Requirement(line)
-    if requirement.marker and not requirement.marker.evaluate(IMAGE_ENV):
+    if requirement.marker and not any(requirement.marker.evaluate(env) for env in IMAGE_ENVS):
         return
     _check_pinned(requirement, LOCK, "pyproject.toml")
     for extra in requirement.extras:  # e.g. redis[hiredis] -> hiredis
         dist = metadata.distribution(requirement.name)
         for needed in map(Requirement, dist.requires or []):
-            only_with_extra = (
-                needed.marker is not None
-                and needed.marker.evaluate({**IMAGE_ENV, "extra": extra})
-                and not needed.marker.evaluate({**IMAGE_ENV, "extra": ""})
+            only_with_extra = needed.marker is not None and any(
+                needed.marker.evaluate({**env, "extra": extra}) and not needed.marker.evaluate(env)
+                for env in IMAGE_ENVS
             )
             if only_with_extra:
                 _check_pinned(needed, LOCK, f"{requirement.name}[{extra}]")
@@ -264,6 +269,6 @@ def test_the_lock_is_closed_under_dependencies() -> None:
             continue
         checked += 1
         for needed in map(Requirement, dist.requires or []):
-            if needed.marker is None or needed.marker.evaluate({**IMAGE_ENV, "extra": ""}):
+            if needed.marker is None or any(needed.marker.evaluate(env) for env in IMAGE_ENVS):
                 _check_pinned(needed, LOCK, f"{name}=={version}")
     assert checked >= len(LOCK) // 2, "too few locked packages are installed here at their pinned version to check"
