@@ -8,10 +8,10 @@ the reconciler re-enqueues it from the timer. One worker at a time sweeps a shar
 from __future__ import annotations
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import deadletter, keys
+from .connection import RedisClient
 from .jobs import JobKind, JobSpec, enqueue_keys
 from .scripts import Scripts
 from .shards import shard_of, shards
@@ -27,20 +27,30 @@ def parse_member(member: str) -> tuple[str, str, int]:
 
 
 async def revive_overdue(
-    redis: Redis, scripts: Scripts, *, overdue_ms: int = 60_000, batch: int = 200, lock_ms: int = 30_000
+    redis: RedisClient, scripts: Scripts, *, overdue_ms: int = 60_000, batch: int = 200, lock_ms: int = 30_000
 ) -> int:
     """Re-enqueue wake jobs overdue by ``overdue_ms`` whose job is gone, in every shard; returns how
     many were revived."""
     revived = 0
     for shard in shards():
-        revived += await _revive_shard(redis, scripts, shard, overdue_ms=overdue_ms, batch=batch, lock_ms=lock_ms)
+        revived += await revive_shard(redis, scripts, shard, overdue_ms=overdue_ms, batch=batch, lock_ms=lock_ms)
     return revived
 
 
-async def _revive_shard(
-    redis: Redis, scripts: Scripts, shard: int, *, overdue_ms: int, batch: int, lock_ms: int
+async def revive_shard(
+    redis: RedisClient,
+    scripts: Scripts,
+    shard: int,
+    *,
+    overdue_ms: int = 60_000,
+    batch: int = 200,
+    lock_ms: int = 30_000,
 ) -> int:
+    """``revive_overdue`` for one shard. A shard with nothing overdue costs one read (workers sweep
+    every shard in turn: see workers/shard_chores.py)."""
     timers, lock = keys.timers(shard), keys.timers_lock(shard)
+    if not await redis.zrangebyscore(timers, "-inf", now_ms() - overdue_ms, start=0, num=1):
+        return 0
     if not await redis.set(lock, b"1", px=lock_ms, nx=True):
         return 0
     revived = 0

@@ -119,10 +119,14 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., HealthWorker]]:
 async def test_ready_only_once_registered_and_alive_while_waiting_for_redis(
     server: EmbeddedRedis, workers: Callable[..., HealthWorker]
 ) -> None:
-    worker = workers(server.url)  # its Redis is not running yet
+    # its Redis is not running yet; waiting for it is no reason to be restarted: the heartbeat runs
+    worker = workers(server.url, env={"STEPQ_LIVENESS_TIMEOUT": "1"})
     body = worker.wait_for("/readyz", not_ready("starting"))
     assert "registered" in body["detail"]
     worker.wait_for("/livez", live)
+    time.sleep(2.5)  # longer than the liveness timeout
+    assert live(*worker.get("/livez"))
+    assert not_ready("starting")(*worker.get("/readyz"))
     assert not any(e.get("event") == "worker.started" for e in worker.logs())
 
     server.start()

@@ -20,7 +20,7 @@ from stepq.errors import StepqError
 from stepq.event import Event
 from stepq.runtime.actions import BULK_CAP, ActionRefused, Actions
 from stepq.runtime.api import ApiServer, ApiSettings
-from stepq.runtime.connection import connect
+from stepq.runtime.connection import open_redis
 from stepq.runtime.deadletter import DeadLetter, list_dead_letters
 from stepq.runtime.gather import Gathered
 from stepq.runtime.queries import RunFilter, get_run, list_runs
@@ -32,6 +32,7 @@ from . import tracing
 from .app import AppLoadError, load_client
 from .embedded import EmbeddedRedis
 from .endpoint import WorkerEndpoint, endpoint_address
+from .health import Health
 from .logs import configure
 from .options import WorkerOptions
 from .worker import build_http_worker, build_worker
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Logs go to stderr for every command: stdout carries only the command's answer (JSON).
         configure()
     except ValueError as exc:
-        print(f"stepq {args.command}: {exc}", file=sys.stderr)
+        print(f"stepq {args.command}: STEPQ_LOG_LEVEL: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.handler(args) or 0)
@@ -182,23 +183,37 @@ def _worker(args: argparse.Namespace) -> int:
         raise CliError("give MODULE:CLIENT to run an app's functions, or --http for functions served over HTTP")
     try:
         options = WorkerOptions.from_env(concurrency=args.concurrency, idle_check_s=args.idle_check)
-        if args.app:
-            worker = build_worker(load_client(args.app), _url(args), options)
-        else:
-            signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
-            worker = build_http_worker(_url(args), options, signing_key=signing_key)
+        client = load_client(args.app) if args.app else None
         address = endpoint_address(args.health_port, args.health_host, args.metrics_port, args.metrics_host)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    health = Health(options.liveness_timeout_s)
+
+    async def serve() -> None:
+        # The heartbeat runs from the start: building the worker waits for Redis, alive meanwhile.
+        heartbeat = asyncio.create_task(health.beat(), name="stepq-heartbeat")
+        try:
+            try:
+                if client is not None:
+                    worker = await build_worker(client, _url(args), options, health=health)
+                else:
+                    signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
+                    worker = await build_http_worker(_url(args), options, signing_key=signing_key, health=health)
+            except ValueError as exc:  # a bad cron expression, a bad stored shard count
+                raise CliError(str(exc)) from None
+            await worker.serve()
+        finally:
+            heartbeat.cancel()
+
     server = None
     if address is not None:
         try:
-            server = WorkerEndpoint(address, worker.health).start()
+            server = WorkerEndpoint(address, health).start()
         except OSError as exc:
             raise CliError(f"cannot serve the worker's endpoint on {address.host}:{address.port}: {exc}") from None
         print(f"stepq worker: /livez, /readyz and /metrics at {server.url}", file=sys.stderr)
     try:
-        worker.run()
+        asyncio.run(serve())
     except FunctionOwnedError as exc:
         # Retrying cannot help: the function id is another app's until that app drops it.
 
@@ -269,7 +284,7 @@ def _send(args: argparse.Namespace) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     async def fetch() -> list[Any]:
-        redis = connect(_url(args))
+        redis = await open_redis(_url(args))
         try:
             status = RunStatus(args.status) if args.status else None
             return await list_runs(redis, function=args.function, status=status, limit=args.limit)
@@ -347,7 +362,7 @@ def _actions(args: argparse.Namespace, act: Callable[[Actions], Awaitable[Any]])
     """``act`` on the Redis of ``args``; an action that cannot be done is a CliError saying why."""
 
     async def go() -> Any:
-        redis = connect(_url(args))
+        redis = await open_redis(_url(args))
         try:
             return await act(Actions.on(redis))
         finally:
@@ -401,7 +416,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     async def fetch() -> Any:
-        redis = connect(_url(args))
+        redis = await open_redis(_url(args))
         try:
             return await get_run(redis, args.run_id)
         finally:
@@ -471,7 +486,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
 
     async def fetch() -> list[DeadLetter]:
-        redis = connect(_url(args))
+        redis = await open_redis(_url(args))
         try:
             return await list_dead_letters(redis, limit=args.limit)
         finally:

@@ -1,8 +1,9 @@
 """What a worker's liveness and readiness probes answer (served by ``stepq.workers.endpoint``).
 
-The worker's event loop updates a heartbeat once a second (``StepqWorker`` runs ``beat`` in a
-background task); the probes are answered from the endpoint's thread, which never waits on the loop,
-so a loop stuck in blocking code shows as a heartbeat growing old:
+The worker's event loop updates a heartbeat once a second (``beat``, a task the ``stepq worker``
+command starts on the loop before it builds the worker, which may wait for Redis a long time); the
+probes are answered from the endpoint's thread, which never waits on the loop, so a loop stuck in
+blocking code shows as a heartbeat growing old:
 
 - live: the heartbeat is younger than ``liveness_timeout_s`` (``STEPQ_LIVENESS_TIMEOUT``). A draining
   worker is still alive: it is finishing its steps.
@@ -44,15 +45,20 @@ _DETAILS = {
 class Health:
     """One worker's liveness and readiness (see the module docstring)."""
 
-    def __init__(self, liveness_timeout_s: float, redis_reachable: Callable[[], bool]) -> None:
+    def __init__(self, liveness_timeout_s: float) -> None:
         self.liveness_timeout_s = liveness_timeout_s
-        self._redis_reachable = redis_reachable
+        #: Whether the worker's watchdog sees Redis reachable (``watch``).
+        self._redis_reachable: Callable[[], bool] = lambda: False
         #: time.monotonic() of the event loop's last beat (fresh at creation: the loop starts soon).
         self.heartbeat = time.monotonic()
         #: Set once the worker registered its app (or reached Redis, serving functions over HTTP).
         self.started = False
         #: Set on SIGTERM/SIGINT (or ``StepqWorker.stop``).
         self.draining = False
+
+    def watch(self, redis_reachable: Callable[[], bool]) -> None:
+        """Take Redis's reachability from ``redis_reachable`` (the worker's watchdog)."""
+        self._redis_reachable = redis_reachable
 
     async def beat(self) -> None:
         """Update the heartbeat forever (a background task of the worker's event loop)."""
