@@ -29,12 +29,12 @@ from stepq.runtime import keys
 from stepq.runtime.connection import connect
 from stepq.workers.embedded import EmbeddedRedis, free_port
 from stepq.workers.endpoint import DEFAULT_HOST, EndpointAddress, endpoint_address
-from tests.helpers import STEPQ_CLI, LoggedProcess, start_run, wait_for_run
+from tests.helpers import STEPQ_CLI, LoggedProcess, WorkerProcess, start_run, wait_for_run
 
 APP = "t-health"
 
 
-class HealthWorker(LoggedProcess):
+class HealthWorker(WorkerProcess):
     """``stepq worker tests.apps.health_app:client --health-port N`` on ``redis_url``."""
 
     def __init__(self, directory: Path, redis_url: str, env: dict[str, str] | None = None) -> None:
@@ -42,7 +42,8 @@ class HealthWorker(LoggedProcess):
         argv = [*STEPQ_CLI, "worker", "tests.apps.health_app:client", "--health-port", str(self.port)]
         full_env = {**os.environ, "STEPQ_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1", "STEPQ_REDIS_URL": redis_url}
         # The watchdog's defaults (a probe a second, 1.5 s timeout) are what production runs with.
-        super().__init__("worker-health", argv, directory, {**full_env, **(env or {})})
+        self.app = "health_app"
+        LoggedProcess.__init__(self, "worker-health", argv, directory, {**full_env, **(env or {})})
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         response = httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=5.0)
@@ -65,15 +66,6 @@ class HealthWorker(LoggedProcess):
                     return last[1]
             time.sleep(0.05)
         raise AssertionError(f"{path} never passed the check within {timeout} s; last answer {last}:\n{self.stderr()}")
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
 
 
 def ready(status: int, body: dict[str, Any]) -> bool:
