@@ -3,11 +3,11 @@
 # (/app), which also holds the examples (`stepq worker examples.shop:client`).
 #
 # Pinned: the base image by its exact version (add `@sha256:...` where a registry is reachable:
-# `docker buildx imagetools inspect python:3.11.14-slim-bookworm`), and every Python package by
+# `docker buildx imagetools inspect python:3.11.15-slim-bookworm`), and every Python package by
 # version and hash (deploy/docker/*.lock, made by scripts/lock-image from pyproject.toml).
 # PYTHON_IMAGE may name any Debian-like image with python3 and its venv module: the README's
 # "Containers" section builds one with debootstrap (deploy/docker/local-base.sh) where no registry is.
-ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11.15-slim-bookworm
 
 # -- build: a wheelhouse (the only stage that downloads), then the venv installed from it offline --
 FROM ${PYTHON_IMAGE} AS build

@@ -33,7 +33,7 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: The image's interpreter: CPython 3.11 on Linux, any patch release (Debian bookworm's is 3.11.2,
-#: the official image's 3.11.14): a requirement whose marker holds for any of them must be pinned.
+#: the official image's 3.11.15): a requirement whose marker holds for any of them must be pinned.
 IMAGE_ENVS: list[dict[str, str]] = [
     {
         **{key: str(value) for key, value in default_environment().items()},
