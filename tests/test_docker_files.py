@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import shlex
+import subprocess
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -272,3 +274,13 @@ def test_the_lock_is_closed_under_dependencies() -> None:
             if needed.marker is None or any(needed.marker.evaluate(env) for env in IMAGE_ENVS):
                 _check_pinned(needed, LOCK, f"{name}=={version}")
     assert checked >= len(LOCK) // 2, "too few locked packages are installed here at their pinned version to check"
+
+
+@pytest.mark.parametrize(
+    "script", ["deploy/docker/local-base.sh", "deploy/docker/verify-compose.sh", "scripts/lock-image"]
+)
+def test_the_container_scripts_parse(script: str) -> None:
+    """The scripts CI cannot run (they need root, debootstrap, Docker or PyPI) at least parse."""
+    done = subprocess.run(["bash", "-n", str(ROOT / script)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert os.access(ROOT / script, os.X_OK), f"{script} is not executable"
