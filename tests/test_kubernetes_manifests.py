@@ -508,9 +508,12 @@ class Pod:
 
     def local(self, text: str) -> str:
         """``text`` with the container's mount paths replaced by their local folders."""
-        for mount_path, local in sorted(self.paths.items(), key=lambda kv: -len(kv[0])):
-            text = text.replace(mount_path, str(local))
-        return text
+        if not self.paths:
+            return text
+        # One pass, at the start of a path only (the local folders may lie under /tmp, a mount path too).
+        mounts = "|".join(re.escape(p) for p in sorted(self.paths, key=len, reverse=True))
+        pattern = rf"(?<![^\s\"'=])({mounts})(?=/|\s|\"|'|$)"
+        return re.sub(pattern, lambda m: str(self.paths[m.group(1)]), text, flags=re.MULTILINE)
 
     def command(self) -> list[str]:
         return [self.local(arg) for arg in self.container.get("command", []) + self.container.get("args", [])]
