@@ -6,15 +6,17 @@ No cluster runs here (no image registry is reachable, so kind cannot pull its no
 - every kustomization renders (tests/kustomize.py, checked against ``kubectl kustomize`` where
   kubectl is installed), and every object validates, strictly (unknown fields refused), against
   the Kubernetes JSON schemas kubernetes-validate bundles (offline), for the oldest and the newest
-  Kubernetes version the manifests support; the KEDA ScaledObject against the openAPIV3Schema of
-  KEDA's own CRD (vendored in tests/kubernetes/);
+  Kubernetes version the manifests support; the custom resources (KEDA's ScaledObject,
+  prometheus-operator's ServiceMonitor and PodMonitor) against the openAPIV3Schema of their
+  projects' CRDs, vendored in tests/kubernetes/; a broken field fails each validation;
 - invariants: the workers' grace period outlasts their drain, probes point at the health port and
-  its paths, the PodDisruptionBudgets select their pods, every variable set is one stepq reads,
-  every file a variable names is mounted, the autoscaling query names a metric, labels and queue
-  stepq exports, securityContexts hold;
+  its paths, the PodDisruptionBudgets and monitors select their pods, every variable set is one
+  stepq reads, every file a variable names is mounted from a documented Secret key, both
+  autoscalers' metric is one stepq exports with the worker's queue, securityContexts hold;
 - the pods run locally: Redis from the StatefulSet's config, init container and probe; the API and
   a worker from their Deployments' args and environment (Secrets as files, as mounted), probed on
-  the manifests' paths; an event goes through; the worker drains on SIGTERM within its grace period.
+  the manifests' paths; an event goes through; the API's scrape (with the metrics token) has the
+  autoscalers' series; the worker drains on SIGTERM within its grace period.
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ from tests.kustomize import Manifest, containers, load_documents, pod_spec, rend
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy" / "kubernetes"
-KEDA_CRD = Path(__file__).resolve().parent / "kubernetes" / "keda.sh_scaledobjects.yaml"
+VENDORED = Path(__file__).resolve().parent / "kubernetes"
+#: The custom resources the manifests use, with the CRD (vendored from its project) that defines each.
+CRDS = {
+    ("keda.sh/v1alpha1", "ScaledObject"): VENDORED / "keda.sh_scaledobjects.yaml",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): VENDORED / "monitoring.coreos.com_servicemonitors.yaml",
+    ("monitoring.coreos.com/v1", "PodMonitor"): VENDORED / "monitoring.coreos.com_podmonitors.yaml",
+}
 #: The oldest Kubernetes the manifests are meant for (still supported by the big clouds), and the newest.
 KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 #: The Secrets the manifests read and the user creates (README: Kubernetes), with their keys.
@@ -150,9 +158,12 @@ def kubernetes_objects() -> list[Manifest]:
     return [m for m in OBJECTS.values() if "." not in m["apiVersion"].split("/")[0] or "k8s.io" in m["apiVersion"]]
 
 
-def test_all_objects_are_checked_by_a_schema() -> None:
-    custom = [m for m in OBJECTS.values() if m not in kubernetes_objects()]
-    assert [(m["apiVersion"], m["kind"]) for m in custom] == [("keda.sh/v1alpha1", "ScaledObject")]
+def custom_objects() -> list[Manifest]:
+    return [m for m in OBJECTS.values() if m not in kubernetes_objects()]
+
+
+def test_every_custom_object_has_its_crd() -> None:
+    assert {(m["apiVersion"], m["kind"]) for m in custom_objects()} == set(CRDS)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -161,11 +172,13 @@ def test_object_matches_the_kubernetes_schema(key: tuple[str, str], version: str
     kubernetes_validate.validate(OBJECTS[key], version, strict=True)
 
 
-def keda_schema() -> dict[str, Any]:
-    """The ScaledObject's openAPIV3Schema, with unknown fields refused as the API server's strict
-    field validation (kubectl's default) refuses them."""
-    crd = next(doc for doc in load_documents(KEDA_CRD) if doc["kind"] == "CustomResourceDefinition")
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")
+def crd_schema(api_version: str, kind: str) -> dict[str, Any]:
+    """The openAPIV3Schema of a custom resource's CRD, with unknown fields refused as the API
+    server's strict field validation (kubectl's default) refuses them."""
+    crd = next(doc for doc in load_documents(CRDS[api_version, kind]) if doc["kind"] == "CustomResourceDefinition")
+    group, version_name = api_version.split("/")
+    assert (crd["spec"]["group"], crd["spec"]["names"]["kind"]) == (group, kind)
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == version_name)
     schema: dict[str, Any] = _strict(copy.deepcopy(version["schema"]["openAPIV3Schema"]))
     return schema
 
@@ -186,8 +199,14 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
-def test_scaled_object_matches_kedas_crd() -> None:
-    jsonschema.Draft4Validator(keda_schema()).validate(one("ScaledObject", "stepq-worker"))
+def validate_custom(manifest: Manifest) -> None:
+    schema = crd_schema(manifest["apiVersion"], manifest["kind"])
+    jsonschema.Draft4Validator(schema).validate(manifest)
+
+
+@pytest.mark.parametrize("key", [(m["kind"], m["metadata"]["name"]) for m in custom_objects()], ids=str)
+def test_custom_object_matches_its_crd(key: tuple[str, str]) -> None:
+    validate_custom(OBJECTS[key])
 
 
 def _misspell_probe_path(m: Manifest) -> None:
@@ -234,15 +253,36 @@ def test_a_broken_manifest_fails_validation(kind: str, name: str, breakage: Any)
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_a_broken_scaled_object_fails_validation() -> None:
-    broken = copy.deepcopy(one("ScaledObject", "stepq-worker"))
-    broken["spec"]["minReplicas"] = broken["spec"].pop("minReplicaCount")
+def _rename_min_replicas(m: Manifest) -> None:
+    m["spec"]["minReplicas"] = m["spec"].pop("minReplicaCount")
+
+
+def _threshold_as_number(m: Manifest) -> None:
+    m["spec"]["triggers"][0]["metadata"]["threshold"] = 100  # trigger metadata values are strings
+
+
+def _endpoint_without_port(m: Manifest) -> None:
+    m["spec"]["endpoints"][0]["prot"] = m["spec"]["endpoints"][0].pop("port")
+
+
+def _bearer_credentials_as_text(m: Manifest) -> None:
+    m["spec"]["endpoints"][0]["authorization"]["credentials"] = "metrics-token"
+
+
+CUSTOM_BREAKAGES = [
+    ("ScaledObject", "stepq-worker", _rename_min_replicas),
+    ("ScaledObject", "stepq-worker", _threshold_as_number),
+    ("ServiceMonitor", "stepq-api", _endpoint_without_port),
+    ("ServiceMonitor", "stepq-api", _bearer_credentials_as_text),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "breakage"), CUSTOM_BREAKAGES, ids=lambda x: getattr(x, "__name__", str(x)))
+def test_a_broken_custom_object_fails_validation(kind: str, name: str, breakage: Any) -> None:
+    broken = copy.deepcopy(one(kind, name))
+    breakage(broken)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.Draft4Validator(keda_schema()).validate(broken)
-    broken = copy.deepcopy(one("ScaledObject", "stepq-worker"))
-    broken["spec"]["triggers"][0]["metadata"]["threshold"] = 100  # metadata values are strings
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.Draft4Validator(keda_schema()).validate(broken)
+        validate_custom(broken)
 
 
 # -- invariants ------------------------------------------------------------------------------------
@@ -352,6 +392,9 @@ def test_secrets_referenced_are_the_documented_ones() -> None:
                 ref = e.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
                     used.setdefault(ref["name"], set()).add(ref["key"])
+    for endpoint in one("ServiceMonitor", "stepq-api")["spec"]["endpoints"]:
+        ref = endpoint["authorization"]["credentials"]
+        used.setdefault(ref["name"], set()).add(ref["key"])
     assert used == SECRETS
 
 
@@ -418,6 +461,10 @@ def scaled_object() -> Manifest:
     return one("ScaledObject", "stepq-worker")
 
 
+def hpa() -> Manifest:
+    return one("HorizontalPodAutoscaler", "stepq-worker")
+
+
 def exported_labels() -> dict[str, set[str]]:
     """Each metric the API serves, with its label names, from a scrape of a snapshot with one queue."""
     snap = metrics_state.StateSnapshot(queues={"q": (1, 1.0)}, runs={("f", "queued"): 1})
@@ -429,39 +476,75 @@ def exported_labels() -> dict[str, set[str]]:
     return labels
 
 
-def test_autoscaling_targets_the_workers() -> None:
-    spec = scaled_object()["spec"]
-    target = spec["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", worker()["metadata"]["name"])
-    # Workers also fire cron ticks and sweep lost wake-ups, which no queue depth shows.
-    assert spec["minReplicaCount"] >= 1
-    assert spec["maxReplicaCount"] > spec["minReplicaCount"]
+def autoscaling_metrics() -> dict[str, tuple[str, dict[str, str]]]:
+    """Each autoscaler's metric: (name, label matchers) from the KEDA query and from the HPA."""
+    query = scaled_object()["spec"]["triggers"][0]["metadata"]["query"]
+    found = METRIC.findall(query)
+    assert len(found) == 1, query
+    name, matchers = found[0]
+    external = hpa()["spec"]["metrics"][0]["external"]["metric"]
+    return {
+        "keda": (name, dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', matchers))),
+        "hpa": (external["name"], external["selector"]["matchLabels"]),
+    }
 
 
-def test_autoscaling_query_uses_metrics_stepq_exports() -> None:
+def test_autoscalers_target_the_workers() -> None:
+    for autoscaler, low, high in (
+        (scaled_object(), "minReplicaCount", "maxReplicaCount"),
+        (hpa(), "minReplicas", "maxReplicas"),
+    ):
+        spec = autoscaler["spec"]
+        target = spec["scaleTargetRef"]
+        assert (target["kind"], target["name"]) == ("Deployment", worker()["metadata"]["name"])
+        # Workers also fire cron ticks and sweep lost wake-ups, which no queue depth shows.
+        assert spec[low] >= 1
+        assert spec[high] > spec[low]
+
+
+def test_keda_trigger_has_the_prometheus_scalers_fields() -> None:
     [trigger] = scaled_object()["spec"]["triggers"]
     assert trigger["type"] == "prometheus"
-    metadata = trigger["metadata"]
-    # The prometheus scaler's required fields (KEDA's prometheus_scaler.go).
-    assert {"serverAddress", "query", "threshold"} <= set(metadata)
-    exported = exported_labels()
-    assert exported.keys() <= metrics_state.metric_names() | {n for n in exported if n.startswith("process_")}
-    found = METRIC.findall(metadata["query"])
-    assert found
-    for name, matchers in found:
-        assert name in exported, f"stepq exports no {name}"
-        for matcher in filter(None, (m.strip() for m in matchers.split(","))):
-            label = re.split(r"[=!~]", matcher, maxsplit=1)[0].strip()
-            assert label in exported[name], f"{name} has no label {label}"
-    # The queue is the worker's app's: an app's functions run from the queue named by its id.
-    queue = re.search(r'queue="([^"]+)"', metadata["query"])
-    assert queue is not None
-    args = _parser().parse_args(container(worker(), "worker")["args"])
-    assert queue.group(1) == load_client(args.app).app_id
-    # One replica per STEPQ_CONCURRENCY jobs waiting: what one worker runs at once.
-    concurrency = env_values(worker(), container(worker(), "worker"))["STEPQ_CONCURRENCY"]
-    assert float(metadata["threshold"]) == float(concurrency)
+    # The prometheus scaler's required fields (KEDA's pkg/scalers/prometheus_scaler.go).
+    assert {"serverAddress", "query", "threshold"} <= set(trigger["metadata"])
     assert trigger["metricType"] == "AverageValue"
+    # max, not sum: every API replica serves the same gauge.
+    assert trigger["metadata"]["query"].startswith("max(")
+
+
+@pytest.mark.parametrize("autoscaler", ["keda", "hpa"])
+def test_autoscaling_metric_is_one_stepq_exports_for_the_workers_queue(autoscaler: str) -> None:
+    name, labels = autoscaling_metrics()[autoscaler]
+    exported = exported_labels()
+    assert name in exported and name in metrics_state.metric_names(), f"stepq exports no {name}"
+    assert set(labels) <= exported[name], f"{name} has labels {exported[name]}, not {set(labels)}"
+    # The queue is the worker's app's: an app's functions run from the queue named by its id.
+    args = _parser().parse_args(container(worker(), "worker")["args"])
+    assert labels == {"queue": load_client(args.app).app_id}
+
+
+def test_autoscalers_agree_on_the_threshold() -> None:
+    """One replica per STEPQ_CONCURRENCY due jobs: what one worker runs at once."""
+    concurrency = float(env_values(worker(), container(worker(), "worker"))["STEPQ_CONCURRENCY"])
+    assert float(scaled_object()["spec"]["triggers"][0]["metadata"]["threshold"]) == concurrency
+    target = hpa()["spec"]["metrics"][0]["external"]["target"]
+    assert target["type"] == "AverageValue"
+    assert float(target["averageValue"]) == concurrency
+    assert scaled_object()["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa()["spec"]["behavior"]
+
+
+def test_monitors_scrape_the_api_and_the_workers() -> None:
+    service_monitor = one("ServiceMonitor", "stepq-api")["spec"]
+    service = one("Service", "stepq-api")
+    assert service_monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert {e["port"] for e in service_monitor["endpoints"]} <= {p["name"] for p in service["spec"]["ports"]}
+    pod_monitor = one("PodMonitor", "stepq-worker")["spec"]
+    assert [m["metadata"]["name"] for m in workloads() if selects(pod_monitor["selector"]["matchLabels"], m)] == [
+        "stepq-worker"
+    ]
+    ports = {p["name"] for p in container(worker(), "worker")["ports"]}
+    assert {e["port"] for e in pod_monitor["podMetricsEndpoints"]} <= ports
+    assert {e["path"] for e in [*service_monitor["endpoints"], *pod_monitor["podMetricsEndpoints"]]} == {"/metrics"}
 
 
 # -- the pods, run locally -------------------------------------------------------------------------
@@ -558,6 +641,7 @@ def secret_data() -> dict[str, dict[str, str]]:
             "event-keys": secrets.token_hex(16),
             "dashboard-token": secrets.token_hex(16),
             "session-secret": secrets.token_hex(32),
+            "metrics-token": secrets.token_hex(16),
         },
     }
 
@@ -664,9 +748,12 @@ def test_api_and_worker_pods_run_an_event_and_the_worker_drains(
         sent = httpx.post(f"{api_url}/e/{key}", json={"name": "test/simple.function", "data": {}}, timeout=10)
         assert sent.status_code == 200, sent.text
 
+        token = {"Authorization": f"Bearer {secret_data['stepq-api']['metrics-token']}"}
+        assert httpx.get(api_url + "/metrics", timeout=10).status_code == 401
+
         def completed() -> bool:
             # stepq_runs{status="completed"} on the API's scrape: the run went through the worker.
-            text = httpx.get(api_url + "/metrics", timeout=10).text
+            text = httpx.get(api_url + "/metrics", headers=token, timeout=10).text
             return any(
                 s.name == "stepq_runs" and s.labels.get("status") == "completed" and s.value >= 1
                 for f in text_string_to_metric_families(text)
@@ -675,12 +762,11 @@ def test_api_and_worker_pods_run_an_event_and_the_worker_drains(
 
         wait_until(completed, 20, "the run to complete", work_log)
 
-        scrape = httpx.get(api_url + "/metrics", timeout=10).text
-        query = scaled_object()["spec"]["triggers"][0]["metadata"]["query"]
-        name, matchers = METRIC.findall(query)[0]
-        wanted = dict(re.findall(r'(\w+)="([^"]*)"', matchers))
-        samples = [s for f in text_string_to_metric_families(scrape) for s in f.samples if s.name == name]
-        assert any(wanted.items() <= s.labels.items() for s in samples), (wanted, samples)
+        # The series both autoscalers query is on the API's scrape, with the worker's queue.
+        scrape = httpx.get(api_url + "/metrics", headers=token, timeout=10).text
+        for name, wanted in autoscaling_metrics().values():
+            samples = [s for f in text_string_to_metric_families(scrape) for s in f.samples if s.name == name]
+            assert any(wanted.items() <= s.labels.items() for s in samples), (wanted, samples)
         assert "stepq_steps_completed_total" in httpx.get(health + "/metrics", timeout=10).text
 
         stopped_at = time.monotonic()
