@@ -398,6 +398,18 @@ def test_secrets_referenced_are_the_documented_ones() -> None:
     assert used == SECRETS
 
 
+def test_the_documented_secret_commands_create_the_keys_the_manifests_read() -> None:
+    """deploy/kubernetes/kustomization.yaml tells how to create the Secrets: with these keys."""
+    text = (DEPLOY / "kustomization.yaml").read_text()
+    created: dict[str, set[str]] = {}
+    for command in re.findall(r"create secret generic ([a-z-]+)((?:[^\n]*\\\n)*[^\n]*)", text):
+        name, options = command
+        created[name] = set(re.findall(r"--from-literal=([a-z-]+)=", options))
+    created["stepq-api"].add("signing-key")  # optional: mentioned for apps serving functions over HTTP
+    assert "--from-literal=signing-key=" in text
+    assert created == SECRETS
+
+
 def test_volume_mounts_name_volumes_and_config_maps_exist() -> None:
     for manifest in workloads():
         spec = pod_spec(manifest)
