@@ -689,6 +689,17 @@ def redis_pod(tmp_path: Path, secret_data: dict[str, dict[str, str]]) -> Iterato
         client.close()
 
 
+@pytest.mark.parametrize("password", ["", "with space", "new\nline", "quote'", "percent%s"])
+def test_redis_init_container_refuses_a_password_that_could_break_the_config(
+    password: str, tmp_path: Path, secret_data: dict[str, dict[str, str]]
+) -> None:
+    init = Pod(one("StatefulSet", "stepq-redis"), "auth-config", tmp_path, {"stepq-redis": {"password": password}})
+    done = subprocess.run(init.command(), capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "Secret stepq-redis, key password: use letters, digits, - and _ only" in done.stderr
+    assert not (init.paths["/run/redis-auth"] / "auth.conf").exists()
+
+
 def readiness_exec(pod: Pod, port: int, tmp_path: Path) -> int:
     """Run the Redis container's readiness command against the Redis on ``port`` (redis-cli is
     pointed at it by a wrapper first on PATH); its exit code."""
