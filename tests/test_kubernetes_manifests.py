@@ -82,7 +82,9 @@ def render_all() -> dict[tuple[str, str], Manifest]:
     objects: dict[tuple[str, str], Manifest] = {}
     for root in kustomization_roots():
         for manifest in render(root):
-            objects[manifest["kind"], manifest["metadata"]["name"]] = manifest
+            key = manifest["kind"], manifest["metadata"]["name"]
+            # A folder and the folder including it render the same object: the same way.
+            assert objects.setdefault(key, manifest) == manifest, key
     return objects
 
 
@@ -97,7 +99,7 @@ def container(manifest: Manifest, name: str) -> dict[str, Any]:
     return next(c for c in containers(manifest) if c["name"] == name)
 
 
-def env_values(manifest: Manifest, c: dict[str, Any]) -> dict[str, str]:
+def env_values(c: dict[str, Any]) -> dict[str, str]:
     """The variables a container gets with a literal value (ConfigMaps' through envFrom, then env)."""
     values: dict[str, str] = {}
     for source in c.get("envFrom", []):
@@ -295,7 +297,7 @@ def test_worker_grace_period_outlasts_the_drain(monkeypatch: pytest.MonkeyPatch)
     """Kubernetes SIGKILLs a pod terminationGracePeriodSeconds after SIGTERM: the drain (running
     steps finishing) must end before, with room to hand the rest back and close."""
     c = container(worker(), "worker")
-    for name, value in env_values(worker(), c).items():
+    for name, value in env_values(c).items():
         monkeypatch.setenv(name, value)
     options = WorkerOptions.from_env()  # the values parse as the worker parses them
     grace = pod_spec(worker())["terminationGracePeriodSeconds"]  # type: ignore[index]
@@ -306,7 +308,7 @@ def test_worker_grace_period_outlasts_the_drain(monkeypatch: pytest.MonkeyPatch)
 
 def test_worker_probes_use_the_health_port_and_paths() -> None:
     c = container(worker(), "worker")
-    env = env_values(worker(), c)
+    env = env_values(c)
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert int(env["STEPQ_HEALTH_PORT"]) == ports["health"]
     # The kubelet probes the pod's IP, not its loopback.
@@ -368,7 +370,7 @@ def test_every_file_a_variable_names_is_mounted() -> None:
     for manifest in stepq_workloads():
         volumes = {v["name"]: v for v in pod_spec(manifest)["volumes"]}  # type: ignore[index]
         for c in containers(manifest):
-            for name, value in env_values(manifest, c).items():
+            for name, value in env_values(c).items():
                 if not name.endswith("_FILE"):
                     continue
                 mount = next(m for m in c["volumeMounts"] if value.startswith(m["mountPath"] + "/"))
@@ -536,7 +538,7 @@ def test_autoscaling_metric_is_one_stepq_exports_for_the_workers_queue(autoscale
 
 def test_autoscalers_agree_on_the_threshold() -> None:
     """One replica per STEPQ_CONCURRENCY due jobs: what one worker runs at once."""
-    concurrency = float(env_values(worker(), container(worker(), "worker"))["STEPQ_CONCURRENCY"])
+    concurrency = float(env_values(container(worker(), "worker"))["STEPQ_CONCURRENCY"])
     assert float(scaled_object()["spec"]["triggers"][0]["metadata"]["threshold"]) == concurrency
     target = hpa()["spec"]["metrics"][0]["external"]["target"]
     assert target["type"] == "AverageValue"
