@@ -575,19 +575,17 @@ class Pod:
         self.paths: dict[str, Path] = {}
         spec = pod_spec(manifest)
         assert spec is not None
-        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        self.volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for mount in self.container.get("volumeMounts", []):
             local = self.directory / mount["name"]
             local.mkdir(parents=True, exist_ok=True)
             self.paths[mount["mountPath"]] = local
-            volume = volumes.get(mount["name"], {})
+            volume = self.volumes.get(mount["name"], {})
             if "secret" in volume:
                 data = secret_data[volume["secret"]["secretName"]]
                 for item in volume["secret"]["items"]:
                     (local / item["path"]).write_text(data[item["key"]])
-            elif "configMap" in volume:
-                for key, text in one("ConfigMap", volume["configMap"]["name"])["data"].items():
-                    (local / key).write_text(self.local(text))
+        self.write_config_maps()
         self.env: dict[str, str] = {}
         for source in self.container.get("envFrom", []):
             self.env.update(one("ConfigMap", source["configMapRef"]["name"])["data"])
@@ -601,6 +599,14 @@ class Pod:
                     assert ref.get("optional"), f"Secret {ref['name']} has no {ref['key']}"
                     continue
                 self.env[e["name"]] = value
+
+    def write_config_maps(self) -> None:
+        """The ConfigMap volumes' files, with the mount paths in them made local."""
+        for mount in self.container.get("volumeMounts", []):
+            volume = self.volumes.get(mount["name"], {})
+            if "configMap" in volume:
+                for key, text in one("ConfigMap", volume["configMap"]["name"])["data"].items():
+                    (self.paths[mount["mountPath"]] / key).write_text(self.local(text))
 
     def local(self, text: str) -> str:
         """``text`` with the container's mount paths replaced by their local folders."""
@@ -667,13 +673,11 @@ def redis_pod(tmp_path: Path, secret_data: dict[str, dict[str, str]]) -> Iterato
     init = Pod(sts, "auth-config", tmp_path, secret_data)
     subprocess.run(init.command(), check=True)
     pod = Pod(sts, "redis", tmp_path, secret_data)
-    data = pod.directory / "data"
-    data.mkdir(exist_ok=True)
-    # The init container and the server share the memory volume; here, the server reads the init's copy.
-    pod.paths["/run/redis-auth"] = init.paths["/run/redis-auth"]
-    pod.paths["/data"] = data
-    conf = pod.paths["/etc/redis/conf"] / "redis.conf"
-    conf.write_text(pod.local(one("ConfigMap", "stepq-redis-config")["data"]["redis.conf"]))
+    # The init container and the server share the memory volume: here, the server reads the init's folder.
+    shared = [m["mountPath"] for m in pod.container["volumeMounts"] if "emptyDir" in pod.volumes.get(m["name"], {})]
+    assert shared == ["/run/redis-auth"]
+    pod.paths[shared[0]] = init.paths[shared[0]]
+    pod.write_config_maps()
     port = free_port()
     command = pod.command()
     assert command[0] == "redis-server"
