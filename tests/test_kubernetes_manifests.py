@@ -454,6 +454,20 @@ def test_stepq_commands_parse() -> None:
                 load_client(args.app)  # importable from the image's working directory, as here
 
 
+def test_only_stepq_pods_may_reach_redis() -> None:
+    policy = one("NetworkPolicy", "stepq-redis")["spec"]
+    redis_sts = one("StatefulSet", "stepq-redis")
+    assert [m["metadata"]["name"] for m in workloads() if selects(policy["podSelector"]["matchLabels"], m)] == [
+        "stepq-redis"
+    ]
+    [rule] = policy["ingress"]
+    [source] = rule["from"]
+    allowed = sorted(m["metadata"]["name"] for m in workloads() if selects(source["podSelector"]["matchLabels"], m))
+    assert allowed == sorted(m["metadata"]["name"] for m in stepq_workloads())
+    ports = {p["name"] for c in containers(redis_sts) for p in c.get("ports", [])}
+    assert {p["port"] for p in rule["ports"]} <= ports
+
+
 def test_redis_is_configured_for_stepq() -> None:
     conf = one("ConfigMap", "stepq-redis-config")["data"]["redis.conf"]
     directives = dict(line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#"))
