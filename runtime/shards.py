@@ -87,6 +87,12 @@ def run_id_for(slug: str, dedupe_key: str | None, now_ms: int | None = None) -> 
     return new_run_id(now_ms, shard)
 
 
+def event_shard(event_id: str) -> int:
+    """The shard holding a stored event (its record, outcomes): named by its id as a run's is. An id
+    stepq did not make (a cron tick's ``cron:<slug>:<ms>``) maps onto the shards served."""
+    return shard_of(event_id) % len(shards())
+
+
 def shards() -> range:
     """The shards workers serve and queries read."""
     return range(SHARD_COUNT)

@@ -34,6 +34,7 @@ from stepq.runtime.cron import (
 )
 from stepq.runtime.event_queries import get_event, recent_events
 from stepq.runtime.queries import get_run
+from stepq.runtime.shards import event_shard
 from stepq.runtime.store import RunStore
 from tests.apps import cron_app
 from tests.helpers import REDIS_URL, ROOT, StartWorkers, read_lines
@@ -194,7 +195,7 @@ async def test_a_due_tick_starts_one_run_with_the_scheduled_event(redis: Redis) 
     assert event == {"name": CRON_EVENT, "data": {"cron": "*/5 * * * *"}, "id": f"cron:{SLUG}:{ms(tick)}",
                      "ts": ms(tick), "user": {}}  # fmt: skip
     assert unpack(await redis.get(keys.event(event["id"]))) == event
-    assert await redis.zscore(keys.EVENTS, event["id"]) is not None
+    assert await redis.zscore(keys.events_index(event_shard(event["id"])), event["id"]) is not None
     # the dashboard's events page shows the run it started
     shown = await get_event(redis, event["id"])
     assert shown is not None and [(o.function, o.outcome, o.run_id) for o in shown.outcomes] == [

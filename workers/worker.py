@@ -40,7 +40,7 @@ import structlog
 from redis.asyncio import Redis
 
 from stepq.client import Client
-from stepq.runtime import deadletter, keys, timers
+from stepq.runtime import deadletter, keys, outbox, timers
 from stepq.runtime.app_urls import AppUrlPolicy
 from stepq.runtime.connection import make_pool
 from stepq.runtime.cron import CronScheduler, cron_functions
@@ -100,8 +100,11 @@ class StepqWorker:
         registration: RegistrationKeeper | None = None,
         handle_signals: bool = True,
         run_cache: RunCache | None = None,
+        outbox_sweeper: outbox.Sweeper | None = None,
     ) -> None:
         self.pool = pool
+        #: Delivers the outbox messages whose senders died (runtime/outbox.py).
+        self.outbox_sweeper = outbox_sweeper
         self.store = store
         self.options = options
         self.on_startup = on_startup
@@ -187,6 +190,8 @@ class StepqWorker:
         ]
         if self.cron is not None and (self.cron.functions or self.cron_source is not None):
             self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
+        if self.outbox_sweeper is not None:
+            self._background.append(asyncio.create_task(self.outbox_sweeper.run(), name="stepq-outbox"))
         try:
             if self.on_startup:
                 await self.on_startup(self.ctx)
@@ -547,6 +552,7 @@ def _build(
         registration=keeper,
         handle_signals=handle_signals,
         run_cache=executor.cache,
+        outbox_sweeper=outbox.Sweeper(executor.ingest),
     )
     return worker
 
