@@ -44,7 +44,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 from cronsim import CronSim, CronSimError
-from redis.asyncio import Redis
 
 from stepq.errors import FunctionConfigError
 from stepq.event import Event
@@ -55,8 +54,10 @@ from stepq.triggers import TriggerCron
 
 from . import flow_starts, keys, lifecycle
 from .codec import pack, unpack
+from .connection import RedisClient
 from .ingest import Ingest
 from .registry import FunctionRecord, Registry
+from .scripts import register
 from .shards import dedupe_shard, event_shard, run_id_for
 from .store import RunStore
 
@@ -299,7 +300,7 @@ class CronScheduler:
         *,
         catch_up: dt.timedelta = DEFAULT_CATCH_UP,
         first_seen_grace: dt.timedelta = FIRST_SEEN_GRACE,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
     ) -> None:
         if catch_up < dt.timedelta(0):
             raise ValueError(f"cron catch-up must not be negative, got {catch_up}")
@@ -318,7 +319,7 @@ class CronScheduler:
         # The newest ``last`` this process has read or written, per slug: ``last`` only grows, so a
         # tick at or before it is known to be handled without asking Redis.
         self._known: dict[str, int] = {}
-        self._advance = self.redis.register_script(_ADVANCE)
+        self._advance = register(self.redis, _ADVANCE)
         self._announcer: Ingest | None = None
 
     async def fire_due(self, now: dt.datetime | None = None) -> list[str]:
@@ -434,7 +435,7 @@ class CronScheduler:
                 for shard in {event_shard(events[fn.slug].id) for fn, _, _ in fire}:
                     pipe.zremrangebyscore(keys.events_index(shard), "-inf", now_ms - retention * 1000)
             for slug, tick in handled:
-                await self._advance(keys=[keys.cron_last(slug)], args=[tick], client=pipe)
+                await self._advance(keys=[keys.cron_last(slug)], args=[tick], client=pipe)  # type: ignore[arg-type]
             await pipe.execute()
         for slug, tick in handled:
             self._remember(slug, tick)
@@ -474,7 +475,7 @@ class CronScheduler:
 
 
 async def fire_due(
-    redis: Redis,
+    redis: RedisClient,
     store: RunStore,
     functions: Sequence[tuple[str, str, str]],
     *,
