@@ -224,7 +224,6 @@ async def _race_to_deliver(ingest: Ingest) -> None:
 async def test_a_redelivered_run_message_repeats_its_answer_and_writes_nothing(redis: Redis) -> None:
     """A run message delivered, then (its ack lost) delivered again: one run, one outcome, one charge."""
     ingest = await _setup(redis)
-    await ingest.send([Event("ob/start", {"k": 0})])
     body_key = keys.outbox_body(0)
     # a message written by hand from shard 0 to the shard of a fresh run id: create that run
     run_id = shards.new_run_id(shard=SHARDS - 1)
