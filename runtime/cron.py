@@ -94,11 +94,11 @@ def tick_event_id(slug: str, tick_ms: int) -> str:
     return f"cron:{slug}:{tick_ms}"
 
 
-def tick_run_id(slug: str, tick_ms: int, now_ms: int) -> str:
-    """The id of the run of ``slug``'s tick at ``tick_ms``: the same in every worker and every
-    attempt (a ULID of the tick's time whose random bits are a digest of the tick, in the shard the
-    tick's placement chooses), so that a claim repeated after a crash finds the run it created."""
-    placed = run_id_for(slug, tick_event_id(slug, tick_ms), now_ms)  # placement: its last char, the shard
+def tick_run_id(slug: str, tick_ms: int, placed: str) -> str:
+    """The id of the run of ``slug``'s tick at ``tick_ms``, in the shard of ``placed`` (a run id the
+    placement chose for it: its last character): the same in every worker and every attempt (a ULID
+    of the tick's time whose random bits are a digest of the tick), so that a claim repeated after a
+    crash finds the run it created."""
     digest = int.from_bytes(hashlib.sha256(f"{slug}\x00{tick_ms}".encode()).digest()[:10], "big")
     value = (tick_ms << 80) | digest
     chars = []
@@ -332,7 +332,10 @@ class CronScheduler:
                 candidates.append((fn, *found))
         if not candidates:
             return []
-        raw_lasts: list[bytes | None] = await self.redis.mget([keys.cron_last(fn.slug) for fn, _, _ in candidates])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fn, _, _ in candidates:
+                pipe.get(keys.cron_last(fn.slug))  # one key a command: on a cluster they live apart
+            raw_lasts: list[bytes | None] = await pipe.execute()
         fire: list[tuple[_CronFunction, int, Schedule]] = []
         skip: list[tuple[_CronFunction, int, str]] = []
         for (fn, tick, schedule), raw in zip(candidates, raw_lasts, strict=True):
@@ -368,9 +371,11 @@ class CronScheduler:
         skip_ttl = max(limits.dedupe_s, self.catch_up_ms // 1000 + 60)
         flows = await self._flows([fn.slug for fn, _, _ in fire])
         described: dict[str, tuple[str, dict[str, Any]]] = {}
+        tick_runs: dict[str, str] = {}  # slug -> the id of its tick's run
         async with self.redis.pipeline(transaction=False) as pipe:
             for fn, tick, _ in fire:
-                run_id = tick_run_id(fn.slug, tick, now_ms)
+                run_id = tick_run_id(fn.slug, tick, run_id_for(fn.slug, tick_event_id(fn.slug, tick), now_ms))
+                tick_runs[fn.slug] = run_id
                 event_dict = events[fn.slug].to_dict()
                 # a cron run is one of the function's runs: its start limits apply (as in Inngest)
                 checks = flow_starts.NONE
@@ -411,7 +416,7 @@ class CronScheduler:
                 run_id = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
                 # created now, or by an earlier claim of this tick that died before this second
                 # write (the run's id is the tick's own): the event is stored either way, once
-                if int(reply[0]) == 1 or run_id == tick_run_id(fn.slug, tick, now_ms):
+                if int(reply[0]) == 1 or run_id == tick_runs[fn.slug]:
                     if int(reply[0]) == 1:
                         created.append(run_id)
                     event = events[fn.slug]

@@ -2,8 +2,8 @@
 
 The torture workload (every step kind, in-process and served over HTTP, cancellations, retries,
 invokes, waits, worker kills, then a replay and a resume of ended runs) runs with MONITOR attached;
-each script call's keys, its declared KEYS and those its commands touched, must hash to one slot.
-Only the event ingest may span slots (it creates runs wherever their shards are).
+each script call's keys, its declared KEYS and those its commands touched, must hash to one slot,
+the event ingest's included (it crosses to other shards through its shard's outbox).
 """
 
 from __future__ import annotations

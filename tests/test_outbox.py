@@ -269,3 +269,68 @@ async def test_an_unreadable_message_goes_to_the_dead_letters(redis: Redis, blob
     record = unpack(dead)
     assert record["id"] == message_id and record["body"] == blob and record["error"]
     assert await _outbox_size(redis) == 0
+
+
+async def test_an_invoked_childs_end_resolves_its_parent_in_another_shard_once(private_redis: EmbeddedRedis) -> None:
+    """A child in another shard than its parent: its end (here a cancellation) writes a message into
+    the child's shard's outbox; its delivery memoizes the error in the parent's invoke step. The
+    caller killed before delivering: two sweepers deliver it, once. A child of the parent's own shard
+    resolves the step in its own script, with no message."""
+    audit = SlotAudit(private_redis.port)
+    audit.start()
+    redis = connect(private_redis.url)
+    try:
+        await asyncio.sleep(0.2)  # MONITOR attached
+        ingest = await _setup(redis)
+        store = ingest.store
+        parent = shards.new_run_id(shard=0)
+        await store.create_run(
+            run_id=parent, fn_slug="fan-a", app_id=APP, events=[Event("ob/start", {})], dedupe_key=None
+        )
+        steps = {
+            "far": shards.new_run_id(shard=2),
+            "far-swept": shards.new_run_id(shard=3),
+            "near": shards.new_run_id(shard=0),
+        }
+        for key, child in steps.items():
+            await redis.sadd(keys.pending(parent), key)  # type: ignore[misc]  # the invoke steps wait
+            await store.create_run(
+                run_id=child,
+                fn_slug="fan-b",
+                app_id=APP,
+                events=[Event("ob/start", {})],
+                dedupe_key=None,
+                parent=f"{parent}|{key}",
+            )
+        # delivered by the caller at once
+        await ingest_cancel(ingest, steps["far"])
+        # the caller dies between the halves: the message waits in the child's shard's outbox
+        written = await store.cancel(steps["far-swept"], "stopped")
+        _, sent = outbox.split(written.ended)
+        assert [outbox.source_of(m) for m in sent] == [3]
+        assert await redis.hget(keys.memo(parent), "far-swept") is None  # type: ignore[misc]
+        later = now_ms() + outbox.REDELIVER_AFTER_MS + 1
+        other = Ingest(redis, RunStore(redis), Registry(redis))
+        await asyncio.gather(outbox.Sweeper(ingest).sweep_all(later), outbox.Sweeper(other).sweep_all(later))
+        # the same shard: no message
+        written = await store.cancel(steps["near"], "stopped")
+        assert outbox.split(written.ended) == ([], [])
+        memo = await redis.hgetall(keys.memo(parent))  # type: ignore[misc]
+        for key in steps:
+            assert unpack(memo[key.encode()])["error"]["name"] == "Cancelled", key
+        entries = [history.decode(raw) for raw in await redis.lrange(keys.history(parent), 0, -1)]  # type: ignore[misc]
+        children = Counter(e.fields.get("key") for e in entries if e is not None and e.kind == history.K_CHILD)
+        assert children == {"far": 1, "far-swept": 1, "near": 1}, children
+        assert await _outbox_size(redis) == 0
+        await redis.ping()
+        await asyncio.sleep(0.3)
+    finally:
+        audit.stop()
+        await redis.aclose()
+    assert not audit.violations(), audit.violations()
+
+
+async def ingest_cancel(ingest: Ingest, run_id: str) -> None:
+    from stepq.runtime import lifecycle
+
+    assert await lifecycle.cancel(ingest, run_id, "stopped") == "ok"
