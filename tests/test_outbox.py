@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from stepq.event import Event
 from stepq.runtime import history, keys, outbox, shards
@@ -30,6 +30,7 @@ from stepq.runtime.queries import get_run
 from stepq.runtime.registry import Registry
 from stepq.runtime.store import RunStore, now_ms
 from stepq.workers.embedded import EmbeddedRedis
+from tests.cluster import LocalCluster
 from tests.helpers import REDIS_URL, use_shards
 from tests.torture.slots import SlotAudit
 
@@ -51,14 +52,16 @@ def _configs() -> list[dict[str, Any]]:
     ]
 
 
-async def _setup(redis: Redis) -> Ingest:
-    await use_shards(redis, SHARDS)
+async def _setup(redis: RedisClient) -> Ingest:
+    """The test's functions registered, on 4 shards (a single Redis) or the cluster's 32."""
+    if isinstance(redis, Redis):
+        await use_shards(redis, SHARDS)
     registry = Registry(redis)
     await registry.register_app(APP, _configs())
     return Ingest(redis, RunStore(redis), registry)
 
 
-async def _runs_by_event(redis: Redis, event_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+async def _runs_by_event(redis: RedisClient, event_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
     """Per start event: (function, run id) of each outcome recorded."""
     out = {}
     for event_id in event_ids:
@@ -68,7 +71,7 @@ async def _runs_by_event(redis: Redis, event_ids: list[str]) -> dict[str, list[t
     return out
 
 
-async def _all_runs(redis: Redis) -> dict[str, str]:
+async def _all_runs(redis: RedisClient) -> dict[str, str]:
     """Every run of the test's functions, in every shard: run id -> function."""
     found = {}
     for shard in shards.shards():
@@ -86,7 +89,7 @@ async def _outbox_size(redis: RedisClient) -> int:
     return sum([await redis.zcard(keys.outbox(s)) + await redis.hlen(keys.outbox_body(s)) for s in shards.shards()])  # type: ignore[misc]
 
 
-async def _check_exactly_once(redis: Redis, start_ids: list[str], stopped: set[int]) -> None:
+async def _check_exactly_once(redis: RedisClient, start_ids: list[str], stopped: set[int]) -> None:
     """Each start event started one run of each function (recorded once in its outcomes, no other run
     exists); the runs of the stopped ``k`` values are cancelled, once each; the outboxes are empty."""
     by_event = await _runs_by_event(redis, start_ids)
@@ -119,24 +122,35 @@ async def test_a_fan_out_over_four_shards_touches_one_slot_per_script(private_re
     redis = connect(private_redis.url)
     try:
         await asyncio.sleep(0.2)  # MONITOR attached
-        ingest = await _setup(redis)
-        start_ids = []
-        for batch in range(6):  # batches land in random shards; each event starts 3 runs anywhere
-            start_ids += await ingest.send([Event("ob/start", {"k": 3 * batch + i}) for i in range(3)])
-        stopped = {1, 4, 7, 11, 16}
-        await ingest.send([Event("ob/stop", {"k": k}) for k in sorted(stopped)])
+        await _fan_out(redis)
         await redis.ping()  # closes the last script's group
         await asyncio.sleep(0.3)
-        await _check_exactly_once(redis, start_ids, stopped)
-        # the event log is read across its shards
-        listed = [e.id for e in (await recent_events(redis, limit=100, name="ob/start")).events]
-        assert sorted(listed) == sorted(start_ids) and len({shards.event_shard(i) for i in listed}) > 1
     finally:
         audit.stop()
         await redis.aclose()
     calls = audit.calls
     assert calls["ingest_events"] >= 7 and calls["outbox_receive_run"] > 0 and calls["outbox_ack"] > 0, calls
     assert not audit.violations(), audit.violations()
+
+
+async def test_on_a_cluster_events_fan_out_to_every_master(cluster_redis: RedisCluster, cluster: LocalCluster) -> None:
+    """The same on a 3-master Redis Cluster (32 shards), which refuses any script touching two slots."""
+    await _fan_out(cluster_redis)
+
+
+async def _fan_out(redis: RedisClient) -> None:
+    """Batches of start events (each in a random shard) start 3 runs each, placed anywhere; stop
+    events cancel the runs of some ``k``s, in whatever shard they are."""
+    ingest = await _setup(redis)
+    start_ids = []
+    for batch in range(6):
+        start_ids += await ingest.send([Event("ob/start", {"k": 3 * batch + i}) for i in range(3)])
+    stopped = {1, 4, 7, 11, 16}
+    await ingest.send([Event("ob/stop", {"k": k}) for k in sorted(stopped)])
+    await _check_exactly_once(redis, start_ids, stopped)
+    # the event log is read across its shards
+    listed = [e.id for e in (await recent_events(redis, limit=100, name="ob/start")).events]
+    assert sorted(listed) == sorted(start_ids) and len({shards.event_shard(i) for i in listed}) > 1
 
 
 #: A sender that stores its batches and dies (SIGKILL) before delivering their messages, or (mode
@@ -176,11 +190,11 @@ SENDER = textwrap.dedent(
 )
 
 
-def _send_and_die(mode: str, name: str, first: int, count: int) -> None:
+def _send_and_die(url: str, mode: str, name: str, first: int, count: int) -> None:
     """Run SENDER, and check that it was killed."""
     env = {**os.environ, "STEPQ_LOG_LEVEL": "warning"}
     done = subprocess.run(
-        [sys.executable, "-c", SENDER, REDIS_URL, mode, name, str(first), str(count)],
+        [sys.executable, "-c", SENDER, url, mode, name, str(first), str(count)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -191,11 +205,22 @@ def _send_and_die(mode: str, name: str, first: int, count: int) -> None:
 
 @pytest.mark.parametrize("mode", ["deliver", "ack"])
 async def test_a_sender_killed_between_the_halves_loses_nothing_and_doubles_nothing(redis: Redis, mode: str) -> None:
+    await _killed_senders(redis, REDIS_URL, mode)
+
+
+@pytest.mark.parametrize("mode", ["deliver", "ack"])
+async def test_on_a_cluster_a_killed_sender_loses_nothing_and_doubles_nothing(
+    cluster_redis: RedisCluster, cluster: LocalCluster, mode: str
+) -> None:
+    await _killed_senders(cluster_redis, cluster.url, mode)
+
+
+async def _killed_senders(redis: RedisClient, url: str, mode: str) -> None:
     """``deliver``: each sender dies right after its script, before delivering any message; ``ack``:
     after delivering its first message, before acknowledging it. Then the sweepers of two workers and
     a by-hand delivery of the same messages race to finish the fan-out."""
     ingest = await _setup(redis)
-    _send_and_die(mode, "ob/start", 0, 8)
+    _send_and_die(url, mode, "ob/start", 0, 8)
     start_ids = [e.id for e in (await recent_events(redis, limit=100, name="ob/start")).events]
     assert len(start_ids) == 8
     assert await _outbox_size(redis) > 0  # runs of other shards (and the matching) wait in the outbox
@@ -203,7 +228,7 @@ async def test_a_sender_killed_between_the_halves_loses_nothing_and_doubles_noth
     await _race_to_deliver(ingest)
     stopped = {2, 5}
     for k in sorted(stopped):  # the cancellations, once the runs exist (a stop before them matches nothing)
-        _send_and_die(mode, "ob/stop", k, 1)
+        _send_and_die(url, mode, "ob/stop", k, 1)
     await _race_to_deliver(ingest)
     await _check_exactly_once(redis, start_ids, stopped)
 
