@@ -19,6 +19,7 @@ from stepq.runtime import keys
 from stepq.runtime.connection import connect
 from stepq.runtime.shards import new_run_id
 from stepq.workers.embedded import EmbeddedRedis
+from tests.torture.cluster import Settings
 from tests.torture.driver import Config, Torture
 from tests.torture.faults import FaultPlan
 from tests.torture.slots import SlotAudit
@@ -38,6 +39,9 @@ async def test_no_script_of_a_mixed_workload_touches_two_slots(tmp_path: Path) -
         check_memory=False,
         audit_slots=True,
         forks=True,
+        # four shards on the one Redis: runs, events and invoked children spread, and whatever crosses
+        # shards (an event's runs and waits elsewhere, a child's result) goes through the outbox
+        settings=Settings(shards=4),
     )
     report = await Torture(config, tmp_path).run()
     print("\nslots:", report.figures(), report.script_calls)
@@ -47,6 +51,8 @@ async def test_no_script_of_a_mixed_workload_touches_two_slots(tmp_path: Path) -
     for script in ("claim_jobs", "apply_plan", "create_run" if calls.get("create_run") else "ingest_events"):
         assert calls.get(script, 0) > 0, f"no {script} call seen: {calls}"
     assert calls.get("apply_plan", 0) >= 200, calls
+    # runs of events and children of invokes were placed in other shards than their event's or parent's
+    assert calls.get("outbox_receive_run", 0) > 0 and calls.get("outbox_ack", 0) > 0, calls
     # a replay and a resume (runtime/lua/fork_run.lua) created their runs, which then took steps
     assert calls.get("fork_run", 0) >= 2 and len(report.forks) == 2, (
         calls
