@@ -321,6 +321,12 @@ class Sweeper:
     def __init__(self, ingest: Any, interval_s: float = 1.0) -> None:
         self.ingest = ingest
         self.interval_s = interval_s
+        self._failing = False  # an outage is logged once, at its start
+
+    def _failed(self, exc: BaseException, **fields: Any) -> None:
+        if not self._failing:
+            log.warning("outbox.sweep_failed", error=f"{type(exc).__name__}: {exc}", **fields)
+        self._failing = True
 
     async def sweep_all(self, now_ms: int) -> int:
         """Sweep the shards that have a message due (one round trip finds them); returns how many
@@ -330,15 +336,18 @@ class Sweeper:
                 for shard in shards():  # one key a command: shards live apart
                     pipe.zrangebyscore(keys.outbox(shard), "-inf", now_ms, start=0, num=1)
                 due = await pipe.execute()
-        except Exception:  # Redis away: the next round tries again
-            log.warning("outbox.sweep_failed", exc_info=True)
+        except Exception as exc:  # Redis away: the next round tries again
+            self._failed(exc)
             return 0
+        if self._failing:
+            log.info("outbox.sweep_recovered")
+            self._failing = False
         delivered = 0
         for shard in [s for s, found in zip(shards(), due, strict=True) if found]:
             try:
                 delivered += await sweep(self.ingest, shard, now_ms)
-            except Exception:  # Redis away: the next round tries again
-                log.warning("outbox.sweep_failed", shard=shard, exc_info=True)
+            except Exception as exc:  # Redis away: the next round tries again
+                self._failed(exc, shard=shard)
         return delivered
 
     async def run(self) -> None:
