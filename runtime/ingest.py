@@ -170,7 +170,13 @@ class Ingest:
             self.registry.forget()  # a registration changed the routes meanwhile: route again
         else:
             raise StepqError(f"the function registry kept changing while {len(events)} event(s) were sent; retry")
-        await lifecycle.runs_failed(self, sent)  # deliver the batch's outbox messages
+        ended, bodies = sent
+        # the batch's messages, as the script wrote them: its runs in other shards first, then the
+        # matching of its events (which then meets the cancellation rules of those runs, as on one shard)
+        match = [m for m in bodies if m.partition(":")[2].startswith("match:")]
+        await outbox.deliver(self, [m for m in bodies if m not in match], bodies)
+        await outbox.deliver(self, match, bodies)
+        await lifecycle.runs_failed(self, ended)
         return kept[1]
 
     async def _store(
@@ -182,10 +188,11 @@ class Ingest:
         route: Route,
         at: int,
         traceparent: str = "",
-    ) -> list[str] | None:
+    ) -> tuple[list[str], dict[str, bytes]] | None:
         """Store the events in ``shard`` and create their runs, as routed; returns the script's ends
-        (the runs its flow control ended, then its outbox messages: ``lifecycle.runs_failed`` takes
-        them). None when the routes are stale (nothing was stored)."""
+        (the runs its flow control ended, then any outbox message its create_runs wrote:
+        ``lifecycle.runs_failed`` takes them) and the outbox messages the batch wrote (id -> body),
+        for the sender to deliver. None when the routes are stale (nothing was stored)."""
         routes = route.functions
         retention = self.store.limits.retention_s
         several = len(shards()) > 1
@@ -265,7 +272,15 @@ class Ingest:
             await self._check_version(route)
         outcomes = flow_starts.StartOutcomes.of(reply[2:])
         await lifecycle.announce_starts(self, dataclasses.replace(outcomes, ended=()), described)
-        return list(outcomes.ended)
+        ended, written = outbox.split(outcomes.ended)
+        bodies = dict(zip(messages[::2], messages[1::2], strict=True))
+        match_id = batch_args[7]
+        for message_id in written:
+            if message_id == match_id:
+                bodies[match_id] = batch_args[8]  # written when some run may wait (see the script)
+            elif message_id not in bodies:
+                ended.append(outbox.MARK + message_id)  # a create_run's own (a parent resumed): read back
+        return ended, bodies
 
     async def _check_version(self, route: Route) -> None:
         """With several shards the batch script cannot read the registry (another slot): a send racing

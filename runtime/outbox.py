@@ -198,32 +198,44 @@ def _str(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-async def deliver(ingest: Any, message_ids: Sequence[str]) -> int:
-    """Deliver these messages (each read from its source shard's outbox) and acknowledge them;
-    returns how many were delivered now (one acknowledged already is skipped). ``ingest``: a
-    ``runtime.ingest.Ingest`` (its store, its Redis, and its sends for the events of runs' ends).
+#: How many messages one ``deliver`` call delivers at once (each is a few round trips).
+DELIVER_CONCURRENCY = 16
+
+
+async def deliver(ingest: Any, message_ids: Sequence[str], known: dict[str, bytes] | None = None) -> int:
+    """Deliver these messages (each read from its source shard's outbox, unless ``known`` holds its
+    body: the sender's own) and acknowledge them; returns how many were delivered now (one
+    acknowledged already is skipped). ``ingest``: a ``runtime.ingest.Ingest`` (its store, its Redis,
+    and its sends for the events of runs' ends). Deliveries are independent: they go at once.
 
     Never raises for a message: a delivery that fails (Redis went away) is logged and left in the
     outbox for the sweeper."""
-    delivered = 0
-    for message_id_ in message_ids:
-        try:
-            delivered += await _deliver_one(ingest, message_id_)
-        except Exception:
-            log.exception("outbox.delivery_failed", message_id=message_id_)
-    return delivered
+    if not message_ids:
+        return 0
+    gate = asyncio.Semaphore(DELIVER_CONCURRENCY)
+
+    async def one(message_id_: str) -> int:
+        async with gate:
+            try:
+                return await _deliver_one(ingest, message_id_, (known or {}).get(message_id_))
+            except Exception:
+                log.exception("outbox.delivery_failed", message_id=message_id_)
+                return 0
+
+    return sum(await asyncio.gather(*(one(m) for m in message_ids)))
 
 
-async def _deliver_one(ingest: Any, message_id_: str) -> int:
+async def _deliver_one(ingest: Any, message_id_: str, blob: bytes | None) -> int:
     store = ingest.store
     try:
         source = source_of(message_id_)
     except BadMessage as exc:
         log.error("outbox.bad_id", message_id=message_id_, error=str(exc))
         return 0
-    blob = await ingest.redis.hget(keys.outbox_body(source), message_id_)
     if blob is None:
-        return 0  # acknowledged already (by the sender, or by another sweeper)
+        blob = await ingest.redis.hget(keys.outbox_body(source), message_id_)
+        if blob is None:
+            return 0  # acknowledged already (by the sender, or by another sweeper)
     try:
         message = decode(message_id_, blob)
     except BadMessage as exc:
@@ -242,13 +254,13 @@ async def _deliver_one(ingest: Any, message_id_: str) -> int:
         await lifecycle.runs_failed(ingest, written.ended)
     else:
         await _match(ingest, message)
-    await store.scripts.call(
+    acked = await store.scripts.call(
         "outbox_ack",
         [keys.outbox(source), keys.outbox_body(source), outcome_key or keys.outbox(source)],
         [message_id_, "outcome" if outcome else "", outcome],
     )
-    log.debug("outbox.delivered", message_id=message_id_, kind=message.kind)
-    return 1
+    log.debug("outbox.delivered", message_id=message_id_, kind=message.kind, acked=acked == 1)
+    return int(acked == 1)
 
 
 async def _create_run(ingest: Any, message: Message) -> tuple[str, bytes]:
