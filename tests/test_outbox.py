@@ -14,12 +14,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
+import stepq
 from stepq.event import Event
 from stepq.runtime import history, keys, outbox, shards
 from stepq.runtime.codec import pack, unpack
@@ -31,7 +34,7 @@ from stepq.runtime.registry import Registry
 from stepq.runtime.store import RunStore, now_ms
 from stepq.workers.embedded import EmbeddedRedis
 from tests.cluster import LocalCluster
-from tests.helpers import REDIS_URL, use_shards
+from tests.helpers import REDIS_URL, TERMINAL, WorkerOn, runs_of, use_shards
 from tests.torture.slots import SlotAudit
 
 APP = "t-outbox"
@@ -359,3 +362,46 @@ async def ingest_cancel(ingest: Ingest, run_id: str) -> None:
     from stepq.runtime import lifecycle
 
     assert await lifecycle.cancel(ingest, run_id, "stopped") == "ok"
+
+
+async def test_on_a_cluster_invoked_children_resume_their_parents_across_masters(
+    cluster_redis: RedisCluster, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """step.invoke on a 3-master cluster: children are created on their own shards (by the invoke
+    job), and their results (an output, a failure) resume parents on other masters through the
+    outbox; a third parent's invoke times out as before."""
+    workers = []
+    for i in range(2):
+        (tmp_path / f"w{i}").mkdir()
+        workers.append(WorkerOn("invokes", tmp_path / f"w{i}", cluster.url))
+    sender = stepq.Client("test-sender", redis_url=cluster.url)
+    try:
+        for worker in workers:
+            worker.wait_ready(timeout=30)
+        parents = {}
+        for mode in ("ok", "fail", "timeout", "ok", "ok", "ok"):
+            [event_id] = await sender.send(stepq.Event(name="test/invoke.parent", data={"mode": mode}))
+            parents[event_id] = mode
+        ends: dict[str, tuple[str, Any]] = {}
+        deadline = time.monotonic() + 60
+        while len(ends) < len(parents):
+            assert time.monotonic() < deadline, f"parents not ended: {ends}"
+            for view in await runs_of(cluster_redis, "parent"):  # type: ignore[arg-type]
+                if view.status in TERMINAL and view.event_ids[0] in parents:
+                    ends[view.run_id] = (parents[view.event_ids[0]], view.output)
+            await asyncio.sleep(0.2)
+        children = [v for f in ("double", "breaks") for v in await runs_of(cluster_redis, f)]  # type: ignore[arg-type]
+        far = [c for c in children if shards.shard_of(c.run_id) != shards.shard_of(c.event_ids[0].partition(".")[0])]
+        assert far, "no child was placed in another shard than its parent"
+        for mode, output in ends.values():
+            if mode == "ok":
+                assert output["result"]["doubled"] in (42, 8), output
+            elif mode == "fail":
+                assert output == {"caught": {"name": "NonRetriableError", "message": "the child broke"}}
+            else:
+                assert output["caught"]["name"] == "InngestInvokeTimeoutError", output
+        assert await _outbox_size(cluster_redis) == 0
+    finally:
+        await sender.aclose()
+        for worker in workers:
+            worker.stop()
