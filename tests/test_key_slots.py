@@ -8,7 +8,6 @@ the event ingest's included (it crosses to other shards through its shard's outb
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 from pathlib import Path
@@ -16,13 +15,12 @@ from pathlib import Path
 import pytest
 
 from stepq.runtime import keys
-from stepq.runtime.connection import connect
 from stepq.runtime.shards import new_run_id
 from stepq.workers.embedded import EmbeddedRedis
 from tests.torture.cluster import Settings
 from tests.torture.driver import Config, Torture
 from tests.torture.faults import FaultPlan
-from tests.torture.slots import SlotAudit
+from tests.torture.slots import audited
 
 SEED = int(os.environ.get("STEPQ_TORTURE_SEED") or random.SystemRandom().randrange(2**31))
 
@@ -60,19 +58,10 @@ async def test_no_script_of_a_mixed_workload_touches_two_slots(tmp_path: Path) -
 
 
 async def test_the_audit_reports_a_script_that_touches_two_shards(private_redis: EmbeddedRedis) -> None:
-    audit = SlotAudit(private_redis.port)
-    audit.start()
-    redis = connect(private_redis.url)
-    try:
-        await asyncio.sleep(0.2)  # MONITOR attached
+    async with audited(private_redis) as (audit, redis):
         one, other = new_run_id(shard=0), new_run_id(shard=1)
         body = "redis.call('SET', KEYS[1], 1) redis.call('SET', ARGV[1], 1) return 1"
         await redis.eval(body, 1, keys.run(one), keys.memo(one))  # type: ignore[misc]
         await redis.eval(body, 1, keys.run(one), keys.memo(other))  # type: ignore[misc]
-        await redis.ping()  # closes the last script's group
-        await asyncio.sleep(0.3)
-    finally:
-        audit.stop()
-        await redis.aclose()
     [violation] = audit.violations()
     assert violation.startswith("eval touched 2 slots") and keys.memo(other) in violation

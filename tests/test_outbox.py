@@ -26,7 +26,7 @@ import stepq
 from stepq.event import Event
 from stepq.runtime import history, keys, outbox, shards
 from stepq.runtime.codec import pack, unpack
-from stepq.runtime.connection import RedisClient, connect
+from stepq.runtime.connection import RedisClient
 from stepq.runtime.event_queries import get_event, recent_events
 from stepq.runtime.ingest import Ingest
 from stepq.runtime.queries import get_run
@@ -35,7 +35,7 @@ from stepq.runtime.store import RunStore, now_ms
 from stepq.workers.embedded import EmbeddedRedis
 from tests.cluster import LocalCluster
 from tests.helpers import REDIS_URL, TERMINAL, WorkerOn, runs_of, use_shards
-from tests.torture.slots import SlotAudit
+from tests.torture.slots import audited
 
 APP = "t-outbox"
 FUNCTIONS = ("fan-a", "fan-b", "fan-c")
@@ -120,17 +120,8 @@ async def _check_exactly_once(redis: RedisClient, start_ids: list[str], stopped:
 
 
 async def test_a_fan_out_over_four_shards_touches_one_slot_per_script(private_redis: EmbeddedRedis) -> None:
-    audit = SlotAudit(private_redis.port)
-    audit.start()
-    redis = connect(private_redis.url)
-    try:
-        await asyncio.sleep(0.2)  # MONITOR attached
+    async with audited(private_redis) as (audit, redis):
         await _fan_out(redis)
-        await redis.ping()  # closes the last script's group
-        await asyncio.sleep(0.3)
-    finally:
-        audit.stop()
-        await redis.aclose()
     calls = audit.calls
     assert calls["ingest_events"] >= 7 and calls["outbox_receive_run"] > 0 and calls["outbox_ack"] > 0, calls
     assert not audit.violations(), audit.violations()
@@ -304,11 +295,7 @@ async def test_an_invoked_childs_end_resolves_its_parent_in_another_shard_once(p
     the child's shard's outbox; its delivery memoizes the error in the parent's invoke step. The
     caller killed before delivering: two sweepers deliver it, once. A child of the parent's own shard
     resolves the step in its own script, with no message."""
-    audit = SlotAudit(private_redis.port)
-    audit.start()
-    redis = connect(private_redis.url)
-    try:
-        await asyncio.sleep(0.2)  # MONITOR attached
+    async with audited(private_redis) as (audit, redis):
         ingest = await _setup(redis)
         store = ingest.store
         parent = shards.new_run_id(shard=0)
@@ -350,11 +337,6 @@ async def test_an_invoked_childs_end_resolves_its_parent_in_another_shard_once(p
         children = Counter(e.fields.get("key") for e in entries if e is not None and e.kind == history.K_CHILD)
         assert children == {"far": 1, "far-swept": 1, "near": 1}, children
         assert await _outbox_size(redis) == 0
-        await redis.ping()
-        await asyncio.sleep(0.3)
-    finally:
-        audit.stop()
-        await redis.aclose()
     assert not audit.violations(), audit.violations()
 
 

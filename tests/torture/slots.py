@@ -8,17 +8,23 @@ else comes between. The audit groups them and lists every call whose keys span m
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 
+from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from stepq.runtime import keys, scripts, shards
+from stepq.runtime.connection import connect
 from stepq.runtime.ingest import batch_script
+from stepq.workers.embedded import EmbeddedRedis
 from tests import monitor
 
 #: Scripts allowed to span slots, and why: none. The event ingest writes one shard (its batch's) and
@@ -131,3 +137,20 @@ class SlotAudit:
         self.calls[call.script] += 1
         if len(call.slots()) > 1:
             self.spans.append(call)
+
+
+@contextlib.asynccontextmanager
+async def audited(server: EmbeddedRedis) -> AsyncIterator[tuple[SlotAudit, Redis]]:
+    """A slot audit of ``server`` and a client of it: what the block runs is audited (the audit's
+    results are complete once the block is left)."""
+    audit = SlotAudit(server.port)
+    audit.start()
+    redis = connect(server.url)
+    try:
+        await asyncio.sleep(0.2)  # MONITOR attached
+        yield audit, redis
+        await redis.ping()  # closes the last script's group
+        await asyncio.sleep(0.3)
+    finally:
+        audit.stop()
+        await redis.aclose()
