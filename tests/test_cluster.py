@@ -82,6 +82,13 @@ async def check_outcomes(redis: Any, created: dict[str, int], log: Path) -> None
         assert all(runs[(run_id, f"p{i}")] >= 1 for i in range(BRANCHES)), run_id
 
 
+def lines_of(workers: list[WorkerOn]) -> str:
+    """The workers' log lines other than invocations (what went wrong, for a failure's message)."""
+    return "\n".join(
+        f"{w.name}: {line}" for w in workers for line in w.stderr().splitlines() if '"invocation"' not in line
+    )[-6000:]
+
+
 def masters_holding(cluster: LocalCluster, run_ids: list[str]) -> set[int]:
     return {cluster.node_of_slot(key_slot(keys.run(run_id).encode())).port for run_id in run_ids}
 
@@ -157,7 +164,10 @@ async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_e
             cluster.kill(victim)
             cluster.wait_ok(timeout=30)  # the replica took over its slots
             assert replica in cluster.masters()
-            await check_outcomes(redis, created, log)
+            try:
+                await check_outcomes(redis, created, log)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{lines_of(workers)}") from None
             for worker in workers:
                 assert worker.alive(), worker.stderr()[-4000:]
             kinds = {e.get("kind") for w in workers for e in w.logs() if e.get("event") == "redis.unavailable"}
