@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 import stepq
-from stepq.runtime import keys, shards
+from stepq.runtime import keys, scripts, shards
 from stepq.runtime.connection import close, open_redis
 from stepq.runtime.queries import get_run
 from stepq.runtime.store import RunStore
@@ -107,6 +108,28 @@ async def test_open_redis_finds_a_cluster_and_uses_every_shard(cluster: LocalClu
         await close(client)
 
 
+async def test_scripts_in_a_cluster_pipeline_run_on_masters_that_lack_them(
+    cluster_redis: RedisCluster, cluster: LocalCluster
+) -> None:
+    """Redis does not replicate its script cache, and redis-py neither takes EVALSHA in a cluster
+    pipeline nor loads its scripts: ``scripts.pipelined`` queues the call, ``scripts.execute``
+    loads what a master lacks and sends those calls again."""
+    echo = scripts.register(cluster_redis, "return KEYS[1]")
+    names = [keys.runs_active(shard) for shard in shards.shards()]  # on every master
+    await cluster_redis.script_flush()
+    async with cluster_redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            await scripts.pipelined(echo, pipe, [name], [])
+        plain = await pipe.execute(raise_on_error=False)
+    assert all(isinstance(reply, NoScriptError) for reply in plain), plain  # the trap
+    await cluster_redis.script_flush()
+    async with cluster_redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            await scripts.pipelined(echo, pipe, [name], [])
+        replies = await scripts.execute(pipe)
+    assert replies == [name.encode() for name in names]
+
+
 async def test_a_single_redis_takes_its_shard_count_from_the_registry_key(redis: Redis) -> None:
     await use_shards(redis, 4)
     shards.configure(1)
@@ -177,3 +200,18 @@ async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_e
                 worker.stop()
             await close(redis)
             shards.configure(1)
+
+
+async def test_one_redis_holding_four_shards_is_served_whole_by_one_worker(redis: Redis, tmp_path: Path) -> None:
+    """The testing aid (``stepq:{registry}:shards``): the sharded paths on one Redis, one worker
+    serving every shard (its claims, idle checks, mover timers and sleeps per shard)."""
+    await use_shards(redis, 4)
+    log = tmp_path / "steps.log"
+    created = await create_runs(redis, 16, log)
+    assert {shards.shard_of(run_id) for run_id in created} == {0, 1, 2, 3}
+    [worker] = start_workers(tmp_path, REDIS_URL, 1)
+    try:
+        await check_outcomes(redis, created, log)
+        assert worker.alive()
+    finally:
+        worker.stop()
