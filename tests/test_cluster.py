@@ -43,12 +43,12 @@ def start_workers(tmp_path: Path, url: str, n: int) -> list[WorkerOn]:
     return workers
 
 
-async def create_runs(redis: Any, count: int, log: Path, **data: Any) -> dict[str, int]:
-    """``count`` runs of ``mixed``, spread over every shard in turn; run id -> its n."""
+async def create_runs(redis: Any, count: int, log: Path, shard: int | None = None, **data: Any) -> dict[str, int]:
+    """``count`` runs of ``mixed``, in ``shard`` or spread over every shard in turn; run id -> its n."""
     store = RunStore(redis)
     created = {}
     for i in range(count):
-        run_id = shards.new_run_id(shard=i % len(shards.shards()))
+        run_id = shards.new_run_id(shard=i % len(shards.shards()) if shard is None else shard)
         event = stepq.Event(name="test/cluster.mixed", data={"n": i, "log": str(log), **data})
         reply = await store.create_run(
             run_id=run_id, fn_slug=mixed.slug, app_id="t-cluster", events=[event], dedupe_key=None
@@ -166,6 +166,36 @@ async def test_runs_on_every_master_end_under_two_workers_one_of_them_killed(
         survivor = workers[1].logs()
         assert not [e for e in survivor if e.get("level") in ("error", "critical")], survivor[-20:]
         assert workers[1].alive()
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+async def test_a_shard_moved_to_another_master_mid_run_loses_no_run(
+    cluster_redis: RedisCluster, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Adding capacity is moving slots: a shard's slot (its runs, jobs, queue) migrates to another
+    master while its runs are in flight; clients meet ASK and TRYAGAIN meanwhile, and every run ends."""
+    shard = 7
+    slot = key_slot(shards.SHARD_TAGS[shard].encode())
+    log = tmp_path / "steps.log"
+    workers = start_workers(tmp_path, cluster.url, 2)
+    try:
+        created = await create_runs(cluster_redis, 40, log, shard=shard, work_s=0.1)
+        deadline = time.monotonic() + 30
+        while not log.exists() or len(log.read_text().splitlines()) < 20:
+            assert time.monotonic() < deadline, "no steps ran"
+            await asyncio.sleep(0.05)
+        source = cluster.node_of_slot(slot)
+        target = next(m for m in cluster.masters() if m is not source)
+        await asyncio.to_thread(cluster.move_slot, slot, target)
+        assert cluster.node_of_slot(slot) is target
+        try:
+            await check_outcomes(cluster_redis, created, log)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{lines_of(workers)}") from None
+        for worker in workers:
+            assert worker.alive(), worker.stderr()[-4000:]
     finally:
         for worker in workers:
             worker.stop()
