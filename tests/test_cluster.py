@@ -16,12 +16,22 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 import stepq
 from stepq.runtime import keys, scripts, shards
 from stepq.runtime.connection import close, open_redis
 from stepq.runtime.queries import get_run
+from stepq.runtime.redis_errors import error_kind, is_passing, unavailable_reason
 from stepq.runtime.store import RunStore
 from tests.apps.cluster_app import BRANCHES, expected, mixed
 from tests.cluster import LocalCluster
@@ -92,6 +102,31 @@ def lines_of(workers: list[WorkerOn]) -> str:
 
 def masters_holding(cluster: LocalCluster, run_ids: list[str]) -> set[int]:
     return {cluster.node_of_slot(key_slot(keys.run(run_id).encode())).port for run_id in run_ids}
+
+
+def error(kind: Any, message: str) -> BaseException:
+    """An error as redis-py raises it (its cluster errors' constructors are untyped)."""
+    made: BaseException = kind(message)
+    return made
+
+
+def test_a_cluster_changing_is_passing_trouble_and_a_cross_slot_command_is_not() -> None:
+    """What workers ride out (as a lost connection) and what the API answers 503 for."""
+    assert error_kind(error(ClusterDownError, "The cluster is down")) == "CLUSTERDOWN"
+    assert error_kind(error(MasterDownError, "Link with MASTER is down")) == "MASTERDOWN"
+    assert error_kind(error(TryAgainError, "Multiple keys request during rehashing of slot")) == "TRYAGAIN"
+    assert error_kind(error(MovedError, "3999 127.0.0.1:6381")) == "MOVED/ASK"
+    for kind, message in (
+        (ClusterDownError, "The cluster is down"),
+        (TryAgainError, "Multiple keys request during rehashing of slot"),
+        (MovedError, "3999 127.0.0.1:6381"),
+        (SlotNotCoveredError, "Slot 3999 is not covered by the cluster."),
+        (ClusterError, "TTL exhausted."),
+    ):
+        assert is_passing(error(kind, message)), kind
+    unreachable = error(RedisClusterException, "Redis Cluster cannot be connected. Please provide a reachable node")
+    assert unavailable_reason(unreachable) == "did not answer"
+    assert not is_passing(error(RedisClusterException, "EVALSHA - all keys must map to the same key slot"))
 
 
 async def test_open_redis_finds_a_cluster_and_uses_every_shard(cluster: LocalCluster) -> None:
