@@ -100,6 +100,24 @@ def lines_of(workers: list[WorkerOn]) -> str:
     )[-6000:]
 
 
+async def steps_ran(log: Path, count: int) -> None:
+    """Wait until ``count`` step executions were logged (runs are under way)."""
+    deadline = time.monotonic() + 30
+    while not log.exists() or len(log.read_text().splitlines()) < count:
+        assert time.monotonic() < deadline, "no steps ran"
+        await asyncio.sleep(0.05)
+
+
+async def ended_well(redis: Any, created: dict[str, int], log: Path, workers: list[WorkerOn]) -> None:
+    """``check_outcomes``, with the workers' own lines in the failure; and the workers still run."""
+    try:
+        await check_outcomes(redis, created, log)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lines_of(workers)}") from None
+    for worker in workers:
+        assert worker.alive(), worker.stderr()[-4000:]
+
+
 def masters_holding(cluster: LocalCluster, run_ids: list[str]) -> set[int]:
     return {cluster.node_of_slot(key_slot(keys.run(run_id).encode())).port for run_id in run_ids}
 
@@ -191,16 +209,12 @@ async def test_runs_on_every_master_end_under_two_workers_one_of_them_killed(
         created = await create_runs(cluster_redis, 64, log, work_s=0.3)
         assert masters_holding(cluster, list(created)) == {m.port for m in cluster.masters()}
         # some runs mid-step, some asleep: kill one worker outright
-        deadline = time.monotonic() + 30
-        while not log.exists() or len(log.read_text().splitlines()) < 20:
-            assert time.monotonic() < deadline, "no steps ran"
-            await asyncio.sleep(0.05)
+        await steps_ran(log, 20)
         workers[0].proc.kill()
         workers[0].proc.wait(timeout=10)
-        await check_outcomes(cluster_redis, created, log)
+        await ended_well(cluster_redis, created, log, workers[1:])
         survivor = workers[1].logs()
         assert not [e for e in survivor if e.get("level") in ("error", "critical")], survivor[-20:]
-        assert workers[1].alive()
     finally:
         for worker in workers:
             worker.stop()
@@ -217,20 +231,12 @@ async def test_a_shard_moved_to_another_master_mid_run_loses_no_run(
     workers = start_workers(tmp_path, cluster.url, 2)
     try:
         created = await create_runs(cluster_redis, 40, log, shard=shard, work_s=0.1)
-        deadline = time.monotonic() + 30
-        while not log.exists() or len(log.read_text().splitlines()) < 20:
-            assert time.monotonic() < deadline, "no steps ran"
-            await asyncio.sleep(0.05)
+        await steps_ran(log, 20)
         source = cluster.node_of_slot(slot)
         target = next(m for m in cluster.masters() if m is not source)
         await asyncio.to_thread(cluster.move_slot, slot, target)
         assert cluster.node_of_slot(slot) is target
-        try:
-            await check_outcomes(cluster_redis, created, log)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{lines_of(workers)}") from None
-        for worker in workers:
-            assert worker.alive(), worker.stderr()[-4000:]
+        await ended_well(cluster_redis, created, log, workers)
     finally:
         for worker in workers:
             worker.stop()
@@ -243,21 +249,13 @@ async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_e
         try:
             log = tmp_path / "steps.log"
             created = await create_runs(redis, 64, log, work_s=0.2, nap="2s")
-            deadline = time.monotonic() + 30
-            while not log.exists() or len(log.read_text().splitlines()) < 20:
-                assert time.monotonic() < deadline, "no steps ran"
-                await asyncio.sleep(0.05)
+            await steps_ran(log, 20)
             victim = cluster.masters()[1]
             [replica] = cluster.replicas_of(victim)
             cluster.kill(victim)
             cluster.wait_ok(timeout=30)  # the replica took over its slots
             assert replica in cluster.masters()
-            try:
-                await check_outcomes(redis, created, log)
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{lines_of(workers)}") from None
-            for worker in workers:
-                assert worker.alive(), worker.stderr()[-4000:]
+            await ended_well(redis, created, log, workers)
             kinds = {e.get("kind") for w in workers for e in w.logs() if e.get("event") == "redis.unavailable"}
             print("worker saw", kinds)
         finally:
