@@ -134,9 +134,9 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
 async def test_runs_continue_after_sentinel_fails_the_master_over(sentinels: SentinelSet, tmp_path: Path) -> None:
     await sentinels.wait_ready()
     url = sentinels.url
-    workers = [ManagedWorker(i, tmp_path, {"STEPQ_REDIS_URL": url}, concurrency=30) for i in range(2)]
     reader = connect(url)
     sender = stepq.Client("t-managed-sender", redis_url=url)
+    workers = [ManagedWorker(i, tmp_path, {"STEPQ_REDIS_URL": url}, concurrency=30) for i in range(2)]
     try:
         for worker in workers:
             worker.wait_ready()
