@@ -22,10 +22,10 @@ from stepq.errors import InvalidEventError, StepqError
 from stepq.event import Event
 from stepq.expressions import Bindings, ExpressionError, compile_expression
 from stepq.ids import new_ulid
-from stepq.runtime.shards import run_id_for, shards
+from stepq.runtime.shards import shards
 from stepq.triggers import TRIGGER_VARIABLES
 
-from . import flow_starts, keys, lifecycle, matching, waits
+from . import flow_starts, keys, lifecycle, matching, placement, waits
 from .codec import pack
 from .gather import gathering
 from .registry import FunctionRecord, Registry, Route
@@ -187,7 +187,11 @@ class Ingest:
                 # debounce and batching gather events into one run, and ignore event-id dedupe
                 gather = gathering(fn.flow, fn.slug, event_dict, bindings, limits)
                 dedupe_key = (original.id or None) if gather is None else None
-                run_id = run_id_for(fn.slug, dedupe_key, at) if gather is None else gather.run_id(at)
+                run_id = (
+                    placement.new_run_id(fn.slug, fn.flow, bindings, dedupe_key, at)
+                    if gather is None
+                    else gather.run_id(at)
+                )
                 checks = flow_starts.start_checks(fn.flow, fn.slug, run_id, bindings, self.store.limits)
                 if checks.count:
                     described[run_id] = (fn.slug, event_dict)
