@@ -1,0 +1,212 @@
+"""Flow control stays exact when runs are spread over several shards (runtime/placement.py).
+
+One Redis holding several shards (``stepq:{registry}:shards``; this process's count set to match)
+runs the sharded code paths: every run is created in its shard, every flow-control key carries its
+run's shard tag. Concurrent senders (their own connections) send to functions of every placement
+rule (tests/apps/placed.py); the counts must come out as on one shard, keyed functions must spread
+over shards and function-wide ones stay on one. A control run with placement made random shows the
+same checks fail when runs sharing a limit land on different shards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+import stepq
+from stepq.runtime import placement, shards
+from stepq.runtime.event_queries import get_event
+from stepq.runtime.queries import RunView
+from stepq.runtime.registry import Registry
+from stepq.runtime.shards import shard_of
+from tests.apps import placed
+from tests.helpers import REDIS_URL, runs_of
+
+SHARDS = 4
+#: On one Redis, how many shards the processes opening it use (runtime/connection.open_redis).
+SHARD_COUNT_KEY = "stepq:{registry}:shards"
+SENDERS = 4
+
+
+@pytest.fixture
+def sharded(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """This process uses ``SHARDS`` shards (as a process opening a Redis that holds the count would)."""
+    monkeypatch.setattr(shards, "SHARD_COUNT", SHARDS)
+    yield SHARDS
+
+
+async def use_placed_app(redis: Redis) -> None:
+    await redis.set(SHARD_COUNT_KEY, SHARDS)
+    await Registry(redis).register_app(placed.client.app_id, [fn.config() for fn in placed.client.functions.values()])
+
+
+async def send_concurrently(batches: list[list[stepq.Event]]) -> None:
+    """Each batch from its own client (own connections), all at once, one event at a time."""
+    clients = [stepq.Client(f"sender-{i}", redis_url=REDIS_URL) for i in range(len(batches))]
+
+    async def send(client: stepq.Client, batch: list[stepq.Event]) -> None:
+        for event in batch:
+            await client.send(event)
+
+    try:
+        await asyncio.gather(*(send(c, b) for c, b in zip(clients, batches, strict=True)))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+def event(fn_id: str, **data: object) -> stepq.Event:
+    return stepq.Event(name=f"placed/{fn_id}", data=data)
+
+
+def admitted(found: list[RunView]) -> list[RunView]:
+    return [v for v in found if v.status != "skipped"]
+
+
+def shards_of(found: list[RunView]) -> set[int]:
+    return {shard_of(v.run_id) for v in found}
+
+
+def user_of(view: RunView, users: dict[str, str]) -> str:
+    return users[view.event_ids[0]]
+
+
+async def start_limit_load() -> None:
+    """4 senders x 30 rounds: whole-function and keyed rate limits, idempotency, singleton,
+    whole-function and keyed throttles, and a function without flow control."""
+    batches = []
+    for i in range(SENDERS):
+        batch = []
+        for j in range(30):
+            user = f"u{j % 5}"
+            batch += [
+                event("whole-rate", n=f"{i}-{j}"),
+                event("keyed-rate", user=user),
+                event("idem", user=user),
+                event("single", user=user),
+                event("plain", n=f"{i}-{j}"),
+            ]
+            if j < 3:
+                batch.append(event("throttled", n=f"{i}-{j}"))
+            if j < 6:
+                batch.append(event("keyed-throttle", user=f"u{j % 3}"))
+        batches.append(batch)
+    await send_concurrently(batches)
+
+
+async def users_by_event(redis: Redis, found: list[RunView]) -> dict[str, str]:
+    """The ``user`` of each run's first event (read from the event log)."""
+    out = {}
+    for view in found:
+        stored = await get_event(redis, view.event_ids[0])
+        assert stored is not None
+        out[view.event_ids[0]] = str(stored.data["user"])
+    return out
+
+
+def throttle_times(found: list[RunView]) -> list[int]:
+    """When each throttled run may start (its held time, or its creation when it was not held)."""
+    return sorted(v.held_until_ms or v.created_ms for v in found)
+
+
+async def test_start_limits_stay_exact_over_4_shards_under_concurrent_senders(redis: Redis, sharded: int) -> None:
+    await use_placed_app(redis)
+    await start_limit_load()
+
+    # a function-wide rate limit: exactly 10 of 120, all of its runs on one shard
+    whole = await runs_of(redis, "whole-rate")
+    assert len(whole) == 120 and len(admitted(whole)) == 10
+    assert len(shards_of(whole)) == 1
+
+    # keyed: exactly 3 per user, each user's runs on one shard, the users over several shards
+    keyed = await runs_of(redis, "keyed-rate")
+    users = await users_by_event(redis, keyed)
+    assert Counter(user_of(v, users) for v in admitted(keyed)) == {f"u{k}": 3 for k in range(5)}
+    per_user = defaultdict(set)
+    for view in keyed:
+        per_user[user_of(view, users)].add(shard_of(view.run_id))
+    assert all(len(s) == 1 for s in per_user.values()) and len(set().union(*per_user.values())) > 1
+
+    # idempotency and singleton (no worker: the first run of each user stays active): one per user
+    for fn_id in ("idem", "single"):
+        found = await runs_of(redis, fn_id)
+        assert len(found) == 120
+        users = await users_by_event(redis, found)
+        assert Counter(user_of(v, users) for v in admitted(found)) == {f"u{k}": 1 for k in range(5)}, fn_id
+        assert len(shards_of(found)) > 1, fn_id
+
+    # throttles drop nothing and give each start its own GCRA time: 5/s (every 200 ms) for the
+    # function, 2/s per user; a throttle split over shards would start one run per shard at once
+    throttled = await runs_of(redis, "throttled")
+    assert len(throttled) == 12 and all(v.status == "queued" for v in throttled)
+    assert all(b - a >= 200 for a, b in itertools.pairwise(throttle_times(throttled)))
+    keyed_throttle = await runs_of(redis, "keyed-throttle")
+    users = await users_by_event(redis, keyed_throttle)
+    assert len(keyed_throttle) == 24
+    for k in range(3):
+        mine = [v for v in keyed_throttle if user_of(v, users) == f"u{k}"]
+        assert len(mine) == 8 and all(b - a >= 500 for a, b in itertools.pairwise(throttle_times(mine)))
+
+    # no flow control: spread over every shard
+    assert shards_of(await runs_of(redis, "plain")) == set(range(SHARDS))
+
+
+async def test_the_same_load_placed_at_random_breaks_the_limits(
+    redis: Redis, sharded: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control: with every run placed at random (as before placement), each shard keeps its
+    own counts, and the checks above fail. So they can."""
+    monkeypatch.setattr(placement, "rule_of", lambda flow: placement.Placement(placement.Rule.SPREAD))
+    await use_placed_app(redis)
+    await start_limit_load()
+    whole = await runs_of(redis, "whole-rate")
+    assert len(admitted(whole)) > 10 and len(shards_of(whole)) > 1
+    idem = await runs_of(redis, "idem")
+    assert len(admitted(idem)) > 5
+    throttled = await runs_of(redis, "throttled")
+    assert any(b - a < 200 for a, b in itertools.pairwise(throttle_times(throttled)))
+
+
+async def test_debounce_and_batches_gather_into_one_run_per_key_over_4_shards(redis: Redis, sharded: int) -> None:
+    """8 users, 4 senders each sending 10 events per user: one debounced run and one batch per
+    user (neither fires within the test: 60 s period and timeout), holding all its user's events."""
+    await use_placed_app(redis)
+    batches = [
+        [
+            event(fn_id, user=f"u{u}", n=f"{i}-{j}")
+            for j in range(10)
+            for u in range(8)
+            for fn_id in ("debounced", "batched")
+        ]
+        for i in range(SENDERS)
+    ]
+    await send_concurrently(batches)
+    for fn_id in ("debounced", "batched"):
+        found = await runs_of(redis, fn_id)
+        assert len(found) == 8, (fn_id, [(v.run_id, v.gathered) for v in found])
+        assert all(v.gathered is not None and v.gathered["events"] == SENDERS * 10 for v in found), fn_id
+        keys = {v.gathered["key"] for v in found if v.gathered is not None}
+        assert keys == {f'"u{u}"' for u in range(8)}, keys
+        assert len(shards_of(found)) > 1, fn_id
+
+
+async def test_event_id_dedupe_meets_in_one_shard_whatever_the_rule(redis: Redis, sharded: int) -> None:
+    """4 senders resend the same 10 events (ids set) at once: one run per event and function, for
+    a spread function, a keyed one and a function-wide one."""
+    await use_placed_app(redis)
+    events = [
+        stepq.Event(name=f"placed/{fn_id}", data={"user": f"u{n % 3}", "n": n}, id=f"{fn_id}-{n}")
+        for n in range(10)
+        for fn_id in ("plain", "keyed-throttle", "throttled")
+    ]
+    await send_concurrently([events] * SENDERS)
+    for fn_id in ("plain", "keyed-throttle", "throttled"):
+        found = await runs_of(redis, fn_id)
+        assert len(found) == 10, fn_id
+    assert len(shards_of(await runs_of(redis, "plain"))) > 1
+    assert len(shards_of(await runs_of(redis, "throttled"))) == 1
