@@ -27,7 +27,7 @@ import stepq
 from stepq.errors import FunctionConfigError
 from stepq.expressions import Bindings
 from stepq.flow_spec import RateLimitSpec, SingletonSpec, ThrottleSpec
-from stepq.runtime import keys
+from stepq.runtime import keys, shards
 from stepq.runtime.cron import CronScheduler
 from stepq.runtime.flow_keys import key_of
 from stepq.runtime.queries import RunView
@@ -559,9 +559,14 @@ class TestServedFunctions:
 # -- cron ----------------------------------------------------------------------------------------------
 
 
-async def test_cron_runs_are_held_to_their_functions_start_limits(redis: Redis) -> None:
+@pytest.mark.parametrize("shard_count", [1, 4])
+async def test_cron_runs_are_held_to_their_functions_start_limits(
+    redis: Redis, shard_count: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A cron tick's run is one of the function's runs: a singleton skips a tick while the last
-    tick's run is still active (no worker runs it here), and says so."""
+    tick's run is still active (no worker runs it here), and says so; on several shards too (the
+    ticks' runs meet in the function's shard, runtime/placement.py)."""
+    monkeypatch.setattr(shards, "SHARD_COUNT", shard_count)
     slug, app_id = "t-cron-flow-nightly", "t-cron-flow"
     config = {
         "id": slug,
