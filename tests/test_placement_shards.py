@@ -19,7 +19,10 @@ import pytest
 from redis.asyncio import Redis
 
 import stepq
+from stepq.expressions import Bindings
+from stepq.flow_spec import ConcurrencyLimit, FlowControl
 from stepq.runtime import placement, shards
+from stepq.runtime.actions import Actions, RunConflict
 from stepq.runtime.event_queries import get_event
 from stepq.runtime.queries import RunView
 from stepq.runtime.registry import Registry
@@ -210,3 +213,39 @@ async def test_event_id_dedupe_meets_in_one_shard_whatever_the_rule(redis: Redis
         assert len(found) == 10, fn_id
     assert len(shards_of(await runs_of(redis, "plain"))) > 1
     assert len(shards_of(await runs_of(redis, "throttled"))) == 1
+
+
+async def test_a_replay_stays_in_its_runs_shard_and_is_refused_once_flow_control_places_it_elsewhere(
+    redis: Redis, sharded: int
+) -> None:
+    """A replay is made in the old run's shard (fork_run.lua copies state in one script): right
+    while the function's flow control still places its runs there; refused, saying why, once a
+    changed flow control places them in another shard (its concurrency would be counted apart)."""
+    await use_placed_app(redis)
+    actions = Actions.on(redis)
+    sent = [event("keyed-limited", user=f"u{k}") for k in range(12)]
+    await send_concurrently([sent])
+    found = await runs_of(redis, "keyed-limited")
+    for view in found:
+        await actions.cancel(view.run_id)
+    moved_away = None
+    for view in found:
+        started = await actions.replay(view.run_id)
+        assert shard_of(started.run_id) == shard_of(view.run_id)
+    # the function now has a function-wide limit: all its runs go to its own shard
+    configs = [fn.config() for fn in placed.client.functions.values()]
+    for config in configs:
+        if config["id"].endswith("keyed-limited"):
+            config["flow"]["concurrency"] = {"fn": [], "step": [{"limit": 2, "scope": "fn"}]}
+    await Registry(redis).register_app(placed.client.app_id, configs)
+    home = shard_of(
+        placement.new_run_id("t-placed-keyed-limited", FlowControl(concurrency=(ConcurrencyLimit(2),)), Bindings())
+    )
+    for view in found:
+        if shard_of(view.run_id) == home:
+            assert shard_of((await actions.replay(view.run_id)).run_id) == home
+        else:
+            moved_away = view
+            with pytest.raises(RunConflict, match="flow control .* changed since it ran"):
+                await actions.replay(view.run_id)
+    assert moved_away is not None  # 12 users over 4 shards: some were not in the function's shard
