@@ -246,6 +246,6 @@ async def test_a_replay_stays_in_its_runs_shard_and_is_refused_once_flow_control
             assert shard_of((await actions.replay(view.run_id)).run_id) == home
         else:
             moved_away = view
-            with pytest.raises(RunConflict, match="flow control .* changed since it ran"):
+            with pytest.raises(RunConflict, match=r"flow control .* changed since it ran"):
                 await actions.replay(view.run_id)
     assert moved_away is not None  # 12 users over 4 shards: some were not in the function's shard
