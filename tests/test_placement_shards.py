@@ -11,9 +11,11 @@ same checks fail when runs sharing a limit land on different shards.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -28,7 +30,8 @@ from stepq.runtime.queries import RunView
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of
 from tests.apps import placed
-from tests.helpers import REDIS_URL, runs_of
+from tests.helpers import REDIS_URL, StartWorkers, runs_of, wait_for_runs
+from tests.test_concurrency import overlap, spans
 
 SHARDS = 4
 #: On one Redis, how many shards the processes opening it use (runtime/connection.open_redis).
@@ -249,3 +252,52 @@ async def test_a_replay_stays_in_its_runs_shard_and_is_refused_once_flow_control
             with pytest.raises(RunConflict, match=r"flow control .* changed since it ran"):
                 await actions.replay(view.run_id)
     assert moved_away is not None  # 12 users over 4 shards: some were not in the function's shard
+
+
+# -- with worker processes -------------------------------------------------------------------------
+
+
+def workers_serve_every_shard() -> bool:
+    """Whether worker processes take jobs from every shard (issue 13's cluster-core step); until
+    then a worker serves shard 0 alone and the runs of the other shards would never run."""
+    import stepq.workers.worker as worker_module
+
+    return "(shard,) = shards()" not in inspect.getsource(worker_module)
+
+
+@pytest.mark.skipif(not workers_serve_every_shard(), reason="workers serve one shard until cluster-core's step lands")
+async def test_concurrency_limits_hold_over_4_shards_with_2_workers(
+    redis: Redis, sharded: int, start_workers: StartWorkers, tmp_path: Path
+) -> None:
+    """4 senders, 2 workers serving 4 shards: a function-wide limit of 3 with 1 per user, a
+    function limited only per user (step- and run-level, and a keyed throttle), and an env-scoped
+    limit shared by two functions. Every limit holds at every instant and is reached; the keyed
+    function's runs spread over shards, the function-wide one's stay on one."""
+    await redis.set(SHARD_COUNT_KEY, SHARDS)  # before the workers open Redis
+    start_workers("placed", n=2)
+    log = tmp_path / "spans.log"
+    batches = [
+        [event("limited", log=str(log), user=f"c{(i * 10 + j) % 5}") for j in range(10)]
+        + [event("keyed-limited", log=str(log), user=f"k{(i * 10 + j) % 8}") for j in range(10)]
+        + [event("shared-a" if j % 2 else "shared-b", log=str(log), user=f"s{j % 2}") for j in range(5)]
+        for i in range(SENDERS)
+    ]
+    await send_concurrently(batches)
+    every = [v for fn_id in ("limited", "keyed-limited", "shared-a", "shared-b") for v in await runs_of(redis, fn_id)]
+    assert len(every) == SENDERS * 25
+    await wait_for_runs(redis, [v.run_id for v in every], ("completed",), timeout=180)
+    found = spans(log)
+    assert len(found) == SENDERS * 25
+    most = overlap(found)
+    per_key = overlap(found, group="key")
+    assert most["limited"] == 3
+    assert {k: n for k, n in per_key.items() if k.startswith("limited/")} == {f"limited/c{c}": 1 for c in range(5)}
+    assert {k: n for k, n in per_key.items() if k.startswith("keyed-limited/")} == {
+        f"keyed-limited/k{k}": 1 for k in range(8)
+    }
+    assert most["keyed-limited"] > 1  # different users' runs at once, on several shards
+    shared = overlap([("shared", *s[1:]) for s in found if s[0].startswith("shared")], group="key")
+    assert shared == {"shared/s0": 1, "shared/s1": 1}  # counted across both functions
+    assert len(shards_of(await runs_of(redis, "limited"))) == 1
+    assert len(shards_of(await runs_of(redis, "keyed-limited"))) > 1
+    assert len(shards_of(await runs_of(redis, "shared-a")) | shards_of(await runs_of(redis, "shared-b"))) == 1
