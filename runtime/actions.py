@@ -59,14 +59,13 @@ import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
-from redis.asyncio import Redis
-
 from stepq.event import Event
 from stepq.expressions import Bindings
 from stepq.ids import new_ulid
 
 from . import keys, lifecycle
 from .codec import unpack
+from .connection import RedisClient
 from .ingest import Ingest, triggered
 from .limits import Limits
 from .placement import placed, shard_for
@@ -239,12 +238,12 @@ class Actions:
 
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
-        self.redis: Redis = ingest.redis
+        self.redis: RedisClient = ingest.redis
         self.store: RunStore = ingest.store
         self.registry: Registry = ingest.registry
 
     @classmethod
-    def on(cls, redis: Redis, limits: Limits | None = None) -> Actions:
+    def on(cls, redis: RedisClient, limits: Limits | None = None) -> Actions:
         """Actions on ``redis`` (limits: the defaults of runs, ``Limits.from_env()`` if not given)."""
         store = RunStore(redis, limits or Limits.from_env())
         return cls(Ingest(redis, store, Registry(redis, store.scripts)))

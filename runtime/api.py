@@ -63,6 +63,7 @@ field; aiohttp would bring its own HTTP client and stack alongside httpx.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import functools
@@ -94,7 +95,7 @@ from .actions import BULK_CAP, DEFAULT_REASON, ActionRefused, Actions
 from .app_urls import ENV as ALLOWED_APP_HOSTS_ENV
 from .app_urls import AllowedHosts, AppUrlPolicy, AppUrlRefused
 from .codec import unpack
-from .connection import connect
+from .connection import RedisClient, connect, open_redis
 from .dashboard import DashboardAuth, create_dashboard
 from .ingest import RESERVED_PREFIXES, Ingest
 from .inngest_config import checksum, parse_register
@@ -102,7 +103,7 @@ from .keys import events as run_events_key
 from .keys import memo as run_memo_key
 from .limits import Limits, MiB
 from .queries import RunFilter, get_run
-from .redis_errors import unavailable_reason
+from .redis_errors import UNREACHABLE, unavailable_reason
 from .registry import FunctionOwnedError, Registry
 from .store import RunStore
 from .timeline import get_timeline
@@ -288,18 +289,44 @@ def create_app(
     )
     metrics.enable()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = connect(redis_url)
+    def use(app: Starlette, redis: RedisClient) -> None:
         store = RunStore(redis, limits or Limits.from_env())
         app.state.redis = redis
         app.state.ingest = Ingest(redis, store, Registry(redis, store.scripts))
         dashboard.state.redis, dashboard.state.ingest = redis, app.state.ingest
         app.state.actions = Actions(app.state.ingest)
+
+    async def reopen(app: Starlette) -> None:
+        """Redis was unreachable at start: find out what it is once it answers, then use that."""
+        delay = 0.1
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                redis = await open_redis(redis_url)
+            except UNREACHABLE:
+                delay = min(delay * 2, 2.0)
+                continue
+            stand_in = app.state.redis
+            use(app, redis)
+            await stand_in.aclose()
+            return
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        reopening = None
+        try:
+            use(app, await open_redis(redis_url))  # a cluster, or one Redis; sets the shard count
+        except UNREACHABLE:
+            # Serve (503s, the login page) meanwhile, on a plain client that reports Redis down.
+            use(app, connect(redis_url))
+            reopening = asyncio.create_task(reopen(app))
         try:
             yield
         finally:
-            await redis.aclose()
+            if reopening is not None:
+                reopening.cancel()
+                await asyncio.gather(reopening, return_exceptions=True)
+            await app.state.redis.aclose()
 
     def known_key(key: str) -> bool:
         given = key.encode()

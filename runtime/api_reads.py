@@ -14,8 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from redis.asyncio import Redis
-
+from .connection import RedisClient
 from .event_queries import get_event, recent_events
 from .function_summaries import function_summaries
 from .queries import RunFilter, find_runs, search_runs
@@ -44,7 +43,7 @@ def _limit(params: Mapping[str, str], default: int = 50) -> int:
     return int(raw)
 
 
-async def runs_page(redis: Redis, params: Mapping[str, str]) -> dict[str, Any]:
+async def runs_page(redis: RedisClient, params: Mapping[str, str]) -> dict[str, Any]:
     """A page of runs matching the filter in ``params``, or the search ``q``."""
     _check_known(params, _RUN_PARAMS)
     limit = _limit(params)
@@ -66,11 +65,11 @@ async def runs_page(redis: Redis, params: Mapping[str, str]) -> dict[str, Any]:
     return {"runs": [v.to_dict() for v in page.runs], "cursor": page.cursor, "truncated": page.truncated}
 
 
-async def functions(redis: Redis) -> dict[str, Any]:
+async def functions(redis: RedisClient) -> dict[str, Any]:
     return {"functions": [f.to_dict() for f in await function_summaries(redis)]}
 
 
-async def events_page(redis: Redis, params: Mapping[str, str]) -> dict[str, Any]:
+async def events_page(redis: RedisClient, params: Mapping[str, str]) -> dict[str, Any]:
     _check_known(params, _EVENT_PARAMS)
     limit = _limit(params)
     try:
@@ -82,6 +81,6 @@ async def events_page(redis: Redis, params: Mapping[str, str]) -> dict[str, Any]
     return {"events": [e.to_dict() for e in page.events], "cursor": page.cursor}
 
 
-async def event(redis: Redis, event_id: str) -> dict[str, Any] | None:
+async def event(redis: RedisClient, event_id: str) -> dict[str, Any] | None:
     found = await get_event(redis, event_id)
     return found.to_dict() if found is not None else None

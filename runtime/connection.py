@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, TypeAlias
 
 from redis._parsers.hiredis import _AsyncHiredisParser
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
+from . import keys, shards
+
+#: A client of either deployment: one Redis (or a Sentinel-managed primary), or a Redis Cluster.
+RedisClient: TypeAlias = Redis | RedisCluster
 
 #: Kernel-level limits that cost nothing per command. An idle connection to a dead peer is noticed by
 #: keepalive within about 5 + 3 x 2 s; a request the peer never acknowledges (link down, packets
@@ -97,3 +102,52 @@ def make_pool(url: str, *, max_connections: int | None = None, hot_path: bool = 
 def connect(url: str, *, max_connections: int | None = None) -> Redis:
     """An asyncio client for ``url``."""
     return Redis(connection_pool=make_pool(url, max_connections=max_connections))
+
+
+async def open_redis(url: str, *, max_connections: int | None = None, hot_path: bool = False) -> RedisClient:
+    """A client for the Redis at ``url``, after finding out what it is, and this process's shard
+    count set (``shards.configure``): a ``RedisCluster`` (discovered from the one node ``url`` names)
+    and all ``SHARD_LIMIT`` shards when that node runs in cluster mode; else a ``Redis`` (see
+    ``make_pool``) and the count stored under ``keys.SHARD_COUNT``, 1 when absent.
+
+    Raises what Redis raises when it cannot be reached (callers retry or report), and ``ValueError``
+    for a stored shard count out of range or a cluster URL naming a database other than 0."""
+    client = Redis(connection_pool=make_pool(url, max_connections=max_connections, hot_path=hot_path))
+    try:
+        clustered = bool((await client.info("cluster")).get("cluster_enabled"))
+        if not clustered:
+            stored = await client.get(keys.SHARD_COUNT)
+            shards.configure(1 if stored is None else shards.parse_count(stored, keys.SHARD_COUNT))
+            return client
+    except BaseException:
+        await client.aclose()
+        raise
+    await client.aclose()
+    cluster = open_cluster(url, hot_path=hot_path)
+    try:
+        await cluster.initialize()
+    except BaseException:
+        await cluster.aclose()
+        raise
+    shards.configure(shards.SHARD_LIMIT)
+    return cluster
+
+
+def open_cluster(url: str, *, hot_path: bool = False) -> RedisCluster:
+    """A cluster client for ``url`` (any one node) with ``pool_options``' timeouts and retries; redis-py
+    follows MOVED and ASK, and retries CLUSTERDOWN and TRYAGAIN a few times after re-reading the slots."""
+    if url.startswith("unix://"):
+        raise ValueError(f"{url}: a Redis Cluster is reached over TCP, not a unix socket")
+    database = url.partition("://")[2].partition("/")[2].partition("?")[0]
+    if database not in ("", "0"):
+        raise ValueError(f"{url} names database {database}; a Redis Cluster has only database 0")
+    cluster: RedisCluster = RedisCluster.from_url(url, decode_responses=False, **pool_options(hot_path=hot_path))
+    return cluster
+
+
+async def close(client: RedisClient) -> None:
+    """Close ``client`` and its connections (a ``Redis`` given its pool keeps it open on ``aclose()``)."""
+    if isinstance(client, Redis):  # (this way round: mypy cannot narrow on RedisCluster)
+        await client.aclose(close_connection_pool=True)
+    else:
+        await client.aclose()

@@ -39,7 +39,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 from cronsim import CronSim, CronSimError
-from redis.asyncio import Redis
 
 from stepq.errors import FunctionConfigError
 from stepq.event import Event
@@ -49,9 +48,11 @@ from stepq.triggers import TriggerCron
 
 from . import flow_starts, keys, lifecycle
 from .codec import pack, unpack
+from .connection import RedisClient
 from .ingest import Ingest
 from .placement import new_run_id, shard_for
 from .registry import FunctionRecord, Registry
+from .scripts import register
 from .store import RunStore
 
 log = structlog.get_logger("stepq.cron")
@@ -284,7 +285,7 @@ class CronScheduler:
         *,
         catch_up: dt.timedelta = DEFAULT_CATCH_UP,
         first_seen_grace: dt.timedelta = FIRST_SEEN_GRACE,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
     ) -> None:
         if catch_up < dt.timedelta(0):
             raise ValueError(f"cron catch-up must not be negative, got {catch_up}")
@@ -303,7 +304,7 @@ class CronScheduler:
         # The newest ``last`` this process has read or written, per slug: ``last`` only grows, so a
         # tick at or before it is known to be handled without asking Redis.
         self._known: dict[str, int] = {}
-        self._advance = self.redis.register_script(_ADVANCE)
+        self._advance = register(self.redis, _ADVANCE)
         self._announcer: Ingest | None = None
 
     async def fire_due(self, now: dt.datetime | None = None) -> list[str]:
@@ -414,7 +415,7 @@ class CronScheduler:
             if created:
                 pipe.zremrangebyscore(keys.EVENTS, "-inf", now_ms - retention * 1000)
             for slug, tick in handled:
-                await self._advance(keys=[keys.cron_last(slug)], args=[tick], client=pipe)
+                await self._advance(keys=[keys.cron_last(slug)], args=[tick], client=pipe)  # type: ignore[arg-type]
             await pipe.execute()
         for slug, tick in handled:
             self._remember(slug, tick)
@@ -454,7 +455,7 @@ class CronScheduler:
 
 
 async def fire_due(
-    redis: Redis,
+    redis: RedisClient,
     store: RunStore,
     functions: Sequence[tuple[str, str, str]],
     *,

@@ -17,9 +17,8 @@ import datetime as dt
 import json
 from typing import Any
 
-from redis.asyncio import Redis
-
 from . import keys
+from .connection import RedisClient
 from .scripts import Scripts
 from .store import now_ms
 
@@ -104,7 +103,7 @@ async def move_queue(scripts: Scripts, shard: int, queue_id: str, reason: str) -
     return None if stored is None else DeadLetter.from_record(stored)
 
 
-async def list_dead_letters(redis: Redis, limit: int = 100) -> list[DeadLetter]:
+async def list_dead_letters(redis: RedisClient, limit: int = 100) -> list[DeadLetter]:
     """The newest ``limit`` dead letters of every shard, newest first."""
     found: list[DeadLetter] = []
     for key in keys.every_shard(keys.dead_letters):

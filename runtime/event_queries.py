@@ -6,10 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from redis.asyncio import Redis
-
 from . import keys
 from .codec import unpack
+from .connection import RedisClient
 from .run_filter import RunFilter
 from .run_index import Merged, decode_cursor, encode_cursor
 
@@ -88,7 +87,7 @@ def _view(event_id: str, blob: bytes, received: float | None, outcomes: bytes | 
     )
 
 
-async def _read(redis: Redis, event_ids: list[str]) -> list[EventView]:
+async def _read(redis: RedisClient, event_ids: list[str]) -> list[EventView]:
     async with redis.pipeline(transaction=False) as pipe:
         for event_id in event_ids:
             pipe.get(keys.event(event_id))
@@ -103,14 +102,14 @@ async def _read(redis: Redis, event_ids: list[str]) -> list[EventView]:
     return views
 
 
-async def get_event(redis: Redis, event_id: str) -> EventView | None:
+async def get_event(redis: RedisClient, event_id: str) -> EventView | None:
     """One stored event with its outcomes, or None (unknown, or past the retention)."""
     found = await _read(redis, [event_id])
     return found[0] if found else None
 
 
 async def recent_events(
-    redis: Redis, *, limit: int = 50, cursor: str | None = None, name: str | None = None
+    redis: RedisClient, *, limit: int = 50, cursor: str | None = None, name: str | None = None
 ) -> EventPage:
     """Stored events newest first (of one name, when given), ``limit`` per page; ValueError for a
     malformed cursor or a limit below 1."""
@@ -124,7 +123,7 @@ async def recent_events(
     return EventPage(views, encode_cursor(page[-1]) if len(positions) > limit else None)
 
 
-async def event_run_ids(redis: Redis, event_id: str) -> list[str]:
+async def event_run_ids(redis: RedisClient, event_id: str) -> list[str]:
     """The runs an event started, joined or had skipped ([] for an unknown event)."""
     blob = await redis.get(keys.event_outcomes(event_id))
     return [o.run_id for o in _outcomes(blob) if o.run_id and o.outcome in _ITS_RUNS]

@@ -8,12 +8,11 @@ import datetime as dt
 import time
 from typing import Any
 
-from redis.asyncio import Redis
-
 from stepq.durations import to_duration_str
 from stepq.flow_spec import ConcurrencyLimit, FlowControl
 
 from . import keys
+from .connection import RedisClient
 from .registry import FunctionRecord, Registry
 from .run_status import TERMINAL, RunStatus
 from .shards import shards
@@ -115,7 +114,7 @@ def _summary(record: FunctionRecord, counts: dict[str, int]) -> FunctionSummary:
     )
 
 
-async def live_counts(redis: Redis) -> dict[tuple[str, str], int]:
+async def live_counts(redis: RedisClient) -> dict[tuple[str, str], int]:
     """Runs now in each status that is not an end, by (function slug, status), over every shard."""
     async with redis.pipeline(transaction=False) as pipe:
         for shard in shards():
@@ -129,7 +128,7 @@ async def live_counts(redis: Redis) -> dict[tuple[str, str], int]:
     return totals
 
 
-async def function_summaries(redis: Redis, *, now_ms: int | None = None) -> list[FunctionSummary]:
+async def function_summaries(redis: RedisClient, *, now_ms: int | None = None) -> list[FunctionSummary]:
     """Every registered function with its live counts, by slug."""
     records = await Registry(redis).functions()
     live = await live_counts(redis)

@@ -30,12 +30,11 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
-from redis.asyncio import Redis
-
 from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
 
 from . import keys
+from .connection import RedisClient
 from .flow_keys import evaluate, key_of
 from .limits import Limits
 from .placement import shard_for
@@ -147,7 +146,7 @@ def gathered(raw: dict[bytes, bytes]) -> Gathered | None:
     )
 
 
-async def fired_at(redis: Redis, run_id: str) -> int | None:
+async def fired_at(redis: RedisClient, run_id: str) -> int | None:
     """When a debounced or batched run fired (its ``Timeouts.start`` counts from then, as Inngest
     creates such a run only then); None for a run that gathers no events."""
     raw: bytes | None = await redis.hget(keys.run(run_id), "gather_until")  # type: ignore[misc]

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 
 from stepq.errors import InvalidEventError, StepqError
 from stepq.event import Event
@@ -27,9 +26,10 @@ from stepq.triggers import TRIGGER_VARIABLES
 
 from . import flow_starts, keys, lifecycle, matching, placement, waits
 from .codec import pack
+from .connection import RedisClient
 from .gather import gathering
 from .registry import FunctionRecord, Registry, Route
-from .scripts import body, libraries, prelude, script_text, source
+from .scripts import body, libraries, prelude, register, script_text, source
 from .store import RunStore, now_ms
 
 log = structlog.get_logger("stepq.ingest")
@@ -105,11 +105,11 @@ class _CreateRunCalls:
 
 
 class Ingest:
-    def __init__(self, redis: Redis, store: RunStore, registry: Registry) -> None:
+    def __init__(self, redis: RedisClient, store: RunStore, registry: Registry) -> None:
         self.redis = redis
         self.store = store
         self.registry = registry
-        self._batch = redis.register_script(batch_script())
+        self._batch = register(redis, batch_script())
 
     async def send(
         self, events: Sequence[Event], *, internal: bool = False, only_if_wanted: bool = False, traceparent: str = ""

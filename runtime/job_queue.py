@@ -22,9 +22,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 
-from redis.asyncio import Redis
-
 from . import keys
+from .connection import RedisClient
 from .scripts import Scripts
 from .store import CachedRun, ClaimLoad, now_ms
 
@@ -103,7 +102,7 @@ class JobQueue:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         scripts: Scripts,
         queue_id: str,
         *,
@@ -180,7 +179,7 @@ class JobQueue:
         wake = int(wake_at)
         return Claim(claimed, poison, wake if wake >= 0 else None)
 
-    async def wait_ready(self, client: Redis, timeout_s: float) -> bool:
+    async def wait_ready(self, client: RedisClient, timeout_s: float) -> bool:
         """Block on the ready list (on ``client``, whose connection the wait holds) for at most
         ``timeout_s``; True when a token came."""
         # Redis 6+ takes a fractional timeout; redis-py's hints say int.

@@ -339,6 +339,9 @@ FUNCTIONS = f"{REGISTRY}:functions"  # hash slug -> msgpack config
 #: Changes whenever a registration changes the functions or their triggers: senders cache their
 #: routes under it, and a send routed under an older version is refused and routed again.
 FUNCTIONS_VERSION = f"{REGISTRY}:functions:version"
+#: On a single Redis, how many shards the processes opening it use (1..32; absent: 1). A testing aid
+#: that exercises the sharded paths on one server; a Redis Cluster always has all 32.
+SHARD_COUNT = f"{REGISTRY}:shards"
 
 
 def event(event_id: str) -> str:

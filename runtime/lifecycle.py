@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import structlog
-from redis.asyncio import Redis
 
 from stepq.client import FUNCTION_FAILED, FUNCTION_FINISHED
 from stepq.event import Event
 
 from . import keys, metrics, store
 from .codec import unpack
+from .connection import RedisClient
 from .flow_starts import FUNCTION_SKIPPED, StartOutcomes, text_of
 from .run_status import RunStatus
 
@@ -29,7 +29,7 @@ class Ingest(Protocol):
     cancel runs and end them. A protocol, so that ingestion can use this module without a cycle."""
 
     @property
-    def redis(self) -> Redis: ...
+    def redis(self) -> RedisClient: ...
 
     @property
     def store(self) -> store.RunStore: ...

@@ -15,9 +15,9 @@ from collections.abc import Iterable, Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from redis.asyncio import Redis
 
 from . import keys, metrics
+from .connection import RedisClient
 from .function_summaries import live_counts
 from .registry import Registry
 from .run_status import RunStatus
@@ -50,7 +50,7 @@ class StateSnapshot:
     seconds: float = 0.0
 
 
-async def collect_state(redis: Redis, *, cap: int = SCAN_CAP) -> StateSnapshot:
+async def collect_state(redis: RedisClient, *, cap: int = SCAN_CAP) -> StateSnapshot:
     """Read runs by status, flow-control waits and queue depths from Redis.
 
     Runs by status come from the run indexes (runtime/lua/run_index.lua): the live counts of the
@@ -99,7 +99,7 @@ async def collect_state(redis: Redis, *, cap: int = SCAN_CAP) -> StateSnapshot:
     return snap
 
 
-async def _count_waits(redis: Redis, run_ids: list[str], snap: StateSnapshot, now_ms: int) -> None:
+async def _count_waits(redis: RedisClient, run_ids: list[str], snap: StateSnapshot, now_ms: int) -> None:
     """Count the runs of ``run_ids`` waiting for a concurrency slot or a throttled start."""
     for start in range(0, len(run_ids), SCAN_CHUNK):
         chunk = run_ids[start : start + SCAN_CHUNK]

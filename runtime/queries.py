@@ -6,10 +6,9 @@ import dataclasses
 import time
 from typing import Any
 
-from redis.asyncio import Redis
-
 from . import keys, run_index
 from .codec import unpack
+from .connection import RedisClient
 from .event_queries import event_run_ids
 from .gather import gathered
 from .registry import Registry
@@ -68,7 +67,7 @@ def _gather_view(raw: dict[bytes, bytes]) -> dict[str, Any]:
     return {"waiting": found.waiting(int(time.time() * 1000)) if waits else None, "gathered": found.to_dict()}
 
 
-async def get_run(redis: Redis, run_id: str, *, with_steps: bool = True) -> RunView | None:
+async def get_run(redis: RedisClient, run_id: str, *, with_steps: bool = True) -> RunView | None:
     """One run with its steps in completion order (then pending ones), or None if unknown or expired."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(keys.run(run_id))
@@ -132,7 +131,9 @@ BULK_SCAN_MAX = 200_000
 _LIGHT_FIELDS = ("fn", "app", "status", "created", "ev")
 
 
-async def _matching(redis: Redis, flt: RunFilter, index: run_index.Plan, positions: list[Position]) -> list[Position]:
+async def _matching(
+    redis: RedisClient, flt: RunFilter, index: run_index.Plan, positions: list[Position]
+) -> list[Position]:
     """The positions whose runs match ``flt``: all of them when the index covers it; else those in
     the other indexes the filter needs (``run_index.members``), and, when a field has no index,
     whose records match (a few fields of each, read in one round trip)."""
@@ -153,7 +154,7 @@ async def _matching(redis: Redis, flt: RunFilter, index: run_index.Plan, positio
     return found
 
 
-async def _views(redis: Redis, run_ids: list[str]) -> list[RunView]:
+async def _views(redis: RedisClient, run_ids: list[str]) -> list[RunView]:
     """The runs' views without their steps, in the order given (runs gone meanwhile left out)."""
     async with redis.pipeline(transaction=False) as pipe:
         for run_id in run_ids:
@@ -162,7 +163,7 @@ async def _views(redis: Redis, run_ids: list[str]) -> list[RunView]:
     return [_run_view(run_id, raw) for run_id, raw in zip(run_ids, records, strict=True) if raw]
 
 
-async def find_runs(redis: Redis, flt: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
+async def find_runs(redis: RedisClient, flt: RunFilter, *, limit: int = 50, cursor: str | None = None) -> RunPage:
     """A page of the runs matching ``flt``, newest first (by creation); ``cursor`` (from the previous
     page) continues with older ones. Reads the filter's most selective index (runtime/run_index.py)
     and looks at ``limit + PAGE_SCAN_MAX`` of its entries at most. ValueError for a malformed cursor
@@ -195,7 +196,7 @@ async def find_runs(redis: Redis, flt: RunFilter, *, limit: int = 50, cursor: st
     return RunPage(views, encode_cursor(last), truncated=True)
 
 
-async def _matching_ids(redis: Redis, flt: RunFilter, cap: int) -> tuple[list[str], bool]:
+async def _matching_ids(redis: RedisClient, flt: RunFilter, cap: int) -> tuple[list[str], bool]:
     """Up to ``cap`` ids of matching runs, newest first, and whether the scan stopped at its bound."""
     index = await run_index.plan(redis, flt)
     merged = run_index.Merged(redis, index.keys, flt, None, 1000)
@@ -212,14 +213,14 @@ async def _matching_ids(redis: Redis, flt: RunFilter, cap: int) -> tuple[list[st
     return found[:cap], False
 
 
-async def run_ids(redis: Redis, flt: RunFilter, *, cap: int) -> list[str]:
+async def run_ids(redis: RedisClient, flt: RunFilter, *, cap: int) -> list[str]:
     """The ids of the runs matching ``flt``, newest first, at most ``cap`` of them (bulk actions; a
     run whose record expired a moment ago may be among them: an action finds it missing). A filter
     its index does not cover looks at ``BULK_SCAN_MAX`` index entries at most."""
     return (await _matching_ids(redis, flt, cap))[0]
 
 
-async def count_runs(redis: Redis, flt: RunFilter, *, cap: int) -> tuple[int, bool]:
+async def count_runs(redis: RedisClient, flt: RunFilter, *, cap: int) -> tuple[int, bool]:
     """How many runs match ``flt``, counting up to ``cap``: (count, whether the count reached the cap,
     or the scan its bound: more may match). A filter one index covers is counted by the index."""
     index = await run_index.plan(redis, flt)
@@ -230,7 +231,7 @@ async def count_runs(redis: Redis, flt: RunFilter, *, cap: int) -> tuple[int, bo
     return len(found), bounded or len(found) >= cap
 
 
-async def search_runs(redis: Redis, text: str) -> list[RunView]:
+async def search_runs(redis: RedisClient, text: str) -> list[RunView]:
     """The run whose id is ``text``, or the runs the event with id ``text`` started (newest first);
     [] when neither is known."""
     text = text.strip()
@@ -245,7 +246,7 @@ async def search_runs(redis: Redis, text: str) -> list[RunView]:
 
 
 async def list_runs(
-    redis: Redis, *, function: str | None = None, status: RunStatus | None = None, limit: int = 20
+    redis: RedisClient, *, function: str | None = None, status: RunStatus | None = None, limit: int = 20
 ) -> list[RunView]:
     """The newest runs first, active and finished, optionally filtered by function and status."""
     return (await find_runs(redis, RunFilter(function=function, status=status), limit=limit)).runs

@@ -6,13 +6,12 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from stepq.errors import StepqError
 from stepq.flow_spec import FlowControl, parse_flow_control
 
 from . import keys
 from .codec import pack, unpack
+from .connection import RedisClient
 from .scripts import Scripts
 
 
@@ -68,7 +67,7 @@ class Route:
 
 
 class Registry:
-    def __init__(self, redis: Redis, scripts: Scripts | None = None) -> None:
+    def __init__(self, redis: RedisClient, scripts: Scripts | None = None) -> None:
         self.redis = redis
         self.scripts = scripts or Scripts(redis)
         self._cache: dict[str, list[FunctionRecord]] = {}

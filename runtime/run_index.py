@@ -16,9 +16,8 @@ import collections
 import dataclasses
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-
 from . import keys
+from .connection import RedisClient
 from .registry import Registry
 from .run_filter import RunFilter
 from .run_status import RunStatus
@@ -68,7 +67,7 @@ class Plan:
         return not self.checks and not self.records
 
 
-async def function_slugs(redis: Redis, function: str) -> list[str]:
+async def function_slugs(redis: RedisClient, function: str) -> list[str]:
     """The functions ``function`` names (a slug, or an id without its app's prefix): the registered
     ones, else the text itself if some run has it as its slug (a function no longer registered keeps
     its runs); [] when neither (its filter is then checked on the records)."""
@@ -92,7 +91,7 @@ def _window(flt: RunFilter) -> tuple[str, str]:
     return low, high
 
 
-async def plan(redis: Redis, flt: RunFilter) -> Plan:
+async def plan(redis: RedisClient, flt: RunFilter) -> Plan:
     """The most selective index for ``flt``: a function's runs in a status, a function's, a status's,
     an event name's, or all runs; when the event name competes with another, the one listing fewer
     runs in the time range (one ZCOUNT per key, one round trip). The other fields are checked by
@@ -131,7 +130,7 @@ async def plan(redis: Redis, flt: RunFilter) -> Plan:
     return Plan(primary, checks, records, chosen)
 
 
-async def count_in(redis: Redis, index: Plan, flt: RunFilter) -> int:
+async def count_in(redis: RedisClient, index: Plan, flt: RunFilter) -> int:
     """How many runs the index lists in the filter's time range (exact when it covers the filter)."""
     low, high = _window(flt)
     async with redis.pipeline(transaction=False) as pipe:
@@ -176,7 +175,7 @@ class Merged:
     """Several index keys read as one listing, newest first (a k-way merge of their reads)."""
 
     def __init__(
-        self, redis: Redis, index_keys: Sequence[str], flt: RunFilter, after: Position | None, chunk: int
+        self, redis: RedisClient, index_keys: Sequence[str], flt: RunFilter, after: Position | None, chunk: int
     ) -> None:
         self.redis = redis
         self.flt = flt
@@ -242,7 +241,7 @@ class Merged:
         return out
 
 
-async def members(redis: Redis, index: Plan, positions: list[Position]) -> list[Position]:
+async def members(redis: RedisClient, index: Plan, positions: list[Position]) -> list[Position]:
     """The positions whose runs are members of every family in ``index.checks`` (of some key of it,
     in the run's shard): one ZMSCORE per key and shard, in one round trip."""
     if not index.checks or not positions:

@@ -8,10 +8,10 @@ from importlib import resources
 from time import perf_counter
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from . import history, jobs, keys, metrics, run_status, shards
+from .connection import RedisClient
 from .script_args import BY_SCRIPT
 
 SCRIPT_NAMES = (
@@ -91,11 +91,18 @@ def source(name: str) -> str:
     return prelude() + libraries(name) + called(name) + "\n" + body(name)
 
 
+def register(redis: RedisClient, text: str) -> AsyncScript:
+    """``redis.register_script(text)`` for either client: redis-py's hints name only ``Redis``, but a
+    ``RedisCluster`` runs its scripts as well (EVALSHA goes to the node of the first key; on
+    NOSCRIPT the script is loaded on every master)."""
+    return AsyncScript(redis, text)  # type: ignore[arg-type]
+
+
 class Scripts:
     """The scripts registered on one client (redis-py caches their SHA1s and uses EVALSHA)."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._scripts: dict[str, AsyncScript] = {name: redis.register_script(source(name)) for name in SCRIPT_NAMES}
+    def __init__(self, redis: RedisClient) -> None:
+        self._scripts: dict[str, AsyncScript] = {name: register(redis, source(name)) for name in SCRIPT_NAMES}
 
     async def call(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any], client: Any = None) -> Any:
         if not metrics.enabled():

@@ -10,7 +10,9 @@ A run's shard is written in its id, so that anything holding a run id or a job i
 with their run's id) finds the shard with no lookup: the last character of a run id, a ULID, is
 the shard's number in Crockford's base32 (so at most ``SHARD_LIMIT`` shards). New runs take their
 shard among the first ``SHARD_COUNT``; growing the count later leaves every existing run where it
-is. Today stepq runs on one Redis and ``SHARD_COUNT`` is 1; a cluster spreads runs over more.
+is. A process learns its count when it opens Redis (``runtime.connection.open_redis`` calls
+``configure``): ``SHARD_LIMIT`` on a Redis Cluster, 1 on a single Redis (or the count a single Redis
+holds under ``keys.SHARD_COUNT``, a testing aid that exercises the sharded paths on one server).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from stepq.ids import CROCKFORD, new_ulid
 
 #: How many shards a run id can name (one base32 character).
 SHARD_LIMIT = len(CROCKFORD)
-#: The shards new runs are spread over; workers serve all of them.
+#: The shards new runs are spread over; workers serve all of them (set by ``configure``).
 SHARD_COUNT = 1
 
 _VALUE = {char: value for value, char in enumerate(CROCKFORD)}
@@ -73,6 +75,27 @@ def new_run_id(now_ms: int | None = None, shard: int = 0) -> str:
     if not 0 <= shard < SHARD_LIMIT:
         raise ValueError(f"shard {shard} is out of range (0..{SHARD_LIMIT - 1})")
     return new_ulid(now_ms)[:-1] + CROCKFORD[shard]
+
+
+def configure(count: int) -> None:
+    """Use ``count`` shards in this process (1..``SHARD_LIMIT``): new runs spread over them, workers
+    serve them and queries read them. Called when the process opens Redis, before any run is made."""
+    global SHARD_COUNT
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= SHARD_LIMIT:
+        raise ValueError(f"the shard count must be a whole number from 1 to {SHARD_LIMIT}, got {count!r}")
+    SHARD_COUNT = count
+
+
+def parse_count(raw: bytes | str, where: str) -> int:
+    """A shard count as stored in Redis (``where`` names the key, for the error)."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    try:
+        count = int(text.strip())
+    except ValueError:
+        count = 0
+    if not 1 <= count <= SHARD_LIMIT:
+        raise ValueError(f"{where} holds {text!r}: a shard count must be a whole number from 1 to {SHARD_LIMIT}")
+    return count
 
 
 def shards() -> range:

@@ -16,8 +16,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from stepq.event import Event
 from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
@@ -26,6 +24,7 @@ from . import keys
 from .codec import pack, unpack
 from .concurrency import NONE as NO_SLOTS
 from .concurrency import run_slots
+from .connection import RedisClient
 from .flow_starts import NONE as NO_START_CHECKS
 from .flow_starts import StartChecks
 from .gather import Gather
@@ -205,7 +204,7 @@ class LoadRefused:
 class RunStore:
     """Every read and write of run state."""
 
-    def __init__(self, redis: Redis, limits: Limits | None = None) -> None:
+    def __init__(self, redis: RedisClient, limits: Limits | None = None) -> None:
         self.redis = redis
         self.limits = limits or Limits()
         self.scripts = Scripts(redis)

@@ -15,9 +15,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from . import history, keys
+from .connection import RedisClient
 from .history import HistoryEntry
 from .queries import RunView, get_run
 
@@ -123,7 +122,7 @@ class Timeline:
         }
 
 
-async def get_timeline(redis: Redis, run_id: str) -> Timeline | None:
+async def get_timeline(redis: RedisClient, run_id: str) -> Timeline | None:
     """The timeline of run ``run_id``, or None when it is unknown or expired."""
     view = await get_run(redis, run_id)
     if view is None:

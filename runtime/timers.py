@@ -8,10 +8,10 @@ the reconciler re-enqueues it from the timer. One worker at a time sweeps a shar
 from __future__ import annotations
 
 import structlog
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import deadletter, keys
+from .connection import RedisClient
 from .jobs import JobKind, JobSpec, enqueue_keys
 from .scripts import Scripts
 from .shards import shard_of, shards
@@ -27,7 +27,7 @@ def parse_member(member: str) -> tuple[str, str, int]:
 
 
 async def revive_overdue(
-    redis: Redis, scripts: Scripts, *, overdue_ms: int = 60_000, batch: int = 200, lock_ms: int = 30_000
+    redis: RedisClient, scripts: Scripts, *, overdue_ms: int = 60_000, batch: int = 200, lock_ms: int = 30_000
 ) -> int:
     """Re-enqueue wake jobs overdue by ``overdue_ms`` whose job is gone, in every shard; returns how
     many were revived."""
@@ -38,7 +38,7 @@ async def revive_overdue(
 
 
 async def _revive_shard(
-    redis: Redis, scripts: Scripts, shard: int, *, overdue_ms: int, batch: int, lock_ms: int
+    redis: RedisClient, scripts: Scripts, shard: int, *, overdue_ms: int, batch: int, lock_ms: int
 ) -> int:
     timers, lock = keys.timers(shard), keys.timers_lock(shard)
     if not await redis.set(lock, b"1", px=lock_ms, nx=True):

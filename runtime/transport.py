@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlparse
 
 from redis.exceptions import RedisError
@@ -14,7 +14,7 @@ from stepq.event import Event
 from stepq.tracing import current_traceparent
 
 from . import lifecycle, store
-from .connection import connect
+from .connection import open_redis
 from .ingest import Ingest
 from .limits import Limits
 from .redis_errors import unavailable_reason
@@ -39,15 +39,29 @@ class RedisTransport:
         self._sync_ingest: Ingest | None = None
         self._sync_lock = threading.Lock()
 
-    def _make_ingest(self) -> Ingest:
-        redis = connect(self.url)
+    async def _make_ingest(self) -> Ingest:
+        redis = await open_redis(self.url)  # a cluster, or one Redis; sets the shard count
         store = RunStore(redis, self.limits)
         return Ingest(redis, store, Registry(redis, store.scripts))
 
-    async def send(self, events: Sequence[Event]) -> list[str]:
+    async def _opened(self) -> Ingest:
+        """The ingest of this transport's loop (``send``), opened at first use."""
         if self._ingest is None:
-            self._ingest = self._make_ingest()
-        return await _send(self._ingest, events, self.url, current_traceparent())
+            ingest = await self._make_ingest()
+            if self._ingest is None:
+                self._ingest = ingest
+            else:  # a concurrent send opened one first
+                await ingest.redis.aclose()
+        return self._ingest
+
+    async def _sync_opened(self) -> Ingest:
+        """The ingest of ``send_sync``'s private loop, opened at first use."""
+        if self._sync_ingest is None:
+            self._sync_ingest = await self._make_ingest()
+        return self._sync_ingest
+
+    async def send(self, events: Sequence[Event]) -> list[str]:
+        return await _send(self._opened, events, self.url, current_traceparent())
 
     def send_sync(self, events: Sequence[Event]) -> list[str]:
         try:
@@ -59,15 +73,11 @@ class RedisTransport:
         with self._sync_lock:
             if self._sync_loop is None:
                 self._sync_loop = asyncio.new_event_loop()
-                self._sync_ingest = self._make_ingest()
-            assert self._sync_ingest is not None
-            return self._sync_loop.run_until_complete(_send(self._sync_ingest, events, self.url, current_traceparent()))
+            return self._sync_loop.run_until_complete(_send(self._sync_opened, events, self.url, current_traceparent()))
 
     async def cancel(self, run_id: str, reason: str) -> bool:
         """Cancel a run; False when it had already ended (or does not exist)."""
-        if self._ingest is None:
-            self._ingest = self._make_ingest()
-        outcome = await lifecycle.cancel(self._ingest, run_id, reason)
+        outcome = await lifecycle.cancel(await self._opened(), run_id, reason)
         return outcome is store.Outcome.OK
 
     async def aclose(self) -> None:
@@ -76,8 +86,11 @@ class RedisTransport:
             self._ingest = None
 
 
-async def _send(ingest: Ingest, events: Sequence[Event], url: str, traceparent: str) -> list[str]:
+async def _send(
+    opened: Callable[[], Awaitable[Ingest]], events: Sequence[Event], url: str, traceparent: str
+) -> list[str]:
     try:
+        ingest = await opened()  # opening Redis can fail as a send does
         return await ingest.send(events, traceparent=traceparent)
     except (RedisError, OSError) as exc:
         reason = unavailable_reason(exc)

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 import stepq
+from stepq.runtime import shards
 from stepq.runtime.connection import connect
 from stepq.workers.embedded import EmbeddedRedis, free_port
 from tests.helpers import REDIS_URL, StartWorkers, WorkerProcess
@@ -25,6 +26,7 @@ async def redis() -> AsyncIterator[Redis]:
         await client.aclose()
         pytest.fail(f"no Redis answers at {REDIS_URL} (set STEPQ_TEST_REDIS_URL, or run scripts/test): {exc}")
     await client.flushdb()
+    shards.configure(1)  # as a process opening the emptied database would (tests.helpers.use_shards)
     yield client
     await client.aclose()
 

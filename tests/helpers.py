@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import Redis
 
 import stepq
-from stepq.runtime import keys
+from stepq.runtime import keys, shards
 from stepq.runtime.queries import RunView, get_run, list_runs
 
 
@@ -291,3 +291,11 @@ async def queued_jobs(redis: Redis, app_id: str, run_id: str) -> list[str]:
 def all_logs(workers: Sequence[WorkerProcess]) -> list[dict[str, Any]]:
     """The structured log lines of several workers, concatenated."""
     return [entry for worker in workers for entry in worker.logs()]
+
+
+async def use_shards(redis: Redis, count: int) -> None:
+    """Make the test database a Redis of ``count`` shards (``keys.SHARD_COUNT``: processes that open
+    it use them) and use them in this process too. Set it before starting workers; the ``redis``
+    fixture puts this process back to 1 shard for the next test."""
+    await redis.set(keys.SHARD_COUNT, count)
+    shards.configure(count)

@@ -37,7 +37,7 @@ from stepq.runtime.queries import get_run
 from stepq.runtime.registry import Registry
 from stepq.runtime.store import RunStore
 from tests.apps import cron_app
-from tests.helpers import REDIS_URL, ROOT, StartWorkers, read_lines
+from tests.helpers import REDIS_URL, ROOT, StartWorkers, read_lines, use_shards
 
 UTC = dt.UTC
 PARIS = "Europe/Paris"
@@ -189,11 +189,10 @@ FLOWS: dict[str, dict[str, Any]] = {"none": {}, "throttle": {"throttle": {"limit
 
 
 @pytest.fixture(params=[(1, "none"), (4, "none"), (4, "throttle")], ids=lambda p: f"{p[0]}-shards-{p[1]}")
-async def sharded(request: pytest.FixtureRequest, redis: Redis, monkeypatch: pytest.MonkeyPatch) -> int:
+async def sharded(request: pytest.FixtureRequest, redis: Redis) -> int:
     """This process uses 1 or 4 shards, and the cron functions have that flow control."""
     count, flow = request.param
-    monkeypatch.setattr(shards, "SHARD_COUNT", count)
-    await redis.set("stepq:{registry}:shards", count)  # what a process opening this Redis would use
+    await use_shards(redis, count)
     if FLOWS[flow]:
         configs = [
             {"id": slug, "app_id": APP, "triggers": [{"cron": "* * * * *"}], "flow": FLOWS[flow]}

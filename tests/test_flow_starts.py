@@ -27,7 +27,7 @@ import stepq
 from stepq.errors import FunctionConfigError
 from stepq.expressions import Bindings
 from stepq.flow_spec import RateLimitSpec, SingletonSpec, ThrottleSpec
-from stepq.runtime import keys, shards
+from stepq.runtime import keys
 from stepq.runtime.cron import CronScheduler
 from stepq.runtime.flow_keys import key_of
 from stepq.runtime.queries import RunView
@@ -40,6 +40,7 @@ from tests.helpers import (
     StartWorkers,
     read_lines,
     runs_of,
+    use_shards,
     wait_for_run,
     wait_for_runs,
 )
@@ -560,13 +561,11 @@ class TestServedFunctions:
 
 
 @pytest.mark.parametrize("shard_count", [1, 4])
-async def test_cron_runs_are_held_to_their_functions_start_limits(
-    redis: Redis, shard_count: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_cron_runs_are_held_to_their_functions_start_limits(redis: Redis, shard_count: int) -> None:
     """A cron tick's run is one of the function's runs: a singleton skips a tick while the last
     tick's run is still active (no worker runs it here), and says so; on several shards too (the
     ticks' runs meet in the function's shard, runtime/placement.py)."""
-    monkeypatch.setattr(shards, "SHARD_COUNT", shard_count)
+    await use_shards(redis, shard_count)
     slug, app_id = "t-cron-flow-nightly", "t-cron-flow"
     config = {
         "id": slug,

@@ -14,7 +14,6 @@ import asyncio
 import inspect
 import itertools
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,31 +22,28 @@ from redis.asyncio import Redis
 import stepq
 from stepq.expressions import Bindings
 from stepq.flow_spec import ConcurrencyLimit, FlowControl
-from stepq.runtime import placement, shards
+from stepq.runtime import placement
 from stepq.runtime.actions import Actions, RunConflict
 from stepq.runtime.event_queries import get_event
 from stepq.runtime.queries import RunView
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of
 from tests.apps import placed
-from tests.helpers import REDIS_URL, StartWorkers, runs_of, wait_for_runs
+from tests.helpers import REDIS_URL, StartWorkers, runs_of, use_shards, wait_for_runs
 from tests.test_concurrency import overlap, spans
 
 SHARDS = 4
-#: On one Redis, how many shards the processes opening it use (runtime/connection.open_redis).
-SHARD_COUNT_KEY = "stepq:{registry}:shards"
 SENDERS = 4
 
 
 @pytest.fixture
-def sharded(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """This process uses ``SHARDS`` shards (as a process opening a Redis that holds the count would)."""
-    monkeypatch.setattr(shards, "SHARD_COUNT", SHARDS)
-    yield SHARDS
+async def sharded(redis: Redis) -> int:
+    """The test database holds ``SHARDS`` shards: this process and the workers started use them."""
+    await use_shards(redis, SHARDS)
+    return SHARDS
 
 
 async def use_placed_app(redis: Redis) -> None:
-    await redis.set(SHARD_COUNT_KEY, SHARDS)
     await Registry(redis).register_app(placed.client.app_id, [fn.config() for fn in placed.client.functions.values()])
 
 
@@ -273,7 +269,6 @@ async def test_concurrency_limits_hold_over_4_shards_with_2_workers(
     function limited only per user (step- and run-level, and a keyed throttle), and an env-scoped
     limit shared by two functions. Every limit holds at every instant and is reached; the keyed
     function's runs spread over shards, the function-wide one's stay on one."""
-    await redis.set(SHARD_COUNT_KEY, SHARDS)  # before the workers open Redis
     start_workers("placed", n=2)
     log = tmp_path / "spans.log"
     batches = [

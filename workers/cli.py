@@ -20,7 +20,7 @@ from stepq.errors import StepqError
 from stepq.event import Event
 from stepq.runtime.actions import BULK_CAP, ActionRefused, Actions
 from stepq.runtime.api import ApiServer, ApiSettings
-from stepq.runtime.connection import connect
+from stepq.runtime.connection import open_redis
 from stepq.runtime.deadletter import DeadLetter, list_dead_letters
 from stepq.runtime.gather import Gathered
 from stepq.runtime.queries import RunFilter, get_run, list_runs
@@ -176,14 +176,22 @@ def _worker(args: argparse.Namespace) -> int:
         raise CliError("give MODULE:CLIENT to run an app's functions, or --http for functions served over HTTP")
     try:
         options = WorkerOptions.from_env(concurrency=args.concurrency, idle_check_s=args.idle_check)
-        if args.app:
-            worker = build_worker(load_client(args.app), _url(args), options)
-        else:
-            signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
-            worker = build_http_worker(_url(args), options, signing_key=signing_key)
+        client = load_client(args.app) if args.app else None
         metrics_port, metrics_host = endpoint_options(args.metrics_port, args.metrics_host)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
+
+    async def serve() -> None:
+        try:
+            if client is not None:
+                worker = await build_worker(client, _url(args), options)
+            else:
+                signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
+                worker = await build_http_worker(_url(args), options, signing_key=signing_key)
+        except ValueError as exc:  # a bad cron expression, a bad stored shard count
+            raise CliError(str(exc)) from None
+        await worker.serve()
+
     server = None
     if metrics_port is not None:
         try:
@@ -192,7 +200,7 @@ def _worker(args: argparse.Namespace) -> int:
             raise CliError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from None
         print(f"stepq worker: metrics at http://{metrics_host}:{server.port}/metrics", file=sys.stderr)
     try:
-        worker.run()
+        asyncio.run(serve())
     except FunctionOwnedError as exc:
         # Retrying cannot help: the function id is another app's until that app drops it.
 
@@ -263,7 +271,7 @@ def _send(args: argparse.Namespace) -> int:
 
 def _runs(args: argparse.Namespace) -> int:
     async def fetch() -> list[Any]:
-        redis = connect(_url(args))
+        redis = await open_redis(_url(args))
         try:
             status = RunStatus(args.status) if args.status else None
             return await list_runs(redis, function=args.function, status=status, limit=args.limit)
@@ -341,7 +349,7 @@ def _actions(args: argparse.Namespace, act: Callable[[Actions], Awaitable[Any]])
     """``act`` on the Redis of ``args``; an action that cannot be done is a CliError saying why."""
 
     async def go() -> Any:
-        redis = connect(_url(args))
+        redis = await open_redis(_url(args))
         try:
             return await act(Actions.on(redis))
         finally:
@@ -395,7 +403,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     async def fetch() -> Any:
-        redis = connect(_url(args))
+        redis = await open_redis(_url(args))
         try:
             return await get_run(redis, args.run_id)
         finally:
@@ -465,7 +473,7 @@ def _dead_letters(args: argparse.Namespace) -> int:
         raise CliError(f"--limit must be at least 1, got {args.limit}")
 
     async def fetch() -> list[DeadLetter]:
-        redis = connect(_url(args))
+        redis = await open_redis(_url(args))
         try:
             return await list_dead_letters(redis, limit=args.limit)
         finally:

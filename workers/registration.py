@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 
 from stepq.runtime import keys
+from stepq.runtime.connection import RedisClient
 from stepq.runtime.registry import FunctionOwnedError, Registry
 
 from .faults import REDIS_TROUBLE, Faults
@@ -44,7 +44,13 @@ class RegistrationKeeper:
     """Registers ``configs`` as ``app_id``'s function set, and keeps them registered."""
 
     def __init__(
-        self, redis: Redis, registry: Registry, app_id: str, configs: Sequence[dict[str, Any]], *, refresh_s: float
+        self,
+        redis: RedisClient,
+        registry: Registry,
+        app_id: str,
+        configs: Sequence[dict[str, Any]],
+        *,
+        refresh_s: float,
     ) -> None:
         self.redis = redis
         self.registry = registry
@@ -75,7 +81,7 @@ class RegistrationKeeper:
         """Check (and restore) the registration now: Redis came back after an outage."""
         self._due.set()
 
-    async def probe(self, client: Redis) -> None:
+    async def probe(self, client: RedisClient) -> None:
         """The watchdog's probe for an app's worker: one EXISTS, which also proves Redis answers."""
         if not await client.exists(self.marker):
             self._due.set()

@@ -17,6 +17,11 @@ watchdog probes Redis every ``interval_s`` on a connection of its own, with a ti
 
 A reply that is an error (``BUSY``, ``OOM``...) counts as an answer: the link works, and the
 worker's loops deal with the error. ``LOADING`` does not: Redis serves nothing yet.
+
+On a Redis Cluster the probe goes through a cluster client of the watchdog's own (to the node
+that serves the probe's key: the registry's for an app's worker), and dropping connections drops
+those of every node; a master that fails is the cluster's to replace (its replica is promoted), and
+the worker rides out the commands that fail meanwhile as any Redis error.
 """
 
 from __future__ import annotations
@@ -28,17 +33,42 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.connection import SSLConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
+from stepq.runtime.connection import RedisClient, close
+
 log = structlog.get_logger("stepq.worker")
 
-Probe = Callable[[Redis], Awaitable[Any]]
+Probe = Callable[[RedisClient], Awaitable[Any]]
+
+#: The settings of a cluster's node connections that a probe's cluster client takes over as they are.
+_CLUSTER_SETTINGS = (
+    "username",
+    "password",
+    "credential_provider",
+    "client_name",
+    "lib_name",
+    "lib_version",
+    "socket_keepalive",
+    "socket_keepalive_options",
+    "protocol",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_cert_reqs",
+    "ssl_certfile",
+    "ssl_check_hostname",
+    "ssl_keyfile",
+    "ssl_min_version",
+    "ssl_ciphers",
+)
 
 
-async def ping(client: Redis) -> Any:
+async def ping(client: RedisClient) -> Any:
     """The default probe."""
     return await client.ping()
 
@@ -48,7 +78,7 @@ class RedisWatchdog:
 
     def __init__(
         self,
-        pool: ConnectionPool,
+        redis: RedisClient,
         *,
         interval_s: float = 1.0,
         timeout_s: float = 1.5,
@@ -56,23 +86,13 @@ class RedisWatchdog:
         quiet_s: float = 5.0,
         probe: Probe = ping,
     ) -> None:
-        #: The worker's pool: its connections are dropped when Redis goes dark and when it is back.
-        self.pool = pool
+        #: The worker's client: its connections are dropped when Redis goes dark and when it is back.
+        self.redis = redis
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.retry_s = retry_s
         self.probe = probe
-        # A connection of its own, with the read timeout the hot path goes without, and no retries.
-        options = {
-            **pool.connection_kwargs,
-            "socket_timeout": timeout_s,
-            "socket_connect_timeout": timeout_s,
-            "retry": Retry(NoBackoff(), 0),
-            "retry_on_error": [],
-            "health_check_interval": 0,
-        }
-        self._probe_pool_options = {"connection_class": pool.connection_class, "max_connections": 1, **options}
-        self.client = Redis(connection_pool=ConnectionPool(**self._probe_pool_options))
+        self.client = self._new_client()
         self.reachable = True
         self._up = asyncio.Event()
         self._up.set()
@@ -84,6 +104,33 @@ class RedisWatchdog:
         self._probed_at = 0.0
         #: Called when Redis answers again after being unreachable.
         self.on_back: list[Callable[[], None]] = []
+
+    def _new_client(self) -> RedisClient:
+        """A client of the watchdog's own, with the read timeout the hot path goes without, and no
+        retries: one connection to the worker's Redis, or a cluster client over the same nodes."""
+        probing = {
+            "socket_timeout": self.timeout_s,
+            "socket_connect_timeout": self.timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_error": [],
+            "health_check_interval": 0,
+        }
+        if isinstance(self.redis, Redis):  # (this way round: mypy cannot narrow on RedisCluster)
+            pool = self.redis.connection_pool
+            options = {**pool.connection_kwargs, **probing}
+            return Redis(
+                connection_pool=ConnectionPool(connection_class=pool.connection_class, max_connections=1, **options)
+            )
+        settings = self.redis.nodes_manager.connection_kwargs
+        cluster: RedisCluster = RedisCluster(
+            startup_nodes=[ClusterNode(node.host, node.port) for node in self.redis.get_nodes()],
+            ssl=settings.get("connection_class") is SSLConnection,
+            cluster_error_retry_attempts=0,
+            connection_error_retry_attempts=0,
+            **{name: settings[name] for name in _CLUSTER_SETTINGS if name in settings},
+            **probing,
+        )
+        return cluster
 
     def blocking(self, timeout_s: float) -> None:
         """The worker sent a blocking read that Redis answers within ``timeout_s``: until then (and
@@ -115,10 +162,10 @@ class RedisWatchdog:
         """One probe on the watchdog's connection (a new one if ``fresh``): None if Redis answered."""
         if fresh:
             with contextlib.suppress(Exception):
-                await self.client.connection_pool.disconnect()
+                await _disconnect(self.client)
         return await self._probe_on(self.client)
 
-    async def _probe_on(self, client: Redis) -> BaseException | None:
+    async def _probe_on(self, client: RedisClient) -> BaseException | None:
         try:
             await asyncio.wait_for(self.probe(client), self.timeout_s)
         except ResponseError:
@@ -136,13 +183,13 @@ class RedisWatchdog:
         answered = asyncio.Event()
 
         async def attempt() -> None:
-            client = Redis(connection_pool=ConnectionPool(**self._probe_pool_options))
+            client = self._new_client()
             try:
                 if await self._probe_on(client) is None:
                     answered.set()
             finally:
                 with contextlib.suppress(Exception):
-                    await client.aclose(close_connection_pool=True)
+                    await close(client)
 
         attempts: set[asyncio.Task[None]] = set()
         try:
@@ -184,9 +231,17 @@ class RedisWatchdog:
         # A read blocked on a dropped connection fails at once with ConnectionError, and redis-py
         # retries its command on a new connection: the caller sees a slow command, not a lost one.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.pool.disconnect(inuse_connections=True), self.timeout_s)
+            await asyncio.wait_for(_disconnect(self.redis), self.timeout_s)
 
     async def aclose(self) -> None:
         """Close the watchdog's own connection."""
         with contextlib.suppress(Exception):
-            await self.client.aclose(close_connection_pool=True)
+            await close(self.client)
+
+
+async def _disconnect(client: RedisClient) -> None:
+    """Close every connection of ``client``, in use or not (each of a cluster's nodes')."""
+    if isinstance(client, Redis):
+        await client.connection_pool.disconnect(inuse_connections=True)
+    else:
+        await asyncio.gather(*(node.disconnect() for node in client.get_nodes()), return_exceptions=True)

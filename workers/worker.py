@@ -37,12 +37,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
 
 from stepq.client import Client
 from stepq.runtime import deadletter, keys, timers
 from stepq.runtime.app_urls import AppUrlPolicy
-from stepq.runtime.connection import make_pool
+from stepq.runtime.connection import RedisClient, close, open_redis
 from stepq.runtime.cron import CronScheduler, cron_functions
 from stepq.runtime.job_queue import KNOWN_RUNS, ClaimedJob, JobQueue
 from stepq.runtime.jobs import ADVANCE
@@ -89,7 +88,7 @@ class StepqWorker:
         self,
         *,
         queue_id: str,
-        pool: Redis,
+        pool: RedisClient,
         store: RunStore,
         functions: Mapping[str, JobFunction],
         options: WorkerOptions,
@@ -135,7 +134,7 @@ class StepqWorker:
         self.ctx: dict[str, Any] = {"redis": pool, "lease_token": self.lease_token, "lease_ms": self.queue.lease_ms}
         self.runner = JobRunner(self.queue, functions, timeout_s=job_timeout_s, ctx=self.ctx)
         self.watchdog = RedisWatchdog(
-            pool.connection_pool,
+            pool,
             interval_s=options.redis_check_s,
             timeout_s=options.redis_check_timeout_s,
             probe=registration.probe if registration is not None else ping,
@@ -165,9 +164,10 @@ class StepqWorker:
 
     def run(self) -> None:
         """Run until SIGTERM/SIGINT (a drain), then close."""
-        asyncio.run(self._run())
+        asyncio.run(self.serve())
 
-    async def _run(self) -> None:
+    async def serve(self) -> None:
+        """``run`` in the running event loop (the one the worker's Redis client was opened in)."""
         if self.handle_signals:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -236,7 +236,7 @@ class StepqWorker:
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         await self.watchdog.aclose()
         with contextlib.suppress(*REDIS_TROUBLE, TimeoutError):
-            await self.pool.aclose(close_connection_pool=True)
+            await close(self.pool)
 
     def _reconnected(self) -> None:
         """Redis answers again after an outage: claim, renew leases and check the registration now."""
@@ -444,7 +444,7 @@ class StepqWorker:
                     faults.succeeded()
 
 
-def build_worker(
+async def build_worker(
     client: Client,
     redis_url: str,
     options: WorkerOptions | None = None,
@@ -455,7 +455,7 @@ def build_worker(
 ) -> StepqWorker:
     """A worker running ``client``'s functions in this process, from the app's queue."""
     functions = {fn.slug: fn for fn in client.functions.values()}
-    return _build(
+    return await _build(
         client.app_id,
         LocalFunctions(functions),
         invoker or InProcessInvoker(),
@@ -468,7 +468,7 @@ def build_worker(
     )
 
 
-def build_http_worker(
+async def build_http_worker(
     redis_url: str,
     options: WorkerOptions | None = None,
     *,
@@ -478,7 +478,7 @@ def build_http_worker(
 ) -> StepqWorker:
     """A worker invoking, over HTTP, the functions apps registered with ``POST /fn/register``."""
     options = options or WorkerOptions.from_env()
-    return _build(
+    return await _build(
         keys.HTTP_QUEUE_ID,
         None,
         # the executor adds a margin to the timeout; the URL policy knows which Redis to keep apps off
@@ -494,7 +494,7 @@ def build_http_worker(
     )
 
 
-def _build(
+async def _build(
     queue_id: str,
     source: FunctionSource | None,
     invoker: Invoker,
@@ -508,9 +508,10 @@ def _build(
 ) -> StepqWorker:
     """``configs``: the functions the worker registers as its app's (None: it serves those apps
     registered over HTTP); ``crons``: the cron triggers of imported functions, None reads those of
-    HTTP-served ones."""
+    HTTP-served ones. Waits for Redis to answer: what it is (a cluster, or one Redis) sets the
+    shard count the worker serves."""
     options = options or WorkerOptions.from_env()
-    pool = Redis(connection_pool=make_pool(redis_url, hot_path=True))
+    pool = await until_redis_answers(lambda: open_redis(redis_url, hot_path=True))
     store = RunStore(pool, limits or Limits.from_env())
     registry = Registry(pool, store.scripts)
     executor = Executor(
