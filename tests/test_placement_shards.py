@@ -25,6 +25,7 @@ from stepq.flow_spec import ConcurrencyLimit, FlowControl
 from stepq.runtime import placement
 from stepq.runtime.actions import Actions, RunConflict
 from stepq.runtime.event_queries import get_event
+from stepq.runtime.function_summaries import function_summaries
 from stepq.runtime.queries import RunView
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of
@@ -156,6 +157,12 @@ async def test_start_limits_stay_exact_over_4_shards_under_concurrent_senders(re
 
     # no flow control: spread over every shard
     assert shards_of(await runs_of(redis, "plain")) == set(range(SHARDS))
+    # the functions page says where each function's runs go
+    shown = {s.slug.removeprefix("t-placed-"): s.placement for s in await function_summaries(redis)}
+    assert shown["plain"] == ""
+    assert shown["whole-rate"] == "runs: one shard for all its runs (rate limit without a key)"
+    assert shown["keyed-throttle"] == "runs: one shard per value of event.data.user (throttle)"
+    assert shown["shared-a"] == "runs: the shared shard (concurrency of scope env, shared with other functions)"
 
 
 async def test_the_same_load_placed_at_random_breaks_the_limits(
