@@ -1,20 +1,25 @@
 """Flow control stays exact when runs are spread over several shards (runtime/placement.py).
 
-One Redis holding several shards (``stepq:{registry}:shards``; this process's count set to match)
-runs the sharded code paths: every run is created in its shard, every flow-control key carries its
-run's shard tag. Concurrent senders (their own connections) send to functions of every placement
-rule (tests/apps/placed.py); the counts must come out as on one shard, keyed functions must spread
-over shards and function-wide ones stay on one. A control run with placement made random shows the
-same checks fail when runs sharing a limit land on different shards.
+Each test runs on one Redis holding 4 shards (``tests.helpers.use_shards``: the sharded code paths
+on one server) and on a Redis Cluster of 3 masters (all 32 shards; tests/cluster.py): every run is
+created in its shard, every flow-control key carries its run's shard tag. Concurrent senders (their
+own connections) send to functions of every placement rule (tests/apps/placed.py); the counts must
+come out as on one shard, keyed functions must spread over shards and function-wide ones stay on
+one. Control runs with placement made random show the same checks fail when runs sharing a limit
+land on different shards.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib.util
 import inspect
 import itertools
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -22,35 +27,80 @@ from redis.asyncio import Redis
 import stepq
 from stepq.expressions import Bindings
 from stepq.flow_spec import ConcurrencyLimit, FlowControl
-from stepq.runtime import placement
+from stepq.runtime import placement, shards
 from stepq.runtime.actions import Actions, RunConflict
+from stepq.runtime.connection import close, open_redis
 from stepq.runtime.event_queries import get_event
 from stepq.runtime.function_summaries import function_summaries
 from stepq.runtime.queries import RunView
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of
 from tests.apps import placed
-from tests.helpers import REDIS_URL, StartWorkers, runs_of, use_shards, wait_for_runs
+from tests.helpers import REDIS_URL, WorkerOn, WorkerProcess, runs_of, use_shards, wait_for_runs
 from tests.test_concurrency import overlap, spans
 
-SHARDS = 4
 SENDERS = 4
 
 
-@pytest.fixture
-async def sharded(redis: Redis) -> int:
-    """The test database holds ``SHARDS`` shards: this process and the workers started use them."""
-    await use_shards(redis, SHARDS)
-    return SHARDS
+@dataclasses.dataclass
+class Deployment:
+    """Where the test runs: its client, the URL processes open, how many shards they use."""
+
+    redis: Any
+    url: str
+    shards: int
+    directory: Path
+    workers: list[WorkerProcess] = dataclasses.field(default_factory=list)
+
+    def start_workers(self, n: int) -> None:
+        """``n`` worker processes serving tests/apps/placed.py, ready when this returns."""
+        for _ in range(n):
+            directory = self.directory / f"worker-{len(self.workers)}"
+            directory.mkdir()
+            self.workers.append(WorkerOn("placed", directory, self.url))
+        for worker in self.workers:
+            worker.wait_ready()
 
 
-async def use_placed_app(redis: Redis) -> None:
-    await Registry(redis).register_app(placed.client.app_id, [fn.config() for fn in placed.client.functions.values()])
+def _cluster_missing() -> str:
+    """Why the cluster variant cannot run yet ('' when it can)."""
+    if importlib.util.find_spec("tests.cluster") is None:
+        return "no local cluster fixture yet (tests/cluster.py, cluster-core)"
+    if importlib.util.find_spec("stepq.runtime.outbox") is None:
+        return "the ingest crosses slots until the outbox lands"
+    return ""
 
 
-async def send_concurrently(batches: list[list[stepq.Event]]) -> None:
+@pytest.fixture(
+    params=[
+        "one Redis, 4 shards",
+        pytest.param("3-master cluster", marks=pytest.mark.skipif(bool(_cluster_missing()), reason=_cluster_missing())),
+    ]
+)
+async def deployment(request: pytest.FixtureRequest, redis: Redis, tmp_path: Path) -> AsyncIterator[Deployment]:
+    """One Redis holding 4 shards (``tests.helpers.use_shards``: this process and the workers use
+    them), or the session's Redis Cluster of 3 masters (all 32 shards)."""
+    if request.param == "one Redis, 4 shards":
+        await use_shards(redis, 4)
+        where = Deployment(redis, REDIS_URL, 4, tmp_path)
+    else:
+        cluster = request.getfixturevalue("cluster")
+        where = Deployment(await open_redis(cluster.url), cluster.url, shards.SHARD_LIMIT, tmp_path)
+    await Registry(where.redis).register_app(
+        placed.client.app_id, [fn.config() for fn in placed.client.functions.values()]
+    )
+    try:
+        yield where
+    finally:
+        for worker in where.workers:
+            worker.stop()
+        if where.redis is not redis:
+            await close(where.redis)
+
+
+async def send_concurrently(url: str, batches: list[list[stepq.Event]]) -> None:
     """Each batch from its own client (own connections), all at once, one event at a time."""
-    clients = [stepq.Client(f"sender-{i}", redis_url=REDIS_URL) for i in range(len(batches))]
+    clients = [stepq.Client(f"sender-{i}", redis_url=url) for i in range(len(batches))]
 
     async def send(client: stepq.Client, batch: list[stepq.Event]) -> None:
         for event in batch:
@@ -79,7 +129,7 @@ def user_of(view: RunView, users: dict[str, str]) -> str:
     return users[view.event_ids[0]]
 
 
-async def start_limit_load() -> None:
+async def start_limit_load(url: str) -> None:
     """4 senders x 30 rounds: whole-function and keyed rate limits, idempotency, singleton,
     whole-function and keyed throttles, and a function without flow control."""
     batches = []
@@ -99,10 +149,10 @@ async def start_limit_load() -> None:
             if j < 6:
                 batch.append(event("keyed-throttle", user=f"u{j % 3}"))
         batches.append(batch)
-    await send_concurrently(batches)
+    await send_concurrently(url, batches)
 
 
-async def users_by_event(redis: Redis, found: list[RunView]) -> dict[str, str]:
+async def users_by_event(redis: Any, found: list[RunView]) -> dict[str, str]:
     """The ``user`` of each run's first event (read from the event log)."""
     out = {}
     for view in found:
@@ -117,9 +167,9 @@ def throttle_times(found: list[RunView]) -> list[int]:
     return sorted(v.held_until_ms or v.created_ms for v in found)
 
 
-async def test_start_limits_stay_exact_over_4_shards_under_concurrent_senders(redis: Redis, sharded: int) -> None:
-    await use_placed_app(redis)
-    await start_limit_load()
+async def test_start_limits_stay_exact_over_shards_under_concurrent_senders(deployment: Deployment) -> None:
+    redis = deployment.redis
+    await start_limit_load(deployment.url)
 
     # a function-wide rate limit: exactly 10 of 120, all of its runs on one shard
     whole = await runs_of(redis, "whole-rate")
@@ -156,7 +206,7 @@ async def test_start_limits_stay_exact_over_4_shards_under_concurrent_senders(re
         assert len(mine) == 8 and all(b - a >= 500 for a, b in itertools.pairwise(throttle_times(mine)))
 
     # no flow control: spread over every shard
-    assert shards_of(await runs_of(redis, "plain")) == set(range(SHARDS))
+    assert len(shards_of(await runs_of(redis, "plain"))) >= 4
     # the functions page says where each function's runs go
     shown = {s.slug.removeprefix("t-placed-"): s.placement for s in await function_summaries(redis)}
     assert shown["plain"] == ""
@@ -166,13 +216,13 @@ async def test_start_limits_stay_exact_over_4_shards_under_concurrent_senders(re
 
 
 async def test_the_same_load_placed_at_random_breaks_the_limits(
-    redis: Redis, sharded: int, monkeypatch: pytest.MonkeyPatch
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The control: with every run placed at random (as before placement), each shard keeps its
     own counts, and the checks above fail. So they can."""
     monkeypatch.setattr(placement, "rule_of", lambda flow: placement.Placement(placement.Rule.SPREAD))
-    await use_placed_app(redis)
-    await start_limit_load()
+    redis = deployment.redis
+    await start_limit_load(deployment.url)
     whole = await runs_of(redis, "whole-rate")
     assert len(admitted(whole)) > 10 and len(shards_of(whole)) > 1
     idem = await runs_of(redis, "idem")
@@ -181,10 +231,10 @@ async def test_the_same_load_placed_at_random_breaks_the_limits(
     assert any(b - a < 200 for a, b in itertools.pairwise(throttle_times(throttled)))
 
 
-async def test_debounce_and_batches_gather_into_one_run_per_key_over_4_shards(redis: Redis, sharded: int) -> None:
+async def test_debounce_and_batches_gather_into_one_run_per_key_over_shards(deployment: Deployment) -> None:
     """8 users, 4 senders each sending 10 events per user: one debounced run and one batch per
     user (neither fires within the test: 60 s period and timeout), holding all its user's events."""
-    await use_placed_app(redis)
+    redis = deployment.redis
     batches = [
         [
             event(fn_id, user=f"u{u}", n=f"{i}-{j}")
@@ -194,7 +244,7 @@ async def test_debounce_and_batches_gather_into_one_run_per_key_over_4_shards(re
         ]
         for i in range(SENDERS)
     ]
-    await send_concurrently(batches)
+    await send_concurrently(deployment.url, batches)
     for fn_id in ("debounced", "batched"):
         found = await runs_of(redis, fn_id)
         assert len(found) == 8, (fn_id, [(v.run_id, v.gathered) for v in found])
@@ -204,16 +254,16 @@ async def test_debounce_and_batches_gather_into_one_run_per_key_over_4_shards(re
         assert len(shards_of(found)) > 1, fn_id
 
 
-async def test_event_id_dedupe_meets_in_one_shard_whatever_the_rule(redis: Redis, sharded: int) -> None:
+async def test_event_id_dedupe_meets_in_one_shard_whatever_the_rule(deployment: Deployment) -> None:
     """4 senders resend the same 10 events (ids set) at once: one run per event and function, for
     a spread function, a keyed one and a function-wide one."""
-    await use_placed_app(redis)
+    redis = deployment.redis
     events = [
         stepq.Event(name=f"placed/{fn_id}", data={"user": f"u{n % 3}", "n": n}, id=f"{fn_id}-{n}")
         for n in range(10)
         for fn_id in ("plain", "keyed-throttle", "throttled")
     ]
-    await send_concurrently([events] * SENDERS)
+    await send_concurrently(deployment.url, [events] * SENDERS)
     for fn_id in ("plain", "keyed-throttle", "throttled"):
         found = await runs_of(redis, fn_id)
         assert len(found) == 10, fn_id
@@ -222,15 +272,15 @@ async def test_event_id_dedupe_meets_in_one_shard_whatever_the_rule(redis: Redis
 
 
 async def test_a_replay_stays_in_its_runs_shard_and_is_refused_once_flow_control_places_it_elsewhere(
-    redis: Redis, sharded: int
+    deployment: Deployment,
 ) -> None:
     """A replay is made in the old run's shard (fork_run.lua copies state in one script): right
     while the function's flow control still places its runs there; refused, saying why, once a
     changed flow control places them in another shard (its concurrency would be counted apart)."""
-    await use_placed_app(redis)
+    redis = deployment.redis
     actions = Actions.on(redis)
     sent = [event("keyed-limited", user=f"u{k}") for k in range(12)]
-    await send_concurrently([sent])
+    await send_concurrently(deployment.url, [sent])
     found = await runs_of(redis, "keyed-limited")
     for view in found:
         await actions.cancel(view.run_id)
@@ -270,22 +320,21 @@ def workers_serve_every_shard() -> bool:
 
 @pytest.mark.skipif(not workers_serve_every_shard(), reason="workers serve one shard until cluster-core's step lands")
 @pytest.mark.parametrize("placed_by", ["flow control", "random"])
-async def test_concurrency_limits_hold_over_4_shards_with_2_workers(
-    redis: Redis,
-    sharded: int,
-    start_workers: StartWorkers,
+async def test_concurrency_limits_hold_over_shards_with_2_workers(
+    deployment: Deployment,
     tmp_path: Path,
     placed_by: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """4 senders, 2 workers serving 4 shards: a function-wide limit of 3 with 1 per user, a
+    """4 senders, 2 workers serving every shard: a function-wide limit of 3 with 1 per user, a
     function limited only per user (step- and run-level, and a keyed throttle), and an env-scoped
     limit shared by two functions. Every limit holds at every instant and is reached; the keyed
     function's runs spread over shards, the function-wide one's stay on one. The control: runs
     placed at random (this process creates them) overrun the limits, each shard counting apart."""
     if placed_by == "random":
         monkeypatch.setattr(placement, "rule_of", lambda flow: placement.Placement(placement.Rule.SPREAD))
-    start_workers("placed", n=2)
+    redis = deployment.redis
+    deployment.start_workers(2)
     log = tmp_path / "spans.log"
     batches = [
         [event("limited", log=str(log), user=f"c{(i * 10 + j) % 5}") for j in range(10)]
@@ -293,7 +342,7 @@ async def test_concurrency_limits_hold_over_4_shards_with_2_workers(
         + [event("shared-a" if j % 2 else "shared-b", log=str(log), user=f"s{j % 2}") for j in range(5)]
         for i in range(SENDERS)
     ]
-    await send_concurrently(batches)
+    await send_concurrently(deployment.url, batches)
     every = [v for fn_id in ("limited", "keyed-limited", "shared-a", "shared-b") for v in await runs_of(redis, fn_id)]
     assert len(every) == SENDERS * 25
     await wait_for_runs(redis, [v.run_id for v in every], ("completed",), timeout=180)
