@@ -12,6 +12,7 @@ land on different shards.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import importlib.util
 import inspect
@@ -289,7 +290,7 @@ async def test_a_replay_stays_in_its_runs_shard_and_is_refused_once_flow_control
         started = await actions.replay(view.run_id)
         assert shard_of(started.run_id) == shard_of(view.run_id)
     # the function now has a function-wide limit: all its runs go to its own shard
-    configs = [fn.config() for fn in placed.client.functions.values()]
+    configs = [copy.deepcopy(fn.config()) for fn in placed.client.functions.values()]  # not the app's own
     for config in configs:
         if config["id"].endswith("keyed-limited"):
             config["flow"]["concurrency"] = {"fn": [], "step": [{"limit": 2, "scope": "fn"}]}
