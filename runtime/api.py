@@ -103,7 +103,7 @@ from .keys import events as run_events_key
 from .keys import memo as run_memo_key
 from .limits import Limits, MiB
 from .queries import RunFilter, get_run
-from .redis_errors import UNREACHABLE, unavailable_reason
+from .redis_errors import ANY, unavailable_reason
 from .registry import FunctionOwnedError, Registry
 from .store import RunStore
 from .timeline import get_timeline
@@ -303,7 +303,7 @@ def create_app(
             await asyncio.sleep(delay)
             try:
                 redis = await open_redis(redis_url)
-            except UNREACHABLE:
+            except ANY:
                 delay = min(delay * 2, 2.0)
                 continue
             stand_in = app.state.redis
@@ -316,7 +316,7 @@ def create_app(
         reopening = None
         try:
             use(app, await open_redis(redis_url))  # a cluster, or one Redis; sets the shard count
-        except UNREACHABLE:
+        except ANY:
             # Serve (503s, the login page) meanwhile, on a plain client that reports Redis down.
             use(app, connect(redis_url))
             reopening = asyncio.create_task(reopen(app))

@@ -20,21 +20,31 @@ from __future__ import annotations
 import re
 
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
+    ClusterDownError,
+    ClusterError,
     ExecAbortError,
+    MasterDownError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 #: Errors that mean Redis did not answer (as opposed to answering with an error).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-#: Every error Redis (or the network to it) can raise.
-ANY = (RedisError, OSError)
+#: Every error Redis (or the network to it) can raise; redis-py's cluster client raises some that are
+#: no ``RedisError`` (a slot no master serves, while a failover or a reshard goes on).
+ANY = (RedisError, OSError, RedisClusterException)
+#: A cluster in the middle of a change (a failover, a reshard) that redis-py's own retries did not
+#: outlast: passing, like a lost connection.
+_CLUSTER_CHANGING = (RedisClusterException, ClusterError)
 
 #: The passing states by code, each as it reads after "Redis ..." (for messages and logs: never the
 #: error's own text, since a pipeline's error quotes the command's arguments, which can hold payloads).
@@ -48,11 +58,17 @@ _PASSING = {
     "NOREPLICAS": "refuses writes: too few replicas",
     "TRYAGAIN": "asks to try again",
     "CLUSTERDOWN": "is a cluster that is down",
+    "MOVED/ASK": "is a cluster moving a slot",
 }
 #: A passing code at the start of the message, or after the ``-`` of an error quoted by a script.
 _PASSING_CODE = re.compile(r"(?:^|[\s-])(" + "|".join(_PASSING) + r")\b")
 # redis-py strips the code from the errors it maps to a class of its own.
+# (Subclasses before their bases: MasterDownError is a ClusterDownError, MovedError an AskError.)
 _CODES: dict[type[RedisError], str] = {
+    MasterDownError: "MASTERDOWN",
+    ClusterDownError: "CLUSTERDOWN",
+    TryAgainError: "TRYAGAIN",
+    AskError: "MOVED/ASK",
     OutOfMemoryError: "OOM",
     ReadOnlyError: "READONLY",
     BusyLoadingError: "LOADING",
@@ -87,7 +103,11 @@ def unavailable_reason(exc: BaseException) -> str | None:
     if isinstance(exc, UNREACHABLE) and not isinstance(exc, BusyLoadingError):
         return "did not answer"
     if isinstance(exc, RedisError):
-        return _PASSING.get(error_kind(exc))
+        passing = _PASSING.get(error_kind(exc))
+        if passing is not None:
+            return passing
+    if isinstance(exc, _CLUSTER_CHANGING):
+        return "is a cluster that is changing (a failover or a reshard)"
     return None
 
 

@@ -33,14 +33,24 @@ async def revive_overdue(
     many were revived."""
     revived = 0
     for shard in shards():
-        revived += await _revive_shard(redis, scripts, shard, overdue_ms=overdue_ms, batch=batch, lock_ms=lock_ms)
+        revived += await revive_shard(redis, scripts, shard, overdue_ms=overdue_ms, batch=batch, lock_ms=lock_ms)
     return revived
 
 
-async def _revive_shard(
-    redis: RedisClient, scripts: Scripts, shard: int, *, overdue_ms: int, batch: int, lock_ms: int
+async def revive_shard(
+    redis: RedisClient,
+    scripts: Scripts,
+    shard: int,
+    *,
+    overdue_ms: int = 60_000,
+    batch: int = 200,
+    lock_ms: int = 30_000,
 ) -> int:
+    """``revive_overdue`` for one shard. A shard with nothing overdue costs one read (workers sweep
+    every shard in turn: see workers/shard_chores.py)."""
     timers, lock = keys.timers(shard), keys.timers_lock(shard)
+    if not await redis.zrangebyscore(timers, "-inf", now_ms() - overdue_ms, start=0, num=1):
+        return 0
     if not await redis.set(lock, b"1", px=lock_ms, nx=True):
         return 0
     revived = 0

@@ -7,8 +7,6 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlparse
 
-from redis.exceptions import RedisError
-
 from stepq.errors import StepqError
 from stepq.event import Event
 from stepq.tracing import current_traceparent
@@ -17,7 +15,7 @@ from . import lifecycle, store
 from .connection import open_redis
 from .ingest import Ingest
 from .limits import Limits
-from .redis_errors import unavailable_reason
+from .redis_errors import ANY, unavailable_reason
 from .registry import Registry
 from .store import RunStore
 
@@ -92,7 +90,7 @@ async def _send(
     try:
         ingest = await opened()  # opening Redis can fail as a send does
         return await ingest.send(events, traceparent=traceparent)
-    except (RedisError, OSError) as exc:
+    except ANY as exc:
         reason = unavailable_reason(exc)
         if reason is None:
             raise

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 import stepq
 from stepq.runtime import shards
-from stepq.runtime.connection import connect
+from stepq.runtime.connection import close, connect, open_redis
 from stepq.workers.embedded import EmbeddedRedis, free_port
+from tests.cluster import LocalCluster
 from tests.helpers import REDIS_URL, StartWorkers, WorkerProcess
 
 
@@ -85,3 +86,29 @@ def private_redis() -> Iterator[EmbeddedRedis]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster of 3 masters with a replica each (tests/cluster.py), for the whole session."""
+    with LocalCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster(local_cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """The session's cluster, whole and emptied for this test; this process is put back to one
+    shard after it (opening a cluster configures all 32)."""
+    local_cluster.wait_ok()
+    local_cluster.flush()
+    yield local_cluster
+    shards.configure(1)
+
+
+@pytest.fixture
+async def cluster_redis(cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
+    """A cluster client (``open_redis``) on the emptied session cluster."""
+    client = await open_redis(cluster.url)
+    assert isinstance(client, RedisCluster)
+    yield client
+    await close(client)

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -119,14 +119,23 @@ class EmbeddedRedis:
     keeps the data. RDB snapshots are always off.
     ``data_dir``: where the server keeps its files and its log (``redis-server.log``); a temporary
     directory when None, removed by ``stop``.
+    ``options``: more redis-server arguments, e.g. ``("--cluster-enabled", "yes")``.
 
     Use it as a context manager, or call ``start`` and ``stop``. A server still running when the
     interpreter exits is stopped by an ``atexit`` hook; on Linux it also dies with its parent.
     """
 
-    def __init__(self, port: int | None = None, appendonly: bool = False, data_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        appendonly: bool = False,
+        data_dir: str | None = None,
+        options: Sequence[str] = (),
+    ) -> None:
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"EmbeddedRedis: port must be between 1 and 65535, got {port}")
+        #: More redis-server arguments (``--name value`` pairs), e.g. a cluster node's.
+        self.options = tuple(options)
         self._requested_port = port
         self._port: int | None = port
         self.appendonly = appendonly
@@ -252,6 +261,7 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.appendonly else "no",
             "--dir", str(self._dir),
             "--daemonize", "no",
+            *self.options,
         ]  # fmt: skip
 
     def _launch(self, binary: str) -> None:

@@ -34,18 +34,19 @@ JobFunction = Callable[..., Awaitable[Any]]
 
 
 class JobRunner:
-    """Runs claimed jobs of one queue for one worker."""
+    """Runs claimed jobs of one queue for one worker; ``queue_of(job_id)`` is the shard's part of the
+    queue that holds the job (a run's jobs, and so a job's hand-offs, stay in its shard)."""
 
     def __init__(
         self,
-        queue: JobQueue,
+        queue_of: Callable[[str], JobQueue],
         functions: Mapping[str, JobFunction],
         *,
         timeout_s: float,
         ctx: dict[str, Any],
         max_handoffs: int = MAX_HANDOFFS,
     ) -> None:
-        self.queue = queue
+        self.queue_of = queue_of
         self.functions = functions
         #: A last resort after the function's own limits: a job past it is ended, and logged.
         self.timeout_s = timeout_s
@@ -126,7 +127,7 @@ class JobRunner:
     async def _end(self, job_id: str, again_in_ms: int | None) -> None:
         self.lost.discard(job_id)
         try:
-            ours = await self.queue.end(job_id, again_in_ms=again_in_ms)
+            ours = await self.queue_of(job_id).end(job_id, again_in_ms=again_in_ms)
         except REDIS_TROUBLE as exc:
             # The job stays queued under its lease: when that lapses it runs again, and finds its
             # work done or does it.

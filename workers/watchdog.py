@@ -37,10 +37,11 @@ from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import SSLConnection
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 from redis.retry import Retry
 
 from stepq.runtime.connection import RedisClient, close
+from stepq.runtime.redis_errors import ANY as REDIS_TROUBLE
 
 log = structlog.get_logger("stepq.worker")
 
@@ -172,7 +173,7 @@ class RedisWatchdog:
             return None
         except TimeoutError:
             return TimeoutError(f"no reply within {self.timeout_s:g} s")
-        except (RedisError, OSError) as exc:
+        except REDIS_TROUBLE as exc:
             return exc
         return None
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -33,7 +34,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -48,7 +49,7 @@ from stepq.runtime.jobs import ADVANCE
 from stepq.runtime.limits import Limits
 from stepq.runtime.redis_errors import error_kind
 from stepq.runtime.registry import Registry
-from stepq.runtime.shards import shards
+from stepq.runtime.shards import shard_of, shards
 from stepq.runtime.store import RunCache, RunStore
 
 from . import tracing
@@ -61,6 +62,7 @@ from .metrics import lease_lost
 from .options import WorkerOptions
 from .registration import RegistrationKeeper
 from .remote import FunctionSource, LocalFunctions, RegisteredFunctions
+from .shard_chores import ShardChore
 from .watchdog import RedisWatchdog, ping
 
 log = structlog.get_logger("stepq.worker")
@@ -79,6 +81,25 @@ CLAIM_BATCH = 8
 CRON_REFRESH_S = 10.0
 #: While Redis is unreachable, the poll loop waits this long at a time for the watchdog's all-clear.
 UNREACHABLE_WAIT_S = 1.0
+
+
+@dataclasses.dataclass(eq=False)
+class Lane:
+    """One shard's part of the queue, and what this worker knows of it."""
+
+    queue: JobQueue
+    #: How long the first wait on its ready list lasts (the shards' idle checks are staggered).
+    first_wait_s: float
+    #: Claim from it now: a token came, its idle check is due, Redis is back, a slot freed after a
+    #: full claim.
+    claim_now: bool = False
+    #: The next claim is its idle check (its ready list was found empty).
+    idle_check: bool = False
+    #: The last claim filled every free slot: due jobs may remain, claim when a slot frees.
+    backlog: bool = False
+    #: As the shard's mover: when its earliest delayed job is due (ms), else None.
+    wake_at_ms: int | None = None
+    faults: Faults = dataclasses.field(default_factory=lambda: Faults("claim"))
 
 
 class StepqWorker:
@@ -116,23 +137,46 @@ class StepqWorker:
         #: The value of the in-progress locks this worker holds: a job is this worker's to renew and
         #: to end only while its lock carries this token.
         self.lease_token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        # One shard while stepq runs on one Redis (runtime/shards.py); serving several is the step
-        # that takes workers onto a Redis Cluster.
-        (shard,) = shards()
-        self.queue = JobQueue(
-            pool,
-            store.scripts,
-            queue_id,
-            shard=shard,
-            lease_token=self.lease_token,
-            lease_ms=int(options.lease_s * 1000),
-            # renewed at every idle check; short, so that a dead mover's role (and its timers) moves on soon
-            mover_lease_ms=int(2.5 * options.idle_check_s * 1000),
-        )
+        self.queue_id = queue_id
+        served = shards()
+        #: How long each shard's ready list is blocked on at a time: the idle check of one shard.
+        #: Spread over the shards (``idle_check_s`` times their number, first ones staggered), so an
+        #: idle worker checks one shard per ``idle_check_s`` whatever their number: one Redis costs
+        #: what it did; a cluster's 32 shards cost the same, each checked 32 times less often.
+        self.shard_idle_s = options.idle_check_s * len(served)
+        #: Each shard's part of the queue, with this worker's state for it, in shard order.
+        self.lanes = [
+            Lane(
+                JobQueue(
+                    pool,
+                    store.scripts,
+                    queue_id,
+                    shard=shard,
+                    lease_token=self.lease_token,
+                    lease_ms=int(options.lease_s * 1000),
+                    # renewed at every idle check of the shard; short, so that a dead mover's role
+                    # (and its timers) moves on soon
+                    mover_lease_ms=int(2.5 * self.shard_idle_s * 1000),
+                ),
+                first_wait_s=options.idle_check_s * (i + 1),
+            )
+            for i, shard in enumerate(served)
+        ]
+        self._lane_of_shard = {lane.queue.shard: lane for lane in self.lanes}
+        #: Where the next round of claims starts (rounds rotate, so no shard's jobs come first always).
+        self._next_lane = 0
         #: arq's worker context, which every job's context extends; stepq's writes that end a job
         #: (and hand over the next) need the lease.
-        self.ctx: dict[str, Any] = {"redis": pool, "lease_token": self.lease_token, "lease_ms": self.queue.lease_ms}
-        self.runner = JobRunner(self.queue, functions, timeout_s=job_timeout_s, ctx=self.ctx)
+        self.ctx: dict[str, Any] = {
+            "redis": pool,
+            "lease_token": self.lease_token,
+            "lease_ms": self.lanes[0].queue.lease_ms,
+        }
+        self.runner = JobRunner(self.queue_of, functions, timeout_s=job_timeout_s, ctx=self.ctx)
+        #: Chores done for each shard in turn (``ShardChore``); more may be added before ``serve``.
+        self.chores = [
+            ShardChore("timers", options.timer_sweep_s, self._sweep_timers),
+        ]
         self.watchdog = RedisWatchdog(
             pool,
             interval_s=options.redis_check_s,
@@ -143,21 +187,14 @@ class StepqWorker:
         #: The jobs running now, by id.
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._draining = False
-        #: Claim now: a token came, the idle check is due, Redis is back, a slot freed after a full claim.
+        #: Some lane is to claim now (``Lane.claim_now`` says which).
         self._claim_now = asyncio.Event()
-        #: Set while this worker has a free slot and takes jobs (the ready list is read only then).
+        #: Set while this worker has a free slot and takes jobs (the ready lists are read only then).
         self._room = asyncio.Event()
         self._room.set()
-        #: The last claim filled every free slot: due jobs may remain, claim when a slot frees.
-        self._backlog = False
-        #: The next claim is the idle check (the ready list was found empty).
-        self._idle_check = False
-        #: As the queue's mover: when its earliest delayed job is due (ms), else None.
-        self._wake_at_ms: int | None = None
         self._renew_now = asyncio.Event()
         self._listen_back = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        self._claim_faults = Faults("claim")
         self._dead_letter_faults = Faults("dead-letter")
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -181,9 +218,13 @@ class StepqWorker:
         """Wait for Redis, start, take and run jobs until a drain, then drain."""
         self._background = [asyncio.create_task(self.watchdog.run(), name="stepq-watchdog")]
         await until_redis_answers(self.pool.ping)
+        served = [lane.queue.shard for lane in self.lanes]
         self._background += [
             asyncio.create_task(self._renew_leases(), name="stepq-leases"),
-            asyncio.create_task(self._sweep_timers(), name="stepq-timers"),
+            *(
+                asyncio.create_task(chore.run(served, lambda: self.watchdog.reachable), name=f"stepq-{chore.name}")
+                for chore in self.chores
+            ),
         ]
         if self.cron is not None and (self.cron.functions or self.cron_source is not None):
             self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
@@ -192,8 +233,10 @@ class StepqWorker:
                 await self.on_startup(self.ctx)
             if self.registration is not None:
                 self._background.append(asyncio.create_task(self.registration.run(), name="stepq-registration"))
-            self._background.append(asyncio.create_task(self._listen(), name="stepq-listen"))
-            self._claim_now.set()  # jobs may be due already
+            self._background += [
+                asyncio.create_task(self._listen(lane), name=f"stepq-listen-{lane.queue.shard}") for lane in self.lanes
+            ]
+            self._claim_soon(self.lanes)  # jobs may be due already
             await self._take_jobs()
             await self._drain()
         finally:
@@ -228,7 +271,9 @@ class StepqWorker:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         with contextlib.suppress(*REDIS_TROUBLE, TimeoutError):
-            await asyncio.wait_for(self.queue.release_mover(), self.options.redis_check_timeout_s)
+            await asyncio.wait_for(
+                asyncio.gather(*(lane.queue.release_mover() for lane in self.lanes)), self.options.redis_check_timeout_s
+            )
 
     async def close(self) -> None:
         """Close the connections; a Redis that fails the last clean-up does not turn a clean
@@ -240,13 +285,24 @@ class StepqWorker:
 
     def _reconnected(self) -> None:
         """Redis answers again after an outage: claim, renew leases and check the registration now."""
-        self._claim_now.set()
+        self._claim_soon(self.lanes)
         self._listen_back.set()
         self._renew_now.set()
         if self.registration is not None:
             self.registration.refresh_soon()
 
     # -- taking jobs ------------------------------------------------------------------------------
+
+    def queue_of(self, job_id: str) -> JobQueue:
+        """The part of the queue (its shard's) that holds ``job_id``."""
+        lane = self._lane_of_shard.get(shard_of(job_id))
+        # every job claimed or handed over is of a served shard (claim_jobs.lua checks the id's tag)
+        return lane.queue if lane is not None else self.lanes[0].queue
+
+    def _claim_soon(self, lanes: Iterable[Lane]) -> None:
+        for lane in lanes:
+            lane.claim_now = True
+        self._claim_now.set()
 
     async def _take_jobs(self) -> None:
         while not self._draining:
@@ -256,39 +312,50 @@ class StepqWorker:
                 continue
             # (milliseconds as a float: a truncated clock would sleep up to 1 ms past the timer)
             now = time.time() * 1000
-            timer_due = self._wake_at_ms is not None and now >= self._wake_at_ms
-            if self._claim_now.is_set() or timer_due:
-                self._claim_now.clear()
-                await self._claim(tidy=not self._idle_check)
-                self._idle_check = False
+            self._claim_now.clear()
+            # one round: every lane with something to claim, from where the last round left off
+            count, first = len(self.lanes), self._next_lane
+            claimed_any = False
+            for i in range(count):
+                lane = self.lanes[(first + i) % count]
+                if lane.claim_now or (lane.wake_at_ms is not None and now >= lane.wake_at_ms):
+                    lane.claim_now = False
+                    await self._claim(lane, tidy=not lane.idle_check)
+                    lane.idle_check = False
+                    claimed_any = True
+                    if self._draining:
+                        return
+            self._next_lane = (first + 1) % count
+            if claimed_any or self._claim_now.is_set():
                 continue
-            timeout = None if self._wake_at_ms is None else (self._wake_at_ms - now) / 1000
+            wake = min((lane.wake_at_ms for lane in self.lanes if lane.wake_at_ms is not None), default=None)
+            timeout = None if wake is None else (wake - now) / 1000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_now.wait(), timeout)
 
-    async def _claim(self, *, tidy: bool) -> None:
-        """Claim what fits in the free slots (none when full: the claim then wakes another worker
-        for the due jobs, and keeps the mover's timer)."""
+    async def _claim(self, lane: Lane, *, tidy: bool) -> None:
+        """Claim what fits in the free slots from one shard (none when full: the claim then wakes
+        another worker for the due jobs, and keeps the mover's timer)."""
         free = max(0, self.options.concurrency - len(self.tasks))
         try:
             known = self.run_cache.recent(KNOWN_RUNS) if self.run_cache is not None and free else None
-            claim = await self.queue.claim(min(free, CLAIM_BATCH), tidy=tidy, known=known, held=self.runner.held)
+            claim = await lane.queue.claim(min(free, CLAIM_BATCH), tidy=tidy, known=known, held=self.runner.held)
         except REDIS_TROUBLE as exc:
-            if not await self._repaired(exc):
-                await self._nap(self._claim_faults.failed(exc))
-            self._claim_now.set()
+            if not await self._repaired(lane, exc):
+                await self._nap(lane.faults.failed(exc, shard=lane.queue.shard))
+            self._claim_soon((lane,))
             return
-        if self._claim_faults.failing:
-            self._claim_faults.succeeded()
-        self._wake_at_ms = claim.wake_at_ms
+        if lane.faults.failing:
+            lane.faults.succeeded()
+        lane.wake_at_ms = claim.wake_at_ms
         # A full claim may have left due jobs: when this worker has no room, it claims again as a
         # slot frees; when it has room, the claim left a token on the ready list, which the
         # longest-waiting idle worker gets (this one too, if it is the only one): load balancing.
-        self._backlog = len(claim.jobs) >= free
+        lane.backlog = len(claim.jobs) >= free
         for job in claim.jobs:
             self._start(job)
         for member, why in claim.poison:
-            await self._dead_letter(member, why)
+            await self._dead_letter(lane, member, why)
 
     def _start(self, job: ClaimedJob) -> None:
         if job.job_id in self.runner.held:
@@ -307,34 +374,37 @@ class StepqWorker:
             log.error("job.ended_with_error", job_id=job_id, error=repr(task.exception()))
         if not self._draining and len(self.tasks) < self.options.concurrency:
             self._room.set()
-            if self._backlog:
-                self._claim_now.set()
+            for lane in self.lanes:
+                if lane.backlog:
+                    lane.claim_now = True
+                    self._claim_now.set()
 
-    async def _listen(self) -> None:
-        """Block on the queue's ready list while this worker has room; a token, or the idle check
-        (``idle_check_s`` without one), makes it claim."""
+    async def _listen(self, lane: Lane) -> None:
+        """Block on one shard's ready list while this worker has room; a token, or the shard's idle
+        check (``shard_idle_s`` without one), makes it claim from that shard."""
         faults = Faults("wait")
-        idle_s = self.options.idle_check_s
+        wait_s = lane.first_wait_s
         while True:
             await self._room.wait()
             if not self.watchdog.reachable:
                 await self.watchdog.wait_until_reachable(UNREACHABLE_WAIT_S)
                 continue
-            self.watchdog.blocking(idle_s)
+            self.watchdog.blocking(wait_s)
             try:
-                token = await self.queue.wait_ready(self.pool, idle_s)
+                token = await lane.queue.wait_ready(self.pool, wait_s)
             except REDIS_TROUBLE as exc:
-                if not await self._repaired(exc):
+                if not await self._repaired(lane, exc):
                     # back off, but not past Redis's return (the watchdog says)
                     self._listen_back.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._listen_back.wait(), faults.failed(exc))
+                        await asyncio.wait_for(self._listen_back.wait(), faults.failed(exc, shard=lane.queue.shard))
                 continue
+            wait_s = self.shard_idle_s
             self.watchdog.answered()
             if faults.failing:
                 faults.succeeded()
-            self._idle_check = not token and not self._claim_now.is_set()
-            self._claim_now.set()
+            lane.idle_check = not token and not lane.claim_now
+            self._claim_soon((lane,))
 
     async def _nap(self, seconds: float) -> None:
         """Back off for ``seconds``, or less if Redis comes back meanwhile."""
@@ -344,81 +414,79 @@ class StepqWorker:
 
     # -- poison -----------------------------------------------------------------------------------
 
-    async def _repaired(self, exc: BaseException) -> bool:
+    async def _repaired(self, lane: Lane, exc: BaseException) -> bool:
         """After a WRONGTYPE: move a queue key of the wrong type aside, or delete wake-up keys of the
         wrong type; True when something was fixed (claim again at once)."""
         if error_kind(exc) != "WRONGTYPE":
             return False
         try:
+            queue = lane.queue
             letter = await deadletter.move_queue(
-                self.store.scripts, self.queue.shard, self.queue.queue_id, "queue key is not a sorted set"
+                self.store.scripts, queue.shard, queue.queue_id, "queue key is not a sorted set"
             )
             if letter is not None:
-                log.error("queue.moved_aside", queue=self.queue.name, moved_to=letter.moved_to, type=letter.key_type)
+                log.error("queue.moved_aside", queue=queue.name, moved_to=letter.moved_to, type=letter.key_type)
                 return True
-            deleted = await self.queue.repair_wake_keys()
+            deleted = await queue.repair_wake_keys()
         except REDIS_TROUBLE as again:
             self._dead_letter_faults.failed(again)
             return False
         if deleted:
-            log.error("queue.wake_keys_reset", queue=self.queue.name, keys=deleted, detail="they held the wrong type")
+            log.error("queue.wake_keys_reset", queue=queue.name, keys=deleted, detail="they held the wrong type")
         return bool(deleted)
 
-    async def _dead_letter(self, member: bytes, reason: str) -> None:
+    async def _dead_letter(self, lane: Lane, member: bytes, reason: str) -> None:
         """Move a poison member aside; if Redis refuses, leave it (it is skipped) and try next claim."""
+        queue = lane.queue
         try:
-            letter = await deadletter.move_member(self.store.scripts, self.queue.shard, self.queue.name, member, reason)
+            letter = await deadletter.move_member(self.store.scripts, queue.shard, queue.name, member, reason)
         except REDIS_TROUBLE as exc:
             self._dead_letter_faults.failed(exc, member=repr(member)[:200])
             return
         self._dead_letter_faults.succeeded()
         if letter is not None:
             log.error(
-                "queue.dead_letter", queue=self.queue.name, member=letter.member_text, score=letter.score, reason=reason
+                "queue.dead_letter", queue=queue.name, member=letter.member_text, score=letter.score, reason=reason
             )
 
     # -- background -------------------------------------------------------------------------------
 
     async def _renew_leases(self) -> None:
-        """Extend the lock of every job this process runs, every third of the lease."""
+        """Extend the lock of every job this process runs, every third of the lease: one call per
+        shard that has running jobs (a script touches one shard's keys)."""
         faults = Faults("leases")
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._renew_now.wait(), self.options.lease_s / 3)
             self._renew_now.clear()
-            running = list(self.runner.held)
-            if not running or not self.watchdog.reachable:
+            if not self.runner.held or not self.watchdog.reachable:
                 continue
-            try:
-                renewed = await self.queue.renew(running)
-            except REDIS_TROUBLE as exc:
-                faults.failed(exc, jobs=len(running))
-                continue
-            faults.succeeded()
-            for job_id, ok in zip(running, renewed, strict=True):
-                if not ok and job_id in self.runner.held and job_id not in self.runner.lost:
-                    # Another worker may run this job now; our commit will be fenced off, and the
-                    # job is that worker's to end.
-                    self.runner.lost.add(job_id)
-                    log.warning("lease.lost", job_id=job_id)
-                    lease_lost(self.queue.queue_id)
-
-    async def _sweep_timers(self) -> None:
-        faults = Faults("timers")
-        while True:
-            await asyncio.sleep(self.options.timer_sweep_s)
-            if not self.watchdog.reachable:
-                continue
-            try:
-                await timers.revive_overdue(
-                    self.pool, self.store.scripts, overdue_ms=int(self.options.timer_overdue_s * 1000)
-                )
-            except REDIS_TROUBLE as exc:
-                faults.failed(exc)
-            except Exception:
-                log.exception("timers.sweep_crashed")
-            else:
+            by_queue: dict[JobQueue, list[str]] = {}
+            for job_id in self.runner.held:
+                by_queue.setdefault(self.queue_of(job_id), []).append(job_id)
+            replies = await asyncio.gather(
+                *(queue.renew(job_ids) for queue, job_ids in by_queue.items()), return_exceptions=True
+            )
+            for (queue, job_ids), renewed in zip(by_queue.items(), replies, strict=True):
+                if isinstance(renewed, BaseException):
+                    if not isinstance(renewed, REDIS_TROUBLE):
+                        raise renewed
+                    faults.failed(renewed, jobs=len(job_ids), shard=queue.shard)
+                    continue
                 faults.succeeded()
+                for job_id, ok in zip(job_ids, renewed, strict=True):
+                    if not ok and job_id in self.runner.held and job_id not in self.runner.lost:
+                        # Another worker may run this job now; our commit will be fenced off, and the
+                        # job is that worker's to end.
+                        self.runner.lost.add(job_id)
+                        log.warning("lease.lost", job_id=job_id)
+                        lease_lost(self.queue_id)
+
+    async def _sweep_timers(self, shard: int) -> None:
+        """Re-enqueue the shard's overdue wake-ups whose job vanished (a ``ShardChore``)."""
+        await timers.revive_shard(
+            self.pool, self.store.scripts, shard, overdue_ms=int(self.options.timer_overdue_s * 1000)
+        )
 
     async def _fire_cron(self) -> None:
         """Start the runs of due cron ticks; every worker does, and each tick's claim admits one run."""
