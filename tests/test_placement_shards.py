@@ -15,7 +15,6 @@ import asyncio
 import copy
 import dataclasses
 import importlib.util
-import inspect
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -311,15 +310,6 @@ async def test_a_replay_stays_in_its_runs_shard_and_is_refused_once_flow_control
 # -- with worker processes -------------------------------------------------------------------------
 
 
-def workers_serve_every_shard() -> bool:
-    """Whether worker processes take jobs from every shard (issue 13's cluster-core step); until
-    then a worker serves shard 0 alone and the runs of the other shards would never run."""
-    import stepq.workers.worker as worker_module
-
-    return "(shard,) = shards()" not in inspect.getsource(worker_module)
-
-
-@pytest.mark.skipif(not workers_serve_every_shard(), reason="workers serve one shard until cluster-core's step lands")
 @pytest.mark.parametrize("placed_by", ["flow control", "random"])
 async def test_concurrency_limits_hold_over_shards_with_2_workers(
     deployment: Deployment,
