@@ -27,6 +27,7 @@ from stepq.flow_spec import (
 from stepq.runtime import flow_starts, shards
 from stepq.runtime.concurrency import run_slots
 from stepq.runtime.flow_keys import key_of
+from stepq.runtime.gather import gathering
 from stepq.runtime.limits import Limits
 from stepq.runtime.placement import Rule, new_run_id, placed, rule_of, shard_for
 from stepq.runtime.shards import SHARD_TAGS, shard_of
@@ -159,21 +160,23 @@ def flows(draw: st.DrawFn) -> FlowControl:
         singleton=maybe(st.builds(SingletonSpec, st.just("skip"), keys_st)),
         idempotency=maybe(st.sampled_from([USER, ACCOUNT])),
         debounce=maybe(st.builds(DebounceSpec, st.just(1000), keys_st)),
+        batch=maybe(st.builds(BatchSpec, st.just(5), st.just(1000), keys_st)),
         priority=maybe(st.just(PrioritySpec("event.data.user"))),
     )
 
 
 def state_of(slug: str, flow: FlowControl, bindings: Bindings, dedupe_key: str | None) -> set[str]:
     """The names of the flow-control state a run touches, without their shard tag: the start
-    limits' keys and the concurrency keys as the runtime builds them, the debounce pointer, the
-    dedupe key."""
+    limits' keys and the concurrency keys as the runtime builds them, the debounce or batch
+    pointer, the dedupe key."""
     run_id = new_run_id(slug, flow, bindings, count=1)  # any shard: only the tag differs
     tag = "{" + SHARD_TAGS[0] + "}"
     names = {key.replace(tag, "") for key in flow_starts.start_checks(flow, slug, run_id, bindings, Limits()).keys}
     slots = run_slots(slug, flow, dict(bindings.values["event"]))
     names |= {"slot:" + line.split("\t")[1] for line in (slots.step + "\n" + slots.run).splitlines() if line}
-    if flow.debounce is not None:
-        names.add(f"debounce:{slug}:{key_of(flow.debounce.key, bindings).digest}")
+    gather = gathering(flow, slug, dict(bindings.values["event"]), bindings, Limits())
+    if gather is not None:  # the open debounce's or batch's pointer, as the ingest builds it
+        names.add(gather.pointer.replace("{" + SHARD_TAGS[gather.shard] + "}", ""))
     if dedupe_key:
         names.add(f"dedupe:{slug}:{dedupe_key}")
     return names
