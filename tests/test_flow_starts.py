@@ -398,11 +398,13 @@ async def test_an_invoked_run_over_its_rate_limit_fails_the_invoke_step_with_the
     assert [len(children.get("completed", [])), len(children.get("skipped", []))] == [1, 1]
 
 
+@pytest.mark.parametrize("shard_count", [1, 4])
 async def test_start_limits_hold_exactly_under_concurrent_senders(
-    redis: Redis, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, start_workers: StartWorkers, tmp_path: Path, shard_count: int
 ) -> None:
     """4 senders at once (their own connections), 30 events each: the rate limit lets exactly 10
     through, idempotency exactly one per cart, and throttle drops none of them."""
+    await use_shards(redis, shard_count)  # 4: runs placed over shards (runtime/placement.py)
     start_workers("flow_starts")
     log = tmp_path / "load.log"
     senders = [stepq.Client(f"sender-{i}", redis_url=REDIS_URL) for i in range(4)]
