@@ -77,6 +77,12 @@ def new_run_id(now_ms: int | None = None, shard: int = 0) -> str:
     return new_ulid(now_ms)[:-1] + CROCKFORD[shard]
 
 
+def event_shard(event_id: str) -> int:
+    """The shard holding a stored event (its record, outcomes): named by its id as a run's is. An id
+    stepq did not make (a cron tick's ``cron:<slug>:<ms>``) maps onto the shards served."""
+    return shard_of(event_id) % len(shards())
+
+
 def configure(count: int) -> None:
     """Use ``count`` shards in this process (1..``SHARD_LIMIT``): new runs spread over them, workers
     serve them and queries read them. Called when the process opens Redis, before any run is made."""

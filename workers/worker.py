@@ -41,7 +41,7 @@ from typing import Any
 import structlog
 
 from stepq.client import Client
-from stepq.runtime import deadletter, keys, timers
+from stepq.runtime import deadletter, keys, outbox, timers
 from stepq.runtime.app_urls import AppUrlPolicy
 from stepq.runtime.connection import RedisClient, close, open_redis
 from stepq.runtime.cron import CronScheduler, cron_functions
@@ -123,9 +123,12 @@ class StepqWorker:
         registration: RegistrationKeeper | None = None,
         handle_signals: bool = True,
         run_cache: RunCache | None = None,
+        outbox_sweeper: outbox.Sweeper | None = None,
         health: Health | None = None,
     ) -> None:
         self.pool = pool
+        #: Delivers the outbox messages whose senders died (runtime/outbox.py).
+        self.outbox_sweeper = outbox_sweeper
         self.store = store
         self.options = options
         self.on_startup = on_startup
@@ -236,6 +239,8 @@ class StepqWorker:
         ]
         if self.cron is not None and (self.cron.functions or self.cron_source is not None):
             self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
+        if self.outbox_sweeper is not None:
+            self._background.append(asyncio.create_task(self.outbox_sweeper.run(), name="stepq-outbox"))
         try:
             if self.on_startup:
                 await self.on_startup(self.ctx)
@@ -632,6 +637,7 @@ async def _build(
         registration=keeper,
         handle_signals=handle_signals,
         run_cache=executor.cache,
+        outbox_sweeper=outbox.Sweeper(executor.ingest),
         health=health,
     )
     return worker
