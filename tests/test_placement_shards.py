@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import importlib.util
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -62,21 +61,7 @@ class Deployment:
             worker.wait_ready()
 
 
-def _cluster_missing() -> str:
-    """Why the cluster variant cannot run yet ('' when it can)."""
-    if importlib.util.find_spec("tests.cluster") is None:
-        return "no local cluster fixture yet (tests/cluster.py, cluster-core)"
-    if importlib.util.find_spec("stepq.runtime.outbox") is None:
-        return "the ingest crosses slots until the outbox lands"
-    return ""
-
-
-@pytest.fixture(
-    params=[
-        "one Redis, 4 shards",
-        pytest.param("3-master cluster", marks=pytest.mark.skipif(bool(_cluster_missing()), reason=_cluster_missing())),
-    ]
-)
+@pytest.fixture(params=["one Redis, 4 shards", "3-master cluster"])
 async def deployment(request: pytest.FixtureRequest, redis: Redis, tmp_path: Path) -> AsyncIterator[Deployment]:
     """One Redis holding 4 shards (``tests.helpers.use_shards``: this process and the workers use
     them), or the session's Redis Cluster of 3 masters (all 32 shards)."""
