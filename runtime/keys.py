@@ -295,16 +295,14 @@ def wait_index(shard: int, event_name: str, path: str, token: str) -> str:
 
 
 def dedupe(shard: int, slug: str, event_key: str) -> str:
-    """The run an event key started for a function (``shards.shard_for`` picks the shard)."""
+    """The run an event key started for a function (``placement.shard_for`` picks the shard)."""
     return Shape(f"{PREFIX}:", ":dedupe:").build(SHARD_TAGS[shard], f"{slug}:{event_key}")
 
 
 #: Flow control of run starts (runtime/flow_starts.py), per function and key value (its digest,
 #: runtime/flow_keys.py; '' for a limit without a key). They carry the shard tag of the run being
-#: created: with one shard (SHARD_COUNT = 1) every run of a key meets them. Once there are several
-#: shards (issue 13), the runs of one throttle, rate-limit, idempotency or singleton key must be
-#: created in one shard (as runs of one dedupe key are, shards.dedupe_shard), or each shard keeps
-#: its own count.
+#: created, so a limit is exact because runtime/placement.py creates every run sharing its key in
+#: one shard (the key value's, or the function's).
 FLOW_START_KINDS = ("rate", "rate_n", "throttle", "idem", "singleton")
 
 
