@@ -11,9 +11,12 @@ Keys come in three kinds (see ``runtime/shards.py`` for what a shard is):
   job id, which starts with it): ``stepq:{<tag>}:run:<run id>``, ``arq:job:{<tag>}:<job id>``;
 - a shard's part of a queue and its indexes carry the shard's tag: ``stepq:{<tag>}:queue:<app>``,
   ``stepq:{<tag>}:timers``... so every script on a step's path touches one Redis Cluster slot;
+- the event log (an event's record and outcomes, a shard's events index, events by name, recent
+  events by name) is sharded too: a batch of events is stored in one shard, named by its events'
+  ids (``shards.event_shard``), and what it makes other shards do goes through that shard's outbox
+  (``stepq:{<tag>}:outbox``, runtime/outbox.py);
 - the registry (functions, triggers, apps) shares one tag of its own, ``{registry}``, so that a
-  registration is one script in one slot; the event log (events, recent events by name) and cron's
-  ticks are written apart from any run's step, and carry no tag.
+  registration is one script in one slot; cron's last ticks carry no tag (one key a command).
 """
 
 from __future__ import annotations
