@@ -31,9 +31,9 @@ import stepq
 from stepq.runtime import keys, run_index, scripts, shards
 from stepq.runtime.connection import close, open_redis
 from stepq.runtime.queries import find_runs, get_run
+from stepq.runtime.redis_errors import error_kind, is_passing, unavailable_reason
 from stepq.runtime.registry import Registry
 from stepq.runtime.run_filter import RunFilter
-from stepq.runtime.redis_errors import error_kind, is_passing, unavailable_reason
 from stepq.runtime.store import RunStore
 from tests.apps.cluster_app import BRANCHES, expected, mixed
 from tests.cluster import LocalCluster

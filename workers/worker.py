@@ -190,6 +190,15 @@ class StepqWorker:
         self.chores = [
             ShardChore("timers", options.timer_sweep_s, self._sweep_timers),
         ]
+        if outbox_sweeper is not None:
+            self.chores.append(
+                ShardChore(
+                    "outbox",
+                    options.outbox_sweep_s,
+                    outbox_sweeper.visit,
+                    min_gap_s=min(outbox.SWEEP_MIN_GAP_S, options.outbox_sweep_s),
+                )
+            )
         self.watchdog = RedisWatchdog(
             pool,
             interval_s=options.redis_check_s,
@@ -245,8 +254,6 @@ class StepqWorker:
         ]
         if self.cron is not None and (self.cron.functions or self.cron_source is not None):
             self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
-        if self.outbox_sweeper is not None:
-            self._background.append(asyncio.create_task(self.outbox_sweeper.run(), name="stepq-outbox"))
         try:
             if self.on_startup:
                 await self.on_startup(self.ctx)
@@ -663,5 +670,3 @@ async def http_crons(registry: Registry) -> list[tuple[str, ...]]:
             if trigger.get("cron"):
                 out.append((record.slug, record.app_id, trigger["cron"], keys.HTTP_QUEUE_ID))
     return out
-
-
