@@ -118,15 +118,25 @@ async def waited_names(redis: Any, names: set[str]) -> set[str]:
     if not ordered:
         return set()
     flags = await redis.smismember(keys.WAITED_EVENTS, ordered)
-    maybe = [name for name, flag in zip(ordered, flags, strict=True) if flag]
-    if not maybe:
+    return await _waited_in_shards(redis, [name for name, flag in zip(ordered, flags, strict=True) if flag])
+
+
+async def _waited_in_shards(redis: Any, names: Sequence[str]) -> set[str]:
+    """Which of these event names some shard holds waits on (one EXISTS per name and shard)."""
+    if not names:
         return set()
     async with redis.pipeline(transaction=False) as pipe:
-        for name in maybe:
+        for name in names:
             for key in keys.every_shard(keys.waits, name):  # one key a command: shards live apart
                 pipe.exists(key)
         found = iter(await pipe.execute())
-    return {name for name in maybe if sum(next(found) for _ in shards())}
+    return {name for name in names if sum(next(found) for _ in shards())}
+
+
+async def learn_waited(redis: Any, names: Iterable[str]) -> None:
+    """Add to ``keys.WAITED_EVENTS`` those of ``names`` that some shard holds waits on: waits written
+    by older versions, before the set existed (a worker does it once, at its start)."""
+    await note_waited(redis, await _waited_in_shards(redis, sorted(set(names))))
 
 
 async def note_waited(redis: Any, names: Iterable[str]) -> None:

@@ -56,3 +56,19 @@ async def test_a_runs_end_resumes_its_waiter_and_cancels_by_its_rule_and_nothing
     still = await wait_for_run(redis, waiters["b"], statuses=("waiting",))
     assert still.status == "waiting"
     assert (await wait_for_run(redis, spared, statuses=("sleeping",))).status == "sleeping"
+
+
+async def test_a_wait_written_before_the_set_of_waited_names_existed_is_learned_at_a_workers_start(
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers
+) -> None:
+    [first] = start_workers("lifecycle_waits")
+    waiter = await start_run(sender, redis, "t-lifecycle-waits-awaiter", "test/lw.awaiter", {"tag": "old"})
+    await wait_for_run(redis, waiter, statuses=("waiting",), timeout=20)
+    first.stop()
+    await redis.delete(keys.WAITED_EVENTS)  # as an older stepq left it: the wait, and no set
+    start_workers("lifecycle_waits")
+    assert await redis.sismember(keys.WAITED_EVENTS, "stepq/function.finished")  # type: ignore[misc]
+    ended = await start_run(sender, redis, "t-lifecycle-waits-steady", "test/lw.steady", {"n": 1, "tag": "old"})
+    assert (await wait_for_run(redis, ended)).status == "completed"
+    resumed = await wait_for_run(redis, waiter, timeout=20)
+    assert (resumed.status, resumed.output) == ("completed", {"n": 2})

@@ -44,7 +44,7 @@ from typing import Any
 import structlog
 
 from stepq.client import Client
-from stepq.runtime import deadletter, keys, outbox, timers
+from stepq.runtime import deadletter, keys, lifecycle, outbox, timers, waits
 from stepq.runtime.app_urls import AppUrlPolicy
 from stepq.runtime.connection import RedisClient, close, open_redis
 from stepq.runtime.cron import CronScheduler, cron_functions
@@ -638,6 +638,8 @@ async def _build(
         serves = "functions registered over HTTP"
         if keeper is not None:
             serves = await until_redis_answers(keeper.register_at_start, "registration")
+        # waits on lifecycle events written before stepq:{registry}:waited existed (an upgrade)
+        await until_redis_answers(lambda: waits.learn_waited(pool, lifecycle.SENT_IF_WANTED), "waits")
         log.info("worker.started", queue=queue_id, serves=serves, redis=redact(redis_url), pid=os.getpid())
 
     worker = StepqWorker(
