@@ -157,3 +157,43 @@ async def _shard_states(redis: Any, run_ids: list[str]) -> str:
             f"history {[history.decode(r) for r in await redis.lrange(keys.history(run_id), 0, -1)]}"
         )
     return "\n".join(out)
+
+
+async def test_the_movers_hint_heals_when_lost_or_stale(
+    cluster_redis: RedisCluster, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The hint is only a hint: deleted (as by a Redis restart), its mover writes its entry again; an
+    entry that says a shard's mover is overdue when it is not (stale) costs a claim there, which writes
+    the truth (the shard's mover's wake time, or no entry when it has none)."""
+    worker = start(tmp_path, cluster.url, "w0")
+    hint_key = keys.mover_watch(APP)
+
+    async def hint() -> dict[int, int]:
+        return {int(m): int(s) for m, s in await cluster_redis.zrange(hint_key, 0, -1, withscores=True)}
+
+    async def until(what: str, check: Any) -> dict[int, int]:
+        deadline = time.monotonic() + 30
+        while True:
+            found = await hint()
+            if check(found):
+                return found
+            assert time.monotonic() < deadline, f"the hint did not {what}: {found}"
+            await asyncio.sleep(0.2)
+
+    try:
+        created = await create_runs(cluster_redis, 1, tmp_path / "steps.log", shard=5, nap="60s")
+        [run_id] = created
+        # the mover's wake time moves to the sleep's end once the first step's lease end is past
+        soon = int(time.time() * 1000) + 30_000
+        asleep = await until("get the sleeping run's wake time", lambda h: h.get(5, 0) > soon)
+        wake = asleep[5]
+        assert wake == int(await cluster_redis.get(keys.wake_at(5, APP)))
+        await cluster_redis.delete(hint_key)  # lost
+        await until("get the entry back", lambda h: h.get(5) == wake)
+        past = int(time.time() * 1000) - 10_000
+        await cluster_redis.zadd(hint_key, {"5": past, "9": past})  # stale: shard 9 has no delayed job
+        await until("heal", lambda h: h == {5: wake})
+        assert (await get_run(cluster_redis, run_id)) is not None
+        assert worker.alive(), worker.stderr()[-4000:]
+    finally:
+        worker.stop()
