@@ -12,7 +12,9 @@ The workload is throughput's (runs of 10 no-op plain ``def`` steps, drained by 2
   own; and what is measured here is the masters' CPU per step.
 
 Each round of each deployment is a drain, as in throughput: the runs are started first (through the
-ingest, ``Client.send``, as users start them; ``START_VIA`` says how), each shard's queue is then
+ingest, ``Client.send``, as users start them; where the ingest of the code under test cannot run on
+a cluster, by ``RunStore.create_run`` on a run id of a random shard, and the output says so), each
+shard's queue is then
 renamed aside, the workers are started and registered, and one pipeline renames every shard's queue
 back and puts a token on its ready list; the clock runs until every run is done. Neither starting
 runs nor starting workers is timed.
@@ -59,9 +61,8 @@ NAME = "cluster"
 STEPS = 10
 WORKERS = 2
 MASTERS = 3
-#: How runs are started: "events" (``Client.send``, the ingest, as users do) or "direct"
-#: (``RunStore.create_run`` on a run id of a random shard, for an ingest that cannot run on a cluster).
-START_VIA = {"single": "events", "cluster": "direct"}
+#: An event no function listens to, sent once to each deployment to find out whether its ingest works.
+PROBE_EVENT = "bench/probe"
 #: Commands the bench itself sends to the masters (besides the polling, gate and tokens it counts).
 OWN_COMMANDS = ("info", "config")
 POLL_S = 0.02
@@ -90,6 +91,9 @@ class Deployment:
     client: Any  # RedisClient: Redis or RedisCluster
     masters: list[Master]
     sender: Any = None  # stepq.Client
+    #: How runs are started: "events" (``Client.send``: the ingest, as users do) or "direct"
+    #: (``RunStore.create_run``), with the reason (``find_start_via``).
+    start_via: str = ""
 
     def url(self, db: int = 0) -> str:
         # (db 1 of a cluster does not exist: the workload's no-op steps record no marks)
@@ -196,19 +200,36 @@ async def _register(dep: Deployment) -> None:
     await Registry(dep.client).register_app(APP_ID, [fn.config() for fn in client.functions.values()])
 
 
+async def find_start_via(dep: Deployment) -> None:
+    """Start runs through the ingest (``Client.send``) where it works on ``dep``: a probe event tells
+    (the ingest before issue 13's outbox took keys of several slots in one script, which a cluster
+    refuses); else by ``RunStore.create_run``, saying why."""
+    import stepq
+
+    dep.sender = stepq.Client(f"{APP_ID}-sender", redis_url=dep.url())
+    try:
+        await dep.sender.send(stepq.Event(name=PROBE_EVENT, data={}))
+    except Exception as exc:
+        root: BaseException = exc
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__  # type: ignore[assignment]
+        dep.start_via = f"direct (RunStore.create_run: the ingest failed here: {type(root).__name__}: {root})"
+    else:
+        dep.start_via = "events (Client.send)"
+
+
 async def _start_runs(dep: Deployment, runs: int) -> None:
-    """Start ``runs`` runs of the 10-step function (``START_VIA``)."""
+    """Start ``runs`` runs of the 10-step function (``Deployment.start_via``)."""
     import stepq
     from bench.apps import steps
     from stepq.runtime import shards
     from stepq.runtime.store import RunStore
 
     data: dict[str, Any] = {"n": STEPS}
-    if START_VIA[dep.name] == "events":
-        if dep.sender is None:
-            dep.sender = stepq.Client(f"{APP_ID}-sender", redis_url=dep.url())
+    if dep.start_via.startswith("events"):
         for start in range(0, runs, 250):
             await dep.sender.send([stepq.Event(name="bench/steps", data=data) for _ in range(min(250, runs - start))])
+        shards.configure(dep.shard_count)
         return
     store = RunStore(dep.client)
     for _ in range(runs):
@@ -221,8 +242,9 @@ async def _start_runs(dep: Deployment, runs: int) -> None:
             raise BenchError(f"create_run {run_id}: {reply!r}")
 
 
-async def drain(env: Env, dep: Deployment, runs: int) -> dict[str, Any]:
-    """Start ``runs`` runs, gate them, start the workers, open the gate and time the drain."""
+async def drain(env: Env, dep: Deployment, runs: int, *, profile: str | None = None) -> dict[str, Any]:
+    """Start ``runs`` runs, gate them, start the workers, open the gate and time the drain (with
+    ``profile``, a file name: py-spy records the first worker meanwhile, see ``bench/profiling.py``)."""
     from stepq.runtime import keys, shards
 
     shards.configure(dep.shard_count)  # this process creates runs for either deployment in turn
@@ -247,6 +269,11 @@ async def drain(env: Env, dep: Deployment, runs: int) -> dict[str, Any]:
             )  # (redis-py blocks .rename in a cluster pipeline)
         await pipe.execute()
     workers = await env.stepq_workers(dep, WORKERS)
+    spy = None
+    if profile is not None and env.profile_dir is not None:
+        from bench.profiling import PySpy
+
+        spy = PySpy(workers[0].pid, env.profile_dir / profile)
     try:
         for master in dep.masters:
             await master.client.config_resetstat()
@@ -274,6 +301,8 @@ async def drain(env: Env, dep: Deployment, runs: int) -> dict[str, Any]:
         cpu_after = [await redis_cpu(m.client) for m in dep.masters]
         calls = [await command_calls(m.client) for m in dep.masters]
     finally:
+        if spy is not None:
+            spy.stop()
         for w in workers:
             w.stop()
     active = sum(await _per_shard(dep, "zcard", keys.runs_active))
@@ -298,7 +327,17 @@ async def drain(env: Env, dep: Deployment, runs: int) -> dict[str, Any]:
                 "calls": step_calls,
             }
         )
-    return {"steps": runs * STEPS, "seconds": seconds, "worker_cpu_s": worker_cpu, "masters": masters}
+    figures: dict[str, Any] = {
+        "steps": runs * STEPS,
+        "seconds": seconds,
+        "worker_cpu_s": worker_cpu,
+        "masters": masters,
+    }
+    if spy is not None:
+        from bench.profiling import analyse
+
+        figures["profile"] = analyse(spy.out)
+    return figures
 
 
 # -- figures ----------------------------------------------------------------------------------------
@@ -336,6 +375,7 @@ def totals(dep: Deployment, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     busiest = max(m["cpu_ms_per_step"] for m in masters)
     return {
         "title": dep.title,
+        "start_via": dep.start_via,
         "steps_per_s": round(steps / seconds, 1),
         "steps_per_s_by_round": [round(r["steps"] / r["seconds"], 1) for r in rounds],
         "steps": steps,
@@ -355,13 +395,14 @@ def report(single: dict[str, Any], cluster: dict[str, Any], ratios: dict[str, fl
     lines = [f"Scaling out: {runs} runs x {STEPS} no-op steps on each deployment, {WORKERS} workers"]
     for t in (single, cluster):
         lines.append(
-            f"  {t['title']}: {t['steps_per_s']:,.0f} steps/s (rounds: {t['steps_per_s_by_round']}); "
+            f"  {t['title']} (runs started by {t['start_via']}):\n"
+            f"    {t['steps_per_s']:,.0f} steps/s (rounds: {t['steps_per_s_by_round']}); "
             f"Redis CPU {t['redis_cpu_ms_per_step']:.4f} ms/step in all, {t['commands_per_step']:.1f} commands/step; "
             f"workers' CPU {t['worker_cpu_ms_per_step']:.3f} ms/step"
         )
         for m in t["masters"]:
             lines.append(
-                f"    {m['label']}: {m['shards']} shards, {m['step_share']:.1%} of the steps, "
+                f"      {m['label']}: {m['shards']} shards, {m['step_share']:.1%} of the steps, "
                 f"{m['cpu_share']:.1%} of the Redis CPU; {m['cpu_ms_per_step']:.4f} ms/step "
                 f"({m['cpu_ms_per_own_step']:.4f} ms per step of its shards), "
                 f"{m['commands_per_step']:.1f} commands/step -> {m['steps_per_s_per_core']:,.0f} steps/s per Redis core"
@@ -396,19 +437,33 @@ async def run(env: Env) -> BenchResult:
         "workers": WORKERS,
         "masters": MASTERS,
         "replicas": 0,
-        "start_via": START_VIA,
     }
     from stepq.runtime import shards
 
     try:
         async with single_redis(env) as single, local_cluster(env) as cluster:
             deployments = [single, cluster]
+            for d in deployments:
+                await find_start_via(d)
+            result.details["start_via"] = {d.name: d.start_via for d in deployments}
+            # (the cluster's nodes run the redis-server on PATH: EmbeddedRedis's choice, not $STEPQ_BENCH_REDIS_SERVER)
+            result.details["redis_versions"] = {
+                d.name: sorted({str((await m.client.info("server"))["redis_version"]) for m in d.masters})
+                for d in deployments
+            }
             rounds: dict[str, list[dict[str, Any]]] = {d.name: [] for d in deployments}
             for r in range(n_rounds):
                 for dep in deployments if r % 2 == 0 else deployments[::-1]:
                     print(f"[bench] {NAME}: round {r + 1}, {dep.title}", flush=True)
                     rounds[dep.name].append(await drain(env, dep, runs))
             t_single, t_cluster = totals(single, rounds["single"]), totals(cluster, rounds["cluster"])
+            if env.profile_dir is not None:  # after the measured rounds: sampling skews no figure
+                result.details["profiles"] = {
+                    f"{dep.title}, worker 1 of {WORKERS}": (
+                        await drain(env, dep, runs, profile=f"cluster-{dep.name}-worker.txt")
+                    )["profile"]
+                    for dep in deployments
+                }
     finally:
         shards.configure(1)
 
