@@ -429,7 +429,7 @@ def report(single: dict[str, Any], cluster: dict[str, Any], ratios: dict[str, fl
 async def run(env: Env) -> BenchResult:
     result = BenchResult(NAME)
     runs = env.size(1000, 100)
-    n_rounds = env.size(4, 2)
+    n_rounds = env.size(6, 2)
     result.details = {
         "runs_per_round": runs,
         "steps_per_run": STEPS,
