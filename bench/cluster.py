@@ -293,9 +293,12 @@ async def drain(env: Env, dep: Deployment, runs: int, *, profile: str | None = N
             polls += 1
             return sum(int(n) for n in await _per_shard(dep, "zcard", keys.runs_done)) >= runs
 
-        await wait_until(
-            all_done, 60 + runs * STEPS / 50, f"{runs} runs on {dep.title} to end", interval=POLL_S, watch=workers
-        )
+        try:
+            await wait_until(
+                all_done, 60 + runs * STEPS / 50, f"{runs} runs on {dep.title} to end", interval=POLL_S, watch=workers
+            )
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{await _stuck(dep)}") from None
         seconds = time.perf_counter() - began
         worker_cpu = sum(cpu_seconds(w.pid) for w in workers) - worker_before
         cpu_after = [await redis_cpu(m.client) for m in dep.masters]
@@ -338,6 +341,21 @@ async def drain(env: Env, dep: Deployment, runs: int, *, profile: str | None = N
 
         figures["profile"] = analyse(spy.out)
     return figures
+
+
+async def _stuck(dep: Deployment) -> str:
+    """Where the runs that did not end are: per shard (and its master), runs active and jobs queued."""
+    from stepq.runtime import keys
+
+    active = await _per_shard(dep, "zcard", keys.runs_active)
+    queued = await _per_shard(dep, "zcard", lambda s: keys.queue(s, APP_ID))
+    master_of = {s: m.label for m in dep.masters for s in m.shards}
+    lines = [
+        f"  shard {s} ({master_of.get(s, '?')}): {active[s]} runs active, {queued[s]} jobs on its queue"
+        for s in range(dep.shard_count)
+        if active[s] or queued[s]
+    ]
+    return "where the runs are:\n" + "\n".join(lines or ["  (no run active, no job queued)"])
 
 
 # -- figures ----------------------------------------------------------------------------------------
