@@ -14,10 +14,9 @@ The workload is throughput's (runs of 10 no-op plain ``def`` steps, drained by 2
 Each round of each deployment is a drain, as in throughput: the runs are started first (through the
 ingest, ``Client.send``, as users start them; where the ingest of the code under test cannot run on
 a cluster, by ``RunStore.create_run`` on a run id of a random shard, and the output says so), each
-shard's queue is then
-renamed aside, the workers are started and registered, and one pipeline renames every shard's queue
-back and puts a token on its ready list; the clock runs until every run is done. Neither starting
-runs nor starting workers is timed.
+shard's queue is renamed aside, the workers are started and registered, and one pipeline renames
+every shard's queue back and puts a token on its ready list; the clock runs until every run is
+done. Neither starting runs nor starting workers is timed.
 
 Measured per deployment: steps/s; Redis CPU per step (INFO ``used_cpu_user`` + ``used_cpu_sys`` of
 each master, before and after the drain), in total and per master; each master's share of that CPU
@@ -117,11 +116,14 @@ async def _open(url: str) -> Any:
 @contextlib.asynccontextmanager
 async def single_redis(env: Env) -> AsyncIterator[Deployment]:
     async with env.redis(f"{NAME}-single") as server:
-        yield await _single(server)
+        deployment = await _single(server)
+        try:
+            yield deployment
+        finally:
+            await _close(deployment)
 
 
 async def _single(server: RedisServer) -> Deployment:
-    assert server.proc is not None
     client = await _open(server.url())
     master = Master(f"redis :{server.port}", server.port, [0], Redis.from_url(server.url()))
     return Deployment(
@@ -229,7 +231,7 @@ async def _start_runs(dep: Deployment, runs: int) -> None:
     if dep.start_via.startswith("events"):
         for start in range(0, runs, 250):
             await dep.sender.send([stepq.Event(name="bench/steps", data=data) for _ in range(min(250, runs - start))])
-        shards.configure(dep.shard_count)
+        shards.configure(dep.shard_count)  # (a sender sets this process's count when it opens its Redis)
         return
     store = RunStore(dep.client)
     for _ in range(runs):
