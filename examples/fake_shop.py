@@ -7,7 +7,8 @@ way the Inngest docs page through Shopify::
     with FakeShop(total=237) as shop:
         print(shop.url)  # http://127.0.0.1:<port>
 
-``flaky`` names ``since_id`` values whose first request answers 503, to show a step being retried.
+``flaky`` names ``since_id`` values whose first request answers 503, to show a step being retried;
+``latency_s`` delays every answer, to keep steps in flight (e.g. to watch a worker drain on SIGTERM).
 Run it on its own with ``python -m examples.fake_shop --host 0.0.0.0 --port 8080``.
 """
 
@@ -17,6 +18,7 @@ import argparse
 import json
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -33,11 +35,22 @@ MAX_LIMIT = 250
 class FakeShop:
     """An HTTP server on a background thread that lists ``total`` products page by page."""
 
-    def __init__(self, total: int = 237, *, host: str = "127.0.0.1", port: int = 0, flaky: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        total: int = 237,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        flaky: Iterable[int] = (),
+        latency_s: float = 0.0,
+    ) -> None:
         if total < 0:
             raise ValueError(f"FakeShop: total must not be negative, got {total}")
+        if latency_s < 0:
+            raise ValueError(f"FakeShop: latency must not be negative, got {latency_s}")
         self.total = total
         self.flaky = set(flaky)
+        self.latency_s = latency_s
         #: Requests served per ``since_id`` (0 for the first page), failures included.
         self.requests: Counter[int] = Counter()
         self._lock = threading.Lock()
@@ -103,6 +116,7 @@ class FakeShop:
 def _handler_for(shop: FakeShop) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            time.sleep(shop.latency_s)  # a thread per request: slow answers do not queue up
             parts = urlsplit(self.path)
             if parts.path != "/products.json":
                 self._reply(HTTPStatus.NOT_FOUND, {"errors": "Not Found"})
@@ -146,10 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--total", type=int, default=237)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds every answer waits (default 0)")
     args = parser.parse_args(argv)
     # As PID 1 in a container, SIGTERM's default action is ignored; make `docker stop` end it at once.
     signal.signal(signal.SIGTERM, _interrupt)
-    shop = FakeShop(args.total, host=args.host, port=args.port)
+    shop = FakeShop(args.total, host=args.host, port=args.port, latency_s=args.latency)
     print(f"fake shop: {args.total} products at {shop.url}/products.json", flush=True)
     shop.serve_forever()
 

@@ -36,6 +36,10 @@ from urllib.parse import urlparse
 
 import httpcore
 
+from stepq.redis_config import RedisConfigError, redis_url_from_env
+
+from .redis_urls import parse_redis_url
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: ``host -> addresses``; the default asks the system resolver (``getaddrinfo``).
@@ -188,6 +192,19 @@ async def system_resolver(host: str, port: int) -> list[IPAddress]:
     return out
 
 
+def _redis_endpoints(url: str) -> list[tuple[str, int]]:
+    """The hosts and ports ``url`` names: the server's, or a Sentinel URL's sentinels (the masters
+    they name are not known before asking); none for a unix socket or a URL that does not parse."""
+    try:
+        target = parse_redis_url(url, environ={})
+    except RedisConfigError:
+        return []
+    if target.is_sentinel:
+        return list(target.sentinels)
+    host = target.connection.get("host")
+    return [(host, int(target.connection.get("port", 6379)))] if target.tcp and host else []
+
+
 class AppUrlPolicy:
     """The check, with what it needs: the allow-list, the Redis server's address, a resolver."""
 
@@ -208,20 +225,18 @@ class AppUrlPolicy:
         """``STEPQ_ALLOWED_APP_HOSTS``, and the Redis at ``redis_url`` (default: ``STEPQ_REDIS_URL``)."""
         return cls(
             allowed=AllowedHosts.parse(os.environ.get(ENV, "")),
-            redis_url=redis_url or os.environ.get("STEPQ_REDIS_URL") or "redis://localhost:6379/0",
+            redis_url=redis_url or redis_url_from_env(),
         )
 
     async def redis_addresses(self) -> list[tuple[IPAddress, int]]:
         """Where the Redis server is (resolved once; a unix socket or an unresolvable name: nowhere)."""
         if self._redis is None:
             found: list[tuple[IPAddress, int]] = []
-            parts = urlparse(self.redis_url or "")
-            if parts.scheme in ("redis", "rediss") and parts.hostname:
+            for host, port in _redis_endpoints(self.redis_url or ""):
                 try:
-                    port = parts.port or 6379
-                    found = [(a, port) for a in await self._resolve(parts.hostname, port)]
+                    found += [(a, port) for a in await self._resolve(host, port)]
                 except (OSError, ValueError, UnicodeError):
-                    found = []
+                    continue
             self._redis = found
         return self._redis
 

@@ -8,12 +8,13 @@ from typing import Any, TypeAlias
 from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from . import keys, shards
+from . import keys, redis_urls, shards
 
 #: A client of either deployment: one Redis (or a Sentinel-managed primary), or a Redis Cluster.
 RedisClient: TypeAlias = Redis | RedisCluster
@@ -71,6 +72,10 @@ class HotPathPool(ConnectionPool):
         await super().ensure_connection(connection)
 
 
+class HotPathSentinelPool(HotPathPool, SentinelConnectionPool):
+    """``HotPathPool``'s shortcut on a pool whose connections ask Sentinel where the master is."""
+
+
 def _idle_and_clean(connection: AbstractConnection) -> bool:
     """Connected, nothing buffered above the socket (by asyncio or hiredis), no end of stream seen."""
     stream = getattr(connection, "_reader", None)
@@ -87,16 +92,14 @@ def _idle_and_clean(connection: AbstractConnection) -> bool:
 
 
 def make_pool(url: str, *, max_connections: int | None = None, hot_path: bool = False) -> ConnectionPool:
-    """A connection pool for ``url``; replies stay bytes (msgpack). ``hot_path``: see
-    ``pool_options`` and ``HotPathPool``."""
+    """A connection pool for ``url`` (any form ``stepq.runtime.redis_urls`` accepts: TLS, Sentinel);
+    replies stay bytes (msgpack). ``hot_path``: see ``pool_options`` and ``HotPathPool``."""
     options = pool_options(hot_path=hot_path)
-    if url.startswith("unix://"):  # TCP only
-        options.pop("socket_keepalive")
-        options.pop("socket_keepalive_options")
     if max_connections is not None:
         options["max_connections"] = max_connections
-    pool_class = HotPathPool if hot_path else ConnectionPool
-    return pool_class.from_url(url, decode_responses=False, **options)
+    if hot_path:
+        return redis_urls.make_pool(url, options, pool_class=HotPathPool, sentinel_pool_class=HotPathSentinelPool)
+    return redis_urls.make_pool(url, options)
 
 
 def connect(url: str, *, max_connections: int | None = None) -> Redis:
@@ -136,12 +139,9 @@ async def open_redis(url: str, *, max_connections: int | None = None, hot_path: 
 def open_cluster(url: str, *, hot_path: bool = False) -> RedisCluster:
     """A cluster client for ``url`` (any one node) with ``pool_options``' timeouts and retries; redis-py
     follows MOVED and ASK, and retries CLUSTERDOWN and TRYAGAIN a few times after re-reading the slots."""
-    if url.startswith("unix://"):
-        raise ValueError(f"{url}: a Redis Cluster is reached over TCP, not a unix socket")
-    database = url.partition("://")[2].partition("/")[2].partition("?")[0]
-    if database not in ("", "0"):
-        raise ValueError(f"{url} names database {database}; a Redis Cluster has only database 0")
-    cluster: RedisCluster = RedisCluster.from_url(url, decode_responses=False, **pool_options(hot_path=hot_path))
+    # (redis_urls checks the URL: TCP, database 0; TLS settings and the password file apply)
+    options = {**pool_options(hot_path=hot_path), **redis_urls.cluster_options(url)}
+    cluster: RedisCluster = RedisCluster(decode_responses=False, **options)
     return cluster
 
 

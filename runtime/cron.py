@@ -9,6 +9,10 @@ one run whose event is ``inngest/scheduled.timer``. How one run per tick holds:
   one script: however many workers race, one run, and no crash can leave a claim without its run. A
   tick that must not fire (first sight, or too old) is claimed with ``SET NX`` and the value
   ``skipped``, so a worker with a stale view cannot fire it later either.
+- The run's id is the tick's own (``tick_run_id``: the same in every worker and every attempt), and
+  the claim, the event's record and ``last`` are separate writes (on a Redis Cluster they live in
+  different slots): a worker dying after the claim leaves the run created, and whoever claims the
+  tick next finds that very run (create_run names it and writes nothing) and stores its event.
 - ``stepq:cron:<slug>:last`` holds the newest tick handled (ms) and only moves forward. It makes the
   idle check cheap (a worker that has seen ``last`` reach the current tick asks Redis nothing) and it
   tells a function's first start (no ``last``) from a restart.
@@ -33,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import hashlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -44,6 +49,7 @@ from stepq.errors import FunctionConfigError
 from stepq.event import Event
 from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
+from stepq.ids import CROCKFORD
 from stepq.triggers import TriggerCron
 
 from . import flow_starts, keys, lifecycle
@@ -52,7 +58,7 @@ from .connection import RedisClient
 from .ingest import Ingest
 from .registry import FunctionRecord, Registry
 from .scripts import register
-from .shards import dedupe_shard, run_id_for
+from .shards import dedupe_shard, event_shard, run_id_for
 from .store import RunStore
 
 log = structlog.get_logger("stepq.cron")
@@ -86,6 +92,20 @@ class InvalidCronError(FunctionConfigError):
 def tick_event_id(slug: str, tick_ms: int) -> str:
     """The id of the event of ``slug``'s tick at ``tick_ms``; also the run's dedupe key (the claim)."""
     return f"cron:{slug}:{tick_ms}"
+
+
+def tick_run_id(slug: str, tick_ms: int, placed: str) -> str:
+    """The id of the run of ``slug``'s tick at ``tick_ms``, in the shard of ``placed`` (a run id the
+    placement chose for it: its last character): the same in every worker and every attempt (a ULID
+    of the tick's time whose random bits are a digest of the tick), so that a claim repeated after a
+    crash finds the run it created."""
+    digest = int.from_bytes(hashlib.sha256(f"{slug}\x00{tick_ms}".encode()).digest()[:10], "big")
+    value = (tick_ms << 80) | digest
+    chars = []
+    for _ in range(26):
+        chars.append(CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))[:-1] + placed[-1]
 
 
 def _ms(when: dt.datetime) -> int:
@@ -312,7 +332,10 @@ class CronScheduler:
                 candidates.append((fn, *found))
         if not candidates:
             return []
-        raw_lasts: list[bytes | None] = await self.redis.mget([keys.cron_last(fn.slug) for fn, _, _ in candidates])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fn, _, _ in candidates:
+                pipe.get(keys.cron_last(fn.slug))  # one key a command: on a cluster they live apart
+            raw_lasts: list[bytes | None] = await pipe.execute()
         fire: list[tuple[_CronFunction, int, Schedule]] = []
         skip: list[tuple[_CronFunction, int, str]] = []
         for (fn, tick, schedule), raw in zip(candidates, raw_lasts, strict=True):
@@ -348,9 +371,11 @@ class CronScheduler:
         skip_ttl = max(limits.dedupe_s, self.catch_up_ms // 1000 + 60)
         flows = await self._flows([fn.slug for fn, _, _ in fire])
         described: dict[str, tuple[str, dict[str, Any]]] = {}
+        tick_runs: dict[str, str] = {}  # slug -> the id of its tick's run
         async with self.redis.pipeline(transaction=False) as pipe:
             for fn, tick, _ in fire:
-                run_id = run_id_for(fn.slug, tick_event_id(fn.slug, tick), now_ms)
+                run_id = tick_run_id(fn.slug, tick, run_id_for(fn.slug, tick_event_id(fn.slug, tick), now_ms))
+                tick_runs[fn.slug] = run_id
                 event_dict = events[fn.slug].to_dict()
                 # a cron run is one of the function's runs: its start limits apply (as in Inngest)
                 checks = flow_starts.NONE
@@ -388,17 +413,21 @@ class CronScheduler:
                 outcomes = flow_starts.StartOutcomes.of_create_run(reply)
                 if outcomes:
                     announced.append(outcomes)
-                if int(reply[0]) == 1:
-                    run_id = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-                    created.append(run_id)
+                run_id = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+                # created now, or by an earlier claim of this tick that died before this second
+                # write (the run's id is the tick's own): the event is stored either way, once
+                if int(reply[0]) == 1 or run_id == tick_runs[fn.slug]:
+                    if int(reply[0]) == 1:
+                        created.append(run_id)
                     event = events[fn.slug]
+                    shard = event_shard(event.id)
                     pipe.set(keys.event(event.id), pack(event.to_dict()), ex=retention)
-                    pipe.zadd(keys.EVENTS, {event.id: now_ms})
+                    pipe.zadd(keys.events_index(shard), {event.id: tick})
                     # what the dashboard's events page shows (runtime/event_queries.py): its run
                     pipe.set(keys.event_outcomes(event.id), pack([[fn.slug, "started", run_id, ""]]), ex=retention)
-                    pipe.zadd(keys.events_named(event.name), {event.id: now_ms})
-                    pipe.zremrangebyscore(keys.events_named(event.name), "-inf", now_ms - retention * 1000)
-                    pipe.expire(keys.events_named(event.name), retention)
+                    pipe.zadd(keys.events_named(shard, event.name), {event.id: tick})
+                    pipe.zremrangebyscore(keys.events_named(shard, event.name), "-inf", now_ms - retention * 1000)
+                    pipe.expire(keys.events_named(shard, event.name), retention)
                     log.info("cron.fired", function=fn.slug, cron=schedule.text, tick_ms=tick, run_id=run_id)
             for (fn, tick, reason), reply in zip(skip, replies[len(fire) :], strict=True):
                 if isinstance(reply, Exception):
@@ -408,7 +437,8 @@ class CronScheduler:
                 if reply:  # this worker decided the skip: say so once
                     log.info("cron.skipped", function=fn.slug, tick_ms=tick, reason=reason, age_ms=now_ms - tick)
             if created:
-                pipe.zremrangebyscore(keys.EVENTS, "-inf", now_ms - retention * 1000)
+                for shard in {event_shard(events[fn.slug].id) for fn, _, _ in fire}:
+                    pipe.zremrangebyscore(keys.events_index(shard), "-inf", now_ms - retention * 1000)
             for slug, tick in handled:
                 await self._advance(keys=[keys.cron_last(slug)], args=[tick], client=pipe)  # type: ignore[arg-type]
             await pipe.execute()

@@ -1,5 +1,8 @@
 """Read-only views of stored events and of what each did: the runs it started, or, per function it
-reached, why none (recorded by runtime/lua/ingest_events.lua in the write that stored the event)."""
+reached, why none (recorded by runtime/lua/ingest_events.lua in the write that stored the event, and
+for runs created in other shards by the acknowledgement of their outbox messages).
+
+Events are stored in shards (an event's id names its shard): listings merge every shard's index."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from .codec import unpack
 from .connection import RedisClient
 from .run_filter import RunFilter
 from .run_index import Merged, decode_cursor, encode_cursor
+from .shards import event_shard, shards
 
 #: What an event did for one function: ``started`` a run; ``joined`` the open debounce or batch run
 #: of its key; was ``deduplicated`` (the run named already had its id); was ``skipped`` by flow
@@ -91,7 +95,7 @@ async def _read(redis: RedisClient, event_ids: list[str]) -> list[EventView]:
     async with redis.pipeline(transaction=False) as pipe:
         for event_id in event_ids:
             pipe.get(keys.event(event_id))
-            pipe.zscore(keys.EVENTS, event_id)
+            pipe.zscore(keys.events_index(event_shard(event_id)), event_id)
             pipe.get(keys.event_outcomes(event_id))
         replies = await pipe.execute()
     views = []
@@ -116,8 +120,8 @@ async def recent_events(
     if limit < 1:
         raise ValueError(f"limit: must be at least 1, got {limit}")
     after = decode_cursor(cursor) if cursor else None
-    index = keys.events_named(name) if name else keys.EVENTS
-    positions = await Merged(redis, [index], RunFilter(), after, limit + 1).take(limit + 1)
+    indexes = [keys.events_named(shard, name) if name else keys.events_index(shard) for shard in shards()]
+    positions = await Merged(redis, indexes, RunFilter(), after, limit + 1).take(limit + 1)
     page = positions[:limit]
     views = await _read(redis, [event_id for _, event_id in page])
     return EventPage(views, encode_cursor(page[-1]) if len(positions) > limit else None)

@@ -124,7 +124,8 @@ class StartOutcomes:
     skipped: tuple[tuple[str, str], ...] = ()
     #: Runs a singleton in cancel mode cancelled for a new one.
     replaced: tuple[str, ...] = ()
-    #: Runs those ends failed besides (parents failed by their child's result).
+    #: Runs those ends failed besides (parents failed by their child's result), and the outbox
+    #: messages the write left to deliver (marked: runtime/outbox.py).
     ended: tuple[str, ...] = ()
 
     @classmethod
@@ -138,11 +139,12 @@ class StartOutcomes:
     @classmethod
     def of_create_run(cls, reply: Any) -> StartOutcomes:
         """create_run.lua's own reply (a run created alone, not by an ingest)."""
+        ended = tuple(text_of(r) for r in reply[3]) if len(reply) > 3 and reply[3] else ()
         if int(reply[0]) == 2:
-            return cls(skipped=((text_of(reply[1]), text_of(reply[2])),))
+            return cls(skipped=((text_of(reply[1]), text_of(reply[2])),), ended=ended)
         if int(reply[0]) == 1 and len(reply) > 2 and reply[2]:
-            return cls(replaced=(text_of(reply[2]),))
-        return cls()
+            return cls(replaced=(text_of(reply[2]),), ended=ended)
+        return cls(ended=ended)
 
     def __bool__(self) -> bool:
         return bool(self.skipped or self.replaced or self.ended)

@@ -1,17 +1,25 @@
 """Event ingestion: store each event, start one run per function it triggers.
 
-One round trip per send, however many events and functions, once the sender knows the routes of
-its event names (cached under the registry's version, see ``Registry.cached_route``): one script
-that stores the events and creates the runs (each with its own dedupe), unless a registration
-changed the routes meanwhile. One script, not a pipeline: a batch is stored whole or not at all,
-even when Redis runs out of memory halfway (see runtime/lua/ingest_events.lua). Then, for the event
-names some run waits on, waits and cancellation rules are matched against the events.
+One round trip per send on one Redis, however many events and functions, once the sender knows the
+routes of its event names (cached under the registry's version, see ``Registry.cached_route``): one
+script that stores the events and creates the runs (each with its own dedupe), unless a
+registration changed the routes meanwhile. One script, not a pipeline: a batch is stored whole or
+not at all, even when Redis runs out of memory halfway (see runtime/lua/ingest_events.lua).
+
+A batch is stored in one shard (``batch_shard``; its events' ids name it). With several shards (a
+Redis Cluster), what the batch makes other shards do goes through that shard's outbox
+(runtime/outbox.py), written by the same script: each run placed in another shard is one message,
+and the matching of the events against the waits and cancellation rules of every shard is one more.
+The sender delivers them at once; if it dies first, a worker's sweeper does. On one shard the runs
+are created by the script itself and no message is written unless a run waits for one of the names.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,11 +28,10 @@ import structlog
 from stepq.errors import InvalidEventError, StepqError
 from stepq.event import Event
 from stepq.expressions import Bindings, ExpressionError, compile_expression
-from stepq.ids import new_ulid
-from stepq.runtime.shards import run_id_for, shards
+from stepq.runtime.shards import new_run_id, run_id_for, shard_of, shards
 from stepq.triggers import TRIGGER_VARIABLES
 
-from . import flow_starts, keys, lifecycle, matching, waits
+from . import flow_starts, keys, lifecycle, matching, outbox, waits
 from .codec import pack
 from .connection import RedisClient
 from .gather import gathering
@@ -104,6 +111,20 @@ class _CreateRunCalls:
         self.count += 1
 
 
+class _OneCall:
+    """Stands in for a Redis client so that ``RunStore.create_run`` hands over one call's KEYS and ARGV
+    (a run placed in another shard: they travel in an outbox message, runtime/outbox.py)."""
+
+    def __init__(self) -> None:
+        self.keys: list[Any] = []
+        self.args: list[Any] = []
+
+    async def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> None:
+        if sha != _CreateRunCalls._SHA:
+            raise RuntimeError("RunStore.create_run sent a script other than runtime/lua/create_run.lua")
+        self.keys, self.args = list(keys_and_args[:numkeys]), list(keys_and_args[numkeys:])
+
+
 class Ingest:
     def __init__(self, redis: RedisClient, store: RunStore, registry: Registry) -> None:
         self.redis = redis
@@ -128,7 +149,8 @@ class Ingest:
                     where = f"events[{i}]" if len(events) > 1 else "event"
                     raise InvalidEventError(f"{where}.name: names starting with 'inngest/' or 'stepq/' are reserved")
         at = now_ms()
-        ids = [new_ulid(at) for _ in events]
+        shard = batch_shard()
+        ids = [new_run_id(at, shard) for _ in events]  # an event's id names its shard, as a run's does
         stored = [
             Event(e.name, e.data, e.id or event_id, e.ts or at, e.v, e.user)
             for e, event_id in zip(events, ids, strict=True)
@@ -142,34 +164,53 @@ class Ingest:
                 if not keep:
                     return []
             kept = ([events[i] for i in keep], [ids[i] for i in keep], [stored[i] for i in keep])
-            waited = await self._store(*kept, route, at, traceparent)
-            if waited is not None:
+            sent = await self._store(shard, *kept, route, at, traceparent)
+            if sent is not None:
                 break
             self.registry.forget()  # a registration changed the routes meanwhile: route again
         else:
             raise StepqError(f"the function registry kept changing while {len(events)} event(s) were sent; retry")
-        _, ids, stored = kept
-        if any(waited):
-            await matching.deliver(self, [e.to_dict() for e, w in zip(stored, waited, strict=True) if w])
-        return ids
+        ended, bodies = sent
+        # the batch's messages, as the script wrote them: its runs in other shards first, then the
+        # matching of its events (which then meets the cancellation rules of those runs, as on one shard)
+        match = [m for m in bodies if m.partition(":")[2].startswith("match:")]
+        await outbox.deliver(self, [m for m in bodies if m not in match], bodies)
+        await outbox.deliver(self, match, bodies)
+        await lifecycle.runs_failed(self, ended)
+        return kept[1]
 
     async def _store(
-        self, events: Sequence[Event], ids: list[str], stored: list[Event], route: Route, at: int, traceparent: str = ""
-    ) -> list[bool] | None:
-        """Store the events and create their runs, as routed; per event, whether some run waits
-        for its name. None when the routes are stale (nothing was stored)."""
+        self,
+        shard: int,
+        events: Sequence[Event],
+        ids: list[str],
+        stored: list[Event],
+        route: Route,
+        at: int,
+        traceparent: str = "",
+    ) -> tuple[list[str], dict[str, bytes]] | None:
+        """Store the events in ``shard`` and create their runs, as routed; returns the script's ends
+        (the runs its flow control ended, then any outbox message its create_runs wrote:
+        ``lifecycle.runs_failed`` takes them) and the outbox messages the batch wrote (id -> body),
+        for the sender to deliver. None when the routes are stale (nothing was stored)."""
         routes = route.functions
         retention = self.store.limits.retention_s
-        batch_keys: list[Any] = [keys.EVENTS]
+        several = len(shards()) > 1
+        batch_keys: list[Any] = [keys.events_index(shard), keys.outbox(shard), keys.outbox_body(shard)]
         batch_args: list[Any] = [
             at,
             retention,
             matching.RECENT_MAX,
             matching.LOOK_BACK_MS,
-            route.version or b"",
+            # several shards: the registry lives in another slot (checked apart, see _check_version)
+            "-" if several else (route.version or b""),
             len(stored),
             len(shards()),
+            outbox.message_id(shard, shard, f"match:{ids[0]}"),
+            outbox.match_body(ids),
         ]
+        messages: list[Any] = []  # id, body of each run placed in another shard
+        event_args: list[Any] = []
         runs = _CreateRunCalls()
         described: dict[str, tuple[str, dict[str, Any]]] = {}  # runs with start limits: (function, event)
         for event_no, (event_id, original, event) in enumerate(zip(ids, events, stored, strict=True), start=1):
@@ -191,6 +232,8 @@ class Ingest:
                 checks = flow_starts.start_checks(fn.flow, fn.slug, run_id, bindings, self.store.limits)
                 if checks.count:
                     described[run_id] = (fn.slug, event_dict)
+                here = shard_of(run_id) == shard
+                call: _CreateRunCalls | _OneCall = runs if here else _OneCall()
                 runs.event_no, runs.gathers = event_no, gather is not None
                 await self.store.create_run(
                     run_id=run_id,
@@ -204,20 +247,50 @@ class Ingest:
                     limits=limits,
                     flow=fn.flow,
                     checks=checks,
-                    pipe=runs,
+                    pipe=call,
                     gather=gather,
                     trace=traceparent,
                 )
+                if isinstance(call, _OneCall):
+                    messages.append(outbox.message_id(shard, shard_of(run_id), f"{event_id}:{run_id}"))
+                    messages.append(
+                        outbox.run_body(call.keys, call.args, event_id=event_id, fn=fn.slug, gathers=gather is not None)
+                    )
             batch_keys += [
                 keys.event(event_id),
-                keys.recent_events(event.name),
-                keys.events_named(event.name),
+                keys.recent_events(shard, event.name),
+                keys.events_named(shard, event.name),
                 keys.event_outcomes(event_id),
-                *keys.every_shard(keys.waits, event.name),
+                keys.waits(shard, event.name),
             ]
-            batch_args += [event_id, pack(event_dict), pack(known)]
+            event_args += [event_id, pack(event_dict), pack(known)]
+        batch_args += [len(messages) // 2, *messages, *event_args]
         reply = await self._batch(keys=batch_keys + runs.keys, args=[*batch_args, runs.count, *runs.args])
         if reply[0] == b"stale":
             return None
-        await lifecycle.announce_starts(self, flow_starts.StartOutcomes.of(reply[2 + len(stored) :]), described)
-        return [bool(flag) for flag in reply[2 : 2 + len(stored)]]
+        if several:
+            await self._check_version(route)
+        outcomes = flow_starts.StartOutcomes.of(reply[2:])
+        await lifecycle.announce_starts(self, dataclasses.replace(outcomes, ended=()), described)
+        ended, written = outbox.split(outcomes.ended)
+        bodies = dict(zip(messages[::2], messages[1::2], strict=True))
+        match_id = batch_args[7]
+        for message_id in written:
+            if message_id == match_id:
+                bodies[match_id] = batch_args[8]  # written when some run may wait (see the script)
+            elif message_id not in bodies:
+                ended.append(outbox.MARK + message_id)  # a create_run's own (a parent resumed): read back
+        return ended, bodies
+
+    async def _check_version(self, route: Route) -> None:
+        """With several shards the batch script cannot read the registry (another slot): a send racing
+        a registration is routed by either version, and the next send routes afresh."""
+        if await self.redis.get(keys.FUNCTIONS_VERSION) != (route.version or None):
+            self.registry.forget()
+
+
+def batch_shard() -> int:
+    """The shard a batch of events is stored in: any of those served (the batch's runs go where
+    their placement puts them, ``shards.run_id_for``)."""
+    count = len(shards())
+    return random.randrange(count) if count > 1 else 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from .shards import SHARD_TAGS, shards, tag_of
+from .shards import SHARD_TAGS, event_shard, shards, tag_of
 
 PREFIX = "stepq"
 
@@ -74,7 +74,17 @@ SHARD_SHAPES = {
     # The run lists' indexes (runtime/run_index.lua writes them, runtime/queries.py reads them):
     "run_counts": Shape(f"{PREFIX}:", ":runs:counts"),  # hash ``<slug>|<status>`` -> runs now in it (not ended)
     "runs_expiry": Shape(f"{PREFIX}:", ":runs:expiry"),  # zset ended run (msgpack) -> when its record expires
+    # The shard's outbox (runtime/outbox.py): messages its scripts wrote for other shards.
+    "outbox": Shape(f"{PREFIX}:", ":outbox"),  # zset message id -> when the sweeper may redeliver it (ms)
+    "outbox_body": Shape(f"{PREFIX}:", ":outbox:body"),  # hash message id -> msgpack message
+    "outbox_lock": Shape(f"{PREFIX}:", ":lock:outbox"),  # the one process sweeping the shard's outbox
+    "outbox_dead": Shape(f"{PREFIX}:", ":outbox:dead"),  # messages no delivery could read, newest first
+    # The shard's part of the event log (an event's shard is its id's: ``event_shard``).
+    "events_index": Shape(f"{PREFIX}:", ":events"),  # zset event id -> received ms, trimmed to the retention
 }
+#: Keys of one received outbox message, in the target shard (their argument: the message id): what
+#: its delivery did (msgpack reply), so that a redelivery repeats the answer and not the writes.
+RECEIVED_SHAPE = Shape(f"{PREFIX}:", ":outbox:done:")
 #: A shard's run indexes by one value (their argument: an event name, a status, or ``<slug>|<status>``);
 #: zsets run_id -> created ms, but ``runs_ended``: run_id -> ended ms, the last hour. Every run is in
 #: one status's and one function-and-status's: all runs, or a function's, are their unions.
@@ -319,20 +329,58 @@ def every_shard(builder: Callable[..., str], *args: str) -> list[str]:
     return [builder(shard, *args) for shard in shards()]
 
 
-# -- the registry and the event log (no shard) ---------------------------------------------------------
-
-EVENTS = f"{PREFIX}:events"  # zset event id -> received ms, trimmed to the retention period
+# -- the outbox ----------------------------------------------------------------------------------
 
 
-def events_named(event_name: str) -> str:
-    """The stored events of one name (zset event id -> received ms, trimmed to the retention period)."""
-    return f"{PREFIX}:events:name:{event_name}"
+def outbox(shard: int) -> str:
+    return SHARD_SHAPES["outbox"].build(SHARD_TAGS[shard])
+
+
+def outbox_body(shard: int) -> str:
+    return SHARD_SHAPES["outbox_body"].build(SHARD_TAGS[shard])
+
+
+def outbox_lock(shard: int) -> str:
+    return SHARD_SHAPES["outbox_lock"].build(SHARD_TAGS[shard])
+
+
+def outbox_dead(shard: int) -> str:
+    return SHARD_SHAPES["outbox_dead"].build(SHARD_TAGS[shard])
+
+
+def outbox_received(shard: int, message_id: str) -> str:
+    """What the delivery of message ``message_id`` to ``shard`` answered (expires)."""
+    return RECEIVED_SHAPE.build(SHARD_TAGS[shard], message_id)
+
+
+# -- the event log (in shards: an event's shard is named by its id, ``shards.event_shard``) ----------
+
+
+def events_index(shard: int) -> str:
+    """The shard's stored events (zset event id -> received ms, trimmed to the retention period)."""
+    return SHARD_SHAPES["events_index"].build(SHARD_TAGS[shard])
+
+
+def events_named(shard: int, event_name: str) -> str:
+    """The shard's stored events of one name (zset event id -> received ms, trimmed to the retention)."""
+    return Shape(f"{PREFIX}:", ":events:name:").build(SHARD_TAGS[shard], event_name)
+
+
+def event(event_id: str) -> str:
+    """A stored event (msgpack), in its id's shard."""
+    return Shape(f"{PREFIX}:", ":event:").build(SHARD_TAGS[event_shard(event_id)], event_id)
 
 
 def event_outcomes(event_id: str) -> str:
     """What a stored event did, per function it reached (msgpack list of ``[slug, outcome, run_id,
     reason]``: runtime/event_queries.py); expires with the event."""
-    return f"{PREFIX}:outcomes:{event_id}"
+    return Shape(f"{PREFIX}:", ":outcomes:").build(SHARD_TAGS[event_shard(event_id)], event_id)
+
+
+def recent_events(shard: int, event_name: str) -> str:
+    """The shard's recently received events of a name (``<ms>:<id>``, newest first), for the look-back
+    of a newly registered wait."""
+    return Shape(f"{PREFIX}:", ":recent:").build(SHARD_TAGS[shard], event_name)
 
 
 #: The registry's keys start with this (one hash tag: one slot).
@@ -346,10 +394,6 @@ FUNCTIONS_VERSION = f"{REGISTRY}:functions:version"
 SHARD_COUNT = f"{REGISTRY}:shards"
 
 
-def event(event_id: str) -> str:
-    return f"{PREFIX}:event:{event_id}"
-
-
 def trigger(event_name: str) -> str:
     """The slugs of the functions an event name triggers."""
     return f"{REGISTRY}:trigger:{event_name}"
@@ -358,11 +402,6 @@ def trigger(event_name: str) -> str:
 def function_events(slug: str) -> str:
     """The event names a function is triggered by (the trigger sets it is a member of)."""
     return f"{REGISTRY}:fn:{slug}:events"
-
-
-def recent_events(event_name: str) -> str:
-    """Recently received events of a name, for the look-back of a newly registered wait."""
-    return f"{PREFIX}:recent:{event_name}"
 
 
 def cron_last(slug: str) -> str:
@@ -449,6 +488,7 @@ def lua_prelude() -> str:
         lines.append(_lua_shaped(name, shape, "tag", "id"))
     for name, shape in SHARD_SHAPES.items():
         lines.append(_lua_shaped(name, shape, "tag", None))
+    lines.append(_lua_shaped("outbox_received", RECEIVED_SHAPE, "tag", "id"))
     for name in LUA_INVERSES:
         shape = (RUN_SHAPES | JOB_SHAPES | QUEUE_SHAPES)[name]
         # the tag holds no '}': the argument starts after the first '}' past the head, and the tail

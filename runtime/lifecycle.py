@@ -79,8 +79,15 @@ async def cancel(ingest: Ingest, run_id: str, reason: str) -> store.Outcome:
 
 
 async def runs_failed(ingest: Ingest, run_ids: Sequence[str]) -> None:
-    """Emit the ends of runs a write failed on its own (a value broke a run's state limit)."""
-    for run_id in run_ids:
+    """Emit the ends of runs a write failed on its own (a value broke a run's state limit), and
+    deliver the outbox messages the write left for other shards (marked among them: a script's
+    ``ends``, see runtime/outbox.py)."""
+    from . import outbox  # outbox's deliveries announce through this module
+
+    failed, messages = outbox.split(run_ids)
+    if messages:
+        await outbox.deliver(ingest, messages)
+    for run_id in failed:
         raw = await ingest.redis.hget(keys.run(run_id), "error")  # type: ignore[misc]
         await run_ended(ingest, run_id, RunStatus.FAILED, error=unpack(raw) if raw else None)
 

@@ -10,6 +10,7 @@ import structlog
 from . import history, keys, lifecycle, store, tracing, waits
 from .codec import unpack
 from .lifecycle import Ingest
+from .shards import shards
 from .store import now_ms
 
 log = structlog.get_logger("stepq.matching")
@@ -52,17 +53,25 @@ async def apply(ingest: Ingest, record: waits.WaitRecord, event: dict[str, Any])
 async def look_back(ingest: Ingest, record: waits.WaitRecord, since_ms: int) -> bool:
     """Match a just-registered wait against events of its name received since ``since_ms``."""
     redis = ingest.redis
-    ids = []
-    recent: list[bytes] = await redis.lrange(keys.recent_events(record.event), 0, -1)  # type: ignore[misc]
-    for entry in recent:
-        at_ms, _, event_id = entry.decode().partition(":")
-        if int(at_ms) < since_ms:
-            break  # newest first
-        ids.append(event_id)
-    if not ids:
+    found: list[tuple[int, str]] = []
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards():  # events of a name are stored in every shard: look in each
+            pipe.lrange(keys.recent_events(shard, record.event), 0, -1)
+        lists: list[list[bytes]] = await pipe.execute()
+    for recent in lists:
+        for entry in recent:
+            at_ms, _, event_id = entry.decode().partition(":")
+            if int(at_ms) < since_ms:
+                break  # newest first
+            found.append((int(at_ms), event_id))
+    if not found:
         return False
-    blobs = await redis.mget([keys.event(i) for i in ids])
+    found.sort(reverse=True)  # newest first, as one shard's list is, whichever shard holds them
     at = now_ms()
+    async with redis.pipeline(transaction=False) as pipe:
+        for _, event_id in found:
+            pipe.get(keys.event(event_id))  # one key a command: events live in their shards
+        blobs = await pipe.execute()
     for blob in blobs:
         if blob is None:
             continue

@@ -37,6 +37,13 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+
+class ReplicaNowError(RedisConnectionError):
+    """The server answered ``READONLY``: it is a replica now, after a failover. The connection that
+    met it has dropped itself (``stepq.runtime.redis_urls``), so this reads as a lost connection:
+    redis-py's retries and the workers' loops reconnect, to the new master once the URL leads there."""
+
+
 #: Errors that mean Redis did not answer (as opposed to answering with an error).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 #: Every error Redis (or the network to it) can raise; redis-py's cluster client raises some that are
@@ -71,6 +78,7 @@ _CODES: dict[type[RedisError], str] = {
     AskError: "MOVED/ASK",
     OutOfMemoryError: "OOM",
     ReadOnlyError: "READONLY",
+    ReplicaNowError: "READONLY",
     BusyLoadingError: "LOADING",
     NoScriptError: "NOSCRIPT",
     ExecAbortError: "EXECABORT",
@@ -100,7 +108,7 @@ def unavailable_reason(exc: BaseException) -> str | None:
 
     The reason reads after "Redis": ``is out of memory (...)``, ``did not answer``...
     """
-    if isinstance(exc, UNREACHABLE) and not isinstance(exc, BusyLoadingError):
+    if isinstance(exc, UNREACHABLE) and not isinstance(exc, (BusyLoadingError, ReplicaNowError)):
         return "did not answer"
     if isinstance(exc, RedisError):
         passing = _PASSING.get(error_kind(exc))

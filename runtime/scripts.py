@@ -31,6 +31,8 @@ SCRIPT_NAMES = (
     "release_mover",
     "record_history",
     "fork_run",
+    "outbox_ack",
+    "outbox_receive_run",
 )
 
 
@@ -74,7 +76,7 @@ def body(name: str) -> str:
 
 #: Scripts that run another script's body as a local function of their own KEYS and ARGV (as the
 #: ingest runs create_run's), so that both make exactly the same writes; its libraries come along.
-CALLS: dict[str, tuple[str, ...]] = {"fork_run": ("create_run",)}
+CALLS: dict[str, tuple[str, ...]] = {"fork_run": ("create_run",), "outbox_receive_run": ("create_run",)}
 
 
 def called(name: str) -> str:

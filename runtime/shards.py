@@ -89,6 +89,12 @@ def run_id_for(slug: str, dedupe_key: str | None, now_ms: int | None = None) -> 
     return new_run_id(now_ms, shard)
 
 
+def event_shard(event_id: str) -> int:
+    """The shard holding a stored event (its record, outcomes): named by its id as a run's is. An id
+    stepq did not make (a cron tick's ``cron:<slug>:<ms>``) maps onto the shards served."""
+    return shard_of(event_id) % len(shards())
+
+
 def configure(count: int) -> None:
     """Use ``count`` shards in this process (1..``SHARD_LIMIT``): new runs spread over them, workers
     serve them and queries read them. Called when the process opens Redis, before any run is made."""

@@ -414,11 +414,13 @@ class RunStore:
         fence: str = "",
         executed: tuple[int, int] | None = None,
         history: bytes = b"",
+        packed: bool = False,
     ) -> Written:
         """Memoize ``value`` for a pending step; ``joined`` when it was the last one (the run goes on).
 
         ``executed``: (attempts, duration ms) when the value is what the step's code just returned;
-        ``history``: the fields of the run's history entry for it (runtime/history.py ``entry``)."""
+        ``history``: the fields of the run's history entry for it (runtime/history.py ``entry``);
+        ``packed``: ``value`` is msgpack already (bytes)."""
         limits = DEFAULT_LIMITS  # a run's own, if not these, are in its record
         attempts, duration_ms = executed if executed is not None else ("", "")
         reply = await self.scripts.call(
@@ -427,7 +429,7 @@ class RunStore:
             ResolveStepArgs(
                 run_id=run_id,
                 key=key,
-                value=pack(value),
+                value=value if packed else pack(value),
                 name=name,
                 now_ms=now_ms(),
                 fence_field=fence_field,
@@ -440,6 +442,11 @@ class RunStore:
             ).argv(),
         )
         return Written.of(reply)
+
+    async def resolve_packed(self, run_id: str, key: str, value: bytes, *, history: bytes = b"") -> Written:
+        """``resolve`` with a value packed already: an invoked child's result, delivered from its
+        shard's outbox (runtime/outbox.py)."""
+        return await self.resolve(run_id, key, value, history=history, packed=True)
 
     async def record_history(self, run_id: str, history: bytes) -> bool:
         """Append an entry no other write carries to a run's history (an invoked child's start);

@@ -119,7 +119,17 @@ async def waited_names(redis: Any, names: set[str]) -> set[str]:
 async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[WaitRecord]]:
     """For each incoming event, the waits it may satisfy (conditions not yet evaluated), of every shard."""
     found: list[list[WaitRecord]] = [[] for _ in events]
-    for shard in shards():
+    names = sorted({e["name"] for e in events})
+    if len(shards()) > 1:  # one round trip finds the shards where something waits on these names
+        async with redis.pipeline(transaction=False) as pipe:
+            for shard in shards():
+                for name in names:
+                    pipe.exists(keys.waits(shard, name))  # one key a command: shards live apart
+            flags = iter(await pipe.execute())
+        waited = [shard for shard in shards() if sum([next(flags) for _ in names])]
+    else:
+        waited = list(shards())
+    for shard in waited:
         for mine, more in zip(found, await _candidates_in(redis, shard, events), strict=True):
             mine += more
     return found

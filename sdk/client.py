@@ -26,6 +26,7 @@ from .function import Cancel, Function, Timeouts, normalize_triggers
 from .http_transport import HttpTransport
 from .middleware import UninitializedMiddleware
 from .middleware_manager import MiddlewareManager, check_middleware_list, send_through, send_through_sync
+from .redis_config import redis_url_from_env
 from .retry import Backoff
 from .serializer import NOT_SET, Serializer, checked_serializer, no_serializer
 from .transport import EventTransport, load_transport
@@ -41,12 +42,11 @@ FUNCTION_FAILED = "stepq/function.failed"
 #: Emitted when a run ends, whatever the outcome (``data`` adds ``result`` or ``error``).
 FUNCTION_FINISHED = "stepq/function.finished"
 
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-
 
 def default_redis_url() -> str:
-    """``STEPQ_REDIS_URL`` if set, else Redis on localhost."""
-    return os.environ.get("STEPQ_REDIS_URL") or DEFAULT_REDIS_URL
+    """``STEPQ_REDIS_URL``, else the URL in the file ``STEPQ_REDIS_URL_FILE`` names, else Redis on
+    localhost (``stepq.redis_config``)."""
+    return redis_url_from_env()
 
 
 #: The key sent when none is configured: a dev-mode API accepts it, any other answers 401.
@@ -110,8 +110,10 @@ class Inngest:
       ``PydanticSerializer()`` with ``output_type=MyModel``), as in inngest-py: serialized to JSON
       before they are stored, deserialized when read back. Without it, outputs must be JSON.
 
-    stepq's own arguments: ``redis_url`` (default ``STEPQ_REDIS_URL``, else
-    ``redis://localhost:6379/0``) and ``transport`` (an ``EventTransport`` that replaces both).
+    stepq's own arguments: ``redis_url`` (default ``STEPQ_REDIS_URL``, else the URL in the file
+    ``STEPQ_REDIS_URL_FILE`` names, else ``redis://localhost:6379/0``; ``rediss://`` and
+    ``redis+sentinel://`` too, see ``stepq.runtime.redis_urls``) and ``transport`` (an
+    ``EventTransport`` that replaces both).
     """
 
     def __init__(

@@ -62,9 +62,18 @@ def _wait(what: str, done: Callable[[], bool], timeout: float = READY_TIMEOUT_S)
 
 
 class LocalCluster:
-    """``masters`` masters, each with ``replicas`` replica(s), in ``directory`` (one folder a node)."""
+    """``masters`` masters, each with ``replicas`` replica(s), in ``directory`` (one folder a node);
+    ``node_options``: more redis-server options for every node."""
 
-    def __init__(self, directory: Path, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1000,
+        node_options: tuple[str, ...] = (),
+    ) -> None:
         self.directory = directory
         self.n_masters = masters
         self.nodes = [
@@ -76,6 +85,7 @@ class LocalCluster:
                     *("--cluster-node-timeout", str(node_timeout_ms)),
                     # a replica promotes itself however long its master's link was down
                     *("--cluster-replica-validity-factor", "0"),
+                    *node_options,  # e.g. an aclfile
                 ),
             )
             for i in range(masters * (1 + replicas))

@@ -346,7 +346,7 @@ async def test_a_batch_on_a_full_redis_answers_503_stores_nothing_and_a_retry_st
             assert len(ids) == 200
             stored = [unpack(b) for b in await db.mget([keys.event(i) for i in ids])]
             assert [e["data"] for e in stored] == [e["data"] for e in batch]
-            assert await db.zcard(keys.EVENTS) == 200
+            assert await db.zcard(keys.events_index(0)) == 200
             assert await db.zcard(keys.runs_active(0)) == 400  # two functions, once per event
 
             # A retry after a lost answer starts no function twice: the events' ids are the keys.

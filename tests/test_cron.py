@@ -31,12 +31,14 @@ from stepq.runtime.cron import (
     fire_due,
     parse_schedule,
     tick_event_id,
+    tick_run_id,
 )
 from stepq.runtime.event_queries import get_event, recent_events
 from stepq.runtime.queries import get_run
+from stepq.runtime.shards import event_shard, run_id_for
 from stepq.runtime.store import RunStore
 from tests.apps import cron_app
-from tests.helpers import REDIS_URL, ROOT, StartWorkers, read_lines
+from tests.helpers import REDIS_URL, ROOT, StartWorkers, read_lines, runs_of, use_shards
 
 UTC = dt.UTC
 PARIS = "Europe/Paris"
@@ -194,7 +196,7 @@ async def test_a_due_tick_starts_one_run_with_the_scheduled_event(redis: Redis) 
     assert event == {"name": CRON_EVENT, "data": {"cron": "*/5 * * * *"}, "id": f"cron:{SLUG}:{ms(tick)}",
                      "ts": ms(tick), "user": {}}  # fmt: skip
     assert unpack(await redis.get(keys.event(event["id"]))) == event
-    assert await redis.zscore(keys.EVENTS, event["id"]) is not None
+    assert await redis.zscore(keys.events_index(event_shard(event["id"])), event["id"]) is not None
     # the dashboard's events page shows the run it started
     shown = await get_event(redis, event["id"])
     assert shown is not None and [(o.function, o.outcome, o.run_id) for o in shown.outcomes] == [
@@ -206,6 +208,37 @@ async def test_a_due_tick_starts_one_run_with_the_scheduled_event(redis: Redis) 
     # The same tick again, from this or another worker: nothing new.
     assert await fire_due(redis, store, [(SLUG, APP, "*/5 * * * *")], now=tick + dt.timedelta(seconds=40)) == []
     assert await all_run_ids(redis) == [run_id]
+
+
+@pytest.mark.parametrize("count", [1, 4])
+async def test_a_worker_dying_between_a_ticks_claim_and_its_event_leaves_the_next_one_to_finish_it(
+    redis: Redis, count: int
+) -> None:
+    """The claim (the run's creation) and the event's record with ``last`` are separate writes (on a
+    cluster, separate slots). A worker dying in between leaves the run; the next claim of the tick
+    (any worker: the run id is the tick's own) finds that run, creates nothing and stores the event."""
+    await use_shards(redis, count)
+    tick = at(2025, 1, 15, 12, 5)
+    functions = [(SLUG, APP, "*/5 * * * *")]
+    dying = CronScheduler(RunStore(redis), functions)
+
+    async def killed(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("killed before its second write")
+
+    dying._advance = killed  # type: ignore[assignment]
+    with pytest.raises(RuntimeError, match="killed"):
+        await dying.fire_due(tick + dt.timedelta(milliseconds=300))
+    run_id = tick_run_id(SLUG, ms(tick), run_id_for(SLUG, tick_event_id(SLUG, ms(tick))))
+    assert (await get_run(redis, run_id, with_steps=False)) is not None  # the claim created the run...
+    event_id = tick_event_id(SLUG, ms(tick))
+    assert await get_event(redis, event_id) is None and await redis.get(keys.cron_last(SLUG)) is None  # ...only
+    assert await fire_due(redis, RunStore(redis), functions, now=tick + dt.timedelta(seconds=2)) == []
+    shown = await get_event(redis, event_id)
+    assert shown is not None and [(o.function, o.outcome, o.run_id) for o in shown.outcomes] == [
+        (SLUG, "started", run_id)
+    ]
+    assert int(await redis.get(keys.cron_last(SLUG))) == ms(tick)
+    assert [r.run_id for r in await runs_of(redis, SLUG)] == [run_id]
 
 
 async def test_two_schedulers_racing_on_one_clock_start_one_run_per_tick(redis: Redis) -> None:
@@ -351,15 +384,11 @@ async def test_several_cron_triggers_fire_on_the_union_of_their_ticks(redis: Red
 
 async def test_idle_calls_are_cheap(redis: Redis) -> None:
     """A scheduler asks Redis nothing between ticks once it knows the current one is handled; the
-    stateless ``fire_due`` asks once."""
+    stateless ``fire_due`` asks once (one pipeline: the last ticks' keys live apart on a cluster)."""
     functions = [(SLUG, APP, "*/5 * * * *"), ("t-cron-other", APP, "*/10 * * * *")]
     calls = Counter[str]()
 
     class Counting(Redis):
-        async def mget(self, *args: Any, **kwargs: Any) -> Any:
-            calls["mget"] += 1
-            return await super().mget(*args, **kwargs)
-
         def pipeline(self, *args: Any, **kwargs: Any) -> Any:
             calls["pipeline"] += 1
             return super().pipeline(*args, **kwargs)
@@ -373,7 +402,7 @@ async def test_idle_calls_are_cheap(redis: Redis) -> None:
         assert await scheduler.fire_due(tick + dt.timedelta(seconds=second)) == []
     assert calls == {}
     assert await fire_due(counting, RunStore(counting), functions, now=tick + dt.timedelta(seconds=3)) == []
-    assert calls == {"mget": 1}
+    assert calls == {"pipeline": 1}
 
 
 # -- real workers (once the worker runs the cron loop) ---------------------------------------------

@@ -129,7 +129,7 @@ async def wait_for_echo_runs(redis: Redis, count: int, timeout: float = 60.0) ->
 
 async def sent_events(redis: Redis) -> list[dict[str, Any]]:
     """The stored events named ``EVENT`` (the runtime may store events of its own, e.g. on run ends)."""
-    ids = [i.decode() for i in await redis.zrange(keys.EVENTS, 0, -1)]
+    ids = [i.decode() for i in await redis.zrange(keys.events_index(0), 0, -1)]
     blobs = await redis.mget([keys.event(i) for i in ids]) if ids else []
     events = [unpack(blob) for blob in blobs if blob is not None]
     return [e for e in events if e.get("name") == EVENT]

@@ -1,6 +1,9 @@
 """One function starting another: step.invoke (the parent gets the child's output, the child's
 failure as a StepError, or the invoke's timeout as a StepError named InngestInvokeTimeoutError), and
-step.send_event (the event it sends starts the other function once)."""
+step.send_event (the event it sends starts the other function once). Each runs on one shard and on
+four (one Redis holding the shard count): there the child is mostly in another shard than its
+parent, created by the invoke job on its own shard, and its result crosses back through the child's
+shard's outbox (runtime/outbox.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +11,23 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime.codec import unpack
-from tests.helpers import StartWorkers, read_lines, run_memo, runs_of, sha1, start_run, wait_for_run
+from tests.helpers import StartWorkers, read_lines, run_memo, runs_of, sha1, start_run, use_shards, wait_for_run
 
 CALL_KEY = sha1("call")
+
+
+@pytest.fixture(autouse=True, params=[1, 4], ids=["1-shard", "4-shards"])
+async def shard_count(request: pytest.FixtureRequest, redis: Redis) -> int:
+    """The test database's shard count, set before any worker or sender opens it."""
+    count: int = request.param
+    if count > 1:
+        await use_shards(redis, count)
+    return count
 
 
 async def child_of(redis: Redis, function: str, parent_run_id: str) -> str:

@@ -18,6 +18,7 @@ import uvicorn
 from stepq.client import default_redis_url
 from stepq.errors import StepqError
 from stepq.event import Event
+from stepq.redis_config import RedisConfigError, configured_redis_url
 from stepq.runtime.actions import BULK_CAP, ActionRefused, Actions
 from stepq.runtime.api import ApiServer, ApiSettings
 from stepq.runtime.connection import open_redis
@@ -31,8 +32,9 @@ from stepq.runtime.transport import RedisTransport
 from . import tracing
 from .app import AppLoadError, load_client
 from .embedded import EmbeddedRedis
+from .endpoint import WorkerEndpoint, endpoint_address
+from .health import Health
 from .logs import configure
-from .metrics import MetricsServer, endpoint_options
 from .options import WorkerOptions
 from .worker import build_http_worker, build_worker
 
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except CliError as exc:
+    except (CliError, RedisConfigError) as exc:
         print(f"stepq {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -69,18 +71,28 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def redis_option(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--redis-url", help="Redis to use (default: STEPQ_REDIS_URL, else redis://localhost:6379/0)")
+        p.add_argument(
+            "--redis-url",
+            help="Redis to use: redis://, rediss:// (TLS) or redis+sentinel:// (default: STEPQ_REDIS_URL, "
+            "else the file STEPQ_REDIS_URL_FILE names, else redis://localhost:6379/0)",
+        )
 
-    def metrics_options(p: argparse.ArgumentParser) -> None:
+    def endpoint_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--health-port",
+            type=int,
+            help="serve /livez, /readyz and /metrics on this port (default: STEPQ_HEALTH_PORT, else none)",
+        )
+        p.add_argument(
+            "--health-host",
+            help="address of that endpoint (default: STEPQ_HEALTH_HOST, else 127.0.0.1; it has no auth)",
+        )
         p.add_argument(
             "--metrics-port",
             type=int,
-            help="serve Prometheus metrics on this port at /metrics (default: STEPQ_METRICS_PORT, else none)",
+            help="the same endpoint, named for Prometheus (default: STEPQ_METRICS_PORT); one port serves both",
         )
-        p.add_argument(
-            "--metrics-host",
-            help="address of the metrics endpoint (default: STEPQ_METRICS_HOST, else 127.0.0.1; it has no auth)",
-        )
+        p.add_argument("--metrics-host", help="the same as --health-host (default: STEPQ_METRICS_HOST)")
 
     p = sub.add_parser("worker", help="run a worker process for an app's functions")
     p.add_argument("app", metavar="MODULE:CLIENT", nargs="?", help="the app's stepq.Inngest, e.g. myapp.jobs:client")
@@ -94,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds an idle worker waits for work before it checks the queue anyway (default 4)",
     )
-    metrics_options(p)
+    endpoint_options(p)
     p.set_defaults(handler=_worker)
 
     p = sub.add_parser("dev", help="a worker and the event API, with a private Redis when none is configured")
@@ -102,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     redis_option(p)
     p.add_argument("--concurrency", type=int)
     p.add_argument("--api-port", type=int, default=8288, help="port of the event API (default 8288)")
-    metrics_options(p)
+    endpoint_options(p)
     p.set_defaults(handler=_dev)
 
     p = sub.add_parser("api", help="serve the HTTP event API (POST /e/{event_key}) on Redis")
@@ -177,28 +189,34 @@ def _worker(args: argparse.Namespace) -> int:
     try:
         options = WorkerOptions.from_env(concurrency=args.concurrency, idle_check_s=args.idle_check)
         client = load_client(args.app) if args.app else None
-        metrics_port, metrics_host = endpoint_options(args.metrics_port, args.metrics_host)
+        address = endpoint_address(args.health_port, args.health_host, args.metrics_port, args.metrics_host)
     except (AppLoadError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    health = Health(options.liveness_timeout_s)
 
     async def serve() -> None:
+        # The heartbeat runs from the start: building the worker waits for Redis, alive meanwhile.
+        heartbeat = asyncio.create_task(health.beat(), name="stepq-heartbeat")
         try:
-            if client is not None:
-                worker = await build_worker(client, _url(args), options)
-            else:
-                signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
-                worker = await build_http_worker(_url(args), options, signing_key=signing_key)
-        except ValueError as exc:  # a bad cron expression, a bad stored shard count
-            raise CliError(str(exc)) from None
-        await worker.serve()
+            try:
+                if client is not None:
+                    worker = await build_worker(client, _url(args), options, health=health)
+                else:
+                    signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
+                    worker = await build_http_worker(_url(args), options, signing_key=signing_key, health=health)
+            except ValueError as exc:  # a bad cron expression, a bad stored shard count
+                raise CliError(str(exc)) from None
+            await worker.serve()
+        finally:
+            heartbeat.cancel()
 
     server = None
-    if metrics_port is not None:
+    if address is not None:
         try:
-            server = MetricsServer(metrics_port, metrics_host).start()
+            server = WorkerEndpoint(address, health).start()
         except OSError as exc:
-            raise CliError(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc}") from None
-        print(f"stepq worker: metrics at http://{metrics_host}:{server.port}/metrics", file=sys.stderr)
+            raise CliError(f"cannot serve the worker's endpoint on {address.host}:{address.port}: {exc}") from None
+        print(f"stepq worker: /livez, /readyz and /metrics at {server.url}", file=sys.stderr)
     try:
         asyncio.run(serve())
     except FunctionOwnedError as exc:
@@ -218,7 +236,7 @@ def _dev(args: argparse.Namespace) -> int:
     """A worker and the event API (any key accepted), on a private Redis unless one is configured."""
 
     with contextlib.ExitStack() as stack:
-        url = args.redis_url or os.environ.get("STEPQ_REDIS_URL")
+        url = args.redis_url or configured_redis_url()
         if not url:
             url = stack.enter_context(EmbeddedRedis()).url
             print(f"stepq dev: private Redis at {url}", file=sys.stderr)

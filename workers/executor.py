@@ -57,6 +57,7 @@ from stepq.runtime.store import (
 from . import metrics
 from .faults import Faults
 from .invoker import Invoker
+from .logs import step_log_level
 from .remote import FunctionSource, RemoteFunction, Runnable
 from .tracing import WorkerTracing
 
@@ -97,6 +98,8 @@ class Executor:
         self.redis_faults = Faults("jobs")
         #: OpenTelemetry spans of runs (stepq.workers.tracing); inert unless tracing is on.
         self.tracing = tracing or WorkerTracing()
+        #: The level of the line logged per invocation (STEPQ_STEP_LOG_LEVEL; stepq.workers.logs).
+        self.step_log_level = step_log_level()
 
     async def advance(self, ctx: dict[str, Any], payload: Any) -> JobEnded | None:
         """arq job entry point: ``payload`` is a JobSpec payload.
@@ -205,7 +208,8 @@ class Executor:
         written = await self.store.apply(plan, _lease(ctx))
         outcome = await self._applied(job, loaded, plan, written)
         self.tracing.attempt_ended(span, plan, outcome, result)
-        log.info(
+        log.log(
+            self.step_log_level,
             "invocation",
             run_id=loaded.run_id,
             function=fn.slug,

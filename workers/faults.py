@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import structlog
 
-from stepq.runtime.redis_errors import ANY, UNREACHABLE, error_kind
+from stepq.runtime.redis_errors import ANY, UNREACHABLE, ReplicaNowError, error_kind
 
 log = structlog.get_logger("stepq.worker")
 
@@ -52,7 +52,9 @@ class Faults:
             self._since = time.monotonic()
         if kind not in self._kinds:
             self._kinds.add(kind)
-            event = "redis.unavailable" if isinstance(exc, REDIS_DOWN) else "redis.error"
+            # READONLY is an answer, though the connection that got it drops itself as if lost
+            answered = not isinstance(exc, REDIS_DOWN) or isinstance(exc, ReplicaNowError)
+            event = "redis.error" if answered else "redis.unavailable"
             log.warning(event, activity=self.activity, kind=kind, error=str(exc), retry_in_s=self.delay_s, **fields)
         return self.delay_s
 

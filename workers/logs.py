@@ -15,11 +15,10 @@ from structlog.typing import EventDict, WrappedLogger
 
 
 def configure(level: str | None = None) -> None:
-    """Configure structlog (and stdlib logging, which arq uses) once per process."""
-    name = (level or os.environ.get("STEPQ_LOG_LEVEL") or "info").upper()
-    numeric = logging.getLevelName(name)
-    if not isinstance(numeric, int):
-        raise ValueError(f"unknown log level {name!r}; use debug, info, warning or error")
+    """Configure structlog (and stdlib logging, which arq uses) once per process; ValueError naming
+    the variable when ``STEPQ_LOG_LEVEL`` or ``STEPQ_STEP_LOG_LEVEL`` is not a level."""
+    numeric = level_number(level or os.environ.get("STEPQ_LOG_LEVEL") or "info", "STEPQ_LOG_LEVEL")
+    step_log_level()  # a wrong STEPQ_STEP_LOG_LEVEL stops the command now, not at its first step
     # JSON lines for log collectors; colours only for a person at a terminal.
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer()
@@ -53,6 +52,23 @@ def configure(level: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     logging.getLogger("arq").setLevel(max(numeric, logging.WARNING))
+
+
+def level_number(name: str, variable: str) -> int:
+    """The ``logging`` level named ``name`` (any case); ValueError naming ``variable`` otherwise."""
+    numeric = logging.getLevelName(name.strip().upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"{variable}: unknown log level {name!r}; use debug, info, warning or error")
+    return numeric
+
+
+def step_log_level() -> int:
+    """The level of the line a worker writes per invocation (``STEPQ_STEP_LOG_LEVEL``, default info).
+
+    That line (about 320 B) is most of what a busy worker logs: ``STEPQ_STEP_LOG_LEVEL=debug`` keeps
+    it out of an info-level log while the worker's other lines (start, drain, Redis lost and back,
+    errors) stay; ``STEPQ_LOG_LEVEL=debug`` brings it back."""
+    return level_number(os.environ.get("STEPQ_STEP_LOG_LEVEL") or "info", "STEPQ_STEP_LOG_LEVEL")
 
 
 #: What gives the current span's ``trace_id`` and ``span_id`` (set by stepq.workers.tracing when

@@ -36,6 +36,8 @@ class WorkerOptions:
     redis_check_timeout_s: float = 1.5
     #: How often a worker re-registers its app's functions while it runs (STEPQ_REGISTRATION_REFRESH).
     registration_refresh_s: float = DEFAULT_REFRESH_S
+    #: ``/livez`` answers 503 once the event loop's heartbeat is this old (STEPQ_LIVENESS_TIMEOUT).
+    liveness_timeout_s: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides: Any) -> WorkerOptions:
@@ -64,6 +66,7 @@ class WorkerOptions:
             "redis_check_s",
             "redis_check_timeout_s",
             "registration_refresh_s",
+            "liveness_timeout_s",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -84,4 +87,5 @@ _ENV: dict[str, tuple[str, type[int] | type[float]]] = {
     "redis_check_s": ("STEPQ_REDIS_CHECK", float),
     "redis_check_timeout_s": ("STEPQ_REDIS_CHECK_TIMEOUT", float),
     "registration_refresh_s": ("STEPQ_REGISTRATION_REFRESH", float),
+    "liveness_timeout_s": ("STEPQ_LIVENESS_TIMEOUT", float),
 }

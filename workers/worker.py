@@ -19,7 +19,8 @@ no hook for what follows. ``StepqWorker``:
   (``stepq.runtime.deadletter``);
 - has a watchdog that notices within seconds that Redis stopped answering, even when the link went
   dark without a reset (``stepq.workers.watchdog``);
-- restores the app's registration after Redis comes back empty (``stepq.workers.registration``).
+- restores the app's registration after Redis comes back empty (``stepq.workers.registration``);
+- keeps its readiness for its probes (``stepq.workers.health``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 import structlog
 
 from stepq.client import Client
-from stepq.runtime import deadletter, keys, timers
+from stepq.runtime import deadletter, keys, outbox, timers
 from stepq.runtime.app_urls import AppUrlPolicy
 from stepq.runtime.connection import RedisClient, close, open_redis
 from stepq.runtime.cron import CronScheduler, cron_functions
@@ -48,6 +49,7 @@ from stepq.runtime.job_queue import KNOWN_RUNS, ClaimedJob, JobQueue
 from stepq.runtime.jobs import ADVANCE
 from stepq.runtime.limits import Limits
 from stepq.runtime.redis_errors import error_kind
+from stepq.runtime.redis_urls import redact
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of, shards
 from stepq.runtime.store import RunCache, RunStore
@@ -55,6 +57,7 @@ from stepq.runtime.store import RunCache, RunStore
 from . import tracing
 from .executor import Executor
 from .faults import REDIS_DOWN, REDIS_TROUBLE, Faults, until_redis_answers
+from .health import Health
 from .http_invoker import HttpInvoker
 from .invoker import InProcessInvoker, Invoker
 from .job_task import JobFunction, JobRunner
@@ -120,8 +123,12 @@ class StepqWorker:
         registration: RegistrationKeeper | None = None,
         handle_signals: bool = True,
         run_cache: RunCache | None = None,
+        outbox_sweeper: outbox.Sweeper | None = None,
+        health: Health | None = None,
     ) -> None:
         self.pool = pool
+        #: Delivers the outbox messages whose senders died (runtime/outbox.py).
+        self.outbox_sweeper = outbox_sweeper
         self.store = store
         self.options = options
         self.on_startup = on_startup
@@ -184,6 +191,10 @@ class StepqWorker:
             probe=registration.probe if registration is not None else ping,
         )
         self.watchdog.on_back.append(self._reconnected)
+        #: What the worker's endpoint answers to ``/livez`` and ``/readyz`` (``stepq.workers.endpoint``);
+        #: the heartbeat is its caller's to run (the endpoint answers before the worker is built).
+        self.health = health or Health(options.liveness_timeout_s)
+        self.health.watch(lambda: self.watchdog.reachable)
         #: The jobs running now, by id.
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._draining = False
@@ -228,11 +239,14 @@ class StepqWorker:
         ]
         if self.cron is not None and (self.cron.functions or self.cron_source is not None):
             self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
+        if self.outbox_sweeper is not None:
+            self._background.append(asyncio.create_task(self.outbox_sweeper.run(), name="stepq-outbox"))
         try:
             if self.on_startup:
                 await self.on_startup(self.ctx)
             if self.registration is not None:
                 self._background.append(asyncio.create_task(self.registration.run(), name="stepq-registration"))
+            self.health.started = True
             self._background += [
                 asyncio.create_task(self._listen(lane), name=f"stepq-listen-{lane.queue.shard}") for lane in self.lanes
             ]
@@ -258,6 +272,7 @@ class StepqWorker:
     def stop(self) -> None:
         """Drain: take no more jobs, let running ones finish within the grace period, then exit."""
         self._draining = True
+        self.health.draining = True
         self.runner.stopping = True
         self._room.clear()
         self._claim_now.set()
@@ -520,8 +535,10 @@ async def build_worker(
     limits: Limits | None = None,
     invoker: Invoker | None = None,
     handle_signals: bool = True,
+    health: Health | None = None,
 ) -> StepqWorker:
-    """A worker running ``client``'s functions in this process, from the app's queue."""
+    """A worker running ``client``'s functions in this process, from the app's queue; ``health``:
+    the readiness its endpoint serves (one is made otherwise)."""
     functions = {fn.slug: fn for fn in client.functions.values()}
     return await _build(
         client.app_id,
@@ -533,6 +550,7 @@ async def build_worker(
         configs=[fn.config() for fn in functions.values()],
         crons=cron_functions(functions.values()),  # a bad cron expression fails here, naming the function
         handle_signals=handle_signals,
+        health=health,
     )
 
 
@@ -543,6 +561,7 @@ async def build_http_worker(
     signing_key: str | None = None,
     limits: Limits | None = None,
     handle_signals: bool = True,
+    health: Health | None = None,
 ) -> StepqWorker:
     """A worker invoking, over HTTP, the functions apps registered with ``POST /fn/register``."""
     options = options or WorkerOptions.from_env()
@@ -559,6 +578,7 @@ async def build_http_worker(
         configs=None,
         crons=None,
         handle_signals=handle_signals,
+        health=health,
     )
 
 
@@ -573,6 +593,7 @@ async def _build(
     configs: list[dict[str, Any]] | None,
     crons: list[tuple[str, str, str]] | None,
     handle_signals: bool,
+    health: Health | None,
 ) -> StepqWorker:
     """``configs``: the functions the worker registers as its app's (None: it serves those apps
     registered over HTTP); ``crons``: the cron triggers of imported functions, None reads those of
@@ -600,7 +621,7 @@ async def _build(
         serves = "functions registered over HTTP"
         if keeper is not None:
             serves = await until_redis_answers(keeper.register_at_start, "registration")
-        log.info("worker.started", queue=queue_id, serves=serves, redis=_redact(redis_url), pid=os.getpid())
+        log.info("worker.started", queue=queue_id, serves=serves, redis=redact(redis_url), pid=os.getpid())
 
     worker = StepqWorker(
         queue_id=queue_id,
@@ -616,6 +637,8 @@ async def _build(
         registration=keeper,
         handle_signals=handle_signals,
         run_cache=executor.cache,
+        outbox_sweeper=outbox.Sweeper(executor.ingest),
+        health=health,
     )
     return worker
 
@@ -632,8 +655,3 @@ async def http_crons(registry: Registry) -> list[tuple[str, ...]]:
     return out
 
 
-def _redact(url: str) -> str:
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

@@ -12,7 +12,7 @@
 --          msgpack map, runtime/history.py), appended whatever the outcome
 -- Returns {outcome, nudged, {ended...}, job_ended} and, when it handed over the next job, that job's
 -- id, try, fence and force_plan flag after them: nudged is '' when no nudge ran, else what nudge()
--- found; ended: the runs this script ended besides its own (see ENDED in the prelude); job_ended: 1
+-- found; ended: the runs this script ended besides its own and its outbox messages (see ends in the prelude); job_ended: 1
 -- when it ended the caller's job.
 local plan = cmsgpack.unpack(ARGV[1])
 local head, kind, body = plan[1], plan[2], plan[3]
@@ -287,11 +287,11 @@ if goes_on then
       -- the next invocation's claim, as its load would have taken it (a commit's fence is 'fence')
       local next_fence = NEXT_JOB.fence + 1
       redis.call('HSET', RUN, 'state_bytes', NEXT_JOB.state_bytes, 'next_job', next_id, 'fence', next_fence)
-      return {outcome, nudged, ENDED, job_ended, next_id, 1, next_fence, NEXT_JOB.force_plan}
+      return {outcome, nudged, ends(), job_ended, next_id, 1, next_fence, NEXT_JOB.force_plan}
     end
   else
     enqueue(KEYS[9], KEYS[10], QUEUE, NEXT_JOB.payload, NEXT_JOB.due, math.max(0, NEXT_JOB.due - now) + grace, now)
   end
   redis.call('HSET', RUN, 'state_bytes', NEXT_JOB.state_bytes, 'next_job', next_id)
 end
-return {outcome, nudged, ENDED, job_ended}
+return {outcome, nudged, ends(), job_ended}

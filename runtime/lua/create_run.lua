@@ -7,10 +7,12 @@
 -- ARGV: the fields of CreateRunArgs (runtime/script_args.py), read by name as ARG.<field>, then the
 --       flow checks' arguments (n_flow of them), then per cancellation rule (4): field, member,
 --       record, path
--- Returns {1, run_id} when created ({1, run_id, replaced run id} when a singleton in cancel mode
--- cancelled the run it replaced); {0, run id} when no run was created: the run of the dedupe key,
--- or the open debounce or batch the event joined (or, older than its event, was ignored by);
--- {2, run_id, reason} when flow control skipped the start (the run's record says so: status skipped).
+-- Returns {1, run_id, replaced run id or false, ends} when created (replaced: the run a singleton in
+-- cancel mode cancelled); {0, run id} when no run was created: the run exists already (this id, or
+-- the run of the dedupe key), or the open debounce or batch the event joined (or, older than its
+-- event, was ignored by); {2, run_id, reason, ends} when flow control skipped the start (the run's
+-- record says so: status skipped). ends: the runs ended besides and the outbox messages written
+-- (see ends in the prelude).
 -- An event joining an open gathering is checked first: the start limits charge the event that
 -- opens the run, once.
 local now = tonumber(ARG.now_ms)
@@ -22,6 +24,11 @@ if ARG.gather ~= '' then
     return joined
   end
   due = gather_due(gather, due)
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  -- created already (a redelivered message, a cron tick or an invoke retried after a crash): a
+  -- no-op that names the run, charging nothing again
+  return {0, ARG.run_id}
 end
 if ARG.dedupe_ttl_s ~= '0' then
   local existing = redis.call('GET', KEYS[3])
@@ -53,7 +60,7 @@ if #checks > 0 then
       notify_parent(KEYS[1], 'error', cmsgpack.pack({name = 'FunctionSkipped', message = why, stack = ''}),
         now, defaults)
     end
-    return {2, ARG.run_id, why}
+    return {2, ARG.run_id, why, ends()}
   end
 end
 redis.call('HSET', KEYS[1], 'fn', ARG.fn, 'app', ARG.app, 'q', queue_id_of(KEYS[6]), 'created', ARG.now_ms,
@@ -93,4 +100,4 @@ redis.call('HSET', KEYS[1], 'next_job', job_id_of(KEYS[4]))
 if gather then
   gather_open(KEYS, gather, ARG.run_id, now, due, ARG.events_blob)
 end
-return {1, ARG.run_id, replaced}
+return {1, ARG.run_id, replaced or false, ends()}

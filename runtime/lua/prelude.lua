@@ -243,6 +243,43 @@ local ENDED = {}
 
 local notify_parent -- defined below; fail_run and resolve_pending call each other through it
 
+-- Messages a script wrote into its shard's outbox for other shards (runtime/outbox.py): scripts
+-- return their ids after the runs they ended (see ends), marked with OUTBOX_MARK, so that the
+-- caller delivers them at once (the outbox's sweeper delivers them if the caller dies first).
+local SENT, OUTBOX_MARK = {}, '>'
+-- How long a message waits for its sender's delivery before the sweeper delivers it (ms).
+local OUTBOX_REDELIVER_MS = 5000
+
+-- Write a message (a msgpack map, its kind under 'k') for shard ``to_tag`` into the outbox of the
+-- shard ``from_tag``, atomically with the script's other writes. ``unique``: what makes its id
+-- unique among the messages between these two shards (a redelivery carries the same id).
+local function outbox_add(from_tag, id, body, now)
+  redis.call('ZADD', key_outbox(from_tag), now + OUTBOX_REDELIVER_MS, id)
+  redis.call('HSET', key_outbox_body(from_tag), id, body)
+  SENT[#SENT + 1] = OUTBOX_MARK .. id
+end
+
+-- outbox_add, naming the message as runtime/outbox.py's message_id does: the two shards' numbers
+-- (a tag starts with its shard's, two digits), then ``unique``.
+local function outbox_put(from_tag, to_tag, unique, body, now)
+  outbox_add(from_tag, string.sub(from_tag, 1, 2) .. string.sub(to_tag, 1, 2) .. ':' .. unique, body, now)
+end
+
+-- The runs a script ended besides its own (ENDED), then its outbox messages (SENT, marked).
+local function ends()
+  if #SENT == 0 then
+    return ENDED
+  end
+  local out = {}
+  for _, id in ipairs(ENDED) do
+    out[#out + 1] = id
+  end
+  for _, id in ipairs(SENT) do
+    out[#out + 1] = id
+  end
+  return out
+end
+
 -- Count one execution of a step's code (a step that ran, whether or not its result is committed),
 -- apart from its retry attempts, so that duplicate executions show, in a run of ``status`` (nil: no
 -- such run, nothing counted). An ended run's steps hash expires with the run; a live run's has no
@@ -375,12 +412,21 @@ notify_parent = function(run_key, result_field, result_blob, now, defaults)
   end
   local parent_id, key = string.match(parent, '^(.-)|(.*)$')
   local wrapped
-  local fields = {k = 'child', key = key, child_run_id = run_id_of(run_key)}
+  local child_id = run_id_of(run_key)
+  local fields = {k = 'child', key = key, child_run_id = child_id}
   if result_field == 'output' then
     wrapped = '\129\164data' .. result_blob
   else
     wrapped = '\129\165error' .. result_blob
     fields.error = error_fields(result_blob)
+  end
+  local from_tag, to_tag = tag_of(child_id), tag_of(parent_id)
+  if from_tag ~= to_tag then
+    -- the parent lives in another shard: its step is resolved there, by the message's delivery (a
+    -- child ends once, so its id names the message; resolving twice is a duplicate, a no-op)
+    outbox_put(from_tag, to_tag, 'resolve:' .. child_id, cmsgpack.pack({k = 'resolve', run = parent_id, key = key,
+      value = wrapped, fields = cmsgpack.pack(fields)}), now)
+    return
   end
   resolve_pending(parent_id, key, wrapped, '', now, '', '', defaults, nil, cmsgpack.pack(fields))
 end
@@ -388,7 +434,7 @@ end
 
 -- A script's reply: its outcome, then the runs it ended besides its own (see ENDED).
 local function reply(outcome)
-  return {outcome, unpack(ENDED)}
+  return {outcome, unpack(ends())}
 end
 
 -- Claim a run for one invocation and return what the worker does not have cached: load_run.lua's

@@ -55,7 +55,7 @@ async def check(block: ReadmeBlock) -> None:
     )
     views = [await block.run_of("charge-customer", event_id) for event_id in ids]
     assert {view.status for view in views} == {"completed"}, views
-    assert any(view.waited and "for key \"c1\"" in view.waited for view in views), [v.waited for v in views]
+    assert any(view.waited and 'for key "c1"' in view.waited for view in views), [v.waited for v in views]
     raw = [line.decode().split() for line in await block.redis.lrange(CALLS, 0, -1)]  # type: ignore[misc]
     for customer in ("c1", "c2"):
         spans = [(float(s), float(e)) for c, s, e in raw if c == customer]

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import redis as sync_redis
 
+from stepq.runtime import keys
 from stepq.workers.embedded import EmbeddedRedis
 from tests.helpers import STEPQ_CLI
 from tests.http_fixtures import Service, free_port
@@ -44,6 +45,8 @@ class Settings:
     #: The reconciler of sleeps whose wake-up job vanished: how often, and past how late.
     timer_sweep_s: float = 1.0
     timer_overdue_s: float = 3.0
+    #: Shards on the one Redis (``stepq:{registry}:shards``, set before any process opens it).
+    shards: int = 1
 
     def env(self, redis_url: str) -> dict[str, str]:
         return {
@@ -106,6 +109,9 @@ class Cluster:
     def start(self) -> None:
         self.redis.start()
         try:
+            if self.settings.shards > 1:
+                with sync_redis.Redis.from_url(self.redis_url) as client:
+                    client.set(keys.SHARD_COUNT, self.settings.shards)
             self._start_http_path()
             for _ in range(self.settings.workers):
                 self.add_worker(http=False)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 import stepq
-from stepq.runtime import keys
+from stepq.runtime import keys, shards
 from stepq.runtime.actions import ActionRefused, Actions, Started
 from stepq.runtime.codec import unpack
 from stepq.runtime.connection import connect
@@ -179,6 +179,7 @@ class Torture:
         if audit is not None:
             audit.start()
         self.redis = connect(self.cluster.redis_url)
+        shards.configure(self.config.settings.shards)  # as the cluster's processes, opening it
         # The driver's own writes (events, cancellations) follow the cluster's retention too.
         limits = Limits(retention_s=self.config.settings.retention_s)
         self.local = stepq.Client("t-torture-driver", transport=RedisTransport(self.cluster.redis_url, limits))
@@ -319,8 +320,12 @@ class Torture:
     async def _discover(self) -> bool:
         """Find runs started since the last look; tie each to its program by the pid in its event."""
         assert self.redis is not None
-        active = await self.redis.zrange(keys.runs_active(0), 0, -1)
-        done = await self.redis.zrangebyscore(keys.runs_done(0), self._seen_done_ms - 5000, "+inf", withscores=True)
+        active, done = [], []
+        for shard in shards.shards():
+            active += await self.redis.zrange(keys.runs_active(shard), 0, -1)
+            done += await self.redis.zrangebyscore(
+                keys.runs_done(shard), self._seen_done_ms - 5000, "+inf", withscores=True
+            )
         if done:
             self._seen_done_ms = max(self._seen_done_ms, int(max(score for _, score in done)))
         new = [r.decode() for r in [*active, *(member for member, _ in done)] if r.decode() not in self.by_run]

@@ -8,11 +8,11 @@ never ended gets a likely reason from what it left (``diagnose``), to sort failu
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from redis.asyncio import Redis
 
-from stepq.runtime import keys
+from stepq.runtime import keys, shards
 
 
 def run_leftovers(raw: dict[bytes, bytes], pending: set[bytes], jobs: set[bytes]) -> list[str]:
@@ -33,7 +33,7 @@ def run_leftovers(raw: dict[bytes, bytes], pending: set[bytes], jobs: set[bytes]
 
 async def queues(redis: Redis) -> list[bytes]:
     """The queue zsets (arq keeps a health-check string under the same prefix)."""
-    found = [k async for k in redis.scan_iter(match=keys.queue(0, "*"))]
+    found = [k for shard in shards.shards() async for k in redis.scan_iter(match=keys.queue(shard, "*"))]
     return [k for k in found if await redis.type(k) == b"zset"]
 
 
@@ -65,28 +65,40 @@ async def global_leftovers(redis: Redis, stranded: Collection[str]) -> list[str]
     arq_jobs = others([k.partition("}:")[2] for k in job_keys])
     if arq_jobs:
         problems.append(f"{len(arq_jobs)} arq job keys remain: {arq_jobs[:5]}")
-    if timers := others([t.decode() for t in await redis.zrange(keys.timers(0), 0, -1)]):
-        problems.append(f"{keys.timers(0)} holds {timers[:5]}")
-    async for key in redis.scan_iter(match=keys.waits(0, "*")):
+    for shard in shards.shards():
+        problems += await _shard_leftovers(redis, shard, others)
+    return problems
+
+
+async def _shard_leftovers(redis: Redis, shard: int, others: Callable[[list[str]], list[str]]) -> list[str]:
+    """What one shard still holds of ended runs: timers, waits, concurrency slots, active runs,
+    outbox messages."""
+    problems = []
+    if timers := others([t.decode() for t in await redis.zrange(keys.timers(shard), 0, -1)]):
+        problems.append(f"{keys.timers(shard)} holds {timers[:5]}")
+    async for key in redis.scan_iter(match=keys.waits(shard, "*")):
         members = others([m.decode() for m in await redis.hkeys(key)])  # type: ignore[misc]
         if members:
             problems.append(f"{key.decode()} still holds waits of ended runs: {members[:5]}")
-    for pattern in (keys.wait_scan(0, "*"), keys.wait_index(0, "*", "*", "*")):
+    for pattern in (keys.wait_scan(shard, "*"), keys.wait_index(shard, "*", "*", "*")):
         async for key in redis.scan_iter(match=pattern):
             members = others([m.decode() for m in await redis.smembers(key)])  # type: ignore[misc]
             if members:
                 problems.append(f"{key.decode()} still indexes waits of ended runs: {members[:5]}")
     # concurrency limits: no slot held, no job waiting in a lane, no lane waiting for a slot
-    for pattern in (keys.slots(0, "*"), keys.lane(0, "*"), keys.slot_waiters(0, "*")):
+    for pattern in (keys.slots(shard, "*"), keys.lane(shard, "*"), keys.slot_waiters(shard, "*")):
         async for key in redis.scan_iter(match=pattern):
             members = others([m.decode() for m in await redis.zrange(key, 0, -1)])
-            if members and pattern != keys.slot_waiters(0, "*"):
+            if members and pattern != keys.slot_waiters(shard, "*"):
                 problems.append(f"{key.decode()} still holds {members[:5]}")
             elif members:
                 problems.append(f"{key.decode()} still lists lanes waiting: {members[:5]}")
-    active = others([a.decode() for a in await redis.zrange(keys.runs_active(0), 0, -1)])
+    active = others([a.decode() for a in await redis.zrange(keys.runs_active(shard), 0, -1)])
     if active:
-        problems.append(f"{keys.runs_active(0)} lists runs that ended or are unknown: {active[:5]}")
+        problems.append(f"{keys.runs_active(shard)} lists runs that ended or are unknown: {active[:5]}")
+    # every crossing to another shard was delivered and acknowledged (runtime/outbox.py)
+    if undelivered := [m.decode() for m in await redis.zrange(keys.outbox(shard), 0, -1)]:
+        problems.append(f"{keys.outbox(shard)} holds undelivered messages: {undelivered[:5]}")
     return problems
 
 

@@ -37,7 +37,7 @@ ALLOWED_KEYS = {
 #: Each run keeps its 24-hour idempotency key (about 150 bytes); nothing else may stay.
 IDEMPOTENCY_KEY_BYTES = 200
 SLACK_BYTES = 64 * 1024
-INDEXES = (keys.runs_active(0), keys.runs_done(0), keys.EVENTS, keys.timers(0))
+INDEXES = (keys.runs_active(0), keys.runs_done(0), keys.events_index(0), keys.timers(0))
 
 
 @dataclasses.dataclass(slots=True)
