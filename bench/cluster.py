@@ -65,6 +65,8 @@ PROBE_EVENT = "bench/probe"
 #: Commands the bench itself sends to the masters (besides the polling, gate and tokens it counts).
 OWN_COMMANDS = ("info", "config")
 POLL_S = 0.02
+#: Idle workers are measured from this long after they started (their start-up's commands left out).
+IDLE_SETTLE_S = 5.0
 
 
 @dataclasses.dataclass(eq=False)
@@ -360,6 +362,35 @@ async def _stuck(dep: Deployment) -> str:
     return "where the runs are:\n" + "\n".join(lines or ["  (no run active, no job queued)"])
 
 
+async def idle(env: Env, deployments: list[Deployment], window_s: float) -> dict[str, Any]:
+    """Redis commands/s with ``WORKERS`` idle workers on each deployment (all at once: idle workers
+    use next to no CPU), over ``window_s`` from ``IDLE_SETTLE_S`` after they started."""
+    started = {d.name: await env.stepq_workers(d, WORKERS) for d in deployments}
+    try:
+        await asyncio.sleep(IDLE_SETTLE_S)
+        for dep in deployments:
+            for master in dep.masters:
+                await master.client.config_resetstat()
+        await asyncio.sleep(window_s)
+        found: dict[str, Any] = {"window_s": window_s}
+        for dep in deployments:
+            per_master: list[dict[str, Any]] = []
+            for master in dep.masters:
+                calls = {k: v for k, v in (await command_calls(master.client)).items() if k not in OWN_COMMANDS}
+                top = dict(sorted(calls.items(), key=lambda kv: -kv[1])[:5])
+                per_master.append({"label": master.label, "commands_per_s": round(sum(calls.values()) / window_s, 2),
+                                   "top": {k: round(v / window_s, 2) for k, v in top.items()}})  # fmt: skip
+            found[dep.name] = {
+                "commands_per_s": round(sum(m["commands_per_s"] for m in per_master), 2),
+                "masters": per_master,
+            }
+        return found
+    finally:
+        for workers in started.values():
+            for w in workers:
+                w.stop()
+
+
 # -- figures ----------------------------------------------------------------------------------------
 
 
@@ -446,6 +477,23 @@ def report(single: dict[str, Any], cluster: dict[str, Any], ratios: dict[str, fl
     return "\n".join(lines)
 
 
+def idle_report(idled: dict[str, Any]) -> str:
+    """The idle workers' cost as a line of the report."""
+    parts = []
+    for name in ("single", "cluster"):
+        masters = idled[name]["masters"]
+        each = " + ".join(f"{m['commands_per_s']:g}" for m in masters) if len(masters) > 1 else ""
+        parts.append(f"{name} {idled[name]['commands_per_s']:g}" + (f" ({each})" if each else ""))
+    summed: collections.Counter[str] = collections.Counter()
+    for m in idled["cluster"]["masters"]:
+        summed.update(m["top"])
+    top = summed.most_common(3)
+    return (
+        f"  idle: {WORKERS} idle workers cost Redis commands/s over {idled['window_s']:g} s: {', '.join(parts)}; "
+        f"on the cluster mostly {', '.join(f'{k} {v:.1f}/s' for k, v in top)}"
+    )
+
+
 async def run(env: Env) -> BenchResult:
     result = BenchResult(NAME)
     runs = env.size(1000, 100)
@@ -477,6 +525,8 @@ async def run(env: Env) -> BenchResult:
                     print(f"[bench] {NAME}: round {r + 1}, {dep.title}", flush=True)
                     rounds[dep.name].append(await drain(env, dep, runs))
             t_single, t_cluster = totals(single, rounds["single"]), totals(cluster, rounds["cluster"])
+            print(f"[bench] {NAME}: idle workers", flush=True)
+            idled = await idle(env, deployments, env.size(60, 5))
             if env.profile_dir is not None:  # after the measured rounds: sampling skews no figure
                 result.details["profiles"] = {
                     f"{dep.title}, worker 1 of {WORKERS}": (
@@ -498,7 +548,8 @@ async def run(env: Env) -> BenchResult:
         "worker_cpu_per_step": round(per_round("worker_cpu"), 3),
     }
     result.details |= {"single": t_single, "cluster": t_cluster, "ratios_median_of_rounds": ratios}
-    result.details["report"] = report(t_single, t_cluster, ratios)
+    result.details["idle"] = idled
+    result.details["report"] = report(t_single, t_cluster, ratios) + "\n" + idle_report(idled)
     caveat = f"{WORKERS} workers and {MASTERS} Redis share the machine's cores: not expected to beat 1 Redis here"
     result.metrics += [
         Metric(f"steps/s, {t_cluster['title']}", "steps/s", t_cluster["steps_per_s"], t_single["steps_per_s"],
@@ -523,6 +574,8 @@ async def run(env: Env) -> BenchResult:
                sum(m["steps_per_s_per_core"] for m in t_cluster["masters"]) / MASTERS,
                t_single["masters"][0]["steps_per_s_per_core"], "as one Redis",
                note="1000 / (a master's CPU ms per step of its own shards), mean of the masters"),
+        Metric(f"idle: Redis commands/s, {WORKERS} idle workers, {MASTERS} masters", "commands/s",
+               idled["cluster"]["commands_per_s"], idled["single"]["commands_per_s"], "1 Redis"),
         Metric(f"projected steps/s, {MASTERS} masters on {MASTERS} cores", "steps/s",
                t_cluster["projected_steps_per_s_on_one_core_per_master"],
                t_single["masters"][0]["steps_per_s_per_core"], "1 Redis on 1 core"),
