@@ -64,6 +64,13 @@ MASTERS = 3
 PROBE_EVENT = "bench/probe"
 #: Commands the bench itself sends to the masters (besides the polling, gate and tokens it counts).
 OWN_COMMANDS = ("info", "config")
+
+
+def _ours(command: str) -> bool:
+    """A command the bench sends itself (Redis 7 names subcommands ``config|resetstat``)."""
+    return command.partition("|")[0] in OWN_COMMANDS
+
+
 POLL_S = 0.02
 #: Idle workers are measured from this long after they started (their start-up's commands left out).
 IDLE_SETTLE_S = 5.0
@@ -321,9 +328,7 @@ async def drain(env: Env, dep: Deployment, runs: int, *, profile: str | None = N
         # the bench's own commands: a ZCARD per shard per poll, the gate's RENAME and token LPUSH
         own = {"zcard": polls * len(master.shards), "rename": len(mine), "lpush": len(mine)}
         step_calls = {
-            name: n - own.get(name, 0)
-            for name, n in counts.items()
-            if name not in OWN_COMMANDS and n - own.get(name, 0) > 0
+            name: n - own.get(name, 0) for name, n in counts.items() if not _ours(name) and n - own.get(name, 0) > 0
         }
         masters.append(
             {
@@ -376,7 +381,7 @@ async def idle(env: Env, deployments: list[Deployment], window_s: float) -> dict
         for dep in deployments:
             per_master: list[dict[str, Any]] = []
             for master in dep.masters:
-                calls = {k: v for k, v in (await command_calls(master.client)).items() if k not in OWN_COMMANDS}
+                calls = {k: v for k, v in (await command_calls(master.client)).items() if not _ours(k)}
                 top = dict(sorted(calls.items(), key=lambda kv: -kv[1])[:5])
                 per_master.append({"label": master.label, "commands_per_s": round(sum(calls.values()) / window_s, 2),
                                    "top": {k: round(v / window_s, 2) for k, v in top.items()}})  # fmt: skip
