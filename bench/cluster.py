@@ -34,12 +34,14 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 
 from bench.common import (
@@ -500,6 +502,9 @@ def idle_report(idled: dict[str, Any]) -> str:
 
 
 async def run(env: Env) -> BenchResult:
+    # this process sends events: on a cluster the outbox logs a debug line per run created in another
+    # shard, which structlog's default set-up prints
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
     result = BenchResult(NAME)
     runs = env.size(1000, 100)
     n_rounds = env.size(6, 2)
