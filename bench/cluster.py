@@ -235,7 +235,8 @@ async def _start_runs(dep: Deployment, runs: int) -> None:
     """Start ``runs`` runs of the 10-step function (``Deployment.start_via``)."""
     import stepq
     from bench.apps import steps
-    from stepq.runtime import shards
+    from stepq.expressions import Bindings
+    from stepq.runtime import placement, shards
     from stepq.runtime.store import RunStore
 
     data: dict[str, Any] = {"n": STEPS}
@@ -246,8 +247,8 @@ async def _start_runs(dep: Deployment, runs: int) -> None:
         return
     store = RunStore(dep.client)
     for _ in range(runs):
-        run_id = shards.run_id_for(steps.slug, None)
         event = stepq.Event(name="bench/steps", data=data)
+        run_id = placement.new_run_id(steps.slug, None, Bindings(event=event.to_dict()))
         reply = await store.create_run(
             run_id=run_id, fn_slug=steps.slug, app_id=APP_ID, events=[event], dedupe_key=None
         )
