@@ -31,9 +31,10 @@ LEASE_S = 10.0
 #: Default idle checks (a shard every 128 s per worker: what the watch is for) and lease.
 WORKER_ENV = {"STEPQ_IDLE_CHECK": "4", "STEPQ_LEASE": str(LEASE_S)}
 #: How late delayed work may go on after a mover's death, a bound on correctness (without the watch:
-#: up to 128 s): the grace the watch gives a mover and a watch period (4 s), plus room for the
-#: mover killed between a claim that made its wake time earlier and the hint's write (the hint still
-#: holds the later one, at most a lease later here), a stale hint's one more period, and load.
+#: up to 128 s): the grace the watch gives a mover and a watch period (4 s), plus room for a worker
+#: killed just after taking the wake-up token of a delayed job due before its shard's wake time (or
+#: after such a claim, before its write of the hint): the shard keeps its older wake time, at most a
+#: lease later here; and for a stale hint's one more period, and load.
 LATE_BOUND_MS = MOVER_GRACE_MS + 2 * 4000 + int(LEASE_S * 1000)
 
 
