@@ -11,7 +11,10 @@ The queue is arq's: a sorted set of job ids scored by due time, each job's paylo
 - the mover (``keys.mover``): one worker at a time keeps a timer at the queue's earliest delayed job
   (a retry, a sleep's end, a lapsed lease), wakes when it is due and claims it, or, with no free slot,
   leaves a token for another worker. A delayed job due before the mover means to wake pushes a
-  token, and the worker it wakes becomes the mover.
+  token, and the worker it wakes becomes the mover. A mover whose wake time passed more than
+  ``MOVER_GRACE_MS`` ago died (a live one claims then, which moves its wake time on): any claim
+  takes its role over. On a sharded deployment, workers learn of such a shard from a hint that
+  movers keep in one key (``keys.mover_watch``; workers/mover_watch.py).
 
 The claim also loads each job's run (load_run in prelude.lua; ``ClaimedJob.preload``), so that a
 job claimed from the queue starts without another round trip, as a job handed over by a commit does.
@@ -31,6 +34,9 @@ from .store import CachedRun, ClaimLoad, now_ms
 SCAN_LIMIT = 1000
 #: How many of the worker's cached runs a claim tells Redis about (``JobQueue.claim``).
 KNOWN_RUNS = 32
+#: A mover whose wake time passed this long ago is taken for dead: a claim takes its role over.
+#: (A live mover claims at its wake time, a few milliseconds late at most on a busy worker.)
+MOVER_GRACE_MS = 2000
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,6 +65,10 @@ class Claim:
     #: When this worker, as the queue's mover, is to wake for its earliest delayed job (None: it is
     #: not the mover, or there is no such job).
     wake_at_ms: int | None
+    #: Whether this worker is the queue's mover now.
+    mover: bool = False
+    #: When the queue's mover (this worker or another) means to wake (None: not at all).
+    mover_wake_ms: int | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,7 +161,7 @@ class JobQueue:
         view = {run_id: run for run_id, run in known.items() if _plain(run_id)} if free > 0 and known else {}
         # one argument, not two per run: redis-py encodes each argument apart, which costs more
         lengths = "\n".join(f"{run_id} {len(run.stack)}" for run_id, run in view.items())
-        jobs, raw_poison, wake_at = await self.scripts.call(
+        jobs, raw_poison, wake_at, mover_wake = await self.scripts.call(
             "claim_jobs",
             [self.name, self.ready_key, self.mover_key, self.wake_at_key],
             [
@@ -163,6 +173,7 @@ class JobQueue:
                 SCAN_LIMIT,
                 int(tidy),
                 lengths,
+                MOVER_GRACE_MS,
                 *(held if free > 0 else ()),
             ],
         )
@@ -176,8 +187,14 @@ class JobQueue:
                 continue
             preload = _claim_load(jobs[i + 4], view)
             claimed.append(ClaimedJob(job_id, jobs[i + 1], int(jobs[i + 2]), int(float(jobs[i + 3])), preload))
-        wake = int(wake_at)
-        return Claim(claimed, poison, wake if wake >= 0 else None)
+        wake, shard_wake = int(wake_at), int(mover_wake)
+        return Claim(
+            claimed,
+            poison,
+            wake if wake >= 0 else None,
+            mover=wake != -2,
+            mover_wake_ms=shard_wake if shard_wake >= 0 else None,
+        )
 
     async def wait_ready(self, client: RedisClient, timeout_s: float) -> bool:
         """Block on the ready list (on ``client``, whose connection the wait holds) for at most

@@ -429,6 +429,14 @@ def app_registration(app_id: str) -> str:
     return f"{REGISTRY}:app:{app_id}:registration"
 
 
+def mover_watch(queue_id: str) -> str:
+    """A hint, per shard of a queue, of when its mover means to wake (a zset shard number -> ms):
+    written by movers when their wake time changes, read by every worker of a sharded deployment so
+    that a shard whose mover died is taken over in seconds (workers/mover_watch.py). Only a hint:
+    each shard's mover and wake-time keys stay the truth."""
+    return f"{REGISTRY}:movers:{queue_id}"
+
+
 def app_checksum(app_id: str) -> str:
     """The checksum of an app's last synced function set (a sync that changes nothing says so)."""
     return f"{REGISTRY}:app:{app_id}:checksum"

@@ -9,7 +9,9 @@ no hook for what follows. ``StepqWorker``:
   each a ``Lane``: waits for work on a blocking read of each shard's ready list (no polling when
   idle, no poll delay when busy; the shards' idle checks spread out), claims from the shards in
   rotating order within one concurrency budget; one worker at a time per shard (the mover) keeps
-  a timer at the shard's earliest delayed job;
+  a timer at the shard's earliest delayed job; with many shards, every worker watches the movers'
+  published wake times and takes over in seconds a shard whose mover died
+  (``stepq.workers.mover_watch``);
 - claims due jobs, with their payloads, in one Lua call (``JobQueue.claim``), and runs each with
   arq's job context (``workers/job_task.py``);
 - holds a short lease per running job (``lease_s``, 10 s) renewed by a heartbeat, so a killed
@@ -65,6 +67,7 @@ from .http_invoker import HttpInvoker
 from .invoker import InProcessInvoker, Invoker
 from .job_task import JobFunction, JobRunner
 from .metrics import lease_lost
+from .mover_watch import MoverWatch
 from .options import WorkerOptions
 from .registration import RegistrationKeeper
 from .remote import FunctionSource, LocalFunctions, RegisteredFunctions
@@ -105,6 +108,8 @@ class Lane:
     backlog: bool = False
     #: As the shard's mover: when its earliest delayed job is due (ms), else None.
     wake_at_ms: int | None = None
+    #: The next claim is because the mover watch found the shard's mover overdue.
+    watched: bool = False
     #: After a failed claim: not before this (ms), so that a shard whose master is down waits
     #: alone while the other shards' claims go on.
     retry_at_ms: float | None = None
@@ -176,6 +181,12 @@ class StepqWorker:
             for i, shard in enumerate(served)
         ]
         self._lane_of_shard = {lane.queue.shard: lane for lane in self.lanes}
+        #: With many shards (each checked only every ``shard_idle_s``), the watch on their movers.
+        self.mover_watch = (
+            MoverWatch(pool, queue_id, served, period_s=options.idle_check_s, on_overdue=self._movers_overdue)
+            if len(served) > 1
+            else None
+        )
         #: Where the next round of claims starts (rounds rotate, so no shard's jobs come first always).
         self._next_lane = 0
         #: arq's worker context, which every job's context extends; stepq's writes that end a job
@@ -254,6 +265,10 @@ class StepqWorker:
         ]
         if self.cron is not None and (self.cron.functions or self.cron_source is not None):
             self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
+        if self.mover_watch is not None:
+            self._background.append(
+                asyncio.create_task(self.mover_watch.run(lambda: self.watchdog.reachable), name="stepq-mover-watch")
+            )
         try:
             if self.on_startup:
                 await self.on_startup(self.ctx)
@@ -329,6 +344,13 @@ class StepqWorker:
         # every job claimed or handed over is of a served shard (claim_jobs.lua checks the id's tag)
         return lane.queue if lane is not None else self.lanes[0].queue
 
+    def _movers_overdue(self, shards: list[int]) -> None:
+        """The mover watch found these shards' movers overdue: claim there (and take their role)."""
+        lanes = [self._lane_of_shard[shard] for shard in shards if shard in self._lane_of_shard]
+        for lane in lanes:
+            lane.watched = True
+        self._claim_soon(lanes)
+
     def _claim_soon(self, lanes: Iterable[Lane]) -> None:
         for lane in lanes:
             lane.claim_now = True
@@ -385,6 +407,9 @@ class StepqWorker:
         if lane.faults.failing:
             lane.faults.succeeded()
         lane.wake_at_ms = claim.wake_at_ms
+        if self.mover_watch is not None:
+            self.mover_watch.claimed(lane.queue.shard, claim, watched=lane.watched)
+        lane.watched = False
         # A full claim may have left due jobs: when this worker has no room, it claims again as a
         # slot frees; when it has room, the claim left a token on the ready list, which the
         # longest-waiting idle worker gets (this one too, if it is the only one): load balancing.

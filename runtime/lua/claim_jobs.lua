@@ -3,7 +3,8 @@
 -- ARGV: now_ms, lease_ms, free slots, lease token (this worker's), mover lease ms, scan limit, tidy
 --       (1: drop the ready list's tokens if nothing is left to claim; 0: the caller found it empty),
 --       the runs the worker has cached ('<run id> <memo entries cached>' lines, one string: a claim
---       reads it only when it claims a job), then the ids of the jobs the worker runs now
+--       reads it only when it claims a job), the mover's grace (ms), then the ids of the jobs the
+--       worker runs now
 --
 -- A claimed job gets arq's in-progress lock (valued with this worker's token, expiring with the
 -- lease) and its try counted (arq's retry counter), and its score moves to the lease's end: the job
@@ -13,7 +14,10 @@
 -- Then the wake-ups: a token stays on the ready list while due jobs remain unclaimed (the next
 -- idle worker takes them), none when none do. And the mover: the caller becomes (or stays) the
 -- worker that wakes on the queue's earliest delayed job when it holds the lease, when nobody does,
--- or when the holder means to wake later than that job is due (one was enqueued since).
+-- when the holder means to wake later than that job is due (one was enqueued since), or when the
+-- holder's wake time passed more than the grace ago: a live mover claims at its wake time, which
+-- moves its wake time past now, so it died (or stalls); its delayed jobs must not wait for its
+-- lease to lapse.
 --
 -- Each claimed stepq job that advances a run (kinds step, wake, planned) is also loaded, as
 -- load_run.lua would load it when the job starts (the prelude's load_run, with its side effects: the
@@ -23,10 +27,12 @@
 -- a job the worker runs already (its lease lapsed while Redis was away: the worker holds the run's
 -- fence and goes on), or the load raised an error (the worker's load_run call meets it again).
 --
--- Returns {{id, payload, try, score, preload, ...}, {poison id, reason, ...}, next_due}: poison
+-- Returns {{id, payload, try, score, preload, ...}, {poison id, reason, ...}, next_due, mover_wake}: poison
 -- entries no worker can run (a job key gone or of the wrong type...: the caller moves them to the
 -- dead letters, so that a person sees what was lost); next_due is the earliest delayed job's due
--- time for the mover (-1: none), or -2 when the caller is not the mover.
+-- time for the mover (-1: none), or -2 when the caller is not the mover; mover_wake is when the
+-- queue's mover (the caller or not) means to wake (-1: it means nothing), for the hint that
+-- workers watch (workers/mover_watch.py).
 -- True for the errors of a key that holds what no job's key can (the entry is poison); any other
 -- error is raised.
 local function poison_error(reply)
@@ -85,7 +91,7 @@ local function worker_view()
   for run_id, len in string.gmatch(ARGV[8] or '', '([^ \n]+) (%d+)') do
     known[run_id] = tonumber(len)
   end
-  for i = 9, #ARGV do
+  for i = 10, #ARGV do
     held[ARGV[i]] = true
   end
   return known, held
@@ -122,6 +128,10 @@ local token = ARGV[4]
 local known, held
 local out, poison = {}, {}
 local claimed, more = 0, false
+-- When the earliest lock of a due job lapses (ms): a lock lives a few ms past its job's score (the
+-- score is the claimer's clock plus the lease, the lock's expiry Redis's clock when the claim ran),
+-- and a mover woken at the score in between must wake again then, not drop its timer.
+local locked_until = nil
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[6]))
 for i = 1, #due, 2 do
   local id, score = due[i], tonumber(due[i + 1])
@@ -135,7 +145,12 @@ for i = 1, #due, 2 do
     -- its keys live in another shard's slot: no script of this shard may touch them
     poison[#poison + 1] = id
     poison[#poison + 1] = "its id names another shard than its queue's"
-  elseif redis.call('EXISTS', key_in_progress(id)) == 0 then
+  elseif redis.call('EXISTS', key_in_progress(id)) == 1 then
+    local ttl = redis.call('PTTL', key_in_progress(id))
+    if ttl >= 0 and (locked_until == nil or now + ttl + 1 < locked_until) then
+      locked_until = now + ttl + 1
+    end
+  else
     -- pcall: a key of the wrong type must not stop the claim (nor every later one); any other
     -- error (out of memory, read-only...) stops it, and the worker tries again later
     local payload = redis.pcall('GET', key_job(id))
@@ -195,15 +210,19 @@ local next_due = -1
 if first[2] then
   next_due = tonumber(first[2])
 end
+if locked_until and (next_due < 0 or locked_until < next_due) then
+  next_due = locked_until
+end
 local holder = redis.call('GET', KEYS[3])
 local wake_at = tonumber(redis.call('GET', KEYS[4]) or '') or -1
-if holder == token or not holder or (next_due >= 0 and (wake_at < 0 or wake_at > next_due)) then
+local overdue = wake_at >= 0 and wake_at < now - tonumber(ARGV[9])
+if holder == token or not holder or overdue or (next_due >= 0 and (wake_at < 0 or wake_at > next_due)) then
   redis.call('SET', KEYS[3], token, 'PX', ARGV[5])
   if next_due >= 0 then
     redis.call('SET', KEYS[4], next_due, 'PX', ARGV[5]) -- it means nothing once the lease lapsed
   elseif wake_at >= 0 then
     redis.call('DEL', KEYS[4])
   end
-  return {out, poison, next_due}
+  return {out, poison, next_due, next_due}
 end
-return {out, poison, -2}
+return {out, poison, -2, wake_at}
