@@ -393,6 +393,11 @@ FUNCTIONS_VERSION = f"{REGISTRY}:functions:version"
 #: On a single Redis, how many shards the processes opening it use (1..32; absent: 1). A testing aid
 #: that exercises the sharded paths on one server; a Redis Cluster always has all 32.
 SHARD_COUNT = f"{REGISTRY}:shards"
+#: The event names some wait or cancellation rule was ever registered for (a set; never shrinks). A
+#: name is added before the first wait on it exists (``RunStore.apply``; a function's cancellation
+#: rules at its registration), so that a send of a name not in it skips looking at every shard's
+#: waits (``waits.waited_names``): a run's lifecycle events cost one command, not one per shard.
+WAITED_EVENTS = f"{REGISTRY}:waited"
 
 
 def trigger(event_name: str) -> str:

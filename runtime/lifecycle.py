@@ -23,6 +23,15 @@ from .run_status import RunStatus
 
 log = structlog.get_logger("stepq.lifecycle")
 
+#: The events stepq sends only if some function or wait wants them (``only_if_wanted``).
+SENT_IF_WANTED = (
+    FUNCTION_FINISHED,
+    "inngest/function.finished",
+    FUNCTION_FAILED,
+    "inngest/function.failed",
+    FUNCTION_SKIPPED,
+)
+
 
 class Ingest(Protocol):
     """What a run's end needs of ``stepq.runtime.ingest.Ingest``: sending events, which may in turn

@@ -9,7 +9,7 @@ from typing import Any
 from stepq.errors import StepqError
 from stepq.flow_spec import FlowControl, parse_flow_control
 
-from . import keys
+from . import keys, waits
 from .codec import pack, unpack
 from .connection import RedisClient
 from .scripts import Scripts
@@ -95,6 +95,8 @@ class Registry:
             events = sorted({t["event"] for t in config.get("triggers", []) if "event" in t})
             args += [config["id"], pack(config), len(events), *events]
         app_keys = [keys.FUNCTIONS, keys.app_functions(app_id), keys.app_checksum(app_id)]
+        # before the functions exist: their runs' cancellation rules are waits on these names
+        await waits.note_waited(self.redis, (name for config in configs for name in waits.cancel_events(config)))
         reply = await self.scripts.call("register_app", app_keys, args)
         if reply[0] == b"owned":
             raise FunctionOwnedError(reply[1].decode(errors="replace"), reply[2].decode(errors="replace"), app_id)

@@ -75,8 +75,11 @@ async def function_slugs(redis: RedisClient, function: str) -> list[str]:
     found = [r.slug for r in await Registry(redis).functions() if flt.matches_function(r.slug, r.app_id)]
     if found:
         return found
-    exists = await redis.exists(*(key for s in shards() for key in _function_keys(s, function)))
-    return [function] if exists else []
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards():  # one EXISTS per shard: one command may not touch keys of two slots
+            pipe.exists(*_function_keys(shard, function))
+        exists = await pipe.execute()
+    return [function] if any(exists) else []
 
 
 def _function_keys(shard: int, slug: str) -> tuple[str, ...]:

@@ -32,12 +32,12 @@ from .jobs import FENCE as FENCE  # the run-record field of the run's fence (def
 from .jobs import JobSpec, enqueue_keys, fence_field
 from .limits import Limits
 from .placement import placed
-from .plan import JobLease, Plan
+from .plan import FanOut, JobLease, Plan
 from .plan_wire import encode
 from .script_args import CreateRunArgs, ResolveStepArgs
 from .scripts import Scripts
 from .shards import shard_of
-from .waits import Registration
+from .waits import Registration, note_waited
 
 #: What a run lives within unless its function registered other limits (kept in the run's record).
 DEFAULT_LIMITS = Limits()
@@ -396,6 +396,9 @@ class RunStore:
 
         ``lease``: the job applying it, ended by the same call unless the write is fenced off (and,
         if it may, handed the run's next job: ``Written.handoff``)."""
+        if isinstance(plan.write, FanOut) and any(step.wait for step in plan.write.steps):
+            # before the script: a wait exists only once its name is known to be waited for
+            await note_waited(self.redis, (step.wait.event for step in plan.write.steps if step.wait))
         plan_keys, blob, next_payload = encode(
             plan, defaults=DEFAULT_LIMITS, grace_ms=self.limits.job_grace_ms, lease=lease
         )

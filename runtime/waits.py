@@ -11,7 +11,7 @@ values point at, and the scan set.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stepq.durations import to_timedelta
@@ -68,6 +68,8 @@ class Registration:
     #: the wait is in the scan set).
     paths_key: str
     path: str
+    #: The event name waited for (``keys.WAITED_EVENTS`` learns it before the wait is written).
+    event: str = ""
 
     def key_names(self) -> list[str]:
         """KEYS: the name's wait hash, the lookup set, and the paths set when the wait is indexed."""
@@ -102,18 +104,52 @@ def plan(record: WaitRecord, trigger_event: dict[str, Any]) -> tuple[WaitRecord,
         record=record.encode(),
         paths_key=paths_key,
         path=path,
+        event=record.event,
     )
 
 
 async def waited_names(redis: Any, names: set[str]) -> set[str]:
-    """Which of these event names some run is waiting for (or would be cancelled by)."""
+    """Which of these event names some run is waiting for (or would be cancelled by).
+
+    One command for names no wait or cancellation rule was ever registered for (``keys.WAITED_EVENTS``,
+    written before any such wait exists, so it cannot miss one); the others are looked for in every
+    shard."""
     ordered = sorted(names)
+    if not ordered:
+        return set()
+    flags = await redis.smismember(keys.WAITED_EVENTS, ordered)
+    return await _waited_in_shards(redis, [name for name, flag in zip(ordered, flags, strict=True) if flag])
+
+
+async def _waited_in_shards(redis: Any, names: Sequence[str]) -> set[str]:
+    """Which of these event names some shard holds waits on (one EXISTS per name and shard)."""
+    if not names:
+        return set()
     async with redis.pipeline(transaction=False) as pipe:
-        for name in ordered:
+        for name in names:
             for key in keys.every_shard(keys.waits, name):  # one key a command: shards live apart
                 pipe.exists(key)
         found = iter(await pipe.execute())
-    return {name for name in ordered if sum(next(found) for _ in shards())}
+    return {name for name in names if sum(next(found) for _ in shards())}
+
+
+async def learn_waited(redis: Any, names: Iterable[str]) -> None:
+    """Add to ``keys.WAITED_EVENTS`` those of ``names`` that some shard holds waits on: waits written
+    by older versions, before the set existed (a worker does it once, at its start)."""
+    await note_waited(redis, await _waited_in_shards(redis, sorted(set(names))))
+
+
+async def note_waited(redis: Any, names: Iterable[str]) -> None:
+    """Record that waits on these event names may exist (``keys.WAITED_EVENTS``); called before the
+    write that registers them, so that ``waited_names`` never misses a wait."""
+    ordered = sorted(set(names))
+    if ordered:
+        await redis.sadd(keys.WAITED_EVENTS, *ordered)
+
+
+def cancel_events(config: dict[str, Any]) -> list[str]:
+    """The event names a function's cancellation rules listen to."""
+    return sorted({str(rule["event"]) for rule in config.get("cancel") or [] if rule.get("event")})
 
 
 async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[WaitRecord]]:

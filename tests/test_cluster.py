@@ -28,10 +28,12 @@ from redis.exceptions import (
 )
 
 import stepq
-from stepq.runtime import keys, scripts, shards
+from stepq.runtime import keys, run_index, scripts, shards
 from stepq.runtime.connection import close, open_redis
-from stepq.runtime.queries import get_run
+from stepq.runtime.queries import find_runs, get_run
 from stepq.runtime.redis_errors import error_kind, is_passing, unavailable_reason
+from stepq.runtime.registry import Registry
+from stepq.runtime.run_filter import RunFilter
 from stepq.runtime.store import RunStore
 from tests.apps.cluster_app import BRANCHES, expected, mixed
 from tests.cluster import LocalCluster
@@ -181,6 +183,25 @@ async def test_scripts_in_a_cluster_pipeline_run_on_masters_that_lack_them(
             await scripts.pipelined(echo, pipe, [name], [])
         replies = await scripts.execute(pipe)
     assert replies == [name.encode() for name in names]
+
+
+async def test_runs_of_an_unregistered_function_are_found_in_every_shard(cluster_redis: RedisCluster) -> None:
+    """A function no longer registered keeps its runs: ``run_index.function_slugs`` looks for them in
+    every shard's indexes (one command per shard: keys of two slots in one command are refused)."""
+    created = await create_runs(cluster_redis, 2 * shards.SHARD_LIMIT, Path("/dev/null"))
+    assert not await Registry(cluster_redis).functions()  # nothing registered: the indexes decide
+    assert await run_index.function_slugs(cluster_redis, mixed.slug) == [mixed.slug]
+    assert await run_index.function_slugs(cluster_redis, "t-cluster-gone") == []
+    found: set[str] = set()
+    cursor: str | None = None
+    while True:
+        page = await find_runs(cluster_redis, RunFilter(function=mixed.slug), limit=25, cursor=cursor)
+        found |= {view.run_id for view in page.runs}
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert found == set(created)
+    assert (await find_runs(cluster_redis, RunFilter(function="t-cluster-gone"))).runs == []
 
 
 async def test_a_single_redis_takes_its_shard_count_from_the_registry_key(redis: Redis) -> None:

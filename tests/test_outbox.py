@@ -209,6 +209,28 @@ async def test_on_a_cluster_a_killed_sender_loses_nothing_and_doubles_nothing(
     await _killed_senders(cluster_redis, cluster.url, mode)
 
 
+async def test_a_workers_sweeper_delivers_a_killed_senders_messages_shard_by_shard(
+    redis: Redis, tmp_path: Path
+) -> None:
+    """No one delivers by hand: a worker's ``outbox`` chore (one shard per visit) finds the messages
+    once they are due (5 s after the send) and delivers each once."""
+    await _setup(redis)
+    _send_and_die(REDIS_URL, "deliver", "ob/start", 0, 8)
+    start_ids = [e.id for e in (await recent_events(redis, limit=100, name="ob/start")).events]
+    assert len(start_ids) == 8 and await _outbox_size(redis) > 0
+    worker = WorkerOn("queue_app", tmp_path, REDIS_URL, env={"STEPQ_OUTBOX_SWEEP": "0.2"})
+    try:
+        worker.wait_ready()
+        deadline = time.monotonic() + 30
+        while await _outbox_size(redis):
+            assert time.monotonic() < deadline, "the worker's sweeper left messages in the outbox"
+            await asyncio.sleep(0.1)
+        assert worker.alive()
+    finally:
+        worker.stop()
+    await _check_exactly_once(redis, start_ids, set())
+
+
 async def _killed_senders(redis: RedisClient, url: str, mode: str) -> None:
     """``deliver``: each sender dies right after its script, before delivering any message; ``ack``:
     after delivering its first message, before acknowledging it. Then the sweepers of two workers and

@@ -26,6 +26,9 @@ class WorkerOptions:
     drain_grace_s: float = 30.0
     #: How often a worker checks for sleeping runs whose wake-up job vanished (STEPQ_TIMER_SWEEP).
     timer_sweep_s: float = 30.0
+    #: How often a worker looks for outbox messages whose sender died, on one Redis; with several
+    #: shards it looks at one shard per min(5 s, this) (STEPQ_OUTBOX_SWEEP; runtime/outbox.py).
+    outbox_sweep_s: float = 10.0
     #: A wake-up this late with no job is re-enqueued (STEPQ_TIMER_OVERDUE).
     timer_overdue_s: float = 60.0
     #: After an outage, the newest missed cron tick still fires if at most this old (STEPQ_CRON_CATCH_UP).
@@ -63,6 +66,7 @@ class WorkerOptions:
             "step_timeout_s",
             "lease_s",
             "timer_sweep_s",
+            "outbox_sweep_s",
             "redis_check_s",
             "redis_check_timeout_s",
             "registration_refresh_s",
@@ -82,6 +86,7 @@ _ENV: dict[str, tuple[str, type[int] | type[float]]] = {
     "lease_s": ("STEPQ_LEASE", float),
     "drain_grace_s": ("STEPQ_DRAIN_GRACE", float),
     "timer_sweep_s": ("STEPQ_TIMER_SWEEP", float),
+    "outbox_sweep_s": ("STEPQ_OUTBOX_SWEEP", float),
     "timer_overdue_s": ("STEPQ_TIMER_OVERDUE", float),
     "cron_catch_up_s": ("STEPQ_CRON_CATCH_UP", float),
     "redis_check_s": ("STEPQ_REDIS_CHECK", float),

@@ -46,7 +46,7 @@ from typing import Any
 import structlog
 
 from stepq.client import Client
-from stepq.runtime import deadletter, keys, outbox, timers
+from stepq.runtime import deadletter, keys, lifecycle, outbox, timers, waits
 from stepq.runtime.app_urls import AppUrlPolicy
 from stepq.runtime.connection import RedisClient, close, open_redis
 from stepq.runtime.cron import CronScheduler, cron_functions
@@ -201,6 +201,15 @@ class StepqWorker:
         self.chores = [
             ShardChore("timers", options.timer_sweep_s, self._sweep_timers),
         ]
+        if outbox_sweeper is not None:
+            self.chores.append(
+                ShardChore(
+                    "outbox",
+                    options.outbox_sweep_s,
+                    outbox_sweeper.visit,
+                    min_gap_s=min(outbox.SWEEP_MIN_GAP_S, options.outbox_sweep_s),
+                )
+            )
         self.watchdog = RedisWatchdog(
             pool,
             interval_s=options.redis_check_s,
@@ -256,8 +265,6 @@ class StepqWorker:
         ]
         if self.cron is not None and (self.cron.functions or self.cron_source is not None):
             self._background.append(asyncio.create_task(self._fire_cron(), name="stepq-cron"))
-        if self.outbox_sweeper is not None:
-            self._background.append(asyncio.create_task(self.outbox_sweeper.run(), name="stepq-outbox"))
         if self.mover_watch is not None:
             self._background.append(
                 asyncio.create_task(self.mover_watch.run(lambda: self.watchdog.reachable), name="stepq-mover-watch")
@@ -656,6 +663,8 @@ async def _build(
         serves = "functions registered over HTTP"
         if keeper is not None:
             serves = await until_redis_answers(keeper.register_at_start, "registration")
+        # waits on lifecycle events written before stepq:{registry}:waited existed (an upgrade)
+        await until_redis_answers(lambda: waits.learn_waited(pool, lifecycle.SENT_IF_WANTED), "waits")
         log.info("worker.started", queue=queue_id, serves=serves, redis=redact(redis_url), pid=os.getpid())
 
     worker = StepqWorker(
@@ -688,5 +697,3 @@ async def http_crons(registry: Registry) -> list[tuple[str, ...]]:
             if trigger.get("cron"):
                 out.append((record.slug, record.app_id, trigger["cron"], keys.HTTP_QUEUE_ID))
     return out
-
-

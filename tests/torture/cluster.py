@@ -45,6 +45,8 @@ class Settings:
     #: The reconciler of sleeps whose wake-up job vanished: how often, and past how late.
     timer_sweep_s: float = 1.0
     timer_overdue_s: float = 3.0
+    #: How often each worker looks at a shard's outbox for messages whose sender was killed.
+    outbox_sweep_s: float = 1.0
     #: Shards on the one Redis (``stepq:{registry}:shards``, set before any process opens it).
     shards: int = 1
 
@@ -55,6 +57,7 @@ class Settings:
             "STEPQ_RETENTION_S": str(self.retention_s),
             "STEPQ_TIMER_SWEEP": str(self.timer_sweep_s),
             "STEPQ_TIMER_OVERDUE": str(self.timer_overdue_s),
+            "STEPQ_OUTBOX_SWEEP": str(self.outbox_sweep_s),
             "STEPQ_DRAIN_GRACE": "5",
             "STEPQ_MAX_STEPS": str(MAX_STEPS),
             "STEPQ_MAX_OUTPUT_BYTES": str(MAX_OUTPUT_BYTES),
