@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import RedisCluster
@@ -26,6 +27,9 @@ import stepq
 from stepq.runtime import keys, shards
 from stepq.runtime.connection import RedisClient
 from stepq.runtime.queries import RunView, get_run, list_runs
+
+if TYPE_CHECKING:
+    from tests.cluster import LocalCluster
 
 
 def _test_database(base_url: str, worker: str | None) -> str:
@@ -52,6 +56,18 @@ SINGLE_REDIS_URL = _test_database(
 #: read it as ``helpers.REDIS_URL`` or through a module-level ``REDIS_URL`` name it also sets).
 REDIS_URL = SINGLE_REDIS_URL
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deployment:
+    """Where a test's Redis is (the ``deployment`` fixture): the single test database, or the
+    session's local cluster (a ``tests.cluster.LocalCluster``)."""
+
+    name: str
+    url: str
+    cluster: LocalCluster | None = None
+
+
 # The `stepq` command, run by the venv's interpreter whatever PATH holds.
 STEPQ_CLI = [sys.executable, "-m", "stepq.workers.cli"]
 TERMINAL = ("completed", "failed", "cancelled", "skipped")

@@ -37,7 +37,7 @@ from stepq.runtime.api import MAX_EVENTS, ApiServer, ApiSettings
 from stepq.runtime.codec import unpack
 from stepq.runtime.queries import RunView, list_runs
 from stepq.signing import bearer
-from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, TERMINAL, StartWorkers
+from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, TERMINAL, Deployment, StartWorkers
 
 # On the single Redis and on the local cluster (tests/conftest.py).
 pytestmark = pytest.mark.both_deployments
@@ -71,15 +71,16 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
 
 
 @pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``stepq api`` in a subprocess, with two configured keys (not dev mode), on the test Redis."""
+def api_url(tmp_path_factory: pytest.TempPathFactory, deployment: Deployment) -> Iterator[str]:
+    """``stepq api`` in a subprocess, with two configured keys (not dev mode), on the test Redis (the
+    single one, then the cluster: one process per deployment)."""
     port = free_port()
     log = tmp_path_factory.mktemp("api") / "api.log"
     env = {k: v for k, v in os.environ.items() if k not in ("STEPQ_DEV", "STEPQ_MAX_EVENT_BYTES")}
     env.update({"STEPQ_EVENT_KEYS": f"{KEY}, {OTHER_KEY}", "STEPQ_SIGNING_KEY": SIGNING_KEY, "PYTHONUNBUFFERED": "1"})
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*STEPQ_CLI, "api", "--port", str(port), "--redis-url", REDIS_URL],
+            [*STEPQ_CLI, "api", "--port", str(port), "--redis-url", deployment.url],
             cwd=ROOT,
             env=env,
             stdout=out,
