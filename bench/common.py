@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
 
@@ -345,6 +345,15 @@ class RedisServer:
             self.proc.stop()
 
 
+class Server(Protocol):
+    """What workers are started against: a private redis-server, or a local Redis Cluster (bench/cluster.py)."""
+
+    #: Where the workers' logs go.
+    workdir: Path
+
+    def url(self, db: int = 0) -> str: ...
+
+
 # -- the suite's environment ------------------------------------------------------------------------
 
 
@@ -375,7 +384,7 @@ class Env:
             del self.procs[started:]
             server.stop()
 
-    def _env(self, server: RedisServer, extra: dict[str, str] | None) -> dict[str, str]:
+    def _env(self, server: Server, extra: dict[str, str] | None) -> dict[str, str]:
         # STEPQ_METRICS_PORT passes (0: each worker on a free port): the metrics' cost can be measured
         env = {k: v for k, v in os.environ.items() if not k.startswith("STEPQ_") or k == "STEPQ_METRICS_PORT"}
         pythonpath = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
@@ -390,12 +399,12 @@ class Env:
         env.update(extra or {})
         return env
 
-    def _log(self, server: RedisServer, name: str) -> Path:
+    def _log(self, server: Server, name: str) -> Path:
         return server.workdir / f"{name}-{len(self.procs)}.log"
 
     async def stepq_workers(
         self,
-        server: RedisServer,
+        server: Server,
         n: int = 1,
         *,
         env: dict[str, str] | None = None,

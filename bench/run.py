@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, float] = {
     "queries": 600,
     "dashboard": 600,
     "tracing": 300,
+    "cluster": 600,
 }
 
 
@@ -209,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(document, indent=2) + "\n")
     print()
     print(report.table(results))
+    for r in results:
+        if isinstance(r.details.get("report"), str):  # a benchmark's own summary (bench/cluster.py)
+            print()
+            print(r.details["report"])
     if args.profile:
         from bench.profiling import format_summary
 

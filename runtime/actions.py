@@ -68,12 +68,13 @@ from .codec import unpack
 from .connection import RedisClient
 from .ingest import Ingest, triggered
 from .limits import Limits
+from .placement import placed, shard_for
 from .queries import RunFilter, count_runs, run_ids
 from .registry import FunctionRecord, Registry
 from .run_status import RunStatus
 from .script_args import ForkRunArgs
 from .scripts import source
-from .shards import dedupe_shard, new_run_id, shard_of
+from .shards import new_run_id, shard_of
 from .store import Outcome, RunStore, now_ms
 from .waits import cancel_registrations
 
@@ -297,8 +298,18 @@ class Actions:
         if step is not None:
             order = [k.decode() for k in stack]
             keep, key, name = await self._position(run_id, order, step)
-        new_id = new_run_id(now_ms(), shard_of(run_id))
         events = [Event(**e) for e in unpack(blob)]
+        # fork_run.lua copies the old run's state into the new one: one script, so one shard. The
+        # old run's shard is where the function's flow control places the new one too, unless that
+        # flow control (or the shard count) changed since; the new run's concurrency would then be
+        # counted apart from its function's other runs
+        new_id = new_run_id(now_ms(), shard_of(run_id))
+        if not placed(new_id, fn.slug, fn.flow, Bindings(event=events[0].to_dict() if events else {})):
+            raise RunConflict(
+                f"run {run_id} cannot run again in place: its function's flow control (or the shard count) "
+                "changed since it ran and now places its runs in another shard (see runtime/placement.py); "
+                "send its event again"
+            )
         reply = await self._call_fork(run_id, new_id, fn, raw, events, keep, key)
         code = reply[0].decode()
         if code == "ok":
@@ -469,7 +480,7 @@ class Actions:
         for fn in routes.get(name, []):
             if not triggered(fn, name, bindings):
                 continue
-            found = await self.redis.get(keys.dedupe(dedupe_shard(fn.slug, key), fn.slug, key))
+            found = await self.redis.get(keys.dedupe(shard_for(fn.slug, fn.flow, bindings, key), fn.slug, key))
             if found:
                 runs[found.decode()] = fn.slug
         return SentEvent(event_id, runs)

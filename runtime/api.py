@@ -87,6 +87,7 @@ from starlette.routing import Mount, Route
 from stepq.errors import FunctionConfigError, InvalidEventError
 from stepq.event import MAX_EVENT_DEPTH, Event
 from stepq.jsonvalue import json_type
+from stepq.secret_env import secret_from_env, signing_key_from_env
 from stepq.signing import bearer_matches
 from stepq.tracing import normalized_traceparent
 
@@ -144,20 +145,22 @@ class ApiSettings:
     def from_env(cls, *, dev: bool | None = None) -> ApiSettings:
         """``STEPQ_EVENT_KEYS`` (comma-separated), ``STEPQ_DEV`` (1/true/yes),
         ``STEPQ_MAX_EVENT_BYTES``, ``STEPQ_MAX_REQUEST_BYTES``, ``STEPQ_SIGNING_KEY``,
-        ``STEPQ_ALLOWED_APP_HOSTS``, ``STEPQ_DASHBOARD_TOKEN``, ``STEPQ_SESSION_SECRET``; ``dev=True``
-        overrides ``STEPQ_DEV``."""
-        keys = tuple(k.strip() for k in os.environ.get("STEPQ_EVENT_KEYS", "").split(",") if k.strip())
+        ``STEPQ_ALLOWED_APP_HOSTS``, ``STEPQ_DASHBOARD_TOKEN``, ``STEPQ_SESSION_SECRET``,
+        ``STEPQ_METRICS_TOKEN``; ``dev=True`` overrides ``STEPQ_DEV``. Each secret (the event keys,
+        the signing key, the tokens, the session secret) may come from a file instead, named by the
+        same variable with ``_FILE`` added (``stepq.secret_env``)."""
+        keys = tuple(k.strip() for k in (secret_from_env("STEPQ_EVENT_KEYS") or "").split(",") if k.strip())
         env_dev = os.environ.get("STEPQ_DEV", "").strip().lower() in ("1", "true", "yes", "on")
         return cls(
             event_keys=keys,
             dev=bool(dev) or env_dev,
             max_event_bytes=_positive_env("STEPQ_MAX_EVENT_BYTES", DEFAULT_MAX_EVENT_BYTES),
             max_request_bytes=_positive_env("STEPQ_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
-            signing_key=os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None,
+            signing_key=signing_key_from_env(),
             allowed_app_hosts=AllowedHosts.parse(os.environ.get(ALLOWED_APP_HOSTS_ENV, "")),
-            dashboard_token=os.environ.get("STEPQ_DASHBOARD_TOKEN") or None,
-            session_secret=os.environ.get("STEPQ_SESSION_SECRET") or None,
-            metrics_token=os.environ.get("STEPQ_METRICS_TOKEN") or None,
+            dashboard_token=secret_from_env("STEPQ_DASHBOARD_TOKEN"),
+            session_secret=secret_from_env("STEPQ_SESSION_SECRET"),
+            metrics_token=secret_from_env("STEPQ_METRICS_TOKEN"),
         )
 
     def create_app(self, redis_url: str) -> Starlette:

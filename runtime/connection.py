@@ -136,12 +136,33 @@ async def open_redis(url: str, *, max_connections: int | None = None, hot_path: 
     return cluster
 
 
+class SteadyCluster(RedisCluster):
+    """A ``RedisCluster`` that never forgets a node it has seen.
+
+    redis-py drops a node from the nodes it rediscovers the cluster from (its startup nodes)
+    whenever a command to that node fails to connect, and a failed command also closes every
+    connection of the client, failing the commands in flight to the other nodes too: during a
+    failover a busy client can drop every node, after which it can never reach the cluster again
+    ("Redis Cluster cannot be connected ...: None"). Before each rediscovery this client puts back
+    every node it has known (unreachable ones are skipped quickly: their connections are refused).
+    """
+
+    async def initialize(self) -> SteadyCluster:
+        manager = self.nodes_manager
+        known: dict[str, Any] = self.__dict__.setdefault("_known_nodes", {})
+        for name, node in known.items():
+            manager.startup_nodes.setdefault(name, node)
+        await super().initialize()
+        known.update(manager.startup_nodes)
+        return self
+
+
 def open_cluster(url: str, *, hot_path: bool = False) -> RedisCluster:
     """A cluster client for ``url`` (any one node) with ``pool_options``' timeouts and retries; redis-py
     follows MOVED and ASK, and retries CLUSTERDOWN and TRYAGAIN a few times after re-reading the slots."""
     # (redis_urls checks the URL: TCP, database 0; TLS settings and the password file apply)
     options = {**pool_options(hot_path=hot_path), **redis_urls.cluster_options(url)}
-    cluster: RedisCluster = RedisCluster(decode_responses=False, **options)
+    cluster: RedisCluster = SteadyCluster(decode_responses=False, **options)
     return cluster
 
 

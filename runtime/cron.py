@@ -57,8 +57,9 @@ from . import flow_starts, keys, lifecycle
 from .codec import pack, unpack
 from .connection import RedisClient
 from .ingest import Ingest
+from .placement import new_run_id, shard_for
 from .registry import FunctionRecord, Registry
-from .shards import dedupe_shard, event_shard, run_id_for
+from .shards import event_shard
 from .store import RunStore
 
 log = structlog.get_logger("stepq.cron")
@@ -92,6 +93,11 @@ class InvalidCronError(FunctionConfigError):
 def tick_event_id(slug: str, tick_ms: int) -> str:
     """The id of the event of ``slug``'s tick at ``tick_ms``; also the run's dedupe key (the claim)."""
     return f"cron:{slug}:{tick_ms}"
+
+
+def tick_event(slug: str, tick_ms: int, schedule: Schedule) -> Event:
+    """The event of ``slug``'s tick at ``tick_ms`` (the same for every worker that sees the tick)."""
+    return Event(CRON_EVENT, {"cron": schedule.text}, tick_event_id(slug, tick_ms), tick_ms)
 
 
 def tick_run_id(slug: str, tick_ms: int, placed: str) -> str:
@@ -341,7 +347,7 @@ class CronScheduler:
                 pipe.get(keys.cron_last(fn.slug))  # one key a command: on a cluster they live apart
             raw_lasts: list[bytes | None] = await pipe.execute()
         fire: list[tuple[_CronFunction, int, Schedule]] = []
-        skip: list[tuple[_CronFunction, int, str]] = []
+        skip: list[tuple[_CronFunction, int, Schedule, str]] = []
         for (fn, tick, schedule), raw in zip(candidates, raw_lasts, strict=True):
             last = int(raw) if raw is not None else None
             if last is not None:
@@ -350,9 +356,9 @@ class CronScheduler:
                     continue
             age = now_ms - tick
             if last is None and age > self.first_seen_grace_ms:
-                skip.append((fn, tick, "first_seen"))
+                skip.append((fn, tick, schedule, "first_seen"))
             elif age > self.catch_up_ms:
-                skip.append((fn, tick, "beyond_catch_up"))
+                skip.append((fn, tick, schedule, "beyond_catch_up"))
             else:
                 fire.append((fn, tick, schedule))
         if not fire and not skip:
@@ -363,17 +369,16 @@ class CronScheduler:
         self,
         now_ms: int,
         fire: list[tuple[_CronFunction, int, Schedule]],
-        skip: list[tuple[_CronFunction, int, str]],
+        skip: list[tuple[_CronFunction, int, Schedule, str]],
     ) -> list[str]:
         limits = self.store.limits
-        events = {
-            fn.slug: Event(CRON_EVENT, {"cron": schedule.text}, tick_event_id(fn.slug, tick), tick)
-            for fn, tick, schedule in fire
-        }
+        events = {fn.slug: tick_event(fn.slug, tick, schedule) for fn, tick, schedule in fire}
         # 1. Claim each tick: create its run (the dedupe key inside create_run is the claim), or
         #    mark it skipped. Whoever claims a tick first decides it, once.
         skip_ttl = max(limits.dedupe_s, self.catch_up_ms // 1000 + 60)
-        flows = await self._flows([fn.slug for fn, _, _ in fire])
+        # a tick's run is placed by its function's flow control (runtime/placement.py); a skipped
+        # tick's mark goes where its run would have gone, so that the two meet
+        flows = await self._flows([fn.slug for fn, _, _ in fire] + [fn.slug for fn, _, _, _ in skip])
         described: dict[str, tuple[str, dict[str, Any]]] = {}
         tick_runs: dict[str, str] = {}  # slug -> the id of its tick's run
         # The claims are scripts: called side by side, not pipelined (a cluster's pipeline refuses
@@ -381,15 +386,15 @@ class CronScheduler:
         claims: list[Awaitable[Any]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for fn, tick, _ in fire:
-                run_id = tick_run_id(fn.slug, tick, run_id_for(fn.slug, tick_event_id(fn.slug, tick), now_ms))
-                tick_runs[fn.slug] = run_id
                 event_dict = events[fn.slug].to_dict()
+                bindings = Bindings(event=event_dict)
+                placed = new_run_id(fn.slug, flows.get(fn.slug), bindings, tick_event_id(fn.slug, tick), now_ms)
+                run_id = tick_run_id(fn.slug, tick, placed)  # placement's shard, the tick's own id
+                tick_runs[fn.slug] = run_id
                 # a cron run is one of the function's runs: its start limits apply (as in Inngest)
                 checks = flow_starts.NONE
                 if fn.slug in flows and flow_starts.governs_starts(flows[fn.slug]):
-                    checks = flow_starts.start_checks(
-                        flows[fn.slug], fn.slug, run_id, Bindings(event=event_dict), self.store.limits
-                    )
+                    checks = flow_starts.start_checks(flows[fn.slug], fn.slug, run_id, bindings, self.store.limits)
                     described[run_id] = (fn.slug, event_dict)
                 claims.append(
                     self.store.create_run(
@@ -403,9 +408,11 @@ class CronScheduler:
                         checks=checks,
                     )
                 )
-            for fn, tick, _ in skip:
+            for fn, tick, schedule, _ in skip:
                 tick_id = tick_event_id(fn.slug, tick)
-                pipe.set(keys.dedupe(dedupe_shard(fn.slug, tick_id), fn.slug, tick_id), SKIPPED, nx=True, ex=skip_ttl)
+                bindings = Bindings(event=tick_event(fn.slug, tick, schedule).to_dict())
+                shard = shard_for(fn.slug, flows.get(fn.slug), bindings, tick_id)
+                pipe.set(keys.dedupe(shard, fn.slug, tick_id), SKIPPED, nx=True, ex=skip_ttl)
             replies = [
                 *await asyncio.gather(*claims, return_exceptions=True),
                 *await pipe.execute(raise_on_error=False),
@@ -440,7 +447,7 @@ class CronScheduler:
                     pipe.zremrangebyscore(keys.events_named(shard, event.name), "-inf", now_ms - retention * 1000)
                     pipe.expire(keys.events_named(shard, event.name), retention)
                     log.info("cron.fired", function=fn.slug, cron=schedule.text, tick_ms=tick, run_id=run_id)
-            for (fn, tick, reason), reply in zip(skip, replies[len(fire) :], strict=True):
+            for (fn, tick, _, reason), reply in zip(skip, replies[len(fire) :], strict=True):
                 if isinstance(reply, Exception):
                     log.warning("cron.claim_failed", function=fn.slug, tick_ms=tick, error=str(reply))
                     continue

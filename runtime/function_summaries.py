@@ -13,6 +13,7 @@ from stepq.flow_spec import ConcurrencyLimit, FlowControl
 
 from . import keys
 from .connection import RedisClient
+from .placement import Rule, rule_of
 from .registry import FunctionRecord, Registry
 from .run_status import TERMINAL, RunStatus
 from .shards import shards
@@ -33,6 +34,9 @@ class FunctionSummary:
     retries: int | None
     #: Flow control in words, one line per setting ("throttle: 10 starts per 1m"...).
     flow: list[str]
+    #: Which shard its runs are created in, when flow control decides it ("one shard per value of
+    #: event.data.user (throttle)", runtime/placement.py); '' when they spread over all shards.
+    placement: str
     #: "http" (served by an app over HTTP, ``url``) or "in-process" (run by the app's workers).
     served: str
     url: str | None
@@ -86,6 +90,11 @@ def describe_flow(flow: FlowControl) -> list[str]:
     return lines
 
 
+def _placement(flow: FlowControl) -> str:
+    rule = rule_of(flow)
+    return "" if rule.rule is Rule.SPREAD else f"runs: {rule.describe()}"
+
+
 def _triggers(config: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for trigger in config.get("triggers", []):
@@ -108,6 +117,7 @@ def _summary(record: FunctionRecord, counts: dict[str, int]) -> FunctionSummary:
         triggers=_triggers(config),
         retries=retries if isinstance(retries, int) else None,
         flow=describe_flow(record.flow),
+        placement=_placement(record.flow),
         served="http" if http else "in-process",
         url=str(url) if http else None,
         counts=counts,

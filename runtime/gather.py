@@ -37,7 +37,8 @@ from . import keys
 from .connection import RedisClient
 from .flow_keys import evaluate, key_of
 from .limits import Limits
-from .shards import dedupe_shard, new_run_id
+from .placement import shard_for
+from .shards import new_run_id
 
 #: A batch starts at once when its events reach this many bytes (Inngest's 10 MiB), or the run's
 #: state limit if that is lower.
@@ -65,7 +66,7 @@ def gathering(flow: FlowControl, slug: str, event: dict[str, Any], bindings: Bin
     if flow.debounce is not None:
         spec = flow.debounce
         value = key_of(spec.key, bindings)
-        shard = dedupe_shard(slug, "debounce:" + value.digest)
+        shard = shard_for(slug, flow, bindings)  # the key's shard, or the function's (runtime/placement.py)
         ts = event.get("ts")
         ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else 0
         arg = f"debounce|{spec.period_ms}|{spec.timeout_ms or 0}|{ts}|{value.shown}"
@@ -75,7 +76,7 @@ def gathering(flow: FlowControl, slug: str, event: dict[str, Any], bindings: Bin
         if spec_b.if_exp is not None and evaluate(spec_b.if_exp, bindings) is not True:
             return None  # Inngest: events for which ``if`` is false run unbatched
         value = key_of(spec_b.key, bindings)
-        shard = dedupe_shard(slug, "batch:" + value.digest)
+        shard = shard_for(slug, flow, bindings)
         cap = min(BATCH_MAX_BYTES, limits.max_state_bytes)
         arg = f"batch|{spec_b.max_size}|{spec_b.timeout_ms}|{cap}|{value.shown}"
         return Gather(keys.batch(shard, slug, value.digest), shard, arg)

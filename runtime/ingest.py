@@ -28,10 +28,10 @@ import structlog
 from stepq.errors import InvalidEventError, StepqError
 from stepq.event import Event
 from stepq.expressions import Bindings, ExpressionError, compile_expression
-from stepq.runtime.shards import new_run_id, run_id_for, shard_of, shards
+from stepq.runtime.shards import new_run_id, shard_of, shards
 from stepq.triggers import TRIGGER_VARIABLES
 
-from . import flow_starts, keys, lifecycle, matching, outbox, waits
+from . import flow_starts, keys, lifecycle, matching, outbox, placement, waits
 from .codec import pack
 from .connection import RedisClient
 from .gather import gathering
@@ -228,7 +228,11 @@ class Ingest:
                 # debounce and batching gather events into one run, and ignore event-id dedupe
                 gather = gathering(fn.flow, fn.slug, event_dict, bindings, limits)
                 dedupe_key = (original.id or None) if gather is None else None
-                run_id = run_id_for(fn.slug, dedupe_key, at) if gather is None else gather.run_id(at)
+                run_id = (
+                    placement.new_run_id(fn.slug, fn.flow, bindings, dedupe_key, at)
+                    if gather is None
+                    else gather.run_id(at)
+                )
                 checks = flow_starts.start_checks(fn.flow, fn.slug, run_id, bindings, self.store.limits)
                 if checks.count:
                     described[run_id] = (fn.slug, event_dict)
@@ -291,6 +295,6 @@ class Ingest:
 
 def batch_shard() -> int:
     """The shard a batch of events is stored in: any of those served (the batch's runs go where
-    their placement puts them, ``shards.run_id_for``)."""
+    their placement puts them, ``placement.new_run_id``)."""
     count = len(shards())
     return random.randrange(count) if count > 1 else 0

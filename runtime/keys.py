@@ -11,9 +11,12 @@ Keys come in three kinds (see ``runtime/shards.py`` for what a shard is):
   job id, which starts with it): ``stepq:{<tag>}:run:<run id>``, ``arq:job:{<tag>}:<job id>``;
 - a shard's part of a queue and its indexes carry the shard's tag: ``stepq:{<tag>}:queue:<app>``,
   ``stepq:{<tag>}:timers``... so every script on a step's path touches one Redis Cluster slot;
+- the event log (an event's record and outcomes, a shard's events index, events by name, recent
+  events by name) is sharded too: a batch of events is stored in one shard, named by its events'
+  ids (``shards.event_shard``), and what it makes other shards do goes through that shard's outbox
+  (``stepq:{<tag>}:outbox``, runtime/outbox.py);
 - the registry (functions, triggers, apps) shares one tag of its own, ``{registry}``, so that a
-  registration is one script in one slot; the event log (events, recent events by name) and cron's
-  ticks are written apart from any run's step, and carry no tag.
+  registration is one script in one slot; cron's last ticks carry no tag (one key a command).
 """
 
 from __future__ import annotations
@@ -292,16 +295,14 @@ def wait_index(shard: int, event_name: str, path: str, token: str) -> str:
 
 
 def dedupe(shard: int, slug: str, event_key: str) -> str:
-    """The run an event key started for a function (``shards.shard_for`` picks the shard)."""
+    """The run an event key started for a function (``placement.shard_for`` picks the shard)."""
     return Shape(f"{PREFIX}:", ":dedupe:").build(SHARD_TAGS[shard], f"{slug}:{event_key}")
 
 
 #: Flow control of run starts (runtime/flow_starts.py), per function and key value (its digest,
 #: runtime/flow_keys.py; '' for a limit without a key). They carry the shard tag of the run being
-#: created: with one shard (SHARD_COUNT = 1) every run of a key meets them. Once there are several
-#: shards (issue 13), the runs of one throttle, rate-limit, idempotency or singleton key must be
-#: created in one shard (as runs of one dedupe key are, shards.dedupe_shard), or each shard keeps
-#: its own count.
+#: created, so a limit is exact because runtime/placement.py creates every run sharing its key in
+#: one shard (the key value's, or the function's).
 FLOW_START_KINDS = ("rate", "rate_n", "throttle", "idem", "singleton")
 
 

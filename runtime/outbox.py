@@ -14,9 +14,10 @@ idempotent, so a message delivered twice (its sender and the sweeper raced, or t
 does nothing twice:
 
 - ``run``: create a run in the target shard. The delivery script remembers its reply under the
-  message's id in the target shard (``keys.outbox_received``, for the retention period) and a
-  redelivery gets that reply back without writing: no second run, no event joining a debounce
-  twice, no flow-control limit charged twice. The ack adds the event's outcome for that function.
+  message's id in the target shard (``keys.outbox_received``, for the dedupe window, a day by
+  default) and a redelivery gets that reply back without writing: no second run, no event joining
+  a debounce twice, no flow-control limit charged twice. (Past that window create_run itself still
+  refuses a second run of the same id.) The ack adds the event's outcome for that function.
 - ``resolve``: an invoked child ended; memoize its result in the parent's step. Resolving a step
   already resolved is a duplicate (a no-op); a parent whose step timed out meanwhile ignores it.
 - ``match``: match stored events (by id, in the source shard's event log) against the waits and
@@ -272,7 +273,7 @@ async def _create_run(ingest: Any, message: Message) -> tuple[str, bytes]:
     reply = await store.scripts.call(
         "outbox_receive_run",
         [keys.outbox_received(message.target, message.id), *body["keys"]],
-        [store.limits.retention_s, *body["args"]],
+        [store.limits.dedupe_s, *body["args"]],
     )
     created = unpack(reply[1]) if isinstance(reply[1], bytes) else reply[1]
     outcomes = flow_starts.StartOutcomes.of_create_run(created)

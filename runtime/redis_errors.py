@@ -32,6 +32,7 @@ from redis.exceptions import (
     RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -50,8 +51,11 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError
 #: no ``RedisError`` (a slot no master serves, while a failover or a reshard goes on).
 ANY = (RedisError, OSError, RedisClusterException)
 #: A cluster in the middle of a change (a failover, a reshard) that redis-py's own retries did not
-#: outlast: passing, like a lost connection.
-_CLUSTER_CHANGING = (RedisClusterException, ClusterError)
+#: outlast: passing, like a lost connection. (Other ``RedisClusterException``s are mistakes, such as
+#: one command for keys of two slots, and are lasting.)
+_CLUSTER_CHANGING = (SlotNotCoveredError, ClusterError)
+#: What redis-py's cluster client says when no node it knows answers.
+_CLUSTER_UNREACHABLE = "Redis Cluster cannot be connected"
 
 #: The passing states by code, each as it reads after "Redis ..." (for messages and logs: never the
 #: error's own text, since a pipeline's error quotes the command's arguments, which can hold payloads).
@@ -114,6 +118,8 @@ def unavailable_reason(exc: BaseException) -> str | None:
         passing = _PASSING.get(error_kind(exc))
         if passing is not None:
             return passing
+    if isinstance(exc, RedisClusterException) and str(exc).startswith(_CLUSTER_UNREACHABLE):
+        return "did not answer"
     if isinstance(exc, _CLUSTER_CHANGING):
         return "is a cluster that is changing (a failover or a reshard)"
     return None

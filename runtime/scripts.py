@@ -8,7 +8,9 @@ from importlib import resources
 from time import perf_counter
 from typing import Any
 
+from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from . import history, jobs, keys, metrics, run_status, shards
 from .connection import RedisClient
@@ -93,11 +95,55 @@ def source(name: str) -> str:
     return prelude() + libraries(name) + called(name) + "\n" + body(name)
 
 
+#: The text of every script registered in this process, by SHA1 (``execute`` loads them).
+_TEXTS: dict[str, str] = {}
+
+
 def register(redis: RedisClient, text: str) -> AsyncScript:
     """``redis.register_script(text)`` for either client: redis-py's hints name only ``Redis``, but a
     ``RedisCluster`` runs its scripts as well (EVALSHA goes to the node of the first key; on
     NOSCRIPT the script is loaded on every master)."""
-    return AsyncScript(redis, text)  # type: ignore[arg-type]
+    script = AsyncScript(redis, text)  # type: ignore[arg-type]
+    _TEXTS[script.sha] = text
+    return script
+
+
+async def pipelined(script: AsyncScript, pipe: Any, keys: Sequence[str | bytes], args: Sequence[Any]) -> None:
+    """Queue a call of ``script`` on ``pipe``, a pipeline of either client (redis-py refuses
+    ``evalsha`` on a cluster pipeline: the command goes as it is, routed by its first key). Run
+    the pipeline with ``execute``."""
+    if isinstance(pipe, ClusterPipeline):
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    else:
+        await script(keys=keys, args=args, client=pipe)
+
+
+async def execute(pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
+    """``await pipe.execute(raise_on_error=...)`` for a pipeline that may call scripts, on either client.
+
+    redis-py loads a plain pipeline's scripts before sending it, but not a cluster pipeline's: a
+    master that does not have a script (a new master, a replica just promoted: Redis does not
+    replicate its script cache) answers NOSCRIPT, and the script did not run. Here each such call
+    is sent again after the script is loaded on every master."""
+    if not isinstance(pipe, ClusterPipeline):
+        replies: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
+        return replies
+    client, sent = pipe._client, [command.args for command in pipe._command_stack]  # (redis-py's own)
+    replies = await pipe.execute(raise_on_error=False)
+    for i, (args, reply) in enumerate(zip(sent, replies, strict=True)):
+        text = _TEXTS.get(args[1]) if isinstance(reply, NoScriptError) and args[0] == "EVALSHA" else None
+        if text is None:
+            continue
+        try:
+            await client.script_load(text)  # on every master
+            replies[i] = await client.execute_command(*args)
+        except (RedisError, RedisClusterException) as exc:
+            replies[i] = exc
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+    return replies
 
 
 class Scripts:
@@ -107,6 +153,11 @@ class Scripts:
         self._scripts: dict[str, AsyncScript] = {name: register(redis, source(name)) for name in SCRIPT_NAMES}
 
     async def call(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any], client: Any = None) -> Any:
+        """Call script ``name``; ``client``: a pipeline to queue the call on instead (run it with
+        ``execute``)."""
+        if isinstance(client, ClusterPipeline):
+            await pipelined(self._scripts[name], client, keys, args)
+            return client
         if not metrics.enabled():
             return await self._scripts[name](keys=keys, args=args, client=client)
         # the round trip as this process sees it (stepq_redis_roundtrip_seconds): no extra command

@@ -18,7 +18,6 @@ holds under ``keys.SHARD_COUNT``, a testing aid that exercises the sharded paths
 from __future__ import annotations
 
 import itertools
-import random
 import string
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
@@ -71,22 +70,11 @@ def tag_of(run_or_job_id: str) -> str:
 
 
 def new_run_id(now_ms: int | None = None, shard: int = 0) -> str:
-    """A ULID for a new run of ``shard``: its last character names the shard (75 random bits remain)."""
+    """A ULID for a new run of ``shard``: its last character names the shard (75 random bits remain).
+    Which shard a new run takes is runtime/placement.py's choice."""
     if not 0 <= shard < SHARD_LIMIT:
         raise ValueError(f"shard {shard} is out of range (0..{SHARD_LIMIT - 1})")
     return new_ulid(now_ms)[:-1] + CROCKFORD[shard]
-
-
-def dedupe_shard(slug: str, dedupe_key: str) -> int:
-    """The shard a run of function ``slug`` deduplicated by ``dedupe_key`` is created in: runs with
-    the same key meet in one shard, so that one script checks the key and creates the run."""
-    return key_slot(f"{slug}:{dedupe_key}".encode()) % SHARD_COUNT
-
-
-def run_id_for(slug: str, dedupe_key: str | None, now_ms: int | None = None) -> str:
-    """The id of a new run of ``slug``: in its deduplication key's shard, else in any shard."""
-    shard = dedupe_shard(slug, dedupe_key) if dedupe_key else random.randrange(SHARD_COUNT)
-    return new_run_id(now_ms, shard)
 
 
 def event_shard(event_id: str) -> int:

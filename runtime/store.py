@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stepq.event import Event
+from stepq.expressions import Bindings
 from stepq.flow_spec import FlowControl
 
 from . import keys
@@ -30,11 +31,12 @@ from .gather import Gather
 from .jobs import FENCE as FENCE  # the run-record field of the run's fence (defined beside the job kinds)
 from .jobs import JobSpec, enqueue_keys, fence_field
 from .limits import Limits
+from .placement import placed
 from .plan import JobLease, Plan
 from .plan_wire import encode
 from .script_args import CreateRunArgs, ResolveStepArgs
 from .scripts import Scripts
-from .shards import dedupe_shard, shard_of
+from .shards import shard_of
 from .waits import Registration
 
 #: What a run lives within unless its function registered other limits (kept in the run's record).
@@ -245,11 +247,16 @@ class RunStore:
         see runtime/actions.py).
         ``trace``: the W3C traceparent the run's trace continues ('' : none)."""
         at, shard = now_ms(), shard_of(run_id)
-        if dedupe_key and shard != dedupe_shard(fn_slug, dedupe_key):
-            raise ValueError(f"run {run_id} is not in the shard of its deduplication key (see shards.run_id_for)")
+        first = events[0].to_dict() if events else None
+        # flow control and dedupe are exact only among runs that meet in one shard
+        if not placed(run_id, fn_slug, flow, Bindings(event=first or {}), dedupe_key):
+            raise ValueError(
+                f"run {run_id} is not in the shard its flow control and dedupe key place it in "
+                "(see runtime/placement.py)"
+            )
         job = JobSpec(run_id, position)
         blob = pack([e.to_dict() for e in events])
-        slots = run_slots(fn_slug, flow, events[0].to_dict() if events else None) if flow else NO_SLOTS
+        slots = run_slots(fn_slug, flow, first) if flow else NO_SLOTS
         return await self.scripts.call(
             "create_run",
             [

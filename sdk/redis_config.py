@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
-from .errors import StepqError
+from . import secret_env
+from .secret_env import SecretConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 URL_ENV = "STEPQ_REDIS_URL"
@@ -21,20 +21,16 @@ URL_FILE_ENV = "STEPQ_REDIS_URL_FILE"
 PASSWORD_FILE_ENV = "STEPQ_REDIS_PASSWORD_FILE"
 
 
-class RedisConfigError(StepqError, ValueError):
+class RedisConfigError(SecretConfigError):
     """The Redis settings are unusable: a bad URL, a missing secret file, settings that conflict."""
 
 
 def read_secret_file(path: str, variable: str) -> str:
-    """The content of the secret file at ``path`` (named by ``variable``), without the surrounding
-    whitespace that editors and ``echo`` add; an error naming the variable if it cannot be used."""
+    """``stepq.secret_env.read_secret_file``, its error a ``RedisConfigError``."""
     try:
-        value = Path(path).read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RedisConfigError(f"{variable}={path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
-    if not value:
-        raise RedisConfigError(f"{variable}={path}: the file is empty")
-    return value
+        return secret_env.read_secret_file(path, variable)
+    except SecretConfigError as exc:
+        raise RedisConfigError(str(exc)) from None
 
 
 def configured_redis_url(environ: Mapping[str, str] | None = None) -> str | None:

@@ -204,6 +204,29 @@ class LocalCluster:
                     return next(n for n in self.nodes if n.running and n.port == port)
         raise AssertionError(f"no live master serves slot {slot}")
 
+    def move_slot(self, slot: int, target: EmbeddedRedis, batch: int = 50) -> None:
+        """Move ``slot`` (with its keys) to master ``target`` while clients go on using it, as
+        ``redis-cli --cluster reshard`` does: IMPORTING/MIGRATING, MIGRATE the keys in batches (a
+        client meanwhile gets ASK or TRYAGAIN), then give the slot to ``target`` on every master."""
+        source = self.node_of_slot(slot)
+        assert source is not target, "the slot is on the target already"
+        src, dst = self._client(source), self._client(target)
+        try:
+            src_id, dst_id = _command(src, "CLUSTER MYID").decode(), _command(dst, "CLUSTER MYID").decode()
+            _command(dst, "CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+            _command(src, "CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+            while names := _command(src, "CLUSTER GETKEYSINSLOT", slot, batch):
+                _command(src, "MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *names)
+            for node in [target, source, *(m for m in self.masters() if m not in (target, source))]:
+                client = self._client(node)
+                try:
+                    _command(client, "CLUSTER SETSLOT", slot, "NODE", dst_id)
+                finally:
+                    client.close()
+        finally:
+            src.close()
+            dst.close()
+
     def command_counts(self, node: EmbeddedRedis) -> dict[str, int]:
         """INFO commandstats of ``node``: calls by command name (``evalsha``, ``blpop``...)."""
         counts = {}

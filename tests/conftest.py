@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 
 import stepq
-from stepq.runtime import shards
+from stepq.runtime import keys, shards
 from stepq.runtime.connection import RedisClient, close, connect, open_redis
 from stepq.workers.embedded import EmbeddedRedis, free_port
 from tests import helpers
@@ -108,6 +108,9 @@ async def redis(deployment: Deployment) -> AsyncIterator[RedisClient]:
     await client.flushdb()
     shards.configure(1)  # as a process opening the emptied database would (tests.helpers.use_shards)
     yield client
+    # back to one shard: a module's long-lived process (stepq api) may open the database before the
+    # next test's flush, and must not take a shard count a test set (tests.helpers.use_shards)
+    await client.delete(keys.SHARD_COUNT)
     await client.aclose()
 
 

@@ -228,3 +228,15 @@ async def test_the_invoker_checks_the_address_dns_gives_at_call_time() -> None:
     assert isinstance(result, FunctionFailed) and not result.retriable, result
     assert result.error["name"] == "AppUrlRefused" and "169.254.169.254" in result.error["message"]
     assert time.monotonic() - began < 5  # refused, not a connection attempt timing out
+
+
+async def test_the_redis_a_policy_guards_is_every_sentinel_of_a_sentinel_url_and_a_tls_server() -> None:
+    resolve = resolver_for({"s1.internal": ["10.0.0.11"], "s2.internal": ["10.0.0.12"], "db.internal": ["10.0.0.5"]})
+    sentinel = AppUrlPolicy(redis_url="redis+sentinel://:pw@s1.internal:26379,s2.internal/main/0", resolver=resolve)
+    for address in ("10.0.0.11:26379", "10.0.0.12:26379"):
+        with pytest.raises(AppUrlRefused, match="Redis"):
+            await sentinel.check(f"http://{address}/")
+    assert await sentinel.check("http://10.0.0.11:8000/") == [ip("10.0.0.11")]  # another port of that host
+    tls = AppUrlPolicy(redis_url="rediss://db.internal:6380/0?ssl_cert_reqs=none", resolver=resolve)
+    with pytest.raises(AppUrlRefused, match="Redis"):
+        await tls.check("http://10.0.0.5:6380/")

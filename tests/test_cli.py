@@ -8,6 +8,7 @@ import subprocess
 
 from redis.asyncio import Redis
 
+from stepq.runtime import keys
 from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, StartWorkers, run_ids_for_event, wait_for_run
 
 #: Where STEPQ_REDIS_URL points in these tests: nothing answers there, so only --redis-url can work.
@@ -38,7 +39,7 @@ async def test_send_then_runs_then_run(redis: Redis, start_workers: StartWorkers
 
     event_id = sent_id(stepq("send", "test/greet", "--data", '{"who": "ada"}'))
 
-    assert await redis.exists(f"stepq:event:{event_id}") == 1
+    assert await redis.exists(keys.event(event_id)) == 1
     [run_id] = await run_ids_for_event(redis, "greet", event_id)
     await wait_for_run(redis, run_id)
 

@@ -16,11 +16,22 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import (
+    ClusterDownError,
+    ClusterError,
+    MasterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 import stepq
-from stepq.runtime import keys, shards
+from stepq.runtime import keys, scripts, shards
 from stepq.runtime.connection import close, open_redis
 from stepq.runtime.queries import get_run
+from stepq.runtime.redis_errors import error_kind, is_passing, unavailable_reason
 from stepq.runtime.store import RunStore
 from tests.apps.cluster_app import BRANCHES, expected, mixed
 from tests.cluster import LocalCluster
@@ -42,12 +53,12 @@ def start_workers(tmp_path: Path, url: str, n: int) -> list[WorkerOn]:
     return workers
 
 
-async def create_runs(redis: Any, count: int, log: Path, **data: Any) -> dict[str, int]:
-    """``count`` runs of ``mixed``, spread over every shard in turn; run id -> its n."""
+async def create_runs(redis: Any, count: int, log: Path, shard: int | None = None, **data: Any) -> dict[str, int]:
+    """``count`` runs of ``mixed``, in ``shard`` or spread over every shard in turn; run id -> its n."""
     store = RunStore(redis)
     created = {}
     for i in range(count):
-        run_id = shards.new_run_id(shard=i % len(shards.shards()))
+        run_id = shards.new_run_id(shard=i % len(shards.shards()) if shard is None else shard)
         event = stepq.Event(name="test/cluster.mixed", data={"n": i, "log": str(log), **data})
         reply = await store.create_run(
             run_id=run_id, fn_slug=mixed.slug, app_id="t-cluster", events=[event], dedupe_key=None
@@ -82,8 +93,58 @@ async def check_outcomes(redis: Any, created: dict[str, int], log: Path) -> None
         assert all(runs[(run_id, f"p{i}")] >= 1 for i in range(BRANCHES)), run_id
 
 
+def lines_of(workers: list[WorkerOn]) -> str:
+    """The workers' log lines other than invocations (what went wrong, for a failure's message)."""
+    return "\n".join(
+        f"{w.name}: {line}" for w in workers for line in w.stderr().splitlines() if '"invocation"' not in line
+    )[-6000:]
+
+
+async def steps_ran(log: Path, count: int) -> None:
+    """Wait until ``count`` step executions were logged (runs are under way)."""
+    deadline = time.monotonic() + 30
+    while not log.exists() or len(log.read_text().splitlines()) < count:
+        assert time.monotonic() < deadline, "no steps ran"
+        await asyncio.sleep(0.05)
+
+
+async def ended_well(redis: Any, created: dict[str, int], log: Path, workers: list[WorkerOn]) -> None:
+    """``check_outcomes``, with the workers' own lines in the failure; and the workers still run."""
+    try:
+        await check_outcomes(redis, created, log)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{lines_of(workers)}") from None
+    for worker in workers:
+        assert worker.alive(), worker.stderr()[-4000:]
+
+
 def masters_holding(cluster: LocalCluster, run_ids: list[str]) -> set[int]:
     return {cluster.node_of_slot(key_slot(keys.run(run_id).encode())).port for run_id in run_ids}
+
+
+def error(kind: Any, message: str) -> BaseException:
+    """An error as redis-py raises it (its cluster errors' constructors are untyped)."""
+    made: BaseException = kind(message)
+    return made
+
+
+def test_a_cluster_changing_is_passing_trouble_and_a_cross_slot_command_is_not() -> None:
+    """What workers ride out (as a lost connection) and what the API answers 503 for."""
+    assert error_kind(error(ClusterDownError, "The cluster is down")) == "CLUSTERDOWN"
+    assert error_kind(error(MasterDownError, "Link with MASTER is down")) == "MASTERDOWN"
+    assert error_kind(error(TryAgainError, "Multiple keys request during rehashing of slot")) == "TRYAGAIN"
+    assert error_kind(error(MovedError, "3999 127.0.0.1:6381")) == "MOVED/ASK"
+    for kind, message in (
+        (ClusterDownError, "The cluster is down"),
+        (TryAgainError, "Multiple keys request during rehashing of slot"),
+        (MovedError, "3999 127.0.0.1:6381"),
+        (SlotNotCoveredError, "Slot 3999 is not covered by the cluster."),
+        (ClusterError, "TTL exhausted."),
+    ):
+        assert is_passing(error(kind, message)), kind
+    unreachable = error(RedisClusterException, "Redis Cluster cannot be connected. Please provide a reachable node")
+    assert unavailable_reason(unreachable) == "did not answer"
+    assert not is_passing(error(RedisClusterException, "EVALSHA - all keys must map to the same key slot"))
 
 
 async def test_open_redis_finds_a_cluster_and_uses_every_shard(cluster: LocalCluster) -> None:
@@ -98,6 +159,28 @@ async def test_open_redis_finds_a_cluster_and_uses_every_shard(cluster: LocalClu
         assert await store.redis.exists(*(keys.run(run_id) for run_id in created)) == len(created)
     finally:
         await close(client)
+
+
+async def test_scripts_in_a_cluster_pipeline_run_on_masters_that_lack_them(
+    cluster_redis: RedisCluster, cluster: LocalCluster
+) -> None:
+    """Redis does not replicate its script cache, and redis-py neither takes EVALSHA in a cluster
+    pipeline nor loads its scripts: ``scripts.pipelined`` queues the call, ``scripts.execute``
+    loads what a master lacks and sends those calls again."""
+    echo = scripts.register(cluster_redis, "return KEYS[1]")
+    names = [keys.runs_active(shard) for shard in shards.shards()]  # on every master
+    await cluster_redis.script_flush()
+    async with cluster_redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            await scripts.pipelined(echo, pipe, [name], [])
+        plain = await pipe.execute(raise_on_error=False)
+    assert all(isinstance(reply, NoScriptError) for reply in plain), plain  # the trap
+    await cluster_redis.script_flush()
+    async with cluster_redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            await scripts.pipelined(echo, pipe, [name], [])
+        replies = await scripts.execute(pipe)
+    assert replies == [name.encode() for name in names]
 
 
 async def test_a_single_redis_takes_its_shard_count_from_the_registry_key(redis: Redis) -> None:
@@ -126,16 +209,34 @@ async def test_runs_on_every_master_end_under_two_workers_one_of_them_killed(
         created = await create_runs(cluster_redis, 64, log, work_s=0.3)
         assert masters_holding(cluster, list(created)) == {m.port for m in cluster.masters()}
         # some runs mid-step, some asleep: kill one worker outright
-        deadline = time.monotonic() + 30
-        while not log.exists() or len(log.read_text().splitlines()) < 20:
-            assert time.monotonic() < deadline, "no steps ran"
-            await asyncio.sleep(0.05)
+        await steps_ran(log, 20)
         workers[0].proc.kill()
         workers[0].proc.wait(timeout=10)
-        await check_outcomes(cluster_redis, created, log)
+        await ended_well(cluster_redis, created, log, workers[1:])
         survivor = workers[1].logs()
         assert not [e for e in survivor if e.get("level") in ("error", "critical")], survivor[-20:]
-        assert workers[1].alive()
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+async def test_a_shard_moved_to_another_master_mid_run_loses_no_run(
+    cluster_redis: RedisCluster, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """Adding capacity is moving slots: a shard's slot (its runs, jobs, queue) migrates to another
+    master while its runs are in flight; clients meet ASK and TRYAGAIN meanwhile, and every run ends."""
+    shard = 7
+    slot = key_slot(shards.SHARD_TAGS[shard].encode())
+    log = tmp_path / "steps.log"
+    workers = start_workers(tmp_path, cluster.url, 2)
+    try:
+        created = await create_runs(cluster_redis, 40, log, shard=shard, work_s=0.1)
+        await steps_ran(log, 20)
+        source = cluster.node_of_slot(slot)
+        target = next(m for m in cluster.masters() if m is not source)
+        await asyncio.to_thread(cluster.move_slot, slot, target)
+        assert cluster.node_of_slot(slot) is target
+        await ended_well(cluster_redis, created, log, workers)
     finally:
         for worker in workers:
             worker.stop()
@@ -148,18 +249,13 @@ async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_e
         try:
             log = tmp_path / "steps.log"
             created = await create_runs(redis, 64, log, work_s=0.2, nap="2s")
-            deadline = time.monotonic() + 30
-            while not log.exists() or len(log.read_text().splitlines()) < 20:
-                assert time.monotonic() < deadline, "no steps ran"
-                await asyncio.sleep(0.05)
+            await steps_ran(log, 20)
             victim = cluster.masters()[1]
             [replica] = cluster.replicas_of(victim)
             cluster.kill(victim)
             cluster.wait_ok(timeout=30)  # the replica took over its slots
             assert replica in cluster.masters()
-            await check_outcomes(redis, created, log)
-            for worker in workers:
-                assert worker.alive(), worker.stderr()[-4000:]
+            await ended_well(redis, created, log, workers)
             kinds = {e.get("kind") for w in workers for e in w.logs() if e.get("event") == "redis.unavailable"}
             print("worker saw", kinds)
         finally:
@@ -167,3 +263,18 @@ async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_e
                 worker.stop()
             await close(redis)
             shards.configure(1)
+
+
+async def test_one_redis_holding_four_shards_is_served_whole_by_one_worker(redis: Redis, tmp_path: Path) -> None:
+    """The testing aid (``stepq:{registry}:shards``): the sharded paths on one Redis, one worker
+    serving every shard (its claims, idle checks, mover timers and sleeps per shard)."""
+    await use_shards(redis, 4)
+    log = tmp_path / "steps.log"
+    created = await create_runs(redis, 16, log)
+    assert {shards.shard_of(run_id) for run_id in created} == {0, 1, 2, 3}
+    [worker] = start_workers(tmp_path, REDIS_URL, 1)
+    try:
+        await check_outcomes(redis, created, log)
+        assert worker.alive()
+    finally:
+        worker.stop()

@@ -15,11 +15,12 @@ import subprocess
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime import keys
-from tests.helpers import REDIS_URL, STEPQ_CLI, StartWorkers, runs_of, start_runs, wait_for_runs
+from tests.helpers import REDIS_URL, STEPQ_CLI, StartWorkers, runs_of, start_runs, use_shards, wait_for_runs
 from tests.http_fixtures import dev_stack, start_http_worker
 
 Span = tuple[str, str, str, int, int]  # function, key, run id, start ns, end ns
@@ -67,12 +68,14 @@ async def send_concurrently(
     return [run_id for ids in started for run_id in ids]
 
 
+@pytest.mark.parametrize("shard_count", [1, 4])
 async def test_limits_hold_at_every_instant_across_workers_with_room_to_spare(
-    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path, shard_count: int
 ) -> None:
     """3 at once for the function, 1 per customer: 40 runs of 3 steps from 4 senders, 2 workers
     with room for 20 jobs at once. The limits hold at every instant, and are reached (the test
     would notice a limit that serialized everything, or one that let more through)."""
+    await use_shards(redis, shard_count)  # 4: runs placed over shards (runtime/placement.py)
     start_workers("flow_limits", n=2)
     log = tmp_path / "spans.log"
     customers = ["a", "b", "c", "d", "e"]
@@ -127,10 +130,12 @@ async def test_one_key_with_100_times_the_work_does_not_starve_the_others(
     assert overlap(spans(log)) == {"fair": 2}
 
 
+@pytest.mark.parametrize("shard_count", [1, 4])
 async def test_a_key_shared_across_functions_counts_both(
-    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path, shard_count: int
 ) -> None:
     """An env-scoped key is shared by every function naming it: 1 at once per customer across both."""
+    await use_shards(redis, shard_count)  # 4: runs placed over shards (runtime/placement.py)
     start_workers("flow_limits", n=2)
     log = tmp_path / "spans.log"
     a = events("test/shared-a", log, [{"customer": c} for c in "xy" * 8])
@@ -318,12 +323,14 @@ async def test_limits_hold_with_every_kind_of_step_cancels_and_a_killed_worker(
         assert [k async for k in redis.scan_iter(match=pattern)] == []
 
 
+@pytest.mark.parametrize("shard_count", [1, 4])
 async def test_rate_limit_throttle_priority_and_concurrency_together(
-    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, sender: stepq.Client, start_workers: StartWorkers, tmp_path: Path, shard_count: int
 ) -> None:
     """30 events from 3 senders to a function with every kind of limit that can combine: exactly 20
     runs start (20 a minute), the other 10 are recorded skipped; no run starts before the time its
     throttle gave it (10 a second, 2 at once); never more than 2 steps at once; all 20 complete."""
+    await use_shards(redis, shard_count)  # 4: runs placed over shards (runtime/placement.py)
     start_workers("flow_limits", n=2)
     log = tmp_path / "spans.log"
     batches = [events("test/combo", log, [{"prio": (t * 10 + i) % 3 * 60} for i in range(10)]) for t in range(3)]

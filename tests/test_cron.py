@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.errors import FunctionConfigError
+from stepq.expressions import Bindings
 from stepq.runtime import keys, shards
 from stepq.runtime.codec import unpack
 from stepq.runtime.connection import close, open_redis
@@ -34,8 +35,10 @@ from stepq.runtime.cron import (
     tick_run_id,
 )
 from stepq.runtime.event_queries import get_event, recent_events
+from stepq.runtime.placement import new_run_id, shard_for
 from stepq.runtime.queries import get_run
-from stepq.runtime.shards import dedupe_shard, event_shard, run_id_for
+from stepq.runtime.registry import Registry
+from stepq.runtime.shards import event_shard
 from stepq.runtime.store import RunStore
 from tests.apps import cron_app
 from tests.helpers import REDIS_URL, ROOT, StartWorkers, read_lines, runs_of, use_shards
@@ -187,6 +190,25 @@ async def all_run_ids(redis: Redis) -> list[str]:
     return [r.decode() for shard in shards.shards() for r in await redis.zrange(keys.runs_active(shard), 0, -1)]
 
 
+#: Functions' flow control for the sharded variants: none (a tick's run goes to its tick id's
+#: shard), or a function-wide throttle (to the function's shard; runtime/placement.py).
+FLOWS: dict[str, dict[str, Any]] = {"none": {}, "throttle": {"throttle": {"limit": 100, "period": "1s"}}}
+
+
+@pytest.fixture(params=[(1, "none"), (4, "none"), (4, "throttle")], ids=lambda p: f"{p[0]}-shards-{p[1]}")
+async def sharded(request: pytest.FixtureRequest, redis: Redis) -> int:
+    """This process uses 1 or 4 shards, and the cron functions have that flow control."""
+    count, flow = request.param
+    await use_shards(redis, count)
+    if FLOWS[flow]:
+        configs = [
+            {"id": slug, "app_id": APP, "triggers": [{"cron": "* * * * *"}], "flow": FLOWS[flow]}
+            for slug in (SLUG, "t-cron-other")
+        ]
+        await Registry(redis).register_app(APP, configs)
+    return int(count)
+
+
 async def test_a_due_tick_starts_one_run_with_the_scheduled_event(redis: Redis) -> None:
     store = RunStore(redis)
     tick = at(2025, 1, 15, 12, 5)
@@ -231,7 +253,7 @@ async def test_a_worker_dying_between_a_ticks_claim_and_its_event_leaves_the_nex
     dying._advance = killed  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="killed"):
         await dying.fire_due(tick + dt.timedelta(milliseconds=300))
-    run_id = tick_run_id(SLUG, ms(tick), run_id_for(SLUG, tick_event_id(SLUG, ms(tick))))
+    run_id = tick_run_id(SLUG, ms(tick), new_run_id(SLUG, None, Bindings(), tick_event_id(SLUG, ms(tick))))
     assert (await get_run(redis, run_id, with_steps=False)) is not None  # the claim created the run...
     event_id = tick_event_id(SLUG, ms(tick))
     assert await get_event(redis, event_id) is None and await redis.get(keys.cron_last(SLUG)) is None  # ...only
@@ -244,7 +266,7 @@ async def test_a_worker_dying_between_a_ticks_claim_and_its_event_leaves_the_nex
     assert [r.run_id for r in await runs_of(redis, SLUG)] == [run_id]
 
 
-async def test_two_schedulers_racing_on_one_clock_start_one_run_per_tick(redis: Redis) -> None:
+async def test_two_schedulers_racing_on_one_clock_start_one_run_per_tick(redis: Redis, sharded: int) -> None:
     """Two schedulers (separate connections, like two workers) asked at the same instants, 20 ticks;
     a third, stateless caller joins on every other tick."""
     other = await open_redis(REDIS_URL)
@@ -337,7 +359,7 @@ async def test_an_outage_beyond_catch_up_fires_nothing_until_the_next_tick(redis
     back = t0 + dt.timedelta(hours=3, minutes=20)
     assert await fire_due(redis, RunStore(redis), functions, now=back, catch_up=catch_up) == []
     skipped = tick_event_id(SLUG, ms(t0 + dt.timedelta(hours=3)))
-    assert await redis.get(keys.dedupe(dedupe_shard(SLUG, skipped), SLUG, skipped)) == SKIPPED.encode()
+    assert await redis.get(keys.dedupe(shard_for(SLUG, None, Bindings(), skipped), SLUG, skipped)) == SKIPPED.encode()
     assert int(await redis.get(keys.cron_last(SLUG))) == ms(t0 + dt.timedelta(hours=3))
     # Down from 12:00 to 15:09 instead would have fired 15:00; the next tick fires as usual.
     [run_id] = await fire_due(redis, RunStore(redis), functions, now=t0 + dt.timedelta(hours=4, seconds=1))
@@ -357,7 +379,7 @@ async def test_a_new_function_fires_no_tick_from_before_it_was_seen(redis: Redis
     assert len(await fire_due(redis, RunStore(redis), functions, now=tick + dt.timedelta(seconds=1))) == 1
 
 
-async def test_a_skipped_tick_stays_skipped_for_a_worker_with_a_stale_view(redis: Redis) -> None:
+async def test_a_skipped_tick_stays_skipped_for_a_worker_with_a_stale_view(redis: Redis, sharded: int) -> None:
     """A worker whose clock runs behind read no ``last`` yet: the tick another worker decided to skip
     is refused by the tick's claim, not only by ``last``."""
     functions = [(SLUG, APP, "*/5 * * * *")]

@@ -102,7 +102,8 @@ def test_redis_password_is_a_secret_and_on_no_command_line() -> None:
     # requirepass is fed on standard input (`redis-server CONF -`), not as an argument
     assert re.search(r"redis-server \S+ - <<", script), script
     assert not re.search(r"--requirepass", script)
-    assert COMPOSE["secrets"]["redis_password"] == {"file": "./secrets/redis_password"}
+    for name, secret in COMPOSE["secrets"].items():
+        assert secret == {"file": f"./secrets/{name}"}, f"secret {name} must be a file under secrets/"
     assert "secrets/" in (ROOT / ".gitignore").read_text().split()
 
 
@@ -129,6 +130,14 @@ def test_each_worker_is_healthy_on_its_own_readiness() -> None:
     assert f"http://127.0.0.1:{port}/readyz" in check
     # not a key in Redis that any one worker sets for all of them
     assert "redis" not in check.lower() and "hexists" not in check
+
+
+def test_the_api_is_healthy_on_health_and_published_on_loopback_only() -> None:
+    api = SERVICES["api"]
+    assert "http://127.0.0.1:8288/health" in healthcheck_text(api)
+    assert api["ports"] == ["127.0.0.1:8288:8288"], "the API has no TLS: publish it on the host's loopback"
+    env = environment(api)
+    assert env["STEPQ_EVENT_KEYS_FILE"] == "/run/secrets/event_keys" and "STEPQ_EVENT_KEYS" not in env
 
 
 def _seconds(text: str) -> float:

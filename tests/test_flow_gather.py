@@ -32,7 +32,7 @@ from stepq.runtime.codec import unpack
 from stepq.runtime.queries import RunView
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of
-from tests.helpers import REDIS_URL, TERMINAL, StartWorkers, read_lines, runs_of
+from tests.helpers import REDIS_URL, TERMINAL, StartWorkers, read_lines, runs_of, use_shards
 from tests.http_fixtures import Stack, dev_stack, post_events, stepq_cli
 
 APP = "t-gather"
@@ -198,7 +198,11 @@ async def test_batch_keys_batch_apart_and_events_failing_if_run_unbatched_at_onc
             assert view.gathered is None, "an event failing `if` ran in a batch"
 
 
-async def test_concurrent_senders_lose_no_event_and_duplicate_none(start_workers: StartWorkers, redis: Redis) -> None:
+@pytest.mark.parametrize("shard_count", [1, 4])
+async def test_concurrent_senders_lose_no_event_and_duplicate_none(
+    start_workers: StartWorkers, redis: Redis, shard_count: int
+) -> None:
+    await use_shards(redis, shard_count)  # 4: runs placed over shards (runtime/placement.py)
     start_workers("gather", n=2)
     senders = [stepq.Client(f"sender-{n}", redis_url=REDIS_URL) for n in range(4)]
     try:

@@ -40,6 +40,7 @@ from tests.helpers import (
     StartWorkers,
     read_lines,
     runs_of,
+    use_shards,
     wait_for_run,
     wait_for_runs,
 )
@@ -397,11 +398,13 @@ async def test_an_invoked_run_over_its_rate_limit_fails_the_invoke_step_with_the
     assert [len(children.get("completed", [])), len(children.get("skipped", []))] == [1, 1]
 
 
+@pytest.mark.parametrize("shard_count", [1, 4])
 async def test_start_limits_hold_exactly_under_concurrent_senders(
-    redis: Redis, start_workers: StartWorkers, tmp_path: Path
+    redis: Redis, start_workers: StartWorkers, tmp_path: Path, shard_count: int
 ) -> None:
     """4 senders at once (their own connections), 30 events each: the rate limit lets exactly 10
     through, idempotency exactly one per cart, and throttle drops none of them."""
+    await use_shards(redis, shard_count)  # 4: runs placed over shards (runtime/placement.py)
     start_workers("flow_starts")
     log = tmp_path / "load.log"
     senders = [stepq.Client(f"sender-{i}", redis_url=REDIS_URL) for i in range(4)]
@@ -559,9 +562,12 @@ class TestServedFunctions:
 # -- cron ----------------------------------------------------------------------------------------------
 
 
-async def test_cron_runs_are_held_to_their_functions_start_limits(redis: Redis) -> None:
+@pytest.mark.parametrize("shard_count", [1, 4])
+async def test_cron_runs_are_held_to_their_functions_start_limits(redis: Redis, shard_count: int) -> None:
     """A cron tick's run is one of the function's runs: a singleton skips a tick while the last
-    tick's run is still active (no worker runs it here), and says so."""
+    tick's run is still active (no worker runs it here), and says so; on several shards too (the
+    ticks' runs meet in the function's shard, runtime/placement.py)."""
+    await use_shards(redis, shard_count)
     slug, app_id = "t-cron-flow-nightly", "t-cron-flow"
     config = {
         "id": slug,

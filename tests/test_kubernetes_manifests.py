@@ -479,6 +479,16 @@ def test_redis_is_configured_for_stepq() -> None:
     assert url.startswith(f"redis://{redis_sts['spec']['serviceName']}:6379/")
 
 
+def test_redis_runs_the_image_compose_pins() -> None:
+    """One Redis release for both deployments: a fix (7.4.2 had the Lua RCE CVE-2025-49844) must
+    reach Kubernetes too."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    pinned = compose["services"]["redis"]["image"].removeprefix("${STEPQ_REDIS_IMAGE:-").removesuffix("}")
+    pod = one("StatefulSet", "stepq-redis")["spec"]["template"]["spec"]
+    images = {c["image"] for c in pod["containers"] + pod.get("initContainers", [])}
+    assert images == {pinned}
+
+
 # -- autoscaling -----------------------------------------------------------------------------------
 
 METRIC = re.compile(r"\b(stepq_[a-z_]+)(?:\{([^}]*)\})?")

@@ -94,10 +94,10 @@ async def test_every_role_does_its_job_under_its_acl_user_and_nothing_is_refused
         "STEPQ_REDIS_URL": acl_redis.url("worker", inline=False),
         "STEPQ_REDIS_PASSWORD_FILE": str(acl_redis.passwords["worker"]),
     }
-    workers = [ManagedWorker(i, tmp_path, worker_env) for i in range(2)]
     admin = connect(acl_redis.url("admin"))
     sender = stepq.Client("t-managed-sender", redis_url=acl_redis.url("sender"))
     api = ApiServer(acl_redis.url("api"), settings=ApiSettings.from_env(dev=True)).start()
+    workers = [ManagedWorker(i, tmp_path, worker_env) for i in range(2)]
     try:
         for worker in workers:
             worker.wait_ready()

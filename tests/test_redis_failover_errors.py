@@ -55,10 +55,10 @@ class Stack:
 @contextlib.asynccontextmanager
 async def stack_on(server: RedisServer, tmp_path: Path) -> AsyncIterator[Stack]:
     url = f"redis://127.0.0.1:{server.port}/0"
-    workers = [ManagedWorker(i, tmp_path, {"STEPQ_REDIS_URL": url}) for i in range(2)]
     reader = connect(url)
     sender = stepq.Client("t-managed-sender", redis_url=url)
     api = ApiServer(url, settings=ApiSettings.from_env(dev=True)).start()
+    workers = [ManagedWorker(i, tmp_path, {"STEPQ_REDIS_URL": url}) for i in range(2)]
     try:
         for worker in workers:
             worker.wait_ready()

@@ -3,9 +3,9 @@ workers and the sender reach Redis through a ``redis+sentinel://`` URL; the mast
 runs are in flight, the sentinels promote the replica, and every run ends with the right output.
 
 What async replication can lose: the writes the master acknowledged in its last moments that had not
-reached the replica. The test makes the runs' creation durable first (``WAIT 1``), as a sender that
-needs it can; the steps' results written after that may be lost, and then those steps run again
-(at least once, as after any crash), but no run is lost or ends wrong.
+reached the replica. The test makes the runs' creation durable first (``WAIT 1``: a run created in
+that window could be lost with it); the steps' results written after that may be lost, and then
+those steps run again (at least once, as after any crash), but no run is lost or ends wrong.
 """
 
 from __future__ import annotations
@@ -134,9 +134,9 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelSet]:
 async def test_runs_continue_after_sentinel_fails_the_master_over(sentinels: SentinelSet, tmp_path: Path) -> None:
     await sentinels.wait_ready()
     url = sentinels.url
-    workers = [ManagedWorker(i, tmp_path, {"STEPQ_REDIS_URL": url}, concurrency=30) for i in range(2)]
     reader = connect(url)
     sender = stepq.Client("t-managed-sender", redis_url=url)
+    workers = [ManagedWorker(i, tmp_path, {"STEPQ_REDIS_URL": url}, concurrency=30) for i in range(2)]
     try:
         for worker in workers:
             worker.wait_ready()
@@ -144,8 +144,12 @@ async def test_runs_continue_after_sentinel_fails_the_master_over(sentinels: Sen
         await workload.start()
         # The runs exist on the replica too before the master goes: WAIT is acknowledged once every
         # write this connection made, and so every write before it, reached a replica.
-        await reader.set("stepq-test:marker", "1")
-        assert await reader.execute_command("WAIT", 1, 5000) >= 1  # type: ignore[no-untyped-call]
+        # (one pipeline: one connection for both)
+        async with reader.pipeline(transaction=False) as pipe:
+            pipe.set("stepq-test:marker", "1")
+            pipe.execute_command("WAIT", 1, 5000)
+            _, replicas = await pipe.execute()
+        assert replicas >= 1
         # Runs in flight when the master goes: some done, most between or inside steps.
         deadline = time.monotonic() + 30
         while (before := sum(s == "completed" for s in (await _statuses(reader, workload)).values())) < 10:

@@ -63,9 +63,9 @@ async def test_a_workload_runs_over_tls_with_client_certificates_and_secret_file
         "STEPQ_REDIS_URL_FILE": str(tmp_path / "url"),
         "STEPQ_REDIS_PASSWORD_FILE": str(tmp_path / "password"),
     }
-    workers = [ManagedWorker(0, tmp_path, from_files), ManagedWorker(1, tmp_path, {}, url=url)]
     reader = connect(url)
     sender = stepq.Client("t-managed-sender", redis_url=url)
+    workers = [ManagedWorker(0, tmp_path, from_files), ManagedWorker(1, tmp_path, {}, url=url)]
     try:
         for worker in workers:
             worker.wait_ready()

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.redis_config import RedisConfigError, configured_redis_url, redis_url_from_env
+from stepq.runtime import keys
 from stepq.runtime.redis_urls import FailoverConnection, FailoverSSLConnection, parse_redis_url, redact
 from tests.helpers import ROOT, STEPQ_CLI
 from tests.redis_servers import RedisServer
@@ -107,7 +108,7 @@ async def test_processes_log_in_with_the_url_and_password_from_files(
         assert sent.returncode == 0, sent.stderr
         admin = Redis(port=server.port, password="file-secret")
         try:
-            assert await admin.exists(f"stepq:event:{json.loads(sent.stdout)['ids'][0]}")
+            assert await admin.exists(keys.event(json.loads(sent.stdout)["ids"][0]))
         finally:
             await admin.aclose()
         monkeypatch.delenv("STEPQ_REDIS_URL", raising=False)

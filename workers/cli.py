@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from stepq.runtime.queries import RunFilter, get_run, list_runs
 from stepq.runtime.registry import FunctionOwnedError
 from stepq.runtime.run_status import RunStatus
 from stepq.runtime.transport import RedisTransport
+from stepq.secret_env import signing_key_from_env
 
 from . import tracing
 from .app import AppLoadError, load_client
@@ -202,7 +202,7 @@ def _worker(args: argparse.Namespace) -> int:
                 if client is not None:
                     worker = await build_worker(client, _url(args), options, health=health)
                 else:
-                    signing_key = os.environ.get("STEPQ_SIGNING_KEY") or os.environ.get("INNGEST_SIGNING_KEY") or None
+                    signing_key = signing_key_from_env()
                     worker = await build_http_worker(_url(args), options, signing_key=signing_key, health=health)
             except ValueError as exc:  # a bad cron expression, a bad stored shard count
                 raise CliError(str(exc)) from None

@@ -36,11 +36,11 @@ from stepq.runtime.decide import decide, finish, give_up
 from stepq.runtime.ingest import Ingest
 from stepq.runtime.job_queue import ClaimedJob, JobEnded
 from stepq.runtime.jobs import FENCE, JobKind, JobSpec
+from stepq.runtime.placement import new_run_id
 from stepq.runtime.plan import Commit, FanOut, Finish, JobLease, Now, Plan, Policy, Write
 from stepq.runtime.redis_errors import is_passing
 from stepq.runtime.registry import Registry
 from stepq.runtime.run_status import RunStatus
-from stepq.runtime.shards import run_id_for
 from stepq.runtime.store import (
     CachedRun,
     ClaimLoad,
@@ -353,12 +353,12 @@ class Executor:
             ts=now_ms(),
             v=payload.get("v"),
         )
-        child_id = run_id_for(record.slug, event.id)
+        bindings = Bindings(event=event.to_dict())
+        # in the shard the child's own function's flow control puts it (runtime/placement.py)
+        child_id = new_run_id(record.slug, record.flow, bindings, event.id)
         trace = await self.tracing.invoke_started(job, record.slug, child_id)  # the child continues the trace
         # the child's start limits apply to invoked runs too (a skipped child fails the invoke step)
-        checks = flow_starts.start_checks(
-            record.flow, record.slug, child_id, Bindings(event=event.to_dict()), self.store.limits
-        )
+        checks = flow_starts.start_checks(record.flow, record.slug, child_id, bindings, self.store.limits)
         reply = await self.store.create_run(
             run_id=child_id,
             fn_slug=record.slug,

@@ -40,7 +40,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
-from stepq.runtime.connection import RedisClient, close
+from stepq.runtime.connection import RedisClient, SteadyCluster, close
 from stepq.runtime.redis_errors import ANY as REDIS_TROUBLE
 
 log = structlog.get_logger("stepq.worker")
@@ -123,10 +123,11 @@ class RedisWatchdog:
                 connection_pool=ConnectionPool(connection_class=pool.connection_class, max_connections=1, **options)
             )
         settings = self.redis.nodes_manager.connection_kwargs
-        cluster: RedisCluster = RedisCluster(
+        cluster: RedisCluster = SteadyCluster(
             startup_nodes=[ClusterNode(node.host, node.port) for node in self.redis.get_nodes()],
             ssl=settings.get("connection_class") is SSLConnection,
-            cluster_error_retry_attempts=0,
+            # (1, not 0: redis-py 5.3's cluster pipeline, which EXISTS uses, makes that many attempts)
+            cluster_error_retry_attempts=1,
             connection_error_retry_attempts=0,
             **{name: settings[name] for name in _CLUSTER_SETTINGS if name in settings},
             **probing,
@@ -175,6 +176,9 @@ class RedisWatchdog:
             return TimeoutError(f"no reply within {self.timeout_s:g} s")
         except REDIS_TROUBLE as exc:
             return exc
+        except Exception:
+            # the probe's own fault, not Redis's: say so, and do not stop the worker over it
+            log.exception("watchdog.probe_failed")
         return None
 
     async def _until_back(self) -> None:

@@ -5,8 +5,11 @@ and runs jobs with a loop of its own, because arq's worker polls (a command ever
 per idle worker, and a poll delay before each step), claims each job in several round trips, and has
 no hook for what follows. ``StepqWorker``:
 
-- waits for work on a blocking read of the queue's ready list: no polling when idle, no poll delay
-  when busy; one worker at a time (the mover) keeps a timer at the earliest delayed job;
+- serves every shard of the queue (runtime/shards.py: one on a single Redis, 32 on a cluster),
+  each a ``Lane``: waits for work on a blocking read of each shard's ready list (no polling when
+  idle, no poll delay when busy; the shards' idle checks spread out), claims from the shards in
+  rotating order within one concurrency budget; one worker at a time per shard (the mover) keeps
+  a timer at the shard's earliest delayed job;
 - claims due jobs, with their payloads, in one Lua call (``JobQueue.claim``), and runs each with
   arq's job context (``workers/job_task.py``);
 - holds a short lease per running job (``lease_s``, 10 s) renewed by a heartbeat, so a killed
@@ -102,6 +105,9 @@ class Lane:
     backlog: bool = False
     #: As the shard's mover: when its earliest delayed job is due (ms), else None.
     wake_at_ms: int | None = None
+    #: After a failed claim: not before this (ms), so that a shard whose master is down waits
+    #: alone while the other shards' claims go on.
+    retry_at_ms: float | None = None
     faults: Faults = dataclasses.field(default_factory=lambda: Faults("claim"))
 
 
@@ -300,6 +306,8 @@ class StepqWorker:
 
     def _reconnected(self) -> None:
         """Redis answers again after an outage: claim, renew leases and check the registration now."""
+        for lane in self.lanes:
+            lane.retry_at_ms = None
         self._claim_soon(self.lanes)
         self._listen_back.set()
         self._renew_now.set()
@@ -333,6 +341,10 @@ class StepqWorker:
             claimed_any = False
             for i in range(count):
                 lane = self.lanes[(first + i) % count]
+                if lane.retry_at_ms is not None:
+                    if now < lane.retry_at_ms:
+                        continue
+                    lane.retry_at_ms, lane.claim_now = None, True
                 if lane.claim_now or (lane.wake_at_ms is not None and now >= lane.wake_at_ms):
                     lane.claim_now = False
                     await self._claim(lane, tidy=not lane.idle_check)
@@ -343,7 +355,9 @@ class StepqWorker:
             self._next_lane = (first + 1) % count
             if claimed_any or self._claim_now.is_set():
                 continue
-            wake = min((lane.wake_at_ms for lane in self.lanes if lane.wake_at_ms is not None), default=None)
+            # a lane backing off waits for its retry, whatever its mover's timer says
+            times = (lane.wake_at_ms if lane.retry_at_ms is None else lane.retry_at_ms for lane in self.lanes)
+            wake = min((at for at in times if at is not None), default=None)
             timeout = None if wake is None else (wake - now) / 1000
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._claim_now.wait(), timeout)
@@ -356,9 +370,10 @@ class StepqWorker:
             known = self.run_cache.recent(KNOWN_RUNS) if self.run_cache is not None and free else None
             claim = await lane.queue.claim(min(free, CLAIM_BATCH), tidy=tidy, known=known, held=self.runner.held)
         except REDIS_TROUBLE as exc:
-            if not await self._repaired(lane, exc):
-                await self._nap(lane.faults.failed(exc, shard=lane.queue.shard))
-            self._claim_soon((lane,))
+            if await self._repaired(lane, exc):
+                self._claim_soon((lane,))
+            else:  # this shard waits; the others' claims go on
+                lane.retry_at_ms = time.time() * 1000 + 1000 * lane.faults.failed(exc, shard=lane.queue.shard)
             return
         if lane.faults.failing:
             lane.faults.succeeded()
@@ -415,17 +430,12 @@ class StepqWorker:
                         await asyncio.wait_for(self._listen_back.wait(), faults.failed(exc, shard=lane.queue.shard))
                 continue
             wait_s = self.shard_idle_s
+            lane.retry_at_ms = None  # its master answers
             self.watchdog.answered()
             if faults.failing:
                 faults.succeeded()
             lane.idle_check = not token and not lane.claim_now
             self._claim_soon((lane,))
-
-    async def _nap(self, seconds: float) -> None:
-        """Back off for ``seconds``, or less if Redis comes back meanwhile."""
-        self._claim_now.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._claim_now.wait(), seconds)
 
     # -- poison -----------------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Check by hand that the compose set-up works: run from the repository, with the image built
-# (tag stepq:local), secrets/redis_password made, and no other project named stepqverify. It starts
-# Redis, three workers, the fake shop (its answers slowed) and the example app; sends 120 events and
+# (tag stepq:local), the secrets made (see docker-compose.yml), and no other project named
+# stepqverify. It starts Redis, the API, three workers, the fake shop (its answers slowed) and the
+# example app; sends an event through the API with the key from secrets/event_keys; sends 120 events and
 # checks every worker ran steps; `docker stop`s a worker with steps in flight (drain), then a worker
 # with STEPQ_DRAIN_GRACE=1 under 4 s steps (hand-back); stops and starts Redis (per-worker readiness);
 # prints what Docker applied. Everything is torn down at the end (`down -v`). About 3 minutes.
@@ -72,7 +73,22 @@ wait_all_ended 1; runs
 say "up again: the app sends again with the same event id"
 $C up -d --scale worker=3 2>&1 | tail -1; sleep 8; $C logs --no-color app | tail -2; runs
 
-say "batch 1: 60 imports + 60 orders"; send 60 batch1; wait_all_ended 121; runs; per_worker
+say "the API (published on 127.0.0.1:8288): an event with the key from secrets/event_keys, then a wrong key"
+for _ in $(seq 1 30); do [ "$(docker inspect "$(of api)" --format '{{.State.Health.Status}}')" = healthy ] && break; sleep 1; done
+docker ps --filter "name=^$(of api)\$" --format '{{.Names}} {{.Status}} {{.Ports}}'
+python3 - "$(cat secrets/event_keys)" <<'PY'
+import json, sys, urllib.error, urllib.request
+for key in (sys.argv[1], "not-the-key"):
+    request = urllib.request.Request(f"http://127.0.0.1:8288/e/{key}", data=json.dumps({"name": "test/simple.function"}).encode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print("key from the secret:", response.status, response.read().decode())
+    except urllib.error.HTTPError as error:
+        print("wrong key:", error.code, error.read().decode()[:80])
+PY
+wait_all_ended 2; runs
+
+say "batch 1: 60 imports + 60 orders"; send 60 batch1; wait_all_ended 122; runs; per_worker
 
 say "batch 2, then docker stop of worker_2 while its steps are in flight (each page answer takes 0.5 s)"
 send 60 batch2; sleep 1
@@ -86,7 +102,7 @@ rows=[json.loads(l) for l in sys.stdin if l.startswith('{')]
 d=[i for i,r in enumerate(rows) if r.get('event')=='worker.draining'][0]
 after=[r for r in rows[d+1:] if r.get('event')=='invocation']
 print('it finished', len(after), 'invocations after the drain began, outcomes', sorted({r['outcome'] for r in after}))"
-wait_all_ended 241; runs; per_worker
+wait_all_ended 242; runs; per_worker
 $C exec -T worker stepq dead-letters
 
 say "hand-back: a one-off worker with STEPQ_DRAIN_GRACE=1 while each page answer takes 4 s"
@@ -99,7 +115,7 @@ timed_stop "$W"
 docker inspect "$W" --format 'one-off worker exit code {{.State.ExitCode}}'
 docker logs "$W" 2>&1 | grep -E '"worker\.draining"'
 echo "one-off worker invocation lines: $(docker logs "$W" 2>&1 | grep -c '"invocation"')"
-wait_all_ended 301; runs
+wait_all_ended 302; runs
 $C exec -T worker stepq dead-letters
 
 say "Redis stopped: each worker's /readyz says so and its container turns unhealthy; Redis back: healthy"
@@ -114,6 +130,6 @@ docker start "$(of redis)" >/dev/null; sleep 20
 docker ps --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" --format '{{.Names}} {{.Status}}' | sort
 runs
 say "logging limits and stop settings as Docker applied them"
-for c in $(of redis) $(of worker | head -1) $(of shop); do docker inspect $c --format "$c {{json .HostConfig.LogConfig}} stop_timeout={{.Config.StopTimeout}} init={{.HostConfig.Init}} user={{.Config.User}}"; done
+for c in $(of redis) $(of api) $(of worker | head -1) $(of shop); do docker inspect $c --format "$c {{json .HostConfig.LogConfig}} stop_timeout={{.Config.StopTimeout}} init={{.HostConfig.Init}} user={{.Config.User}}"; done
 docker rm -f "$W" >/dev/null
 say "tearing down"
