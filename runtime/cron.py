@@ -34,11 +34,12 @@ time repeated by one fires once.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import functools
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -58,7 +59,6 @@ from .connection import RedisClient
 from .ingest import Ingest
 from .placement import new_run_id, shard_for
 from .registry import FunctionRecord, Registry
-from .scripts import register
 from .shards import event_shard
 from .store import RunStore
 
@@ -325,8 +325,12 @@ class CronScheduler:
         # The newest ``last`` this process has read or written, per slug: ``last`` only grows, so a
         # tick at or before it is known to be handled without asking Redis.
         self._known: dict[str, int] = {}
-        self._advance = register(self.redis, _ADVANCE)
         self._announcer: Ingest | None = None
+
+    async def _advance(self, pipe: Any, slug: str, tick: int) -> None:
+        """Queue on ``pipe`` the move of ``slug``'s ``last`` to ``tick`` (never backwards). As EVAL of
+        the few bytes of its source, not EVALSHA, which a cluster's pipeline refuses."""
+        pipe.eval(_ADVANCE, 1, keys.cron_last(slug), tick)
 
     async def fire_due(self, now: dt.datetime | None = None) -> list[str]:
         """Start the run of every function whose newest tick is due; return the ids of runs created."""
@@ -377,6 +381,9 @@ class CronScheduler:
         flows = await self._flows([fn.slug for fn, _, _ in fire] + [fn.slug for fn, _, _, _ in skip])
         described: dict[str, tuple[str, dict[str, Any]]] = {}
         tick_runs: dict[str, str] = {}  # slug -> the id of its tick's run
+        # The claims are scripts: called side by side, not pipelined (a cluster's pipeline refuses
+        # EVALSHA, its keys being anywhere); the skips' marks are plain writes, pipelined.
+        claims: list[Awaitable[Any]] = []
         async with self.redis.pipeline(transaction=False) as pipe:
             for fn, tick, _ in fire:
                 event_dict = events[fn.slug].to_dict()
@@ -389,23 +396,27 @@ class CronScheduler:
                 if fn.slug in flows and flow_starts.governs_starts(flows[fn.slug]):
                     checks = flow_starts.start_checks(flows[fn.slug], fn.slug, run_id, bindings, self.store.limits)
                     described[run_id] = (fn.slug, event_dict)
-                await self.store.create_run(
-                    run_id=run_id,
-                    fn_slug=fn.slug,
-                    app_id=fn.app_id,
-                    queue_id=fn.queue_id,
-                    events=[events[fn.slug]],
-                    dedupe_key=tick_event_id(fn.slug, tick),
-                    flow=flows.get(fn.slug),
-                    checks=checks,
-                    pipe=pipe,
+                claims.append(
+                    self.store.create_run(
+                        run_id=run_id,
+                        fn_slug=fn.slug,
+                        app_id=fn.app_id,
+                        queue_id=fn.queue_id,
+                        events=[events[fn.slug]],
+                        dedupe_key=tick_event_id(fn.slug, tick),
+                        flow=flows.get(fn.slug),
+                        checks=checks,
+                    )
                 )
             for fn, tick, schedule, _ in skip:
                 tick_id = tick_event_id(fn.slug, tick)
                 bindings = Bindings(event=tick_event(fn.slug, tick, schedule).to_dict())
                 shard = shard_for(fn.slug, flows.get(fn.slug), bindings, tick_id)
                 pipe.set(keys.dedupe(shard, fn.slug, tick_id), SKIPPED, nx=True, ex=skip_ttl)
-            replies = await pipe.execute(raise_on_error=False)
+            replies = [
+                *await asyncio.gather(*claims, return_exceptions=True),
+                *await pipe.execute(raise_on_error=False),
+            ]
         created: list[str] = []
         handled: list[tuple[str, int]] = []
         announced: list[flow_starts.StartOutcomes] = []
@@ -447,7 +458,7 @@ class CronScheduler:
                 for shard in {event_shard(events[fn.slug].id) for fn, _, _ in fire}:
                     pipe.zremrangebyscore(keys.events_index(shard), "-inf", now_ms - retention * 1000)
             for slug, tick in handled:
-                await self._advance(keys=[keys.cron_last(slug)], args=[tick], client=pipe)  # type: ignore[arg-type]
+                await self._advance(pipe, slug, tick)
             await pipe.execute()
         for slug, tick in handled:
             self._remember(slug, tick)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,14 +18,18 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 
 import stepq
 from stepq.runtime import keys, shards
+from stepq.runtime.connection import RedisClient
 from stepq.runtime.queries import RunView, get_run, list_runs
+
+if TYPE_CHECKING:
+    from tests.cluster import LocalCluster
 
 
 def _test_database(base_url: str, worker: str | None) -> str:
@@ -42,10 +47,27 @@ def _test_database(base_url: str, worker: str | None) -> str:
     return urlunsplit(parts._replace(path=f"/{number - index}"))
 
 
-REDIS_URL = _test_database(
+#: This test process's single Redis database.
+SINGLE_REDIS_URL = _test_database(
     os.environ.get("STEPQ_TEST_REDIS_URL") or "redis://127.0.0.1:6379/15", os.environ.get("PYTEST_XDIST_WORKER")
 )
+#: The Redis the current test uses: ``SINGLE_REDIS_URL``, or during the cluster pass of a file marked
+#: ``both_deployments`` a node of the session's local cluster (the ``deployment`` fixture sets it;
+#: read it as ``helpers.REDIS_URL`` or through a module-level ``REDIS_URL`` name it also sets).
+REDIS_URL = SINGLE_REDIS_URL
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deployment:
+    """Where a test's Redis is (the ``deployment`` fixture): the single test database, or the
+    session's local cluster (a ``tests.cluster.LocalCluster``)."""
+
+    name: str
+    url: str
+    cluster: LocalCluster | None = None
+
+
 # The `stepq` command, run by the venv's interpreter whatever PATH holds.
 STEPQ_CLI = [sys.executable, "-m", "stepq.workers.cli"]
 TERMINAL = ("completed", "failed", "cancelled", "skipped")
@@ -141,7 +163,9 @@ class WorkerOn(WorkerProcess):
 StartWorkers = Callable[..., list[WorkerProcess]]
 
 
-async def wait_for_run(redis: Redis, run_id: str, statuses: Sequence[str] = TERMINAL, timeout: float = 30.0) -> RunView:
+async def wait_for_run(
+    redis: RedisClient, run_id: str, statuses: Sequence[str] = TERMINAL, timeout: float = 30.0
+) -> RunView:
     """Poll the run until its status is one of ``statuses``; fail with its last state otherwise."""
     deadline = time.monotonic() + timeout
     view = None
@@ -153,17 +177,17 @@ async def wait_for_run(redis: Redis, run_id: str, statuses: Sequence[str] = TERM
     raise AssertionError(f"run {run_id} did not reach {statuses} within {timeout} s; last seen: {view}")
 
 
-async def runs_of(redis: Redis, function: str, limit: int = 1000) -> list[RunView]:
+async def runs_of(redis: RedisClient, function: str, limit: int = 1000) -> list[RunView]:
     """Every run of ``function`` (its id, not the slug), newest first."""
     return await list_runs(redis, function=function, limit=limit)
 
 
-async def run_ids_for_event(redis: Redis, function: str, event_id: str) -> list[str]:
+async def run_ids_for_event(redis: RedisClient, function: str, event_id: str) -> list[str]:
     """The ids of the runs of ``function`` that the event ``event_id`` started."""
     return [view.run_id for view in await runs_of(redis, function) if event_id in view.event_ids]
 
 
-async def start_run(sender: stepq.Client, redis: Redis, function: str, name: str, data: dict[str, Any]) -> str:
+async def start_run(sender: stepq.Client, redis: RedisClient, function: str, name: str, data: dict[str, Any]) -> str:
     """Send one event and return the id of the single run of ``function`` it started."""
     [event_id] = await sender.send(stepq.Event(name=name, data=data))
     run_ids = await run_ids_for_event(redis, function, event_id)
@@ -189,12 +213,12 @@ async def all_invocations(worker: WorkerProcess, run_id: str, timeout: float = 1
         await asyncio.sleep(0.01)
 
 
-async def running_jobs(redis: Redis) -> list[bytes]:
+async def running_jobs(redis: RedisClient) -> list[bytes]:
     """arq's in-progress locks: one per job a worker is running."""
     return [key async for key in redis.scan_iter(match=keys.ARQ_IN_PROGRESS + "*")]
 
 
-async def wait_until_idle(redis: Redis, timeout: float = 5.0) -> None:
+async def wait_until_idle(redis: RedisClient, timeout: float = 5.0) -> None:
     """Wait until no worker runs a job (a run's status changes inside the job that changes it)."""
     deadline = time.monotonic() + timeout
     while await running_jobs(redis):
@@ -202,11 +226,21 @@ async def wait_until_idle(redis: Redis, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def wait_for_empty_queue(redis: Redis, app_id: str, timeout: float = 5.0) -> None:
-    """Wait until the app's queue holds no job; fail with what it holds."""
+async def queue_entries(redis: RedisClient, app_id: str) -> dict[str, list[tuple[bytes, float]]]:
+    """The app's queued jobs (due now or later) with their due times, by queue key, every shard's."""
+    found = {}
+    for shard in shards.shards():
+        entries = await redis.zrange(keys.queue(shard, app_id), 0, -1, withscores=True)
+        if entries:
+            found[keys.queue(shard, app_id)] = entries
+    return found
+
+
+async def wait_for_empty_queue(redis: RedisClient, app_id: str, timeout: float = 5.0) -> None:
+    """Wait until the app's queue (every shard's) holds no job; fail with what it holds."""
     deadline = time.monotonic() + timeout
-    while queued := await redis.zrange(keys.queue(0, app_id), 0, -1, withscores=True):
-        assert time.monotonic() < deadline, f"{keys.queue(0, app_id)} still holds {queued} after {timeout} s"
+    while queued := await queue_entries(redis, app_id):
+        assert time.monotonic() < deadline, f"the queues still hold {queued} after {timeout} s"
         await asyncio.sleep(0.01)
 
 
@@ -219,19 +253,19 @@ def sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-async def run_stack(redis: Redis, run_id: str) -> list[str]:
+async def run_stack(redis: RedisClient, run_id: str) -> list[str]:
     """The run's step keys in completion order, as stored."""
     raw: list[bytes] = await redis.lrange(keys.stack(run_id), 0, -1)  # type: ignore[misc]
     return [key.decode() for key in raw]
 
 
-async def run_memo(redis: Redis, run_id: str) -> dict[str, bytes]:
+async def run_memo(redis: RedisClient, run_id: str) -> dict[str, bytes]:
     """The run's memo hash as stored: step key -> msgpack bytes."""
     raw: dict[bytes, bytes] = await redis.hgetall(keys.memo(run_id))  # type: ignore[misc]
     return {key.decode(): value for key, value in raw.items()}
 
 
-async def run_statuses(redis: Redis, run_ids: Sequence[str]) -> dict[str, str]:
+async def run_statuses(redis: RedisClient, run_ids: Sequence[str]) -> dict[str, str]:
     """Each run's status, read in one round trip ('' for a run that does not exist)."""
     async with redis.pipeline(transaction=False) as pipe:
         for run_id in run_ids:
@@ -241,7 +275,7 @@ async def run_statuses(redis: Redis, run_ids: Sequence[str]) -> dict[str, str]:
 
 
 async def wait_for_runs(
-    redis: Redis, run_ids: Sequence[str], statuses: Sequence[str] = TERMINAL, timeout: float = 60.0
+    redis: RedisClient, run_ids: Sequence[str], statuses: Sequence[str] = TERMINAL, timeout: float = 60.0
 ) -> None:
     """Poll many runs until every one's status is one of ``statuses``; fail naming the laggards."""
     deadline = time.monotonic() + timeout
@@ -257,7 +291,7 @@ async def wait_for_runs(
 
 
 async def start_runs(
-    sender: stepq.Client, redis: Redis, function: str, events: Sequence[stepq.Event], batch: int = 100
+    sender: stepq.Client, redis: RedisClient, function: str, events: Sequence[stepq.Event], batch: int = 100
 ) -> list[str]:
     """Send events in batches; return the id of the single run of ``function`` each started, in order."""
     event_ids: list[str] = []
@@ -275,17 +309,18 @@ async def start_runs(
     return run_ids
 
 
-async def queued_jobs(redis: Redis, app_id: str, run_id: str) -> list[str]:
+async def queued_jobs(redis: RedisClient, app_id: str, run_id: str) -> list[str]:
     """The ids of the run's jobs waiting in its app's queue (due now or later).
 
     A job a worker is running right now is left out: arq keeps it in the queue until it returns.
     """
-    members: list[bytes] = await redis.zrange(keys.queue(0, app_id), 0, -1)
+    queue = keys.queue(shards.shard_of(run_id), app_id)
+    members: list[bytes] = await redis.zrange(queue, 0, -1)
     ours = [m.decode() for m in members if m.decode().startswith(run_id + ":")]
     running = [await redis.exists(keys.in_progress(job_id)) for job_id in ours]
     idle = [job_id for job_id, busy in zip(ours, running, strict=True) if not busy]
     # A job that finished between the two reads has left the queue by now: only count those still in it.
-    return [job_id for job_id in idle if await redis.zscore(keys.queue(0, app_id), job_id) is not None]
+    return [job_id for job_id in idle if await redis.zscore(queue, job_id) is not None]
 
 
 def all_logs(workers: Sequence[WorkerProcess]) -> list[dict[str, Any]]:
@@ -293,9 +328,12 @@ def all_logs(workers: Sequence[WorkerProcess]) -> list[dict[str, Any]]:
     return [entry for worker in workers for entry in worker.logs()]
 
 
-async def use_shards(redis: Redis, count: int) -> None:
+async def use_shards(redis: RedisClient, count: int) -> None:
     """Make the test database a Redis of ``count`` shards (``keys.SHARD_COUNT``: processes that open
     it use them) and use them in this process too. Set it before starting workers; the ``redis``
-    fixture puts this process back to 1 shard for the next test."""
+    fixture puts this process back to 1 shard for the next test. On a cluster (the cluster pass of a
+    ``both_deployments`` file) nothing: a cluster has its 32 shards, whatever the test emulates."""
+    if isinstance(redis, RedisCluster):
+        return
     await redis.set(keys.SHARD_COUNT, count)
     shards.configure(count)

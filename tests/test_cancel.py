@@ -11,11 +11,13 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime import keys
 from stepq.runtime.queries import RunView, get_run
+from stepq.runtime.shards import shard_of
 from tests.helpers import (
     REDIS_URL,
     ROOT,
@@ -26,6 +28,9 @@ from tests.helpers import (
     start_run,
     wait_for_run,
 )
+
+# On the single Redis and on the local cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_deployments
 
 APP = "t-cancel"
 SLEEPER = "sleeper"
@@ -38,7 +43,7 @@ def steps_run(log: Path, run_id: str) -> list[str]:
 
 async def wait_members(redis: Redis, event_name: str, run_id: str) -> list[str]:
     """The run's registered waits (wait steps and cancellation rules) for an event name."""
-    members: list[bytes] = await redis.hkeys(keys.waits(0, event_name))  # type: ignore[misc]
+    members: list[bytes] = await redis.hkeys(keys.waits(shard_of(run_id), event_name))  # type: ignore[misc]
     return [m.decode() for m in members if m.decode().startswith(run_id + "|")]
 
 
@@ -57,7 +62,7 @@ async def park(redis: Redis, sender: stepq.Client, log: Path, cancel_id: str) ->
         jobs = await queued_jobs(redis, APP, run_id)
         assert jobs, f"run {run_id} has no job queued while parked"  # its wake-up or its wait's timeout
         for job in jobs:
-            score = await redis.zscore(keys.queue(0, APP), job)
+            score = await redis.zscore(keys.queue(shard_of(job), APP), job)
             assert score is not None
             resume_by = max(resume_by, score / 1000)
     assert await wait_members(redis, "app/never", waiter)

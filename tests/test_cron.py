@@ -22,7 +22,7 @@ from stepq.errors import FunctionConfigError
 from stepq.expressions import Bindings
 from stepq.runtime import keys, shards
 from stepq.runtime.codec import unpack
-from stepq.runtime.connection import connect
+from stepq.runtime.connection import close, open_redis
 from stepq.runtime.cron import (
     CRON_EVENT,
     SKIPPED,
@@ -35,13 +35,16 @@ from stepq.runtime.cron import (
     tick_run_id,
 )
 from stepq.runtime.event_queries import get_event, recent_events
-from stepq.runtime.placement import new_run_id
+from stepq.runtime.placement import new_run_id, shard_for
 from stepq.runtime.queries import get_run
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import event_shard
 from stepq.runtime.store import RunStore
 from tests.apps import cron_app
 from tests.helpers import REDIS_URL, ROOT, StartWorkers, read_lines, runs_of, use_shards
+
+# On the single Redis and on the local cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_deployments
 
 UTC = dt.UTC
 PARIS = "Europe/Paris"
@@ -247,7 +250,7 @@ async def test_a_worker_dying_between_a_ticks_claim_and_its_event_leaves_the_nex
     async def killed(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("killed before its second write")
 
-    dying._advance = killed  # type: ignore[assignment]
+    dying._advance = killed  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="killed"):
         await dying.fire_due(tick + dt.timedelta(milliseconds=300))
     run_id = tick_run_id(SLUG, ms(tick), new_run_id(SLUG, None, Bindings(), tick_event_id(SLUG, ms(tick))))
@@ -266,7 +269,7 @@ async def test_a_worker_dying_between_a_ticks_claim_and_its_event_leaves_the_nex
 async def test_two_schedulers_racing_on_one_clock_start_one_run_per_tick(redis: Redis, sharded: int) -> None:
     """Two schedulers (separate connections, like two workers) asked at the same instants, 20 ticks;
     a third, stateless caller joins on every other tick."""
-    other = connect(REDIS_URL)
+    other = await open_redis(REDIS_URL)
     try:
         functions = [(SLUG, APP, "* * * * *")]
         a = CronScheduler(RunStore(redis), functions)
@@ -289,7 +292,7 @@ async def test_two_schedulers_racing_on_one_clock_start_one_run_per_tick(redis: 
         assert all(len(ids) == 1 for ids in by_tick.values())
         assert sorted(await all_run_ids(redis)) == sorted(created)
     finally:
-        await other.aclose()
+        await close(other)
 
 
 async def test_two_processes_on_the_real_clock_five_ticks(redis: Redis, tmp_path: Path) -> None:
@@ -355,9 +358,8 @@ async def test_an_outage_beyond_catch_up_fires_nothing_until_the_next_tick(redis
     # Down from 12:00 to 15:20: the 15:00 tick is 20 minutes old, beyond the catch-up window.
     back = t0 + dt.timedelta(hours=3, minutes=20)
     assert await fire_due(redis, RunStore(redis), functions, now=back, catch_up=catch_up) == []
-    assert (
-        await redis.get(keys.dedupe(0, SLUG, tick_event_id(SLUG, ms(t0 + dt.timedelta(hours=3))))) == SKIPPED.encode()
-    )
+    skipped = tick_event_id(SLUG, ms(t0 + dt.timedelta(hours=3)))
+    assert await redis.get(keys.dedupe(shard_for(SLUG, None, Bindings(), skipped), SLUG, skipped)) == SKIPPED.encode()
     assert int(await redis.get(keys.cron_last(SLUG))) == ms(t0 + dt.timedelta(hours=3))
     # Down from 12:00 to 15:09 instead would have fired 15:00; the next tick fires as usual.
     [run_id] = await fire_due(redis, RunStore(redis), functions, now=t0 + dt.timedelta(hours=4, seconds=1))
@@ -404,18 +406,21 @@ async def test_several_cron_triggers_fire_on_the_union_of_their_ticks(redis: Red
     assert [e["data"]["cron"] for e in events][:3] == ["0 * * * *", "*/20 * * * *", "30 * * * *"]
 
 
-async def test_idle_calls_are_cheap(redis: Redis) -> None:
+async def test_idle_calls_are_cheap(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """A scheduler asks Redis nothing between ticks once it knows the current one is handled; the
     stateless ``fire_due`` asks once (one pipeline: the last ticks' keys live apart on a cluster)."""
     functions = [(SLUG, APP, "*/5 * * * *"), ("t-cron-other", APP, "*/10 * * * *")]
     calls = Counter[str]()
 
-    class Counting(Redis):
-        def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-            calls["pipeline"] += 1
-            return super().pipeline(*args, **kwargs)
+    pipeline = redis.pipeline
 
-    counting = Counting(connection_pool=redis.connection_pool)
+    def counted_pipeline(*args: Any, **kwargs: Any) -> Any:
+        calls["pipeline"] += 1
+        return pipeline(*args, **kwargs)
+
+    # on this very client (a Redis or a RedisCluster)
+    monkeypatch.setattr(redis, "pipeline", counted_pipeline)
+    counting = redis
     scheduler = CronScheduler(RunStore(counting), functions)
     tick = at(2025, 1, 15, 12, 10)
     assert len(await scheduler.fire_due(tick)) == 2

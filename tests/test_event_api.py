@@ -32,12 +32,15 @@ from stepq.http_transport import (
     HttpTransport,
     PreparedSend,
 )
-from stepq.runtime import keys
+from stepq.runtime import keys, shards
 from stepq.runtime.api import MAX_EVENTS, ApiServer, ApiSettings
 from stepq.runtime.codec import unpack
 from stepq.runtime.queries import RunView, list_runs
 from stepq.signing import bearer
-from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, TERMINAL, StartWorkers
+from tests.helpers import REDIS_URL, ROOT, STEPQ_CLI, TERMINAL, Deployment, StartWorkers
+
+# On the single Redis and on the local cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_deployments
 
 KEY = "test-key-1"
 OTHER_KEY = "test-key-2"
@@ -68,15 +71,16 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: fl
 
 
 @pytest.fixture(scope="module")
-def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``stepq api`` in a subprocess, with two configured keys (not dev mode), on the test Redis."""
+def api_url(tmp_path_factory: pytest.TempPathFactory, deployment: Deployment) -> Iterator[str]:
+    """``stepq api`` in a subprocess, with two configured keys (not dev mode), on the test Redis (the
+    single one, then the cluster: one process per deployment)."""
     port = free_port()
     log = tmp_path_factory.mktemp("api") / "api.log"
     env = {k: v for k, v in os.environ.items() if k not in ("STEPQ_DEV", "STEPQ_MAX_EVENT_BYTES")}
     env.update({"STEPQ_EVENT_KEYS": f"{KEY}, {OTHER_KEY}", "STEPQ_SIGNING_KEY": SIGNING_KEY, "PYTHONUNBUFFERED": "1"})
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [*STEPQ_CLI, "api", "--port", str(port), "--redis-url", REDIS_URL],
+            [*STEPQ_CLI, "api", "--port", str(port), "--redis-url", deployment.url],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -129,15 +133,18 @@ async def wait_for_echo_runs(redis: Redis, count: int, timeout: float = 60.0) ->
 
 async def sent_events(redis: Redis) -> list[dict[str, Any]]:
     """The stored events named ``EVENT`` (the runtime may store events of its own, e.g. on run ends)."""
-    ids = [i.decode() for i in await redis.zrange(keys.events_index(0), 0, -1)]
-    blobs = await redis.mget([keys.event(i) for i in ids]) if ids else []
+    ids = [i.decode() for shard in shards.shards() for i in await redis.zrange(keys.events_index(shard), 0, -1)]
+    async with redis.pipeline(transaction=False) as pipe:  # (events of several shards: not one MGET)
+        for event_id in ids:
+            pipe.get(keys.event(event_id))
+        blobs = await pipe.execute()
     events = [unpack(blob) for blob in blobs if blob is not None]
     return [e for e in events if e.get("name") == EVENT]
 
 
 async def assert_nothing_stored(redis: Redis) -> None:
     assert await sent_events(redis) == []
-    stored = [await redis.get(key) async for key in redis.scan_iter(match=keys.event("*"))]
+    stored = [await redis.get(key) async for key in redis.scan_iter(match=f"{keys.PREFIX}:{{*}}:event:*")]
     assert [e for e in map(unpack, filter(None, stored)) if e.get("name") == EVENT] == []
     assert await echo_runs(redis) == []
 

@@ -18,6 +18,9 @@ import stepq
 from stepq.runtime.codec import unpack
 from tests.helpers import StartWorkers, read_lines, run_memo, runs_of, sha1, start_run, use_shards, wait_for_run
 
+# On the single Redis and on the local cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_deployments
+
 CALL_KEY = sha1("call")
 
 

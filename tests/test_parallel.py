@@ -8,11 +8,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 import stepq
 from tests.apps.parallel import N
 from tests.helpers import StartWorkers, all_logs, invocations, read_lines, sha1, start_run, wait_for_run
+
+# On the single Redis and on the local cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_deployments
 
 
 async def test_twenty_parallel_steps_run_once_each_and_the_run_rejoins_once(

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime.codec import unpack
 from tests.helpers import StartWorkers, read_lines, run_memo, sha1, start_run, wait_for_run
+
+# On the single Redis and on the local cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_deployments
 
 
 def attempt_times(path: Path) -> list[float]:

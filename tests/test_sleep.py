@@ -7,11 +7,13 @@ import datetime as dt
 import time
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime import keys
 from stepq.runtime.queries import get_run
+from stepq.runtime.shards import shard_of
 from tests.helpers import (
     StartWorkers,
     invocations,
@@ -23,6 +25,9 @@ from tests.helpers import (
     wait_for_run,
     wait_until_idle,
 )
+
+# On the single Redis and on the local cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_deployments
 
 APP = "t-sleeps"
 
@@ -47,7 +52,7 @@ async def test_sleep_parks_the_run_with_no_job_running_and_resumes_after_the_dur
         view = await get_run(redis, run_id, with_steps=False)
         assert view is not None and view.status == "sleeping"
         assert await running_jobs(redis) == []
-        queued = await redis.zrange(keys.queue(0, APP), 0, -1, withscores=True)
+        queued = await redis.zrange(keys.queue(shard_of(run_id), APP), 0, -1, withscores=True)
         assert all(score >= parked.wake_at_ms for _, score in queued), queued
         samples += 1
         await asyncio.sleep(0.1)

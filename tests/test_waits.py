@@ -9,12 +9,14 @@ import time
 from collections import Counter
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime import keys
 from stepq.runtime.codec import unpack
 from stepq.runtime.queries import get_run
+from stepq.runtime.shards import shard_of
 from tests.helpers import (
     TERMINAL,
     StartWorkers,
@@ -29,6 +31,9 @@ from tests.helpers import (
     wait_for_run,
     wait_for_runs,
 )
+
+# On the single Redis and on the local cluster (tests/conftest.py).
+pytestmark = pytest.mark.both_deployments
 
 APP = "t-waits"
 APPROVAL_KEY = sha1("approval")
@@ -121,6 +126,10 @@ async def test_a_thousand_waits_each_resume_once_with_their_own_event(
     assert wrong == [], f"{len(wrong)} runs went wrong, e.g. {wrong[:3]}"
 
 
+@pytest.mark.xfail_on_cluster(
+    "a send whose events match waits takes 50-750 ms on a loaded cluster (cluster-suite finding F2):"
+    " every event may land after its wait's timeout, and the race then has one outcome only"
+)
 async def test_event_at_the_timeout_instant_has_exactly_one_outcome(
     redis: Redis, sender: stepq.Client, start_workers: StartWorkers
 ) -> None:
@@ -158,7 +167,7 @@ async def test_event_at_the_timeout_instant_has_exactly_one_outcome(
         todo = [i for i in range(n) if i not in targets]
         async with redis.pipeline(transaction=False) as pipe:
             for i in todo:
-                pipe.zscore(keys.queue(0, APP), f"{run_ids[i]}:s{RACE_KEY}:timer")
+                pipe.zscore(keys.queue(shard_of(run_ids[i]), APP), f"{run_ids[i]}:s{RACE_KEY}:timer")
             scores = await pipe.execute()
         for i, score in zip(todo, scores, strict=True):
             if score is not None:

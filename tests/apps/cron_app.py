@@ -38,11 +38,11 @@ async def paris_morning(ctx: inngest.Context) -> str:
 
 
 async def _schedule(redis_url: str, seconds: float, every: float, out: str) -> None:
-    from stepq.runtime.connection import connect
+    from stepq.runtime.connection import close, open_redis
     from stepq.runtime.cron import CronScheduler, cron_functions
     from stepq.runtime.store import RunStore
 
-    redis = connect(redis_url)
+    redis = await open_redis(redis_url)  # a single Redis or a cluster
     try:
         scheduler = CronScheduler(RunStore(redis), cron_functions(client.functions.values()))
         deadline = time.monotonic() + seconds
@@ -53,7 +53,7 @@ async def _schedule(redis_url: str, seconds: float, every: float, out: str) -> N
                     f.flush()
                 await asyncio.sleep(every)
     finally:
-        await redis.aclose()
+        await close(redis)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

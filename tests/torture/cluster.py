@@ -1,4 +1,5 @@
-"""The processes a torture run needs: a private Redis with AOF, ``stepq worker`` processes for the
+"""The processes a torture run needs: a private Redis with AOF (or a local Redis Cluster of 3 masters
+with a replica each, ``Settings.redis_cluster``), ``stepq worker`` processes for the
 in-process app, and the HTTP path (``stepq api --dev``, the served app under uvicorn, ``stepq worker
 --http``). All are real subprocesses on loopback ports, their output captured to files.
 
@@ -6,6 +7,9 @@ Redis runs with ``appendonly yes`` and Redis's default ``appendfsync everysec``.
 with SIGTERM: Redis then writes and fsyncs its AOF before exiting, so a graceful restart loses
 nothing; only a crash (``kill_hard``) could lose the last second of writes under ``everysec``, which
 is why a hard kill first switches Redis to ``appendfsync always``.
+
+On a cluster, a "Redis restart" is a master's failover instead: one master (with its replica)
+SIGKILLed, its replica promoted by the cluster (``tests/cluster.py``); the dead master stays down.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import redis as sync_redis
 
 from stepq.runtime import keys
 from stepq.workers.embedded import EmbeddedRedis
+from tests.cluster import LocalCluster
 from tests.helpers import STEPQ_CLI
 from tests.http_fixtures import Service, free_port
 from tests.torture.program import MAX_OUTPUT_BYTES, MAX_STEPS
@@ -49,6 +54,11 @@ class Settings:
     outbox_sweep_s: float = 1.0
     #: Shards on the one Redis (``stepq:{registry}:shards``, set before any process opens it).
     shards: int = 1
+    #: A local Redis Cluster (3 masters, a replica each; 32 shards) instead of the one Redis.
+    redis_cluster: bool = False
+    #: STEPQ_IDLE_CHECK (None: the default). Each worker checks one shard per idle check, so a shard
+    #: whose mover was SIGKILLed waits up to 32 checks for its delayed jobs (README, cluster-core).
+    idle_check_s: float | None = None
 
     def env(self, redis_url: str) -> dict[str, str]:
         return {
@@ -62,6 +72,7 @@ class Settings:
             "STEPQ_MAX_STEPS": str(MAX_STEPS),
             "STEPQ_MAX_OUTPUT_BYTES": str(MAX_OUTPUT_BYTES),
             "STEPQ_LOG_LEVEL": "info",
+            **({"STEPQ_IDLE_CHECK": str(self.idle_check_s)} if self.idle_check_s is not None else {}),
         }
 
 
@@ -92,6 +103,7 @@ class Cluster:
         self.directory = directory
         self.settings = settings
         self.redis = EmbeddedRedis(port=free_port(), appendonly=True, data_dir=str(directory / "redis"))
+        self.redis_cluster = LocalCluster(directory / "redis-cluster") if settings.redis_cluster else None
         self.workers: list[Worker] = []
         self.retired: list[Worker] = []
         self.api: Service | None = None
@@ -100,7 +112,8 @@ class Cluster:
 
     @property
     def redis_url(self) -> str:
-        return self.redis.url
+        """Redis's URL (on a cluster: a live node's, for the processes started from now on)."""
+        return self.redis_cluster.url if self.redis_cluster is not None else self.redis.url
 
     @property
     def api_url(self) -> str:
@@ -110,7 +123,10 @@ class Cluster:
         return self.settings.env(self.redis_url)
 
     def start(self) -> None:
-        self.redis.start()
+        if self.redis_cluster is not None:
+            self.redis_cluster.start()
+        else:
+            self.redis.start()
         try:
             if self.settings.shards > 1:
                 with sync_redis.Redis.from_url(self.redis_url) as client:
@@ -169,6 +185,17 @@ class Cluster:
     def all_workers(self) -> list[Worker]:
         return [*self.retired, *self.workers]
 
+    def fail_over(self, victim: int) -> str:
+        """SIGKILL a master that has a replica (the ``victim``-th of them, modulo how many): its replica
+        takes over. Returns what was done, for the fault log."""
+        assert self.redis_cluster is not None
+        masters = [m for m in self.redis_cluster.masters() if self.redis_cluster.replicas_of(m)]
+        assert masters, "no master has a replica left to take over"
+        master = masters[victim % len(masters)]
+        self.redis_cluster.kill(master)
+        self.redis_cluster.wait_ok()
+        return f"master :{master.port} SIGKILLed, its replica promoted"
+
     def restart_redis(self) -> None:
         """Graceful: SIGTERM makes Redis flush and fsync its AOF first, so nothing is lost."""
         self.redis.restart()
@@ -199,7 +226,10 @@ class Cluster:
         for service in (self.app, self.api):
             if service is not None:
                 service.stop()
-        self.redis.stop()
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
+        else:
+            self.redis.stop()
 
     def output(self, tail: int = 3000) -> str:
         """The last lines of every process's stderr, for a failure message."""

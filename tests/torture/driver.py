@@ -15,13 +15,12 @@ import time
 from pathlib import Path
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 import stepq
-from stepq.runtime import keys, shards
+from stepq.runtime import keys, redis_errors, shards
 from stepq.runtime.actions import ActionRefused, Actions, Started
 from stepq.runtime.codec import unpack
-from stepq.runtime.connection import connect
+from stepq.runtime.connection import RedisClient, close, connect, open_redis
 from stepq.runtime.limits import Limits
 from stepq.runtime.transport import RedisTransport
 from stepq.runtime.waits import WaitRecord
@@ -139,7 +138,7 @@ class Torture:
         self.tracks: dict[str, Track] = {}
         self.by_run: dict[str, Track] = {}
         self.rng = random.Random(config.seed ^ 0x5EED)
-        self.redis: Redis | None = None
+        self.redis: RedisClient | None = None
         self.faults: Faults | None = None
         self.local: stepq.Client | None = None
         self.http: stepq.Client | None = None
@@ -147,6 +146,11 @@ class Torture:
         self._logs: WorkerLogs | None = None
         #: Runs that never ended: what they hold is not counted again as leftovers.
         self.stranded: set[str] = set()
+
+    def one_redis(self) -> Redis:
+        """The one Redis (the memory census reads one server's INFO; it is off on a cluster)."""
+        assert isinstance(self.redis, Redis), "the memory check needs one Redis, not a cluster"
+        return self.redis
 
     # -- setup --------------------------------------------------------------------------------------
 
@@ -178,14 +182,18 @@ class Torture:
         audit = SlotAudit(self.cluster.redis.port) if self.config.audit_slots else None
         if audit is not None:
             audit.start()
-        self.redis = connect(self.cluster.redis_url)
-        shards.configure(self.config.settings.shards)  # as the cluster's processes, opening it
+        if self.config.settings.redis_cluster:
+            self.redis = await open_redis(self.cluster.redis_url)  # (and its 32 shards)
+        else:
+            self.redis = connect(self.cluster.redis_url)
+            shards.configure(self.config.settings.shards)  # as the cluster's processes, opening it
         # The driver's own writes (events, cancellations) follow the cluster's retention too.
         limits = Limits(retention_s=self.config.settings.retention_s)
         self.local = stepq.Client("t-torture-driver", transport=RedisTransport(self.cluster.redis_url, limits))
         self.http = stepq.Client("t-torture-driver-http", event_api_url=self.cluster.api_url, event_key="torture")
         try:
-            baseline = await memory.census(self.redis, sizes_of_keys=True)
+            # (one Redis's census: not on a cluster, whose memory check is off)
+            baseline = await memory.census(self.one_redis(), sizes_of_keys=True) if self.config.check_memory else None
             programs = self._programs()
             stop = asyncio.Event()
             faults = Faults(self.cluster, self.config.seed ^ 0xFA17, self.config.faults)
@@ -217,7 +225,7 @@ class Torture:
                 self.report.script_calls = dict(audit.calls)
                 for detail in audit.violations():
                     self.report.violations.append(Violation("one-slot", "-", "-", detail))
-            if self.config.check_memory and not (self.config.only or self.config.explicit or self.stranded):
+            if baseline is not None and not (self.config.only or self.config.explicit or self.stranded):
                 await self._memory(baseline)
             elif self.stranded:
                 self.report.memory = f"memory not checked: {len(self.stranded)} runs never ended"
@@ -228,7 +236,7 @@ class Torture:
             self.report.notable = self.logs().counts
             await self.local.aclose()
             await self.http.aclose()
-            await self.redis.aclose()
+            await close(self.redis)
             await asyncio.to_thread(self.cluster.stop)
             self.report.write()
         return self.report
@@ -297,8 +305,8 @@ class Torture:
             try:
                 found = await self._discover()
                 await self._follow()
-            except (RedisError, OSError):
-                await asyncio.sleep(0.2)  # Redis is restarting
+            except redis_errors.ANY:
+                await asyncio.sleep(0.2)  # Redis is restarting, or a master failing over
                 continue
             now = time.monotonic()
             if found:
@@ -516,7 +524,7 @@ class Torture:
         while time.monotonic() < deadline:
             try:
                 busy = [k async for k in self.redis.scan_iter(match=keys.ARQ_IN_PROGRESS + "*")]
-            except (RedisError, OSError):
+            except redis_errors.ANY:
                 busy = ["?"]
             if not busy:
                 return
@@ -655,7 +663,7 @@ class Torture:
         async for key in self.redis.scan_iter(match="torture:*", count=1000):
             await self.redis.delete(key)
         for _ in range(50):  # let Redis's active expiry catch up
-            after = await memory.census(self.redis, sizes_of_keys=True)
+            after = await memory.census(self.one_redis(), sizes_of_keys=True)
             if after.kinds["run keys"] <= memory.ALLOWED_KEYS["run keys"]:
                 break
             await asyncio.sleep(0.2)

@@ -178,6 +178,13 @@ class Faults:
             self.log.note(f"SIGCONT {victim.name}")
 
     async def restart_redis(self) -> None:
+        if self.cluster.settings.redis_cluster:  # a cluster's "restart": a master fails over
+            began = time.monotonic()
+            self.log.note("a Redis master fails over")
+            what = self.cluster.fail_over(self.rng.randrange(1000))
+            self.log.restarts.append((self._at(), f"{what}, in {time.monotonic() - began:.1f} s"))
+            self.log.note(f"failover done: {what}")
+            return
         how = "SIGKILL after appendfsync always" if self.plan.hard_restarts else "SIGTERM"
         began = time.monotonic()
         self.log.note(f"Redis stops ({how})")

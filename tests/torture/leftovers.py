@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 
-from redis.asyncio import Redis
-
 from stepq.runtime import keys, shards
+from stepq.runtime.connection import RedisClient
 
 
 def run_leftovers(raw: dict[bytes, bytes], pending: set[bytes], jobs: set[bytes]) -> list[str]:
@@ -31,13 +30,13 @@ def run_leftovers(raw: dict[bytes, bytes], pending: set[bytes], jobs: set[bytes]
     return out
 
 
-async def queues(redis: Redis) -> list[bytes]:
+async def queues(redis: RedisClient) -> list[bytes]:
     """The queue zsets (arq keeps a health-check string under the same prefix)."""
     found = [k for shard in shards.shards() async for k in redis.scan_iter(match=keys.queue(shard, "*"))]
     return [k for k in found if await redis.type(k) == b"zset"]
 
 
-async def jobs_of(redis: Redis, run_id: str) -> list[str]:
+async def jobs_of(redis: RedisClient, run_id: str) -> list[str]:
     """The run's queued jobs, with how late each is and whether its arq job key exists."""
     out = []
     for queue in await queues(redis):
@@ -49,7 +48,7 @@ async def jobs_of(redis: Redis, run_id: str) -> list[str]:
     return out
 
 
-async def global_leftovers(redis: Redis, stranded: Collection[str]) -> list[str]:
+async def global_leftovers(redis: RedisClient, stranded: Collection[str]) -> list[str]:
     """Once every run ended: no job queued, no timer, no wait, no active run. What the runs in
     ``stranded`` (that never ended) hold is theirs, and reported with them."""
 
@@ -70,7 +69,7 @@ async def global_leftovers(redis: Redis, stranded: Collection[str]) -> list[str]
     return problems
 
 
-async def _shard_leftovers(redis: Redis, shard: int, others: Callable[[list[str]], list[str]]) -> list[str]:
+async def _shard_leftovers(redis: RedisClient, shard: int, others: Callable[[list[str]], list[str]]) -> list[str]:
     """What one shard still holds of ended runs: timers, waits, concurrency slots, active runs,
     outbox messages."""
     problems = []
