@@ -368,11 +368,11 @@ async def test_on_a_cluster_invoked_children_resume_their_parents_across_masters
         deadline = time.monotonic() + 60
         while len(ends) < len(parents):
             assert time.monotonic() < deadline, f"parents not ended: {ends}"
-            for view in await runs_of(cluster_redis, "parent"):  # type: ignore[arg-type]
+            for view in await runs_of(cluster_redis, "parent"):
                 if view.status in TERMINAL and view.event_ids[0] in parents:
                     ends[view.run_id] = (parents[view.event_ids[0]], view.output)
             await asyncio.sleep(0.2)
-        children = [v for f in ("double", "breaks") for v in await runs_of(cluster_redis, f)]  # type: ignore[arg-type]
+        children = [v for f in ("double", "breaks") for v in await runs_of(cluster_redis, f)]
         far = [c for c in children if shards.shard_of(c.run_id) != shards.shard_of(c.event_ids[0].partition(".")[0])]
         assert far, "no child was placed in another shard than its parent"
         for mode, output in ends.values():
