@@ -194,3 +194,14 @@ async def cluster_redis(cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
     assert isinstance(client, RedisCluster)
     yield client
     await close(client)
+
+
+@pytest.fixture(params=[1, 4], ids=["1-shard", "4-shards"])
+async def shard_count(request: pytest.FixtureRequest, redis: RedisClient) -> int:
+    """The test database's shard count, 1 or 4, set before any worker or sender opens it: a module
+    runs every test on both with ``pytestmark = pytest.mark.usefixtures("shard_count")`` (on the
+    cluster, which has 32 shards of its own, only the 1-shard case runs: SHARD_EMULATION_PARAMS)."""
+    count: int = request.param
+    if count > 1:
+        await helpers.use_shards(redis, count)
+    return count

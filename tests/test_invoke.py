@@ -16,21 +16,12 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime.codec import unpack
-from tests.helpers import StartWorkers, read_lines, run_memo, runs_of, sha1, start_run, use_shards, wait_for_run
+from tests.helpers import StartWorkers, read_lines, run_memo, runs_of, sha1, start_run, wait_for_run
 
 # On the single Redis and on the local cluster (tests/conftest.py).
-pytestmark = pytest.mark.both_deployments
+pytestmark = [pytest.mark.both_deployments, pytest.mark.usefixtures("shard_count")]
 
 CALL_KEY = sha1("call")
-
-
-@pytest.fixture(autouse=True, params=[1, 4], ids=["1-shard", "4-shards"])
-async def shard_count(request: pytest.FixtureRequest, redis: Redis) -> int:
-    """The test database's shard count, set before any worker or sender opens it."""
-    count: int = request.param
-    if count > 1:
-        await use_shards(redis, count)
-    return count
 
 
 async def child_of(redis: Redis, function: str, parent_run_id: str) -> str:

@@ -13,15 +13,9 @@ from redis.asyncio import Redis
 
 import stepq
 from stepq.runtime import keys
-from tests.helpers import StartWorkers, start_run, use_shards, wait_for_run
+from tests.helpers import StartWorkers, start_run, wait_for_run
 
-
-@pytest.fixture(autouse=True, params=[1, 4], ids=["1-shard", "4-shards"])
-async def shard_count(request: pytest.FixtureRequest, redis: Redis) -> int:
-    count: int = request.param
-    if count > 1:
-        await use_shards(redis, count)
-    return count
+pytestmark = pytest.mark.usefixtures("shard_count")
 
 
 async def test_a_runs_end_resumes_its_waiter_and_cancels_by_its_rule_and_nothing_else(
