@@ -69,6 +69,7 @@ from .options import WorkerOptions
 from .registration import RegistrationKeeper
 from .remote import FunctionSource, LocalFunctions, RegisteredFunctions
 from .shard_chores import ShardChore
+from .task_dump import log_tasks
 from .watchdog import RedisWatchdog, ping
 
 log = structlog.get_logger("stepq.worker")
@@ -226,6 +227,7 @@ class StepqWorker:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self.handle_signal, signum)
+            loop.add_signal_handler(signal.SIGUSR1, log_tasks)
         try:
             await self.main()
         finally:
