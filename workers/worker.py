@@ -56,6 +56,7 @@ from stepq.runtime.redis_urls import redact
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of, shards
 from stepq.runtime.store import RunCache, RunStore
+from stepq.runtime.transport import RedisTransport
 
 from . import tracing
 from .executor import Executor
@@ -563,6 +564,7 @@ async def build_worker(
         crons=cron_functions(functions.values()),  # a bad cron expression fails here, naming the function
         handle_signals=handle_signals,
         health=health,
+        app_client=client,
     )
 
 
@@ -606,11 +608,13 @@ async def _build(
     crons: list[tuple[str, str, str]] | None,
     handle_signals: bool,
     health: Health | None,
+    app_client: Client | None = None,
 ) -> StepqWorker:
     """``configs``: the functions the worker registers as its app's (None: it serves those apps
     registered over HTTP); ``crons``: the cron triggers of imported functions, None reads those of
     HTTP-served ones. Waits for Redis to answer: what it is (a cluster, or one Redis) sets the
-    shard count the worker serves."""
+    shard count the worker serves. ``app_client``: the app whose ``send`` (in its steps, or anywhere in
+    this process) goes through the worker's own Redis client when it names the worker's Redis."""
     options = options or WorkerOptions.from_env()
     pool = await until_redis_answers(lambda: open_redis(redis_url, hot_path=True))
     store = RunStore(pool, limits or Limits.from_env())
@@ -622,6 +626,9 @@ async def _build(
         step_timeout_s=options.step_timeout_s + STEP_TIMEOUT_MARGIN_S,
         tracing=tracing.setup(pool, service_name=queue_id if queue_id != keys.HTTP_QUEUE_ID else "stepq-worker"),
     )
+    transport = app_client.transport if app_client is not None else None
+    if isinstance(transport, RedisTransport) and transport.url == redis_url:
+        transport.share(executor.ingest)
 
     keeper = None
     if configs is not None:
