@@ -79,6 +79,9 @@ _APPEND = "redis.call('rpush', KEYS[1], ARGV[1]) redis.call('expire', KEYS[1], A
 #: The record clients' limits: a Redis that stops answering fails a record (which is retried), it
 #: never hangs a step.
 _TIMEOUTS: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 2}
+#: On a cluster a record waits (at most this long) until the replica of its master has it: a record
+#: the master acknowledged and died with would look like a step committed without its execution.
+REPLICA_WAIT_MS = 1000
 
 
 class Recorder:
@@ -108,6 +111,9 @@ class Recorder:
                     cls = redis.RedisCluster if self._is_cluster() else redis.Redis
                     self._sync = cls.from_url(self._url(), **_TIMEOUTS)
                 self._sync.eval(_APPEND, 1, executions_key(pid), entry, str(SIDE_TTL_S))
+                if isinstance(self._sync, redis.RedisCluster):
+                    node = self._sync.get_node_from_key(executions_key(pid))
+                    self._sync.execute_command("WAIT", 1, REPLICA_WAIT_MS, target_nodes=node)
                 return
             except (RedisError, OSError):
                 if time.monotonic() > deadline:
@@ -124,6 +130,9 @@ class Recorder:
                     acls = redis.asyncio.RedisCluster if clustered else redis.asyncio.Redis
                     self._async = acls.from_url(self._url(), **_TIMEOUTS)
                 await self._async.eval(_APPEND, 1, executions_key(pid), entry, str(SIDE_TTL_S))  # type: ignore[misc]
+                if isinstance(self._async, redis.asyncio.RedisCluster):
+                    node = self._async.get_node_from_key(executions_key(pid))
+                    await self._async.execute_command("WAIT", 1, REPLICA_WAIT_MS, target_nodes=node)
                 return
             except (RedisError, OSError):
                 if time.monotonic() > deadline:
