@@ -155,6 +155,18 @@ async def test_not_ready_while_redis_is_unreachable(
     assert any(e.get("event") == "redis.unreachable" for e in worker.logs())
 
 
+async def hold_a_step(server: EmbeddedRedis, redis: Any, worker: HealthWorker, tmp_path: Path) -> tuple[str, Path]:
+    """Start a run of ``hold`` and wait until its step runs: (its run id, the file that releases it)."""
+    sender = stepq.Client("t-health-sender", redis_url=server.url)
+    started, release = tmp_path / "started", tmp_path / "release"
+    run_id = await start_run(sender, redis, "hold", "health/hold", {"started": str(started), "release": str(release)})
+    deadline = time.monotonic() + 20
+    while not started.exists():
+        assert time.monotonic() < deadline, worker.stderr()
+        await asyncio.sleep(0.02)
+    return run_id, release
+
+
 async def test_draining_worker_is_not_ready_and_finishes_its_step(
     server: EmbeddedRedis, workers: Callable[..., HealthWorker], tmp_path: Path
 ) -> None:
@@ -163,15 +175,7 @@ async def test_draining_worker_is_not_ready_and_finishes_its_step(
     worker.wait_for("/readyz", ready)
     redis = connect(server.url)
     try:
-        sender = stepq.Client("t-health-sender", redis_url=server.url)
-        started, release = tmp_path / "started", tmp_path / "release"
-        run_id = await start_run(
-            sender, redis, "hold", "health/hold", {"started": str(started), "release": str(release)}
-        )
-        deadline = time.monotonic() + 20
-        while not started.exists():
-            assert time.monotonic() < deadline, worker.stderr()
-            await asyncio.sleep(0.02)
+        run_id, release = await hold_a_step(server, redis, worker, tmp_path)
 
         worker.proc.send_signal(signal.SIGTERM)
         body = worker.wait_for("/readyz", not_ready("draining"))
@@ -199,15 +203,7 @@ async def test_sigusr1_logs_where_each_running_step_waits(
     worker.wait_for("/readyz", ready)
     redis = connect(server.url)
     try:
-        sender = stepq.Client("t-health-sender", redis_url=server.url)
-        started, release = tmp_path / "started", tmp_path / "release"
-        run_id = await start_run(
-            sender, redis, "hold", "health/hold", {"started": str(started), "release": str(release)}
-        )
-        deadline = time.monotonic() + 20
-        while not started.exists():
-            assert time.monotonic() < deadline, worker.stderr()
-            await asyncio.sleep(0.02)
+        run_id, release = await hold_a_step(server, redis, worker, tmp_path)
 
         worker.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 10
