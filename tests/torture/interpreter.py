@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 import stepq
 from stepq.function import Cancel, Function
@@ -115,7 +115,7 @@ class Recorder:
                     node = self._sync.get_node_from_key(executions_key(pid))
                     self._sync.execute_command("WAIT", 1, REPLICA_WAIT_MS, target_nodes=node)
                 return
-            except (RedisError, OSError):
+            except (RedisError, RedisClusterException, OSError):  # (a slot not covered mid-failover is the latter)
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
@@ -134,7 +134,7 @@ class Recorder:
                     node = self._async.get_node_from_key(executions_key(pid))
                     await self._async.execute_command("WAIT", 1, REPLICA_WAIT_MS, target_nodes=node)
                 return
-            except (RedisError, OSError):
+            except (RedisError, RedisClusterException, OSError):  # (a slot not covered mid-failover is the latter)
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
