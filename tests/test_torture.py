@@ -65,7 +65,7 @@ async def test_a_few_hundred_random_runs_under_kills_pauses_and_a_redis_restart(
     not os.environ.get("STEPQ_TEST_CLUSTER_TORTURE"),
     reason="STEPQ_TEST_CLUSTER_TORTURE=1 runs it (about a minute): it passes for most seeds, but mid-failover"
     " redis-py's cluster client can fail a command in flight with AttributeError (another command's"
-    " connection error closed every connection; seed 1352607778, see /work/notes/failover-hang-readme.md)",
+    " connection error closed every connection; seed 1352607778)",
 )
 @pytest.mark.timeout(300)
 async def test_random_runs_on_a_redis_cluster_under_kills_and_a_master_failover(tmp_path: Path) -> None:
