@@ -36,6 +36,16 @@ class RedisTransport:
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_ingest: Ingest | None = None
         self._sync_lock = threading.Lock()
+        #: The ingest came from ``share``: another owner closes its client.
+        self._shared = False
+
+    def share(self, ingest: Ingest) -> None:
+        """Send through ``ingest`` (an open client to this transport's Redis, of this loop) instead
+        of opening one at the first send. A worker shares its own: on a Redis Cluster, a client
+        opened later from the one node the URL names fails for as long as that node is down (a
+        master that failed over), while the worker's client follows the cluster to the other nodes."""
+        if self._ingest is None:
+            self._ingest, self._shared = ingest, True
 
     async def _make_ingest(self) -> Ingest:
         redis = await open_redis(self.url)  # a cluster, or one Redis; sets the shard count
@@ -79,9 +89,9 @@ class RedisTransport:
         return outcome is store.Outcome.OK
 
     async def aclose(self) -> None:
-        if self._ingest is not None:
+        if self._ingest is not None and not self._shared:
             await self._ingest.redis.aclose()
-            self._ingest = None
+        self._ingest, self._shared = None, False
 
 
 async def _send(

@@ -35,7 +35,7 @@ from stepq.runtime.redis_errors import error_kind, is_passing, unavailable_reaso
 from stepq.runtime.registry import Registry
 from stepq.runtime.run_filter import RunFilter
 from stepq.runtime.store import RunStore
-from tests.apps.cluster_app import BRANCHES, expected, mixed
+from tests.apps.cluster_app import BRANCHES, expected, mixed, sender
 from tests.cluster import LocalCluster
 from tests.helpers import REDIS_URL, TERMINAL, WorkerOn, run_statuses, use_shards
 
@@ -279,6 +279,44 @@ async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_e
             await ended_well(redis, created, log, workers)
             kinds = {e.get("kind") for w in workers for e in w.logs() if e.get("event") == "redis.unavailable"}
             print("worker saw", kinds)
+        finally:
+            for worker in workers:
+                worker.stop()
+            await close(redis)
+            shards.configure(1)
+
+
+async def test_steps_send_events_after_the_master_the_worker_url_names_failed_over(tmp_path: Path) -> None:
+    """A worker's steps send with the app's client (``client.send``); the master its URL names dies
+    before the first send. The sends go through the worker's client, which follows the cluster: a
+    client opened from the URL's node would fail every send (that node is gone), failing the runs."""
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        url = cluster.url
+        [victim] = [node for node in cluster.nodes if node.url == url]
+        assert victim in cluster.masters() and cluster.replicas_of(victim)
+        workers = start_workers(tmp_path, url, 1)
+        cluster.kill(victim)
+        cluster.wait_ok(timeout=30)
+        redis = await open_redis(cluster.url)  # another node's URL now
+        try:
+            store = RunStore(redis)
+            created = []
+            for i in range(12):
+                run_id = shards.new_run_id(shard=i % len(shards.shards()))
+                event = stepq.Event(name="test/cluster.sender", data={"i": i})
+                reply = await store.create_run(
+                    run_id=run_id, fn_slug=sender.slug, app_id="t-cluster", events=[event], dedupe_key=None
+                )
+                assert int(reply[0]) == 1, reply
+                created.append(run_id)
+            try:
+                statuses = await wait_for_ends(redis, created)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{lines_of(workers)}") from None
+            assert set(statuses.values()) == {"completed"}, f"{statuses}\n{lines_of(workers)}"
+            for run_id in created:
+                view = await get_run(redis, run_id)
+                assert view is not None and isinstance(view.output, list) and len(view.output) == 1, view
         finally:
             for worker in workers:
                 worker.stop()

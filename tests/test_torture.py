@@ -63,8 +63,9 @@ async def test_a_few_hundred_random_runs_under_kills_pauses_and_a_redis_restart(
 
 @pytest.mark.skipif(
     not os.environ.get("STEPQ_TEST_CLUSTER_TORTURE"),
-    reason="STEPQ_TEST_CLUSTER_TORTURE=1 runs it: after a master failover workers hold jobs they never run"
-    " (cluster-suite finding F3), and a known failure would cost the suite 4-5 minutes",
+    reason="STEPQ_TEST_CLUSTER_TORTURE=1 runs it (about a minute): it passes for most seeds, but mid-failover"
+    " redis-py's cluster client can fail a command in flight with AttributeError (another command's"
+    " connection error closed every connection; seed 1352607778)",
 )
 @pytest.mark.timeout(300)
 async def test_random_runs_on_a_redis_cluster_under_kills_and_a_master_failover(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ processes, on a private Redis the tests start late, stop and start again.
 - not ready while its Redis is down (``redis_unreachable``), ready again once it is back;
 - not ready while draining after SIGTERM, with a step still in flight that then finishes;
 - not live while its event loop is stuck in blocking code, live again after;
+- SIGUSR1 logs what every task (each running step's) awaits, and the worker goes on;
 - the endpoint also serves ``/metrics``; one port only: a health port and a different metrics
   port are refused.
 """
@@ -154,6 +155,18 @@ async def test_not_ready_while_redis_is_unreachable(
     assert any(e.get("event") == "redis.unreachable" for e in worker.logs())
 
 
+async def hold_a_step(server: EmbeddedRedis, redis: Any, worker: HealthWorker, tmp_path: Path) -> tuple[str, Path]:
+    """Start a run of ``hold`` and wait until its step runs: (its run id, the file that releases it)."""
+    sender = stepq.Client("t-health-sender", redis_url=server.url)
+    started, release = tmp_path / "started", tmp_path / "release"
+    run_id = await start_run(sender, redis, "hold", "health/hold", {"started": str(started), "release": str(release)})
+    deadline = time.monotonic() + 20
+    while not started.exists():
+        assert time.monotonic() < deadline, worker.stderr()
+        await asyncio.sleep(0.02)
+    return run_id, release
+
+
 async def test_draining_worker_is_not_ready_and_finishes_its_step(
     server: EmbeddedRedis, workers: Callable[..., HealthWorker], tmp_path: Path
 ) -> None:
@@ -162,15 +175,7 @@ async def test_draining_worker_is_not_ready_and_finishes_its_step(
     worker.wait_for("/readyz", ready)
     redis = connect(server.url)
     try:
-        sender = stepq.Client("t-health-sender", redis_url=server.url)
-        started, release = tmp_path / "started", tmp_path / "release"
-        run_id = await start_run(
-            sender, redis, "hold", "health/hold", {"started": str(started), "release": str(release)}
-        )
-        deadline = time.monotonic() + 20
-        while not started.exists():
-            assert time.monotonic() < deadline, worker.stderr()
-            await asyncio.sleep(0.02)
+        run_id, release = await hold_a_step(server, redis, worker, tmp_path)
 
         worker.proc.send_signal(signal.SIGTERM)
         body = worker.wait_for("/readyz", not_ready("draining"))
@@ -184,6 +189,36 @@ async def test_draining_worker_is_not_ready_and_finishes_its_step(
         view = await wait_for_run(redis, run_id)
         assert view.status == "completed", view
         assert view.output == "released"
+    finally:
+        await redis.aclose()
+
+
+async def test_sigusr1_logs_where_each_running_step_waits(
+    server: EmbeddedRedis, workers: Callable[..., HealthWorker], tmp_path: Path
+) -> None:
+    """An operator's view of a worker that holds jobs: ``kill -USR1`` logs every task's await chain,
+    the job's down to the step's own coroutine, and the worker goes on (the step then finishes)."""
+    server.start()
+    worker = workers(server.url)
+    worker.wait_for("/readyz", ready)
+    redis = connect(server.url)
+    try:
+        run_id, release = await hold_a_step(server, redis, worker, tmp_path)
+
+        worker.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not (dumps := [e for e in worker.logs() if e.get("event") == "worker.tasks"]):
+            assert time.monotonic() < deadline, worker.stderr()
+            await asyncio.sleep(0.05)
+        [dump] = dumps
+        chains = [" <- ".join(chain) for chain in dump["tasks"].values()]
+        assert any("wait_for_release" in chain and "health_app.py" in chain for chain in chains), dump
+        assert any(name.startswith("stepq-job:") for name in dump["tasks"]), dump
+        assert dump["count"] == len(dump["tasks"])
+
+        release.touch()
+        view = await wait_for_run(redis, run_id)
+        assert view.status == "completed" and view.output == "released", view
     finally:
         await redis.aclose()
 

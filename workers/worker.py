@@ -58,6 +58,7 @@ from stepq.runtime.redis_urls import redact
 from stepq.runtime.registry import Registry
 from stepq.runtime.shards import shard_of, shards
 from stepq.runtime.store import RunCache, RunStore
+from stepq.runtime.transport import RedisTransport
 
 from . import tracing
 from .executor import Executor
@@ -72,6 +73,7 @@ from .options import WorkerOptions
 from .registration import RegistrationKeeper
 from .remote import FunctionSource, LocalFunctions, RegisteredFunctions
 from .shard_chores import ShardChore
+from .task_dump import log_tasks
 from .watchdog import RedisWatchdog, ping
 
 log = structlog.get_logger("stepq.worker")
@@ -246,6 +248,7 @@ class StepqWorker:
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, self.handle_signal, signum)
+            loop.add_signal_handler(signal.SIGUSR1, log_tasks)
         try:
             await self.main()
         finally:
@@ -593,6 +596,7 @@ async def build_worker(
         crons=cron_functions(functions.values()),  # a bad cron expression fails here, naming the function
         handle_signals=handle_signals,
         health=health,
+        app_client=client,
     )
 
 
@@ -636,11 +640,13 @@ async def _build(
     crons: list[tuple[str, str, str]] | None,
     handle_signals: bool,
     health: Health | None,
+    app_client: Client | None = None,
 ) -> StepqWorker:
     """``configs``: the functions the worker registers as its app's (None: it serves those apps
     registered over HTTP); ``crons``: the cron triggers of imported functions, None reads those of
     HTTP-served ones. Waits for Redis to answer: what it is (a cluster, or one Redis) sets the
-    shard count the worker serves."""
+    shard count the worker serves. ``app_client``: the app whose ``send`` (in its steps, or anywhere in
+    this process) goes through the worker's own Redis client when it names the worker's Redis."""
     options = options or WorkerOptions.from_env()
     pool = await until_redis_answers(lambda: open_redis(redis_url, hot_path=True))
     store = RunStore(pool, limits or Limits.from_env())
@@ -652,6 +658,9 @@ async def _build(
         step_timeout_s=options.step_timeout_s + STEP_TIMEOUT_MARGIN_S,
         tracing=tracing.setup(pool, service_name=queue_id if queue_id != keys.HTTP_QUEUE_ID else "stepq-worker"),
     )
+    transport = app_client.transport if app_client is not None else None
+    if isinstance(transport, RedisTransport) and transport.url == redis_url:
+        transport.share(executor.ingest)
 
     keeper = None
     if configs is not None:

@@ -59,3 +59,15 @@ async def mixed(ctx: inngest.Context) -> dict[str, Any]:
 
     results = await ctx.group.parallel(tuple(branch(i) for i in range(BRANCHES)))
     return {"a": a, "flaky": doubled, "branches": list(results)}
+
+
+@client.create_function(
+    id="sender", trigger=inngest.TriggerEvent(event="test/cluster.sender"), retries=2, backoff=FAST
+)
+async def sender(ctx: inngest.Context) -> list[str]:
+    """Sends one event from a step with the app's own client (``client.send``, as app code does)."""
+
+    async def send() -> list[str]:
+        return await client.send(inngest.Event(name="test/cluster.sent", data={"by": ctx.run_id}))
+
+    return await ctx.step.run("send", send)

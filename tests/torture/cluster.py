@@ -189,7 +189,10 @@ class Cluster:
         """SIGKILL a master that has a replica (the ``victim``-th of them, modulo how many): its replica
         takes over. Returns what was done, for the fault log."""
         assert self.redis_cluster is not None
-        masters = [m for m in self.redis_cluster.masters() if self.redis_cluster.replicas_of(m)]
+        # Not the node whose URL the processes are given: a worker started (to replace a killed one)
+        # while that node dies could never open the cluster from it (a URL names one node).
+        named = self.redis_cluster.url
+        masters = [m for m in self.redis_cluster.masters() if self.redis_cluster.replicas_of(m) and m.url != named]
         assert masters, "no master has a replica left to take over"
         master = masters[victim % len(masters)]
         self.redis_cluster.kill(master)

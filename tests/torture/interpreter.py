@@ -26,7 +26,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 import stepq
 from stepq.function import Cancel, Function
@@ -73,44 +73,68 @@ def executions_key(pid: str) -> str:
     return f"torture:x:{pid}"
 
 
+#: Appends an execution record and keeps the list's TTL, in one call that goes to the list's node
+#: on a cluster (a cluster client routes EVAL by its key; MULTI would need the key's node too).
+_APPEND = "redis.call('rpush', KEYS[1], ARGV[1]) redis.call('expire', KEYS[1], ARGV[2])"
+#: The record clients' limits: a Redis that stops answering fails a record (which is retried), it
+#: never hangs a step.
+_TIMEOUTS: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 2}
+#: On a cluster a record waits (at most this long) until the replica of its master has it: a record
+#: the master acknowledged and died with would look like a step committed without its execution.
+REPLICA_WAIT_MS = 1000
+
+
 class Recorder:
-    """This process's connections for execution records (sync handlers run in threads)."""
+    """This process's connections for execution records (sync handlers run in threads). On a Redis
+    Cluster (the node of ``STEPQ_REDIS_URL`` says so) they are cluster clients: a plain client's
+    record of a key in another master's slots would be refused (MOVED) until the record gave up."""
 
     def __init__(self) -> None:
-        self._sync: redis.Redis | None = None
-        self._async: redis.asyncio.Redis | None = None
+        self._sync: redis.Redis | redis.RedisCluster | None = None
+        self._async: redis.asyncio.Redis | redis.asyncio.RedisCluster | None = None
+        self._clustered: bool | None = None
 
     def _url(self) -> str:
         return os.environ["STEPQ_REDIS_URL"]
 
+    def _is_cluster(self) -> bool:
+        if self._clustered is None:
+            with redis.Redis.from_url(self._url(), **_TIMEOUTS) as probe:
+                self._clustered = bool(probe.info("cluster").get("cluster_enabled"))
+        return self._clustered
+
     def record_sync(self, pid: str, entry: str) -> None:
-        if self._sync is None:
-            self._sync = redis.Redis.from_url(self._url(), socket_timeout=5, socket_connect_timeout=2)
         deadline = time.monotonic() + RECORD_PATIENCE_S
         while True:
             try:
-                with self._sync.pipeline(transaction=True) as pipe:
-                    pipe.rpush(executions_key(pid), entry)
-                    pipe.expire(executions_key(pid), SIDE_TTL_S)
-                    pipe.execute()
+                if self._sync is None:
+                    cls = redis.RedisCluster if self._is_cluster() else redis.Redis
+                    self._sync = cls.from_url(self._url(), **_TIMEOUTS)
+                self._sync.eval(_APPEND, 1, executions_key(pid), entry, str(SIDE_TTL_S))
+                if isinstance(self._sync, redis.RedisCluster):
+                    node = self._sync.get_node_from_key(executions_key(pid))
+                    self._sync.execute_command("WAIT", 1, REPLICA_WAIT_MS, target_nodes=node)
                 return
-            except (RedisError, OSError):
+            except (RedisError, RedisClusterException, OSError):  # (a slot not covered mid-failover is the latter)
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
 
     async def record(self, pid: str, entry: str) -> None:
-        if self._async is None:
-            self._async = redis.asyncio.Redis.from_url(self._url(), socket_timeout=5, socket_connect_timeout=2)
         deadline = time.monotonic() + RECORD_PATIENCE_S
         while True:
             try:
-                async with self._async.pipeline(transaction=True) as pipe:
-                    pipe.rpush(executions_key(pid), entry)
-                    pipe.expire(executions_key(pid), SIDE_TTL_S)
-                    await pipe.execute()
+                if self._async is None:
+                    # (the probe is sync: once per process, before the first record)
+                    clustered = await asyncio.to_thread(self._is_cluster)
+                    acls = redis.asyncio.RedisCluster if clustered else redis.asyncio.Redis
+                    self._async = acls.from_url(self._url(), **_TIMEOUTS)
+                await self._async.eval(_APPEND, 1, executions_key(pid), entry, str(SIDE_TTL_S))  # type: ignore[misc]
+                if isinstance(self._async, redis.asyncio.RedisCluster):
+                    node = self._async.get_node_from_key(executions_key(pid))
+                    await self._async.execute_command("WAIT", 1, REPLICA_WAIT_MS, target_nodes=node)
                 return
-            except (RedisError, OSError):
+            except (RedisError, RedisClusterException, OSError):  # (a slot not covered mid-failover is the latter)
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
