@@ -14,11 +14,12 @@ processes, on a private Redis the tests start late, stop and start again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,16 +168,27 @@ async def hold_a_step(server: EmbeddedRedis, redis: Any, worker: HealthWorker, t
     return run_id, release
 
 
-async def test_draining_worker_is_not_ready_and_finishes_its_step(
+@contextlib.asynccontextmanager
+async def held_step(
     server: EmbeddedRedis, workers: Callable[..., HealthWorker], tmp_path: Path
-) -> None:
+) -> AsyncIterator[tuple[HealthWorker, Any, str, Path]]:
+    """A ready worker holding a step of ``hold``: (the worker, a client, the run's id, the file that
+    releases the step)."""
     server.start()
     worker = workers(server.url)
     worker.wait_for("/readyz", ready)
     redis = connect(server.url)
     try:
         run_id, release = await hold_a_step(server, redis, worker, tmp_path)
+        yield worker, redis, run_id, release
+    finally:
+        await redis.aclose()
 
+
+async def test_draining_worker_is_not_ready_and_finishes_its_step(
+    server: EmbeddedRedis, workers: Callable[..., HealthWorker], tmp_path: Path
+) -> None:
+    async with held_step(server, workers, tmp_path) as (worker, redis, run_id, release):
         worker.proc.send_signal(signal.SIGTERM)
         body = worker.wait_for("/readyz", not_ready("draining"))
         assert "SIGTERM" in body["detail"]
@@ -189,8 +201,6 @@ async def test_draining_worker_is_not_ready_and_finishes_its_step(
         view = await wait_for_run(redis, run_id)
         assert view.status == "completed", view
         assert view.output == "released"
-    finally:
-        await redis.aclose()
 
 
 async def test_sigusr1_logs_where_each_running_step_waits(
@@ -198,13 +208,7 @@ async def test_sigusr1_logs_where_each_running_step_waits(
 ) -> None:
     """An operator's view of a worker that holds jobs: ``kill -USR1`` logs every task's await chain,
     the job's down to the step's own coroutine, and the worker goes on (the step then finishes)."""
-    server.start()
-    worker = workers(server.url)
-    worker.wait_for("/readyz", ready)
-    redis = connect(server.url)
-    try:
-        run_id, release = await hold_a_step(server, redis, worker, tmp_path)
-
+    async with held_step(server, workers, tmp_path) as (worker, redis, run_id, release):
         worker.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 10
         while not (dumps := [e for e in worker.logs() if e.get("event") == "worker.tasks"]):
@@ -219,8 +223,6 @@ async def test_sigusr1_logs_where_each_running_step_waits(
         release.touch()
         view = await wait_for_run(redis, run_id)
         assert view.status == "completed" and view.output == "released", view
-    finally:
-        await redis.aclose()
 
 
 async def test_stuck_event_loop_is_not_live_then_live_again(
