@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from . import keys, redis_urls, shards
+from . import keys, redis_connections, redis_urls, shards
 
 #: A client of either deployment: one Redis (or a Sentinel-managed primary), or a Redis Cluster.
 RedisClient: TypeAlias = Redis | RedisCluster
@@ -145,16 +145,27 @@ class SteadyCluster(RedisCluster):
     failover a busy client can drop every node, after which it can never reach the cluster again
     ("Redis Cluster cannot be connected ...: None"). Before each rediscovery this client puts back
     every node it has known (unreachable ones are skipped quickly: their connections are refused).
+    Its nodes' connections are stepq's (``redis_connections``), so that a command whose connection
+    that closing caught before it was sent fails as a lost connection, which callers ride out.
     """
 
     async def initialize(self) -> SteadyCluster:
         manager = self.nodes_manager
         known: dict[str, Any] = self.__dict__.setdefault("_known_nodes", {})
+        self._use_stepq_connections()
         for name, node in known.items():
             manager.startup_nodes.setdefault(name, node)
         await super().initialize()
         known.update(manager.startup_nodes)
         return self
+
+    def _use_stepq_connections(self) -> None:
+        # redis-py takes no connection class for a cluster's nodes: its own (TCP or TLS) gives way
+        # to stepq's before the first connection is made. (The nodes manager shares these settings.)
+        settings = self.connection_kwargs
+        settings["connection_class"] = redis_connections.for_cluster(settings["connection_class"])
+        for node in self.nodes_manager.startup_nodes.values():
+            node.connection_class = settings["connection_class"]
 
 
 def open_cluster(url: str, *, hot_path: bool = False) -> RedisCluster:

@@ -41,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 class ReplicaNowError(RedisConnectionError):
     """The server answered ``READONLY``: it is a replica now, after a failover. The connection that
-    met it has dropped itself (``stepq.runtime.redis_urls``), so this reads as a lost connection:
+    met it has dropped itself (``stepq.runtime.redis_connections``), so this reads as a lost connection:
     redis-py's retries and the workers' loops reconnect, to the new master once the URL leads there."""
 
 

@@ -19,10 +19,9 @@ first command with a message about a keyword argument.
 ``STEPQ_REDIS_PASSWORD_FILE`` names a file holding the password of the URL's user (``default``
 when the URL names none), for a URL kept in plain configuration and a password mounted as a secret.
 
-A connection that meets ``READONLY`` drops itself and raises a ``ConnectionError``: the server it
-reached is a replica now (a failover moved the master elsewhere, while a DNS name or a proxy still
-points here or did when the connection was made). redis-py's retries then reconnect, to the new
-master if the name now leads there, and workers ride out the rest as they ride out a lost link.
+Every connection is one of ``stepq.runtime.redis_connections``' classes: a server answering
+``READONLY`` (a replica now, after a failover) and a connection closed under a waiting command read
+as a lost connection, which redis-py's retries and the workers' loops ride out.
 """
 
 from __future__ import annotations
@@ -35,24 +34,18 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import (
-    AbstractConnection,
-    Connection,
-    SSLConnection,
-    UnixDomainSocketConnection,
-    parse_url,
-)
-from redis.asyncio.sentinel import (
-    Sentinel,
-    SentinelConnectionPool,
-    SentinelManagedConnection,
-    SentinelManagedSSLConnection,
-)
-from redis.exceptions import ReadOnlyError
+from redis.asyncio.connection import Connection, parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from stepq.redis_config import PASSWORD_FILE_ENV, RedisConfigError, read_secret_file
 
-from .redis_errors import ReplicaNowError
+from .redis_connections import (
+    FAILOVER_CLASSES,
+    FailoverSentinelConnection,
+    FailoverSentinelSSLConnection,
+    FailoverSSLConnection,
+    FailoverUnixConnection,
+)
 
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 DIRECT_SCHEMES = {"redis": False, "rediss": True, "unix": False}
@@ -63,46 +56,6 @@ COMMON_PARAMS = ("db", "client_name", "username", "password")
 CERT_REQS = ("required", "optional", "none")
 #: How long a question to a sentinel may take (which master? which replicas?).
 SENTINEL_TIMEOUT_S = 5.0
-
-
-class _ReconnectOnReadOnly(AbstractConnection):
-    """``READONLY`` from the server means it is a replica now: drop the connection, and report it as
-    a lost connection so that redis-py's retry policy reconnects (see the module docstring)."""
-
-    async def read_response(
-        self,
-        disable_decoding: bool = False,
-        timeout: float | None = None,
-        *,
-        disconnect_on_error: bool = True,
-        push_request: bool | None = False,
-    ) -> Any:
-        try:
-            return await super().read_response(
-                disable_decoding, timeout, disconnect_on_error=disconnect_on_error, push_request=push_request
-            )
-        except ReadOnlyError as exc:
-            await self.disconnect(nowait=True)
-            raise ReplicaNowError(f"{self._host_error()} is a read-only replica now (a failover?)") from exc
-
-
-class FailoverConnection(_ReconnectOnReadOnly, Connection):
-    """A TCP connection that takes ``READONLY`` for a lost connection."""
-
-
-class FailoverSSLConnection(_ReconnectOnReadOnly, SSLConnection):
-    """A TLS connection that takes ``READONLY`` for a lost connection."""
-
-
-class FailoverUnixConnection(_ReconnectOnReadOnly, UnixDomainSocketConnection):
-    """A unix-socket connection that takes ``READONLY`` for a lost connection."""
-
-
-_FAILOVER_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
-    Connection: FailoverConnection,
-    SSLConnection: FailoverSSLConnection,
-    UnixDomainSocketConnection: FailoverUnixConnection,
-}
 
 
 @dataclass(frozen=True)
@@ -214,7 +167,7 @@ def _direct(url: str, environ: Mapping[str, str]) -> RedisTarget:
     if "db" in params:
         kwargs["db"] = _db(url, params["db"])
     kwargs.update(_tls_options(url, params, DIRECT_SCHEMES[parts.scheme]))
-    kwargs["connection_class"] = _FAILOVER_CLASSES[kwargs.get("connection_class", Connection)]
+    kwargs["connection_class"] = FAILOVER_CLASSES[kwargs.get("connection_class", Connection)]
     _with_password_file(url, kwargs, environ)
     return RedisTarget(connection=kwargs)
 
@@ -257,7 +210,7 @@ def _sentinel(url: str, environ: Mapping[str, str]) -> RedisTarget:
         connection["db"] = _db(url, params["db"])
     tls_options = _tls_options(url, params, tls)
     connection.update(tls_options)
-    connection["connection_class"] = SentinelManagedSSLConnection if tls else SentinelManagedConnection
+    connection["connection_class"] = FailoverSentinelSSLConnection if tls else FailoverSentinelConnection
     _with_password_file(url, connection, environ)
     sentinel_connection: dict[str, Any] = {"ssl": True, **tls_options} if tls else {}
     if "sentinel_username" in params:

@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 import stepq
 from stepq.redis_config import RedisConfigError, configured_redis_url, redis_url_from_env
 from stepq.runtime import keys
-from stepq.runtime.redis_urls import FailoverConnection, FailoverSSLConnection, parse_redis_url, redact
+from stepq.runtime.redis_connections import FailoverConnection, FailoverSSLConnection
+from stepq.runtime.redis_urls import parse_redis_url, redact
 from tests.helpers import ROOT, STEPQ_CLI
 from tests.redis_servers import RedisServer
 

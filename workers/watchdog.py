@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
-from redis.asyncio.connection import SSLConnection
+from redis.asyncio.connection import Connection, SSLConnection
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 from redis.retry import Retry
@@ -125,7 +125,7 @@ class RedisWatchdog:
         settings = self.redis.nodes_manager.connection_kwargs
         cluster: RedisCluster = SteadyCluster(
             startup_nodes=[ClusterNode(node.host, node.port) for node in self.redis.get_nodes()],
-            ssl=settings.get("connection_class") is SSLConnection,
+            ssl=issubclass(settings.get("connection_class", Connection), SSLConnection),
             # (1, not 0: redis-py 5.3's cluster pipeline, which EXISTS uses, makes that many attempts)
             cluster_error_retry_attempts=1,
             connection_error_retry_attempts=0,
