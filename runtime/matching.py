@@ -8,6 +8,7 @@ from typing import Any
 import structlog
 
 from . import history, keys, lifecycle, store, tracing, waits
+from .bounded import gather_bounded
 from .codec import unpack
 from .lifecycle import Ingest
 from .shards import shards
@@ -19,18 +20,25 @@ log = structlog.get_logger("stepq.matching")
 LOOK_BACK_MS = 10_000
 #: The look-back keeps at most this many recent events per name (a list, cheaper than a zset).
 RECENT_MAX = 1000
+#: How many runs one delivery resolves waits of (or cancels) at once: a few round trips each.
+APPLY_CONCURRENCY = 16
 
 
 async def deliver(ingest: Ingest, events: Sequence[dict[str, Any]]) -> int:
     """Resolve the waits and fire the cancellation rules these events satisfy; returns how many."""
-    delivered = 0
     at = now_ms()
-    found = await waits.candidates(ingest.redis, events)
-    for event, records in zip(events, found, strict=True):
+    matched: dict[str, list[tuple[waits.WaitRecord, dict[str, Any]]]] = {}  # run id -> its waits met
+    for event, records in zip(events, await waits.candidates(ingest.redis, events), strict=True):
         for record in records:
             if waits.matches(record, event, at):
-                delivered += await apply(ingest, record, event)
-    return delivered
+                matched.setdefault(record.run_id, []).append((record, event))
+
+    async def for_run(met: list[tuple[waits.WaitRecord, dict[str, Any]]]) -> int:
+        # one run's waits in the events' order (a cancellation then a resolve of the same run meet
+        # the run as they did on one shard); runs are independent of each other
+        return sum([await apply(ingest, record, event) for record, event in met])
+
+    return sum(await gather_bounded(APPLY_CONCURRENCY, (for_run(met) for met in matched.values())))
 
 
 async def apply(ingest: Ingest, record: waits.WaitRecord, event: dict[str, Any]) -> int:

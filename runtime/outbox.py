@@ -35,7 +35,6 @@ already hands those runs to, delivers them (``split`` tells them apart).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import secrets
 from collections.abc import Iterable, Sequence
@@ -45,6 +44,7 @@ import msgpack
 import structlog
 
 from . import keys
+from .bounded import gather_bounded
 from .codec import pack, unpack
 from .shards import SHARD_LIMIT, shards
 
@@ -213,17 +213,15 @@ async def deliver(ingest: Any, message_ids: Sequence[str], known: dict[str, byte
     outbox for the sweeper."""
     if not message_ids:
         return 0
-    gate = asyncio.Semaphore(DELIVER_CONCURRENCY)
 
     async def one(message_id_: str) -> int:
-        async with gate:
-            try:
-                return await _deliver_one(ingest, message_id_, (known or {}).get(message_id_))
-            except Exception:
-                log.exception("outbox.delivery_failed", message_id=message_id_)
-                return 0
+        try:
+            return await _deliver_one(ingest, message_id_, (known or {}).get(message_id_))
+        except Exception:
+            log.exception("outbox.delivery_failed", message_id=message_id_)
+            return 0
 
-    return sum(await asyncio.gather(*(one(m) for m in message_ids)))
+    return sum(await gather_bounded(DELIVER_CONCURRENCY, (one(m) for m in message_ids)))
 
 
 async def _deliver_one(ingest: Any, message_id_: str, blob: bytes | None) -> int:

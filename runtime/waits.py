@@ -153,61 +153,66 @@ def cancel_events(config: dict[str, Any]) -> list[str]:
 
 
 async def candidates(redis: Any, events: Sequence[dict[str, Any]]) -> list[list[WaitRecord]]:
-    """For each incoming event, the waits it may satisfy (conditions not yet evaluated), of every shard."""
-    found: list[list[WaitRecord]] = [[] for _ in events]
+    """For each incoming event, the waits it may satisfy (conditions not yet evaluated), of every
+    shard: four round trips at most for any number of events and shards (each a pipeline that a
+    cluster client sends to every master at once), one when no wait listens to their names."""
+    if not events:
+        return []
     names = sorted({e["name"] for e in events})
-    if len(shards()) > 1:  # one round trip finds the shards where something waits on these names
-        async with redis.pipeline(transaction=False) as pipe:
-            for shard in shards():
-                for name in names:
-                    pipe.exists(keys.waits(shard, name))  # one key a command: shards live apart
-            flags = iter(await pipe.execute())
-        waited = [shard for shard in shards() if sum([next(flags) for _ in names])]
-    else:
-        waited = list(shards())
-    for shard in waited:
-        for mine, more in zip(found, await _candidates_in(redis, shard, events), strict=True):
-            mine += more
-    return found
-
-
-async def _candidates_in(redis: Any, shard: int, events: Sequence[dict[str, Any]]) -> list[list[WaitRecord]]:
-    """``candidates`` among the waits of one shard: three round trips at most for any number of
-    events, one when no wait listens to their names."""
-    names = sorted({e["name"] for e in events})
-    async with redis.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.smembers(keys.wait_scan(shard, name))
-            pipe.smembers(keys.wait_paths(shard, name))
-        replies = await pipe.execute()
-    scans = {name: replies[2 * i] for i, name in enumerate(names)}
-    paths = {name: [p.decode() for p in replies[2 * i + 1]] for i, name in enumerate(names)}
-    lookups: list[list[str]] = []
-    for event in events:
-        index_keys = []
-        for path in paths[event["name"]]:
-            token = index_token_at(event, path)
-            if token is not None:
-                index_keys.append(keys.wait_index(shard, event["name"], path, token))
-        lookups.append(index_keys)
-    members: list[set[bytes]] = [set(scans[e["name"]]) for e in events]
-    if any(lookups):
-        async with redis.pipeline(transaction=False) as pipe:
-            for index_keys in lookups:
-                for key in index_keys:
-                    pipe.smembers(key)
-            found = iter(await pipe.execute())
-        for i, index_keys in enumerate(lookups):
-            for _ in index_keys:
-                members[i] |= next(found)
-    if not any(members):
+    waited = await _shards_waited_on(redis, names)
+    if not waited:
         return [[] for _ in events]
+    # 1. each waited shard's scan set and indexed paths of each name
     async with redis.pipeline(transaction=False) as pipe:
-        for event, wanted in zip(events, members, strict=True):
-            if wanted:
-                pipe.hmget(keys.waits(shard, event["name"]), sorted(wanted))
-        blobs = iter(await pipe.execute())
-    return [[WaitRecord.decode(b) for b in next(blobs) if b is not None] if wanted else [] for wanted in members]
+        for shard in waited:
+            for name in names:
+                pipe.smembers(keys.wait_scan(shard, name))
+                pipe.smembers(keys.wait_paths(shard, name))
+        replies = iter(await pipe.execute())
+    scans: dict[tuple[int, str], set[bytes]] = {}
+    paths: dict[tuple[int, str], list[str]] = {}
+    for shard in waited:
+        for name in names:
+            scans[shard, name] = next(replies)
+            paths[shard, name] = sorted(p.decode() for p in next(replies))
+    # 2. the equality index entries each event's own values point at
+    members: dict[tuple[int, int], set[bytes]] = {}  # (shard, event index) -> wait members
+    lookups: list[tuple[int, int, str]] = []
+    for shard in waited:
+        for i, event in enumerate(events):
+            members[shard, i] = set(scans[shard, event["name"]])
+            for path in paths[shard, event["name"]]:
+                token = index_token_at(event, path)
+                if token is not None:
+                    lookups.append((shard, i, keys.wait_index(shard, event["name"], path, token)))
+    if lookups:
+        async with redis.pipeline(transaction=False) as pipe:
+            for _, _, key in lookups:
+                pipe.smembers(key)
+            for (shard, i, _), found in zip(lookups, await pipe.execute(), strict=True):
+                members[shard, i] |= found
+    # 3. the records of those waits
+    wanted = [(shard, i, sorted(found)) for (shard, i), found in members.items() if found]
+    records: list[list[WaitRecord]] = [[] for _ in events]
+    if wanted:
+        async with redis.pipeline(transaction=False) as pipe:
+            for shard, i, fields in wanted:
+                pipe.hmget(keys.waits(shard, events[i]["name"]), fields)
+            for (_, i, _), blobs in zip(wanted, await pipe.execute(), strict=True):
+                records[i] += [WaitRecord.decode(b) for b in blobs if b is not None]
+    return records
+
+
+async def _shards_waited_on(redis: Any, names: Sequence[str]) -> list[int]:
+    """The shards holding waits on any of these names (one round trip finds them among several)."""
+    if len(shards()) == 1:
+        return list(shards())
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards():
+            for name in names:
+                pipe.exists(keys.waits(shard, name))  # one key a command: shards live apart
+        flags = iter(await pipe.execute())
+    return [shard for shard in shards() if sum([next(flags) for _ in names])]
 
 
 def matches(record: WaitRecord, event: dict[str, Any], now_ms: int) -> bool:
