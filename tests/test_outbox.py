@@ -409,3 +409,31 @@ async def test_on_a_cluster_invoked_children_resume_their_parents_across_masters
         await sender.aclose()
         for worker in workers:
             worker.stop()
+
+
+#: An app that only sends events, with structlog as the app left it (unconfigured).
+QUIET_APP = textwrap.dedent(
+    """
+    import sys
+    import stepq
+    client = stepq.Client("t-outbox-app", redis_url=sys.argv[1])
+    client.send_sync([stepq.Event("ob/start", {"k": k}) for k in range(8)])
+    client.send_sync([stepq.Event("ob/stop", {"k": k}) for k in range(8)])
+    print("sent")
+    """
+)
+
+
+async def test_an_app_that_sends_events_prints_none_of_stepqs_routine_lines(redis: Redis) -> None:
+    """Its events fan out to runs in other shards and cancel them (a line each, at debug or info
+    level): structlog's defaults would print every one of those lines on the app's stdout."""
+    await _setup(redis)
+    done = subprocess.run(
+        [sys.executable, "-c", QUIET_APP, REDIS_URL], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "sent", done.stdout[-2000:]
+    # the deliveries happened: every run is cancelled
+    runs = await _all_runs(redis)
+    assert len(runs) == 8 * len(FUNCTIONS)
+    assert {(await get_run(redis, run_id)).status for run_id in runs} == {"cancelled"}  # type: ignore[union-attr]
