@@ -69,6 +69,10 @@ class Claim:
     mover: bool = False
     #: When the queue's mover (this worker or another) means to wake (None: not at all).
     mover_wake_ms: int | None = None
+    #: With a chores check (``claim(chores_overdue_ms=...)``): an outbox message of the shard is
+    #: due, a timer of the shard is overdue.
+    outbox_due: bool = False
+    timers_overdue: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,6 +133,8 @@ class JobQueue:
         self.ready_key = keys.ready(shard, queue_id)
         self.mover_key = keys.mover(shard, queue_id)
         self.wake_at_key = keys.wake_at(shard, queue_id)
+        #: The shard's keys a claim's chores check reads (its slot: see claim_jobs.lua).
+        self.chore_keys = (keys.outbox(shard), keys.timers(shard))
         self.lease_token = lease_token
         self.lease_ms = lease_ms
         #: The mover's lease: each of the mover's claims renews it.
@@ -141,6 +147,7 @@ class JobQueue:
         tidy: bool = True,
         known: Mapping[str, CachedRun] | None = None,
         held: Collection[str] = (),
+        chores_overdue_ms: int | None = None,
     ) -> Claim:
         """Claim up to ``free`` due jobs (``free`` may be 0: the mover's timer fired on a full worker),
         each with its run loaded (``ClaimedJob.preload``).
@@ -148,7 +155,9 @@ class JobQueue:
         ``tidy``: drop wake-up tokens left when nothing is left to claim (False when the caller
         just found the ready list empty, to save the idle check a write). ``known``: runs whose
         history the worker has cached (see ``KNOWN_RUNS``); ``held``: the jobs it runs now (a claim
-        of one of them, whose lease lapsed, loads nothing: the worker holds the run's fence)."""
+        of one of them, whose lease lapsed, loads nothing: the worker holds the run's fence).
+        ``chores_overdue_ms``: also look whether the shard's outbox has a message due, and its
+        timers one overdue by that long (``Claim.outbox_due``, ``Claim.timers_overdue``)."""
         # Which memo entries may a load leave out? load_run is told, per run, how many the worker
         # has; a claim learns its runs only in Redis. Telling it the whole cache (up to 1,024 runs)
         # would cost every claim; telling it nothing would send the whole memo of every claimed
@@ -161,9 +170,9 @@ class JobQueue:
         view = {run_id: run for run_id, run in known.items() if _plain(run_id)} if free > 0 and known else {}
         # one argument, not two per run: redis-py encodes each argument apart, which costs more
         lengths = "\n".join(f"{run_id} {len(run.stack)}" for run_id, run in view.items())
-        jobs, raw_poison, wake_at, mover_wake = await self.scripts.call(
+        jobs, raw_poison, wake_at, mover_wake, chores = await self.scripts.call(
             "claim_jobs",
-            [self.name, self.ready_key, self.mover_key, self.wake_at_key],
+            [self.name, self.ready_key, self.mover_key, self.wake_at_key, *self.chore_keys],
             [
                 now_ms(),
                 self.lease_ms,
@@ -174,6 +183,7 @@ class JobQueue:
                 int(tidy),
                 lengths,
                 MOVER_GRACE_MS,
+                "" if chores_overdue_ms is None else chores_overdue_ms,
                 *(held if free > 0 else ()),
             ],
         )
@@ -194,6 +204,8 @@ class JobQueue:
             wake if wake >= 0 else None,
             mover=wake != -2,
             mover_wake_ms=shard_wake if shard_wake >= 0 else None,
+            outbox_due=bool(int(chores) & 1),
+            timers_overdue=bool(int(chores) & 2),
         )
 
     async def wait_ready(self, client: RedisClient, timeout_s: float) -> bool:

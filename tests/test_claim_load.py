@@ -208,3 +208,21 @@ async def test_a_wake_up_retaken_from_a_killed_worker_is_loaded_with_a_new_fence
     done = await wait_for_run(redis, run_id, timeout=20)
     assert (done.status, done.output) == ("completed", "held")
     assert any(e.get("run_id") == run_id and e.get("event") == "invocation" for e in b.logs())
+
+
+async def test_a_claims_chores_check_reports_a_due_outbox_message_and_an_overdue_timer(redis: Redis) -> None:
+    """What an idle worker's claims look for instead of visiting every shard for its chores
+    (workers/shard_chores.py): nothing without a check; with one, each flag only once due."""
+    store = RunStore(redis)
+    queue = _queue(redis, store, "w")
+    now = int(time.time() * 1000)
+    await redis.zadd(keys.outbox(0), {"0000:run:later": now + 60_000})
+    await redis.zadd(keys.timers(0), {"q|r|1": now - 30_000})  # overdue by 30 s, not by 60
+    flags = await queue.claim(8, chores_overdue_ms=60_000)
+    assert (flags.outbox_due, flags.timers_overdue) == (False, False)
+    await redis.zadd(keys.outbox(0), {"0000:run:due": now - 1})
+    await redis.zadd(keys.timers(0), {"q|r|2": now - 61_000})
+    flags = await queue.claim(8, chores_overdue_ms=60_000)
+    assert (flags.outbox_due, flags.timers_overdue) == (True, True)
+    unchecked = await queue.claim(8)
+    assert (unchecked.outbox_due, unchecked.timers_overdue) == (False, False)

@@ -209,16 +209,25 @@ async def test_on_a_cluster_a_killed_sender_loses_nothing_and_doubles_nothing(
     await _killed_senders(cluster_redis, cluster.url, mode)
 
 
+#: How a worker finds a killed sender's messages: its ``outbox`` chore's visits (one shard each), or
+#: its idle checks (claims, which look for a due message too) with a chore that never visits.
+FINDERS = {
+    "chore": {"STEPQ_OUTBOX_SWEEP": "0.2"},
+    "idle-checks": {"STEPQ_OUTBOX_SWEEP": "3600", "STEPQ_IDLE_CHECK": "0.25"},
+}
+
+
+@pytest.mark.parametrize("finder", FINDERS)
 async def test_a_workers_sweeper_delivers_a_killed_senders_messages_shard_by_shard(
-    redis: Redis, tmp_path: Path
+    redis: Redis, tmp_path: Path, finder: str
 ) -> None:
-    """No one delivers by hand: a worker's ``outbox`` chore (one shard per visit) finds the messages
-    once they are due (5 s after the send) and delivers each once."""
+    """No one delivers by hand: a worker finds the messages once they are due (5 s after the send)
+    and delivers each once."""
     await _setup(redis)
     _send_and_die(REDIS_URL, "deliver", "ob/start", 0, 8)
     start_ids = [e.id for e in (await recent_events(redis, limit=100, name="ob/start")).events]
     assert len(start_ids) == 8 and await _outbox_size(redis) > 0
-    worker = WorkerOn("queue_app", tmp_path, REDIS_URL, env={"STEPQ_OUTBOX_SWEEP": "0.2"})
+    worker = WorkerOn("queue_app", tmp_path, REDIS_URL, env=FINDERS[finder])
     try:
         worker.wait_ready()
         deadline = time.monotonic() + 30

@@ -35,6 +35,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import math
 import os
 import signal
 import socket
@@ -50,7 +51,7 @@ from stepq.runtime import deadletter, keys, lifecycle, outbox, timers, waits
 from stepq.runtime.app_urls import AppUrlPolicy
 from stepq.runtime.connection import RedisClient, close, open_redis
 from stepq.runtime.cron import CronScheduler, cron_functions
-from stepq.runtime.job_queue import KNOWN_RUNS, ClaimedJob, JobQueue
+from stepq.runtime.job_queue import KNOWN_RUNS, Claim, ClaimedJob, JobQueue
 from stepq.runtime.jobs import ADVANCE
 from stepq.runtime.limits import Limits
 from stepq.runtime.redis_errors import error_kind
@@ -72,7 +73,7 @@ from .mover_watch import MoverWatch
 from .options import WorkerOptions
 from .registration import RegistrationKeeper
 from .remote import FunctionSource, LocalFunctions, RegisteredFunctions
-from .shard_chores import ShardChore
+from .shard_chores import CLAIM_CHECK_S, ShardChore
 from .task_dump import log_tasks
 from .watchdog import RedisWatchdog, ping
 
@@ -115,6 +116,8 @@ class Lane:
     #: After a failed claim: not before this (ms), so that a shard whose master is down waits
     #: alone while the other shards' claims go on.
     retry_at_ms: float | None = None
+    #: When a claim last looked for the shard's chores' work (monotonic s; see shard_chores.py).
+    chores_checked_at: float = -math.inf
     faults: Faults = dataclasses.field(default_factory=lambda: Faults("claim"))
 
 
@@ -199,19 +202,21 @@ class StepqWorker:
             "lease_ms": self.lanes[0].queue.lease_ms,
         }
         self.runner = JobRunner(self.queue_of, functions, timeout_s=job_timeout_s, ctx=self.ctx)
-        #: Chores done for each shard in turn (``ShardChore``); more may be added before ``serve``.
-        self.chores = [
-            ShardChore("timers", options.timer_sweep_s, self._sweep_timers),
-        ]
-        if outbox_sweeper is not None:
-            self.chores.append(
-                ShardChore(
-                    "outbox",
-                    options.outbox_sweep_s,
-                    outbox_sweeper.visit,
-                    min_gap_s=min(outbox.SWEEP_MIN_GAP_S, options.outbox_sweep_s),
-                )
+        #: Chores done for each shard in turn (``ShardChore``), which claims look for work of too.
+        self.timers_chore = ShardChore("timers", options.timer_sweep_s, self._sweep_timers)
+        self.outbox_chore = (
+            None
+            if outbox_sweeper is None
+            else ShardChore(
+                "outbox",
+                options.outbox_sweep_s,
+                outbox_sweeper.visit,
+                min_gap_s=min(outbox.SWEEP_MIN_GAP_S, options.outbox_sweep_s),
             )
+        )
+        self.chores = [chore for chore in (self.timers_chore, self.outbox_chore) if chore is not None]
+        #: Chores' visits a claim found work for, running.
+        self._visits: set[asyncio.Task[None]] = set()
         self.watchdog = RedisWatchdog(
             pool,
             interval_s=options.redis_check_s,
@@ -285,9 +290,9 @@ class StepqWorker:
             await self._take_jobs()
             await self._drain()
         finally:
-            for task in self._background:
+            for task in (*self._background, *self._visits):
                 task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
+            await asyncio.gather(*self._background, *self._visits, return_exceptions=True)
 
     def handle_signal(self, signum: int) -> None:
         """First SIGTERM/SIGINT drains; a second SIGINT hands back running steps at once."""
@@ -398,9 +403,17 @@ class StepqWorker:
         """Claim what fits in the free slots from one shard (none when full: the claim then wakes
         another worker for the due jobs, and keeps the mover's timer)."""
         free = max(0, self.options.concurrency - len(self.tasks))
+        # at most once per CLAIM_CHECK_S, the claim also looks for the shard's chores' work
+        check_chores = time.monotonic() - lane.chores_checked_at >= CLAIM_CHECK_S
         try:
             known = self.run_cache.recent(KNOWN_RUNS) if self.run_cache is not None and free else None
-            claim = await lane.queue.claim(min(free, CLAIM_BATCH), tidy=tidy, known=known, held=self.runner.held)
+            claim = await lane.queue.claim(
+                min(free, CLAIM_BATCH),
+                tidy=tidy,
+                known=known,
+                held=self.runner.held,
+                chores_overdue_ms=int(self.options.timer_overdue_s * 1000) if check_chores else None,
+            )
         except REDIS_TROUBLE as exc:
             if await self._repaired(lane, exc):
                 self._claim_soon((lane,))
@@ -409,6 +422,9 @@ class StepqWorker:
             return
         if lane.faults.failing:
             lane.faults.succeeded()
+        if check_chores:
+            lane.chores_checked_at = time.monotonic()
+            self._chores_checked(lane.queue.shard, claim)
         lane.wake_at_ms = claim.wake_at_ms
         if self.mover_watch is not None:
             self.mover_watch.claimed(lane.queue.shard, claim, watched=lane.watched)
@@ -421,6 +437,17 @@ class StepqWorker:
             self._start(job)
         for member, why in claim.poison:
             await self._dead_letter(lane, member, why)
+
+    def _chores_checked(self, shard: int, claim: Claim) -> None:
+        """A claim looked for the shard's chores' work: visit now where it found some."""
+        for chore, found in ((self.timers_chore, claim.timers_overdue), (self.outbox_chore, claim.outbox_due)):
+            if chore is None:
+                continue
+            chore.checked(shard)
+            if found and not self._draining:
+                visit = asyncio.create_task(chore.visit(shard), name=f"stepq-{chore.name}-{shard}")
+                self._visits.add(visit)
+                visit.add_done_callback(self._visits.discard)
 
     def _start(self, job: ClaimedJob) -> None:
         if job.job_id in self.runner.held:

@@ -1,9 +1,10 @@
 -- Claim due jobs for one worker in one round trip, and keep the queue's wake-ups going.
--- KEYS: queue, ready list, mover lease, mover's wake time
+-- KEYS: queue, ready list, mover lease, mover's wake time, the shard's outbox and timers
 -- ARGV: now_ms, lease_ms, free slots, lease token (this worker's), mover lease ms, scan limit, tidy
 --       (1: drop the ready list's tokens if nothing is left to claim; 0: the caller found it empty),
 --       the runs the worker has cached ('<run id> <memo entries cached>' lines, one string: a claim
---       reads it only when it claims a job), the mover's grace (ms), then the ids of the jobs the
+--       reads it only when it claims a job), the mover's grace (ms), the shard's chores check (''
+--       for none, else the age in ms past which a timer is overdue), then the ids of the jobs the
 --       worker runs now
 --
 -- A claimed job gets arq's in-progress lock (valued with this worker's token, expiring with the
@@ -32,7 +33,9 @@
 -- dead letters, so that a person sees what was lost); next_due is the earliest delayed job's due
 -- time for the mover (-1: none), or -2 when the caller is not the mover; mover_wake is when the
 -- queue's mover (the caller or not) means to wake (-1: it means nothing), for the hint that
--- workers watch (workers/mover_watch.py).
+-- workers watch (workers/mover_watch.py). With a chores check, a fifth entry says which of the
+-- shard's chores have work (1: an outbox message is due, 2: a timer is overdue; their sum): the
+-- worker's idle checks look for it without a command of their own (workers/shard_chores.py).
 -- True for the errors of a key that holds what no job's key can (the entry is poison); any other
 -- error is raised.
 local function poison_error(reply)
@@ -91,7 +94,7 @@ local function worker_view()
   for run_id, len in string.gmatch(ARGV[8] or '', '([^ \n]+) (%d+)') do
     known[run_id] = tonumber(len)
   end
-  for i = 10, #ARGV do
+  for i = 11, #ARGV do
     held[ARGV[i]] = true
   end
   return known, held
@@ -216,6 +219,15 @@ end
 local holder = redis.call('GET', KEYS[3])
 local wake_at = tonumber(redis.call('GET', KEYS[4]) or '') or -1
 local overdue = wake_at >= 0 and wake_at < now - tonumber(ARGV[9])
+local chores = 0
+if ARGV[10] ~= '' then
+  if redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1)[1] then
+    chores = chores + 1
+  end
+  if redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[10]), 'LIMIT', 0, 1)[1] then
+    chores = chores + 2
+  end
+end
 if holder == token or not holder or overdue or (next_due >= 0 and (wake_at < 0 or wake_at > next_due)) then
   redis.call('SET', KEYS[3], token, 'PX', ARGV[5])
   if next_due >= 0 then
@@ -223,6 +235,6 @@ if holder == token or not holder or overdue or (next_due >= 0 and (wake_at < 0 o
   elseif wake_at >= 0 then
     redis.call('DEL', KEYS[4])
   end
-  return {out, poison, next_due, next_due}
+  return {out, poison, next_due, next_due, chores}
 end
-return {out, poison, -2, wake_at}
+return {out, poison, -2, wake_at, chores}
