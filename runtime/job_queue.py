@@ -215,7 +215,8 @@ class JobQueue:
         return await client.blpop([self.ready_key], timeout=timeout_s) is not None  # type: ignore[misc, arg-type]
 
     async def renew(self, job_ids: Sequence[str]) -> list[bool]:
-        """Extend the leases of ``job_ids``; False for each this worker does not hold any more."""
+        """Extend the leases of ``job_ids``; False for each this worker does not hold any more (True
+        for one that ended meanwhile: its commit, racing this call, ended it)."""
         flags = await self.scripts.call(
             "renew_leases",
             [self.name, *(keys.in_progress(job_id) for job_id in job_ids)],

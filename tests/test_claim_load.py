@@ -226,3 +226,18 @@ async def test_a_claims_chores_check_reports_a_due_outbox_message_and_an_overdue
     assert (flags.outbox_due, flags.timers_overdue) == (True, True)
     unchecked = await queue.claim(8)
     assert (unchecked.outbox_due, unchecked.timers_overdue) == (False, False)
+
+
+async def test_a_renewal_racing_a_jobs_end_does_not_call_its_lease_lost(redis: Redis) -> None:
+    """The renewer sends a job's id just as the job's commit ends it: that job is not lost (no
+    ``lease.lost`` warning); one whose lock another worker holds is."""
+    store = RunStore(redis)
+    for i in range(3):
+        await redis.set(keys.job(f"plain{i}-0"), b"not a stepq job")
+        await redis.zadd(keys.queue(0, APP), {f"plain{i}-0": 0})
+    queue = _queue(redis, store, "w")
+    claimed = sorted(job.job_id for job in (await queue.claim(8)).jobs)
+    assert claimed == ["plain0-0", "plain1-0", "plain2-0"]
+    assert await queue.end("plain0-0")  # committed and ended
+    await redis.set(keys.in_progress("plain1-0"), b"another-worker")  # taken over after a lapse
+    assert await queue.renew(claimed) == [True, False, True]

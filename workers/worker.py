@@ -556,9 +556,12 @@ class StepqWorker:
             )
             for (queue, job_ids), renewed in zip(by_queue.items(), replies, strict=True):
                 if isinstance(renewed, BaseException):
-                    if not isinstance(renewed, REDIS_TROUBLE):
+                    if isinstance(renewed, REDIS_TROUBLE):
+                        faults.failed(renewed, jobs=len(job_ids), shard=queue.shard)
+                    elif isinstance(renewed, Exception):  # a bug: the next round renews again
+                        log.error("leases.renew_failed", shard=queue.shard, error=repr(renewed))
+                    else:
                         raise renewed
-                    faults.failed(renewed, jobs=len(job_ids), shard=queue.shard)
                     continue
                 faults.succeeded()
                 for job_id, ok in zip(job_ids, renewed, strict=True):
