@@ -551,8 +551,12 @@ class StepqWorker:
             by_queue: dict[JobQueue, list[str]] = {}
             for job_id in self.runner.held:
                 by_queue.setdefault(self.queue_of(job_id), []).append(job_id)
+            # each shard's renewal bounded: a master that hangs (a frozen machine: its kernel still
+            # accepts the bytes) must not hold up the leases of every other shard's jobs
+            timeout_s = self.options.redis_check_timeout_s
             replies = await asyncio.gather(
-                *(queue.renew(job_ids) for queue, job_ids in by_queue.items()), return_exceptions=True
+                *(asyncio.wait_for(queue.renew(job_ids), timeout_s) for queue, job_ids in by_queue.items()),
+                return_exceptions=True,
             )
             for (queue, job_ids), renewed in zip(by_queue.items(), replies, strict=True):
                 if isinstance(renewed, BaseException):
