@@ -36,11 +36,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "both_deployments: run the file's tests on the single Redis and on a local Redis Cluster"
     )
-    config.addinivalue_line(
-        "markers",
-        "xfail_on_cluster(reason): a known cluster bug (named in the reason) makes this test's cluster pass"
-        " fail, at least under load; it still runs, and shows as XPASS when it passes",
-    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -58,9 +53,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = params.params if params is not None else {}
         emulated = any(isinstance(params.get(name), int) and params[name] > 1 for name in SHARD_EMULATION_PARAMS)
         (drop if params.get("deployment") == "cluster" and emulated else keep).append(item)
-        known = item.get_closest_marker("xfail_on_cluster")
-        if known is not None and params.get("deployment") == "cluster":
-            item.add_marker(pytest.mark.xfail(reason=known.args[0], strict=False))
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

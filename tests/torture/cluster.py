@@ -29,6 +29,7 @@ from stepq.workers.embedded import EmbeddedRedis
 from tests.cluster import LocalCluster
 from tests.helpers import STEPQ_CLI
 from tests.http_fixtures import Service, free_port
+from tests.torture.interpreter import RECORDS_URL_ENV
 from tests.torture.program import MAX_OUTPUT_BYTES, MAX_STEPS
 
 LOCAL_APP = "tests.apps.torture:client"
@@ -119,14 +120,21 @@ class Cluster:
     def api_url(self) -> str:
         return str(self.api.url)  # type: ignore[union-attr]
 
+    @property
+    def records_url(self) -> str:
+        """Where step handlers record their executions (``interpreter.Recorder``): the one Redis,
+        which on a cluster run serves only the records. A cluster master killed mid-run may take
+        its last writes with it (replication is asynchronous), and a lost record would look like a
+        step committed without its execution: the records stay off the cluster."""
+        return self.redis.url
+
     def env(self) -> dict[str, str]:
-        return self.settings.env(self.redis_url)
+        return {**self.settings.env(self.redis_url), RECORDS_URL_ENV: self.records_url}
 
     def start(self) -> None:
+        self.redis.start()
         if self.redis_cluster is not None:
             self.redis_cluster.start()
-        else:
-            self.redis.start()
         try:
             if self.settings.shards > 1:
                 with sync_redis.Redis.from_url(self.redis_url) as client:
@@ -231,8 +239,7 @@ class Cluster:
                 service.stop()
         if self.redis_cluster is not None:
             self.redis_cluster.stop()
-        else:
-            self.redis.stop()
+        self.redis.stop()
 
     def output(self, tail: int = 3000) -> str:
         """The last lines of every process's stderr, for a failure message."""

@@ -139,6 +139,8 @@ class Torture:
         self.by_run: dict[str, Track] = {}
         self.rng = random.Random(config.seed ^ 0x5EED)
         self.redis: RedisClient | None = None
+        #: The step handlers' execution records (``Cluster.records_url``).
+        self.records: Redis | None = None
         self.faults: Faults | None = None
         self.local: stepq.Client | None = None
         self.http: stepq.Client | None = None
@@ -182,6 +184,7 @@ class Torture:
         audit = SlotAudit(self.cluster.redis.port) if self.config.audit_slots else None
         if audit is not None:
             audit.start()
+        self.records = connect(self.cluster.records_url)
         if self.config.settings.redis_cluster:
             self.redis = await open_redis(self.cluster.redis_url)  # (and its 32 shards)
         else:
@@ -237,6 +240,7 @@ class Torture:
             await self.local.aclose()
             await self.http.aclose()
             await close(self.redis)
+            await close(self.records)
             await asyncio.to_thread(self.cluster.stop)
             self.report.write()
         return self.report
@@ -413,7 +417,8 @@ class Torture:
                 action.done = True
                 await self._cancel(track, action)
             elif action.kind == "kill":
-                entries: list[bytes] = await self.redis.lrange(executions_key(track.pid), 0, -1)  # type: ignore[misc]
+                assert self.records is not None
+                entries: list[bytes] = await self.records.lrange(executions_key(track.pid), 0, -1)  # type: ignore[misc]
                 ran = [Execution.parse(e.decode()) for e in entries if e.decode().startswith(action.name + "|")]
                 if ran and self.faults is not None and self.config.faults.targeted_kills:
                     action.done = True
@@ -433,7 +438,8 @@ class Torture:
             return registered
         if at == "sleep":
             return raw.get(b"sleep_key") == action.key.encode()
-        entries: list[bytes] = await self.redis.lrange(executions_key(track.pid), 0, -1)  # type: ignore[misc]
+        assert self.records is not None
+        entries: list[bytes] = await self.records.lrange(executions_key(track.pid), 0, -1)  # type: ignore[misc]
         return any(e.decode().startswith(action.name + "|") for e in entries)
 
     async def _snapshot(self, track: Track) -> RunSnapshot | None:
@@ -531,9 +537,9 @@ class Torture:
             await asyncio.sleep(0.2)
 
     async def _check(self) -> None:
-        assert self.redis is not None
+        assert self.records is not None
         ran = [t for t in self.tracks.values() if t.snap is not None]
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.records.pipeline(transaction=False) as pipe:
             for track in ran:
                 pipe.lrange(executions_key(track.pid), 0, -1)
             entries = await pipe.execute()
@@ -597,6 +603,7 @@ class Torture:
                             f"invoke {name} is resolved but its child {child.run_id} is {child.status}",
                         )
                     )
+        assert self.redis is not None
         for problem in await global_leftovers(self.redis, self.stranded):
             self.report.violations.append(Violation("leftovers", "-", "-", problem))
 

@@ -7,10 +7,11 @@ return ``{"acc", "trace", "digest"}``.
 
 Every execution of a step handler is recorded before it returns, as ``name|attempt|token|os pid`` in
 the Redis list ``torture:x:<pid>`` (outside stepq's ``stepq:`` keys, in the database of
-``STEPQ_REDIS_URL``), and the handler returns its token, so the test can count each step's executions
-and check that the committed result came from one of them. A handler fails while ``ctx.attempt``
-is below the op's ``fail``: the step's attempt counter, not the number of executions, decides, so a
-duplicate execution after a worker's death changes nothing in the outcome.
+``STEPQ_REDIS_URL``, or of ``STEPQ_TORTURE_RECORDS_URL`` when set), and the handler returns its
+token, so the test can count each step's executions and check that the committed result came from
+one of them. A handler fails while ``ctx.attempt`` is below the op's ``fail``: the step's attempt
+counter, not the number of executions, decides, so a duplicate execution after a worker's death
+changes nothing in the outcome.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisError
 
 import stepq
 from stepq.function import Cancel, Function
@@ -73,49 +74,36 @@ def executions_key(pid: str) -> str:
     return f"torture:x:{pid}"
 
 
-#: Appends an execution record and keeps the list's TTL, in one call that goes to the list's node
-#: on a cluster (a cluster client routes EVAL by its key; MULTI would need the key's node too).
+#: Appends an execution record and keeps the list's TTL, in one call.
 _APPEND = "redis.call('rpush', KEYS[1], ARGV[1]) redis.call('expire', KEYS[1], ARGV[2])"
 #: The record clients' limits: a Redis that stops answering fails a record (which is retried), it
 #: never hangs a step.
 _TIMEOUTS: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 2}
-#: On a cluster a record waits (at most this long) until the replica of its master has it: a record
-#: the master acknowledged and died with would look like a step committed without its execution.
-REPLICA_WAIT_MS = 1000
+#: The Redis the records go to, when not stepq's own (a torture run on a cluster: tests/torture/
+#: cluster.py's ``records_url``).
+RECORDS_URL_ENV = "STEPQ_TORTURE_RECORDS_URL"
 
 
 class Recorder:
-    """This process's connections for execution records (sync handlers run in threads). On a Redis
-    Cluster (the node of ``STEPQ_REDIS_URL`` says so) they are cluster clients: a plain client's
-    record of a key in another master's slots would be refused (MOVED) until the record gave up."""
+    """This process's connections for execution records (sync handlers run in threads), to one Redis:
+    ``RECORDS_URL_ENV``'s, else stepq's own (``STEPQ_REDIS_URL``)."""
 
     def __init__(self) -> None:
-        self._sync: redis.Redis | redis.RedisCluster | None = None
-        self._async: redis.asyncio.Redis | redis.asyncio.RedisCluster | None = None
-        self._clustered: bool | None = None
+        self._sync: redis.Redis | None = None
+        self._async: redis.asyncio.Redis | None = None
 
     def _url(self) -> str:
-        return os.environ["STEPQ_REDIS_URL"]
-
-    def _is_cluster(self) -> bool:
-        if self._clustered is None:
-            with redis.Redis.from_url(self._url(), **_TIMEOUTS) as probe:
-                self._clustered = bool(probe.info("cluster").get("cluster_enabled"))
-        return self._clustered
+        return os.environ.get(RECORDS_URL_ENV) or os.environ["STEPQ_REDIS_URL"]
 
     def record_sync(self, pid: str, entry: str) -> None:
         deadline = time.monotonic() + RECORD_PATIENCE_S
         while True:
             try:
                 if self._sync is None:
-                    cls = redis.RedisCluster if self._is_cluster() else redis.Redis
-                    self._sync = cls.from_url(self._url(), **_TIMEOUTS)
+                    self._sync = redis.Redis.from_url(self._url(), **_TIMEOUTS)
                 self._sync.eval(_APPEND, 1, executions_key(pid), entry, str(SIDE_TTL_S))
-                if isinstance(self._sync, redis.RedisCluster):
-                    node = self._sync.get_node_from_key(executions_key(pid))
-                    self._sync.execute_command("WAIT", 1, REPLICA_WAIT_MS, target_nodes=node)
                 return
-            except (RedisError, RedisClusterException, OSError):  # (a slot not covered mid-failover is the latter)
+            except (RedisError, OSError):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
@@ -125,16 +113,10 @@ class Recorder:
         while True:
             try:
                 if self._async is None:
-                    # (the probe is sync: once per process, before the first record)
-                    clustered = await asyncio.to_thread(self._is_cluster)
-                    acls = redis.asyncio.RedisCluster if clustered else redis.asyncio.Redis
-                    self._async = acls.from_url(self._url(), **_TIMEOUTS)
+                    self._async = redis.asyncio.Redis.from_url(self._url(), **_TIMEOUTS)
                 await self._async.eval(_APPEND, 1, executions_key(pid), entry, str(SIDE_TTL_S))  # type: ignore[misc]
-                if isinstance(self._async, redis.asyncio.RedisCluster):
-                    node = self._async.get_node_from_key(executions_key(pid))
-                    await self._async.execute_command("WAIT", 1, REPLICA_WAIT_MS, target_nodes=node)
                 return
-            except (RedisError, RedisClusterException, OSError):  # (a slot not covered mid-failover is the latter)
+            except (RedisError, OSError):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
