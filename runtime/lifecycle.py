@@ -15,7 +15,7 @@ import structlog
 from stepq.client import FUNCTION_FAILED, FUNCTION_FINISHED
 from stepq.event import Event
 
-from . import keys, metrics, store
+from . import keys, metrics, routine_log, store
 from .codec import unpack
 from .connection import RedisClient
 from .flow_starts import FUNCTION_SKIPPED, StartOutcomes, text_of
@@ -123,7 +123,8 @@ async def announce_starts(
         if outcomes.skipped:
             # one line per write, not per start: a flood of rate-limited events must not flood the log
             run_id, reason = outcomes.skipped[0]
-            log.debug("runs.skipped", count=len(outcomes.skipped), first_run_id=run_id, first_reason=reason)
+            if routine_log.on():
+                log.debug("runs.skipped", count=len(outcomes.skipped), first_run_id=run_id, first_reason=reason)
         for run_id, reason in outcomes.skipped:
             slug, event = described.get(run_id, ("", {}))
             metrics.start_skipped(slug, reason)
@@ -136,7 +137,8 @@ async def announce_starts(
         for run_id in outcomes.replaced:
             reason = await ingest.redis.hget(keys.run(run_id), "reason")  # type: ignore[misc]
             message = text_of(reason) if reason else "singleton: replaced"
-            log.info("run.replaced", run_id=run_id, reason=message)
+            if routine_log.on():
+                log.info("run.replaced", run_id=run_id, reason=message)
             error = {"name": "Cancelled", "message": message, "stack": ""}
             await run_ended(ingest, run_id, RunStatus.CANCELLED, error=error)
         await runs_failed(ingest, outcomes.ended)

@@ -7,7 +7,7 @@ from typing import Any
 
 import structlog
 
-from . import history, keys, lifecycle, store, tracing, waits
+from . import history, keys, lifecycle, routine_log, store, tracing, waits
 from .bounded import gather_bounded
 from .codec import unpack
 from .lifecycle import Ingest
@@ -46,11 +46,13 @@ async def apply(ingest: Ingest, record: waits.WaitRecord, event: dict[str, Any])
     if record.kind == waits.KIND_CANCEL:
         reason = f"cancelled by event {event['name']!r} ({event['id']})"
         outcome = await lifecycle.cancel(ingest, record.run_id, reason)
-        log.info("run.cancelled", run_id=record.run_id, event_name=event["name"], outcome=outcome.value)
+        if routine_log.on():
+            log.info("run.cancelled", run_id=record.run_id, event_name=event["name"], outcome=outcome.value)
         return int(outcome is store.Outcome.OK)
     fields = history.entry(history.K_EVENT, key=record.key, event_id=event.get("id"), event=event.get("name"))
     written = await ingest.store.resolve(record.run_id, record.key, event, name="", history=fields)
-    log.debug("wait.resolved", run_id=record.run_id, key=record.key, outcome=written.outcome.value)
+    if routine_log.on():
+        log.debug("wait.resolved", run_id=record.run_id, key=record.key, outcome=written.outcome.value)
     await lifecycle.runs_failed(ingest, written.ended)
     resolved = written.outcome in (store.Outcome.OK, store.Outcome.JOINED)
     if resolved:

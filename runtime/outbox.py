@@ -43,7 +43,7 @@ from typing import Any
 import msgpack
 import structlog
 
-from . import keys
+from . import keys, routine_log
 from .bounded import gather_bounded
 from .codec import pack, unpack
 from .shards import SHARD_LIMIT, shards
@@ -258,7 +258,8 @@ async def _deliver_one(ingest: Any, message_id_: str, blob: bytes | None) -> int
         [keys.outbox(source), keys.outbox_body(source), outcome_key or keys.outbox(source)],
         [message_id_, "outcome" if outcome else "", outcome],
     )
-    log.debug("outbox.delivered", message_id=message_id_, kind=message.kind, acked=acked == 1)
+    if routine_log.on():
+        log.debug("outbox.delivered", message_id=message_id_, kind=message.kind, acked=acked == 1)
     return int(acked == 1)
 
 

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlparse
-
-import structlog
 
 from stepq.errors import StepqError
 from stepq.event import Event
@@ -27,15 +24,6 @@ class SendError(StepqError):
     """Events could not be sent: Redis did not answer, or could not take the write (out of memory,
     read-only, loading...). A batch is stored whole or not at all, and each function starts at most
     once per event id, so sending the same events again is safe."""
-
-
-def quiet_unless_configured() -> None:
-    """In an app that sends events and never configured structlog, keep stepq's routine lines (a line
-    per delivery to a wait, a cancelled run, a run in another shard) out of its output, and its
-    warnings and errors in: structlog's default prints every level to stdout. Any configuration of
-    the app's own (or a worker's, workers/logs.py) wins."""
-    if not structlog.is_configured():
-        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
 
 class RedisTransport:
@@ -60,7 +48,6 @@ class RedisTransport:
             self._ingest, self._shared = ingest, True
 
     async def _make_ingest(self) -> Ingest:
-        quiet_unless_configured()
         redis = await open_redis(self.url)  # a cluster, or one Redis; sets the shard count
         store = RunStore(redis, self.limits)
         return Ingest(redis, store, Registry(redis, store.scripts))

@@ -13,11 +13,14 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from stepq.runtime import routine_log
+
 
 def configure(level: str | None = None) -> None:
     """Configure structlog (and stdlib logging, which arq uses) once per process; ValueError naming
     the variable when ``STEPQ_LOG_LEVEL`` or ``STEPQ_STEP_LOG_LEVEL`` is not a level."""
     numeric = level_number(level or os.environ.get("STEPQ_LOG_LEVEL") or "info", "STEPQ_LOG_LEVEL")
+    routine_log.turn_on()
     step_log_level()  # a wrong STEPQ_STEP_LOG_LEVEL stops the command now, not at its first step
     # JSON lines for log collectors; colours only for a person at a terminal.
     renderer: structlog.typing.Processor = (
