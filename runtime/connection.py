@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any, TypeAlias
 
 from redis._parsers.hiredis import _AsyncHiredisParser
@@ -155,9 +156,21 @@ class SteadyCluster(RedisCluster):
         self._use_stepq_connections()
         for name, node in known.items():
             manager.startup_nodes.setdefault(name, node)
+        # A node that stopped answering is asked last for the slots: redis-py asks the nodes in
+        # turn, without a timeout on the hot path, and stops at the first full answer.
+        silent = self.__dict__.get("_silent", {})
+        if silent:
+            order = sorted(manager.startup_nodes.items(), key=lambda item: silent.get(item[0], 0.0))
+            manager.startup_nodes.clear()
+            manager.startup_nodes.update(order)
         await super().initialize()
         known.update(manager.startup_nodes)
         return self
+
+    def silent(self, node_name: str) -> None:
+        """``node_name`` (``host:port``) stopped answering (workers/watchdog.py): the slots are asked
+        of every other node first from now on, the most recently silent last."""
+        self.__dict__.setdefault("_silent", {})[node_name] = time.monotonic()
 
     def _use_stepq_connections(self) -> None:
         # redis-py takes no connection class for a cluster's nodes: its own (TCP or TLS) gives way

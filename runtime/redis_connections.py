@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -107,6 +108,53 @@ class FailoverSentinelSSLConnection(_GuardedWrites, SentinelManagedSSLConnection
     """``FailoverSentinelConnection`` over TLS."""
 
 
+#: Commands whose reply comes when data does or their own timeout ends: a reply they wait for long
+#: says nothing about the server.
+_BLOCKING = (b"BLPOP", b"BRPOP", b"BLMOVE", b"BZPOPMIN", b"BZPOPMAX", b"XREAD", b"WAIT")
+
+
+class _RepliesWatched(AbstractConnection):
+    """Says since when it waits for a reply (``awaiting_since``), for a watch on nodes that stopped
+    answering without closing anything (a frozen machine: its kernel still acknowledges the bytes,
+    so neither TCP nor a refused connection ends the wait; workers/watchdog.py)."""
+
+    #: When the read of the pending reply began (``time.monotonic``); None when no read waits, or the
+    #: command blocks by design (``BLPOP``...).
+    awaiting_since: float | None = None
+    _blocking = False
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        first = command if isinstance(command, bytes | str) else next(iter(command), b"")
+        head = (first.encode() if isinstance(first, str) else first)[:24].upper()
+        self._blocking = any(name in head for name in _BLOCKING)
+        await super().send_packed_command(command, check_health)
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,
+        *,
+        disconnect_on_error: bool = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        if not self._blocking:
+            self.awaiting_since = time.monotonic()
+        try:
+            return await super().read_response(
+                disable_decoding, timeout, disconnect_on_error=disconnect_on_error, push_request=push_request
+            )
+        finally:
+            self.awaiting_since = None
+
+
+class ClusterConnection(_RepliesWatched, FailoverConnection):
+    """A connection to a cluster node: ``FailoverConnection``, watched for replies that never come."""
+
+
+class ClusterSSLConnection(_RepliesWatched, FailoverSSLConnection):
+    """``ClusterConnection`` over TLS."""
+
+
 #: The class stepq uses in place of each of redis-py's for one Redis.
 FAILOVER_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
     Connection: FailoverConnection,
@@ -118,4 +166,9 @@ FAILOVER_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {
 def for_cluster(connection_class: type[Connection]) -> type[Connection]:
     """The class stepq uses for a cluster node's connections, in place of redis-py's
     ``connection_class`` (TCP or TLS; stepq's own given back unchanged)."""
-    return FailoverSSLConnection if issubclass(connection_class, SSLConnection) else FailoverConnection
+    return ClusterSSLConnection if issubclass(connection_class, SSLConnection) else ClusterConnection
+
+
+def awaited_since(connection: object) -> float | None:
+    """Since when ``connection`` (a cluster node's) waits for a reply that is no blocking command's."""
+    return getattr(connection, "awaiting_since", None)

@@ -76,6 +76,8 @@ class LocalCluster:
     ) -> None:
         self.directory = directory
         self.n_masters = masters
+        #: The ports of the nodes ``freeze`` stopped (left out of every check until thawed).
+        self.frozen: set[int] = set()
         self.nodes = [
             EmbeddedRedis(
                 port=cluster_port(),
@@ -105,6 +107,7 @@ class LocalCluster:
 
     def stop(self) -> None:
         for node in self.nodes:
+            self.thaw(node)
             node.stop()
 
     def __enter__(self) -> LocalCluster:
@@ -142,17 +145,18 @@ class LocalCluster:
     @property
     def url(self) -> str:
         """The URL of one live node (stepq discovers the rest)."""
-        return next(node.url for node in self.nodes if node.running)
+        return next(node.url for node in self.nodes if self._live(node))
 
     def masters(self) -> list[EmbeddedRedis]:
         """The live nodes that are masters now (a promoted replica is one)."""
-        return [node for node in self.nodes if node.running and self._info(node, "replication").get("role") == "master"]
+        live = [node for node in self.nodes if self._live(node)]
+        return [node for node in live if self._info(node, "replication").get("role") == "master"]
 
     def replicas_of(self, master: EmbeddedRedis) -> list[EmbeddedRedis]:
         """The live nodes that replicate ``master``."""
         found = []
         for node in self.nodes:
-            if node is master or not node.running:
+            if node is master or not self._live(node):
                 continue
             info = self._info(node, "replication")
             if info.get("role") == "slave" and int(info.get("master_port", 0)) == master.port:
@@ -164,7 +168,7 @@ class LocalCluster:
 
         def ok() -> bool:
             for node in self.nodes:
-                if not node.running:
+                if not self._live(node):
                     continue
                 if self._cluster_info(node).get("cluster_state") != "ok":
                     return False
@@ -184,6 +188,18 @@ class LocalCluster:
             finally:
                 client.close()
 
+    def freeze(self, node: EmbeddedRedis) -> None:
+        """SIGSTOP one node, as a frozen machine: its kernel still accepts connections and bytes,
+        nothing answers. The other nodes fail it over; ``thaw`` lets it go on (as a replica then)."""
+        assert node.pid is not None, "the node is not running"
+        os.kill(node.pid, signal.SIGSTOP)
+        self.frozen.add(node.port)
+
+    def thaw(self, node: EmbeddedRedis) -> None:
+        if node.port in self.frozen and node.pid is not None:
+            os.kill(node.pid, signal.SIGCONT)
+        self.frozen.discard(node.port)
+
     def kill(self, node: EmbeddedRedis) -> None:
         """SIGKILL one node (no shutdown, no save), as a crashed machine."""
         assert node.pid is not None, "the node is not running"
@@ -201,7 +217,7 @@ class LocalCluster:
             for low, high, master, *_ in ranges:
                 if low <= slot <= high:
                     port = int(master[1])
-                    return next(n for n in self.nodes if n.running and n.port == port)
+                    return next(n for n in self.nodes if self._live(n) and n.port == port)
         raise AssertionError(f"no live master serves slot {slot}")
 
     def move_slot(self, slot: int, target: EmbeddedRedis, batch: int = 50) -> None:
@@ -245,6 +261,9 @@ class LocalCluster:
                     client.close()
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _live(self, node: EmbeddedRedis) -> bool:
+        return node.running and node.port not in self.frozen
 
     @staticmethod
     def _client(node: EmbeddedRedis) -> redis.Redis:

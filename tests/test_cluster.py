@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,61 @@ async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_e
                 worker.stop()
             await close(redis)
             shards.configure(1)
+
+
+async def test_a_master_frozen_mid_run_fails_over_and_no_worker_waits_on_it_for_ever(tmp_path: Path) -> None:
+    """SIGSTOP, not SIGKILL: the frozen master's kernel still accepts the workers' connections and
+    bytes and acknowledges them, so neither a refused connection nor TCP's own limits end the reads
+    waiting on it (a hot-path connection has no read timeout). The workers' watchdogs must notice
+    the master that does not answer and drop their connections to it; its replica takes over."""
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        redis = await open_redis(cluster.url)
+        workers = start_workers(tmp_path, cluster.url, 2)
+        try:
+            log = tmp_path / "steps.log"
+            created = await create_runs(redis, 64, log, work_s=0.2, nap="2s")
+            await steps_ran(log, 20)
+            # not the master the URL names, nor the registry's, which the watchdog's own probe
+            # reads (it would find that one silent, and drop every connection)
+            registry = cluster.node_of_slot(key_slot(keys.WAITED_EVENTS.encode()))
+            victim = next(m for m in cluster.masters() if m.url != cluster.url and m is not registry)
+            [replica] = cluster.replicas_of(victim)
+            cluster.freeze(victim)
+            deadline = time.monotonic() + 30
+            while replica not in cluster.masters():  # the replica takes over its slots
+                assert time.monotonic() < deadline, "the frozen master's replica was not promoted"
+                await asyncio.sleep(0.2)
+            cluster.wait_ok(timeout=30)
+            await ended_well(redis, created, log, workers)
+            # Every run ended (a job stuck on the frozen master lost its lease and ran again
+            # elsewhere), but the task that ran it must not wait on the frozen master for ever,
+            # holding one of its worker's slots.
+            await asyncio.sleep(2 * WATCHDOG_TIMEOUT_S)
+            for worker in workers:
+                stuck = [name for name in await running_tasks(worker) if name.startswith("stepq-job:")]
+                assert stuck == [], f"{worker.name} still runs {stuck}\n{lines_of(workers)}"
+            unresponsive = [e for w in workers for e in w.logs() if e.get("event") == "redis.node_unresponsive"]
+            print("worker saw", unresponsive[:3])
+        finally:
+            for worker in workers:
+                worker.stop()
+            await close(redis)
+            shards.configure(1)
+
+
+#: The workers' watchdog timeout (``STEPQ_REDIS_CHECK_TIMEOUT``'s default).
+WATCHDOG_TIMEOUT_S = 1.5
+
+
+async def running_tasks(worker: WorkerOn) -> list[str]:
+    """The names of the worker's asyncio tasks (its SIGUSR1 dump, ``worker.tasks``)."""
+    before = len([e for e in worker.logs() if e.get("event") == "worker.tasks"])
+    worker.proc.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while len(dumps := [e for e in worker.logs() if e.get("event") == "worker.tasks"]) == before:
+        assert time.monotonic() < deadline, worker.stderr()[-2000:]
+        await asyncio.sleep(0.05)
+    return list(dumps[-1]["tasks"])
 
 
 async def test_steps_send_events_after_the_master_the_worker_url_names_failed_over(tmp_path: Path) -> None:

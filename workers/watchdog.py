@@ -21,7 +21,14 @@ worker's loops deal with the error. ``LOADING`` does not: Redis serves nothing y
 On a Redis Cluster the probe goes through a cluster client of the watchdog's own (to the node
 that serves the probe's key: the registry's for an app's worker), and dropping connections drops
 those of every node; a master that fails is the cluster's to replace (its replica is promoted), and
-the worker rides out the commands that fail meanwhile as any Redis error.
+the worker rides out the commands that fail meanwhile as any Redis error. A master that stops
+answering without closing anything (a frozen machine: its kernel still accepts and acknowledges
+the bytes) would hold the commands waiting on it for ever, so every round the watchdog also looks
+for a node that left a command of the worker's (not a blocking read) without its reply for
+``timeout_s`` (``stepq.runtime.redis_connections.ClusterConnection`` notes when each read began:
+no command of its own while replies come); if that node fails a probe too, its connections are
+dropped (``redis.node_unresponsive``) and the cluster client asks the other nodes first for the
+slots, until the failover moves them to its replica.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 from redis.retry import Retry
 
+from stepq.runtime import redis_connections
 from stepq.runtime.connection import RedisClient, SteadyCluster, close
 from stepq.runtime.redis_errors import ANY as REDIS_TROUBLE
 
@@ -148,6 +156,8 @@ class RedisWatchdog:
         """Probe forever (a background task of the worker)."""
         while True:
             await asyncio.sleep(self.interval_s)
+            if isinstance(self.redis, SteadyCluster) and self.reachable:
+                await self.check_nodes(self.redis)
             now = time.monotonic()
             if now < self._vouched_until and now - self._probed_at < self.quiet_s:
                 continue
@@ -180,6 +190,39 @@ class RedisWatchdog:
             # the probe's own fault, not Redis's: say so, and do not stop the worker over it
             log.exception("watchdog.probe_failed")
         return None
+
+    async def check_nodes(self, cluster: SteadyCluster) -> list[str]:
+        """Drop the connections to each node of ``cluster`` that left a (non-blocking) command of the
+        worker's without its reply for ``timeout_s`` and does not answer a probe either: the reads
+        waiting on it fail at once and are retried, by then on the replica that took its slots over.
+        Returns the names of the nodes dropped. No command at all while every reply comes."""
+        now = time.monotonic()
+        dropped = []
+        for node in cluster.get_nodes():
+            # (redis-py keeps a node's connections, in use or free, in this list)
+            waits = [since for c in node._connections if (since := redis_connections.awaited_since(c)) is not None]
+            if not waits or now - min(waits) < self.timeout_s or await self._node_answers(node.name):
+                continue
+            log.warning("redis.node_unresponsive", node=node.name, waited_s=round(now - min(waits), 1))
+            cluster.silent(node.name)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(node.disconnect(), self.timeout_s)
+            dropped.append(node.name)
+        return dropped
+
+    async def _node_answers(self, name: str) -> bool:
+        """Whether the node ``name`` answers a PING within ``timeout_s`` (on the watchdog's client)."""
+        client = self.client
+        node = client.get_node(node_name=name) if not isinstance(client, Redis) else None
+        if node is None:
+            return True  # not a node the watchdog's client knows (yet): no verdict
+        try:
+            await asyncio.wait_for(client.execute_command("PING", target_nodes=node), self.timeout_s)
+        except ResponseError:
+            return True
+        except (TimeoutError, *REDIS_TROUBLE):
+            return False
+        return True
 
     async def _until_back(self) -> None:
         """Probe until Redis answers. Probes overlap: one starts every ``retry_s`` on a connection of
