@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from stepq.workers.embedded import EmbeddedRedis, free_port
+from tests.redis_servers import TlsFiles
 
 #: How long forming the cluster (or waiting for it to be whole again) may take.
 READY_TIMEOUT_S = 30.0
@@ -73,9 +74,14 @@ class LocalCluster:
         replicas: int = 1,
         node_timeout_ms: int = 1000,
         node_options: tuple[str, ...] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
         self.directory = directory
         self.n_masters = masters
+        #: With ``tls``: each node's TLS port, beside its plain one (which the fixture uses).
+        self.tls = tls
+        # (with TLS the cluster bus listens on the TLS port + 10000)
+        self.tls_ports = [cluster_port() for _ in range(masters * (1 + replicas))] if tls is not None else []
         #: The ports of the nodes ``freeze`` stopped (left out of every check until thawed).
         self.frozen: set[int] = set()
         self.nodes = [
@@ -88,6 +94,7 @@ class LocalCluster:
                     # a replica promotes itself however long its master's link was down
                     *("--cluster-replica-validity-factor", "0"),
                     *node_options,  # e.g. an aclfile
+                    *(self._tls_options(tls, self.tls_ports[i]) if tls is not None else ()),
                 ),
             )
             for i in range(masters * (1 + replicas))
@@ -126,8 +133,10 @@ class LocalCluster:
             for i, client in enumerate(clients):
                 _command(client, "CLUSTER SET-CONFIG-EPOCH", i + 1)
             first = self.nodes[0]
+            # the first node's bus is its TLS port's + 10000 when the bus speaks TLS
+            meet_port = self.tls_ports[0] if self.tls is not None else first.port
             for client in clients[1:]:
-                _command(client, "CLUSTER MEET", first.host, first.port)
+                _command(client, "CLUSTER MEET", first.host, meet_port)
             _wait("every node did not learn every other", lambda: all(self._knows_all(c) for c in clients))
             for i, client in enumerate(clients[self.n_masters :]):
                 _command(client, "CLUSTER REPLICATE", ids[i % self.n_masters])
@@ -146,6 +155,23 @@ class LocalCluster:
     def url(self) -> str:
         """The URL of one live node (stepq discovers the rest)."""
         return next(node.url for node in self.nodes if self._live(node))
+
+    def tls_url(self) -> str:
+        """A ``rediss://`` URL of one live node's TLS port, with the client certificate and the CA."""
+        assert self.tls is not None, "the cluster was made without TLS"
+        port = next(tls for node, tls in zip(self.nodes, self.tls_ports, strict=True) if self._live(node))
+        files = self.tls
+        query = f"ssl_ca_certs={files.ca}&ssl_certfile={files.client_cert}&ssl_keyfile={files.client_key}"
+        return f"rediss://localhost:{port}/0?{query}"
+
+    @staticmethod
+    def _tls_options(files: TlsFiles, port: int) -> tuple[str, ...]:
+        # the cluster bus and replication speak TLS too; TLS clients show a certificate
+        return (
+            *("--tls-port", str(port), "--tls-cert-file", str(files.server_cert)),
+            *("--tls-key-file", str(files.server_key), "--tls-ca-cert-file", str(files.ca)),
+            *("--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", "yes"),
+        )
 
     def masters(self) -> list[EmbeddedRedis]:
         """The live nodes that are masters now (a promoted replica is one)."""

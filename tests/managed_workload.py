@@ -10,10 +10,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 import stepq
+from stepq.runtime.connection import RedisClient
 from stepq.runtime.queries import get_run
 from tests.apps.managed import expected
 from tests.helpers import STEPQ_CLI, WorkerProcess, run_statuses, start_runs
@@ -47,7 +47,7 @@ class Workload:
     def __init__(
         self,
         sender: stepq.Client,
-        reader: Redis,
+        reader: RedisClient,
         *,
         chains: int,
         waits: int,
@@ -116,7 +116,7 @@ class Workload:
             assert view.output == {"key": key, "reply": key.upper()}, view.output
 
 
-async def _statuses(reader: Redis, run_ids: list[str]) -> dict[str, str]:
+async def _statuses(reader: RedisClient, run_ids: list[str]) -> dict[str, str]:
     while True:
         try:
             return await run_statuses(reader, run_ids)

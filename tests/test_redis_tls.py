@@ -12,13 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 import stepq
 from stepq.redis_config import RedisConfigError
-from stepq.runtime.connection import connect
+from stepq.runtime import shards
+from stepq.runtime.connection import close, connect, open_redis
 from stepq.workers.embedded import free_port
+from tests.cluster import LocalCluster
 from tests.managed_workload import ManagedWorker, Workload
 from tests.redis_servers import RedisServer, TlsFiles, make_tls_files, redis_server_binary, require_tls, tls_settings
 
@@ -86,6 +89,34 @@ async def test_a_workload_runs_over_tls_with_client_certificates_and_secret_file
         await reader.aclose()
         for worker in workers:
             worker.stop()
+
+
+async def test_a_workload_runs_on_a_redis_cluster_over_tls(tmp_path: Path) -> None:
+    """A managed cluster with TLS (3 masters, a replica each): clients, the cluster bus and the
+    replication all speak TLS, clients show a certificate. stepq finds the cluster from one node's
+    ``rediss://`` URL and every node it discovers is reached over TLS with the URL's settings."""
+    require_tls(redis_server_binary())
+    files = make_tls_files(tmp_path / "pki")
+    with LocalCluster(tmp_path / "cluster", tls=files) as cluster:
+        url = cluster.tls_url()
+        reader = await open_redis(url)
+        assert isinstance(reader, RedisCluster) and len(reader.get_primaries()) == 3
+        sender = stepq.Client("t-managed-sender", redis_url=url)
+        worker = ManagedWorker(0, tmp_path, {}, url=url)
+        try:
+            worker.wait_ready()
+            workload = Workload(sender, reader, chains=20, waits=6)
+            await workload.start()
+            took = await workload.finish(timeout=90)
+            await workload.check()
+            print(f"\n26 runs on a TLS cluster in {took:.1f} s")
+            assert worker.alive(), worker.stderr()[-2000:]
+            assert worker.logged("redis.unreachable") == [], worker.stderr()[-2000:]
+        finally:
+            await sender.aclose()
+            await close(reader)
+            worker.stop()
+            shards.configure(1)
 
 
 async def expect_refused(url: str) -> str:
