@@ -12,6 +12,9 @@
   other tasks are just opening, and a managed Redis resets idle connections. The command was not
   sent, so the connection opens again and sends it. redis-py 8.1 fixed this (PR #4288); arq pins
   redis-py below 6, so the guard lives here.
+
+A cluster node's connections (``ClusterConnection``) also note since when they wait for a reply,
+for the workers' watch on a master that froze (workers/watchdog.py).
 """
 
 from __future__ import annotations
@@ -124,7 +127,9 @@ class _RepliesWatched(AbstractConnection):
     _blocking = False
 
     async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
-        first = command if isinstance(command, bytes | str) else next(iter(command), b"")
+        if not isinstance(command, bytes | str):
+            command = list(command)  # (a list already, from redis-py's packing)
+        first = command if isinstance(command, bytes | str) else (command[0] if command else b"")
         head = (first.encode() if isinstance(first, str) else first)[:24].upper()
         self._blocking = any(name in head for name in _BLOCKING)
         await super().send_packed_command(command, check_health)
