@@ -53,7 +53,6 @@ and the dashboard all call ``Actions``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,6 +63,7 @@ from stepq.expressions import Bindings
 from stepq.ids import new_ulid
 
 from . import keys, lifecycle
+from .bounded import gather_bounded
 from .codec import unpack
 from .connection import RedisClient
 from .ingest import Ingest, triggered
@@ -525,11 +525,5 @@ def _check_status(run_id: str, status: str) -> None:
 
 async def _bounded(items: Sequence[str], act: Callable[[str], Awaitable[None]]) -> None:
     """``act`` on every item, ``BULK_CHUNK`` at a time, at most ``BULK_CONCURRENCY`` at once."""
-    gate = asyncio.Semaphore(BULK_CONCURRENCY)
-
-    async def one(item: str) -> None:
-        async with gate:
-            await act(item)
-
     for start in range(0, len(items), BULK_CHUNK):
-        await asyncio.gather(*(one(item) for item in items[start : start + BULK_CHUNK]))
+        await gather_bounded(BULK_CONCURRENCY, (act(item) for item in items[start : start + BULK_CHUNK]))
