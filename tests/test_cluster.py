@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +267,20 @@ async def test_a_shard_moved_to_another_master_mid_run_loses_no_run(
             worker.stop()
 
 
-async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_ends(tmp_path: Path) -> None:
+@dataclasses.dataclass
+class MidRun:
+    """A local cluster (3 masters, a replica each), two workers, and 64 runs over every shard that
+    have taken their first steps."""
+
+    cluster: LocalCluster
+    redis: Any
+    workers: list[WorkerOn]
+    log: Path
+    created: dict[str, int]
+
+
+@contextlib.asynccontextmanager
+async def runs_mid_flight(tmp_path: Path) -> AsyncIterator[MidRun]:
     with LocalCluster(tmp_path / "cluster") as cluster:
         redis = await open_redis(cluster.url)
         workers = start_workers(tmp_path, cluster.url, 2)
@@ -272,19 +288,25 @@ async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_e
             log = tmp_path / "steps.log"
             created = await create_runs(redis, 64, log, work_s=0.2, nap="2s")
             await steps_ran(log, 20)
-            victim = cluster.masters()[1]
-            [replica] = cluster.replicas_of(victim)
-            cluster.kill(victim)
-            cluster.wait_ok(timeout=30)  # the replica took over its slots
-            assert replica in cluster.masters()
-            await ended_well(redis, created, log, workers)
-            kinds = {e.get("kind") for w in workers for e in w.logs() if e.get("event") == "redis.unavailable"}
-            print("worker saw", kinds)
+            yield MidRun(cluster, redis, workers, log, created)
         finally:
             for worker in workers:
                 worker.stop()
             await close(redis)
             shards.configure(1)
+
+
+async def test_a_master_killed_mid_run_fails_over_to_its_replica_and_every_run_ends(tmp_path: Path) -> None:
+    async with runs_mid_flight(tmp_path) as run:
+        cluster, workers = run.cluster, run.workers
+        victim = cluster.masters()[1]
+        [replica] = cluster.replicas_of(victim)
+        cluster.kill(victim)
+        cluster.wait_ok(timeout=30)  # the replica took over its slots
+        assert replica in cluster.masters()
+        await ended_well(run.redis, run.created, run.log, workers)
+        kinds = {e.get("kind") for w in workers for e in w.logs() if e.get("event") == "redis.unavailable"}
+        print("worker saw", kinds)
 
 
 async def test_a_master_frozen_mid_run_fails_over_and_no_worker_waits_on_it_for_ever(tmp_path: Path) -> None:
@@ -292,39 +314,29 @@ async def test_a_master_frozen_mid_run_fails_over_and_no_worker_waits_on_it_for_
     bytes and acknowledges them, so neither a refused connection nor TCP's own limits end the reads
     waiting on it (a hot-path connection has no read timeout). The workers' watchdogs must notice
     the master that does not answer and drop their connections to it; its replica takes over."""
-    with LocalCluster(tmp_path / "cluster") as cluster:
-        redis = await open_redis(cluster.url)
-        workers = start_workers(tmp_path, cluster.url, 2)
-        try:
-            log = tmp_path / "steps.log"
-            created = await create_runs(redis, 64, log, work_s=0.2, nap="2s")
-            await steps_ran(log, 20)
-            # not the master the URL names, nor the registry's, which the watchdog's own probe
-            # reads (it would find that one silent, and drop every connection)
-            registry = cluster.node_of_slot(key_slot(keys.WAITED_EVENTS.encode()))
-            victim = next(m for m in cluster.masters() if m.url != cluster.url and m is not registry)
-            [replica] = cluster.replicas_of(victim)
-            cluster.freeze(victim)
-            deadline = time.monotonic() + 30
-            while replica not in cluster.masters():  # the replica takes over its slots
-                assert time.monotonic() < deadline, "the frozen master's replica was not promoted"
-                await asyncio.sleep(0.2)
-            cluster.wait_ok(timeout=30)
-            await ended_well(redis, created, log, workers)
-            # Every run ended (a job stuck on the frozen master lost its lease and ran again
-            # elsewhere), but the task that ran it must not wait on the frozen master for ever,
-            # holding one of its worker's slots.
-            await asyncio.sleep(2 * WATCHDOG_TIMEOUT_S)
-            for worker in workers:
-                stuck = [name for name in await running_tasks(worker) if name.startswith("stepq-job:")]
-                assert stuck == [], f"{worker.name} still runs {stuck}\n{lines_of(workers)}"
-            unresponsive = [e for w in workers for e in w.logs() if e.get("event") == "redis.node_unresponsive"]
-            print("worker saw", unresponsive[:3])
-        finally:
-            for worker in workers:
-                worker.stop()
-            await close(redis)
-            shards.configure(1)
+    async with runs_mid_flight(tmp_path) as run:
+        cluster, workers = run.cluster, run.workers
+        # not the master the URL names, nor the registry's, which the watchdog's own probe reads
+        # (it would find that one silent, and drop every connection)
+        registry = cluster.node_of_slot(key_slot(keys.WAITED_EVENTS.encode()))
+        victim = next(m for m in cluster.masters() if m.url != cluster.url and m is not registry)
+        [replica] = cluster.replicas_of(victim)
+        cluster.freeze(victim)
+        deadline = time.monotonic() + 30
+        while replica not in cluster.masters():  # the replica takes over its slots
+            assert time.monotonic() < deadline, "the frozen master's replica was not promoted"
+            await asyncio.sleep(0.2)
+        cluster.wait_ok(timeout=30)
+        await ended_well(run.redis, run.created, run.log, workers)
+        # Every run ended (a job stuck on the frozen master lost its lease and ran again
+        # elsewhere), but the task that ran it must not wait on the frozen master for ever,
+        # holding one of its worker's slots.
+        await asyncio.sleep(2 * WATCHDOG_TIMEOUT_S)
+        for worker in workers:
+            stuck = [name for name in await running_tasks(worker) if name.startswith("stepq-job:")]
+            assert stuck == [], f"{worker.name} still runs {stuck}\n{lines_of(workers)}"
+        unresponsive = [e for w in workers for e in w.logs() if e.get("event") == "redis.node_unresponsive"]
+        print("worker saw", unresponsive[:3])
 
 
 #: The workers' watchdog timeout (``STEPQ_REDIS_CHECK_TIMEOUT``'s default).
